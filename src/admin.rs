@@ -1,0 +1,180 @@
+//! The admin listener: `/healthz`, `/readyz`, `/status`, `POST /reload`.
+//!
+//! A side module: it reads the live snapshot, health and counters, and asks
+//! the reloader for a reload; it never touches a request in flight. It should
+//! stay on loopback (a warning is logged when it is bound elsewhere).
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde_json::json;
+use tokio::net::TcpListener;
+
+use crate::forward::Body;
+use crate::live::Snapshot;
+use crate::reload::Reloader;
+use crate::response::{json, text};
+use crate::runtime::Runtime;
+use crate::upstream::health::State;
+
+/// Serve the admin API on `listener` until shutdown.
+pub async fn run(listener: TcpListener, rt: Arc<Runtime>, reloader: Arc<Reloader>) {
+    let tracker = rt.tracker.clone();
+    let stop = rt.shutdown.clone();
+    crate::listener::accept_loop(listener, stop, tracker, move |stream, _peer| {
+        let rt = rt.clone();
+        let reloader = reloader.clone();
+        async move {
+            let service = service_fn(move |req| {
+                let rt = rt.clone();
+                let reloader = reloader.clone();
+                async move { Ok::<_, Infallible>(route(req, &rt, &reloader).await) }
+            });
+            let mut builder = http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(std::time::Duration::from_secs(10));
+            let _ = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        }
+    })
+    .await;
+}
+
+async fn route(req: Request<Incoming>, rt: &Runtime, reloader: &Reloader) -> Response<Body> {
+    match (req.method(), req.uri().path()) {
+        (&Method::GET | &Method::HEAD, "/healthz") => text(StatusCode::OK, "ok\n"),
+        (&Method::GET | &Method::HEAD, "/readyz") => readyz(rt),
+        (&Method::GET | &Method::HEAD, "/status") => json(StatusCode::OK, &status(rt, reloader)),
+        (&Method::POST, "/reload") => reload(reloader).await,
+        (_, "/healthz" | "/readyz" | "/status" | "/reload") => {
+            text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
+        }
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "not found; try GET /healthz, /readyz, /status or POST /reload\n",
+        ),
+    }
+}
+
+/// 200 iff not draining and every route has an upstream that is up.
+fn readyz(rt: &Runtime) -> Response<Body> {
+    if rt.is_draining() {
+        return json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &json!({"ready": false, "reason": "shutting down"}),
+        );
+    }
+    let snapshot = rt.live.load();
+    let unready: Vec<_> = snapshot
+        .router
+        .routes()
+        .iter()
+        .filter(|r| !r.via.iter().any(|u| u.health.state() == State::Up))
+        .map(|r| {
+            json!({
+                "route": r.label,
+                "reason": format!("no healthy upstream: {}", crate::upstream::down_reasons(&r.via)),
+            })
+        })
+        .collect();
+    if unready.is_empty() {
+        json(StatusCode::OK, &json!({"ready": true}))
+    } else {
+        json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &json!({"ready": false, "routes": unready}),
+        )
+    }
+}
+
+fn status(rt: &Runtime, reloader: &Reloader) -> serde_json::Value {
+    let snapshot = rt.live.load();
+    let (requests, upgrades, tunnels) = rt.stats.to_json();
+    json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "uptime_secs": rt.started.elapsed().as_secs(),
+        "draining": rt.is_draining(),
+        "generation": snapshot.generation,
+        "last_reload": reloader.last_json(),
+        "upstreams": upstreams_json(&snapshot),
+        "routes": routes_json(&snapshot),
+        "tunnels": tunnels,
+        "active_tunnels": rt.stats.active_tunnels(),
+        "requests": requests,
+        "upgrades": upgrades,
+    })
+}
+
+fn upstreams_json(snapshot: &Snapshot) -> serde_json::Value {
+    snapshot
+        .upstreams
+        .values()
+        .map(|u| {
+            let v = u.health.view();
+            json!({
+                "name": u.name().0,
+                "url": u.spec.url.to_string(),
+                "check": u.spec.health.check.to_string(),
+                "health": v.state.as_str(),
+                "last_error": v.last_error,
+                "last_change": humantime::format_rfc3339_seconds(v.last_change).to_string(),
+            })
+        })
+        .collect()
+}
+
+fn routes_json(snapshot: &Snapshot) -> serde_json::Value {
+    snapshot
+        .router
+        .routes()
+        .iter()
+        .map(|r| {
+            let selected = r
+                .via
+                .iter()
+                .find(|u| u.is_usable())
+                .map(|u| u.name().0.clone());
+            json!({
+                "host": r.spec.host,
+                "path": r.spec.path,
+                "via": r.spec.via.iter().map(|n| n.0.clone()).collect::<Vec<_>>(),
+                "selected": selected,
+            })
+        })
+        .collect()
+}
+
+async fn reload(reloader: &Reloader) -> Response<Body> {
+    match reloader.reload("POST /reload").await {
+        Ok(report) => json(StatusCode::OK, &report),
+        Err(e) => json(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            &json!({"ok": false, "error": e.to_string()}),
+        ),
+    }
+}
+
+/// Ask an admin listener for `path` and return the status code (`shunt healthcheck`).
+pub async fn get_status(
+    addr: std::net::SocketAddr,
+    path: &str,
+) -> Result<u16, Box<dyn std::error::Error + Send + Sync>> {
+    let stream = tokio::net::TcpStream::connect(addr).await?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake::<
+        _,
+        http_body_util::Empty<bytes::Bytes>,
+    >(TokioIo::new(stream))
+    .await?;
+    tokio::spawn(conn);
+    let req = Request::get(path)
+        .header(http::header::HOST, addr.to_string())
+        .body(http_body_util::Empty::new())?;
+    Ok(sender.send_request(req).await?.status().as_u16())
+}

@@ -1,0 +1,133 @@
+//! Wiring: builds the first snapshot, binds the listeners, starts the tasks,
+//! and owns the root `CancellationToken` and `TaskTracker` of shutdown.
+//!
+//! Shutdown (DESIGN.md): readiness turns 503 and the listeners stop accepting;
+//! in-flight HTTP finishes; tunnels get the drain timeout to end on their own,
+//! then are closed; [`Running::stopped`] resolves when every task has ended.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::live::Snapshot;
+use crate::reload::Reloader;
+use crate::runtime::{Downstream, Runtime};
+
+/// Why shunt could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    Bind(#[source] std::io::Error),
+}
+
+/// A started proxy.
+#[derive(Debug)]
+pub struct Running {
+    listen_addr: SocketAddr,
+    admin_addr: Option<SocketAddr>,
+    rt: Arc<Runtime>,
+    reloader: Arc<Reloader>,
+}
+
+/// Bind the listeners and start serving `config`.
+pub async fn start(config: Config) -> Result<Running, StartError> {
+    let shutdown = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let listen = config.listen;
+    let admin = config.admin;
+    let proxy_listener = crate::listener::bind(listen, "proxy")
+        .await
+        .map_err(StartError::Bind)?;
+    let admin_listener = match admin {
+        Some(addr) => Some(
+            crate::listener::bind(addr, "admin")
+                .await
+                .map_err(StartError::Bind)?,
+        ),
+        None => None,
+    };
+    if let Some(addr) = admin.filter(|a| !a.ip().is_loopback()) {
+        tracing::warn!(%addr, "the admin listener is bound beyond loopback; anyone who can reach it can read /status and trigger reloads");
+    }
+    let snapshot = Snapshot::build(config, None, &shutdown, &tracker);
+    let rt = Runtime::new(ArcSwap::from_pointee(snapshot), shutdown, tracker);
+    let reloader = Reloader::new(rt.clone());
+
+    let listen_addr = proxy_listener.local_addr().map_err(StartError::Bind)?;
+    let admin_addr = match &admin_listener {
+        Some(l) => Some(l.local_addr().map_err(StartError::Bind)?),
+        None => None,
+    };
+
+    let serve_rt = rt.clone();
+    rt.tracker.spawn(crate::listener::accept_loop(
+        proxy_listener,
+        rt.shutdown.clone(),
+        rt.tracker.clone(),
+        move |stream, peer| {
+            let downstream = Downstream { peer, tls: false };
+            crate::connection::serve(stream, downstream, serve_rt.clone())
+        },
+    ));
+    if let Some(listener) = admin_listener {
+        rt.tracker
+            .spawn(crate::admin::run(listener, rt.clone(), reloader.clone()));
+    }
+    tracing::info!(listen = %listen_addr, admin = ?admin_addr, "shunt listening");
+    Ok(Running {
+        listen_addr,
+        admin_addr,
+        rt,
+        reloader,
+    })
+}
+
+impl Running {
+    /// The proxy listener's bound address.
+    pub fn listen_addr(&self) -> SocketAddr {
+        self.listen_addr
+    }
+
+    /// The admin listener's bound address, unless it is off.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
+    /// The reloader (SIGHUP and file watching call it).
+    pub fn reloader(&self) -> &Arc<Reloader> {
+        &self.reloader
+    }
+
+    /// Begin graceful shutdown; idempotent.
+    pub fn shutdown(&self) {
+        if !self.rt.is_draining() {
+            tracing::info!(
+                tunnels = self.rt.stats.active_tunnels(),
+                "shutting down: no new connections; draining"
+            );
+        }
+        self.rt.begin_shutdown();
+    }
+
+    /// Wait until every task has ended (after [`Running::shutdown`]).
+    pub async fn stopped(self) {
+        self.rt.tracker.close();
+        let drain = self.rt.live.load().timeouts.drain;
+        // Tunnels close themselves at the drain deadline; the margin covers their last writes.
+        let bound = drain + Duration::from_secs(5);
+        if tokio::time::timeout(bound, self.rt.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                tasks = self.rt.tracker.len(),
+                "tasks still running {bound:?} after shutdown began; exiting anyway"
+            );
+        }
+    }
+}

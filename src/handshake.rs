@@ -1,0 +1,146 @@
+//! Is this request a WebSocket handshake, and a valid one (RFC 6455 §4.2.1)?
+//!
+//! Checked before a route or an upstream is chosen, so a malformed handshake
+//! costs no upstream connection. A request that asks to upgrade to anything
+//! other than `websocket` is treated as a plain request (its `Upgrade` header
+//! is hop-by-hop and is dropped), as nginx does.
+
+use base64::Engine;
+use http::{HeaderMap, Method, Request, Version, header};
+
+/// What kind of exchange a request starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Plain,
+    WebSocket,
+}
+
+/// A WebSocket handshake the proxy refuses, with what is wrong.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum HandshakeError {
+    #[error("a WebSocket handshake must use GET, not {0}")]
+    Method(String),
+    #[error("a WebSocket handshake needs HTTP/1.1")]
+    HttpVersion,
+    #[error("the Connection header must contain the token `upgrade`")]
+    ConnectionToken,
+    #[error("Sec-WebSocket-Key is missing")]
+    MissingKey,
+    #[error("Sec-WebSocket-Key must be 16 bytes, base64-encoded")]
+    BadKey,
+    #[error("Sec-WebSocket-Version is missing")]
+    MissingVersion,
+    /// Answered 426 with `Sec-WebSocket-Version: 13`.
+    #[error("Sec-WebSocket-Version {0} is not supported; use 13")]
+    UnsupportedVersion(String),
+}
+
+/// Classify `req`, validating it if it is a WebSocket handshake.
+pub fn classify<B>(req: &Request<B>) -> Result<Kind, HandshakeError> {
+    let headers = req.headers();
+    if !has_token(headers, header::UPGRADE, "websocket") {
+        return Ok(Kind::Plain);
+    }
+    if req.method() != Method::GET {
+        return Err(HandshakeError::Method(req.method().to_string()));
+    }
+    if req.version() != Version::HTTP_11 {
+        return Err(HandshakeError::HttpVersion);
+    }
+    if !has_token(headers, header::CONNECTION, "upgrade") {
+        return Err(HandshakeError::ConnectionToken);
+    }
+    let key = headers
+        .get(header::SEC_WEBSOCKET_KEY)
+        .ok_or(HandshakeError::MissingKey)?;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(key.as_bytes().trim_ascii())
+        .map_err(|_| HandshakeError::BadKey)?;
+    if decoded.len() != 16 || headers.get_all(header::SEC_WEBSOCKET_KEY).iter().count() > 1 {
+        return Err(HandshakeError::BadKey);
+    }
+    let version = headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .ok_or(HandshakeError::MissingVersion)?;
+    if version.as_bytes().trim_ascii() != b"13" {
+        return Err(HandshakeError::UnsupportedVersion(
+            String::from_utf8_lossy(version.as_bytes()).into_owned(),
+        ));
+    }
+    Ok(Kind::WebSocket)
+}
+
+/// Whether any `name` header holds `token` in its comma-separated list.
+pub fn has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
+    headers.get_all(name).iter().any(|v| {
+        v.as_bytes()
+            .split(|b| *b == b',')
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(f: impl FnOnce(http::request::Builder) -> http::request::Builder) -> Request<()> {
+        let b = Request::get("/ws")
+            .header("upgrade", "websocket")
+            .header("connection", "keep-alive, Upgrade")
+            .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+            .header("sec-websocket-version", "13");
+        f(b).body(()).unwrap()
+    }
+
+    #[test]
+    fn valid_handshake() {
+        assert_eq!(classify(&req(|b| b)), Ok(Kind::WebSocket));
+    }
+
+    #[test]
+    fn plain_requests() {
+        assert_eq!(
+            classify(&Request::get("/").body(()).unwrap()),
+            Ok(Kind::Plain)
+        );
+        let h2c = Request::get("/")
+            .header("upgrade", "h2c")
+            .header("connection", "upgrade");
+        assert_eq!(classify(&h2c.body(()).unwrap()), Ok(Kind::Plain));
+    }
+
+    #[test]
+    fn defects() {
+        let mut r = req(|b| b);
+        *r.method_mut() = Method::POST;
+        assert!(matches!(classify(&r), Err(HandshakeError::Method(_))));
+        let mut r = req(|b| b);
+        r.headers_mut()
+            .insert("connection", "keep-alive".parse().unwrap());
+        assert_eq!(classify(&r), Err(HandshakeError::ConnectionToken));
+        let mut r = req(|b| b);
+        r.headers_mut().remove("sec-websocket-key");
+        assert_eq!(classify(&r), Err(HandshakeError::MissingKey));
+        let mut r = req(|b| b);
+        r.headers_mut()
+            .insert("sec-websocket-key", "AAAAAAAAAAAAAAAAAAAA".parse().unwrap()); // 15 bytes
+        assert_eq!(classify(&r), Err(HandshakeError::BadKey));
+        let mut r = req(|b| b);
+        r.headers_mut()
+            .insert("sec-websocket-key", "not base64!".parse().unwrap());
+        assert_eq!(classify(&r), Err(HandshakeError::BadKey));
+        let mut r = req(|b| b);
+        r.headers_mut()
+            .insert("sec-websocket-version", "8".parse().unwrap());
+        assert_eq!(
+            classify(&r),
+            Err(HandshakeError::UnsupportedVersion("8".into()))
+        );
+        let mut r = req(|b| b);
+        r.headers_mut().remove("sec-websocket-version");
+        assert_eq!(classify(&r), Err(HandshakeError::MissingVersion));
+        let mut r = req(|b| b);
+        *r.version_mut() = Version::HTTP_10;
+        assert_eq!(classify(&r), Err(HandshakeError::HttpVersion));
+    }
+}

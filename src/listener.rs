@@ -1,0 +1,73 @@
+//! Binding and accepting: the entry of the data flow.
+//!
+//! The accept loop never dies on a transient error (out of file descriptors,
+//! a connection reset before accept): it logs, backs off and continues. It
+//! stops when the root token is cancelled. Each accepted connection gets
+//! `TCP_NODELAY` (audio frames are small and latency-bound) and its own
+//! tracked task.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Bind `addr`, naming it in the error.
+pub async fn bind(addr: SocketAddr, what: &str) -> io::Result<TcpListener> {
+    TcpListener::bind(addr).await.map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("cannot bind {what} listener on {addr}: {e}"),
+        )
+    })
+}
+
+/// Accept until `stop` is cancelled, handing each connection to `serve` on a tracked task.
+pub async fn accept_loop<F, Fut>(
+    listener: TcpListener,
+    stop: CancellationToken,
+    tracker: TaskTracker,
+    serve: F,
+) where
+    F: Fn(TcpStream, SocketAddr) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let mut backoff = Duration::from_millis(5);
+    loop {
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            () = stop.cancelled() => return,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                backoff = Duration::from_millis(5);
+                let _ = stream.set_nodelay(true);
+                tracker.spawn(serve(stream, peer));
+            }
+            Err(e) if is_per_connection(&e) => {
+                tracing::debug!(error = %e, "accept: connection failed before it was accepted");
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, backoff_ms = backoff.as_millis() as u64, "accept failed; backing off");
+                tokio::select! {
+                    () = tokio::time::sleep(backoff) => {}
+                    () = stop.cancelled() => return,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
+        }
+    }
+}
+
+/// Errors that concern one connection only, not the listener.
+fn is_per_connection(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::Interrupted
+    )
+}

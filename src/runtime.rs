@@ -1,0 +1,62 @@
+//! The handles every connection shares, passed down the flow explicitly.
+//!
+//! One root `CancellationToken` (cancelled at shutdown) and one `TaskTracker`
+//! (every spawned task, so shutdown can wait for them), the live snapshot and
+//! the counters. Nothing here calls back into the flow.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::live::Live;
+use crate::stats::Stats;
+
+/// Shared by every listener, connection, request and tunnel.
+#[derive(Debug)]
+pub struct Runtime {
+    pub live: Live,
+    pub stats: Arc<Stats>,
+    /// Cancelled when shutdown begins.
+    pub shutdown: CancellationToken,
+    pub tracker: TaskTracker,
+    pub started: Instant,
+    draining: AtomicBool,
+}
+
+impl Runtime {
+    /// Wrap a first snapshot.
+    pub fn new(live: Live, shutdown: CancellationToken, tracker: TaskTracker) -> Arc<Self> {
+        Arc::new(Runtime {
+            live,
+            stats: Arc::default(),
+            shutdown,
+            tracker,
+            started: Instant::now(),
+            draining: AtomicBool::new(false),
+        })
+    }
+
+    /// Mark the process as draining (readiness turns 503) and cancel the root token.
+    pub fn begin_shutdown(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+        self.shutdown.cancel();
+    }
+
+    /// Whether shutdown has begun.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst) || self.shutdown.is_cancelled()
+    }
+}
+
+/// Who is on the downstream side of a connection.
+#[derive(Debug, Clone, Copy)]
+pub struct Downstream {
+    /// The client's address as the listener saw it.
+    pub peer: SocketAddr,
+    /// Whether the connection is TLS (sets `X-Forwarded-Proto`).
+    pub tls: bool,
+}

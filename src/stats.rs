@@ -1,0 +1,140 @@
+//! Counters shown by `/status`: requests and upgrades by status class, and
+//! live tunnels by route and upstream.
+//!
+//! Updated from the request path with relaxed atomics (one add per request);
+//! the tunnel gauge is a small map touched once when a tunnel opens and once
+//! when it closes.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use http::StatusCode;
+
+use crate::config::UpstreamName;
+
+/// Process-wide counters.
+#[derive(Debug, Default)]
+pub struct Stats {
+    requests: ByClass,
+    upgrades: ByClass,
+    tunnels: Mutex<BTreeMap<(String, UpstreamName), TunnelCount>>,
+}
+
+/// Counts of one kind of exchange by status class (1xx..5xx).
+#[derive(Debug, Default)]
+struct ByClass([AtomicU64; 5]);
+
+impl ByClass {
+    fn add(&self, status: StatusCode) {
+        let class = (status.as_u16() / 100).clamp(1, 5) as usize - 1;
+        self.0[class].fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn to_json(&self) -> serde_json::Value {
+        let mut map = serde_json::Map::new();
+        for (i, c) in self.0.iter().enumerate() {
+            map.insert(format!("{}xx", i + 1), c.load(Ordering::Relaxed).into());
+        }
+        serde_json::Value::Object(map)
+    }
+}
+
+/// Live and total tunnels of one route and upstream, with bytes relayed.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct TunnelCount {
+    pub active: u64,
+    pub total: u64,
+    pub bytes_downstream_to_upstream: u64,
+    pub bytes_upstream_to_downstream: u64,
+}
+
+impl Stats {
+    /// Count one answered request; `upgrade` for WebSocket handshakes.
+    pub fn record(&self, status: StatusCode, upgrade: bool) {
+        if upgrade {
+            self.upgrades.add(status);
+        } else {
+            self.requests.add(status);
+        }
+    }
+
+    /// Count a tunnel as open until the returned guard is dropped.
+    pub fn open_tunnel(self: &Arc<Self>, route: &str, upstream: &UpstreamName) -> TunnelGuard {
+        let key = (route.to_owned(), upstream.clone());
+        {
+            let mut map = self.lock_tunnels();
+            let count = map.entry(key.clone()).or_default();
+            count.active += 1;
+            count.total += 1;
+        }
+        TunnelGuard {
+            stats: self.clone(),
+            key,
+            to_upstream: 0,
+            to_downstream: 0,
+        }
+    }
+
+    fn lock_tunnels(
+        &self,
+    ) -> std::sync::MutexGuard<'_, BTreeMap<(String, UpstreamName), TunnelCount>> {
+        self.tunnels.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Total live tunnels.
+    pub fn active_tunnels(&self) -> u64 {
+        self.lock_tunnels().values().map(|c| c.active).sum()
+    }
+
+    /// `{"requests": {...}, "upgrades": {...}, "tunnels": [...]}` parts of `/status`.
+    pub fn to_json(&self) -> (serde_json::Value, serde_json::Value, serde_json::Value) {
+        let tunnels = self
+            .lock_tunnels()
+            .iter()
+            .map(|((route, upstream), c)| {
+                serde_json::json!({
+                    "route": route,
+                    "upstream": upstream.0,
+                    "active": c.active,
+                    "total": c.total,
+                    "bytes_downstream_to_upstream": c.bytes_downstream_to_upstream,
+                    "bytes_upstream_to_downstream": c.bytes_upstream_to_downstream,
+                })
+            })
+            .collect();
+        (
+            self.requests.to_json(),
+            self.upgrades.to_json(),
+            serde_json::Value::Array(tunnels),
+        )
+    }
+}
+
+/// Holds one tunnel in the gauge; dropping it records the close and its bytes.
+#[derive(Debug)]
+pub struct TunnelGuard {
+    stats: Arc<Stats>,
+    key: (String, UpstreamName),
+    to_upstream: u64,
+    to_downstream: u64,
+}
+
+impl TunnelGuard {
+    /// Record bytes relayed each way; added to the totals when the guard drops.
+    pub fn add_bytes(&mut self, to_upstream: u64, to_downstream: u64) {
+        self.to_upstream += to_upstream;
+        self.to_downstream += to_downstream;
+    }
+}
+
+impl Drop for TunnelGuard {
+    fn drop(&mut self) {
+        let mut map = self.stats.lock_tunnels();
+        if let Some(c) = map.get_mut(&self.key) {
+            c.active = c.active.saturating_sub(1);
+            c.bytes_downstream_to_upstream += self.to_upstream;
+            c.bytes_upstream_to_downstream += self.to_downstream;
+        }
+    }
+}

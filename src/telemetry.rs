@@ -1,0 +1,20 @@
+//! Logging setup: pretty or JSON lines, filtered by `RUST_LOG` (default `info`).
+//!
+//! Access-log lines come from [`crate::proxy`] under the target `shunt::access`
+//! with the fields `peer method path status route upstream websocket ms`.
+
+use tracing_subscriber::EnvFilter;
+
+use crate::config::LogFormat;
+
+/// Install the global subscriber; later calls are ignored.
+pub fn init(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Pretty => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+}

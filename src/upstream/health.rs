@@ -1,0 +1,301 @@
+//! Health of one upstream: its state, the rise/fall thresholds, and the active
+//! probe loop.
+//!
+//! State starts `Unknown` and the first result decides it; after that it takes
+//! `rise` consecutive successes to come up and `fall` consecutive failures to go
+//! down. Probes and real requests (passively, on connect failure or timeout)
+//! both report here. Each change is logged once, saying why.
+
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use fastwebsockets::{Frame, OpCode};
+use http::{Request, StatusCode, header};
+use http_body_util::Empty;
+use hyper_util::rt::TokioIo;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::connect::connect;
+use crate::config::{HealthSpec, ProbeKind, UpstreamName, UpstreamUrl};
+
+/// What shunt believes about an upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// Not probed yet.
+    Unknown,
+    Up,
+    Down,
+    /// No route uses it, so it is not probed.
+    Unused,
+}
+
+impl State {
+    /// Lower-case name, as in `/status`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Unknown => "unknown",
+            State::Up => "up",
+            State::Down => "down",
+            State::Unused => "unused",
+        }
+    }
+}
+
+/// A copy of the health record, for `/status` and `/readyz`.
+#[derive(Debug, Clone)]
+pub struct HealthView {
+    pub state: State,
+    pub last_error: Option<String>,
+    pub last_change: SystemTime,
+}
+
+/// Shared health record of one upstream.
+#[derive(Debug)]
+pub struct Health {
+    name: UpstreamName,
+    rise: u32,
+    fall: u32,
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    state: State,
+    successes: u32,
+    failures: u32,
+    last_error: Option<String>,
+    last_change: SystemTime,
+}
+
+impl Health {
+    /// A fresh record: `Unknown` if it will be probed, else `Unused`.
+    pub fn new(name: UpstreamName, spec: &HealthSpec, probed: bool) -> Self {
+        Health {
+            name,
+            rise: spec.rise,
+            fall: spec.fall,
+            inner: Mutex::new(Inner {
+                state: if probed {
+                    State::Unknown
+                } else {
+                    State::Unused
+                },
+                successes: 0,
+                failures: 0,
+                last_error: None,
+                last_change: SystemTime::now(),
+            }),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // A poisoned lock only means a panic elsewhere mid-update; the counters are still usable.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Current state.
+    pub fn state(&self) -> State {
+        self.lock().state
+    }
+
+    /// A copy of the whole record.
+    pub fn view(&self) -> HealthView {
+        let i = self.lock();
+        HealthView {
+            state: i.state,
+            last_error: i.last_error.clone(),
+            last_change: i.last_change,
+        }
+    }
+
+    /// A probe (or request) succeeded.
+    pub fn record_success(&self) {
+        let mut i = self.lock();
+        i.failures = 0;
+        i.successes = i.successes.saturating_add(1);
+        let comes_up = match i.state {
+            State::Unknown | State::Unused => true,
+            State::Down => i.successes >= self.rise,
+            State::Up => false,
+        };
+        if comes_up {
+            i.state = State::Up;
+            i.last_change = SystemTime::now();
+            tracing::info!(upstream = %self.name, "upstream {} up", self.name);
+        }
+    }
+
+    /// A probe failed, or a real request could not connect or timed out.
+    pub fn record_failure(&self, reason: &str) {
+        let mut i = self.lock();
+        i.successes = 0;
+        i.failures = i.failures.saturating_add(1);
+        i.last_error = Some(reason.to_owned());
+        let goes_down = match i.state {
+            State::Unknown | State::Unused => true,
+            State::Up => i.failures >= self.fall,
+            State::Down => false,
+        };
+        if goes_down {
+            i.state = State::Down;
+            i.last_change = SystemTime::now();
+            tracing::warn!(upstream = %self.name, reason, "upstream {} down: {reason}", self.name);
+        }
+    }
+}
+
+/// Probe `url` every `spec.interval` until `stop` is cancelled.
+pub async fn probe_loop(
+    url: UpstreamUrl,
+    spec: HealthSpec,
+    health: std::sync::Arc<Health>,
+    stop: CancellationToken,
+    tracker: TaskTracker,
+) {
+    loop {
+        let result = tokio::select! {
+            r = tokio::time::timeout(spec.timeout, probe(&url, &spec.check, &tracker)) => r,
+            () = stop.cancelled() => return,
+        };
+        match result {
+            Ok(Ok(())) => health.record_success(),
+            Ok(Err(reason)) => health.record_failure(&reason),
+            Err(_) => {
+                health.record_failure(&format!("health check timed out after {:?}", spec.timeout))
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(spec.interval) => {}
+            () = stop.cancelled() => return,
+        }
+    }
+}
+
+/// One probe; the error is the reason shown in logs and `/status`.
+async fn probe(url: &UpstreamUrl, kind: &ProbeKind, tracker: &TaskTracker) -> Result<(), String> {
+    // The probe's own timeout bounds the whole probe, connect included.
+    let stream = connect(url, Duration::MAX)
+        .await
+        .map_err(|e| e.to_string())?;
+    match kind {
+        ProbeKind::Tcp => Ok(()),
+        ProbeKind::Http(path) => {
+            let io = TokioIo::new(stream);
+            let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(io)
+                .await
+                .map_err(|e| format!("http handshake: {e}"))?;
+            tracker.spawn(conn);
+            let req = Request::get(path.as_str())
+                .header(header::HOST, url.authority())
+                .header(header::USER_AGENT, "shunt-health")
+                .body(Empty::new())
+                .map_err(|e| e.to_string())?;
+            let resp = sender
+                .send_request(req)
+                .await
+                .map_err(|e| format!("GET {path}: {e}"))?;
+            let status = resp.status();
+            if status.is_success() || status.is_redirection() {
+                Ok(())
+            } else {
+                Err(format!("GET {path} answered {status}"))
+            }
+        }
+        ProbeKind::Ws(path) => {
+            let req = Request::get(path.as_str())
+                .header(header::HOST, url.authority())
+                .header(header::UPGRADE, "websocket")
+                .header(header::CONNECTION, "upgrade")
+                .header(
+                    header::SEC_WEBSOCKET_KEY,
+                    fastwebsockets::handshake::generate_key(),
+                )
+                .header(header::SEC_WEBSOCKET_VERSION, "13")
+                .header(header::USER_AGENT, "shunt-health")
+                .body(Empty::<Bytes>::new())
+                .map_err(|e| e.to_string())?;
+            let exec = TrackedExecutor(tracker.clone());
+            let (mut ws, resp) = fastwebsockets::handshake::client(&exec, req, stream)
+                .await
+                .map_err(|e| format!("websocket handshake on {path}: {e}"))?;
+            if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+                return Err(format!(
+                    "websocket handshake on {path} answered {}",
+                    resp.status()
+                ));
+            }
+            ws.write_frame(Frame::close(1000, b""))
+                .await
+                .map_err(|e| format!("websocket close on {path}: {e}"))?;
+            // Read until the upstream answers the close (the hello or echoes may come first).
+            loop {
+                match ws.read_frame().await {
+                    Ok(frame) if frame.opcode == OpCode::Close => return Ok(()),
+                    Ok(_) => continue,
+                    // A peer that just closes the socket after our Close is fine too.
+                    Err(_) => return Ok(()),
+                }
+            }
+        }
+    }
+}
+
+/// Runs the connection tasks of probe clients on the shared tracker, so shutdown waits for them.
+#[derive(Clone)]
+pub struct TrackedExecutor(pub TaskTracker);
+
+impl<F> hyper::rt::Executor<F> for TrackedExecutor
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn execute(&self, fut: F) {
+        self.0.spawn(fut);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn health(rise: u32, fall: u32) -> Health {
+        let spec = HealthSpec {
+            check: ProbeKind::Tcp,
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_secs(1),
+            rise,
+            fall,
+        };
+        Health::new(UpstreamName("t".into()), &spec, true)
+    }
+
+    #[test]
+    fn first_result_decides_then_thresholds_apply() {
+        let h = health(2, 3);
+        assert_eq!(h.state(), State::Unknown);
+        h.record_success();
+        assert_eq!(h.state(), State::Up);
+        h.record_failure("a");
+        h.record_failure("b");
+        assert_eq!(h.state(), State::Up);
+        h.record_failure("c");
+        assert_eq!(h.state(), State::Down);
+        assert_eq!(h.view().last_error.as_deref(), Some("c"));
+        h.record_success();
+        assert_eq!(h.state(), State::Down);
+        h.record_success();
+        assert_eq!(h.state(), State::Up);
+    }
+
+    #[test]
+    fn a_success_resets_the_failure_streak() {
+        let h = health(1, 2);
+        h.record_success();
+        h.record_failure("x");
+        h.record_success();
+        h.record_failure("y");
+        assert_eq!(h.state(), State::Up);
+    }
+}

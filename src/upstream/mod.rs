@@ -1,0 +1,123 @@
+//! Upstreams: where requests go, whether they are healthy, and how one is chosen.
+//!
+//! An [`Upstream`] owns its health record and, while any route uses it, a probe
+//! task that stops when the last reference to it is dropped (a reload that
+//! removes or changes it). Selection walks a route's upstreams in order and
+//! connects to the first that is not down, falling through to the next one on
+//! a connect failure, which also counts against the failed upstream's health.
+
+pub mod connect;
+pub mod health;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpStream;
+use tokio_util::sync::{CancellationToken, DropGuard};
+use tokio_util::task::TaskTracker;
+
+use crate::config::{UpstreamName, UpstreamSpec};
+use connect::ConnectError;
+use health::{Health, State};
+
+/// One named upstream with its live health.
+#[derive(Debug)]
+pub struct Upstream {
+    pub spec: UpstreamSpec,
+    pub health: Arc<Health>,
+    /// Whether a route uses it (only then is it probed).
+    pub probed: bool,
+    /// Cancels the probe loop when the upstream is dropped.
+    _probe: Option<DropGuard>,
+}
+
+impl Upstream {
+    /// Create the upstream; if `probed`, start its probe loop on `tracker`.
+    pub fn start(
+        spec: UpstreamSpec,
+        probed: bool,
+        root: &CancellationToken,
+        tracker: &TaskTracker,
+    ) -> Arc<Self> {
+        let health = Arc::new(Health::new(spec.name.clone(), &spec.health, probed));
+        let probe = probed.then(|| {
+            let stop = root.child_token();
+            tracker.spawn(health::probe_loop(
+                spec.url.clone(),
+                spec.health.clone(),
+                health.clone(),
+                stop.clone(),
+                tracker.clone(),
+            ));
+            stop.drop_guard()
+        });
+        Arc::new(Upstream {
+            spec,
+            health,
+            probed,
+            _probe: probe,
+        })
+    }
+
+    /// The upstream's name.
+    pub fn name(&self) -> &UpstreamName {
+        &self.spec.name
+    }
+
+    /// Not known to be down.
+    pub fn is_usable(&self) -> bool {
+        self.health.state() != State::Down
+    }
+}
+
+/// Why no upstream of a route could take a request.
+#[derive(Debug, thiserror::Error)]
+pub enum SelectError {
+    /// Every upstream of the route is marked down; nothing was tried.
+    #[error("no healthy upstream ({reasons})")]
+    NoneHealthy { reasons: String },
+    /// Every usable upstream was tried and refused; the last failure is kept.
+    #[error("upstream {upstream}: {source}")]
+    Connect {
+        upstream: UpstreamName,
+        #[source]
+        source: ConnectError,
+    },
+}
+
+/// Connect to the first usable upstream of `via`, in order; a failed connect
+/// marks that upstream and falls through to the next.
+pub async fn connect_first(
+    via: &[Arc<Upstream>],
+    timeout: Duration,
+) -> Result<(Arc<Upstream>, TcpStream), SelectError> {
+    let mut last = None;
+    for upstream in via.iter().filter(|u| u.is_usable()) {
+        match connect::connect(&upstream.spec.url, timeout).await {
+            Ok(stream) => return Ok((upstream.clone(), stream)),
+            Err(e) => {
+                upstream.health.record_failure(&e.to_string());
+                tracing::debug!(upstream = %upstream.name(), error = %e, "connect failed, trying the next upstream");
+                last = Some((upstream.name().clone(), e));
+            }
+        }
+    }
+    match last {
+        Some((upstream, source)) => Err(SelectError::Connect { upstream, source }),
+        None => Err(SelectError::NoneHealthy {
+            reasons: down_reasons(via),
+        }),
+    }
+}
+
+/// `direct: connection refused; nginx: ...`, for 503 bodies and `/readyz`.
+pub fn down_reasons(via: &[Arc<Upstream>]) -> String {
+    via.iter()
+        .map(|u| {
+            let v = u.health.view();
+            let why = v.last_error.unwrap_or_else(|| v.state.as_str().to_owned());
+            format!("{}: {why}", u.name())
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
