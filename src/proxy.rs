@@ -72,8 +72,8 @@ pub async fn handle(
         method = %method,
         path = %path,
         status = resp.status().as_u16(),
-        route = trace.route.as_deref().unwrap_or("-"),
-        upstream = trace.upstream.as_ref().map_or("-", |u| u.0.as_str()),
+        route = %trace.route.as_deref().unwrap_or("-"),
+        upstream = %trace.upstream.as_ref().map_or("-", |u| u.0.as_str()),
         websocket = upgrade,
         ms = started.elapsed().as_millis() as u64,
         "request"

@@ -96,6 +96,8 @@ pub async fn forward(
         tunnel::spawn(downstream_upgrade, upstream_upgrade, guard, timeouts, rt);
     }
     headers::prepare_response(resp.headers_mut(), switching, name);
+    // The client speaks HTTP/1.1 with us whatever the upstream spoke.
+    *resp.version_mut() = http::Version::HTTP_11;
     Ok(resp.map(BodyExt::boxed))
 }
 
