@@ -104,6 +104,7 @@ fn status(rt: &Runtime, reloader: &Reloader) -> serde_json::Value {
         "generation": snapshot.generation,
         "last_reload": reloader.last_json(),
         "upstreams": upstreams_json(&snapshot),
+        "certificates": certificates_json(&snapshot),
         "routes": routes_json(&snapshot),
         "tunnels": tunnels,
         "active_tunnels": rt.stats.active_tunnels(),
@@ -125,6 +126,26 @@ fn upstreams_json(snapshot: &Snapshot) -> serde_json::Value {
                 "health": v.state.as_str(),
                 "last_error": v.last_error,
                 "last_change": humantime::format_rfc3339_seconds(v.last_change).to_string(),
+            })
+        })
+        .collect()
+}
+
+fn certificates_json(snapshot: &Snapshot) -> serde_json::Value {
+    let Some(set) = &snapshot.certs else {
+        return serde_json::Value::Array(vec![]);
+    };
+    set.certs()
+        .iter()
+        .map(|c| {
+            json!({
+                "subject": c.info.subject,
+                "sans": c.info.sans,
+                "names": c.names,
+                "not_after": humantime::format_rfc3339_seconds(c.info.not_after).to_string(),
+                "sha256": c.info.fingerprint,
+                "cert_file": c.info.cert_file.display().to_string(),
+                "key_file": c.info.key_file.display().to_string(),
             })
         })
         .collect()

@@ -14,15 +14,20 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
-use crate::live::Snapshot;
+use crate::live::{BuildError, Snapshot};
 use crate::reload::Reloader;
 use crate::runtime::{Downstream, Runtime};
+use crate::tls::CertStore;
 
 /// Why shunt could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("{0}")]
     Bind(#[source] std::io::Error),
+    #[error(transparent)]
+    Build(#[from] BuildError),
+    #[error("TLS setup: {0}")]
+    Tls(#[from] rustls::Error),
 }
 
 /// A started proxy.
@@ -54,8 +59,15 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     if let Some(addr) = admin.filter(|a| !a.ip().is_loopback()) {
         tracing::warn!(%addr, "the admin listener is bound beyond loopback; anyone who can reach it can read /status and trigger reloads");
     }
-    let snapshot = Snapshot::build(config, None, &shutdown, &tracker);
-    let rt = Runtime::new(ArcSwap::from_pointee(snapshot), shutdown, tracker);
+    let snapshot = Snapshot::build(config, None, &shutdown, &tracker)?;
+    let certs = snapshot.certs.clone().map(CertStore::new);
+    let acceptor = certs.clone().map(crate::tls::acceptor).transpose()?;
+    if let Some(set) = &snapshot.certs {
+        for warning in set.warnings() {
+            tracing::warn!("{warning}");
+        }
+    }
+    let rt = Runtime::new(ArcSwap::from_pointee(snapshot), certs, shutdown, tracker);
     let reloader = Reloader::new(rt.clone());
 
     let listen_addr = proxy_listener.local_addr().map_err(StartError::Bind)?;
@@ -69,22 +81,50 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         proxy_listener,
         rt.shutdown.clone(),
         rt.tracker.clone(),
-        move |stream, peer| {
-            let downstream = Downstream { peer, tls: false };
-            crate::connection::serve(stream, downstream, serve_rt.clone())
-        },
+        move |stream, peer| serve_downstream(stream, peer, acceptor.clone(), serve_rt.clone()),
     ));
     if let Some(listener) = admin_listener {
         rt.tracker
             .spawn(crate::admin::run(listener, rt.clone(), reloader.clone()));
     }
-    tracing::info!(listen = %listen_addr, admin = ?admin_addr, "shunt listening");
+    let watch = !rt.live.load().config.args.no_watch;
+    if let Err(e) = watch
+        .then(|| crate::watch::spawn(rt.clone(), reloader.clone()))
+        .transpose()
+    {
+        tracing::warn!(error = %e, "cannot watch files for changes; use SIGHUP or POST /reload");
+    }
+    tracing::info!(listen = %listen_addr, admin = ?admin_addr, tls = rt.certs.is_some(), "shunt listening");
     Ok(Running {
         listen_addr,
         admin_addr,
         rt,
         reloader,
     })
+}
+
+/// One accepted connection: TLS first if configured, then HTTP.
+async fn serve_downstream(
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    acceptor: Option<tokio_rustls::TlsAcceptor>,
+    rt: Arc<Runtime>,
+) {
+    let Some(acceptor) = acceptor else {
+        let downstream = Downstream { peer, tls: false };
+        return crate::connection::serve(stream, downstream, rt).await;
+    };
+    let timeout = rt
+        .live
+        .load()
+        .config
+        .tls
+        .as_ref()
+        .map_or(Duration::from_secs(10), |t| t.handshake_timeout);
+    match crate::tls::accept(&acceptor, stream, timeout).await {
+        Ok(tls) => crate::connection::serve(tls, Downstream { peer, tls: true }, rt).await,
+        Err(e) => tracing::info!(%peer, error = %e, "TLS connection refused"),
+    }
 }
 
 impl Running {

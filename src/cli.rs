@@ -31,6 +31,8 @@ pub enum Command {
     Check(RunArgs),
     /// Exit 0 iff the admin listener's /readyz answers 200 (for a container HEALTHCHECK).
     Healthcheck(HealthcheckArgs),
+    /// Generate a development CA and a server certificate signed by it.
+    Cert(CertArgs),
 }
 
 /// Flags of `shunt run` and `shunt check`.
@@ -95,6 +97,31 @@ pub struct RunArgs {
     /// Log format: pretty or json [default: pretty].
     #[arg(long, env = "SHUNT_LOG_FORMAT", value_name = "FORMAT")]
     pub log_format: Option<String>,
+    /// PEM certificate chain to serve TLS (wss://) on the listener; needs --tls-key.
+    #[arg(
+        long,
+        env = "SHUNT_TLS_CERT",
+        value_name = "FILE",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of --tls-cert.
+    #[arg(
+        long,
+        env = "SHUNT_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<PathBuf>,
+    /// Time a client has to complete the TLS handshake [default: 10s].
+    #[arg(long, env = "SHUNT_TLS_HANDSHAKE_TIMEOUT", value_name = "DURATION")]
+    pub tls_handshake_timeout: Option<String>,
+    /// PEM CA file trusted for https:// upstreams [default: the system roots].
+    #[arg(long, env = "SHUNT_UPSTREAM_CA", value_name = "FILE")]
+    pub upstream_ca: Option<PathBuf>,
+    /// Do not watch the config and certificate files for changes (SIGHUP and POST /reload still work).
+    #[arg(long, env = "SHUNT_NO_WATCH")]
+    pub no_watch: bool,
 }
 
 /// Flags of `shunt healthcheck`.
@@ -111,4 +138,18 @@ pub struct HealthcheckArgs {
     /// How long to wait for the answer.
     #[arg(long, default_value = "3s", value_name = "DURATION")]
     pub timeout: String,
+}
+
+/// Flags of `shunt cert`.
+#[derive(Debug, Clone, Args)]
+pub struct CertArgs {
+    /// A DNS name or IP address the certificate must cover; repeatable [default: localhost, 127.0.0.1].
+    #[arg(long = "name", value_name = "NAME")]
+    pub names: Vec<String>,
+    /// Directory to write ca.crt, ca.key, server.crt and server.key into.
+    #[arg(long, default_value = "certs", value_name = "DIR")]
+    pub out: PathBuf,
+    /// Overwrite existing files.
+    #[arg(long)]
+    pub force: bool,
 }

@@ -38,6 +38,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod certgen;
 pub mod cli;
 pub mod config;
 pub mod connection;
@@ -52,4 +53,6 @@ pub mod router;
 pub mod runtime;
 pub mod stats;
 pub mod telemetry;
+pub mod tls;
 pub mod upstream;
+pub mod watch;

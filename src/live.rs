@@ -1,9 +1,11 @@
 //! The live, hot-swappable state: one immutable [`Snapshot`] behind `ArcSwap`.
 //!
 //! A request loads the snapshot once and uses it to the end, so a reload never
-//! changes a request (or a tunnel) halfway. Building a snapshot reuses every
-//! upstream whose settings did not change, keeping its health state and probe
-//! task, so a reload does not make healthy upstreams flap to "unknown".
+//! changes a request (or a tunnel) halfway. Building a snapshot loads and
+//! checks everything that can fail (certificates, keys, upstream CA files)
+//! before anything is swapped, and carries over the health record of every
+//! upstream whose settings did not change, so a reload does not make healthy
+//! upstreams flap to "unknown".
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -12,8 +14,10 @@ use arc_swap::ArcSwap;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{Config, Timeouts, UpstreamName};
+use crate::config::{Config, Scheme, Timeouts, UpstreamName};
 use crate::router::{Route, Router};
+use crate::tls::client::ClientTlsError;
+use crate::tls::{CertError, CertSet};
 use crate::upstream::Upstream;
 
 /// Everything a request needs that a reload may change.
@@ -25,8 +29,23 @@ pub struct Snapshot {
     pub upstreams: BTreeMap<UpstreamName, Arc<Upstream>>,
     pub timeouts: Timeouts,
     pub max_header_bytes: usize,
+    /// Certificates of the TLS listener, if TLS is configured.
+    pub certs: Option<Arc<CertSet>>,
     /// The configuration it was built from.
     pub config: Arc<Config>,
+}
+
+/// Why a snapshot could not be built from a valid config.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("certificate: {0}")]
+    Cert(#[from] CertError),
+    #[error("upstream {upstream}: {source}")]
+    UpstreamTls {
+        upstream: UpstreamName,
+        #[source]
+        source: ClientTlsError,
+    },
 }
 
 impl Snapshot {
@@ -36,22 +55,36 @@ impl Snapshot {
         previous: Option<&Snapshot>,
         root: &CancellationToken,
         tracker: &TaskTracker,
-    ) -> Snapshot {
+    ) -> Result<Snapshot, BuildError> {
+        let certs = match &config.tls {
+            Some(tls) => Some(crate::tls::load_cert_set(&tls.certs)?),
+            None => None,
+        };
         let used = |name: &UpstreamName| config.routes.iter().any(|r| r.via.contains(name));
-        let upstreams: BTreeMap<UpstreamName, Arc<Upstream>> = config
-            .upstreams
-            .iter()
-            .map(|spec| {
-                let probed = used(&spec.name);
-                let reused = previous
-                    .and_then(|p| p.upstreams.get(&spec.name))
-                    .filter(|old| old.spec == *spec && old.probed == probed)
-                    .cloned();
-                let upstream =
-                    reused.unwrap_or_else(|| Upstream::start(spec.clone(), probed, root, tracker));
-                (spec.name.clone(), upstream)
-            })
-            .collect();
+        let mut upstreams = BTreeMap::new();
+        for spec in &config.upstreams {
+            let probed = used(&spec.name);
+            let old = previous
+                .and_then(|p| p.upstreams.get(&spec.name))
+                .filter(|old| old.spec == *spec && old.probed == probed);
+            let upstream = match old {
+                // A plain upstream that did not change is kept whole, probe task included.
+                Some(old) if spec.url.scheme == Scheme::Http => old.clone(),
+                // An https one is rebuilt (its CA file may have changed) but keeps its health.
+                _ => Upstream::start(
+                    spec.clone(),
+                    probed,
+                    old.map(|o| o.health.clone()),
+                    root,
+                    tracker,
+                )
+                .map_err(|source| BuildError::UpstreamTls {
+                    upstream: spec.name.clone(),
+                    source,
+                })?,
+            };
+            upstreams.insert(spec.name.clone(), upstream);
+        }
         let routes = config
             .routes
             .iter()
@@ -68,14 +101,15 @@ impl Snapshot {
                 })
             })
             .collect();
-        Snapshot {
+        Ok(Snapshot {
             generation: previous.map_or(1, |p| p.generation + 1),
             router: Router::new(routes),
             upstreams,
             timeouts: config.timeouts,
             max_header_bytes: config.max_header_bytes,
+            certs,
             config: Arc::new(config),
-        }
+        })
     }
 }
 

@@ -6,7 +6,7 @@ use anyhow::{Context, bail};
 use clap::Parser;
 use tokio::signal::unix::{SignalKind, signal};
 
-use shunt::cli::{Cli, Command, HealthcheckArgs, RunArgs};
+use shunt::cli::{CertArgs, Cli, Command, HealthcheckArgs, RunArgs};
 use shunt::config::{Config, parse_duration};
 
 fn main() -> ExitCode {
@@ -16,6 +16,7 @@ fn main() -> ExitCode {
         Some(Command::Run(args)) => run(args),
         Some(Command::Check(args)) => check(&args),
         Some(Command::Healthcheck(args)) => healthcheck(&args),
+        Some(Command::Cert(args)) => cert(&args),
     };
     match result {
         Ok(code) => code,
@@ -88,7 +89,7 @@ fn check(args: &RunArgs) -> anyhow::Result<ExitCode> {
     }
     println!("routes (most specific first):");
     let mut routes = config.routes.clone();
-    routes.sort_by(|a, b| (b.host.is_some(), b.path.len()).cmp(&(a.host.is_some(), a.path.len())));
+    routes.sort_by_key(|r| std::cmp::Reverse(r.specificity()));
     for r in &routes {
         let via: Vec<_> = r.via.iter().map(|n| n.0.as_str()).collect();
         println!("  {:<28} -> {}", r.label(), via.join(", "));
@@ -125,4 +126,29 @@ fn healthcheck(args: &HealthcheckArgs) -> anyhow::Result<ExitCode> {
             bail!("not ready: /readyz answered {status} (see GET /readyz on {admin} for why)")
         }
     })
+}
+
+fn cert(args: &CertArgs) -> anyhow::Result<ExitCode> {
+    let names = if args.names.is_empty() {
+        vec!["localhost".to_owned(), "127.0.0.1".to_owned()]
+    } else {
+        args.names.clone()
+    };
+    let certs = shunt::certgen::generate(&names)?;
+    let written = shunt::certgen::write(&certs, &args.out, args.force)?;
+    for path in &written {
+        println!("wrote {}", path.display());
+    }
+    let dir = args.out.display();
+    println!(
+        "\nA DEVELOPMENT certificate for {names} (valid 397 days), signed by a new development CA.\n\
+         Serve it:   shunt --tls-cert {dir}/server.crt --tls-key {dir}/server.key --listen 127.0.0.1:8443\n\
+         Trust the CA on this machine only (never ship {dir}/ca.key):\n\
+         \x20 curl:      curl --cacert {dir}/ca.crt https://localhost:8443/\n\
+         \x20 Node.js:   NODE_EXTRA_CA_CERTS={dir}/ca.crt node app.js\n\
+         \x20 Debian:    cp {dir}/ca.crt /usr/local/share/ca-certificates/shunt-dev.crt && update-ca-certificates\n\
+         \x20 Firefox/Chrome: import {dir}/ca.crt as an authority in the browser's certificate settings",
+        names = names.join(", ")
+    );
+    Ok(ExitCode::SUCCESS)
 }

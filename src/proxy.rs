@@ -12,7 +12,7 @@ use http::{Request, Response, header};
 use hyper::body::Incoming;
 
 use crate::config::UpstreamName;
-use crate::forward::{self, Body, ForwardError};
+use crate::forward::{self, Body, Exchange, ForwardError};
 use crate::handshake::{self, HandshakeError, Kind};
 use crate::response;
 use crate::router::normalize_path;
@@ -104,17 +104,14 @@ async fn proxy(
             source,
         })?;
     trace.upstream = Some(upstream.name().clone());
-    let resp = forward::forward(
-        req,
+    let exchange = Exchange {
         kind,
-        &route.label,
-        &upstream,
-        stream,
+        route: &route.label,
+        upstream: &upstream,
         downstream,
-        rt,
-        &snapshot.timeouts,
-    )
-    .await?;
+        timeouts: &snapshot.timeouts,
+    };
+    let resp = forward::forward(req, stream, exchange, rt).await?;
     Ok(resp)
 }
 

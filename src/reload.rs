@@ -11,7 +11,7 @@ use std::time::SystemTime;
 use serde_json::json;
 
 use crate::config::{Config, ConfigError};
-use crate::live::Snapshot;
+use crate::live::{BuildError, Snapshot};
 use crate::runtime::Runtime;
 
 /// Why a reload was refused.
@@ -19,6 +19,8 @@ use crate::runtime::Runtime;
 pub enum ReloadError {
     #[error(transparent)]
     Config(#[from] ConfigError),
+    #[error(transparent)]
+    Build(#[from] BuildError),
 }
 
 /// Performs reloads and remembers how the last one went.
@@ -76,7 +78,24 @@ impl Reloader {
                 "{field} changed in the configuration; it takes effect only after a restart"
             );
         }
-        let new = Snapshot::build(config, Some(&old), &self.rt.shutdown, &self.rt.tracker);
+        let new = Snapshot::build(config, Some(&old), &self.rt.shutdown, &self.rt.tracker)?;
+        let mut restart_required = restart_required;
+        match (&self.rt.certs, &new.certs) {
+            (Some(store), Some(set)) => {
+                for warning in set.warnings() {
+                    tracing::warn!("{warning}");
+                }
+                store.store(set.clone());
+            }
+            (None, None) => {}
+            _ => restart_required.push("tls"),
+        }
+        for field in &restart_required {
+            tracing::warn!(
+                field,
+                "{field} changed in the configuration; it takes effect only after a restart"
+            );
+        }
         let report = json!({
             "ok": true,
             "generation": new.generation,
@@ -115,6 +134,14 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     fields
 }
 
+fn fingerprints(s: &Snapshot) -> Vec<String> {
+    s.certs
+        .iter()
+        .flat_map(|set| set.certs())
+        .map(|c| c.info.fingerprint.clone())
+        .collect()
+}
+
 /// Which upstreams and routes a reload added, removed or changed.
 fn diff(old: &Snapshot, new: &Snapshot) -> serde_json::Value {
     let names = |s: &Snapshot| s.upstreams.keys().map(|n| n.0.clone()).collect::<Vec<_>>();
@@ -139,5 +166,6 @@ fn diff(old: &Snapshot, new: &Snapshot) -> serde_json::Value {
         "upstreams_changed": changed,
         "routes_changed": routes(old) != routes(new),
         "timeouts_changed": old.timeouts != new.timeouts,
+        "certificates_changed": fingerprints(old) != fingerprints(new),
     })
 }

@@ -30,10 +30,7 @@ pub struct Router {
 impl Router {
     /// Build a table; `routes` may come in any order.
     pub fn new(mut routes: Vec<Arc<Route>>) -> Self {
-        routes.sort_by(|a, b| {
-            let key = |r: &Route| (r.spec.host.is_some(), r.spec.path.len());
-            key(b).cmp(&key(a))
-        });
+        routes.sort_by_key(|r| std::cmp::Reverse(r.spec.specificity()));
         Router { routes }
     }
 

@@ -14,6 +14,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::live::Live;
 use crate::stats::Stats;
+use crate::tls::CertStore;
 
 /// Shared by every listener, connection, request and tunnel.
 #[derive(Debug)]
@@ -24,18 +25,26 @@ pub struct Runtime {
     pub shutdown: CancellationToken,
     pub tracker: TaskTracker,
     pub started: Instant,
+    /// Certificates served by the TLS listener; `None` without TLS.
+    pub certs: Option<Arc<CertStore>>,
     draining: AtomicBool,
 }
 
 impl Runtime {
     /// Wrap a first snapshot.
-    pub fn new(live: Live, shutdown: CancellationToken, tracker: TaskTracker) -> Arc<Self> {
+    pub fn new(
+        live: Live,
+        certs: Option<Arc<CertStore>>,
+        shutdown: CancellationToken,
+        tracker: TaskTracker,
+    ) -> Arc<Self> {
         Arc::new(Runtime {
             live,
             stats: Arc::default(),
             shutdown,
             tracker,
             started: Instant::now(),
+            certs,
             draining: AtomicBool::new(false),
         })
     }

@@ -23,6 +23,7 @@ use clap::Parser;
 use http::Uri;
 
 use crate::cli::RunArgs;
+use crate::tls::CertSpec;
 use raw::{RawConfig, RawHealth};
 
 /// The name of an upstream, as routes refer to it (`direct`, `nginx`, ...).
@@ -246,6 +247,16 @@ pub struct UpstreamSpec {
     pub name: UpstreamName,
     pub url: UpstreamUrl,
     pub health: HealthSpec,
+    /// CA file trusted for an `https` upstream; `None` means the system roots.
+    pub ca: Option<PathBuf>,
+}
+
+/// TLS on the proxy listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsSpec {
+    /// The first is the default certificate.
+    pub certs: Vec<CertSpec>,
+    pub handshake_timeout: Duration,
 }
 
 /// One route: an optional host, a path prefix, upstreams in order of preference.
@@ -259,6 +270,11 @@ pub struct RouteSpec {
 }
 
 impl RouteSpec {
+    /// Routing order key: host routes first, then longer prefixes.
+    pub fn specificity(&self) -> (bool, usize) {
+        (self.host.is_some(), self.path.len())
+    }
+
     /// `host/path` or `path`: how logs and `/status` name the route.
     pub fn label(&self) -> String {
         match &self.host {
@@ -290,6 +306,10 @@ pub struct Config {
     /// Sorted by name.
     pub upstreams: Vec<UpstreamSpec>,
     pub routes: Vec<RouteSpec>,
+    /// TLS on the proxy listener, if configured.
+    pub tls: Option<TlsSpec>,
+    /// The config file, if any.
+    pub file: Option<PathBuf>,
     /// The flags this was built from, kept so a reload re-reads the file and
     /// merges the same flags over it.
     pub args: RunArgs,
@@ -326,7 +346,17 @@ impl Config {
             Some(path) => read_file(path)?,
             None => RawConfig::default(),
         };
-        let merged = Merge { args, file: &file };
+        let base = args
+            .config
+            .as_deref()
+            .and_then(Path::parent)
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        let merged = Merge {
+            args,
+            file: &file,
+            base: &base,
+        };
         merged.config()
     }
 
@@ -338,6 +368,20 @@ impl Config {
     /// The upstream called `name`.
     pub fn upstream(&self, name: &UpstreamName) -> Option<&UpstreamSpec> {
         self.upstreams.iter().find(|u| &u.name == name)
+    }
+
+    /// Files whose change on disk should trigger a reload: the config file,
+    /// certificates and keys, upstream CA files.
+    pub fn watched_files(&self) -> Vec<PathBuf> {
+        let mut files: Vec<PathBuf> = self.file.iter().cloned().collect();
+        for c in self.tls.iter().flat_map(|t| &t.certs) {
+            files.push(c.cert.clone());
+            files.push(c.key.clone());
+        }
+        files.extend(self.upstreams.iter().filter_map(|u| u.ca.clone()));
+        files.sort();
+        files.dedup();
+        files
     }
 }
 
@@ -356,6 +400,8 @@ fn read_file(path: &Path) -> Result<RawConfig, ConfigError> {
 struct Merge<'a> {
     args: &'a RunArgs,
     file: &'a RawConfig,
+    /// Directory of the config file: relative paths in the file are relative to it.
+    base: &'a Path,
 }
 
 /// The name of a setting as a user would write it: the flag if it came from
@@ -446,6 +492,7 @@ impl Merge<'_> {
         )?;
         let upstreams = self.upstreams()?;
         let routes = self.routes(&upstreams)?;
+        let tls = self.tls()?;
         Ok(Config {
             listen,
             admin,
@@ -454,8 +501,83 @@ impl Merge<'_> {
             log_format,
             upstreams,
             routes,
+            tls,
+            file: a.config.clone(),
             args: a.clone(),
         })
+    }
+
+    /// A path written in the config file, made relative to the file's directory.
+    fn file_path(&self, text: &str) -> PathBuf {
+        self.base.join(text)
+    }
+
+    /// `--tls-cert/--tls-key` replace the file's `[tls]` certificates.
+    fn tls(&self) -> Result<Option<TlsSpec>, ConfigError> {
+        let raw = self.file.tls.as_ref();
+        let timeout_text = raw.and_then(|t| t.handshake_timeout.clone());
+        let handshake_timeout = self.duration(
+            &self.args.tls_handshake_timeout,
+            &timeout_text,
+            "tls-handshake-timeout",
+            "10s",
+        )?;
+        let certs = match (&self.args.tls_cert, &self.args.tls_key) {
+            (Some(cert), Some(key)) => vec![CertSpec {
+                cert: cert.clone(),
+                key: key.clone(),
+                names: vec![],
+            }],
+            (None, None) => {
+                let Some(raw) = raw else { return Ok(None) };
+                let mut certs = Vec::new();
+                match (&raw.cert, &raw.key) {
+                    (Some(cert), Some(key)) => certs.push(CertSpec {
+                        cert: self.file_path(cert),
+                        key: self.file_path(key),
+                        names: vec![],
+                    }),
+                    (None, None) => {}
+                    _ => {
+                        return Err(ConfigError::invalid(
+                            "[tls] in the config file",
+                            "cert/key",
+                            "give both `cert` and `key`, or neither",
+                        ));
+                    }
+                }
+                for c in &raw.certs {
+                    certs.push(CertSpec {
+                        cert: self.file_path(&c.cert),
+                        key: self.file_path(&c.key),
+                        names: c
+                            .names
+                            .iter()
+                            .map(|n| parse_host("names of [[tls.certs]]", n))
+                            .collect::<Result<_, _>>()?,
+                    });
+                }
+                if certs.is_empty() {
+                    return Err(ConfigError::invalid(
+                        "[tls] in the config file",
+                        "",
+                        "no certificate: give `cert` and `key`, or [[tls.certs]]",
+                    ));
+                }
+                certs
+            }
+            _ => {
+                return Err(ConfigError::invalid(
+                    "--tls-cert/--tls-key",
+                    "",
+                    "give both --tls-cert and --tls-key",
+                ));
+            }
+        };
+        Ok(Some(TlsSpec {
+            certs,
+            handshake_timeout,
+        }))
     }
 
     /// Flag, else file, else default; parsed with the name of its source.
@@ -567,6 +689,19 @@ impl Merge<'_> {
                 ),
             );
         }
+        let global_ca = match (&self.args.upstream_ca, &self.file.upstream_ca) {
+            (Some(flag), _) => Some(flag.clone()),
+            (None, Some(file)) => Some(self.file_path(file)),
+            (None, None) => None,
+        };
+        let ca_of = |name: &str| {
+            self.file
+                .upstreams
+                .get(name)
+                .and_then(|u| u.ca.as_deref())
+                .map(|c| self.file_path(c))
+                .or_else(|| global_ca.clone())
+        };
         let own_health = |urls: &BTreeMap<String, (String, String, RawHealth)>, name: &str| {
             urls.get(name).map(|u| u.2.clone()).unwrap_or_default()
         };
@@ -587,8 +722,12 @@ impl Merge<'_> {
         });
         urls.into_iter()
             .map(|(name, (field, url, health))| {
+                let url = UpstreamUrl::parse(&field, &url)?;
                 Ok(UpstreamSpec {
-                    url: UpstreamUrl::parse(&field, &url)?,
+                    ca: (url.scheme == Scheme::Https)
+                        .then(|| ca_of(&name))
+                        .flatten(),
+                    url,
                     health: self.health(&health, &name)?,
                     name: UpstreamName(name),
                 })

@@ -21,6 +21,9 @@ pub struct RawConfig {
     pub drain_timeout: Option<String>,
     pub max_header_bytes: Option<usize>,
     pub log_format: Option<String>,
+    /// CA file trusted for https upstreams (relative paths: to the config file).
+    pub upstream_ca: Option<String>,
+    pub tls: Option<RawTls>,
     /// Health-check defaults for every upstream.
     #[serde(default)]
     pub health: RawHealth,
@@ -35,6 +38,8 @@ pub struct RawConfig {
 #[serde(deny_unknown_fields)]
 pub struct RawUpstream {
     pub url: String,
+    /// CA file for this https upstream, overriding `upstream_ca`.
+    pub ca: Option<String>,
     #[serde(default)]
     pub health: RawHealth,
 }
@@ -57,4 +62,25 @@ pub struct RawRoute {
     pub path: String,
     pub via: Vec<String>,
     pub host: Option<String>,
+}
+
+/// `[tls]`: one certificate (`cert`, `key`) and/or several (`[[tls.certs]]`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    pub cert: Option<String>,
+    pub key: Option<String>,
+    pub handshake_timeout: Option<String>,
+    #[serde(default)]
+    pub certs: Vec<RawCert>,
+}
+
+/// `[[tls.certs]]`: a certificate for the SNI names listed (default: its own names).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCert {
+    pub cert: String,
+    pub key: String,
+    #[serde(default)]
+    pub names: Vec<String>,
 }

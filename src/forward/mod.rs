@@ -16,12 +16,14 @@ use http::{Request, Response, StatusCode, Uri};
 use http_body_util::BodyExt;
 use http_body_util::combinators::BoxBody;
 use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 
+use crate::config::Timeouts;
 use crate::handshake::Kind;
 use crate::runtime::{Downstream, Runtime};
 use crate::upstream::Upstream;
+use crate::upstream::connect::UpstreamStream;
 
 /// The response body type used throughout the proxy.
 pub type Body = BoxBody<Bytes, hyper::Error>;
@@ -39,17 +41,31 @@ pub enum ForwardError {
     Timeout { upstream: String, after: Duration },
 }
 
-/// Send `req` to `upstream` over `stream` and return the response for the client.
+/// Who and what one forwarded exchange involves.
+#[derive(Debug, Clone, Copy)]
+pub struct Exchange<'a> {
+    pub kind: Kind,
+    /// Label of the route that matched.
+    pub route: &'a str,
+    pub upstream: &'a Arc<Upstream>,
+    pub downstream: Downstream,
+    pub timeouts: &'a Timeouts,
+}
+
+/// Send `req` over `stream` to the exchange's upstream and return the response for the client.
 pub async fn forward(
     mut req: Request<Incoming>,
-    kind: Kind,
-    route: &str,
-    upstream: &Arc<Upstream>,
-    stream: TcpStream,
-    downstream: Downstream,
+    stream: UpstreamStream,
+    exchange: Exchange<'_>,
     rt: &Runtime,
-    timeouts: &crate::config::Timeouts,
 ) -> Result<Response<Body>, ForwardError> {
+    let Exchange {
+        kind,
+        route,
+        upstream,
+        downstream,
+        timeouts,
+    } = exchange;
     let upgrade = kind == Kind::WebSocket;
     let name = upstream.name();
     let protocol = |source| ForwardError::Protocol {
@@ -66,14 +82,12 @@ pub async fn forward(
         &upstream.spec.url.authority(),
     );
 
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(protocol)?;
-    rt.tracker.spawn(async move {
-        if let Err(e) = conn.with_upgrades().await {
-            tracing::debug!(error = %e, "upstream connection ended with an error");
-        }
-    });
+    // Plain TCP stays a bare `TcpStream` so the tunnel can recover it for splice.
+    let mut sender = match stream {
+        UpstreamStream::Plain(tcp) => open(TokioIo::new(tcp), rt).await,
+        UpstreamStream::Tls(tls) => open(TokioIo::new(*tls), rt).await,
+    }
+    .map_err(protocol)?;
 
     let sent = tokio::time::timeout(timeouts.response, sender.send_request(req)).await;
     let mut resp = match sent {
@@ -99,6 +113,21 @@ pub async fn forward(
     // The client speaks HTTP/1.1 with us whatever the upstream spoke.
     *resp.version_mut() = http::Version::HTTP_11;
     Ok(resp.map(BodyExt::boxed))
+}
+
+/// HTTP/1.1 client handshake over `io`; the connection task is tracked and
+/// supports upgrades.
+async fn open<IO>(io: IO, rt: &Runtime) -> Result<SendRequest<Incoming>, hyper::Error>
+where
+    IO: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (sender, conn) = hyper::client::conn::http1::handshake(io).await?;
+    rt.tracker.spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            tracing::debug!(error = %e, "upstream connection ended with an error");
+        }
+    });
+    Ok(sender)
 }
 
 /// Upstreams get origin-form (`/path?query`), whatever form the client used.

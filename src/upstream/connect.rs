@@ -1,12 +1,21 @@
 //! Opening a byte stream to an upstream, bounded by the connect timeout.
 //!
-//! Used by forwarding and by health probes alike, so a probe exercises exactly
-//! the path a real request takes.
+//! Plain TCP for `http://` upstreams, TLS (SNI and verification from the URL
+//! host) for `https://` ones. Used by forwarding and by health probes alike,
+//! so a probe exercises exactly the path a real request takes.
 
 use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use rustls::ClientConfig;
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
 
 use crate::config::UpstreamUrl;
 
@@ -17,6 +26,10 @@ pub enum ConnectError {
     Io(#[source] io::Error),
     #[error("connect timed out after {0:?}")]
     Timeout(Duration),
+    #[error("TLS handshake with the upstream failed: {0}")]
+    Tls(#[source] io::Error),
+    #[error("`{0}` is not a valid TLS server name")]
+    ServerName(String),
 }
 
 fn describe(e: &io::Error) -> String {
@@ -26,12 +39,77 @@ fn describe(e: &io::Error) -> String {
     }
 }
 
-/// Connect to `url`'s host and port with `TCP_NODELAY` set.
-pub async fn connect(url: &UpstreamUrl, timeout: Duration) -> Result<TcpStream, ConnectError> {
-    let stream = tokio::time::timeout(timeout, TcpStream::connect((url.host.as_str(), url.port)))
+/// A connection to an upstream.
+#[derive(Debug)]
+pub enum UpstreamStream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+/// Connect to `url` with `TCP_NODELAY` set; with `tls`, run the TLS handshake
+/// too. `timeout` bounds both.
+pub async fn connect(
+    url: &UpstreamUrl,
+    tls: Option<&Arc<ClientConfig>>,
+    timeout: Duration,
+) -> Result<UpstreamStream, ConnectError> {
+    let attempt = async {
+        let stream = TcpStream::connect((url.host.as_str(), url.port))
+            .await
+            .map_err(ConnectError::Io)?;
+        stream.set_nodelay(true).map_err(ConnectError::Io)?;
+        let Some(tls) = tls else {
+            return Ok(UpstreamStream::Plain(stream));
+        };
+        let name = ServerName::try_from(url.host.clone())
+            .map_err(|_| ConnectError::ServerName(url.host.clone()))?;
+        let stream = TlsConnector::from(tls.clone())
+            .connect(name, stream)
+            .await
+            .map_err(ConnectError::Tls)?;
+        Ok(UpstreamStream::Tls(Box::new(stream)))
+    };
+    tokio::time::timeout(timeout, attempt)
         .await
         .map_err(|_| ConnectError::Timeout(timeout))?
-        .map_err(ConnectError::Io)?;
-    stream.set_nodelay(true).map_err(ConnectError::Io)?;
-    Ok(stream)
+}
+
+impl AsyncRead for UpstreamStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpstreamStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            UpstreamStream::Tls(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for UpstreamStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            UpstreamStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            UpstreamStream::Tls(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpstreamStream::Plain(s) => Pin::new(s).poll_flush(cx),
+            UpstreamStream::Tls(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpstreamStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            UpstreamStream::Tls(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
 }

@@ -6,14 +6,15 @@
 //! down. Probes and real requests (passively, on connect failure or timeout)
 //! both report here. Each change is logged once, saying why.
 
-use std::sync::Mutex;
-use std::time::{Duration, SystemTime};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
 
 use bytes::Bytes;
 use fastwebsockets::{Frame, OpCode};
 use http::{Request, StatusCode, header};
 use http_body_util::Empty;
 use hyper_util::rt::TokioIo;
+use rustls::ClientConfig;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -149,14 +150,15 @@ impl Health {
 /// Probe `url` every `spec.interval` until `stop` is cancelled.
 pub async fn probe_loop(
     url: UpstreamUrl,
+    tls: Option<Arc<ClientConfig>>,
     spec: HealthSpec,
-    health: std::sync::Arc<Health>,
+    health: Arc<Health>,
     stop: CancellationToken,
     tracker: TaskTracker,
 ) {
     loop {
         let result = tokio::select! {
-            r = tokio::time::timeout(spec.timeout, probe(&url, &spec.check, &tracker)) => r,
+            r = tokio::time::timeout(spec.timeout, probe(&url, tls.as_ref(), &spec, &tracker)) => r,
             () = stop.cancelled() => return,
         };
         match result {
@@ -174,12 +176,16 @@ pub async fn probe_loop(
 }
 
 /// One probe; the error is the reason shown in logs and `/status`.
-async fn probe(url: &UpstreamUrl, kind: &ProbeKind, tracker: &TaskTracker) -> Result<(), String> {
-    // The probe's own timeout bounds the whole probe, connect included.
-    let stream = connect(url, Duration::MAX)
+async fn probe(
+    url: &UpstreamUrl,
+    tls: Option<&Arc<ClientConfig>>,
+    spec: &HealthSpec,
+    tracker: &TaskTracker,
+) -> Result<(), String> {
+    let stream = connect(url, tls, spec.timeout)
         .await
         .map_err(|e| e.to_string())?;
-    match kind {
+    match &spec.check {
         ProbeKind::Tcp => Ok(()),
         ProbeKind::Http(path) => {
             let io = TokioIo::new(stream);
@@ -259,6 +265,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn health(rise: u32, fall: u32) -> Health {
         let spec = HealthSpec {

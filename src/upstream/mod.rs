@@ -12,12 +12,13 @@ pub mod health;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpStream;
+use rustls::ClientConfig;
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tokio_util::task::TaskTracker;
 
-use crate::config::{UpstreamName, UpstreamSpec};
-use connect::ConnectError;
+use crate::config::{Scheme, UpstreamName, UpstreamSpec};
+use crate::tls::client::{ClientTlsError, client_config};
+use connect::{ConnectError, UpstreamStream};
 use health::{Health, State};
 
 /// One named upstream with its live health.
@@ -27,23 +28,33 @@ pub struct Upstream {
     pub health: Arc<Health>,
     /// Whether a route uses it (only then is it probed).
     pub probed: bool,
+    /// TLS towards an `https` upstream.
+    pub tls: Option<Arc<ClientConfig>>,
     /// Cancels the probe loop when the upstream is dropped.
     _probe: Option<DropGuard>,
 }
 
 impl Upstream {
     /// Create the upstream; if `probed`, start its probe loop on `tracker`.
+    /// `health` carries over the record of an unchanged upstream across a reload.
     pub fn start(
         spec: UpstreamSpec,
         probed: bool,
+        health: Option<Arc<Health>>,
         root: &CancellationToken,
         tracker: &TaskTracker,
-    ) -> Arc<Self> {
-        let health = Arc::new(Health::new(spec.name.clone(), &spec.health, probed));
+    ) -> Result<Arc<Self>, ClientTlsError> {
+        let tls = match spec.url.scheme {
+            Scheme::Https => Some(client_config(spec.ca.as_deref())?),
+            Scheme::Http => None,
+        };
+        let health = health
+            .unwrap_or_else(|| Arc::new(Health::new(spec.name.clone(), &spec.health, probed)));
         let probe = probed.then(|| {
             let stop = root.child_token();
             tracker.spawn(health::probe_loop(
                 spec.url.clone(),
+                tls.clone(),
                 spec.health.clone(),
                 health.clone(),
                 stop.clone(),
@@ -51,12 +62,13 @@ impl Upstream {
             ));
             stop.drop_guard()
         });
-        Arc::new(Upstream {
+        Ok(Arc::new(Upstream {
             spec,
             health,
             probed,
+            tls,
             _probe: probe,
-        })
+        }))
     }
 
     /// The upstream's name.
@@ -90,10 +102,10 @@ pub enum SelectError {
 pub async fn connect_first(
     via: &[Arc<Upstream>],
     timeout: Duration,
-) -> Result<(Arc<Upstream>, TcpStream), SelectError> {
+) -> Result<(Arc<Upstream>, UpstreamStream), SelectError> {
     let mut last = None;
     for upstream in via.iter().filter(|u| u.is_usable()) {
-        match connect::connect(&upstream.spec.url, timeout).await {
+        match connect::connect(&upstream.spec.url, upstream.tls.as_ref(), timeout).await {
             Ok(stream) => return Ok((upstream.clone(), stream)),
             Err(e) => {
                 upstream.health.record_failure(&e.to_string());

@@ -1,0 +1,63 @@
+//! TLS towards `https://` upstreams (an nginx that only listens with TLS).
+//!
+//! Trusts the CA file given by `--upstream-ca` (or `ca` of the upstream), or
+//! else the system's roots; SNI and certificate verification use the URL host.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::ClientConfig;
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
+
+/// Why an upstream TLS configuration could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientTlsError {
+    #[error("upstream CA file {}: {source}", path.display())]
+    Ca {
+        path: PathBuf,
+        #[source]
+        source: rustls::pki_types::pem::Error,
+    },
+    #[error("upstream CA file {}: no usable CA certificate", path.display())]
+    NoCa { path: PathBuf },
+    #[error("no system root certificates found; give --upstream-ca")]
+    NoSystemRoots,
+    #[error("TLS client setup: {0}")]
+    Rustls(#[from] rustls::Error),
+}
+
+/// A client config trusting `ca` (PEM), or the system roots when `None`.
+pub fn client_config(ca: Option<&Path>) -> Result<Arc<ClientConfig>, ClientTlsError> {
+    let mut roots = rustls::RootCertStore::empty();
+    match ca {
+        Some(path) => {
+            let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+                .and_then(|it| it.collect())
+                .map_err(|source| ClientTlsError::Ca {
+                    path: path.to_owned(),
+                    source,
+                })?;
+            let (added, _) = roots.add_parsable_certificates(certs);
+            if added == 0 {
+                return Err(ClientTlsError::NoCa {
+                    path: path.to_owned(),
+                });
+            }
+        }
+        None => {
+            let found = rustls_native_certs::load_native_certs();
+            let (added, _) = roots.add_parsable_certificates(found.certs);
+            if added == 0 {
+                return Err(ClientTlsError::NoSystemRoots);
+            }
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}

@@ -1,0 +1,110 @@
+//! TLS termination for the proxy listener (`wss://`, `https://`).
+//!
+//! Sits between the listener and the connection in the flow. The rustls
+//! server config is built once and reads certificates through [`CertStore`],
+//! so renewing a certificate is a store, not a new config. A client that
+//! speaks plain HTTP to the TLS port gets a 400 saying so; other garbage is
+//! closed. Every handshake is bounded by the TLS handshake timeout.
+
+pub mod certs;
+pub mod client;
+pub mod resolver;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::ServerConfig;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+
+pub use certs::{CertError, CertSpec};
+pub use resolver::{CertSet, CertStore};
+
+/// TLS record type of a handshake: the first byte a TLS client sends.
+const HANDSHAKE_RECORD: u8 = 0x16;
+
+/// Why a downstream TLS connection did not come up.
+#[derive(Debug, thiserror::Error)]
+pub enum AcceptError {
+    #[error("plain HTTP sent to the TLS port")]
+    PlainHttp,
+    #[error("not a TLS client hello")]
+    NotTls,
+    #[error("TLS handshake failed: {0}")]
+    Handshake(#[source] std::io::Error),
+    #[error("TLS handshake timed out after {0:?}")]
+    Timeout(Duration),
+}
+
+/// Load every configured certificate; all must load.
+pub fn load_cert_set(specs: &[CertSpec]) -> Result<Arc<CertSet>, CertError> {
+    let provider = rustls::crypto::ring::default_provider();
+    let loaded = specs
+        .iter()
+        .map(|s| certs::load(s, &provider))
+        .collect::<Result<Vec<_>, _>>()?;
+    // Config validation guarantees at least one certificate when TLS is on.
+    Ok(Arc::new(
+        CertSet::new(loaded).expect("at least one certificate"),
+    ))
+}
+
+/// The acceptor for the proxy listener: TLS 1.2 and 1.3, ALPN `http/1.1`.
+pub fn acceptor(store: Arc<CertStore>) -> Result<TlsAcceptor, rustls::Error> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_cert_resolver(store);
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// Run the server side of the handshake on `stream` within `timeout`.
+pub async fn accept(
+    acceptor: &TlsAcceptor,
+    mut stream: TcpStream,
+    timeout: Duration,
+) -> Result<TlsStream<TcpStream>, AcceptError> {
+    let handshake = async {
+        let mut first = [0u8; 1];
+        let n = stream
+            .peek(&mut first)
+            .await
+            .map_err(AcceptError::Handshake)?;
+        if n == 1 && first[0] != HANDSHAKE_RECORD {
+            if first[0].is_ascii_uppercase() {
+                let _ = stream.write_all(PLAIN_HTTP_ANSWER).await;
+                let _ = stream.shutdown().await;
+                return Err(AcceptError::PlainHttp);
+            }
+            return Err(AcceptError::NotTls);
+        }
+        acceptor
+            .accept(stream)
+            .await
+            .map_err(AcceptError::Handshake)
+    };
+    tokio::time::timeout(timeout, handshake)
+        .await
+        .map_err(|_| AcceptError::Timeout(timeout))?
+}
+
+const PLAIN_HTTP_ANSWER: &[u8] = b"HTTP/1.1 400 Bad Request\r\n\
+content-type: text/plain; charset=utf-8\r\n\
+connection: close\r\n\
+content-length: 59\r\n\
+\r\n\
+This port speaks TLS: use https:// or wss:// to reach it.\r\n";
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn plain_http_answer_has_the_right_length() {
+        let text = std::str::from_utf8(super::PLAIN_HTTP_ANSWER).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(head.contains(&format!("content-length: {}", body.len())));
+    }
+}

@@ -1,0 +1,149 @@
+//! Reload when the config file, a certificate, a key or a file they name
+//! changes on disk.
+//!
+//! Watches the *directories* holding those files, not the files: certbot's
+//! atomic rename and the `..data` symlink swap of Kubernetes secret volumes
+//! replace inodes, which a file watch would lose. Only events that can change
+//! content count (inotify also reports opens and reads, which would otherwise
+//! make every reload trigger the next). Bursts are coalesced into one reload.
+//! The watched set follows the configuration after each reload.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use notify::event::{AccessKind, AccessMode, EventKind};
+use notify::{RecommendedWatcher, RecursiveMode, Watcher};
+use tokio::sync::mpsc;
+
+use crate::reload::Reloader;
+use crate::runtime::Runtime;
+
+/// How long a burst of events may last before the reload runs.
+const DEBOUNCE: Duration = Duration::from_millis(300);
+
+/// Start watching; the task ends at shutdown.
+pub fn spawn(rt: Arc<Runtime>, reloader: Arc<Reloader>) -> notify::Result<()> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if let Ok(event) = event {
+            // The receiver is gone only at shutdown.
+            let _ = tx.send(event);
+        }
+    })?;
+    let task = watch_loop(watcher, rx, rt.clone(), reloader);
+    rt.tracker.spawn(task);
+    Ok(())
+}
+
+async fn watch_loop(
+    mut watcher: RecommendedWatcher,
+    mut events: mpsc::UnboundedReceiver<notify::Event>,
+    rt: Arc<Runtime>,
+    reloader: Arc<Reloader>,
+) {
+    let mut files = rt.live.load().config.watched_files();
+    let mut dirs = BTreeSet::new();
+    update_watches(&mut watcher, &files, &mut dirs);
+    loop {
+        let first = tokio::select! {
+            e = events.recv() => match e { Some(e) => e, None => return },
+            () = rt.shutdown.cancelled() => return,
+        };
+        let Some(trigger) = relevant(&first, &files) else {
+            continue;
+        };
+        // Coalesce the rest of the burst (an editor or certbot writes several files).
+        let deadline = tokio::time::Instant::now() + DEBOUNCE;
+        while let Ok(Some(_)) = tokio::time::timeout_at(deadline, events.recv()).await {}
+        let _ = reloader
+            .reload(&format!("file change: {}", trigger.display()))
+            .await;
+        files = rt.live.load().config.watched_files();
+        update_watches(&mut watcher, &files, &mut dirs);
+    }
+}
+
+/// Watch the directory of every file; drop directories no longer needed.
+fn update_watches(
+    watcher: &mut RecommendedWatcher,
+    files: &[PathBuf],
+    dirs: &mut BTreeSet<PathBuf>,
+) {
+    let wanted: BTreeSet<PathBuf> = files.iter().map(|f| directory_of(f)).collect();
+    for gone in dirs.difference(&wanted) {
+        let _ = watcher.unwatch(gone);
+    }
+    for dir in wanted.difference(dirs) {
+        match watcher.watch(dir, RecursiveMode::NonRecursive) {
+            Ok(()) => tracing::debug!(dir = %dir.display(), "watching for changes"),
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), error = %e, "cannot watch for changes; use SIGHUP or POST /reload")
+            }
+        }
+    }
+    *dirs = wanted;
+}
+
+fn directory_of(file: &Path) -> PathBuf {
+    match file.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// The path that makes `event` worth a reload, if any.
+fn relevant<'a>(event: &'a notify::Event, files: &[PathBuf]) -> Option<&'a Path> {
+    let changes_content = matches!(
+        event.kind,
+        EventKind::Create(_)
+            | EventKind::Modify(_)
+            | EventKind::Remove(_)
+            | EventKind::Access(AccessKind::Close(AccessMode::Write))
+    );
+    if !changes_content {
+        return None;
+    }
+    event.paths.iter().map(PathBuf::as_path).find(|path| {
+        let Some(name) = path.file_name() else {
+            return false;
+        };
+        // Kubernetes secret volumes swap `..data` and `..<timestamp>` entries.
+        name.to_string_lossy().starts_with("..")
+            || files
+                .iter()
+                .any(|f| f.file_name() == Some(name) && directory_of(f) == directory_of(path))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use notify::event::{CreateKind, ModifyKind};
+
+    fn event(kind: EventKind, path: &str) -> notify::Event {
+        notify::Event::new(kind).add_path(PathBuf::from(path))
+    }
+
+    #[test]
+    fn only_content_changes_to_watched_files_count() {
+        let files = vec![
+            PathBuf::from("/etc/shunt/tls.crt"),
+            PathBuf::from("/etc/shunt/shunt.toml"),
+        ];
+        let modify = EventKind::Modify(ModifyKind::Any);
+        assert!(relevant(&event(modify, "/etc/shunt/tls.crt"), &files).is_some());
+        assert!(
+            relevant(
+                &event(EventKind::Create(CreateKind::File), "/etc/shunt/..data"),
+                &files
+            )
+            .is_some()
+        );
+        assert!(relevant(&event(modify, "/etc/shunt/other.txt"), &files).is_none());
+        assert!(relevant(&event(modify, "/elsewhere/tls.crt"), &files).is_none());
+        let open = EventKind::Access(AccessKind::Open(AccessMode::Any));
+        assert!(relevant(&event(open, "/etc/shunt/tls.crt"), &files).is_none());
+    }
+}
