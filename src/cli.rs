@@ -138,6 +138,9 @@ pub struct HealthcheckArgs {
     /// How long to wait for the answer.
     #[arg(long, default_value = "3s", value_name = "DURATION")]
     pub timeout: String,
+    /// Ask /healthz (the process is alive) instead of /readyz (it can serve every route).
+    #[arg(long)]
+    pub live: bool,
 }
 
 /// Flags of `shunt cert`.

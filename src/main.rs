@@ -109,8 +109,9 @@ fn check(args: &RunArgs) -> anyhow::Result<ExitCode> {
 fn healthcheck(args: &HealthcheckArgs) -> anyhow::Result<ExitCode> {
     let admin = shunt::config::parse_addr("--admin", &args.admin)?;
     let timeout = parse_duration("--timeout", &args.timeout)?;
+    let path = if args.live { "/healthz" } else { "/readyz" };
     runtime()?.block_on(async {
-        let status = tokio::time::timeout(timeout, shunt::admin::get_status(admin, "/readyz"))
+        let status = tokio::time::timeout(timeout, shunt::admin::get_status(admin, path))
             .await
             .with_context(|| {
                 format!(
@@ -118,12 +119,12 @@ fn healthcheck(args: &HealthcheckArgs) -> anyhow::Result<ExitCode> {
                     humantime::format_duration(timeout)
                 )
             })?
-            .map_err(|e| anyhow::anyhow!("cannot ask {admin} /readyz: {e}"))?;
+            .map_err(|e| anyhow::anyhow!("cannot ask {admin} {path}: {e}"))?;
         if status == 200 {
-            println!("ready");
+            println!("{} ({path} answered 200)", if args.live { "alive" } else { "ready" });
             Ok(ExitCode::SUCCESS)
         } else {
-            bail!("not ready: /readyz answered {status} (see GET /readyz on {admin} for why)")
+            bail!("{path} on {admin} answered {status}; GET it for why")
         }
     })
 }
