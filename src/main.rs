@@ -121,7 +121,10 @@ fn healthcheck(args: &HealthcheckArgs) -> anyhow::Result<ExitCode> {
             })?
             .map_err(|e| anyhow::anyhow!("cannot ask {admin} {path}: {e}"))?;
         if status == 200 {
-            println!("{} ({path} answered 200)", if args.live { "alive" } else { "ready" });
+            println!(
+                "{} ({path} answered 200)",
+                if args.live { "alive" } else { "ready" }
+            );
             Ok(ExitCode::SUCCESS)
         } else {
             bail!("{path} on {admin} answered {status}; GET it for why")

@@ -61,10 +61,16 @@ pub fn prepare_request(
 ) {
     strip_hop_headers(headers, upgrade);
     let peer_text = peer.to_string();
-    let forwarded_for = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prior) if !prior.trim().is_empty() => format!("{prior}, {peer_text}"),
-        _ => peer_text.clone(),
-    };
+    // Every incoming hop, whether sent as one list or as several header lines.
+    let mut hops: Vec<&str> = headers
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .collect();
+    hops.push(&peer_text);
+    let forwarded_for = hops.join(", ");
     if let Ok(v) = HeaderValue::from_str(&forwarded_for) {
         headers.insert(X_FORWARDED_FOR, v);
     }

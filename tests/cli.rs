@@ -1,0 +1,198 @@
+//! The `shunt` binary's subcommands: `check` (valid and invalid
+//! configurations) and `healthcheck` (against a live admin listener).
+
+mod support;
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use support::{echo_backend, shunt};
+
+/// Output of one run of the binary.
+struct Run {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs `shunt ARGS` (bounded by 10 s) from the crate root.
+async fn run(args: &[&str]) -> Run {
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_shunt"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn shunt");
+    let output = tokio::time::timeout(Duration::from_secs(10), child.wait_with_output())
+        .await
+        .unwrap_or_else(|_| panic!("shunt {args:?} did not finish within 10 s"))
+        .expect("wait for shunt");
+    Run {
+        code: output.status.code(),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_prints_the_effective_upstreams_and_routes() {
+    let out = run(&[
+        "check",
+        "--direct",
+        "http://127.0.0.1:5006",
+        "--nginx",
+        "http://127.0.0.1:8081",
+        "--route",
+        "/frontend-audio=direct,nginx",
+    ])
+    .await;
+    assert_eq!(
+        out.code,
+        Some(0),
+        "stdout:\n{}\nstderr:\n{}",
+        out.stdout,
+        out.stderr
+    );
+    for needle in [
+        "direct",
+        "nginx",
+        "127.0.0.1:5006",
+        "127.0.0.1:8081",
+        "/frontend-audio",
+    ] {
+        assert!(
+            out.stdout.contains(needle),
+            "`shunt check` output lacks {needle:?}:\n{}",
+            out.stdout
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_with_defaults_succeeds() {
+    let out = run(&["check"]).await;
+    assert_eq!(
+        out.code,
+        Some(0),
+        "stdout:\n{}\nstderr:\n{}",
+        out.stdout,
+        out.stderr
+    );
+    assert!(
+        out.stdout.contains("127.0.0.1:5006"),
+        "default direct upstream missing:\n{}",
+        out.stdout
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_rejects_a_route_to_an_unknown_upstream_naming_it() {
+    let out = run(&["check", "--route", "/frontend-audio=direct,foo"]).await;
+    assert_ne!(
+        out.code,
+        Some(0),
+        "accepted an unknown upstream; stdout:\n{}",
+        out.stdout
+    );
+    assert!(
+        out.stderr.contains("foo"),
+        "stderr does not name `foo`:\n{}",
+        out.stderr
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_rejects_a_bad_duration_naming_it() {
+    let out = run(&["check", "--health-interval", "soonish"]).await;
+    assert_ne!(
+        out.code,
+        Some(0),
+        "accepted a bad duration; stdout:\n{}",
+        out.stdout
+    );
+    let stderr = out.stderr.to_ascii_lowercase();
+    assert!(
+        stderr.contains("soonish")
+            || stderr.contains("health-interval")
+            || stderr.contains("health_interval"),
+        "stderr names neither the flag nor the value:\n{}",
+        out.stderr
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_rejects_a_bad_upstream_url() {
+    let out = run(&["check", "--direct", "not a url"]).await;
+    assert_ne!(
+        out.code,
+        Some(0),
+        "accepted a bad URL; stdout:\n{}",
+        out.stdout
+    );
+    assert!(
+        out.stderr.contains("not a url") || out.stderr.to_ascii_lowercase().contains("direct"),
+        "stderr names neither the upstream nor the value:\n{}",
+        out.stderr
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_accepts_the_example_config_file() {
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/shunt.toml");
+    assert!(
+        file.exists(),
+        "examples/shunt.toml is the documented example"
+    );
+    let out = run(&["check", "--config", "examples/shunt.toml"]).await;
+    assert_eq!(
+        out.code,
+        Some(0),
+        "stdout:\n{}\nstderr:\n{}",
+        out.stdout,
+        out.stderr
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthcheck_reflects_readiness() {
+    let backend = echo_backend().spawn().await;
+    let ready = shunt().direct(backend.url()).start().await;
+    ready.wait_ready().await;
+    let out = run(&["healthcheck", "--admin", &ready.admin_addr().to_string()]).await;
+    assert_eq!(
+        out.code,
+        Some(0),
+        "healthcheck against a ready shunt; stderr:\n{}",
+        out.stderr
+    );
+
+    // Not ready: the only upstream is dead.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let unready = shunt().direct(format!("http://{dead}")).start().await;
+    unready.wait_upstream("direct", "down").await;
+    let out = run(&["healthcheck", "--admin", &unready.admin_addr().to_string()]).await;
+    assert_ne!(
+        out.code,
+        Some(0),
+        "healthcheck against an unready shunt succeeded"
+    );
+
+    // Nothing listening.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let out = run(&["healthcheck", "--admin", &closed.to_string()]).await;
+    assert_ne!(
+        out.code,
+        Some(0),
+        "healthcheck against a closed port succeeded"
+    );
+}

@@ -1,0 +1,244 @@
+//! Graceful shutdown: readiness turns 503, new connections are refused,
+//! live tunnels keep working until the drain timeout and are then closed,
+//! and everything stops within a bound. Also the binary under SIGTERM.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use hyper::StatusCode;
+use support::ws;
+use support::{echo_backend, poll_until, shunt, ws_connect};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_drains_live_tunnels_until_the_drain_timeout() {
+    let backend = echo_backend().name("direct-backend").spawn().await;
+    let shunt = shunt()
+        .direct(backend.url())
+        .arg("--drain-timeout", "1s")
+        .start()
+        .await;
+    shunt.wait_ready().await;
+    let (listen, admin) = (shunt.addr(), shunt.admin_addr());
+
+    let (mut socket, _) = ws_connect(listen, "/frontend-audio", &[]).await.unwrap();
+    assert_eq!(
+        ws::recv_text(&mut socket).await.unwrap(),
+        "hello from direct-backend"
+    );
+
+    let running = shunt.into_running();
+    let began = Instant::now();
+    running.shutdown();
+
+    // Readiness turns 503 (or the admin listener is gone).
+    let mut last = String::new();
+    let unready = poll_until(Duration::from_secs(2), async || {
+        match support::http_get(admin, "/readyz", &[]).await {
+            Ok(r) if r.status == StatusCode::SERVICE_UNAVAILABLE => true,
+            Ok(r) => {
+                last = format!("{} {}", r.status, r.text());
+                false
+            }
+            Err(_) => true,
+        }
+    })
+    .await;
+    assert!(unready, "/readyz still answers {last} after shutdown()");
+
+    // New connections are refused (or at least never get a 101).
+    let refused = poll_until(Duration::from_secs(2), async || {
+        ws_connect(listen, "/frontend-audio", &[]).await.is_err()
+    })
+    .await;
+    assert!(
+        refused,
+        "new WebSocket handshakes still succeed after shutdown()"
+    );
+
+    // The live tunnel keeps echoing during the drain.
+    for i in 0..3 {
+        let text = format!("still here {i}");
+        ws::send_text(&mut socket, &text).await.unwrap();
+        let echoed = ws::recv_text(&mut socket).await;
+        assert_eq!(
+            echoed.as_deref().ok(),
+            Some(text.as_str()),
+            "tunnel broke {:?} into the drain: {echoed:?}",
+            began.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    assert!(
+        began.elapsed() < Duration::from_secs(1),
+        "the checks above took too long to mean anything"
+    );
+
+    // Then it is closed at the drain timeout.
+    let closed = ws::wait_closed(&mut socket, Duration::from_secs(4)).await;
+    let closed_after = began.elapsed();
+    assert!(
+        closed.is_ok(),
+        "tunnel still open {closed_after:?} after shutdown(): {closed:?}"
+    );
+    assert!(
+        closed_after >= Duration::from_millis(900),
+        "tunnel closed after {closed_after:?}, before the 1 s drain timeout"
+    );
+
+    let stopped = tokio::time::timeout(Duration::from_secs(5), running.stopped()).await;
+    assert!(
+        stopped.is_ok(),
+        "stopped() did not resolve within 5 s of the drain timeout"
+    );
+    assert!(
+        tokio::net::TcpStream::connect(listen).await.is_err(),
+        "the proxy listener still accepts after stopped()"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_without_tunnels_does_not_wait_for_the_drain_timeout() {
+    let backend = echo_backend().name("direct-backend").spawn().await;
+    let shunt = shunt()
+        .direct(backend.url())
+        .arg("--drain-timeout", "30s")
+        .start()
+        .await;
+    shunt.wait_ready().await;
+    // A finished HTTP exchange leaves nothing to drain.
+    let response = support::http_get(shunt.addr(), "/x", &[]).await.unwrap();
+    assert_eq!(response.status, StatusCode::OK);
+    let began = Instant::now();
+    assert!(
+        shunt.stop_within(Duration::from_secs(5)).await,
+        "stopped() took more than 5 s with nothing to drain"
+    );
+    assert!(began.elapsed() < Duration::from_secs(5));
+}
+
+/// A port that was free a moment ago.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_exits_0_on_sigterm() {
+    let backend = echo_backend().name("direct-backend").spawn().await;
+    let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_shunt"))
+        .args([
+            "run",
+            "--listen",
+            &listen.to_string(),
+            "--admin",
+            &admin.to_string(),
+        ])
+        .args(["--direct", &backend.url(), "--drain-timeout", "500ms"])
+        .args(["--health-interval", "100ms"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn shunt");
+    // Drain stderr as it comes so a chatty log cannot block the process.
+    let mut pipe = child.stderr.take().expect("stderr");
+    let stderr = tokio::spawn(async move {
+        use tokio::io::AsyncReadExt;
+        let mut text = String::new();
+        let _ = pipe.read_to_string(&mut text).await;
+        text
+    });
+
+    let up = poll_until(Duration::from_secs(10), async || {
+        support::http_get(admin, "/readyz", &[])
+            .await
+            .is_ok_and(|r| r.status == StatusCode::OK)
+    })
+    .await;
+    if !up {
+        let _ = child.start_kill();
+        let _ = child.wait().await;
+        panic!(
+            "shunt run never became ready on {admin}; stderr:\n{}",
+            stderr.await.unwrap_or_default()
+        );
+    }
+    // A live tunnel: the process must still exit after the drain timeout.
+    let (mut socket, _) = ws_connect(listen, "/frontend-audio", &[]).await.unwrap();
+    assert_eq!(
+        ws::recv_text(&mut socket).await.unwrap(),
+        "hello from direct-backend"
+    );
+
+    let pid = child.id().expect("pid").to_string();
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("run kill");
+    assert!(kill.success());
+    let status = match tokio::time::timeout(Duration::from_secs(10), child.wait()).await {
+        Ok(status) => status.expect("wait"),
+        Err(_) => {
+            let _ = child.start_kill();
+            panic!("shunt did not exit within 10 s of SIGTERM");
+        }
+    };
+    let stderr = tokio::time::timeout(Duration::from_secs(2), stderr)
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or_default();
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "exit status after SIGTERM; stderr:\n{stderr}"
+    );
+    assert!(
+        ws::wait_closed(&mut socket, Duration::from_secs(2))
+            .await
+            .is_ok()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_lets_in_flight_http_finish() {
+    let backend = echo_backend().name("direct-backend").spawn().await;
+    let shunt = shunt()
+        .direct(backend.url())
+        .arg("--drain-timeout", "5s")
+        .start()
+        .await;
+    shunt.wait_ready().await;
+    let addr = shunt.addr();
+    let in_flight =
+        tokio::spawn(async move { support::http_get(addr, "/slow?delay_ms=600", &[]).await });
+    // Shut down once the request has reached the backend.
+    assert!(
+        poll_until(Duration::from_secs(2), async || backend.requests() >= 1).await,
+        "the request never reached the backend"
+    );
+    let running = shunt.into_running();
+    running.shutdown();
+    let response = tokio::time::timeout(Duration::from_secs(5), in_flight)
+        .await
+        .expect("in-flight request did not finish within 5 s")
+        .expect("request task")
+        .expect("in-flight request failed during shutdown");
+    assert_eq!(response.status, StatusCode::OK, "{}", response.text());
+    assert_eq!(response.json()["path"], "/slow");
+    assert!(
+        tokio::time::timeout(Duration::from_secs(5), running.stopped())
+            .await
+            .is_ok(),
+        "stopped() did not resolve after the in-flight request finished"
+    );
+}

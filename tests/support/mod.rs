@@ -1,0 +1,140 @@
+//! Test support: an echo backend standing in for the call backend, a real
+//! nginx in front of it, shunt itself in-process, and clients (WebSocket,
+//! HTTP, raw TCP). Everything binds `127.0.0.1:0`, every wait is bounded,
+//! and everything started here is stopped on drop.
+//!
+//! Each integration test crate uses a subset, hence the `dead_code` allows.
+#![allow(dead_code, unused_imports)]
+
+pub mod echo;
+pub mod http;
+pub mod nginx;
+pub mod shunt;
+pub mod tls;
+pub mod ws;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+pub use self::http::{ChunkedBody, HttpConn, HttpResponse, http_get, http_post, seen_header};
+pub use self::nginx::{Nginx, nginx};
+pub use self::shunt::{Shunt, shunt};
+pub use self::ws::{Msg, RawResponse, Ws, raw_request, ws_connect};
+
+/// Errors of the helpers: anything, with a message.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Bound on one network exchange (connect, handshake, request, message).
+pub const IO_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Calls `check` every 20 ms until it returns true or `limit` has passed;
+/// returns whether it did.
+pub async fn poll_until(limit: Duration, mut check: impl AsyncFnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if check().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Builder returned by [`echo_backend`].
+#[derive(Debug, Clone)]
+pub struct EchoBuilder {
+    name: String,
+}
+
+/// Starts building an echo backend (named `backend` unless `.name(..)`).
+pub fn echo_backend() -> EchoBuilder {
+    EchoBuilder {
+        name: "backend".to_owned(),
+    }
+}
+
+impl EchoBuilder {
+    /// The name announced in `x-backend` and the WebSocket hello.
+    pub fn name(mut self, name: &str) -> Self {
+        self.name = name.to_owned();
+        self
+    }
+
+    /// Binds `127.0.0.1:0` and starts serving.
+    pub async fn spawn(self) -> EchoBackend {
+        EchoBackend::spawn_on(SocketAddr::from(([127, 0, 0, 1], 0)), &self.name).await
+    }
+}
+
+/// A running echo backend (see `echo.rs` for its behaviour).
+pub struct EchoBackend {
+    server: Option<echo::EchoServer>,
+    addr: SocketAddr,
+    name: String,
+}
+
+impl EchoBackend {
+    /// Binds `addr` (a port of 0 picks one; a given port is retried for a
+    /// while in case it is still held) and starts serving.
+    pub async fn spawn_on(addr: SocketAddr, name: &str) -> EchoBackend {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        let server = loop {
+            match echo::EchoServer::bind(addr, name).await {
+                Ok(server) => break server,
+                Err(e) if tokio::time::Instant::now() < deadline => {
+                    let _ = e;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => panic!("echo backend {name}: bind {addr}: {e}"),
+            }
+        };
+        EchoBackend {
+            addr: server.addr(),
+            name: name.to_owned(),
+            server: Some(server),
+        }
+    }
+
+    /// The bound address (stable across `stop`/`restart`).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://ADDR`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// How many WebSocket sessions the backend has open (0 when stopped).
+    pub fn active_websockets(&self) -> usize {
+        self.server.as_ref().map_or(0, |s| s.active_websockets())
+    }
+
+    /// How many plain HTTP requests the backend has received (since its
+    /// last start).
+    pub fn requests(&self) -> usize {
+        self.server.as_ref().map_or(0, |s| s.requests())
+    }
+
+    /// The backend's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Closes the listener and every live connection: the port refuses
+    /// connections afterwards.
+    pub async fn stop(&mut self) {
+        if let Some(server) = self.server.take() {
+            server.stop().await;
+        }
+    }
+
+    /// Serves again on the same address after `stop`.
+    pub async fn restart(&mut self) {
+        self.stop().await;
+        let again = EchoBackend::spawn_on(self.addr, &self.name).await;
+        *self = again;
+    }
+}

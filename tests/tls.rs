@@ -1,0 +1,352 @@
+//! TLS termination: wss:// echo, certificate swap while a call streams, a bad
+//! certificate refused on reload, SNI, garbage on the TLS port, https upstreams.
+
+mod support;
+
+use std::time::Duration;
+
+use support::tls::{TestPki, atomic_write, tls_connect, wss_connect};
+use support::ws::{header, recv_binary, recv_text, send_binary, send_text};
+use support::{echo_backend, poll_until, shunt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+async fn echo_once(ws: &mut support::Ws, text: &str) {
+    send_text(ws, text).await.unwrap();
+    assert_eq!(recv_text(ws).await.unwrap(), text);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wss_echo_through_shunt() {
+    let pki = TestPki::new();
+    let (cert, key) = pki.write("server", &["localhost", "127.0.0.1"]);
+    let backend = echo_backend().name("direct-backend").spawn().await;
+    let proxy = shunt()
+        .direct(backend.url())
+        .arg("--tls-cert", cert.to_str().unwrap())
+        .arg("--tls-key", key.to_str().unwrap())
+        .start()
+        .await;
+    let (mut ws, resp, _) = wss_connect(
+        proxy.addr(),
+        "localhost",
+        "/frontend-audio",
+        pki.client_config(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(header(&resp, "x-shunt-route"), "direct");
+    assert_eq!(
+        recv_text(&mut ws).await.unwrap(),
+        "hello from direct-backend"
+    );
+    echo_once(&mut ws, "over tls").await;
+    let audio = vec![7u8; 640];
+    send_binary(&mut ws, &audio).await.unwrap();
+    assert_eq!(recv_binary(&mut ws).await.unwrap(), audio);
+
+    // The backend is told the client came over TLS.
+    let (tls, _) = tls_connect(proxy.addr(), "127.0.0.1", pki.client_config())
+        .await
+        .unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let req = hyper::Request::get("/info")
+        .header("host", "localhost")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let body = http_body_util::BodyExt::collect(resp.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    let seen: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        support::seen_header(&seen, "x-forwarded-proto"),
+        vec!["https"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificate_renewed_by_atomic_rename_while_a_call_streams() {
+    let pki = TestPki::new();
+    let (cert, key) = pki.write("server", &["localhost"]);
+    let backend = echo_backend().name("b").spawn().await;
+    let proxy = shunt()
+        .direct(backend.url())
+        .arg("--tls-cert", cert.to_str().unwrap())
+        .arg("--tls-key", key.to_str().unwrap())
+        .start()
+        .await;
+    let (mut call, _, old_fp) = wss_connect(proxy.addr(), "localhost", "/a", pki.client_config())
+        .await
+        .unwrap();
+    recv_text(&mut call).await.unwrap();
+    echo_once(&mut call, "before renewal").await;
+
+    // certbot-style renewal: new files renamed over the old ones.
+    let (new_cert, new_key) = pki.issue(&["localhost"]);
+    atomic_write(&key, &new_key);
+    atomic_write(&cert, &new_cert);
+
+    let mut seen = String::new();
+    let renewed = poll_until(WAIT, async || {
+        match tls_connect(proxy.addr(), "localhost", pki.client_config()).await {
+            Ok((_, fp)) => {
+                seen = fp;
+                seen != old_fp
+            }
+            Err(_) => false,
+        }
+    })
+    .await;
+    assert!(renewed, "new handshakes still get {seen}");
+    let status = proxy.status().await.unwrap();
+    assert_eq!(status["certificates"][0]["sha256"], seen.as_str());
+    assert_eq!(status["last_reload"]["ok"], true, "{status}");
+
+    // The call opened before the renewal is untouched.
+    for i in 0..5 {
+        echo_once(&mut call, &format!("after renewal {i}")).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_certificate_or_mismatched_key_leaves_the_old_one_served() {
+    let pki = TestPki::new();
+    let (cert, key) = pki.write("server", &["localhost"]);
+    let backend = echo_backend().spawn().await;
+    let proxy = shunt()
+        .direct(backend.url())
+        .arg("--tls-cert", cert.to_str().unwrap())
+        .arg("--tls-key", key.to_str().unwrap())
+        .flag("--no-watch")
+        .start()
+        .await;
+    let (_, fp) = tls_connect(proxy.addr(), "localhost", pki.client_config())
+        .await
+        .unwrap();
+    let good_cert = std::fs::read_to_string(&cert).unwrap();
+
+    // Garbage in the certificate file.
+    atomic_write(
+        &cert,
+        "-----BEGIN CERTIFICATE-----\nnot base64 at all\n-----END CERTIFICATE-----\n",
+    );
+    let (code, body) = admin_post(&proxy, "/reload").await;
+    assert_eq!(code, 422, "{body}");
+    assert!(
+        body.contains("server.crt"),
+        "the error names the file: {body}"
+    );
+    let status = proxy.status().await.unwrap();
+    assert_eq!(status["last_reload"]["ok"], false, "{status}");
+    assert!(
+        status["last_reload"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("server.crt")
+    );
+    let (_, still) = tls_connect(proxy.addr(), "localhost", pki.client_config())
+        .await
+        .unwrap();
+    assert_eq!(still, fp);
+
+    // A valid certificate with somebody else's key.
+    atomic_write(&cert, &good_cert);
+    let (_, other_key) = pki.issue(&["localhost"]);
+    atomic_write(&key, &other_key);
+    let (code, body) = admin_post(&proxy, "/reload").await;
+    assert_eq!(code, 422, "{body}");
+    assert!(body.contains("server.key"), "{body}");
+    let (_, still) = tls_connect(proxy.addr(), "localhost", pki.client_config())
+        .await
+        .unwrap();
+    assert_eq!(still, fp);
+    assert_eq!(proxy.status().await.unwrap()["generation"], 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sni_picks_the_certificate() {
+    let pki = TestPki::new();
+    pki.write("default", &["localhost"]);
+    pki.write("calls", &["calls.test"]);
+    pki.write("wild", &["*.example.test"]);
+    let config = pki.dir.join("shunt.toml");
+    std::fs::write(
+        &config,
+        r#"
+[[tls.certs]]
+cert = "default.crt"
+key = "default.key"
+
+[[tls.certs]]
+cert = "calls.crt"
+key = "calls.key"
+names = ["calls.test"]
+
+[[tls.certs]]
+cert = "wild.crt"
+key = "wild.key"
+"#,
+    )
+    .unwrap();
+    let backend = echo_backend().spawn().await;
+    let proxy = shunt()
+        .direct(backend.url())
+        .arg("--config", config.to_str().unwrap())
+        .start()
+        .await;
+    let status = proxy.status().await.unwrap();
+    let fp_of = |file: &str| {
+        status["certificates"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["cert_file"].as_str().unwrap().ends_with(file))
+            .unwrap()["sha256"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let cfg = pki.client_config();
+    let (_, fp) = tls_connect(proxy.addr(), "calls.test", cfg.clone())
+        .await
+        .unwrap();
+    assert_eq!(fp, fp_of("calls.crt"));
+    let (_, fp) = tls_connect(proxy.addr(), "a.example.test", cfg.clone())
+        .await
+        .unwrap();
+    assert_eq!(fp, fp_of("wild.crt"));
+    let (_, fp) = tls_connect(proxy.addr(), "localhost", cfg.clone())
+        .await
+        .unwrap();
+    assert_eq!(fp, fp_of("default.crt"));
+    // An unknown name gets the default certificate (and so fails verification).
+    assert!(
+        tls_connect(proxy.addr(), "unknown.test", cfg)
+            .await
+            .is_err()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_and_plain_http_on_the_tls_port_are_closed_cleanly() {
+    let pki = TestPki::new();
+    let (cert, key) = pki.write("server", &["localhost"]);
+    let backend = echo_backend().spawn().await;
+    let proxy = shunt()
+        .direct(backend.url())
+        .arg("--tls-cert", cert.to_str().unwrap())
+        .arg("--tls-key", key.to_str().unwrap())
+        .start()
+        .await;
+    let (mut call, _, _) = wss_connect(proxy.addr(), "localhost", "/a", pki.client_config())
+        .await
+        .unwrap();
+    recv_text(&mut call).await.unwrap();
+
+    // Plain HTTP: a 400 that says what to do, then close.
+    let mut plain = TcpStream::connect(proxy.addr()).await.unwrap();
+    plain
+        .write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let answer = read_to_close(&mut plain).await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains("https://"), "{answer}");
+
+    // Binary garbage, and a TLS record header with junk after it: closed.
+    for junk in [
+        &[0u8, 1, 2, 3, 255, 254][..],
+        &[0x16, 3, 1, 0, 5, 1, 2, 3, 4, 5][..],
+    ] {
+        let mut s = TcpStream::connect(proxy.addr()).await.unwrap();
+        s.write_all(junk).await.unwrap();
+        let answer = read_to_close(&mut s).await;
+        assert!(!answer.contains("HTTP/1.1 2"), "{answer}");
+    }
+
+    // A client that connects and says nothing does not hold anything up.
+    let _silent = TcpStream::connect(proxy.addr()).await.unwrap();
+    echo_once(&mut call, "still here").await;
+    let (_, _) = tls_connect(proxy.addr(), "localhost", pki.client_config())
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_upstream_with_a_private_ca() {
+    let pki = TestPki::new();
+    let (cert, key) = pki.write("nginx", &["127.0.0.1"]);
+    let backend = echo_backend().name("behind-tls").spawn().await;
+    // A TLS-only "nginx": another shunt terminating TLS in front of the backend.
+    let tls_front = shunt()
+        .direct(backend.url())
+        .arg("--tls-cert", cert.to_str().unwrap())
+        .arg("--tls-key", key.to_str().unwrap())
+        .start()
+        .await;
+    let proxy = shunt()
+        .direct(backend.url())
+        .nginx(format!("https://127.0.0.1:{}", tls_front.addr().port()))
+        .route("/=nginx")
+        .arg("--upstream-ca", pki.ca_file().to_str().unwrap())
+        .arg("--health-check", "ws:/probe")
+        .start()
+        .await;
+    proxy.wait_upstream("nginx", "up").await;
+    let (mut ws, resp) = support::ws_connect(proxy.addr(), "/frontend-audio", &[])
+        .await
+        .unwrap();
+    assert_eq!(header(&resp, "x-shunt-route"), "nginx");
+    assert_eq!(recv_text(&mut ws).await.unwrap(), "hello from behind-tls");
+    echo_once(&mut ws, "through two proxies").await;
+
+    // Without the CA the upstream is not trusted: the route has no healthy upstream.
+    let untrusting = shunt()
+        .nginx(format!("https://127.0.0.1:{}", tls_front.addr().port()))
+        .route("/=nginx")
+        .arg("--upstream-ca", cert.to_str().unwrap())
+        .start()
+        .await;
+    untrusting.wait_upstream("nginx", "down").await;
+    let status = untrusting.status().await.unwrap();
+    let err = status["upstreams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["name"] == "nginx")
+        .unwrap()["last_error"]
+        .to_string();
+    assert!(err.contains("TLS"), "{err}");
+}
+
+async fn admin_post(proxy: &support::Shunt, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(proxy.admin_addr()).await.unwrap();
+    let req = format!(
+        "POST {path} HTTP/1.1\r\nHost: admin\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let answer = read_to_close(&mut s).await;
+    let code = answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (code, answer)
+}
+
+async fn read_to_close(s: &mut TcpStream) -> String {
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf))
+        .await
+        .expect("the server closed the connection");
+    String::from_utf8_lossy(&buf).into_owned()
+}
