@@ -52,13 +52,14 @@ async fn route(req: Request<Incoming>, rt: &Runtime, reloader: &Reloader) -> Res
         (&Method::GET | &Method::HEAD, "/healthz") => text(StatusCode::OK, "ok\n"),
         (&Method::GET | &Method::HEAD, "/readyz") => readyz(rt),
         (&Method::GET | &Method::HEAD, "/status") => json(StatusCode::OK, &status(rt, reloader)),
+        (&Method::GET | &Method::HEAD, "/metrics") => metrics(rt),
         (&Method::POST, "/reload") => reload(reloader).await,
-        (_, "/healthz" | "/readyz" | "/status" | "/reload") => {
+        (_, "/healthz" | "/readyz" | "/status" | "/metrics" | "/reload") => {
             text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
         }
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found; try GET /healthz, /readyz, /status or POST /reload\n",
+            "not found; try GET /healthz, /readyz, /status, /metrics or POST /reload\n",
         ),
     }
 }
@@ -111,6 +112,37 @@ fn status(rt: &Runtime, reloader: &Reloader) -> serde_json::Value {
         "requests": requests,
         "upgrades": upgrades,
     })
+}
+
+/// Prometheus text: counters, tunnels, and each upstream's health (1 = up).
+fn metrics(rt: &Runtime) -> Response<Body> {
+    use std::fmt::Write;
+    let mut out = String::new();
+    rt.stats.to_prometheus(&mut out);
+    let snapshot = rt.live.load();
+    let _ = writeln!(
+        out,
+        "# HELP shunt_upstream_up Whether the upstream is healthy (1), down or not yet probed (0).\n# TYPE shunt_upstream_up gauge"
+    );
+    for u in snapshot.upstreams.values().filter(|u| u.probed) {
+        let up = u8::from(u.health.state() == State::Up);
+        let _ = writeln!(
+            out,
+            "shunt_upstream_up{{upstream=\"{}\"}} {up}",
+            crate::stats::escape(&u.name().0)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP shunt_config_generation Configuration generation (1 at start, +1 per reload).\n# TYPE shunt_config_generation gauge\nshunt_config_generation {}",
+        snapshot.generation
+    );
+    let mut resp = text(StatusCode::OK, out);
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    resp
 }
 
 fn upstreams_json(snapshot: &Snapshot) -> serde_json::Value {

@@ -31,6 +31,10 @@ impl ByClass {
         self.0[class].fetch_add(1, Ordering::Relaxed);
     }
 
+    fn counts(&self) -> [u64; 5] {
+        std::array::from_fn(|i| self.0[i].load(Ordering::Relaxed))
+    }
+
     fn to_json(&self) -> serde_json::Value {
         let mut map = serde_json::Map::new();
         for (i, c) in self.0.iter().enumerate() {
@@ -109,6 +113,69 @@ impl Stats {
             serde_json::Value::Array(tunnels),
         )
     }
+}
+
+impl Stats {
+    /// Prometheus text exposition of the counters (the `/metrics` body, without health).
+    pub fn to_prometheus(&self, out: &mut String) {
+        use std::fmt::Write;
+        for (name, help, by) in [
+            (
+                "shunt_requests_total",
+                "Plain HTTP requests answered, by status class.",
+                &self.requests,
+            ),
+            (
+                "shunt_upgrades_total",
+                "WebSocket handshakes answered, by status class.",
+                &self.upgrades,
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+            for (i, n) in by.counts().iter().enumerate() {
+                let _ = writeln!(out, "{name}{{class=\"{}xx\"}} {n}", i + 1);
+            }
+        }
+        let tunnels = self.lock_tunnels();
+        let _ = writeln!(
+            out,
+            "# HELP shunt_tunnels_active Open tunnels by route and upstream.\n# TYPE shunt_tunnels_active gauge"
+        );
+        for ((route, upstream), c) in tunnels.iter() {
+            let _ = writeln!(
+                out,
+                "shunt_tunnels_active{{route=\"{}\",upstream=\"{}\"}} {}",
+                escape(route),
+                escape(&upstream.0),
+                c.active
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP shunt_tunnel_bytes_total Bytes relayed by closed tunnels.\n# TYPE shunt_tunnel_bytes_total counter"
+        );
+        for ((route, upstream), c) in tunnels.iter() {
+            for (direction, n) in [
+                ("to_upstream", c.bytes_downstream_to_upstream),
+                ("to_downstream", c.bytes_upstream_to_downstream),
+            ] {
+                let _ = writeln!(
+                    out,
+                    "shunt_tunnel_bytes_total{{route=\"{}\",upstream=\"{}\",direction=\"{direction}\"}} {n}",
+                    escape(route),
+                    escape(&upstream.0)
+                );
+            }
+        }
+    }
+}
+
+/// Escape a Prometheus label value.
+pub fn escape(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 /// Holds one tunnel in the gauge; dropping it records the close and its bytes.
