@@ -61,6 +61,20 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
 
 fn check(args: &RunArgs) -> anyhow::Result<ExitCode> {
     let config = Config::build(args)?;
+    // Load what a start would load, so a bad certificate or CA file fails here too.
+    let certs = config
+        .tls
+        .as_ref()
+        .map(|t| shunt::tls::load_cert_set(&t.certs))
+        .transpose()?;
+    for u in config
+        .upstreams
+        .iter()
+        .filter(|u| u.url.scheme == shunt::config::Scheme::Https)
+    {
+        shunt::tls::client::client_config(u.ca.as_deref())
+            .with_context(|| format!("upstream {}", u.name))?;
+    }
     println!("configuration OK");
     println!("listen  {}", config.listen);
     match config.admin {
@@ -93,6 +107,22 @@ fn check(args: &RunArgs) -> anyhow::Result<ExitCode> {
     for r in &routes {
         let via: Vec<_> = r.via.iter().map(|n| n.0.as_str()).collect();
         println!("  {:<28} -> {}", r.label(), via.join(", "));
+    }
+    if let Some(set) = &certs {
+        println!("tls certificates (the first is the default):");
+        for c in set.certs() {
+            println!(
+                "  {} ({}) names {} not after {} sha256 {}",
+                c.info.cert_file.display(),
+                c.info.subject,
+                c.names.join(", "),
+                humantime::format_rfc3339_seconds(c.info.not_after),
+                c.info.fingerprint
+            );
+        }
+        for warning in set.warnings() {
+            println!("warning: {warning}");
+        }
     }
     let t = &config.timeouts;
     println!(

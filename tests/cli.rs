@@ -196,3 +196,47 @@ async fn healthcheck_reflects_readiness() {
         "healthcheck against a closed port succeeded"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cert_writes_a_dev_ca_and_server_certificate_and_refuses_to_overwrite() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join(format!("shunt-cli-cert-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let out_dir = dir.to_str().unwrap();
+    let out = run(&[
+        "cert",
+        "--out",
+        out_dir,
+        "--name",
+        "localhost",
+        "--name",
+        "127.0.0.1",
+    ])
+    .await;
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert!(out.stdout.contains("ca.crt"), "{}", out.stdout);
+    for name in ["ca.crt", "ca.key", "server.crt", "server.key"] {
+        assert!(dir.join(name).exists(), "{name} missing");
+    }
+    let mode = std::fs::metadata(dir.join("server.key"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let again = run(&["cert", "--out", out_dir]).await;
+    assert_ne!(again.code, Some(0));
+    assert!(again.stderr.contains("--force"), "{}", again.stderr);
+    // The result is accepted by `shunt check` as a TLS configuration.
+    let crt = dir.join("server.crt");
+    let key = dir.join("server.key");
+    let check = run(&[
+        "check",
+        "--tls-cert",
+        crt.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+    ])
+    .await;
+    assert_eq!(check.code, Some(0), "{}", check.stderr);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -5,6 +5,8 @@ mod support;
 
 use std::time::Duration;
 
+use rustls::pki_types::pem::PemObject;
+
 use support::tls::{TestPki, atomic_write, tls_connect, wss_connect};
 use support::ws::{header, recv_binary, recv_text, send_binary, send_text};
 use support::{echo_backend, poll_until, shunt};
@@ -349,4 +351,184 @@ async fn read_to_close(s: &mut TcpStream) -> String {
         .await
         .expect("the server closed the connection");
     String::from_utf8_lossy(&buf).into_owned()
+}
+
+/// A Kubernetes secret volume: `tls.crt -> ..data/tls.crt`, `..data -> ..<timestamp>`;
+/// an update writes a new timestamped directory and swaps `..data` by rename.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubernetes_secret_symlink_swap_reloads_the_certificate() {
+    use std::os::unix::fs::symlink;
+    let pki = TestPki::new();
+    let volume = pki.dir.join("secret");
+    let first = volume.join("..2026_11_25_first");
+    std::fs::create_dir_all(&first).unwrap();
+    let (c, k) = pki.issue(&["localhost"]);
+    std::fs::write(first.join("tls.crt"), c).unwrap();
+    std::fs::write(first.join("tls.key"), k).unwrap();
+    symlink("..2026_11_25_first", volume.join("..data")).unwrap();
+    symlink("..data/tls.crt", volume.join("tls.crt")).unwrap();
+    symlink("..data/tls.key", volume.join("tls.key")).unwrap();
+
+    let backend = echo_backend().spawn().await;
+    let proxy = shunt()
+        .direct(backend.url())
+        .arg("--tls-cert", volume.join("tls.crt").to_str().unwrap())
+        .arg("--tls-key", volume.join("tls.key").to_str().unwrap())
+        .start()
+        .await;
+    let (_, old_fp) = tls_connect(proxy.addr(), "localhost", pki.client_config())
+        .await
+        .unwrap();
+
+    // What the kubelet does on a secret update.
+    let second = volume.join("..2026_11_25_second");
+    std::fs::create_dir_all(&second).unwrap();
+    let (c, k) = pki.issue(&["localhost"]);
+    std::fs::write(second.join("tls.crt"), c).unwrap();
+    std::fs::write(second.join("tls.key"), k).unwrap();
+    symlink("..2026_11_25_second", volume.join("..data_tmp")).unwrap();
+    std::fs::rename(volume.join("..data_tmp"), volume.join("..data")).unwrap();
+    std::fs::remove_dir_all(&first).unwrap();
+
+    let mut seen = old_fp.clone();
+    let swapped = poll_until(WAIT, async || {
+        if let Ok((_, fp)) = tls_connect(proxy.addr(), "localhost", pki.client_config()).await {
+            seen = fp;
+        }
+        seen != old_fp
+    })
+    .await;
+    assert!(swapped, "the ..data swap was not picked up");
+    assert_eq!(proxy.status().await.unwrap()["last_reload"]["ok"], true);
+}
+
+/// RSA (PKCS#1 and PKCS#8), ECDSA (SEC1) and Ed25519 (PKCS#8) keys made by
+/// openssl all serve TLS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rsa_ecdsa_and_ed25519_keys_in_every_pem_form() {
+    if std::process::Command::new("openssl")
+        .arg("version")
+        .output()
+        .is_err()
+    {
+        assert!(
+            std::env::var("CI").is_err(),
+            "openssl is needed for this test in CI"
+        );
+        eprintln!("skipping: openssl is not installed");
+        return;
+    }
+    let pki = TestPki::new();
+    let backend = echo_backend().spawn().await;
+    let kinds: [(&str, &[&str], &str); 4] = [
+        (
+            "rsa-pkcs1",
+            &["genrsa", "-traditional", "-out", "{out}", "2048"],
+            "BEGIN RSA PRIVATE KEY",
+        ),
+        (
+            "rsa-pkcs8",
+            &[
+                "genpkey",
+                "-algorithm",
+                "rsa",
+                "-pkeyopt",
+                "rsa_keygen_bits:2048",
+                "-out",
+                "{out}",
+            ],
+            "BEGIN PRIVATE KEY",
+        ),
+        (
+            "ec-sec1",
+            &[
+                "ecparam",
+                "-name",
+                "prime256v1",
+                "-genkey",
+                "-noout",
+                "-out",
+                "{out}",
+            ],
+            "BEGIN EC PRIVATE KEY",
+        ),
+        (
+            "ed25519",
+            &["genpkey", "-algorithm", "ed25519", "-out", "{out}"],
+            "BEGIN PRIVATE KEY",
+        ),
+    ];
+    for (name, genkey, marker) in kinds {
+        let key = pki.dir.join(format!("{name}.key"));
+        let cert = pki.dir.join(format!("{name}.crt"));
+        let key_arg = key.to_str().unwrap();
+        let out = std::process::Command::new("openssl")
+            .args(
+                genkey
+                    .iter()
+                    .map(|a| if *a == "{out}" { key_arg } else { a }),
+            )
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            std::fs::read_to_string(&key).unwrap().contains(marker),
+            "{name} is not in the expected form"
+        );
+        let out = std::process::Command::new("openssl")
+            .args([
+                "req",
+                "-new",
+                "-x509",
+                "-days",
+                "30",
+                "-subj",
+                "/CN=localhost",
+            ])
+            .args([
+                "-addext",
+                "subjectAltName=DNS:localhost",
+                "-addext",
+                "basicConstraints=critical,CA:FALSE",
+            ])
+            .arg("-key")
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+
+        let proxy = shunt()
+            .direct(backend.url())
+            .arg("--tls-cert", cert.to_str().unwrap())
+            .arg("--tls-key", key.to_str().unwrap())
+            .start()
+            .await;
+        let mut roots = rustls::RootCertStore::empty();
+        let pem = std::fs::read(&cert).unwrap();
+        for der in rustls::pki_types::CertificateDer::pem_slice_iter(&pem) {
+            roots.add(der.unwrap()).unwrap();
+        }
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let (mut ws, _, _) =
+            wss_connect(proxy.addr(), "localhost", "/a", std::sync::Arc::new(client))
+                .await
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+        recv_text(&mut ws).await.unwrap();
+        echo_once(&mut ws, name).await;
+    }
 }
