@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use bytes::Bytes;
-use fastwebsockets::{Frame, OpCode};
+use fastwebsockets::{Frame, OpCode, Role, WebSocket};
 use http::{Request, StatusCode, header};
 use http_body_util::Empty;
 use hyper_util::rt::TokioIo;
@@ -18,7 +18,7 @@ use rustls::ClientConfig;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::connect::connect;
+use super::connect::{UpstreamStream, connect};
 use crate::config::{HealthSpec, ProbeKind, UpstreamName, UpstreamUrl};
 
 /// What shunt believes about an upstream.
@@ -185,23 +185,15 @@ async fn probe(
     let stream = connect(url, tls, spec.timeout)
         .await
         .map_err(|e| e.to_string())?;
+    let request = |path: &str| {
+        Request::get(path)
+            .header(header::HOST, url.authority())
+            .header(header::USER_AGENT, "shunt-health")
+    };
     match &spec.check {
         ProbeKind::Tcp => Ok(()),
         ProbeKind::Http(path) => {
-            let io = TokioIo::new(stream);
-            let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(io)
-                .await
-                .map_err(|e| format!("http handshake: {e}"))?;
-            tracker.spawn(conn);
-            let req = Request::get(path.as_str())
-                .header(header::HOST, url.authority())
-                .header(header::USER_AGENT, "shunt-health")
-                .body(Empty::new())
-                .map_err(|e| e.to_string())?;
-            let resp = sender
-                .send_request(req)
-                .await
-                .map_err(|e| format!("GET {path}: {e}"))?;
+            let resp = send(stream, request(path), tracker).await?;
             let status = resp.status();
             if status.is_success() || status.is_redirection() {
                 Ok(())
@@ -210,56 +202,58 @@ async fn probe(
             }
         }
         ProbeKind::Ws(path) => {
-            let req = Request::get(path.as_str())
-                .header(header::HOST, url.authority())
+            let handshake = request(path)
                 .header(header::UPGRADE, "websocket")
                 .header(header::CONNECTION, "upgrade")
                 .header(
                     header::SEC_WEBSOCKET_KEY,
                     fastwebsockets::handshake::generate_key(),
                 )
-                .header(header::SEC_WEBSOCKET_VERSION, "13")
-                .header(header::USER_AGENT, "shunt-health")
-                .body(Empty::<Bytes>::new())
-                .map_err(|e| e.to_string())?;
-            let exec = TrackedExecutor(tracker.clone());
-            let (mut ws, resp) = fastwebsockets::handshake::client(&exec, req, stream)
-                .await
-                .map_err(|e| format!("websocket handshake on {path}: {e}"))?;
+                .header(header::SEC_WEBSOCKET_VERSION, "13");
+            let mut resp = send(stream, handshake, tracker).await?;
             if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
                 return Err(format!(
                     "websocket handshake on {path} answered {}",
                     resp.status()
                 ));
             }
+            let upgraded = hyper::upgrade::on(&mut resp)
+                .await
+                .map_err(|e| format!("websocket handshake on {path}: {e}"))?;
+            let mut ws = WebSocket::after_handshake(TokioIo::new(upgraded), Role::Client);
             ws.write_frame(Frame::close(1000, b""))
                 .await
                 .map_err(|e| format!("websocket close on {path}: {e}"))?;
-            // Read until the upstream answers the close (the hello or echoes may come first).
-            loop {
-                match ws.read_frame().await {
-                    Ok(frame) if frame.opcode == OpCode::Close => return Ok(()),
-                    Ok(_) => continue,
-                    // A peer that just closes the socket after our Close is fine too.
-                    Err(_) => return Ok(()),
+            // Read until the upstream answers the close (a hello may come first);
+            // a peer that just closes the socket after our Close is fine too.
+            while let Ok(frame) = ws.read_frame().await {
+                if frame.opcode == OpCode::Close {
+                    break;
                 }
             }
+            Ok(())
         }
     }
 }
 
-/// Runs the connection tasks of probe clients on the shared tracker, so shutdown waits for them.
-#[derive(Clone)]
-pub struct TrackedExecutor(pub TaskTracker);
-
-impl<F> hyper::rt::Executor<F> for TrackedExecutor
-where
-    F: std::future::Future + Send + 'static,
-    F::Output: Send + 'static,
-{
-    fn execute(&self, fut: F) {
-        self.0.spawn(fut);
-    }
+/// Send one bodiless request over `stream` and return the response head.
+async fn send(
+    stream: UpstreamStream,
+    request: http::request::Builder,
+    tracker: &TaskTracker,
+) -> Result<hyper::Response<hyper::body::Incoming>, String> {
+    let req = request
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| e.to_string())?;
+    let what = format!("{} {}", req.method(), req.uri());
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| format!("{what}: {e}"))?;
+    tracker.spawn(conn.with_upgrades());
+    sender
+        .send_request(req)
+        .await
+        .map_err(|e| format!("{what}: {e}"))
 }
 
 #[cfg(test)]
