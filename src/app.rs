@@ -71,7 +71,28 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         rt.tracker.clone(),
         move |stream, peer| {
             let downstream = Downstream { peer, tls: false };
-            crate::connection::serve(stream, downstream, serve_rt.clone())
+            // Global IP lists and --max-conns, before a byte is read.
+            let admitted = {
+                let snapshot = serve_rt.live.load();
+                crate::policy::admit_connection(&snapshot.config.policy, &serve_rt.gate, peer)
+            };
+            let rt = serve_rt.clone();
+            async move {
+                match admitted {
+                    Ok(permit) => {
+                        crate::connection::serve(stream, downstream, rt).await;
+                        drop(permit);
+                    }
+                    Err(denied) => {
+                        tracing::warn!(peer = %peer, reason = %denied, "connection refused at accept");
+                        // Plain HTTP gets a short answer (a TLS listener would just close).
+                        let permit = rt.gate.refusal_permit();
+                        let answer = permit.is_some().then(|| crate::response::raw_refusal(&denied));
+                        crate::listener::refuse(stream, answer).await;
+                        drop(permit);
+                    }
+                }
+            }
         },
     ));
     if let Some(listener) = admin_listener {

@@ -20,6 +20,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use crate::handshake::Kind;
+use crate::policy::rate::TunnelSlot;
 use crate::runtime::{Downstream, Runtime};
 use crate::upstream::Upstream;
 
@@ -40,6 +41,7 @@ pub enum ForwardError {
 }
 
 /// Send `req` to `upstream` over `stream` and return the response for the client.
+#[allow(clippy::too_many_arguments)]
 pub async fn forward(
     mut req: Request<Incoming>,
     kind: Kind,
@@ -57,6 +59,8 @@ pub async fn forward(
         source,
     };
     let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    // The policy's per-client tunnel slot, held by the tunnel for its life.
+    let slot = req.extensions_mut().remove::<TunnelSlot>();
     to_origin_form(&mut req);
     headers::prepare_request(
         req.headers_mut(),
@@ -93,7 +97,14 @@ pub async fn forward(
     if let (true, Some(downstream_upgrade)) = (switching, downstream_upgrade) {
         let upstream_upgrade = hyper::upgrade::on(&mut resp);
         let guard = rt.stats.open_tunnel(route, name);
-        tunnel::spawn(downstream_upgrade, upstream_upgrade, guard, timeouts, rt);
+        tunnel::spawn(
+            downstream_upgrade,
+            upstream_upgrade,
+            guard,
+            slot,
+            timeouts,
+            rt,
+        );
     }
     headers::prepare_response(resp.headers_mut(), switching, name);
     // The client speaks HTTP/1.1 with us whatever the upstream spoke.
@@ -103,6 +114,10 @@ pub async fn forward(
 
 /// Upstreams get origin-form (`/path?query`), whatever form the client used.
 fn to_origin_form<B>(req: &mut Request<B>) {
+    // CONNECT's target is an authority by definition (only with a route's allow_connect).
+    if req.method() == http::Method::CONNECT {
+        return;
+    }
     if req.uri().scheme().is_some() || req.uri().authority().is_some() {
         let pq = req
             .uri()
