@@ -38,6 +38,7 @@ impl From<&ProxyError> for StatusCode {
             ProxyError::Select { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::Forward(ForwardError::Timeout { .. }) => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Forward(ForwardError::Protocol { .. }) => StatusCode::BAD_GATEWAY,
+            ProxyError::Forward(ForwardError::DownstreamBody { .. }) => StatusCode::BAD_REQUEST,
             ProxyError::Denied(d) => StatusCode::from(d),
         }
     }
@@ -50,7 +51,7 @@ impl From<&Denied> for StatusCode {
             Denied::Auth(_) => StatusCode::UNAUTHORIZED,
             Denied::Limit(_) => StatusCode::TOO_MANY_REQUESTS,
             Denied::Method { .. } => StatusCode::METHOD_NOT_ALLOWED,
-            Denied::AbsoluteForm => StatusCode::BAD_REQUEST,
+            Denied::AbsoluteForm | Denied::HeaderEncoding { .. } => StatusCode::BAD_REQUEST,
         }
     }
 }

@@ -36,6 +36,12 @@ pub enum ForwardError {
         #[source]
         source: hyper::Error,
     },
+    /// Downstream's: the request body could not be read (bad chunking, cut short).
+    #[error("the request body is malformed or was cut short: {source}")]
+    DownstreamBody {
+        #[source]
+        source: hyper::Error,
+    },
     #[error("upstream {upstream} did not answer within {after:?}")]
     Timeout { upstream: String, after: Duration },
 }
@@ -54,9 +60,17 @@ pub async fn forward(
 ) -> Result<Response<Body>, ForwardError> {
     let upgrade = kind == Kind::WebSocket;
     let name = upstream.name();
-    let protocol = |source| ForwardError::Protocol {
-        upstream: name.0.clone(),
-        source,
+    let protocol = |source: hyper::Error| {
+        // A "user" error here is the downstream request's body failing
+        // (malformed chunking, a client that left): not the upstream's fault.
+        if source.is_user() {
+            ForwardError::DownstreamBody { source }
+        } else {
+            ForwardError::Protocol {
+                upstream: name.0.clone(),
+                source,
+            }
+        }
     };
     let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     // The policy's per-client tunnel slot, held by the tunnel for its life.

@@ -78,6 +78,9 @@ pub enum Denied {
     /// 400: `GET http://host/path` (unless the route allows it).
     #[error("absolute-form request targets are not accepted; send the path only")]
     AbsoluteForm,
+    /// 400: a header value that is not UTF-8.
+    #[error("the value of header {name} is not valid UTF-8")]
+    HeaderEncoding { name: String },
 }
 
 /// What an admitted request carries on: CORS headers to add, a tunnel slot.

@@ -8,7 +8,7 @@
 //! the normalized path is what the upstream receives, so the upstream cannot
 //! read `/frontend-audio/%2e%2e/admin` differently from how it was routed.
 //! The token query parameter is removed before forwarding and replaced by
-//! `REDACTED` in logs.
+//! `REDACTED` in logs. Header values that are not UTF-8 are refused.
 
 use std::borrow::Cow;
 
@@ -34,6 +34,17 @@ pub fn check_form<B>(req: &Request<B>, route: &RoutePolicy) -> Result<(), Denied
     }
     if req.uri().scheme().is_some() && !route.allow_absolute_form {
         return Err(Denied::AbsoluteForm);
+    }
+    // HTTP tolerates obs-text (bytes >= 0x80) in values; upstreams decode it
+    // inconsistently, so a value that is not UTF-8 is refused here.
+    if let Some((name, _)) = req
+        .headers()
+        .iter()
+        .find(|(_, v)| std::str::from_utf8(v.as_bytes()).is_err())
+    {
+        return Err(Denied::HeaderEncoding {
+            name: name.to_string(),
+        });
     }
     Ok(())
 }
@@ -252,5 +263,13 @@ mod tests {
         };
         assert!(check_form(&connect, &open).is_ok());
         assert!(check_form(&abs, &open).is_ok());
+        let mut latin1 = Request::get("/x").body(()).unwrap();
+        latin1
+            .headers_mut()
+            .insert("x-name", http::HeaderValue::from_bytes(b"caf\xe9").unwrap());
+        assert!(matches!(
+            check_form(&latin1, &route),
+            Err(Denied::HeaderEncoding { .. })
+        ));
     }
 }

@@ -123,7 +123,7 @@ fn unreadable_or_empty_credential_files_are_named() {
         err.contains("/nonexistent/tokens") && err.contains("--token-file"),
         "{err}"
     );
-    let empty = TempFile::new("empty", "\n# c\n");
+    let empty = TempFile::new("empty", "\n  \n");
     let err = shunt::config::Config::from_args(["--jwt-secret-file", empty.path()])
         .unwrap_err()
         .to_string();

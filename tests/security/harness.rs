@@ -105,6 +105,7 @@ async fn answer(
 pub struct Shunt {
     pub running: Option<shunt::app::Running>,
     pub addr: SocketAddr,
+    #[allow(dead_code)]
     pub admin: Option<SocketAddr>,
 }
 
@@ -120,6 +121,8 @@ impl Shunt {
             backend.url(),
             "--health-interval".into(),
             "60s".into(),
+            "--drain-timeout".into(),
+            "1s".into(),
         ];
         argv.extend(args.iter().map(|s| (*s).to_owned()));
         let config = shunt::config::Config::from_args(argv).expect("config");

@@ -43,6 +43,7 @@ async fn slowloris_is_closed_while_audio_keeps_flowing() {
     assert!(closed_after < Duration::from_secs(3), "{closed_after:?}");
     // Audio still flows afterwards.
     echo(&mut ws, "after").await;
+    drop(ws);
     shunt.stop().await;
 }
 
