@@ -81,7 +81,31 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         proxy_listener,
         rt.shutdown.clone(),
         rt.tracker.clone(),
-        move |stream, peer| serve_downstream(stream, peer, acceptor.clone(), serve_rt.clone()),
+        move |stream, peer| {
+            // Global IP lists and --max-conns, before a byte is read or a TLS handshake starts.
+            let admitted = {
+                let snapshot = serve_rt.live.load();
+                crate::policy::admit_connection(&snapshot.config.policy, &serve_rt.gate, peer)
+            };
+            let (rt, acceptor) = (serve_rt.clone(), acceptor.clone());
+            async move {
+                match admitted {
+                    Ok(permit) => {
+                        serve_downstream(stream, peer, acceptor, rt).await;
+                        drop(permit);
+                    }
+                    Err(denied) => {
+                        tracing::warn!(peer = %peer, reason = %denied, "connection refused at accept");
+                        // Plain HTTP gets a short answer; a TLS listener just closes.
+                        let permit = rt.gate.refusal_permit();
+                        let answer = (permit.is_some() && acceptor.is_none())
+                            .then(|| crate::response::raw_refusal(&denied));
+                        crate::listener::refuse(stream, answer).await;
+                        drop(permit);
+                    }
+                }
+            }
+        },
     ));
     if let Some(listener) = admin_listener {
         rt.tracker

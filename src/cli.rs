@@ -122,6 +122,77 @@ pub struct RunArgs {
     /// Do not watch the config and certificate files for changes (SIGHUP and POST /reload still work).
     #[arg(long, env = "SHUNT_NO_WATCH")]
     pub no_watch: bool,
+    // --- security policy (src/policy/) ---
+    /// Allow only these client addresses (CIDR or address; repeatable, comma-separated).
+    #[arg(
+        long = "allow-ip",
+        env = "SHUNT_ALLOW_IP",
+        value_name = "CIDR",
+        value_delimiter = ','
+    )]
+    pub allow_ip: Vec<String>,
+    /// Refuse these client addresses; wins over --allow-ip (repeatable, comma-separated).
+    #[arg(
+        long = "deny-ip",
+        env = "SHUNT_DENY_IP",
+        value_name = "CIDR",
+        value_delimiter = ','
+    )]
+    pub deny_ip: Vec<String>,
+    /// Default authentication of routes: none, token or jwt [default: jwt with --jwt-secret-file, else token with --token-file, else none].
+    #[arg(long, env = "SHUNT_AUTH", value_name = "MODE")]
+    pub auth: Option<String>,
+    /// File of accepted bearer tokens, one per line, `#` comments; re-read on reload.
+    #[arg(long, env = "SHUNT_TOKEN_FILE", value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// File holding the HS256 secret JWTs are signed with; re-read on reload.
+    #[arg(long, env = "SHUNT_JWT_SECRET_FILE", value_name = "FILE")]
+    pub jwt_secret_file: Option<PathBuf>,
+    /// Required `iss` claim of JWTs.
+    #[arg(long, env = "SHUNT_JWT_ISSUER", value_name = "ISS")]
+    pub jwt_issuer: Option<String>,
+    /// Required `aud` claim of JWTs.
+    #[arg(long, env = "SHUNT_JWT_AUDIENCE", value_name = "AUD")]
+    pub jwt_audience: Option<String>,
+    /// Clock-skew allowance for JWT `exp` and `nbf` [default: 30s].
+    #[arg(long, env = "SHUNT_JWT_LEEWAY", value_name = "DURATION")]
+    pub jwt_leeway: Option<String>,
+    /// Query parameter a token may be sent in; removed before forwarding [default: token].
+    #[arg(long, env = "SHUNT_TOKEN_QUERY", value_name = "NAME")]
+    pub token_query: Option<String>,
+    /// Cookie a token may be sent in [default: shunt_token].
+    #[arg(long, env = "SHUNT_TOKEN_COOKIE", value_name = "NAME")]
+    pub token_cookie: Option<String>,
+    /// Allowed Origin: scheme://host[:port], https://*.example.com or * (repeatable, comma-separated).
+    #[arg(
+        long = "allow-origin",
+        env = "SHUNT_ALLOW_ORIGIN",
+        value_name = "ORIGIN",
+        value_delimiter = ','
+    )]
+    pub allow_origin: Vec<String>,
+    /// Refuse WebSocket handshakes that carry no Origin header.
+    #[arg(long, env = "SHUNT_REQUIRE_ORIGIN", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub require_origin: Option<bool>,
+    /// Answer CORS preflights and add Access-Control-Allow-Origin for allowed Origins.
+    #[arg(long, env = "SHUNT_CORS", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub cors: Option<bool>,
+    /// Requests and handshakes per client address: N/s, N/m or N/h [default: unlimited].
+    #[arg(long, env = "SHUNT_RATE", value_name = "N/s")]
+    pub rate: Option<String>,
+    /// Requests a client may make at once after a quiet period [default: the rate per second, at least 1].
+    #[arg(long, env = "SHUNT_BURST", value_name = "N")]
+    pub burst: Option<u32>,
+    /// Concurrent WebSocket tunnels per client address [default: unlimited].
+    #[arg(long, env = "SHUNT_MAX_CONNS_PER_IP", value_name = "N")]
+    pub max_conns_per_ip: Option<u32>,
+    /// Concurrent downstream connections and tunnels, checked at accept [default: unlimited].
+    #[arg(long, env = "SHUNT_MAX_CONNS", value_name = "N")]
+    pub max_conns: Option<usize>,
+    /// Most client addresses the rate limiter remembers [default: 65536].
+    #[arg(long, env = "SHUNT_MAX_TRACKED_IPS", value_name = "N")]
+    pub max_tracked_ips: Option<usize>,
+    // --- end security policy ---
 }
 
 /// Flags of `shunt healthcheck`.

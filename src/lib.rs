@@ -29,6 +29,7 @@
 //! - [`router`]: path normalization and route matching.
 //! - [`upstream`]: upstreams, selection, connecting, health.
 //! - [`forward`]: header rewriting, forwarding, tunnels.
+//! - [`policy`]: IP lists, authentication, Origin, rate and connection limits.
 //! - [`response`]: errors → status codes and bodies.
 //! - [`admin`]: `/healthz`, `/readyz`, `/status`, `POST /reload`.
 //! - [`stats`]: counters for `/status`.
@@ -46,6 +47,7 @@ pub mod forward;
 pub mod handshake;
 pub mod listener;
 pub mod live;
+pub mod policy;
 pub mod proxy;
 pub mod reload;
 pub mod response;

@@ -107,6 +107,21 @@ fn check(args: &RunArgs) -> anyhow::Result<ExitCode> {
     for r in &routes {
         let via: Vec<_> = r.via.iter().map(|n| n.0.as_str()).collect();
         println!("  {:<28} -> {}", r.label(), via.join(", "));
+        let p = &r.policy;
+        println!(
+            "  {:<28}    auth {}, origins [{}]{}{}, ip allow {} deny {}",
+            "",
+            p.auth,
+            p.origins
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", "),
+            if p.require_origin { " required" } else { "" },
+            if p.cors { ", cors" } else { "" },
+            p.ip.allow.len(),
+            p.ip.deny.len(),
+        );
     }
     if let Some(set) = &certs {
         println!("tls certificates (the first is the default):");
@@ -124,6 +139,31 @@ fn check(args: &RunArgs) -> anyhow::Result<ExitCode> {
             println!("warning: {warning}");
         }
     }
+    let g = &config.policy;
+    let limit = |v: Option<String>| v.unwrap_or_else(|| "unlimited".into());
+    println!(
+        "security: ip allow [{}] deny [{}]; tokens {}; jwt {}; rate {} burst {}; max-conns-per-ip {}; max-conns {}",
+        g.ip.allow
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", "),
+        g.ip.deny
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", "),
+        g.credentials.tokens.as_ref().map_or(0, |t| t.len()),
+        if g.credentials.jwt.is_some() {
+            "on"
+        } else {
+            "off"
+        },
+        limit(g.limits.rate.map(|r| r.to_string())),
+        g.limits.burst,
+        limit(g.limits.max_conns_per_ip.map(|n| n.to_string())),
+        limit(g.limits.max_conns.map(|n| n.to_string())),
+    );
     let t = &config.timeouts;
     println!(
         "timeouts: connect {} response {} header {} idle {} drain {}",

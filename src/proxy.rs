@@ -1,4 +1,4 @@
-//! One request, top-down: handshake check → route → upstream → forward.
+//! One request, top-down: handshake check → route → policy → upstream → forward.
 //!
 //! [`handle`] is hyper's service function for downstream connections. It never
 //! fails: every error becomes a response in [`crate::response`], and every
@@ -14,6 +14,7 @@ use hyper::body::Incoming;
 use crate::config::UpstreamName;
 use crate::forward::{self, Body, Exchange, ForwardError};
 use crate::handshake::{self, HandshakeError, Kind};
+use crate::policy::{self, Denied};
 use crate::response;
 use crate::router::normalize_path;
 use crate::runtime::{Downstream, Runtime};
@@ -35,6 +36,9 @@ pub enum ProxyError {
         #[source]
         source: SelectError,
     },
+    /// Downstream's: refused by the security policy (IP, token, Origin, limits, form).
+    #[error(transparent)]
+    Denied(#[from] Denied),
     /// Upstream's: the chosen upstream failed after connecting.
     #[error(transparent)]
     Forward(#[from] ForwardError),
@@ -55,11 +59,19 @@ pub async fn handle(
 ) -> Result<Response<Body>, Infallible> {
     let started = Instant::now();
     let method = req.method().clone();
-    let path = req.uri().path().to_owned();
+    // Path and query, the token parameter redacted: a token never reaches a log line.
+    let path = {
+        let snapshot = rt.live.load();
+        policy::target::loggable_target(req.uri(), &snapshot.config.policy.sources.query)
+    };
     let upgrade = handshake::has_token(req.headers(), header::UPGRADE, "websocket");
     let mut trace = Trace::default();
     let resp = match proxy(req, downstream, &rt, &mut trace).await {
         Ok(resp) => resp,
+        Err(e @ ProxyError::Denied(_)) => {
+            tracing::info!(peer = %downstream.peer, path = %path, reason = %e, "request refused by policy");
+            response::error_response(&e)
+        }
         Err(e) => {
             tracing::debug!(error = %e, "request refused");
             response::error_response(&e)
@@ -82,7 +94,7 @@ pub async fn handle(
 }
 
 async fn proxy(
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     downstream: Downstream,
     rt: &Runtime,
     trace: &mut Trace,
@@ -97,6 +109,33 @@ async fn proxy(
         .ok_or_else(|| ProxyError::NoRoute { path: path.clone() })?
         .clone();
     trace.route = Some(route.label.clone());
+    let global = &snapshot.config.policy;
+    let admission = policy::check(
+        &req,
+        kind,
+        &route.spec.policy,
+        global,
+        downstream.peer.ip(),
+        &rt.gate,
+    )?;
+    if admission.preflight {
+        let origin = admission.cors_origin.as_ref();
+        let headers = origin.map_or_else(Vec::new, |o| {
+            policy::origin::cors_headers(o, Some(req.headers()))
+        });
+        return Ok(response::preflight(headers));
+    }
+    // The upstream gets the path that was routed and policed, without the token parameter.
+    let strip = (route.spec.policy.auth != policy::auth::AuthMode::None)
+        .then_some(global.sources.query.as_str());
+    if req.method() != http::Method::CONNECT
+        && let Some(uri) = policy::target::upstream_target(req.uri(), &path, strip)
+    {
+        *req.uri_mut() = uri;
+    }
+    if let Some(slot) = admission.tunnel.clone() {
+        req.extensions_mut().insert(slot);
+    }
     let (upstream, stream) = upstream::connect_first(&route.via, snapshot.timeouts.connect)
         .await
         .map_err(|source| ProxyError::Select {
@@ -111,7 +150,16 @@ async fn proxy(
         downstream,
         timeouts: &snapshot.timeouts,
     };
-    let resp = forward::forward(req, stream, exchange, rt).await?;
+    let mut resp = forward::forward(req, stream, exchange, rt).await?;
+    if let Some(origin) = &admission.cors_origin {
+        for (name, value) in policy::origin::cors_headers(origin, None) {
+            if name == header::VARY {
+                resp.headers_mut().append(name, value);
+            } else {
+                resp.headers_mut().insert(name, value);
+            }
+        }
+    }
     Ok(resp)
 }
 

@@ -9,6 +9,8 @@ use http_body_util::{BodyExt, Full};
 
 use crate::forward::{Body, ForwardError};
 use crate::handshake::HandshakeError;
+use crate::policy::Denied;
+use crate::policy::rate::{LimitExceeded, retry_secs};
 use crate::proxy::ProxyError;
 use crate::upstream::SelectError;
 use crate::upstream::connect::ConnectError;
@@ -36,8 +38,84 @@ impl From<&ProxyError> for StatusCode {
             ProxyError::Select { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::Forward(ForwardError::Timeout { .. }) => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Forward(ForwardError::Protocol { .. }) => StatusCode::BAD_GATEWAY,
+            ProxyError::Forward(ForwardError::DownstreamBody { .. }) => StatusCode::BAD_REQUEST,
+            ProxyError::Denied(d) => StatusCode::from(d),
         }
     }
+}
+
+impl From<&Denied> for StatusCode {
+    fn from(d: &Denied) -> Self {
+        match d {
+            Denied::Ip { .. } | Denied::Origin(_) => StatusCode::FORBIDDEN,
+            Denied::Auth(_) => StatusCode::UNAUTHORIZED,
+            Denied::Limit(_) => StatusCode::TOO_MANY_REQUESTS,
+            Denied::Method { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            Denied::AbsoluteForm | Denied::HeaderEncoding { .. } => StatusCode::BAD_REQUEST,
+        }
+    }
+}
+
+/// The headers a refusal carries besides its body: `WWW-Authenticate`
+/// (RFC 6750) on 401, `Retry-After` on 429.
+fn denied_headers(d: &Denied) -> Vec<(header::HeaderName, HeaderValue)> {
+    match d {
+        Denied::Auth(e) => {
+            let value = if e.is_invalid_token() {
+                format!(r#"Bearer realm="shunt", error="invalid_token", error_description="{e}""#)
+            } else {
+                r#"Bearer realm="shunt""#.to_owned()
+            };
+            HeaderValue::from_str(&value)
+                .map(|v| vec![(header::WWW_AUTHENTICATE, v)])
+                .unwrap_or_default()
+        }
+        Denied::Limit(l) => {
+            let secs = match l {
+                LimitExceeded::Rate { retry_after } => retry_secs(*retry_after),
+                LimitExceeded::TunnelsPerIp { .. } | LimitExceeded::Conns { .. } => 1,
+            };
+            vec![(header::RETRY_AFTER, HeaderValue::from(secs))]
+        }
+        Denied::Method { .. } => vec![(
+            header::ALLOW,
+            HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),
+        )],
+        _ => Vec::new(),
+    }
+}
+
+/// A refusal written by hand on a connection hyper never saw (at accept, on
+/// plain HTTP): status line, headers and body, then `Connection: close`.
+pub fn raw_refusal(d: &Denied) -> Vec<u8> {
+    let status = StatusCode::from(d);
+    let body = format!("{d}\n");
+    let mut head = format!(
+        "HTTP/1.1 {} {}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or(""),
+        body.len()
+    );
+    for (name, value) in denied_headers(d) {
+        head.push_str(&format!(
+            "{name}: {}\r\n",
+            String::from_utf8_lossy(value.as_bytes())
+        ));
+    }
+    head.push_str("\r\n");
+    let mut out = head.into_bytes();
+    out.extend_from_slice(body.as_bytes());
+    out
+}
+
+/// The answer to a CORS preflight shunt handles itself: 204 with the CORS headers.
+pub fn preflight(headers: Vec<(header::HeaderName, HeaderValue)>) -> Response<Body> {
+    let mut resp = Response::new(full(Bytes::new()));
+    *resp.status_mut() = StatusCode::NO_CONTENT;
+    for (name, value) in headers {
+        resp.headers_mut().append(name, value);
+    }
+    resp
 }
 
 /// The response for `e`.
@@ -49,6 +127,11 @@ pub fn error_response(e: &ProxyError) -> Response<Body> {
             header::SEC_WEBSOCKET_VERSION,
             HeaderValue::from_static("13"),
         );
+    }
+    if let ProxyError::Denied(d) = e {
+        for (name, value) in denied_headers(d) {
+            resp.headers_mut().insert(name, value);
+        }
     }
     resp
 }

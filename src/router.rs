@@ -144,6 +144,7 @@ mod tests {
                             host: host.map(str::to_owned),
                             path: (*path).to_owned(),
                             via: vec![],
+                            policy: Default::default(),
                         },
                         label: format!("{}{}", host.unwrap_or(""), path),
                         via: vec![],

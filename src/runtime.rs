@@ -2,7 +2,7 @@
 //!
 //! One root `CancellationToken` (cancelled at shutdown) and one `TaskTracker`
 //! (every spawned task, so shutdown can wait for them), the live snapshot and
-//! the counters. Nothing here calls back into the flow.
+//! the counters (including the policy's per-client [`Gate`], kept across reloads). Nothing here calls back into the flow.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::live::Live;
+use crate::policy::rate::Gate;
 use crate::stats::Stats;
 use crate::tls::CertStore;
 
@@ -21,6 +22,8 @@ use crate::tls::CertStore;
 pub struct Runtime {
     pub live: Live,
     pub stats: Arc<Stats>,
+    /// Per-client rate and connection counters; outlives reloads.
+    pub gate: Arc<Gate>,
     /// Cancelled when shutdown begins.
     pub shutdown: CancellationToken,
     pub tracker: TaskTracker,
@@ -41,6 +44,7 @@ impl Runtime {
         Arc::new(Runtime {
             live,
             stats: Arc::default(),
+            gate: Arc::default(),
             shutdown,
             tracker,
             started: Instant::now(),

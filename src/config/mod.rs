@@ -11,6 +11,7 @@
 //! Everything is parsed into typed values here, so the rest of the proxy never
 //! sees an invalid setting; a reload builds a whole new [`Config`] the same way.
 
+mod policy;
 pub mod raw;
 
 use std::collections::BTreeMap;
@@ -23,6 +24,7 @@ use clap::Parser;
 use http::Uri;
 
 use crate::cli::RunArgs;
+use crate::policy::{GlobalPolicy, RoutePolicy};
 use crate::tls::CertSpec;
 use raw::{RawConfig, RawHealth};
 
@@ -267,6 +269,8 @@ pub struct RouteSpec {
     /// Path prefix, starting with `/`, matched on whole segments.
     pub path: String,
     pub via: Vec<UpstreamName>,
+    /// Security policy, with the global defaults applied.
+    pub policy: RoutePolicy,
 }
 
 impl RouteSpec {
@@ -310,6 +314,8 @@ pub struct Config {
     pub tls: Option<TlsSpec>,
     /// The config file, if any.
     pub file: Option<PathBuf>,
+    /// Global security settings (IP lists, credentials, limits).
+    pub policy: GlobalPolicy,
     /// The flags this was built from, kept so a reload re-reads the file and
     /// merges the same flags over it.
     pub args: RunArgs,
@@ -490,8 +496,9 @@ impl Merge<'_> {
                 _ => Err(ConfigError::invalid(field, v, "expected pretty or json")),
             },
         )?;
+        let (policy, route_defaults) = policy::global(a, f)?;
         let upstreams = self.upstreams()?;
-        let routes = self.routes(&upstreams)?;
+        let routes = self.routes(&upstreams, &route_defaults)?;
         let tls = self.tls()?;
         Ok(Config {
             listen,
@@ -503,6 +510,7 @@ impl Merge<'_> {
             routes,
             tls,
             file: a.config.clone(),
+            policy,
             args: a.clone(),
         })
     }
@@ -735,7 +743,11 @@ impl Merge<'_> {
             .collect()
     }
 
-    fn routes(&self, upstreams: &[UpstreamSpec]) -> Result<Vec<RouteSpec>, ConfigError> {
+    fn routes(
+        &self,
+        upstreams: &[UpstreamSpec],
+        defaults: &policy::RouteDefaults,
+    ) -> Result<Vec<RouteSpec>, ConfigError> {
         let mut routes: Vec<RouteSpec> = Vec::new();
         for (i, r) in self.file.routes.iter().enumerate() {
             let field = format!("route #{} in the config file", i + 1);
@@ -744,9 +756,15 @@ impl Merge<'_> {
                 .as_deref()
                 .map(|h| parse_host(&field, h))
                 .transpose()?;
+            let path = parse_path(&field, &r.path)?;
+            let label = match &host {
+                Some(h) => format!("{h}{path}"),
+                None => path.clone(),
+            };
             let route = RouteSpec {
+                policy: policy::route(r, defaults, &label)?,
                 host,
-                path: parse_path(&field, &r.path)?,
+                path,
                 via: parse_via(&field, r.via.iter().map(String::as_str))?,
             };
             if routes
@@ -760,14 +778,24 @@ impl Merge<'_> {
             routes.push(route);
         }
         for text in &self.args.routes {
-            let route = parse_route_flag(text)?;
-            routes.retain(|o| !(o.host == route.host && o.path == route.path));
+            let mut route = parse_route_flag(text)?;
+            // A flag replaces a file route's upstreams; the file's policy for it stays.
+            route.policy = match routes
+                .iter()
+                .position(|o| o.host == route.host && o.path == route.path)
+            {
+                Some(i) => routes.remove(i).policy,
+                None => defaults.route_policy(&route.label())?,
+            };
             routes.push(route);
         }
         if routes.is_empty() {
             routes = default_routes(
                 self.args.nginx.is_some() || self.file.upstreams.contains_key("nginx"),
             );
+            for route in &mut routes {
+                route.policy = defaults.route_policy(&route.label())?;
+            }
         }
         let known = upstreams
             .iter()
@@ -803,11 +831,13 @@ fn default_routes(with_nginx: bool) -> Vec<RouteSpec> {
                 host: None,
                 path: "/frontend-audio".into(),
                 via: via(&["direct", "nginx"]),
+                policy: RoutePolicy::default(),
             },
             RouteSpec {
                 host: None,
                 path: "/".into(),
                 via: via(&["nginx", "direct"]),
+                policy: RoutePolicy::default(),
             },
         ]
     } else {
@@ -815,6 +845,7 @@ fn default_routes(with_nginx: bool) -> Vec<RouteSpec> {
             host: None,
             path: "/".into(),
             via: via(&["direct"]),
+            policy: RoutePolicy::default(),
         }]
     }
 }
@@ -856,6 +887,7 @@ fn parse_route_flag(text: &str) -> Result<RouteSpec, ConfigError> {
         host,
         path: parse_path(field, path)?,
         via: parse_via(field, via.split(','))?,
+        policy: RoutePolicy::default(),
     })
 }
 

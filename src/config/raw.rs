@@ -24,6 +24,30 @@ pub struct RawConfig {
     /// CA file trusted for https upstreams (relative paths: to the config file).
     pub upstream_ca: Option<String>,
     pub tls: Option<RawTls>,
+    // --- security policy (policy/) ---
+    #[serde(default)]
+    pub allow_ip: Vec<String>,
+    #[serde(default)]
+    pub deny_ip: Vec<String>,
+    /// Default `auth` of routes: none, token or jwt.
+    pub auth: Option<String>,
+    pub token_file: Option<String>,
+    pub jwt_secret_file: Option<String>,
+    pub jwt_issuer: Option<String>,
+    pub jwt_audience: Option<String>,
+    pub jwt_leeway: Option<String>,
+    pub token_query: Option<String>,
+    pub token_cookie: Option<String>,
+    #[serde(default)]
+    pub allow_origin: Vec<String>,
+    pub require_origin: Option<bool>,
+    pub cors: Option<bool>,
+    pub rate: Option<String>,
+    pub burst: Option<u32>,
+    pub max_conns_per_ip: Option<u32>,
+    pub max_conns: Option<usize>,
+    pub max_tracked_ips: Option<usize>,
+    // --- end security policy ---
     /// Health-check defaults for every upstream.
     #[serde(default)]
     pub health: RawHealth,
@@ -62,6 +86,18 @@ pub struct RawRoute {
     pub path: String,
     pub via: Vec<String>,
     pub host: Option<String>,
+    // --- security policy (policy/): each overrides the global default ---
+    #[serde(default)]
+    pub allow_ip: Vec<String>,
+    #[serde(default)]
+    pub deny_ip: Vec<String>,
+    pub auth: Option<String>,
+    /// Replaces the global allow_origin list for this route.
+    pub allow_origin: Option<Vec<String>>,
+    pub require_origin: Option<bool>,
+    pub cors: Option<bool>,
+    pub allow_connect: Option<bool>,
+    pub allow_absolute_form: Option<bool>,
 }
 
 /// `[tls]`: one certificate (`cert`, `key`) and/or several (`[[tls.certs]]`).

@@ -21,6 +21,7 @@ use hyper_util::rt::TokioIo;
 
 use crate::config::Timeouts;
 use crate::handshake::Kind;
+use crate::policy::rate::TunnelSlot;
 use crate::runtime::{Downstream, Runtime};
 use crate::upstream::Upstream;
 use crate::upstream::connect::UpstreamStream;
@@ -34,6 +35,12 @@ pub enum ForwardError {
     #[error("upstream {upstream} failed: {source}")]
     Protocol {
         upstream: String,
+        #[source]
+        source: hyper::Error,
+    },
+    /// Downstream's: the request body could not be read (bad chunking, cut short).
+    #[error("the request body is malformed or was cut short: {source}")]
+    DownstreamBody {
         #[source]
         source: hyper::Error,
     },
@@ -68,11 +75,21 @@ pub async fn forward(
     } = exchange;
     let upgrade = kind == Kind::WebSocket;
     let name = upstream.name();
-    let protocol = |source| ForwardError::Protocol {
-        upstream: name.0.clone(),
-        source,
+    let protocol = |source: hyper::Error| {
+        // A "user" error here is the downstream request's body failing
+        // (malformed chunking, a client that left): not the upstream's fault.
+        if source.is_user() {
+            ForwardError::DownstreamBody { source }
+        } else {
+            ForwardError::Protocol {
+                upstream: name.0.clone(),
+                source,
+            }
+        }
     };
     let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    // The policy's per-client tunnel slot, held by the tunnel for its life.
+    let slot = req.extensions_mut().remove::<TunnelSlot>();
     to_origin_form(&mut req);
     headers::prepare_request(
         req.headers_mut(),
@@ -107,7 +124,14 @@ pub async fn forward(
     if let (true, Some(downstream_upgrade)) = (switching, downstream_upgrade) {
         let upstream_upgrade = hyper::upgrade::on(&mut resp);
         let guard = rt.stats.open_tunnel(route, name);
-        tunnel::spawn(downstream_upgrade, upstream_upgrade, guard, timeouts, rt);
+        tunnel::spawn(
+            downstream_upgrade,
+            upstream_upgrade,
+            guard,
+            slot,
+            timeouts,
+            rt,
+        );
     }
     headers::prepare_response(resp.headers_mut(), switching, name);
     // The client speaks HTTP/1.1 with us whatever the upstream spoke.
@@ -132,6 +156,10 @@ where
 
 /// Upstreams get origin-form (`/path?query`), whatever form the client used.
 fn to_origin_form<B>(req: &mut Request<B>) {
+    // CONNECT's target is an authority by definition (only with a route's allow_connect).
+    if req.method() == http::Method::CONNECT {
+        return;
+    }
     if req.uri().scheme().is_some() || req.uri().authority().is_some() {
         let pq = req
             .uri()

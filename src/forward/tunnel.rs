@@ -20,6 +20,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Timeouts;
+use crate::policy::rate::TunnelSlot;
 use crate::runtime::Runtime;
 use crate::stats::TunnelGuard;
 
@@ -48,6 +49,7 @@ pub fn spawn(
     downstream: OnUpgrade,
     upstream: OnUpgrade,
     guard: TunnelGuard,
+    slot: Option<TunnelSlot>,
     timeouts: &Timeouts,
     rt: &Runtime,
 ) {
@@ -59,6 +61,8 @@ pub fn spawn(
     let shutdown = rt.shutdown.clone();
     rt.tracker.spawn(async move {
         let mut guard = guard;
+        // The policy's per-client tunnel count, released when the task ends.
+        let _slot = slot;
         let (downstream, upstream) = match tokio::try_join!(downstream, upstream) {
             Ok(pair) => pair,
             Err(e) => {

@@ -1,0 +1,318 @@
+//! The security settings of the configuration: flags and file keys → typed
+//! [`GlobalPolicy`] and per-route [`RoutePolicy`].
+//!
+//! Same merge rule as the rest of the config: a flag wins over the file's
+//! top-level key, which wins over the default; a route's own key wins over
+//! both. Lists given as flags replace the file's list. The token and JWT
+//! secret files are read here, so a reload (which rebuilds the config)
+//! re-reads them; an unreadable or empty file is an error naming it.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::raw::{RawConfig, RawRoute};
+use super::{ConfigError, field_name, parse_duration};
+use crate::cli::RunArgs;
+use crate::policy::auth::{AuthMode, Credentials, JwtVerifier, TokenSet, TokenSources};
+use crate::policy::ip::{IpNet, IpRules};
+use crate::policy::origin::OriginRule;
+use crate::policy::rate::{Limits, Rate};
+use crate::policy::{GlobalPolicy, RoutePolicy};
+
+/// What a route inherits when it does not say.
+#[derive(Debug, Clone)]
+pub(super) struct RouteDefaults {
+    auth: AuthMode,
+    origins: Vec<OriginRule>,
+    require_origin: bool,
+    cors: bool,
+    has_tokens: bool,
+    has_jwt: bool,
+}
+
+impl RouteDefaults {
+    /// The policy of a route that sets nothing itself (`--route` and default routes).
+    pub(super) fn route_policy(&self, label: &str) -> Result<RoutePolicy, ConfigError> {
+        let policy = RoutePolicy {
+            ip: IpRules::default(),
+            auth: self.auth,
+            origins: self.origins.clone(),
+            require_origin: self.require_origin,
+            cors: self.cors,
+            allow_connect: false,
+            allow_absolute_form: false,
+        };
+        self.validate(label, &policy)?;
+        Ok(policy)
+    }
+
+    fn validate(&self, label: &str, p: &RoutePolicy) -> Result<(), ConfigError> {
+        let field = format!("auth of route {label}");
+        match p.auth {
+            AuthMode::Token if !self.has_tokens => Err(ConfigError::invalid(
+                &field,
+                "token",
+                "no token file: set --token-file or `token_file`",
+            )),
+            AuthMode::Jwt if !self.has_jwt => Err(ConfigError::invalid(
+                &field,
+                "jwt",
+                "no JWT secret: set --jwt-secret-file or `jwt_secret_file`",
+            )),
+            _ if p.cors && p.origins.iter().all(|o| *o == OriginRule::Any) => {
+                Err(ConfigError::invalid(
+                    &format!("cors of route {label}"),
+                    "true",
+                    "CORS needs an allow_origin list of specific origins (credentials are allowed, so `*` or no list would let any site in)",
+                ))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Flags over file over defaults, for the global settings.
+pub(super) fn global(
+    a: &RunArgs,
+    f: &RawConfig,
+) -> Result<(GlobalPolicy, RouteDefaults), ConfigError> {
+    let ip = IpRules {
+        allow: cidrs(list(&a.allow_ip, &f.allow_ip, "allow-ip", "allow_ip"))?,
+        deny: cidrs(list(&a.deny_ip, &f.deny_ip, "deny-ip", "deny_ip"))?,
+    };
+    let token_file = path(&a.token_file, &f.token_file, "token-file", "token_file");
+    let tokens = match &token_file {
+        Some((field, p)) => {
+            let text = read_secret(field, p)?;
+            let set = TokenSet::parse(&text).ok_or_else(|| {
+                ConfigError::invalid(field, p.display(), "the file holds no token")
+            })?;
+            Some(Arc::new(set))
+        }
+        None => None,
+    };
+    let leeway = match (&a.jwt_leeway, &f.jwt_leeway) {
+        (Some(v), _) => parse_duration("--jwt-leeway", v)?,
+        (None, Some(v)) => parse_duration("`jwt_leeway` in the config file", v)?,
+        (None, None) => Duration::from_secs(30),
+    };
+    let jwt_file = path(
+        &a.jwt_secret_file,
+        &f.jwt_secret_file,
+        "jwt-secret-file",
+        "jwt_secret_file",
+    );
+    let jwt = match &jwt_file {
+        Some((field, p)) => {
+            let secret = read_secret(field, p)?;
+            let secret = secret.trim();
+            if secret.is_empty() {
+                return Err(ConfigError::invalid(
+                    field,
+                    p.display(),
+                    "the file is empty",
+                ));
+            }
+            Some(Arc::new(JwtVerifier::new(
+                secret.as_bytes(),
+                a.jwt_issuer.clone().or_else(|| f.jwt_issuer.clone()),
+                a.jwt_audience.clone().or_else(|| f.jwt_audience.clone()),
+                leeway,
+            )))
+        }
+        None => None,
+    };
+    let mut sources = TokenSources::default();
+    if let Some(q) = a.token_query.clone().or_else(|| f.token_query.clone()) {
+        sources.query = name("--token-query / `token_query`", q)?;
+    }
+    if let Some(c) = a.token_cookie.clone().or_else(|| f.token_cookie.clone()) {
+        sources.cookie = name("--token-cookie / `token_cookie`", c)?;
+    }
+    let auth = match (&a.auth, &f.auth) {
+        (Some(v), _) => parse_auth("--auth", v)?,
+        (None, Some(v)) => parse_auth("`auth` in the config file", v)?,
+        (None, None) if jwt.is_some() => AuthMode::Jwt,
+        (None, None) if tokens.is_some() => AuthMode::Token,
+        (None, None) => AuthMode::None,
+    };
+    let origins = origins(list(
+        &a.allow_origin,
+        &f.allow_origin,
+        "allow-origin",
+        "allow_origin",
+    ))?;
+    let rate = match (&a.rate, &f.rate) {
+        (Some(v), _) => Some(parse_rate("--rate", v)?),
+        (None, Some(v)) => Some(parse_rate("`rate` in the config file", v)?),
+        (None, None) => None,
+    };
+    let burst = a.burst.or(f.burst).unwrap_or_else(|| {
+        rate.map_or(1, |r| {
+            r.per_sec().ceil().clamp(1.0, f64::from(u32::MAX)) as u32
+        })
+    });
+    let positive = |v: Option<usize>, flag: &str, key: &str, from_flag: bool| match v {
+        Some(0) => Err(ConfigError::invalid(
+            &field_name(from_flag, flag, key),
+            0,
+            "must be at least 1 (leave it out for no limit)",
+        )),
+        other => Ok(other),
+    };
+    if burst == 0 {
+        return Err(ConfigError::invalid(
+            "--burst / `burst`",
+            0,
+            "must be at least 1",
+        ));
+    }
+    let limits = Limits {
+        rate,
+        burst,
+        max_conns_per_ip: positive(
+            a.max_conns_per_ip
+                .or(f.max_conns_per_ip)
+                .map(|n| n as usize),
+            "max-conns-per-ip",
+            "max_conns_per_ip",
+            a.max_conns_per_ip.is_some(),
+        )?
+        .map(|n| n as u32),
+        max_conns: positive(
+            a.max_conns.or(f.max_conns),
+            "max-conns",
+            "max_conns",
+            a.max_conns.is_some(),
+        )?,
+        max_tracked_ips: positive(
+            a.max_tracked_ips.or(f.max_tracked_ips),
+            "max-tracked-ips",
+            "max_tracked_ips",
+            a.max_tracked_ips.is_some(),
+        )?
+        .unwrap_or(Limits::default().max_tracked_ips),
+    };
+    let defaults = RouteDefaults {
+        auth,
+        origins,
+        require_origin: a.require_origin.or(f.require_origin).unwrap_or(false),
+        cors: a.cors.or(f.cors).unwrap_or(false),
+        has_tokens: tokens.is_some(),
+        has_jwt: jwt.is_some(),
+    };
+    let policy = GlobalPolicy {
+        ip,
+        credentials: Credentials { tokens, jwt },
+        sources,
+        limits,
+    };
+    Ok((policy, defaults))
+}
+
+/// A file route's policy: its own keys over the defaults.
+pub(super) fn route(
+    r: &RawRoute,
+    defaults: &RouteDefaults,
+    label: &str,
+) -> Result<RoutePolicy, ConfigError> {
+    let field = |k: &str| format!("`{k}` of route {label}");
+    let ip = IpRules {
+        allow: cidrs((field("allow_ip"), &r.allow_ip))?,
+        deny: cidrs((field("deny_ip"), &r.deny_ip))?,
+    };
+    let auth = match &r.auth {
+        Some(v) => parse_auth(&field("auth"), v)?,
+        None => defaults.auth,
+    };
+    let origins = match &r.allow_origin {
+        Some(list) => origins((field("allow_origin"), list))?,
+        None => defaults.origins.clone(),
+    };
+    let policy = RoutePolicy {
+        ip,
+        auth,
+        origins,
+        require_origin: r.require_origin.unwrap_or(defaults.require_origin),
+        cors: r.cors.unwrap_or(defaults.cors),
+        allow_connect: r.allow_connect.unwrap_or(false),
+        allow_absolute_form: r.allow_absolute_form.unwrap_or(false),
+    };
+    defaults.validate(label, &policy)?;
+    Ok(policy)
+}
+
+/// The flag's list if given, else the file's; with the field name to blame.
+fn list<'a>(
+    flag: &'a [String],
+    file: &'a [String],
+    flag_name: &str,
+    key: &str,
+) -> (String, &'a [String]) {
+    if flag.is_empty() {
+        (field_name(false, flag_name, key), file)
+    } else {
+        (field_name(true, flag_name, key), flag)
+    }
+}
+
+fn path(
+    flag: &Option<PathBuf>,
+    file: &Option<String>,
+    flag_name: &str,
+    key: &str,
+) -> Option<(String, PathBuf)> {
+    match (flag, file) {
+        (Some(p), _) => Some((field_name(true, flag_name, key), p.clone())),
+        (None, Some(p)) => Some((field_name(false, flag_name, key), PathBuf::from(p))),
+        (None, None) => None,
+    }
+}
+
+fn cidrs((field, items): (String, &[String])) -> Result<Vec<IpNet>, ConfigError> {
+    items
+        .iter()
+        .map(|s| s.trim())
+        .filter(|s| !s.is_empty())
+        .map(|s| IpNet::parse(s).map_err(|e| ConfigError::invalid(&field, s, e)))
+        .collect()
+}
+
+fn origins((field, items): (String, &[String])) -> Result<Vec<OriginRule>, ConfigError> {
+    items
+        .iter()
+        .map(|s| s.trim())
+        .filter(|s| !s.is_empty())
+        .map(|s| OriginRule::parse(s).map_err(|e| ConfigError::invalid(&field, s, e)))
+        .collect()
+}
+
+fn parse_auth(field: &str, v: &str) -> Result<AuthMode, ConfigError> {
+    AuthMode::parse(v).ok_or_else(|| ConfigError::invalid(field, v, "expected none, token or jwt"))
+}
+
+fn parse_rate(field: &str, v: &str) -> Result<Rate, ConfigError> {
+    Rate::parse(v).map_err(|e| ConfigError::invalid(field, v, e))
+}
+
+fn name(field: &str, v: String) -> Result<String, ConfigError> {
+    let ok = !v.is_empty()
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+    if ok {
+        Ok(v)
+    } else {
+        Err(ConfigError::invalid(
+            field,
+            v,
+            "use letters, digits, '_', '-' or '.'",
+        ))
+    }
+}
+
+fn read_secret(field: &str, path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|e| {
+        ConfigError::invalid(field, path.display(), format!("cannot read the file: {e}"))
+    })
+}
