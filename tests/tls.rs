@@ -532,3 +532,64 @@ async fn rsa_ecdsa_and_ed25519_keys_in_every_pem_form() {
         echo_once(&mut ws, name).await;
     }
 }
+
+/// The security policy holds on wss:// too: a denied address is closed before
+/// the TLS handshake, a handshake without its token gets 401.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ip_lists_and_tokens_apply_on_wss() {
+    let pki = TestPki::new();
+    let (cert, key) = pki.write("server", &["localhost"]);
+    let tokens = pki.dir.join("tokens");
+    std::fs::write(&tokens, "# call dashboard\ns3cret-token\n").unwrap();
+    let backend = echo_backend().spawn().await;
+    let tls_args = |b: support::shunt::ShuntBuilder| {
+        b.direct(backend.url())
+            .arg("--tls-cert", cert.to_str().unwrap())
+            .arg("--tls-key", key.to_str().unwrap())
+    };
+
+    let denied = tls_args(shunt())
+        .arg("--deny-ip", "127.0.0.1/32")
+        .start()
+        .await;
+    let mut s = TcpStream::connect(denied.addr()).await.unwrap();
+    let answer = read_to_close(&mut s).await;
+    assert!(
+        answer.is_empty(),
+        "a denied TLS client gets no plain-text answer: {answer:?}"
+    );
+    assert!(
+        tls_connect(denied.addr(), "localhost", pki.client_config())
+            .await
+            .is_err()
+    );
+
+    let guarded = tls_args(shunt())
+        .arg("--allow-ip", "127.0.0.0/8")
+        .arg("--token-file", tokens.to_str().unwrap())
+        .start()
+        .await;
+    let refused = wss_connect(
+        guarded.addr(),
+        "localhost",
+        "/frontend-audio",
+        pki.client_config(),
+    )
+    .await;
+    let err = refused
+        .err()
+        .expect("a handshake without a token is refused")
+        .to_string();
+    assert!(err.contains("401"), "{err}");
+    let (mut ws, resp, _) = wss_connect(
+        guarded.addr(),
+        "localhost",
+        "/frontend-audio?token=s3cret-token",
+        pki.client_config(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(header(&resp, "x-shunt-route"), "direct");
+    recv_text(&mut ws).await.unwrap();
+    echo_once(&mut ws, "authenticated over tls").await;
+}

@@ -377,7 +377,7 @@ impl Config {
     }
 
     /// Files whose change on disk should trigger a reload: the config file,
-    /// certificates and keys, upstream CA files.
+    /// certificates and keys, upstream CA files, token and JWT secret files.
     pub fn watched_files(&self) -> Vec<PathBuf> {
         let mut files: Vec<PathBuf> = self.file.iter().cloned().collect();
         for c in self.tls.iter().flat_map(|t| &t.certs) {
@@ -385,6 +385,7 @@ impl Config {
             files.push(c.key.clone());
         }
         files.extend(self.upstreams.iter().filter_map(|u| u.ca.clone()));
+        files.extend(self.policy.files.iter().cloned());
         files.sort();
         files.dedup();
         files
@@ -496,7 +497,7 @@ impl Merge<'_> {
                 _ => Err(ConfigError::invalid(field, v, "expected pretty or json")),
             },
         )?;
-        let (policy, route_defaults) = policy::global(a, f)?;
+        let (policy, route_defaults) = policy::global(a, f, self.base)?;
         let upstreams = self.upstreams()?;
         let routes = self.routes(&upstreams, &route_defaults)?;
         let tls = self.tls()?;

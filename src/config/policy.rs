@@ -76,12 +76,19 @@ impl RouteDefaults {
 pub(super) fn global(
     a: &RunArgs,
     f: &RawConfig,
+    base: &Path,
 ) -> Result<(GlobalPolicy, RouteDefaults), ConfigError> {
     let ip = IpRules {
         allow: cidrs(list(&a.allow_ip, &f.allow_ip, "allow-ip", "allow_ip"))?,
         deny: cidrs(list(&a.deny_ip, &f.deny_ip, "deny-ip", "deny_ip"))?,
     };
-    let token_file = path(&a.token_file, &f.token_file, "token-file", "token_file");
+    let token_file = path(
+        &a.token_file,
+        &f.token_file,
+        "token-file",
+        "token_file",
+        base,
+    );
     let tokens = match &token_file {
         Some((field, p)) => {
             let text = read_secret(field, p)?;
@@ -102,6 +109,7 @@ pub(super) fn global(
         &f.jwt_secret_file,
         "jwt-secret-file",
         "jwt_secret_file",
+        base,
     );
     let jwt = match &jwt_file {
         Some((field, p)) => {
@@ -202,7 +210,13 @@ pub(super) fn global(
         has_tokens: tokens.is_some(),
         has_jwt: jwt.is_some(),
     };
+    let files = token_file
+        .iter()
+        .chain(&jwt_file)
+        .map(|(_, p)| p.clone())
+        .collect();
     let policy = GlobalPolicy {
+        files,
         ip,
         credentials: Credentials { tokens, jwt },
         sources,
@@ -257,15 +271,17 @@ fn list<'a>(
     }
 }
 
+/// A file named by a flag, or by the config file (relative to the config file's directory).
 fn path(
     flag: &Option<PathBuf>,
     file: &Option<String>,
     flag_name: &str,
     key: &str,
+    base: &Path,
 ) -> Option<(String, PathBuf)> {
     match (flag, file) {
         (Some(p), _) => Some((field_name(true, flag_name, key), p.clone())),
-        (None, Some(p)) => Some((field_name(false, flag_name, key), PathBuf::from(p))),
+        (None, Some(p)) => Some((field_name(false, flag_name, key), base.join(p))),
         (None, None) => None,
     }
 }

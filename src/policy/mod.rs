@@ -34,6 +34,8 @@ use rate::{ConnPermit, Gate, LimitExceeded, Limits, TunnelSlot};
 /// Settings that apply to the whole listener.
 #[derive(Debug, Clone, Default)]
 pub struct GlobalPolicy {
+    /// Token and JWT secret files, watched for changes.
+    pub files: Vec<std::path::PathBuf>,
     /// Checked at accept.
     pub ip: IpRules,
     pub credentials: Credentials,
