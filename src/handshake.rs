@@ -20,8 +20,6 @@ pub enum Kind {
 pub enum HandshakeError {
     #[error("a WebSocket handshake must use GET, not {0}")]
     Method(String),
-    #[error("a WebSocket handshake needs HTTP/1.1")]
-    HttpVersion,
     #[error("the Connection header must contain the token `upgrade`")]
     ConnectionToken,
     #[error("Sec-WebSocket-Key is missing")]
@@ -38,14 +36,12 @@ pub enum HandshakeError {
 /// Classify `req`, validating it if it is a WebSocket handshake.
 pub fn classify<B>(req: &Request<B>) -> Result<Kind, HandshakeError> {
     let headers = req.headers();
-    if !has_token(headers, header::UPGRADE, "websocket") {
+    // HTTP/1.0 has no upgrade: its `Upgrade` header is ignored (RFC 9110 §7.8).
+    if !has_token(headers, header::UPGRADE, "websocket") || req.version() < Version::HTTP_11 {
         return Ok(Kind::Plain);
     }
     if req.method() != Method::GET {
         return Err(HandshakeError::Method(req.method().to_string()));
-    }
-    if req.version() != Version::HTTP_11 {
-        return Err(HandshakeError::HttpVersion);
     }
     if !has_token(headers, header::CONNECTION, "upgrade") {
         return Err(HandshakeError::ConnectionToken);
@@ -141,6 +137,6 @@ mod tests {
         assert_eq!(classify(&r), Err(HandshakeError::MissingVersion));
         let mut r = req(|b| b);
         *r.version_mut() = Version::HTTP_10;
-        assert_eq!(classify(&r), Err(HandshakeError::HttpVersion));
+        assert_eq!(classify(&r), Ok(Kind::Plain));
     }
 }

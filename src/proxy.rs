@@ -39,6 +39,9 @@ pub enum ProxyError {
     /// Downstream's: refused by the security policy (IP, token, Origin, limits, form).
     #[error(transparent)]
     Denied(#[from] Denied),
+    /// Downstream's: no `Host` on HTTP/1.1, several, or one that is not a host.
+    #[error("bad Host header: {0}")]
+    BadHost(&'static str),
     /// Upstream's: the chosen upstream failed after connecting.
     #[error(transparent)]
     Forward(#[from] ForwardError),
@@ -64,7 +67,8 @@ pub async fn handle(
         let snapshot = rt.live.load();
         policy::target::loggable_target(req.uri(), &snapshot.config.policy.sources.query)
     };
-    let upgrade = handshake::has_token(req.headers(), header::UPGRADE, "websocket");
+    let upgrade = req.version() >= http::Version::HTTP_11
+        && handshake::has_token(req.headers(), header::UPGRADE, "websocket");
     let mut trace = Trace::default();
     let resp = match proxy(req, downstream, &rt, &mut trace).await {
         Ok(resp) => resp,
@@ -102,7 +106,7 @@ async fn proxy(
     let snapshot = rt.live.load_full();
     let kind: Kind = handshake::classify(&req)?;
     let path = normalize_path(req.uri().path());
-    let host = request_host(&req);
+    let host = request_host(&req)?;
     let route = snapshot
         .router
         .route(host, &path)
@@ -124,6 +128,16 @@ async fn proxy(
             policy::origin::cors_headers(o, Some(req.headers()))
         });
         return Ok(response::preflight(headers));
+    }
+    // An absolute-form target's authority is the host (RFC 9112 §3.2.2): the
+    // upstream sees the host the request was routed on.
+    if req.method() != http::Method::CONNECT
+        && let Some(host) = req
+            .uri()
+            .authority()
+            .and_then(|a| header::HeaderValue::from_str(a.as_str()).ok())
+    {
+        req.headers_mut().insert(header::HOST, host);
     }
     // The upstream gets the path that was routed and policed, without the token parameter.
     let strip = (route.spec.policy.auth != policy::auth::AuthMode::None)
@@ -163,11 +177,28 @@ async fn proxy(
     Ok(resp)
 }
 
-/// The host the client asked for: `Host`, or the authority of an absolute-form URI.
-fn request_host<B>(req: &Request<B>) -> Option<&str> {
-    req.uri().host().or_else(|| {
-        req.headers()
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-    })
+/// The host the client asked for: the authority of an absolute-form target,
+/// else the one `Host` header (required on HTTP/1.1, RFC 9112 §3.2).
+fn request_host<B>(req: &Request<B>) -> Result<Option<&str>, ProxyError> {
+    if let Some(host) = req.uri().host() {
+        return Ok(Some(host));
+    }
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let (first, second) = (hosts.next(), hosts.next());
+    match (first, second) {
+        (Some(_), Some(_)) => Err(ProxyError::BadHost("several Host headers")),
+        (None, _) if req.version() == http::Version::HTTP_11 => {
+            Err(ProxyError::BadHost("HTTP/1.1 needs a Host header"))
+        }
+        (None, _) => Ok(None),
+        (Some(value), None) => {
+            let text = value
+                .to_str()
+                .map_err(|_| ProxyError::BadHost("not a host name"))?;
+            match text.parse::<http::uri::Authority>() {
+                Ok(a) if !text.contains('@') && !a.host().is_empty() => Ok(Some(text)),
+                _ => Err(ProxyError::BadHost("not a host name")),
+            }
+        }
+    }
 }

@@ -21,7 +21,7 @@ impl From<&ProxyError> for StatusCode {
             ProxyError::Handshake(HandshakeError::UnsupportedVersion(_)) => {
                 StatusCode::UPGRADE_REQUIRED
             }
-            ProxyError::Handshake(_) => StatusCode::BAD_REQUEST,
+            ProxyError::Handshake(_) | ProxyError::BadHost(_) => StatusCode::BAD_REQUEST,
             ProxyError::NoRoute { .. } => StatusCode::NOT_FOUND,
             ProxyError::Select {
                 source: SelectError::NoneHealthy { .. },
@@ -123,10 +123,14 @@ pub fn error_response(e: &ProxyError) -> Response<Body> {
     let status = StatusCode::from(e);
     let mut resp = text(status, format!("{e}\n"));
     if let ProxyError::Handshake(HandshakeError::UnsupportedVersion(_)) = e {
-        resp.headers_mut().insert(
+        // RFC 6455 §4.4 and RFC 9110 §15.5.22: say what to upgrade to.
+        let h = resp.headers_mut();
+        h.insert(
             header::SEC_WEBSOCKET_VERSION,
             HeaderValue::from_static("13"),
         );
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
     }
     if let ProxyError::Denied(d) = e {
         for (name, value) in denied_headers(d) {

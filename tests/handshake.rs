@@ -147,6 +147,48 @@ async fn wrong_version_answers_426_naming_version_13() {
         Some("13"),
         "{response:?}"
     );
+    // RFC 9110 §15.5.22: a 426 names the protocol to upgrade to.
+    assert_eq!(
+        response.header("upgrade"),
+        Some("websocket"),
+        "{response:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_header_is_required_once_and_must_be_a_host() {
+    let (_backend, shunt) = start().await;
+    let no_host = b"GET /frontend-audio HTTP/1.1\r\n\r\n";
+    let two_hosts = b"GET /frontend-audio HTTP/1.1\r\nHost: a.test\r\nHost: b.test\r\n\r\n";
+    let bad_host = b"GET /frontend-audio HTTP/1.1\r\nHost: a b@c\r\n\r\n";
+    for raw in [&no_host[..], &two_hosts[..], &bad_host[..]] {
+        let response = raw_request(shunt.addr(), raw).await.unwrap();
+        assert_eq!(
+            response.status,
+            400,
+            "{}: {response:?}",
+            String::from_utf8_lossy(raw)
+        );
+    }
+    // HTTP/1.0 may leave Host out.
+    let old = raw_request(shunt.addr(), b"GET /frontend-audio HTTP/1.0\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(old.status, 200, "{old:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http_1_0_upgrade_is_a_plain_request() {
+    let (_backend, shunt) = start().await;
+    let lines = upgrade_lines(&[], &[]);
+    let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
+    let raw = String::from_utf8(request("GET", "/frontend-audio", &lines))
+        .unwrap()
+        .replacen("HTTP/1.1", "HTTP/1.0", 1);
+    let response = raw_request(shunt.addr(), raw.as_bytes()).await.unwrap();
+    // RFC 9110 §7.8: Upgrade in an HTTP/1.0 request is ignored.
+    assert_eq!(response.status, 200, "{response:?}");
+    assert_eq!(response.header("x-backend"), Some("direct-backend"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -301,3 +301,63 @@ async fn spoofed_client_identity_headers_are_replaced() {
         "{description}"
     );
 }
+
+/// With a route that accepts absolute-form targets, the target's host decides
+/// the route and is the Host the upstream sees (RFC 9112 §3.2.2).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_absolute_form_target_routes_and_forwards_on_its_own_host() {
+    let public = echo_backend().name("public").spawn().await;
+    let admin = echo_backend().name("admin").spawn().await;
+    let dir = std::env::temp_dir().join(format!("shunt-absform-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("shunt.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[upstreams.public]
+url = "{}"
+[upstreams.admin]
+url = "{}"
+
+[[routes]]
+path = "/"
+via = ["public"]
+allow_absolute_form = true
+
+[[routes]]
+host = "admin.test"
+path = "/"
+via = ["admin"]
+allow_absolute_form = true
+"#,
+            public.url(),
+            admin.url()
+        ),
+    )
+    .unwrap();
+    let proxy = shunt()
+        .arg("--config", config.to_str().unwrap())
+        .start()
+        .await;
+    let raw = b"GET http://admin.test/x HTTP/1.1\r\nHost: public.test\r\nConnection: close\r\n\r\n";
+    let mut s = tokio::net::TcpStream::connect(proxy.addr()).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut s, raw)
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        tokio::io::AsyncReadExt::read_to_end(&mut s, &mut buf),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let text = String::from_utf8_lossy(&buf);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.contains("x-shunt-route: admin"), "{text}");
+    let body = &text[text.find("\r\n\r\n").unwrap() + 4..];
+    let seen: serde_json::Value = serde_json::from_str(body).unwrap();
+    assert_eq!(seen_header(&seen, "host"), vec!["admin.test"], "{seen}");
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -593,3 +593,28 @@ async fn ip_lists_and_tokens_apply_on_wss() {
     recv_text(&mut ws).await.unwrap();
     echo_once(&mut ws, "authenticated over tls").await;
 }
+
+/// `curl --http1.0` offers ALPN `http/1.0` alone; `http/1.1` clients get `http/1.1`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alpn_selects_http_1_1_or_http_1_0() {
+    let pki = TestPki::new();
+    let (cert, key) = pki.write("server", &["localhost"]);
+    let backend = echo_backend().spawn().await;
+    let proxy = shunt()
+        .direct(backend.url())
+        .arg("--tls-cert", cert.to_str().unwrap())
+        .arg("--tls-key", key.to_str().unwrap())
+        .start()
+        .await;
+    for (offer, want) in [
+        (vec![b"h2".to_vec(), b"http/1.1".to_vec()], "http/1.1"),
+        (vec![b"http/1.0".to_vec()], "http/1.0"),
+    ] {
+        let mut config = (*pki.client_config()).clone();
+        config.alpn_protocols = offer;
+        let (tls, _) = tls_connect(proxy.addr(), "localhost", std::sync::Arc::new(config))
+            .await
+            .unwrap();
+        assert_eq!(tls.get_ref().1.alpn_protocol(), Some(want.as_bytes()));
+    }
+}

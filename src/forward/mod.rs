@@ -160,14 +160,15 @@ fn to_origin_form<B>(req: &mut Request<B>) {
     if req.method() == http::Method::CONNECT {
         return;
     }
-    if req.uri().scheme().is_some() || req.uri().authority().is_some() {
-        let pq = req
-            .uri()
-            .path_and_query()
-            .map_or("/", |pq| pq.as_str())
-            .to_owned();
-        if let Ok(uri) = pq.parse::<Uri>() {
-            *req.uri_mut() = uri;
-        }
+    if req.uri().authority().is_none() {
+        return;
+    }
+    let pq = req
+        .uri()
+        .path_and_query()
+        .map_or("/", |pq| pq.as_str())
+        .to_owned();
+    if let Ok(uri) = pq.parse::<Uri>() {
+        *req.uri_mut() = uri;
     }
 }

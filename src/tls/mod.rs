@@ -51,14 +51,15 @@ pub fn load_cert_set(specs: &[CertSpec]) -> Result<Arc<CertSet>, CertError> {
     ))
 }
 
-/// The acceptor for the proxy listener: TLS 1.2 and 1.3, ALPN `http/1.1`.
+/// The acceptor for the proxy listener: TLS 1.2 and 1.3, ALPN `http/1.1`
+/// (and `http/1.0`, which `curl --http1.0` offers alone).
 pub fn acceptor(store: Arc<CertStore>) -> Result<TlsAcceptor, rustls::Error> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
         .with_cert_resolver(store);
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.alpn_protocols = vec![b"http/1.1".to_vec(), b"http/1.0".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
