@@ -12,7 +12,6 @@ use std::time::Duration;
 
 use support::ws::{header, recv_binary, recv_text, send_binary, send_text};
 use support::{echo_backend, poll_until, shunt, ws_connect};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -57,26 +56,6 @@ async fn hello_of(addr: std::net::SocketAddr) -> String {
     recv_text(&mut ws).await.unwrap()
 }
 
-async fn admin_post(admin: std::net::SocketAddr, path: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(admin).await.unwrap();
-    let req = format!(
-        "POST {path} HTTP/1.1\r\nHost: admin\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-    );
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut buf = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf))
-        .await
-        .unwrap()
-        .unwrap();
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let code = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    (code, text)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn post_reload_moves_new_connections_and_keeps_old_tunnels() {
     let a = echo_backend().name("a").spawn().await;
@@ -97,7 +76,7 @@ async fn post_reload_moves_new_connections_and_keeps_old_tunnels() {
     assert_eq!(recv_text(&mut old).await.unwrap(), "hello from a");
 
     write_routes(&config, &a.url(), &b.url(), &["b"]);
-    let (code, body) = admin_post(proxy.admin_addr(), "/reload").await;
+    let (code, body) = proxy.admin_post("/reload").await;
     assert_eq!(code, 200, "{body}");
     assert!(body.contains("\"routes_changed\": true"), "{body}");
     assert_eq!(hello_of(proxy.addr()).await, "hello from b");
@@ -110,7 +89,7 @@ async fn post_reload_moves_new_connections_and_keeps_old_tunnels() {
 
     // A config that does not validate changes nothing and says why.
     std::fs::write(&config, "[[routes]]\npath = \"/x\"\nvia = [\"nowhere\"]\n").unwrap();
-    let (code, body) = admin_post(proxy.admin_addr(), "/reload").await;
+    let (code, body) = proxy.admin_post("/reload").await;
     assert_eq!(code, 422, "{body}");
     assert!(body.contains("nowhere"), "{body}");
     assert_eq!(hello_of(proxy.addr()).await, "hello from b");
@@ -277,7 +256,7 @@ async fn hundred_reloads_under_two_hundred_streaming_calls() {
             &b.url(),
             if i % 2 == 0 { &["b"] } else { &["a"] },
         );
-        let (code, body) = admin_post(proxy.admin_addr(), "/reload").await;
+        let (code, body) = proxy.admin_post("/reload").await;
         assert_eq!(code, 200, "reload {i}: {body}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

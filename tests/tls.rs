@@ -25,12 +25,7 @@ async fn wss_echo_through_shunt() {
     let pki = TestPki::new();
     let (cert, key) = pki.write("server", &["localhost", "127.0.0.1"]);
     let backend = echo_backend().name("direct-backend").spawn().await;
-    let proxy = shunt()
-        .direct(backend.url())
-        .arg("--tls-cert", cert.to_str().unwrap())
-        .arg("--tls-key", key.to_str().unwrap())
-        .start()
-        .await;
+    let proxy = shunt().direct(backend.url()).tls(&cert, &key).start().await;
     let (mut ws, resp, _) = wss_connect(
         proxy.addr(),
         "localhost",
@@ -80,12 +75,7 @@ async fn certificate_renewed_by_atomic_rename_while_a_call_streams() {
     let pki = TestPki::new();
     let (cert, key) = pki.write("server", &["localhost"]);
     let backend = echo_backend().name("b").spawn().await;
-    let proxy = shunt()
-        .direct(backend.url())
-        .arg("--tls-cert", cert.to_str().unwrap())
-        .arg("--tls-key", key.to_str().unwrap())
-        .start()
-        .await;
+    let proxy = shunt().direct(backend.url()).tls(&cert, &key).start().await;
     let (mut call, _, old_fp) = wss_connect(proxy.addr(), "localhost", "/a", pki.client_config())
         .await
         .unwrap();
@@ -126,8 +116,7 @@ async fn a_broken_certificate_or_mismatched_key_leaves_the_old_one_served() {
     let backend = echo_backend().spawn().await;
     let proxy = shunt()
         .direct(backend.url())
-        .arg("--tls-cert", cert.to_str().unwrap())
-        .arg("--tls-key", key.to_str().unwrap())
+        .tls(&cert, &key)
         .flag("--no-watch")
         .start()
         .await;
@@ -141,7 +130,7 @@ async fn a_broken_certificate_or_mismatched_key_leaves_the_old_one_served() {
         &cert,
         "-----BEGIN CERTIFICATE-----\nnot base64 at all\n-----END CERTIFICATE-----\n",
     );
-    let (code, body) = admin_post(&proxy, "/reload").await;
+    let (code, body) = proxy.admin_post("/reload").await;
     assert_eq!(code, 422, "{body}");
     assert!(
         body.contains("server.crt"),
@@ -164,7 +153,7 @@ async fn a_broken_certificate_or_mismatched_key_leaves_the_old_one_served() {
     atomic_write(&cert, &good_cert);
     let (_, other_key) = pki.issue(&["localhost"]);
     atomic_write(&key, &other_key);
-    let (code, body) = admin_post(&proxy, "/reload").await;
+    let (code, body) = proxy.admin_post("/reload").await;
     assert_eq!(code, 422, "{body}");
     assert!(body.contains("server.key"), "{body}");
     let (_, still) = tls_connect(proxy.addr(), "localhost", pki.client_config())
@@ -243,12 +232,7 @@ async fn garbage_and_plain_http_on_the_tls_port_are_closed_cleanly() {
     let pki = TestPki::new();
     let (cert, key) = pki.write("server", &["localhost"]);
     let backend = echo_backend().spawn().await;
-    let proxy = shunt()
-        .direct(backend.url())
-        .arg("--tls-cert", cert.to_str().unwrap())
-        .arg("--tls-key", key.to_str().unwrap())
-        .start()
-        .await;
+    let proxy = shunt().direct(backend.url()).tls(&cert, &key).start().await;
     let (mut call, _, _) = wss_connect(proxy.addr(), "localhost", "/a", pki.client_config())
         .await
         .unwrap();
@@ -289,12 +273,7 @@ async fn https_upstream_with_a_private_ca() {
     let (cert, key) = pki.write("nginx", &["127.0.0.1"]);
     let backend = echo_backend().name("behind-tls").spawn().await;
     // A TLS-only "nginx": another shunt terminating TLS in front of the backend.
-    let tls_front = shunt()
-        .direct(backend.url())
-        .arg("--tls-cert", cert.to_str().unwrap())
-        .arg("--tls-key", key.to_str().unwrap())
-        .start()
-        .await;
+    let tls_front = shunt().direct(backend.url()).tls(&cert, &key).start().await;
     let proxy = shunt()
         .direct(backend.url())
         .nginx(format!("https://127.0.0.1:{}", tls_front.addr().port()))
@@ -328,21 +307,6 @@ async fn https_upstream_with_a_private_ca() {
         .unwrap()["last_error"]
         .to_string();
     assert!(err.contains("TLS"), "{err}");
-}
-
-async fn admin_post(proxy: &support::Shunt, path: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(proxy.admin_addr()).await.unwrap();
-    let req = format!(
-        "POST {path} HTTP/1.1\r\nHost: admin\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-    );
-    s.write_all(req.as_bytes()).await.unwrap();
-    let answer = read_to_close(&mut s).await;
-    let code = answer
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    (code, answer)
 }
 
 async fn read_to_close(s: &mut TcpStream) -> String {
@@ -507,12 +471,7 @@ async fn rsa_ecdsa_and_ed25519_keys_in_every_pem_form() {
             String::from_utf8_lossy(&out.stderr)
         );
 
-        let proxy = shunt()
-            .direct(backend.url())
-            .arg("--tls-cert", cert.to_str().unwrap())
-            .arg("--tls-key", key.to_str().unwrap())
-            .start()
-            .await;
+        let proxy = shunt().direct(backend.url()).tls(&cert, &key).start().await;
         let mut roots = rustls::RootCertStore::empty();
         let pem = std::fs::read(&cert).unwrap();
         for der in rustls::pki_types::CertificateDer::pem_slice_iter(&pem) {
@@ -542,11 +501,7 @@ async fn ip_lists_and_tokens_apply_on_wss() {
     let tokens = pki.dir.join("tokens");
     std::fs::write(&tokens, "# call dashboard\ns3cret-token\n").unwrap();
     let backend = echo_backend().spawn().await;
-    let tls_args = |b: support::shunt::ShuntBuilder| {
-        b.direct(backend.url())
-            .arg("--tls-cert", cert.to_str().unwrap())
-            .arg("--tls-key", key.to_str().unwrap())
-    };
+    let tls_args = |b: support::shunt::ShuntBuilder| b.direct(backend.url()).tls(&cert, &key);
 
     let denied = tls_args(shunt())
         .arg("--deny-ip", "127.0.0.1/32")
@@ -600,12 +555,7 @@ async fn alpn_selects_http_1_1_or_http_1_0() {
     let pki = TestPki::new();
     let (cert, key) = pki.write("server", &["localhost"]);
     let backend = echo_backend().spawn().await;
-    let proxy = shunt()
-        .direct(backend.url())
-        .arg("--tls-cert", cert.to_str().unwrap())
-        .arg("--tls-key", key.to_str().unwrap())
-        .start()
-        .await;
+    let proxy = shunt().direct(backend.url()).tls(&cert, &key).start().await;
     for (offer, want) in [
         (vec![b"h2".to_vec(), b"http/1.1".to_vec()], "http/1.1"),
         (vec![b"http/1.0".to_vec()], "http/1.0"),

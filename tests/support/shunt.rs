@@ -57,6 +57,12 @@ impl ShuntBuilder {
         self
     }
 
+    /// Serves TLS with this certificate chain and key.
+    pub fn tls(self, cert: &std::path::Path, key: &std::path::Path) -> Self {
+        self.arg("--tls-cert", cert.to_str().expect("UTF-8 path"))
+            .arg("--tls-key", key.to_str().expect("UTF-8 path"))
+    }
+
     /// Adds a flag that takes no value (e.g. `--no-watch`).
     pub fn flag(mut self, flag: &str) -> Self {
         self.args.push((flag.to_owned(), None));
@@ -123,6 +129,14 @@ impl Shunt {
     pub async fn admin_get(&self, path: &str) -> Result<(StatusCode, String), BoxError> {
         let response = http_get(self.admin, path, &[]).await?;
         Ok((response.status, response.text()))
+    }
+
+    /// POSTs an empty body to the admin listener (e.g. `/reload`).
+    pub async fn admin_post(&self, path: &str) -> (u16, String) {
+        let response = super::http_post(self.admin, path, bytes::Bytes::new())
+            .await
+            .unwrap_or_else(|e| panic!("POST {path}: {e}"));
+        (response.status.as_u16(), response.text())
     }
 
     /// `/status` parsed as JSON.
