@@ -54,8 +54,9 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     if let Some(addr) = admin.filter(|a| !a.ip().is_loopback()) {
         tracing::warn!(%addr, "the admin listener is bound beyond loopback; anyone who can reach it can read /status and trigger reloads");
     }
+    let relay = crate::forward::tunnel::Relay::start(&config.tunnel);
     let snapshot = Snapshot::build(config, None, &shutdown, &tracker);
-    let rt = Runtime::new(ArcSwap::from_pointee(snapshot), shutdown, tracker);
+    let rt = Runtime::new(ArcSwap::from_pointee(snapshot), shutdown, tracker, relay);
     let reloader = Reloader::new(rt.clone());
 
     let listen_addr = proxy_listener.local_addr().map_err(StartError::Bind)?;

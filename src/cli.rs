@@ -95,6 +95,15 @@ pub struct RunArgs {
     /// Log format: pretty or json [default: pretty].
     #[arg(long, env = "SHUNT_LOG_FORMAT", value_name = "FORMAT")]
     pub log_format: Option<String>,
+    /// How tunnels move bytes: auto (splice between plain TCP legs if the kernel allows), splice or copy [default: auto].
+    #[arg(long, env = "SHUNT_TUNNEL_MODE", value_name = "MODE")]
+    pub tunnel_mode: Option<String>,
+    /// Capacity of each splice pipe, in bytes [default: 262144].
+    #[arg(long, env = "SHUNT_PIPE_SIZE", value_name = "BYTES")]
+    pub pipe_size: Option<usize>,
+    /// Most splice pipes open at once; bursts beyond it are copied [default: 512].
+    #[arg(long, env = "SHUNT_MAX_PIPES", value_name = "N")]
+    pub max_pipes: Option<usize>,
 }
 
 /// Flags of `shunt healthcheck`.

@@ -88,7 +88,7 @@ fn check(args: &RunArgs) -> anyhow::Result<ExitCode> {
     }
     println!("routes (most specific first):");
     let mut routes = config.routes.clone();
-    routes.sort_by(|a, b| (b.host.is_some(), b.path.len()).cmp(&(a.host.is_some(), a.path.len())));
+    routes.sort_by_key(|r| std::cmp::Reverse((r.host.is_some(), r.path.len())));
     for r in &routes {
         let via: Vec<_> = r.via.iter().map(|n| n.0.as_str()).collect();
         println!("  {:<28} -> {}", r.label(), via.join(", "));

@@ -12,6 +12,7 @@ use std::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::forward::tunnel::Relay;
 use crate::live::Live;
 use crate::stats::Stats;
 
@@ -23,18 +24,26 @@ pub struct Runtime {
     /// Cancelled when shutdown begins.
     pub shutdown: CancellationToken,
     pub tracker: TaskTracker,
+    /// How tunnels are joined (splice or copy), with the pipe pool.
+    pub relay: Arc<Relay>,
     pub started: Instant,
     draining: AtomicBool,
 }
 
 impl Runtime {
     /// Wrap a first snapshot.
-    pub fn new(live: Live, shutdown: CancellationToken, tracker: TaskTracker) -> Arc<Self> {
+    pub fn new(
+        live: Live,
+        shutdown: CancellationToken,
+        tracker: TaskTracker,
+        relay: Relay,
+    ) -> Arc<Self> {
         Arc::new(Runtime {
             live,
             stats: Arc::default(),
             shutdown,
             tracker,
+            relay: Arc::new(relay),
             started: Instant::now(),
             draining: AtomicBool::new(false),
         })

@@ -40,6 +40,7 @@ pub enum ForwardError {
 }
 
 /// Send `req` to `upstream` over `stream` and return the response for the client.
+#[allow(clippy::too_many_arguments)]
 pub async fn forward(
     mut req: Request<Incoming>,
     kind: Kind,

@@ -1,0 +1,349 @@
+//! Joining the two byte streams of an upgraded connection.
+//!
+//! After the upstream's 101 has been written to the client, both connections
+//! are taken out of hyper and relayed in both directions until they close.
+//! When both legs are plain TCP they are unwrapped to their sockets and
+//! joined by [`splice`] (kernel to kernel, pipes borrowed from a [`pool`]
+//! only while bytes move) or, if splice is off or unavailable, by the
+//! buffered [`copy`] path on the sockets; otherwise (TLS on a leg) the
+//! buffered path runs over hyper's `Upgraded`. Either way an idle tunnel
+//! holds no buffer and no pipe: only its two sockets, its timer and its
+//! counters. Bytes hyper had already read past either handshake are written
+//! to the other side first. An EOF on one side is passed on as a half-close;
+//! the other direction then has [`HALF_CLOSE_LINGER`] to finish. A tunnel
+//! silent in both directions for the idle timeout is closed, and at shutdown
+//! a tunnel gets the drain timeout before it is closed. A reload never
+//! touches a tunnel: it holds its own connections.
+
+pub mod copy;
+pub mod pool;
+pub mod splice;
+
+use std::io;
+use std::pin::pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use hyper::upgrade::{OnUpgrade, Upgraded};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Timeouts, TunnelMode, TunnelSettings};
+use crate::runtime::Runtime;
+use crate::stats::TunnelGuard;
+use pool::PipePool;
+
+/// After one direction has closed, how long the other may go on.
+pub const HALF_CLOSE_LINGER: Duration = Duration::from_secs(30);
+
+/// Why a tunnel ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Ending {
+    /// Both sides closed.
+    Closed,
+    /// One side closed and the other did not follow within the linger.
+    HalfClosedTimeout,
+    /// No byte in either direction for the idle timeout.
+    Idle,
+    /// Shutdown's drain timeout ran out.
+    Drained,
+    /// A read or write failed (a reset, usually).
+    Error(io::ErrorKind),
+}
+
+/// How this process joins tunnels, chosen once at start.
+#[derive(Debug)]
+pub struct Relay {
+    /// `Some` when plain-TCP tunnels are spliced.
+    pipes: Option<PipePool>,
+}
+
+impl Relay {
+    /// Choose the path for `settings` (probing splice once) and log the choice.
+    pub fn start(settings: &TunnelSettings) -> Relay {
+        let splice = match settings.mode {
+            TunnelMode::Copy => {
+                tracing::info!("tunnels: buffered copy (--tunnel-mode copy)");
+                false
+            }
+            TunnelMode::Auto | TunnelMode::Splice => match splice::available() {
+                Ok(()) => {
+                    tracing::info!(
+                        pipe_size = settings.pipe_size,
+                        max_pipes = settings.max_pipes,
+                        "tunnels: splice(2) between plain TCP legs, buffered copy otherwise"
+                    );
+                    true
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "tunnels: splice(2) is unavailable; using buffered copy");
+                    false
+                }
+            },
+        };
+        Relay {
+            pipes: splice.then(|| PipePool::new(settings.pipe_size, settings.max_pipes)),
+        }
+    }
+
+    /// The pipe pool, if splicing.
+    pub fn pipes(&self) -> Option<&PipePool> {
+        self.pipes.as_ref()
+    }
+
+    /// `{"mode": .., "pipes_in_use": .., "pipes_open": .., "pool_exhausted": ..}` for `/status`.
+    pub fn to_json(&self) -> serde_json::Value {
+        match &self.pipes {
+            Some(p) => serde_json::json!({
+                "mode": "splice",
+                "pipes_in_use": p.in_use(),
+                "pipes_open": p.open(),
+                "pool_exhausted": p.exhausted(),
+            }),
+            None => serde_json::json!({"mode": "copy", "pipes_in_use": 0, "pipes_open": 0}),
+        }
+    }
+}
+
+/// Start relaying once both upgrades complete; the task is tracked.
+pub fn spawn(
+    downstream: OnUpgrade,
+    upstream: OnUpgrade,
+    guard: TunnelGuard,
+    timeouts: &Timeouts,
+    rt: &Runtime,
+) {
+    let limits = Limits {
+        idle: timeouts.idle,
+        drain: timeouts.drain,
+        linger: HALF_CLOSE_LINGER,
+    };
+    let shutdown = rt.shutdown.clone();
+    let relay = rt.relay.clone();
+    rt.tracker.spawn(async move {
+        let mut guard = guard;
+        let (downstream, upstream) = match tokio::try_join!(downstream, upstream) {
+            Ok(pair) => pair,
+            Err(e) => {
+                tracing::debug!(error = %e, "upgrade did not complete");
+                return;
+            }
+        };
+        let counters = Counters::default();
+        let ending = join(downstream, upstream, &relay, limits, &shutdown, &counters).await;
+        let to_upstream = counters.to_upstream.load(Ordering::Relaxed);
+        let to_downstream = counters.to_downstream.load(Ordering::Relaxed);
+        guard.add_bytes(to_upstream, to_downstream);
+        tracing::debug!(
+            ?ending,
+            bytes_to_upstream = to_upstream,
+            bytes_to_downstream = to_downstream,
+            "tunnel closed"
+        );
+    });
+}
+
+/// Timers of one tunnel.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub idle: Duration,
+    pub drain: Duration,
+    pub linger: Duration,
+}
+
+/// Bytes moved each way and the time of the last one.
+#[derive(Debug)]
+pub struct Counters {
+    pub to_upstream: AtomicU64,
+    pub to_downstream: AtomicU64,
+    start: Instant,
+    /// Milliseconds since `start` of the last byte either way.
+    last_activity_ms: AtomicU64,
+}
+
+impl Default for Counters {
+    fn default() -> Self {
+        Counters {
+            to_upstream: AtomicU64::new(0),
+            to_downstream: AtomicU64::new(0),
+            start: Instant::now(),
+            last_activity_ms: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Counters {
+    fn touch(&self) {
+        let ms = self.start.elapsed().as_millis() as u64;
+        self.last_activity_ms.store(ms, Ordering::Relaxed);
+    }
+
+    fn last_activity(&self) -> Instant {
+        self.start + Duration::from_millis(self.last_activity_ms.load(Ordering::Relaxed))
+    }
+}
+
+/// The exact type `connection.rs` and `forward` hand to hyper for plain TCP.
+type PlainIo = TokioIo<TcpStream>;
+
+/// Relay between the two upgraded connections until the tunnel ends.
+async fn join(
+    downstream: Upgraded,
+    upstream: Upgraded,
+    relay: &Relay,
+    limits: Limits,
+    shutdown: &CancellationToken,
+    counters: &Counters,
+) -> Ending {
+    // Downstream first: a TLS downstream fails it, and then there is no point unwrapping upstream.
+    let d = match downstream.downcast::<PlainIo>() {
+        Ok(d) => d,
+        Err(downstream) => {
+            let (d, u) = (TokioIo::new(downstream), TokioIo::new(upstream));
+            return relay_buffered(d, u, Bytes::new(), limits, shutdown, counters).await;
+        }
+    };
+    let d_io = d.io.into_inner();
+    match upstream.downcast::<PlainIo>() {
+        Ok(u) => {
+            let u_io = u.io.into_inner();
+            let pipes = relay.pipes();
+            let to_upstream = pin!(one_way_tcp(
+                &d_io,
+                &u_io,
+                d.read_buf,
+                pipes,
+                &counters.to_upstream,
+                counters
+            ));
+            let to_downstream = pin!(one_way_tcp(
+                &u_io,
+                &d_io,
+                u.read_buf,
+                pipes,
+                &counters.to_downstream,
+                counters
+            ));
+            supervise(to_upstream, to_downstream, limits, shutdown, counters).await
+        }
+        // A TLS upstream: copy, downstream's early bytes first.
+        Err(upstream) => {
+            let u = TokioIo::new(upstream);
+            relay_buffered(d_io, u, d.read_buf, limits, shutdown, counters).await
+        }
+    }
+}
+
+/// One direction between two sockets: the bytes read past the handshake, then the stream.
+async fn one_way_tcp(
+    src: &TcpStream,
+    dst: &TcpStream,
+    past_handshake: Bytes,
+    pipes: Option<&PipePool>,
+    moved: &AtomicU64,
+    counters: &Counters,
+) -> io::Result<()> {
+    if !past_handshake.is_empty() {
+        counters.touch();
+        copy::write_all_tcp(dst, &past_handshake, moved).await?;
+    }
+    drop(past_handshake);
+    match pipes {
+        Some(pool) => splice::splice_until_closed(src, dst, pool, moved, counters).await,
+        None => copy::copy_tcp_until_closed(src, dst, moved, counters).await,
+    }
+}
+
+/// Buffered relay over any pair of streams. `Upgraded` yields the bytes read
+/// past its handshake itself; `to_upstream_first` are those of an unwrapped
+/// downstream.
+pub async fn relay_buffered<D, U>(
+    downstream: D,
+    upstream: U,
+    to_upstream_first: Bytes,
+    limits: Limits,
+    shutdown: &CancellationToken,
+    counters: &Counters,
+) -> Ending
+where
+    D: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
+{
+    let (mut dr, mut dw) = tokio::io::split(downstream);
+    let (mut ur, mut uw) = tokio::io::split(upstream);
+    let to_upstream = pin!(async {
+        if !to_upstream_first.is_empty() {
+            counters.touch();
+            uw.write_all(&to_upstream_first).await?;
+            let n = to_upstream_first.len() as u64;
+            counters.to_upstream.fetch_add(n, Ordering::Relaxed);
+        }
+        drop(to_upstream_first);
+        copy::copy_until_closed(&mut dr, &mut uw, &counters.to_upstream, counters).await
+    });
+    let to_downstream = pin!(copy::copy_until_closed(
+        &mut ur,
+        &mut dw,
+        &counters.to_downstream,
+        counters
+    ));
+    supervise(to_upstream, to_downstream, limits, shutdown, counters).await
+}
+
+/// Drive both directions under the idle, linger and drain deadlines, with one timer.
+pub async fn supervise<A, B>(
+    mut to_upstream: std::pin::Pin<&mut A>,
+    mut to_downstream: std::pin::Pin<&mut B>,
+    limits: Limits,
+    shutdown: &CancellationToken,
+    counters: &Counters,
+) -> Ending
+where
+    A: Future<Output = io::Result<()>>,
+    B: Future<Output = io::Result<()>>,
+{
+    let (mut up_done, mut down_done) = (false, false);
+    let mut linger_at: Option<Instant> = None;
+    let mut drain_at: Option<Instant> = None;
+    let next = |linger_at: Option<Instant>, drain_at: Option<Instant>| {
+        [
+            Some(counters.last_activity() + limits.idle),
+            linger_at,
+            drain_at,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .expect("the idle deadline is always set")
+    };
+    let mut timer = pin!(tokio::time::sleep(limits.idle));
+    loop {
+        tokio::select! {
+            r = to_upstream.as_mut(), if !up_done => {
+                if let Err(e) = r { return Ending::Error(e.kind()); }
+                up_done = true;
+                if down_done { return Ending::Closed; }
+                linger_at = Some(Instant::now() + limits.linger);
+            }
+            r = to_downstream.as_mut(), if !down_done => {
+                if let Err(e) = r { return Ending::Error(e.kind()); }
+                down_done = true;
+                if up_done { return Ending::Closed; }
+                linger_at = Some(Instant::now() + limits.linger);
+            }
+            () = shutdown.cancelled(), if drain_at.is_none() => {
+                drain_at = Some(Instant::now() + limits.drain);
+            }
+            () = timer.as_mut() => {
+                let now = Instant::now();
+                if drain_at.is_some_and(|t| t <= now) { return Ending::Drained; }
+                if linger_at.is_some_and(|t| t <= now) { return Ending::HalfClosedTimeout; }
+                if counters.last_activity() + limits.idle <= now { return Ending::Idle; }
+            }
+        }
+        timer.as_mut().reset(next(linger_at, drain_at).into());
+    }
+}
