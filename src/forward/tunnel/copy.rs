@@ -1,6 +1,7 @@
-//! The buffered tunnel path, used when a leg is not plain TCP (TLS), when
-//! `splice(2)` is unavailable or switched off, and for a burst that finds the
-//! pipe pool exhausted.
+//! The buffered tunnel path over any stream pair, used when a leg is not plain
+//! TCP (TLS), and the per-thread buffer that [`super::direction`] also uses
+//! when `splice(2)` is unavailable or switched off, or for a burst that finds
+//! the pipe pool exhausted.
 //!
 //! No buffer belongs to a tunnel. One buffer per worker thread is borrowed
 //! only for the span of a single read and the write that follows it, inside
@@ -28,19 +29,14 @@ thread_local! {
     static BUFFER: RefCell<Box<[u8]>> = RefCell::new(vec![0; BUFFER_SIZE].into_boxed_slice());
 }
 
-/// What one read-then-write did.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Burst {
-    /// The source has nothing more for now.
-    Drained,
-    /// The source reached end of stream.
-    Eof,
+/// Run `f` with the worker thread's buffer; it must not be held across an `.await`.
+pub fn with_buffer<T>(f: impl FnOnce(&mut [u8]) -> T) -> T {
+    BUFFER.with_borrow_mut(|buf| f(buf))
 }
 
 /// What one read-and-write step left behind.
 enum Step {
     Eof,
-    Blocked,
     Moved,
     /// The destination took only part; this is the rest.
     Rest(Vec<u8>),
@@ -72,7 +68,7 @@ where
                 w.write_all(&rest).await?;
                 moved.fetch_add(rest.len() as u64, Ordering::Relaxed);
             }
-            Step::Moved | Step::Blocked => {}
+            Step::Moved => {}
         }
         w.flush().await?;
     }
@@ -90,7 +86,7 @@ where
     R: AsyncRead,
     W: AsyncWrite,
 {
-    BUFFER.with_borrow_mut(|buf| {
+    with_buffer(|buf| {
         let mut read = ReadBuf::new(buf);
         match r.poll_read(cx, &mut read) {
             Poll::Pending => return Poll::Pending,
@@ -122,78 +118,6 @@ where
             Step::Rest(buf[written..n].to_vec())
         }))
     })
-}
-
-/// Copy between two TCP sockets until EOF, then half-close `dst`; waits for
-/// readiness without holding any buffer.
-pub async fn copy_tcp_until_closed(
-    src: &TcpStream,
-    dst: &TcpStream,
-    moved: &AtomicU64,
-    counters: &Counters,
-) -> io::Result<()> {
-    loop {
-        src.readable().await?;
-        if tcp_burst(src, dst, moved, counters).await? == Burst::Eof {
-            half_close(dst);
-            return Ok(());
-        }
-    }
-}
-
-/// Move what `src` has ready to `dst` through the thread's buffer.
-pub async fn tcp_burst(
-    src: &TcpStream,
-    dst: &TcpStream,
-    moved: &AtomicU64,
-    counters: &Counters,
-) -> io::Result<Burst> {
-    loop {
-        let step = BUFFER.with_borrow_mut(|buf| -> io::Result<Step> {
-            let n = match src.try_read(buf) {
-                Ok(0) => return Ok(Step::Eof),
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Step::Blocked),
-                Err(e) => return Err(e),
-            };
-            counters.touch();
-            let written = match dst.try_write(&buf[..n]) {
-                Ok(m) => m,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
-                Err(e) => return Err(e),
-            };
-            moved.fetch_add(written as u64, Ordering::Relaxed);
-            Ok(if written == n {
-                Step::Moved
-            } else {
-                Step::Rest(buf[written..n].to_vec())
-            })
-        })?;
-        match step {
-            Step::Eof => return Ok(Burst::Eof),
-            Step::Blocked => return Ok(Burst::Drained),
-            Step::Moved => {}
-            Step::Rest(rest) => write_all_tcp(dst, &rest, moved).await?,
-        }
-    }
-}
-
-/// Write all of `bytes` to `dst`, counting them.
-pub async fn write_all_tcp(dst: &TcpStream, bytes: &[u8], moved: &AtomicU64) -> io::Result<()> {
-    let mut off = 0;
-    while off < bytes.len() {
-        dst.writable().await?;
-        match dst.try_write(&bytes[off..]) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(m) => {
-                off += m;
-                moved.fetch_add(m as u64, Ordering::Relaxed);
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
 }
 
 /// Pass an EOF on: shut down the write side. The peer may already be gone;

@@ -16,6 +16,8 @@
 //! touches a tunnel: it holds its own connections.
 
 pub mod copy;
+pub mod direction;
+pub mod plain;
 pub mod pool;
 pub mod splice;
 
@@ -34,6 +36,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Timeouts, TunnelMode, TunnelSettings};
 use crate::runtime::Runtime;
 use crate::stats::TunnelGuard;
+use plain::PlainTunnel;
 use pool::PipePool;
 
 /// After one direction has closed, how long the other may go on.
@@ -123,8 +126,8 @@ pub fn spawn(
     };
     let shutdown = rt.shutdown.clone();
     let relay = rt.relay.clone();
+    let tracker = rt.tracker.clone();
     rt.tracker.spawn(async move {
-        let mut guard = guard;
         let (downstream, upstream) = match tokio::try_join!(downstream, upstream) {
             Ok(pair) => pair,
             Err(e) => {
@@ -132,18 +135,73 @@ pub fn spawn(
                 return;
             }
         };
-        let counters = Counters::default();
-        let ending = join(downstream, upstream, &relay, limits, &shutdown, &counters).await;
-        let to_upstream = counters.to_upstream.load(Ordering::Relaxed);
-        let to_downstream = counters.to_downstream.load(Ordering::Relaxed);
-        guard.add_bytes(to_upstream, to_downstream);
-        tracing::debug!(
-            ?ending,
-            bytes_to_upstream = to_upstream,
-            bytes_to_downstream = to_downstream,
-            "tunnel closed"
-        );
+        match unwrap_plain(downstream, upstream) {
+            // The long-lived task is exactly the tunnel's small state.
+            Unwrapped::Plain(d, d_early, u, u_early) => {
+                let tunnel = PlainTunnel::new(d, d_early, u, u_early, limits, relay, guard);
+                tracker.spawn(tunnel.run(shutdown));
+            }
+            Unwrapped::Buffered(d, u, d_early) => {
+                relay_and_record(d, u, d_early, limits, &shutdown, guard).await;
+            }
+        }
     });
+}
+
+/// The two legs after trying to unwrap them to sockets.
+enum Unwrapped {
+    /// Both plain TCP, with the bytes read past each handshake.
+    Plain(TcpStream, Bytes, TcpStream, Bytes),
+    /// A TLS leg: relay through buffers; the downstream's early bytes if it was unwrapped.
+    Buffered(Box<dyn IoStream>, TokioIo<Upgraded>, Bytes),
+}
+
+/// A stream the buffered path can relay.
+trait IoStream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> IoStream for T {}
+
+/// Downcast both legs to the exact type `connection.rs` and `forward` give
+/// hyper for plain TCP. Downstream first: a TLS downstream fails it, and then
+/// there is no point unwrapping upstream.
+fn unwrap_plain(downstream: Upgraded, upstream: Upgraded) -> Unwrapped {
+    let d = match downstream.downcast::<PlainIo>() {
+        Ok(d) => d,
+        Err(downstream) => {
+            return Unwrapped::Buffered(
+                Box::new(TokioIo::new(downstream)),
+                TokioIo::new(upstream),
+                Bytes::new(),
+            );
+        }
+    };
+    let down = d.io.into_inner();
+    match upstream.downcast::<PlainIo>() {
+        Ok(u) => Unwrapped::Plain(down, d.read_buf, u.io.into_inner(), u.read_buf),
+        // A TLS upstream: copy, downstream's early bytes first.
+        Err(upstream) => Unwrapped::Buffered(Box::new(down), TokioIo::new(upstream), d.read_buf),
+    }
+}
+
+/// The buffered path of one tunnel, start to end.
+async fn relay_and_record(
+    downstream: Box<dyn IoStream>,
+    upstream: TokioIo<Upgraded>,
+    downstream_early: Bytes,
+    limits: Limits,
+    shutdown: &CancellationToken,
+    mut guard: TunnelGuard,
+) {
+    let counters = Counters::default();
+    let ending = relay_buffered(downstream, upstream, downstream_early, limits, shutdown, &counters).await;
+    let to_upstream = counters.to_upstream.load(Ordering::Relaxed);
+    let to_downstream = counters.to_downstream.load(Ordering::Relaxed);
+    guard.add_bytes(to_upstream, to_downstream);
+    tracing::debug!(
+        ?ending,
+        bytes_to_upstream = to_upstream,
+        bytes_to_downstream = to_downstream,
+        "tunnel closed (buffered)"
+    );
 }
 
 /// Timers of one tunnel.
@@ -188,74 +246,6 @@ impl Counters {
 
 /// The exact type `connection.rs` and `forward` hand to hyper for plain TCP.
 type PlainIo = TokioIo<TcpStream>;
-
-/// Relay between the two upgraded connections until the tunnel ends.
-async fn join(
-    downstream: Upgraded,
-    upstream: Upgraded,
-    relay: &Relay,
-    limits: Limits,
-    shutdown: &CancellationToken,
-    counters: &Counters,
-) -> Ending {
-    // Downstream first: a TLS downstream fails it, and then there is no point unwrapping upstream.
-    let d = match downstream.downcast::<PlainIo>() {
-        Ok(d) => d,
-        Err(downstream) => {
-            let (d, u) = (TokioIo::new(downstream), TokioIo::new(upstream));
-            return relay_buffered(d, u, Bytes::new(), limits, shutdown, counters).await;
-        }
-    };
-    let d_io = d.io.into_inner();
-    match upstream.downcast::<PlainIo>() {
-        Ok(u) => {
-            let u_io = u.io.into_inner();
-            let pipes = relay.pipes();
-            let to_upstream = pin!(one_way_tcp(
-                &d_io,
-                &u_io,
-                d.read_buf,
-                pipes,
-                &counters.to_upstream,
-                counters
-            ));
-            let to_downstream = pin!(one_way_tcp(
-                &u_io,
-                &d_io,
-                u.read_buf,
-                pipes,
-                &counters.to_downstream,
-                counters
-            ));
-            supervise(to_upstream, to_downstream, limits, shutdown, counters).await
-        }
-        // A TLS upstream: copy, downstream's early bytes first.
-        Err(upstream) => {
-            let u = TokioIo::new(upstream);
-            relay_buffered(d_io, u, d.read_buf, limits, shutdown, counters).await
-        }
-    }
-}
-
-/// One direction between two sockets: the bytes read past the handshake, then the stream.
-async fn one_way_tcp(
-    src: &TcpStream,
-    dst: &TcpStream,
-    past_handshake: Bytes,
-    pipes: Option<&PipePool>,
-    moved: &AtomicU64,
-    counters: &Counters,
-) -> io::Result<()> {
-    if !past_handshake.is_empty() {
-        counters.touch();
-        copy::write_all_tcp(dst, &past_handshake, moved).await?;
-    }
-    drop(past_handshake);
-    match pipes {
-        Some(pool) => splice::splice_until_closed(src, dst, pool, moved, counters).await,
-        None => copy::copy_tcp_until_closed(src, dst, moved, counters).await,
-    }
-}
 
 /// Buffered relay over any pair of streams. `Upgraded` yields the bytes read
 /// past its handshake itself; `to_upstream_first` are those of an unwrapped

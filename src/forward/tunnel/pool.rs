@@ -62,7 +62,7 @@ impl PipePool {
 
     /// Borrow a pipe; `None` if `max` are lent out already (or the kernel
     /// refused a new one): the caller copies this burst through a buffer.
-    pub fn take(&self) -> Option<Lease<'_>> {
+    pub fn take(&self) -> Option<Pipe> {
         let reused = self.lock().pop();
         let pipe = match reused {
             Some(p) => p,
@@ -77,10 +77,7 @@ impl PipePool {
             },
         };
         self.in_use.fetch_add(1, Ordering::Relaxed);
-        Some(Lease {
-            pool: self,
-            pipe: Some(pipe),
-        })
+        Some(pipe)
     }
 
     fn open_one(&self) -> io::Result<Pipe> {
@@ -112,7 +109,8 @@ impl PipePool {
         })
     }
 
-    fn give(&self, pipe: Pipe) {
+    /// Give a pipe back: kept for reuse if empty, closed otherwise.
+    pub fn give(&self, pipe: Pipe) {
         self.in_use.fetch_sub(1, Ordering::Relaxed);
         if pipe.pending == 0 {
             let mut idle = self.lock();
@@ -146,38 +144,6 @@ impl PipePool {
     }
 }
 
-/// A borrowed pipe; dropping it gives it back (or closes it if not empty).
-#[derive(Debug)]
-pub struct Lease<'a> {
-    pool: &'a PipePool,
-    pipe: Option<Pipe>,
-}
-
-impl std::ops::Deref for Lease<'_> {
-    type Target = Pipe;
-    fn deref(&self) -> &Pipe {
-        self.pipe
-            .as_ref()
-            .expect("a lease holds its pipe until dropped")
-    }
-}
-
-impl std::ops::DerefMut for Lease<'_> {
-    fn deref_mut(&mut self) -> &mut Pipe {
-        self.pipe
-            .as_mut()
-            .expect("a lease holds its pipe until dropped")
-    }
-}
-
-impl Drop for Lease<'_> {
-    fn drop(&mut self) {
-        if let Some(pipe) = self.pipe.take() {
-            self.pool.give(pipe);
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -189,10 +155,11 @@ mod tests {
         let b = pool.take().expect("second");
         assert!(pool.take().is_none(), "bounded at 2");
         assert_eq!((pool.in_use(), pool.open()), (2, 2));
-        drop(a);
+        pool.give(a);
         assert_eq!((pool.in_use(), pool.open()), (1, 2), "empty pipe kept idle");
         let c = pool.take().expect("reused");
-        drop((b, c));
+        pool.give(b);
+        pool.give(c);
         assert_eq!((pool.in_use(), pool.open()), (0, 2));
         assert_eq!(pool.exhausted(), 1);
     }
@@ -200,9 +167,9 @@ mod tests {
     #[test]
     fn a_pipe_given_back_non_empty_is_closed() {
         let pool = PipePool::new(64 * 1024, 4);
-        let mut lease = pool.take().expect("pipe");
-        lease.pending = 10;
-        drop(lease);
+        let mut pipe = pool.take().expect("pipe");
+        pipe.pending = 10;
+        pool.give(pipe);
         assert_eq!((pool.in_use(), pool.open()), (0, 0));
     }
 }

@@ -1,25 +1,18 @@
-//! The zero-copy tunnel path: `splice(2)` socket → pipe → socket, for tunnels
-//! whose two legs are both plain TCP.
+//! The zero-copy primitives: `splice(2)` socket → pipe and pipe → socket,
+//! through rustix's safe wrapper, and a probe of whether the kernel allows it.
 //!
-//! Bytes never enter userspace. A direction waits for its source to be
-//! readable holding nothing, borrows a pipe from the [`PipePool`] for the
-//! burst, splices until the source has no more and the pipe is empty, and
-//! gives the pipe back. Only an empty pipe is ever filled, so `EAGAIN` on
-//! the way in can only mean the socket is drained. If the pool is exhausted
-//! the burst goes through the buffered path instead of waiting for a pipe.
-//! Whether the kernel allows splice at all is probed once, at start.
+//! Bytes moved this way never enter userspace. [`super::direction`] drives
+//! them: it only ever fills an empty pipe, so `EAGAIN` on the way in can only
+//! mean the socket is drained. Whether splice works at all is probed once per
+//! process, at start.
 
 use std::io;
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use rustix::pipe::{PipeFlags, SpliceFlags, pipe_with, splice};
-use tokio::io::Interest;
 use tokio::net::TcpStream;
 
-use super::Counters;
-use super::copy::{self, Burst};
-use super::pool::{Pipe, PipePool};
+use super::pool::Pipe;
 
 const FLAGS: SpliceFlags = SpliceFlags::MOVE.union(SpliceFlags::NONBLOCK);
 
@@ -52,63 +45,14 @@ fn probe() -> io::Result<()> {
     Ok(())
 }
 
-/// Splice `src` to `dst` until EOF, then half-close `dst`.
-pub async fn splice_until_closed(
-    src: &TcpStream,
-    dst: &TcpStream,
-    pool: &PipePool,
-    moved: &AtomicU64,
-    counters: &Counters,
-) -> io::Result<()> {
-    loop {
-        src.readable().await?;
-        let burst = match pool.take() {
-            Some(mut pipe) => pump(src, dst, &mut pipe, moved, counters).await?,
-            None => copy::tcp_burst(src, dst, moved, counters).await?,
-        };
-        if burst == Burst::Eof {
-            copy::half_close(dst);
-            return Ok(());
-        }
-    }
+/// Splice from a socket into an empty pipe, up to its capacity; `Ok(0)` is EOF.
+pub fn into_pipe(src: &TcpStream, pipe: &Pipe) -> io::Result<usize> {
+    splice(src, None, &pipe.write, None, pipe.size, FLAGS).map_err(io::Error::from)
 }
 
-/// Splice through `pipe` until `src` has nothing more; the pipe is empty on `Ok`.
-async fn pump(
-    src: &TcpStream,
-    dst: &TcpStream,
-    pipe: &mut Pipe,
-    moved: &AtomicU64,
-    counters: &Counters,
-) -> io::Result<Burst> {
-    loop {
-        let filled = src.try_io(Interest::READABLE, || {
-            splice(src, None, &pipe.write, None, pipe.size, FLAGS).map_err(io::Error::from)
-        });
-        let n = match filled {
-            Ok(0) => return Ok(Burst::Eof),
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Burst::Drained),
-            Err(e) => return Err(e),
-        };
-        pipe.pending = n;
-        counters.touch();
-        while pipe.pending > 0 {
-            dst.writable().await?;
-            let drained = dst.try_io(Interest::WRITABLE, || {
-                splice(&pipe.read, None, dst, None, pipe.pending, FLAGS).map_err(io::Error::from)
-            });
-            match drained {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(m) => {
-                    pipe.pending -= m;
-                    moved.fetch_add(m as u64, Ordering::Relaxed);
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return Err(e),
-            }
-        }
-    }
+/// Splice what the pipe holds into a socket.
+pub fn out_of_pipe(pipe: &Pipe, dst: &TcpStream) -> io::Result<usize> {
+    splice(&pipe.read, None, dst, None, pipe.pending, FLAGS).map_err(io::Error::from)
 }
 
 #[cfg(test)]
