@@ -192,7 +192,15 @@ async fn relay_and_record(
     mut guard: TunnelGuard,
 ) {
     let counters = Counters::default();
-    let ending = relay_buffered(downstream, upstream, downstream_early, limits, shutdown, &counters).await;
+    let ending = relay_buffered(
+        downstream,
+        upstream,
+        downstream_early,
+        limits,
+        shutdown,
+        &counters,
+    )
+    .await;
     let to_upstream = counters.to_upstream.load(Ordering::Relaxed);
     let to_downstream = counters.to_downstream.load(Ordering::Relaxed);
     guard.add_bytes(to_upstream, to_downstream);
