@@ -345,3 +345,89 @@ where
         timer.as_mut().reset(next(linger_at, drain_at).into());
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The buffered path over in-memory pipes (the TLS case); the plain TCP
+    //! paths are exercised end to end in `tests/tunnel.rs`.
+
+    use super::*;
+    use tokio::io::{AsyncReadExt, duplex};
+
+    fn limits() -> Limits {
+        Limits {
+            idle: Duration::from_secs(3600),
+            drain: Duration::from_secs(30),
+            linger: HALF_CLOSE_LINGER,
+        }
+    }
+
+    fn pattern(len: usize, seed: u8) -> Vec<u8> {
+        (0..len)
+            .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn buffered_relay_is_exact_with_partial_writes_early_bytes_and_half_close() {
+        // A 1 KiB duplex forces partial writes: only the remainder is kept.
+        let (mut client, proxy_down) = duplex(1024);
+        let (proxy_up, mut server) = duplex(1024);
+        let shutdown = CancellationToken::new();
+        let counters = Counters::default();
+        let up = pattern(300_000, 1);
+        let down = pattern(200_000, 7);
+        let early = Bytes::from_static(b"EARLY");
+        let relay = relay_buffered(proxy_down, proxy_up, early, limits(), &shutdown, &counters);
+        let drive = async {
+            let client_side = async {
+                client.write_all(&up).await.unwrap();
+                client.shutdown().await.unwrap();
+                let mut got = Vec::new();
+                client.read_to_end(&mut got).await.unwrap();
+                got
+            };
+            let server_side = async {
+                let mut got = Vec::new();
+                server.read_to_end(&mut got).await.unwrap();
+                // Downstream has half-closed; this direction still goes on.
+                server.write_all(&down).await.unwrap();
+                server.shutdown().await.unwrap();
+                got
+            };
+            tokio::join!(client_side, server_side)
+        };
+        let (ending, (client_got, server_got)) = tokio::join!(relay, drive);
+        assert_eq!(ending, Ending::Closed);
+        assert_eq!(&server_got[..5], b"EARLY");
+        assert_eq!(&server_got[5..], &up[..]);
+        assert_eq!(client_got, down);
+        assert_eq!(counters.to_upstream.load(Ordering::Relaxed), 300_005);
+        assert_eq!(counters.to_downstream.load(Ordering::Relaxed), 200_000);
+    }
+
+    #[tokio::test]
+    async fn buffered_relay_closes_an_idle_tunnel_and_drains_at_shutdown() {
+        let (_client, proxy_down) = duplex(1024);
+        let (proxy_up, _server) = duplex(1024);
+        let shutdown = CancellationToken::new();
+        let counters = Counters::default();
+        let mut l = limits();
+        l.idle = Duration::from_millis(100);
+        l.drain = Duration::from_millis(150);
+        let ending =
+            relay_buffered(proxy_down, proxy_up, Bytes::new(), l, &shutdown, &counters).await;
+        assert_eq!(ending, Ending::Idle);
+
+        let (_client, proxy_down) = duplex(1024);
+        let (proxy_up, _server) = duplex(1024);
+        let counters = Counters::default();
+        shutdown.cancel();
+        l.idle = Duration::from_secs(3600);
+        let started = Instant::now();
+        let ending =
+            relay_buffered(proxy_down, proxy_up, Bytes::new(), l, &shutdown, &counters).await;
+        assert_eq!(ending, Ending::Drained);
+        assert!(started.elapsed() >= Duration::from_millis(150));
+    }
+}
