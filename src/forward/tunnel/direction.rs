@@ -107,7 +107,10 @@ impl Direction {
             return Poll::Ready(Ok(()));
         };
         ready!(dst.poll_write_ready(cx))?;
-        match dst.try_io(Interest::WRITABLE, || splice::out_of_pipe(pipe, dst)) {
+        let pending = pipe.pending;
+        match partial_io(dst, Interest::WRITABLE, pending, || {
+            splice::out_of_pipe(pipe, dst)
+        }) {
             Ok(0) => Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
             Ok(m) => {
                 pipe.pending -= m;
@@ -126,7 +129,8 @@ impl Direction {
         moved: &mut u64,
     ) -> Poll<io::Result<()>> {
         ready!(dst.poll_write_ready(cx))?;
-        match dst.try_write(&self.rest) {
+        let rest = &self.rest;
+        match partial_io(dst, Interest::WRITABLE, rest.len(), || write_to(dst, rest)) {
             Ok(0) => Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
             Ok(m) => {
                 *moved += m as u64;
@@ -152,9 +156,46 @@ impl Direction {
     }
 }
 
+/// Run one non-blocking syscall `f` that asked for `wanted` bytes, through
+/// tokio's readiness: like tokio's own `poll_read`, a short transfer shows the
+/// socket is drained (or full), so readiness is cleared at once instead of
+/// after one more syscall that would return `EAGAIN`. (Clearing is safe: an
+/// event that arrived meanwhile has a newer tick and is kept.)
+fn partial_io(
+    socket: &TcpStream,
+    interest: Interest,
+    wanted: usize,
+    f: impl FnOnce() -> io::Result<usize>,
+) -> io::Result<usize> {
+    let mut done = 0;
+    let r = socket.try_io(interest, || {
+        done = f()?;
+        if 0 < done && done < wanted {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        Ok(done)
+    });
+    match r {
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock && done > 0 => Ok(done),
+        r => r,
+    }
+}
+
+fn read_from(src: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
+    let (_, n) = rustix::net::recv(src, buf, rustix::net::RecvFlags::empty())?;
+    Ok(n)
+}
+
+/// `send` with `MSG_NOSIGNAL`: a peer that has gone is an error, not a SIGPIPE.
+fn write_to(dst: &TcpStream, bytes: &[u8]) -> io::Result<usize> {
+    rustix::net::send(dst, bytes, rustix::net::SendFlags::NOSIGNAL).map_err(io::Error::from)
+}
+
 /// Splice what `src` has into the (empty) pipe; `Ok(0)` is EOF.
 fn splice_in(src: &TcpStream, pipe: &mut Pipe) -> io::Result<usize> {
-    let n = src.try_io(Interest::READABLE, || splice::into_pipe(src, pipe))?;
+    let n = partial_io(src, Interest::READABLE, pipe.size, || {
+        splice::into_pipe(src, pipe)
+    })?;
     pipe.pending = n;
     Ok(n)
 }
@@ -168,11 +209,13 @@ fn copy_once(
     moved: &mut u64,
 ) -> io::Result<usize> {
     with_buffer(|buf| {
-        let n = src.try_read(buf)?;
+        let len = buf.len();
+        let n = partial_io(src, Interest::READABLE, len, || read_from(src, buf))?;
         if n == 0 {
             return Ok(0);
         }
-        let written = match dst.try_write(&buf[..n]) {
+        let chunk = &buf[..n];
+        let written = match partial_io(dst, Interest::WRITABLE, n, || write_to(dst, chunk)) {
             Ok(m) => m,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
             Err(e) => return Err(e),
