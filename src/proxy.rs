@@ -97,7 +97,8 @@ async fn proxy(
         .ok_or_else(|| ProxyError::NoRoute { path: path.clone() })?
         .clone();
     trace.route = Some(route.label.clone());
-    let (upstream, stream) = upstream::connect_first(&route.via, snapshot.timeouts.connect)
+    let reuse = kind == Kind::Plain;
+    let (upstream, conn) = upstream::connect_first(&route.via, snapshot.timeouts.connect, reuse)
         .await
         .map_err(|source| ProxyError::Select {
             route: route.label.clone(),
@@ -109,7 +110,7 @@ async fn proxy(
         kind,
         &route.label,
         &upstream,
-        stream,
+        conn,
         downstream,
         rt,
         &snapshot.timeouts,

@@ -36,6 +36,7 @@ impl From<&ProxyError> for StatusCode {
             ProxyError::Select { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::Forward(ForwardError::Timeout { .. }) => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Forward(ForwardError::Protocol { .. }) => StatusCode::BAD_GATEWAY,
+            ProxyError::Forward(ForwardError::Reconnect { .. }) => StatusCode::BAD_GATEWAY,
         }
     }
 }

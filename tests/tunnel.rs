@@ -1,13 +1,16 @@
 //! The raw byte tunnel, exactly: both paths (splice and buffered copy) carry
 //! large, small and fragmented streams, bytes sent past either handshake,
 //! half-closes both ways, idle timeouts, thousands of tunnels at once, and an
-//! idle tunnel holds no pipe.
+//! idle tunnel holds no pipe. Plain requests reuse keep-alive upstream
+//! connections.
 //!
 //! The upstream here is a hand-written TCP server that answers any request
 //! with `101 Switching Protocols` and then hands its socket to the test, so
 //! every byte on both legs is under the test's control.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -505,4 +508,75 @@ async fn futures_join_all<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
     })
     .await;
     outputs.into_iter().map(Option::unwrap).collect()
+}
+
+/// A raw HTTP/1.1 upstream answering `200 ok` to every request on a
+/// connection; counts connections. With `close_each`, it closes the
+/// connection after each answer without saying so (a keep-alive race).
+async fn http_upstream(close_each: bool) -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let conns = Arc::new(AtomicUsize::new(0));
+    let counter = conns.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let mut counted = false;
+                while read_head(&mut s).await.is_some() {
+                    if !counted {
+                        counter.fetch_add(1, Ordering::SeqCst);
+                        counted = true;
+                    }
+                    let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+                    if s.write_all(answer).await.is_err() || close_each {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, conns)
+}
+
+async fn get_ok(shunt: &Shunt) {
+    let mut s = TcpStream::connect(shunt.running.listen_addr())
+        .await
+        .unwrap();
+    s.write_all(b"GET /plain HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).await.unwrap();
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.ends_with("\r\n\r\nok"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_requests_reuse_one_keep_alive_upstream_connection() {
+    let (addr, conns) = http_upstream(false).await;
+    let shunt = start_shunt(addr, "auto", &[]).await;
+    for _ in 0..10 {
+        get_ok(&shunt).await;
+    }
+    assert_eq!(
+        conns.load(Ordering::SeqCst),
+        1,
+        "one upstream connection for 10 requests"
+    );
+    shunt.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pooled_connection_the_upstream_closed_is_replaced_transparently() {
+    let (addr, conns) = http_upstream(true).await;
+    let shunt = start_shunt(addr, "auto", &[]).await;
+    for _ in 0..5 {
+        get_ok(&shunt).await;
+        // Let the upstream's close arrive, or race it: both must work.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(conns.load(Ordering::SeqCst), 5);
+    shunt.stop().await;
 }

@@ -1,9 +1,11 @@
 //! Forwarding one request to the chosen upstream, and its answer back.
 //!
-//! The request goes over a fresh upstream HTTP/1.1 connection with its body
-//! streamed, never buffered. A WebSocket handshake that the upstream accepts
-//! (101) hands both connections to [`tunnel`]; a refusal is relayed to the
-//! client as an ordinary response.
+//! A plain request goes over a pooled keep-alive connection when the
+//! upstream has one idle (it returns to the pool when its response body has
+//! been read to the end), otherwise over a fresh HTTP/1.1 connection; bodies
+//! are streamed, never buffered. A WebSocket handshake always uses a fresh
+//! connection; if the upstream accepts it (101), both connections go to
+//! [`tunnel`]; a refusal is relayed to the client as an ordinary response.
 
 pub mod headers;
 pub mod tunnel;
@@ -21,7 +23,9 @@ use tokio::net::TcpStream;
 
 use crate::handshake::Kind;
 use crate::runtime::{Downstream, Runtime};
-use crate::upstream::Upstream;
+use crate::upstream::connect::{self, ConnectError};
+use crate::upstream::pool::{PooledBody, Sender};
+use crate::upstream::{Conn, Upstream};
 
 /// The response body type used throughout the proxy.
 pub type Body = BoxBody<Bytes, hyper::Error>;
@@ -37,26 +41,29 @@ pub enum ForwardError {
     },
     #[error("upstream {upstream} did not answer within {after:?}")]
     Timeout { upstream: String, after: Duration },
+    /// A pooled connection had closed and a new one could not be made.
+    #[error("upstream {upstream}: {source}")]
+    Reconnect {
+        upstream: String,
+        #[source]
+        source: ConnectError,
+    },
 }
 
-/// Send `req` to `upstream` over `stream` and return the response for the client.
+/// Send `req` to `upstream` over `conn` and return the response for the client.
 #[allow(clippy::too_many_arguments)]
 pub async fn forward(
     mut req: Request<Incoming>,
     kind: Kind,
     route: &str,
     upstream: &Arc<Upstream>,
-    stream: TcpStream,
+    conn: Conn,
     downstream: Downstream,
     rt: &Runtime,
     timeouts: &crate::config::Timeouts,
 ) -> Result<Response<Body>, ForwardError> {
     let upgrade = kind == Kind::WebSocket;
     let name = upstream.name();
-    let protocol = |source| ForwardError::Protocol {
-        upstream: name.0.clone(),
-        source,
-    };
     let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     to_origin_form(&mut req);
     headers::prepare_request(
@@ -67,18 +74,13 @@ pub async fn forward(
         &upstream.spec.url.authority(),
     );
 
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(protocol)?;
-    rt.tracker.spawn(async move {
-        if let Err(e) = conn.with_upgrades().await {
-            tracing::debug!(error = %e, "upstream connection ended with an error");
-        }
-    });
-
-    let sent = tokio::time::timeout(timeouts.response, sender.send_request(req)).await;
-    let mut resp = match sent {
-        Ok(r) => r.map_err(protocol)?,
+    let sent = tokio::time::timeout(
+        timeouts.response,
+        send(conn, req, upstream, rt, timeouts.connect),
+    )
+    .await;
+    let (mut resp, sender) = match sent {
+        Ok(r) => r?,
         Err(_) => {
             upstream
                 .health
@@ -99,7 +101,103 @@ pub async fn forward(
     headers::prepare_response(resp.headers_mut(), switching, name);
     // The client speaks HTTP/1.1 with us whatever the upstream spoke.
     *resp.version_mut() = http::Version::HTTP_11;
-    Ok(resp.map(BodyExt::boxed))
+    if upgrade {
+        // An upgrade's connection is never reused.
+        return Ok(resp.map(BodyExt::boxed));
+    }
+    let pool = upstream.pool.clone();
+    Ok(resp.map(|body| PooledBody::new(body, sender, pool).boxed()))
+}
+
+/// Send `req` over `conn`; a pooled connection found closed before the
+/// request went out is replaced by a fresh one (the request is intact then).
+async fn send(
+    conn: Conn,
+    req: Request<Incoming>,
+    upstream: &Upstream,
+    rt: &Runtime,
+    connect_timeout: Duration,
+) -> Result<(Response<Incoming>, Sender), ForwardError> {
+    let protocol = |source| ForwardError::Protocol {
+        upstream: upstream.name().0.clone(),
+        source,
+    };
+    let mut sender = match conn {
+        Conn::Fresh(stream) => handshake(stream, upstream, rt).await?,
+        Conn::Pooled(mut sender) => {
+            // It is idle, so ready at once unless the upstream has closed it.
+            let ready = tokio::time::timeout(connect_timeout, sender.ready()).await;
+            if matches!(ready, Ok(Ok(()))) {
+                match sender.try_send_request(req).await {
+                    Ok(resp) => return Ok((resp, sender)),
+                    Err(mut e) => match e.take_message() {
+                        Some(req) => return resend(req, upstream, rt, connect_timeout).await,
+                        None => return Err(protocol(e.into_error())),
+                    },
+                }
+            }
+            return resend(req, upstream, rt, connect_timeout).await;
+        }
+    };
+    let resp = sender.send_request(req).await.map_err(protocol)?;
+    Ok((resp, sender))
+}
+
+/// Send `req` over a fresh connection after a pooled one turned out closed.
+async fn resend(
+    req: Request<Incoming>,
+    upstream: &Upstream,
+    rt: &Runtime,
+    connect_timeout: Duration,
+) -> Result<(Response<Incoming>, Sender), ForwardError> {
+    tracing::debug!(upstream = %upstream.name(), "pooled connection was closed; reconnecting");
+    let stream = connect::connect(&upstream.spec.url, connect_timeout)
+        .await
+        .map_err(|source| ForwardError::Reconnect {
+            upstream: upstream.name().0.clone(),
+            source,
+        })?;
+    let mut sender = handshake(stream, upstream, rt).await?;
+    let resp = sender
+        .send_request(req)
+        .await
+        .map_err(|source| ForwardError::Protocol {
+            upstream: upstream.name().0.clone(),
+            source,
+        })?;
+    Ok((resp, sender))
+}
+
+/// hyper's client handshake on a new connection; its task runs until the
+/// connection closes or upgrades, and at shutdown empties the upstream's
+/// pool so idle connections end.
+async fn handshake(
+    stream: TcpStream,
+    upstream: &Upstream,
+    rt: &Runtime,
+) -> Result<Sender, ForwardError> {
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|source| ForwardError::Protocol {
+            upstream: upstream.name().0.clone(),
+            source,
+        })?;
+    let pool = upstream.pool.clone();
+    let shutdown = rt.shutdown.clone();
+    rt.tracker.spawn(async move {
+        let mut conn = std::pin::pin!(conn.with_upgrades());
+        let ended = tokio::select! {
+            r = conn.as_mut() => r,
+            () = shutdown.cancelled() => {
+                pool.close();
+                conn.await
+            }
+        };
+        if let Err(e) = ended {
+            tracing::debug!(error = %e, "upstream connection ended with an error");
+        }
+    });
+    Ok(sender)
 }
 
 /// Upstreams get origin-form (`/path?query`), whatever form the client used.

@@ -8,6 +8,7 @@
 
 pub mod connect;
 pub mod health;
+pub mod pool;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,6 +20,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::{UpstreamName, UpstreamSpec};
 use connect::ConnectError;
 use health::{Health, State};
+use pool::ConnPool;
 
 /// One named upstream with its live health.
 #[derive(Debug)]
@@ -27,6 +29,8 @@ pub struct Upstream {
     pub health: Arc<Health>,
     /// Whether a route uses it (only then is it probed).
     pub probed: bool,
+    /// Idle keep-alive connections for plain requests.
+    pub pool: Arc<ConnPool>,
     /// Cancels the probe loop when the upstream is dropped.
     _probe: Option<DropGuard>,
 }
@@ -55,6 +59,7 @@ impl Upstream {
             spec,
             health,
             probed,
+            pool: Arc::default(),
             _probe: probe,
         })
     }
@@ -85,16 +90,30 @@ pub enum SelectError {
     },
 }
 
+/// A way to reach the chosen upstream.
+#[derive(Debug)]
+pub enum Conn {
+    /// A new TCP connection; hyper's handshake is still to be done.
+    Fresh(TcpStream),
+    /// An idle keep-alive connection from the upstream's pool.
+    Pooled(pool::Sender),
+}
+
 /// Connect to the first usable upstream of `via`, in order; a failed connect
-/// marks that upstream and falls through to the next.
+/// marks that upstream and falls through to the next. With `reuse` (plain
+/// requests, never upgrades), an idle pooled connection is taken first.
 pub async fn connect_first(
     via: &[Arc<Upstream>],
     timeout: Duration,
-) -> Result<(Arc<Upstream>, TcpStream), SelectError> {
+    reuse: bool,
+) -> Result<(Arc<Upstream>, Conn), SelectError> {
     let mut last = None;
     for upstream in via.iter().filter(|u| u.is_usable()) {
+        if let Some(sender) = reuse.then(|| upstream.pool.take()).flatten() {
+            return Ok((upstream.clone(), Conn::Pooled(sender)));
+        }
         match connect::connect(&upstream.spec.url, timeout).await {
-            Ok(stream) => return Ok((upstream.clone(), stream)),
+            Ok(stream) => return Ok((upstream.clone(), Conn::Fresh(stream))),
             Err(e) => {
                 upstream.health.record_failure(&e.to_string());
                 tracing::debug!(upstream = %upstream.name(), error = %e, "connect failed, trying the next upstream");
