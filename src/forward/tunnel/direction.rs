@@ -8,12 +8,14 @@
 //! uses the waker slot each socket already has for its one reader and its one
 //! writer, so an idle direction is a few words: no buffer, no pipe, no waiter.
 //!
-//! While bytes move, a direction borrows a pipe from the [`PipePool`] and
-//! splices source → pipe → destination; it gives the pipe back the moment the
-//! pipe is empty and the source has nothing more. Without splice (or when the
-//! pool is exhausted) it reads into the worker thread's buffer and writes at
-//! once; only a remainder the destination did not take is kept, in a `Vec`
-//! of exactly that size.
+//! Small reads (audio frames, chat) are copied: read into the worker
+//! thread's buffer and written at once; only a remainder the destination did
+//! not take is kept, in a `Vec` of exactly that size. Once a read is large
+//! (at least [`BULK`] bytes), the direction borrows a pipe from the
+//! [`PipePool`] and splices source → pipe → destination, kernel to kernel,
+//! until reads get small again; it gives the pipe back the moment the pipe is
+//! empty and the source has nothing more. Without splice, or when the pool is
+//! exhausted, every read is copied.
 
 use std::io;
 use std::task::{Context, Poll, ready};
@@ -37,7 +39,14 @@ pub struct Direction {
     rest: Vec<u8>,
     /// The source reached end of stream.
     eof: bool,
+    /// The last read was large: splice the next one (if a pool is given).
+    bulk: bool,
 }
+
+/// A splice that moves less than this goes back to copying: for small
+/// messages (audio frames) one copy through a warm buffer is cheaper than
+/// moving pages through a pipe, and needs no pipe at all.
+const BULK: usize = 16 * 1024;
 
 impl Direction {
     /// A direction that first writes `first` (bytes read past the handshake).
@@ -46,6 +55,7 @@ impl Direction {
             pipe: None,
             rest: first.to_vec(),
             eof: false,
+            bulk: false,
         }
     }
 
@@ -80,13 +90,17 @@ impl Direction {
                 self.give_back(pool);
                 return Poll::Pending;
             }
-            if self.pipe.is_none() {
+            if self.bulk && self.pipe.is_none() {
                 self.pipe = pool.and_then(PipePool::take);
             }
             let read = match &mut self.pipe {
-                Some(pipe) => splice_in(src, pipe),
-                None => copy_once(src, dst, &mut self.rest, moved),
+                Some(pipe) if self.bulk => splice_in(src, pipe),
+                _ => copy_once(src, dst, &mut self.rest, moved),
             };
+            // Splice while reads are large, copy while they are small.
+            if let Ok(n) = read {
+                self.bulk = pool.is_some() && n >= BULK;
+            }
             match read {
                 Ok(0) => self.eof = true,
                 Ok(_) => *last_activity = Instant::now(),
