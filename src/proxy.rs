@@ -94,8 +94,7 @@ async fn proxy(
     let route = snapshot
         .router
         .route(host, &path)
-        .ok_or_else(|| ProxyError::NoRoute { path: path.clone() })?
-        .clone();
+        .ok_or_else(|| ProxyError::NoRoute { path: path.clone() })?;
     trace.route = Some(route.label.clone());
     let reuse = kind == Kind::Plain;
     let (upstream, conn) = upstream::connect_first(&route.via, snapshot.timeouts.connect, reuse)
