@@ -3,6 +3,7 @@
 #
 #   examples/bench.sh                 # full sizes (about 6 minutes on 2 cores)
 #   QUICK=1 examples/bench.sh         # reduced sizes (about 2 minutes)
+#   ROUNDS=3 examples/bench.sh        # repeat every mode 3 times (interleaved); the table shows medians
 #   BACKEND=path/to/echo_backend examples/bench.sh   # another WebSocket echo backend (takes ADDR as $1)
 #
 # Starts a WebSocket echo backend, shunt and nginx (generated config:
@@ -24,6 +25,7 @@ else
   # 9,000, not 10,000: shunt holds 2 descriptors per tunnel and the hard limit here is 20,000.
   IDLE_N=${IDLE_N:-9000}; HOLD=${HOLD:-3}; SECS=${SECS:-10}; RTT_BIG=${RTT_BIG:-1000}; HS_C=${HS_C:-32}
 fi
+ROUNDS=${ROUNDS:-1}
 P_BACKEND=${P_BACKEND:-19100}; P_NGINX=19101; P_SHUNT=19102; P_ADMIN=19103; P_NGINX_TLS=19111; P_SHUNT_TLS=19112
 
 ulimit -n "$(ulimit -Hn)"
@@ -160,7 +162,7 @@ run() { # case target loadgen-args...
   local line
   line=$(timeout 300 "$LOADGEN" --url "$(url_of "$target")" "${extra[@]}" --label "$case" "$@" 2>>"$OUT/loadgen.log" | tail -n 1)
   local cpu=0; [[ -n $pids ]] && cpu=$(( $(cpu_us $pids) - cpu0 ))
-  echo "$line" | python3 -c "import json,sys; d=json.loads(sys.stdin.read()); d.update(case='$case', target='$target', proxy_cpu_us=$cpu if '$pids' else None); print(json.dumps(d))" >> "$RESULTS"
+  echo "$line" | python3 -c "import json,sys; d=json.loads(sys.stdin.read()); d.update(case='$case', target='$target', round=$ROUND, proxy_cpu_us=$cpu if '$pids' else None); print(json.dumps(d))" >> "$RESULTS"
   echo "  $case $target: $(tail -n 1 "$RESULTS")" >&2
 }
 run_idle() { # case target
@@ -183,7 +185,7 @@ run_idle() { # case target
     sleep 0.1
   done
   wait "$lg" || true
-  tail -n 1 "$log" | python3 -c "import json,sys; d=json.loads(sys.stdin.read()); d.update(case='$case', target='$target', rss_before_kb=$before, rss_after_kb=$after); print(json.dumps(d))" >> "$RESULTS"
+  tail -n 1 "$log" | python3 -c "import json,sys; d=json.loads(sys.stdin.read()); d.update(case='$case', target='$target', round=$ROUND, rss_before_kb=$before, rss_after_kb=$after); print(json.dumps(d))" >> "$RESULTS"
   echo "  $case $target: $(tail -n 1 "$RESULTS")" >&2
   sleep 1 # let the proxies close the held tunnels
 }
@@ -192,25 +194,31 @@ PLAIN=(direct nginx shunt)
 TLS_TARGETS=()
 [[ $TLS == 1 ]] && TLS_TARGETS=(nginx-tls shunt-tls)
 
-echo "# idle: $IDLE_N held connections" >&2
-for t in "${PLAIN[@]}" "${TLS_TARGETS[@]}"; do run_idle idle "$t"; done
-echo "# rtt: 100 connections, 640 B every 20 ms, ${SECS}s" >&2
-for t in "${PLAIN[@]}" "${TLS_TARGETS[@]}"; do run rtt100 "$t" --mode rtt --conns 100 --size 640 --interval-ms 20 --duration "$SECS"; done
-echo "# rtt: $RTT_BIG connections, 640 B every 20 ms, ${SECS}s" >&2
-for t in "${PLAIN[@]}" "${TLS_TARGETS[@]}"; do run rtt1000 "$t" --mode rtt --conns "$RTT_BIG" --size 640 --interval-ms 20 --duration "$SECS"; done
-echo "# flood: 8 connections x 16 KiB, 16 in flight, ${SECS}s" >&2
-for t in "${PLAIN[@]}" "${TLS_TARGETS[@]}"; do run flood "$t" --mode flood --conns 8 --size 16384 --inflight 16 --duration "$SECS"; done
-echo "# handshakes: $HS_C concurrent loops, ${SECS}s" >&2
-for t in "${PLAIN[@]}" "${TLS_TARGETS[@]}"; do run handshakes "$t" --mode handshakes --conns "$HS_C" --size 640 --duration "$SECS"; done
+for ROUND in $(seq 1 "$ROUNDS"); do
+  echo "# round $ROUND of $ROUNDS" >&2
+  echo "# idle: $IDLE_N held connections" >&2
+  for t in "${PLAIN[@]}" "${TLS_TARGETS[@]}"; do run_idle idle "$t"; done
+  echo "# rtt: 100 connections, 640 B every 20 ms, ${SECS}s" >&2
+  for t in "${PLAIN[@]}" "${TLS_TARGETS[@]}"; do run rtt100 "$t" --mode rtt --conns 100 --size 640 --interval-ms 20 --duration "$SECS"; done
+  echo "# rtt: $RTT_BIG connections, 640 B every 20 ms, ${SECS}s" >&2
+  for t in "${PLAIN[@]}" "${TLS_TARGETS[@]}"; do run rtt1000 "$t" --mode rtt --conns "$RTT_BIG" --size 640 --interval-ms 20 --duration "$SECS"; done
+  echo "# flood: 8 connections x 16 KiB, 16 in flight, ${SECS}s" >&2
+  for t in "${PLAIN[@]}" "${TLS_TARGETS[@]}"; do run flood "$t" --mode flood --conns 8 --size 16384 --inflight 16 --duration "$SECS"; done
+  echo "# handshakes: $HS_C concurrent loops, ${SECS}s" >&2
+  for t in "${PLAIN[@]}" "${TLS_TARGETS[@]}"; do run handshakes "$t" --mode handshakes --conns "$HS_C" --size 640 --duration "$SECS"; done
+done
 
-python3 - "$RESULTS" "$TLS" > "$OUT/table.md" <<'PY'
-import json, sys
+python3 - "$RESULTS" "$TLS" "$OUT/summary.json" > "$OUT/table.md" <<'PY'
+import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 tls = sys.argv[2] == "1"
-r = {(x["case"], x["target"]): x for x in rows}
+r = {}
+for x in rows:
+    r.setdefault((x["case"], x["target"]), []).append(x)
 def get(case, target, f):
-    x = r.get((case, target))
-    return None if x is None else f(x)
+    """The median over rounds of metric f."""
+    xs = [v for v in (f(x) for x in r.get((case, target), [])) if v is not None]
+    return statistics.median(xs) if xs else None
 def fmt(v, unit=""):
     if v is None: return "n/a"
     if isinstance(v, float) and v < 100: return f"{v:.2f}{unit}"
@@ -236,11 +244,16 @@ metrics = [
     ("handshakes", "handshake loop p99 (µs)", lambda x: x["p99_us"], "lower"),
     ("handshakes", "proxy CPU per handshake (µs)", cpu_hs, "lower"),
 ]
+rounds = max((x.get("round", 1) for x in rows), default=1)
+print(f"Medians of {rounds} interleaved round(s).")
+print()
 print("| metric | direct | nginx | shunt | shunt/nginx |")
 print("|---|---:|---:|---:|---:|")
+summary = {"rounds": rounds, "plain": {}, "tls": {}}
 for case, name, f, _ in metrics:
     d, n, s = (get(case, t, f) for t in ("direct", "nginx", "shunt"))
     if case == "idle" or "CPU" in name: d = None
+    summary["plain"][name] = {"direct": d, "nginx": n, "shunt": s, "ratio": None if not n or s is None else s / n}
     print(f"| {name} | {fmt(d)} | {fmt(n)} | {fmt(s)} | {ratio(s, n)} |")
 print()
 print("| TLS metric | nginx | shunt | shunt/nginx |")
@@ -250,11 +263,13 @@ for case, name, f, _ in metrics:
         print(f"| {name} | n/a (TLS not available) | n/a (TLS not available) | n/a |")
         continue
     n, s = get(case, "nginx-tls", f), get(case, "shunt-tls", f)
+    summary["tls"][name] = {"nginx": n, "shunt": s, "ratio": None if not n or s is None else s / n}
     print(f"| {name} | {fmt(n)} | {fmt(s)} | {ratio(s, n)} |")
+json.dump(summary, open(sys.argv[3], "w"), indent=1)
 errs = [x for x in rows if x.get("connect_errors") or x.get("failures") or x.get("dead_after_hold")]
 if errs:
     print()
     print("Errors: " + "; ".join(f"{x['case']}/{x['target']}: connect_errors={x.get('connect_errors')} failures={x.get('failures')} dead={x.get('dead_after_hold')}" for x in errs))
 PY
 cat "$OUT/table.md"
-echo "results: $RESULTS" >&2
+echo "results: $RESULTS (raw), $OUT/summary.json (medians and ratios), $OUT/table.md" >&2
