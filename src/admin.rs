@@ -109,6 +109,7 @@ fn status(rt: &Runtime, reloader: &Reloader) -> serde_json::Value {
         "routes": routes_json(&snapshot),
         "tunnels": tunnels,
         "active_tunnels": rt.stats.active_tunnels(),
+        "tunnel": rt.relay.to_json(),
         "requests": requests,
         "upgrades": upgrades,
     })

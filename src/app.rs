@@ -59,6 +59,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     if let Some(addr) = admin.filter(|a| !a.ip().is_loopback()) {
         tracing::warn!(%addr, "the admin listener is bound beyond loopback; anyone who can reach it can read /status and trigger reloads");
     }
+    let relay = crate::forward::tunnel::Relay::start(&config.tunnel);
     let snapshot = Snapshot::build(config, None, &shutdown, &tracker)?;
     let certs = snapshot.certs.clone().map(CertStore::new);
     let acceptor = certs.clone().map(crate::tls::acceptor).transpose()?;
@@ -67,7 +68,13 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             tracing::warn!("{warning}");
         }
     }
-    let rt = Runtime::new(ArcSwap::from_pointee(snapshot), certs, shutdown, tracker);
+    let rt = Runtime::new(
+        ArcSwap::from_pointee(snapshot),
+        certs,
+        shutdown,
+        tracker,
+        relay,
+    );
     let reloader = Reloader::new(rt.clone());
 
     let listen_addr = proxy_listener.local_addr().map_err(StartError::Bind)?;

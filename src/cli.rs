@@ -193,6 +193,15 @@ pub struct RunArgs {
     #[arg(long, env = "SHUNT_MAX_TRACKED_IPS", value_name = "N")]
     pub max_tracked_ips: Option<usize>,
     // --- end security policy ---
+    /// How tunnels move bytes: auto (splice between plain TCP legs if the kernel allows), splice or copy [default: auto].
+    #[arg(long, env = "SHUNT_TUNNEL_MODE", value_name = "MODE")]
+    pub tunnel_mode: Option<String>,
+    /// Capacity of each splice pipe, in bytes [default: 262144].
+    #[arg(long, env = "SHUNT_PIPE_SIZE", value_name = "BYTES")]
+    pub pipe_size: Option<usize>,
+    /// Most splice pipes open at once; bursts beyond it are copied [default: 512].
+    #[arg(long, env = "SHUNT_MAX_PIPES", value_name = "N")]
+    pub max_pipes: Option<usize>,
 }
 
 /// Flags of `shunt healthcheck`.

@@ -110,8 +110,7 @@ async fn proxy(
     let route = snapshot
         .router
         .route(host, &path)
-        .ok_or_else(|| ProxyError::NoRoute { path: path.clone() })?
-        .clone();
+        .ok_or_else(|| ProxyError::NoRoute { path: path.clone() })?;
     trace.route = Some(route.label.clone());
     let global = &snapshot.config.policy;
     let admission = policy::check(
@@ -150,7 +149,8 @@ async fn proxy(
     if let Some(slot) = admission.tunnel.clone() {
         req.extensions_mut().insert(slot);
     }
-    let (upstream, stream) = upstream::connect_first(&route.via, snapshot.timeouts.connect)
+    let reuse = kind == Kind::Plain;
+    let (upstream, conn) = upstream::connect_first(&route.via, snapshot.timeouts.connect, reuse)
         .await
         .map_err(|source| ProxyError::Select {
             route: route.label.clone(),
@@ -164,7 +164,7 @@ async fn proxy(
         downstream,
         timeouts: &snapshot.timeouts,
     };
-    let mut resp = forward::forward(req, stream, exchange, rt).await?;
+    let mut resp = forward::forward(req, conn, exchange, rt).await?;
     if let Some(origin) = &admission.cors_origin {
         for (name, value) in policy::origin::cors_headers(origin, None) {
             if name == header::VARY {

@@ -40,6 +40,7 @@ impl From<&ProxyError> for StatusCode {
             ProxyError::Forward(ForwardError::Protocol { .. }) => StatusCode::BAD_GATEWAY,
             ProxyError::Forward(ForwardError::DownstreamBody { .. }) => StatusCode::BAD_REQUEST,
             ProxyError::Denied(d) => StatusCode::from(d),
+            ProxyError::Forward(ForwardError::Reconnect { .. }) => StatusCode::BAD_GATEWAY,
         }
     }
 }

@@ -298,6 +298,27 @@ pub struct Timeouts {
     pub drain: Duration,
 }
 
+/// How tunnels move bytes (`--tunnel-mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TunnelMode {
+    /// splice(2) between plain TCP legs when the kernel allows it, buffered copy otherwise.
+    Auto,
+    /// Like `Auto`, but says so if splice is unavailable (still falls back).
+    Splice,
+    /// Always the buffered copy.
+    Copy,
+}
+
+/// Tunnel settings, fixed at start (a reload does not change them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TunnelSettings {
+    pub mode: TunnelMode,
+    /// Capacity asked of each splice pipe.
+    pub pipe_size: usize,
+    /// Most pipes open at once.
+    pub max_pipes: usize,
+}
+
 /// The whole validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -307,6 +328,7 @@ pub struct Config {
     pub timeouts: Timeouts,
     pub max_header_bytes: usize,
     pub log_format: LogFormat,
+    pub tunnel: TunnelSettings,
     /// Sorted by name.
     pub upstreams: Vec<UpstreamSpec>,
     pub routes: Vec<RouteSpec>,
@@ -400,6 +422,43 @@ fn read_file(path: &Path) -> Result<RawConfig, ConfigError> {
     toml::from_str(&text).map_err(|source| ConfigError::Parse {
         path: path.to_owned(),
         source: Box::new(source),
+    })
+}
+
+/// `--tunnel-mode`, `--pipe-size`, `--max-pipes` (flags only).
+fn tunnel_settings(a: &RunArgs) -> Result<TunnelSettings, ConfigError> {
+    let mode = match a.tunnel_mode.as_deref().unwrap_or("auto") {
+        "auto" => TunnelMode::Auto,
+        "splice" => TunnelMode::Splice,
+        "copy" => TunnelMode::Copy,
+        other => {
+            return Err(ConfigError::invalid(
+                "--tunnel-mode",
+                other,
+                "expected auto, splice or copy",
+            ));
+        }
+    };
+    let pipe_size = a.pipe_size.unwrap_or(256 * 1024);
+    if !(4096..=64 * 1024 * 1024).contains(&pipe_size) {
+        return Err(ConfigError::invalid(
+            "--pipe-size",
+            pipe_size,
+            "must be between 4096 and 67108864",
+        ));
+    }
+    let max_pipes = a.max_pipes.unwrap_or(512);
+    if max_pipes == 0 {
+        return Err(ConfigError::invalid(
+            "--max-pipes",
+            max_pipes,
+            "must be at least 1 (use --tunnel-mode copy to switch splice off)",
+        ));
+    }
+    Ok(TunnelSettings {
+        mode,
+        pipe_size,
+        max_pipes,
     })
 }
 
@@ -498,6 +557,7 @@ impl Merge<'_> {
             },
         )?;
         let (policy, route_defaults) = policy::global(a, f, self.base)?;
+        let tunnel = tunnel_settings(a)?;
         let upstreams = self.upstreams()?;
         let routes = self.routes(&upstreams, &route_defaults)?;
         let tls = self.tls()?;
@@ -507,6 +567,7 @@ impl Merge<'_> {
             timeouts,
             max_header_bytes,
             log_format,
+            tunnel,
             upstreams,
             routes,
             tls,

@@ -1,9 +1,11 @@
 //! Forwarding one request to the chosen upstream, and its answer back.
 //!
-//! The request goes over a fresh upstream HTTP/1.1 connection with its body
-//! streamed, never buffered. A WebSocket handshake that the upstream accepts
-//! (101) hands both connections to [`tunnel`]; a refusal is relayed to the
-//! client as an ordinary response.
+//! A plain request goes over a pooled keep-alive connection when the
+//! upstream has one idle (it returns to the pool when its response body has
+//! been read to the end), otherwise over a fresh HTTP/1.1 connection; bodies
+//! are streamed, never buffered. A WebSocket handshake always uses a fresh
+//! connection; if the upstream accepts it (101), both connections go to
+//! [`tunnel`]; a refusal is relayed to the client as an ordinary response.
 
 pub mod headers;
 pub mod tunnel;
@@ -16,15 +18,15 @@ use http::{Request, Response, StatusCode, Uri};
 use http_body_util::BodyExt;
 use http_body_util::combinators::BoxBody;
 use hyper::body::Incoming;
-use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 
 use crate::config::Timeouts;
 use crate::handshake::Kind;
 use crate::policy::rate::TunnelSlot;
 use crate::runtime::{Downstream, Runtime};
-use crate::upstream::Upstream;
-use crate::upstream::connect::UpstreamStream;
+use crate::upstream::connect::{self, ConnectError, UpstreamStream};
+use crate::upstream::pool::{PooledBody, Sender};
+use crate::upstream::{Conn, Upstream};
 
 /// The response body type used throughout the proxy.
 pub type Body = BoxBody<Bytes, hyper::Error>;
@@ -46,6 +48,29 @@ pub enum ForwardError {
     },
     #[error("upstream {upstream} did not answer within {after:?}")]
     Timeout { upstream: String, after: Duration },
+    /// A pooled connection had closed and a new one could not be made.
+    #[error("upstream {upstream}: {source}")]
+    Reconnect {
+        upstream: String,
+        #[source]
+        source: ConnectError,
+    },
+}
+
+impl ForwardError {
+    /// A hyper error while talking to `upstream`. A "user" error there is the
+    /// downstream request's body failing (malformed chunking, a client that
+    /// left): not the upstream's fault.
+    fn from_hyper(upstream: &Upstream, source: hyper::Error) -> Self {
+        if source.is_user() {
+            ForwardError::DownstreamBody { source }
+        } else {
+            ForwardError::Protocol {
+                upstream: upstream.name().0.clone(),
+                source,
+            }
+        }
+    }
 }
 
 /// Who and what one forwarded exchange involves.
@@ -59,10 +84,10 @@ pub struct Exchange<'a> {
     pub timeouts: &'a Timeouts,
 }
 
-/// Send `req` over `stream` to the exchange's upstream and return the response for the client.
+/// Send `req` over `conn` to the exchange's upstream and return the response for the client.
 pub async fn forward(
     mut req: Request<Incoming>,
-    stream: UpstreamStream,
+    conn: Conn,
     exchange: Exchange<'_>,
     rt: &Runtime,
 ) -> Result<Response<Body>, ForwardError> {
@@ -75,18 +100,6 @@ pub async fn forward(
     } = exchange;
     let upgrade = kind == Kind::WebSocket;
     let name = upstream.name();
-    let protocol = |source: hyper::Error| {
-        // A "user" error here is the downstream request's body failing
-        // (malformed chunking, a client that left): not the upstream's fault.
-        if source.is_user() {
-            ForwardError::DownstreamBody { source }
-        } else {
-            ForwardError::Protocol {
-                upstream: name.0.clone(),
-                source,
-            }
-        }
-    };
     let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     // The policy's per-client tunnel slot, held by the tunnel for its life.
     let slot = req.extensions_mut().remove::<TunnelSlot>();
@@ -99,16 +112,13 @@ pub async fn forward(
         &upstream.spec.url.authority(),
     );
 
-    // Plain TCP stays a bare `TcpStream` so the tunnel can recover it for splice.
-    let mut sender = match stream {
-        UpstreamStream::Plain(tcp) => open(TokioIo::new(tcp), rt).await,
-        UpstreamStream::Tls(tls) => open(TokioIo::new(*tls), rt).await,
-    }
-    .map_err(protocol)?;
-
-    let sent = tokio::time::timeout(timeouts.response, sender.send_request(req)).await;
-    let mut resp = match sent {
-        Ok(r) => r.map_err(protocol)?,
+    let sent = tokio::time::timeout(
+        timeouts.response,
+        send(conn, req, upstream, rt, timeouts.connect),
+    )
+    .await;
+    let (mut resp, sender) = match sent {
+        Ok(r) => r?,
         Err(_) => {
             upstream
                 .health
@@ -136,18 +146,103 @@ pub async fn forward(
     headers::prepare_response(resp.headers_mut(), switching, name);
     // The client speaks HTTP/1.1 with us whatever the upstream spoke.
     *resp.version_mut() = http::Version::HTTP_11;
-    Ok(resp.map(BodyExt::boxed))
+    if upgrade {
+        // An upgrade's connection is never reused.
+        return Ok(resp.map(BodyExt::boxed));
+    }
+    let pool = upstream.pool.clone();
+    Ok(resp.map(|body| PooledBody::new(body, sender, pool).boxed()))
 }
 
-/// HTTP/1.1 client handshake over `io`; the connection task is tracked and
-/// supports upgrades.
-async fn open<IO>(io: IO, rt: &Runtime) -> Result<SendRequest<Incoming>, hyper::Error>
+/// Send `req` over `conn`; a pooled connection found closed before the
+/// request went out is replaced by a fresh one (the request is intact then).
+async fn send(
+    conn: Conn,
+    req: Request<Incoming>,
+    upstream: &Upstream,
+    rt: &Runtime,
+    connect_timeout: Duration,
+) -> Result<(Response<Incoming>, Sender), ForwardError> {
+    let mut sender = match conn {
+        Conn::Fresh(stream) => handshake(stream, upstream, rt).await?,
+        Conn::Pooled(mut sender) => {
+            // It is idle, so ready at once unless the upstream has closed it.
+            let ready = tokio::time::timeout(connect_timeout, sender.ready()).await;
+            if matches!(ready, Ok(Ok(()))) {
+                match sender.try_send_request(req).await {
+                    Ok(resp) => return Ok((resp, sender)),
+                    Err(mut e) => match e.take_message() {
+                        Some(req) => return resend(req, upstream, rt, connect_timeout).await,
+                        None => return Err(ForwardError::from_hyper(upstream, e.into_error())),
+                    },
+                }
+            }
+            return resend(req, upstream, rt, connect_timeout).await;
+        }
+    };
+    let resp = sender
+        .send_request(req)
+        .await
+        .map_err(|e| ForwardError::from_hyper(upstream, e))?;
+    Ok((resp, sender))
+}
+
+/// Send `req` over a fresh connection after a pooled one turned out closed.
+async fn resend(
+    req: Request<Incoming>,
+    upstream: &Upstream,
+    rt: &Runtime,
+    connect_timeout: Duration,
+) -> Result<(Response<Incoming>, Sender), ForwardError> {
+    tracing::debug!(upstream = %upstream.name(), "pooled connection was closed; reconnecting");
+    let stream = connect::connect(&upstream.spec.url, upstream.tls.as_ref(), connect_timeout)
+        .await
+        .map_err(|source| ForwardError::Reconnect {
+            upstream: upstream.name().0.clone(),
+            source,
+        })?;
+    let mut sender = handshake(stream, upstream, rt).await?;
+    let resp = sender
+        .send_request(req)
+        .await
+        .map_err(|e| ForwardError::from_hyper(upstream, e))?;
+    Ok((resp, sender))
+}
+
+/// hyper's client handshake on a new connection. Plain TCP stays a bare
+/// `TcpStream` inside `TokioIo` so the tunnel can take it back for splice.
+async fn handshake(
+    stream: UpstreamStream,
+    upstream: &Upstream,
+    rt: &Runtime,
+) -> Result<Sender, ForwardError> {
+    match stream {
+        UpstreamStream::Plain(tcp) => open(TokioIo::new(tcp), upstream, rt).await,
+        UpstreamStream::Tls(tls) => open(TokioIo::new(*tls), upstream, rt).await,
+    }
+}
+
+/// The handshake over `io`; its task runs until the connection closes or
+/// upgrades, and at shutdown empties the upstream's pool so idle connections end.
+async fn open<IO>(io: IO, upstream: &Upstream, rt: &Runtime) -> Result<Sender, ForwardError>
 where
     IO: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
-    let (sender, conn) = hyper::client::conn::http1::handshake(io).await?;
+    let (sender, conn) = hyper::client::conn::http1::handshake(io)
+        .await
+        .map_err(|e| ForwardError::from_hyper(upstream, e))?;
+    let pool = upstream.pool.clone();
+    let shutdown = rt.shutdown.clone();
     rt.tracker.spawn(async move {
-        if let Err(e) = conn.with_upgrades().await {
+        let mut conn = std::pin::pin!(conn.with_upgrades());
+        let ended = tokio::select! {
+            r = conn.as_mut() => r,
+            () = shutdown.cancelled() => {
+                pool.close();
+                conn.await
+            }
+        };
+        if let Err(e) = ended {
             tracing::debug!(error = %e, "upstream connection ended with an error");
         }
     });
@@ -157,10 +252,7 @@ where
 /// Upstreams get origin-form (`/path?query`), whatever form the client used.
 fn to_origin_form<B>(req: &mut Request<B>) {
     // CONNECT's target is an authority by definition (only with a route's allow_connect).
-    if req.method() == http::Method::CONNECT {
-        return;
-    }
-    if req.uri().authority().is_none() {
+    if req.method() == http::Method::CONNECT || req.uri().authority().is_none() {
         return;
     }
     let pq = req

@@ -8,6 +8,7 @@
 
 pub mod connect;
 pub mod health;
+pub mod pool;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,6 +21,7 @@ use crate::config::{Scheme, UpstreamName, UpstreamSpec};
 use crate::tls::client::{ClientTlsError, client_config};
 use connect::{ConnectError, UpstreamStream};
 use health::{Health, State};
+use pool::ConnPool;
 
 /// One named upstream with its live health.
 #[derive(Debug)]
@@ -30,6 +32,8 @@ pub struct Upstream {
     pub probed: bool,
     /// TLS towards an `https` upstream.
     pub tls: Option<Arc<ClientConfig>>,
+    /// Idle keep-alive connections for plain requests.
+    pub pool: Arc<ConnPool>,
     /// Cancels the probe loop when the upstream is dropped.
     _probe: Option<DropGuard>,
 }
@@ -67,6 +71,7 @@ impl Upstream {
             health,
             probed,
             tls,
+            pool: Arc::default(),
             _probe: probe,
         }))
     }
@@ -97,16 +102,30 @@ pub enum SelectError {
     },
 }
 
+/// A way to reach the chosen upstream.
+#[derive(Debug)]
+pub enum Conn {
+    /// A new TCP connection; hyper's handshake is still to be done.
+    Fresh(UpstreamStream),
+    /// An idle keep-alive connection from the upstream's pool.
+    Pooled(pool::Sender),
+}
+
 /// Connect to the first usable upstream of `via`, in order; a failed connect
-/// marks that upstream and falls through to the next.
+/// marks that upstream and falls through to the next. With `reuse` (plain
+/// requests, never upgrades), an idle pooled connection is taken first.
 pub async fn connect_first(
     via: &[Arc<Upstream>],
     timeout: Duration,
-) -> Result<(Arc<Upstream>, UpstreamStream), SelectError> {
+    reuse: bool,
+) -> Result<(Arc<Upstream>, Conn), SelectError> {
     let mut last = None;
     for upstream in via.iter().filter(|u| u.is_usable()) {
+        if let Some(sender) = reuse.then(|| upstream.pool.take()).flatten() {
+            return Ok((upstream.clone(), Conn::Pooled(sender)));
+        }
         match connect::connect(&upstream.spec.url, upstream.tls.as_ref(), timeout).await {
-            Ok(stream) => return Ok((upstream.clone(), stream)),
+            Ok(stream) => return Ok((upstream.clone(), Conn::Fresh(stream))),
             Err(e) => {
                 upstream.health.record_failure(&e.to_string());
                 tracing::debug!(upstream = %upstream.name(), error = %e, "connect failed, trying the next upstream");

@@ -1,0 +1,275 @@
+#!/usr/bin/env bash
+# shunt vs nginx vs direct, one command, one run, interleaved.
+#
+#   examples/bench.sh                 # full sizes (about 6 minutes on 2 cores)
+#   QUICK=1 examples/bench.sh         # reduced sizes (about 2 minutes)
+#   ROUNDS=3 examples/bench.sh        # repeat every mode 3 times (interleaved); the table shows medians
+#   BACKEND=path/to/echo_backend examples/bench.sh   # another WebSocket echo backend (takes ADDR as $1)
+#
+# Starts a WebSocket echo backend, shunt and nginx (generated config:
+# worker_processes auto, proxy_http_version 1.1, Upgrade/Connection headers,
+# access_log off), runs every loadgen mode against direct, nginx and shunt,
+# reads each proxy's CPU time and RSS from /proc, and prints a markdown table
+# with shunt/nginx ratios; the raw results go to $OUT/results.jsonl and the
+# table to $OUT/table.md. TLS rows run when shunt has --tls-cert/--tls-key;
+# otherwise they print "n/a (TLS not available)".
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+OUT=${OUT:-$(mktemp -d /tmp/shunt-bench.XXXXXX)}
+mkdir -p "$OUT"
+TARGET_DIR=${CARGO_TARGET_DIR:-target}
+if [[ -n "${QUICK:-}" ]]; then
+  IDLE_N=${IDLE_N:-2000}; HOLD=${HOLD:-2}; SECS=${SECS:-4}; RTT_BIG=${RTT_BIG:-1000}; HS_C=${HS_C:-32}
+else
+  # 9,000, not 10,000: shunt holds 2 descriptors per tunnel and the hard limit here is 20,000.
+  IDLE_N=${IDLE_N:-9000}; HOLD=${HOLD:-3}; SECS=${SECS:-10}; RTT_BIG=${RTT_BIG:-1000}; HS_C=${HS_C:-32}
+fi
+ROUNDS=${ROUNDS:-1}
+P_BACKEND=${P_BACKEND:-19100}; P_NGINX=19101; P_SHUNT=19102; P_ADMIN=19103; P_NGINX_TLS=19111; P_SHUNT_TLS=19112
+
+ulimit -n "$(ulimit -Hn)"
+echo "# building (release)" >&2
+cargo build --release --quiet --bin shunt --example loadgen --example bench_backend
+SHUNT=$TARGET_DIR/release/shunt
+LOADGEN=$TARGET_DIR/release/examples/loadgen
+BACKEND=${BACKEND:-$TARGET_DIR/release/examples/bench_backend}
+CLK_TCK=$(getconf CLK_TCK)
+
+PIDS=()
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  if [[ -f "$OUT/nginx/nginx.pid" ]]; then kill "$(cat "$OUT/nginx/nginx.pid")" 2>/dev/null || true; fi
+  wait 2>/dev/null || true
+}
+trap cleanup EXIT INT TERM
+
+wait_port() { # port
+  for _ in $(seq 1 100); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
+    sleep 0.05
+  done
+  echo "port $1 never opened" >&2; exit 1
+}
+
+# ---- TLS material (only used when shunt can terminate TLS) ----
+TLS=0
+if "$SHUNT" --help | grep -q -- '--tls-cert'; then TLS=1; fi
+if [[ $TLS == 1 ]]; then
+  openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=bench-ca -keyout "$OUT/ca.key" -out "$OUT/ca.pem" 2>/dev/null
+  openssl req -newkey rsa:2048 -nodes -subj /CN=127.0.0.1 -keyout "$OUT/key.pem" -out "$OUT/leaf.csr" 2>/dev/null
+  printf 'basicConstraints=CA:FALSE\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n' > "$OUT/leaf.ext"
+  openssl x509 -req -in "$OUT/leaf.csr" -CA "$OUT/ca.pem" -CAkey "$OUT/ca.key" -CAcreateserial -days 2 -extfile "$OUT/leaf.ext" -out "$OUT/cert.pem" 2>/dev/null
+fi
+
+# ---- backend, nginx, shunt ----
+"$BACKEND" "127.0.0.1:$P_BACKEND" 2>"$OUT/backend.log" & PIDS+=($!)
+wait_port "$P_BACKEND"
+
+mkdir -p "$OUT/nginx/logs"
+NGINX_TLS_SERVER=""
+if [[ $TLS == 1 ]]; then
+  NGINX_TLS_SERVER="server { listen 127.0.0.1:$P_NGINX_TLS ssl; ssl_certificate $OUT/cert.pem; ssl_certificate_key $OUT/key.pem; location / { include $OUT/nginx/ws.conf; } }"
+fi
+cat > "$OUT/nginx/ws.conf" <<EOF
+proxy_pass http://backend;
+proxy_http_version 1.1;
+proxy_set_header Upgrade \$http_upgrade;
+proxy_set_header Connection "upgrade";
+proxy_set_header Host \$host;
+proxy_read_timeout 3600s;
+proxy_send_timeout 3600s;
+EOF
+cat > "$OUT/nginx/nginx.conf" <<EOF
+daemon off;
+user root;
+worker_processes auto;
+worker_rlimit_nofile 20000;
+pid $OUT/nginx/nginx.pid;
+error_log $OUT/nginx/logs/error.log warn;
+events { worker_connections 19000; }
+http {
+  access_log off;
+  client_body_temp_path $OUT/nginx/body;
+  proxy_temp_path $OUT/nginx/proxy;
+  fastcgi_temp_path $OUT/nginx/fastcgi;
+  uwsgi_temp_path $OUT/nginx/uwsgi;
+  scgi_temp_path $OUT/nginx/scgi;
+  upstream backend { server 127.0.0.1:$P_BACKEND; }
+  server { listen 127.0.0.1:$P_NGINX; location / { include $OUT/nginx/ws.conf; } }
+  $NGINX_TLS_SERVER
+}
+EOF
+/usr/sbin/nginx -p "$OUT/nginx" -c "$OUT/nginx/nginx.conf" 2>"$OUT/nginx/stderr.log" & PIDS+=($!)
+NGINX_MASTER=$!
+wait_port "$P_NGINX"
+
+SHUNT_ARGS=(--listen "127.0.0.1:$P_SHUNT" --admin "127.0.0.1:$P_ADMIN" --direct "http://127.0.0.1:$P_BACKEND")
+RUST_LOG=warn "$SHUNT" "${SHUNT_ARGS[@]}" 2>"$OUT/shunt.log" & PIDS+=($!)
+SHUNT_PID=$!
+wait_port "$P_SHUNT"
+if [[ $TLS == 1 ]]; then
+  RUST_LOG=warn "$SHUNT" --listen "127.0.0.1:$P_SHUNT_TLS" --admin off --direct "http://127.0.0.1:$P_BACKEND" \
+    --tls-cert "$OUT/cert.pem" --tls-key "$OUT/key.pem" 2>"$OUT/shunt-tls.log" & PIDS+=($!)
+  SHUNT_TLS_PID=$!
+  wait_port "$P_SHUNT_TLS"
+fi
+
+# ---- /proc readings ----
+pids_of() { # name -> the processes whose CPU and memory count
+  case $1 in
+    nginx|nginx-tls) echo "$NGINX_MASTER $(pgrep -P "$NGINX_MASTER" | tr '\n' ' ')" ;;
+    shunt) echo "$SHUNT_PID" ;;
+    shunt-tls) echo "${SHUNT_TLS_PID:-}" ;;
+    *) echo "" ;;
+  esac
+}
+cpu_us() { # pids... -> user+sys CPU µs, summed
+  local total=0 pid
+  for pid in "$@"; do
+    # Fields 14 and 15 (utime, stime) counted after the ')' of the command name.
+    local s; s=$(sed 's/.*) //' "/proc/$pid/stat")
+    read -r -a f <<<"$s"
+    total=$(( total + (f[11] + f[12]) * 1000000 / CLK_TCK ))
+  done
+  echo "$total"
+}
+rss_kb() { # pids... -> VmRSS KiB, summed
+  local total=0 pid
+  for pid in "$@"; do
+    total=$(( total + $(awk '/^VmRSS/ {print $2}' "/proc/$pid/status") ))
+  done
+  echo "$total"
+}
+url_of() { # name
+  case $1 in
+    direct) echo "ws://127.0.0.1:$P_BACKEND/bench" ;;
+    nginx) echo "ws://127.0.0.1:$P_NGINX/bench" ;;
+    shunt) echo "ws://127.0.0.1:$P_SHUNT/bench" ;;
+    nginx-tls) echo "wss://127.0.0.1:$P_NGINX_TLS/bench" ;;
+    shunt-tls) echo "wss://127.0.0.1:$P_SHUNT_TLS/bench" ;;
+  esac
+}
+
+RESULTS="$OUT/results.jsonl"
+: > "$RESULTS"
+run() { # case target loadgen-args...
+  local case=$1 target=$2; shift 2
+  local pids; pids=$(pids_of "$target")
+  local extra=()
+  [[ $target == *-tls ]] && extra=(--ca "$OUT/ca.pem")
+  local cpu0=0; [[ -n $pids ]] && cpu0=$(cpu_us $pids)
+  local line
+  line=$(timeout 300 "$LOADGEN" --url "$(url_of "$target")" "${extra[@]}" --label "$case" "$@" 2>>"$OUT/loadgen.log" | tail -n 1)
+  local cpu=0; [[ -n $pids ]] && cpu=$(( $(cpu_us $pids) - cpu0 ))
+  echo "$line" | python3 -c "import json,sys; d=json.loads(sys.stdin.read()); d.update(case='$case', target='$target', round=$ROUND, proxy_cpu_us=$cpu if '$pids' else None); print(json.dumps(d))" >> "$RESULTS"
+  echo "  $case $target: $(tail -n 1 "$RESULTS")" >&2
+}
+run_idle() { # case target
+  local case=$1 target=$2
+  local pids; pids=$(pids_of "$target")
+  local extra=()
+  [[ $target == *-tls ]] && extra=(--ca "$OUT/ca.pem")
+  local before=0; [[ -n $pids ]] && before=$(rss_kb $pids)
+  local log="$OUT/idle-$target.out"
+  timeout 300 "$LOADGEN" --url "$(url_of "$target")" "${extra[@]}" --label "$case" --mode idle \
+    --conns "$IDLE_N" --hold "$HOLD" > "$log" 2>>"$OUT/loadgen.log" &
+  local lg=$!
+  local after=$before
+  for _ in $(seq 1 1200); do
+    if grep -q '"ready"' "$log"; then
+      sleep 1 # let the last tunnels settle
+      [[ -n $pids ]] && after=$(rss_kb $pids)
+      break
+    fi
+    sleep 0.1
+  done
+  wait "$lg" || true
+  tail -n 1 "$log" | python3 -c "import json,sys; d=json.loads(sys.stdin.read()); d.update(case='$case', target='$target', round=$ROUND, rss_before_kb=$before, rss_after_kb=$after); print(json.dumps(d))" >> "$RESULTS"
+  echo "  $case $target: $(tail -n 1 "$RESULTS")" >&2
+  sleep 1 # let the proxies close the held tunnels
+}
+
+PLAIN=(direct nginx shunt)
+TLS_TARGETS=()
+[[ $TLS == 1 ]] && TLS_TARGETS=(nginx-tls shunt-tls)
+
+for ROUND in $(seq 1 "$ROUNDS"); do
+  echo "# round $ROUND of $ROUNDS" >&2
+  echo "# idle: $IDLE_N held connections" >&2
+  for t in "${PLAIN[@]}" "${TLS_TARGETS[@]}"; do run_idle idle "$t"; done
+  echo "# rtt: 100 connections, 640 B every 20 ms, ${SECS}s" >&2
+  for t in "${PLAIN[@]}" "${TLS_TARGETS[@]}"; do run rtt100 "$t" --mode rtt --conns 100 --size 640 --interval-ms 20 --duration "$SECS"; done
+  echo "# rtt: $RTT_BIG connections, 640 B every 20 ms, ${SECS}s" >&2
+  for t in "${PLAIN[@]}" "${TLS_TARGETS[@]}"; do run rtt1000 "$t" --mode rtt --conns "$RTT_BIG" --size 640 --interval-ms 20 --duration "$SECS"; done
+  echo "# flood: 8 connections x 16 KiB, 16 in flight, ${SECS}s" >&2
+  for t in "${PLAIN[@]}" "${TLS_TARGETS[@]}"; do run flood "$t" --mode flood --conns 8 --size 16384 --inflight 16 --duration "$SECS"; done
+  echo "# handshakes: $HS_C concurrent loops, ${SECS}s" >&2
+  for t in "${PLAIN[@]}" "${TLS_TARGETS[@]}"; do run handshakes "$t" --mode handshakes --conns "$HS_C" --size 640 --duration "$SECS"; done
+done
+
+python3 - "$RESULTS" "$TLS" "$OUT/summary.json" > "$OUT/table.md" <<'PY'
+import json, statistics, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+tls = sys.argv[2] == "1"
+r = {}
+for x in rows:
+    r.setdefault((x["case"], x["target"]), []).append(x)
+def get(case, target, f):
+    """The median over rounds of metric f."""
+    xs = [v for v in (f(x) for x in r.get((case, target), [])) if v is not None]
+    return statistics.median(xs) if xs else None
+def fmt(v, unit=""):
+    if v is None: return "n/a"
+    if isinstance(v, float) and v < 100: return f"{v:.2f}{unit}"
+    return f"{v:,.0f}{unit}"
+def ratio(a, b):
+    return "n/a" if a is None or b is None or b == 0 else f"{a / b:.2f}x"
+idle_kib = lambda x: (x["rss_after_kb"] - x["rss_before_kb"]) / max(x["conns"], 1)
+# Per message *traversal*: an echoed message crosses the proxy twice.
+cpu_msg = lambda x: x["proxy_cpu_us"] / max(2 * x["messages"], 1) if x.get("proxy_cpu_us") is not None else None
+cpu_hs = lambda x: x["proxy_cpu_us"] / max(x["handshakes"], 1) if x.get("proxy_cpu_us") is not None else None
+metrics = [
+    ("idle", "RSS per idle tunnel (KiB)", idle_kib, "lower"),
+    ("rtt100", "rtt 100 conns p50 (µs)", lambda x: x["p50_us"], "lower"),
+    ("rtt100", "rtt 100 conns p99 (µs)", lambda x: x["p99_us"], "lower"),
+    ("rtt100", "rtt 100 conns p99.9 (µs)", lambda x: x["p999_us"], "lower"),
+    ("rtt1000", "rtt 1000 conns p50 (µs)", lambda x: x["p50_us"], "lower"),
+    ("rtt1000", "rtt 1000 conns p99 (µs)", lambda x: x["p99_us"], "lower"),
+    ("rtt1000", "rtt 1000 conns p99.9 (µs)", lambda x: x["p999_us"], "lower"),
+    ("flood", "flood throughput (MB/s)", lambda x: x["mb_per_s"], "higher"),
+    ("flood", "flood messages/s", lambda x: x["msgs_per_s"], "higher"),
+    ("flood", "flood proxy CPU per 16 KiB message (µs)", cpu_msg, "lower"),
+    ("handshakes", "handshakes/s", lambda x: x["per_s"], "higher"),
+    ("handshakes", "handshake loop p99 (µs)", lambda x: x["p99_us"], "lower"),
+    ("handshakes", "proxy CPU per handshake (µs)", cpu_hs, "lower"),
+]
+rounds = max((x.get("round", 1) for x in rows), default=1)
+print(f"Medians of {rounds} interleaved round(s).")
+print()
+print("| metric | direct | nginx | shunt | shunt/nginx |")
+print("|---|---:|---:|---:|---:|")
+summary = {"rounds": rounds, "plain": {}, "tls": {}}
+for case, name, f, _ in metrics:
+    d, n, s = (get(case, t, f) for t in ("direct", "nginx", "shunt"))
+    if case == "idle" or "CPU" in name: d = None
+    summary["plain"][name] = {"direct": d, "nginx": n, "shunt": s, "ratio": None if not n or s is None else s / n}
+    print(f"| {name} | {fmt(d)} | {fmt(n)} | {fmt(s)} | {ratio(s, n)} |")
+print()
+print("| TLS metric | nginx | shunt | shunt/nginx |")
+print("|---|---:|---:|---:|")
+for case, name, f, _ in metrics:
+    if not tls:
+        print(f"| {name} | n/a (TLS not available) | n/a (TLS not available) | n/a |")
+        continue
+    n, s = get(case, "nginx-tls", f), get(case, "shunt-tls", f)
+    summary["tls"][name] = {"nginx": n, "shunt": s, "ratio": None if not n or s is None else s / n}
+    print(f"| {name} | {fmt(n)} | {fmt(s)} | {ratio(s, n)} |")
+json.dump(summary, open(sys.argv[3], "w"), indent=1)
+errs = [x for x in rows if x.get("connect_errors") or x.get("failures") or x.get("dead_after_hold")]
+if errs:
+    print()
+    print("Errors: " + "; ".join(f"{x['case']}/{x['target']}: connect_errors={x.get('connect_errors')} failures={x.get('failures')} dead={x.get('dead_after_hold')}" for x in errs))
+PY
+cat "$OUT/table.md"
+echo "results: $RESULTS (raw), $OUT/summary.json (medians and ratios), $OUT/table.md" >&2

@@ -1,0 +1,175 @@
+//! A bounded pool of kernel pipes lent to splice tunnels while bytes move.
+//!
+//! `splice(2)` moves bytes socket → pipe → socket without copying them into
+//! userspace, but every pipe costs two file descriptors and up to
+//! `pipe_size` of kernel memory. A process here may hold 20,000 descriptors,
+//! so a pipe per tunnel does not scale to thousands of idle audio calls.
+//! Instead a tunnel direction borrows a pipe when its source becomes readable
+//! and gives it back as soon as the pipe is drained again; an idle tunnel holds
+//! none. A pipe given back with bytes still inside (its tunnel died mid-burst)
+//! is closed, never reused, so no byte can leak into another tunnel.
+
+use std::io;
+use std::os::fd::OwnedFd;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use rustix::pipe::{PipeFlags, fcntl_setpipe_size, pipe_with};
+
+/// Default capacity asked of each pipe (`F_SETPIPE_SZ`).
+pub const DEFAULT_PIPE_SIZE: usize = 256 * 1024;
+/// Default bound on pipes open at once (each costs two descriptors).
+pub const DEFAULT_MAX_PIPES: usize = 512;
+/// Idle pipes kept open for reuse; the rest are closed when given back.
+const IDLE_KEPT: usize = 64;
+
+/// One pipe and what is in it.
+#[derive(Debug)]
+pub struct Pipe {
+    /// Read end: spliced into the destination socket.
+    pub read: OwnedFd,
+    /// Write end: the source socket is spliced into it.
+    pub write: OwnedFd,
+    /// Capacity the kernel granted.
+    pub size: usize,
+    /// Bytes spliced in and not yet out.
+    pub pending: usize,
+}
+
+/// The pool: idle pipes, and counters for `/status`.
+#[derive(Debug)]
+pub struct PipePool {
+    idle: Mutex<Vec<Pipe>>,
+    size: usize,
+    max: usize,
+    open: AtomicUsize,
+    in_use: AtomicUsize,
+    exhausted: AtomicUsize,
+}
+
+impl PipePool {
+    /// A pool of at most `max` pipes of `size` bytes each (the kernel may round it).
+    pub fn new(size: usize, max: usize) -> Self {
+        PipePool {
+            idle: Mutex::new(Vec::new()),
+            size,
+            max,
+            open: AtomicUsize::new(0),
+            in_use: AtomicUsize::new(0),
+            exhausted: AtomicUsize::new(0),
+        }
+    }
+
+    /// Borrow a pipe; `None` if `max` are lent out already (or the kernel
+    /// refused a new one): the caller copies this burst through a buffer.
+    pub fn take(&self) -> Option<Pipe> {
+        let reused = self.lock().pop();
+        let pipe = match reused {
+            Some(p) => p,
+            None => match self.open_one() {
+                Ok(p) => p,
+                Err(e) => {
+                    if self.exhausted.fetch_add(1, Ordering::Relaxed) == 0 {
+                        tracing::warn!(error = %e, max = self.max, "pipe pool exhausted; copying through a buffer meanwhile");
+                    }
+                    return None;
+                }
+            },
+        };
+        self.in_use.fetch_add(1, Ordering::Relaxed);
+        Some(pipe)
+    }
+
+    fn open_one(&self) -> io::Result<Pipe> {
+        let reserved = self
+            .open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.max).then_some(n + 1)
+            });
+        if reserved.is_err() {
+            return Err(io::Error::other("every pipe is in use"));
+        }
+        let made = pipe_with(PipeFlags::NONBLOCK | PipeFlags::CLOEXEC).map_err(io::Error::from);
+        let (read, write) = match made {
+            Ok(ends) => ends,
+            Err(e) => {
+                self.open.fetch_sub(1, Ordering::AcqRel);
+                return Err(e);
+            }
+        };
+        // Unprivileged users may be over pipe-user-pages-soft: keep the default size then.
+        let size = fcntl_setpipe_size(&write, self.size)
+            .or_else(|_| rustix::pipe::fcntl_getpipe_size(&write))
+            .unwrap_or(64 * 1024);
+        Ok(Pipe {
+            read,
+            write,
+            size,
+            pending: 0,
+        })
+    }
+
+    /// Give a pipe back: kept for reuse if empty, closed otherwise.
+    pub fn give(&self, pipe: Pipe) {
+        self.in_use.fetch_sub(1, Ordering::Relaxed);
+        if pipe.pending == 0 {
+            let mut idle = self.lock();
+            if idle.len() < IDLE_KEPT {
+                idle.push(pipe);
+                return;
+            }
+        }
+        // Not empty (its tunnel ended mid-burst) or not needed: close it.
+        drop(pipe);
+        self.open.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Pipe>> {
+        self.idle.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Pipes lent to a tunnel right now.
+    pub fn in_use(&self) -> usize {
+        self.in_use.load(Ordering::Relaxed)
+    }
+
+    /// Pipes open (lent or kept idle).
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    /// Times a burst found the pool exhausted and was copied instead.
+    pub fn exhausted(&self) -> usize {
+        self.exhausted.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lends_up_to_the_bound_and_reuses_empty_pipes() {
+        let pool = PipePool::new(64 * 1024, 2);
+        let a = pool.take().expect("first");
+        let b = pool.take().expect("second");
+        assert!(pool.take().is_none(), "bounded at 2");
+        assert_eq!((pool.in_use(), pool.open()), (2, 2));
+        pool.give(a);
+        assert_eq!((pool.in_use(), pool.open()), (1, 2), "empty pipe kept idle");
+        let c = pool.take().expect("reused");
+        pool.give(b);
+        pool.give(c);
+        assert_eq!((pool.in_use(), pool.open()), (0, 2));
+        assert_eq!(pool.exhausted(), 1);
+    }
+
+    #[test]
+    fn a_pipe_given_back_non_empty_is_closed() {
+        let pool = PipePool::new(64 * 1024, 4);
+        let mut pipe = pool.take().expect("pipe");
+        pipe.pending = 10;
+        pool.give(pipe);
+        assert_eq!((pool.in_use(), pool.open()), (0, 0));
+    }
+}
