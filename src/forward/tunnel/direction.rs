@@ -11,7 +11,7 @@
 //! Small reads (audio frames, chat) are copied: read into the worker
 //! thread's buffer and written at once; only a remainder the destination did
 //! not take is kept, in a `Vec` of exactly that size. Once a read is large
-//! (at least [`BULK`] bytes), the direction borrows a pipe from the
+//! (at least `BULK`, 16 KiB), the direction borrows a pipe from the
 //! [`PipePool`] and splices source → pipe → destination, kernel to kernel,
 //! until reads get small again; it gives the pipe back the moment the pipe is
 //! empty and the source has nothing more. Without splice, or when the pool is
