@@ -206,10 +206,13 @@ fn write_to(dst: &TcpStream, bytes: &[u8]) -> io::Result<usize> {
 }
 
 /// Splice what `src` has into the (empty) pipe; `Ok(0)` is EOF.
+///
+/// Unlike a `recv`, a short splice does not show the socket is drained: the
+/// pipe's slots (one per page fragment) may have run out first. Readiness is
+/// therefore cleared only on a real `EAGAIN`, or bytes still queued could
+/// wait for an edge that never comes.
 fn splice_in(src: &TcpStream, pipe: &mut Pipe) -> io::Result<usize> {
-    let n = partial_io(src, Interest::READABLE, pipe.size, || {
-        splice::into_pipe(src, pipe)
-    })?;
+    let n = src.try_io(Interest::READABLE, || splice::into_pipe(src, pipe))?;
     pipe.pending = n;
     Ok(n)
 }
