@@ -219,6 +219,14 @@ def get(case, target, f):
     """The median over rounds of metric f."""
     xs = [v for v in (f(x) for x in r.get((case, target), [])) if v is not None]
     return statistics.median(xs) if xs else None
+def round_ratios(case, f, num, den):
+    """shunt/nginx within each round, in round order."""
+    out = []
+    for x in r.get((case, num), []):
+        y = [y for y in r.get((case, den), []) if y.get("round") == x.get("round")]
+        a, b = f(x), (f(y[0]) if y else None)
+        if a is not None and b: out.append(a / b)
+    return out
 def fmt(v, unit=""):
     if v is None: return "n/a"
     if isinstance(v, float) and v < 100: return f"{v:.2f}{unit}"
@@ -247,14 +255,15 @@ metrics = [
 rounds = max((x.get("round", 1) for x in rows), default=1)
 print(f"Medians of {rounds} interleaved round(s).")
 print()
-print("| metric | direct | nginx | shunt | shunt/nginx |")
-print("|---|---:|---:|---:|---:|")
+print("| metric | direct | nginx | shunt | shunt/nginx | per round |")
+print("|---|---:|---:|---:|---:|---|")
 summary = {"rounds": rounds, "plain": {}, "tls": {}}
 for case, name, f, _ in metrics:
     d, n, s = (get(case, t, f) for t in ("direct", "nginx", "shunt"))
     if case == "idle" or "CPU" in name: d = None
     summary["plain"][name] = {"direct": d, "nginx": n, "shunt": s, "ratio": None if not n or s is None else s / n}
-    print(f"| {name} | {fmt(d)} | {fmt(n)} | {fmt(s)} | {ratio(s, n)} |")
+    per = " ".join(f"{v:.2f}" for v in round_ratios(case, f, "shunt", "nginx"))
+    print(f"| {name} | {fmt(d)} | {fmt(n)} | {fmt(s)} | {ratio(s, n)} | {per} |")
 print()
 print("| TLS metric | nginx | shunt | shunt/nginx |")
 print("|---|---:|---:|---:|")

@@ -280,6 +280,33 @@ async fn large_stream_both_ways_is_exact_and_counted() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_message_comes_back_whole_without_a_close_to_push_it() {
+    // One 4 MiB write, echoed, with both sides kept open: nothing may stay
+    // queued in a socket waiting for an event that only a FIN would bring.
+    const SIZE: usize = 4 * 1024 * 1024;
+    for mode in MODES {
+        let upstream = raw_upstream(b"", Then::Echo).await;
+        let shunt = start_shunt(upstream.addr, mode, &[]).await;
+        let mut client = shunt.upgrade(b"").await;
+        let mut msg = vec![0u8; SIZE];
+        Pattern(5).fill(&mut msg);
+        for round in 0..3 {
+            let (mut r, mut w) = client.split();
+            let mut back = vec![0u8; SIZE];
+            let echoed = async { tokio::join!(w.write_all(&msg), r.read_exact(&mut back)) };
+            let (sent, got) = tokio::time::timeout(Duration::from_secs(20), echoed)
+                .await
+                .unwrap_or_else(|_| panic!("{mode} round {round}: echo stalled"));
+            sent.unwrap();
+            got.unwrap();
+            assert!(back == msg, "{mode} round {round}: echo differs");
+        }
+        drop(client);
+        shunt.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn small_fragmented_writes_arrive_in_order() {
     for mode in MODES {
         let upstream = raw_upstream(b"", Then::Echo).await;

@@ -11,7 +11,7 @@
 //! Small reads (audio frames, chat) are copied: read into the worker
 //! thread's buffer and written at once; only a remainder the destination did
 //! not take is kept, in a `Vec` of exactly that size. Once a read is large
-//! (at least [`BULK`] bytes), the direction borrows a pipe from the
+//! (at least `BULK`, 16 KiB), the direction borrows a pipe from the
 //! [`PipePool`] and splices source → pipe → destination, kernel to kernel,
 //! until reads get small again; it gives the pipe back the moment the pipe is
 //! empty and the source has nothing more. Without splice, or when the pool is
@@ -206,10 +206,13 @@ fn write_to(dst: &TcpStream, bytes: &[u8]) -> io::Result<usize> {
 }
 
 /// Splice what `src` has into the (empty) pipe; `Ok(0)` is EOF.
+///
+/// Unlike a `recv`, a short splice does not show the socket is drained: the
+/// pipe's slots (one per page fragment) may have run out first. Readiness is
+/// therefore cleared only on a real `EAGAIN`, or bytes still queued could
+/// wait for an edge that never comes.
 fn splice_in(src: &TcpStream, pipe: &mut Pipe) -> io::Result<usize> {
-    let n = partial_io(src, Interest::READABLE, pipe.size, || {
-        splice::into_pipe(src, pipe)
-    })?;
+    let n = src.try_io(Interest::READABLE, || splice::into_pipe(src, pipe))?;
     pipe.pending = n;
     Ok(n)
 }

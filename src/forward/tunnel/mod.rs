@@ -2,18 +2,22 @@
 //!
 //! After the upstream's 101 has been written to the client, both connections
 //! are taken out of hyper and relayed in both directions until they close.
-//! When both legs are plain TCP they are unwrapped to their sockets and
-//! joined by [`splice`] (kernel to kernel, pipes borrowed from a [`pool`]
-//! only while bytes move) or, if splice is off or unavailable, by the
-//! buffered [`copy`] path on the sockets; otherwise (TLS on a leg) the
-//! buffered path runs over hyper's `Upgraded`. Either way an idle tunnel
-//! holds no buffer and no pipe: only its two sockets, its timer and its
-//! counters. Bytes hyper had already read past either handshake are written
-//! to the other side first. An EOF on one side is passed on as a half-close;
-//! the other direction then has [`HALF_CLOSE_LINGER`] to finish. A tunnel
-//! silent in both directions for the idle timeout is closed, and at shutdown
-//! a tunnel gets the drain timeout before it is closed. A reload never
-//! touches a tunnel: it holds its own connections.
+//!
+//! - Both legs plain TCP: they are unwrapped to their sockets and joined by a
+//!   [`plain::PlainTunnel`], whose two [`direction::Direction`]s copy small
+//!   reads through the worker thread's buffer ([`copy`]) and [`splice`] large
+//!   ones kernel to kernel through pipes borrowed from the [`pool`] only while
+//!   bytes move (or copy everything if splice is off or unavailable).
+//! - A TLS leg: the buffered path ([`relay_buffered`]) runs over hyper's
+//!   `Upgraded`, borrowing the same per-thread buffer only inside one poll.
+//!
+//! Either way an idle tunnel holds no buffer and no pipe. Bytes hyper had
+//! already read past either handshake are written to the other side first.
+//! An EOF on one side is passed on as a half-close; the other direction then
+//! has [`HALF_CLOSE_LINGER`] to finish. A tunnel silent in both directions for
+//! the idle timeout is closed, and at shutdown a tunnel gets the drain timeout
+//! before it is closed. A reload never touches a tunnel: it holds its own
+//! connections.
 
 pub mod copy;
 pub mod direction;
@@ -222,15 +226,20 @@ async fn relay_and_record(
 /// Timers of one tunnel.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
+    /// Close after this long without a byte either way.
     pub idle: Duration,
+    /// After shutdown begins, close after this long.
     pub drain: Duration,
+    /// After one direction has closed, close the other after this long.
     pub linger: Duration,
 }
 
 /// Bytes moved each way and the time of the last one.
 #[derive(Debug)]
 pub struct Counters {
+    /// Bytes written to upstream.
     pub to_upstream: AtomicU64,
+    /// Bytes written to downstream.
     pub to_downstream: AtomicU64,
     start: Instant,
     /// Milliseconds since `start` of the last byte either way.

@@ -188,6 +188,16 @@ impl PlainTunnel {
     }
 }
 
+impl Drop for PlainTunnel {
+    /// Also when the task is dropped unfinished (runtime teardown): pipes go
+    /// back to the pool's accounting, and a non-empty one is closed.
+    fn drop(&mut self) {
+        let pool = self.relay.pipes();
+        self.to_upstream.give_back(pool);
+        self.to_downstream.give_back(pool);
+    }
+}
+
 fn ending_of(e: &io::Error) -> Ending {
     Ending::Error(e.kind())
 }
