@@ -52,7 +52,7 @@ pub fn load_cert_set(specs: &[CertSpec]) -> Result<Arc<CertSet>, CertError> {
 }
 
 /// The acceptor for the proxy listener: TLS 1.2 and 1.3, ALPN `http/1.1`
-/// (and `http/1.0`, which `curl --http1.0` offers alone).
+/// (and `http/1.0`, which `curl --http1.0` offers alone), session tickets.
 pub fn acceptor(store: Arc<CertStore>) -> Result<TlsAcceptor, rustls::Error> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = ServerConfig::builder_with_provider(provider)
@@ -60,6 +60,11 @@ pub fn acceptor(store: Arc<CertStore>) -> Result<TlsAcceptor, rustls::Error> {
         .with_no_client_auth()
         .with_cert_resolver(store);
     config.alpn_protocols = vec![b"http/1.1".to_vec(), b"http/1.0".to_vec()];
+    // Stateless session tickets (keys rotate every few hours): a returning
+    // client resumes without a certificate signature, and the server keeps
+    // no per-session state. Tickets are per process: a restart or another
+    // replica just means a full handshake.
+    config.ticketer = rustls::crypto::ring::Ticketer::new()?;
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
