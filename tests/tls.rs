@@ -568,3 +568,36 @@ async fn alpn_selects_http_1_1_or_http_1_0() {
         assert_eq!(tls.get_ref().1.alpn_protocol(), Some(want.as_bytes()));
     }
 }
+
+/// A client that opens the TLS port and never finishes its handshake is
+/// closed at `--tls-handshake-timeout`, while a call keeps streaming.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_tls_handshake_is_closed_at_the_timeout() {
+    let pki = TestPki::new();
+    let (cert, key) = pki.write("server", &["localhost"]);
+    let backend = echo_backend().spawn().await;
+    let proxy = shunt()
+        .direct(backend.url())
+        .tls(&cert, &key)
+        .arg("--tls-handshake-timeout", "300ms")
+        .start()
+        .await;
+    let (mut call, _, _) = wss_connect(proxy.addr(), "localhost", "/a", pki.client_config())
+        .await
+        .unwrap();
+    recv_text(&mut call).await.unwrap();
+
+    // Silent, and a TLS record header that never gets its body.
+    let mut silent = TcpStream::connect(proxy.addr()).await.unwrap();
+    let mut partial = TcpStream::connect(proxy.addr()).await.unwrap();
+    partial.write_all(&[0x16, 3, 1, 0x02, 0x00]).await.unwrap();
+    let started = std::time::Instant::now();
+    read_to_close(&mut silent).await;
+    read_to_close(&mut partial).await;
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(200) && waited < Duration::from_secs(3),
+        "{waited:?}"
+    );
+    echo_once(&mut call, "unaffected").await;
+}
