@@ -30,6 +30,19 @@ fi
 ROUNDS=${ROUNDS:-1}
 P_BACKEND=${P_BACKEND:-19100}; P_NGINX=19101; P_SHUNT=19102; P_ADMIN=19103; P_NGINX_TLS=19111; P_SHUNT_TLS=19112
 
+# nginx and openssl are the only system tools needed; install them on a fresh Debian machine.
+export PATH="$PATH:/usr/sbin:/sbin"
+for tool in nginx openssl python3; do
+  if ! command -v "$tool" >/dev/null 2>&1; then
+    if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
+      echo "# installing $tool" >&2
+      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$tool" >/dev/null
+    else
+      echo "bench.sh needs $tool (e.g. sudo apt-get install -y $tool)" >&2; exit 1
+    fi
+  fi
+done
+
 ulimit -n "$(ulimit -Hn)"
 echo "# building (release)" >&2
 cargo build --release --quiet --bin shunt --example loadgen --example bench_backend
