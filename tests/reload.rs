@@ -4,7 +4,7 @@
 
 mod support;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -16,39 +16,63 @@ use tokio::net::TcpStream;
 
 const WAIT: Duration = Duration::from_secs(10);
 
-fn write_routes(path: &Path, a: &str, b: &str, audio_via: &[&str]) {
-    let via = audio_via
-        .iter()
-        .map(|u| format!("\"{u}\""))
-        .collect::<Vec<_>>()
-        .join(", ");
-    std::fs::write(
-        path,
-        format!(
-            r#"
-[upstreams.a]
-url = "{a}"
-
-[upstreams.b]
-url = "{b}"
-
-[[routes]]
-path = "/frontend-audio"
-via = [{via}]
-"#
-        ),
-    )
-    .unwrap();
+/// Two echo backends, `a` and `b`, and a config file routing
+/// `/frontend-audio` to one of them; the directory goes when it drops.
+struct Routes {
+    a: support::EchoBackend,
+    b: support::EchoBackend,
+    dir: PathBuf,
+    config: PathBuf,
 }
 
-fn temp_dir(tag: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "shunt-{tag}-{}-{:?}",
-        std::process::id(),
-        std::thread::current().id()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+impl Routes {
+    /// Backends `a` and `b`; the config routes audio to `a`.
+    async fn new(tag: &str) -> Routes {
+        let dir = std::env::temp_dir().join(format!(
+            "shunt-{tag}-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let routes = Routes {
+            a: echo_backend().name("a").spawn().await,
+            b: echo_backend().name("b").spawn().await,
+            config: dir.join("shunt.toml"),
+            dir,
+        };
+        routes.route_audio(&["a"]);
+        routes
+    }
+
+    fn config_arg(&self) -> &str {
+        self.config.to_str().unwrap()
+    }
+
+    /// Rewrite the config file in place.
+    fn route_audio(&self, via: &[&str]) {
+        self.write(&self.config, via);
+    }
+
+    /// Write a config routing audio `via` these upstreams to `path`.
+    fn write(&self, path: &Path, via: &[&str]) {
+        let via = via
+            .iter()
+            .map(|u| format!("\"{u}\""))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let (a, b) = (self.a.url(), self.b.url());
+        let text = format!(
+            "[upstreams.a]\nurl = \"{a}\"\n\n[upstreams.b]\nurl = \"{b}\"\n\n\
+             [[routes]]\npath = \"/frontend-audio\"\nvia = [{via}]\n"
+        );
+        std::fs::write(path, text).unwrap();
+    }
+}
+
+impl Drop for Routes {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 async fn hello_of(addr: std::net::SocketAddr) -> String {
@@ -58,13 +82,9 @@ async fn hello_of(addr: std::net::SocketAddr) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn post_reload_moves_new_connections_and_keeps_old_tunnels() {
-    let a = echo_backend().name("a").spawn().await;
-    let b = echo_backend().name("b").spawn().await;
-    let dir = temp_dir("post-reload");
-    let config = dir.join("shunt.toml");
-    write_routes(&config, &a.url(), &b.url(), &["a"]);
+    let routes = Routes::new("post-reload").await;
     let proxy = shunt()
-        .arg("--config", config.to_str().unwrap())
+        .arg("--config", routes.config_arg())
         .flag("--no-watch")
         .start()
         .await;
@@ -75,7 +95,7 @@ async fn post_reload_moves_new_connections_and_keeps_old_tunnels() {
     assert_eq!(header(&resp, "x-shunt-route"), "a");
     assert_eq!(recv_text(&mut old).await.unwrap(), "hello from a");
 
-    write_routes(&config, &a.url(), &b.url(), &["b"]);
+    routes.route_audio(&["b"]);
     let (code, body) = proxy.admin_post("/reload").await;
     assert_eq!(code, 200, "{body}");
     assert!(body.contains("\"routes_changed\": true"), "{body}");
@@ -88,32 +108,28 @@ async fn post_reload_moves_new_connections_and_keeps_old_tunnels() {
     assert_eq!(status["last_reload"]["ok"], true);
 
     // A config that does not validate changes nothing and says why.
-    std::fs::write(&config, "[[routes]]\npath = \"/x\"\nvia = [\"nowhere\"]\n").unwrap();
+    std::fs::write(
+        &routes.config,
+        "[[routes]]\npath = \"/x\"\nvia = [\"nowhere\"]\n",
+    )
+    .unwrap();
     let (code, body) = proxy.admin_post("/reload").await;
     assert_eq!(code, 422, "{body}");
     assert!(body.contains("nowhere"), "{body}");
     assert_eq!(hello_of(proxy.addr()).await, "hello from b");
     assert_eq!(proxy.status().await.unwrap()["generation"], 2);
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_config_file_change_reloads_by_itself_and_keeps_health() {
-    let a = echo_backend().name("a").spawn().await;
-    let b = echo_backend().name("b").spawn().await;
-    let dir = temp_dir("watch");
-    let config = dir.join("shunt.toml");
-    write_routes(&config, &a.url(), &b.url(), &["a"]);
-    let proxy = shunt()
-        .arg("--config", config.to_str().unwrap())
-        .start()
-        .await;
+    let routes = Routes::new("watch").await;
+    let proxy = shunt().arg("--config", routes.config_arg()).start().await;
     proxy.wait_upstream("a", "up").await;
 
     // Editors and deploy tools replace the file by rename.
-    let tmp = dir.join("shunt.toml.new");
-    write_routes(&tmp, &a.url(), &b.url(), &["b", "a"]);
-    std::fs::rename(&tmp, &config).unwrap();
+    let tmp = routes.dir.join("shunt.toml.new");
+    routes.write(&tmp, &["b", "a"]);
+    std::fs::rename(&tmp, &routes.config).unwrap();
     let moved = poll_until(WAIT, async || {
         hello_of(proxy.addr()).await == "hello from b"
     })
@@ -121,7 +137,6 @@ async fn a_config_file_change_reloads_by_itself_and_keeps_health() {
     assert!(moved, "the file change was not picked up");
     // `a` did not change, so it was not reset to "unknown".
     assert_eq!(proxy.upstream_health("a").await.unwrap(), "up");
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 struct Child_(Child);
@@ -152,15 +167,11 @@ fn signal(child: &Child, sig: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_reloads_the_binary_without_dropping_a_call() {
-    let a = echo_backend().name("a").spawn().await;
-    let b = echo_backend().name("b").spawn().await;
-    let dir = temp_dir("sighup");
-    let config = dir.join("shunt.toml");
-    write_routes(&config, &a.url(), &b.url(), &["a"]);
+    let routes = Routes::new("sighup").await;
     let (port, admin) = (free_port(), free_port());
     let mut child = Child_(
         Command::new(env!("CARGO_BIN_EXE_shunt"))
-            .args(["run", "--config", config.to_str().unwrap(), "--no-watch"])
+            .args(["run", "--config", routes.config_arg(), "--no-watch"])
             .args([
                 "--listen",
                 &format!("127.0.0.1:{port}"),
@@ -178,7 +189,7 @@ async fn sighup_reloads_the_binary_without_dropping_a_call() {
 
     let (mut call, _) = ws_connect(addr, "/frontend-audio", &[]).await.unwrap();
     assert_eq!(recv_text(&mut call).await.unwrap(), "hello from a");
-    write_routes(&config, &a.url(), &b.url(), &["b"]);
+    routes.route_audio(&["b"]);
     signal(&child.0, "-HUP");
     let moved = poll_until(WAIT, async || hello_of(addr).await == "hello from b").await;
     assert!(moved, "SIGHUP did not reload");
@@ -195,7 +206,6 @@ async fn sighup_reloads_the_binary_without_dropping_a_call() {
     .await;
     assert!(exited, "shunt did not exit after SIGTERM");
     assert_eq!(code.unwrap().code(), Some(0));
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 /// 200 calls streaming 640-byte frames every 20 ms while the routing table is
@@ -204,13 +214,9 @@ async fn sighup_reloads_the_binary_without_dropping_a_call() {
 async fn hundred_reloads_under_two_hundred_streaming_calls() {
     const CALLS: usize = 200;
     const RELOADS: usize = 100;
-    let a = echo_backend().name("a").spawn().await;
-    let b = echo_backend().name("b").spawn().await;
-    let dir = temp_dir("soak");
-    let config = dir.join("shunt.toml");
-    write_routes(&config, &a.url(), &b.url(), &["a"]);
+    let routes = Routes::new("soak").await;
     let proxy = shunt()
-        .arg("--config", config.to_str().unwrap())
+        .arg("--config", routes.config_arg())
         .flag("--no-watch")
         .start()
         .await;
@@ -250,12 +256,7 @@ async fn hundred_reloads_under_two_hundred_streaming_calls() {
     }
 
     for i in 0..RELOADS {
-        write_routes(
-            &config,
-            &a.url(),
-            &b.url(),
-            if i % 2 == 0 { &["b"] } else { &["a"] },
-        );
+        routes.route_audio(if i % 2 == 0 { &["b"] } else { &["a"] });
         let (code, body) = proxy.admin_post("/reload").await;
         assert_eq!(code, 200, "reload {i}: {body}");
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -282,5 +283,4 @@ async fn hundred_reloads_under_two_hundred_streaming_calls() {
     let tunnels = status["tunnels"].as_array().unwrap();
     assert!(tunnels.iter().all(|t| t["upstream"] == "a"), "{tunnels:?}");
     assert!(frames.load(Ordering::Relaxed) >= (CALLS * 20) as u64);
-    let _ = std::fs::remove_dir_all(dir);
 }

@@ -15,6 +15,16 @@ use tokio::net::TcpStream;
 
 const WAIT: Duration = Duration::from_secs(10);
 
+/// A wss:// call through `proxy` on `/a`, past the backend's hello; with the
+/// fingerprint of the certificate it was served.
+async fn open_call(proxy: &support::Shunt, pki: &TestPki) -> (support::Ws, String) {
+    let (mut call, _, fp) = wss_connect(proxy.addr(), "localhost", "/a", pki.client_config())
+        .await
+        .unwrap();
+    recv_text(&mut call).await.unwrap();
+    (call, fp)
+}
+
 async fn echo_once(ws: &mut support::Ws, text: &str) {
     send_text(ws, text).await.unwrap();
     assert_eq!(recv_text(ws).await.unwrap(), text);
@@ -76,10 +86,7 @@ async fn certificate_renewed_by_atomic_rename_while_a_call_streams() {
     let (cert, key) = pki.write("server", &["localhost"]);
     let backend = echo_backend().name("b").spawn().await;
     let proxy = shunt().direct(backend.url()).tls(&cert, &key).start().await;
-    let (mut call, _, old_fp) = wss_connect(proxy.addr(), "localhost", "/a", pki.client_config())
-        .await
-        .unwrap();
-    recv_text(&mut call).await.unwrap();
+    let (mut call, old_fp) = open_call(&proxy, &pki).await;
     echo_once(&mut call, "before renewal").await;
 
     // certbot-style renewal: new files renamed over the old ones.
@@ -233,10 +240,7 @@ async fn garbage_and_plain_http_on_the_tls_port_are_closed_cleanly() {
     let (cert, key) = pki.write("server", &["localhost"]);
     let backend = echo_backend().spawn().await;
     let proxy = shunt().direct(backend.url()).tls(&cert, &key).start().await;
-    let (mut call, _, _) = wss_connect(proxy.addr(), "localhost", "/a", pki.client_config())
-        .await
-        .unwrap();
-    recv_text(&mut call).await.unwrap();
+    let (mut call, _) = open_call(&proxy, &pki).await;
 
     // Plain HTTP: a 400 that says what to do, then close.
     let mut plain = TcpStream::connect(proxy.addr()).await.unwrap();
@@ -582,10 +586,7 @@ async fn a_stalled_tls_handshake_is_closed_at_the_timeout() {
         .arg("--tls-handshake-timeout", "300ms")
         .start()
         .await;
-    let (mut call, _, _) = wss_connect(proxy.addr(), "localhost", "/a", pki.client_config())
-        .await
-        .unwrap();
-    recv_text(&mut call).await.unwrap();
+    let (mut call, _) = open_call(&proxy, &pki).await;
 
     // Silent, and a TLS record header that never gets its body.
     let mut silent = TcpStream::connect(proxy.addr()).await.unwrap();
