@@ -15,25 +15,36 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::json;
 use tokio::net::TcpListener;
 
-use crate::forward::Body;
 use crate::live::Snapshot;
 use crate::reload::Reloader;
-use crate::response::{json, text};
+use crate::response::{Body, json, text};
 use crate::runtime::Runtime;
 use crate::upstream::health::State;
 
+/// The tunnel relay's state for `/status` (mode, pipes in use), asked for
+/// on each request. A function rather than the relay itself, so this side
+/// module does not reach into the forwarding flow.
+pub type TunnelStatus = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
+
 /// Serve the admin API on `listener` until shutdown.
-pub async fn run(listener: TcpListener, rt: Arc<Runtime>, reloader: Arc<Reloader>) {
+pub async fn run(
+    listener: TcpListener,
+    rt: Arc<Runtime>,
+    reloader: Arc<Reloader>,
+    tunnel: TunnelStatus,
+) {
     let tracker = rt.tracker.clone();
     let stop = rt.shutdown.clone();
     crate::listener::accept_loop(listener, stop, tracker, move |stream, _peer| {
         let rt = rt.clone();
         let reloader = reloader.clone();
+        let tunnel = tunnel.clone();
         async move {
             let service = service_fn(move |req| {
                 let rt = rt.clone();
                 let reloader = reloader.clone();
-                async move { Ok::<_, Infallible>(route(req, &rt, &reloader).await) }
+                let tunnel = tunnel.clone();
+                async move { Ok::<_, Infallible>(route(req, &rt, &reloader, &tunnel).await) }
             });
             let mut builder = http1::Builder::new();
             builder
@@ -47,11 +58,18 @@ pub async fn run(listener: TcpListener, rt: Arc<Runtime>, reloader: Arc<Reloader
     .await;
 }
 
-async fn route(req: Request<Incoming>, rt: &Runtime, reloader: &Reloader) -> Response<Body> {
+async fn route(
+    req: Request<Incoming>,
+    rt: &Runtime,
+    reloader: &Reloader,
+    tunnel: &TunnelStatus,
+) -> Response<Body> {
     match (req.method(), req.uri().path()) {
         (&Method::GET | &Method::HEAD, "/healthz") => text(StatusCode::OK, "ok\n"),
         (&Method::GET | &Method::HEAD, "/readyz") => readyz(rt),
-        (&Method::GET | &Method::HEAD, "/status") => json(StatusCode::OK, &status(rt, reloader)),
+        (&Method::GET | &Method::HEAD, "/status") => {
+            json(StatusCode::OK, &status(rt, reloader, tunnel))
+        }
         (&Method::GET | &Method::HEAD, "/metrics") => metrics(rt),
         (&Method::POST, "/reload") => reload(reloader).await,
         (_, "/healthz" | "/readyz" | "/status" | "/metrics" | "/reload") => {
@@ -95,7 +113,7 @@ fn readyz(rt: &Runtime) -> Response<Body> {
     }
 }
 
-fn status(rt: &Runtime, reloader: &Reloader) -> serde_json::Value {
+fn status(rt: &Runtime, reloader: &Reloader, tunnel: &TunnelStatus) -> serde_json::Value {
     let snapshot = rt.live.load();
     let (requests, upgrades, tunnels) = rt.stats.to_json();
     json!({
@@ -109,7 +127,7 @@ fn status(rt: &Runtime, reloader: &Reloader) -> serde_json::Value {
         "routes": routes_json(&snapshot),
         "tunnels": tunnels,
         "active_tunnels": rt.stats.active_tunnels(),
-        "tunnel": rt.relay.to_json(),
+        "tunnel": tunnel(),
         "requests": requests,
         "upgrades": upgrades,
     })

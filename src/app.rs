@@ -59,7 +59,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     if let Some(addr) = admin.filter(|a| !a.ip().is_loopback()) {
         tracing::warn!(%addr, "the admin listener is bound beyond loopback; anyone who can reach it can read /status and trigger reloads");
     }
-    let relay = crate::forward::tunnel::Relay::start(&config.tunnel);
+    let relay = Arc::new(crate::forward::tunnel::Relay::start(&config.tunnel));
     let snapshot = Snapshot::build(config, None, &shutdown, &tracker)?;
     let certs = snapshot.certs.clone().map(CertStore::new);
     let acceptor = certs.clone().map(crate::tls::acceptor).transpose()?;
@@ -68,13 +68,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             tracing::warn!("{warning}");
         }
     }
-    let rt = Runtime::new(
-        ArcSwap::from_pointee(snapshot),
-        certs,
-        shutdown,
-        tracker,
-        relay,
-    );
+    let rt = Runtime::new(ArcSwap::from_pointee(snapshot), certs, shutdown, tracker);
     let reloader = Reloader::new(rt.clone());
 
     let listen_addr = proxy_listener.local_addr().map_err(StartError::Bind)?;
@@ -83,6 +77,10 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         None => None,
     };
 
+    let ctx = Arc::new(crate::proxy::Context {
+        rt: rt.clone(),
+        relay: relay.clone(),
+    });
     let serve_rt = rt.clone();
     rt.tracker.spawn(crate::listener::accept_loop(
         proxy_listener,
@@ -94,11 +92,11 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
                 let snapshot = serve_rt.live.load();
                 crate::policy::admit_connection(&snapshot.config.policy, &serve_rt.gate, peer)
             };
-            let (rt, acceptor) = (serve_rt.clone(), acceptor.clone());
+            let (rt, ctx, acceptor) = (serve_rt.clone(), ctx.clone(), acceptor.clone());
             async move {
                 match admitted {
                     Ok(permit) => {
-                        serve_downstream(stream, peer, acceptor, rt).await;
+                        serve_downstream(stream, peer, acceptor, ctx).await;
                         drop(permit);
                     }
                     Err(denied) => {
@@ -115,8 +113,13 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         },
     ));
     if let Some(listener) = admin_listener {
-        rt.tracker
-            .spawn(crate::admin::run(listener, rt.clone(), reloader.clone()));
+        let tunnel: crate::admin::TunnelStatus = Arc::new(move || relay.to_json());
+        rt.tracker.spawn(crate::admin::run(
+            listener,
+            rt.clone(),
+            reloader.clone(),
+            tunnel,
+        ));
     }
     let watch = !rt.live.load().config.args.no_watch;
     if let Err(e) = watch
@@ -139,13 +142,14 @@ async fn serve_downstream(
     stream: tokio::net::TcpStream,
     peer: SocketAddr,
     acceptor: Option<tokio_rustls::TlsAcceptor>,
-    rt: Arc<Runtime>,
+    ctx: Arc<crate::proxy::Context>,
 ) {
     let Some(acceptor) = acceptor else {
         let downstream = Downstream { peer, tls: false };
-        return crate::connection::serve(stream, downstream, rt).await;
+        return crate::connection::serve(stream, downstream, ctx).await;
     };
-    let timeout = rt
+    let timeout = ctx
+        .rt
         .live
         .load()
         .config
@@ -153,7 +157,7 @@ async fn serve_downstream(
         .as_ref()
         .map_or(Duration::from_secs(10), |t| t.handshake_timeout);
     match crate::tls::accept(&acceptor, stream, timeout).await {
-        Ok(tls) => crate::connection::serve(tls, Downstream { peer, tls: true }, rt).await,
+        Ok(tls) => crate::connection::serve(tls, Downstream { peer, tls: true }, ctx).await,
         Err(e) => tracing::info!(%peer, error = %e, "TLS connection refused"),
     }
 }

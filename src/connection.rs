@@ -13,17 +13,18 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::proxy;
-use crate::runtime::{Downstream, Runtime};
+use crate::proxy::{self, Context};
+use crate::runtime::Downstream;
 
 /// Most header lines accepted in one request head.
 const MAX_HEADERS: usize = 100;
 
 /// Serve HTTP/1.1 on `io` until the client leaves, the connection upgrades, or shutdown.
-pub async fn serve<IO>(io: IO, downstream: Downstream, rt: Arc<Runtime>)
+pub async fn serve<IO>(io: IO, downstream: Downstream, ctx: Arc<Context>)
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let rt = ctx.rt.clone();
     let snapshot = rt.live.load();
     let mut builder = http1::Builder::new();
     builder
@@ -35,8 +36,7 @@ where
     let drain = snapshot.timeouts.drain;
     drop(snapshot);
 
-    let service_rt = rt.clone();
-    let service = service_fn(move |req| proxy::handle(req, downstream, service_rt.clone()));
+    let service = service_fn(move |req| proxy::handle(req, downstream, ctx.clone()));
     let conn = builder
         .serve_connection(TokioIo::new(io), service)
         .with_upgrades();

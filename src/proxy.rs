@@ -12,39 +12,23 @@ use http::{Request, Response, header};
 use hyper::body::Incoming;
 
 use crate::config::UpstreamName;
-use crate::forward::{self, Body, Exchange, ForwardError};
-use crate::handshake::{self, HandshakeError, Kind};
-use crate::policy::{self, Denied};
-use crate::response;
+use crate::forward::tunnel::Relay;
+use crate::forward::{self, Exchange};
+use crate::handshake::{self, Kind};
+use crate::policy;
+use crate::response::{self, Body, ProxyError};
 use crate::router::normalize_path;
 use crate::runtime::{Downstream, Runtime};
-use crate::upstream::{self, SelectError};
+use crate::upstream;
 
-/// Why a request was not proxied.
-#[derive(Debug, thiserror::Error)]
-pub enum ProxyError {
-    /// Downstream's fault: a malformed WebSocket handshake.
-    #[error("bad WebSocket handshake: {0}")]
-    Handshake(#[from] HandshakeError),
-    /// Downstream's (or the config's): nothing routes this path.
-    #[error("no route for {path}")]
-    NoRoute { path: String },
-    /// Upstream's: none could be reached.
-    #[error("route {route}: {source}")]
-    Select {
-        route: String,
-        #[source]
-        source: SelectError,
-    },
-    /// Downstream's: refused by the security policy (IP, token, Origin, limits, form).
-    #[error(transparent)]
-    Denied(#[from] Denied),
-    /// Downstream's: no `Host` on HTTP/1.1, several, or one that is not a host.
-    #[error("bad Host header: {0}")]
-    BadHost(&'static str),
-    /// Upstream's: the chosen upstream failed after connecting.
-    #[error(transparent)]
-    Forward(#[from] ForwardError),
+/// What every request shares, handed down from `app`: the runtime's handles
+/// and the relay that joins tunnels.
+#[derive(Debug)]
+pub struct Context {
+    /// Live snapshot, counters, shutdown token and task tracker.
+    pub rt: Arc<Runtime>,
+    /// How tunnels are joined (splice or copy), with the pipe pool.
+    pub relay: Arc<Relay>,
 }
 
 /// What the access log says about one request, filled in as it goes.
@@ -58,8 +42,9 @@ struct Trace {
 pub async fn handle(
     req: Request<Incoming>,
     downstream: Downstream,
-    rt: Arc<Runtime>,
+    ctx: Arc<Context>,
 ) -> Result<Response<Body>, Infallible> {
+    let rt = &ctx.rt;
     let started = Instant::now();
     let method = req.method().clone();
     // Path and query, the token parameter redacted: a token never reaches a log line.
@@ -70,7 +55,7 @@ pub async fn handle(
     let upgrade = req.version() >= http::Version::HTTP_11
         && handshake::has_token(req.headers(), header::UPGRADE, "websocket");
     let mut trace = Trace::default();
-    let resp = match proxy(req, downstream, &rt, &mut trace).await {
+    let resp = match proxy(req, downstream, &ctx, &mut trace).await {
         Ok(resp) => resp,
         Err(e @ ProxyError::Denied(_)) => {
             tracing::info!(peer = %downstream.peer, path = %path, reason = %e, "request refused by policy");
@@ -100,9 +85,10 @@ pub async fn handle(
 async fn proxy(
     mut req: Request<Incoming>,
     downstream: Downstream,
-    rt: &Runtime,
+    ctx: &Context,
     trace: &mut Trace,
 ) -> Result<Response<Body>, ProxyError> {
+    let rt = &ctx.rt;
     let snapshot = rt.live.load_full();
     let kind: Kind = handshake::classify(&req)?;
     let path = normalize_path(req.uri().path());
@@ -115,7 +101,7 @@ async fn proxy(
     let global = &snapshot.config.policy;
     let admission = policy::check(
         &req,
-        kind,
+        kind == Kind::WebSocket,
         &route.spec.policy,
         global,
         downstream.peer.ip(),
@@ -158,13 +144,13 @@ async fn proxy(
         })?;
     trace.upstream = Some(upstream.name().clone());
     let exchange = Exchange {
-        kind,
+        websocket: kind == Kind::WebSocket,
         route: &route.label,
         upstream: &upstream,
         downstream,
         timeouts: &snapshot.timeouts,
     };
-    let mut resp = forward::forward(req, conn, exchange, rt).await?;
+    let mut resp = forward::forward(req, conn, exchange, rt, &ctx.relay).await?;
     if let Some(origin) = &admission.cors_origin {
         for (name, value) in policy::origin::cors_headers(origin, None) {
             if name == header::VARY {

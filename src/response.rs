@@ -3,17 +3,74 @@
 //! Bodies are short plain text saying what is wrong and what to fix; they never
 //! carry secrets or internal addresses beyond upstream names.
 
+use std::time::Duration;
+
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
+use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 
-use crate::forward::{Body, ForwardError};
 use crate::handshake::HandshakeError;
 use crate::policy::Denied;
 use crate::policy::rate::{LimitExceeded, retry_secs};
-use crate::proxy::ProxyError;
 use crate::upstream::SelectError;
 use crate::upstream::connect::ConnectError;
+
+/// The response body type used throughout the proxy.
+pub type Body = BoxBody<Bytes, hyper::Error>;
+
+/// What went wrong after an upstream connection was made.
+#[derive(Debug, thiserror::Error)]
+pub enum ForwardError {
+    #[error("upstream {upstream} failed: {source}")]
+    Protocol {
+        upstream: String,
+        #[source]
+        source: hyper::Error,
+    },
+    /// Downstream's: the request body could not be read (bad chunking, cut short).
+    #[error("the request body is malformed or was cut short: {source}")]
+    DownstreamBody {
+        #[source]
+        source: hyper::Error,
+    },
+    #[error("upstream {upstream} did not answer within {after:?}")]
+    Timeout { upstream: String, after: Duration },
+    /// A pooled connection had closed and a new one could not be made.
+    #[error("upstream {upstream}: {source}")]
+    Reconnect {
+        upstream: String,
+        #[source]
+        source: ConnectError,
+    },
+}
+
+/// Why a request was not proxied.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// Downstream's fault: a malformed WebSocket handshake.
+    #[error("bad WebSocket handshake: {0}")]
+    Handshake(#[from] HandshakeError),
+    /// Downstream's (or the config's): nothing routes this path.
+    #[error("no route for {path}")]
+    NoRoute { path: String },
+    /// Upstream's: none could be reached.
+    #[error("route {route}: {source}")]
+    Select {
+        route: String,
+        #[source]
+        source: SelectError,
+    },
+    /// Downstream's: refused by the security policy (IP, token, Origin, limits, form).
+    #[error(transparent)]
+    Denied(#[from] Denied),
+    /// Downstream's: no `Host` on HTTP/1.1, several, or one that is not a host.
+    #[error("bad Host header: {0}")]
+    BadHost(&'static str),
+    /// Upstream's: the chosen upstream failed after connecting.
+    #[error(transparent)]
+    Forward(#[from] ForwardError),
+}
 
 impl From<&ProxyError> for StatusCode {
     fn from(e: &ProxyError) -> Self {

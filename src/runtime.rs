@@ -12,7 +12,6 @@ use std::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::forward::tunnel::Relay;
 use crate::live::Live;
 use crate::policy::rate::Gate;
 use crate::stats::Stats;
@@ -28,8 +27,6 @@ pub struct Runtime {
     /// Cancelled when shutdown begins.
     pub shutdown: CancellationToken,
     pub tracker: TaskTracker,
-    /// How tunnels are joined (splice or copy), with the pipe pool.
-    pub relay: Arc<Relay>,
     pub started: Instant,
     /// Certificates served by the TLS listener; `None` without TLS.
     pub certs: Option<Arc<CertStore>>,
@@ -43,7 +40,6 @@ impl Runtime {
         certs: Option<Arc<CertStore>>,
         shutdown: CancellationToken,
         tracker: TaskTracker,
-        relay: Relay,
     ) -> Arc<Self> {
         Arc::new(Runtime {
             live,
@@ -51,7 +47,6 @@ impl Runtime {
             gate: Arc::default(),
             shutdown,
             tracker,
-            relay: Arc::new(relay),
             started: Instant::now(),
             certs,
             draining: AtomicBool::new(false),

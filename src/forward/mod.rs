@@ -13,62 +13,30 @@ pub mod tunnel;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::{Request, Response, StatusCode, Uri};
 use http_body_util::BodyExt;
-use http_body_util::combinators::BoxBody;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
 use crate::config::Timeouts;
-use crate::handshake::Kind;
 use crate::policy::rate::TunnelSlot;
+use crate::response::{Body, ForwardError};
 use crate::runtime::{Downstream, Runtime};
-use crate::upstream::connect::{self, ConnectError, UpstreamStream};
+use crate::upstream::connect::{self, UpstreamStream};
 use crate::upstream::pool::{PooledBody, Sender};
 use crate::upstream::{Conn, Upstream};
+use tunnel::Relay;
 
-/// The response body type used throughout the proxy.
-pub type Body = BoxBody<Bytes, hyper::Error>;
-
-/// What went wrong after an upstream connection was made.
-#[derive(Debug, thiserror::Error)]
-pub enum ForwardError {
-    #[error("upstream {upstream} failed: {source}")]
-    Protocol {
-        upstream: String,
-        #[source]
-        source: hyper::Error,
-    },
-    /// Downstream's: the request body could not be read (bad chunking, cut short).
-    #[error("the request body is malformed or was cut short: {source}")]
-    DownstreamBody {
-        #[source]
-        source: hyper::Error,
-    },
-    #[error("upstream {upstream} did not answer within {after:?}")]
-    Timeout { upstream: String, after: Duration },
-    /// A pooled connection had closed and a new one could not be made.
-    #[error("upstream {upstream}: {source}")]
-    Reconnect {
-        upstream: String,
-        #[source]
-        source: ConnectError,
-    },
-}
-
-impl ForwardError {
-    /// A hyper error while talking to `upstream`. A "user" error there is the
-    /// downstream request's body failing (malformed chunking, a client that
-    /// left): not the upstream's fault.
-    fn from_hyper(upstream: &Upstream, source: hyper::Error) -> Self {
-        if source.is_user() {
-            ForwardError::DownstreamBody { source }
-        } else {
-            ForwardError::Protocol {
-                upstream: upstream.name().0.clone(),
-                source,
-            }
+/// A hyper error while talking to `upstream`. A "user" error there is the
+/// downstream request's body failing (malformed chunking, a client that
+/// left): not the upstream's fault.
+fn hyper_error(upstream: &Upstream, source: hyper::Error) -> ForwardError {
+    if source.is_user() {
+        ForwardError::DownstreamBody { source }
+    } else {
+        ForwardError::Protocol {
+            upstream: upstream.name().0.clone(),
+            source,
         }
     }
 }
@@ -76,7 +44,8 @@ impl ForwardError {
 /// Who and what one forwarded exchange involves.
 #[derive(Debug, Clone, Copy)]
 pub struct Exchange<'a> {
-    pub kind: Kind,
+    /// A WebSocket handshake (else a plain request).
+    pub websocket: bool,
     /// Label of the route that matched.
     pub route: &'a str,
     pub upstream: &'a Arc<Upstream>,
@@ -90,15 +59,15 @@ pub async fn forward(
     conn: Conn,
     exchange: Exchange<'_>,
     rt: &Runtime,
+    relay: &Arc<Relay>,
 ) -> Result<Response<Body>, ForwardError> {
     let Exchange {
-        kind,
+        websocket: upgrade,
         route,
         upstream,
         downstream,
         timeouts,
     } = exchange;
-    let upgrade = kind == Kind::WebSocket;
     let name = upstream.name();
     let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     // The policy's per-client tunnel slot, held by the tunnel for its life.
@@ -140,7 +109,9 @@ pub async fn forward(
             guard,
             slot,
             timeouts,
-            rt,
+            &rt.shutdown,
+            &rt.tracker,
+            relay.clone(),
         );
     }
     headers::prepare_response(resp.headers_mut(), switching, name);
@@ -173,7 +144,7 @@ async fn send(
                     Ok(resp) => return Ok((resp, sender)),
                     Err(mut e) => match e.take_message() {
                         Some(req) => return resend(req, upstream, rt, connect_timeout).await,
-                        None => return Err(ForwardError::from_hyper(upstream, e.into_error())),
+                        None => return Err(hyper_error(upstream, e.into_error())),
                     },
                 }
             }
@@ -183,7 +154,7 @@ async fn send(
     let resp = sender
         .send_request(req)
         .await
-        .map_err(|e| ForwardError::from_hyper(upstream, e))?;
+        .map_err(|e| hyper_error(upstream, e))?;
     Ok((resp, sender))
 }
 
@@ -205,7 +176,7 @@ async fn resend(
     let resp = sender
         .send_request(req)
         .await
-        .map_err(|e| ForwardError::from_hyper(upstream, e))?;
+        .map_err(|e| hyper_error(upstream, e))?;
     Ok((resp, sender))
 }
 
@@ -230,7 +201,7 @@ where
 {
     let (sender, conn) = hyper::client::conn::http1::handshake(io)
         .await
-        .map_err(|e| ForwardError::from_hyper(upstream, e))?;
+        .map_err(|e| hyper_error(upstream, e))?;
     let pool = upstream.pool.clone();
     let shutdown = rt.shutdown.clone();
     rt.tracker.spawn(async move {
