@@ -1,5 +1,7 @@
 //! Wiring: builds the first snapshot, binds the listeners, starts the tasks,
-//! and owns the root `CancellationToken` and `TaskTracker` of shutdown.
+//! and owns the root `CancellationToken` and `TaskTracker` of shutdown and the
+//! tunnel [`Relay`](crate::forward::tunnel::Relay), which it hands down to the
+//! accept stage ([`crate::connection::accept`]) in a [`crate::proxy::Context`].
 //!
 //! Shutdown (DESIGN.md): readiness turns 503 and the listeners stop accepting;
 //! in-flight HTTP finishes; tunnels get the drain timeout to end on their own,
@@ -16,7 +18,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::Config;
 use crate::live::{BuildError, Snapshot};
 use crate::reload::Reloader;
-use crate::runtime::{Downstream, Runtime};
+use crate::runtime::Runtime;
 use crate::tls::CertStore;
 
 /// Why shunt could not start.
@@ -81,36 +83,11 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         rt: rt.clone(),
         relay: relay.clone(),
     });
-    let serve_rt = rt.clone();
     rt.tracker.spawn(crate::listener::accept_loop(
         proxy_listener,
         rt.shutdown.clone(),
         rt.tracker.clone(),
-        move |stream, peer| {
-            // Global IP lists and --max-conns, before a byte is read or a TLS handshake starts.
-            let admitted = {
-                let snapshot = serve_rt.live.load();
-                crate::policy::admit_connection(&snapshot.config.policy, &serve_rt.gate, peer)
-            };
-            let (rt, ctx, acceptor) = (serve_rt.clone(), ctx.clone(), acceptor.clone());
-            async move {
-                match admitted {
-                    Ok(permit) => {
-                        serve_downstream(stream, peer, acceptor, ctx).await;
-                        drop(permit);
-                    }
-                    Err(denied) => {
-                        tracing::warn!(peer = %peer, reason = %denied, "connection refused at accept");
-                        // Plain HTTP gets a short answer; a TLS listener just closes.
-                        let permit = rt.gate.refusal_permit();
-                        let answer = (permit.is_some() && acceptor.is_none())
-                            .then(|| crate::response::raw_refusal(&denied));
-                        crate::listener::refuse(stream, answer).await;
-                        drop(permit);
-                    }
-                }
-            }
-        },
+        move |stream, peer| crate::connection::accept(stream, peer, &ctx, acceptor.as_ref()),
     ));
     if let Some(listener) = admin_listener {
         let tunnel: crate::admin::TunnelStatus = Arc::new(move || relay.to_json());
@@ -135,31 +112,6 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         rt,
         reloader,
     })
-}
-
-/// One accepted connection: TLS first if configured, then HTTP.
-async fn serve_downstream(
-    stream: tokio::net::TcpStream,
-    peer: SocketAddr,
-    acceptor: Option<tokio_rustls::TlsAcceptor>,
-    ctx: Arc<crate::proxy::Context>,
-) {
-    let Some(acceptor) = acceptor else {
-        let downstream = Downstream { peer, tls: false };
-        return crate::connection::serve(stream, downstream, ctx).await;
-    };
-    let timeout = ctx
-        .rt
-        .live
-        .load()
-        .config
-        .tls
-        .as_ref()
-        .map_or(Duration::from_secs(10), |t| t.handshake_timeout);
-    match crate::tls::accept(&acceptor, stream, timeout).await {
-        Ok(tls) => crate::connection::serve(tls, Downstream { peer, tls: true }, ctx).await,
-        Err(e) => tracing::info!(%peer, error = %e, "TLS connection refused"),
-    }
 }
 
 impl Running {

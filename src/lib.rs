@@ -43,8 +43,9 @@ pub mod certgen;
 pub mod cli;
 pub mod config;
 pub mod connection;
+pub mod downstream;
 pub mod forward;
-pub mod handshake;
+
 pub mod listener;
 pub mod live;
 pub mod policy;
@@ -56,5 +57,6 @@ pub mod runtime;
 pub mod stats;
 pub mod telemetry;
 pub mod tls;
+pub mod upgrade;
 pub mod upstream;
 pub mod watch;

@@ -12,13 +12,14 @@ use http::{Request, Response, header};
 use hyper::body::Incoming;
 
 use crate::config::UpstreamName;
+use crate::downstream::Downstream;
 use crate::forward::tunnel::Relay;
 use crate::forward::{self, Exchange};
-use crate::handshake::{self, Kind};
 use crate::policy;
 use crate::response::{self, Body, ProxyError};
 use crate::router::normalize_path;
-use crate::runtime::{Downstream, Runtime};
+use crate::runtime::Runtime;
+use crate::upgrade::{self, Kind};
 use crate::upstream;
 
 /// What every request shares, handed down from `app`: the runtime's handles
@@ -53,7 +54,7 @@ pub async fn handle(
         policy::target::loggable_target(req.uri(), &snapshot.config.policy.sources.query)
     };
     let upgrade = req.version() >= http::Version::HTTP_11
-        && handshake::has_token(req.headers(), header::UPGRADE, "websocket");
+        && upgrade::has_token(req.headers(), header::UPGRADE, "websocket");
     let mut trace = Trace::default();
     let resp = match proxy(req, downstream, &ctx, &mut trace).await {
         Ok(resp) => resp,
@@ -90,7 +91,7 @@ async fn proxy(
 ) -> Result<Response<Body>, ProxyError> {
     let rt = &ctx.rt;
     let snapshot = rt.live.load_full();
-    let kind: Kind = handshake::classify(&req)?;
+    let kind: Kind = upgrade::classify(&req)?;
     let path = normalize_path(req.uri().path());
     let host = request_host(&req)?;
     let route = snapshot

@@ -10,9 +10,9 @@ use http::{HeaderValue, Response, StatusCode, header};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 
-use crate::handshake::HandshakeError;
 use crate::policy::Denied;
 use crate::policy::rate::{LimitExceeded, retry_secs};
+use crate::upgrade::HandshakeError;
 use crate::upstream::SelectError;
 use crate::upstream::connect::ConnectError;
 

@@ -4,7 +4,6 @@
 //! (every spawned task, so shutdown can wait for them), the live snapshot and
 //! the counters (including the policy's per-client [`Gate`], kept across reloads). Nothing here calls back into the flow.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
@@ -63,13 +62,4 @@ impl Runtime {
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::SeqCst) || self.shutdown.is_cancelled()
     }
-}
-
-/// Who is on the downstream side of a connection.
-#[derive(Debug, Clone, Copy)]
-pub struct Downstream {
-    /// The client's address as the listener saw it.
-    pub peer: SocketAddr,
-    /// Whether the connection is TLS (sets `X-Forwarded-Proto`).
-    pub tls: bool,
 }

@@ -19,9 +19,10 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
 use crate::config::Timeouts;
+use crate::downstream::Downstream;
 use crate::policy::rate::TunnelSlot;
 use crate::response::{Body, ForwardError};
-use crate::runtime::{Downstream, Runtime};
+use crate::runtime::Runtime;
 use crate::upstream::connect::{self, UpstreamStream};
 use crate::upstream::pool::{PooledBody, Sender};
 use crate::upstream::{Conn, Upstream};
