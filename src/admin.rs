@@ -14,11 +14,14 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::json;
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::live::Snapshot;
 use crate::reload::Reloader;
 use crate::response::{Body, json, text};
 use crate::runtime::Runtime;
+use crate::upstream::connect::http1_handshake;
 use crate::upstream::health::State;
 
 /// The tunnel relay's state for `/status` (mode, pipes in use), asked for
@@ -239,12 +242,15 @@ pub async fn get_status(
     path: &str,
 ) -> Result<u16, Box<dyn std::error::Error + Send + Sync>> {
     let stream = tokio::net::TcpStream::connect(addr).await?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake::<
-        _,
-        http_body_util::Empty<bytes::Bytes>,
-    >(TokioIo::new(stream))
+    // A one-shot command: nothing to track or stop.
+    let (tracker, stop) = (TaskTracker::new(), CancellationToken::new());
+    let mut sender = http1_handshake::<_, http_body_util::Empty<bytes::Bytes>>(
+        TokioIo::new(stream),
+        &tracker,
+        &stop,
+        || {},
+    )
     .await?;
-    tokio::spawn(conn);
     let req = Request::get(path)
         .header(http::header::HOST, addr.to_string())
         .body(http_body_util::Empty::new())?;

@@ -48,6 +48,7 @@ pub mod forward;
 
 pub mod listener;
 pub mod live;
+pub mod percent;
 pub mod policy;
 pub mod proxy;
 pub mod reload;

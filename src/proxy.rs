@@ -84,7 +84,7 @@ pub async fn handle(
 }
 
 async fn proxy(
-    mut req: Request<Incoming>,
+    req: Request<Incoming>,
     downstream: Downstream,
     ctx: &Context,
     trace: &mut Trace,
@@ -115,27 +115,9 @@ async fn proxy(
         });
         return Ok(response::preflight(headers));
     }
-    // An absolute-form target's authority is the host (RFC 9112 §3.2.2): the
-    // upstream sees the host the request was routed on.
-    if req.method() != http::Method::CONNECT
-        && let Some(host) = req
-            .uri()
-            .authority()
-            .and_then(|a| header::HeaderValue::from_str(a.as_str()).ok())
-    {
-        req.headers_mut().insert(header::HOST, host);
-    }
-    // The upstream gets the path that was routed and policed, without the token parameter.
-    let strip = (route.spec.policy.auth != policy::auth::AuthMode::None)
+    // A token meant for shunt is not passed on.
+    let strip_param = (route.spec.policy.auth != policy::auth::AuthMode::None)
         .then_some(global.sources.query.as_str());
-    if req.method() != http::Method::CONNECT
-        && let Some(uri) = policy::target::upstream_target(req.uri(), &path, strip)
-    {
-        *req.uri_mut() = uri;
-    }
-    if let Some(slot) = admission.tunnel.clone() {
-        req.extensions_mut().insert(slot);
-    }
     let reuse = kind == Kind::Plain;
     let (upstream, conn) = upstream::connect_first(&route.via, snapshot.timeouts.connect, reuse)
         .await
@@ -147,6 +129,9 @@ async fn proxy(
     let exchange = Exchange {
         websocket: kind == Kind::WebSocket,
         route: &route.label,
+        routed_path: &path,
+        strip_param,
+        tunnel: admission.tunnel,
         upstream: &upstream,
         downstream,
         timeouts: &snapshot.timeouts,

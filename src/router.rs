@@ -6,9 +6,11 @@
 //! resolved, percent-encoded dots decoded, repeated slashes folded), so a path
 //! trick cannot reach another route's upstream.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use crate::config::RouteSpec;
+use crate::percent;
 use crate::upstream::Upstream;
 
 /// One route with its upstreams resolved, in order of preference.
@@ -100,34 +102,13 @@ pub fn normalize_path(path: &str) -> String {
 /// Decode the percent-escapes that could hide a dot segment or a separator
 /// (`%2e`, `%2f`, `%5c`); a backslash counts as a separator too, as some
 /// backends treat it so.
-fn decode_dots(path: &str) -> std::borrow::Cow<'_, str> {
-    if !path.contains(['%', '\\']) {
-        return std::borrow::Cow::Borrowed(path);
+fn decode_dots(path: &str) -> Cow<'_, str> {
+    let decoded = percent::decode_where(path, |b| matches!(b, b'.' | b'/' | b'\\'));
+    if decoded.contains('\\') {
+        Cow::Owned(decoded.replace('\\', "/"))
+    } else {
+        decoded
     }
-    let bytes = path.as_bytes();
-    let mut out = String::with_capacity(path.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            let c = match [
-                bytes[i + 1].to_ascii_lowercase(),
-                bytes[i + 2].to_ascii_lowercase(),
-            ] {
-                [b'2', b'e'] => Some('.'),
-                [b'2', b'f'] | [b'5', b'c'] => Some('/'),
-                _ => None,
-            };
-            if let Some(c) = c {
-                out.push(c);
-                i += 3;
-                continue;
-            }
-        }
-        let c = path[i..].chars().next().unwrap_or('\u{fffd}');
-        out.push(if c == '\\' { '/' } else { c });
-        i += c.len_utf8();
-    }
-    std::borrow::Cow::Owned(out)
 }
 
 #[cfg(test)]

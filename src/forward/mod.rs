@@ -8,12 +8,13 @@
 //! [`tunnel`]; a refusal is relayed to the client as an ordinary response.
 
 pub mod headers;
+pub mod request;
 pub mod tunnel;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{Request, Response, StatusCode, Uri};
+use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
@@ -43,12 +44,18 @@ fn hyper_error(upstream: &Upstream, source: hyper::Error) -> ForwardError {
 }
 
 /// Who and what one forwarded exchange involves.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 pub struct Exchange<'a> {
     /// A WebSocket handshake (else a plain request).
     pub websocket: bool,
     /// Label of the route that matched.
     pub route: &'a str,
+    /// The normalized path the request was routed and policed on: what the upstream is sent.
+    pub routed_path: &'a str,
+    /// The token query parameter, removed before forwarding (routes with authentication).
+    pub strip_param: Option<&'a str>,
+    /// The policy's per-client tunnel slot (WebSocket handshakes), held by the tunnel for its life.
+    pub tunnel: Option<TunnelSlot>,
     pub upstream: &'a Arc<Upstream>,
     pub downstream: Downstream,
     pub timeouts: &'a Timeouts,
@@ -65,21 +72,24 @@ pub async fn forward(
     let Exchange {
         websocket: upgrade,
         route,
+        routed_path,
+        strip_param,
+        tunnel: slot,
         upstream,
         downstream,
         timeouts,
     } = exchange;
     let name = upstream.name();
     let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-    // The policy's per-client tunnel slot, held by the tunnel for its life.
-    let slot = req.extensions_mut().remove::<TunnelSlot>();
-    to_origin_form(&mut req);
-    headers::prepare_request(
-        req.headers_mut(),
-        upgrade,
-        downstream.peer.ip(),
-        downstream.tls,
-        &upstream.spec.url.authority(),
+    request::prepare(
+        &mut req,
+        &request::Rewrite {
+            routed_path,
+            strip_param,
+            websocket: upgrade,
+            downstream,
+            upstream_authority: &upstream.spec.url.authority(),
+        },
     );
 
     let sent = tokio::time::timeout(
@@ -194,45 +204,14 @@ async fn handshake(
     }
 }
 
-/// The handshake over `io`; its task runs until the connection closes or
-/// upgrades, and at shutdown empties the upstream's pool so idle connections end.
+/// The handshake over `io`; at shutdown its task empties the upstream's pool
+/// so idle connections end.
 async fn open<IO>(io: IO, upstream: &Upstream, rt: &Runtime) -> Result<Sender, ForwardError>
 where
     IO: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
-    let (sender, conn) = hyper::client::conn::http1::handshake(io)
-        .await
-        .map_err(|e| hyper_error(upstream, e))?;
     let pool = upstream.pool.clone();
-    let shutdown = rt.shutdown.clone();
-    rt.tracker.spawn(async move {
-        let mut conn = std::pin::pin!(conn.with_upgrades());
-        let ended = tokio::select! {
-            r = conn.as_mut() => r,
-            () = shutdown.cancelled() => {
-                pool.close();
-                conn.await
-            }
-        };
-        if let Err(e) = ended {
-            tracing::debug!(error = %e, "upstream connection ended with an error");
-        }
-    });
-    Ok(sender)
-}
-
-/// Upstreams get origin-form (`/path?query`), whatever form the client used.
-fn to_origin_form<B>(req: &mut Request<B>) {
-    // CONNECT's target is an authority by definition (only with a route's allow_connect).
-    if req.method() == http::Method::CONNECT || req.uri().authority().is_none() {
-        return;
-    }
-    let pq = req
-        .uri()
-        .path_and_query()
-        .map_or("/", |pq| pq.as_str())
-        .to_owned();
-    if let Ok(uri) = pq.parse::<Uri>() {
-        *req.uri_mut() = uri;
-    }
+    connect::http1_handshake(io, &rt.tracker, &rt.shutdown, move || pool.close())
+        .await
+        .map_err(|e| hyper_error(upstream, e))
 }

@@ -18,7 +18,7 @@ use rustls::ClientConfig;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::connect::{UpstreamStream, connect};
+use super::connect::{UpstreamStream, connect, http1_handshake};
 use crate::config::{HealthSpec, ProbeKind, UpstreamName, UpstreamUrl};
 
 /// What shunt believes about an upstream.
@@ -158,7 +158,7 @@ pub async fn probe_loop(
 ) {
     loop {
         let result = tokio::select! {
-            r = tokio::time::timeout(spec.timeout, probe(&url, tls.as_ref(), &spec, &tracker)) => r,
+            r = tokio::time::timeout(spec.timeout, probe(&url, tls.as_ref(), &spec, &tracker, &stop)) => r,
             () = stop.cancelled() => return,
         };
         match result {
@@ -181,6 +181,7 @@ async fn probe(
     tls: Option<&Arc<ClientConfig>>,
     spec: &HealthSpec,
     tracker: &TaskTracker,
+    stop: &CancellationToken,
 ) -> Result<(), String> {
     let stream = connect(url, tls, spec.timeout)
         .await
@@ -193,7 +194,7 @@ async fn probe(
     match &spec.check {
         ProbeKind::Tcp => Ok(()),
         ProbeKind::Http(path) => {
-            let resp = send(stream, request(path), tracker).await?;
+            let resp = send(stream, request(path), tracker, stop).await?;
             let status = resp.status();
             if status.is_success() || status.is_redirection() {
                 Ok(())
@@ -210,7 +211,7 @@ async fn probe(
                     fastwebsockets::handshake::generate_key(),
                 )
                 .header(header::SEC_WEBSOCKET_VERSION, "13");
-            let mut resp = send(stream, handshake, tracker).await?;
+            let mut resp = send(stream, handshake, tracker, stop).await?;
             if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
                 return Err(format!(
                     "websocket handshake on {path} answered {}",
@@ -241,15 +242,15 @@ async fn send(
     stream: UpstreamStream,
     request: http::request::Builder,
     tracker: &TaskTracker,
+    stop: &CancellationToken,
 ) -> Result<hyper::Response<hyper::body::Incoming>, String> {
     let req = request
         .body(Empty::<Bytes>::new())
         .map_err(|e| e.to_string())?;
     let what = format!("{} {}", req.method(), req.uri());
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+    let mut sender = http1_handshake(TokioIo::new(stream), tracker, stop, || {})
         .await
         .map_err(|e| format!("{what}: {e}"))?;
-    tracker.spawn(conn.with_upgrades());
     sender
         .send_request(req)
         .await
