@@ -71,15 +71,8 @@ impl Reloader {
     fn try_reload(&self) -> Result<serde_json::Value, ReloadError> {
         let old = self.rt.live.load_full();
         let config = old.config.reread()?;
-        let restart_required = restart_only_changes(&old.config, &config);
-        for field in &restart_required {
-            tracing::warn!(
-                field,
-                "{field} changed in the configuration; it takes effect only after a restart"
-            );
-        }
+        let mut restart_required = restart_only_changes(&old.config, &config);
         let new = Snapshot::build(config, Some(&old), &self.rt.shutdown, &self.rt.tracker)?;
-        let mut restart_required = restart_required;
         match (&self.rt.certs, &new.certs) {
             (Some(store), Some(set)) => {
                 for warning in set.warnings() {
@@ -90,6 +83,7 @@ impl Reloader {
             (None, None) => {}
             _ => restart_required.push("tls"),
         }
+        // Once per field, after the TLS check has added its own.
         for field in &restart_required {
             tracing::warn!(
                 field,

@@ -45,6 +45,10 @@ pub enum CertError {
         #[source]
         source: rustls::Error,
     },
+    /// TLS is on but no certificate is configured. Config validation already
+    /// refuses that; the set is built here too, so it is checked here too.
+    #[error("TLS is on but no certificate is configured")]
+    NoCertificate,
 }
 
 /// What `/status` and the log say about a certificate.

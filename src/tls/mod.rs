@@ -45,10 +45,8 @@ pub fn load_cert_set(specs: &[CertSpec]) -> Result<Arc<CertSet>, CertError> {
         .iter()
         .map(|s| certs::load(s, &provider))
         .collect::<Result<Vec<_>, _>>()?;
-    // Config validation guarantees at least one certificate when TLS is on.
-    Ok(Arc::new(
-        CertSet::new(loaded).expect("at least one certificate"),
-    ))
+    let set = CertSet::new(loaded).ok_or(CertError::NoCertificate)?;
+    Ok(Arc::new(set))
 }
 
 /// The acceptor for the proxy listener: TLS 1.2 and 1.3, ALPN `http/1.1`
