@@ -98,7 +98,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             tunnel,
         ));
     }
-    let watch = !rt.live.load().config.args.no_watch;
+    let watch = rt.live.load().config.watch;
     if let Err(e) = watch
         .then(|| crate::watch::spawn(rt.clone(), reloader.clone()))
         .transpose()

@@ -28,7 +28,7 @@ use http::{HeaderValue, Request};
 use auth::{AuthError, AuthMode, Credentials, TokenSources};
 use ip::{IpRefusal, IpRules};
 use origin::{OriginRefusal, OriginRule};
-use rate::{ConnPermit, Gate, LimitExceeded, Limits, TunnelSlot};
+use rate::{ConnPermit, Gate, LimitExceeded, RateLimits, TunnelSlot};
 
 /// Settings that apply to the whole listener.
 #[derive(Debug, Clone, Default)]
@@ -39,7 +39,7 @@ pub struct GlobalPolicy {
     pub ip: IpRules,
     pub credentials: Credentials,
     pub sources: TokenSources,
-    pub limits: Limits,
+    pub limits: RateLimits,
 }
 
 /// One route's policy, with the global defaults already applied.

@@ -69,7 +69,7 @@ impl fmt::Display for Rate {
 
 /// The configured limits; `None` means unlimited.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Limits {
+pub struct RateLimits {
     pub rate: Option<Rate>,
     /// Bucket size: requests allowed at once after a quiet period.
     pub burst: u32,
@@ -79,9 +79,9 @@ pub struct Limits {
     pub max_tracked_ips: usize,
 }
 
-impl Default for Limits {
+impl Default for RateLimits {
     fn default() -> Self {
-        Limits {
+        RateLimits {
             rate: None,
             burst: 1,
             max_conns_per_ip: None,
@@ -207,7 +207,7 @@ impl Gate {
     /// Admit a new downstream connection under `--max-conns`.
     pub fn admit_connection(
         self: &Arc<Self>,
-        limits: &Limits,
+        limits: &RateLimits,
     ) -> Result<ConnPermit, LimitExceeded> {
         let previous = self.open.fetch_add(1, Ordering::AcqRel);
         let permit = ConnPermit { gate: self.clone() };
@@ -220,7 +220,7 @@ impl Gate {
     /// Count one request from `ip` against `--rate`.
     pub fn take_request(
         &self,
-        limits: &Limits,
+        limits: &RateLimits,
         ip: IpAddr,
         now: Instant,
     ) -> Result<(), LimitExceeded> {
@@ -254,7 +254,7 @@ impl Gate {
     /// Open a tunnel slot for `ip` under `--max-conns-per-ip` (and count it in `--max-conns`).
     pub fn open_tunnel(
         self: &Arc<Self>,
-        limits: &Limits,
+        limits: &RateLimits,
         ip: IpAddr,
     ) -> Result<TunnelSlot, LimitExceeded> {
         let key = ClientKey::of(ip);
@@ -351,11 +351,11 @@ mod tests {
         s.parse().unwrap()
     }
 
-    fn limits(rate: &str, burst: u32) -> Limits {
-        Limits {
+    fn limits(rate: &str, burst: u32) -> RateLimits {
+        RateLimits {
             rate: Some(Rate::parse(rate).unwrap()),
             burst,
-            ..Limits::default()
+            ..RateLimits::default()
         }
     }
 
@@ -416,7 +416,7 @@ mod tests {
         assert!(gate.take_request(&l, a, Instant::now()).is_ok());
         // No rate: never limited.
         assert!(
-            gate.take_request(&Limits::default(), a, Instant::now())
+            gate.take_request(&RateLimits::default(), a, Instant::now())
                 .is_ok()
         );
     }
@@ -424,7 +424,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn bucket_table_is_bounded() {
         let gate = Gate::default();
-        let l = Limits {
+        let l = RateLimits {
             max_tracked_ips: 100,
             ..limits("1/s", 1)
         };
@@ -458,10 +458,10 @@ mod tests {
     #[test]
     fn tunnel_slots_and_global_cap() {
         let gate = Arc::new(Gate::default());
-        let l = Limits {
+        let l = RateLimits {
             max_conns_per_ip: Some(2),
             max_conns: Some(3),
-            ..Limits::default()
+            ..RateLimits::default()
         };
         let a = ip("127.0.0.2");
         let s1 = gate.open_tunnel(&l, a).unwrap();

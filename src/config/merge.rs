@@ -1,0 +1,457 @@
+//! Flags over file over defaults: how the sources of a [`Config`] merge.
+//!
+//! One rule, field by field: a flag (or its `SHUNT_*` environment twin) wins
+//! over the config file, which wins over the built-in default. Upstreams: the
+//! file's `[upstreams.*]`, then `--direct` and `--nginx` define or replace
+//! `direct` and `nginx`; `direct` always exists (default
+//! `http://127.0.0.1:5006`). Routes: the file's `[[routes]]`, then each
+//! `--route` (one with the same host and path replaces the file's); with no
+//! route at all, the defaults of DESIGN.md apply. The security settings
+//! follow the same rule in [`super::policy`].
+//!
+//! Each value is parsed with the name of the source it came from, so an
+//! error says `--idle-timeout` or "`idle_timeout` in the config file",
+//! whichever the user has to fix.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::parse::{
+    check_name, parse_addr, parse_duration, parse_host, parse_path, parse_route_flag,
+    parse_tunnel_settings, parse_via,
+};
+use super::raw::{RawConfig, RawHealth};
+use super::spec::{
+    HealthSpec, LogFormat, ProbeKind, RouteSpec, Scheme, Timeouts, TlsSpec, UpstreamName,
+    UpstreamSpec, UpstreamUrl,
+};
+use super::{Config, ConfigError, policy};
+use crate::cli::RunArgs;
+use crate::tls::CertSpec;
+
+const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+const DEFAULT_ADMIN: &str = "127.0.0.1:9901";
+const DEFAULT_DIRECT: &str = "http://127.0.0.1:5006";
+/// hyper refuses a read buffer smaller than this.
+const MIN_HEADER_BYTES: usize = 8192;
+
+/// Flags over file over defaults, one field at a time.
+pub(super) struct Merge<'a> {
+    pub(super) args: &'a RunArgs,
+    pub(super) file: &'a RawConfig,
+    /// Directory of the config file: relative paths in the file are relative to it.
+    pub(super) base: &'a Path,
+}
+
+/// The name of a setting as a user would write it: the flag if it came from
+/// one, the file key otherwise.
+pub(super) fn field_name(from_flag: bool, flag: &str, key: &str) -> String {
+    if from_flag {
+        format!("--{flag}")
+    } else {
+        format!("`{key}` in the config file")
+    }
+}
+
+impl Merge<'_> {
+    /// The whole configuration, one field at a time.
+    pub(super) fn config(&self) -> Result<Config, ConfigError> {
+        let a = self.args;
+        let f = self.file;
+        let listen = self.pick(
+            &a.listen,
+            &f.listen,
+            "listen",
+            "listen",
+            DEFAULT_LISTEN,
+            parse_addr,
+        )?;
+        let admin = self.pick(
+            &a.admin,
+            &f.admin,
+            "admin",
+            "admin",
+            DEFAULT_ADMIN,
+            |field, v| {
+                if v.eq_ignore_ascii_case("off") {
+                    Ok(None)
+                } else {
+                    parse_addr(field, v).map(Some)
+                }
+            },
+        )?;
+        let timeouts = Timeouts {
+            connect: self.duration(
+                &a.connect_timeout,
+                &f.connect_timeout,
+                "connect-timeout",
+                "2s",
+            )?,
+            response: self.duration(
+                &a.response_timeout,
+                &f.response_timeout,
+                "response-timeout",
+                "60s",
+            )?,
+            header: self.duration(
+                &a.header_timeout,
+                &f.header_timeout,
+                "header-timeout",
+                "10s",
+            )?,
+            idle: self.duration(&a.idle_timeout, &f.idle_timeout, "idle-timeout", "1h")?,
+            drain: self.duration(&a.drain_timeout, &f.drain_timeout, "drain-timeout", "30s")?,
+        };
+        let max_header_bytes = a
+            .max_header_bytes
+            .or(f.max_header_bytes)
+            .unwrap_or(16 * 1024);
+        if max_header_bytes < MIN_HEADER_BYTES {
+            let field = field_name(
+                a.max_header_bytes.is_some(),
+                "max-header-bytes",
+                "max_header_bytes",
+            );
+            return Err(ConfigError::invalid(
+                &field,
+                max_header_bytes,
+                format!("must be at least {MIN_HEADER_BYTES}"),
+            ));
+        }
+        let log_format = self.pick(
+            &a.log_format,
+            &f.log_format,
+            "log-format",
+            "log_format",
+            "pretty",
+            |field, v| match v {
+                "pretty" => Ok(LogFormat::Pretty),
+                "json" => Ok(LogFormat::Json),
+                _ => Err(ConfigError::invalid(field, v, "expected pretty or json")),
+            },
+        )?;
+        let (policy, route_defaults) = policy::global(a, f, self.base)?;
+        let tunnel = parse_tunnel_settings(a)?;
+        let upstreams = self.upstreams()?;
+        let routes = self.routes(&upstreams, &route_defaults)?;
+        let tls = self.tls()?;
+        Ok(Config {
+            listen,
+            admin,
+            timeouts,
+            max_header_bytes,
+            log_format,
+            tunnel,
+            upstreams,
+            routes,
+            tls,
+            file: a.config.clone(),
+            policy,
+            watch: !a.no_watch,
+            flags: Arc::new(a.clone()),
+        })
+    }
+
+    /// A path written in the config file, made relative to the file's directory.
+    fn file_path(&self, text: &str) -> PathBuf {
+        self.base.join(text)
+    }
+
+    /// `--tls-cert/--tls-key` replace the file's `[tls]` certificates.
+    fn tls(&self) -> Result<Option<TlsSpec>, ConfigError> {
+        let raw = self.file.tls.as_ref();
+        let timeout_text = raw.and_then(|t| t.handshake_timeout.clone());
+        let handshake_timeout = self.duration(
+            &self.args.tls_handshake_timeout,
+            &timeout_text,
+            "tls-handshake-timeout",
+            "10s",
+        )?;
+        let certs = match (&self.args.tls_cert, &self.args.tls_key) {
+            (Some(cert), Some(key)) => vec![CertSpec {
+                cert: cert.clone(),
+                key: key.clone(),
+                names: vec![],
+            }],
+            (None, None) => {
+                let Some(raw) = raw else { return Ok(None) };
+                let mut certs = Vec::new();
+                match (&raw.cert, &raw.key) {
+                    (Some(cert), Some(key)) => certs.push(CertSpec {
+                        cert: self.file_path(cert),
+                        key: self.file_path(key),
+                        names: vec![],
+                    }),
+                    (None, None) => {}
+                    _ => {
+                        return Err(ConfigError::invalid(
+                            "[tls] in the config file",
+                            "cert/key",
+                            "give both `cert` and `key`, or neither",
+                        ));
+                    }
+                }
+                for c in &raw.certs {
+                    certs.push(CertSpec {
+                        cert: self.file_path(&c.cert),
+                        key: self.file_path(&c.key),
+                        names: c
+                            .names
+                            .iter()
+                            .map(|n| parse_host("names of [[tls.certs]]", n))
+                            .collect::<Result<_, _>>()?,
+                    });
+                }
+                if certs.is_empty() {
+                    return Err(ConfigError::invalid(
+                        "[tls] in the config file",
+                        "",
+                        "no certificate: give `cert` and `key`, or [[tls.certs]]",
+                    ));
+                }
+                certs
+            }
+            _ => {
+                return Err(ConfigError::invalid(
+                    "--tls-cert/--tls-key",
+                    "",
+                    "give both --tls-cert and --tls-key",
+                ));
+            }
+        };
+        Ok(Some(TlsSpec {
+            certs,
+            handshake_timeout,
+        }))
+    }
+
+    /// Flag, else file, else default; parsed with the name of its source.
+    fn pick<T>(
+        &self,
+        flag: &Option<String>,
+        file: &Option<String>,
+        flag_name: &str,
+        key: &str,
+        default: &str,
+        parse: impl Fn(&str, &str) -> Result<T, ConfigError>,
+    ) -> Result<T, ConfigError> {
+        match (flag, file) {
+            (Some(v), _) => parse(&field_name(true, flag_name, key), v),
+            (None, Some(v)) => parse(&field_name(false, flag_name, key), v),
+            (None, None) => parse(&format!("default of --{flag_name}"), default),
+        }
+    }
+
+    fn duration(
+        &self,
+        flag: &Option<String>,
+        file: &Option<String>,
+        flag_name: &str,
+        default: &str,
+    ) -> Result<Duration, ConfigError> {
+        let key = flag_name.replace('-', "_");
+        self.pick(flag, file, flag_name, &key, default, parse_duration)
+    }
+
+    /// Health settings: flags, then the file's `[health]`, then the upstream's own table.
+    fn health(&self, own: &RawHealth, upstream: &str) -> Result<HealthSpec, ConfigError> {
+        let a = self.args;
+        let g = &self.file.health;
+        let key = |k: &str| format!("`{k}` of upstream {upstream}");
+        // The upstream's own table is the most specific and wins over flags.
+        let text = |own: &Option<String>,
+                    flag: &Option<String>,
+                    global: &Option<String>,
+                    flag_name: &str,
+                    k: &str,
+                    default: &str|
+         -> (String, String) {
+            match (own, flag, global) {
+                (Some(v), _, _) => (key(k), v.clone()),
+                (None, Some(v), _) => (format!("--{flag_name}"), v.clone()),
+                (None, None, Some(v)) => (format!("`health.{k}` in the config file"), v.clone()),
+                (None, None, None) => (format!("default of --{flag_name}"), default.to_owned()),
+            }
+        };
+        let (field, v) = text(
+            &own.check,
+            &a.health_check,
+            &g.check,
+            "health-check",
+            "check",
+            "tcp",
+        );
+        let check = ProbeKind::parse(&field, &v)?;
+        let (field, v) = text(
+            &own.interval,
+            &a.health_interval,
+            &g.interval,
+            "health-interval",
+            "interval",
+            "2s",
+        );
+        let interval = parse_duration(&field, &v)?;
+        let (field, v) = text(
+            &own.timeout,
+            &a.health_timeout,
+            &g.timeout,
+            "health-timeout",
+            "timeout",
+            "1s",
+        );
+        let timeout = parse_duration(&field, &v)?;
+        let count = |own: Option<u32>, flag: Option<u32>, global: Option<u32>, name: &str| {
+            let n = own.or(flag).or(global).unwrap_or(1);
+            if n == 0 {
+                Err(ConfigError::invalid(
+                    &format!("--{name} / `{name}`"),
+                    n,
+                    "must be at least 1",
+                ))
+            } else {
+                Ok(n)
+            }
+        };
+        Ok(HealthSpec {
+            check,
+            interval,
+            timeout,
+            rise: count(own.rise, a.rise, g.rise, "rise")?,
+            fall: count(own.fall, a.fall, g.fall, "fall")?,
+        })
+    }
+
+    fn upstreams(&self) -> Result<Vec<UpstreamSpec>, ConfigError> {
+        let mut urls: BTreeMap<String, (String, String, RawHealth)> = BTreeMap::new();
+        for (name, up) in &self.file.upstreams {
+            check_name(name)?;
+            urls.insert(
+                name.clone(),
+                (
+                    format!("`url` of upstream {name}"),
+                    up.url.clone(),
+                    up.health.clone(),
+                ),
+            );
+        }
+        let global_ca = match (&self.args.upstream_ca, &self.file.upstream_ca) {
+            (Some(flag), _) => Some(flag.clone()),
+            (None, Some(file)) => Some(self.file_path(file)),
+            (None, None) => None,
+        };
+        let ca_of = |name: &str| {
+            self.file
+                .upstreams
+                .get(name)
+                .and_then(|u| u.ca.as_deref())
+                .map(|c| self.file_path(c))
+                .or_else(|| global_ca.clone())
+        };
+        let own_health = |urls: &BTreeMap<String, (String, String, RawHealth)>, name: &str| {
+            urls.get(name).map(|u| u.2.clone()).unwrap_or_default()
+        };
+        if let Some(url) = &self.args.direct {
+            let h = own_health(&urls, "direct");
+            urls.insert("direct".into(), ("--direct".into(), url.clone(), h));
+        }
+        if let Some(url) = &self.args.nginx {
+            let h = own_health(&urls, "nginx");
+            urls.insert("nginx".into(), ("--nginx".into(), url.clone(), h));
+        }
+        urls.entry("direct".into()).or_insert_with(|| {
+            (
+                "default of --direct".into(),
+                DEFAULT_DIRECT.into(),
+                RawHealth::default(),
+            )
+        });
+        urls.into_iter()
+            .map(|(name, (field, url, health))| {
+                let url = UpstreamUrl::parse(&field, &url)?;
+                Ok(UpstreamSpec {
+                    ca: (url.scheme == Scheme::Https)
+                        .then(|| ca_of(&name))
+                        .flatten(),
+                    url,
+                    health: self.health(&health, &name)?,
+                    name: UpstreamName(name),
+                })
+            })
+            .collect()
+    }
+
+    fn routes(
+        &self,
+        upstreams: &[UpstreamSpec],
+        defaults: &policy::RouteDefaults,
+    ) -> Result<Vec<RouteSpec>, ConfigError> {
+        let mut routes: Vec<RouteSpec> = Vec::new();
+        for (i, r) in self.file.routes.iter().enumerate() {
+            let field = format!("route #{} in the config file", i + 1);
+            let host = r
+                .host
+                .as_deref()
+                .map(|h| parse_host(&field, h))
+                .transpose()?;
+            let path = parse_path(&field, &r.path)?;
+            let label = match &host {
+                Some(h) => format!("{h}{path}"),
+                None => path.clone(),
+            };
+            let route = RouteSpec {
+                policy: policy::route(r, defaults, &label)?,
+                host,
+                path,
+                via: parse_via(&field, r.via.iter().map(String::as_str))?,
+            };
+            if routes
+                .iter()
+                .any(|o| o.host == route.host && o.path == route.path)
+            {
+                return Err(ConfigError::DuplicateRoute {
+                    route: route.label(),
+                });
+            }
+            routes.push(route);
+        }
+        for text in &self.args.routes {
+            let mut route = parse_route_flag(text)?;
+            // A flag replaces a file route's upstreams; the file's policy for it stays.
+            route.policy = match routes
+                .iter()
+                .position(|o| o.host == route.host && o.path == route.path)
+            {
+                Some(i) => routes.remove(i).policy,
+                None => defaults.route_policy(&route.label())?,
+            };
+            routes.push(route);
+        }
+        if routes.is_empty() {
+            routes = RouteSpec::defaults(
+                self.args.nginx.is_some() || self.file.upstreams.contains_key("nginx"),
+            );
+            for route in &mut routes {
+                route.policy = defaults.route_policy(&route.label())?;
+            }
+        }
+        let known = upstreams
+            .iter()
+            .map(|u| u.name.0.as_str())
+            .collect::<Vec<_>>()
+            .join(", ");
+        for route in &routes {
+            for name in &route.via {
+                if !upstreams.iter().any(|u| &u.name == name) {
+                    return Err(ConfigError::UnknownUpstream {
+                        route: route.label(),
+                        upstream: name.0.clone(),
+                        known,
+                    });
+                }
+            }
+        }
+        Ok(routes)
+    }
+}
