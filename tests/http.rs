@@ -6,7 +6,7 @@ mod support;
 
 use hyper::{Method, StatusCode};
 use support::{
-    ChunkedBody, HttpConn, echo_backend, http_get, http_post, nginx, seen_header, shunt,
+    ChunkedBody, HttpConn, direct_and_nginx, echo_backend, http_get, http_post, seen_header, shunt,
 };
 
 /// 1 MiB of a pattern that is not all the same byte.
@@ -97,9 +97,9 @@ async fn get_direct_forwards_client_headers_and_strips_hop_by_hop() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn get_via_nginx_forwards_client_headers_and_strips_hop_by_hop() {
-    let direct = echo_backend().name("direct-backend").spawn().await;
-    let behind_nginx = echo_backend().name("nginx-backend").spawn().await;
-    let Some(nginx) = nginx(behind_nginx.addr()).spawn() else {
+    let Some((direct, _behind_nginx, nginx)) =
+        direct_and_nginx("direct-backend", "nginx-backend").await
+    else {
         return;
     };
     // With --nginx, `/` goes nginx first.
@@ -131,9 +131,9 @@ async fn post_bodies_come_back_verbatim_direct() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn post_bodies_come_back_verbatim_via_nginx() {
-    let direct = echo_backend().name("direct-backend").spawn().await;
-    let behind_nginx = echo_backend().name("nginx-backend").spawn().await;
-    let Some(nginx) = nginx(behind_nginx.addr()).spawn() else {
+    let Some((direct, _behind_nginx, nginx)) =
+        direct_and_nginx("direct-backend", "nginx-backend").await
+    else {
         return;
     };
     let shunt = shunt()

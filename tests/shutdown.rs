@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use hyper::StatusCode;
 use support::ws;
-use support::{echo_backend, poll_until, shunt, ws_connect};
+use support::{echo_backend, eventually, shunt, ws_connect};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_drains_live_tunnels_until_the_drain_timeout() {
@@ -35,7 +35,7 @@ async fn shutdown_drains_live_tunnels_until_the_drain_timeout() {
 
     // Readiness turns 503 (or the admin listener is gone).
     let mut last = String::new();
-    let unready = poll_until(Duration::from_secs(2), async || {
+    let unready = eventually(Duration::from_secs(2), async || {
         match support::http_get(admin, "/readyz", &[]).await {
             Ok(r) if r.status == StatusCode::SERVICE_UNAVAILABLE => true,
             Ok(r) => {
@@ -49,7 +49,7 @@ async fn shutdown_drains_live_tunnels_until_the_drain_timeout() {
     assert!(unready, "/readyz still answers {last} after shutdown()");
 
     // New connections are refused (or at least never get a 101).
-    let refused = poll_until(Duration::from_secs(2), async || {
+    let refused = eventually(Duration::from_secs(2), async || {
         ws_connect(listen, "/frontend-audio", &[]).await.is_err()
     })
     .await;
@@ -158,7 +158,7 @@ async fn the_binary_exits_0_on_sigterm() {
         text
     });
 
-    let up = poll_until(Duration::from_secs(10), async || {
+    let up = eventually(Duration::from_secs(10), async || {
         support::http_get(admin, "/readyz", &[])
             .await
             .is_ok_and(|r| r.status == StatusCode::OK)
@@ -223,7 +223,7 @@ async fn shutdown_lets_in_flight_http_finish() {
         tokio::spawn(async move { support::http_get(addr, "/slow?delay_ms=600", &[]).await });
     // Shut down once the request has reached the backend.
     assert!(
-        poll_until(Duration::from_secs(2), async || backend.requests() >= 1).await,
+        eventually(Duration::from_secs(2), async || backend.requests() >= 1).await,
         "the request never reached the backend"
     );
     let running = shunt.into_running();

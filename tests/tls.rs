@@ -9,7 +9,7 @@ use rustls::pki_types::pem::PemObject;
 
 use support::tls::{TestPki, atomic_write, tls_connect, wss_connect};
 use support::ws::{header, recv_binary, recv_text, send_binary, send_text};
-use support::{echo_backend, poll_until, shunt};
+use support::{echo_backend, eventually, shunt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -95,7 +95,7 @@ async fn certificate_renewed_by_atomic_rename_while_a_call_streams() {
     atomic_write(&cert, &new_cert);
 
     let mut seen = String::new();
-    let renewed = poll_until(WAIT, async || {
+    let renewed = eventually(WAIT, async || {
         match tls_connect(proxy.addr(), "localhost", pki.client_config()).await {
             Ok((_, fp)) => {
                 seen = fp;
@@ -359,7 +359,7 @@ async fn kubernetes_secret_symlink_swap_reloads_the_certificate() {
     std::fs::remove_dir_all(&first).unwrap();
 
     let mut seen = old_fp.clone();
-    let swapped = poll_until(WAIT, async || {
+    let swapped = eventually(WAIT, async || {
         if let Ok((_, fp)) = tls_connect(proxy.addr(), "localhost", pki.client_config()).await {
             seen = fp;
         }

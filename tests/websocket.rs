@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use fastwebsockets::OpCode;
 use support::ws::{self, Closed, Msg};
-use support::{echo_backend, nginx, poll_until, shunt, ws_connect};
+use support::{direct_and_nginx, echo_backend, eventually, shunt, ws_connect};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Connects to `path` via shunt, checks the 101 and the backend's hello,
@@ -104,9 +104,9 @@ async fn echo_direct() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn echo_via_real_nginx() {
-    let direct = echo_backend().name("direct-backend").spawn().await;
-    let behind_nginx = echo_backend().name("nginx-backend").spawn().await;
-    let Some(nginx) = nginx(behind_nginx.addr()).spawn() else {
+    let Some((direct, _behind_nginx, nginx)) =
+        direct_and_nginx("direct-backend", "nginx-backend").await
+    else {
         return;
     };
     let shunt = shunt()
@@ -156,7 +156,7 @@ async fn closing_the_client_closes_the_backend_side() {
         .unwrap();
     drop(socket);
     assert!(
-        poll_until(Duration::from_secs(3), async || backend.active_websockets()
+        eventually(Duration::from_secs(3), async || backend.active_websockets()
             == 0)
         .await,
         "backend still has a session after the client sent Close"
@@ -170,7 +170,7 @@ async fn closing_the_client_closes_the_backend_side() {
     assert_eq!(backend.active_websockets(), 1);
     drop(socket);
     assert!(
-        poll_until(Duration::from_secs(3), async || backend.active_websockets()
+        eventually(Duration::from_secs(3), async || backend.active_websockets()
             == 0)
         .await,
         "backend still has a session 3 s after the client's connection went away"
@@ -238,7 +238,7 @@ async fn idle_timeout_closes_a_silent_tunnel_but_not_a_busy_one() {
         "closed after only {after:?}"
     );
     assert!(
-        poll_until(Duration::from_secs(3), async || backend.active_websockets()
+        eventually(Duration::from_secs(3), async || backend.active_websockets()
             == 0)
         .await,
         "the idle timeout closed the client side but not the backend side"
@@ -350,7 +350,7 @@ async fn status_reports_live_tunnels_and_upgrade_counts() {
             .sum()
     };
     assert!(
-        poll_until(Duration::from_secs(3), async || active(&shunt).await == 1).await,
+        eventually(Duration::from_secs(3), async || active(&shunt).await == 1).await,
         "/status does not show the live tunnel: {}",
         shunt.status().await.unwrap()
     );
@@ -364,7 +364,7 @@ async fn status_reports_live_tunnels_and_upgrade_counts() {
 
     drop(socket);
     assert!(
-        poll_until(Duration::from_secs(3), async || active(&shunt).await == 0).await,
+        eventually(Duration::from_secs(3), async || active(&shunt).await == 0).await,
         "/status still shows the tunnel after the client left: {}",
         shunt.status().await.unwrap()
     );
