@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use fastwebsockets::OpCode;
 use support::ws::{self, Closed, Msg};
-use support::{direct_and_nginx, echo_backend, eventually, shunt, ws_connect};
+use support::{echo_backend, eventually, shunt, shunt_with_nginx, ws_connect};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Connects to `path` via shunt, checks the 101 and the backend's hello,
@@ -104,18 +104,14 @@ async fn echo_direct() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn echo_via_real_nginx() {
-    let Some((direct, _behind_nginx, nginx)) =
-        direct_and_nginx("direct-backend", "nginx-backend").await
+    let Some((direct, _behind_nginx, nginx, shunt)) = shunt_with_nginx(
+        ("direct-backend", "nginx-backend"),
+        &["--route", "/frontend-audio=nginx"],
+    )
+    .await
     else {
         return;
     };
-    let shunt = shunt()
-        .direct(direct.url())
-        .nginx(nginx.url())
-        .route("/frontend-audio=nginx")
-        .start()
-        .await;
-    shunt.wait_ready().await;
     echo_suite(shunt.addr(), "/frontend-audio", "nginx", "nginx-backend").await;
 
     // Without --route, the defaults with --nginx: `/` goes nginx first,

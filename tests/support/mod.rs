@@ -48,6 +48,13 @@ pub async fn eventually(limit: Duration, mut check: impl AsyncFnMut() -> bool) -
     }
 }
 
+/// Inside an [`eventually`] check: remember `seen` as the last state (for the
+/// failure message) and answer "not yet".
+pub fn not_yet(last: &mut String, seen: impl std::fmt::Display) -> bool {
+    *last = seen.to_string();
+    false
+}
+
 /// Builder returned by [`echo_backend`].
 #[derive(Debug, Clone)]
 pub struct EchoBuilder {
@@ -161,4 +168,21 @@ pub async fn direct_and_nginx(
     let behind_nginx = echo_backend().name(nginx_name).spawn().await;
     let nginx = nginx(behind_nginx.addr()).spawn().await?;
     Some((direct, behind_nginx, nginx))
+}
+
+/// [`direct_and_nginx`], then shunt in front of both (`--direct`, `--nginx`
+/// and `flags`), ready. `None` when nginx is missing and not required.
+pub async fn shunt_with_nginx(
+    (direct_name, nginx_name): (&str, &str),
+    flags: &[&str],
+) -> Option<(EchoBackend, EchoBackend, Nginx, Shunt)> {
+    let (direct, behind_nginx, nginx) = direct_and_nginx(direct_name, nginx_name).await?;
+    let shunt = shunt()
+        .direct(direct.url())
+        .nginx(nginx.url())
+        .flags(flags)
+        .start()
+        .await;
+    shunt.wait_ready().await;
+    Some((direct, behind_nginx, nginx, shunt))
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use hyper::StatusCode;
 
 use super::http::http_get;
-use super::{BoxError, eventually};
+use super::{BoxError, eventually, not_yet};
 
 /// How long `wait_ready` / `wait_upstream` poll before failing.
 pub const WAIT_LIMIT: Duration = Duration::from_secs(10);
@@ -174,14 +174,8 @@ impl Shunt {
         let mut last = String::new();
         let ready = eventually(WAIT_LIMIT, async || match self.admin_get("/readyz").await {
             Ok((StatusCode::OK, _)) => true,
-            Ok((code, body)) => {
-                last = format!("{code}: {body}");
-                false
-            }
-            Err(e) => {
-                last = e.to_string();
-                false
-            }
+            Ok((code, body)) => not_yet(&mut last, format!("{code}: {body}")),
+            Err(e) => not_yet(&mut last, e),
         })
         .await;
         assert!(
@@ -197,14 +191,8 @@ impl Shunt {
         let reached = eventually(WAIT_LIMIT, async || {
             match self.upstream_health(name).await {
                 Ok(h) if h == health => true,
-                Ok(h) => {
-                    last = h;
-                    false
-                }
-                Err(e) => {
-                    last = e.to_string();
-                    false
-                }
+                Ok(h) => not_yet(&mut last, h),
+                Err(e) => not_yet(&mut last, e),
             }
         })
         .await;
