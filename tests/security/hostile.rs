@@ -116,32 +116,7 @@ async fn forms_methods_and_smuggling() {
 /// At least 30 malformed or hostile requests: each 4xx or closed, never 5xx.
 #[tokio::test]
 async fn hostile_corpus_is_refused_cleanly() {
-    let backend = echo_backend().spawn().await;
-    let tokens = TempFile::new("tokens", "tk\n");
-    let file = TempFile::new(
-        "corpus.toml",
-        &format!(
-            r#"
-token_file = "{}"
-
-[[routes]]
-path = "/frontend-audio"
-via = ["direct"]
-auth = "none"
-
-[[routes]]
-path = "/"
-via = ["direct"]
-auth = "token"
-"#,
-            tokens.path()
-        ),
-    );
-    let shunt = start(
-        &backend,
-        &["--config", file.path(), "--header-timeout", "2s"],
-    )
-    .await;
+    let (backend, _files, shunt) = audio_open_rest_token(&["--header-timeout", "2s"]).await;
     let long_path = format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(20_000));
     let many_headers = format!(
         "GET / HTTP/1.1\r\nHost: x\r\n{}\r\n",

@@ -132,26 +132,7 @@ fn normalization_is_idempotent_and_routing_sound() {
 /// Without a token, whatever reaches the backend lies under `/frontend-audio`.
 #[tokio::test]
 async fn no_path_trick_reaches_the_protected_route_unauthenticated() {
-    let backend = echo_backend().spawn().await;
-    let tokens = TempFile::new("tokens", "tk\n");
-    let file = TempFile::new(
-        "paths.toml",
-        &format!(
-            r#"
-token_file = "{}"
-[[routes]]
-path = "/frontend-audio"
-via = ["direct"]
-auth = "none"
-[[routes]]
-path = "/"
-via = ["direct"]
-auth = "token"
-"#,
-            tokens.path()
-        ),
-    );
-    let shunt = start(&backend, &["--config", file.path()]).await;
+    let (backend, _files, shunt) = audio_open_rest_token(&[]).await;
     let mut rng = Rng(0xdead_beef_0042);
     let mut answered = 0;
     for _ in 0..300 {
