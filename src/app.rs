@@ -24,10 +24,13 @@ use crate::tls::CertStore;
 /// Why shunt could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    /// The proxy or admin address cannot be bound.
     #[error("{0}")]
     Bind(#[source] std::io::Error),
+    /// The first snapshot could not be built (certificates, upstream TLS).
     #[error(transparent)]
     Build(#[from] BuildError),
+    /// rustls refused the server configuration.
     #[error("TLS setup: {0}")]
     Tls(#[from] rustls::Error),
 }

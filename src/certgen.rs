@@ -17,25 +17,35 @@ use rcgen::{
 /// A generated CA and server certificate, PEM-encoded.
 #[derive(Debug)]
 pub struct DevCerts {
+    /// The development CA's certificate: what clients are told to trust.
     pub ca_cert: String,
+    /// The CA's private key; only needed to issue more certificates.
     pub ca_key: String,
+    /// The server certificate, signed by the CA, for the names asked for.
     pub server_cert: String,
+    /// The server certificate's private key.
     pub server_key: String,
 }
 
 /// Why certificates could not be generated or written.
 #[derive(Debug, thiserror::Error)]
 pub enum CertGenError {
+    /// rcgen could not make a key or sign a certificate.
     #[error("certificate generation: {0}")]
     Rcgen(#[from] rcgen::Error),
+    /// A file could not be written.
     #[error("{}: {source}", path.display())]
     Write {
+        /// The file that could not be written.
         path: PathBuf,
+        /// Why.
         #[source]
         source: std::io::Error,
     },
+    /// The file is there already and `--force` was not given.
     #[error("{} already exists; pass --force to overwrite", .0.display())]
     Exists(PathBuf),
+    /// A `--name` that is neither a DNS name nor an IP address.
     #[error("`{0}` is not a DNS name or IP address")]
     BadName(String),
 }

@@ -163,8 +163,9 @@ pub struct RunArgs {
     /// Cookie a token may be sent in [default: shunt_token].
     #[arg(long, env = "SHUNT_TOKEN_COOKIE", value_name = "NAME")]
     pub token_cookie: Option<String>,
-    /// Allowed Origin: scheme://host[:port], https://*.example.com or * (repeatable, comma-separated).
+    /// Allowed Origins: `scheme://host[:port]`, `https://*.example.com` or `*`.
     #[arg(
+        help = "Allowed Origin: scheme://host[:port], https://*.example.com or * (repeatable, comma-separated)",
         long = "allow-origin",
         env = "SHUNT_ALLOW_ORIGIN",
         value_name = "ORIGIN",

@@ -17,8 +17,10 @@ use crate::runtime::Runtime;
 /// Why a reload was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum ReloadError {
+    /// The new configuration is invalid.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// The new snapshot could not be built (a certificate, a CA file).
     #[error(transparent)]
     Build(#[from] BuildError),
 }

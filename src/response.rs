@@ -22,24 +22,36 @@ pub type Body = BoxBody<Bytes, hyper::Error>;
 /// What went wrong after an upstream connection was made.
 #[derive(Debug, thiserror::Error)]
 pub enum ForwardError {
+    /// Upstream's: the connection failed while talking HTTP.
     #[error("upstream {upstream} failed: {source}")]
     Protocol {
+        /// The upstream's name.
         upstream: String,
+        /// What hyper saw.
         #[source]
         source: hyper::Error,
     },
     /// Downstream's: the request body could not be read (bad chunking, cut short).
     #[error("the request body is malformed or was cut short: {source}")]
     DownstreamBody {
+        /// What hyper saw.
         #[source]
         source: hyper::Error,
     },
+    /// Upstream's: no response head within the response timeout.
     #[error("upstream {upstream} did not answer within {after:?}")]
-    Timeout { upstream: String, after: Duration },
+    Timeout {
+        /// The upstream's name.
+        upstream: String,
+        /// The response timeout that ran out.
+        after: Duration,
+    },
     /// A pooled connection had closed and a new one could not be made.
     #[error("upstream {upstream}: {source}")]
     Reconnect {
+        /// The upstream's name.
         upstream: String,
+        /// Why the new connection failed.
         #[source]
         source: ConnectError,
     },
@@ -53,11 +65,16 @@ pub enum ProxyError {
     Handshake(#[from] HandshakeError),
     /// Downstream's (or the config's): nothing routes this path.
     #[error("no route for {path}")]
-    NoRoute { path: String },
+    NoRoute {
+        /// The normalized path that matched nothing.
+        path: String,
+    },
     /// Upstream's: none could be reached.
     #[error("route {route}: {source}")]
     Select {
+        /// The route's label.
         route: String,
+        /// Why no upstream of the route could be used.
         #[source]
         source: SelectError,
     },

@@ -16,9 +16,11 @@ use crate::upstream::Upstream;
 /// One route with its upstreams resolved, in order of preference.
 #[derive(Debug)]
 pub struct Route {
+    /// The route as configured.
     pub spec: RouteSpec,
     /// How logs and `/status` name it.
     pub label: String,
+    /// The upstreams, resolved from `spec.via`, in order of preference.
     pub via: Vec<Arc<Upstream>>,
 }
 

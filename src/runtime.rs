@@ -19,13 +19,17 @@ use crate::tls::CertStore;
 /// Shared by every listener, connection, request and tunnel.
 #[derive(Debug)]
 pub struct Runtime {
+    /// The hot-swappable snapshot (routes, upstreams, policy, timeouts).
     pub live: Live,
+    /// Counters for `/status` and `/metrics`; outlive reloads.
     pub stats: Arc<Stats>,
     /// Per-client rate and connection counters; outlives reloads.
     pub gate: Arc<Gate>,
     /// Cancelled when shutdown begins.
     pub shutdown: CancellationToken,
+    /// Every spawned task, so shutdown can wait for them all.
     pub tracker: TaskTracker,
+    /// When the process started (`uptime_secs`).
     pub started: Instant,
     /// Certificates served by the TLS listener; `None` without TLS.
     pub certs: Option<Arc<CertStore>>,

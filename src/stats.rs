@@ -47,9 +47,13 @@ impl ByClass {
 /// Live and total tunnels of one route and upstream, with bytes relayed.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct TunnelCount {
+    /// Tunnels open now.
     pub active: u64,
+    /// Tunnels opened since start.
     pub total: u64,
+    /// Bytes the closed tunnels carried from client to backend.
     pub bytes_downstream_to_upstream: u64,
+    /// Bytes the closed tunnels carried from backend to client.
     pub bytes_upstream_to_downstream: u64,
 }
 

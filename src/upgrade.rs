@@ -11,21 +11,28 @@ use http::{HeaderMap, Method, Request, Version, header};
 /// What kind of exchange a request starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
+    /// An ordinary HTTP request, forwarded over a pooled connection.
     Plain,
+    /// A valid WebSocket handshake: a fresh upstream connection, then a tunnel.
     WebSocket,
 }
 
 /// A WebSocket handshake the proxy refuses, with what is wrong.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum HandshakeError {
+    /// Not a GET (RFC 6455 §4.1).
     #[error("a WebSocket handshake must use GET, not {0}")]
     Method(String),
+    /// `Connection` does not carry the `upgrade` token.
     #[error("the Connection header must contain the token `upgrade`")]
     ConnectionToken,
+    /// No `Sec-WebSocket-Key`.
     #[error("Sec-WebSocket-Key is missing")]
     MissingKey,
+    /// A key that is not 16 bytes of base64.
     #[error("Sec-WebSocket-Key must be 16 bytes, base64-encoded")]
     BadKey,
+    /// No `Sec-WebSocket-Version`.
     #[error("Sec-WebSocket-Version is missing")]
     MissingVersion,
     /// Answered 426 with `Sec-WebSocket-Version: 13`.

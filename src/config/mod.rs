@@ -1,9 +1,9 @@
 //! The validated configuration: what shunt runs with.
 //!
 //! Raw sources become typed values in three steps, one file each:
-//! [`raw`] mirrors the TOML file (unknown keys are errors), [`merge`] lays
+//! [`raw`] mirrors the TOML file (unknown keys are errors), `merge` lays
 //! flags over the file over the defaults, and [`parse`] turns each winning
-//! text into a typed value of [`spec`]. [`policy`] does the same for the
+//! text into a typed value of [`spec`]. `policy` does the same for the
 //! security settings. What comes out, a [`Config`], cannot be invalid, so the
 //! rest of the proxy never re-checks a setting; a reload builds a whole new
 //! [`Config`] the same way ([`Config::reread`]) and changes nothing if that fails.
@@ -35,32 +35,51 @@ pub use spec::{
 /// Why a configuration was refused. Each names the field and the value at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// A value that does not parse or is out of range.
     #[error("invalid {field} `{value}`: {reason}")]
     Invalid {
+        /// The setting, as the user wrote it (`--idle-timeout`, a file key).
         field: String,
+        /// The value refused.
         value: String,
+        /// What is wrong, and what would be right.
         reason: String,
     },
+    /// The config file cannot be read.
     #[error("cannot read config file {}: {source}", path.display())]
     Read {
+        /// The config file.
         path: PathBuf,
+        /// Why it cannot be read.
         #[source]
         source: std::io::Error,
     },
+    /// The config file is not valid TOML, or has an unknown key.
     #[error("config file {}: {source}", path.display())]
     Parse {
+        /// The config file.
         path: PathBuf,
+        /// What and where (line, column).
         #[source]
         source: Box<toml::de::Error>,
     },
+    /// A route names an upstream that is not defined.
     #[error("route {route} names unknown upstream `{upstream}` (known: {known})")]
     UnknownUpstream {
+        /// The route, by label.
         route: String,
+        /// The name it used.
         upstream: String,
+        /// The upstreams that are defined, for the message.
         known: String,
     },
+    /// Two routes with the same host and path.
     #[error("route {route} is defined twice")]
-    DuplicateRoute { route: String },
+    DuplicateRoute {
+        /// The route, by label.
+        route: String,
+    },
+    /// The flags themselves do not parse (clap's message).
     #[error("{0}")]
     Args(String),
 }
@@ -83,15 +102,21 @@ impl ConfigError {
 /// The whole validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// Where the proxy listens (`--listen`).
     pub listen: SocketAddr,
     /// `None` when the admin listener is `off`.
     pub admin: Option<SocketAddr>,
+    /// Connect, response, header, idle and drain timeouts.
     pub timeouts: Timeouts,
+    /// Largest request head accepted; hyper answers 431 past it.
     pub max_header_bytes: usize,
+    /// How log lines are written (`--log-format`).
     pub log_format: LogFormat,
+    /// How tunnels move bytes; fixed at start.
     pub tunnel: TunnelSettings,
     /// Sorted by name.
     pub upstreams: Vec<UpstreamSpec>,
+    /// Every route, in the order given (the router sorts by specificity).
     pub routes: Vec<RouteSpec>,
     /// TLS on the proxy listener, if configured.
     pub tls: Option<TlsSpec>,

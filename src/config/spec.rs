@@ -1,7 +1,7 @@
 //! The typed, validated values a [`super::Config`] is made of.
 //!
 //! Nothing here can hold an invalid setting: every value is built by the
-//! parsers ([`super::parse`]) during the merge ([`super::merge`]), so the
+//! parsers ([`super::parse`]) during the merge (`config/merge.rs`), so the
 //! rest of the proxy reads these types without re-checking them.
 
 use std::fmt;
@@ -24,23 +24,29 @@ impl fmt::Display for UpstreamName {
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
+    /// Human-readable lines.
     Pretty,
+    /// One JSON object per line, for log collectors.
     Json,
 }
 
 /// Scheme of an upstream URL.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scheme {
+    /// Plain TCP.
     Http,
+    /// TLS to the upstream (an nginx that only listens with TLS).
     Https,
 }
 
 /// Where an upstream listens: `http://host:port` or `https://host:port`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpstreamUrl {
+    /// `http` or `https`.
     pub scheme: Scheme,
     /// Host as written (a name or an IP address, without brackets).
     pub host: String,
+    /// The port; the scheme's default when the URL has none.
     pub port: u16,
 }
 
@@ -89,8 +95,11 @@ impl fmt::Display for ProbeKind {
 /// Health-check settings of one upstream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HealthSpec {
+    /// What a probe does.
     pub check: ProbeKind,
+    /// Time between the end of one probe and the start of the next.
     pub interval: Duration,
+    /// Bound on one probe, connect included.
     pub timeout: Duration,
     /// Consecutive successes that bring a down upstream up (at least 1).
     pub rise: u32,
@@ -101,8 +110,11 @@ pub struct HealthSpec {
 /// One named upstream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpstreamSpec {
+    /// How routes refer to it.
     pub name: UpstreamName,
+    /// Where it listens.
     pub url: UpstreamUrl,
+    /// How it is probed.
     pub health: HealthSpec,
     /// CA file trusted for an `https` upstream; `None` means the system roots.
     pub ca: Option<PathBuf>,
@@ -113,6 +125,7 @@ pub struct UpstreamSpec {
 pub struct TlsSpec {
     /// The first is the default certificate.
     pub certs: Vec<CertSpec>,
+    /// Bound on one downstream TLS handshake, so a silent client cannot hold a slot.
     pub handshake_timeout: Duration,
 }
 
@@ -123,6 +136,7 @@ pub struct RouteSpec {
     pub host: Option<String>,
     /// Path prefix, starting with `/`, matched on whole segments.
     pub path: String,
+    /// Upstream names in order of preference: the first healthy one is used.
     pub via: Vec<UpstreamName>,
     /// Security policy, with the global defaults applied.
     pub policy: RoutePolicy,
@@ -146,10 +160,15 @@ impl RouteSpec {
 /// Timeouts applied to downstream and upstream connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timeouts {
+    /// Bound on connecting to an upstream (TCP and TLS).
     pub connect: Duration,
+    /// Bound on an upstream's response head after the request was sent.
     pub response: Duration,
+    /// Bound on a downstream request head (slowloris).
     pub header: Duration,
+    /// A tunnel silent both ways this long is closed.
     pub idle: Duration,
+    /// At shutdown, how long requests and tunnels get to end on their own.
     pub drain: Duration,
 }
 
@@ -167,6 +186,7 @@ pub enum TunnelMode {
 /// Tunnel settings, fixed at start (a reload does not change them).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TunnelSettings {
+    /// Splice, copy, or splice when possible.
     pub mode: TunnelMode,
     /// Capacity asked of each splice pipe.
     pub pipe_size: usize,

@@ -56,8 +56,11 @@ pub struct Exchange<'a> {
     pub strip_param: Option<&'a str>,
     /// The policy's per-client tunnel slot (WebSocket handshakes), held by the tunnel for its life.
     pub tunnel: Option<TunnelSlot>,
+    /// The upstream chosen, with its pool and health.
     pub upstream: &'a Arc<Upstream>,
+    /// Who the client is (for `X-Forwarded-*`).
     pub downstream: Downstream,
+    /// The snapshot's timeouts.
     pub timeouts: &'a Timeouts,
 }
 

@@ -32,6 +32,7 @@ pub struct Rewrite<'a> {
     pub strip_param: Option<&'a str>,
     /// A WebSocket handshake keeps its `Upgrade`.
     pub websocket: bool,
+    /// Who the client is (`X-Forwarded-For`, `X-Forwarded-Proto`).
     pub downstream: Downstream,
     /// `host:port` of the upstream, the `Host` of a request that had none (HTTP/1.0).
     pub upstream_authority: &'a str,

@@ -20,10 +20,15 @@ pub struct IpNet {
 /// Why a CIDR block was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum IpNetError {
+    /// Not an IPv4 or IPv6 address.
     #[error("not an IP address")]
     Address,
+    /// A prefix length longer than the address.
     #[error("prefix length must be a number from 0 to {max}")]
-    Prefix { max: u8 },
+    Prefix {
+        /// The longest prefix for this address family (32 or 128).
+        max: u8,
+    },
 }
 
 impl IpNet {
@@ -89,15 +94,19 @@ fn mask(ip: IpAddr, prefix: u8) -> IpAddr {
 /// An allow list and a deny list.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct IpRules {
+    /// If not empty, only these may connect.
     pub allow: Vec<IpNet>,
+    /// These may never connect; checked before `allow`.
     pub deny: Vec<IpNet>,
 }
 
 /// Which rule refused an address.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum IpRefusal {
+    /// The address is in this denied range.
     #[error("the address is in deny_ip {0}")]
     Denied(IpNet),
+    /// There is an allow list and the address is not in it.
     #[error("the address is not in the allow_ip list")]
     NotAllowed,
 }

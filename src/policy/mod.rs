@@ -37,8 +37,11 @@ pub struct GlobalPolicy {
     pub files: Vec<std::path::PathBuf>,
     /// Checked at accept.
     pub ip: IpRules,
+    /// The static tokens and the JWT verifier.
     pub credentials: Credentials,
+    /// Where a token is looked for (query parameter and cookie names).
     pub sources: TokenSources,
+    /// Per-client rate, connection caps.
     pub limits: RateLimits,
 }
 
@@ -47,6 +50,7 @@ pub struct GlobalPolicy {
 pub struct RoutePolicy {
     /// The route's own lists, checked in addition to the global ones.
     pub ip: IpRules,
+    /// What credential the route requires.
     pub auth: AuthMode,
     /// The route's list, or the global one; empty allows any Origin.
     pub origins: Vec<OriginRule>,
@@ -54,7 +58,9 @@ pub struct RoutePolicy {
     pub require_origin: bool,
     /// Answer CORS preflights and add `Access-Control-Allow-Origin`.
     pub cors: bool,
+    /// Accept CONNECT (authority-form) requests.
     pub allow_connect: bool,
+    /// Accept absolute-form targets (`GET http://host/path`).
     pub allow_absolute_form: bool,
 }
 
@@ -63,7 +69,10 @@ pub struct RoutePolicy {
 pub enum Denied {
     /// 403.
     #[error("forbidden: {reason}")]
-    Ip { reason: IpRefusal },
+    Ip {
+        /// Which list, and the entry that matched.
+        reason: IpRefusal,
+    },
     /// 401 with `WWW-Authenticate`.
     #[error("unauthorized: {0}")]
     Auth(#[from] AuthError),
@@ -75,13 +84,19 @@ pub enum Denied {
     Limit(#[from] LimitExceeded),
     /// 405: CONNECT (unless the route allows it) and TRACE.
     #[error("method {method} is not allowed here")]
-    Method { method: String },
+    Method {
+        /// The method refused.
+        method: String,
+    },
     /// 400: `GET http://host/path` (unless the route allows it).
     #[error("absolute-form request targets are not accepted; send the path only")]
     AbsoluteForm,
     /// 400: a header value that is not UTF-8.
     #[error("the value of header {name} is not valid UTF-8")]
-    HeaderEncoding { name: String },
+    HeaderEncoding {
+        /// The header at fault.
+        name: String,
+    },
 }
 
 /// What an admitted request carries on: CORS headers to add, a tunnel slot.

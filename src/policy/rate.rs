@@ -70,10 +70,13 @@ impl fmt::Display for Rate {
 /// The configured limits; `None` means unlimited.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RateLimits {
+    /// Requests (and handshakes) per client per second; `None`: unlimited.
     pub rate: Option<Rate>,
     /// Bucket size: requests allowed at once after a quiet period.
     pub burst: u32,
+    /// Open tunnels per client address (`--max-conns-per-ip`).
     pub max_conns_per_ip: Option<u32>,
+    /// Open connections plus tunnels in all (`--max-conns`).
     pub max_conns: Option<usize>,
     /// Most client addresses the rate table tracks.
     pub max_tracked_ips: usize,
@@ -153,12 +156,24 @@ impl ClientKey {
 /// A limit was hit.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LimitExceeded {
+    /// The client's bucket is empty; a token comes back after `retry_after`.
     #[error("too many requests from this address; retry in {}s", retry_secs(*retry_after))]
-    Rate { retry_after: Duration },
+    Rate {
+        /// When the next token is due (sent as `Retry-After`).
+        retry_after: Duration,
+    },
+    /// The client has `limit` tunnels open already.
     #[error("too many open WebSocket connections from this address (limit {limit})")]
-    TunnelsPerIp { limit: u32 },
+    TunnelsPerIp {
+        /// `--max-conns-per-ip`.
+        limit: u32,
+    },
+    /// The process has `limit` connections open already.
     #[error("the proxy is at its connection limit ({limit})")]
-    Conns { limit: usize },
+    Conns {
+        /// `--max-conns`.
+        limit: usize,
+    },
 }
 
 /// Whole seconds for `Retry-After`, at least 1.

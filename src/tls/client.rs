@@ -13,16 +13,25 @@ use rustls::pki_types::pem::PemObject;
 /// Why an upstream TLS configuration could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientTlsError {
+    /// The CA file is not valid PEM.
     #[error("upstream CA file {}: {source}", path.display())]
     Ca {
+        /// The CA file.
         path: PathBuf,
+        /// What the PEM reader found.
         #[source]
         source: rustls::pki_types::pem::Error,
     },
+    /// The CA file holds no certificate.
     #[error("upstream CA file {}: no usable CA certificate", path.display())]
-    NoCa { path: PathBuf },
+    NoCa {
+        /// The CA file.
+        path: PathBuf,
+    },
+    /// No CA file and no system roots to verify the upstream with.
     #[error("no system root certificates found; give --upstream-ca")]
     NoSystemRoots,
+    /// rustls refused the client configuration.
     #[error("TLS client setup: {0}")]
     Rustls(#[from] rustls::Error),
 }

@@ -28,12 +28,16 @@ const HANDSHAKE_RECORD: u8 = 0x16;
 /// Why a downstream TLS connection did not come up.
 #[derive(Debug, thiserror::Error)]
 pub enum AcceptError {
+    /// The client sent a plain HTTP request to the TLS port (answered 400).
     #[error("plain HTTP sent to the TLS port")]
     PlainHttp,
+    /// The first byte is not a TLS handshake record.
     #[error("not a TLS client hello")]
     NotTls,
+    /// The handshake failed (no shared cipher, bad SNI, a reset).
     #[error("TLS handshake failed: {0}")]
     Handshake(#[source] std::io::Error),
+    /// The client did not finish the handshake in time.
     #[error("TLS handshake timed out after {0:?}")]
     Timeout(Duration),
 }

@@ -29,12 +29,16 @@ use crate::config::UpstreamUrl;
 /// Why an upstream could not be reached.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
+    /// The TCP connect failed (refused, unreachable).
     #[error("{}", describe(.0))]
     Io(#[source] io::Error),
+    /// No connection within the connect timeout.
     #[error("connect timed out after {0:?}")]
     Timeout(Duration),
+    /// The TLS handshake with an https upstream failed.
     #[error("TLS handshake with the upstream failed: {0}")]
     Tls(#[source] io::Error),
+    /// The URL's host cannot be a TLS server name.
     #[error("`{0}` is not a valid TLS server name")]
     ServerName(String),
 }
@@ -49,7 +53,9 @@ fn describe(e: &io::Error) -> String {
 /// A connection to an upstream.
 #[derive(Debug)]
 pub enum UpstreamStream {
+    /// Plain TCP: kept bare so a tunnel can splice it.
     Plain(TcpStream),
+    /// TLS to an https upstream.
     Tls(Box<TlsStream<TcpStream>>),
 }
 

@@ -26,7 +26,9 @@ use crate::config::{HealthSpec, ProbeKind, UpstreamName, UpstreamUrl};
 pub enum State {
     /// Not probed yet.
     Unknown,
+    /// Healthy: routes use it.
     Up,
+    /// Unhealthy: routes skip it while another is up.
     Down,
     /// No route uses it, so it is not probed.
     Unused,
@@ -47,8 +49,11 @@ impl State {
 /// A copy of the health record, for `/status` and `/readyz`.
 #[derive(Debug, Clone)]
 pub struct HealthView {
+    /// The current state.
     pub state: State,
+    /// Why the last probe or request failed, if one has.
     pub last_error: Option<String>,
+    /// When the state last changed.
     pub last_change: SystemTime,
 }
 

@@ -26,7 +26,9 @@ use pool::ConnPool;
 /// One named upstream with its live health.
 #[derive(Debug)]
 pub struct Upstream {
+    /// The upstream as configured.
     pub spec: UpstreamSpec,
+    /// Its health, shared with the probe loop (and kept across reloads).
     pub health: Arc<Health>,
     /// Whether a route uses it (only then is it probed).
     pub probed: bool,
@@ -92,11 +94,16 @@ impl Upstream {
 pub enum SelectError {
     /// Every upstream of the route is marked down; nothing was tried.
     #[error("no healthy upstream ({reasons})")]
-    NoneHealthy { reasons: String },
+    NoneHealthy {
+        /// Why each upstream is down, as `/readyz` shows it.
+        reasons: String,
+    },
     /// Every usable upstream was tried and refused; the last failure is kept.
     #[error("upstream {upstream}: {source}")]
     Connect {
+        /// The last upstream tried.
         upstream: UpstreamName,
+        /// Why it could not be reached.
         #[source]
         source: ConnectError,
     },
