@@ -3,6 +3,14 @@
 //! A side module: it reads the live snapshot, health and counters, and asks
 //! the reloader for a reload; it never touches a request in flight. It should
 //! stay on loopback (a warning is logged when it is bound elsewhere).
+//!
+//! The endpoints answer different questions. `/healthz` says the process is
+//! alive (a liveness probe that must not fail because an upstream is down);
+//! `/readyz` says every route has an upstream to go to, and when not, names
+//! the route and why, so an operator (or `shunt healthcheck`) reads the cause
+//! instead of guessing; `/status` is the whole picture in JSON; `/metrics` the
+//! same counters for Prometheus. `POST /reload` is the scripted twin of
+//! SIGHUP: 200 with what changed, or 422 with why nothing did.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -61,6 +69,7 @@ pub async fn run(
     .await;
 }
 
+/// Dispatch one admin request by method and path.
 async fn route(
     req: Request<Incoming>,
     rt: &Runtime,
@@ -116,6 +125,7 @@ fn readyz(rt: &Runtime) -> Response<Body> {
     }
 }
 
+/// `GET /status`: everything an operator asks first, in one JSON document.
 fn status(rt: &Runtime, reloader: &Reloader, tunnel: &TunnelStatus) -> serde_json::Value {
     let snapshot = rt.live.load();
     let (requests, upgrades, tunnels) = rt.stats.to_json();
@@ -167,6 +177,7 @@ fn metrics(rt: &Runtime) -> Response<Body> {
     resp
 }
 
+/// Each upstream: URL, probe, health and the last error.
 fn upstreams_json(snapshot: &Snapshot) -> serde_json::Value {
     snapshot
         .upstreams
@@ -185,6 +196,7 @@ fn upstreams_json(snapshot: &Snapshot) -> serde_json::Value {
         .collect()
 }
 
+/// Each certificate served: names, expiry and fingerprint.
 fn certificates_json(snapshot: &Snapshot) -> serde_json::Value {
     let Some(set) = &snapshot.certs else {
         return serde_json::Value::Array(vec![]);
@@ -205,6 +217,7 @@ fn certificates_json(snapshot: &Snapshot) -> serde_json::Value {
         .collect()
 }
 
+/// Each route and the upstream a request would go to now.
 fn routes_json(snapshot: &Snapshot) -> serde_json::Value {
     snapshot
         .router
@@ -226,6 +239,7 @@ fn routes_json(snapshot: &Snapshot) -> serde_json::Value {
         .collect()
 }
 
+/// `POST /reload`: 200 with what changed, or 422 with why nothing did.
 async fn reload(reloader: &Reloader) -> Response<Body> {
     match reloader.reload("POST /reload").await {
         Ok(report) => json(StatusCode::OK, &report),

@@ -6,6 +6,13 @@
 //! Shutdown (DESIGN.md): readiness turns 503 and the listeners stop accepting;
 //! in-flight HTTP finishes; tunnels get the drain timeout to end on their own,
 //! then are closed; [`Running::stopped`] resolves when every task has ended.
+//!
+//! Startup order matters: the listeners are bound first, so a port in use
+//! fails the start before any task runs; the tunnel relay is chosen next
+//! (splice is probed once); then the first snapshot is built, which loads
+//! every certificate and starts the health probes; only then do the accept
+//! loops, the admin listener and the file watcher start. Everything spawned
+//! is tracked, so [`Running::stopped`] can wait for all of it.
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -4,6 +4,11 @@
 //! certificates, so anyone holding the directory can mint certificates that
 //! a machine trusting the CA accepts. Production certificates come from a
 //! real CA (ACME/certbot, a company PKI); see `certs/README.md`.
+//!
+//! The CA is valid for ten years and the server certificate for 397 days (the
+//! longest browsers accept), both
+//! ECDSA P-256 via rcgen; keys are written owner-only. Names given with
+//! `--name` become the server certificate's SANs (DNS names or IP addresses).
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -52,6 +57,7 @@ pub enum CertGenError {
 
 /// Server certificates are kept under the 398 days browsers accept.
 const SERVER_DAYS: u64 = 397;
+/// Ten years: a development CA should outlive the projects that trust it.
 const CA_DAYS: u64 = 3650;
 
 /// Generate a CA (`shunt development CA`) and a server certificate for `names`.
@@ -155,6 +161,8 @@ pub fn write(certs: &DevCerts, dir: &Path, force: bool) -> Result<Vec<PathBuf>, 
     Ok(written)
 }
 
+/// Write `text` to `path`; a new private key file (`secret`) is created
+/// owner-only (0600), so the key is never readable by others, even briefly.
 fn write_file(path: &Path, text: &str, secret: bool) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;

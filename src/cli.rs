@@ -5,6 +5,10 @@
 //! config layer needs to know whether a flag was *given* to merge it over the
 //! config file (flag > file > built-in default); the defaults shown in `--help`
 //! are applied in [`crate::config`].
+//!
+//! `--help` is the reference for every flag; `shunt check` prints what the
+//! flags and the file amounted to, after the merge, which is the quickest
+//! way to see why a setting is not what one expected.
 
 use std::path::PathBuf;
 

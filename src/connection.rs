@@ -12,6 +12,13 @@
 //! At shutdown, an idle keep-alive connection closes at once and one with a
 //! request in flight finishes it, within the drain timeout. An upgraded
 //! connection leaves this task: its tunnel is tracked on its own.
+//!
+//! Why admission comes before TLS: a TLS handshake costs the server a
+//! signature, and a refused client should not be able to make shunt pay
+//! that. A refused plain-HTTP connection still gets a short answer saying
+//! why (403 or 429), written by hand since hyper never sees the connection;
+//! the refusals themselves are bounded ([`crate::policy::rate::Gate`]) so a
+//! flood of refused connections cannot hold many tasks.
 
 use std::future::Future;
 use std::io;

@@ -5,6 +5,10 @@
 //! stops when the root token is cancelled. Each accepted connection gets
 //! `TCP_NODELAY` (audio frames are small and latency-bound) and its own
 //! tracked task.
+//!
+//! The back-off doubles from 5 ms up to 1 s and resets on the next successful
+//! accept: long enough that a process out of file descriptors does not spin,
+//! short enough that it serves again soon after descriptors are freed.
 
 use std::future::Future;
 use std::io;

@@ -6,6 +6,11 @@
 //! before anything is swapped, and carries over the health record of every
 //! upstream whose settings did not change, so a reload does not make healthy
 //! upstreams flap to "unknown".
+//!
+//! What a snapshot holds is exactly what a reload may change: routes,
+//! upstreams (with their pools and probe tasks), policy, timeouts and the
+//! certificate set. What must outlive reloads (counters, the per-client
+//! rate and connection gate, the tunnel relay) lives outside it.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -1,4 +1,12 @@
 //! `shunt`: CLI → config → tracing → start → wait for a signal → drain.
+//!
+//! Subcommands: `run` (the default), `check` (validate and describe the
+//! configuration, loading what a start would load), `healthcheck` (ask a
+//! running instance's admin listener, for container health checks) and
+//! `cert` (development certificates). Exit codes: 0 on success (also after a
+//! graceful drain), 2 on any error, with one `shunt: ...` line on stderr
+//! saying what to fix. Only this file uses `anyhow`: everything below it
+//! returns typed errors.
 
 use std::process::ExitCode;
 
@@ -16,6 +24,7 @@ use shunt::config::{Config, parse_duration};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Dispatch the subcommand; every error exits 2 with one line on stderr.
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -34,6 +43,7 @@ fn main() -> ExitCode {
     }
 }
 
+/// The multi-threaded tokio runtime every subcommand that does I/O runs on.
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -41,6 +51,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
+/// `shunt` / `shunt run`: serve until SIGTERM or SIGINT, reload on SIGHUP, then drain.
 fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let config = Config::build(&args)?;
     shunt::telemetry::init(config.log_format);
@@ -66,6 +77,8 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// `shunt check`: validate the configuration (and load what a start would load),
+/// then print [`Config::describe`]'s report.
 fn check(args: &RunArgs) -> anyhow::Result<ExitCode> {
     let config = Config::build(args)?;
     // Load what a start would load, so a bad certificate or CA file fails here too.
@@ -86,6 +99,8 @@ fn check(args: &RunArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `shunt healthcheck`: ask a running shunt's admin listener for `/readyz`
+/// (or `/healthz` with `--live`); exit 0 if it answers 200, else an error (exit 2).
 fn healthcheck(args: &HealthcheckArgs) -> anyhow::Result<ExitCode> {
     let admin = shunt::config::parse_addr("--admin", &args.admin)?;
     let timeout = parse_duration("--timeout", &args.timeout)?;
@@ -112,6 +127,7 @@ fn healthcheck(args: &HealthcheckArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// `shunt cert`: write a development CA and server certificate.
 fn cert(args: &CertArgs) -> anyhow::Result<ExitCode> {
     let names = if args.names.is_empty() {
         vec!["localhost".to_owned(), "127.0.0.1".to_owned()]

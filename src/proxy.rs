@@ -3,6 +3,20 @@
 //! [`handle`] is hyper's service function for downstream connections. It never
 //! fails: every error becomes a response in [`crate::response`], and every
 //! request ends in exactly one access-log line naming route and upstream.
+//!
+//! # Why this order
+//!
+//! - The WebSocket check ([`crate::upgrade`]) comes first: a malformed
+//!   handshake is the client's fault whatever the route, and refusing it
+//!   costs nothing upstream.
+//! - Routing runs on the *normalized* path, and the policy runs after routing,
+//!   because a route carries its own policy (its IP lists, its `auth`, its
+//!   Origin list). The path that was routed is the path that was policed, and
+//!   it is also the path the upstream is sent ([`crate::forward::request`]).
+//! - Only then is an upstream connected: nothing reaches a backend before the
+//!   request has passed every check.
+//! - The access log is written here, once per request, with the token
+//!   parameter redacted, so no other module needs to know about logging.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -83,6 +97,8 @@ pub async fn handle(
     Ok(resp)
 }
 
+/// The request's steps, in order; each one that refuses returns the error
+/// that [`response::error_response`] turns into the client's answer.
 async fn proxy(
     req: Request<Incoming>,
     downstream: Downstream,

@@ -4,6 +4,13 @@
 //! nothing; the error is logged once and kept for `/status`. Triggers (SIGHUP,
 //! `POST /reload`) all come here, one reload at a time. Settings that only a
 //! restart can change (listen and admin addresses) are reported, not ignored.
+//!
+//! Why all or nothing: a half-applied configuration (new routes, old
+//! certificates) is a state nobody wrote and nobody can test. The new
+//! [`Snapshot`] is built completely, certificates and CA files included, and
+//! only then stored with one `ArcSwap::store`; requests already running keep
+//! the snapshot they loaded. The serializing lock makes two triggers at once
+//! (a file change and a SIGHUP) two reloads in a row rather than a race.
 
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
@@ -116,6 +123,8 @@ impl Reloader {
     }
 }
 
+/// Settings a running process cannot change: reported in the reload's
+/// `restart_required` and warned about once each.
 fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     let mut fields = Vec::new();
     if old.listen != new.listen {
@@ -130,6 +139,7 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     fields
 }
 
+/// The certificates' fingerprints, to tell whether a reload changed them.
 fn fingerprints(s: &Snapshot) -> Vec<String> {
     s.certs
         .iter()

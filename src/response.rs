@@ -2,6 +2,14 @@
 //!
 //! Bodies are short plain text saying what is wrong and what to fix; they never
 //! carry secrets or internal addresses beyond upstream names.
+//!
+//! The error types of the flow live here too ([`ProxyError`] and its
+//! forwarding part [`ForwardError`]), next to their mapping, so the mapping is
+//! total by construction: adding a variant without deciding its status code
+//! does not compile. The fault decides the code: the client's (400, 401, 403,
+//! 404, 405, 426, 429), an upstream's (502, 503, 504), and the body says which
+//! and what to fix. Refusals at accept, before hyper sees the connection, are
+//! written by hand ([`raw_refusal`]) with the same status and text.
 
 use std::time::Duration;
 
@@ -89,6 +97,18 @@ pub enum ProxyError {
     Forward(#[from] ForwardError),
 }
 
+/// The status code of each refusal, by whose fault it is:
+///
+/// | error | status |
+/// |-------|--------|
+/// | malformed WebSocket handshake, bad `Host` | 400 |
+/// | unsupported `Sec-WebSocket-Version` | 426 (with the version to use) |
+/// | no route | 404 |
+/// | refused by policy | see [`Denied`]'s mapping (401, 403, 405, 429, 400) |
+/// | every upstream of the route down | 503 |
+/// | connect or response timeout | 504 |
+/// | any other upstream failure | 502 |
+/// | the client's request body broken | 400 |
 impl From<&ProxyError> for StatusCode {
     fn from(e: &ProxyError) -> Self {
         match e {

@@ -5,6 +5,11 @@
 //! over host-less ones. Matching runs on the normalized path (dot segments
 //! resolved, percent-encoded dots decoded, repeated slashes folded), so a path
 //! trick cannot reach another route's upstream.
+//!
+//! The table is built once per snapshot and sorted by specificity, so a
+//! lookup is a linear walk that stops at the first match; route counts are
+//! small (a handful), where that beats any index. The host comparison ignores
+//! case and the port, as `Host` headers vary in both.
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -57,6 +62,8 @@ impl Router {
     }
 }
 
+/// `Host` without its port (`a:8080` → `a`, `[::1]:8443` → `::1`): routes name
+/// hosts, never ports, since the listener already fixed the port.
 fn strip_port(host: &str) -> &str {
     if host.starts_with('[') {
         return host.split_once(']').map_or(host, |(h, _)| &h[1..]);

@@ -3,6 +3,11 @@
 //! One root `CancellationToken` (cancelled at shutdown) and one `TaskTracker`
 //! (every spawned task, so shutdown can wait for them), the live snapshot and
 //! the counters (including the policy's per-client [`Gate`], kept across reloads). Nothing here calls back into the flow.
+//!
+//! Why a struct passed down rather than globals: every test starts its own
+//! shunt in-process, on its own ports, and several run at once; with the
+//! handles threaded explicitly, each instance shuts down only its own tasks
+//! and counts only its own traffic.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

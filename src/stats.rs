@@ -4,6 +4,12 @@
 //! Updated from the request path with relaxed atomics (one add per request);
 //! the tunnel gauge is a small map touched once when a tunnel opens and once
 //! when it closes.
+//!
+//! The counters outlive reloads (they live in the runtime, not the
+//! snapshot), so `/metrics` never goes backwards when the configuration
+//! changes. A closed tunnel adds its bytes to the totals of its route and
+//! upstream when its guard drops, so the totals are exact without the tunnel
+//! touching a shared counter per read.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};

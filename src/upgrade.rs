@@ -4,6 +4,13 @@
 //! costs no upstream connection. A request that asks to upgrade to anything
 //! other than `websocket` is treated as a plain request (its `Upgrade` header
 //! is hop-by-hop and is dropped), as nginx does.
+//!
+//! The check is strict where a lenient proxy would pass a broken handshake to
+//! the backend and let it fail there, less clearly: the method must be GET,
+//! `Connection` must carry `upgrade`, the key must be 16 bytes of base64 and
+//! the version 13 (anything else is answered 426 with the version to use).
+//! What passes is a [`Kind::WebSocket`]: the exchange then takes a fresh
+//! upstream connection and, after a 101, becomes a tunnel.
 
 use base64::Engine;
 use http::{HeaderMap, Method, Request, Version, header};

@@ -31,8 +31,11 @@ use super::{Config, ConfigError, policy};
 use crate::cli::RunArgs;
 use crate::tls::CertSpec;
 
+/// Loopback by default: exposing the port is a decision, not an accident.
 const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// The admin API stays on loopback unless moved (it can trigger reloads).
 const DEFAULT_ADMIN: &str = "127.0.0.1:9901";
+/// The call backend of DESIGN.md.
 const DEFAULT_DIRECT: &str = "http://127.0.0.1:5006";
 /// hyper refuses a read buffer smaller than this.
 const MIN_HEADER_BYTES: usize = 8192;

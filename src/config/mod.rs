@@ -329,6 +329,7 @@ fn join<T: fmt::Display>(items: &[T]) -> String {
         .join(", ")
 }
 
+/// Read and parse the config file; unknown keys are errors ([`raw`]).
 fn read_file(path: &Path) -> Result<RawConfig, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.to_owned(),

@@ -4,6 +4,13 @@
 //! Each takes the name of the field it parses (`--listen`, "`listen` in the
 //! config file", ...) so that an error names the setting to fix, in the
 //! words the user wrote it with.
+//!
+//! Durations take humantime's forms (`500ms`, `2s`, `1h`, `1m 30s`) or a bare
+//! number of seconds; addresses take `IP:PORT` or `:PORT` (every IPv4
+//! interface); upstream URLs are `http(s)://host[:port]` without a path,
+//! since the client's path is forwarded unchanged. Route paths are plain
+//! segment prefixes: no query, fragment or dot segment, which could never
+//! match a normalized request path.
 
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -318,6 +318,7 @@ fn path(
     }
 }
 
+/// CIDR ranges (`10.0.0.0/8`, a bare address is a /32 or /128), blaming `field`.
 fn cidrs((field, items): (String, &[String])) -> Result<Vec<IpNet>, ConfigError> {
     items
         .iter()
@@ -327,6 +328,7 @@ fn cidrs((field, items): (String, &[String])) -> Result<Vec<IpNet>, ConfigError>
         .collect()
 }
 
+/// Origin rules (`https://app.example.com`, `https://*.example.com`, `*`), blaming `field`.
 fn origins((field, items): (String, &[String])) -> Result<Vec<OriginRule>, ConfigError> {
     items
         .iter()
@@ -336,10 +338,13 @@ fn origins((field, items): (String, &[String])) -> Result<Vec<OriginRule>, Confi
         .collect()
 }
 
+/// `none`, `token` or `jwt`.
 fn parse_auth(field: &str, v: &str) -> Result<AuthMode, ConfigError> {
     AuthMode::parse(v).ok_or_else(|| ConfigError::invalid(field, v, "expected none, token or jwt"))
 }
 
+/// A query parameter or cookie name: kept to a safe alphabet, since it is
+/// matched in requests and written into log lines.
 fn name(field: &str, v: String) -> Result<String, ConfigError> {
     let ok = !v.is_empty()
         && v.bytes()
@@ -355,6 +360,7 @@ fn name(field: &str, v: String) -> Result<String, ConfigError> {
     }
 }
 
+/// Read a token or JWT secret file; the error names the setting, never the content.
 fn read_secret(field: &str, path: &Path) -> Result<String, ConfigError> {
     std::fs::read_to_string(path).map_err(|e| {
         ConfigError::invalid(field, path.display(), format!("cannot read the file: {e}"))

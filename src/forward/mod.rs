@@ -6,6 +6,13 @@
 //! are streamed, never buffered. A WebSocket handshake always uses a fresh
 //! connection; if the upstream accepts it (101), both connections go to
 //! [`tunnel`]; a refusal is relayed to the client as an ordinary response.
+//!
+//! Timeouts split the blame. The response timeout bounds the upstream's
+//! answer (and counts against its health when it runs out); a body the
+//! *client* fails to send is the client's fault (400), never the upstream's.
+//! A pooled connection the upstream closed while idle is noticed before the
+//! request goes out and replaced by a fresh one, so keep-alive reuse never
+//! turns into a spurious 502.
 
 pub mod headers;
 pub mod request;

@@ -293,6 +293,8 @@ enum Audience {
     Many(Vec<String>),
 }
 
+/// base64url, as JWTs are encoded (RFC 7515 §2); padding is accepted but not
+/// required, since the RFC omits it and some issuers add it anyway.
 const B64: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::new(
     &base64::alphabet::URL_SAFE,
     base64::engine::GeneralPurposeConfig::new()

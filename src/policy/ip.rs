@@ -5,6 +5,10 @@
 //! request has been routed. Deny wins over allow; an empty allow list allows
 //! every address not denied. IPv4-mapped IPv6 addresses (`::ffff:a.b.c.d`, as
 //! seen by a listener on `[::]`) are matched as the IPv4 address they carry.
+//!
+//! Deny wins so that an exception can be carved out of an allowed range
+//! (`--allow-ip 10.0.0.0/8 --deny-ip 10.0.5.0/24`), which is how firewall
+//! rules are usually written; the refusal says which list and entry matched.
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -76,6 +80,8 @@ impl fmt::Display for IpNet {
     }
 }
 
+/// `ip` with every bit past `prefix` cleared: both sides of a range check
+/// are compared masked.
 fn mask(ip: IpAddr, prefix: u8) -> IpAddr {
     match ip {
         IpAddr::V4(v4) => {

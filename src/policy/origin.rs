@@ -49,6 +49,8 @@ struct Site {
     port: u16,
 }
 
+/// `scheme://host[:port]` as browsers send it: lower-cased, default port filled in,
+/// no path. `None` for anything else (`null`, a path, user info).
 fn parse_site(text: &str) -> Option<Site> {
     let (scheme, rest) = text.split_once("://")?;
     let scheme = scheme.to_ascii_lowercase();

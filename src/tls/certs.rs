@@ -124,6 +124,7 @@ pub fn load(spec: &CertSpec, provider: &CryptoProvider) -> Result<LoadedCert, Ce
     })
 }
 
+/// Every certificate of a PEM chain, leaf first.
 fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, CertError> {
     let chain = CertificateDer::pem_file_iter(path)
         .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
@@ -139,6 +140,7 @@ fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, CertError> {
     Ok(chain)
 }
 
+/// What `/status` shows about the leaf: subject, SANs, expiry, fingerprint.
 fn describe(leaf: &CertificateDer<'_>, spec: &CertSpec) -> Result<CertInfo, CertError> {
     let parse_err = |reason: String| CertError::Parse {
         path: spec.cert.clone(),
@@ -172,6 +174,7 @@ fn describe(leaf: &CertificateDer<'_>, spec: &CertSpec) -> Result<CertInfo, Cert
     })
 }
 
+/// An IP SAN's raw bytes (4 or 16) as an address.
 fn ip_from_bytes(bytes: &[u8]) -> Option<std::net::IpAddr> {
     match bytes.len() {
         4 => Some(std::net::IpAddr::from(<[u8; 4]>::try_from(bytes).ok()?)),

@@ -2,6 +2,11 @@
 //!
 //! Trusts the CA file given by `--upstream-ca` (or `ca` of the upstream), or
 //! else the system's roots; SNI and certificate verification use the URL host.
+//!
+//! The client config is built per upstream when a snapshot is built, so a
+//! CA file that fails to load fails the reload (the old snapshot stays), and a
+//! renewed CA file is picked up by the next reload. ALPN is `http/1.1` only:
+//! a WebSocket upgrade needs HTTP/1.1 on the upstream leg too.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

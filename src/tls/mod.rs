@@ -100,6 +100,7 @@ pub async fn accept(
         .map_err(|_| AcceptError::Timeout(timeout))?
 }
 
+/// What a plain-HTTP client on the TLS port is told, instead of a silent close.
 const PLAIN_HTTP_ANSWER: &[u8] = b"HTTP/1.1 400 Bad Request\r\n\
 content-type: text/plain; charset=utf-8\r\n\
 connection: close\r\n\

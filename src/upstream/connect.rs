@@ -7,6 +7,10 @@
 //! [`http1_handshake`] is the one HTTP/1.1 client handshake of the crate
 //! (forwarding, health probes, `shunt healthcheck`): the connection task it
 //! starts is tracked, allows upgrades, and can react to shutdown.
+//!
+//! `TCP_NODELAY` is set on every upstream socket for the same reason as on
+//! downstream ones: audio frames are small, and Nagle's algorithm would hold
+//! each one back for the previous one's ACK.
 
 use std::io;
 use std::pin::Pin;
@@ -43,6 +47,8 @@ pub enum ConnectError {
     ServerName(String),
 }
 
+/// The message for a connect error: "connection refused" is what operators
+/// search logs for, so it is said plainly rather than as `os error 111`.
 fn describe(e: &io::Error) -> String {
     match e.kind() {
         io::ErrorKind::ConnectionRefused => "connection refused".into(),

@@ -5,6 +5,13 @@
 //! `rise` consecutive successes to come up and `fall` consecutive failures to go
 //! down. Probes and real requests (passively, on connect failure or timeout)
 //! both report here. Each change is logged once, saying why.
+//!
+//! Why thresholds: one lost probe on a busy machine should not move every
+//! new call to nginx, and one lucky probe should not bring back an upstream
+//! that is flapping. The first result decides at once, though, so a fresh
+//! start does not wait `rise` intervals before it is ready. Probe kinds
+//! match what the route needs: `tcp` (the port accepts), `http` (the app
+//! answers), `ws` (the WebSocket path really upgrades, then closes cleanly).
 
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;

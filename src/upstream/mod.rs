@@ -5,6 +5,11 @@
 //! removes or changes it). Selection walks a route's upstreams in order and
 //! connects to the first that is not down, falling through to the next one on
 //! a connect failure, which also counts against the failed upstream's health.
+//!
+//! Falling through on a connect failure is safe because nothing has been sent
+//! yet: the request is still whole, so the next upstream gets it as if it had
+//! been first. Once bytes are sent, a failure is reported to the client
+//! (502/504) rather than retried, since the request may have had effects.
 
 pub mod connect;
 pub mod health;
