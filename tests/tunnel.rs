@@ -107,6 +107,15 @@ async fn start_shunt(upstream: SocketAddr, mode: &str, extra: &[&str]) -> Shunt 
         .await
 }
 
+/// Wait (bounded) until shunt reports no open tunnel.
+async fn wait_tunnels_closed(shunt: &Shunt, what: &str) {
+    let closed = eventually(WAIT, async || {
+        shunt.status().await.unwrap()["active_tunnels"] == 0
+    })
+    .await;
+    assert!(closed, "timed out waiting for {what}");
+}
+
 /// The relay's pipes in use, from `/status`.
 async fn pipes_in_use(shunt: &Shunt) -> u64 {
     shunt.status().await.unwrap()["tunnel"]["pipes_in_use"]
@@ -190,14 +199,7 @@ async fn large_stream_both_ways_is_exact_and_counted() {
             send_pattern(sw, 2, TOTAL, &[65536]),
             expect_pattern(cr, 2, TOTAL),
         );
-        assert!(
-            eventually(
-                WAIT,
-                async || shunt.status().await.unwrap()["active_tunnels"] == 0
-            )
-            .await,
-            "timed out waiting for the tunnel to close"
-        );
+        wait_tunnels_closed(&shunt, "the tunnel to close").await;
         let status = shunt.status().await.unwrap();
         let t = &status["tunnels"][0];
         assert_eq!(t["bytes_downstream_to_upstream"], TOTAL as u64, "{mode}");
@@ -327,14 +329,7 @@ async fn half_close_passes_each_way_and_the_other_way_goes_on() {
         let mut rest = Vec::new();
         server.read_to_end(&mut rest).await.unwrap();
         assert!(rest.is_empty());
-        assert!(
-            eventually(
-                WAIT,
-                async || shunt.status().await.unwrap()["active_tunnels"] == 0
-            )
-            .await,
-            "timed out waiting for both tunnels to close"
-        );
+        wait_tunnels_closed(&shunt, "both tunnels to close").await;
         shunt.stop().await;
     }
 }
@@ -418,14 +413,7 @@ async fn thousands_of_tunnels_at_once_and_idle_ones_hold_no_pipe() {
             .unwrap();
         assert!(open <= 64, "{mode}: pipe pool bounded, {open} open");
         drop(clients);
-        assert!(
-            eventually(
-                WAIT,
-                async || shunt.status().await.unwrap()["active_tunnels"] == 0
-            )
-            .await,
-            "timed out waiting for tunnels to close"
-        );
+        wait_tunnels_closed(&shunt, "tunnels to close").await;
         shunt.stop().await;
     }
 }
