@@ -18,17 +18,17 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::flags::Overrides;
 use super::parse::{
-    check_name, parse_addr, parse_duration, parse_host, parse_path, parse_route_flag,
-    parse_tunnel_settings, parse_via,
+    check_name, parse_addr, parse_admin, parse_duration, parse_host, parse_log_format, parse_path,
+    parse_via,
 };
 use super::raw::{RawConfig, RawHealth};
 use super::spec::{
-    HealthSpec, LogFormat, ProbeKind, RouteSpec, Scheme, Timeouts, TlsSpec, UpstreamName,
-    UpstreamSpec, UpstreamUrl,
+    HealthSpec, ProbeKind, RouteSpec, Scheme, Timeouts, TlsSpec, UpstreamName, UpstreamSpec,
+    UpstreamUrl,
 };
 use super::{Config, ConfigError, policy};
-use crate::cli::RunArgs;
 use crate::tls::CertSpec;
 
 /// Loopback by default: exposing the port is a decision, not an accident.
@@ -42,7 +42,7 @@ const MIN_HEADER_BYTES: usize = 8192;
 
 /// Flags over file over defaults, one field at a time.
 pub(super) struct Merge<'a> {
-    pub(super) args: &'a RunArgs,
+    pub(super) flags: &'a Overrides,
     pub(super) file: &'a RawConfig,
     /// Directory of the config file: relative paths in the file are relative to it.
     pub(super) base: &'a Path,
@@ -61,51 +61,40 @@ pub(super) fn field_name(from_flag: bool, flag: &str, key: &str) -> String {
 impl Merge<'_> {
     /// The whole configuration, one field at a time.
     pub(super) fn config(&self) -> Result<Config, ConfigError> {
-        let a = self.args;
+        let a = self.flags;
         let f = self.file;
-        let listen = self.pick(
-            &a.listen,
+        let listen = pick(
+            a.listen,
             &f.listen,
             "listen",
             "listen",
             DEFAULT_LISTEN,
             parse_addr,
         )?;
-        let admin = self.pick(
-            &a.admin,
+        let admin = pick(
+            a.admin,
             &f.admin,
             "admin",
             "admin",
             DEFAULT_ADMIN,
-            |field, v| {
-                if v.eq_ignore_ascii_case("off") {
-                    Ok(None)
-                } else {
-                    parse_addr(field, v).map(Some)
-                }
-            },
+            parse_admin,
         )?;
         let timeouts = Timeouts {
-            connect: self.duration(
-                &a.connect_timeout,
+            connect: duration(
+                a.connect_timeout,
                 &f.connect_timeout,
                 "connect-timeout",
                 "2s",
             )?,
-            response: self.duration(
-                &a.response_timeout,
+            response: duration(
+                a.response_timeout,
                 &f.response_timeout,
                 "response-timeout",
                 "60s",
             )?,
-            header: self.duration(
-                &a.header_timeout,
-                &f.header_timeout,
-                "header-timeout",
-                "10s",
-            )?,
-            idle: self.duration(&a.idle_timeout, &f.idle_timeout, "idle-timeout", "1h")?,
-            drain: self.duration(&a.drain_timeout, &f.drain_timeout, "drain-timeout", "30s")?,
+            header: duration(a.header_timeout, &f.header_timeout, "header-timeout", "10s")?,
+            idle: duration(a.idle_timeout, &f.idle_timeout, "idle-timeout", "1h")?,
+            drain: duration(a.drain_timeout, &f.drain_timeout, "drain-timeout", "30s")?,
         };
         let max_header_bytes = a
             .max_header_bytes
@@ -123,20 +112,15 @@ impl Merge<'_> {
                 format!("must be at least {MIN_HEADER_BYTES}"),
             ));
         }
-        let log_format = self.pick(
-            &a.log_format,
+        let log_format = pick(
+            a.log_format,
             &f.log_format,
             "log-format",
             "log_format",
             "pretty",
-            |field, v| match v {
-                "pretty" => Ok(LogFormat::Pretty),
-                "json" => Ok(LogFormat::Json),
-                _ => Err(ConfigError::invalid(field, v, "expected pretty or json")),
-            },
+            parse_log_format,
         )?;
         let (policy, route_defaults) = policy::global(a, f, self.base)?;
-        let tunnel = parse_tunnel_settings(a)?;
         let upstreams = self.upstreams()?;
         let routes = self.routes(&upstreams, &route_defaults)?;
         let tls = self.tls()?;
@@ -146,13 +130,13 @@ impl Merge<'_> {
             timeouts,
             max_header_bytes,
             log_format,
-            tunnel,
+            tunnel: a.tunnel,
             upstreams,
             routes,
             tls,
             file: a.config.clone(),
             policy,
-            watch: !a.no_watch,
+            watch: a.watch,
             flags: Arc::new(a.clone()),
         })
     }
@@ -166,13 +150,13 @@ impl Merge<'_> {
     fn tls(&self) -> Result<Option<TlsSpec>, ConfigError> {
         let raw = self.file.tls.as_ref();
         let timeout_text = raw.and_then(|t| t.handshake_timeout.clone());
-        let handshake_timeout = self.duration(
-            &self.args.tls_handshake_timeout,
+        let handshake_timeout = duration(
+            self.flags.tls_handshake_timeout,
             &timeout_text,
             "tls-handshake-timeout",
             "10s",
         )?;
-        let certs = match (&self.args.tls_cert, &self.args.tls_key) {
+        let certs = match (&self.flags.tls_cert, &self.flags.tls_key) {
             (Some(cert), Some(key)) => vec![CertSpec {
                 cert: cert.clone(),
                 key: key.clone(),
@@ -230,81 +214,47 @@ impl Merge<'_> {
         }))
     }
 
-    /// Flag, else file, else default; parsed with the name of its source.
-    fn pick<T>(
-        &self,
-        flag: &Option<String>,
-        file: &Option<String>,
-        flag_name: &str,
-        key: &str,
-        default: &str,
-        parse: impl Fn(&str, &str) -> Result<T, ConfigError>,
-    ) -> Result<T, ConfigError> {
-        match (flag, file) {
-            (Some(v), _) => parse(&field_name(true, flag_name, key), v),
-            (None, Some(v)) => parse(&field_name(false, flag_name, key), v),
-            (None, None) => parse(&format!("default of --{flag_name}"), default),
-        }
-    }
-
-    fn duration(
-        &self,
-        flag: &Option<String>,
-        file: &Option<String>,
-        flag_name: &str,
-        default: &str,
-    ) -> Result<Duration, ConfigError> {
-        let key = flag_name.replace('-', "_");
-        self.pick(flag, file, flag_name, &key, default, parse_duration)
-    }
-
     /// Health settings: flags, then the file's `[health]`, then the upstream's own table.
     fn health(&self, own: &RawHealth, upstream: &str) -> Result<HealthSpec, ConfigError> {
-        let a = self.args;
+        let a = self.flags;
         let g = &self.file.health;
-        let key = |k: &str| format!("`{k}` of upstream {upstream}");
-        // The upstream's own table is the most specific and wins over flags.
-        let text = |own: &Option<String>,
-                    flag: &Option<String>,
-                    global: &Option<String>,
-                    flag_name: &str,
-                    k: &str,
-                    default: &str|
-         -> (String, String) {
-            match (own, flag, global) {
-                (Some(v), _, _) => (key(k), v.clone()),
-                (None, Some(v), _) => (format!("--{flag_name}"), v.clone()),
-                (None, None, Some(v)) => (format!("`health.{k}` in the config file"), v.clone()),
-                (None, None, None) => (format!("default of --{flag_name}"), default.to_owned()),
+        // The upstream's own table is the most specific and wins over flags;
+        // the file's `[health]` comes after them.
+        let text =
+            |own: &Option<String>, global: &Option<String>, k: &str, flag: &str, def: &str| match (
+                own, global,
+            ) {
+                (Some(v), _) => (format!("`{k}` of upstream {upstream}"), v.clone()),
+                (None, Some(v)) => (format!("`health.{k}` in the config file"), v.clone()),
+                (None, None) => (format!("default of --{flag}"), def.to_owned()),
+            };
+        let check = match (&own.check, &a.health_check) {
+            (None, Some(flag)) => flag.clone(),
+            _ => {
+                let (field, v) = text(&own.check, &g.check, "check", "health-check", "tcp");
+                ProbeKind::parse(&field, &v)?
             }
         };
-        let (field, v) = text(
-            &own.check,
-            &a.health_check,
-            &g.check,
-            "health-check",
-            "check",
-            "tcp",
-        );
-        let check = ProbeKind::parse(&field, &v)?;
-        let (field, v) = text(
-            &own.interval,
-            &a.health_interval,
-            &g.interval,
-            "health-interval",
-            "interval",
-            "2s",
-        );
-        let interval = parse_duration(&field, &v)?;
-        let (field, v) = text(
-            &own.timeout,
-            &a.health_timeout,
-            &g.timeout,
-            "health-timeout",
-            "timeout",
-            "1s",
-        );
-        let timeout = parse_duration(&field, &v)?;
+        let interval = match (&own.interval, a.health_interval) {
+            (None, Some(flag)) => flag,
+            _ => {
+                let (field, v) = text(
+                    &own.interval,
+                    &g.interval,
+                    "interval",
+                    "health-interval",
+                    "2s",
+                );
+                parse_duration(&field, &v)?
+            }
+        };
+        let timeout = match (&own.timeout, a.health_timeout) {
+            (None, Some(flag)) => flag,
+            _ => {
+                let (field, v) = text(&own.timeout, &g.timeout, "timeout", "health-timeout", "1s");
+                parse_duration(&field, &v)?
+            }
+        };
         let count = |own: Option<u32>, flag: Option<u32>, global: Option<u32>, name: &str| {
             let n = own.or(flag).or(global).unwrap_or(1);
             if n == 0 {
@@ -327,19 +277,13 @@ impl Merge<'_> {
     }
 
     fn upstreams(&self) -> Result<Vec<UpstreamSpec>, ConfigError> {
-        let mut urls: BTreeMap<String, (String, String, RawHealth)> = BTreeMap::new();
+        let mut urls: BTreeMap<String, (Url, RawHealth)> = BTreeMap::new();
         for (name, up) in &self.file.upstreams {
             check_name(name)?;
-            urls.insert(
-                name.clone(),
-                (
-                    format!("`url` of upstream {name}"),
-                    up.url.clone(),
-                    up.health.clone(),
-                ),
-            );
+            let url = Url::Text(format!("`url` of upstream {name}"), up.url.clone());
+            urls.insert(name.clone(), (url, up.health.clone()));
         }
-        let global_ca = match (&self.args.upstream_ca, &self.file.upstream_ca) {
+        let global_ca = match (&self.flags.upstream_ca, &self.file.upstream_ca) {
             (Some(flag), _) => Some(flag.clone()),
             (None, Some(file)) => Some(self.file_path(file)),
             (None, None) => None,
@@ -352,27 +296,23 @@ impl Merge<'_> {
                 .map(|c| self.file_path(c))
                 .or_else(|| global_ca.clone())
         };
-        let own_health = |urls: &BTreeMap<String, (String, String, RawHealth)>, name: &str| {
-            urls.get(name).map(|u| u.2.clone()).unwrap_or_default()
-        };
-        if let Some(url) = &self.args.direct {
-            let h = own_health(&urls, "direct");
-            urls.insert("direct".into(), ("--direct".into(), url.clone(), h));
-        }
-        if let Some(url) = &self.args.nginx {
-            let h = own_health(&urls, "nginx");
-            urls.insert("nginx".into(), ("--nginx".into(), url.clone(), h));
+        // `--direct` and `--nginx` replace the file's URL and keep its health table.
+        for (name, flag) in [("direct", &self.flags.direct), ("nginx", &self.flags.nginx)] {
+            if let Some(url) = flag {
+                let health = urls.remove(name).map(|u| u.1).unwrap_or_default();
+                urls.insert(name.into(), (Url::Flag(url.clone()), health));
+            }
         }
         urls.entry("direct".into()).or_insert_with(|| {
-            (
-                "default of --direct".into(),
-                DEFAULT_DIRECT.into(),
-                RawHealth::default(),
-            )
+            let url = Url::Text("default of --direct".into(), DEFAULT_DIRECT.into());
+            (url, RawHealth::default())
         });
         urls.into_iter()
-            .map(|(name, (field, url, health))| {
-                let url = UpstreamUrl::parse(&field, &url)?;
+            .map(|(name, (url, health))| {
+                let url = match url {
+                    Url::Flag(url) => url,
+                    Url::Text(field, text) => UpstreamUrl::parse(&field, &text)?,
+                };
                 Ok(UpstreamSpec {
                     ca: (url.scheme == Scheme::Https)
                         .then(|| ca_of(&name))
@@ -419,8 +359,8 @@ impl Merge<'_> {
             }
             routes.push(route);
         }
-        for text in &self.args.routes {
-            let mut route = parse_route_flag(text)?;
+        for flag in &self.flags.routes {
+            let mut route = flag.clone();
             // A flag replaces a file route's upstreams; the file's policy for it stays.
             route.policy = match routes
                 .iter()
@@ -433,7 +373,7 @@ impl Merge<'_> {
         }
         if routes.is_empty() {
             routes = RouteSpec::defaults(
-                self.args.nginx.is_some() || self.file.upstreams.contains_key("nginx"),
+                self.flags.nginx.is_some() || self.file.upstreams.contains_key("nginx"),
             );
             for route in &mut routes {
                 route.policy = defaults.route_policy(&route.label())?;
@@ -457,4 +397,39 @@ impl Merge<'_> {
         }
         Ok(routes)
     }
+}
+
+/// An upstream URL from a flag (parsed already) or as text still to parse
+/// (the file's, or the default), with the field to blame.
+enum Url {
+    Flag(UpstreamUrl),
+    Text(String, String),
+}
+
+/// Flag, else file, else default; the file's or the default's text is parsed
+/// with the name of its source.
+fn pick<T>(
+    flag: Option<T>,
+    file: &Option<String>,
+    flag_name: &str,
+    key: &str,
+    default: &str,
+    parse: impl Fn(&str, &str) -> Result<T, ConfigError>,
+) -> Result<T, ConfigError> {
+    match (flag, file) {
+        (Some(v), _) => Ok(v),
+        (None, Some(v)) => parse(&field_name(false, flag_name, key), v),
+        (None, None) => parse(&format!("default of --{flag_name}"), default),
+    }
+}
+
+/// [`pick`] for a duration whose file key is the flag's name with underscores.
+fn duration(
+    flag: Option<Duration>,
+    file: &Option<String>,
+    flag_name: &str,
+    default: &str,
+) -> Result<Duration, ConfigError> {
+    let key = flag_name.replace('-', "_");
+    pick(flag, file, flag_name, &key, default, parse_duration)
 }

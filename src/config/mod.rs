@@ -1,13 +1,16 @@
 //! The validated configuration: what shunt runs with.
 //!
-//! Raw sources become typed values in three steps, one file each:
-//! [`raw`] mirrors the TOML file (unknown keys are errors), `merge` lays
-//! flags over the file over the defaults, and [`parse`] turns each winning
-//! text into a typed value of [`spec`]. `policy` does the same for the
-//! security settings. What comes out, a [`Config`], cannot be invalid, so the
-//! rest of the proxy never re-checks a setting; a reload builds a whole new
-//! [`Config`] the same way ([`Config::reread`]) and changes nothing if that fails.
+//! Raw sources become typed values, one step per file: [`raw`] mirrors the
+//! TOML file (unknown keys are errors); `flags` parses the run flags once
+//! into typed overrides; `merge` lays those over the file over the defaults,
+//! and [`parse`] turns each winning text of the file into a typed value of
+//! [`spec`]; `policy` does the same for the security settings. What comes
+//! out, a [`Config`], holds validated values only, so the rest of the proxy
+//! never re-checks a setting. A reload builds a whole new [`Config`] the same
+//! way, laying the same typed overrides over the re-read file
+//! ([`Config::reread`]), and changes nothing if that fails.
 
+mod flags;
 mod merge;
 pub mod parse;
 mod policy;
@@ -24,6 +27,7 @@ use clap::Parser;
 use crate::cli::RunArgs;
 use crate::policy::GlobalPolicy;
 use crate::tls::CertSet;
+use flags::Overrides;
 use raw::RawConfig;
 
 pub use parse::{parse_addr, parse_duration};
@@ -126,9 +130,9 @@ pub struct Config {
     pub policy: GlobalPolicy,
     /// Whether file changes trigger a reload (off with `--no-watch`).
     pub watch: bool,
-    /// The flags this was built from, kept (unexposed) only so that a reload
-    /// re-reads the file and merges the same flags over it.
-    flags: Arc<RunArgs>,
+    /// The flags this was built from, typed: a reload re-reads the file and
+    /// lays the same overrides over it.
+    flags: Arc<Overrides>,
 }
 
 impl Config {
@@ -152,18 +156,23 @@ impl Config {
 
     /// Read the config file named by `args` (if any) and merge `args` over it.
     pub fn build(args: &RunArgs) -> Result<Config, ConfigError> {
-        let file = match &args.config {
+        Config::build_over(&Overrides::parse(args)?)
+    }
+
+    /// Read the config file named by `flags` (if any) and lay `flags` over it.
+    fn build_over(flags: &Overrides) -> Result<Config, ConfigError> {
+        let file = match &flags.config {
             Some(path) => read_file(path)?,
             None => RawConfig::default(),
         };
-        let base = args
+        let base = flags
             .config
             .as_deref()
             .and_then(Path::parent)
             .map(Path::to_path_buf)
             .unwrap_or_default();
         let merged = merge::Merge {
-            args,
+            flags,
             file: &file,
             base: &base,
         };
@@ -172,7 +181,7 @@ impl Config {
 
     /// Re-read the file and merge the same flags: the candidate for a reload.
     pub fn reread(&self) -> Result<Config, ConfigError> {
-        Config::build(&self.flags)
+        Config::build_over(&self.flags)
     }
 
     /// The upstream called `name`.

@@ -19,7 +19,7 @@ use http::Uri;
 
 use super::ConfigError;
 use super::spec::{
-    ProbeKind, RouteSpec, Scheme, TunnelMode, TunnelSettings, UpstreamName, UpstreamUrl,
+    LogFormat, ProbeKind, RouteSpec, Scheme, TunnelMode, TunnelSettings, UpstreamName, UpstreamUrl,
 };
 use crate::cli::RunArgs;
 use crate::policy::RoutePolicy;
@@ -237,6 +237,24 @@ pub fn parse_duration(field: &str, text: &str) -> Result<Duration, ConfigError> 
         Err(_) => humantime::parse_duration(t),
     };
     parsed.map_err(|e| ConfigError::invalid(field, text, format!("{e} (examples: 500ms, 2s, 1h)")))
+}
+
+/// The admin address, or `off` (no admin listener).
+pub(super) fn parse_admin(field: &str, v: &str) -> Result<Option<SocketAddr>, ConfigError> {
+    if v.eq_ignore_ascii_case("off") {
+        Ok(None)
+    } else {
+        parse_addr(field, v).map(Some)
+    }
+}
+
+/// `pretty` or `json`.
+pub(super) fn parse_log_format(field: &str, v: &str) -> Result<LogFormat, ConfigError> {
+    match v {
+        "pretty" => Ok(LogFormat::Pretty),
+        "json" => Ok(LogFormat::Json),
+        _ => Err(ConfigError::invalid(field, v, "expected pretty or json")),
+    }
 }
 
 /// `N/s` or `N/m`: a per-client request rate.

@@ -12,10 +12,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::ConfigError;
+use super::flags::Overrides;
 use super::merge::field_name;
 use super::parse::{parse_duration, parse_rate};
 use super::raw::{RawConfig, RawRoute};
-use crate::cli::RunArgs;
 use crate::policy::auth::{AuthMode, Credentials, JwtVerifier, TokenSet, TokenSources};
 use crate::policy::ip::{IpNet, IpRules};
 use crate::policy::origin::OriginRule;
@@ -76,13 +76,13 @@ impl RouteDefaults {
 
 /// Flags over file over defaults, for the global settings: one step per setting.
 pub(super) fn global(
-    a: &RunArgs,
+    a: &Overrides,
     f: &RawConfig,
     base: &Path,
 ) -> Result<(GlobalPolicy, RouteDefaults), ConfigError> {
     let ip = IpRules {
-        allow: cidrs(list(&a.allow_ip, &f.allow_ip, "allow-ip", "allow_ip"))?,
-        deny: cidrs(list(&a.deny_ip, &f.deny_ip, "deny-ip", "deny_ip"))?,
+        allow: flag_or_file(&a.allow_ip, &f.allow_ip, "allow_ip", cidrs)?,
+        deny: flag_or_file(&a.deny_ip, &f.deny_ip, "deny_ip", cidrs)?,
     };
     let token_file = path(
         &a.token_file,
@@ -102,12 +102,7 @@ pub(super) fn global(
     let jwt = jwt_verifier(a, f, jwt_file.as_ref())?;
     let defaults = RouteDefaults {
         auth: default_auth(a, f, jwt.is_some(), tokens.is_some())?,
-        origins: origins(list(
-            &a.allow_origin,
-            &f.allow_origin,
-            "allow-origin",
-            "allow_origin",
-        ))?,
+        origins: flag_or_file(&a.allow_origin, &f.allow_origin, "allow_origin", origins)?,
         require_origin: a.require_origin.or(f.require_origin).unwrap_or(false),
         cors: a.cors.or(f.cors).unwrap_or(false),
         has_tokens: tokens.is_some(),
@@ -143,12 +138,12 @@ fn token_set(file: Option<&(String, PathBuf)>) -> Result<Option<Arc<TokenSet>>, 
 /// The JWT verifier (`--jwt-secret-file` and its issuer, audience and
 /// leeway), if a secret file is named; it must not be empty.
 fn jwt_verifier(
-    a: &RunArgs,
+    a: &Overrides,
     f: &RawConfig,
     file: Option<&(String, PathBuf)>,
 ) -> Result<Option<Arc<JwtVerifier>>, ConfigError> {
-    let leeway = match (&a.jwt_leeway, &f.jwt_leeway) {
-        (Some(v), _) => parse_duration("--jwt-leeway", v)?,
+    let leeway = match (a.jwt_leeway, &f.jwt_leeway) {
+        (Some(d), _) => d,
         (None, Some(v)) => parse_duration("`jwt_leeway` in the config file", v)?,
         (None, None) => Duration::from_secs(30),
     };
@@ -173,13 +168,19 @@ fn jwt_verifier(
 }
 
 /// Where a token is looked for: the query parameter and cookie names.
-fn token_sources(a: &RunArgs, f: &RawConfig) -> Result<TokenSources, ConfigError> {
+fn token_sources(a: &Overrides, f: &RawConfig) -> Result<TokenSources, ConfigError> {
     let mut sources = TokenSources::default();
-    if let Some(q) = a.token_query.clone().or_else(|| f.token_query.clone()) {
-        sources.query = name("--token-query / `token_query`", q)?;
+    match (&a.token_query, &f.token_query) {
+        (Some(q), _) => sources.query = q.clone(),
+        (None, Some(q)) => sources.query = token_name("--token-query / `token_query`", q.clone())?,
+        (None, None) => {}
     }
-    if let Some(c) = a.token_cookie.clone().or_else(|| f.token_cookie.clone()) {
-        sources.cookie = name("--token-cookie / `token_cookie`", c)?;
+    match (&a.token_cookie, &f.token_cookie) {
+        (Some(c), _) => sources.cookie = c.clone(),
+        (None, Some(c)) => {
+            sources.cookie = token_name("--token-cookie / `token_cookie`", c.clone())?
+        }
+        (None, None) => {}
     }
     Ok(sources)
 }
@@ -187,13 +188,13 @@ fn token_sources(a: &RunArgs, f: &RawConfig) -> Result<TokenSources, ConfigError
 /// The routes' default authentication: as set, else whichever credential is
 /// configured (JWT first), else none.
 fn default_auth(
-    a: &RunArgs,
+    a: &Overrides,
     f: &RawConfig,
     has_jwt: bool,
     has_tokens: bool,
 ) -> Result<AuthMode, ConfigError> {
     Ok(match (&a.auth, &f.auth) {
-        (Some(v), _) => parse_auth("--auth", v)?,
+        (Some(mode), _) => *mode,
         (None, Some(v)) => parse_auth("`auth` in the config file", v)?,
         (None, None) if has_jwt => AuthMode::Jwt,
         (None, None) if has_tokens => AuthMode::Token,
@@ -203,9 +204,9 @@ fn default_auth(
 
 /// The per-client rate (burst defaulting to one second of it) and the
 /// connection caps; a cap of 0 is refused (leaving it out means no limit).
-fn limits(a: &RunArgs, f: &RawConfig) -> Result<RateLimits, ConfigError> {
+fn limits(a: &Overrides, f: &RawConfig) -> Result<RateLimits, ConfigError> {
     let rate = match (&a.rate, &f.rate) {
-        (Some(v), _) => Some(parse_rate("--rate", v)?),
+        (Some(r), _) => Some(*r),
         (None, Some(v)) => Some(parse_rate("`rate` in the config file", v)?),
         (None, None) => None,
     };
@@ -289,17 +290,17 @@ pub(super) fn route(
     Ok(policy)
 }
 
-/// The flag's list if given, else the file's; with the field name to blame.
-fn list<'a>(
-    flag: &'a [String],
-    file: &'a [String],
-    flag_name: &str,
+/// The flag's list if given (already parsed), else the file's, parsed and
+/// blamed on the file key.
+fn flag_or_file<T: Clone>(
+    flag: &Option<Vec<T>>,
+    file: &[String],
     key: &str,
-) -> (String, &'a [String]) {
-    if flag.is_empty() {
-        (field_name(false, flag_name, key), file)
-    } else {
-        (field_name(true, flag_name, key), flag)
+    parse: impl Fn((String, &[String])) -> Result<Vec<T>, ConfigError>,
+) -> Result<Vec<T>, ConfigError> {
+    match flag {
+        Some(items) => Ok(items.clone()),
+        None => parse((format!("`{key}` in the config file"), file)),
     }
 }
 
@@ -319,7 +320,7 @@ fn path(
 }
 
 /// CIDR ranges (`10.0.0.0/8`, a bare address is a /32 or /128), blaming `field`.
-fn cidrs((field, items): (String, &[String])) -> Result<Vec<IpNet>, ConfigError> {
+pub(super) fn cidrs((field, items): (String, &[String])) -> Result<Vec<IpNet>, ConfigError> {
     items
         .iter()
         .map(|s| s.trim())
@@ -329,7 +330,7 @@ fn cidrs((field, items): (String, &[String])) -> Result<Vec<IpNet>, ConfigError>
 }
 
 /// Origin rules (`https://app.example.com`, `https://*.example.com`, `*`), blaming `field`.
-fn origins((field, items): (String, &[String])) -> Result<Vec<OriginRule>, ConfigError> {
+pub(super) fn origins((field, items): (String, &[String])) -> Result<Vec<OriginRule>, ConfigError> {
     items
         .iter()
         .map(|s| s.trim())
@@ -339,13 +340,13 @@ fn origins((field, items): (String, &[String])) -> Result<Vec<OriginRule>, Confi
 }
 
 /// `none`, `token` or `jwt`.
-fn parse_auth(field: &str, v: &str) -> Result<AuthMode, ConfigError> {
+pub(super) fn parse_auth(field: &str, v: &str) -> Result<AuthMode, ConfigError> {
     AuthMode::parse(v).ok_or_else(|| ConfigError::invalid(field, v, "expected none, token or jwt"))
 }
 
 /// A query parameter or cookie name: kept to a safe alphabet, since it is
 /// matched in requests and written into log lines.
-fn name(field: &str, v: String) -> Result<String, ConfigError> {
+pub(super) fn token_name(field: &str, v: String) -> Result<String, ConfigError> {
     let ok = !v.is_empty()
         && v.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
