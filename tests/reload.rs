@@ -148,14 +148,6 @@ impl Drop for Child_ {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn signal(child: &Child, sig: &str) {
     let ok = Command::new("kill")
         .args([sig, &child.id().to_string()])
@@ -168,7 +160,7 @@ fn signal(child: &Child, sig: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_reloads_the_binary_without_dropping_a_call() {
     let routes = Routes::new("sighup").await;
-    let (port, admin) = (free_port(), free_port());
+    let (port, admin) = (support::free_port(), support::free_port());
     let mut child = Child_(
         Command::new(env!("CARGO_BIN_EXE_shunt"))
             .args(["run", "--config", routes.config_arg(), "--no-watch"])

@@ -119,20 +119,11 @@ async fn shutdown_without_tunnels_does_not_wait_for_the_drain_timeout() {
     assert!(began.elapsed() < Duration::from_secs(5));
 }
 
-/// A port that was free a moment ago.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_binary_exits_0_on_sigterm() {
     let backend = echo_backend().name("direct-backend").spawn().await;
-    let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let listen = SocketAddr::from(([127, 0, 0, 1], support::free_port()));
+    let admin = SocketAddr::from(([127, 0, 0, 1], support::free_port()));
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_shunt"))
         .args([
             "run",

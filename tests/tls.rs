@@ -25,6 +25,15 @@ async fn open_call(proxy: &support::Shunt, pki: &TestPki) -> (support::Ws, Strin
     (call, fp)
 }
 
+/// A wss:// handshake on `path` through shunt at `addr` that must succeed;
+/// the client WebSocket and the `x-shunt-route` it was answered with.
+async fn wss_ok(addr: std::net::SocketAddr, path: &str, pki: &TestPki) -> (support::Ws, String) {
+    let (ws, resp, _) = wss_connect(addr, "localhost", path, pki.client_config())
+        .await
+        .unwrap_or_else(|e| panic!("wss:// handshake on {path}: {e}"));
+    (ws, header(&resp, "x-shunt-route").to_owned())
+}
+
 async fn echo_once(ws: &mut support::Ws, text: &str) {
     send_text(ws, text).await.unwrap();
     assert_eq!(recv_text(ws).await.unwrap(), text);
@@ -36,15 +45,8 @@ async fn wss_echo_through_shunt() {
     let (cert, key) = pki.write("server", &["localhost", "127.0.0.1"]);
     let backend = echo_backend().name("direct-backend").spawn().await;
     let proxy = shunt().direct(backend.url()).tls(&cert, &key).start().await;
-    let (mut ws, resp, _) = wss_connect(
-        proxy.addr(),
-        "localhost",
-        "/frontend-audio",
-        pki.client_config(),
-    )
-    .await
-    .unwrap();
-    assert_eq!(header(&resp, "x-shunt-route"), "direct");
+    let (mut ws, route) = wss_ok(proxy.addr(), "/frontend-audio", &pki).await;
+    assert_eq!(route, "direct");
     assert_eq!(
         recv_text(&mut ws).await.unwrap(),
         "hello from direct-backend"
@@ -540,15 +542,8 @@ async fn ip_lists_and_tokens_apply_on_wss() {
         .expect("a handshake without a token is refused")
         .to_string();
     assert!(err.contains("401"), "{err}");
-    let (mut ws, resp, _) = wss_connect(
-        guarded.addr(),
-        "localhost",
-        "/frontend-audio?token=s3cret-token",
-        pki.client_config(),
-    )
-    .await
-    .unwrap();
-    assert_eq!(header(&resp, "x-shunt-route"), "direct");
+    let (mut ws, route) = wss_ok(guarded.addr(), "/frontend-audio?token=s3cret-token", &pki).await;
+    assert_eq!(route, "direct");
     recv_text(&mut ws).await.unwrap();
     echo_once(&mut ws, "authenticated over tls").await;
 }

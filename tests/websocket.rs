@@ -94,6 +94,14 @@ async fn echo_suite(addr: SocketAddr, path: &str, route: &str, backend: &str) {
     );
 }
 
+/// A WebSocket call on `/frontend-audio` through shunt at `addr`, past the
+/// backend's hello.
+async fn open_call(addr: std::net::SocketAddr) -> support::Ws {
+    let (mut socket, _) = ws_connect(addr, "/frontend-audio", &[]).await.unwrap();
+    ws::recv_text(&mut socket).await.expect("hello");
+    socket
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn echo_direct() {
     let backend = echo_backend().name("direct-backend").spawn().await;
@@ -139,10 +147,7 @@ async fn closing_the_client_closes_the_backend_side() {
     shunt.wait_ready().await;
 
     // Graceful: a Close frame.
-    let (mut socket, _) = ws_connect(shunt.addr(), "/frontend-audio", &[])
-        .await
-        .unwrap();
-    ws::recv_text(&mut socket).await.expect("hello");
+    let mut socket = open_call(shunt.addr()).await;
     assert_eq!(backend.active_websockets(), 1);
     ws::send_frame(&mut socket, fastwebsockets::Frame::close(1000, b""))
         .await
@@ -159,10 +164,7 @@ async fn closing_the_client_closes_the_backend_side() {
     );
 
     // Abrupt: the client's TCP connection just goes away, no Close frame.
-    let (mut socket, _) = ws_connect(shunt.addr(), "/frontend-audio", &[])
-        .await
-        .unwrap();
-    ws::recv_text(&mut socket).await.expect("hello");
+    let socket = open_call(shunt.addr()).await;
     assert_eq!(backend.active_websockets(), 1);
     drop(socket);
     assert!(
@@ -179,10 +181,7 @@ async fn stopping_the_backend_closes_the_client_promptly() {
     let shunt = shunt().direct(backend.url()).start().await;
     shunt.wait_ready().await;
 
-    let (mut socket, _) = ws_connect(shunt.addr(), "/frontend-audio", &[])
-        .await
-        .unwrap();
-    ws::recv_text(&mut socket).await.expect("hello");
+    let mut socket = open_call(shunt.addr()).await;
     let stopped_at = Instant::now();
     backend.stop().await;
     let closed = ws::wait_closed(&mut socket, Duration::from_secs(3)).await;
@@ -204,10 +203,7 @@ async fn idle_timeout_closes_a_silent_tunnel_but_not_a_busy_one() {
     shunt.wait_ready().await;
 
     // Busy: a message every 100 ms for 1 s keeps it open.
-    let (mut socket, _) = ws_connect(shunt.addr(), "/frontend-audio", &[])
-        .await
-        .unwrap();
-    ws::recv_text(&mut socket).await.expect("hello");
+    let mut socket = open_call(shunt.addr()).await;
     let mut silent_from = Instant::now();
     for i in 0..10 {
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -331,10 +327,7 @@ async fn status_reports_live_tunnels_and_upgrade_counts() {
         .await;
     shunt.wait_ready().await;
 
-    let (mut socket, _) = ws_connect(shunt.addr(), "/frontend-audio", &[])
-        .await
-        .unwrap();
-    ws::recv_text(&mut socket).await.expect("hello");
+    let socket = open_call(shunt.addr()).await;
     let active = async |shunt: &support::Shunt| -> u64 {
         let status = shunt.status().await.expect("/status");
         status["tunnels"]

@@ -48,6 +48,13 @@ pub async fn eventually(limit: Duration, mut check: impl AsyncFnMut() -> bool) -
     }
 }
 
+/// A port on 127.0.0.1 that was free a moment ago (for a process that must
+/// be told its port up front, like nginx, or a restart on the same port).
+pub fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    listener.local_addr().expect("local addr").port()
+}
+
 /// Inside an [`eventually`] check: remember `seen` as the last state (for the
 /// failure message) and answer "not yet".
 pub fn not_yet(last: &mut String, seen: impl std::fmt::Display) -> bool {

@@ -53,7 +53,7 @@ impl NginxBuilder {
         let dir = temp_dir();
         let mut last_error = String::new();
         for _ in 0..PORT_ATTEMPTS {
-            let port = free_port();
+            let port = super::free_port();
             let addr = SocketAddr::from(([127, 0, 0, 1], port));
             match start(&binary, &dir, addr, self.upstream).await {
                 Ok(child) => return Some(Nginx { child, addr, dir }),
@@ -116,11 +116,6 @@ fn temp_dir() -> PathBuf {
 
 /// A port that was free a moment ago (nginx may lose a race for it; the
 /// caller retries).
-fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    listener.local_addr().expect("local addr").port()
-}
-
 fn config(dir: &Path, listen: SocketAddr, upstream: SocketAddr) -> String {
     let d = dir.display();
     format!(
