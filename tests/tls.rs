@@ -34,6 +34,19 @@ async fn wss_ok(addr: std::net::SocketAddr, path: &str, pki: &TestPki) -> (suppo
     (ws, header(&resp, "x-shunt-route").to_owned())
 }
 
+/// A test CA with a server certificate for `names`, an echo backend named
+/// `backend`, and a shunt builder serving that certificate in front of it.
+async fn tls_in_front(
+    names: &[&str],
+    backend: &str,
+) -> (TestPki, support::EchoBackend, support::shunt::ShuntBuilder) {
+    let pki = TestPki::new();
+    let (cert, key) = pki.write("server", names);
+    let backend = echo_backend().name(backend).spawn().await;
+    let builder = shunt().direct(backend.url()).tls(&cert, &key);
+    (pki, backend, builder)
+}
+
 async fn echo_once(ws: &mut support::Ws, text: &str) {
     send_text(ws, text).await.unwrap();
     assert_eq!(recv_text(ws).await.unwrap(), text);
@@ -41,10 +54,8 @@ async fn echo_once(ws: &mut support::Ws, text: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wss_echo_through_shunt() {
-    let pki = TestPki::new();
-    let (cert, key) = pki.write("server", &["localhost", "127.0.0.1"]);
-    let backend = echo_backend().name("direct-backend").spawn().await;
-    let proxy = shunt().direct(backend.url()).tls(&cert, &key).start().await;
+    let (pki, _backend, proxy) = tls_in_front(&["localhost", "127.0.0.1"], "direct-backend").await;
+    let proxy = proxy.start().await;
     let (mut ws, route) = wss_ok(proxy.addr(), "/frontend-audio", &pki).await;
     assert_eq!(route, "direct");
     assert_eq!(
@@ -238,10 +249,8 @@ key = "wild.key"
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_and_plain_http_on_the_tls_port_are_closed_cleanly() {
-    let pki = TestPki::new();
-    let (cert, key) = pki.write("server", &["localhost"]);
-    let backend = echo_backend().spawn().await;
-    let proxy = shunt().direct(backend.url()).tls(&cert, &key).start().await;
+    let (pki, _backend, proxy) = tls_in_front(&["localhost"], "backend").await;
+    let proxy = proxy.start().await;
     let (mut call, _) = open_call(&proxy, &pki).await;
 
     // Plain HTTP: a 400 that says what to do, then close.
@@ -551,10 +560,8 @@ async fn ip_lists_and_tokens_apply_on_wss() {
 /// `curl --http1.0` offers ALPN `http/1.0` alone; `http/1.1` clients get `http/1.1`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn alpn_selects_http_1_1_or_http_1_0() {
-    let pki = TestPki::new();
-    let (cert, key) = pki.write("server", &["localhost"]);
-    let backend = echo_backend().spawn().await;
-    let proxy = shunt().direct(backend.url()).tls(&cert, &key).start().await;
+    let (pki, _backend, proxy) = tls_in_front(&["localhost"], "backend").await;
+    let proxy = proxy.start().await;
     for (offer, want) in [
         (vec![b"h2".to_vec(), b"http/1.1".to_vec()], "http/1.1"),
         (vec![b"http/1.0".to_vec()], "http/1.0"),
@@ -572,15 +579,8 @@ async fn alpn_selects_http_1_1_or_http_1_0() {
 /// closed at `--tls-handshake-timeout`, while a call keeps streaming.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_tls_handshake_is_closed_at_the_timeout() {
-    let pki = TestPki::new();
-    let (cert, key) = pki.write("server", &["localhost"]);
-    let backend = echo_backend().spawn().await;
-    let proxy = shunt()
-        .direct(backend.url())
-        .tls(&cert, &key)
-        .arg("--tls-handshake-timeout", "300ms")
-        .start()
-        .await;
+    let (pki, _backend, proxy) = tls_in_front(&["localhost"], "backend").await;
+    let proxy = proxy.arg("--tls-handshake-timeout", "300ms").start().await;
     let (mut call, _) = open_call(&proxy, &pki).await;
 
     // Silent, and a TLS record header that never gets its body.
