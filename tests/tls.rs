@@ -3,6 +3,7 @@
 
 mod support;
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use rustls::pki_types::pem::PemObject;
@@ -34,17 +35,24 @@ async fn wss_ok(addr: std::net::SocketAddr, path: &str, pki: &TestPki) -> (suppo
     (ws, header(&resp, "x-shunt-route").to_owned())
 }
 
-/// A test CA with a server certificate for `names`, an echo backend named
-/// `backend`, and a shunt builder serving that certificate in front of it.
+/// A test CA with a certificate `stem` for `names` (its files returned too),
+/// an echo backend named `backend`, and a shunt builder serving that
+/// certificate in front of it.
 async fn tls_in_front(
+    stem: &str,
     names: &[&str],
     backend: &str,
-) -> (TestPki, support::EchoBackend, support::shunt::ShuntBuilder) {
+) -> (
+    TestPki,
+    (PathBuf, PathBuf),
+    support::EchoBackend,
+    support::shunt::ShuntBuilder,
+) {
     let pki = TestPki::new();
-    let (cert, key) = pki.write("server", names);
+    let (cert, key) = pki.write(stem, names);
     let backend = echo_backend().name(backend).spawn().await;
     let builder = shunt().direct(backend.url()).tls(&cert, &key);
-    (pki, backend, builder)
+    (pki, (cert, key), backend, builder)
 }
 
 async fn echo_once(ws: &mut support::Ws, text: &str) {
@@ -54,7 +62,8 @@ async fn echo_once(ws: &mut support::Ws, text: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wss_echo_through_shunt() {
-    let (pki, _backend, proxy) = tls_in_front(&["localhost", "127.0.0.1"], "direct-backend").await;
+    let (pki, _, _backend, proxy) =
+        tls_in_front("server", &["localhost", "127.0.0.1"], "direct-backend").await;
     let proxy = proxy.start().await;
     let (mut ws, route) = wss_ok(proxy.addr(), "/frontend-audio", &pki).await;
     assert_eq!(route, "direct");
@@ -95,10 +104,8 @@ async fn wss_echo_through_shunt() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn certificate_renewed_by_atomic_rename_while_a_call_streams() {
-    let pki = TestPki::new();
-    let (cert, key) = pki.write("server", &["localhost"]);
-    let backend = echo_backend().name("b").spawn().await;
-    let proxy = shunt().direct(backend.url()).tls(&cert, &key).start().await;
+    let (pki, (cert, key), _backend, proxy) = tls_in_front("server", &["localhost"], "b").await;
+    let proxy = proxy.start().await;
     let (mut call, old_fp) = open_call(&proxy, &pki).await;
     echo_once(&mut call, "before renewal").await;
 
@@ -249,7 +256,7 @@ key = "wild.key"
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_and_plain_http_on_the_tls_port_are_closed_cleanly() {
-    let (pki, _backend, proxy) = tls_in_front(&["localhost"], "backend").await;
+    let (pki, _, _backend, proxy) = tls_in_front("server", &["localhost"], "backend").await;
     let proxy = proxy.start().await;
     let (mut call, _) = open_call(&proxy, &pki).await;
 
@@ -284,11 +291,10 @@ async fn garbage_and_plain_http_on_the_tls_port_are_closed_cleanly() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_upstream_with_a_private_ca() {
-    let pki = TestPki::new();
-    let (cert, key) = pki.write("nginx", &["127.0.0.1"]);
-    let backend = echo_backend().name("behind-tls").spawn().await;
     // A TLS-only "nginx": another shunt terminating TLS in front of the backend.
-    let tls_front = shunt().direct(backend.url()).tls(&cert, &key).start().await;
+    let (pki, (cert, _), backend, tls_front) =
+        tls_in_front("nginx", &["127.0.0.1"], "behind-tls").await;
+    let tls_front = tls_front.start().await;
     let proxy = shunt()
         .direct(backend.url())
         .nginx(format!("https://127.0.0.1:{}", tls_front.addr().port()))
@@ -560,7 +566,7 @@ async fn ip_lists_and_tokens_apply_on_wss() {
 /// `curl --http1.0` offers ALPN `http/1.0` alone; `http/1.1` clients get `http/1.1`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn alpn_selects_http_1_1_or_http_1_0() {
-    let (pki, _backend, proxy) = tls_in_front(&["localhost"], "backend").await;
+    let (pki, _, _backend, proxy) = tls_in_front("server", &["localhost"], "backend").await;
     let proxy = proxy.start().await;
     for (offer, want) in [
         (vec![b"h2".to_vec(), b"http/1.1".to_vec()], "http/1.1"),
@@ -579,7 +585,7 @@ async fn alpn_selects_http_1_1_or_http_1_0() {
 /// closed at `--tls-handshake-timeout`, while a call keeps streaming.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_tls_handshake_is_closed_at_the_timeout() {
-    let (pki, _backend, proxy) = tls_in_front(&["localhost"], "backend").await;
+    let (pki, _, _backend, proxy) = tls_in_front("server", &["localhost"], "backend").await;
     let proxy = proxy.arg("--tls-handshake-timeout", "300ms").start().await;
     let (mut call, _) = open_call(&proxy, &pki).await;
 
