@@ -338,6 +338,17 @@ async fn read_to_close(s: &mut TcpStream) -> String {
     String::from_utf8_lossy(&buf).into_owned()
 }
 
+/// One kubelet-style generation of a secret volume: directory `name` in
+/// `volume` with a fresh `tls.crt` and `tls.key` for localhost.
+fn secret_generation(pki: &TestPki, volume: &std::path::Path, name: &str) -> PathBuf {
+    let dir = volume.join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key) = pki.issue(&["localhost"]);
+    std::fs::write(dir.join("tls.crt"), cert).unwrap();
+    std::fs::write(dir.join("tls.key"), key).unwrap();
+    dir
+}
+
 /// A Kubernetes secret volume: `tls.crt -> ..data/tls.crt`, `..data -> ..<timestamp>`;
 /// an update writes a new timestamped directory and swaps `..data` by rename.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -345,11 +356,7 @@ async fn kubernetes_secret_symlink_swap_reloads_the_certificate() {
     use std::os::unix::fs::symlink;
     let pki = TestPki::new();
     let volume = pki.dir.join("secret");
-    let first = volume.join("..2026_11_25_first");
-    std::fs::create_dir_all(&first).unwrap();
-    let (c, k) = pki.issue(&["localhost"]);
-    std::fs::write(first.join("tls.crt"), c).unwrap();
-    std::fs::write(first.join("tls.key"), k).unwrap();
+    let first = secret_generation(&pki, &volume, "..2026_11_25_first");
     symlink("..2026_11_25_first", volume.join("..data")).unwrap();
     symlink("..data/tls.crt", volume.join("tls.crt")).unwrap();
     symlink("..data/tls.key", volume.join("tls.key")).unwrap();
@@ -366,11 +373,7 @@ async fn kubernetes_secret_symlink_swap_reloads_the_certificate() {
         .unwrap();
 
     // What the kubelet does on a secret update.
-    let second = volume.join("..2026_11_25_second");
-    std::fs::create_dir_all(&second).unwrap();
-    let (c, k) = pki.issue(&["localhost"]);
-    std::fs::write(second.join("tls.crt"), c).unwrap();
-    std::fs::write(second.join("tls.key"), k).unwrap();
+    secret_generation(&pki, &volume, "..2026_11_25_second");
     symlink("..2026_11_25_second", volume.join("..data_tmp")).unwrap();
     std::fs::rename(volume.join("..data_tmp"), volume.join("..data")).unwrap();
     std::fs::remove_dir_all(&first).unwrap();
