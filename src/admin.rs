@@ -245,7 +245,7 @@ async fn reload(reloader: &Reloader) -> Response<Body> {
         Ok(report) => json(StatusCode::OK, &report),
         Err(e) => json(
             StatusCode::UNPROCESSABLE_ENTITY,
-            &json!({"ok": false, "error": e.to_string()}),
+            &json!({"ok": false, "error": crate::response::chain(&e)}),
         ),
     }
 }

@@ -32,13 +32,16 @@ use crate::tls::CertStore;
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     /// The proxy or admin address cannot be bound.
-    #[error("{0}")]
-    Bind(#[source] std::io::Error),
+    #[error(transparent)]
+    Bind(#[from] crate::listener::BindError),
+    /// The address a listener was bound to cannot be read back.
+    #[error("cannot read the bound address")]
+    LocalAddr(#[source] std::io::Error),
     /// The first snapshot could not be built (certificates, upstream TLS).
     #[error(transparent)]
     Build(#[from] BuildError),
     /// rustls refused the server configuration.
-    #[error("TLS setup: {0}")]
+    #[error("TLS setup")]
     Tls(#[from] rustls::Error),
 }
 
@@ -58,13 +61,10 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let listen = config.listen;
     let admin = config.admin;
     let proxy_listener = crate::listener::bind(listen, "proxy")
-        .await
-        .map_err(StartError::Bind)?;
+        .await?;
     let admin_listener = match admin {
         Some(addr) => Some(
-            crate::listener::bind(addr, "admin")
-                .await
-                .map_err(StartError::Bind)?,
+            crate::listener::bind(addr, "admin").await?,
         ),
         None => None,
     };
@@ -83,9 +83,9 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let rt = Runtime::new(ArcSwap::from_pointee(snapshot), certs, shutdown, tracker);
     let reloader = Reloader::new(rt.clone());
 
-    let listen_addr = proxy_listener.local_addr().map_err(StartError::Bind)?;
+    let listen_addr = proxy_listener.local_addr().map_err(StartError::LocalAddr)?;
     let admin_addr = match &admin_listener {
-        Some(l) => Some(l.local_addr().map_err(StartError::Bind)?),
+        Some(l) => Some(l.local_addr().map_err(StartError::LocalAddr)?),
         None => None,
     };
 

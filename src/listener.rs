@@ -19,14 +19,24 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-/// Bind `addr`, naming it in the error.
-pub async fn bind(addr: SocketAddr, what: &str) -> io::Result<TcpListener> {
-    TcpListener::bind(addr).await.map_err(|e| {
-        io::Error::new(
-            e.kind(),
-            format!("cannot bind {what} listener on {addr}: {e}"),
-        )
-    })
+/// A listener address that cannot be bound (in use, not ours, no permission).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot bind {what} listener on {addr}")]
+pub struct BindError {
+    /// Which listener: `proxy` or `admin`.
+    pub what: &'static str,
+    /// The address asked for.
+    pub addr: SocketAddr,
+    /// What the OS said.
+    #[source]
+    pub source: io::Error,
+}
+
+/// Bind `addr`, naming the listener and the address in the error.
+pub async fn bind(addr: SocketAddr, what: &'static str) -> Result<TcpListener, BindError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| BindError { what, addr, source })
 }
 
 /// Accept until `stop` is cancelled, handing each connection to `serve` on a tracked task.

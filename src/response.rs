@@ -263,3 +263,18 @@ pub fn full(body: impl Into<Bytes>) -> Body {
         .map_err(|never| match never {})
         .boxed()
 }
+
+/// An error and each of its causes, once each, joined by `: ` (what
+/// `{:#}` prints for an `anyhow` chain): for messages that leave the process
+/// as text, like a failed reload in `/status`. The error types on the config
+/// and startup path do not repeat their source in their own message.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
+}
