@@ -115,7 +115,8 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     {
         tracing::warn!(error = %e, "cannot watch files for changes; use SIGHUP or POST /reload");
     }
-    tracing::info!(listen = %listen_addr, admin = ?admin_addr, tls = rt.certs.is_some(), "shunt listening");
+    let admin_shown = admin_addr.map_or_else(|| "off".to_owned(), |a| a.to_string());
+    tracing::info!(listen = %listen_addr, admin = %admin_shown, tls = rt.certs.is_some(), "shunt listening");
     Ok(Running {
         listen_addr,
         admin_addr,
