@@ -37,16 +37,24 @@ use crate::upstream::health::State;
 /// module does not reach into the forwarding flow.
 pub type TunnelStatus = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
 
-/// Serve the admin API on `listener` until shutdown.
+/// Serve the admin API on `listener` until `stop` is cancelled, each
+/// connection on `tracker`.
+///
+/// `stop` is not the root shutdown token: the admin API stays up while the
+/// proxy drains (`/readyz` 503, `/status` with `draining: true` and the
+/// tunnels left), so an operator can watch the drain; [`crate::app`] cancels
+/// it once everything else has ended.
 pub async fn run(
     listener: TcpListener,
     rt: Arc<Runtime>,
     reloader: Arc<Reloader>,
     tunnel: TunnelStatus,
+    stop: CancellationToken,
+    tracker: TaskTracker,
 ) {
-    let tracker = rt.tracker.clone();
-    let stop = rt.shutdown.clone();
+    let stop_connection = stop.clone();
     crate::listener::accept_loop(listener, stop, tracker, move |stream, _peer| {
+        let stop = stop_connection.clone();
         let rt = rt.clone();
         let reloader = reloader.clone();
         let tunnel = tunnel.clone();
@@ -61,9 +69,11 @@ pub async fn run(
             builder
                 .timer(TokioTimer::new())
                 .header_read_timeout(std::time::Duration::from_secs(10));
-            let _ = builder
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+            let connection = builder.serve_connection(TokioIo::new(stream), service);
+            tokio::select! {
+                _ = connection => {}
+                () = stop.cancelled() => {}
+            }
         }
     })
     .await;

@@ -3,9 +3,11 @@
 //! tunnel [`Relay`](crate::forward::tunnel::Relay), which it hands down to the
 //! accept stage ([`crate::connection::accept`]) in a [`crate::proxy::Context`].
 //!
-//! Shutdown (DESIGN.md): readiness turns 503 and the listeners stop accepting;
+//! Shutdown (DESIGN.md): readiness turns 503 and the proxy listener stops accepting;
 //! in-flight HTTP finishes; tunnels get the drain timeout to end on their own,
 //! then are closed; [`Running::stopped`] resolves when every task has ended.
+//! The admin listener has its own token and tracker: it answers during the
+//! whole drain (`/readyz` 503, `/status` `draining: true`) and stops last.
 //!
 //! Startup order matters: the listeners are bound first, so a port in use
 //! fails the start before any task runs; the tunnel relay is chosen next
@@ -52,6 +54,10 @@ pub struct Running {
     admin_addr: Option<SocketAddr>,
     rt: Arc<Runtime>,
     reloader: Arc<Reloader>,
+    /// Stops the admin API, which outlives the drain (see [`crate::admin::run`]).
+    admin_stop: CancellationToken,
+    /// The admin listener and its connections.
+    admin_tracker: TaskTracker,
 }
 
 /// Bind the listeners and start serving `config`.
@@ -99,13 +105,17 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         rt.tracker.clone(),
         move |stream, peer| crate::connection::accept(stream, peer, &ctx, acceptor.as_ref()),
     ));
+    let admin_stop = CancellationToken::new();
+    let admin_tracker = TaskTracker::new();
     if let Some(listener) = admin_listener {
         let tunnel: crate::admin::TunnelStatus = Arc::new(move || relay.to_json());
-        rt.tracker.spawn(crate::admin::run(
+        admin_tracker.spawn(crate::admin::run(
             listener,
             rt.clone(),
             reloader.clone(),
             tunnel,
+            admin_stop.clone(),
+            admin_tracker.clone(),
         ));
     }
     let watch = rt.live.load().config.watch;
@@ -122,6 +132,8 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         admin_addr,
         rt,
         reloader,
+        admin_stop,
+        admin_tracker,
     })
 }
 
@@ -152,7 +164,8 @@ impl Running {
         self.rt.begin_shutdown();
     }
 
-    /// Wait until every task has ended (after [`Running::shutdown`]).
+    /// Wait until every task has ended (after [`Running::shutdown`]), then
+    /// stop the admin API, which answered throughout the drain.
     pub async fn stopped(self) {
         self.rt.tracker.close();
         let drain = self.rt.live.load().timeouts.drain;
@@ -167,5 +180,9 @@ impl Running {
                 "tasks still running {bound:?} after shutdown began; exiting anyway"
             );
         }
+        self.admin_stop.cancel();
+        self.admin_tracker.close();
+        // Admin connections end at once on the token; the bound is a safety net.
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.admin_tracker.wait()).await;
     }
 }
