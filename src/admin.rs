@@ -8,7 +8,9 @@
 //! alive (a liveness probe that must not fail because an upstream is down);
 //! `/readyz` says every route has an upstream to go to, and when not, names
 //! the route and why, so an operator (or `shunt healthcheck`) reads the cause
-//! instead of guessing; `/status` is the whole picture in JSON; `/metrics` the
+//! instead of guessing (a route that still works but has lost a fallback, an
+//! upstream down or one that does not forward WebSocket upgrades, is listed
+//! under `degraded` of a 200); `/status` is the whole picture in JSON; `/metrics` the
 //! same counters for Prometheus. `POST /reload` is the scripted twin of
 //! SIGHUP: 200 with what changed, or 422 with why nothing did.
 
@@ -126,13 +128,45 @@ fn readyz(rt: &Runtime) -> Response<Body> {
         })
         .collect();
     if unready.is_empty() {
-        json(StatusCode::OK, &json!({"ready": true}))
+        let degraded = degraded(&snapshot);
+        if degraded.is_empty() {
+            json(StatusCode::OK, &json!({"ready": true}))
+        } else {
+            json(
+                StatusCode::OK,
+                &json!({"ready": true, "degraded": degraded}),
+            )
+        }
     } else {
         json(
             StatusCode::SERVICE_UNAVAILABLE,
             &json!({"ready": false, "routes": unready}),
         )
     }
+}
+
+/// Routes that still work but have lost a fallback: an upstream of theirs
+/// that is down, or that does not forward WebSocket upgrades. Each entry
+/// names the route, the upstream and why.
+fn degraded(snapshot: &Snapshot) -> Vec<serde_json::Value> {
+    let mut out = Vec::new();
+    for r in snapshot.router.routes() {
+        for u in &r.via {
+            let v = u.health.view();
+            let reason = if v.state == State::Down {
+                Some(format!(
+                    "upstream down: {}",
+                    v.last_error.as_deref().unwrap_or("down")
+                ))
+            } else {
+                v.websocket_error
+            };
+            if let Some(reason) = reason {
+                out.push(json!({"route": r.label, "upstream": u.name().0, "reason": reason}));
+            }
+        }
+    }
+    out
 }
 
 /// `GET /status`: everything an operator asks first, in one JSON document.
@@ -200,6 +234,8 @@ fn upstreams_json(snapshot: &Snapshot) -> serde_json::Value {
                 "check": u.spec.health.check.to_string(),
                 "health": v.state.as_str(),
                 "last_error": v.last_error,
+                "websocket": if v.websocket_error.is_some() { "broken" } else { "ok" },
+                "websocket_error": v.websocket_error,
                 "last_change": humantime::format_rfc3339_seconds(v.last_change).to_string(),
             })
         })

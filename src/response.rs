@@ -54,6 +54,20 @@ pub enum ForwardError {
         /// The response timeout that ran out.
         after: Duration,
     },
+    /// Upstream's, for WebSocket only: a WebSocket upgrade answered with a
+    /// 2xx, 3xx or 5xx instead of 101, typically an nginx without the
+    /// upgrade headers. A 4xx is a deliberate refusal and relayed as is.
+    #[error(
+        "{upstream} answered {status} to a WebSocket upgrade on {path}: it does not forward upgrades (proxy_http_version 1.1, Upgrade/Connection headers)"
+    )]
+    UpgradeNotForwarded {
+        /// The upstream's name.
+        upstream: String,
+        /// What it answered instead of 101.
+        status: StatusCode,
+        /// The path of the upgrade.
+        path: String,
+    },
     /// A pooled connection had closed and a new one could not be made.
     #[error("upstream {upstream}: {source}")]
     Reconnect {
@@ -134,7 +148,9 @@ impl From<&ProxyError> for StatusCode {
             ProxyError::Forward(ForwardError::Protocol { .. }) => StatusCode::BAD_GATEWAY,
             ProxyError::Forward(ForwardError::DownstreamBody { .. }) => StatusCode::BAD_REQUEST,
             ProxyError::Denied(d) => StatusCode::from(d),
-            ProxyError::Forward(ForwardError::Reconnect { .. }) => StatusCode::BAD_GATEWAY,
+            ProxyError::Forward(
+                ForwardError::Reconnect { .. } | ForwardError::UpgradeNotForwarded { .. },
+            ) => StatusCode::BAD_GATEWAY,
         }
     }
 }
