@@ -66,12 +66,9 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let tracker = TaskTracker::new();
     let listen = config.listen;
     let admin = config.admin;
-    let proxy_listener = crate::listener::bind(listen, "proxy")
-        .await?;
+    let proxy_listener = crate::listener::bind(listen, "proxy").await?;
     let admin_listener = match admin {
-        Some(addr) => Some(
-            crate::listener::bind(addr, "admin").await?,
-        ),
+        Some(addr) => Some(crate::listener::bind(addr, "admin").await?),
         None => None,
     };
     if let Some(addr) = admin.filter(|a| !a.ip().is_loopback()) {

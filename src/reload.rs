@@ -66,7 +66,11 @@ impl Reloader {
         match &error {
             None => tracing::info!(trigger, "reload applied"),
             Some(e) => {
-                tracing::error!(trigger, error = e.as_str(), "reload failed; keeping the running configuration")
+                tracing::error!(
+                    trigger,
+                    error = e.as_str(),
+                    "reload failed; keeping the running configuration"
+                )
             }
         }
         *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(LastReload {

@@ -58,7 +58,8 @@ pub enum ForwardError {
     /// 2xx, 3xx or 5xx instead of 101, typically an nginx without the
     /// upgrade headers. A 4xx is a deliberate refusal and relayed as is.
     #[error(
-        "{upstream} answered {status} to a WebSocket upgrade on {path}: it does not forward upgrades (proxy_http_version 1.1, Upgrade/Connection headers)"
+        "{upstream} answered {} to a WebSocket upgrade on {path}: it does not forward upgrades (proxy_http_version 1.1, Upgrade/Connection headers)",
+        status.as_u16()
     )]
     UpgradeNotForwarded {
         /// The upstream's name.

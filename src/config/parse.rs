@@ -180,7 +180,9 @@ pub(super) fn parse_path(field: &str, path: &str) -> Result<String, ConfigError>
         return Err(ConfigError::invalid(
             field,
             path,
-            format!("a route path is a path, not a URL: write host = \"{host}\" and path = \"/{rest}\""),
+            format!(
+                "a route path is a path, not a URL: write host = \"{host}\" and path = \"/{rest}\""
+            ),
         ));
     }
     if !path.starts_with('/') {
