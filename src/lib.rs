@@ -13,7 +13,7 @@
 //!        ─▶ upstream (first healthy, connect-error fallback)
 //!        ─▶ forward: plain HTTP ─or─ 101 ─▶ forward::tunnel
 //! side: config, live (ArcSwap snapshot), reload, upstream::health, admin,
-//!       stats, telemetry, runtime (shutdown token + tracker), response (errors → status)
+//!       stats, telemetry, doctor, runtime (shutdown token + tracker), response (errors → status)
 //! ```
 //!
 //! - [`cli`]: flags and subcommands.
@@ -31,6 +31,7 @@
 //! - [`forward`]: header rewriting, forwarding, tunnels.
 //! - [`policy`]: IP lists, authentication, Origin, rate and connection limits.
 //! - [`response`]: errors → status codes and bodies.
+//! - [`doctor`]: `shunt doctor`, the troubleshooting checklist (run on demand).
 //! - [`admin`]: `/healthz`, `/readyz`, `/status`, `POST /reload`.
 //! - [`stats`]: counters for `/status`.
 //! - [`telemetry`]: log output.
@@ -43,6 +44,7 @@ pub mod certgen;
 pub mod cli;
 pub mod config;
 pub mod connection;
+pub mod doctor;
 pub mod forward;
 pub mod handshake;
 pub mod listener;

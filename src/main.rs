@@ -6,7 +6,7 @@ use anyhow::{Context, bail};
 use clap::Parser;
 use tokio::signal::unix::{SignalKind, signal};
 
-use shunt::cli::{CertArgs, Cli, Command, HealthcheckArgs, RunArgs};
+use shunt::cli::{CertArgs, Cli, Command, DoctorArgs, HealthcheckArgs, RunArgs};
 use shunt::config::{Config, parse_duration};
 
 /// mimalloc keeps size classes apart, so the small long-lived state of
@@ -24,6 +24,7 @@ fn main() -> ExitCode {
         Some(Command::Check(args)) => check(&args),
         Some(Command::Healthcheck(args)) => healthcheck(&args),
         Some(Command::Cert(args)) => cert(&args),
+        Some(Command::Doctor(args)) => doctor(&args),
     };
     match result {
         Ok(code) => code,
@@ -207,6 +208,17 @@ fn healthcheck(args: &HealthcheckArgs) -> anyhow::Result<ExitCode> {
             bail!("{path} on {admin} answered {status}; GET it for why")
         }
     })
+}
+
+fn doctor(args: &DoctorArgs) -> anyhow::Result<ExitCode> {
+    let options = shunt::doctor::Options::from_args(args)?;
+    let report = runtime()?.block_on(shunt::doctor::run(&args.run, options));
+    if args.json {
+        println!("{}", report.to_json());
+    } else {
+        print!("{}", report.to_text());
+    }
+    Ok(ExitCode::from(u8::from(report.failed())))
 }
 
 fn cert(args: &CertArgs) -> anyhow::Result<ExitCode> {
