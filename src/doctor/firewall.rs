@@ -146,6 +146,9 @@ pub fn read_nft(text: &str, public: u16, backends: &[u16]) -> Reading {
     }
 }
 
+/// A parser of one tool's output: (text, public port, backend ports).
+type ReadRules = fn(&str, u16, &[u16]) -> Reading;
+
 /// Where an admin tool may be installed.
 fn find_tool(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
@@ -198,7 +201,7 @@ pub(crate) async fn check(ctx: &Context, report: &mut Report) {
         ));
         return;
     }
-    let tools: [(&str, &[&str], fn(&str, u16, &[u16]) -> Reading); 3] = [
+    let tools: [(&str, &[&str], ReadRules); 3] = [
         ("ufw", &["status"], read_ufw),
         ("nft", &["list", "ruleset"], read_nft),
         ("iptables", &["-S", "INPUT"], read_iptables),

@@ -159,7 +159,7 @@ async fn proxy_port(
     let admin = ctx
         .config
         .admin
-        .map_or_else(|| "off".to_owned(), |a| a.to_string());
+        .map_or_else(|| "(off)".to_owned(), |a| a.to_string());
     let holder = sockets.and_then(|s| s.iter().find(|s| covers(s.local, listen)).cloned());
     let bound = match sockets {
         Some(_) => holder.is_some(),
@@ -251,7 +251,12 @@ async fn proxy_port(
             report.push(Finding::warn(
                 CHECK,
                 format!(
-                    "shunt is not running: nothing listens on {listen} and admin {admin} does not answer; the end-to-end check is skipped"
+                    "shunt is not running: nothing listens on {listen}{}; the end-to-end check is skipped",
+                    if ctx.config.admin.is_some() {
+                        format!(" and admin {admin} does not answer")
+                    } else {
+                        String::new()
+                    }
                 ),
                 format!("start it: {}", ctx.run_hint()),
             ));

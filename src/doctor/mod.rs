@@ -360,7 +360,7 @@ fn configuration(args: &RunArgs, report: &mut Report) -> Option<Config> {
     report.push(Finding::ok(
         CHECK,
         format!(
-            "{source} parse and validate: listen {}, {} upstreams, {} routes",
+            "{source} parse and validate: listen {}, {} upstream(s), {} route(s)",
             config.listen,
             config.upstreams.len(),
             config.routes.len()

@@ -41,10 +41,8 @@ pub(crate) async fn check(ctx: &Context, report: &mut Report) -> BTreeMap<Upstre
     let mut reachable = BTreeMap::new();
     for u in &ctx.config.upstreams {
         let ok = tcp(ctx, u, report).await && tls(ctx, u, report).await;
-        if ok {
-            if let ProbeKind::Http(path) = &u.health.check {
-                http_get(ctx, u, path, report).await;
-            }
+        if let (true, ProbeKind::Http(path)) = (ok, &u.health.check) {
+            http_get(ctx, u, path, report).await;
         }
         reachable.insert(u.name.clone(), ok);
     }

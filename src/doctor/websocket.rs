@@ -97,10 +97,10 @@ async fn handshake(ctx: &Context, u: &UpstreamSpec, path: &str) -> Result<Answer
             .is_some_and(|a| a == accept_key(&key)),
         elapsed,
     };
-    if answer.status == StatusCode::SWITCHING_PROTOCOLS {
-        if let Ok(upgraded) = hyper::upgrade::on(&mut resp).await {
-            close(upgraded).await;
-        }
+    if answer.status == StatusCode::SWITCHING_PROTOCOLS
+        && let Ok(upgraded) = hyper::upgrade::on(&mut resp).await
+    {
+        close(upgraded).await;
     }
     Ok(answer)
 }
@@ -160,7 +160,7 @@ fn diagnose(ctx: &Context, route: &RouteSpec, u: &UpstreamSpec, path: &str, a: &
                 ctx.origin.as_deref().unwrap_or_default()
             ),
             format!(
-                "allow {} in the backend's CORS / WebSocket origin setting, or let shunt check the Origin (--allow-origin {}) and have the backend trust shunt",
+                "allow {} in the backend's CORS / WebSocket origin setting, or let shunt check the Origin (allow_origin, --allow-origin {}) and have the backend trust shunt",
                 ctx.origin.as_deref().unwrap_or_default(),
                 ctx.origin.as_deref().unwrap_or_default()
             ),

@@ -1,0 +1,465 @@
+//! `shunt doctor`, run as the real binary against real parts on loopback:
+//! each diagnosis of the checklist (nginx without Upgrade headers, a stopped
+//! backend, certificates, an Origin refused, a backend on all interfaces, a
+//! hung backend) and a healthy setup end to end through shunt.
+
+mod support;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use rcgen::{CertificateParams, KeyPair, date_time_ymd};
+use support::bin::{Run, run_shunt};
+use support::tls::TestPki;
+use support::{EchoBackend, echo_backend, nginx, shunt};
+use tokio::net::TcpListener;
+
+/// Bound on one doctor run; each check inside is bounded by `--timeout`.
+const RUN_LIMIT: Duration = Duration::from_secs(30);
+
+/// `shunt doctor --timeout 2s ARGS`.
+async fn doctor(args: &[&str]) -> Run {
+    let mut all = vec!["doctor", "--timeout", "2s"];
+    all.extend_from_slice(args);
+    run_shunt(&all, RUN_LIMIT).await
+}
+
+/// The flags of a shunt that is not running (nothing on port 0, admin off)
+/// with `/frontend-audio` going to `via`.
+fn stopped_shunt<'a>(direct: &'a str, via: &'a str) -> Vec<&'a str> {
+    vec![
+        "--listen",
+        "127.0.0.1:0",
+        "--admin",
+        "off",
+        "--direct",
+        direct,
+        "--route",
+        via,
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nginx_without_upgrade_headers_fails_with_the_location_block() {
+    let backend = echo_backend().spawn().await;
+    let Some(proxy) = nginx(backend.addr()).without_upgrade_headers().spawn() else {
+        return;
+    };
+    let direct = backend.url();
+    let nginx_url = proxy.url();
+    let mut args = stopped_shunt(&direct, "/frontend-audio=direct,nginx");
+    args.extend(["--nginx", &nginx_url]);
+    let out = doctor(&args).await;
+    assert_eq!(out.code, Some(1), "{}", out.stdout);
+    out.finding("ok   websocket /frontend-audio via direct:");
+    let fail = out.finding("FAIL websocket /frontend-audio via nginx:");
+    let first = fail.lines().next().unwrap_or_default();
+    assert!(
+        first.contains("nginx does not forward WebSocket upgrades on /frontend-audio"),
+        "{fail}"
+    );
+    for line in [
+        "fix: add to nginx's config",
+        "map $http_upgrade $connection_upgrade {",
+        "location /frontend-audio {",
+        &format!("proxy_pass {direct};"),
+        "proxy_http_version 1.1;",
+        "proxy_set_header Upgrade $http_upgrade;",
+        "proxy_set_header Connection $connection_upgrade;",
+    ] {
+        assert!(fail.contains(line), "{line:?} missing from:\n{fail}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nginx_with_upgrade_headers_is_ok() {
+    let backend = echo_backend().spawn().await;
+    let Some(proxy) = nginx(backend.addr()).spawn() else {
+        return;
+    };
+    let direct = backend.url();
+    let nginx_url = proxy.url();
+    let mut args = stopped_shunt(&direct, "/frontend-audio=nginx,direct");
+    args.extend(["--nginx", &nginx_url]);
+    let out = doctor(&args).await;
+    let line = out.finding("ok   websocket /frontend-audio via nginx:");
+    assert!(line.contains("101 in"), "{line}");
+    out.finding("ok   websocket /frontend-audio via direct:");
+    // Nothing failed: shunt not running is only a warning.
+    assert_eq!(out.code, Some(0), "{}", out.stdout);
+    out.finding("warn listener: shunt is not running");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_backend_is_refused() {
+    let mut backend = echo_backend().spawn().await;
+    let direct = backend.url();
+    backend.stop().await;
+    let out = doctor(&stopped_shunt(&direct, "/frontend-audio=direct")).await;
+    assert_eq!(out.code, Some(1), "{}", out.stdout);
+    let fail = out.finding("FAIL upstream direct:");
+    assert!(fail.contains("connection refused"), "{fail}");
+    assert!(fail.contains("fix: start the backend on"), "{fail}");
+    out.finding("FAIL websocket /frontend-audio via direct: not tried");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_that_never_answers_is_bounded_by_the_timeout() {
+    // Connections complete in the kernel's backlog, but nothing reads them.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let direct = format!("http://{}", silent.local_addr().unwrap());
+    let mut args = vec!["doctor", "--timeout", "300ms"];
+    args.extend(stopped_shunt(&direct, "/frontend-audio=direct"));
+    let out = run_shunt(&args, RUN_LIMIT).await;
+    assert_eq!(out.code, Some(1), "{}", out.stdout);
+    let fail = out.finding("FAIL websocket /frontend-audio via direct:");
+    assert!(fail.contains("no answer within 300ms"), "{fail}");
+}
+
+/// An expired self-signed certificate for localhost, written into `pki`'s directory.
+fn expired_cert(pki: &TestPki) -> (PathBuf, PathBuf) {
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+    params.not_before = date_time_ymd(2020, 1, 1);
+    params.not_after = date_time_ymd(2021, 1, 1);
+    let cert = params.self_signed(&key).unwrap();
+    let (c, k) = (pki.dir.join("expired.crt"), pki.dir.join("expired.key"));
+    std::fs::write(&c, cert.pem()).unwrap();
+    std::fs::write(&k, key.serialize_pem()).unwrap();
+    (c, k)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_certificate_fails() {
+    let backend = echo_backend().spawn().await;
+    let pki = TestPki::new();
+    let (cert, key) = expired_cert(&pki);
+    let direct = backend.url();
+    let mut args = stopped_shunt(&direct, "/frontend-audio=direct");
+    args.extend([
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+        "--url",
+        "wss://localhost:8443/frontend-audio",
+    ]);
+    let out = doctor(&args).await;
+    assert_eq!(out.code, Some(1), "{}", out.stdout);
+    out.finding("ok   tls key:");
+    let fail = out.finding("FAIL tls expiry:");
+    assert!(
+        fail.contains("EXPIRED") && fail.contains("2021-01-01"),
+        "{fail}"
+    );
+    assert!(fail.contains("fix: renew it"), "{fail}");
+    out.finding("ok   tls names:");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_not_covering_the_host_fails_and_a_private_ca_warns() {
+    let backend = echo_backend().spawn().await;
+    let pki = TestPki::new();
+    let (cert, key) = pki.write("server", &["localhost", "127.0.0.1"]);
+    let direct = backend.url();
+    let mut args = stopped_shunt(&direct, "/frontend-audio=direct");
+    args.extend([
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+        "--url",
+        "wss://calls.example.com:8443/frontend-audio",
+    ]);
+    let out = doctor(&args).await;
+    assert_eq!(out.code, Some(1), "{}", out.stdout);
+    let names = out.finding("FAIL tls names:");
+    assert!(
+        names.contains("does not cover calls.example.com"),
+        "{names}"
+    );
+    assert!(names.contains("localhost, 127.0.0.1"), "{names}");
+    out.finding("ok   tls expiry:");
+    out.finding("ok   tls chain:");
+    let trust = out.finding("warn tls trust:");
+    assert!(
+        trust.contains("private CA") && trust.contains("browsers refuse wss://"),
+        "{trust}"
+    );
+    assert!(trust.contains("https://calls.example.com:8443/"), "{trust}");
+    // A loopback listener cannot serve a public host.
+    let scope = out.finding("warn listener scope:");
+    assert!(scope.contains("--listen 0.0.0.0:0"), "{scope}");
+}
+
+/// A WebSocket backend that answers 403 unless `Origin` is `allowed`.
+async fn origin_checking_backend(
+    allowed: &'static str,
+) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let service =
+                    service_fn(move |mut req: Request<hyper::body::Incoming>| async move {
+                        let origin_ok = req.headers().get("origin").is_some_and(|o| o == allowed);
+                        if !origin_ok {
+                            let mut resp = Response::new(Full::new(Bytes::from_static(
+                                b"origin not allowed\n",
+                            )));
+                            *resp.status_mut() = StatusCode::FORBIDDEN;
+                            return Ok::<_, Infallible>(resp);
+                        }
+                        match fastwebsockets::upgrade::upgrade(&mut req) {
+                            Ok((resp, upgraded)) => {
+                                tokio::spawn(async move {
+                                    if let Ok(mut ws) = upgraded.await {
+                                        let _ = ws.read_frame().await;
+                                    }
+                                });
+                                Ok(resp.map(|_| Full::new(Bytes::new())))
+                            }
+                            Err(_) => {
+                                let mut resp = Response::new(Full::new(Bytes::new()));
+                                *resp.status_mut() = StatusCode::BAD_REQUEST;
+                                Ok(resp)
+                            }
+                        }
+                    });
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .with_upgrades()
+                    .await;
+            });
+        }
+    });
+    (addr, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_refusing_the_origin_fails_with_the_cors_fix() {
+    let (addr, task) = origin_checking_backend("https://app.example.com").await;
+    let direct = format!("http://{addr}");
+    let mut args = stopped_shunt(&direct, "/frontend-audio=direct");
+    args.extend(["--origin", "https://evil.example.com"]);
+    let out = doctor(&args).await;
+    assert_eq!(out.code, Some(1), "{}", out.stdout);
+    let fail = out.finding("FAIL websocket /frontend-audio via direct:");
+    assert!(
+        fail.contains(
+            "Origin https://evil.example.com: 403 Forbidden: the backend refuses that Origin"
+        ),
+        "{fail}"
+    );
+    assert!(
+        fail.contains("allow_origin") && fail.contains("CORS"),
+        "{fail}"
+    );
+
+    let mut args = stopped_shunt(&direct, "/frontend-audio=direct");
+    args.extend(["--origin", "https://app.example.com"]);
+    let out = doctor(&args).await;
+    let ok = out.finding("ok   websocket /frontend-audio via direct:");
+    assert!(
+        ok.contains("with Origin https://app.example.com: 101"),
+        "{ok}"
+    );
+    task.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_on_all_interfaces_warns_with_the_firewall_lines() {
+    let backend = EchoBackend::spawn_on(SocketAddr::from(([0, 0, 0, 0], 0)), "backend").await;
+    let port = backend.addr().port();
+    let direct = format!("http://127.0.0.1:{port}");
+    let out = doctor(&stopped_shunt(&direct, "/frontend-audio=direct")).await;
+    let warn = out.finding("warn upstream direct binding:");
+    assert!(warn.contains(&format!("0.0.0.0:{port}")), "{warn}");
+    assert!(warn.contains("bypass shunt"), "{warn}");
+    assert!(warn.contains(&format!("ufw deny {port}/tcp")), "{warn}");
+    assert!(
+        warn.contains(&format!(
+            "iptables -A INPUT -p tcp --dport {port} ! -i lo -j DROP"
+        )),
+        "{warn}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_healthy_setup_is_ok_end_to_end_and_names_the_route() {
+    let backend = echo_backend().spawn().await;
+    let proxy = shunt()
+        .direct(backend.url())
+        .route("/frontend-audio=direct")
+        .start()
+        .await;
+    proxy.wait_ready().await;
+    let (listen, admin, direct) = (
+        proxy.addr().to_string(),
+        proxy.admin_addr().to_string(),
+        backend.url(),
+    );
+    let args = [
+        "--listen",
+        listen.as_str(),
+        "--admin",
+        admin.as_str(),
+        "--direct",
+        direct.as_str(),
+        "--route",
+        "/frontend-audio=direct",
+    ];
+    let out = doctor(&args).await;
+    assert_eq!(out.code, Some(0), "{}\n{}", out.stdout, out.stderr);
+    for line in out.stdout.lines() {
+        assert!(
+            line.starts_with("ok   "),
+            "not ok: {line}\nin:\n{}",
+            out.stdout
+        );
+    }
+    let e2e = out.finding("ok   end to end:");
+    assert!(
+        e2e.contains("served by `direct` (x-shunt-route: direct)"),
+        "{e2e}"
+    );
+    assert!(
+        e2e.contains("5 × 640-byte frames round trip, median RTT"),
+        "{e2e}"
+    );
+    let hint = out.finding("ok   front end:");
+    assert!(
+        hint.contains(&format!("VITE_WS_AUDIO_URL=ws://{listen}/frontend-audio")),
+        "{hint}"
+    );
+    assert!(hint.contains("takes the `direct` path"), "{hint}");
+    out.finding("ok   listener: ");
+    out.finding("ok   upstream direct binding:");
+
+    let mut json_args = vec!["--json"];
+    json_args.extend(args);
+    let out = doctor(&json_args).await;
+    assert_eq!(out.code, Some(0), "{}", out.stdout);
+    let findings: serde_json::Value = serde_json::from_str(&out.stdout)
+        .unwrap_or_else(|e| panic!("--json output is not JSON ({e}):\n{}", out.stdout));
+    let findings = findings.as_array().expect("a JSON array");
+    assert!(findings.len() >= 8, "{findings:?}");
+    for f in findings {
+        let keys: Vec<&str> = f.as_object().unwrap().keys().map(String::as_str).collect();
+        assert_eq!(keys.len(), 4, "{f}");
+        for key in ["check", "status", "detail", "fix"] {
+            assert!(keys.contains(&key), "{key} missing in {f}");
+        }
+        assert_eq!(f["status"], "ok", "{f}");
+        assert!(f["fix"].is_null(), "{f}");
+    }
+    let e2e = findings
+        .iter()
+        .find(|f| f["check"] == "end to end")
+        .expect("an end to end finding");
+    assert!(
+        e2e["detail"].as_str().unwrap().contains("`direct`"),
+        "{e2e}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_needing_a_token_says_which_policy_refused_and_how_the_token_travels() {
+    let backend = echo_backend().spawn().await;
+    let pki = TestPki::new();
+    let tokens = pki.dir.join("tokens");
+    std::fs::write(&tokens, "doctor-s3cret\n").unwrap();
+    let tokens = tokens.to_str().unwrap().to_owned();
+    let proxy = shunt()
+        .direct(backend.url())
+        .route("/frontend-audio=direct")
+        .arg("--token-file", tokens.as_str())
+        .start()
+        .await;
+    proxy.wait_ready().await;
+    let (listen, admin, direct) = (
+        proxy.addr().to_string(),
+        proxy.admin_addr().to_string(),
+        backend.url(),
+    );
+    let args = vec![
+        "--listen",
+        listen.as_str(),
+        "--admin",
+        admin.as_str(),
+        "--direct",
+        direct.as_str(),
+        "--route",
+        "/frontend-audio=direct",
+        "--token-file",
+        tokens.as_str(),
+    ];
+    let out = doctor(&args).await;
+    assert_eq!(out.code, Some(1), "{}", out.stdout);
+    let fail = out.finding("FAIL end to end:");
+    assert!(
+        fail.contains("401, refused by shunt's authentication"),
+        "{fail}"
+    );
+    assert!(fail.contains("--token"), "{fail}");
+
+    let mut with_token = args.clone();
+    with_token.extend(["--token", "doctor-s3cret"]);
+    let out = doctor(&with_token).await;
+    assert_eq!(out.code, Some(0), "{}", out.stdout);
+    let hint = out.finding("ok   front end:");
+    assert!(hint.contains("?token=<TOKEN>"), "{hint}");
+    assert!(
+        !out.stdout.contains("doctor-s3cret"),
+        "the token is printed:\n{}",
+        out.stdout
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_arguments_exit_2() {
+    let out = doctor(&["--url", "ftp://x/"]).await;
+    assert_eq!(out.code, Some(2), "{}", out.stderr);
+    assert!(out.stderr.contains("invalid --url"), "{}", out.stderr);
+    let out = run_shunt(&["doctor", "--timeout", "soon"], RUN_LIMIT).await;
+    assert_eq!(out.code, Some(2), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("invalid --timeout `soon`"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_configuration_fails_first() {
+    let out = doctor(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--admin",
+        "off",
+        "--direct",
+        "ftp://x",
+    ])
+    .await;
+    assert_eq!(out.code, Some(1), "{}", out.stdout);
+    let fail = out.finding("FAIL configuration:");
+    assert!(fail.contains("--direct"), "{fail}");
+    assert_eq!(
+        out.stdout
+            .lines()
+            .filter(|l| !l.starts_with("     "))
+            .count(),
+        1,
+        "{}",
+        out.stdout
+    );
+}
