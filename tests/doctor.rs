@@ -17,7 +17,7 @@ use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use rcgen::{CertificateParams, KeyPair, date_time_ymd};
-use support::bin::{Run, run_shunt};
+use support::bin::{Run, run_shunt, run_shunt_with_env};
 use support::tls::TestPki;
 use support::{EchoBackend, echo_backend, nginx, shunt};
 use tokio::net::TcpListener;
@@ -461,5 +461,112 @@ async fn an_invalid_configuration_fails_first() {
         1,
         "{}",
         out.stdout
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_end_to_end_through_shunt_names_the_route() {
+    let backend = echo_backend().spawn().await;
+    let pki = TestPki::new();
+    let (cert, key) = pki.write("server", &["localhost"]);
+    let proxy = shunt()
+        .direct(backend.url())
+        .route("/frontend-audio=direct")
+        .tls(&cert, &key)
+        .start()
+        .await;
+    proxy.wait_ready().await;
+    let (listen, admin, direct) = (
+        proxy.addr().to_string(),
+        proxy.admin_addr().to_string(),
+        backend.url(),
+    );
+    let url = format!("wss://localhost:{}/frontend-audio", proxy.addr().port());
+    let out = doctor(&[
+        "--listen",
+        &listen,
+        "--admin",
+        &admin,
+        "--direct",
+        &direct,
+        "--route",
+        "/frontend-audio=direct",
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+        "--url",
+        &url,
+    ])
+    .await;
+    assert_eq!(out.code, Some(0), "{}", out.stdout);
+    let e2e = out.finding("ok   end to end:");
+    assert!(e2e.contains(&format!("{url}: 101")), "{e2e}");
+    assert!(e2e.contains("served by `direct`"), "{e2e}");
+    out.finding("ok   tls names:");
+    out.finding("warn tls trust:");
+    let hint = out.finding("ok   front end:");
+    assert!(hint.contains(&format!("VITE_WS_AUDIO_URL={url}")), "{hint}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_port_held_by_another_process_is_named() {
+    let backend = echo_backend().spawn().await;
+    // This test process holds the port; it is not shunt and has no admin API.
+    let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let listen = holder.local_addr().unwrap().to_string();
+    let direct = backend.url();
+    let out = doctor(&[
+        "--listen",
+        &listen,
+        "--admin",
+        "off",
+        "--direct",
+        &direct,
+        "--route",
+        "/frontend-audio=direct",
+    ])
+    .await;
+    assert_eq!(out.code, Some(1), "{}", out.stdout);
+    let fail = out.finding("FAIL listener:");
+    assert!(
+        fail.contains(&format!("{listen} is held by another process")),
+        "{fail}"
+    );
+    assert!(
+        fail.contains(&format!("(pid {})", std::process::id())),
+        "{fail}"
+    );
+    out.finding("warn end to end: not tried");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_config_file_and_shunt_variables_are_read_as_for_run() {
+    let backend = echo_backend().spawn().await;
+    let pki = TestPki::new();
+    let file = pki.dir.join("shunt.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[upstreams.direct]\nurl = \"{}\"\n\n[[routes]]\npath = \"/calls\"\nvia = [\"direct\"]\n",
+            backend.url()
+        ),
+    )
+    .unwrap();
+    let out = run_shunt_with_env(
+        &["doctor", "--config", file.to_str().unwrap()],
+        &[("SHUNT_LISTEN", "127.0.0.1:0"), ("SHUNT_ADMIN", "off")],
+        RUN_LIMIT,
+    )
+    .await;
+    let config = out.finding("ok   configuration:");
+    assert!(config.contains(file.to_str().unwrap()), "{config}");
+    assert!(config.contains("listen 127.0.0.1:0"), "{config}");
+    out.finding(&format!("ok   upstream direct: {}", backend.url()));
+    out.finding("ok   websocket /calls via direct:");
+    let hint = out.finding("warn front end:");
+    assert!(
+        hint.contains("VITE_WS_AUDIO_URL=ws://127.0.0.1:0/calls"),
+        "{hint}"
     );
 }

@@ -33,12 +33,18 @@ impl Run {
 /// Runs `shunt ARGS` from the crate root with `SHUNT_*` variables cleared,
 /// bounded by `limit`.
 pub async fn run_shunt(args: &[&str], limit: Duration) -> Run {
+    run_shunt_with_env(args, &[], limit).await
+}
+
+/// Like [`run_shunt`], with these environment variables set.
+pub async fn run_shunt_with_env(args: &[&str], env: &[(&str, &str)], limit: Duration) -> Run {
     let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_shunt"));
     for (name, _) in std::env::vars_os() {
         if name.to_string_lossy().starts_with("SHUNT_") {
             command.env_remove(&name);
         }
     }
+    command.envs(env.iter().copied());
     let child = command
         .args(args)
         .current_dir(env!("CARGO_MANIFEST_DIR"))
