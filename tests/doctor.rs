@@ -26,10 +26,29 @@ use tokio::net::TcpListener;
 const RUN_LIMIT: Duration = Duration::from_secs(30);
 
 /// `shunt doctor --timeout 2s ARGS`.
-async fn doctor(args: &[&str]) -> Run {
+async fn doctor<S: AsRef<str>>(args: &[S]) -> Run {
     let mut all = vec!["doctor", "--timeout", "2s"];
-    all.extend_from_slice(args);
+    all.extend(args.iter().map(AsRef::as_ref));
     run_shunt(&all, RUN_LIMIT).await
+}
+
+/// The flags of the running `proxy`, with `/frontend-audio` going to `backend`, then `extra`.
+fn running_shunt(proxy: &support::Shunt, backend: &EchoBackend, extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "--listen",
+        &proxy.addr().to_string(),
+        "--admin",
+        &proxy.admin_addr().to_string(),
+        "--direct",
+        &backend.url(),
+        "--route",
+        "/frontend-audio=direct",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
 }
 
 /// The flags of a shunt that is not running (nothing on port 0, admin off)
@@ -137,11 +156,9 @@ fn expired_cert(pki: &TestPki) -> (PathBuf, PathBuf) {
     (c, k)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_expired_certificate_fails() {
+/// Doctor for a stopped shunt serving `cert`/`key`, with a live backend and `--url url`.
+async fn doctor_tls(cert: &std::path::Path, key: &std::path::Path, url: &str) -> Run {
     let backend = echo_backend().spawn().await;
-    let pki = TestPki::new();
-    let (cert, key) = expired_cert(&pki);
     let direct = backend.url();
     let mut args = stopped_shunt(&direct, "/frontend-audio=direct");
     args.extend([
@@ -150,9 +167,16 @@ async fn an_expired_certificate_fails() {
         "--tls-key",
         key.to_str().unwrap(),
         "--url",
-        "wss://localhost:8443/frontend-audio",
+        url,
     ]);
-    let out = doctor(&args).await;
+    doctor(&args).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_certificate_fails() {
+    let pki = TestPki::new();
+    let (cert, key) = expired_cert(&pki);
+    let out = doctor_tls(&cert, &key, "wss://localhost:8443/frontend-audio").await;
     assert_eq!(out.code, Some(1), "{}", out.stdout);
     out.finding("ok   tls key:");
     let fail = out.finding("FAIL tls expiry:");
@@ -166,20 +190,9 @@ async fn an_expired_certificate_fails() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_certificate_not_covering_the_host_fails_and_a_private_ca_warns() {
-    let backend = echo_backend().spawn().await;
     let pki = TestPki::new();
     let (cert, key) = pki.write("server", &["localhost", "127.0.0.1"]);
-    let direct = backend.url();
-    let mut args = stopped_shunt(&direct, "/frontend-audio=direct");
-    args.extend([
-        "--tls-cert",
-        cert.to_str().unwrap(),
-        "--tls-key",
-        key.to_str().unwrap(),
-        "--url",
-        "wss://calls.example.com:8443/frontend-audio",
-    ]);
-    let out = doctor(&args).await;
+    let out = doctor_tls(&cert, &key, "wss://calls.example.com:8443/frontend-audio").await;
     assert_eq!(out.code, Some(1), "{}", out.stdout);
     let names = out.finding("FAIL tls names:");
     assert!(
@@ -303,21 +316,8 @@ async fn a_healthy_setup_is_ok_end_to_end_and_names_the_route() {
         .start()
         .await;
     proxy.wait_ready().await;
-    let (listen, admin, direct) = (
-        proxy.addr().to_string(),
-        proxy.admin_addr().to_string(),
-        backend.url(),
-    );
-    let args = [
-        "--listen",
-        listen.as_str(),
-        "--admin",
-        admin.as_str(),
-        "--direct",
-        direct.as_str(),
-        "--route",
-        "/frontend-audio=direct",
-    ];
+    let listen = proxy.addr().to_string();
+    let args = running_shunt(&proxy, &backend, &[]);
     let out = doctor(&args).await;
     assert_eq!(out.code, Some(0), "{}\n{}", out.stdout, out.stderr);
     for line in out.stdout.lines() {
@@ -345,8 +345,7 @@ async fn a_healthy_setup_is_ok_end_to_end_and_names_the_route() {
     out.finding("ok   listener: ");
     out.finding("ok   upstream direct binding:");
 
-    let mut json_args = vec!["--json"];
-    json_args.extend(args);
+    let json_args = running_shunt(&proxy, &backend, &["--json"]);
     let out = doctor(&json_args).await;
     assert_eq!(out.code, Some(0), "{}", out.stdout);
     let findings: serde_json::Value = serde_json::from_str(&out.stdout)
@@ -386,23 +385,7 @@ async fn a_route_needing_a_token_says_which_policy_refused_and_how_the_token_tra
         .start()
         .await;
     proxy.wait_ready().await;
-    let (listen, admin, direct) = (
-        proxy.addr().to_string(),
-        proxy.admin_addr().to_string(),
-        backend.url(),
-    );
-    let args = vec![
-        "--listen",
-        listen.as_str(),
-        "--admin",
-        admin.as_str(),
-        "--direct",
-        direct.as_str(),
-        "--route",
-        "/frontend-audio=direct",
-        "--token-file",
-        tokens.as_str(),
-    ];
+    let args = running_shunt(&proxy, &backend, &["--token-file", &tokens]);
     let out = doctor(&args).await;
     assert_eq!(out.code, Some(1), "{}", out.stdout);
     let fail = out.finding("FAIL end to end:");
@@ -412,8 +395,11 @@ async fn a_route_needing_a_token_says_which_policy_refused_and_how_the_token_tra
     );
     assert!(fail.contains("--token"), "{fail}");
 
-    let mut with_token = args.clone();
-    with_token.extend(["--token", "doctor-s3cret"]);
+    let with_token = running_shunt(
+        &proxy,
+        &backend,
+        &["--token-file", &tokens, "--token", "doctor-s3cret"],
+    );
     let out = doctor(&with_token).await;
     assert_eq!(out.code, Some(0), "{}", out.stdout);
     let hint = out.finding("ok   front end:");
@@ -476,29 +462,20 @@ async fn tls_end_to_end_through_shunt_names_the_route() {
         .start()
         .await;
     proxy.wait_ready().await;
-    let (listen, admin, direct) = (
-        proxy.addr().to_string(),
-        proxy.admin_addr().to_string(),
-        backend.url(),
-    );
     let url = format!("wss://localhost:{}/frontend-audio", proxy.addr().port());
-    let out = doctor(&[
-        "--listen",
-        &listen,
-        "--admin",
-        &admin,
-        "--direct",
-        &direct,
-        "--route",
-        "/frontend-audio=direct",
-        "--tls-cert",
-        cert.to_str().unwrap(),
-        "--tls-key",
-        key.to_str().unwrap(),
-        "--url",
-        &url,
-    ])
-    .await;
+    let args = running_shunt(
+        &proxy,
+        &backend,
+        &[
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+            "--url",
+            &url,
+        ],
+    );
+    let out = doctor(&args).await;
     assert_eq!(out.code, Some(0), "{}", out.stdout);
     let e2e = out.finding("ok   end to end:");
     assert!(e2e.contains(&format!("{url}: 101")), "{e2e}");

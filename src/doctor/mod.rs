@@ -88,12 +88,7 @@ impl Finding {
         detail: impl Into<String>,
         fix: impl Into<String>,
     ) -> Finding {
-        Finding {
-            check: check.into(),
-            status: Status::Warn,
-            detail: detail.into(),
-            fix: Some(fix.into()),
-        }
+        Finding::with_fix(Status::Warn, check.into(), detail.into(), fix.into())
     }
 
     /// A failed check.
@@ -102,11 +97,15 @@ impl Finding {
         detail: impl Into<String>,
         fix: impl Into<String>,
     ) -> Finding {
+        Finding::with_fix(Status::Fail, check.into(), detail.into(), fix.into())
+    }
+
+    fn with_fix(status: Status, check: String, detail: String, fix: String) -> Finding {
         Finding {
-            check: check.into(),
-            status: Status::Fail,
-            detail: detail.into(),
-            fix: Some(fix.into()),
+            check,
+            status,
+            detail,
+            fix: Some(fix),
         }
     }
 }
