@@ -212,7 +212,10 @@ fn healthcheck(args: &HealthcheckArgs) -> anyhow::Result<ExitCode> {
 
 fn doctor(args: &DoctorArgs) -> anyhow::Result<ExitCode> {
     let options = shunt::doctor::Options::from_args(args)?;
-    let report = runtime()?.block_on(shunt::doctor::run(&args.run, options));
+    let runtime = runtime()?;
+    let report = runtime.block_on(shunt::doctor::run(&args.run, options));
+    // A /proc scan or tool still running past its timeout must not hold the exit.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(100));
     if args.json {
         println!("{}", report.to_json());
     } else {

@@ -547,3 +547,101 @@ async fn the_config_file_and_shunt_variables_are_read_as_for_run() {
         "{hint}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shunt_refusing_the_origin_or_over_its_rate_says_which_policy() {
+    let backend = echo_backend().spawn().await;
+    let proxy = shunt()
+        .direct(backend.url())
+        .route("/frontend-audio=direct")
+        .arg("--allow-origin", "https://app.example.com")
+        .start()
+        .await;
+    proxy.wait_ready().await;
+    let args = running_shunt(
+        &proxy,
+        &backend,
+        &[
+            "--allow-origin",
+            "https://app.example.com",
+            "--origin",
+            "https://evil.example.com",
+        ],
+    );
+    let out = doctor(&args).await;
+    assert_eq!(out.code, Some(1), "{}", out.stdout);
+    // The backend itself takes any Origin; shunt is the one refusing it.
+    out.finding("ok   websocket /frontend-audio via direct:");
+    let fail = out.finding("FAIL end to end:");
+    assert!(
+        fail.contains("403, refused by shunt's Origin policy"),
+        "{fail}"
+    );
+    assert!(
+        fail.contains("--allow-origin https://evil.example.com"),
+        "{fail}"
+    );
+
+    let limited = shunt()
+        .direct(backend.url())
+        .route("/frontend-audio=direct")
+        .arg("--rate", "1/h")
+        .arg("--burst", "1")
+        .start()
+        .await;
+    limited.wait_ready().await;
+    // Spend the one request the burst allows.
+    let first = support::http_get(limited.addr(), "/frontend-audio", &[])
+        .await
+        .expect("GET through shunt");
+    assert_eq!(first.status, StatusCode::OK);
+    let args = running_shunt(&limited, &backend, &["--rate", "1/h", "--burst", "1"]);
+    let out = doctor(&args).await;
+    assert_eq!(out.code, Some(1), "{}", out.stdout);
+    let fail = out.finding("FAIL end to end:");
+    assert!(
+        fail.contains("429, refused by shunt's rate or connection limit"),
+        "{fail}"
+    );
+    assert!(fail.contains("Retry-After"), "{fail}");
+    assert!(fail.contains("--rate"), "{fail}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn end_to_end_through_shunt_to_a_misconfigured_nginx_prints_the_location_block() {
+    let backend = echo_backend().spawn().await;
+    let Some(proxy) = nginx(backend.addr()).without_upgrade_headers().spawn() else {
+        return;
+    };
+    let running = shunt()
+        .direct(backend.url())
+        .nginx(proxy.url())
+        .route("/frontend-audio=nginx")
+        .start()
+        .await;
+    running.wait_ready().await;
+    let args = [
+        "--listen".to_owned(),
+        running.addr().to_string(),
+        "--admin".to_owned(),
+        running.admin_addr().to_string(),
+        "--direct".to_owned(),
+        backend.url(),
+        "--nginx".to_owned(),
+        proxy.url(),
+        "--route".to_owned(),
+        "/frontend-audio=nginx".to_owned(),
+    ];
+    let out = doctor(&args).await;
+    assert_eq!(out.code, Some(1), "{}", out.stdout);
+    out.finding("FAIL websocket /frontend-audio via nginx:");
+    let fail = out.finding("FAIL end to end:");
+    assert!(
+        fail.contains("shunt forwarded to `nginx`, where nginx answered 200 OK instead of 101"),
+        "{fail}"
+    );
+    assert!(
+        fail.contains("proxy_set_header Upgrade $http_upgrade;"),
+        "{fail}"
+    );
+}

@@ -195,7 +195,7 @@ pub(crate) async fn check(ctx: &Context, report: &mut Report) {
         report.push(Finding::ok(
             CHECK,
             format!(
-                "not needed: the listener {} and --url host {} are loopback-only, nothing is exposed",
+                "not needed for shunt: its listener {} and the --url host {} are loopback-only",
                 ctx.config.listen, ctx.url.host
             ),
         ));

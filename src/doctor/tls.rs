@@ -50,6 +50,17 @@ pub(crate) fn check(ctx: &Context, report: &mut Report) {
         }
         return;
     };
+    if !ctx.url.secure {
+        report.push(Finding::warn(
+            "tls",
+            format!("--url {} is ws://, but the listener speaks TLS", ctx.url),
+            format!(
+                "browsers must use wss://{}{}",
+                ctx.url.host_header(),
+                ctx.url.path_and_query
+            ),
+        ));
+    }
     let provider = rustls::crypto::ring::default_provider();
     let mut served = Vec::new();
     for spec in &tls.certs {
