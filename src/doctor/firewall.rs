@@ -12,7 +12,9 @@ use super::{Context, Finding, Report, human};
 /// What a rule set says about one TCP port.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PortVerdict {
+    /// Reachable from outside.
     Allowed,
+    /// Dropped or rejected from outside.
     Blocked,
     /// No rule names it and the default is not known.
     Unknown,
@@ -21,12 +23,15 @@ pub enum PortVerdict {
 /// The public port and the backend ports, as one tool sees them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reading {
+    /// `ufw`, `nft` or `iptables`.
     pub tool: &'static str,
     /// Set when the tool says the firewall is off.
     pub inactive: bool,
-    /// The public port and what the rules say about it.
+    /// The public port (`--url`'s).
     pub public_port: u16,
+    /// What the rules say about the public port.
     pub public: PortVerdict,
+    /// Each backend port and what the rules say about it.
     pub backends: Vec<(u16, PortVerdict)>,
 }
 

@@ -17,9 +17,11 @@ const TCP_LISTEN: u8 = 0x0A;
 /// One socket line of `/proc/net/tcp{,6}`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProcSocket {
+    /// The local address and port.
     pub local: SocketAddr,
     /// Kernel TCP state (`0x0A` = LISTEN).
     pub state: u8,
+    /// The socket's inode, as in `/proc/PID/fd/N -> socket:[INODE]`.
     pub inode: u64,
 }
 

@@ -40,10 +40,13 @@ pub use public_url::{PublicUrl, UrlError};
 /// The outcome of one check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum Status {
+    /// Checked and fine.
     #[serde(rename = "ok")]
     Ok,
+    /// Works, but something will bite (or could not be checked).
     #[serde(rename = "warn")]
     Warn,
+    /// Broken: the exit code is 1.
     #[serde(rename = "FAIL")]
     Fail,
 }
@@ -64,6 +67,7 @@ impl Status {
 pub struct Finding {
     /// Which check, e.g. `upstream direct` or `websocket /frontend-audio via nginx`.
     pub check: String,
+    /// `ok`, `warn` or `FAIL`.
     pub status: Status,
     /// What was looked at and what was found.
     pub detail: String,
@@ -114,6 +118,7 @@ impl Finding {
 #[derive(Debug, Clone, Default, Serialize)]
 #[serde(transparent)]
 pub struct Report {
+    /// The findings, in the order the checks ran.
     pub findings: Vec<Finding>,
 }
 
@@ -154,10 +159,13 @@ impl Report {
 /// Why `shunt doctor` was given bad arguments (exit code 2).
 #[derive(Debug, thiserror::Error)]
 pub enum DoctorError {
+    /// `--url` is not a ws:// or wss:// URL.
     #[error(transparent)]
     Url(#[from] UrlError),
+    /// `--timeout` is not a duration.
     #[error(transparent)]
     Timeout(ConfigError),
+    /// `--origin` is not `scheme://host[:port]`.
     #[error("invalid --origin `{0}`: expected scheme://host[:port], e.g. https://app.example.com")]
     Origin(String),
 }
@@ -165,9 +173,13 @@ pub enum DoctorError {
 /// What only the person running doctor knows, parsed from [`DoctorArgs`].
 #[derive(Debug, Clone)]
 pub struct Options {
+    /// `--url`; `None` builds it from `--listen` and the first WebSocket route.
     pub url: Option<PublicUrl>,
+    /// `--origin`, sent as `Origin`.
     pub origin: Option<String>,
+    /// `--token` (or `SHUNT_DOCTOR_TOKEN`), sent in the token query parameter.
     pub token: Option<String>,
+    /// `--timeout`: the bound on each check.
     pub timeout: Duration,
 }
 

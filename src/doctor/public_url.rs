@@ -23,6 +23,7 @@ pub struct PublicUrl {
     pub secure: bool,
     /// Host as written, without brackets.
     pub host: String,
+    /// The port, 443 or 80 when not written.
     pub port: u16,
     /// Path and query, starting with `/`.
     pub path_and_query: String,

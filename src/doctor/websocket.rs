@@ -21,6 +21,7 @@ use crate::upstream::health::{accept_key, send, ws_upgrade};
 /// What an upstream answered to the handshake.
 #[derive(Debug, Clone)]
 pub struct Answer {
+    /// The status code (101 when the upgrade worked).
     pub status: StatusCode,
     /// The `Server` header, if any.
     pub server: Option<String>,
