@@ -453,6 +453,53 @@ mod tests {
         assert_eq!(json[0]["fix"], serde_json::Value::Null);
     }
 
+    fn context(url: Option<&str>) -> Context {
+        let config = Config::from_args([
+            "--nginx",
+            "http://127.0.0.1:8081",
+            "--route",
+            "/frontend-audio=direct,nginx",
+            "--route",
+            "/=nginx,direct",
+            "--listen",
+            "0.0.0.0:8443",
+        ])
+        .unwrap();
+        let parsed = url.map(|u| PublicUrl::parse(u).unwrap());
+        Context {
+            url: parsed.clone().unwrap_or_else(|| default_url(&config)),
+            url_given: parsed.is_some(),
+            config,
+            origin: None,
+            token: None,
+            timeout: Duration::from_secs(1),
+            tracker: TaskTracker::new(),
+        }
+    }
+
+    fn labels(routes: Vec<&RouteSpec>) -> Vec<String> {
+        routes.iter().map(|r| r.label()).collect()
+    }
+
+    #[test]
+    fn the_default_url_is_the_listener_and_the_first_websocket_route() {
+        let ctx = context(None);
+        assert_eq!(ctx.url.to_string(), "ws://127.0.0.1:8443/frontend-audio");
+        assert_eq!(labels(ctx.websocket_routes()), ["/frontend-audio"]);
+    }
+
+    #[test]
+    fn the_url_picks_its_route_by_longest_whole_segment_prefix() {
+        let ctx = context(Some("wss://calls.example.com/frontend-audio/room1"));
+        assert_eq!(ctx.route_for_url().unwrap().path, "/frontend-audio");
+        let route = ctx.route_for_url().unwrap();
+        assert_eq!(ctx.handshake_path(route), "/frontend-audio/room1");
+        let ctx = context(Some("wss://calls.example.com/frontend-audiox"));
+        assert_eq!(ctx.route_for_url().unwrap().path, "/");
+        // The catch-all is checked too once --url lands on it.
+        assert_eq!(labels(ctx.websocket_routes()), ["/frontend-audio", "/"]);
+    }
+
     #[test]
     fn wildcards_are_dialled_on_loopback() {
         assert_eq!(
