@@ -69,7 +69,11 @@ fn stopped_shunt<'a>(direct: &'a str, via: &'a str) -> Vec<&'a str> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nginx_without_upgrade_headers_fails_with_the_location_block() {
     let backend = echo_backend().spawn().await;
-    let Some(proxy) = nginx(backend.addr()).without_upgrade_headers().spawn() else {
+    let Some(proxy) = nginx(backend.addr())
+        .without_upgrade_headers()
+        .spawn()
+        .await
+    else {
         return;
     };
     let direct = backend.url();
@@ -101,7 +105,7 @@ async fn nginx_without_upgrade_headers_fails_with_the_location_block() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nginx_with_upgrade_headers_is_ok() {
     let backend = echo_backend().spawn().await;
-    let Some(proxy) = nginx(backend.addr()).spawn() else {
+    let Some(proxy) = nginx(backend.addr()).spawn().await else {
         return;
     };
     let direct = backend.url();
@@ -610,7 +614,11 @@ async fn shunt_refusing_the_origin_or_over_its_rate_says_which_policy() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn end_to_end_through_shunt_to_a_misconfigured_nginx_prints_the_location_block() {
     let backend = echo_backend().spawn().await;
-    let Some(proxy) = nginx(backend.addr()).without_upgrade_headers().spawn() else {
+    let Some(proxy) = nginx(backend.addr())
+        .without_upgrade_headers()
+        .spawn()
+        .await
+    else {
         return;
     };
     let running = shunt()

@@ -189,7 +189,7 @@ async fn handshake(
     if let Some(origin) = &ctx.origin {
         request = request.header(header::ORIGIN, origin);
     }
-    send(stream, ws_upgrade(request, key), &ctx.tracker).await
+    send(stream, ws_upgrade(request, key), &ctx.tracker, &ctx.stop).await
 }
 
 /// Send [`ROUND_TRIPS`] binary frames and time each echo; other frames (a

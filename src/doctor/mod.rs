@@ -30,6 +30,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
 use serde::Serialize;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::cli::{DoctorArgs, RunArgs};
@@ -217,6 +218,8 @@ pub(crate) struct Context {
     pub timeout: Duration,
     /// Connection tasks of the HTTP clients.
     pub tracker: TaskTracker,
+    /// Cancelled when the run ends, so those connections wind down.
+    pub stop: CancellationToken,
 }
 
 impl Context {
@@ -323,6 +326,7 @@ pub async fn run(args: &RunArgs, options: Options) -> Report {
         token: options.token,
         timeout: options.timeout,
         tracker: TaskTracker::new(),
+        stop: CancellationToken::new(),
     };
     let reachable = upstreams::check(&ctx, &mut report).await;
     websocket::check(&ctx, &reachable, &mut report).await;
@@ -331,6 +335,7 @@ pub async fn run(args: &RunArgs, options: Options) -> Report {
     tls::check(&ctx, &mut report);
     let served = end_to_end::check(&ctx, running, &mut report).await;
     front_end(&ctx, served.as_ref(), &mut report);
+    ctx.stop.cancel();
     ctx.tracker.close();
     let _ = tokio::time::timeout(ctx.timeout, ctx.tracker.wait()).await;
     report
@@ -474,6 +479,7 @@ mod tests {
             token: None,
             timeout: Duration::from_secs(1),
             tracker: TaskTracker::new(),
+            stop: CancellationToken::new(),
         }
     }
 

@@ -143,7 +143,7 @@ async fn http_get(ctx: &Context, u: &UpstreamSpec, path: &str, report: &mut Repo
         let request = Request::get(path)
             .header(header::HOST, u.url.authority())
             .header(header::USER_AGENT, "shunt-doctor");
-        send(stream, request, &ctx.tracker).await
+        send(stream, request, &ctx.tracker, &ctx.stop).await
     };
     let finding = match tokio::time::timeout(ctx.timeout, attempt).await {
         Ok(Ok(resp)) if resp.status().is_success() || resp.status().is_redirection() => {

@@ -89,7 +89,7 @@ async fn handshake(ctx: &Context, u: &UpstreamSpec, path: &str) -> Result<Answer
     if let Some(origin) = &ctx.origin {
         request = request.header(header::ORIGIN, origin);
     }
-    let mut resp = send(stream, ws_upgrade(request, &key), &ctx.tracker).await?;
+    let mut resp = send(stream, ws_upgrade(request, &key), &ctx.tracker, &ctx.stop).await?;
     let elapsed = started.elapsed();
     let answer = Answer {
         status: resp.status(),
