@@ -19,7 +19,7 @@ use hyper_util::rt::TokioIo;
 use rcgen::{CertificateParams, KeyPair, date_time_ymd};
 use support::bin::{Run, run_shunt, run_shunt_with_env};
 use support::tls::TestPki;
-use support::{EchoBackend, echo_backend, nginx, shunt};
+use support::{EchoBackend, TempFile, echo_backend, nginx, shunt};
 use tokio::net::TcpListener;
 
 /// Bound on one doctor run; each check inside is bounded by `--timeout`.
@@ -30,6 +30,12 @@ async fn doctor<S: AsRef<str>>(args: &[S]) -> Run {
     let mut all = vec!["doctor", "--timeout", "2s"];
     all.extend(args.iter().map(AsRef::as_ref));
     run_shunt(&all, RUN_LIMIT).await
+}
+
+/// Asserts `text` (a finding with its fix) contains `needle`.
+fn has(text: &str, needle: impl AsRef<str>) {
+    let needle = needle.as_ref();
+    assert!(text.contains(needle), "{needle:?} missing from:\n{text}");
 }
 
 /// The flags of the running `proxy`, with `/frontend-audio` going to `backend`, then `extra`.
@@ -66,14 +72,20 @@ fn stopped_shunt<'a>(direct: &'a str, via: &'a str) -> Vec<&'a str> {
     ]
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn nginx_without_upgrade_headers_fails_with_the_location_block() {
+/// An echo backend behind an nginx without the Upgrade headers (the outage);
+/// `None` when nginx is not installed (and not required).
+async fn misconfigured_nginx() -> Option<(EchoBackend, support::Nginx)> {
     let backend = echo_backend().spawn().await;
-    let Some(proxy) = nginx(backend.addr())
+    let proxy = nginx(backend.addr())
         .without_upgrade_headers()
         .spawn()
-        .await
-    else {
+        .await?;
+    Some((backend, proxy))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nginx_without_upgrade_headers_fails_with_the_location_block() {
+    let Some((backend, proxy)) = misconfigured_nginx().await else {
         return;
     };
     let direct = backend.url();
@@ -114,7 +126,7 @@ async fn nginx_with_upgrade_headers_is_ok() {
     args.extend(["--nginx", &nginx_url]);
     let out = doctor(&args).await;
     let line = out.finding("ok   websocket /frontend-audio via nginx:");
-    assert!(line.contains("101 in"), "{line}");
+    has(&line, "101 in");
     out.finding("ok   websocket /frontend-audio via direct:");
     // Nothing failed: shunt not running is only a warning.
     assert_eq!(out.code, Some(0), "{}", out.stdout);
@@ -129,8 +141,8 @@ async fn a_stopped_backend_is_refused() {
     let out = doctor(&stopped_shunt(&direct, "/frontend-audio=direct")).await;
     assert_eq!(out.code, Some(1), "{}", out.stdout);
     let fail = out.finding("FAIL upstream direct:");
-    assert!(fail.contains("connection refused"), "{fail}");
-    assert!(fail.contains("fix: start the backend on"), "{fail}");
+    has(&fail, "connection refused");
+    has(&fail, "fix: start the backend on");
     out.finding("FAIL websocket /frontend-audio via direct: not tried");
 }
 
@@ -144,7 +156,7 @@ async fn a_backend_that_never_answers_is_bounded_by_the_timeout() {
     let out = run_shunt(&args, RUN_LIMIT).await;
     assert_eq!(out.code, Some(1), "{}", out.stdout);
     let fail = out.finding("FAIL websocket /frontend-audio via direct:");
-    assert!(fail.contains("no answer within 300ms"), "{fail}");
+    has(&fail, "no answer within 300ms");
 }
 
 /// An expired self-signed certificate for localhost, written into `pki`'s directory.
@@ -188,7 +200,7 @@ async fn an_expired_certificate_fails() {
         fail.contains("EXPIRED") && fail.contains("2021-01-01"),
         "{fail}"
     );
-    assert!(fail.contains("fix: renew it"), "{fail}");
+    has(&fail, "fix: renew it");
     out.finding("ok   tls names:");
 }
 
@@ -199,11 +211,8 @@ async fn a_certificate_not_covering_the_host_fails_and_a_private_ca_warns() {
     let out = doctor_tls(&cert, &key, "wss://calls.example.com:8443/frontend-audio").await;
     assert_eq!(out.code, Some(1), "{}", out.stdout);
     let names = out.finding("FAIL tls names:");
-    assert!(
-        names.contains("does not cover calls.example.com"),
-        "{names}"
-    );
-    assert!(names.contains("localhost, 127.0.0.1"), "{names}");
+    has(&names, "does not cover calls.example.com");
+    has(&names, "localhost, 127.0.0.1");
     out.finding("ok   tls expiry:");
     out.finding("ok   tls chain:");
     let trust = out.finding("warn tls trust:");
@@ -211,10 +220,10 @@ async fn a_certificate_not_covering_the_host_fails_and_a_private_ca_warns() {
         trust.contains("private CA") && trust.contains("browsers refuse wss://"),
         "{trust}"
     );
-    assert!(trust.contains("https://calls.example.com:8443/"), "{trust}");
+    has(&trust, "https://calls.example.com:8443/");
     // A loopback listener cannot serve a public host.
     let scope = out.finding("warn listener scope:");
-    assert!(scope.contains("--listen 0.0.0.0:0"), "{scope}");
+    has(&scope, "--listen 0.0.0.0:0");
 }
 
 /// A WebSocket backend that answers 403 unless `Origin` is `allowed`.
@@ -271,11 +280,9 @@ async fn a_backend_refusing_the_origin_fails_with_the_cors_fix() {
     let out = doctor(&args).await;
     assert_eq!(out.code, Some(1), "{}", out.stdout);
     let fail = out.finding("FAIL websocket /frontend-audio via direct:");
-    assert!(
-        fail.contains(
-            "Origin https://evil.example.com: 403 Forbidden: the backend refuses that Origin"
-        ),
-        "{fail}"
+    has(
+        &fail,
+        "Origin https://evil.example.com: 403 Forbidden: the backend refuses that Origin",
     );
     assert!(
         fail.contains("allow_origin") && fail.contains("CORS"),
@@ -286,10 +293,7 @@ async fn a_backend_refusing_the_origin_fails_with_the_cors_fix() {
     args.extend(["--origin", "https://app.example.com"]);
     let out = doctor(&args).await;
     let ok = out.finding("ok   websocket /frontend-audio via direct:");
-    assert!(
-        ok.contains("with Origin https://app.example.com: 101"),
-        "{ok}"
-    );
+    has(&ok, "with Origin https://app.example.com: 101");
     task.abort();
 }
 
@@ -300,14 +304,12 @@ async fn a_backend_on_all_interfaces_warns_with_the_firewall_lines() {
     let direct = format!("http://127.0.0.1:{port}");
     let out = doctor(&stopped_shunt(&direct, "/frontend-audio=direct")).await;
     let warn = out.finding("warn upstream direct binding:");
-    assert!(warn.contains(&format!("0.0.0.0:{port}")), "{warn}");
-    assert!(warn.contains("bypass shunt"), "{warn}");
-    assert!(warn.contains(&format!("ufw deny {port}/tcp")), "{warn}");
-    assert!(
-        warn.contains(&format!(
-            "iptables -A INPUT -p tcp --dport {port} ! -i lo -j DROP"
-        )),
-        "{warn}"
+    has(&warn, format!("0.0.0.0:{port}"));
+    has(&warn, "bypass shunt");
+    has(&warn, format!("ufw deny {port}/tcp"));
+    has(
+        &warn,
+        format!("iptables -A INPUT -p tcp --dport {port} ! -i lo -j DROP"),
     );
 }
 
@@ -332,20 +334,14 @@ async fn a_healthy_setup_is_ok_end_to_end_and_names_the_route() {
         );
     }
     let e2e = out.finding("ok   end to end:");
-    assert!(
-        e2e.contains("served by `direct` (x-shunt-route: direct)"),
-        "{e2e}"
-    );
-    assert!(
-        e2e.contains("5 × 640-byte frames round trip, median RTT"),
-        "{e2e}"
-    );
+    has(&e2e, "served by `direct` (x-shunt-route: direct)");
+    has(&e2e, "5 × 640-byte frames round trip, median RTT");
     let hint = out.finding("ok   front end:");
-    assert!(
-        hint.contains(&format!("VITE_WS_AUDIO_URL=ws://{listen}/frontend-audio")),
-        "{hint}"
+    has(
+        &hint,
+        format!("VITE_WS_AUDIO_URL=ws://{listen}/frontend-audio"),
     );
-    assert!(hint.contains("takes the `direct` path"), "{hint}");
+    has(&hint, "takes the `direct` path");
     out.finding("ok   listener: ");
     out.finding("ok   upstream direct binding:");
 
@@ -378,10 +374,8 @@ async fn a_healthy_setup_is_ok_end_to_end_and_names_the_route() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_route_needing_a_token_says_which_policy_refused_and_how_the_token_travels() {
     let backend = echo_backend().spawn().await;
-    let pki = TestPki::new();
-    let tokens = pki.dir.join("tokens");
-    std::fs::write(&tokens, "doctor-s3cret\n").unwrap();
-    let tokens = tokens.to_str().unwrap().to_owned();
+    let token_file = TempFile::new("tokens", "doctor-s3cret\n");
+    let tokens = token_file.path().to_owned();
     let proxy = shunt()
         .direct(backend.url())
         .route("/frontend-audio=direct")
@@ -393,11 +387,8 @@ async fn a_route_needing_a_token_says_which_policy_refused_and_how_the_token_tra
     let out = doctor(&args).await;
     assert_eq!(out.code, Some(1), "{}", out.stdout);
     let fail = out.finding("FAIL end to end:");
-    assert!(
-        fail.contains("401, refused by shunt's authentication"),
-        "{fail}"
-    );
-    assert!(fail.contains("--token"), "{fail}");
+    has(&fail, "401, refused by shunt's authentication");
+    has(&fail, "--token");
 
     let with_token = running_shunt(
         &proxy,
@@ -407,7 +398,7 @@ async fn a_route_needing_a_token_says_which_policy_refused_and_how_the_token_tra
     let out = doctor(&with_token).await;
     assert_eq!(out.code, Some(0), "{}", out.stdout);
     let hint = out.finding("ok   front end:");
-    assert!(hint.contains("?token=<TOKEN>"), "{hint}");
+    has(&hint, "?token=<TOKEN>");
     assert!(
         !out.stdout.contains("doctor-s3cret"),
         "the token is printed:\n{}",
@@ -442,7 +433,7 @@ async fn an_invalid_configuration_fails_first() {
     .await;
     assert_eq!(out.code, Some(1), "{}", out.stdout);
     let fail = out.finding("FAIL configuration:");
-    assert!(fail.contains("--direct"), "{fail}");
+    has(&fail, "--direct");
     assert_eq!(
         out.stdout
             .lines()
@@ -482,12 +473,12 @@ async fn tls_end_to_end_through_shunt_names_the_route() {
     let out = doctor(&args).await;
     assert_eq!(out.code, Some(0), "{}", out.stdout);
     let e2e = out.finding("ok   end to end:");
-    assert!(e2e.contains(&format!("{url}: 101")), "{e2e}");
-    assert!(e2e.contains("served by `direct`"), "{e2e}");
+    has(&e2e, format!("{url}: 101"));
+    has(&e2e, "served by `direct`");
     out.finding("ok   tls names:");
     out.finding("warn tls trust:");
     let hint = out.finding("ok   front end:");
-    assert!(hint.contains(&format!("VITE_WS_AUDIO_URL={url}")), "{hint}");
+    has(&hint, format!("VITE_WS_AUDIO_URL={url}"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -510,10 +501,7 @@ async fn a_port_held_by_another_process_is_named() {
     .await;
     assert_eq!(out.code, Some(1), "{}", out.stdout);
     let fail = out.finding("FAIL listener:");
-    assert!(
-        fail.contains(&format!("{listen} is held by another process")),
-        "{fail}"
-    );
+    has(&fail, format!("{listen} is held by another process"));
     assert!(
         fail.contains(&format!("(pid {})", std::process::id())),
         "{fail}"
@@ -524,32 +512,26 @@ async fn a_port_held_by_another_process_is_named() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_config_file_and_shunt_variables_are_read_as_for_run() {
     let backend = echo_backend().spawn().await;
-    let pki = TestPki::new();
-    let file = pki.dir.join("shunt.toml");
-    std::fs::write(
-        &file,
-        format!(
+    let file = TempFile::new(
+        "shunt.toml",
+        &format!(
             "[upstreams.direct]\nurl = \"{}\"\n\n[[routes]]\npath = \"/calls\"\nvia = [\"direct\"]\n",
             backend.url()
         ),
-    )
-    .unwrap();
+    );
     let out = run_shunt_with_env(
-        &["doctor", "--config", file.to_str().unwrap()],
+        &["doctor", "--config", file.path()],
         &[("SHUNT_LISTEN", "127.0.0.1:0"), ("SHUNT_ADMIN", "off")],
         RUN_LIMIT,
     )
     .await;
     let config = out.finding("ok   configuration:");
-    assert!(config.contains(file.to_str().unwrap()), "{config}");
-    assert!(config.contains("listen 127.0.0.1:0"), "{config}");
+    has(&config, file.path());
+    has(&config, "listen 127.0.0.1:0");
     out.finding(&format!("ok   upstream direct: {}", backend.url()));
     out.finding("ok   websocket /calls via direct:");
     let hint = out.finding("warn front end:");
-    assert!(
-        hint.contains("VITE_WS_AUDIO_URL=ws://127.0.0.1:0/calls"),
-        "{hint}"
-    );
+    has(&hint, "VITE_WS_AUDIO_URL=ws://127.0.0.1:0/calls");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -577,14 +559,8 @@ async fn shunt_refusing_the_origin_or_over_its_rate_says_which_policy() {
     // The backend itself takes any Origin; shunt is the one refusing it.
     out.finding("ok   websocket /frontend-audio via direct:");
     let fail = out.finding("FAIL end to end:");
-    assert!(
-        fail.contains("403, refused by shunt's Origin policy"),
-        "{fail}"
-    );
-    assert!(
-        fail.contains("--allow-origin https://evil.example.com"),
-        "{fail}"
-    );
+    has(&fail, "403, refused by shunt's Origin policy");
+    has(&fail, "--allow-origin https://evil.example.com");
 
     let limited = shunt()
         .direct(backend.url())
@@ -603,22 +579,14 @@ async fn shunt_refusing_the_origin_or_over_its_rate_says_which_policy() {
     let out = doctor(&args).await;
     assert_eq!(out.code, Some(1), "{}", out.stdout);
     let fail = out.finding("FAIL end to end:");
-    assert!(
-        fail.contains("429, refused by shunt's rate or connection limit"),
-        "{fail}"
-    );
-    assert!(fail.contains("Retry-After"), "{fail}");
-    assert!(fail.contains("--rate"), "{fail}");
+    has(&fail, "429, refused by shunt's rate or connection limit");
+    has(&fail, "Retry-After");
+    has(&fail, "--rate");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn end_to_end_through_shunt_to_a_misconfigured_nginx_prints_the_location_block() {
-    let backend = echo_backend().spawn().await;
-    let Some(proxy) = nginx(backend.addr())
-        .without_upgrade_headers()
-        .spawn()
-        .await
-    else {
+    let Some((backend, proxy)) = misconfigured_nginx().await else {
         return;
     };
     let running = shunt()
@@ -644,12 +612,9 @@ async fn end_to_end_through_shunt_to_a_misconfigured_nginx_prints_the_location_b
     assert_eq!(out.code, Some(1), "{}", out.stdout);
     out.finding("FAIL websocket /frontend-audio via nginx:");
     let fail = out.finding("FAIL end to end:");
-    assert!(
-        fail.contains("shunt forwarded to `nginx`, where nginx answered 200 OK instead of 101"),
-        "{fail}"
+    has(
+        &fail,
+        "shunt forwarded to `nginx`, where nginx answered 200 OK instead of 101",
     );
-    assert!(
-        fail.contains("proxy_set_header Upgrade $http_upgrade;"),
-        "{fail}"
-    );
+    has(&fail, "proxy_set_header Upgrade $http_upgrade;");
 }

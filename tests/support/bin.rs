@@ -13,6 +13,29 @@ pub struct Run {
 }
 
 impl Run {
+    /// Asserts the run succeeded; its stdout.
+    pub fn succeeded(&self) -> &str {
+        assert_eq!(
+            self.code,
+            Some(0),
+            "stdout:\n{}\nstderr:\n{}",
+            self.stdout,
+            self.stderr
+        );
+        &self.stdout
+    }
+
+    /// Asserts the run failed (it should have refused `what`); its stderr.
+    pub fn refused(&self, what: &str) -> &str {
+        assert_ne!(
+            self.code,
+            Some(0),
+            "accepted {what}; stdout:\n{}",
+            self.stdout
+        );
+        &self.stderr
+    }
+
     /// The stdout line starting with `prefix` (e.g. `FAIL websocket /a via nginx:`),
     /// followed by its indented `fix:` lines; panics with the whole output if absent.
     pub fn finding(&self, prefix: &str) -> String {
