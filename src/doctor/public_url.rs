@@ -114,7 +114,7 @@ impl PublicUrl {
         format!(
             "{}{sep}{name}={}",
             self.path_and_query,
-            percent_encode(value)
+            crate::percent::encode(value)
         )
     }
 }
@@ -129,19 +129,6 @@ impl fmt::Display for PublicUrl {
             self.path_and_query
         )
     }
-}
-
-/// Percent-encode everything but RFC 3986 unreserved characters.
-fn percent_encode(value: &str) -> String {
-    let mut out = String::with_capacity(value.len());
-    for b in value.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 #[cfg(test)]
