@@ -10,9 +10,14 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use hyper::StatusCode;
-use support::binary::{Run, run_in, serve_in};
+use support::bin::{Run, run_shunt_in, serve_in};
 use support::tls::{TestPki, atomic_write};
 use support::{echo_backend, eventually, free_port, http_get, nginx, shunt, ws, ws_connect};
+
+/// Runs `shunt ARGS` in `dir`, bounded by 10 s.
+async fn run_in(dir: &Path, args: &[&str]) -> Run {
+    run_shunt_in(dir, args, Duration::from_secs(10)).await
+}
 
 /// A scratch directory for one test (config files, certificates, symlinks),
 /// removed on drop.

@@ -1,5 +1,6 @@
 //! A real nginx in front of an upstream, configured like a production nginx
-//! that handles WebSocket upgrades (`map $http_upgrade $connection_upgrade`).
+//! that handles WebSocket upgrades (`map $http_upgrade $connection_upgrade`),
+//! or, with `without_upgrade_headers()`, like the one of the original outage.
 //!
 //! nginx runs in the foreground as a single process (`daemon off;
 //! master_process off;`) with every path inside a private temp dir, and is
@@ -19,7 +20,7 @@ const PORT_ATTEMPTS: usize = 5;
 /// Builder returned by [`super::nginx`].
 pub struct NginxBuilder {
     upstream: SocketAddr,
-    upgrades: bool,
+    upgrade_headers: bool,
 }
 
 /// A running nginx; killed (and waited for) on drop.
@@ -33,16 +34,15 @@ pub struct Nginx {
 pub fn nginx(upstream: SocketAddr) -> NginxBuilder {
     NginxBuilder {
         upstream,
-        upgrades: true,
+        upgrade_headers: true,
     }
 }
 
 impl NginxBuilder {
-    /// A misconfigured nginx: no `proxy_http_version 1.1` and no
-    /// `Upgrade`/`Connection` headers, so it answers an upgrade with the
-    /// backend's plain page (200) instead of 101.
+    /// Leaves out `proxy_http_version 1.1` and the `Upgrade`/`Connection`
+    /// headers: the misconfigured nginx of the original outage.
     pub fn without_upgrade_headers(mut self) -> Self {
-        self.upgrades = false;
+        self.upgrade_headers = false;
         self
     }
 
@@ -67,7 +67,7 @@ impl NginxBuilder {
         for _ in 0..PORT_ATTEMPTS {
             let port = super::free_port();
             let addr = SocketAddr::from(([127, 0, 0, 1], port));
-            match start(&binary, &dir, addr, self.upstream, self.upgrades).await {
+            match start(&binary, &dir, addr, self.upstream, self.upgrade_headers).await {
                 Ok(child) => return Some(Nginx { child, addr, dir }),
                 Err(e) => last_error = e,
             }
@@ -128,9 +128,9 @@ fn temp_dir() -> PathBuf {
 
 /// A port that was free a moment ago (nginx may lose a race for it; the
 /// caller retries).
-fn config(dir: &Path, listen: SocketAddr, upstream: SocketAddr, upgrades: bool) -> String {
+fn config(dir: &Path, listen: SocketAddr, upstream: SocketAddr, upgrade_headers: bool) -> String {
     let d = dir.display();
-    let upgrade_headers = if upgrades {
+    let upgrade = if upgrade_headers {
         "proxy_http_version 1.1;\n            proxy_set_header Upgrade $http_upgrade;\n            proxy_set_header Connection $connection_upgrade;"
     } else {
         ""
@@ -159,7 +159,7 @@ http {{
         location / {{
             proxy_pass http://{upstream};
             proxy_set_header Host $http_host;
-            {upgrade_headers}
+            {upgrade}
             proxy_read_timeout 3600s;
             proxy_send_timeout 3600s;
             proxy_buffering off;
@@ -177,10 +177,10 @@ async fn start(
     dir: &Path,
     listen: SocketAddr,
     upstream: SocketAddr,
-    upgrades: bool,
+    upgrade_headers: bool,
 ) -> Result<Child, String> {
     let conf = dir.join("nginx.conf");
-    std::fs::write(&conf, config(dir, listen, upstream, upgrades))
+    std::fs::write(&conf, config(dir, listen, upstream, upgrade_headers))
         .map_err(|e| format!("write config: {e}"))?;
     let mut child = Command::new(binary)
         .arg("-p")
