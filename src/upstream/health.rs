@@ -344,6 +344,28 @@ mod tests {
     }
 
     #[test]
+    fn a_websocket_failure_leaves_the_state_and_clears_on_success() {
+        let h = health(1, 1);
+        h.record_success();
+        h.record_websocket_failure("nginx answered 200 to a WebSocket upgrade on /a");
+        let v = h.view();
+        assert_eq!(v.state, State::Up, "plain HTTP keeps the upstream");
+        assert_eq!(
+            v.websocket_error.as_deref(),
+            Some("nginx answered 200 to a WebSocket upgrade on /a")
+        );
+        assert_eq!(v.last_error, v.websocket_error);
+        h.record_success();
+        assert!(
+            h.websocket_error().is_some(),
+            "a tcp/http probe says nothing about upgrades"
+        );
+        h.record_websocket_success();
+        assert_eq!(h.websocket_error(), None);
+        assert_eq!(h.state(), State::Up);
+    }
+
+    #[test]
     fn accept_key_matches_rfc_6455_example() {
         assert_eq!(
             accept_key("dGhlIHNhbXBsZSBub25jZQ=="),
