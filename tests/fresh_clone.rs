@@ -172,14 +172,7 @@ async fn an_nginx_without_upgrade_headers_is_routed_around_for_websocket_only() 
         "{body}"
     );
 
-    let status = shunt.status().await.unwrap();
-    let up = status["upstreams"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|u| u["name"] == "nginx")
-        .unwrap()
-        .clone();
+    let up = shunt.upstream("nginx").await.unwrap();
     assert_eq!(up["health"], "up", "{up}");
     assert_eq!(up["websocket"], "broken", "{up}");
     assert_eq!(up["last_error"], NOT_FORWARDED, "{up}");
@@ -271,37 +264,28 @@ async fn a_route_written_as_a_url_is_refused_with_the_right_form() {
         );
     }
     let scratch = Scratch::new("url-route");
-    let file = scratch.write(
-        "routes.toml",
-        "[[routes]]\npath = \"//calls.example.com/frontend-audio\"\nvia = [\"direct\"]\n",
-    );
-    let run = run_in(
-        scratch.path(),
-        &["check", "--config", file.to_str().unwrap()],
-    )
-    .await;
-    assert_eq!(run.code, Some(2), "{run:?}");
-    assert!(
-        run.stderr
-            .contains(r#"write host = "calls.example.com" and path = "/frontend-audio""#),
-        "{}",
-        run.stderr
-    );
-    let file = scratch.write(
-        "host.toml",
-        "[[routes]]\nhost = \"https://calls.example.com\"\npath = \"/frontend-audio\"\nvia = [\"direct\"]\n",
-    );
-    let run = run_in(
-        scratch.path(),
-        &["check", "--config", file.to_str().unwrap()],
-    )
-    .await;
-    assert_eq!(run.code, Some(2), "{run:?}");
-    assert!(
-        run.stderr.contains("write `calls.example.com`"),
-        "{}",
-        run.stderr
-    );
+    for (route, right) in [
+        (
+            "path = \"//calls.example.com/frontend-audio\"",
+            r#"write host = "calls.example.com" and path = "/frontend-audio""#,
+        ),
+        (
+            "host = \"https://calls.example.com\"\npath = \"/frontend-audio\"",
+            "write `calls.example.com`",
+        ),
+    ] {
+        let file = scratch.write(
+            "routes.toml",
+            &format!("[[routes]]\n{route}\nvia = [\"direct\"]\n"),
+        );
+        let run = run_in(
+            scratch.path(),
+            &["check", "--config", file.to_str().unwrap()],
+        )
+        .await;
+        assert_eq!(run.code, Some(2), "{run:?}");
+        assert!(run.stderr.contains(right), "{route}: {}", run.stderr);
+    }
 }
 
 // --- 5. a closed stdout ------------------------------------------------------
