@@ -106,7 +106,8 @@ async fn route(
     }
 }
 
-/// 200 iff not draining and every route has an upstream that is up.
+/// 200 iff not draining and every route has an upstream that is up (and,
+/// once an upgrade on it failed, one that forwards WebSocket upgrades).
 fn readyz(rt: &Runtime) -> Response<Body> {
     if rt.is_draining() {
         return json(
@@ -119,12 +120,24 @@ fn readyz(rt: &Runtime) -> Response<Body> {
         .router
         .routes()
         .iter()
-        .filter(|r| !r.via.iter().any(|u| u.health.state() == State::Up))
-        .map(|r| {
-            json!({
+        .filter_map(|r| {
+            let up = |u: &&Arc<crate::upstream::Upstream>| u.health.state() == State::Up;
+            let carries_ws =
+                |u: &&Arc<crate::upstream::Upstream>| u.health.websocket_error().is_none();
+            let reason = if !r.via.iter().any(|u| up(&u)) {
+                "no healthy upstream"
+            } else if r.via.iter().any(|u| !carries_ws(&u))
+                && !r.via.iter().any(|u| up(&u) && carries_ws(&u))
+            {
+                // The route carries WebSocket (an upgrade was tried) and no upstream that is up forwards it.
+                "no upstream forwards WebSocket upgrades"
+            } else {
+                return None;
+            };
+            Some(json!({
                 "route": r.label,
-                "reason": format!("no healthy upstream: {}", crate::upstream::down_reasons(&r.via)),
-            })
+                "reason": format!("{reason}: {}", crate::upstream::down_reasons(&r.via)),
+            }))
         })
         .collect();
     if unready.is_empty() {

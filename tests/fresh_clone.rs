@@ -211,6 +211,13 @@ async fn an_upgrade_not_forwarded_by_the_only_upstream_is_a_502_naming_the_cause
         body.contains(&NOT_FORWARDED.replace("/frontend-audio", "/calls")),
         "{body}"
     );
+    // No upstream of the route carries WebSocket any more: not ready, and why.
+    let (code, body) = shunt.admin_get("/readyz").await.unwrap();
+    assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(
+        body.contains("no upstream forwards WebSocket upgrades"),
+        "{body}"
+    );
     shunt.stop().await;
 }
 
