@@ -15,9 +15,14 @@
 //!   it is also the path the upstream is sent ([`crate::forward::request`]).
 //! - Only then is an upstream connected: nothing reaches a backend before the
 //!   request has passed every check.
+//! - A WebSocket handshake that an upstream answers without upgrading (2xx,
+//!   3xx, 5xx: an nginx without the upgrade headers) is sent again to the
+//!   route's next upstream: it is a GET without a body, so repeating it is
+//!   safe, and the client gets its 101 from the upstream that can give one.
 //! - The access log is written here, once per request, with the token
 //!   parameter redacted, so no other module needs to know about logging.
 
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Instant;
@@ -138,13 +143,13 @@ async fn proxy(
     let websocket = kind == Kind::WebSocket;
     let reuse = kind == Kind::Plain;
     // For WebSocket, upstreams known not to forward upgrades go last.
-    let mut candidates = if websocket {
-        upstream::websocket_order(&route.via)
+    let mut candidates: Cow<'_, [Arc<upstream::Upstream>]> = if websocket {
+        Cow::Owned(upstream::websocket_order(&route.via))
     } else {
-        route.via.clone()
+        Cow::Borrowed(&route.via)
     };
     let mut slot = admission.tunnel;
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
     let mut body = Some(body.boxed());
     let mut resp = loop {
         let (upstream, conn) =
@@ -169,13 +174,19 @@ async fn proxy(
             downstream,
             timeouts: &snapshot.timeouts,
         };
-        let req = Request::from_parts(parts.clone(), body);
+        // Only a WebSocket handshake can be sent again; a plain request takes the head itself.
+        let head = if websocket {
+            parts.clone()
+        } else {
+            std::mem::replace(&mut parts, Request::new(()).into_parts().0)
+        };
+        let req = Request::from_parts(head, body);
         match forward::forward(req, conn, exchange, rt, &ctx.relay).await {
             Err(e @ response::ForwardError::UpgradeNotForwarded { .. }) => {
                 // A WebSocket handshake is a GET without a body: safe to send again.
                 upstream.health.record_websocket_failure(&e.to_string());
                 let tried = candidates.iter().position(|u| Arc::ptr_eq(u, &upstream));
-                candidates.drain(..=tried.unwrap_or(0));
+                candidates.to_mut().drain(..=tried.unwrap_or(0));
                 if candidates.iter().all(|u| !u.is_usable()) {
                     return Err(e.into());
                 }
