@@ -204,7 +204,9 @@ fn setup(args: &Args) -> Result<(Target, Option<TlsConnector>), String> {
         .authority()
         .ok_or_else(|| format!("--url {url:?}: no host"))?;
     let host = authority.host();
-    let port = authority.port_u16().unwrap_or(if secure { 443 } else { 80 });
+    let port = authority
+        .port_u16()
+        .unwrap_or(if secure { 443 } else { 80 });
     let path = uri
         .path_and_query()
         .map_or("/".to_owned(), |p| p.as_str().to_owned());
@@ -345,7 +347,8 @@ async fn call(
             return report;
         }
         Err(_) => {
-            report.ending = Ending::Failed(format!("handshake timed out after {CONNECT_TIMEOUT:?}"));
+            report.ending =
+                Ending::Failed(format!("handshake timed out after {CONNECT_TIMEOUT:?}"));
             return report;
         }
     };
@@ -396,8 +399,7 @@ async fn call(
             if done_sending.load(Ordering::Acquire) && received >= sent.load(Ordering::Acquire) {
                 break;
             }
-            let frame = match tokio::time::timeout_at(hard_stop, rx.read_frame(&mut ignore)).await
-            {
+            let frame = match tokio::time::timeout_at(hard_stop, rx.read_frame(&mut ignore)).await {
                 Err(_) => break,
                 Ok(Err(e)) => {
                     ended = Some(Err(format!("receive: {e}")));
@@ -559,7 +561,10 @@ where
         .map_err(|e| format!("handshake: {e}"))?;
     if response.status() != StatusCode::SWITCHING_PROTOCOLS {
         let status = response.status().as_u16();
-        let body = match Limited::new(response.into_body(), BODY_LIMIT).collect().await {
+        let body = match Limited::new(response.into_body(), BODY_LIMIT)
+            .collect()
+            .await
+        {
             Ok(body) => String::from_utf8_lossy(&body.to_bytes()).trim().to_owned(),
             Err(e) => format!("(body unreadable: {e})"),
         };
@@ -626,7 +631,11 @@ fn print_summary(args: &Args, reports: &[Report]) {
     );
     for (i, r) in reports.iter().enumerate() {
         let route = if r.route.is_empty() { "-" } else { &r.route };
-        let backend = if r.backend.is_empty() { "-" } else { &r.backend };
+        let backend = if r.backend.is_empty() {
+            "-"
+        } else {
+            &r.backend
+        };
         let close = r.close_code.map_or("-".to_owned(), |c| c.to_string());
         let ending = match &r.ending {
             Ending::Completed => "completed".to_owned(),

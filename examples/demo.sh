@@ -62,11 +62,13 @@ trap 'exit 130' INT TERM
 # Whether something accepts connections on 127.0.0.1:$1.
 listening() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
-# Wait (at most ~15 s) until 127.0.0.1:$1 accepts; $2 names what for the error.
+# Wait (at most ~15 s) until 127.0.0.1:$1 accepts; $2 names what for the
+# error; gives up at once if the process that should listen ($LAST_PID) exited.
 wait_port() {
   local i
   for i in $(seq 150); do
     listening "$1" && return 0
+    kill -0 "$LAST_PID" 2>/dev/null || fail "$2 exited before listening on 127.0.0.1:$1"
     sleep 0.1
   done
   fail "$2 did not listen on 127.0.0.1:$1 within 15 s"

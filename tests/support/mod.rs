@@ -7,6 +7,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod echo;
+pub mod examples;
 pub mod http;
 pub mod nginx;
 pub mod shunt;
