@@ -110,6 +110,19 @@ fn find_after(run: &Run, from: usize, needle: &str) -> usize {
     }
 }
 
+/// The run failed with `message` on stderr and left nothing on `ports`.
+fn expect_failure(run: &Run, message: &str, ports: &[u16]) {
+    assert!(
+        !run.ok,
+        "demo.sh succeeded:\n{}\n--- stderr\n{}",
+        run.stdout, run.stderr
+    );
+    assert!(run.stderr.contains(message), "stderr: {}", run.stderr);
+    for &port in ports {
+        assert!(!listening(port), "demo.sh left something on port {port}");
+    }
+}
+
 #[test]
 fn demo_falls_back_through_nginx_and_returns_to_direct() {
     let Some(nginx) = support::nginx::nginx_binary() else {
@@ -153,22 +166,8 @@ fn demo_refuses_a_taken_port_and_starts_nothing() {
     let squatter = TcpListener::bind(("127.0.0.1", ports[3])).expect("hold the shunt port");
     let run = run_demo(&nginx, ports);
     drop(squatter);
-    assert!(
-        !run.ok,
-        "demo.sh succeeded with its port taken:\n{}",
-        run.stdout
-    );
-    assert!(
-        run.stderr.contains(&format!(
-            "demo: FAILED: port {} is already in use",
-            ports[3]
-        )),
-        "stderr: {}",
-        run.stderr
-    );
-    for port in [ports[0], ports[1], ports[2], ports[4]] {
-        assert!(!listening(port), "demo.sh left something on port {port}");
-    }
+    let message = format!("demo: FAILED: port {} is already in use", ports[3]);
+    expect_failure(&run, &message, &[ports[0], ports[1], ports[2], ports[4]]);
 }
 
 #[test]
@@ -177,21 +176,14 @@ fn demo_fails_naming_the_step_and_stops_what_it_started() {
     // and stop the two backends it had already started.
     let ports = free_ports();
     let run = run_demo(Path::new("/bin/false"), ports);
-    assert!(!run.ok, "demo.sh succeeded without nginx:\n{}", run.stdout);
-    assert!(
-        run.stderr.contains(&format!(
-            "demo: FAILED: nginx exited before listening on 127.0.0.1:{}",
-            ports[2]
-        )),
-        "stderr: {}",
-        run.stderr
+    let message = format!(
+        "demo: FAILED: nginx exited before listening on 127.0.0.1:{}",
+        ports[2]
     );
+    expect_failure(&run, &message, &ports);
     assert!(
         run.stdout.contains("==> backend on"),
         "stdout: {}",
         run.stdout
     );
-    for port in ports {
-        assert!(!listening(port), "demo.sh left something on port {port}");
-    }
 }

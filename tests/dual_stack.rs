@@ -6,7 +6,7 @@ mod support;
 
 use std::net::{Ipv6Addr, SocketAddr};
 
-use support::{echo_backend, raw_request, shunt, ws_connect};
+use support::{EchoBackend, Shunt, echo_backend, raw_request, shunt, ws_connect};
 
 /// Whether this machine has an IPv6 loopback to test with.
 fn has_ipv6_loopback() -> bool {
@@ -18,19 +18,28 @@ fn on(ip: &str, port: u16) -> SocketAddr {
     SocketAddr::new(ip.parse().unwrap(), port)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_listener_on_the_ipv6_wildcard_takes_ipv4_and_ipv6() {
+/// shunt on `[::]:0` (plus `extra` flags) in front of an echo backend, ready;
+/// `None`, after saying why, when the machine has no IPv6 loopback.
+async fn dual_stack_shunt(extra: &[(&str, &str)]) -> Option<(EchoBackend, Shunt)> {
     if !has_ipv6_loopback() {
         eprintln!("skipping: this machine has no IPv6 loopback (::1), so [::] cannot be bound");
-        return;
+        return None;
     }
     let backend = echo_backend().spawn().await;
-    let proxy = shunt()
-        .direct(backend.url())
-        .arg("--listen", "[::]:0")
-        .start()
-        .await;
+    let mut builder = shunt().direct(backend.url()).arg("--listen", "[::]:0");
+    for (flag, value) in extra {
+        builder = builder.arg(flag, *value);
+    }
+    let proxy = builder.start().await;
     proxy.wait_ready().await;
+    Some((backend, proxy))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listener_on_the_ipv6_wildcard_takes_ipv4_and_ipv6() {
+    let Some((_backend, proxy)) = dual_stack_shunt(&[]).await else {
+        return;
+    };
     let port = proxy.addr().port();
     assert!(proxy.addr().is_ipv6(), "listening on {}", proxy.addr());
     for ip in ["127.0.0.1", "::1"] {
@@ -47,18 +56,9 @@ async fn a_listener_on_the_ipv6_wildcard_takes_ipv4_and_ipv6() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ip_lists_see_ipv4_clients_of_a_dual_stack_listener_as_ipv4() {
-    if !has_ipv6_loopback() {
-        eprintln!("skipping: this machine has no IPv6 loopback (::1), so [::] cannot be bound");
+    let Some((_backend, proxy)) = dual_stack_shunt(&[("--deny-ip", "127.0.0.1/32")]).await else {
         return;
-    }
-    let backend = echo_backend().spawn().await;
-    let proxy = shunt()
-        .direct(backend.url())
-        .arg("--listen", "[::]:0")
-        .arg("--deny-ip", "127.0.0.1/32")
-        .start()
-        .await;
-    proxy.wait_ready().await;
+    };
     let port = proxy.addr().port();
     let denied = raw_request(on("127.0.0.1", port), b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
