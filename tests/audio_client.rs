@@ -17,7 +17,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use support::tls::TestPki;
-use support::{echo_backend, poll_until, shunt};
+use support::{echo_backend, eventually, shunt};
 use tokio::net::TcpListener;
 
 /// Bound on one run of the client.
@@ -241,7 +241,7 @@ async fn a_call_broken_midway_is_dropped_and_exits_1() {
         .spawn()
         .expect("run audio_client");
     assert!(
-        poll_until(Duration::from_secs(10), async || backend
+        eventually(Duration::from_secs(10), async || backend
             .active_websockets()
             == 1)
         .await,

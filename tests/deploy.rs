@@ -9,7 +9,7 @@
 
 mod support;
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::os::unix::fs::{PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use support::tls::{TestPki, wss_connect};
 use support::ws::{recv_text, send_text};
-use support::{echo_backend, http_get, poll_until};
+use support::{echo_backend, eventually, http_get};
 
 fn read(path: &str) -> String {
     let full = Path::new(env!("CARGO_MANIFEST_DIR")).join(path);
@@ -127,9 +127,7 @@ impl Drop for Process {
 }
 
 fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
+    SocketAddr::from(([127, 0, 0, 1], support::free_port()))
 }
 
 /// Writes certificate `n` of the lineage as certbot does: the files in
@@ -201,7 +199,7 @@ async fn the_certbot_hook_opens_the_key_to_its_group_and_reloads_without_droppin
     let pid = child.id();
     let _shunt = Process(child);
     assert!(
-        poll_until(Duration::from_secs(10), async || {
+        eventually(Duration::from_secs(10), async || {
             http_get(admin, "/readyz", &[])
                 .await
                 .is_ok_and(|r| r.status == 200)
@@ -231,7 +229,7 @@ async fn the_certbot_hook_opens_the_key_to_its_group_and_reloads_without_droppin
         assert_eq!(mode(&dir), 0o750, "{} is group-traversable", dir.display());
     }
     let mut after = before.clone();
-    let renewed = poll_until(Duration::from_secs(10), async || {
+    let renewed = eventually(Duration::from_secs(10), async || {
         match wss_connect(listen, "localhost", "/frontend-audio", pki.client_config()).await {
             Ok((_, _, fp)) => {
                 after = fp;
