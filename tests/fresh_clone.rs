@@ -221,6 +221,53 @@ async fn an_upgrade_not_forwarded_by_the_only_upstream_is_a_502_naming_the_cause
     shunt.stop().await;
 }
 
+/// A WebSocket handshake on /frontend-audio, as raw bytes.
+const UPGRADE: &[u8] =
+    b"GET /frontend-audio HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_4xx_answer_to_an_upgrade_is_relayed_not_retried() {
+    // An upstream that refuses every request with 403, on purpose.
+    let refuser = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let refuser_url = format!("http://{}", refuser.local_addr().unwrap());
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        while let Ok((mut stream, _)) = refuser.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = stream.read(&mut buf).await;
+                let _ = stream
+                    .write_all(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 6\r\nConnection: close\r\n\r\nno way")
+                    .await;
+            });
+        }
+    });
+    let direct = echo_backend().name("direct").spawn().await;
+    let shunt = shunt()
+        .direct(direct.url())
+        .nginx(refuser_url)
+        .route("/frontend-audio=nginx,direct")
+        .start()
+        .await;
+    shunt.wait_ready().await;
+    let answer = support::raw_request(shunt.addr(), UPGRADE).await.unwrap();
+    assert_eq!(answer.status, 403, "{:?}", answer.headers);
+    assert_eq!(answer.header("x-shunt-route"), Some("nginx"));
+    assert_eq!(direct.active_websockets(), 0);
+    let up = shunt.upstream("nginx").await.unwrap();
+    assert_eq!(up["websocket"], "ok", "{up}");
+    let (code, body) = shunt.admin_get("/readyz").await.unwrap();
+    assert_eq!(code, StatusCode::OK, "{body}");
+    let ready: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        ready,
+        serde_json::json!({"ready": true}),
+        "nothing degraded"
+    );
+    shunt.stop().await;
+}
+
 // --- 3. the admin API during the drain ---------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
