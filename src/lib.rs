@@ -33,12 +33,14 @@
 //! - [`response`]: errors → status codes and bodies.
 //! - [`admin`]: `/healthz`, `/readyz`, `/status`, `POST /reload`.
 //! - [`stats`]: counters for `/status`.
+//! - [`calls`]: live calls (tunnels) for `/calls`, and their metrics.
 //! - [`telemetry`]: log output.
 
 #![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod app;
+pub mod calls;
 pub mod certgen;
 pub mod cli;
 pub mod config;

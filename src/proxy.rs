@@ -70,7 +70,7 @@ pub async fn handle(
     let upgrade = req.version() >= http::Version::HTTP_11
         && handshake::has_token(req.headers(), header::UPGRADE, "websocket");
     let mut trace = Trace::default();
-    let resp = match proxy(req, downstream, &rt, &mut trace).await {
+    let resp = match proxy(req, downstream, &rt, &mut trace, &path).await {
         Ok(resp) => resp,
         Err(e @ ProxyError::Denied(_)) => {
             tracing::info!(peer = %downstream.peer, path = %path, reason = %e, "request refused by policy");
@@ -102,6 +102,7 @@ async fn proxy(
     downstream: Downstream,
     rt: &Runtime,
     trace: &mut Trace,
+    target: &str,
 ) -> Result<Response<Body>, ProxyError> {
     let snapshot = rt.live.load_full();
     let kind: Kind = handshake::classify(&req)?;
@@ -157,12 +158,28 @@ async fn proxy(
             source,
         })?;
     trace.upstream = Some(upstream.name().clone());
+    // What `/calls` shows of a WebSocket call: the client's Host and the redacted target.
+    let host_header = (kind == Kind::WebSocket)
+        .then(|| {
+            req.headers()
+                .get(header::HOST)?
+                .to_str()
+                .ok()
+                .map(str::to_owned)
+        })
+        .flatten();
     let exchange = Exchange {
         kind,
         route: &route.label,
         upstream: &upstream,
         downstream,
         timeouts: &snapshot.timeouts,
+        call: forward::CallMeta {
+            host: host_header,
+            target,
+            generation: snapshot.generation,
+            spec: route.spec.calls,
+        },
     };
     let mut resp = forward::forward(req, conn, exchange, rt).await?;
     if let Some(origin) = &admission.cors_origin {

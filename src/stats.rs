@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use http::StatusCode;
 
+use crate::calls::CallRegistry;
 use crate::config::UpstreamName;
 
 /// Process-wide counters.
@@ -19,6 +20,8 @@ pub struct Stats {
     requests: ByClass,
     upgrades: ByClass,
     tunnels: Mutex<BTreeMap<(String, UpstreamName), TunnelCount>>,
+    /// Live calls (WebSocket tunnels) and their metrics, for `/calls`.
+    pub calls: Arc<CallRegistry>,
 }
 
 /// Counts of one kind of exchange by status class (1xx..5xx).

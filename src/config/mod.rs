@@ -11,6 +11,7 @@
 //! Everything is parsed into typed values here, so the rest of the proxy never
 //! sees an invalid setting; a reload builds a whole new [`Config`] the same way.
 
+pub mod calls;
 mod policy;
 pub mod raw;
 
@@ -26,6 +27,7 @@ use http::Uri;
 use crate::cli::RunArgs;
 use crate::policy::{GlobalPolicy, RoutePolicy};
 use crate::tls::CertSpec;
+pub use calls::CallSpec;
 use raw::{RawConfig, RawHealth};
 
 /// The name of an upstream, as routes refer to it (`direct`, `nginx`, ...).
@@ -271,6 +273,8 @@ pub struct RouteSpec {
     pub via: Vec<UpstreamName>,
     /// Security policy, with the global defaults applied.
     pub policy: RoutePolicy,
+    /// Call-layer settings, with the global defaults applied.
+    pub calls: CallSpec,
 }
 
 impl RouteSpec {
@@ -825,6 +829,7 @@ impl Merge<'_> {
             };
             let route = RouteSpec {
                 policy: policy::route(r, defaults, &label)?,
+                calls: CallSpec::default(),
                 host,
                 path,
                 via: parse_via(&field, r.via.iter().map(String::as_str))?,
@@ -894,12 +899,14 @@ fn default_routes(with_nginx: bool) -> Vec<RouteSpec> {
                 path: "/frontend-audio".into(),
                 via: via(&["direct", "nginx"]),
                 policy: RoutePolicy::default(),
+                calls: CallSpec::default(),
             },
             RouteSpec {
                 host: None,
                 path: "/".into(),
                 via: via(&["nginx", "direct"]),
                 policy: RoutePolicy::default(),
+                calls: CallSpec::default(),
             },
         ]
     } else {
@@ -908,6 +915,7 @@ fn default_routes(with_nginx: bool) -> Vec<RouteSpec> {
             path: "/".into(),
             via: via(&["direct"]),
             policy: RoutePolicy::default(),
+            calls: CallSpec::default(),
         }]
     }
 }
@@ -950,6 +958,7 @@ fn parse_route_flag(text: &str) -> Result<RouteSpec, ConfigError> {
         path: parse_path(field, path)?,
         via: parse_via(field, via.split(','))?,
         policy: RoutePolicy::default(),
+        calls: CallSpec::default(),
     })
 }
 
