@@ -815,6 +815,7 @@ impl Merge<'_> {
         defaults: &policy::RouteDefaults,
     ) -> Result<Vec<RouteSpec>, ConfigError> {
         let mut routes: Vec<RouteSpec> = Vec::new();
+        let call_defaults = calls::global(self.args, self.file)?;
         for (i, r) in self.file.routes.iter().enumerate() {
             let field = format!("route #{} in the config file", i + 1);
             let host = r
@@ -829,7 +830,7 @@ impl Merge<'_> {
             };
             let route = RouteSpec {
                 policy: policy::route(r, defaults, &label)?,
-                calls: CallSpec::default(),
+                calls: calls::route(r, &call_defaults, &label)?,
                 host,
                 path,
                 via: parse_via(&field, r.via.iter().map(String::as_str))?,
@@ -846,13 +847,16 @@ impl Merge<'_> {
         }
         for text in &self.args.routes {
             let mut route = parse_route_flag(text)?;
-            // A flag replaces a file route's upstreams; the file's policy for it stays.
-            route.policy = match routes
+            // A flag replaces a file route's upstreams; the file's policy and call settings stay.
+            (route.policy, route.calls) = match routes
                 .iter()
                 .position(|o| o.host == route.host && o.path == route.path)
             {
-                Some(i) => routes.remove(i).policy,
-                None => defaults.route_policy(&route.label())?,
+                Some(i) => {
+                    let old = routes.remove(i);
+                    (old.policy, old.calls)
+                }
+                None => (defaults.route_policy(&route.label())?, call_defaults),
             };
             routes.push(route);
         }
@@ -862,6 +866,7 @@ impl Merge<'_> {
             );
             for route in &mut routes {
                 route.policy = defaults.route_policy(&route.label())?;
+                route.calls = call_defaults;
             }
         }
         let known = upstreams

@@ -19,6 +19,12 @@ pub struct RawConfig {
     pub header_timeout: Option<String>,
     pub idle_timeout: Option<String>,
     pub drain_timeout: Option<String>,
+    // --- call layer (config/calls.rs) ---
+    pub ping_interval: Option<String>,
+    pub ping_timeout: Option<String>,
+    pub stall_after: Option<String>,
+    pub frames: Option<bool>,
+    // --- end call layer ---
     pub max_header_bytes: Option<usize>,
     pub log_format: Option<String>,
     /// CA file trusted for https upstreams (relative paths: to the config file).
@@ -98,6 +104,10 @@ pub struct RawRoute {
     pub cors: Option<bool>,
     pub allow_connect: Option<bool>,
     pub allow_absolute_form: Option<bool>,
+    // --- call layer (config/calls.rs): each overrides the global setting ---
+    pub ping_interval: Option<String>,
+    pub ping_timeout: Option<String>,
+    pub frames: Option<bool>,
 }
 
 /// `[tls]`: one certificate (`cert`, `key`) and/or several (`[[tls.certs]]`).
