@@ -6,6 +6,7 @@
 //! Each integration test crate uses a subset, hence the `dead_code` allows.
 #![allow(dead_code, unused_imports)]
 
+pub mod calls;
 pub mod echo;
 pub mod http;
 pub mod nginx;

@@ -149,6 +149,8 @@ pub struct Direction {
     flush: bool,
     /// Forward nothing more that is read (shunt closed the destination, or it is gone).
     discard: bool,
+    /// `rest` holds bytes read past the handshake whose frames are not counted yet.
+    unscanned: bool,
     /// The destination is gone: write nothing at all.
     dst_gone: bool,
 }
@@ -157,7 +159,7 @@ impl Direction {
     /// A direction that first writes `first` (bytes read past the handshake),
     /// whose frames are followed unless `framing` says otherwise.
     pub fn new(first: &[u8], framing: Framing) -> Self {
-        let mut d = Direction {
+        Direction {
             pipe: None,
             rest: first.to_vec(),
             frames: Tracker::default(),
@@ -169,20 +171,13 @@ impl Direction {
             flush: false,
             discard: false,
             dst_gone: false,
-        };
-        if framing == Framing::Tracked {
-            let mut span = first;
-            while !span.is_empty() {
-                match d.frames.feed(span) {
-                    Ok((n, _)) => span = &span[n..],
-                    Err(_) => {
-                        d.framing = Framing::Opaque;
-                        break;
-                    }
-                }
-            }
+            unscanned: !first.is_empty(),
         }
-        d
+    }
+
+    /// Everything read has been written (nothing in `rest`, the pipe or a TLS buffer).
+    pub fn flushed(&self) -> bool {
+        self.rest.is_empty() && !self.flush && self.pipe.as_ref().is_none_or(|p| p.pending == 0)
     }
 
     /// How this direction's frames are followed.
@@ -285,6 +280,17 @@ impl Direction {
         ctx: &mut Ctx<'_>,
     ) -> Poll<Result<Done, Failed>> {
         let pool = pool.filter(|_| src.socket().is_some() && dst.socket().is_some());
+        if self.unscanned {
+            // The bytes read past the handshake are frames like any others.
+            self.unscanned = false;
+            if self.framing == Framing::Tracked {
+                let mut first = std::mem::take(&mut self.rest);
+                let n = first.len();
+                let len = self.scan(&mut first, n, ctx);
+                first.truncate(len);
+                self.rest = first;
+            }
+        }
         loop {
             if self.dst_gone {
                 self.rest = Vec::new();

@@ -275,7 +275,7 @@ impl<D: Leg, U: Leg> Tunnel<D, U> {
                     return Poll::Ready(why.ending());
                 }
             } else {
-                if self.done == [true, true] {
+                if self.done == [true, true] || self.handshake_done() {
                     return Poll::Ready(Ending::Closed);
                 }
                 if self.done.contains(&true) && self.linger_at.is_none() {
@@ -530,6 +530,14 @@ impl<D: Leg, U: Leg> Tunnel<D, U> {
             }
         }
         None
+    }
+
+    /// The endpoints have closed the WebSocket (a Close each way, both
+    /// passed on): TCP can close now, as the server would close it.
+    fn handshake_done(&self) -> bool {
+        self.dirs
+            .iter()
+            .all(|d| d.framing() == Framing::Tracked && d.close_seen() && d.flushed())
     }
 
     /// Pings apply: frames tracked both ways, no Close seen yet.
