@@ -576,8 +576,7 @@ async fn calls_lists_live_calls_with_limits_sorting_and_redacted_tokens() {
 
 /// Frames through shunt: fragments with pings between them, RSV1 (deflate)
 /// frames, every length boundary and a 16 MiB message, byte for byte.
-async fn frames_pass_unchanged(shunt: &support::Shunt, backend: &mut WsBackend) {
-    let mut client = RawWs::connect(shunt.addr(), "/audio").await.unwrap();
+async fn frames_pass_unchanged(shunt: &support::Shunt, backend: &mut WsBackend, mut client: RawWs) {
     let server = backend.accept().await;
     let mut raw = server.into_inner();
     let mut sent = Vec::new();
@@ -643,8 +642,24 @@ async fn frames_pass_unchanged_on_the_splice_and_copy_paths() {
             .arg("--tunnel-mode", mode)
             .start()
             .await;
-        frames_pass_unchanged(&shunt, &mut backend).await;
+        let client = RawWs::connect(shunt.addr(), "/audio").await.unwrap();
+        frames_pass_unchanged(&shunt, &mut backend, client).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_pass_unchanged_on_the_tls_buffered_path() {
+    let pki = support::tls::TestPki::new();
+    let (cert, key) = pki.write("server", &["localhost", "127.0.0.1"]);
+    let mut backend = WsBackend::spawn().await;
+    let shunt = shunt().direct(backend.url()).tls(&cert, &key).start().await;
+    let (tls, _) = support::tls::tls_connect(shunt.addr(), "localhost", pki.client_config())
+        .await
+        .unwrap();
+    let client = RawWs::handshake(Box::new(tls), "localhost", "/audio")
+        .await
+        .unwrap();
+    frames_pass_unchanged(&shunt, &mut backend, client).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -94,9 +94,13 @@ impl Drop for WsBackend {
     }
 }
 
+/// A byte stream a [`RawWs`] can run over (TCP or TLS).
+pub trait RawIo: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> RawIo for T {}
+
 /// A WebSocket client that writes and reads frames by hand over a raw socket.
 pub struct RawWs {
-    pub stream: TcpStream,
+    pub stream: Box<dyn RawIo>,
     /// Bytes read past the 101 head, not yet taken.
     pub pending: Vec<u8>,
 }
@@ -146,10 +150,19 @@ pub fn encode(fin: bool, rsv: u8, opcode: u8, payload: &[u8], mask: bool) -> Vec
 impl RawWs {
     /// Handshake on `addr` for `path`; the 101 head is read and checked.
     pub async fn connect(addr: SocketAddr, path: &str) -> Result<RawWs, BoxError> {
-        let mut stream = TcpStream::connect(addr).await?;
+        let stream = TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
+        RawWs::handshake(Box::new(stream), &addr.to_string(), path).await
+    }
+
+    /// Handshake over an open stream (TLS, say) for `host` and `path`.
+    pub async fn handshake(
+        mut stream: Box<dyn RawIo>,
+        host: &str,
+        path: &str,
+    ) -> Result<RawWs, BoxError> {
         let req = format!(
-            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+            "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
         );
         stream.write_all(req.as_bytes()).await?;

@@ -20,7 +20,6 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> IoStream for T {}
 
 /// Relay two streams until the tunnel ends; `to_upstream_first` are bytes
 /// read past the downstream's handshake (an `Upgraded` yields its own).
-#[allow(clippy::too_many_arguments)]
 pub async fn relay_buffered<D, U>(
     downstream: D,
     upstream: U,
@@ -36,10 +35,8 @@ where
 {
     let relay = Arc::new(Relay::copy_only());
     Tunnel::new(
-        Stream(downstream),
-        to_upstream_first,
-        Stream(upstream),
-        &[],
+        (Stream(downstream), to_upstream_first),
+        (Stream(upstream), &[]),
         timers,
         relay,
         guard,

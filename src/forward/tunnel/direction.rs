@@ -485,17 +485,18 @@ impl Direction {
             let Some(h) = header else { continue };
             let plen = usize::try_from(h.len).unwrap_or(usize::MAX);
             let whole = began_here && h.is_control() && at + plen <= len;
-            if whole && h.opcode == frames::OP_PONG {
-                if let Some(sent) = shunt_pong(&buf[at..at + plen], h.mask) {
-                    // Cut the whole frame out: it answers shunt, not the other endpoint.
-                    let start = at - usize::from(h.header_len);
-                    buf.copy_within(at + plen..len, start);
-                    len -= usize::from(h.header_len) + plen;
-                    self.frames.skip(h.len);
-                    at = start;
-                    ctx.report.pong_sent_us = Some(sent);
-                    continue;
-                }
+            if whole
+                && h.opcode == frames::OP_PONG
+                && let Some(sent) = shunt_pong(&buf[at..at + plen], h.mask)
+            {
+                // Cut the whole frame out: it answers shunt, not the other endpoint.
+                let start = at - usize::from(h.header_len);
+                buf.copy_within(at + plen..len, start);
+                len -= usize::from(h.header_len) + plen;
+                self.frames.skip(h.len);
+                at = start;
+                ctx.report.pong_sent_us = Some(sent);
+                continue;
             }
             self.record(&h, now_ms, ctx);
             if h.opcode == frames::OP_CLOSE {

@@ -123,13 +123,11 @@ pub struct Tunnel<D, U> {
 }
 
 impl<D: Leg, U: Leg> Tunnel<D, U> {
-    /// Join two legs; `downstream_early`/`upstream_early` are the bytes
-    /// hyper read past each handshake, written to the other side first.
+    /// Join two legs, each with the bytes hyper read past its handshake
+    /// (written to the other side first).
     pub fn new(
-        downstream: D,
-        downstream_early: &[u8],
-        upstream: U,
-        upstream_early: &[u8],
+        (downstream, downstream_early): (D, &[u8]),
+        (upstream, upstream_early): (U, &[u8]),
         timers: TunnelTimers,
         relay: Arc<Relay>,
         guard: TunnelGuard,

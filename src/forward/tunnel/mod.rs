@@ -90,7 +90,7 @@ pub fn spawn(
         match unwrap_plain(downstream, upstream) {
             // The long-lived task is exactly the tunnel's small state.
             Unwrapped::Plain(d, d_early, u, u_early) => {
-                let tunnel = Tunnel::new(d, &d_early, u, &u_early, timers, relay, guard, call);
+                let tunnel = Tunnel::new((d, &d_early), (u, &u_early), timers, relay, guard, call);
                 drop((d_early, u_early));
                 inner.spawn(async move {
                     tunnel.run(shutdown).await;
@@ -99,10 +99,8 @@ pub fn spawn(
             }
             Unwrapped::Buffered(d, u, d_early) => {
                 let tunnel = Tunnel::new(
-                    Stream(d),
-                    &d_early,
-                    Stream(u),
-                    &[],
+                    (Stream(d), &d_early),
+                    (Stream(u), &[]),
                     timers,
                     relay,
                     guard,
