@@ -193,7 +193,7 @@ run() { # case target loadgen-args...
   local case=$1 target=$2; shift 2
   local pids; pids=$(pids_of "$target")
   local extra=()
-  [[ $target == *-tls ]] && extra=(--ca "$OUT/ca.pem")
+  [[ $target == *-tls* ]] && extra=(--ca "$OUT/ca.pem")
   local cpu0=0; [[ -n $pids ]] && cpu0=$(cpu_us $pids)
   local line
   line=$(timeout 300 "$LOADGEN" --url "$(url_of "$target")" "${extra[@]}" --label "$case" "$@" 2>>"$OUT/loadgen.log" | tail -n 1)
@@ -205,7 +205,7 @@ run_idle() { # case target
   local case=$1 target=$2
   local pids; pids=$(pids_of "$target")
   local extra=()
-  [[ $target == *-tls ]] && extra=(--ca "$OUT/ca.pem")
+  [[ $target == *-tls* ]] && extra=(--ca "$OUT/ca.pem")
   local before=0; [[ -n $pids ]] && before=$(rss_kb $pids)
   local log="$OUT/idle-$target.out"
   timeout 300 "$LOADGEN" --url "$(url_of "$target")" "${extra[@]}" --label "$case" --mode idle \

@@ -169,7 +169,7 @@ impl RouteCalls {
     }
 }
 
-/// One second of a direction's frame counts: `(second << 32) | count`.
+/// One second of a direction's data frames per slot: `(second mod 2^16) << 16 | count`.
 const FPS_SLOTS: usize = 6;
 /// Over how many seconds `frames_per_second` is taken.
 const FPS_WINDOW: u64 = 5;
@@ -193,26 +193,34 @@ pub struct DirStats {
     pub stalled: AtomicBool,
     /// [`Framing`] as a `u8`.
     pub framing: AtomicU8,
-    fps: [AtomicU64; FPS_SLOTS],
+    fps: [AtomicU32; FPS_SLOTS],
 }
 
 impl DirStats {
     /// Count one data frame at `ms` (since the call's start) in its second.
     pub fn count_second(&self, ms: u32) {
         let sec = u64::from(ms / 1000);
+        let stamp = (sec as u32 & 0xFFFF) << 16;
         let slot = &self.fps[sec as usize % FPS_SLOTS];
         let v = slot.load(Ordering::Relaxed);
-        if v >> 32 == sec {
-            slot.store(v + 1, Ordering::Relaxed);
+        if v & 0xFFFF_0000 == stamp {
+            if v & 0xFFFF != 0xFFFF {
+                slot.store(v + 1, Ordering::Relaxed);
+            }
         } else {
-            slot.store((sec << 32) | 1, Ordering::Relaxed);
+            slot.store(stamp | 1, Ordering::Relaxed);
         }
     }
 
-    /// Data frames counted in second `sec`.
+    /// Data frames counted in second `sec` (for the last few seconds).
     pub fn in_second(&self, sec: u64) -> u64 {
+        let stamp = (sec as u32 & 0xFFFF) << 16;
         let v = self.fps[sec as usize % FPS_SLOTS].load(Ordering::Relaxed);
-        if v >> 32 == sec { v & 0xFFFF_FFFF } else { 0 }
+        if v & 0xFFFF_0000 == stamp {
+            u64::from(v & 0xFFFF)
+        } else {
+            0
+        }
     }
 
     /// Frames per second over the last 5 s (fewer seconds for a younger call).
@@ -248,7 +256,7 @@ impl DirStats {
 }
 
 /// Round-trip samples kept per leg for the median.
-const RTT_SAMPLES: usize = 8;
+const RTT_SAMPLES: usize = 4;
 
 /// Live figures of one leg's pings.
 #[derive(Debug, Default)]
@@ -279,7 +287,7 @@ impl LegStats {
         })
     }
 
-    /// The median of the last (up to 8) round trips.
+    /// The median of the last (up to 4) round trips.
     pub fn rtt_median(&self) -> Option<Duration> {
         let n = (self.pongs_received.load(Ordering::Relaxed) as usize).min(RTT_SAMPLES);
         if n == 0 {
@@ -332,15 +340,21 @@ pub struct CallInfo {
     pub frames: bool,
 }
 
-/// One live call: what it is and its live figures.
+/// One live call: what it is and its live figures (kept small: there is
+/// one per idle tunnel).
 #[derive(Debug)]
 pub struct Call {
     /// Unique for the process's life.
     pub id: u64,
-    /// What it is.
-    pub info: CallInfo,
-    /// When it started (wall clock, for `/calls`).
-    pub started_at: SystemTime,
+    /// The client's address.
+    pub client: SocketAddr,
+    host: Option<Box<str>>,
+    path: Box<str>,
+    upstream: Arc<str>,
+    /// Configuration generation the call was opened under.
+    pub generation: u64,
+    /// Whether frames are tracked on this call.
+    pub frames: bool,
     /// When it started (the clock of its timers).
     pub started: Instant,
     /// Per direction: [`TO_BACKEND`], [`TO_CLIENT`].
@@ -352,6 +366,16 @@ pub struct Call {
 }
 
 impl Call {
+    /// The route's label.
+    pub fn route(&self) -> &str {
+        &self.metrics.route
+    }
+
+    /// The upstream's name.
+    pub fn upstream(&self) -> &str {
+        &self.upstream
+    }
+
     /// Milliseconds since the call started, as the tunnel's clock reads them.
     pub fn ms(&self, now: Instant) -> u32 {
         u32::try_from(now.saturating_duration_since(self.started).as_millis()).unwrap_or(u32::MAX)
@@ -361,17 +385,20 @@ impl Call {
     pub fn to_json(&self) -> Value {
         let age = self.started.elapsed();
         let now_ms = age.as_millis() as u64;
+        let started_at = SystemTime::now()
+            .checked_sub(age)
+            .unwrap_or(SystemTime::UNIX_EPOCH);
         json!({
             "id": self.id,
-            "client": self.info.client.to_string(),
-            "host": self.info.host,
-            "path": self.info.path,
-            "route": self.info.route,
-            "upstream": self.info.upstream,
-            "generation": self.info.generation,
-            "started": humantime::format_rfc3339_millis(self.started_at).to_string(),
+            "client": self.client.to_string(),
+            "host": self.host,
+            "path": self.path,
+            "route": self.route(),
+            "upstream": self.upstream(),
+            "generation": self.generation,
+            "started": humantime::format_rfc3339_millis(started_at).to_string(),
             "age_seconds": round3(age.as_secs_f64()),
-            "frames": self.info.frames,
+            "frames": self.frames,
             "directions": {
                 "to_backend": self.dirs[TO_BACKEND].to_json(now_ms),
                 "to_client": self.dirs[TO_CLIENT].to_json(now_ms),
@@ -435,6 +462,8 @@ pub struct CallRegistry {
     next_id: AtomicU64,
     live: Mutex<BTreeMap<u64, Arc<Call>>>,
     routes: Mutex<BTreeMap<String, Arc<RouteCalls>>>,
+    /// Upstream names, shared by their calls.
+    upstreams: Mutex<BTreeMap<String, Arc<str>>>,
     closes: Mutex<BTreeMap<CloseKey, u64>>,
 }
 
@@ -455,10 +484,18 @@ impl CallRegistry {
         } else {
             Framing::Off
         };
+        let upstream = lock(&self.upstreams)
+            .entry(info.upstream.clone())
+            .or_insert_with(|| info.upstream.as_str().into())
+            .clone();
         let call = Arc::new(Call {
             id,
-            info,
-            started_at: SystemTime::now(),
+            client: info.client,
+            host: info.host.map(String::into_boxed_str),
+            path: info.path.into_boxed_str(),
+            upstream,
+            generation: info.generation,
+            frames: info.frames,
             started: Instant::now(),
             dirs: Default::default(),
             legs: Default::default(),
@@ -539,7 +576,7 @@ impl CallRegistry {
         let mut active: BTreeMap<(String, String), u64> = BTreeMap::new();
         for c in lock(&self.live).values() {
             *active
-                .entry((c.info.route.clone(), c.info.upstream.clone()))
+                .entry((c.route().to_owned(), c.upstream().to_owned()))
                 .or_default() += 1;
         }
         let _ = writeln!(
@@ -624,7 +661,7 @@ impl CallGuard {
     /// Record how the call ended (its close and duration).
     pub fn record_end(&self, by: ClosedBy, code: Option<u16>) {
         let call = &self.call;
-        self.registry.record_close(&call.info.route, by, code);
+        self.registry.record_close(call.route(), by, code);
         call.metrics.duration.observe(call.started.elapsed());
     }
 }

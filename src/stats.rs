@@ -19,7 +19,7 @@ use crate::config::UpstreamName;
 pub struct Stats {
     requests: ByClass,
     upgrades: ByClass,
-    tunnels: Mutex<BTreeMap<(String, UpstreamName), TunnelCount>>,
+    tunnels: Mutex<BTreeMap<(String, UpstreamName), Arc<TunnelCounts>>>,
     /// Live calls (WebSocket tunnels) and their metrics, for `/calls`.
     pub calls: Arc<CallRegistry>,
 }
@@ -47,13 +47,14 @@ impl ByClass {
     }
 }
 
-/// Live and total tunnels of one route and upstream, with bytes relayed.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct TunnelCount {
-    pub active: u64,
-    pub total: u64,
-    pub bytes_downstream_to_upstream: u64,
-    pub bytes_upstream_to_downstream: u64,
+/// Live and total tunnels of one route and upstream, with bytes relayed;
+/// shared by the guards of its tunnels (one pointer each, no key per tunnel).
+#[derive(Debug, Default)]
+pub struct TunnelCounts {
+    pub active: AtomicU64,
+    pub total: AtomicU64,
+    pub bytes_downstream_to_upstream: AtomicU64,
+    pub bytes_upstream_to_downstream: AtomicU64,
 }
 
 impl Stats {
@@ -67,17 +68,23 @@ impl Stats {
     }
 
     /// Count a tunnel as open until the returned guard is dropped.
-    pub fn open_tunnel(self: &Arc<Self>, route: &str, upstream: &UpstreamName) -> TunnelGuard {
-        let key = (route.to_owned(), upstream.clone());
-        {
+    pub fn open_tunnel(&self, route: &str, upstream: &UpstreamName) -> TunnelGuard {
+        let counts = {
             let mut map = self.lock_tunnels();
-            let count = map.entry(key.clone()).or_default();
-            count.active += 1;
-            count.total += 1;
-        }
+            let found = map
+                .iter()
+                .find(|((r, u), _)| r == route && u == upstream)
+                .map(|(_, c)| c.clone());
+            found.unwrap_or_else(|| {
+                let c = Arc::<TunnelCounts>::default();
+                map.insert((route.to_owned(), upstream.clone()), c.clone());
+                c
+            })
+        };
+        counts.active.fetch_add(1, Ordering::Relaxed);
+        counts.total.fetch_add(1, Ordering::Relaxed);
         TunnelGuard {
-            stats: self.clone(),
-            key,
+            counts,
             to_upstream: 0,
             to_downstream: 0,
         }
@@ -85,13 +92,16 @@ impl Stats {
 
     fn lock_tunnels(
         &self,
-    ) -> std::sync::MutexGuard<'_, BTreeMap<(String, UpstreamName), TunnelCount>> {
+    ) -> std::sync::MutexGuard<'_, BTreeMap<(String, UpstreamName), Arc<TunnelCounts>>> {
         self.tunnels.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Total live tunnels.
     pub fn active_tunnels(&self) -> u64 {
-        self.lock_tunnels().values().map(|c| c.active).sum()
+        self.lock_tunnels()
+            .values()
+            .map(|c| c.active.load(Ordering::Relaxed))
+            .sum()
     }
 
     /// `{"requests": {...}, "upgrades": {...}, "tunnels": [...]}` parts of `/status`.
@@ -103,10 +113,10 @@ impl Stats {
                 serde_json::json!({
                     "route": route,
                     "upstream": upstream.0,
-                    "active": c.active,
-                    "total": c.total,
-                    "bytes_downstream_to_upstream": c.bytes_downstream_to_upstream,
-                    "bytes_upstream_to_downstream": c.bytes_upstream_to_downstream,
+                    "active": c.active.load(Ordering::Relaxed),
+                    "total": c.total.load(Ordering::Relaxed),
+                    "bytes_downstream_to_upstream": c.bytes_downstream_to_upstream.load(Ordering::Relaxed),
+                    "bytes_upstream_to_downstream": c.bytes_upstream_to_downstream.load(Ordering::Relaxed),
                 })
             })
             .collect();
@@ -150,7 +160,7 @@ impl Stats {
                 "shunt_tunnels_active{{route=\"{}\",upstream=\"{}\"}} {}",
                 escape(route),
                 escape(&upstream.0),
-                c.active
+                c.active.load(Ordering::Relaxed)
             );
         }
         let _ = writeln!(
@@ -159,9 +169,10 @@ impl Stats {
         );
         for ((route, upstream), c) in tunnels.iter() {
             for (direction, n) in [
-                ("to_upstream", c.bytes_downstream_to_upstream),
-                ("to_downstream", c.bytes_upstream_to_downstream),
+                ("to_upstream", &c.bytes_downstream_to_upstream),
+                ("to_downstream", &c.bytes_upstream_to_downstream),
             ] {
+                let n = n.load(Ordering::Relaxed);
                 let _ = writeln!(
                     out,
                     "shunt_tunnel_bytes_total{{route=\"{}\",upstream=\"{}\",direction=\"{direction}\"}} {n}",
@@ -184,8 +195,7 @@ pub fn escape(value: &str) -> String {
 /// Holds one tunnel in the gauge; dropping it records the close and its bytes.
 #[derive(Debug)]
 pub struct TunnelGuard {
-    stats: Arc<Stats>,
-    key: (String, UpstreamName),
+    counts: Arc<TunnelCounts>,
     to_upstream: u64,
     to_downstream: u64,
 }
@@ -200,11 +210,11 @@ impl TunnelGuard {
 
 impl Drop for TunnelGuard {
     fn drop(&mut self) {
-        let mut map = self.stats.lock_tunnels();
-        if let Some(c) = map.get_mut(&self.key) {
-            c.active = c.active.saturating_sub(1);
-            c.bytes_downstream_to_upstream += self.to_upstream;
-            c.bytes_upstream_to_downstream += self.to_downstream;
-        }
+        let c = &self.counts;
+        c.bytes_downstream_to_upstream
+            .fetch_add(self.to_upstream, Ordering::Relaxed);
+        c.bytes_upstream_to_downstream
+            .fetch_add(self.to_downstream, Ordering::Relaxed);
+        c.active.fetch_sub(1, Ordering::Relaxed);
     }
 }

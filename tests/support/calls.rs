@@ -125,21 +125,13 @@ impl RawFrame {
 
 /// Encode one frame; masked with a fixed key when `mask` (client to server).
 pub fn encode(fin: bool, rsv: u8, opcode: u8, payload: &[u8], mask: bool) -> Vec<u8> {
-    let mut v = vec![(u8::from(fin) << 7) | (rsv << 4) | opcode];
-    let m = if mask { 0x80 } else { 0 };
-    let len = payload.len();
-    if len < 126 {
-        v.push(m | len as u8);
-    } else if len <= 0xFFFF {
-        v.push(m | 126);
-        v.extend_from_slice(&(len as u16).to_be_bytes());
-    } else {
-        v.push(m | 127);
-        v.extend_from_slice(&(len as u64).to_be_bytes());
-    }
+    use shunt::forward::tunnel::frames;
     let key = [0x12, 0x34, 0x56, 0x78];
+    let b0 = (u8::from(fin) << 7) | (rsv << 4) | opcode;
+    let mut head = [0; frames::MAX_HEADER];
+    let n = frames::write_header(&mut head, b0, payload.len() as u64, mask.then_some(key));
+    let mut v = head[..n].to_vec();
     if mask {
-        v.extend_from_slice(&key);
         v.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
     } else {
         v.extend_from_slice(payload);

@@ -92,20 +92,9 @@ mod tests {
 
     /// A binary frame with `len` payload bytes, masked when `mask`.
     fn frame(len: usize, mask: bool) -> Vec<u8> {
-        let mut v = vec![0x82];
-        let m = if mask { 0x80 } else { 0 };
-        if len < 126 {
-            v.push(m | len as u8);
-        } else if len <= 0xFFFF {
-            v.push(m | 126);
-            v.extend_from_slice(&(len as u16).to_be_bytes());
-        } else {
-            v.push(m | 127);
-            v.extend_from_slice(&(len as u64).to_be_bytes());
-        }
-        if mask {
-            v.extend_from_slice(&[1, 2, 3, 4]);
-        }
+        let mut head = [0; frames::MAX_HEADER];
+        let n = frames::write_header(&mut head, 0x82, len as u64, mask.then_some([1, 2, 3, 4]));
+        let mut v = head[..n].to_vec();
         v.extend(pattern(len, 3));
         v
     }

@@ -250,6 +250,31 @@ pub fn unmask_into(payload: &[u8], mask: Option<[u8; 4]>, out: &mut [u8]) -> usi
     n
 }
 
+/// Write a frame header (first byte `b0`: FIN, RSV, opcode) for a payload
+/// of `len` bytes into `out`, in the shortest length form, with the masking
+/// key if given. Returns the header's length.
+pub fn write_header(out: &mut [u8; MAX_HEADER], b0: u8, len: u64, mask: Option<[u8; 4]>) -> usize {
+    let m = if mask.is_some() { 0x80 } else { 0 };
+    out[0] = b0;
+    let mut at = 2;
+    if len < 126 {
+        out[1] = m | len as u8;
+    } else if len <= 0xFFFF {
+        out[1] = m | 126;
+        out[2..4].copy_from_slice(&(len as u16).to_be_bytes());
+        at = 4;
+    } else {
+        out[1] = m | 127;
+        out[2..10].copy_from_slice(&len.to_be_bytes());
+        at = 10;
+    }
+    if let Some(k) = mask {
+        out[at..at + 4].copy_from_slice(&k);
+        at += 4;
+    }
+    at
+}
+
 /// Write a whole control frame (FIN set) into `out`: masked with `mask` when
 /// given (towards a server), unmasked otherwise. `payload` is cut at 125 bytes.
 /// Returns the frame's length.
@@ -260,13 +285,14 @@ pub fn control_frame(
     mask: Option<[u8; 4]>,
 ) -> usize {
     let payload = &payload[..payload.len().min(MAX_CONTROL_PAYLOAD)];
-    out[0] = 0x80 | (opcode & 0x0F);
-    out[1] = payload.len() as u8 | if mask.is_some() { 0x80 } else { 0 };
-    let mut at = 2;
-    if let Some(k) = mask {
-        out[2..6].copy_from_slice(&k);
-        at = 6;
-    }
+    let mut head = [0; MAX_HEADER];
+    let at = write_header(
+        &mut head,
+        0x80 | (opcode & 0x0F),
+        payload.len() as u64,
+        mask,
+    );
+    out[..at].copy_from_slice(&head[..at]);
     for (i, b) in payload.iter().enumerate() {
         out[at + i] = match mask {
             Some(k) => b ^ k[i % 4],
@@ -288,22 +314,11 @@ pub fn close_payload(code: u16, reason: &str, out: &mut [u8; MAX_CONTROL_PAYLOAD
 mod tests {
     use super::*;
 
-    /// A frame with `len` payload bytes of `fill`.
+    /// A frame with `len` payload bytes (not masked: only headers matter here).
     fn frame(b0: u8, len: usize, mask: Option<[u8; 4]>) -> Vec<u8> {
-        let mut v = vec![b0];
-        let m = if mask.is_some() { 0x80 } else { 0 };
-        if len < 126 {
-            v.push(m | len as u8);
-        } else if len <= 0xFFFF {
-            v.push(m | 126);
-            v.extend_from_slice(&(len as u16).to_be_bytes());
-        } else {
-            v.push(m | 127);
-            v.extend_from_slice(&(len as u64).to_be_bytes());
-        }
-        if let Some(k) = mask {
-            v.extend_from_slice(&k);
-        }
+        let mut head = [0; MAX_HEADER];
+        let n = write_header(&mut head, b0, len as u64, mask);
+        let mut v = head[..n].to_vec();
         v.extend((0..len).map(|i| (i % 251) as u8));
         v
     }

@@ -133,7 +133,7 @@ impl<D: Leg, U: Leg> Tunnel<D, U> {
         guard: TunnelGuard,
         call: CallGuard,
     ) -> Self {
-        let framing = if call.call.info.frames {
+        let framing = if call.call.frames {
             Framing::Tracked
         } else {
             Framing::Off
@@ -355,9 +355,9 @@ impl<D: Leg, U: Leg> Tunnel<D, U> {
             let from = Side::of(d).as_str();
             tracing::warn!(
                 tunnel = call.id,
-                route = %call.info.route,
-                upstream = %call.info.upstream,
-                peer = %call.info.client,
+                route = call.route(),
+                upstream = call.upstream(),
+                peer = %call.client,
                 direction = DIRECTIONS[d],
                 reason = %e,
                 "frames from {from} cannot be followed ({e}); relaying that direction as opaque bytes"
@@ -373,9 +373,9 @@ impl<D: Leg, U: Leg> Tunnel<D, U> {
         if let Some(gap) = r.resumed_after_ms {
             tracing::info!(
                 tunnel = call.id,
-                route = %call.info.route,
-                upstream = %call.info.upstream,
-                peer = %call.info.client,
+                route = call.route(),
+                upstream = call.upstream(),
+                peer = %call.client,
                 direction = DIRECTIONS[d],
                 "resumed after {:.1}s",
                 f64::from(gap) / 1000.0
@@ -574,9 +574,9 @@ impl<D: Leg, U: Leg> Tunnel<D, U> {
         let from = Side::of(d).as_str();
         tracing::warn!(
             tunnel = call.id,
-            route = %call.info.route,
-            upstream = %call.info.upstream,
-            peer = %call.info.client,
+            route = call.route(),
+            upstream = call.upstream(),
+            peer = %call.client,
             direction = DIRECTIONS[d],
             "call stalled: no frames from {from} for {silent:.1}s"
         );
@@ -636,9 +636,9 @@ impl<D: Leg, U: Leg> Tunnel<D, U> {
         let stalls: u32 = call.dirs.iter().map(|d| d.stalls.load(Relaxed)).sum();
         tracing::info!(
             tunnel = call.id,
-            route = %call.info.route,
-            upstream = %call.info.upstream,
-            peer = %call.info.client,
+            route = call.route(),
+            upstream = call.upstream(),
+            peer = %call.client,
             duration_s = call.started.elapsed().as_secs_f64(),
             bytes_to_backend = bytes(TO_BACKEND),
             bytes_to_client = bytes(TO_CLIENT),
@@ -720,5 +720,20 @@ impl<D, U> Drop for Tunnel<D, U> {
         for d in &mut self.dirs {
             d.give_back(pool);
         }
+    }
+}
+
+#[cfg(test)]
+mod size_tests {
+    use tokio::net::TcpStream;
+
+    /// What an idle tunnel holds is what thousands of calls cost: keep it small.
+    #[test]
+    fn an_idle_call_stays_small() {
+        assert!(size_of::<super::Tunnel<TcpStream, TcpStream>>() <= 400);
+        assert!(size_of::<super::Direction>() <= 88);
+        assert!(size_of::<super::super::frames::Tracker>() <= 24);
+        // One registry entry per call (plus the Arc's two counters).
+        assert!(size_of::<crate::calls::Call>() <= 304);
     }
 }
