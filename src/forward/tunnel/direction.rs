@@ -406,7 +406,9 @@ impl Direction {
         }
         let mut cap = BUFFER_SIZE;
         if self.bulk && self.frames.payload_left() == 0 {
-            cap = frames::MAX_HEADER;
+            // Room for a header, or a whole control frame (shunt's Pong is cut
+            // out only when it arrives whole).
+            cap = MAX_CONTROL_FRAME;
         }
         if self.ping || matches!(self.close, CloseState::Pending(_)) {
             let left = self.frames.until_boundary();

@@ -515,6 +515,7 @@ impl<D: Leg, U: Leg> Tunnel<D, U> {
                         return None;
                     }
                 } else if !self.dirs[out].ping_pending()
+                    && self.dirs[out].can_inject()
                     && self.last_rx[l].saturating_add(self.timers.ping_interval) <= now
                 {
                     self.dirs[out].request_ping();
@@ -602,7 +603,7 @@ impl<D: Leg, U: Leg> Tunnel<D, U> {
                     consider(Some(
                         (self.ping_out[l] - 1).saturating_add(self.timers.ping_timeout),
                     ));
-                } else if !self.dirs[1 - l].ping_pending() {
+                } else if !self.dirs[1 - l].ping_pending() && self.dirs[1 - l].can_inject() {
                     consider(Some(
                         self.last_rx[l].saturating_add(self.timers.ping_interval),
                     ));
