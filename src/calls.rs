@@ -73,8 +73,11 @@ impl Framing {
 /// Who ended a call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum ClosedBy {
+    /// The browser side closed (or vanished).
     Client,
+    /// The backend closed (or vanished).
     Backend,
+    /// shunt ended the call (drain, idle timeout, ping timeout).
     Shunt,
 }
 

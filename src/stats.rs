@@ -2,8 +2,14 @@
 //! live tunnels by route and upstream.
 //!
 //! Updated from the request path with relaxed atomics (one add per request);
-//! the tunnel gauge is a small map touched once when a tunnel opens and once
-//! when it closes.
+//! the tunnel gauge is a small map looked up once when a tunnel opens; its
+//! guard updates that entry's atomics when it closes.
+//!
+//! The counters outlive reloads (they live in the runtime, not the
+//! snapshot), so `/metrics` never goes backwards when the configuration
+//! changes. A closed tunnel adds its bytes to the totals of its route and
+//! upstream when its guard drops, so the totals are exact without the tunnel
+//! touching a shared counter per read.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -51,9 +57,13 @@ impl ByClass {
 /// shared by the guards of its tunnels (one pointer each, no key per tunnel).
 #[derive(Debug, Default)]
 pub struct TunnelCounts {
+    /// Tunnels open now.
     pub active: AtomicU64,
+    /// Tunnels opened since start.
     pub total: AtomicU64,
+    /// Bytes the closed tunnels carried from client to backend.
     pub bytes_downstream_to_upstream: AtomicU64,
+    /// Bytes the closed tunnels carried from backend to client.
     pub bytes_upstream_to_downstream: AtomicU64,
 }
 

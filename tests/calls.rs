@@ -15,7 +15,7 @@ use hyper::StatusCode;
 use serde_json::Value;
 
 use support::calls::{RawWs, ShuntProcess, WsBackend, encode};
-use support::{echo_backend, poll_until, shunt, ws, ws_connect};
+use support::{echo_backend, eventually, shunt, ws, ws_connect};
 
 const PING: u8 = 9;
 const PONG: u8 = 10;
@@ -65,7 +65,7 @@ async fn pings_are_answered_by_a_real_client_and_shunts_pongs_never_reach_the_ba
         while let Ok(Ok(_)) = tokio::time::timeout_at(deadline, client.read_frame()).await {}
         client
     });
-    let answered = poll_until(Duration::from_secs(3), async || {
+    let answered = eventually(Duration::from_secs(3), async || {
         let c = calls(&shunt).await;
         let legs = &c["calls"][0]["legs"];
         legs["client"]["pongs_received"].as_u64() >= Some(2)
@@ -160,7 +160,7 @@ async fn a_backend_that_stops_answering_gives_the_client_1014() {
         .await
         .unwrap();
     let line = "shunt_tunnel_closes_total{route=\"/\",closed_by=\"shunt\",code=\"1014\"} 1";
-    let counted = poll_until(Duration::from_secs(3), async || {
+    let counted = eventually(Duration::from_secs(3), async || {
         shunt
             .admin_get("/metrics")
             .await
@@ -262,7 +262,7 @@ async fn shutdown_closes_calls_with_1012_after_the_last_whole_frame() {
         raw
     });
     // Begin the shutdown once the message has started to arrive.
-    let arriving = poll_until(Duration::from_secs(3), async || {
+    let arriving = eventually(Duration::from_secs(3), async || {
         calls(&shunt).await["calls"][0]["directions"]["to_client"]["bytes"].as_u64() > Some(0)
     })
     .await;
@@ -396,7 +396,7 @@ async fn a_stream_that_pauses_is_one_stall_in_calls_metrics_and_the_log() {
         let r = support::http_get(admin, path, &[]).await.unwrap();
         serde_json::from_slice(&r.body).unwrap()
     };
-    let stalled = poll_until(Duration::from_secs(4), async || {
+    let stalled = eventually(Duration::from_secs(4), async || {
         get("/calls").await["calls"][0]["directions"]["to_client"]["stalled"] == true
     })
     .await;
@@ -412,7 +412,7 @@ async fn a_stream_that_pauses_is_one_stall_in_calls_metrics_and_the_log() {
     }
     let (n, _client) = reader.await.unwrap();
     assert_eq!(n, 75);
-    let resumed = poll_until(Duration::from_secs(3), async || {
+    let resumed = eventually(Duration::from_secs(3), async || {
         shunt.log().contains("resumed after")
     })
     .await;
@@ -561,7 +561,7 @@ async fn calls_lists_live_calls_with_limits_sorting_and_redacted_tokens() {
     assert_eq!(status["calls"]["active"], 2);
     drop((a, b));
     assert!(
-        poll_until(
+        eventually(
             Duration::from_secs(3),
             async || calls(&shunt).await["total"] == 0
         )
@@ -656,9 +656,7 @@ async fn frames_pass_unchanged_on_the_tls_buffered_path() {
     let (tls, _) = support::tls::tls_connect(shunt.addr(), "localhost", pki.client_config())
         .await
         .unwrap();
-    let client = RawWs::handshake(Box::new(tls), "localhost", "/audio")
-        .await
-        .unwrap();
+    let client = RawWs::handshake(Box::new(tls), "/audio").await.unwrap();
     frames_pass_unchanged(&shunt, &mut backend, client).await;
 }
 

@@ -31,35 +31,72 @@ impl Default for CallSpec {
     }
 }
 
+use super::ConfigError;
+use super::parse::parse_duration;
 use super::raw::{RawConfig, RawRoute};
-use super::{ConfigError, parse_duration};
 use crate::cli::RunArgs;
 
+/// The call-layer flags, parsed (each error names its flag).
+#[derive(Debug, Clone, Default)]
+pub struct CallFlags {
+    /// `--frames on|off`.
+    pub frames: Option<bool>,
+    /// `--ping-interval`.
+    pub ping_interval: Option<Duration>,
+    /// `--ping-timeout`.
+    pub ping_timeout: Option<Duration>,
+    /// `--stall-after`.
+    pub stall_after: Option<Duration>,
+}
+
+impl CallFlags {
+    /// Parse the call-layer flags of `a`.
+    pub fn parse(a: &RunArgs) -> Result<CallFlags, ConfigError> {
+        let duration = |flag: &str, v: &Option<String>| {
+            v.as_deref()
+                .map(|v| parse_duration(&format!("--{flag}"), v))
+                .transpose()
+        };
+        let frames = match a.frames.as_deref() {
+            None => None,
+            Some("on") => Some(true),
+            Some("off") => Some(false),
+            Some(other) => {
+                return Err(ConfigError::invalid(
+                    "--frames",
+                    other,
+                    "expected on or off",
+                ));
+            }
+        };
+        Ok(CallFlags {
+            frames,
+            ping_interval: duration("ping-interval", &a.ping_interval)?,
+            ping_timeout: duration("ping-timeout", &a.ping_timeout)?,
+            stall_after: duration("stall-after", &a.stall_after)?,
+        })
+    }
+}
+
 /// The global call settings: flag, else file, else default.
-pub fn global(a: &RunArgs, f: &RawConfig) -> Result<CallSpec, ConfigError> {
+pub fn global(flags: &CallFlags, f: &RawConfig) -> Result<CallSpec, ConfigError> {
     let d = CallSpec::default();
-    let frames = match (a.frames.as_deref(), f.frames) {
-        (Some("on"), _) => true,
-        (Some("off"), _) => false,
-        (Some(other), _) => {
-            return Err(ConfigError::invalid(
-                "--frames",
-                other,
-                "expected on or off",
-            ));
-        }
-        (None, Some(b)) => b,
-        (None, None) => d.frames,
-    };
-    let interval = pick(&a.ping_interval, &f.ping_interval, "ping-interval", "20s")?;
-    let timeout = pick(&a.ping_timeout, &f.ping_timeout, "ping-timeout", "10s")?;
-    let stall_after = pick(&a.stall_after, &f.stall_after, "stall-after", "2s")?;
+    let interval = pick(flags.ping_interval, &f.ping_interval, "ping_interval")?
+        .unwrap_or(Duration::from_secs(20));
+    let timeout =
+        pick(flags.ping_timeout, &f.ping_timeout, "ping_timeout")?.unwrap_or(d.ping_timeout);
+    let stall_after =
+        pick(flags.stall_after, &f.stall_after, "stall_after")?.unwrap_or(d.stall_after);
     if stall_after.is_zero() {
-        let field = source(a.stall_after.is_some(), "stall-after");
+        let field = if flags.stall_after.is_some() {
+            "--stall-after".to_owned()
+        } else {
+            "`stall_after` in the config file".to_owned()
+        };
         return Err(ConfigError::invalid(&field, "0", "must be more than 0"));
     }
     Ok(CallSpec {
-        frames,
+        frames: flags.frames.or(f.frames).unwrap_or(d.frames),
         ping_interval: pings(interval, timeout),
         ping_timeout: timeout,
         stall_after,
@@ -96,24 +133,16 @@ fn pings(interval: Duration, timeout: Duration) -> Option<Duration> {
     (!interval.is_zero() && !timeout.is_zero()).then_some(interval)
 }
 
-fn source(from_flag: bool, flag: &str) -> String {
-    if from_flag {
-        format!("--{flag}")
-    } else {
-        format!("`{}` in the config file", flag.replace('-', "_"))
-    }
-}
-
+/// The flag's value, else the file key's (parsed and named), else `None`.
 fn pick(
-    flag: &Option<String>,
+    flag: Option<Duration>,
     file: &Option<String>,
-    name: &str,
-    default: &str,
-) -> Result<Duration, ConfigError> {
+    key: &str,
+) -> Result<Option<Duration>, ConfigError> {
     match (flag, file) {
-        (Some(v), _) => parse_duration(&source(true, name), v),
-        (None, Some(v)) => parse_duration(&source(false, name), v),
-        (None, None) => parse_duration(&format!("default of --{name}"), default),
+        (Some(v), _) => Ok(Some(v)),
+        (None, Some(v)) => parse_duration(&format!("`{key}` in the config file"), v).map(Some),
+        (None, None) => Ok(None),
     }
 }
 

@@ -21,7 +21,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
-use super::{BoxError, IO_TIMEOUT, poll_until};
+use super::{BoxError, IO_TIMEOUT, eventually, free_port};
 
 /// The backend side of one WebSocket call.
 pub type BackendWs = WebSocket<TokioIo<Upgraded>>;
@@ -144,20 +144,14 @@ impl RawWs {
     pub async fn connect(addr: SocketAddr, path: &str) -> Result<RawWs, BoxError> {
         let stream = TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
-        RawWs::handshake(Box::new(stream), &addr.to_string(), path).await
+        RawWs::handshake(Box::new(stream), path).await
     }
 
-    /// Handshake over an open stream (TLS, say) for `host` and `path`.
-    pub async fn handshake(
-        mut stream: Box<dyn RawIo>,
-        host: &str,
-        path: &str,
-    ) -> Result<RawWs, BoxError> {
-        let req = format!(
-            "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-        );
-        stream.write_all(req.as_bytes()).await?;
+    /// Handshake over an open stream (TLS, say) for `path`.
+    pub async fn handshake(mut stream: Box<dyn RawIo>, path: &str) -> Result<RawWs, BoxError> {
+        stream
+            .write_all(&super::raw::ws_handshake(path, &[]))
+            .await?;
         let mut buf = Vec::new();
         let end = loop {
             if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
@@ -286,13 +280,6 @@ pub struct ShuntProcess {
     log: Arc<Mutex<String>>,
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
 impl ShuntProcess {
     /// Start `shunt run` with `args` and wait until it is ready.
     pub async fn start(args: &[&str]) -> ShuntProcess {
@@ -336,7 +323,7 @@ impl ShuntProcess {
                 }
             });
         }
-        let ready = poll_until(Duration::from_secs(10), async || {
+        let ready = eventually(Duration::from_secs(10), async || {
             super::http_get(admin, "/readyz", &[])
                 .await
                 .is_ok_and(|r| r.status == hyper::StatusCode::OK)

@@ -63,7 +63,8 @@ pub struct TunnelParts {
     pub timers: TunnelTimers,
 }
 
-/// Start relaying once both upgrades complete; the task is tracked.
+/// Start relaying once both upgrades complete; the task is tracked on `tracker`
+/// and ends by `shutdown`'s drain.
 pub fn spawn(
     downstream: OnUpgrade,
     upstream: OnUpgrade,
