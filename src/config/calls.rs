@@ -20,6 +20,26 @@ pub struct CallSpec {
     pub stall_after: Duration,
 }
 
+impl std::fmt::Display for CallSpec {
+    /// `frames on, ping 20s timeout 10s, stall 2s` (as `shunt check` prints it).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if !self.frames {
+            return f.write_str("frames off (byte relay)");
+        }
+        let d = humantime::format_duration;
+        match self.ping_interval {
+            Some(i) => write!(
+                f,
+                "frames on, ping {} timeout {}",
+                d(i),
+                d(self.ping_timeout)
+            )?,
+            None => f.write_str("frames on, pings off")?,
+        }
+        write!(f, ", stall {}", d(self.stall_after))
+    }
+}
+
 impl Default for CallSpec {
     fn default() -> Self {
         CallSpec {
@@ -158,6 +178,10 @@ mod tests {
         assert_eq!(spec.ping_interval, Some(Duration::from_millis(200)));
         assert_eq!(spec.ping_timeout, Duration::from_millis(300));
         assert!(spec.frames);
+        assert_eq!(
+            spec.to_string(),
+            "frames on, ping 200ms timeout 300ms, stall 2s"
+        );
         let off = Config::from_args(["--ping-interval", "0", "--frames", "off"]).unwrap();
         assert_eq!(off.routes[0].calls.ping_interval, None);
         assert!(!off.routes[0].calls.frames);

@@ -285,6 +285,7 @@ impl Config {
                 p.ip.allow.len(),
                 p.ip.deny.len(),
             )?;
+            writeln!(out, "  {:<28}    calls: {}", "", r.calls)?;
         }
         Ok(())
     }
