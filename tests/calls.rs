@@ -14,7 +14,7 @@ use fastwebsockets::{Frame, OpCode, Payload};
 use hyper::StatusCode;
 use serde_json::Value;
 
-use support::calls::{RawWs, ShuntProcess, WsBackend, encode};
+use support::calls::{RawWs, ShuntProcess, WsBackend, encode, next_close};
 use support::{echo_backend, eventually, shunt, ws, ws_connect};
 
 const PING: u8 = 9;
@@ -104,17 +104,8 @@ async fn a_silent_client_is_found_dead_and_the_backend_gets_1001() {
     let mut server = backend.accept().await;
     server.set_auto_pong(true);
     let started = tokio::time::Instant::now();
-    let close = loop {
-        let frame = tokio::time::timeout(Duration::from_secs(3), server.read_frame())
-            .await
-            .expect("a Close within the bound")
-            .expect("frame");
-        if frame.opcode == OpCode::Close {
-            break frame;
-        }
-    };
+    let code = next_close(&mut server, Duration::from_secs(3)).await;
     let elapsed = started.elapsed();
-    let code = u16::from_be_bytes([close.payload[0], close.payload[1]]);
     assert_eq!(code, 1001, "going away to the backend");
     // ping_interval + ping_timeout = 500 ms, with slack for a loaded machine.
     assert!(elapsed <= Duration::from_millis(1500), "{elapsed:?}");
@@ -196,15 +187,7 @@ async fn a_client_that_vanishes_gives_the_backend_1001() {
     let client = RawWs::connect(shunt.addr(), "/audio").await.unwrap();
     let mut server = backend.accept().await;
     drop(client);
-    let frame = tokio::time::timeout(Duration::from_secs(2), server.read_frame())
-        .await
-        .expect("a Close in time")
-        .unwrap();
-    assert_eq!(frame.opcode, OpCode::Close);
-    assert_eq!(
-        u16::from_be_bytes([frame.payload[0], frame.payload[1]]),
-        1001
-    );
+    assert_eq!(next_close(&mut server, Duration::from_secs(2)).await, 1001);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -228,15 +211,7 @@ async fn idle_timeout_sends_1001_both_ways() {
         .send(true, CLOSE, &1001u16.to_be_bytes())
         .await
         .unwrap();
-    let frame = tokio::time::timeout(Duration::from_secs(3), server.read_frame())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(frame.opcode, OpCode::Close);
-    assert_eq!(
-        u16::from_be_bytes([frame.payload[0], frame.payload[1]]),
-        1001
-    );
+    assert_eq!(next_close(&mut server, Duration::from_secs(3)).await, 1001);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -284,12 +259,7 @@ async fn shutdown_closes_calls_with_1012_after_the_last_whole_frame() {
         .unwrap();
     let mut server = fastwebsockets::WebSocket::after_handshake(raw, fastwebsockets::Role::Server);
     server.set_auto_close(false);
-    let f = tokio::time::timeout(Duration::from_secs(3), server.read_frame())
-        .await
-        .expect("a Close to the backend")
-        .unwrap();
-    assert_eq!(f.opcode, OpCode::Close);
-    assert_eq!(u16::from_be_bytes([f.payload[0], f.payload[1]]), 1001);
+    assert_eq!(next_close(&mut server, Duration::from_secs(3)).await, 1001);
     assert!(
         tokio::time::timeout(Duration::from_secs(5), running.stopped())
             .await

@@ -98,6 +98,21 @@ impl Drop for WsBackend {
 pub trait RawIo: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> RawIo for T {}
 
+/// Read frames on the backend side until a Close and return its code;
+/// panics if none comes within `limit`.
+pub async fn next_close(ws: &mut BackendWs, limit: Duration) -> u16 {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let frame = tokio::time::timeout_at(deadline, ws.read_frame())
+            .await
+            .unwrap_or_else(|_| panic!("no Close reached the backend within {limit:?}"))
+            .expect("a frame");
+        if frame.opcode == fastwebsockets::OpCode::Close {
+            return u16::from_be_bytes([frame.payload[0], frame.payload[1]]);
+        }
+    }
+}
+
 /// A WebSocket client that writes and reads frames by hand over a raw socket.
 pub struct RawWs {
     pub stream: Box<dyn RawIo>,
