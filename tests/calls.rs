@@ -614,6 +614,13 @@ async fn frames_pass_unchanged_on_the_splice_and_copy_paths() {
             .await;
         let client = RawWs::connect(shunt.addr(), "/audio").await.unwrap();
         frames_pass_unchanged(&shunt, &mut backend, client).await;
+        // Large tracked payloads still move kernel to kernel on the splice path.
+        let pipes = shunt.status().await.unwrap()["tunnel"]["pipes_open"].clone();
+        if mode == "auto" {
+            assert!(pipes.as_u64() >= Some(1), "spliced: {pipes}");
+        } else {
+            assert_eq!(pipes, 0, "copy mode uses no pipe");
+        }
     }
 }
 

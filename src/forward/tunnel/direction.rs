@@ -151,6 +151,9 @@ pub struct Direction {
     discard: bool,
     /// `rest` holds bytes read past the handshake whose frames are not counted yet.
     unscanned: bool,
+    /// Bytes of a peeked header (already counted) still in the socket, to be
+    /// spliced ahead of its payload.
+    head_in_socket: u8,
     /// The destination is gone: write nothing at all.
     dst_gone: bool,
 }
@@ -172,6 +175,7 @@ impl Direction {
             discard: false,
             dst_gone: false,
             unscanned: !first.is_empty(),
+            head_in_socket: 0,
         }
     }
 
@@ -286,7 +290,7 @@ impl Direction {
             if self.framing == Framing::Tracked {
                 let mut first = std::mem::take(&mut self.rest);
                 let n = first.len();
-                let len = self.scan(&mut first, n, ctx);
+                let len = self.scan(&mut first, 0, n, ctx);
                 first.truncate(len);
                 self.rest = first;
             }
@@ -348,19 +352,37 @@ impl Direction {
             if let (Some(pool), Some(s)) = (pool, src.socket())
                 && self.bulk
                 && !self.discard
-                && (!tracked || self.frames.payload_left() > 0)
             {
                 if s.poll_read_ready(cx).is_pending() {
                     // Drained and nothing to read: an idle direction holds no pipe.
                     self.give_back(Some(pool));
                     return Poll::Pending;
                 }
-                if self.pipe.is_none() {
+                // A large frame next: see its header in place (a peek), count
+                // it, and splice header and payload together. The pipe first,
+                // so a peeked header is never left behind.
+                if tracked && self.frames.at_boundary() && self.pipe.is_none() {
                     self.pipe = pool.take();
                 }
-                if let Some(pipe) = &mut self.pipe {
+                if tracked && self.frames.at_boundary() && self.pipe.is_none() {
+                    self.bulk = false;
+                } else if tracked && self.frames.at_boundary() {
+                    match self.peek_large_header(s, ctx) {
+                        Ok(true) => {}
+                        // A small frame or a partial header: the copy path reads it.
+                        Ok(false) => self.bulk = false,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                        Err(e) => return Poll::Ready(Err(Failed::Src(e))),
+                    }
+                }
+                let spliceable = !tracked || self.frames.payload_left() > 0;
+                if spliceable && self.pipe.is_none() {
+                    self.pipe = pool.take();
+                }
+                if let Some(pipe) = self.pipe.as_mut().filter(|_| spliceable) {
                     let max = if tracked {
-                        usize::try_from(self.frames.payload_left()).unwrap_or(usize::MAX)
+                        let left = self.frames.payload_left() + u64::from(self.head_in_socket);
+                        usize::try_from(left).unwrap_or(usize::MAX)
                     } else {
                         usize::MAX
                     };
@@ -370,7 +392,9 @@ impl Direction {
                             ctx.report.read = true;
                             ctx.report.active = true;
                             if tracked {
-                                self.frames.skip(n as u64);
+                                let head = n.min(usize::from(self.head_in_socket));
+                                self.head_in_socket -= head as u8;
+                                self.frames.skip((n - head) as u64);
                             } else {
                                 self.bulk = n >= BULK;
                             }
@@ -395,6 +419,32 @@ impl Direction {
                 Poll::Ready(Ok(())) => {}
             }
         }
+    }
+
+    /// At a boundary of a bulk stream: peek at the next header. A complete
+    /// header of a large data frame is counted and left in the socket
+    /// (`head_in_socket`) to be spliced with its payload; `Ok(false)` for
+    /// anything else (read through the copy path).
+    fn peek_large_header(&mut self, s: &TcpStream, ctx: &mut Ctx<'_>) -> io::Result<bool> {
+        let mut head = [0; frames::MAX_HEADER];
+        let n = s.try_io(Interest::READABLE, || {
+            let (_, n) = rustix::net::recv(s, &mut head, rustix::net::RecvFlags::PEEK)?;
+            Ok(n)
+        })?;
+        let Ok(Some(h)) = frames::parse(&head[..n]) else {
+            return Ok(false);
+        };
+        if !h.is_data() || h.len < BULK as u64 {
+            return Ok(false);
+        }
+        let header_len = usize::from(h.header_len);
+        if !matches!(self.frames.feed(&head[..header_len]), Ok((k, Some(_))) if k == header_len) {
+            return Ok(false);
+        }
+        self.head_in_socket = h.header_len;
+        let now_ms = ctx.ms(Instant::now());
+        self.record(&h, now_ms, ctx);
+        Ok(true)
     }
 
     /// How much one copy read may take: everything, unless a frame boundary
@@ -436,7 +486,10 @@ impl Direction {
         }
         ctx.report.read = true;
         let len = if self.framing == Framing::Tracked {
-            let len = self.scan(buf, n, ctx);
+            // The first bytes may be a header already seen in a peek.
+            let seen = n.min(usize::from(self.head_in_socket));
+            self.head_in_socket -= seen as u8;
+            let len = self.scan(buf, seen, n, ctx);
             if self.framing == Framing::Tracked {
                 self.bulk = splice_ok && self.frames.payload_left() >= BULK as u64;
             }
@@ -468,11 +521,11 @@ impl Direction {
         Poll::Ready(Ok(()))
     }
 
-    /// Follow the frames in `buf[..n]`, record them, and cut out shunt's own
+    /// Follow the frames in `buf[from..n]`, record them, and cut out shunt's own
     /// Pongs; returns the length of what is left to forward.
-    fn scan(&mut self, buf: &mut [u8], n: usize, ctx: &mut Ctx<'_>) -> usize {
+    fn scan(&mut self, buf: &mut [u8], from: usize, n: usize, ctx: &mut Ctx<'_>) -> usize {
         let now_ms = ctx.ms(Instant::now());
-        let mut at = 0;
+        let mut at = from;
         let mut len = n;
         while at < len {
             let began_here = self.frames.at_boundary();
