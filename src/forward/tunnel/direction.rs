@@ -18,8 +18,10 @@
 //!
 //! With frames tracked ([`Framing::Tracked`]) the [`Tracker`] reads each
 //! header in the bytes the copy path already holds; a large payload is
-//! spliced for exactly the length its header gave, and the next header is
-//! read through the copy path (a short read). shunt's own Ping and Close go
+//! spliced for exactly the length its header gave. In a bulk stream the next
+//! header is peeked in place (`MSG_PEEK`, at most 14 bytes): a large data
+//! frame is then spliced whole, header and payload; anything else is read
+//! through the copy path. shunt's own Ping and Close go
 //! out only at a frame boundary: while one waits, reads stop at the end of
 //! the current frame. The Pong that answers shunt's Ping is cut out when it
 //! lies whole in one read (one that arrives split passes on: an unsolicited
