@@ -6,8 +6,10 @@
 //! Each integration test crate uses a subset, hence the `dead_code` allows.
 #![allow(dead_code, unused_imports)]
 
+pub mod bin;
 pub mod calls;
 pub mod echo;
+pub mod examples;
 pub mod files;
 pub mod http;
 pub mod logs;
