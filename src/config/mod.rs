@@ -10,6 +10,7 @@
 //! way, laying the same typed overrides over the re-read file
 //! ([`Config::reread`]), and changes nothing if that fails.
 
+pub mod calls;
 mod flags;
 mod merge;
 pub mod parse;
@@ -30,6 +31,7 @@ use crate::tls::CertSet;
 use flags::Overrides;
 use raw::RawConfig;
 
+pub use calls::CallSpec;
 pub use parse::{parse_addr, parse_duration};
 pub use spec::{
     HealthSpec, LogFormat, ProbeKind, RouteSpec, Scheme, Timeouts, TlsSpec, TunnelMode,
@@ -283,6 +285,7 @@ impl Config {
                 p.ip.allow.len(),
                 p.ip.deny.len(),
             )?;
+            writeln!(out, "  {:<28}    calls: {}", "", r.calls)?;
         }
         Ok(())
     }
