@@ -51,6 +51,7 @@
 //! - [`response`]: the errors of the flow, and the one place they become status codes.
 //! - [`admin`]: `/healthz`, `/readyz`, `/status`, `/metrics`, `POST /reload`.
 //! - [`stats`]: counters for `/status` and `/metrics`.
+//! - [`fdlimit`]: the open-files limit, raised at start, and whether `--max-conns` fits.
 //! - [`telemetry`]: log output.
 //! - [`certgen`]: development certificates (`shunt cert`).
 
@@ -64,6 +65,7 @@ pub mod cli;
 pub mod config;
 pub mod connection;
 pub mod downstream;
+pub mod fdlimit;
 pub mod forward;
 
 pub mod listener;
