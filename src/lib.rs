@@ -51,6 +51,7 @@
 //! - [`response`]: the errors of the flow, and the one place they become status codes.
 //! - [`admin`]: `/healthz`, `/readyz`, `/status`, `/metrics`, `POST /reload`.
 //! - [`stats`]: counters for `/status` and `/metrics`.
+//! - [`keepalive`]: TCP keepalive on both legs (`--tcp-keepalive`), for peers gone without a FIN.
 //! - [`fdlimit`]: the open-files limit, raised at start, and whether `--max-conns` fits.
 //! - [`telemetry`]: log output.
 //! - [`certgen`]: development certificates (`shunt cert`).
@@ -67,6 +68,7 @@ pub mod connection;
 pub mod downstream;
 pub mod fdlimit;
 pub mod forward;
+pub mod keepalive;
 
 pub mod listener;
 pub mod live;

@@ -135,7 +135,7 @@ async fn proxy(
     let strip_param = (route.spec.policy.auth != policy::auth::AuthMode::None)
         .then_some(global.sources.query.as_str());
     let reuse = kind == Kind::Plain;
-    let (upstream, conn) = upstream::connect_first(&route.via, snapshot.timeouts.connect, reuse)
+    let (upstream, conn) = upstream::connect_first(&route.via, &snapshot.timeouts, reuse)
         .await
         .map_err(|source| ProxyError::Select {
             route: route.label.clone(),

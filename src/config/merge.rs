@@ -97,6 +97,7 @@ impl Merge<'_> {
             header: duration(a.header_timeout, &f.header_timeout, "header-timeout", "10s")?,
             idle: duration(a.idle_timeout, &f.idle_timeout, "idle-timeout", "1h")?,
             drain: duration(a.drain_timeout, &f.drain_timeout, "drain-timeout", "30s")?,
+            keepalive: a.tcp_keepalive,
         };
         let max_header_bytes = a
             .max_header_bytes

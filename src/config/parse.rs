@@ -275,6 +275,22 @@ pub fn parse_rate(field: &str, v: &str) -> Result<Rate, ConfigError> {
     Rate::parse(v).map_err(|e| ConfigError::invalid(field, v, e))
 }
 
+/// `--tcp-keepalive`: `off` or an idle time of 1s to 2h (flag only).
+pub(super) fn parse_keepalive(v: Option<&str>) -> Result<Option<Duration>, ConfigError> {
+    let Some(v) = v.filter(|v| !v.eq_ignore_ascii_case("off")) else {
+        return Ok(None);
+    };
+    let idle = parse_duration("--tcp-keepalive", v)?;
+    if !(Duration::from_secs(1)..=Duration::from_secs(7200)).contains(&idle) {
+        return Err(ConfigError::invalid(
+            "--tcp-keepalive",
+            v,
+            "must be off or between 1s and 2h",
+        ));
+    }
+    Ok(Some(idle))
+}
+
 /// `--tunnel-mode`, `--pipe-size`, `--max-pipes` (flags only).
 pub(super) fn parse_tunnel_settings(a: &RunArgs) -> Result<TunnelSettings, ConfigError> {
     let mode = match a.tunnel_mode.as_deref().unwrap_or("auto") {

@@ -22,13 +22,12 @@ pub mod health;
 pub mod pool;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use rustls::ClientConfig;
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tokio_util::task::TaskTracker;
 
-use crate::config::{Scheme, UpstreamName, UpstreamSpec};
+use crate::config::{Scheme, Timeouts, UpstreamName, UpstreamSpec};
 use crate::tls::client::{ClientTlsError, client_config};
 use connect::{ConnectError, UpstreamStream};
 use health::{Health, State};
@@ -135,7 +134,7 @@ pub enum Conn {
 /// requests, never upgrades), an idle pooled connection is taken first.
 pub async fn connect_first(
     via: &[Arc<Upstream>],
-    timeout: Duration,
+    timeouts: &Timeouts,
     reuse: bool,
 ) -> Result<(Arc<Upstream>, Conn), SelectError> {
     let panic = !via.iter().any(|u| u.is_usable());
@@ -150,8 +149,13 @@ pub async fn connect_first(
         if let Some(sender) = reuse.then(|| upstream.pool.take()).flatten() {
             return Ok((upstream.clone(), Conn::Pooled(sender)));
         }
-        match connect::connect(&upstream.spec.url, upstream.tls.as_ref(), timeout).await {
+        match connect::connect(&upstream.spec.url, upstream.tls.as_ref(), timeouts.connect).await {
             Ok(stream) => {
+                if let Some(idle) = timeouts.keepalive
+                    && let Err(e) = crate::keepalive::apply(stream.tcp(), idle)
+                {
+                    tracing::debug!(upstream = %upstream.name(), error = %e, "cannot set TCP keepalive");
+                }
                 upstream.health.record_connected();
                 return Ok((upstream.clone(), Conn::Fresh(stream)));
             }
