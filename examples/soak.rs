@@ -204,27 +204,27 @@ async fn soak(
     while start.elapsed() < Duration::from_secs(secs) {
         tokio::time::sleep(Duration::from_secs(1)).await;
         tick += 1;
-        if tick % 5 == 0 {
+        if tick.is_multiple_of(5) {
             let _ = admin_post(p_admin, "/reload").await;
         }
-        if tick % 10 == 0 {
+        if tick.is_multiple_of(10) {
             let (rss, fds) = sample(shunt_pid);
             println!("| {tick} | {rss} | {fds} |");
             samples.push((tick, rss, fds));
         }
-        if tick % 20 == 0
+        if tick.is_multiple_of(20)
             && let Some(pid) = nginx.id()
         {
             let _ = std::process::Command::new("kill")
                 .args(["-HUP", &pid.to_string()])
                 .status();
         }
-        if tick % 30 == 0 {
+        if tick.is_multiple_of(30) {
             let _ = direct.start_kill();
             let _ = direct.wait().await;
             direct = echo(p_direct, "direct")?;
         }
-        if tick % 60 == 0 {
+        if tick.is_multiple_of(60) {
             swap_cert(&issuer, &cert_path, &key_path)?;
         }
     }

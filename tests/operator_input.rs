@@ -60,7 +60,7 @@ const EXTREMES: &[&str] = &[
 async fn check(flag: &str, value: &str) -> (Option<i32>, String) {
     let args = ["check", flag, value];
     let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_shunt"))
-        .args(&args)
+        .args(args)
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .stdin(Stdio::null())
         .stdout(Stdio::null())

@@ -29,7 +29,11 @@ const PIECES: &[&str] = &[
 
 fn path(rng: &mut Rng) -> String {
     let len = rng.next() % 12;
-    let mut p = String::from(if rng.next() % 4 == 0 { "" } else { "/" });
+    let mut p = String::from(if rng.next().is_multiple_of(4) {
+        ""
+    } else {
+        "/"
+    });
     for _ in 0..len {
         p.push_str(rng.pick(PIECES));
     }
