@@ -10,6 +10,10 @@
 //!     --shunt target/release/shunt --clients 200 --secs 60
 //! ```
 
+#[path = "common/procfs.rs"]
+mod procfs;
+
+use procfs::sample;
 use std::convert::Infallible;
 use std::process::Stdio;
 use std::sync::Arc;
@@ -90,21 +94,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     drop(held);
     child.kill().await?;
     Ok(())
-}
-
-/// RSS in KiB and open descriptors of `pid`, from /proc.
-fn sample(pid: u32) -> (u64, usize) {
-    let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|n| n.parse().ok())
-        })
-        .unwrap_or(0);
-    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count());
-    (rss, fds)
 }
 
 /// A WebSocket handshake, then nothing more is read from the socket.

@@ -22,6 +22,10 @@
 //!     --echo target/release/examples/echo_backend --calls 300 --secs 60
 //! ```
 
+#[path = "common/procfs.rs"]
+mod procfs;
+
+use procfs::sample;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -498,20 +502,6 @@ async fn wait_listening(port: u16) -> Result<(), Box<dyn std::error::Error>> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     Ok(())
-}
-
-fn sample(pid: u32) -> (u64, usize) {
-    let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|n| n.parse().ok())
-        })
-        .unwrap_or(0);
-    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count());
-    (rss, fds)
 }
 
 /// Issue a new server certificate and swap it in by atomic rename (key first).
