@@ -213,8 +213,9 @@ async fn soak(
         }
         if tick.is_multiple_of(10) {
             let (rss, fds) = sample(shunt_pid);
-            println!("| {tick} | {rss} | {fds} |");
-            samples.push((tick, rss, fds));
+            let t = start.elapsed().as_secs();
+            println!("| {t} | {rss} | {fds} |");
+            samples.push((t, rss, fds));
         }
         if tick.is_multiple_of(20)
             && let Some(pid) = nginx.id()
@@ -379,7 +380,7 @@ async fn call(
         match outcome {
             Outcome::Stopped if kind == Kind::Normal => {
                 // Let the frames in flight come back, then count.
-                let _ = tokio::time::timeout(Duration::from_secs(2), async {
+                let _ = tokio::time::timeout(Duration::from_secs(10), async {
                     while expect < seq {
                         match ws.read_frame().await {
                             Ok(f) if f.opcode == OpCode::Binary && f.payload.len() >= 8 => {
