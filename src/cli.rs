@@ -215,6 +215,9 @@ pub struct RunArgs {
     /// How tunnels move bytes: auto (splice between plain TCP legs if the kernel allows), splice or copy [default: auto].
     #[arg(long, env = "SHUNT_TUNNEL_MODE", value_name = "MODE")]
     pub tunnel_mode: Option<String>,
+    /// TCP keepalive on both legs: idle time before probing (1s to 2h), or off; a peer gone without a FIN is found within about twice this [default: off].
+    #[arg(long, env = "SHUNT_TCP_KEEPALIVE", value_name = "DURATION")]
+    pub tcp_keepalive: Option<String>,
     /// Capacity of each splice pipe, in bytes [default: 262144].
     #[arg(long, env = "SHUNT_PIPE_SIZE", value_name = "BYTES")]
     pub pipe_size: Option<usize>,

@@ -53,6 +53,11 @@ pub fn accept(
 ) -> impl Future<Output = ()> + Send + use<> {
     let admitted = {
         let snapshot = ctx.rt.live.load();
+        if let Some(idle) = snapshot.timeouts.keepalive
+            && let Err(e) = crate::keepalive::apply(&stream, idle)
+        {
+            tracing::debug!(peer = %peer, error = %e, "cannot set TCP keepalive");
+        }
         crate::policy::admit_connection(&snapshot.config.policy, &ctx.rt.gate, peer)
     };
     let (ctx, tls) = (ctx.clone(), tls.cloned());

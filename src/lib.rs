@@ -53,6 +53,8 @@
 //! - [`admin`]: `/healthz`, `/readyz`, `/status`, `/metrics`, `/calls`, `POST /reload`.
 //! - [`stats`]: counters for `/status` and `/metrics`.
 //! - [`calls`]: the live calls (WebSocket tunnels) for `/calls`, and their metrics.
+//! - [`keepalive`]: TCP keepalive on both legs (`--tcp-keepalive`), for peers gone without a FIN.
+//! - [`fdlimit`]: the open-files limit, raised at start, and whether `--max-conns` fits.
 //! - [`telemetry`]: log output.
 //! - [`certgen`]: development certificates (`shunt cert`).
 
@@ -68,7 +70,9 @@ pub mod config;
 pub mod connection;
 pub mod doctor;
 pub mod downstream;
+pub mod fdlimit;
 pub mod forward;
+pub mod keepalive;
 
 pub mod listener;
 pub mod live;

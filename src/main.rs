@@ -61,6 +61,12 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let config = Config::build(&args)?;
     shunt::telemetry::init(config.log_format);
+    let nofile = shunt::fdlimit::raise_to_hard();
+    shunt::fdlimit::check(
+        nofile,
+        config.policy.limits.max_conns,
+        config.tunnel.max_pipes,
+    );
     runtime()?.block_on(async {
         let running = shunt::app::start(config).await?;
         let mut term = signal(SignalKind::terminate())?;

@@ -163,13 +163,12 @@ async fn proxy(
     let (mut parts, body) = req.into_parts();
     let mut body = Some(body.boxed());
     let mut resp = loop {
-        let (upstream, conn) =
-            upstream::connect_first(&candidates, snapshot.timeouts.connect, reuse)
-                .await
-                .map_err(|source| ProxyError::Select {
-                    route: route.label.clone(),
-                    source,
-                })?;
+        let (upstream, conn) = upstream::connect_first(&candidates, &snapshot.timeouts, reuse)
+            .await
+            .map_err(|source| ProxyError::Select {
+                route: route.label.clone(),
+                source,
+            })?;
         trace.upstream = Some(upstream.name().clone());
         // The first attempt sends the client's body; a retried handshake has none.
         let body = body

@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use super::ConfigError;
 use super::parse::{
-    parse_addr, parse_admin, parse_duration, parse_log_format, parse_rate, parse_route_flag,
-    parse_tunnel_settings,
+    parse_addr, parse_admin, parse_duration, parse_keepalive, parse_log_format, parse_rate,
+    parse_route_flag, parse_tunnel_settings,
 };
 use super::policy::{cidrs, origins, parse_auth, token_name};
 use super::spec::{LogFormat, ProbeKind, RouteSpec, TunnelSettings, UpstreamUrl};
@@ -115,6 +115,8 @@ pub struct Overrides {
     pub tunnel: TunnelSettings,
     /// `--frames`, `--ping-interval`, `--ping-timeout`, `--stall-after`.
     pub calls: super::calls::CallFlags,
+    /// `--tcp-keepalive` (flag only; `None`: off).
+    pub tcp_keepalive: Option<Duration>,
 }
 
 /// `items` if the flag was given at all (it then replaces the file's list).
@@ -221,6 +223,7 @@ impl Overrides {
             max_tracked_ips: a.max_tracked_ips,
             tunnel: parse_tunnel_settings(a)?,
             calls: super::calls::CallFlags::parse(a)?,
+            tcp_keepalive: parse_keepalive(a.tcp_keepalive.as_deref())?,
         })
     }
 }

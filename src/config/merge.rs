@@ -39,6 +39,8 @@ const DEFAULT_ADMIN: &str = "127.0.0.1:9901";
 const DEFAULT_DIRECT: &str = "http://127.0.0.1:5006";
 /// hyper refuses a read buffer smaller than this.
 const MIN_HEADER_BYTES: usize = 8192;
+/// More than 1 MiB of request head per connection is a mistake, and memory an attacker could ask for.
+const MAX_HEADER_BYTES: usize = 1024 * 1024;
 
 /// Flags over file over defaults, one field at a time.
 pub(super) struct Merge<'a> {
@@ -95,12 +97,13 @@ impl Merge<'_> {
             header: duration(a.header_timeout, &f.header_timeout, "header-timeout", "10s")?,
             idle: duration(a.idle_timeout, &f.idle_timeout, "idle-timeout", "1h")?,
             drain: duration(a.drain_timeout, &f.drain_timeout, "drain-timeout", "30s")?,
+            keepalive: a.tcp_keepalive,
         };
         let max_header_bytes = a
             .max_header_bytes
             .or(f.max_header_bytes)
             .unwrap_or(16 * 1024);
-        if max_header_bytes < MIN_HEADER_BYTES {
+        if !(MIN_HEADER_BYTES..=MAX_HEADER_BYTES).contains(&max_header_bytes) {
             let field = field_name(
                 a.max_header_bytes.is_some(),
                 "max-header-bytes",
@@ -109,7 +112,7 @@ impl Merge<'_> {
             return Err(ConfigError::invalid(
                 &field,
                 max_header_bytes,
-                format!("must be at least {MIN_HEADER_BYTES}"),
+                format!("must be between {MIN_HEADER_BYTES} and {MAX_HEADER_BYTES}"),
             ));
         }
         let log_format = pick(
@@ -248,6 +251,14 @@ impl Merge<'_> {
                 parse_duration(&field, &v)?
             }
         };
+        if interval.is_zero() {
+            // A zero interval would probe in a busy loop.
+            return Err(ConfigError::invalid(
+                "--health-interval / `interval`",
+                "0s",
+                "must be between 1ms and 365d",
+            ));
+        }
         let timeout = match (&own.timeout, a.health_timeout) {
             (None, Some(flag)) => flag,
             _ => {

@@ -268,14 +268,27 @@ pub fn parse_addr(field: &str, text: &str) -> Result<SocketAddr, ConfigError> {
     })
 }
 
-/// `500ms`, `2s`, `1h`, `1m 30s`; a bare number is seconds.
+/// The longest duration any setting takes: one year. Longer values are
+/// mistakes (`100000000h`), and a deadline `now + d` must never overflow.
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// `500ms`, `2s`, `1h`, `1m 30s`; a bare number is seconds; at most [`MAX_DURATION`].
 pub fn parse_duration(field: &str, text: &str) -> Result<Duration, ConfigError> {
     let t = text.trim();
     let parsed = match t.parse::<u64>() {
         Ok(secs) => Ok(Duration::from_secs(secs)),
         Err(_) => humantime::parse_duration(t),
     };
-    parsed.map_err(|e| ConfigError::invalid(field, text, format!("{e} (examples: 500ms, 2s, 1h)")))
+    let d = parsed
+        .map_err(|e| ConfigError::invalid(field, text, format!("{e} (examples: 500ms, 2s, 1h)")))?;
+    if d > MAX_DURATION {
+        return Err(ConfigError::invalid(
+            field,
+            text,
+            "must be between 0s and 365d (one year)",
+        ));
+    }
+    Ok(d)
 }
 
 /// The admin address, or `off` (no admin listener).
@@ -299,6 +312,22 @@ pub(super) fn parse_log_format(field: &str, v: &str) -> Result<LogFormat, Config
 /// `N/s` or `N/m`: a per-client request rate.
 pub fn parse_rate(field: &str, v: &str) -> Result<Rate, ConfigError> {
     Rate::parse(v).map_err(|e| ConfigError::invalid(field, v, e))
+}
+
+/// `--tcp-keepalive`: `off` or an idle time of 1s to 2h (flag only).
+pub(super) fn parse_keepalive(v: Option<&str>) -> Result<Option<Duration>, ConfigError> {
+    let Some(v) = v.filter(|v| !v.eq_ignore_ascii_case("off")) else {
+        return Ok(None);
+    };
+    let idle = parse_duration("--tcp-keepalive", v)?;
+    if !(Duration::from_secs(1)..=Duration::from_secs(7200)).contains(&idle) {
+        return Err(ConfigError::invalid(
+            "--tcp-keepalive",
+            v,
+            "must be off or between 1s and 2h",
+        ));
+    }
+    Ok(Some(idle))
 }
 
 /// `--tunnel-mode`, `--pipe-size`, `--max-pipes` (flags only).

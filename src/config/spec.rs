@@ -173,6 +173,8 @@ pub struct Timeouts {
     pub idle: Duration,
     /// At shutdown, how long requests and tunnels get to end on their own.
     pub drain: Duration,
+    /// TCP keepalive idle time on both legs (`--tcp-keepalive`); `None`: off.
+    pub keepalive: Option<Duration>,
 }
 
 /// How tunnels move bytes (`--tunnel-mode`).

@@ -65,6 +65,16 @@ pub enum UpstreamStream {
     Tls(Box<TlsStream<TcpStream>>),
 }
 
+impl UpstreamStream {
+    /// The TCP socket underneath (for socket options).
+    pub fn tcp(&self) -> &TcpStream {
+        match self {
+            UpstreamStream::Plain(s) => s,
+            UpstreamStream::Tls(s) => s.get_ref().0,
+        }
+    }
+}
+
 /// Connect to `url` with `TCP_NODELAY` set; with `tls`, run the TLS handshake
 /// too. `timeout` bounds both.
 pub async fn connect(

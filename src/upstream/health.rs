@@ -172,7 +172,26 @@ impl Health {
         if comes_up {
             i.state = State::Up;
             i.last_change = SystemTime::now();
-            tracing::info!(upstream = %self.name, "upstream {} up", self.name);
+            tracing::info!(upstream = %self.name, "upstream {} up (/readyz and /status report it up)", self.name);
+        }
+    }
+
+    /// A real request connected: the upstream is up at once, whatever the
+    /// `rise` threshold (passive recovery), since it plainly accepts work now.
+    pub fn record_connected(&self) {
+        let mut i = self.lock();
+        i.failures = 0;
+        i.successes = i.successes.saturating_add(1);
+        if i.state != State::Up {
+            let was = i.state;
+            i.state = State::Up;
+            i.last_change = SystemTime::now();
+            tracing::info!(
+                upstream = %self.name,
+                was = was.as_str(),
+                "upstream {} up: a request connected (/readyz and /status now report it up)",
+                self.name
+            );
         }
     }
 
@@ -190,7 +209,7 @@ impl Health {
         if goes_down {
             i.state = State::Down;
             i.last_change = SystemTime::now();
-            tracing::warn!(upstream = %self.name, reason, "upstream {} down: {reason}", self.name);
+            tracing::warn!(upstream = %self.name, reason, "upstream {} down: {reason} (/status reports it down; /readyz fails while every upstream of a route is)", self.name);
         }
     }
 }
@@ -389,6 +408,17 @@ mod tests {
         assert_eq!(h.state(), State::Down);
         h.record_success();
         assert_eq!(h.state(), State::Up);
+    }
+
+    #[test]
+    fn a_connected_request_marks_up_at_once_despite_rise() {
+        let h = health(3, 1);
+        h.record_failure("refused");
+        assert_eq!(h.state(), State::Down);
+        h.record_connected();
+        assert_eq!(h.state(), State::Up);
+        h.record_failure("refused again");
+        assert_eq!(h.state(), State::Down);
     }
 
     #[test]

@@ -6,6 +6,12 @@
 //! connects to the first that is not down, falling through to the next one on
 //! a connect failure, which also counts against the failed upstream's health.
 //!
+//! No stale refusals: when *every* upstream of a route is marked down, the
+//! marks may be a whole probe interval old, so selection tries them all anyway,
+//! in order (panic routing, as Envoy's panic threshold and nginx's lone-server
+//! rule do). A request that connects marks its upstream up at once (passive
+//! recovery), so `/readyz` and `/status` follow what requests really saw.
+//!
 //! Falling through on a connect failure is safe because nothing has been sent
 //! yet: the request is still whole, so the next upstream gets it as if it had
 //! been first. Once bytes are sent, a failure is reported to the client
@@ -16,13 +22,12 @@ pub mod health;
 pub mod pool;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use rustls::ClientConfig;
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tokio_util::task::TaskTracker;
 
-use crate::config::{Scheme, UpstreamName, UpstreamSpec};
+use crate::config::{Scheme, Timeouts, UpstreamName, UpstreamSpec};
 use crate::tls::client::{ClientTlsError, client_config};
 use connect::{ConnectError, UpstreamStream};
 use health::{Health, State};
@@ -97,7 +102,8 @@ impl Upstream {
 /// Why no upstream of a route could take a request.
 #[derive(Debug, thiserror::Error)]
 pub enum SelectError {
-    /// Every upstream of the route is marked down; nothing was tried.
+    /// Every upstream of the route is marked down and, tried anyway in
+    /// order (panic routing), none accepted a connection.
     #[error("no healthy upstream ({reasons})")]
     NoneHealthy {
         /// Why each upstream is down, as `/readyz` shows it.
@@ -128,16 +134,31 @@ pub enum Conn {
 /// requests, never upgrades), an idle pooled connection is taken first.
 pub async fn connect_first(
     via: &[Arc<Upstream>],
-    timeout: Duration,
+    timeouts: &Timeouts,
     reuse: bool,
 ) -> Result<(Arc<Upstream>, Conn), SelectError> {
+    let panic = !via.iter().any(|u| u.is_usable());
+    if panic && !via.is_empty() {
+        tracing::info!(
+            upstreams = %names(via),
+            "every upstream of the route is marked down; trying them anyway (panic routing)"
+        );
+    }
     let mut last = None;
-    for upstream in via.iter().filter(|u| u.is_usable()) {
+    for upstream in via.iter().filter(|u| panic || u.is_usable()) {
         if let Some(sender) = reuse.then(|| upstream.pool.take()).flatten() {
             return Ok((upstream.clone(), Conn::Pooled(sender)));
         }
-        match connect::connect(&upstream.spec.url, upstream.tls.as_ref(), timeout).await {
-            Ok(stream) => return Ok((upstream.clone(), Conn::Fresh(stream))),
+        match connect::connect(&upstream.spec.url, upstream.tls.as_ref(), timeouts.connect).await {
+            Ok(stream) => {
+                if let Some(idle) = timeouts.keepalive
+                    && let Err(e) = crate::keepalive::apply(stream.tcp(), idle)
+                {
+                    tracing::debug!(upstream = %upstream.name(), error = %e, "cannot set TCP keepalive");
+                }
+                upstream.health.record_connected();
+                return Ok((upstream.clone(), Conn::Fresh(stream)));
+            }
             Err(e) => {
                 upstream.health.record_failure(&e.to_string());
                 tracing::debug!(upstream = %upstream.name(), error = %e, "connect failed, trying the next upstream");
@@ -146,6 +167,11 @@ pub async fn connect_first(
         }
     }
     match last {
+        // In panic mode every upstream was down before and still refuses: say so
+        // as before (503 with the reasons), not as one upstream's failure.
+        Some(_) if panic => Err(SelectError::NoneHealthy {
+            reasons: down_reasons(via),
+        }),
         Some((upstream, source)) => Err(SelectError::Connect { upstream, source }),
         None => Err(SelectError::NoneHealthy {
             reasons: down_reasons(via),
@@ -162,6 +188,14 @@ pub fn websocket_order(via: &[Arc<Upstream>]) -> Vec<Arc<Upstream>> {
         .cloned()
         .partition(|u| u.health.websocket_error().is_some());
     working.into_iter().chain(broken).collect()
+}
+
+/// `direct, nginx`, for log lines.
+fn names(via: &[Arc<Upstream>]) -> String {
+    via.iter()
+        .map(|u| u.name().to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// `direct: connection refused; nginx: ...`, for 503 bodies and `/readyz`.
