@@ -182,7 +182,7 @@
         const b = nameBadge(name);
         append(chain, titled(el('span', null, b, ' ', healthBadge(health.get(name))), 'health: ' + health.get(name)));
       });
-      const using = el('span', 'chain', upstreamBadge(r.selected));
+      const using = el('span', 'chain', upstreamBadge(r.selected), ' ');
       if (r.selected && via.length > 0 && r.selected !== via[0]) append(using, el('span', 'badge warn', 'fallback'));
       const reason = unready.get(label);
       const readyCell = reason ? el('span', 'bad err', reason) : el('span', 'badge ok', 'ok');
@@ -305,6 +305,8 @@
     t.textContent = title;
     svg.appendChild(t);
     const now = Date.now();
+    // The x axis spans what the page has seen of this call, up to 2 minutes.
+    const span = samples.length ? Math.min(HISTORY_MS, Math.max(10000, now - samples[0].t)) : HISTORY_MS;
     let max = 0;
     for (const s of samples) for (const f of fields) if (isNum(s[f])) max = Math.max(max, s[f]);
     if (max <= 0) max = 1;
@@ -312,7 +314,7 @@
       const pts = samples
         .filter((s) => isNum(s[f]))
         .map((s) => {
-          const x = w - ((now - s.t) / HISTORY_MS) * w;
+          const x = w - ((now - s.t) / span) * w;
           const y = h - 1 - (s[f] / max) * (h - 2);
           return x.toFixed(1) + ',' + y.toFixed(1);
         });
@@ -347,12 +349,12 @@
     const row = el(
       'tr',
       isStalled ? 'stalled' : null,
-      td('Client', 'client err', c.client),
+      td('Client', 'client mono', c.client),
       routeCell,
       td('Upstream', 'upstream', upstreamBadge(c.upstream)),
       td('Age', 'num', duration(c.age_seconds)),
-      td('Frames/s ↑', 'num', rate(up.frames_per_second) + framingNote(up)),
-      td('Frames/s ↓', 'num', rate(down.frames_per_second) + framingNote(down)),
+      td('Frames/s ↑', up.stalled ? 'num bad' : 'num', rate(up.frames_per_second) + framingNote(up)),
+      td('Frames/s ↓', down.stalled ? 'num bad' : 'num', rate(down.frames_per_second) + framingNote(down)),
       td('Last frame', 'num', pair(up.last_frame_age_seconds, down.last_frame_age_seconds, duration)),
       td('Largest gap', 'num', pair(up.largest_gap_seconds, down.largest_gap_seconds, duration)),
       stallCell,
