@@ -48,10 +48,25 @@ async fn admin_get_with_host(admin: SocketAddr, path: &str, host: &str) -> suppo
 async fn admin_refuses_a_rebinding_host_and_serves_ip_and_localhost() {
     let proxy = shunt().start().await;
     let admin = proxy.admin_addr();
-    for path in ["/", "/status", "/readyz", "/metrics", "/healthz", "/dashboard.js"] {
-        for host in ["attacker.example", "attacker.example:9901", "localhost.attacker.example"] {
+    for path in [
+        "/",
+        "/status",
+        "/readyz",
+        "/metrics",
+        "/healthz",
+        "/dashboard.js",
+    ] {
+        for host in [
+            "attacker.example",
+            "attacker.example:9901",
+            "localhost.attacker.example",
+        ] {
             let resp = admin_get_with_host(admin, path, host).await;
-            assert_eq!(resp.status, StatusCode::FORBIDDEN, "GET {path} with Host {host}");
+            assert_eq!(
+                resp.status,
+                StatusCode::FORBIDDEN,
+                "GET {path} with Host {host}"
+            );
             assert!(resp.text().contains("admin_hosts"), "{}", resp.text());
         }
     }
@@ -111,8 +126,15 @@ async fn page_and_assets_send_csp_and_no_cors_headers() {
             .await
             .unwrap();
         assert_eq!(resp.status, StatusCode::OK, "GET {path}");
-        assert_eq!(resp.header("content-security-policy"), "default-src 'self'", "GET {path}");
-        assert!(resp.header("content-type").starts_with(content_type), "GET {path}");
+        assert_eq!(
+            resp.header("content-security-policy"),
+            "default-src 'self'",
+            "GET {path}"
+        );
+        assert!(
+            resp.header("content-type").starts_with(content_type),
+            "GET {path}"
+        );
         assert_eq!(resp.header("x-content-type-options"), "nosniff");
     }
     let page = http_get(admin, "/", &[]).await.unwrap().text();
@@ -172,7 +194,10 @@ fn chromium() -> PathBuf {
 /// Whether the browser tests can run; panics when they must but cannot.
 fn browser_available() -> bool {
     let missing = if !chromium().is_file() {
-        Some(format!("{} not found (apt-get install chromium)", chromium().display()))
+        Some(format!(
+            "{} not found (apt-get install chromium)",
+            chromium().display()
+        ))
     } else if std::process::Command::new("node")
         .arg("--version")
         .output()
@@ -189,7 +214,10 @@ fn browser_available() -> bool {
     };
     let required = std::env::var("SHUNT_REQUIRE_BROWSER").is_ok_and(|v| v == "1")
         || std::env::var("CI").is_ok_and(|v| v == "true");
-    assert!(!required, "the browser test is required (CI=true or SHUNT_REQUIRE_BROWSER=1): {why}");
+    assert!(
+        !required,
+        "the browser test is required (CI=true or SHUNT_REQUIRE_BROWSER=1): {why}"
+    );
     eprintln!("skipping the browser test: {why}");
     false
 }
@@ -336,8 +364,22 @@ fn stub_calls(tick: u64) -> Value {
         })
     };
     let calls = vec![
-        call(1, "203.0.113.7:51544", "/frontend-audio/agent-7", "direct", 312.0, false),
-        call(2, "198.51.100.23:40112", "/frontend-audio/agent-9", "nginx", 95.0, true),
+        call(
+            1,
+            "203.0.113.7:51544",
+            "/frontend-audio/agent-7",
+            "direct",
+            312.0,
+            false,
+        ),
+        call(
+            2,
+            "198.51.100.23:40112",
+            "/frontend-audio/agent-9",
+            "nginx",
+            95.0,
+            true,
+        ),
         call(3, "192.0.2.99:33001", XSS_PATH, "direct", 12.0, false),
     ];
     json!({"total": calls.len(), "limit": 1000, "sort": "age", "calls": calls})
@@ -346,7 +388,9 @@ fn stub_calls(tick: u64) -> Value {
 /// Serves the dashboard's files and a stub `/calls`; forwards every other GET
 /// to the real admin listener at `admin`.
 async fn stub_front(admin: SocketAddr) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind the stub");
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind the stub");
     let addr = listener.local_addr().expect("stub addr");
     let ticks = Arc::new(AtomicU64::new(0));
     tokio::spawn(async move {
@@ -377,12 +421,20 @@ async fn stub_answer(
     }
     let (status, content_type, body) = if path == "/calls" {
         let tick = ticks.fetch_add(1, Ordering::Relaxed);
-        (StatusCode::OK, "application/json".to_owned(), stub_calls(tick).to_string().into())
+        (
+            StatusCode::OK,
+            "application/json".to_owned(),
+            stub_calls(tick).to_string().into(),
+        )
     } else {
         let target = req.uri().path_and_query().map_or(path, |p| p.as_str());
         match http_get(admin, target, &[]).await {
             Ok(r) => (r.status, r.header("content-type").to_owned(), r.body),
-            Err(e) => (StatusCode::BAD_GATEWAY, "text/plain".to_owned(), e.to_string().into()),
+            Err(e) => (
+                StatusCode::BAD_GATEWAY,
+                "text/plain".to_owned(),
+                e.to_string().into(),
+            ),
         }
     };
     let mut resp = Response::new(::shunt::response::full(body));
