@@ -86,7 +86,8 @@ async fn route(req: Request<Incoming>, rt: &Runtime, reloader: &Reloader) -> Res
 
 /// The `Host` guard: the header and, in absolute-form, the request target's authority.
 fn host_allowed(req: &Request<Incoming>, rt: &Runtime) -> bool {
-    let admin_hosts: &[String] = &[];
+    let snapshot = rt.live.load();
+    let admin_hosts = snapshot.config.admin_hosts.as_slice();
     let header = match req.headers().get(http::header::HOST) {
         None => None,
         Some(v) => match v.to_str() {
@@ -94,7 +95,6 @@ fn host_allowed(req: &Request<Incoming>, rt: &Runtime) -> bool {
             Err(_) => return false,
         },
     };
-    let _ = rt;
     host::allowed(header, admin_hosts)
         && req
             .uri()

@@ -100,8 +100,7 @@ async fn admin_refuses_a_rebinding_host_and_serves_ip_and_localhost() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_hosts_lists_extra_names() {
     let proxy = shunt()
-        .arg("--admin-host", "shunt.internal")
-        .arg("--admin-host", "dash.internal")
+        .arg("--admin-host", "shunt.internal,dash.internal")
         .start()
         .await;
     let admin = proxy.admin_addr();

@@ -11,6 +11,7 @@
 //! Everything is parsed into typed values here, so the rest of the proxy never
 //! sees an invalid setting; a reload builds a whole new [`Config`] the same way.
 
+mod admin;
 mod policy;
 pub mod raw;
 
@@ -325,6 +326,9 @@ pub struct Config {
     pub listen: SocketAddr,
     /// `None` when the admin listener is `off`.
     pub admin: Option<SocketAddr>,
+    /// Host names the admin listener answers besides IP addresses and
+    /// `localhost` (lowercase, no trailing dot).
+    pub admin_hosts: Vec<String>,
     pub timeouts: Timeouts,
     pub max_header_bytes: usize,
     pub log_format: LogFormat,
@@ -506,6 +510,7 @@ impl Merge<'_> {
                 }
             },
         )?;
+        let admin_hosts = admin::admin_hosts(a, f)?;
         let timeouts = Timeouts {
             connect: self.duration(
                 &a.connect_timeout,
@@ -564,6 +569,7 @@ impl Merge<'_> {
         Ok(Config {
             listen,
             admin,
+            admin_hosts,
             timeouts,
             max_header_bytes,
             log_format,

@@ -14,6 +14,9 @@ use serde::Deserialize;
 pub struct RawConfig {
     pub listen: Option<String>,
     pub admin: Option<String>,
+    /// Host names the admin listener answers besides IP addresses and localhost.
+    #[serde(default)]
+    pub admin_hosts: Vec<String>,
     pub connect_timeout: Option<String>,
     pub response_timeout: Option<String>,
     pub header_timeout: Option<String>,
