@@ -277,6 +277,116 @@ async fn open_call(addr: SocketAddr, path: &str) -> (Ws, String) {
     (socket, route)
 }
 
+/// A TCP forwarder in front of the direct backend. `cut()` closes its
+/// listener, so new connections are refused (health checks fail, new calls
+/// fall back) while the calls already through it go on.
+struct Cuttable {
+    addr: SocketAddr,
+    cut: tokio_util::sync::CancellationToken,
+}
+
+impl Cuttable {
+    async fn spawn(target: SocketAddr) -> Cuttable {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the forwarder");
+        let addr = listener.local_addr().expect("forwarder addr");
+        let cut = tokio_util::sync::CancellationToken::new();
+        let stop = cut.clone();
+        tokio::spawn(async move {
+            loop {
+                let accepted = tokio::select! {
+                    () = stop.cancelled() => return,
+                    a = listener.accept() => a,
+                };
+                let Ok((mut downstream, _)) = accepted else {
+                    continue;
+                };
+                tokio::spawn(async move {
+                    if let Ok(mut upstream) = tokio::net::TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await;
+                    }
+                });
+            }
+        });
+        Cuttable { addr, cut }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn cut(&self) {
+        self.cut.cancel();
+    }
+}
+
+/// A WebSocket handshake on a raw socket with a `Host` of our choosing (the
+/// test client sets its own); returns the socket, the 101 read.
+async fn raw_call(addr: SocketAddr, path: &str, host: &str) -> tokio::net::TcpStream {
+    use tokio::io::AsyncReadExt;
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .expect("send the handshake");
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(support::IO_TIMEOUT, stream.read(&mut byte))
+            .await
+            .expect("101 in time")
+            .expect("read the 101");
+        assert!(
+            n == 1 && head.len() < 16 * 1024,
+            "no 101: {}",
+            String::from_utf8_lossy(&head)
+        );
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head);
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    stream
+}
+
+/// Sends a 160-byte binary frame every 20 ms (50 frames/s, audio-like) and
+/// reads the echoes, for `streaming`; then keeps the call open, silent,
+/// until `stop` (so a tracked direction stalls). Bounded by `limit`.
+fn stream_frames(
+    mut ws: Ws,
+    streaming: Duration,
+    stop: tokio_util::sync::CancellationToken,
+    limit: Duration,
+) -> tokio::task::JoinHandle<Ws> {
+    tokio::spawn(async move {
+        let deadline = tokio::time::Instant::now() + limit;
+        let until = tokio::time::Instant::now() + streaming.min(limit);
+        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        while tokio::time::Instant::now() < until && !stop.is_cancelled() {
+            tick.tick().await;
+            if ws::send_binary(&mut ws, &[7; 160]).await.is_err() {
+                return ws;
+            }
+            if ws::recv_within(&mut ws, Duration::from_secs(2))
+                .await
+                .is_err()
+            {
+                return ws;
+            }
+        }
+        let _ = tokio::time::timeout_at(deadline, stop.cancelled()).await;
+        ws
+    })
+}
+
+/// Markup in a `Host` header: hyper lets it through (unlike `<` in a path),
+/// routes without a host match it, and `/calls` reports it.
+const XSS_HOST: &str = "<img src=x onerror=window.__shunt_xss=1>";
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn browser_shows_live_calls_and_follows_a_backend_kill() {
     if !browser_available() {
@@ -293,13 +403,25 @@ async fn browser_shows_live_calls_and_follows_a_backend_kill() {
         .route("/frontend-audio=direct,nginx")
         .route("/=nginx,direct")
         .arg("--fall", "1")
+        .arg("--stall-after", "500ms")
+        .arg("--ping-interval", "5s")
+        .arg("--ping-timeout", "30s")
         .start()
         .await;
     proxy.wait_ready().await;
     let (_direct_call, route) = open_call(proxy.addr(), "/frontend-audio/agent-7").await;
     assert_eq!(route, "direct");
-    let (_nginx_call, route) = open_call(proxy.addr(), "/lobby/agent-9").await;
+    let (nginx_call, route) = open_call(proxy.addr(), "/lobby/agent-9").await;
     assert_eq!(route, "nginx");
+    // 50 frames/s for 1.5 s, then silence: a stall.
+    let stop = tokio_util::sync::CancellationToken::new();
+    let stalling = stream_frames(
+        nginx_call,
+        Duration::from_millis(1500),
+        stop.clone(),
+        BROWSER_LIMIT,
+    );
+    let _hostile = raw_call(proxy.addr(), "/lobby/%3Cscript%3Ex%3C/script%3E", XSS_HOST).await;
 
     let out = out_dir("live");
     let plan = json!({
@@ -310,7 +432,10 @@ async fn browser_shows_live_calls_and_follows_a_backend_kill() {
             {"check": "calls", "calls": [
                 {"path": "/frontend-audio/agent-7", "upstream": "direct"},
                 {"path": "/lobby/agent-9", "upstream": "via nginx"},
+                {"path": "/lobby/%3Cscript%3E", "upstream": "via nginx"},
             ]},
+            {"check": "text", "path": XSS_HOST},
+            {"check": "stalled", "path": "/lobby/agent-9"},
             {"check": "route", "name": "route before", "route": "/frontend-audio",
              "using": "direct", "upstream": "direct", "health": "up"},
             {"screenshot": "before-kill.png"},
@@ -325,8 +450,91 @@ async fn browser_shows_live_calls_and_follows_a_backend_kill() {
         direct.stop().await;
     })
     .await;
+    stop.cancel();
+    let _ = stalling.await;
     assert!(output.contains("PASS route after kill"), "{output}");
+    assert!(output.contains("PASS stalled"), "{output}");
     assert!(out.join("after-kill.png").is_file());
+}
+
+/// Writes docs/dashboard.png: a few calls, one stalled, the direct path cut
+/// for new calls so /frontend-audio falls back to nginx. Run by hand:
+/// `cargo test --test dashboard docs_screenshot -- --ignored`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "writes docs/dashboard.png; run by hand with --ignored"]
+async fn docs_screenshot() {
+    if !browser_available() {
+        return;
+    }
+    let backend = echo_backend().name("direct").spawn().await;
+    let forwarder = Cuttable::spawn(backend.addr()).await;
+    let via_nginx = echo_backend().name("via-nginx").spawn().await;
+    let Some(nginx) = nginx(via_nginx.addr()).spawn() else {
+        return;
+    };
+    let proxy = shunt()
+        .direct(forwarder.url())
+        .nginx(nginx.url())
+        .route("/frontend-audio=direct,nginx")
+        .route("/=nginx,direct")
+        .arg("--fall", "1")
+        .arg("--stall-after", "2s")
+        .arg("--ping-interval", "1s")
+        .arg("--ping-timeout", "30s")
+        .start()
+        .await;
+    proxy.wait_ready().await;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let limit = Duration::from_secs(120);
+    let mut tasks = Vec::new();
+    // Calls that ended normally, for the close-code totals.
+    for _ in 0..3 {
+        let (mut ws, _) = open_call(proxy.addr(), "/frontend-audio/agent-2").await;
+        ws::send_frame(&mut ws, fastwebsockets::Frame::close(1000, b"bye"))
+            .await
+            .expect("close");
+        let _ = ws::wait_closed(&mut ws, Duration::from_secs(5)).await;
+    }
+    for path in ["/frontend-audio/agent-7", "/frontend-audio/agent-12"] {
+        let (ws, route) = open_call(proxy.addr(), path).await;
+        assert_eq!(route, "direct");
+        tasks.push(stream_frames(ws, limit, stop.clone(), limit));
+    }
+    // The direct path breaks for new connections: fallback to nginx.
+    forwarder.cut();
+    proxy.wait_upstream("direct", "down").await;
+    let (ws, route) = open_call(proxy.addr(), "/frontend-audio/agent-9").await;
+    assert_eq!(route, "nginx");
+    tasks.push(stream_frames(ws, limit, stop.clone(), limit));
+    let (ws, route) = open_call(proxy.addr(), "/frontend-audio/agent-4").await;
+    assert_eq!(route, "nginx");
+    tasks.push(stream_frames(
+        ws,
+        Duration::from_secs(12),
+        stop.clone(),
+        limit,
+    ));
+    let (lobby, _) = open_call(proxy.addr(), "/lobby/supervisor").await;
+
+    let out = out_dir("docs");
+    let plan = json!({
+        "url": format!("http://{}/", proxy.admin_addr()),
+        "out_dir": out,
+        "steps": [
+            {"check": "page"},
+            {"check": "stalled", "path": "/frontend-audio/agent-4", "within_ms": 30000},
+            {"screenshot": "dashboard.png", "width": 1280},
+        ],
+    });
+    run_browser(plan, async |_| {}).await;
+    stop.cancel();
+    for t in tasks {
+        let _ = t.await;
+    }
+    drop(lobby);
+    let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs");
+    std::fs::create_dir_all(&docs).expect("docs/");
+    std::fs::copy(out.join("dashboard.png"), docs.join("dashboard.png")).expect("copy");
 }
 
 // ---- a stub /calls, for rendering checks with values no real request carries ----
