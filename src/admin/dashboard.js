@@ -441,6 +441,13 @@
       el('tr', null, td('Route', null, t.route), td('Upstream', null, upstreamBadge(t.upstream)), td('Live', 'num', String(t.active)), td('Total', 'num', String(t.total)))
     );
     setRows('tunnels', rows, 4, 'No calls yet.');
+    const summary = byId('calls-summary');
+    const c = status.calls;
+    summary.hidden = !c;
+    if (c) {
+      summary.textContent = c.active + ' live, ' + c.stalled + ' stalled now, ' + c.stalls_total + ' stalls since start';
+      summary.className = c.stalled > 0 ? 'small bad' : 'small';
+    }
   }
 
   function renderUpgrades(status) {
