@@ -343,7 +343,7 @@
     const lb = leg(c, 'backend');
     const isStalled = stalled(c);
     const h = state.history.get(String(c.id)) || [];
-    const routeCell = td('Route / path', 'route', c.route, el('span', 'path', (c.host || '') + (c.path || '')));
+    const routeCell = td('Route / path', 'route', c.route, titled(el('span', 'path', c.path || ''), 'Host: ' + (c.host || '')));
     const stallCell = td('Stalls', 'num stalls', String(stalls(c)));
     if (isStalled) append(stallCell, el('span', 'stalled-label', ' stalled'));
     const row = el(
@@ -355,7 +355,7 @@
       td('Age', 'num', duration(c.age_seconds)),
       td('Frames/s ↑', up.stalled ? 'num bad' : 'num', rate(up.frames_per_second) + framingNote(up)),
       td('Frames/s ↓', down.stalled ? 'num bad' : 'num', rate(down.frames_per_second) + framingNote(down)),
-      td('Last frame', 'num', pair(up.last_frame_age_seconds, down.last_frame_age_seconds, duration)),
+      td('Last frame', isStalled ? 'num bad' : 'num', pair(up.last_frame_age_seconds, down.last_frame_age_seconds, duration)),
       td('Largest gap', 'num', pair(up.largest_gap_seconds, down.largest_gap_seconds, duration)),
       stallCell,
       td('Ping RTT', 'num', titled(el('span', null, pair(rttOf(c), lb.rtt_median_ms !== null && lb.rtt_median_ms !== undefined ? lb.rtt_median_ms : lb.rtt_last_ms, ms)), 'client leg: last ' + ms(lc.rtt_last_ms) + ', median ' + ms(lc.rtt_median_ms) + '; backend leg: last ' + ms(lb.rtt_last_ms) + ', median ' + ms(lb.rtt_median_ms))),

@@ -17,6 +17,7 @@
 //                                             the route and upstream display reach that state
 //   {"check": "narrow", "width": 420}         no horizontal page scroll at that width
 //   {"screenshot": "file.png", "width": 1280} a full-page screenshot under out_dir
+//   {"refreshes": N}                          waits until the page has refreshed N more times
 //   {"host": "NAME"}                          prints "STEP NAME" and waits for a line on stdin
 //                                             (the Rust test acts, e.g. kills a backend)
 //
@@ -208,6 +209,12 @@ async function main() {
         console.log('STEP ' + step.host);
         const line = await stdinLines();
         if (line === null) fail('the test closed stdin during step ' + step.host);
+        continue;
+      }
+      if (step.refreshes) {
+        const count = async () => Number((await page.getAttribute('body', 'data-refreshes')) || 0);
+        const target = (await count()) + step.refreshes;
+        await poll(page, async () => ({ ok: (await count()) >= target }), 5000 * step.refreshes, step.refreshes + ' refreshes');
         continue;
       }
       if (step.screenshot && !step.check) {
