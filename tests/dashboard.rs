@@ -634,13 +634,45 @@ async fn stub_answer(
     resp
 }
 
+/// A self-signed certificate for `localhost` that expires in `days` days;
+/// returns the directory holding `cert.pem` and `key.pem`.
+fn expiring_certificate(days: u64) -> PathBuf {
+    let today = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+    let ymd: Vec<u32> = today[..10]
+        .split('-')
+        .map(|p| p.parse().expect("date"))
+        .collect();
+    let key = rcgen::KeyPair::generate().expect("key");
+    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).expect("params");
+    params.is_ca = rcgen::IsCa::ExplicitNoCa;
+    params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+    // `days` and a half from now: the page's whole days left is `days`.
+    let since_midnight = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+        % 86_400;
+    params.not_after = rcgen::date_time_ymd(ymd[0] as i32, ymd[1] as u8, ymd[2] as u8)
+        + Duration::from_secs(since_midnight + days * 86_400 + 12 * 3600);
+    let cert = params.self_signed(&key).expect("self-signed");
+    let dir = out_dir("cert");
+    std::fs::write(dir.join("cert.pem"), cert.pem()).expect("write cert");
+    std::fs::write(dir.join("key.pem"), key.serialize_pem()).expect("write key");
+    dir
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn browser_renders_call_values_as_text_highlights_stalls_and_sorts() {
     if !browser_available() {
         return;
     }
     let backend = echo_backend().name("direct").spawn().await;
-    let proxy = shunt().direct(backend.url()).start().await;
+    let certs = expiring_certificate(9);
+    let proxy = shunt()
+        .direct(backend.url())
+        .tls(&certs.join("cert.pem"), &certs.join("key.pem"))
+        .start()
+        .await;
     proxy.wait_ready().await;
     let front = stub_front(proxy.admin_addr()).await;
     let out = out_dir("stub");
@@ -655,6 +687,7 @@ async fn browser_renders_call_values_as_text_highlights_stalls_and_sorts() {
             ]},
             {"check": "text", "path": XSS_PATH},
             {"check": "stalled", "path": "/frontend-audio/agent-9"},
+            {"check": "certificate", "cert": "localhost", "days": 9, "red": true},
             {"check": "sort", "key": "age", "first_path": "/frontend-audio/agent-7"},
             {"check": "sort", "name": "sort by stalls", "key": "stalls", "first_path": "/frontend-audio/agent-9"},
             {"screenshot": "calls.png"},

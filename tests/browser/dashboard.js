@@ -15,6 +15,8 @@
 //   {"check": "route", "route": "/frontend-audio", "using": "via nginx",
 //    "upstream": "direct", "health": "down", "within_ms": 5000}
 //                                             the route and upstream display reach that state
+//   {"check": "certificate", "cert": "localhost", "days": 9, "red": true}
+//                                             the certificate row shows the days left, red under 14
 //   {"check": "narrow", "width": 420}         no horizontal page scroll at that width
 //   {"screenshot": "file.png", "width": 1280} a full-page screenshot under out_dir
 //   {"refreshes": N}                          waits until the page has refreshed N more times
@@ -170,6 +172,26 @@ const checks = {
       'route ' + step.route + ' using ' + step.using + ' and ' + step.upstream + ' ' + step.health
     );
     return { elapsed_ms: r.elapsed, using: r.value.using };
+  },
+
+  async certificate(page, step) {
+    const r = await poll(
+      page,
+      () =>
+        page.$$eval('#certificates tbody tr', (trs) =>
+          trs.map((tr) => ({
+            names: tr.cells[0] ? tr.cells[0].textContent : '',
+            days: tr.querySelector('.days') ? tr.querySelector('.days').textContent : null,
+            red: tr.classList.contains('expiring') && getComputedStyle(tr).color === 'rgb(179, 38, 30)',
+          }))
+        ).then((rows) => {
+          const row = rows.find((x) => x.names.includes(step.cert));
+          return { ok: !!row && row.days === String(step.days) && row.red === step.red, row: row, rows: rows };
+        }),
+      10000,
+      'certificate ' + step.cert + ' with ' + step.days + ' days left'
+    );
+    return r.value.row;
   },
 
   async narrow(page, step) {
