@@ -7,6 +7,14 @@
 //! A side module: it reads the live snapshot, health and counters, and asks
 //! the reloader for a reload; it never touches a request in flight. It should
 //! stay on loopback (a warning is logged when it is bound elsewhere).
+//!
+//! The endpoints answer different questions. `/healthz` says the process is
+//! alive (a liveness probe that must not fail because an upstream is down);
+//! `/readyz` says every route has an upstream to go to, and when not, names
+//! the route and why, so an operator (or `shunt healthcheck`) reads the cause
+//! instead of guessing; `/status` is the whole picture in JSON; `/metrics` the
+//! same counters for Prometheus. `POST /reload` is the scripted twin of
+//! SIGHUP: 200 with what changed, or 422 with why nothing did.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -18,29 +26,43 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::json;
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
-use crate::forward::Body;
 use crate::live::Snapshot;
 use crate::reload::Reloader;
-use crate::response::{json, text};
+use crate::response::{Body, json, text};
 use crate::runtime::Runtime;
+use crate::upstream::connect::http1_handshake;
 use crate::upstream::health::State;
+
+/// The tunnel relay's state for `/status` (mode, pipes in use), asked for
+/// on each request. A function rather than the relay itself, so this side
+/// module does not reach into the forwarding flow.
+pub type TunnelStatus = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
 
 pub mod dashboard;
 pub mod host;
 
 /// Serve the admin API on `listener` until shutdown.
-pub async fn run(listener: TcpListener, rt: Arc<Runtime>, reloader: Arc<Reloader>) {
+pub async fn run(
+    listener: TcpListener,
+    rt: Arc<Runtime>,
+    reloader: Arc<Reloader>,
+    tunnel: TunnelStatus,
+) {
     let tracker = rt.tracker.clone();
     let stop = rt.shutdown.clone();
     crate::listener::accept_loop(listener, stop, tracker, move |stream, _peer| {
         let rt = rt.clone();
         let reloader = reloader.clone();
+        let tunnel = tunnel.clone();
         async move {
             let service = service_fn(move |req| {
                 let rt = rt.clone();
                 let reloader = reloader.clone();
-                async move { Ok::<_, Infallible>(route(req, &rt, &reloader).await) }
+                let tunnel = tunnel.clone();
+                async move { Ok::<_, Infallible>(route(req, &rt, &reloader, &tunnel).await) }
             });
             let mut builder = http1::Builder::new();
             builder
@@ -54,7 +76,13 @@ pub async fn run(listener: TcpListener, rt: Arc<Runtime>, reloader: Arc<Reloader
     .await;
 }
 
-async fn route(req: Request<Incoming>, rt: &Runtime, reloader: &Reloader) -> Response<Body> {
+/// Dispatch one admin request by method and path.
+async fn route(
+    req: Request<Incoming>,
+    rt: &Runtime,
+    reloader: &Reloader,
+    tunnel: &TunnelStatus,
+) -> Response<Body> {
     if !host_allowed(&req, rt) {
         return text(
             StatusCode::FORBIDDEN,
@@ -69,7 +97,9 @@ async fn route(req: Request<Incoming>, rt: &Runtime, reloader: &Reloader) -> Res
     match (req.method(), req.uri().path()) {
         (&Method::GET | &Method::HEAD, "/healthz") => text(StatusCode::OK, "ok\n"),
         (&Method::GET | &Method::HEAD, "/readyz") => readyz(rt),
-        (&Method::GET | &Method::HEAD, "/status") => json(StatusCode::OK, &status(rt, reloader)),
+        (&Method::GET | &Method::HEAD, "/status") => {
+            json(StatusCode::OK, &status(rt, reloader, tunnel))
+        }
         (&Method::GET | &Method::HEAD, "/metrics") => metrics(rt),
         (&Method::POST, "/reload") => reload(reloader).await,
         (
@@ -133,7 +163,8 @@ fn readyz(rt: &Runtime) -> Response<Body> {
     }
 }
 
-fn status(rt: &Runtime, reloader: &Reloader) -> serde_json::Value {
+/// `GET /status`: everything an operator asks first, in one JSON document.
+fn status(rt: &Runtime, reloader: &Reloader, tunnel: &TunnelStatus) -> serde_json::Value {
     let snapshot = rt.live.load();
     let (requests, upgrades, tunnels) = rt.stats.to_json();
     json!({
@@ -147,7 +178,7 @@ fn status(rt: &Runtime, reloader: &Reloader) -> serde_json::Value {
         "routes": routes_json(&snapshot),
         "tunnels": tunnels,
         "active_tunnels": rt.stats.active_tunnels(),
-        "tunnel": rt.relay.to_json(),
+        "tunnel": tunnel(),
         "requests": requests,
         "upgrades": upgrades,
     })
@@ -184,6 +215,7 @@ fn metrics(rt: &Runtime) -> Response<Body> {
     resp
 }
 
+/// Each upstream: URL, probe, health and the last error.
 fn upstreams_json(snapshot: &Snapshot) -> serde_json::Value {
     snapshot
         .upstreams
@@ -202,6 +234,7 @@ fn upstreams_json(snapshot: &Snapshot) -> serde_json::Value {
         .collect()
 }
 
+/// Each certificate served: names, expiry and fingerprint.
 fn certificates_json(snapshot: &Snapshot) -> serde_json::Value {
     let Some(set) = &snapshot.certs else {
         return serde_json::Value::Array(vec![]);
@@ -222,6 +255,7 @@ fn certificates_json(snapshot: &Snapshot) -> serde_json::Value {
         .collect()
 }
 
+/// Each route and the upstream a request would go to now.
 fn routes_json(snapshot: &Snapshot) -> serde_json::Value {
     snapshot
         .router
@@ -243,6 +277,7 @@ fn routes_json(snapshot: &Snapshot) -> serde_json::Value {
         .collect()
 }
 
+/// `POST /reload`: 200 with what changed, or 422 with why nothing did.
 async fn reload(reloader: &Reloader) -> Response<Body> {
     match reloader.reload("POST /reload").await {
         Ok(report) => json(StatusCode::OK, &report),
@@ -259,12 +294,15 @@ pub async fn get_status(
     path: &str,
 ) -> Result<u16, Box<dyn std::error::Error + Send + Sync>> {
     let stream = tokio::net::TcpStream::connect(addr).await?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake::<
-        _,
-        http_body_util::Empty<bytes::Bytes>,
-    >(TokioIo::new(stream))
+    // A one-shot command: nothing to track or stop.
+    let (tracker, stop) = (TaskTracker::new(), CancellationToken::new());
+    let mut sender = http1_handshake::<_, http_body_util::Empty<bytes::Bytes>>(
+        TokioIo::new(stream),
+        &tracker,
+        &stop,
+        || {},
+    )
     .await?;
-    tokio::spawn(conn);
     let req = Request::get(path)
         .header(http::header::HOST, addr.to_string())
         .body(http_body_util::Empty::new())?;

@@ -1,9 +1,18 @@
 //! Wiring: builds the first snapshot, binds the listeners, starts the tasks,
-//! and owns the root `CancellationToken` and `TaskTracker` of shutdown.
+//! and owns the root `CancellationToken` and `TaskTracker` of shutdown and the
+//! tunnel [`Relay`](crate::forward::tunnel::Relay), which it hands down to the
+//! accept stage ([`crate::connection::accept`]) in a [`crate::proxy::Context`].
 //!
 //! Shutdown (DESIGN.md): readiness turns 503 and the listeners stop accepting;
 //! in-flight HTTP finishes; tunnels get the drain timeout to end on their own,
 //! then are closed; [`Running::stopped`] resolves when every task has ended.
+//!
+//! Startup order matters: the listeners are bound first, so a port in use
+//! fails the start before any task runs; the tunnel relay is chosen next
+//! (splice is probed once); then the first snapshot is built, which loads
+//! every certificate and starts the health probes; only then do the accept
+//! loops, the admin listener and the file watcher start. Everything spawned
+//! is tracked, so [`Running::stopped`] can wait for all of it.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,16 +25,19 @@ use tokio_util::task::TaskTracker;
 use crate::config::Config;
 use crate::live::{BuildError, Snapshot};
 use crate::reload::Reloader;
-use crate::runtime::{Downstream, Runtime};
+use crate::runtime::Runtime;
 use crate::tls::CertStore;
 
 /// Why shunt could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    /// The proxy or admin address cannot be bound.
     #[error("{0}")]
     Bind(#[source] std::io::Error),
+    /// The first snapshot could not be built (certificates, upstream TLS).
     #[error(transparent)]
     Build(#[from] BuildError),
+    /// rustls refused the server configuration.
     #[error("TLS setup: {0}")]
     Tls(#[from] rustls::Error),
 }
@@ -59,7 +71,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     if let Some(addr) = admin.filter(|a| !a.ip().is_loopback()) {
         tracing::warn!(%addr, "the admin listener is bound beyond loopback; anyone who can reach it can read /status and trigger reloads");
     }
-    let relay = crate::forward::tunnel::Relay::start(&config.tunnel);
+    let relay = Arc::new(crate::forward::tunnel::Relay::start(&config.tunnel));
     let snapshot = Snapshot::build(config, None, &shutdown, &tracker)?;
     let certs = snapshot.certs.clone().map(CertStore::new);
     let acceptor = certs.clone().map(crate::tls::acceptor).transpose()?;
@@ -68,13 +80,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             tracing::warn!("{warning}");
         }
     }
-    let rt = Runtime::new(
-        ArcSwap::from_pointee(snapshot),
-        certs,
-        shutdown,
-        tracker,
-        relay,
-    );
+    let rt = Runtime::new(ArcSwap::from_pointee(snapshot), certs, shutdown, tracker);
     let reloader = Reloader::new(rt.clone());
 
     let listen_addr = proxy_listener.local_addr().map_err(StartError::Bind)?;
@@ -83,42 +89,26 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         None => None,
     };
 
-    let serve_rt = rt.clone();
+    let ctx = Arc::new(crate::proxy::Context {
+        rt: rt.clone(),
+        relay: relay.clone(),
+    });
     rt.tracker.spawn(crate::listener::accept_loop(
         proxy_listener,
         rt.shutdown.clone(),
         rt.tracker.clone(),
-        move |stream, peer| {
-            // Global IP lists and --max-conns, before a byte is read or a TLS handshake starts.
-            let admitted = {
-                let snapshot = serve_rt.live.load();
-                crate::policy::admit_connection(&snapshot.config.policy, &serve_rt.gate, peer)
-            };
-            let (rt, acceptor) = (serve_rt.clone(), acceptor.clone());
-            async move {
-                match admitted {
-                    Ok(permit) => {
-                        serve_downstream(stream, peer, acceptor, rt).await;
-                        drop(permit);
-                    }
-                    Err(denied) => {
-                        tracing::warn!(peer = %peer, reason = %denied, "connection refused at accept");
-                        // Plain HTTP gets a short answer; a TLS listener just closes.
-                        let permit = rt.gate.refusal_permit();
-                        let answer = (permit.is_some() && acceptor.is_none())
-                            .then(|| crate::response::raw_refusal(&denied));
-                        crate::listener::refuse(stream, answer).await;
-                        drop(permit);
-                    }
-                }
-            }
-        },
+        move |stream, peer| crate::connection::accept(stream, peer, &ctx, acceptor.as_ref()),
     ));
     if let Some(listener) = admin_listener {
-        rt.tracker
-            .spawn(crate::admin::run(listener, rt.clone(), reloader.clone()));
+        let tunnel: crate::admin::TunnelStatus = Arc::new(move || relay.to_json());
+        rt.tracker.spawn(crate::admin::run(
+            listener,
+            rt.clone(),
+            reloader.clone(),
+            tunnel,
+        ));
     }
-    let watch = !rt.live.load().config.args.no_watch;
+    let watch = rt.live.load().config.watch;
     if let Err(e) = watch
         .then(|| crate::watch::spawn(rt.clone(), reloader.clone()))
         .transpose()
@@ -132,30 +122,6 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         rt,
         reloader,
     })
-}
-
-/// One accepted connection: TLS first if configured, then HTTP.
-async fn serve_downstream(
-    stream: tokio::net::TcpStream,
-    peer: SocketAddr,
-    acceptor: Option<tokio_rustls::TlsAcceptor>,
-    rt: Arc<Runtime>,
-) {
-    let Some(acceptor) = acceptor else {
-        let downstream = Downstream { peer, tls: false };
-        return crate::connection::serve(stream, downstream, rt).await;
-    };
-    let timeout = rt
-        .live
-        .load()
-        .config
-        .tls
-        .as_ref()
-        .map_or(Duration::from_secs(10), |t| t.handshake_timeout);
-    match crate::tls::accept(&acceptor, stream, timeout).await {
-        Ok(tls) => crate::connection::serve(tls, Downstream { peer, tls: true }, rt).await,
-        Err(e) => tracing::info!(%peer, error = %e, "TLS connection refused"),
-    }
 }
 
 impl Running {

@@ -4,6 +4,11 @@
 //! certificates, so anyone holding the directory can mint certificates that
 //! a machine trusting the CA accepts. Production certificates come from a
 //! real CA (ACME/certbot, a company PKI); see `certs/README.md`.
+//!
+//! The CA is valid for ten years and the server certificate for 397 days (the
+//! longest browsers accept), both
+//! ECDSA P-256 via rcgen; keys are written owner-only. Names given with
+//! `--name` become the server certificate's SANs (DNS names or IP addresses).
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -17,31 +22,42 @@ use rcgen::{
 /// A generated CA and server certificate, PEM-encoded.
 #[derive(Debug)]
 pub struct DevCerts {
+    /// The development CA's certificate: what clients are told to trust.
     pub ca_cert: String,
+    /// The CA's private key; only needed to issue more certificates.
     pub ca_key: String,
+    /// The server certificate, signed by the CA, for the names asked for.
     pub server_cert: String,
+    /// The server certificate's private key.
     pub server_key: String,
 }
 
 /// Why certificates could not be generated or written.
 #[derive(Debug, thiserror::Error)]
 pub enum CertGenError {
+    /// rcgen could not make a key or sign a certificate.
     #[error("certificate generation: {0}")]
     Rcgen(#[from] rcgen::Error),
+    /// A file could not be written.
     #[error("{}: {source}", path.display())]
     Write {
+        /// The file that could not be written.
         path: PathBuf,
+        /// Why.
         #[source]
         source: std::io::Error,
     },
+    /// The file is there already and `--force` was not given.
     #[error("{} already exists; pass --force to overwrite", .0.display())]
     Exists(PathBuf),
+    /// A `--name` that is neither a DNS name nor an IP address.
     #[error("`{0}` is not a DNS name or IP address")]
     BadName(String),
 }
 
 /// Server certificates are kept under the 398 days browsers accept.
 const SERVER_DAYS: u64 = 397;
+/// Ten years: a development CA should outlive the projects that trust it.
 const CA_DAYS: u64 = 3650;
 
 /// Generate a CA (`shunt development CA`) and a server certificate for `names`.
@@ -145,6 +161,8 @@ pub fn write(certs: &DevCerts, dir: &Path, force: bool) -> Result<Vec<PathBuf>, 
     Ok(written)
 }
 
+/// Write `text` to `path`; a new private key file (`secret`) is created
+/// owner-only (0600), so the key is never readable by others, even briefly.
 fn write_file(path: &Path, text: &str, secret: bool) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;

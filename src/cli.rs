@@ -5,6 +5,10 @@
 //! config layer needs to know whether a flag was *given* to merge it over the
 //! config file (flag > file > built-in default); the defaults shown in `--help`
 //! are applied in [`crate::config`].
+//!
+//! `--help` is the reference for every flag; `shunt check` prints what the
+//! flags and the file amounted to, after the merge, which is the quickest
+//! way to see why a setting is not what one expected.
 
 use std::path::PathBuf;
 
@@ -171,8 +175,9 @@ pub struct RunArgs {
     /// Cookie a token may be sent in [default: shunt_token].
     #[arg(long, env = "SHUNT_TOKEN_COOKIE", value_name = "NAME")]
     pub token_cookie: Option<String>,
-    /// Allowed Origin: scheme://host[:port], https://*.example.com or * (repeatable, comma-separated).
+    /// Allowed Origins: `scheme://host[:port]`, `https://*.example.com` or `*`.
     #[arg(
+        help = "Allowed Origin: scheme://host[:port], https://*.example.com or * (repeatable, comma-separated)",
         long = "allow-origin",
         env = "SHUNT_ALLOW_ORIGIN",
         value_name = "ORIGIN",

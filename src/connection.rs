@@ -1,29 +1,134 @@
-//! One downstream connection: hyper's HTTP/1.1 server with upgrades enabled.
+//! The accept stage: one downstream connection from accept to its end.
 //!
-//! Sets the header read timeout (with a timer, without which hyper silently
-//! disables it) and the head size limit (hyper answers 431 past it). At
-//! shutdown, an idle keep-alive connection closes at once and one with a
+//! [`accept`] runs, in order: admission (the global IP lists and the
+//! connection caps, via [`crate::policy::admit_connection`], before a byte is
+//! read or a TLS handshake starts), the refusal of a connection that is not
+//! admitted (a short plain-HTTP answer, or a bare close on a TLS listener),
+//! the TLS handshake when the listener has TLS, then hyper's HTTP/1.1 server
+//! ([`serve`]) with upgrades enabled.
+//!
+//! [`serve`] sets the header read timeout (with a timer, without which hyper
+//! silently disables it) and the head size limit (hyper answers 431 past it).
+//! At shutdown, an idle keep-alive connection closes at once and one with a
 //! request in flight finishes it, within the drain timeout. An upgraded
 //! connection leaves this task: its tunnel is tracked on its own.
+//!
+//! Why admission comes before TLS: a TLS handshake costs the server a
+//! signature, and a refused client should not be able to make shunt pay
+//! that. A refused plain-HTTP connection still gets a short answer saying
+//! why (403 or 429), written by hand since hyper never sees the connection;
+//! the refusals themselves are bounded ([`crate::policy::rate::Gate`]) so a
+//! flood of refused connections cannot hold many tasks.
 
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsAcceptor;
 
-use crate::proxy;
-use crate::runtime::{Downstream, Runtime};
+use crate::downstream::Downstream;
+use crate::proxy::{self, Context};
+
+/// The TLS handshake timeout when the snapshot has no TLS settings (it
+/// always has them when the listener has an acceptor; this is a fallback).
+const DEFAULT_TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Admit or refuse one accepted connection, then serve it.
+///
+/// Admission runs here, synchronously in the accept loop, so the connection
+/// caps count this connection before the next one is accepted; the returned
+/// future (run on its own tracked task) does the rest.
+pub fn accept(
+    stream: TcpStream,
+    peer: SocketAddr,
+    ctx: &Arc<Context>,
+    tls: Option<&TlsAcceptor>,
+) -> impl Future<Output = ()> + Send + use<> {
+    let admitted = {
+        let snapshot = ctx.rt.live.load();
+        crate::policy::admit_connection(&snapshot.config.policy, &ctx.rt.gate, peer)
+    };
+    let (ctx, tls) = (ctx.clone(), tls.cloned());
+    async move {
+        match admitted {
+            Ok(permit) => {
+                match tls {
+                    Some(acceptor) => serve_tls(stream, peer, &acceptor, ctx).await,
+                    None => serve(stream, Downstream { peer, tls: false }, ctx).await,
+                }
+                drop(permit);
+            }
+            Err(denied) => {
+                tracing::warn!(peer = %peer, reason = %denied, "connection refused at accept");
+                // Plain HTTP gets a short answer; a TLS listener just closes.
+                let permit = ctx.rt.gate.refusal_permit();
+                let answer = (permit.is_some() && tls.is_none())
+                    .then(|| crate::response::raw_refusal(&denied));
+                refuse(stream, answer).await;
+                drop(permit);
+            }
+        }
+    }
+}
+
+/// The TLS handshake (bounded by the TLS handshake timeout), then HTTP.
+async fn serve_tls(stream: TcpStream, peer: SocketAddr, acceptor: &TlsAcceptor, ctx: Arc<Context>) {
+    let timeout = ctx
+        .rt
+        .live
+        .load()
+        .config
+        .tls
+        .as_ref()
+        .map_or(DEFAULT_TLS_HANDSHAKE_TIMEOUT, |t| t.handshake_timeout);
+    match crate::tls::accept(acceptor, stream, timeout).await {
+        Ok(tls) => serve(tls, Downstream { peer, tls: true }, ctx).await,
+        Err(e) => tracing::info!(%peer, error = %e, "TLS connection refused"),
+    }
+}
+
+/// How long a refused connection is given to receive its answer and leave.
+const REFUSAL_LINGER: Duration = Duration::from_secs(1);
+
+/// Close a connection refused at accept, first writing `answer` (plain HTTP)
+/// and reading what the client sent for a moment, so the answer is not lost
+/// to a reset. Bounded in time; the request is never parsed.
+async fn refuse(mut stream: TcpStream, answer: Option<Vec<u8>>) {
+    let Some(answer) = answer else {
+        return;
+    };
+    let _ = tokio::time::timeout(REFUSAL_LINGER, async {
+        stream.write_all(&answer).await?;
+        stream.shutdown().await?;
+        let mut sink = [0u8; 4096];
+        let mut total = 0;
+        while total < 64 * 1024 {
+            match stream.read(&mut sink).await? {
+                0 => break,
+                n => total += n,
+            }
+        }
+        Ok::<(), io::Error>(())
+    })
+    .await;
+}
 
 /// Most header lines accepted in one request head.
 const MAX_HEADERS: usize = 100;
 
 /// Serve HTTP/1.1 on `io` until the client leaves, the connection upgrades, or shutdown.
-pub async fn serve<IO>(io: IO, downstream: Downstream, rt: Arc<Runtime>)
+pub async fn serve<IO>(io: IO, downstream: Downstream, ctx: Arc<Context>)
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let rt = ctx.rt.clone();
     let snapshot = rt.live.load();
     let mut builder = http1::Builder::new();
     builder
@@ -35,8 +140,7 @@ where
     let drain = snapshot.timeouts.drain;
     drop(snapshot);
 
-    let service_rt = rt.clone();
-    let service = service_fn(move |req| proxy::handle(req, downstream, service_rt.clone()));
+    let service = service_fn(move |req| proxy::handle(req, downstream, ctx.clone()));
     let conn = builder
         .serve_connection(TokioIo::new(io), service)
         .with_upgrades();

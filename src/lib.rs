@@ -5,37 +5,57 @@
 //! upstream with health-checked fallback, forwarding plain HTTP/1.1 and
 //! joining WebSocket upgrades into tunnels.
 //!
-//! # Layout (data flow, top to bottom)
+//! # Layout
+//!
+//! One WebSocket request, followed by file names, goes
+//! `listener → connection → proxy → upgrade → router → upstream → forward →
+//! tunnel`. A module imports only modules below it in the flow, or side
+//! modules; side modules never import the flow.
 //!
 //! ```text
-//! client ─▶ listener ─▶ connection (hyper http1) ─▶ proxy
-//!        ─▶ handshake (is it a valid WebSocket upgrade?) ─▶ router (host + longest prefix)
-//!        ─▶ upstream (first healthy, connect-error fallback)
-//!        ─▶ forward: plain HTTP ─or─ 101 ─▶ forward::tunnel
-//! side: config, live (ArcSwap snapshot), reload, upstream::health, admin,
-//!       stats, telemetry, runtime (shutdown token + tracker), response (errors → status)
+//! client ─▶ listener ─▶ connection: admission (policy: IP lists, caps) ─▶ tls? ─▶ hyper http1
+//!        ─▶ proxy ─▶ upgrade (a valid WebSocket handshake?) ─▶ router (host + longest prefix)
+//!        ─▶ policy (form, IP, rate, Origin, auth) ─▶ upstream (first healthy; connect fallback)
+//!        ─▶ forward: request rewrite ─▶ plain HTTP ─or─ 101 ─▶ forward::tunnel
+//! side:  app (wiring), config, live, reload, watch, upstream::health, tls certificates,
+//!        runtime, policy, response, admin, stats, telemetry
 //! ```
 //!
-//! - [`cli`]: flags and subcommands.
-//! - [`config`]: flags + TOML file → validated [`config::Config`].
+//! The flow, top to bottom:
+//!
+//! - [`listener`]: bind, and the accept loop that never dies on transient errors.
+//! - [`connection`]: the accept stage: admission, refusal, TLS or plain, hyper's HTTP/1.1.
+//! - [`tls`]: TLS termination for the listener (certificates, SNI, hot reload) and the
+//!   client side for https upstreams.
+//! - [`downstream`]: who the client is, as every later stage sees it.
+//! - [`proxy`]: one request, top-down, ending in one access-log line.
+//! - [`upgrade`]: is this a valid WebSocket handshake (RFC 6455)?
+//! - [`router`]: path normalization and host + longest-prefix matching.
+//! - [`upstream`]: upstreams, selection with connect-error fallback, connecting,
+//!   keep-alive pools, health.
+//! - [`forward`]: what the upstream is sent ([`forward::request`], [`forward::headers`]),
+//!   the exchange, and the tunnel after a 101 ([`forward::tunnel`]).
+//!
+//! Beside the flow:
+//!
+//! - [`app`]: wiring, startup and shutdown; owns the root token, the tracker and the relay.
+//! - [`cli`]: flags (with `SHUNT_*` twins) and subcommands.
+//! - [`config`]: flags + TOML file → a validated [`config::Config`].
 //! - [`live`]: the hot-swappable [`live::Snapshot`] (router, upstreams, timeouts).
 //! - [`reload`]: rebuild and swap the snapshot, all or nothing.
-//! - [`app`]: wiring, startup and shutdown.
-//! - [`runtime`]: handles shared by every connection.
-//! - [`listener`]: bind and accept.
-//! - [`connection`]: one downstream HTTP/1.1 connection.
-//! - [`proxy`]: one request, top-down.
-//! - [`handshake`]: WebSocket handshake validation.
-//! - [`router`]: path normalization and route matching.
-//! - [`upstream`]: upstreams, selection, connecting, health.
-//! - [`forward`]: header rewriting, forwarding, tunnels.
-//! - [`policy`]: IP lists, authentication, Origin, rate and connection limits.
-//! - [`response`]: errors → status codes and bodies.
-//! - [`admin`]: `/healthz`, `/readyz`, `/status`, `POST /reload`.
-//! - [`stats`]: counters for `/status`.
+//! - [`watch`]: reload when the config, certificate or secret files change on disk.
+//! - [`runtime`]: handles shared by every connection (snapshot, counters, shutdown).
+//! - [`policy`]: the security stage: IP lists, authentication, Origin, rate and
+//!   connection limits.
+//! - [`percent`]: the one percent-decoder (paths and query parameters).
+//! - [`response`]: the errors of the flow, and the one place they become status codes.
+//! - [`admin`]: `/healthz`, `/readyz`, `/status`, `/metrics`, `POST /reload`.
+//! - [`stats`]: counters for `/status` and `/metrics`.
 //! - [`telemetry`]: log output.
+//! - [`certgen`]: development certificates (`shunt cert`).
 
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 pub mod admin;
 pub mod app;
@@ -43,10 +63,12 @@ pub mod certgen;
 pub mod cli;
 pub mod config;
 pub mod connection;
+pub mod downstream;
 pub mod forward;
-pub mod handshake;
+
 pub mod listener;
 pub mod live;
+pub mod percent;
 pub mod policy;
 pub mod proxy;
 pub mod reload;
@@ -56,5 +78,6 @@ pub mod runtime;
 pub mod stats;
 pub mod telemetry;
 pub mod tls;
+pub mod upgrade;
 pub mod upstream;
 pub mod watch;

@@ -5,6 +5,10 @@
 //! stops when the root token is cancelled. Each accepted connection gets
 //! `TCP_NODELAY` (audio frames are small and latency-bound) and its own
 //! tracked task.
+//!
+//! The back-off doubles from 5 ms up to 1 s and resets on the next successful
+//! accept: long enough that a process out of file descriptors does not spin,
+//! short enough that it serves again soon after descriptors are freed.
 
 use std::future::Future;
 use std::io;
@@ -60,33 +64,6 @@ pub async fn accept_loop<F, Fut>(
             }
         }
     }
-}
-
-/// How long a refused connection is given to receive its answer and leave.
-const REFUSAL_LINGER: Duration = Duration::from_secs(1);
-
-/// Close a connection refused at accept, first writing `answer` (plain HTTP)
-/// and reading what the client sent for a moment, so the answer is not lost
-/// to a reset. Bounded in time; the request is never parsed.
-pub async fn refuse(mut stream: TcpStream, answer: Option<Vec<u8>>) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let Some(answer) = answer else {
-        return;
-    };
-    let _ = tokio::time::timeout(REFUSAL_LINGER, async {
-        stream.write_all(&answer).await?;
-        stream.shutdown().await?;
-        let mut sink = [0u8; 4096];
-        let mut total = 0;
-        while total < 64 * 1024 {
-            match stream.read(&mut sink).await? {
-                0 => break,
-                n => total += n,
-            }
-        }
-        Ok::<(), io::Error>(())
-    })
-    .await;
 }
 
 /// Errors that concern one connection only, not the listener.

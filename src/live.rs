@@ -6,6 +6,11 @@
 //! before anything is swapped, and carries over the health record of every
 //! upstream whose settings did not change, so a reload does not make healthy
 //! upstreams flap to "unknown".
+//!
+//! What a snapshot holds is exactly what a reload may change: routes,
+//! upstreams (with their pools and probe tasks), policy, timeouts and the
+//! certificate set. What must outlive reloads (counters, the per-client
+//! rate and connection gate, the tunnel relay) lives outside it.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -25,9 +30,13 @@ use crate::upstream::Upstream;
 pub struct Snapshot {
     /// Increases by one with every successful reload; 1 at start.
     pub generation: u64,
+    /// Host and path → route, built from `config.routes`.
     pub router: Router,
+    /// Every upstream by name, with its health and connection pool.
     pub upstreams: BTreeMap<UpstreamName, Arc<Upstream>>,
+    /// The timeouts every new connection and request uses.
     pub timeouts: Timeouts,
+    /// Largest request head a connection accepts.
     pub max_header_bytes: usize,
     /// Certificates of the TLS listener, if TLS is configured.
     pub certs: Option<Arc<CertSet>>,
@@ -38,11 +47,15 @@ pub struct Snapshot {
 /// Why a snapshot could not be built from a valid config.
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
+    /// A certificate or key could not be loaded.
     #[error("certificate: {0}")]
     Cert(#[from] CertError),
+    /// An https upstream's client TLS could not be set up.
     #[error("upstream {upstream}: {source}")]
     UpstreamTls {
+        /// The upstream concerned.
         upstream: UpstreamName,
+        /// Why (a CA file, no system roots).
         #[source]
         source: ClientTlsError,
     },

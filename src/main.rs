@@ -1,4 +1,12 @@
 //! `shunt`: CLI → config → tracing → start → wait for a signal → drain.
+//!
+//! Subcommands: `run` (the default), `check` (validate and describe the
+//! configuration, loading what a start would load), `healthcheck` (ask a
+//! running instance's admin listener, for container health checks) and
+//! `cert` (development certificates). Exit codes: 0 on success (also after a
+//! graceful drain), 2 on any error, with one `shunt: ...` line on stderr
+//! saying what to fix. Only this file uses `anyhow`: everything below it
+//! returns typed errors.
 
 use std::process::ExitCode;
 
@@ -12,10 +20,11 @@ use shunt::config::{Config, parse_duration};
 /// mimalloc keeps size classes apart, so the small long-lived state of
 /// thousands of idle tunnels is not scattered among the buffers freed after
 /// each handshake (with glibc malloc that fragmentation roughly doubled the
-/// RSS per idle tunnel; see docs/performance.md).
+/// RSS per idle tunnel; see the Performance section of the README).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Dispatch the subcommand; every error exits 2 with one line on stderr.
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -34,6 +43,7 @@ fn main() -> ExitCode {
     }
 }
 
+/// The multi-threaded tokio runtime every subcommand that does I/O runs on.
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -41,6 +51,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
+/// `shunt` / `shunt run`: serve until SIGTERM or SIGINT, reload on SIGHUP, then drain.
 fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let config = Config::build(&args)?;
     shunt::telemetry::init(config.log_format);
@@ -66,6 +77,8 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// `shunt check`: validate the configuration (and load what a start would load),
+/// then print [`Config::describe`]'s report.
 fn check(args: &RunArgs) -> anyhow::Result<ExitCode> {
     let config = Config::build(args)?;
     // Load what a start would load, so a bad certificate or CA file fails here too.
@@ -82,107 +95,12 @@ fn check(args: &RunArgs) -> anyhow::Result<ExitCode> {
         shunt::tls::client::client_config(u.ca.as_deref())
             .with_context(|| format!("upstream {}", u.name))?;
     }
-    println!("configuration OK");
-    println!("listen  {}", config.listen);
-    match config.admin {
-        Some(a) => println!("admin   {a}"),
-        None => println!("admin   off"),
-    }
-    println!("upstreams:");
-    for u in &config.upstreams {
-        let h = &u.health;
-        let used = config.routes.iter().any(|r| r.via.contains(&u.name));
-        println!(
-            "  {:<12} {:<28} check {} every {} timeout {} rise {} fall {}{}",
-            u.name.0,
-            u.url.to_string(),
-            h.check,
-            humantime::format_duration(h.interval),
-            humantime::format_duration(h.timeout),
-            h.rise,
-            h.fall,
-            if used {
-                ""
-            } else {
-                "  (unused: no route names it)"
-            }
-        );
-    }
-    println!("routes (most specific first):");
-    let mut routes = config.routes.clone();
-    routes.sort_by_key(|r| std::cmp::Reverse(r.specificity()));
-    for r in &routes {
-        let via: Vec<_> = r.via.iter().map(|n| n.0.as_str()).collect();
-        println!("  {:<28} -> {}", r.label(), via.join(", "));
-        let p = &r.policy;
-        println!(
-            "  {:<28}    auth {}, origins [{}]{}{}, ip allow {} deny {}",
-            "",
-            p.auth,
-            p.origins
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join(", "),
-            if p.require_origin { " required" } else { "" },
-            if p.cors { ", cors" } else { "" },
-            p.ip.allow.len(),
-            p.ip.deny.len(),
-        );
-    }
-    if let Some(set) = &certs {
-        println!("tls certificates (the first is the default):");
-        for c in set.certs() {
-            println!(
-                "  {} ({}) names {} not after {} sha256 {}",
-                c.info.cert_file.display(),
-                c.info.subject,
-                c.names.join(", "),
-                humantime::format_rfc3339_seconds(c.info.not_after),
-                c.info.fingerprint
-            );
-        }
-        for warning in set.warnings() {
-            println!("warning: {warning}");
-        }
-    }
-    let g = &config.policy;
-    let limit = |v: Option<String>| v.unwrap_or_else(|| "unlimited".into());
-    println!(
-        "security: ip allow [{}] deny [{}]; tokens {}; jwt {}; rate {} burst {}; max-conns-per-ip {}; max-conns {}",
-        g.ip.allow
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join(", "),
-        g.ip.deny
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join(", "),
-        g.credentials.tokens.as_ref().map_or(0, |t| t.len()),
-        if g.credentials.jwt.is_some() {
-            "on"
-        } else {
-            "off"
-        },
-        limit(g.limits.rate.map(|r| r.to_string())),
-        g.limits.burst,
-        limit(g.limits.max_conns_per_ip.map(|n| n.to_string())),
-        limit(g.limits.max_conns.map(|n| n.to_string())),
-    );
-    let t = &config.timeouts;
-    println!(
-        "timeouts: connect {} response {} header {} idle {} drain {}",
-        humantime::format_duration(t.connect),
-        humantime::format_duration(t.response),
-        humantime::format_duration(t.header),
-        humantime::format_duration(t.idle),
-        humantime::format_duration(t.drain),
-    );
+    print!("{}", config.describe(certs.as_deref()));
     Ok(ExitCode::SUCCESS)
 }
 
+/// `shunt healthcheck`: ask a running shunt's admin listener for `/readyz`
+/// (or `/healthz` with `--live`); exit 0 if it answers 200, else an error (exit 2).
 fn healthcheck(args: &HealthcheckArgs) -> anyhow::Result<ExitCode> {
     let admin = shunt::config::parse_addr("--admin", &args.admin)?;
     let timeout = parse_duration("--timeout", &args.timeout)?;
@@ -209,6 +127,7 @@ fn healthcheck(args: &HealthcheckArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// `shunt cert`: write a development CA and server certificate.
 fn cert(args: &CertArgs) -> anyhow::Result<ExitCode> {
     let names = if args.names.is_empty() {
         vec!["localhost".to_owned(), "127.0.0.1".to_owned()]

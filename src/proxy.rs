@@ -3,6 +3,20 @@
 //! [`handle`] is hyper's service function for downstream connections. It never
 //! fails: every error becomes a response in [`crate::response`], and every
 //! request ends in exactly one access-log line naming route and upstream.
+//!
+//! # Why this order
+//!
+//! - The WebSocket check ([`crate::upgrade`]) comes first: a malformed
+//!   handshake is the client's fault whatever the route, and refusing it
+//!   costs nothing upstream.
+//! - Routing runs on the *normalized* path, and the policy runs after routing,
+//!   because a route carries its own policy (its IP lists, its `auth`, its
+//!   Origin list). The path that was routed is the path that was policed, and
+//!   it is also the path the upstream is sent ([`crate::forward::request`]).
+//! - Only then is an upstream connected: nothing reaches a backend before the
+//!   request has passed every check.
+//! - The access log is written here, once per request, with the token
+//!   parameter redacted, so no other module needs to know about logging.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -12,39 +26,24 @@ use http::{Request, Response, header};
 use hyper::body::Incoming;
 
 use crate::config::UpstreamName;
-use crate::forward::{self, Body, Exchange, ForwardError};
-use crate::handshake::{self, HandshakeError, Kind};
-use crate::policy::{self, Denied};
-use crate::response;
+use crate::downstream::Downstream;
+use crate::forward::tunnel::Relay;
+use crate::forward::{self, Exchange};
+use crate::policy;
+use crate::response::{self, Body, ProxyError};
 use crate::router::normalize_path;
-use crate::runtime::{Downstream, Runtime};
-use crate::upstream::{self, SelectError};
+use crate::runtime::Runtime;
+use crate::upgrade::{self, Kind};
+use crate::upstream;
 
-/// Why a request was not proxied.
-#[derive(Debug, thiserror::Error)]
-pub enum ProxyError {
-    /// Downstream's fault: a malformed WebSocket handshake.
-    #[error("bad WebSocket handshake: {0}")]
-    Handshake(#[from] HandshakeError),
-    /// Downstream's (or the config's): nothing routes this path.
-    #[error("no route for {path}")]
-    NoRoute { path: String },
-    /// Upstream's: none could be reached.
-    #[error("route {route}: {source}")]
-    Select {
-        route: String,
-        #[source]
-        source: SelectError,
-    },
-    /// Downstream's: refused by the security policy (IP, token, Origin, limits, form).
-    #[error(transparent)]
-    Denied(#[from] Denied),
-    /// Downstream's: no `Host` on HTTP/1.1, several, or one that is not a host.
-    #[error("bad Host header: {0}")]
-    BadHost(&'static str),
-    /// Upstream's: the chosen upstream failed after connecting.
-    #[error(transparent)]
-    Forward(#[from] ForwardError),
+/// What every request shares, handed down from `app`: the runtime's handles
+/// and the relay that joins tunnels.
+#[derive(Debug)]
+pub struct Context {
+    /// Live snapshot, counters, shutdown token and task tracker.
+    pub rt: Arc<Runtime>,
+    /// How tunnels are joined (splice or copy), with the pipe pool.
+    pub relay: Arc<Relay>,
 }
 
 /// What the access log says about one request, filled in as it goes.
@@ -58,8 +57,9 @@ struct Trace {
 pub async fn handle(
     req: Request<Incoming>,
     downstream: Downstream,
-    rt: Arc<Runtime>,
+    ctx: Arc<Context>,
 ) -> Result<Response<Body>, Infallible> {
+    let rt = &ctx.rt;
     let started = Instant::now();
     let method = req.method().clone();
     // Path and query, the token parameter redacted: a token never reaches a log line.
@@ -68,9 +68,9 @@ pub async fn handle(
         policy::target::loggable_target(req.uri(), &snapshot.config.policy.sources.query)
     };
     let upgrade = req.version() >= http::Version::HTTP_11
-        && handshake::has_token(req.headers(), header::UPGRADE, "websocket");
+        && upgrade::has_token(req.headers(), header::UPGRADE, "websocket");
     let mut trace = Trace::default();
-    let resp = match proxy(req, downstream, &rt, &mut trace).await {
+    let resp = match proxy(req, downstream, &ctx, &mut trace).await {
         Ok(resp) => resp,
         Err(e @ ProxyError::Denied(_)) => {
             tracing::info!(peer = %downstream.peer, path = %path, reason = %e, "request refused by policy");
@@ -97,14 +97,17 @@ pub async fn handle(
     Ok(resp)
 }
 
+/// The request's steps, in order; each one that refuses returns the error
+/// that [`response::error_response`] turns into the client's answer.
 async fn proxy(
-    mut req: Request<Incoming>,
+    req: Request<Incoming>,
     downstream: Downstream,
-    rt: &Runtime,
+    ctx: &Context,
     trace: &mut Trace,
 ) -> Result<Response<Body>, ProxyError> {
+    let rt = &ctx.rt;
     let snapshot = rt.live.load_full();
-    let kind: Kind = handshake::classify(&req)?;
+    let kind: Kind = upgrade::classify(&req)?;
     let path = normalize_path(req.uri().path());
     let host = request_host(&req)?;
     let route = snapshot
@@ -115,7 +118,7 @@ async fn proxy(
     let global = &snapshot.config.policy;
     let admission = policy::check(
         &req,
-        kind,
+        kind == Kind::WebSocket,
         &route.spec.policy,
         global,
         downstream.peer.ip(),
@@ -128,27 +131,9 @@ async fn proxy(
         });
         return Ok(response::preflight(headers));
     }
-    // An absolute-form target's authority is the host (RFC 9112 §3.2.2): the
-    // upstream sees the host the request was routed on.
-    if req.method() != http::Method::CONNECT
-        && let Some(host) = req
-            .uri()
-            .authority()
-            .and_then(|a| header::HeaderValue::from_str(a.as_str()).ok())
-    {
-        req.headers_mut().insert(header::HOST, host);
-    }
-    // The upstream gets the path that was routed and policed, without the token parameter.
-    let strip = (route.spec.policy.auth != policy::auth::AuthMode::None)
+    // A token meant for shunt is not passed on.
+    let strip_param = (route.spec.policy.auth != policy::auth::AuthMode::None)
         .then_some(global.sources.query.as_str());
-    if req.method() != http::Method::CONNECT
-        && let Some(uri) = policy::target::upstream_target(req.uri(), &path, strip)
-    {
-        *req.uri_mut() = uri;
-    }
-    if let Some(slot) = admission.tunnel.clone() {
-        req.extensions_mut().insert(slot);
-    }
     let reuse = kind == Kind::Plain;
     let (upstream, conn) = upstream::connect_first(&route.via, snapshot.timeouts.connect, reuse)
         .await
@@ -158,13 +143,16 @@ async fn proxy(
         })?;
     trace.upstream = Some(upstream.name().clone());
     let exchange = Exchange {
-        kind,
+        websocket: kind == Kind::WebSocket,
         route: &route.label,
+        routed_path: &path,
+        strip_param,
+        tunnel: admission.tunnel,
         upstream: &upstream,
         downstream,
         timeouts: &snapshot.timeouts,
     };
-    let mut resp = forward::forward(req, conn, exchange, rt).await?;
+    let mut resp = forward::forward(req, conn, exchange, rt, &ctx.relay).await?;
     if let Some(origin) = &admission.cors_origin {
         for (name, value) in policy::origin::cors_headers(origin, None) {
             if name == header::VARY {

@@ -4,6 +4,13 @@
 //! nothing; the error is logged once and kept for `/status`. Triggers (SIGHUP,
 //! `POST /reload`) all come here, one reload at a time. Settings that only a
 //! restart can change (listen and admin addresses) are reported, not ignored.
+//!
+//! Why all or nothing: a half-applied configuration (new routes, old
+//! certificates) is a state nobody wrote and nobody can test. The new
+//! [`Snapshot`] is built completely, certificates and CA files included, and
+//! only then stored with one `ArcSwap::store`; requests already running keep
+//! the snapshot they loaded. The serializing lock makes two triggers at once
+//! (a file change and a SIGHUP) two reloads in a row rather than a race.
 
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
@@ -17,8 +24,10 @@ use crate::runtime::Runtime;
 /// Why a reload was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum ReloadError {
+    /// The new configuration is invalid.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// The new snapshot could not be built (a certificate, a CA file).
     #[error(transparent)]
     Build(#[from] BuildError),
 }
@@ -71,15 +80,8 @@ impl Reloader {
     fn try_reload(&self) -> Result<serde_json::Value, ReloadError> {
         let old = self.rt.live.load_full();
         let config = old.config.reread()?;
-        let restart_required = restart_only_changes(&old.config, &config);
-        for field in &restart_required {
-            tracing::warn!(
-                field,
-                "{field} changed in the configuration; it takes effect only after a restart"
-            );
-        }
+        let mut restart_required = restart_only_changes(&old.config, &config);
         let new = Snapshot::build(config, Some(&old), &self.rt.shutdown, &self.rt.tracker)?;
-        let mut restart_required = restart_required;
         match (&self.rt.certs, &new.certs) {
             (Some(store), Some(set)) => {
                 for warning in set.warnings() {
@@ -90,6 +92,7 @@ impl Reloader {
             (None, None) => {}
             _ => restart_required.push("tls"),
         }
+        // Once per field, after the TLS check has added its own.
         for field in &restart_required {
             tracing::warn!(
                 field,
@@ -120,6 +123,8 @@ impl Reloader {
     }
 }
 
+/// Settings a running process cannot change: reported in the reload's
+/// `restart_required` and warned about once each.
 fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     let mut fields = Vec::new();
     if old.listen != new.listen {
@@ -134,6 +139,7 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     fields
 }
 
+/// The certificates' fingerprints, to tell whether a reload changed them.
 fn fingerprints(s: &Snapshot) -> Vec<String> {
     s.certs
         .iter()

@@ -2,19 +2,113 @@
 //!
 //! Bodies are short plain text saying what is wrong and what to fix; they never
 //! carry secrets or internal addresses beyond upstream names.
+//!
+//! The error types of the flow live here too ([`ProxyError`] and its
+//! forwarding part [`ForwardError`]), next to their mapping, so the mapping is
+//! total by construction: adding a variant without deciding its status code
+//! does not compile. The fault decides the code: the client's (400, 401, 403,
+//! 404, 405, 426, 429), an upstream's (502, 503, 504), and the body says which
+//! and what to fix. Refusals at accept, before hyper sees the connection, are
+//! written by hand ([`raw_refusal`]) with the same status and text.
+
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
+use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 
-use crate::forward::{Body, ForwardError};
-use crate::handshake::HandshakeError;
 use crate::policy::Denied;
 use crate::policy::rate::{LimitExceeded, retry_secs};
-use crate::proxy::ProxyError;
+use crate::upgrade::HandshakeError;
 use crate::upstream::SelectError;
 use crate::upstream::connect::ConnectError;
 
+/// The response body type used throughout the proxy.
+pub type Body = BoxBody<Bytes, hyper::Error>;
+
+/// What went wrong after an upstream connection was made.
+#[derive(Debug, thiserror::Error)]
+pub enum ForwardError {
+    /// Upstream's: the connection failed while talking HTTP.
+    #[error("upstream {upstream} failed: {source}")]
+    Protocol {
+        /// The upstream's name.
+        upstream: String,
+        /// What hyper saw.
+        #[source]
+        source: hyper::Error,
+    },
+    /// Downstream's: the request body could not be read (bad chunking, cut short).
+    #[error("the request body is malformed or was cut short: {source}")]
+    DownstreamBody {
+        /// What hyper saw.
+        #[source]
+        source: hyper::Error,
+    },
+    /// Upstream's: no response head within the response timeout.
+    #[error("upstream {upstream} did not answer within {after:?}")]
+    Timeout {
+        /// The upstream's name.
+        upstream: String,
+        /// The response timeout that ran out.
+        after: Duration,
+    },
+    /// A pooled connection had closed and a new one could not be made.
+    #[error("upstream {upstream}: {source}")]
+    Reconnect {
+        /// The upstream's name.
+        upstream: String,
+        /// Why the new connection failed.
+        #[source]
+        source: ConnectError,
+    },
+}
+
+/// Why a request was not proxied.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// Downstream's fault: a malformed WebSocket handshake.
+    #[error("bad WebSocket handshake: {0}")]
+    Handshake(#[from] HandshakeError),
+    /// Downstream's (or the config's): nothing routes this path.
+    #[error("no route for {path}")]
+    NoRoute {
+        /// The normalized path that matched nothing.
+        path: String,
+    },
+    /// Upstream's: none could be reached.
+    #[error("route {route}: {source}")]
+    Select {
+        /// The route's label.
+        route: String,
+        /// Why no upstream of the route could be used.
+        #[source]
+        source: SelectError,
+    },
+    /// Downstream's: refused by the security policy (IP, token, Origin, limits, form).
+    #[error(transparent)]
+    Denied(#[from] Denied),
+    /// Downstream's: no `Host` on HTTP/1.1, several, or one that is not a host.
+    #[error("bad Host header: {0}")]
+    BadHost(&'static str),
+    /// Upstream's: the chosen upstream failed after connecting.
+    #[error(transparent)]
+    Forward(#[from] ForwardError),
+}
+
+/// The status code of each refusal, by whose fault it is:
+///
+/// | error | status |
+/// |-------|--------|
+/// | malformed WebSocket handshake, bad `Host` | 400 |
+/// | unsupported `Sec-WebSocket-Version` | 426 (with the version to use) |
+/// | no route | 404 |
+/// | refused by policy | see [`Denied`]'s mapping (401, 403, 405, 429, 400) |
+/// | every upstream of the route down | 503 |
+/// | connect or response timeout | 504 |
+/// | any other upstream failure | 502 |
+/// | the client's request body broken | 400 |
 impl From<&ProxyError> for StatusCode {
     fn from(e: &ProxyError) -> Self {
         match e {

@@ -5,18 +5,27 @@
 //! over host-less ones. Matching runs on the normalized path (dot segments
 //! resolved, percent-encoded dots decoded, repeated slashes folded), so a path
 //! trick cannot reach another route's upstream.
+//!
+//! The table is built once per snapshot and sorted by specificity, so a
+//! lookup is a linear walk that stops at the first match; route counts are
+//! small (a handful), where that beats any index. The host comparison ignores
+//! case and the port, as `Host` headers vary in both.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use crate::config::RouteSpec;
+use crate::percent;
 use crate::upstream::Upstream;
 
 /// One route with its upstreams resolved, in order of preference.
 #[derive(Debug)]
 pub struct Route {
+    /// The route as configured.
     pub spec: RouteSpec,
     /// How logs and `/status` name it.
     pub label: String,
+    /// The upstreams, resolved from `spec.via`, in order of preference.
     pub via: Vec<Arc<Upstream>>,
 }
 
@@ -53,6 +62,8 @@ impl Router {
     }
 }
 
+/// `Host` without its port (`a:8080` → `a`, `[::1]:8443` → `::1`): routes name
+/// hosts, never ports, since the listener already fixed the port.
 fn strip_port(host: &str) -> &str {
     if host.starts_with('[') {
         return host.split_once(']').map_or(host, |(h, _)| &h[1..]);
@@ -100,34 +111,13 @@ pub fn normalize_path(path: &str) -> String {
 /// Decode the percent-escapes that could hide a dot segment or a separator
 /// (`%2e`, `%2f`, `%5c`); a backslash counts as a separator too, as some
 /// backends treat it so.
-fn decode_dots(path: &str) -> std::borrow::Cow<'_, str> {
-    if !path.contains(['%', '\\']) {
-        return std::borrow::Cow::Borrowed(path);
+fn decode_dots(path: &str) -> Cow<'_, str> {
+    let decoded = percent::decode_where(path, |b| matches!(b, b'.' | b'/' | b'\\'));
+    if decoded.contains('\\') {
+        Cow::Owned(decoded.replace('\\', "/"))
+    } else {
+        decoded
     }
-    let bytes = path.as_bytes();
-    let mut out = String::with_capacity(path.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            let c = match [
-                bytes[i + 1].to_ascii_lowercase(),
-                bytes[i + 2].to_ascii_lowercase(),
-            ] {
-                [b'2', b'e'] => Some('.'),
-                [b'2', b'f'] | [b'5', b'c'] => Some('/'),
-                _ => None,
-            };
-            if let Some(c) = c {
-                out.push(c);
-                i += 3;
-                continue;
-            }
-        }
-        let c = path[i..].chars().next().unwrap_or('\u{fffd}');
-        out.push(if c == '\\' { '/' } else { c });
-        i += c.len_utf8();
-    }
-    std::borrow::Cow::Owned(out)
 }
 
 #[cfg(test)]

@@ -3,8 +3,12 @@
 //! One root `CancellationToken` (cancelled at shutdown) and one `TaskTracker`
 //! (every spawned task, so shutdown can wait for them), the live snapshot and
 //! the counters (including the policy's per-client [`Gate`], kept across reloads). Nothing here calls back into the flow.
+//!
+//! Why a struct passed down rather than globals: every test starts its own
+//! shunt in-process, on its own ports, and several run at once; with the
+//! handles threaded explicitly, each instance shuts down only its own tasks
+//! and counts only its own traffic.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
@@ -12,7 +16,6 @@ use std::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::forward::tunnel::Relay;
 use crate::live::Live;
 use crate::policy::rate::Gate;
 use crate::stats::Stats;
@@ -21,15 +24,17 @@ use crate::tls::CertStore;
 /// Shared by every listener, connection, request and tunnel.
 #[derive(Debug)]
 pub struct Runtime {
+    /// The hot-swappable snapshot (routes, upstreams, policy, timeouts).
     pub live: Live,
+    /// Counters for `/status` and `/metrics`; outlive reloads.
     pub stats: Arc<Stats>,
     /// Per-client rate and connection counters; outlives reloads.
     pub gate: Arc<Gate>,
     /// Cancelled when shutdown begins.
     pub shutdown: CancellationToken,
+    /// Every spawned task, so shutdown can wait for them all.
     pub tracker: TaskTracker,
-    /// How tunnels are joined (splice or copy), with the pipe pool.
-    pub relay: Arc<Relay>,
+    /// When the process started (`uptime_secs`).
     pub started: Instant,
     /// Certificates served by the TLS listener; `None` without TLS.
     pub certs: Option<Arc<CertStore>>,
@@ -43,7 +48,6 @@ impl Runtime {
         certs: Option<Arc<CertStore>>,
         shutdown: CancellationToken,
         tracker: TaskTracker,
-        relay: Relay,
     ) -> Arc<Self> {
         Arc::new(Runtime {
             live,
@@ -51,7 +55,6 @@ impl Runtime {
             gate: Arc::default(),
             shutdown,
             tracker,
-            relay: Arc::new(relay),
             started: Instant::now(),
             certs,
             draining: AtomicBool::new(false),
@@ -68,13 +71,4 @@ impl Runtime {
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::SeqCst) || self.shutdown.is_cancelled()
     }
-}
-
-/// Who is on the downstream side of a connection.
-#[derive(Debug, Clone, Copy)]
-pub struct Downstream {
-    /// The client's address as the listener saw it.
-    pub peer: SocketAddr,
-    /// Whether the connection is TLS (sets `X-Forwarded-Proto`).
-    pub tls: bool,
 }

@@ -4,6 +4,12 @@
 //! Updated from the request path with relaxed atomics (one add per request);
 //! the tunnel gauge is a small map touched once when a tunnel opens and once
 //! when it closes.
+//!
+//! The counters outlive reloads (they live in the runtime, not the
+//! snapshot), so `/metrics` never goes backwards when the configuration
+//! changes. A closed tunnel adds its bytes to the totals of its route and
+//! upstream when its guard drops, so the totals are exact without the tunnel
+//! touching a shared counter per read.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -47,9 +53,13 @@ impl ByClass {
 /// Live and total tunnels of one route and upstream, with bytes relayed.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct TunnelCount {
+    /// Tunnels open now.
     pub active: u64,
+    /// Tunnels opened since start.
     pub total: u64,
+    /// Bytes the closed tunnels carried from client to backend.
     pub bytes_downstream_to_upstream: u64,
+    /// Bytes the closed tunnels carried from backend to client.
     pub bytes_upstream_to_downstream: u64,
 }
 

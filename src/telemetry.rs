@@ -2,6 +2,10 @@
 //!
 //! Access-log lines come from [`crate::proxy`] under the target `shunt::access`
 //! with the fields `peer method path status route upstream websocket ms`.
+//!
+//! Lines go to stderr, where a container runtime collects them. JSON lines
+//! carry the same fields as flat keys (no nested `fields` object), so a log
+//! collector can index `route` and `upstream` directly.
 
 use tracing_subscriber::EnvFilter;
 

@@ -37,6 +37,8 @@ pub fn spawn(rt: Arc<Runtime>, reloader: Arc<Reloader>) -> notify::Result<()> {
     Ok(())
 }
 
+/// Turn file events into reloads: a burst of events is coalesced (an editor
+/// or certbot writes several files), then one reload runs.
 async fn watch_loop(
     mut watcher: RecommendedWatcher,
     mut events: mpsc::UnboundedReceiver<notify::Event>,
@@ -86,6 +88,8 @@ fn update_watches(
     *dirs = wanted;
 }
 
+/// The directory watched for `file`: watching the directory, not the file,
+/// survives editors and volume swaps that replace the file by a rename.
 fn directory_of(file: &Path) -> PathBuf {
     match file.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),

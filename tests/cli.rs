@@ -16,6 +16,31 @@ struct Run {
     stderr: String,
 }
 
+impl Run {
+    /// Asserts the run succeeded; its stdout.
+    fn succeeded(&self) -> &str {
+        assert_eq!(
+            self.code,
+            Some(0),
+            "stdout:\n{}\nstderr:\n{}",
+            self.stdout,
+            self.stderr
+        );
+        &self.stdout
+    }
+
+    /// Asserts the run failed (it should have refused `what`); its stderr.
+    fn refused(&self, what: &str) -> &str {
+        assert_ne!(
+            self.code,
+            Some(0),
+            "accepted {what}; stdout:\n{}",
+            self.stdout
+        );
+        &self.stderr
+    }
+}
+
 /// Runs `shunt ARGS` (bounded by 10 s) from the crate root.
 async fn run(args: &[&str]) -> Run {
     let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_shunt"))
@@ -50,13 +75,7 @@ async fn check_prints_the_effective_upstreams_and_routes() {
         "/frontend-audio=direct,nginx",
     ])
     .await;
-    assert_eq!(
-        out.code,
-        Some(0),
-        "stdout:\n{}\nstderr:\n{}",
-        out.stdout,
-        out.stderr
-    );
+    out.succeeded();
     for needle in [
         "direct",
         "nginx",
@@ -75,13 +94,7 @@ async fn check_prints_the_effective_upstreams_and_routes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_with_defaults_succeeds() {
     let out = run(&["check"]).await;
-    assert_eq!(
-        out.code,
-        Some(0),
-        "stdout:\n{}\nstderr:\n{}",
-        out.stdout,
-        out.stderr
-    );
+    out.succeeded();
     assert!(
         out.stdout.contains("127.0.0.1:5006"),
         "default direct upstream missing:\n{}",
@@ -92,29 +105,17 @@ async fn check_with_defaults_succeeds() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_rejects_a_route_to_an_unknown_upstream_naming_it() {
     let out = run(&["check", "--route", "/frontend-audio=direct,foo"]).await;
-    assert_ne!(
-        out.code,
-        Some(0),
-        "accepted an unknown upstream; stdout:\n{}",
-        out.stdout
-    );
+    let stderr = out.refused("an unknown upstream");
     assert!(
-        out.stderr.contains("foo"),
-        "stderr does not name `foo`:\n{}",
-        out.stderr
+        stderr.contains("foo"),
+        "stderr does not name `foo`:\n{stderr}"
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_rejects_a_bad_duration_naming_it() {
     let out = run(&["check", "--health-interval", "soonish"]).await;
-    assert_ne!(
-        out.code,
-        Some(0),
-        "accepted a bad duration; stdout:\n{}",
-        out.stdout
-    );
-    let stderr = out.stderr.to_ascii_lowercase();
+    let stderr = out.refused("a bad duration").to_ascii_lowercase();
     assert!(
         stderr.contains("soonish")
             || stderr.contains("health-interval")
@@ -127,16 +128,10 @@ async fn check_rejects_a_bad_duration_naming_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_rejects_a_bad_upstream_url() {
     let out = run(&["check", "--direct", "not a url"]).await;
-    assert_ne!(
-        out.code,
-        Some(0),
-        "accepted a bad URL; stdout:\n{}",
-        out.stdout
-    );
+    let stderr = out.refused("a bad URL");
     assert!(
-        out.stderr.contains("not a url") || out.stderr.to_ascii_lowercase().contains("direct"),
-        "stderr names neither the upstream nor the value:\n{}",
-        out.stderr
+        stderr.contains("not a url") || stderr.to_ascii_lowercase().contains("direct"),
+        "stderr names neither the upstream nor the value:\n{stderr}"
     );
 }
 
@@ -148,13 +143,7 @@ async fn check_accepts_the_example_config_file() {
         "examples/shunt.toml is the documented example"
     );
     let out = run(&["check", "--config", "examples/shunt.toml"]).await;
-    assert_eq!(
-        out.code,
-        Some(0),
-        "stdout:\n{}\nstderr:\n{}",
-        out.stdout,
-        out.stderr
-    );
+    out.succeeded();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

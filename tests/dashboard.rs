@@ -100,7 +100,12 @@ async fn admin_refuses_a_rebinding_host_and_serves_ip_and_localhost() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_hosts_lists_extra_names() {
     let proxy = shunt()
-        .arg("--admin-host", "shunt.internal,dash.internal")
+        .flags(&[
+            "--admin-host",
+            "shunt.internal",
+            "--admin-host",
+            "dash.internal",
+        ])
         .start()
         .await;
     let admin = proxy.admin_addr();
@@ -363,7 +368,7 @@ async fn browser_shows_live_calls_and_follows_a_backend_kill() {
     }
     let mut direct = echo_backend().name("direct").spawn().await;
     let via_nginx = echo_backend().name("via-nginx").spawn().await;
-    let Some(nginx) = nginx(via_nginx.addr()).spawn() else {
+    let Some(nginx) = nginx(via_nginx.addr()).spawn().await else {
         return;
     };
     let proxy = shunt()
@@ -439,7 +444,7 @@ async fn docs_screenshot() {
     let backend = echo_backend().name("direct").spawn().await;
     let forwarder = Cuttable::spawn(backend.addr()).await;
     let via_nginx = echo_backend().name("via-nginx").spawn().await;
-    let Some(nginx) = nginx(via_nginx.addr()).spawn() else {
+    let Some(nginx) = nginx(via_nginx.addr()).spawn().await else {
         return;
     };
     let proxy = shunt()

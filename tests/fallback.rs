@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use hyper::StatusCode;
 use support::ws;
-use support::{echo_backend, nginx, poll_until, raw_request, shunt, ws_connect};
+use support::{
+    direct_and_nginx, eventually, not_yet, raw_request, shunt, shunt_with_nginx, ws_connect,
+};
 
 /// Handshake on `/frontend-audio`; returns (`x-shunt-route`, hello text).
 async fn handshake(addr: std::net::SocketAddr) -> Result<(String, String), support::BoxError> {
@@ -22,19 +24,14 @@ async fn handshake(addr: std::net::SocketAddr) -> Result<(String, String), suppo
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn direct_down_falls_back_to_nginx_at_once_and_returns_when_direct_is_back() {
-    let mut direct = echo_backend().name("direct").spawn().await;
-    let via_nginx = echo_backend().name("via-nginx").spawn().await;
-    let Some(nginx) = nginx(via_nginx.addr()).spawn() else {
+    let Some((mut direct, _via_nginx, _nginx, shunt)) = shunt_with_nginx(
+        ("direct", "via-nginx"),
+        &["--route", "/frontend-audio=direct,nginx", "--fall", "1"],
+    )
+    .await
+    else {
         return;
     };
-    let shunt = shunt()
-        .direct(direct.url())
-        .nginx(nginx.url())
-        .route("/frontend-audio=direct,nginx")
-        .arg("--fall", "1")
-        .start()
-        .await;
-    shunt.wait_ready().await;
 
     assert_eq!(
         handshake(shunt.addr())
@@ -58,17 +55,11 @@ async fn direct_down_falls_back_to_nginx_at_once_and_returns_when_direct_is_back
     // Back on the same port: within a bounded wait, handshakes go direct.
     direct.restart().await;
     let mut last = String::new();
-    let back = poll_until(Duration::from_secs(10), async || {
+    let back = eventually(Duration::from_secs(10), async || {
         match handshake(shunt.addr()).await {
             Ok((route, hello)) if route == "direct" => hello == "hello from direct",
-            Ok((route, hello)) => {
-                last = format!("{route}: {hello}");
-                false
-            }
-            Err(e) => {
-                last = e.to_string();
-                false
-            }
+            Ok((route, hello)) => not_yet(&mut last, format!("{route}: {hello}")),
+            Err(e) => not_yet(&mut last, e),
         }
     })
     .await;
@@ -86,22 +77,23 @@ async fn direct_down_falls_back_to_nginx_at_once_and_returns_when_direct_is_back
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connect_failure_falls_back_and_marks_the_upstream_down_between_probes() {
-    let mut direct = echo_backend().name("direct").spawn().await;
-    let via_nginx = echo_backend().name("via-nginx").spawn().await;
-    let Some(nginx) = nginx(via_nginx.addr()).spawn() else {
-        return;
-    };
     // One probe at start, then none for 60 s: only the request path can
     // notice that direct went away.
-    let shunt = shunt()
-        .direct(direct.url())
-        .nginx(nginx.url())
-        .route("/frontend-audio=direct,nginx")
-        .arg("--fall", "1")
-        .arg("--health-interval", "60s")
-        .start()
-        .await;
-    shunt.wait_ready().await;
+    let Some((mut direct, _via_nginx, _nginx, shunt)) = shunt_with_nginx(
+        ("direct", "via-nginx"),
+        &[
+            "--route",
+            "/frontend-audio=direct,nginx",
+            "--fall",
+            "1",
+            "--health-interval",
+            "60s",
+        ],
+    )
+    .await
+    else {
+        return;
+    };
     assert_eq!(shunt.upstream_health("direct").await.unwrap(), "up");
 
     direct.stop().await;
@@ -128,9 +120,8 @@ async fn a_connect_failure_falls_back_and_marks_the_upstream_down_between_probes
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_names_the_route_when_all_its_upstreams_are_down_and_recovers() {
-    let mut direct = echo_backend().name("direct").spawn().await;
-    let mut via_nginx = echo_backend().name("via-nginx").spawn().await;
-    let Some(nginx) = nginx(via_nginx.addr()).spawn() else {
+    let Some((mut direct, mut via_nginx, nginx)) = direct_and_nginx("direct", "via-nginx").await
+    else {
         return;
     };
     // HTTP probes so that nginx counts as down when the backend behind it is.
@@ -146,7 +137,7 @@ async fn readyz_names_the_route_when_all_its_upstreams_are_down_and_recovers() {
     direct.stop().await;
     via_nginx.stop().await;
     let mut last = (StatusCode::OK, String::new());
-    let unready = poll_until(Duration::from_secs(10), async || {
+    let unready = eventually(Duration::from_secs(10), async || {
         match shunt.admin_get("/readyz").await {
             Ok(answer) => {
                 let done = answer.0 == StatusCode::SERVICE_UNAVAILABLE
@@ -285,20 +276,15 @@ async fn an_upstream_that_never_answers_gets_504_within_the_response_timeout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plain_http_falls_back_with_its_body_intact() {
-    let mut direct = echo_backend().name("direct").spawn().await;
-    let via_nginx = echo_backend().name("via-nginx").spawn().await;
-    let Some(nginx) = nginx(via_nginx.addr()).spawn() else {
+    // Probes only at start: the fallback below is the request path's.
+    let Some((mut direct, _via_nginx, _nginx, shunt)) = shunt_with_nginx(
+        ("direct", "via-nginx"),
+        &["--route", "/=direct,nginx", "--health-interval", "60s"],
+    )
+    .await
+    else {
         return;
     };
-    // Probes only at start: the fallback below is the request path's.
-    let shunt = shunt()
-        .direct(direct.url())
-        .nginx(nginx.url())
-        .route("/=direct,nginx")
-        .arg("--health-interval", "60s")
-        .start()
-        .await;
-    shunt.wait_ready().await;
     direct.stop().await;
 
     let body: Vec<u8> = (0..256 * 1024u32).map(|i| (i % 241) as u8).collect();

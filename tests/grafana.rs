@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use support::ws::{self, Msg};
-use support::{echo_backend, poll_until, shunt, ws_connect};
+use support::{echo_backend, eventually, shunt, ws_connect};
 
 fn dashboard() -> Value {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/grafana/shunt.json");
@@ -132,7 +132,7 @@ async fn every_metric_the_dashboard_queries_is_exported() {
     }
     // Gauges of live calls are sampled now; histograms of ended calls later.
     let mut during = String::new();
-    let pinged = poll_until(Duration::from_secs(5), async || {
+    let pinged = eventually(Duration::from_secs(5), async || {
         let (_, metrics) = proxy.admin_get("/metrics").await.expect("/metrics");
         during = metrics;
         during.lines().any(|l| {
@@ -151,7 +151,7 @@ async fn every_metric_the_dashboard_queries_is_exported() {
     let _ = ws::wait_closed(&mut call, Duration::from_secs(5)).await;
 
     let mut missing = Vec::new();
-    let closed = poll_until(Duration::from_secs(5), async || {
+    let closed = eventually(Duration::from_secs(5), async || {
         let (_, metrics) = proxy.admin_get("/metrics").await.expect("/metrics");
         missing = wanted
             .iter()

@@ -6,7 +6,7 @@ mod support;
 
 use hyper::{Method, StatusCode};
 use support::{
-    ChunkedBody, HttpConn, echo_backend, http_get, http_post, nginx, seen_header, shunt,
+    ChunkedBody, HttpConn, echo_backend, http_get, http_post, seen_header, shunt, shunt_with_nginx,
 };
 
 /// 1 MiB of a pattern that is not all the same byte.
@@ -97,18 +97,12 @@ async fn get_direct_forwards_client_headers_and_strips_hop_by_hop() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn get_via_nginx_forwards_client_headers_and_strips_hop_by_hop() {
-    let direct = echo_backend().name("direct-backend").spawn().await;
-    let behind_nginx = echo_backend().name("nginx-backend").spawn().await;
-    let Some(nginx) = nginx(behind_nginx.addr()).spawn() else {
+    // With --nginx, `/` goes nginx first.
+    let Some((_direct, _behind_nginx, nginx, shunt)) =
+        shunt_with_nginx(("direct-backend", "nginx-backend"), &[]).await
+    else {
         return;
     };
-    // With --nginx, `/` goes nginx first.
-    let shunt = shunt()
-        .direct(direct.url())
-        .nginx(nginx.url())
-        .start()
-        .await;
-    shunt.wait_ready().await;
 
     let response = get_with_hop_headers(shunt.addr(), "calls.example.test").await;
     assert_eq!(response.header("x-shunt-route"), "nginx");
@@ -131,17 +125,11 @@ async fn post_bodies_come_back_verbatim_direct() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn post_bodies_come_back_verbatim_via_nginx() {
-    let direct = echo_backend().name("direct-backend").spawn().await;
-    let behind_nginx = echo_backend().name("nginx-backend").spawn().await;
-    let Some(nginx) = nginx(behind_nginx.addr()).spawn() else {
+    let Some((_direct, _behind_nginx, _nginx, shunt)) =
+        shunt_with_nginx(("direct-backend", "nginx-backend"), &[]).await
+    else {
         return;
     };
-    let shunt = shunt()
-        .direct(direct.url())
-        .nginx(nginx.url())
-        .start()
-        .await;
-    shunt.wait_ready().await;
     post_suite(shunt.addr(), "nginx").await;
 }
 

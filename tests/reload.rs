@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use support::ws::{header, recv_binary, recv_text, send_binary, send_text};
-use support::{echo_backend, poll_until, shunt, ws_connect};
+use support::{echo_backend, eventually, shunt, ws_connect};
 use tokio::net::TcpStream;
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -130,7 +130,7 @@ async fn a_config_file_change_reloads_by_itself_and_keeps_health() {
     let tmp = routes.dir.join("shunt.toml.new");
     routes.write(&tmp, &["b", "a"]);
     std::fs::rename(&tmp, &routes.config).unwrap();
-    let moved = poll_until(WAIT, async || {
+    let moved = eventually(WAIT, async || {
         hello_of(proxy.addr()).await == "hello from b"
     })
     .await;
@@ -148,14 +148,6 @@ impl Drop for Child_ {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn signal(child: &Child, sig: &str) {
     let ok = Command::new("kill")
         .args([sig, &child.id().to_string()])
@@ -168,7 +160,7 @@ fn signal(child: &Child, sig: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_reloads_the_binary_without_dropping_a_call() {
     let routes = Routes::new("sighup").await;
-    let (port, admin) = (free_port(), free_port());
+    let (port, admin) = (support::free_port(), support::free_port());
     let mut child = Child_(
         Command::new(env!("CARGO_BIN_EXE_shunt"))
             .args(["run", "--config", routes.config_arg(), "--no-watch"])
@@ -184,14 +176,14 @@ async fn sighup_reloads_the_binary_without_dropping_a_call() {
             .unwrap(),
     );
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let up = poll_until(WAIT, async || TcpStream::connect(addr).await.is_ok()).await;
+    let up = eventually(WAIT, async || TcpStream::connect(addr).await.is_ok()).await;
     assert!(up, "shunt did not start listening");
 
     let (mut call, _) = ws_connect(addr, "/frontend-audio", &[]).await.unwrap();
     assert_eq!(recv_text(&mut call).await.unwrap(), "hello from a");
     routes.route_audio(&["b"]);
     signal(&child.0, "-HUP");
-    let moved = poll_until(WAIT, async || hello_of(addr).await == "hello from b").await;
+    let moved = eventually(WAIT, async || hello_of(addr).await == "hello from b").await;
     assert!(moved, "SIGHUP did not reload");
     send_binary(&mut call, &[1, 2, 3]).await.unwrap();
     assert_eq!(recv_binary(&mut call).await.unwrap(), vec![1, 2, 3]);
@@ -199,7 +191,7 @@ async fn sighup_reloads_the_binary_without_dropping_a_call() {
 
     signal(&child.0, "-TERM");
     let mut code = None;
-    let exited = poll_until(WAIT, async || {
+    let exited = eventually(WAIT, async || {
         code = child.0.try_wait().unwrap();
         code.is_some()
     })
@@ -261,8 +253,14 @@ async fn hundred_reloads_under_two_hundred_streaming_calls() {
         assert_eq!(code, 200, "reload {i}: {body}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Every call goes on after the last reload: wait for a few more frames each.
+    let after_reloads = frames.load(Ordering::Relaxed);
+    let progressed = eventually(Duration::from_secs(10), async || {
+        frames.load(Ordering::Relaxed) >= after_reloads + (CALLS * 10) as u64
+    })
+    .await;
     stop.store(true, Ordering::Relaxed);
+    assert!(progressed, "the calls stalled after the reloads");
 
     let mut dropped = Vec::new();
     for call in calls {

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use hyper::StatusCode;
 use support::ws;
-use support::{echo_backend, poll_until, shunt, ws_connect};
+use support::{echo_backend, eventually, shunt, ws_connect};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_drains_live_tunnels_until_the_drain_timeout() {
@@ -35,7 +35,7 @@ async fn shutdown_drains_live_tunnels_until_the_drain_timeout() {
 
     // Readiness turns 503 (or the admin listener is gone).
     let mut last = String::new();
-    let unready = poll_until(Duration::from_secs(2), async || {
+    let unready = eventually(Duration::from_secs(2), async || {
         match support::http_get(admin, "/readyz", &[]).await {
             Ok(r) if r.status == StatusCode::SERVICE_UNAVAILABLE => true,
             Ok(r) => {
@@ -49,7 +49,7 @@ async fn shutdown_drains_live_tunnels_until_the_drain_timeout() {
     assert!(unready, "/readyz still answers {last} after shutdown()");
 
     // New connections are refused (or at least never get a 101).
-    let refused = poll_until(Duration::from_secs(2), async || {
+    let refused = eventually(Duration::from_secs(2), async || {
         ws_connect(listen, "/frontend-audio", &[]).await.is_err()
     })
     .await;
@@ -119,20 +119,11 @@ async fn shutdown_without_tunnels_does_not_wait_for_the_drain_timeout() {
     assert!(began.elapsed() < Duration::from_secs(5));
 }
 
-/// A port that was free a moment ago.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_binary_exits_0_on_sigterm() {
     let backend = echo_backend().name("direct-backend").spawn().await;
-    let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let listen = SocketAddr::from(([127, 0, 0, 1], support::free_port()));
+    let admin = SocketAddr::from(([127, 0, 0, 1], support::free_port()));
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_shunt"))
         .args([
             "run",
@@ -158,7 +149,7 @@ async fn the_binary_exits_0_on_sigterm() {
         text
     });
 
-    let up = poll_until(Duration::from_secs(10), async || {
+    let up = eventually(Duration::from_secs(10), async || {
         support::http_get(admin, "/readyz", &[])
             .await
             .is_ok_and(|r| r.status == StatusCode::OK)
@@ -223,7 +214,7 @@ async fn shutdown_lets_in_flight_http_finish() {
         tokio::spawn(async move { support::http_get(addr, "/slow?delay_ms=600", &[]).await });
     // Shut down once the request has reached the backend.
     assert!(
-        poll_until(Duration::from_secs(2), async || backend.requests() >= 1).await,
+        eventually(Duration::from_secs(2), async || backend.requests() >= 1).await,
         "the request never reached the backend"
     );
     let running = shunt.into_running();

@@ -3,13 +3,14 @@
 
 mod support;
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use rustls::pki_types::pem::PemObject;
 
 use support::tls::{TestPki, atomic_write, tls_connect, wss_connect};
 use support::ws::{header, recv_binary, recv_text, send_binary, send_text};
-use support::{echo_backend, poll_until, shunt};
+use support::{echo_backend, eventually, shunt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -25,6 +26,35 @@ async fn open_call(proxy: &support::Shunt, pki: &TestPki) -> (support::Ws, Strin
     (call, fp)
 }
 
+/// A wss:// handshake on `path` through shunt at `addr` that must succeed;
+/// the client WebSocket and the `x-shunt-route` it was answered with.
+async fn wss_ok(addr: std::net::SocketAddr, path: &str, pki: &TestPki) -> (support::Ws, String) {
+    let (ws, resp, _) = wss_connect(addr, "localhost", path, pki.client_config())
+        .await
+        .unwrap_or_else(|e| panic!("wss:// handshake on {path}: {e}"));
+    (ws, header(&resp, "x-shunt-route").to_owned())
+}
+
+/// A test CA with a certificate `stem` for `names` (its files returned too),
+/// an echo backend named `backend`, and a shunt builder serving that
+/// certificate in front of it.
+async fn tls_in_front(
+    stem: &str,
+    names: &[&str],
+    backend: &str,
+) -> (
+    TestPki,
+    (PathBuf, PathBuf),
+    support::EchoBackend,
+    support::shunt::ShuntBuilder,
+) {
+    let pki = TestPki::new();
+    let (cert, key) = pki.write(stem, names);
+    let backend = echo_backend().name(backend).spawn().await;
+    let builder = shunt().direct(backend.url()).tls(&cert, &key);
+    (pki, (cert, key), backend, builder)
+}
+
 async fn echo_once(ws: &mut support::Ws, text: &str) {
     send_text(ws, text).await.unwrap();
     assert_eq!(recv_text(ws).await.unwrap(), text);
@@ -32,19 +62,11 @@ async fn echo_once(ws: &mut support::Ws, text: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wss_echo_through_shunt() {
-    let pki = TestPki::new();
-    let (cert, key) = pki.write("server", &["localhost", "127.0.0.1"]);
-    let backend = echo_backend().name("direct-backend").spawn().await;
-    let proxy = shunt().direct(backend.url()).tls(&cert, &key).start().await;
-    let (mut ws, resp, _) = wss_connect(
-        proxy.addr(),
-        "localhost",
-        "/frontend-audio",
-        pki.client_config(),
-    )
-    .await
-    .unwrap();
-    assert_eq!(header(&resp, "x-shunt-route"), "direct");
+    let (pki, _, _backend, proxy) =
+        tls_in_front("server", &["localhost", "127.0.0.1"], "direct-backend").await;
+    let proxy = proxy.start().await;
+    let (mut ws, route) = wss_ok(proxy.addr(), "/frontend-audio", &pki).await;
+    assert_eq!(route, "direct");
     assert_eq!(
         recv_text(&mut ws).await.unwrap(),
         "hello from direct-backend"
@@ -82,10 +104,8 @@ async fn wss_echo_through_shunt() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn certificate_renewed_by_atomic_rename_while_a_call_streams() {
-    let pki = TestPki::new();
-    let (cert, key) = pki.write("server", &["localhost"]);
-    let backend = echo_backend().name("b").spawn().await;
-    let proxy = shunt().direct(backend.url()).tls(&cert, &key).start().await;
+    let (pki, (cert, key), _backend, proxy) = tls_in_front("server", &["localhost"], "b").await;
+    let proxy = proxy.start().await;
     let (mut call, old_fp) = open_call(&proxy, &pki).await;
     echo_once(&mut call, "before renewal").await;
 
@@ -95,7 +115,7 @@ async fn certificate_renewed_by_atomic_rename_while_a_call_streams() {
     atomic_write(&cert, &new_cert);
 
     let mut seen = String::new();
-    let renewed = poll_until(WAIT, async || {
+    let renewed = eventually(WAIT, async || {
         match tls_connect(proxy.addr(), "localhost", pki.client_config()).await {
             Ok((_, fp)) => {
                 seen = fp;
@@ -236,10 +256,8 @@ key = "wild.key"
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_and_plain_http_on_the_tls_port_are_closed_cleanly() {
-    let pki = TestPki::new();
-    let (cert, key) = pki.write("server", &["localhost"]);
-    let backend = echo_backend().spawn().await;
-    let proxy = shunt().direct(backend.url()).tls(&cert, &key).start().await;
+    let (pki, _, _backend, proxy) = tls_in_front("server", &["localhost"], "backend").await;
+    let proxy = proxy.start().await;
     let (mut call, _) = open_call(&proxy, &pki).await;
 
     // Plain HTTP: a 400 that says what to do, then close.
@@ -273,11 +291,10 @@ async fn garbage_and_plain_http_on_the_tls_port_are_closed_cleanly() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_upstream_with_a_private_ca() {
-    let pki = TestPki::new();
-    let (cert, key) = pki.write("nginx", &["127.0.0.1"]);
-    let backend = echo_backend().name("behind-tls").spawn().await;
     // A TLS-only "nginx": another shunt terminating TLS in front of the backend.
-    let tls_front = shunt().direct(backend.url()).tls(&cert, &key).start().await;
+    let (pki, (cert, _), backend, tls_front) =
+        tls_in_front("nginx", &["127.0.0.1"], "behind-tls").await;
+    let tls_front = tls_front.start().await;
     let proxy = shunt()
         .direct(backend.url())
         .nginx(format!("https://127.0.0.1:{}", tls_front.addr().port()))
@@ -321,6 +338,17 @@ async fn read_to_close(s: &mut TcpStream) -> String {
     String::from_utf8_lossy(&buf).into_owned()
 }
 
+/// One kubelet-style generation of a secret volume: directory `name` in
+/// `volume` with a fresh `tls.crt` and `tls.key` for localhost.
+fn secret_generation(pki: &TestPki, volume: &std::path::Path, name: &str) -> PathBuf {
+    let dir = volume.join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key) = pki.issue(&["localhost"]);
+    std::fs::write(dir.join("tls.crt"), cert).unwrap();
+    std::fs::write(dir.join("tls.key"), key).unwrap();
+    dir
+}
+
 /// A Kubernetes secret volume: `tls.crt -> ..data/tls.crt`, `..data -> ..<timestamp>`;
 /// an update writes a new timestamped directory and swaps `..data` by rename.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -328,11 +356,7 @@ async fn kubernetes_secret_symlink_swap_reloads_the_certificate() {
     use std::os::unix::fs::symlink;
     let pki = TestPki::new();
     let volume = pki.dir.join("secret");
-    let first = volume.join("..2026_11_25_first");
-    std::fs::create_dir_all(&first).unwrap();
-    let (c, k) = pki.issue(&["localhost"]);
-    std::fs::write(first.join("tls.crt"), c).unwrap();
-    std::fs::write(first.join("tls.key"), k).unwrap();
+    let first = secret_generation(&pki, &volume, "..2026_11_25_first");
     symlink("..2026_11_25_first", volume.join("..data")).unwrap();
     symlink("..data/tls.crt", volume.join("tls.crt")).unwrap();
     symlink("..data/tls.key", volume.join("tls.key")).unwrap();
@@ -349,17 +373,13 @@ async fn kubernetes_secret_symlink_swap_reloads_the_certificate() {
         .unwrap();
 
     // What the kubelet does on a secret update.
-    let second = volume.join("..2026_11_25_second");
-    std::fs::create_dir_all(&second).unwrap();
-    let (c, k) = pki.issue(&["localhost"]);
-    std::fs::write(second.join("tls.crt"), c).unwrap();
-    std::fs::write(second.join("tls.key"), k).unwrap();
+    secret_generation(&pki, &volume, "..2026_11_25_second");
     symlink("..2026_11_25_second", volume.join("..data_tmp")).unwrap();
     std::fs::rename(volume.join("..data_tmp"), volume.join("..data")).unwrap();
     std::fs::remove_dir_all(&first).unwrap();
 
     let mut seen = old_fp.clone();
-    let swapped = poll_until(WAIT, async || {
+    let swapped = eventually(WAIT, async || {
         if let Ok((_, fp)) = tls_connect(proxy.addr(), "localhost", pki.client_config()).await {
             seen = fp;
         }
@@ -540,15 +560,8 @@ async fn ip_lists_and_tokens_apply_on_wss() {
         .expect("a handshake without a token is refused")
         .to_string();
     assert!(err.contains("401"), "{err}");
-    let (mut ws, resp, _) = wss_connect(
-        guarded.addr(),
-        "localhost",
-        "/frontend-audio?token=s3cret-token",
-        pki.client_config(),
-    )
-    .await
-    .unwrap();
-    assert_eq!(header(&resp, "x-shunt-route"), "direct");
+    let (mut ws, route) = wss_ok(guarded.addr(), "/frontend-audio?token=s3cret-token", &pki).await;
+    assert_eq!(route, "direct");
     recv_text(&mut ws).await.unwrap();
     echo_once(&mut ws, "authenticated over tls").await;
 }
@@ -556,10 +569,8 @@ async fn ip_lists_and_tokens_apply_on_wss() {
 /// `curl --http1.0` offers ALPN `http/1.0` alone; `http/1.1` clients get `http/1.1`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn alpn_selects_http_1_1_or_http_1_0() {
-    let pki = TestPki::new();
-    let (cert, key) = pki.write("server", &["localhost"]);
-    let backend = echo_backend().spawn().await;
-    let proxy = shunt().direct(backend.url()).tls(&cert, &key).start().await;
+    let (pki, _, _backend, proxy) = tls_in_front("server", &["localhost"], "backend").await;
+    let proxy = proxy.start().await;
     for (offer, want) in [
         (vec![b"h2".to_vec(), b"http/1.1".to_vec()], "http/1.1"),
         (vec![b"http/1.0".to_vec()], "http/1.0"),
@@ -577,15 +588,8 @@ async fn alpn_selects_http_1_1_or_http_1_0() {
 /// closed at `--tls-handshake-timeout`, while a call keeps streaming.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_tls_handshake_is_closed_at_the_timeout() {
-    let pki = TestPki::new();
-    let (cert, key) = pki.write("server", &["localhost"]);
-    let backend = echo_backend().spawn().await;
-    let proxy = shunt()
-        .direct(backend.url())
-        .tls(&cert, &key)
-        .arg("--tls-handshake-timeout", "300ms")
-        .start()
-        .await;
+    let (pki, _, _backend, proxy) = tls_in_front("server", &["localhost"], "backend").await;
+    let proxy = proxy.arg("--tls-handshake-timeout", "300ms").start().await;
     let (mut call, _) = open_call(&proxy, &pki).await;
 
     // Silent, and a TLS record header that never gets its body.

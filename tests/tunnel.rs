@@ -17,10 +17,15 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
-const MODES: [&str; 2] = ["splice", "copy"];
+mod support;
 
-const UPGRADE_REQUEST: &[u8] = b"GET /ws HTTP/1.1\r\nHost: test\r\nUpgrade: websocket\r\n\
-Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+use support::raw::{read_head, upgrade_with};
+use support::{Shunt, eventually, shunt};
+
+/// Bound on every wait for a tunnel state.
+const WAIT: Duration = Duration::from_secs(5);
+
+const MODES: [&str; 2] = ["splice", "copy"];
 
 const SWITCHING: &[u8] =
     b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n";
@@ -89,88 +94,33 @@ async fn echo(mut s: TcpStream) {
     }
 }
 
-/// Read an HTTP head byte by byte, so nothing past it is consumed.
-async fn read_head(s: &mut TcpStream) -> Option<Vec<u8>> {
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        match s.read(&mut byte).await {
-            Ok(1) => head.push(byte[0]),
-            _ => return None,
-        }
-        if head.len() > 64 * 1024 {
-            return None;
-        }
-    }
-    Some(head)
-}
-
-struct Shunt {
-    running: shunt::app::Running,
-}
-
+/// shunt in front of `upstream` with tunnel mode `mode` and `extra` flags;
+/// health probes rare, so the raw upstream sees the test's connections only.
 async fn start_shunt(upstream: SocketAddr, mode: &str, extra: &[&str]) -> Shunt {
-    let url = format!("http://{upstream}");
-    let mut args = vec![
-        "--listen",
-        "127.0.0.1:0",
-        "--admin",
-        "127.0.0.1:0",
-        "--direct",
-        &url,
-        "--tunnel-mode",
-        mode,
-        "--health-interval",
-        "60s",
-        "--drain-timeout",
-        "1s",
-    ];
-    args.extend_from_slice(extra);
-    let config = shunt::config::Config::from_args(args).expect("config");
-    Shunt {
-        running: shunt::app::start(config).await.expect("start"),
-    }
+    shunt()
+        .direct(format!("http://{upstream}"))
+        .arg("--tunnel-mode", mode)
+        .arg("--health-interval", "60s")
+        .arg("--drain-timeout", "1s")
+        .flags(extra)
+        .start()
+        .await
 }
 
-impl Shunt {
-    /// Connect and upgrade, sending `early` in the same write as the request;
-    /// returns the socket and any bytes that arrived in the same read as the head's end.
-    async fn upgrade(&self, early: &[u8]) -> TcpStream {
-        let mut s = TcpStream::connect(self.running.listen_addr())
-            .await
-            .unwrap();
-        let mut req = UPGRADE_REQUEST.to_vec();
-        req.extend_from_slice(early);
-        s.write_all(&req).await.unwrap();
-        let head = read_head(&mut s).await.expect("response head");
-        let head = String::from_utf8_lossy(&head);
-        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
-        s
-    }
+/// Wait (bounded) until shunt reports no open tunnel.
+async fn wait_tunnels_closed(shunt: &Shunt, what: &str) {
+    let closed = eventually(WAIT, async || {
+        shunt.status().await.unwrap()["active_tunnels"] == 0
+    })
+    .await;
+    assert!(closed, "timed out waiting for {what}");
+}
 
-    async fn status(&self) -> serde_json::Value {
-        let addr = self.running.admin_addr().unwrap();
-        let mut s = TcpStream::connect(addr).await.unwrap();
-        s.write_all(b"GET /status HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n")
-            .await
-            .unwrap();
-        let mut out = Vec::new();
-        s.read_to_end(&mut out).await.unwrap();
-        let text = String::from_utf8(out).unwrap();
-        let body = text.split_once("\r\n\r\n").expect("head").1;
-        serde_json::from_str(body).expect("json")
-    }
-
-    async fn pipes_in_use(&self) -> u64 {
-        self.status().await["tunnel"]["pipes_in_use"]
-            .as_u64()
-            .unwrap()
-    }
-
-    async fn stop(self) {
-        self.running.shutdown();
-        self.running.stopped().await;
-    }
+/// The relay's pipes in use, from `/status`.
+async fn pipes_in_use(shunt: &Shunt) -> u64 {
+    shunt.status().await.unwrap()["tunnel"]["pipes_in_use"]
+        .as_u64()
+        .unwrap()
 }
 
 /// Deterministic bytes: a xorshift stream, so both ends can check without storing.
@@ -232,25 +182,13 @@ async fn expect_pattern(mut r: impl tokio::io::AsyncRead + Unpin, seed: u64, tot
     assert_eq!(got, total, "bytes received");
 }
 
-async fn wait_until<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_stream_both_ways_is_exact_and_counted() {
     const TOTAL: usize = 64 * 1024 * 1024;
     for mode in MODES {
         let mut upstream = raw_upstream(b"", Then::Hand).await;
         let shunt = start_shunt(upstream.addr, mode, &[]).await;
-        let client = shunt.upgrade(b"").await;
+        let client = upgrade_with(shunt.addr(), b"").await;
         let server = upstream.accepted.recv().await.unwrap();
         let (cr, cw) = client.into_split();
         let (sr, sw) = server.into_split();
@@ -261,11 +199,8 @@ async fn large_stream_both_ways_is_exact_and_counted() {
             send_pattern(sw, 2, TOTAL, &[65536]),
             expect_pattern(cr, 2, TOTAL),
         );
-        wait_until("the tunnel to close", || async {
-            shunt.status().await["active_tunnels"] == 0
-        })
-        .await;
-        let status = shunt.status().await;
+        wait_tunnels_closed(&shunt, "the tunnel to close").await;
+        let status = shunt.status().await.unwrap();
         let t = &status["tunnels"][0];
         assert_eq!(t["bytes_downstream_to_upstream"], TOTAL as u64, "{mode}");
         assert_eq!(t["bytes_upstream_to_downstream"], TOTAL as u64, "{mode}");
@@ -287,7 +222,7 @@ async fn a_large_message_comes_back_whole_without_a_close_to_push_it() {
     for mode in MODES {
         let upstream = raw_upstream(b"", Then::Echo).await;
         let shunt = start_shunt(upstream.addr, mode, &[]).await;
-        let mut client = shunt.upgrade(b"").await;
+        let mut client = upgrade_with(shunt.addr(), b"").await;
         let mut msg = vec![0u8; SIZE];
         Pattern(5).fill(&mut msg);
         for round in 0..3 {
@@ -311,7 +246,7 @@ async fn small_fragmented_writes_arrive_in_order() {
     for mode in MODES {
         let upstream = raw_upstream(b"", Then::Echo).await;
         let shunt = start_shunt(upstream.addr, mode, &[]).await;
-        let mut client = shunt.upgrade(b"").await;
+        let mut client = upgrade_with(shunt.addr(), b"").await;
         // Ping-pong single bytes and small frames: each must come back alone.
         for i in 0..300u32 {
             let msg = i.to_le_bytes();
@@ -337,7 +272,7 @@ async fn bytes_past_either_handshake_come_first() {
     for mode in MODES {
         let mut upstream = raw_upstream(b"FROM-UPSTREAM", Then::Hand).await;
         let shunt = start_shunt(upstream.addr, mode, &[]).await;
-        let mut client = shunt.upgrade(b"FROM-CLIENT").await;
+        let mut client = upgrade_with(shunt.addr(), b"FROM-CLIENT").await;
         let mut server = upstream.accepted.recv().await.unwrap();
         let mut got = [0u8; 13];
         client.read_exact(&mut got).await.unwrap();
@@ -362,7 +297,7 @@ async fn half_close_passes_each_way_and_the_other_way_goes_on() {
         let shunt = start_shunt(upstream.addr, mode, &[]).await;
 
         // Downstream closes its write side first.
-        let mut client = shunt.upgrade(b"").await;
+        let mut client = upgrade_with(shunt.addr(), b"").await;
         let mut server = upstream.accepted.recv().await.unwrap();
         client.write_all(b"bye").await.unwrap();
         client.shutdown().await.unwrap();
@@ -379,7 +314,7 @@ async fn half_close_passes_each_way_and_the_other_way_goes_on() {
         assert!(rest.is_empty());
 
         // Upstream closes its write side first.
-        let mut client = shunt.upgrade(b"").await;
+        let mut client = upgrade_with(shunt.addr(), b"").await;
         let mut server = upstream.accepted.recv().await.unwrap();
         server.write_all(b"done").await.unwrap();
         server.shutdown().await.unwrap();
@@ -394,10 +329,7 @@ async fn half_close_passes_each_way_and_the_other_way_goes_on() {
         let mut rest = Vec::new();
         server.read_to_end(&mut rest).await.unwrap();
         assert!(rest.is_empty());
-        wait_until("both tunnels to close", || async {
-            shunt.status().await["active_tunnels"] == 0
-        })
-        .await;
+        wait_tunnels_closed(&shunt, "both tunnels to close").await;
         shunt.stop().await;
     }
 }
@@ -407,8 +339,8 @@ async fn idle_tunnel_is_closed_after_the_idle_timeout_and_a_busy_one_is_not() {
     for mode in MODES {
         let upstream = raw_upstream(b"", Then::Echo).await;
         let shunt = start_shunt(upstream.addr, mode, &["--idle-timeout", "400ms"]).await;
-        let mut busy = shunt.upgrade(b"").await;
-        let mut idle = shunt.upgrade(b"").await;
+        let mut busy = upgrade_with(shunt.addr(), b"").await;
+        let mut idle = upgrade_with(shunt.addr(), b"").await;
         let started = Instant::now();
         // Busy: a byte every 100 ms for 1 s, well past the idle timeout.
         for _ in 0..10 {
@@ -453,7 +385,7 @@ async fn thousands_of_tunnels_at_once_and_idle_ones_hold_no_pipe() {
         let shunt = start_shunt(upstream.addr, mode, &["--max-pipes", "64"]).await;
         let mut clients = Vec::with_capacity(TUNNELS);
         for _ in 0..TUNNELS / 100 {
-            let batch: Vec<_> = (0..100).map(|_| shunt.upgrade(b"")).collect();
+            let batch: Vec<_> = (0..100).map(|_| upgrade_with(shunt.addr(), b"")).collect();
             clients.extend(futures_join_all(batch).await);
         }
         // Every tunnel carries a message each way, all at once.
@@ -469,22 +401,19 @@ async fn thousands_of_tunnels_at_once_and_idle_ones_hold_no_pipe() {
             })
             .collect();
         futures_join_all(rounds).await;
-        let status = shunt.status().await;
+        let status = shunt.status().await.unwrap();
         assert_eq!(status["active_tunnels"], TUNNELS as u64, "{mode}");
         // Nothing moves now: no tunnel holds a pipe, though all stay open.
-        wait_until("pipes to be given back", || async {
-            shunt.pipes_in_use().await == 0
-        })
-        .await;
-        let open = shunt.status().await["tunnel"]["pipes_open"]
+        assert!(
+            eventually(WAIT, async || pipes_in_use(&shunt).await == 0).await,
+            "timed out waiting for pipes to be given back"
+        );
+        let open = shunt.status().await.unwrap()["tunnel"]["pipes_open"]
             .as_u64()
             .unwrap();
         assert!(open <= 64, "{mode}: pipe pool bounded, {open} open");
         drop(clients);
-        wait_until("tunnels to close", || async {
-            shunt.status().await["active_tunnels"] == 0
-        })
-        .await;
+        wait_tunnels_closed(&shunt, "tunnels to close").await;
         shunt.stop().await;
     }
 }
@@ -496,7 +425,7 @@ async fn an_exhausted_pipe_pool_falls_back_to_copying_per_burst() {
     let shunt = start_shunt(upstream.addr, "splice", &["--max-pipes", "1"]).await;
     let mut clients = Vec::new();
     for _ in 0..4 {
-        clients.push(shunt.upgrade(b"").await);
+        clients.push(upgrade_with(shunt.addr(), b"").await);
     }
     let flows: Vec<_> = clients
         .into_iter()
@@ -510,7 +439,7 @@ async fn an_exhausted_pipe_pool_falls_back_to_copying_per_burst() {
         })
         .collect();
     futures_join_all(flows).await;
-    let status = shunt.status().await;
+    let status = shunt.status().await.unwrap();
     assert!(status["tunnel"]["pipes_open"].as_u64().unwrap() <= 1);
     assert!(status["tunnel"]["pool_exhausted"].as_u64().unwrap() > 0);
     shunt.stop().await;
@@ -571,9 +500,7 @@ async fn http_upstream(close_each: bool) -> (SocketAddr, Arc<AtomicUsize>) {
 }
 
 async fn get_ok(shunt: &Shunt) {
-    let mut s = TcpStream::connect(shunt.running.listen_addr())
-        .await
-        .unwrap();
+    let mut s = TcpStream::connect(shunt.addr()).await.unwrap();
     s.write_all(b"GET /plain HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
         .await
         .unwrap();

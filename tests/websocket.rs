@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use fastwebsockets::OpCode;
 use support::ws::{self, Closed, Msg};
-use support::{echo_backend, nginx, poll_until, shunt, ws_connect};
+use support::{echo_backend, eventually, shunt, shunt_with_nginx, ws_connect};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Connects to `path` via shunt, checks the 101 and the backend's hello,
@@ -94,6 +94,14 @@ async fn echo_suite(addr: SocketAddr, path: &str, route: &str, backend: &str) {
     );
 }
 
+/// A WebSocket call on `/frontend-audio` through shunt at `addr`, past the
+/// backend's hello.
+async fn open_call(addr: std::net::SocketAddr) -> support::Ws {
+    let (mut socket, _) = ws_connect(addr, "/frontend-audio", &[]).await.unwrap();
+    ws::recv_text(&mut socket).await.expect("hello");
+    socket
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn echo_direct() {
     let backend = echo_backend().name("direct-backend").spawn().await;
@@ -104,18 +112,14 @@ async fn echo_direct() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn echo_via_real_nginx() {
-    let direct = echo_backend().name("direct-backend").spawn().await;
-    let behind_nginx = echo_backend().name("nginx-backend").spawn().await;
-    let Some(nginx) = nginx(behind_nginx.addr()).spawn() else {
+    let Some((direct, _behind_nginx, nginx, shunt)) = shunt_with_nginx(
+        ("direct-backend", "nginx-backend"),
+        &["--route", "/frontend-audio=nginx"],
+    )
+    .await
+    else {
         return;
     };
-    let shunt = shunt()
-        .direct(direct.url())
-        .nginx(nginx.url())
-        .route("/frontend-audio=nginx")
-        .start()
-        .await;
-    shunt.wait_ready().await;
     echo_suite(shunt.addr(), "/frontend-audio", "nginx", "nginx-backend").await;
 
     // Without --route, the defaults with --nginx: `/` goes nginx first,
@@ -143,10 +147,7 @@ async fn closing_the_client_closes_the_backend_side() {
     shunt.wait_ready().await;
 
     // Graceful: a Close frame.
-    let (mut socket, _) = ws_connect(shunt.addr(), "/frontend-audio", &[])
-        .await
-        .unwrap();
-    ws::recv_text(&mut socket).await.expect("hello");
+    let mut socket = open_call(shunt.addr()).await;
     assert_eq!(backend.active_websockets(), 1);
     ws::send_frame(&mut socket, fastwebsockets::Frame::close(1000, b""))
         .await
@@ -156,21 +157,18 @@ async fn closing_the_client_closes_the_backend_side() {
         .unwrap();
     drop(socket);
     assert!(
-        poll_until(Duration::from_secs(3), async || backend.active_websockets()
+        eventually(Duration::from_secs(3), async || backend.active_websockets()
             == 0)
         .await,
         "backend still has a session after the client sent Close"
     );
 
     // Abrupt: the client's TCP connection just goes away, no Close frame.
-    let (mut socket, _) = ws_connect(shunt.addr(), "/frontend-audio", &[])
-        .await
-        .unwrap();
-    ws::recv_text(&mut socket).await.expect("hello");
+    let socket = open_call(shunt.addr()).await;
     assert_eq!(backend.active_websockets(), 1);
     drop(socket);
     assert!(
-        poll_until(Duration::from_secs(3), async || backend.active_websockets()
+        eventually(Duration::from_secs(3), async || backend.active_websockets()
             == 0)
         .await,
         "backend still has a session 3 s after the client's connection went away"
@@ -183,10 +181,7 @@ async fn stopping_the_backend_closes_the_client_promptly() {
     let shunt = shunt().direct(backend.url()).start().await;
     shunt.wait_ready().await;
 
-    let (mut socket, _) = ws_connect(shunt.addr(), "/frontend-audio", &[])
-        .await
-        .unwrap();
-    ws::recv_text(&mut socket).await.expect("hello");
+    let mut socket = open_call(shunt.addr()).await;
     let stopped_at = Instant::now();
     backend.stop().await;
     let closed = ws::wait_closed(&mut socket, Duration::from_secs(3)).await;
@@ -208,10 +203,7 @@ async fn idle_timeout_closes_a_silent_tunnel_but_not_a_busy_one() {
     shunt.wait_ready().await;
 
     // Busy: a message every 100 ms for 1 s keeps it open.
-    let (mut socket, _) = ws_connect(shunt.addr(), "/frontend-audio", &[])
-        .await
-        .unwrap();
-    ws::recv_text(&mut socket).await.expect("hello");
+    let mut socket = open_call(shunt.addr()).await;
     let mut silent_from = Instant::now();
     for i in 0..10 {
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -238,7 +230,7 @@ async fn idle_timeout_closes_a_silent_tunnel_but_not_a_busy_one() {
         "closed after only {after:?}"
     );
     assert!(
-        poll_until(Duration::from_secs(3), async || backend.active_websockets()
+        eventually(Duration::from_secs(3), async || backend.active_websockets()
             == 0)
         .await,
         "the idle timeout closed the client side but not the backend side"
@@ -335,10 +327,7 @@ async fn status_reports_live_tunnels_and_upgrade_counts() {
         .await;
     shunt.wait_ready().await;
 
-    let (mut socket, _) = ws_connect(shunt.addr(), "/frontend-audio", &[])
-        .await
-        .unwrap();
-    ws::recv_text(&mut socket).await.expect("hello");
+    let socket = open_call(shunt.addr()).await;
     let active = async |shunt: &support::Shunt| -> u64 {
         let status = shunt.status().await.expect("/status");
         status["tunnels"]
@@ -350,7 +339,7 @@ async fn status_reports_live_tunnels_and_upgrade_counts() {
             .sum()
     };
     assert!(
-        poll_until(Duration::from_secs(3), async || active(&shunt).await == 1).await,
+        eventually(Duration::from_secs(3), async || active(&shunt).await == 1).await,
         "/status does not show the live tunnel: {}",
         shunt.status().await.unwrap()
     );
@@ -364,7 +353,7 @@ async fn status_reports_live_tunnels_and_upgrade_counts() {
 
     drop(socket);
     assert!(
-        poll_until(Duration::from_secs(3), async || active(&shunt).await == 0).await,
+        eventually(Duration::from_secs(3), async || active(&shunt).await == 0).await,
         "/status still shows the tunnel after the client left: {}",
         shunt.status().await.unwrap()
     );

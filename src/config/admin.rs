@@ -1,20 +1,24 @@
 //! `admin_hosts` (`--admin-host`): the extra `Host` names the admin listener
 //! answers, besides IP addresses and `localhost` (see `crate::admin::host`).
 
-use super::raw::RawConfig;
-use super::{ConfigError, field_name};
-use crate::cli::RunArgs;
+use super::ConfigError;
+use super::merge::field_name;
 
-/// The flag's names if any were given, else the file's; each checked and
-/// lowercased, without a trailing dot.
-pub(super) fn admin_hosts(a: &RunArgs, f: &RawConfig) -> Result<Vec<String>, ConfigError> {
-    let (from_flag, names) = if a.admin_hosts.is_empty() {
-        (false, &f.admin_hosts)
-    } else {
-        (true, &a.admin_hosts)
-    };
-    let field = field_name(from_flag, "admin-host", "admin_hosts");
-    names.iter().map(|n| host_name(&field, n)).collect()
+/// The names of `--admin-host` (or of `admin_hosts` in the file, `field`
+/// saying which), each checked and lowercased, without a trailing dot.
+pub(super) fn host_names(field: &str, names: &[String]) -> Result<Vec<String>, ConfigError> {
+    names.iter().map(|n| host_name(field, n)).collect()
+}
+
+/// The flag's names if it was given, else the file's.
+pub(super) fn admin_hosts(
+    flag: Option<&[String]>,
+    file: &[String],
+) -> Result<Vec<String>, ConfigError> {
+    match flag {
+        Some(names) => Ok(names.to_vec()),
+        None => host_names(&field_name(false, "admin-host", "admin_hosts"), file),
+    }
 }
 
 /// A DNS name: labels of letters, digits and `-`, at most 253 characters.

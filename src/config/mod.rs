@@ -1,79 +1,101 @@
 //! The validated configuration: what shunt runs with.
 //!
-//! Sources merge by one rule, field by field: a flag (or its `SHUNT_*`
-//! environment twin) wins over the config file, which wins over the built-in
-//! default. Upstreams: the file's `[upstreams.*]`, then `--direct` and
-//! `--nginx` define or replace `direct` and `nginx`; `direct` always exists
-//! (default `http://127.0.0.1:5006`). Routes: the file's `[[routes]]`, then each
-//! `--route` (one with the same host and path replaces the file's); with no
-//! route at all, the defaults of DESIGN.md apply.
-//!
-//! Everything is parsed into typed values here, so the rest of the proxy never
-//! sees an invalid setting; a reload builds a whole new [`Config`] the same way.
+//! Raw sources become typed values, one step per file: [`raw`] mirrors the
+//! TOML file (unknown keys are errors); `flags` parses the run flags once
+//! into typed overrides; `merge` lays those over the file over the defaults,
+//! and [`parse`] turns each winning text of the file into a typed value of
+//! [`spec`]; `policy` does the same for the security settings. What comes
+//! out, a [`Config`], holds validated values only, so the rest of the proxy
+//! never re-checks a setting. A reload builds a whole new [`Config`] the same
+//! way, laying the same typed overrides over the re-read file
+//! ([`Config::reread`]), and changes nothing if that fails.
 
 mod admin;
+mod flags;
+mod merge;
+pub mod parse;
 mod policy;
 pub mod raw;
+pub mod spec;
 
-use std::collections::BTreeMap;
-use std::fmt;
+use std::fmt::{self, Write as _};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::sync::Arc;
 
 use clap::Parser;
-use http::Uri;
 
 use crate::cli::RunArgs;
-use crate::policy::{GlobalPolicy, RoutePolicy};
-use crate::tls::CertSpec;
-use raw::{RawConfig, RawHealth};
+use crate::policy::GlobalPolicy;
+use crate::tls::CertSet;
+use flags::Overrides;
+use raw::RawConfig;
 
-/// The name of an upstream, as routes refer to it (`direct`, `nginx`, ...).
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct UpstreamName(pub String);
-
-impl fmt::Display for UpstreamName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
+pub use parse::{parse_addr, parse_duration};
+pub use spec::{
+    HealthSpec, LogFormat, ProbeKind, RouteSpec, Scheme, Timeouts, TlsSpec, TunnelMode,
+    TunnelSettings, UpstreamName, UpstreamSpec, UpstreamUrl,
+};
 
 /// Why a configuration was refused. Each names the field and the value at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// A value that does not parse or is out of range.
     #[error("invalid {field} `{value}`: {reason}")]
     Invalid {
+        /// The setting, as the user wrote it (`--idle-timeout`, a file key).
         field: String,
+        /// The value refused.
         value: String,
+        /// What is wrong, and what would be right.
         reason: String,
     },
+    /// The config file cannot be read.
     #[error("cannot read config file {}: {source}", path.display())]
     Read {
+        /// The config file.
         path: PathBuf,
+        /// Why it cannot be read.
         #[source]
         source: std::io::Error,
     },
+    /// The config file is not valid TOML, or has an unknown key.
     #[error("config file {}: {source}", path.display())]
     Parse {
+        /// The config file.
         path: PathBuf,
+        /// What and where (line, column).
         #[source]
         source: Box<toml::de::Error>,
     },
+    /// A route names an upstream that is not defined.
     #[error("route {route} names unknown upstream `{upstream}` (known: {known})")]
     UnknownUpstream {
+        /// The route, by label.
         route: String,
+        /// The name it used.
         upstream: String,
+        /// The upstreams that are defined, for the message.
         known: String,
     },
+    /// Two routes with the same host and path.
     #[error("route {route} is defined twice")]
-    DuplicateRoute { route: String },
+    DuplicateRoute {
+        /// The route, by label.
+        route: String,
+    },
+    /// The flags themselves do not parse (clap's message).
     #[error("{0}")]
     Args(String),
 }
 
 impl ConfigError {
-    fn invalid(field: &str, value: impl fmt::Display, reason: impl fmt::Display) -> Self {
+    /// A value refused, naming its field and why.
+    pub(crate) fn invalid(
+        field: &str,
+        value: impl fmt::Display,
+        reason: impl fmt::Display,
+    ) -> Self {
         ConfigError::Invalid {
             field: field.to_owned(),
             value: value.to_string(),
@@ -82,259 +104,27 @@ impl ConfigError {
     }
 }
 
-/// How log lines are written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogFormat {
-    Pretty,
-    Json,
-}
-
-/// Scheme of an upstream URL.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Scheme {
-    Http,
-    Https,
-}
-
-/// Where an upstream listens: `http://host:port` or `https://host:port`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UpstreamUrl {
-    pub scheme: Scheme,
-    /// Host as written (a name or an IP address, without brackets).
-    pub host: String,
-    pub port: u16,
-}
-
-impl UpstreamUrl {
-    /// Parse `http://host[:port][/]`; a path other than `/` is refused, since
-    /// shunt forwards the client's path unchanged.
-    pub fn parse(field: &str, text: &str) -> Result<Self, ConfigError> {
-        let uri: Uri = text
-            .parse()
-            .map_err(|e| ConfigError::invalid(field, text, e))?;
-        let scheme = match uri.scheme_str() {
-            Some("http") => Scheme::Http,
-            Some("https") => Scheme::Https,
-            Some(other) => {
-                return Err(ConfigError::invalid(
-                    field,
-                    text,
-                    format!("scheme `{other}` is not supported (use http or https)"),
-                ));
-            }
-            None => {
-                return Err(ConfigError::invalid(
-                    field,
-                    text,
-                    "expected a URL like http://127.0.0.1:5006",
-                ));
-            }
-        };
-        let authority = uri
-            .authority()
-            .ok_or_else(|| ConfigError::invalid(field, text, "the URL has no host"))?;
-        if authority.as_str().contains('@') {
-            return Err(ConfigError::invalid(
-                field,
-                text,
-                "user info is not supported",
-            ));
-        }
-        if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
-            return Err(ConfigError::invalid(
-                field,
-                text,
-                "an upstream URL cannot have a path or query; the client's path is forwarded as is",
-            ));
-        }
-        let host = authority
-            .host()
-            .trim_start_matches('[')
-            .trim_end_matches(']');
-        if host.is_empty() {
-            return Err(ConfigError::invalid(field, text, "the URL has no host"));
-        }
-        let port = authority.port_u16().unwrap_or(match scheme {
-            Scheme::Http => 80,
-            Scheme::Https => 443,
-        });
-        Ok(UpstreamUrl {
-            scheme,
-            host: host.to_owned(),
-            port,
-        })
-    }
-
-    /// `host:port`, bracketing an IPv6 address: what `Host` and `connect` want.
-    pub fn authority(&self) -> String {
-        if self.host.contains(':') {
-            format!("[{}]:{}", self.host, self.port)
-        } else {
-            format!("{}:{}", self.host, self.port)
-        }
-    }
-}
-
-impl fmt::Display for UpstreamUrl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let scheme = match self.scheme {
-            Scheme::Http => "http",
-            Scheme::Https => "https",
-        };
-        write!(f, "{scheme}://{}", self.authority())
-    }
-}
-
-/// What an active health probe does.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ProbeKind {
-    /// A TCP (and, for https, TLS) connect.
-    Tcp,
-    /// `GET path`, expecting 2xx or 3xx.
-    Http(String),
-    /// A WebSocket handshake on `path`, expecting 101, then a close 1000.
-    Ws(String),
-}
-
-impl ProbeKind {
-    fn parse(field: &str, text: &str) -> Result<Self, ConfigError> {
-        let path = |p: &str| -> Result<String, ConfigError> {
-            if p.starts_with('/') {
-                Ok(p.to_owned())
-            } else {
-                Err(ConfigError::invalid(
-                    field,
-                    text,
-                    "the path must start with /",
-                ))
-            }
-        };
-        match text.split_once(':') {
-            None if text == "tcp" => Ok(ProbeKind::Tcp),
-            Some(("http", p)) => Ok(ProbeKind::Http(path(p)?)),
-            Some(("ws", p)) => Ok(ProbeKind::Ws(path(p)?)),
-            _ => Err(ConfigError::invalid(
-                field,
-                text,
-                "expected tcp, http:PATH or ws:PATH",
-            )),
-        }
-    }
-}
-
-impl fmt::Display for ProbeKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ProbeKind::Tcp => f.write_str("tcp"),
-            ProbeKind::Http(p) => write!(f, "http:{p}"),
-            ProbeKind::Ws(p) => write!(f, "ws:{p}"),
-        }
-    }
-}
-
-/// Health-check settings of one upstream.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HealthSpec {
-    pub check: ProbeKind,
-    pub interval: Duration,
-    pub timeout: Duration,
-    /// Consecutive successes that bring a down upstream up (at least 1).
-    pub rise: u32,
-    /// Consecutive failures that take an up upstream down (at least 1).
-    pub fall: u32,
-}
-
-/// One named upstream.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UpstreamSpec {
-    pub name: UpstreamName,
-    pub url: UpstreamUrl,
-    pub health: HealthSpec,
-    /// CA file trusted for an `https` upstream; `None` means the system roots.
-    pub ca: Option<PathBuf>,
-}
-
-/// TLS on the proxy listener.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TlsSpec {
-    /// The first is the default certificate.
-    pub certs: Vec<CertSpec>,
-    pub handshake_timeout: Duration,
-}
-
-/// One route: an optional host, a path prefix, upstreams in order of preference.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RouteSpec {
-    /// Lower-case host without port; `None` matches any host.
-    pub host: Option<String>,
-    /// Path prefix, starting with `/`, matched on whole segments.
-    pub path: String,
-    pub via: Vec<UpstreamName>,
-    /// Security policy, with the global defaults applied.
-    pub policy: RoutePolicy,
-}
-
-impl RouteSpec {
-    /// Routing order key: host routes first, then longer prefixes.
-    pub fn specificity(&self) -> (bool, usize) {
-        (self.host.is_some(), self.path.len())
-    }
-
-    /// `host/path` or `path`: how logs and `/status` name the route.
-    pub fn label(&self) -> String {
-        match &self.host {
-            Some(h) => format!("{h}{}", self.path),
-            None => self.path.clone(),
-        }
-    }
-}
-
-/// Timeouts applied to downstream and upstream connections.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Timeouts {
-    pub connect: Duration,
-    pub response: Duration,
-    pub header: Duration,
-    pub idle: Duration,
-    pub drain: Duration,
-}
-
-/// How tunnels move bytes (`--tunnel-mode`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TunnelMode {
-    /// splice(2) between plain TCP legs when the kernel allows it, buffered copy otherwise.
-    Auto,
-    /// Like `Auto`, but says so if splice is unavailable (still falls back).
-    Splice,
-    /// Always the buffered copy.
-    Copy,
-}
-
-/// Tunnel settings, fixed at start (a reload does not change them).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TunnelSettings {
-    pub mode: TunnelMode,
-    /// Capacity asked of each splice pipe.
-    pub pipe_size: usize,
-    /// Most pipes open at once.
-    pub max_pipes: usize,
-}
-
 /// The whole validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// Where the proxy listens (`--listen`).
     pub listen: SocketAddr,
     /// `None` when the admin listener is `off`.
     pub admin: Option<SocketAddr>,
     /// Host names the admin listener answers besides IP addresses and
     /// `localhost` (lowercase, no trailing dot).
     pub admin_hosts: Vec<String>,
+    /// Connect, response, header, idle and drain timeouts.
     pub timeouts: Timeouts,
+    /// Largest request head accepted; hyper answers 431 past it.
     pub max_header_bytes: usize,
+    /// How log lines are written (`--log-format`).
     pub log_format: LogFormat,
+    /// How tunnels move bytes; fixed at start.
     pub tunnel: TunnelSettings,
     /// Sorted by name.
     pub upstreams: Vec<UpstreamSpec>,
+    /// Every route, in the order given (the router sorts by specificity).
     pub routes: Vec<RouteSpec>,
     /// TLS on the proxy listener, if configured.
     pub tls: Option<TlsSpec>,
@@ -342,16 +132,12 @@ pub struct Config {
     pub file: Option<PathBuf>,
     /// Global security settings (IP lists, credentials, limits).
     pub policy: GlobalPolicy,
-    /// The flags this was built from, kept so a reload re-reads the file and
-    /// merges the same flags over it.
-    pub args: RunArgs,
+    /// Whether file changes trigger a reload (off with `--no-watch`).
+    pub watch: bool,
+    /// The flags this was built from, typed: a reload re-reads the file and
+    /// lays the same overrides over it.
+    flags: Arc<Overrides>,
 }
-
-const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
-const DEFAULT_ADMIN: &str = "127.0.0.1:9901";
-const DEFAULT_DIRECT: &str = "http://127.0.0.1:5006";
-/// hyper refuses a read buffer smaller than this.
-const MIN_HEADER_BYTES: usize = 8192;
 
 impl Config {
     /// Build from run flags given as strings, exactly as on the command line
@@ -374,18 +160,23 @@ impl Config {
 
     /// Read the config file named by `args` (if any) and merge `args` over it.
     pub fn build(args: &RunArgs) -> Result<Config, ConfigError> {
-        let file = match &args.config {
+        Config::build_over(&Overrides::parse(args)?)
+    }
+
+    /// Read the config file named by `flags` (if any) and lay `flags` over it.
+    fn build_over(flags: &Overrides) -> Result<Config, ConfigError> {
+        let file = match &flags.config {
             Some(path) => read_file(path)?,
             None => RawConfig::default(),
         };
-        let base = args
+        let base = flags
             .config
             .as_deref()
             .and_then(Path::parent)
             .map(Path::to_path_buf)
             .unwrap_or_default();
-        let merged = Merge {
-            args,
+        let merged = merge::Merge {
+            flags,
             file: &file,
             base: &base,
         };
@@ -394,7 +185,7 @@ impl Config {
 
     /// Re-read the file and merge the same flags: the candidate for a reload.
     pub fn reread(&self) -> Result<Config, ConfigError> {
-        Config::build(&self.args)
+        Config::build_over(&self.flags)
     }
 
     /// The upstream called `name`.
@@ -416,8 +207,142 @@ impl Config {
         files.dedup();
         files
     }
+
+    /// The report of `shunt check`: listeners, upstreams, routes with their
+    /// policy, certificates (`certs`, loaded by the caller as a start would),
+    /// security settings and timeouts. One line per fact, for people to read.
+    pub fn describe(&self, certs: Option<&CertSet>) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = self.write_report(&mut out, certs);
+        out
+    }
+
+    fn write_report(&self, out: &mut String, certs: Option<&CertSet>) -> fmt::Result {
+        writeln!(out, "configuration OK")?;
+        writeln!(out, "listen  {}", self.listen)?;
+        match self.admin {
+            Some(a) => writeln!(out, "admin   {a}")?,
+            None => writeln!(out, "admin   off")?,
+        }
+        self.write_upstreams(out)?;
+        self.write_routes(out)?;
+        if let Some(set) = certs {
+            write_certs(out, set)?;
+        }
+        self.write_security(out)?;
+        let t = &self.timeouts;
+        writeln!(
+            out,
+            "timeouts: connect {} response {} header {} idle {} drain {}",
+            humantime::format_duration(t.connect),
+            humantime::format_duration(t.response),
+            humantime::format_duration(t.header),
+            humantime::format_duration(t.idle),
+            humantime::format_duration(t.drain),
+        )
+    }
+
+    fn write_upstreams(&self, out: &mut String) -> fmt::Result {
+        writeln!(out, "upstreams:")?;
+        for u in &self.upstreams {
+            let h = &u.health;
+            let used = self.routes.iter().any(|r| r.via.contains(&u.name));
+            writeln!(
+                out,
+                "  {:<12} {:<28} check {} every {} timeout {} rise {} fall {}{}",
+                u.name.0,
+                u.url.to_string(),
+                h.check,
+                humantime::format_duration(h.interval),
+                humantime::format_duration(h.timeout),
+                h.rise,
+                h.fall,
+                if used {
+                    ""
+                } else {
+                    "  (unused: no route names it)"
+                }
+            )?;
+        }
+        Ok(())
+    }
+
+    fn write_routes(&self, out: &mut String) -> fmt::Result {
+        writeln!(out, "routes (most specific first):")?;
+        let mut routes: Vec<&RouteSpec> = self.routes.iter().collect();
+        routes.sort_by_key(|r| std::cmp::Reverse(r.specificity()));
+        for r in routes {
+            let via: Vec<_> = r.via.iter().map(|n| n.0.as_str()).collect();
+            writeln!(out, "  {:<28} -> {}", r.label(), via.join(", "))?;
+            let p = &r.policy;
+            writeln!(
+                out,
+                "  {:<28}    auth {}, origins [{}]{}{}, ip allow {} deny {}",
+                "",
+                p.auth,
+                join(&p.origins),
+                if p.require_origin { " required" } else { "" },
+                if p.cors { ", cors" } else { "" },
+                p.ip.allow.len(),
+                p.ip.deny.len(),
+            )?;
+        }
+        Ok(())
+    }
+
+    fn write_security(&self, out: &mut String) -> fmt::Result {
+        let g = &self.policy;
+        let limit = |v: Option<String>| v.unwrap_or_else(|| "unlimited".into());
+        writeln!(
+            out,
+            "security: ip allow [{}] deny [{}]; tokens {}; jwt {}; rate {} burst {}; max-conns-per-ip {}; max-conns {}",
+            join(&g.ip.allow),
+            join(&g.ip.deny),
+            g.credentials.tokens.as_ref().map_or(0, |t| t.len()),
+            if g.credentials.jwt.is_some() {
+                "on"
+            } else {
+                "off"
+            },
+            limit(g.limits.rate.map(|r| r.to_string())),
+            g.limits.burst,
+            limit(g.limits.max_conns_per_ip.map(|n| n.to_string())),
+            limit(g.limits.max_conns.map(|n| n.to_string())),
+        )
+    }
 }
 
+/// The loaded certificates, the default first, and what is wrong with them.
+fn write_certs(out: &mut String, set: &CertSet) -> fmt::Result {
+    writeln!(out, "tls certificates (the first is the default):")?;
+    for c in set.certs() {
+        writeln!(
+            out,
+            "  {} ({}) names {} not after {} sha256 {}",
+            c.info.cert_file.display(),
+            c.info.subject,
+            c.names.join(", "),
+            humantime::format_rfc3339_seconds(c.info.not_after),
+            c.info.fingerprint
+        )?;
+    }
+    for warning in set.warnings() {
+        writeln!(out, "warning: {warning}")?;
+    }
+    Ok(())
+}
+
+/// `a, b, c`: a list as the report shows it.
+fn join<T: fmt::Display>(items: &[T]) -> String {
+    items
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Read and parse the config file; unknown keys are errors ([`raw`]).
 fn read_file(path: &Path) -> Result<RawConfig, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.to_owned(),
@@ -429,620 +354,11 @@ fn read_file(path: &Path) -> Result<RawConfig, ConfigError> {
     })
 }
 
-/// `--tunnel-mode`, `--pipe-size`, `--max-pipes` (flags only).
-fn tunnel_settings(a: &RunArgs) -> Result<TunnelSettings, ConfigError> {
-    let mode = match a.tunnel_mode.as_deref().unwrap_or("auto") {
-        "auto" => TunnelMode::Auto,
-        "splice" => TunnelMode::Splice,
-        "copy" => TunnelMode::Copy,
-        other => {
-            return Err(ConfigError::invalid(
-                "--tunnel-mode",
-                other,
-                "expected auto, splice or copy",
-            ));
-        }
-    };
-    let pipe_size = a.pipe_size.unwrap_or(256 * 1024);
-    if !(4096..=64 * 1024 * 1024).contains(&pipe_size) {
-        return Err(ConfigError::invalid(
-            "--pipe-size",
-            pipe_size,
-            "must be between 4096 and 67108864",
-        ));
-    }
-    let max_pipes = a.max_pipes.unwrap_or(512);
-    if max_pipes == 0 {
-        return Err(ConfigError::invalid(
-            "--max-pipes",
-            max_pipes,
-            "must be at least 1 (use --tunnel-mode copy to switch splice off)",
-        ));
-    }
-    Ok(TunnelSettings {
-        mode,
-        pipe_size,
-        max_pipes,
-    })
-}
-
-/// Flags over file over defaults, one field at a time.
-struct Merge<'a> {
-    args: &'a RunArgs,
-    file: &'a RawConfig,
-    /// Directory of the config file: relative paths in the file are relative to it.
-    base: &'a Path,
-}
-
-/// The name of a setting as a user would write it: the flag if it came from
-/// one, the file key otherwise.
-fn field_name(from_flag: bool, flag: &str, key: &str) -> String {
-    if from_flag {
-        format!("--{flag}")
-    } else {
-        format!("`{key}` in the config file")
-    }
-}
-
-impl Merge<'_> {
-    fn config(&self) -> Result<Config, ConfigError> {
-        let a = self.args;
-        let f = self.file;
-        let listen = self.pick(
-            &a.listen,
-            &f.listen,
-            "listen",
-            "listen",
-            DEFAULT_LISTEN,
-            parse_addr,
-        )?;
-        let admin = self.pick(
-            &a.admin,
-            &f.admin,
-            "admin",
-            "admin",
-            DEFAULT_ADMIN,
-            |field, v| {
-                if v.eq_ignore_ascii_case("off") {
-                    Ok(None)
-                } else {
-                    parse_addr(field, v).map(Some)
-                }
-            },
-        )?;
-        let admin_hosts = admin::admin_hosts(a, f)?;
-        let timeouts = Timeouts {
-            connect: self.duration(
-                &a.connect_timeout,
-                &f.connect_timeout,
-                "connect-timeout",
-                "2s",
-            )?,
-            response: self.duration(
-                &a.response_timeout,
-                &f.response_timeout,
-                "response-timeout",
-                "60s",
-            )?,
-            header: self.duration(
-                &a.header_timeout,
-                &f.header_timeout,
-                "header-timeout",
-                "10s",
-            )?,
-            idle: self.duration(&a.idle_timeout, &f.idle_timeout, "idle-timeout", "1h")?,
-            drain: self.duration(&a.drain_timeout, &f.drain_timeout, "drain-timeout", "30s")?,
-        };
-        let max_header_bytes = a
-            .max_header_bytes
-            .or(f.max_header_bytes)
-            .unwrap_or(16 * 1024);
-        if max_header_bytes < MIN_HEADER_BYTES {
-            let field = field_name(
-                a.max_header_bytes.is_some(),
-                "max-header-bytes",
-                "max_header_bytes",
-            );
-            return Err(ConfigError::invalid(
-                &field,
-                max_header_bytes,
-                format!("must be at least {MIN_HEADER_BYTES}"),
-            ));
-        }
-        let log_format = self.pick(
-            &a.log_format,
-            &f.log_format,
-            "log-format",
-            "log_format",
-            "pretty",
-            |field, v| match v {
-                "pretty" => Ok(LogFormat::Pretty),
-                "json" => Ok(LogFormat::Json),
-                _ => Err(ConfigError::invalid(field, v, "expected pretty or json")),
-            },
-        )?;
-        let (policy, route_defaults) = policy::global(a, f, self.base)?;
-        let tunnel = tunnel_settings(a)?;
-        let upstreams = self.upstreams()?;
-        let routes = self.routes(&upstreams, &route_defaults)?;
-        let tls = self.tls()?;
-        Ok(Config {
-            listen,
-            admin,
-            admin_hosts,
-            timeouts,
-            max_header_bytes,
-            log_format,
-            tunnel,
-            upstreams,
-            routes,
-            tls,
-            file: a.config.clone(),
-            policy,
-            args: a.clone(),
-        })
-    }
-
-    /// A path written in the config file, made relative to the file's directory.
-    fn file_path(&self, text: &str) -> PathBuf {
-        self.base.join(text)
-    }
-
-    /// `--tls-cert/--tls-key` replace the file's `[tls]` certificates.
-    fn tls(&self) -> Result<Option<TlsSpec>, ConfigError> {
-        let raw = self.file.tls.as_ref();
-        let timeout_text = raw.and_then(|t| t.handshake_timeout.clone());
-        let handshake_timeout = self.duration(
-            &self.args.tls_handshake_timeout,
-            &timeout_text,
-            "tls-handshake-timeout",
-            "10s",
-        )?;
-        let certs = match (&self.args.tls_cert, &self.args.tls_key) {
-            (Some(cert), Some(key)) => vec![CertSpec {
-                cert: cert.clone(),
-                key: key.clone(),
-                names: vec![],
-            }],
-            (None, None) => {
-                let Some(raw) = raw else { return Ok(None) };
-                let mut certs = Vec::new();
-                match (&raw.cert, &raw.key) {
-                    (Some(cert), Some(key)) => certs.push(CertSpec {
-                        cert: self.file_path(cert),
-                        key: self.file_path(key),
-                        names: vec![],
-                    }),
-                    (None, None) => {}
-                    _ => {
-                        return Err(ConfigError::invalid(
-                            "[tls] in the config file",
-                            "cert/key",
-                            "give both `cert` and `key`, or neither",
-                        ));
-                    }
-                }
-                for c in &raw.certs {
-                    certs.push(CertSpec {
-                        cert: self.file_path(&c.cert),
-                        key: self.file_path(&c.key),
-                        names: c
-                            .names
-                            .iter()
-                            .map(|n| parse_host("names of [[tls.certs]]", n))
-                            .collect::<Result<_, _>>()?,
-                    });
-                }
-                if certs.is_empty() {
-                    return Err(ConfigError::invalid(
-                        "[tls] in the config file",
-                        "",
-                        "no certificate: give `cert` and `key`, or [[tls.certs]]",
-                    ));
-                }
-                certs
-            }
-            _ => {
-                return Err(ConfigError::invalid(
-                    "--tls-cert/--tls-key",
-                    "",
-                    "give both --tls-cert and --tls-key",
-                ));
-            }
-        };
-        Ok(Some(TlsSpec {
-            certs,
-            handshake_timeout,
-        }))
-    }
-
-    /// Flag, else file, else default; parsed with the name of its source.
-    fn pick<T>(
-        &self,
-        flag: &Option<String>,
-        file: &Option<String>,
-        flag_name: &str,
-        key: &str,
-        default: &str,
-        parse: impl Fn(&str, &str) -> Result<T, ConfigError>,
-    ) -> Result<T, ConfigError> {
-        match (flag, file) {
-            (Some(v), _) => parse(&field_name(true, flag_name, key), v),
-            (None, Some(v)) => parse(&field_name(false, flag_name, key), v),
-            (None, None) => parse(&format!("default of --{flag_name}"), default),
-        }
-    }
-
-    fn duration(
-        &self,
-        flag: &Option<String>,
-        file: &Option<String>,
-        flag_name: &str,
-        default: &str,
-    ) -> Result<Duration, ConfigError> {
-        let key = flag_name.replace('-', "_");
-        self.pick(flag, file, flag_name, &key, default, parse_duration)
-    }
-
-    /// Health settings: flags, then the file's `[health]`, then the upstream's own table.
-    fn health(&self, own: &RawHealth, upstream: &str) -> Result<HealthSpec, ConfigError> {
-        let a = self.args;
-        let g = &self.file.health;
-        let key = |k: &str| format!("`{k}` of upstream {upstream}");
-        // The upstream's own table is the most specific and wins over flags.
-        let text = |own: &Option<String>,
-                    flag: &Option<String>,
-                    global: &Option<String>,
-                    flag_name: &str,
-                    k: &str,
-                    default: &str|
-         -> (String, String) {
-            match (own, flag, global) {
-                (Some(v), _, _) => (key(k), v.clone()),
-                (None, Some(v), _) => (format!("--{flag_name}"), v.clone()),
-                (None, None, Some(v)) => (format!("`health.{k}` in the config file"), v.clone()),
-                (None, None, None) => (format!("default of --{flag_name}"), default.to_owned()),
-            }
-        };
-        let (field, v) = text(
-            &own.check,
-            &a.health_check,
-            &g.check,
-            "health-check",
-            "check",
-            "tcp",
-        );
-        let check = ProbeKind::parse(&field, &v)?;
-        let (field, v) = text(
-            &own.interval,
-            &a.health_interval,
-            &g.interval,
-            "health-interval",
-            "interval",
-            "2s",
-        );
-        let interval = parse_duration(&field, &v)?;
-        let (field, v) = text(
-            &own.timeout,
-            &a.health_timeout,
-            &g.timeout,
-            "health-timeout",
-            "timeout",
-            "1s",
-        );
-        let timeout = parse_duration(&field, &v)?;
-        let count = |own: Option<u32>, flag: Option<u32>, global: Option<u32>, name: &str| {
-            let n = own.or(flag).or(global).unwrap_or(1);
-            if n == 0 {
-                Err(ConfigError::invalid(
-                    &format!("--{name} / `{name}`"),
-                    n,
-                    "must be at least 1",
-                ))
-            } else {
-                Ok(n)
-            }
-        };
-        Ok(HealthSpec {
-            check,
-            interval,
-            timeout,
-            rise: count(own.rise, a.rise, g.rise, "rise")?,
-            fall: count(own.fall, a.fall, g.fall, "fall")?,
-        })
-    }
-
-    fn upstreams(&self) -> Result<Vec<UpstreamSpec>, ConfigError> {
-        let mut urls: BTreeMap<String, (String, String, RawHealth)> = BTreeMap::new();
-        for (name, up) in &self.file.upstreams {
-            check_name(name)?;
-            urls.insert(
-                name.clone(),
-                (
-                    format!("`url` of upstream {name}"),
-                    up.url.clone(),
-                    up.health.clone(),
-                ),
-            );
-        }
-        let global_ca = match (&self.args.upstream_ca, &self.file.upstream_ca) {
-            (Some(flag), _) => Some(flag.clone()),
-            (None, Some(file)) => Some(self.file_path(file)),
-            (None, None) => None,
-        };
-        let ca_of = |name: &str| {
-            self.file
-                .upstreams
-                .get(name)
-                .and_then(|u| u.ca.as_deref())
-                .map(|c| self.file_path(c))
-                .or_else(|| global_ca.clone())
-        };
-        let own_health = |urls: &BTreeMap<String, (String, String, RawHealth)>, name: &str| {
-            urls.get(name).map(|u| u.2.clone()).unwrap_or_default()
-        };
-        if let Some(url) = &self.args.direct {
-            let h = own_health(&urls, "direct");
-            urls.insert("direct".into(), ("--direct".into(), url.clone(), h));
-        }
-        if let Some(url) = &self.args.nginx {
-            let h = own_health(&urls, "nginx");
-            urls.insert("nginx".into(), ("--nginx".into(), url.clone(), h));
-        }
-        urls.entry("direct".into()).or_insert_with(|| {
-            (
-                "default of --direct".into(),
-                DEFAULT_DIRECT.into(),
-                RawHealth::default(),
-            )
-        });
-        urls.into_iter()
-            .map(|(name, (field, url, health))| {
-                let url = UpstreamUrl::parse(&field, &url)?;
-                Ok(UpstreamSpec {
-                    ca: (url.scheme == Scheme::Https)
-                        .then(|| ca_of(&name))
-                        .flatten(),
-                    url,
-                    health: self.health(&health, &name)?,
-                    name: UpstreamName(name),
-                })
-            })
-            .collect()
-    }
-
-    fn routes(
-        &self,
-        upstreams: &[UpstreamSpec],
-        defaults: &policy::RouteDefaults,
-    ) -> Result<Vec<RouteSpec>, ConfigError> {
-        let mut routes: Vec<RouteSpec> = Vec::new();
-        for (i, r) in self.file.routes.iter().enumerate() {
-            let field = format!("route #{} in the config file", i + 1);
-            let host = r
-                .host
-                .as_deref()
-                .map(|h| parse_host(&field, h))
-                .transpose()?;
-            let path = parse_path(&field, &r.path)?;
-            let label = match &host {
-                Some(h) => format!("{h}{path}"),
-                None => path.clone(),
-            };
-            let route = RouteSpec {
-                policy: policy::route(r, defaults, &label)?,
-                host,
-                path,
-                via: parse_via(&field, r.via.iter().map(String::as_str))?,
-            };
-            if routes
-                .iter()
-                .any(|o| o.host == route.host && o.path == route.path)
-            {
-                return Err(ConfigError::DuplicateRoute {
-                    route: route.label(),
-                });
-            }
-            routes.push(route);
-        }
-        for text in &self.args.routes {
-            let mut route = parse_route_flag(text)?;
-            // A flag replaces a file route's upstreams; the file's policy for it stays.
-            route.policy = match routes
-                .iter()
-                .position(|o| o.host == route.host && o.path == route.path)
-            {
-                Some(i) => routes.remove(i).policy,
-                None => defaults.route_policy(&route.label())?,
-            };
-            routes.push(route);
-        }
-        if routes.is_empty() {
-            routes = default_routes(
-                self.args.nginx.is_some() || self.file.upstreams.contains_key("nginx"),
-            );
-            for route in &mut routes {
-                route.policy = defaults.route_policy(&route.label())?;
-            }
-        }
-        let known = upstreams
-            .iter()
-            .map(|u| u.name.0.as_str())
-            .collect::<Vec<_>>()
-            .join(", ");
-        for route in &routes {
-            for name in &route.via {
-                if !upstreams.iter().any(|u| &u.name == name) {
-                    return Err(ConfigError::UnknownUpstream {
-                        route: route.label(),
-                        upstream: name.0.clone(),
-                        known,
-                    });
-                }
-            }
-        }
-        Ok(routes)
-    }
-}
-
-/// DESIGN.md's defaults: everything direct, or audio direct-first and the rest via nginx.
-fn default_routes(with_nginx: bool) -> Vec<RouteSpec> {
-    let via = |names: &[&str]| {
-        names
-            .iter()
-            .map(|n| UpstreamName((*n).to_owned()))
-            .collect()
-    };
-    if with_nginx {
-        vec![
-            RouteSpec {
-                host: None,
-                path: "/frontend-audio".into(),
-                via: via(&["direct", "nginx"]),
-                policy: RoutePolicy::default(),
-            },
-            RouteSpec {
-                host: None,
-                path: "/".into(),
-                via: via(&["nginx", "direct"]),
-                policy: RoutePolicy::default(),
-            },
-        ]
-    } else {
-        vec![RouteSpec {
-            host: None,
-            path: "/".into(),
-            via: via(&["direct"]),
-            policy: RoutePolicy::default(),
-        }]
-    }
-}
-
-fn check_name(name: &str) -> Result<(), ConfigError> {
-    let ok = !name.is_empty()
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
-    if ok {
-        Ok(())
-    } else {
-        Err(ConfigError::invalid(
-            "upstream name",
-            name,
-            "use letters, digits, '-', '_' or '.'",
-        ))
-    }
-}
-
-/// `--route [HOST]/PATH=UP[,UP...]`.
-fn parse_route_flag(text: &str) -> Result<RouteSpec, ConfigError> {
-    let field = "--route";
-    let (target, via) = text
-        .split_once('=')
-        .ok_or_else(|| ConfigError::invalid(field, text, "expected PATH=UPSTREAM[,UPSTREAM...]"))?;
-    let (host, path) = match target.find('/') {
-        Some(0) => (None, target),
-        Some(i) => (Some(parse_host(field, &target[..i])?), &target[i..]),
-        None => {
-            return Err(ConfigError::invalid(
-                field,
-                text,
-                "the path must start with /",
-            ));
-        }
-    };
-    Ok(RouteSpec {
-        host,
-        path: parse_path(field, path)?,
-        via: parse_via(field, via.split(','))?,
-        policy: RoutePolicy::default(),
-    })
-}
-
-fn parse_path(field: &str, path: &str) -> Result<String, ConfigError> {
-    if !path.starts_with('/') {
-        return Err(ConfigError::invalid(
-            field,
-            path,
-            "the path must start with /",
-        ));
-    }
-    if path.contains(['?', '#', ' ']) || path.split('/').any(|s| s == "." || s == "..") {
-        return Err(ConfigError::invalid(
-            field,
-            path,
-            "a route path is a plain prefix: no query, fragment, spaces or dot segments",
-        ));
-    }
-    // `/a/` and `/a` name the same segment prefix.
-    let trimmed = path.trim_end_matches('/');
-    Ok(if trimmed.is_empty() {
-        "/".into()
-    } else {
-        trimmed.into()
-    })
-}
-
-fn parse_host(field: &str, host: &str) -> Result<String, ConfigError> {
-    let host = host.trim().to_ascii_lowercase();
-    let ok = !host.is_empty()
-        && host
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '[' | ']' | ':'));
-    if ok {
-        Ok(host)
-    } else {
-        Err(ConfigError::invalid(field, host, "not a host name"))
-    }
-}
-
-fn parse_via<'a>(
-    field: &str,
-    names: impl Iterator<Item = &'a str>,
-) -> Result<Vec<UpstreamName>, ConfigError> {
-    let via: Vec<UpstreamName> = names
-        .map(str::trim)
-        .filter(|n| !n.is_empty())
-        .map(|n| UpstreamName(n.to_owned()))
-        .collect();
-    if via.is_empty() {
-        return Err(ConfigError::invalid(
-            field,
-            "",
-            "a route needs at least one upstream",
-        ));
-    }
-    Ok(via)
-}
-
-/// `127.0.0.1:8080`, `[::1]:8443`, or `:8443` for every IPv4 interface.
-pub fn parse_addr(field: &str, text: &str) -> Result<SocketAddr, ConfigError> {
-    let full = match text.strip_prefix(':') {
-        Some(port) => format!("0.0.0.0:{port}"),
-        None => text.to_owned(),
-    };
-    full.parse().map_err(|_| {
-        ConfigError::invalid(
-            field,
-            text,
-            "expected IP:PORT, e.g. 127.0.0.1:8080 or [::1]:8443",
-        )
-    })
-}
-
-/// `500ms`, `2s`, `1h`, `1m 30s`; a bare number is seconds.
-pub fn parse_duration(field: &str, text: &str) -> Result<Duration, ConfigError> {
-    let t = text.trim();
-    let parsed = match t.parse::<u64>() {
-        Ok(secs) => Ok(Duration::from_secs(secs)),
-        Err(_) => humantime::parse_duration(t),
-    };
-    parsed.map_err(|e| ConfigError::invalid(field, text, format!("{e} (examples: 500ms, 2s, 1h)")))
-}
-
 #[cfg(test)]
 mod tests {
+    use super::parse::{parse_duration, parse_route_flag};
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn durations() {

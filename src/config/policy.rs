@@ -11,13 +11,15 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::ConfigError;
+use super::flags::Overrides;
+use super::merge::field_name;
+use super::parse::{parse_duration, parse_rate};
 use super::raw::{RawConfig, RawRoute};
-use super::{ConfigError, field_name, parse_duration};
-use crate::cli::RunArgs;
 use crate::policy::auth::{AuthMode, Credentials, JwtVerifier, TokenSet, TokenSources};
 use crate::policy::ip::{IpNet, IpRules};
 use crate::policy::origin::OriginRule;
-use crate::policy::rate::{Limits, Rate};
+use crate::policy::rate::RateLimits;
 use crate::policy::{GlobalPolicy, RoutePolicy};
 
 /// What a route inherits when it does not say.
@@ -72,15 +74,15 @@ impl RouteDefaults {
     }
 }
 
-/// Flags over file over defaults, for the global settings.
+/// Flags over file over defaults, for the global settings: one step per setting.
 pub(super) fn global(
-    a: &RunArgs,
+    a: &Overrides,
     f: &RawConfig,
     base: &Path,
 ) -> Result<(GlobalPolicy, RouteDefaults), ConfigError> {
     let ip = IpRules {
-        allow: cidrs(list(&a.allow_ip, &f.allow_ip, "allow-ip", "allow_ip"))?,
-        deny: cidrs(list(&a.deny_ip, &f.deny_ip, "deny-ip", "deny_ip"))?,
+        allow: flag_or_file(&a.allow_ip, &f.allow_ip, "allow_ip", cidrs)?,
+        deny: flag_or_file(&a.deny_ip, &f.deny_ip, "deny_ip", cidrs)?,
     };
     let token_file = path(
         &a.token_file,
@@ -89,21 +91,7 @@ pub(super) fn global(
         "token_file",
         base,
     );
-    let tokens = match &token_file {
-        Some((field, p)) => {
-            let text = read_secret(field, p)?;
-            let set = TokenSet::parse(&text).ok_or_else(|| {
-                ConfigError::invalid(field, p.display(), "the file holds no token")
-            })?;
-            Some(Arc::new(set))
-        }
-        None => None,
-    };
-    let leeway = match (&a.jwt_leeway, &f.jwt_leeway) {
-        (Some(v), _) => parse_duration("--jwt-leeway", v)?,
-        (None, Some(v)) => parse_duration("`jwt_leeway` in the config file", v)?,
-        (None, None) => Duration::from_secs(30),
-    };
+    let tokens = token_set(token_file.as_ref())?;
     let jwt_file = path(
         &a.jwt_secret_file,
         &f.jwt_secret_file,
@@ -111,48 +99,114 @@ pub(super) fn global(
         "jwt_secret_file",
         base,
     );
-    let jwt = match &jwt_file {
-        Some((field, p)) => {
-            let secret = read_secret(field, p)?;
-            let secret = secret.trim();
-            if secret.is_empty() {
-                return Err(ConfigError::invalid(
-                    field,
-                    p.display(),
-                    "the file is empty",
-                ));
-            }
-            Some(Arc::new(JwtVerifier::new(
-                secret.as_bytes(),
-                a.jwt_issuer.clone().or_else(|| f.jwt_issuer.clone()),
-                a.jwt_audience.clone().or_else(|| f.jwt_audience.clone()),
-                leeway,
-            )))
-        }
-        None => None,
+    let jwt = jwt_verifier(a, f, jwt_file.as_ref())?;
+    let defaults = RouteDefaults {
+        auth: default_auth(a, f, jwt.is_some(), tokens.is_some())?,
+        origins: flag_or_file(&a.allow_origin, &f.allow_origin, "allow_origin", origins)?,
+        require_origin: a.require_origin.or(f.require_origin).unwrap_or(false),
+        cors: a.cors.or(f.cors).unwrap_or(false),
+        has_tokens: tokens.is_some(),
+        has_jwt: jwt.is_some(),
     };
+    // The secret files are watched: a change on disk reloads them.
+    let files = token_file
+        .iter()
+        .chain(&jwt_file)
+        .map(|(_, p)| p.clone())
+        .collect();
+    let policy = GlobalPolicy {
+        files,
+        ip,
+        credentials: Credentials { tokens, jwt },
+        sources: token_sources(a, f)?,
+        limits: limits(a, f)?,
+    };
+    Ok((policy, defaults))
+}
+
+/// The token file's tokens (`--token-file`), if one is named; it must hold one.
+fn token_set(file: Option<&(String, PathBuf)>) -> Result<Option<Arc<TokenSet>>, ConfigError> {
+    let Some((field, p)) = file else {
+        return Ok(None);
+    };
+    let text = read_secret(field, p)?;
+    let set = TokenSet::parse(&text)
+        .ok_or_else(|| ConfigError::invalid(field, p.display(), "the file holds no token"))?;
+    Ok(Some(Arc::new(set)))
+}
+
+/// The JWT verifier (`--jwt-secret-file` and its issuer, audience and
+/// leeway), if a secret file is named; it must not be empty.
+fn jwt_verifier(
+    a: &Overrides,
+    f: &RawConfig,
+    file: Option<&(String, PathBuf)>,
+) -> Result<Option<Arc<JwtVerifier>>, ConfigError> {
+    let leeway = match (a.jwt_leeway, &f.jwt_leeway) {
+        (Some(d), _) => d,
+        (None, Some(v)) => parse_duration("`jwt_leeway` in the config file", v)?,
+        (None, None) => Duration::from_secs(30),
+    };
+    let Some((field, p)) = file else {
+        return Ok(None);
+    };
+    let secret = read_secret(field, p)?;
+    let secret = secret.trim();
+    if secret.is_empty() {
+        return Err(ConfigError::invalid(
+            field,
+            p.display(),
+            "the file is empty",
+        ));
+    }
+    Ok(Some(Arc::new(JwtVerifier::new(
+        secret.as_bytes(),
+        a.jwt_issuer.clone().or_else(|| f.jwt_issuer.clone()),
+        a.jwt_audience.clone().or_else(|| f.jwt_audience.clone()),
+        leeway,
+    ))))
+}
+
+/// Where a token is looked for: the query parameter and cookie names.
+fn token_sources(a: &Overrides, f: &RawConfig) -> Result<TokenSources, ConfigError> {
     let mut sources = TokenSources::default();
-    if let Some(q) = a.token_query.clone().or_else(|| f.token_query.clone()) {
-        sources.query = name("--token-query / `token_query`", q)?;
+    match (&a.token_query, &f.token_query) {
+        (Some(q), _) => sources.query = q.clone(),
+        (None, Some(q)) => sources.query = token_name("--token-query / `token_query`", q.clone())?,
+        (None, None) => {}
     }
-    if let Some(c) = a.token_cookie.clone().or_else(|| f.token_cookie.clone()) {
-        sources.cookie = name("--token-cookie / `token_cookie`", c)?;
+    match (&a.token_cookie, &f.token_cookie) {
+        (Some(c), _) => sources.cookie = c.clone(),
+        (None, Some(c)) => {
+            sources.cookie = token_name("--token-cookie / `token_cookie`", c.clone())?
+        }
+        (None, None) => {}
     }
-    let auth = match (&a.auth, &f.auth) {
-        (Some(v), _) => parse_auth("--auth", v)?,
+    Ok(sources)
+}
+
+/// The routes' default authentication: as set, else whichever credential is
+/// configured (JWT first), else none.
+fn default_auth(
+    a: &Overrides,
+    f: &RawConfig,
+    has_jwt: bool,
+    has_tokens: bool,
+) -> Result<AuthMode, ConfigError> {
+    Ok(match (&a.auth, &f.auth) {
+        (Some(mode), _) => *mode,
         (None, Some(v)) => parse_auth("`auth` in the config file", v)?,
-        (None, None) if jwt.is_some() => AuthMode::Jwt,
-        (None, None) if tokens.is_some() => AuthMode::Token,
+        (None, None) if has_jwt => AuthMode::Jwt,
+        (None, None) if has_tokens => AuthMode::Token,
         (None, None) => AuthMode::None,
-    };
-    let origins = origins(list(
-        &a.allow_origin,
-        &f.allow_origin,
-        "allow-origin",
-        "allow_origin",
-    ))?;
+    })
+}
+
+/// The per-client rate (burst defaulting to one second of it) and the
+/// connection caps; a cap of 0 is refused (leaving it out means no limit).
+fn limits(a: &Overrides, f: &RawConfig) -> Result<RateLimits, ConfigError> {
     let rate = match (&a.rate, &f.rate) {
-        (Some(v), _) => Some(parse_rate("--rate", v)?),
+        (Some(r), _) => Some(*r),
         (None, Some(v)) => Some(parse_rate("`rate` in the config file", v)?),
         (None, None) => None,
     };
@@ -161,6 +215,13 @@ pub(super) fn global(
             r.per_sec().ceil().clamp(1.0, f64::from(u32::MAX)) as u32
         })
     });
+    if burst == 0 {
+        return Err(ConfigError::invalid(
+            "--burst / `burst`",
+            0,
+            "must be at least 1",
+        ));
+    }
     let positive = |v: Option<usize>, flag: &str, key: &str, from_flag: bool| match v {
         Some(0) => Err(ConfigError::invalid(
             &field_name(from_flag, flag, key),
@@ -169,14 +230,7 @@ pub(super) fn global(
         )),
         other => Ok(other),
     };
-    if burst == 0 {
-        return Err(ConfigError::invalid(
-            "--burst / `burst`",
-            0,
-            "must be at least 1",
-        ));
-    }
-    let limits = Limits {
+    Ok(RateLimits {
         rate,
         burst,
         max_conns_per_ip: positive(
@@ -200,29 +254,8 @@ pub(super) fn global(
             "max_tracked_ips",
             a.max_tracked_ips.is_some(),
         )?
-        .unwrap_or(Limits::default().max_tracked_ips),
-    };
-    let defaults = RouteDefaults {
-        auth,
-        origins,
-        require_origin: a.require_origin.or(f.require_origin).unwrap_or(false),
-        cors: a.cors.or(f.cors).unwrap_or(false),
-        has_tokens: tokens.is_some(),
-        has_jwt: jwt.is_some(),
-    };
-    let files = token_file
-        .iter()
-        .chain(&jwt_file)
-        .map(|(_, p)| p.clone())
-        .collect();
-    let policy = GlobalPolicy {
-        files,
-        ip,
-        credentials: Credentials { tokens, jwt },
-        sources,
-        limits,
-    };
-    Ok((policy, defaults))
+        .unwrap_or(RateLimits::default().max_tracked_ips),
+    })
 }
 
 /// A file route's policy: its own keys over the defaults.
@@ -257,17 +290,17 @@ pub(super) fn route(
     Ok(policy)
 }
 
-/// The flag's list if given, else the file's; with the field name to blame.
-fn list<'a>(
-    flag: &'a [String],
-    file: &'a [String],
-    flag_name: &str,
+/// The flag's list if given (already parsed), else the file's, parsed and
+/// blamed on the file key.
+fn flag_or_file<T: Clone>(
+    flag: &Option<Vec<T>>,
+    file: &[String],
     key: &str,
-) -> (String, &'a [String]) {
-    if flag.is_empty() {
-        (field_name(false, flag_name, key), file)
-    } else {
-        (field_name(true, flag_name, key), flag)
+    parse: impl Fn((String, &[String])) -> Result<Vec<T>, ConfigError>,
+) -> Result<Vec<T>, ConfigError> {
+    match flag {
+        Some(items) => Ok(items.clone()),
+        None => parse((format!("`{key}` in the config file"), file)),
     }
 }
 
@@ -286,7 +319,8 @@ fn path(
     }
 }
 
-fn cidrs((field, items): (String, &[String])) -> Result<Vec<IpNet>, ConfigError> {
+/// CIDR ranges (`10.0.0.0/8`, a bare address is a /32 or /128), blaming `field`.
+pub(super) fn cidrs((field, items): (String, &[String])) -> Result<Vec<IpNet>, ConfigError> {
     items
         .iter()
         .map(|s| s.trim())
@@ -295,7 +329,8 @@ fn cidrs((field, items): (String, &[String])) -> Result<Vec<IpNet>, ConfigError>
         .collect()
 }
 
-fn origins((field, items): (String, &[String])) -> Result<Vec<OriginRule>, ConfigError> {
+/// Origin rules (`https://app.example.com`, `https://*.example.com`, `*`), blaming `field`.
+pub(super) fn origins((field, items): (String, &[String])) -> Result<Vec<OriginRule>, ConfigError> {
     items
         .iter()
         .map(|s| s.trim())
@@ -304,15 +339,14 @@ fn origins((field, items): (String, &[String])) -> Result<Vec<OriginRule>, Confi
         .collect()
 }
 
-fn parse_auth(field: &str, v: &str) -> Result<AuthMode, ConfigError> {
+/// `none`, `token` or `jwt`.
+pub(super) fn parse_auth(field: &str, v: &str) -> Result<AuthMode, ConfigError> {
     AuthMode::parse(v).ok_or_else(|| ConfigError::invalid(field, v, "expected none, token or jwt"))
 }
 
-fn parse_rate(field: &str, v: &str) -> Result<Rate, ConfigError> {
-    Rate::parse(v).map_err(|e| ConfigError::invalid(field, v, e))
-}
-
-fn name(field: &str, v: String) -> Result<String, ConfigError> {
+/// A query parameter or cookie name: kept to a safe alphabet, since it is
+/// matched in requests and written into log lines.
+pub(super) fn token_name(field: &str, v: String) -> Result<String, ConfigError> {
     let ok = !v.is_empty()
         && v.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
@@ -327,6 +361,7 @@ fn name(field: &str, v: String) -> Result<String, ConfigError> {
     }
 }
 
+/// Read a token or JWT secret file; the error names the setting, never the content.
 fn read_secret(field: &str, path: &Path) -> Result<String, ConfigError> {
     std::fs::read_to_string(path).map_err(|e| {
         ConfigError::invalid(field, path.display(), format!("cannot read the file: {e}"))

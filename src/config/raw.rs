@@ -12,50 +12,79 @@ use serde::Deserialize;
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
+    /// `listen`: as `--listen`.
     pub listen: Option<String>,
+    /// `admin`: as `--admin`.
     pub admin: Option<String>,
-    /// Host names the admin listener answers besides IP addresses and localhost.
+    /// `admin_hosts`: as `--admin-host`.
     #[serde(default)]
     pub admin_hosts: Vec<String>,
+    /// `connect_timeout`: as `--connect-timeout`.
     pub connect_timeout: Option<String>,
+    /// `response_timeout`: as `--response-timeout`.
     pub response_timeout: Option<String>,
+    /// `header_timeout`: as `--header-timeout`.
     pub header_timeout: Option<String>,
+    /// `idle_timeout`: as `--idle-timeout`.
     pub idle_timeout: Option<String>,
+    /// `drain_timeout`: as `--drain-timeout`.
     pub drain_timeout: Option<String>,
+    /// `max_header_bytes`: as `--max-header-bytes`.
     pub max_header_bytes: Option<usize>,
+    /// `log_format`: as `--log-format`.
     pub log_format: Option<String>,
     /// CA file trusted for https upstreams (relative paths: to the config file).
     pub upstream_ca: Option<String>,
+    /// `tls`: as `--tls`.
     pub tls: Option<RawTls>,
     // --- security policy (policy/) ---
+    /// `allow_ip`: as `--allow-ip`.
     #[serde(default)]
     pub allow_ip: Vec<String>,
+    /// `deny_ip`: as `--deny-ip`.
     #[serde(default)]
     pub deny_ip: Vec<String>,
     /// Default `auth` of routes: none, token or jwt.
     pub auth: Option<String>,
+    /// `token_file`: as `--token-file`.
     pub token_file: Option<String>,
+    /// `jwt_secret_file`: as `--jwt-secret-file`.
     pub jwt_secret_file: Option<String>,
+    /// `jwt_issuer`: as `--jwt-issuer`.
     pub jwt_issuer: Option<String>,
+    /// `jwt_audience`: as `--jwt-audience`.
     pub jwt_audience: Option<String>,
+    /// `jwt_leeway`: as `--jwt-leeway`.
     pub jwt_leeway: Option<String>,
+    /// `token_query`: as `--token-query`.
     pub token_query: Option<String>,
+    /// `token_cookie`: as `--token-cookie`.
     pub token_cookie: Option<String>,
+    /// `allow_origin`: as `--allow-origin`.
     #[serde(default)]
     pub allow_origin: Vec<String>,
+    /// `require_origin`: as `--require-origin`.
     pub require_origin: Option<bool>,
+    /// `cors`: as `--cors`.
     pub cors: Option<bool>,
+    /// `rate`: as `--rate`.
     pub rate: Option<String>,
+    /// `burst`: as `--burst`.
     pub burst: Option<u32>,
+    /// `max_conns_per_ip`: as `--max-conns-per-ip`.
     pub max_conns_per_ip: Option<u32>,
+    /// `max_conns`: as `--max-conns`.
     pub max_conns: Option<usize>,
+    /// `max_tracked_ips`: as `--max-tracked-ips`.
     pub max_tracked_ips: Option<usize>,
     // --- end security policy ---
     /// Health-check defaults for every upstream.
     #[serde(default)]
     pub health: RawHealth,
+    /// `[upstreams.NAME]` tables: upstreams besides (or replacing) `direct` and `nginx`.
     #[serde(default)]
     pub upstreams: BTreeMap<String, RawUpstream>,
+    /// `[[routes]]`: routes before the `--route` flags (a flag for the same host and path wins).
     #[serde(default)]
     pub routes: Vec<RawRoute>,
 }
@@ -64,9 +93,11 @@ pub struct RawConfig {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawUpstream {
+    /// `http://host[:port]` or `https://...`; no path.
     pub url: String,
     /// CA file for this https upstream, overriding `upstream_ca`.
     pub ca: Option<String>,
+    /// `health = {...}`: this upstream's own probe settings, over flags and `[health]`.
     #[serde(default)]
     pub health: RawHealth,
 }
@@ -75,10 +106,15 @@ pub struct RawUpstream {
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawHealth {
+    /// `tcp`, `http:PATH` or `ws:PATH` (as `--health-check`).
     pub check: Option<String>,
+    /// Time between probes (as `--health-interval`).
     pub interval: Option<String>,
+    /// Bound on one probe (as `--health-timeout`).
     pub timeout: Option<String>,
+    /// Successes that bring a down upstream up (as `--rise`).
     pub rise: Option<u32>,
+    /// Failures that take an up upstream down (as `--fall`).
     pub fall: Option<u32>,
 }
 
@@ -86,20 +122,30 @@ pub struct RawHealth {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawRoute {
+    /// Path prefix, matched on whole segments.
     pub path: String,
+    /// Upstream names, in order of preference.
     pub via: Vec<String>,
+    /// Host the route is for (any host when absent).
     pub host: Option<String>,
     // --- security policy (policy/): each overrides the global default ---
+    /// The route's own allow list, checked besides the global one.
     #[serde(default)]
     pub allow_ip: Vec<String>,
+    /// The route's own deny list, checked besides the global one.
     #[serde(default)]
     pub deny_ip: Vec<String>,
+    /// `none`, `token` or `jwt`; the global `auth` when absent.
     pub auth: Option<String>,
     /// Replaces the global allow_origin list for this route.
     pub allow_origin: Option<Vec<String>>,
+    /// Refuse a WebSocket handshake without `Origin`.
     pub require_origin: Option<bool>,
+    /// Answer CORS preflights and add `Access-Control-Allow-Origin`.
     pub cors: Option<bool>,
+    /// Accept CONNECT on this route (off by default).
     pub allow_connect: Option<bool>,
+    /// Accept absolute-form targets on this route (off by default).
     pub allow_absolute_form: Option<bool>,
 }
 
@@ -107,9 +153,13 @@ pub struct RawRoute {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawTls {
+    /// The default certificate's PEM chain (as `--tls-cert`).
     pub cert: Option<String>,
+    /// Its private key (as `--tls-key`).
     pub key: Option<String>,
+    /// Bound on one TLS handshake (as `--tls-handshake-timeout`).
     pub handshake_timeout: Option<String>,
+    /// More certificates, picked by SNI.
     #[serde(default)]
     pub certs: Vec<RawCert>,
 }
@@ -118,8 +168,11 @@ pub struct RawTls {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawCert {
+    /// PEM chain, relative to the config file's directory.
     pub cert: String,
+    /// Its private key.
     pub key: String,
+    /// SNI names it serves; its own DNS names when empty.
     #[serde(default)]
     pub names: Vec<String>,
 }

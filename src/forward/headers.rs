@@ -5,6 +5,15 @@
 //! directions; hyper re-frames bodies itself. A WebSocket handshake keeps its
 //! upgrade: `Upgrade: websocket` and exactly `Connection: upgrade` go on.
 //! Requests gain the `X-Forwarded-*` family and `X-Real-IP`; `Host` is kept.
+//!
+//! `X-Forwarded-For` keeps the hops already listed and appends the client's
+//! address, so a backend behind both nginx and shunt sees the whole chain;
+//! `X-Real-IP` is just the peer, for backends that read only that.
+//! `X-Forwarded-Proto` says `https` when shunt terminated TLS, so the backend
+//! builds `wss://` links. A request without `Host` (HTTP/1.0) gets the
+//! upstream's authority, as a client talking to it directly would send.
+//! Responses gain `x-shunt-route: <upstream>`, the server-side answer to the
+//! front end's old `usingDirectConnection` log line.
 
 use std::net::IpAddr;
 
@@ -14,11 +23,17 @@ use crate::config::UpstreamName;
 
 /// `x-shunt-route`: which upstream served a response.
 pub const X_SHUNT_ROUTE: HeaderName = HeaderName::from_static("x-shunt-route");
+/// The client and every proxy before it, comma-separated.
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+/// `https` when shunt terminated TLS, else `http`.
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+/// The `Host` the client asked for.
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+/// The client's address alone (nginx's convention).
 const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+/// Hop-by-hop (RFC 9112 §9.6 history); never forwarded.
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+/// A non-standard `Connection` some old clients send; never forwarded.
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
 /// Headers that never cross the proxy, whatever `Connection` says.

@@ -6,81 +6,68 @@
 //! are streamed, never buffered. A WebSocket handshake always uses a fresh
 //! connection; if the upstream accepts it (101), both connections go to
 //! [`tunnel`]; a refusal is relayed to the client as an ordinary response.
+//!
+//! Timeouts split the blame. The response timeout bounds the upstream's
+//! answer (and counts against its health when it runs out); a body the
+//! *client* fails to send is the client's fault (400), never the upstream's.
+//! A pooled connection the upstream closed while idle is noticed before the
+//! request goes out and replaced by a fresh one, so keep-alive reuse never
+//! turns into a spurious 502.
 
 pub mod headers;
+pub mod request;
 pub mod tunnel;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::{Request, Response, StatusCode, Uri};
+use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
-use http_body_util::combinators::BoxBody;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
 use crate::config::Timeouts;
-use crate::handshake::Kind;
+use crate::downstream::Downstream;
 use crate::policy::rate::TunnelSlot;
-use crate::runtime::{Downstream, Runtime};
-use crate::upstream::connect::{self, ConnectError, UpstreamStream};
+use crate::response::{Body, ForwardError};
+use crate::runtime::Runtime;
+use crate::upstream::connect::{self, UpstreamStream};
 use crate::upstream::pool::{PooledBody, Sender};
 use crate::upstream::{Conn, Upstream};
+use tunnel::Relay;
 
-/// The response body type used throughout the proxy.
-pub type Body = BoxBody<Bytes, hyper::Error>;
-
-/// What went wrong after an upstream connection was made.
-#[derive(Debug, thiserror::Error)]
-pub enum ForwardError {
-    #[error("upstream {upstream} failed: {source}")]
-    Protocol {
-        upstream: String,
-        #[source]
-        source: hyper::Error,
-    },
-    /// Downstream's: the request body could not be read (bad chunking, cut short).
-    #[error("the request body is malformed or was cut short: {source}")]
-    DownstreamBody {
-        #[source]
-        source: hyper::Error,
-    },
-    #[error("upstream {upstream} did not answer within {after:?}")]
-    Timeout { upstream: String, after: Duration },
-    /// A pooled connection had closed and a new one could not be made.
-    #[error("upstream {upstream}: {source}")]
-    Reconnect {
-        upstream: String,
-        #[source]
-        source: ConnectError,
-    },
-}
-
-impl ForwardError {
-    /// A hyper error while talking to `upstream`. A "user" error there is the
-    /// downstream request's body failing (malformed chunking, a client that
-    /// left): not the upstream's fault.
-    fn from_hyper(upstream: &Upstream, source: hyper::Error) -> Self {
-        if source.is_user() {
-            ForwardError::DownstreamBody { source }
-        } else {
-            ForwardError::Protocol {
-                upstream: upstream.name().0.clone(),
-                source,
-            }
+/// A hyper error while talking to `upstream`. A "user" error there is the
+/// downstream request's body failing (malformed chunking, a client that
+/// left): not the upstream's fault.
+fn hyper_error(upstream: &Upstream, source: hyper::Error) -> ForwardError {
+    if source.is_user() {
+        ForwardError::DownstreamBody { source }
+    } else {
+        ForwardError::Protocol {
+            upstream: upstream.name().0.clone(),
+            source,
         }
     }
 }
 
 /// Who and what one forwarded exchange involves.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 pub struct Exchange<'a> {
-    pub kind: Kind,
+    /// A WebSocket handshake (else a plain request).
+    pub websocket: bool,
     /// Label of the route that matched.
     pub route: &'a str,
+    /// The normalized path the request was routed and policed on: what the upstream is sent.
+    pub routed_path: &'a str,
+    /// The token query parameter, removed before forwarding (routes with authentication).
+    pub strip_param: Option<&'a str>,
+    /// The policy's per-client tunnel slot (WebSocket handshakes), held by the tunnel for its life.
+    pub tunnel: Option<TunnelSlot>,
+    /// The upstream chosen, with its pool and health.
     pub upstream: &'a Arc<Upstream>,
+    /// Who the client is (for `X-Forwarded-*`).
     pub downstream: Downstream,
+    /// The snapshot's timeouts.
     pub timeouts: &'a Timeouts,
 }
 
@@ -90,26 +77,29 @@ pub async fn forward(
     conn: Conn,
     exchange: Exchange<'_>,
     rt: &Runtime,
+    relay: &Arc<Relay>,
 ) -> Result<Response<Body>, ForwardError> {
     let Exchange {
-        kind,
+        websocket: upgrade,
         route,
+        routed_path,
+        strip_param,
+        tunnel: slot,
         upstream,
         downstream,
         timeouts,
     } = exchange;
-    let upgrade = kind == Kind::WebSocket;
     let name = upstream.name();
     let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-    // The policy's per-client tunnel slot, held by the tunnel for its life.
-    let slot = req.extensions_mut().remove::<TunnelSlot>();
-    to_origin_form(&mut req);
-    headers::prepare_request(
-        req.headers_mut(),
-        upgrade,
-        downstream.peer.ip(),
-        downstream.tls,
-        &upstream.spec.url.authority(),
+    request::prepare(
+        &mut req,
+        &request::Rewrite {
+            routed_path,
+            strip_param,
+            websocket: upgrade,
+            downstream,
+            upstream_authority: &upstream.spec.url.authority(),
+        },
     );
 
     let sent = tokio::time::timeout(
@@ -140,7 +130,9 @@ pub async fn forward(
             guard,
             slot,
             timeouts,
-            rt,
+            &rt.shutdown,
+            &rt.tracker,
+            relay.clone(),
         );
     }
     headers::prepare_response(resp.headers_mut(), switching, name);
@@ -173,7 +165,7 @@ async fn send(
                     Ok(resp) => return Ok((resp, sender)),
                     Err(mut e) => match e.take_message() {
                         Some(req) => return resend(req, upstream, rt, connect_timeout).await,
-                        None => return Err(ForwardError::from_hyper(upstream, e.into_error())),
+                        None => return Err(hyper_error(upstream, e.into_error())),
                     },
                 }
             }
@@ -183,7 +175,7 @@ async fn send(
     let resp = sender
         .send_request(req)
         .await
-        .map_err(|e| ForwardError::from_hyper(upstream, e))?;
+        .map_err(|e| hyper_error(upstream, e))?;
     Ok((resp, sender))
 }
 
@@ -205,7 +197,7 @@ async fn resend(
     let resp = sender
         .send_request(req)
         .await
-        .map_err(|e| ForwardError::from_hyper(upstream, e))?;
+        .map_err(|e| hyper_error(upstream, e))?;
     Ok((resp, sender))
 }
 
@@ -222,45 +214,14 @@ async fn handshake(
     }
 }
 
-/// The handshake over `io`; its task runs until the connection closes or
-/// upgrades, and at shutdown empties the upstream's pool so idle connections end.
+/// The handshake over `io`; at shutdown its task empties the upstream's pool
+/// so idle connections end.
 async fn open<IO>(io: IO, upstream: &Upstream, rt: &Runtime) -> Result<Sender, ForwardError>
 where
     IO: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
-    let (sender, conn) = hyper::client::conn::http1::handshake(io)
-        .await
-        .map_err(|e| ForwardError::from_hyper(upstream, e))?;
     let pool = upstream.pool.clone();
-    let shutdown = rt.shutdown.clone();
-    rt.tracker.spawn(async move {
-        let mut conn = std::pin::pin!(conn.with_upgrades());
-        let ended = tokio::select! {
-            r = conn.as_mut() => r,
-            () = shutdown.cancelled() => {
-                pool.close();
-                conn.await
-            }
-        };
-        if let Err(e) = ended {
-            tracing::debug!(error = %e, "upstream connection ended with an error");
-        }
-    });
-    Ok(sender)
-}
-
-/// Upstreams get origin-form (`/path?query`), whatever form the client used.
-fn to_origin_form<B>(req: &mut Request<B>) {
-    // CONNECT's target is an authority by definition (only with a route's allow_connect).
-    if req.method() == http::Method::CONNECT || req.uri().authority().is_none() {
-        return;
-    }
-    let pq = req
-        .uri()
-        .path_and_query()
-        .map_or("/", |pq| pq.as_str())
-        .to_owned();
-    if let Ok(uri) = pq.parse::<Uri>() {
-        *req.uri_mut() = uri;
-    }
+    connect::http1_handshake(io, &rt.tracker, &rt.shutdown, move || pool.close())
+        .await
+        .map_err(|e| hyper_error(upstream, e))
 }

@@ -112,9 +112,17 @@ pub enum AuthError {
     #[error(
         "no credential: send `Authorization: Bearer <token>`, the `{query}` query parameter or the `{cookie}` cookie"
     )]
-    Missing { query: String, cookie: String },
+    /// No credential where one is looked for (header, query, cookie).
+    Missing {
+        /// The query parameter looked in.
+        query: String,
+        /// The cookie looked in.
+        cookie: String,
+    },
+    /// A token that is not in the token file.
     #[error("the token is not valid")]
     UnknownToken,
+    /// A JWT that does not verify.
     #[error("the JWT is not valid: {0}")]
     Jwt(#[from] JwtError),
 }
@@ -129,7 +137,9 @@ impl AuthError {
 /// The configured credentials, loaded from their files.
 #[derive(Debug, Clone, Default)]
 pub struct Credentials {
+    /// The static tokens (`--token-file`), if any.
     pub tokens: Option<Arc<TokenSet>>,
+    /// The JWT verifier (`--jwt-secret-file`), if any.
     pub jwt: Option<Arc<JwtVerifier>>,
 }
 
@@ -212,22 +222,31 @@ impl TokenSet {
 /// Why a JWT was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum JwtError {
+    /// Not three base64url parts of JSON.
     #[error("not a JWT (expected three base64url parts)")]
     Malformed,
+    /// An `alg` other than HS256 (`none` included).
     #[error("only alg HS256 is accepted")]
     Algorithm,
+    /// The signature does not match the secret.
     #[error("bad signature")]
     Signature,
+    /// The claims are not a JSON object of the expected types.
     #[error("the claims are not a JSON object")]
     Claims,
+    /// No `exp`: a token that never expires is refused.
     #[error("no `exp` claim")]
     MissingExp,
+    /// `exp` is past (beyond the leeway).
     #[error("expired")]
     Expired,
+    /// `nbf` is in the future (beyond the leeway).
     #[error("not valid yet (`nbf`)")]
     NotYetValid,
+    /// `iss` is not the configured issuer.
     #[error("wrong issuer (`iss`)")]
     Issuer,
+    /// `aud` does not name the configured audience.
     #[error("wrong audience (`aud`)")]
     Audience,
 }
@@ -236,7 +255,9 @@ pub enum JwtError {
 #[derive(Clone)]
 pub struct JwtVerifier {
     key: hmac::Key,
+    /// Required `iss`, if set.
     pub issuer: Option<String>,
+    /// Required `aud`, if set.
     pub audience: Option<String>,
     /// Clock-skew allowance for `exp` and `nbf`.
     pub leeway: Duration,
@@ -272,6 +293,8 @@ enum Audience {
     Many(Vec<String>),
 }
 
+/// base64url, as JWTs are encoded (RFC 7515 §2); padding is accepted but not
+/// required, since the RFC omits it and some issuers add it anyway.
 const B64: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::new(
     &base64::alphabet::URL_SAFE,
     base64::engine::GeneralPurposeConfig::new()

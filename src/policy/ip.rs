@@ -5,6 +5,10 @@
 //! request has been routed. Deny wins over allow; an empty allow list allows
 //! every address not denied. IPv4-mapped IPv6 addresses (`::ffff:a.b.c.d`, as
 //! seen by a listener on `[::]`) are matched as the IPv4 address they carry.
+//!
+//! Deny wins so that an exception can be carved out of an allowed range
+//! (`--allow-ip 10.0.0.0/8 --deny-ip 10.0.5.0/24`), which is how firewall
+//! rules are usually written; the refusal says which list and entry matched.
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -20,10 +24,15 @@ pub struct IpNet {
 /// Why a CIDR block was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum IpNetError {
+    /// Not an IPv4 or IPv6 address.
     #[error("not an IP address")]
     Address,
+    /// A prefix length longer than the address.
     #[error("prefix length must be a number from 0 to {max}")]
-    Prefix { max: u8 },
+    Prefix {
+        /// The longest prefix for this address family (32 or 128).
+        max: u8,
+    },
 }
 
 impl IpNet {
@@ -71,6 +80,8 @@ impl fmt::Display for IpNet {
     }
 }
 
+/// `ip` with every bit past `prefix` cleared: both sides of a range check
+/// are compared masked.
 fn mask(ip: IpAddr, prefix: u8) -> IpAddr {
     match ip {
         IpAddr::V4(v4) => {
@@ -89,15 +100,19 @@ fn mask(ip: IpAddr, prefix: u8) -> IpAddr {
 /// An allow list and a deny list.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct IpRules {
+    /// If not empty, only these may connect.
     pub allow: Vec<IpNet>,
+    /// These may never connect; checked before `allow`.
     pub deny: Vec<IpNet>,
 }
 
 /// Which rule refused an address.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum IpRefusal {
+    /// The address is in this denied range.
     #[error("the address is in deny_ip {0}")]
     Denied(IpNet),
+    /// There is an allow list and the address is not in it.
     #[error("the address is not in the allow_ip list")]
     NotAllowed,
 }

@@ -25,11 +25,10 @@ use std::sync::Arc;
 
 use http::{HeaderValue, Request};
 
-use crate::handshake::Kind;
 use auth::{AuthError, AuthMode, Credentials, TokenSources};
 use ip::{IpRefusal, IpRules};
 use origin::{OriginRefusal, OriginRule};
-use rate::{ConnPermit, Gate, LimitExceeded, Limits, TunnelSlot};
+use rate::{ConnPermit, Gate, LimitExceeded, RateLimits, TunnelSlot};
 
 /// Settings that apply to the whole listener.
 #[derive(Debug, Clone, Default)]
@@ -38,9 +37,12 @@ pub struct GlobalPolicy {
     pub files: Vec<std::path::PathBuf>,
     /// Checked at accept.
     pub ip: IpRules,
+    /// The static tokens and the JWT verifier.
     pub credentials: Credentials,
+    /// Where a token is looked for (query parameter and cookie names).
     pub sources: TokenSources,
-    pub limits: Limits,
+    /// Per-client rate, connection caps.
+    pub limits: RateLimits,
 }
 
 /// One route's policy, with the global defaults already applied.
@@ -48,6 +50,7 @@ pub struct GlobalPolicy {
 pub struct RoutePolicy {
     /// The route's own lists, checked in addition to the global ones.
     pub ip: IpRules,
+    /// What credential the route requires.
     pub auth: AuthMode,
     /// The route's list, or the global one; empty allows any Origin.
     pub origins: Vec<OriginRule>,
@@ -55,7 +58,9 @@ pub struct RoutePolicy {
     pub require_origin: bool,
     /// Answer CORS preflights and add `Access-Control-Allow-Origin`.
     pub cors: bool,
+    /// Accept CONNECT (authority-form) requests.
     pub allow_connect: bool,
+    /// Accept absolute-form targets (`GET http://host/path`).
     pub allow_absolute_form: bool,
 }
 
@@ -64,7 +69,10 @@ pub struct RoutePolicy {
 pub enum Denied {
     /// 403.
     #[error("forbidden: {reason}")]
-    Ip { reason: IpRefusal },
+    Ip {
+        /// Which list, and the entry that matched.
+        reason: IpRefusal,
+    },
     /// 401 with `WWW-Authenticate`.
     #[error("unauthorized: {0}")]
     Auth(#[from] AuthError),
@@ -76,13 +84,19 @@ pub enum Denied {
     Limit(#[from] LimitExceeded),
     /// 405: CONNECT (unless the route allows it) and TRACE.
     #[error("method {method} is not allowed here")]
-    Method { method: String },
+    Method {
+        /// The method refused.
+        method: String,
+    },
     /// 400: `GET http://host/path` (unless the route allows it).
     #[error("absolute-form request targets are not accepted; send the path only")]
     AbsoluteForm,
     /// 400: a header value that is not UTF-8.
     #[error("the value of header {name} is not valid UTF-8")]
-    HeaderEncoding { name: String },
+    HeaderEncoding {
+        /// The header at fault.
+        name: String,
+    },
 }
 
 /// What an admitted request carries on: CORS headers to add, a tunnel slot.
@@ -112,7 +126,7 @@ pub fn admit_connection(
 /// The per-request checkpoint, for the route chosen on the normalized path.
 pub fn check<B>(
     req: &Request<B>,
-    kind: Kind,
+    websocket: bool,
     route: &RoutePolicy,
     global: &GlobalPolicy,
     peer: IpAddr,
@@ -124,7 +138,7 @@ pub fn check<B>(
         .check(peer)
         .map_err(|reason| Denied::Ip { reason })?;
     gate.take_request(&global.limits, peer, tokio::time::Instant::now())?;
-    let require = route.require_origin && kind == Kind::WebSocket;
+    let require = route.require_origin && websocket;
     let origin = origin::check(req.headers(), &route.origins, require)?;
     let cors_origin = origin.filter(|_| route.cors);
     if cors_origin.is_some() && origin::is_preflight(req.method(), req.headers()) {
@@ -141,9 +155,10 @@ pub fn check<B>(
         &global.sources,
         presented.as_deref(),
     )?;
-    let tunnel = match kind {
-        Kind::WebSocket => Some(gate.open_tunnel(&global.limits, peer)?),
-        Kind::Plain => None,
+    let tunnel = if websocket {
+        Some(gate.open_tunnel(&global.limits, peer)?)
+    } else {
+        None
     };
     Ok(Admission {
         cors_origin,
@@ -191,25 +206,25 @@ mod tests {
         let peer: IpAddr = "127.0.0.2".parse().unwrap();
         let missing_origin = ws("/ws?token=good").body(()).unwrap();
         assert_eq!(
-            check(&missing_origin, Kind::WebSocket, &route, &g, peer, &gate).unwrap_err(),
+            check(&missing_origin, true, &route, &g, peer, &gate).unwrap_err(),
             Denied::Origin(OriginRefusal::Missing)
         );
         // A plain request without Origin is not held to require_origin.
         let plain = Request::get("/ws?token=good").body(()).unwrap();
-        assert!(check(&plain, Kind::Plain, &route, &g, peer, &gate).is_ok());
+        assert!(check(&plain, false, &route, &g, peer, &gate).is_ok());
         let no_token = ws("/ws")
             .header("origin", "https://app.example.com")
             .body(())
             .unwrap();
         assert!(matches!(
-            check(&no_token, Kind::WebSocket, &route, &g, peer, &gate),
+            check(&no_token, true, &route, &g, peer, &gate),
             Err(Denied::Auth(AuthError::Missing { .. }))
         ));
         let good = ws("/ws?token=good")
             .header("origin", "https://app.example.com")
             .body(())
             .unwrap();
-        let a = check(&good, Kind::WebSocket, &route, &g, peer, &gate).unwrap();
+        let a = check(&good, true, &route, &g, peer, &gate).unwrap();
         assert!(a.tunnel.is_some() && a.cors_origin.is_none());
         assert_eq!(gate.open(), 1);
         drop(a);
@@ -232,7 +247,7 @@ mod tests {
             .header("access-control-request-method", "POST")
             .body(())
             .unwrap();
-        let a = check(&pre, Kind::Plain, &route, &g, peer, &gate).unwrap();
+        let a = check(&pre, false, &route, &g, peer, &gate).unwrap();
         assert!(a.preflight && a.cors_origin.is_some());
         let evil = Request::options("/api")
             .header("origin", "https://evil.example.com")
@@ -240,7 +255,7 @@ mod tests {
             .body(())
             .unwrap();
         assert!(matches!(
-            check(&evil, Kind::Plain, &route, &g, peer, &gate),
+            check(&evil, false, &route, &g, peer, &gate),
             Err(Denied::Origin(_))
         ));
     }
@@ -257,26 +272,9 @@ mod tests {
         };
         let req = Request::get("/").body(()).unwrap();
         let g = GlobalPolicy::default();
-        assert!(
-            check(
-                &req,
-                Kind::Plain,
-                &route,
-                &g,
-                "127.0.0.2".parse().unwrap(),
-                &gate
-            )
-            .is_ok()
-        );
+        assert!(check(&req, false, &route, &g, "127.0.0.2".parse().unwrap(), &gate).is_ok());
         assert!(matches!(
-            check(
-                &req,
-                Kind::Plain,
-                &route,
-                &g,
-                "127.0.0.3".parse().unwrap(),
-                &gate
-            ),
+            check(&req, false, &route, &g, "127.0.0.3".parse().unwrap(), &gate),
             Err(Denied::Ip { .. })
         ));
     }

@@ -19,9 +19,13 @@ pub enum OriginRule {
     Any,
     /// `scheme://host:port`, or with `wildcard`, any host ending in `.host`.
     Site {
+        /// Lower-case scheme.
         scheme: String,
+        /// Lower-case host; without the `*.` of a wildcard.
         host: String,
+        /// The port, or the scheme's default.
         port: u16,
+        /// `https://*.example.com`: any subdomain (not the bare domain).
         wildcard: bool,
     },
 }
@@ -29,8 +33,10 @@ pub enum OriginRule {
 /// Why an allowlist entry was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum OriginRuleError {
+    /// Not `scheme://host[:port]`.
     #[error("expected scheme://host[:port], e.g. https://app.example.com or https://*.example.com")]
     Syntax,
+    /// A scheme other than http or https.
     #[error("the scheme must be http or https")]
     Scheme,
 }
@@ -43,6 +49,8 @@ struct Site {
     port: u16,
 }
 
+/// `scheme://host[:port]` as browsers send it: lower-cased, default port filled in,
+/// no path. `None` for anything else (`null`, a path, user info).
 fn parse_site(text: &str) -> Option<Site> {
     let (scheme, rest) = text.split_once("://")?;
     let scheme = scheme.to_ascii_lowercase();
@@ -152,8 +160,10 @@ impl fmt::Display for OriginRule {
 /// Why an Origin was refused. Names the Origin, never the allowlist.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum OriginRefusal {
+    /// No `Origin`, where the route requires one.
     #[error("this route requires an Origin header (require_origin)")]
     Missing,
+    /// An `Origin` not on the list.
     #[error("Origin `{0}` is not in this route's allow_origin list")]
     NotAllowed(String),
 }

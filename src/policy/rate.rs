@@ -69,19 +69,22 @@ impl fmt::Display for Rate {
 
 /// The configured limits; `None` means unlimited.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Limits {
+pub struct RateLimits {
+    /// Requests (and handshakes) per client per second; `None`: unlimited.
     pub rate: Option<Rate>,
     /// Bucket size: requests allowed at once after a quiet period.
     pub burst: u32,
+    /// Open tunnels per client address (`--max-conns-per-ip`).
     pub max_conns_per_ip: Option<u32>,
+    /// Open connections plus tunnels in all (`--max-conns`).
     pub max_conns: Option<usize>,
     /// Most client addresses the rate table tracks.
     pub max_tracked_ips: usize,
 }
 
-impl Default for Limits {
+impl Default for RateLimits {
     fn default() -> Self {
-        Limits {
+        RateLimits {
             rate: None,
             burst: 1,
             max_conns_per_ip: None,
@@ -153,12 +156,24 @@ impl ClientKey {
 /// A limit was hit.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LimitExceeded {
+    /// The client's bucket is empty; a token comes back after `retry_after`.
     #[error("too many requests from this address; retry in {}s", retry_secs(*retry_after))]
-    Rate { retry_after: Duration },
+    Rate {
+        /// When the next token is due (sent as `Retry-After`).
+        retry_after: Duration,
+    },
+    /// The client has `limit` tunnels open already.
     #[error("too many open WebSocket connections from this address (limit {limit})")]
-    TunnelsPerIp { limit: u32 },
+    TunnelsPerIp {
+        /// `--max-conns-per-ip`.
+        limit: u32,
+    },
+    /// The process has `limit` connections open already.
     #[error("the proxy is at its connection limit ({limit})")]
-    Conns { limit: usize },
+    Conns {
+        /// `--max-conns`.
+        limit: usize,
+    },
 }
 
 /// Whole seconds for `Retry-After`, at least 1.
@@ -207,7 +222,7 @@ impl Gate {
     /// Admit a new downstream connection under `--max-conns`.
     pub fn admit_connection(
         self: &Arc<Self>,
-        limits: &Limits,
+        limits: &RateLimits,
     ) -> Result<ConnPermit, LimitExceeded> {
         let previous = self.open.fetch_add(1, Ordering::AcqRel);
         let permit = ConnPermit { gate: self.clone() };
@@ -220,7 +235,7 @@ impl Gate {
     /// Count one request from `ip` against `--rate`.
     pub fn take_request(
         &self,
-        limits: &Limits,
+        limits: &RateLimits,
         ip: IpAddr,
         now: Instant,
     ) -> Result<(), LimitExceeded> {
@@ -254,7 +269,7 @@ impl Gate {
     /// Open a tunnel slot for `ip` under `--max-conns-per-ip` (and count it in `--max-conns`).
     pub fn open_tunnel(
         self: &Arc<Self>,
-        limits: &Limits,
+        limits: &RateLimits,
         ip: IpAddr,
     ) -> Result<TunnelSlot, LimitExceeded> {
         let key = ClientKey::of(ip);
@@ -351,11 +366,11 @@ mod tests {
         s.parse().unwrap()
     }
 
-    fn limits(rate: &str, burst: u32) -> Limits {
-        Limits {
+    fn limits(rate: &str, burst: u32) -> RateLimits {
+        RateLimits {
             rate: Some(Rate::parse(rate).unwrap()),
             burst,
-            ..Limits::default()
+            ..RateLimits::default()
         }
     }
 
@@ -416,7 +431,7 @@ mod tests {
         assert!(gate.take_request(&l, a, Instant::now()).is_ok());
         // No rate: never limited.
         assert!(
-            gate.take_request(&Limits::default(), a, Instant::now())
+            gate.take_request(&RateLimits::default(), a, Instant::now())
                 .is_ok()
         );
     }
@@ -424,7 +439,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn bucket_table_is_bounded() {
         let gate = Gate::default();
-        let l = Limits {
+        let l = RateLimits {
             max_tracked_ips: 100,
             ..limits("1/s", 1)
         };
@@ -458,10 +473,10 @@ mod tests {
     #[test]
     fn tunnel_slots_and_global_cap() {
         let gate = Arc::new(Gate::default());
-        let l = Limits {
+        let l = RateLimits {
             max_conns_per_ip: Some(2),
             max_conns: Some(3),
-            ..Limits::default()
+            ..RateLimits::default()
         };
         let a = ip("127.0.0.2");
         let s1 = gate.open_tunnel(&l, a).unwrap();

@@ -1,5 +1,5 @@
-//! The request target: which forms are accepted, what the upstream is sent,
-//! and what the access log shows.
+//! The request target: which forms are accepted, and what the access log
+//! shows. (What the upstream is sent is [`crate::forward::request`].)
 //!
 //! Upstreams behind shunt expect origin-form (`/path?query`), so CONNECT
 //! (authority-form), absolute-form (`http://host/path`) and TRACE are refused
@@ -7,14 +7,15 @@
 //! ([`crate::router::normalize_path`]); when normalization changed the path,
 //! the normalized path is what the upstream receives, so the upstream cannot
 //! read `/frontend-audio/%2e%2e/admin` differently from how it was routed.
-//! The token query parameter is removed before forwarding and replaced by
-//! `REDACTED` in logs. Header values that are not UTF-8 are refused.
+//! The token query parameter is replaced by `REDACTED` in logs (and removed
+//! before forwarding). Header values that are not UTF-8 are refused.
 
 use std::borrow::Cow;
 
 use http::{Method, Request, Uri};
 
 use super::{Denied, RoutePolicy};
+use crate::percent;
 
 /// What a log line shows in place of a token.
 pub const REDACTED: &str = "REDACTED";
@@ -53,30 +54,15 @@ pub fn check_form<B>(req: &Request<B>, route: &RoutePolicy) -> Result<(), Denied
 pub fn query_param<'a>(query: &'a str, name: &str) -> Option<Cow<'a, str>> {
     query.split('&').find_map(|pair| {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        (percent_decode(k) == name).then(|| percent_decode(v))
+        (percent::decode(k) == name).then(|| percent::decode(v))
     })
-}
-
-/// `query` without every `name=...` pair; `None` when there was none.
-pub fn strip_query_param(query: &str, name: &str) -> Option<String> {
-    let mut removed = false;
-    let kept: Vec<&str> = query
-        .split('&')
-        .filter(|pair| {
-            let k = pair.split_once('=').map_or(*pair, |(k, _)| k);
-            let hit = percent_decode(k) == name;
-            removed |= hit;
-            !hit
-        })
-        .collect();
-    removed.then(|| kept.join("&"))
 }
 
 /// `query` with the value of every `name=...` pair replaced by [`REDACTED`].
 pub fn redact_query<'a>(query: &'a str, name: &str) -> Cow<'a, str> {
     if !query.split('&').any(|pair| {
         let k = pair.split_once('=').map_or(pair, |(k, _)| k);
-        percent_decode(k) == name
+        percent::decode(k) == name
     }) {
         return Cow::Borrowed(query);
     }
@@ -84,7 +70,7 @@ pub fn redact_query<'a>(query: &'a str, name: &str) -> Cow<'a, str> {
         .split('&')
         .map(|pair| {
             let k = pair.split_once('=').map_or(pair, |(k, _)| k);
-            if percent_decode(k) == name {
+            if percent::decode(k) == name {
                 format!("{k}={REDACTED}")
             } else {
                 pair.to_owned()
@@ -99,53 +85,6 @@ pub fn loggable_target(uri: &Uri, token_param: &str) -> String {
     match uri.query() {
         Some(q) => format!("{}?{}", uri.path(), redact_query(q, token_param)),
         None => uri.path().to_owned(),
-    }
-}
-
-/// The origin-form target sent upstream: the normalized path when it differs
-/// from the path as sent, and the query without `strip` (the token parameter).
-/// `None` when the request's target can be forwarded unchanged.
-pub fn upstream_target(uri: &Uri, normalized: &str, strip: Option<&str>) -> Option<Uri> {
-    let path_changed = uri.path() != normalized;
-    let query = uri.query();
-    let stripped = match (query, strip) {
-        (Some(q), Some(name)) => strip_query_param(q, name),
-        _ => None,
-    };
-    if !path_changed && stripped.is_none() {
-        return None;
-    }
-    let query = stripped.as_deref().or(query).filter(|q| !q.is_empty());
-    let text = match query {
-        Some(q) => format!("{normalized}?{q}"),
-        None => normalized.to_owned(),
-    };
-    text.parse().ok()
-}
-
-/// Decode `%XX` escapes; an invalid escape or non-UTF-8 result is kept as sent.
-pub fn percent_decode(text: &str) -> Cow<'_, str> {
-    if !text.contains('%') {
-        return Cow::Borrowed(text);
-    }
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            let hex = |b: u8| (b as char).to_digit(16);
-            if let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                out.push((h * 16 + l) as u8);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    match String::from_utf8(out) {
-        Ok(s) => Cow::Owned(s),
-        Err(_) => Cow::Borrowed(text),
     }
 }
 
@@ -169,21 +108,6 @@ mod tests {
     }
 
     #[test]
-    fn strips_params() {
-        assert_eq!(
-            strip_query_param("a=1&token=x&b=2", "token").as_deref(),
-            Some("a=1&b=2")
-        );
-        assert_eq!(strip_query_param("token=x", "token").as_deref(), Some(""));
-        assert_eq!(
-            strip_query_param("token=x&token=y&c", "token").as_deref(),
-            Some("c")
-        );
-        assert_eq!(strip_query_param("%74oken=x", "token").as_deref(), Some(""));
-        assert_eq!(strip_query_param("a=1", "token"), None);
-    }
-
-    #[test]
     fn redacts_params() {
         assert_eq!(
             redact_query("a=1&token=secret", "token"),
@@ -194,38 +118,6 @@ mod tests {
         let logged = loggable_target(&uri, "token");
         assert_eq!(logged, "/ws?token=REDACTED&x=1");
         assert!(!logged.contains("s3cr3t"));
-    }
-
-    #[test]
-    fn upstream_targets() {
-        let uri: Uri = "/a/../b?token=t&x=1".parse().unwrap();
-        assert_eq!(
-            upstream_target(&uri, "/b", Some("token"))
-                .unwrap()
-                .to_string(),
-            "/b?x=1"
-        );
-        let uri: Uri = "/b?x=1".parse().unwrap();
-        assert_eq!(upstream_target(&uri, "/b", Some("token")), None);
-        let uri: Uri = "/b?token=t".parse().unwrap();
-        assert_eq!(
-            upstream_target(&uri, "/b", Some("token"))
-                .unwrap()
-                .to_string(),
-            "/b"
-        );
-        let uri: Uri = "/b?token=t".parse().unwrap();
-        assert_eq!(upstream_target(&uri, "/b", None), None);
-        let uri: Uri = "http://h/a/%2e%2e/b".parse().unwrap();
-        assert_eq!(upstream_target(&uri, "/b", None).unwrap().to_string(), "/b");
-    }
-
-    #[test]
-    fn decoding() {
-        assert_eq!(percent_decode("a%20b"), "a b");
-        assert_eq!(percent_decode("100%"), "100%");
-        assert_eq!(percent_decode("%zz"), "%zz");
-        assert_eq!(percent_decode("%ff"), "%ff");
     }
 
     #[test]

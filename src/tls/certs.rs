@@ -19,7 +19,9 @@ use x509_parser::extensions::GeneralName;
 /// One configured certificate: files and the server names it is for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CertSpec {
+    /// PEM certificate chain, leaf first.
     pub cert: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
     pub key: PathBuf,
     /// SNI names this certificate answers; empty means "the names it covers".
     pub names: Vec<String>,
@@ -28,42 +30,69 @@ pub struct CertSpec {
 /// Why a certificate could not be loaded. Names the file at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum CertError {
+    /// The file is not valid PEM.
     #[error("{}: {source}", path.display())]
     Pem {
+        /// The file.
         path: PathBuf,
+        /// What the PEM reader found.
         #[source]
         source: rustls::pki_types::pem::Error,
     },
+    /// The certificate file holds no certificate.
     #[error("{}: no certificate in the file", path.display())]
-    Empty { path: PathBuf },
+    Empty {
+        /// The certificate file.
+        path: PathBuf,
+    },
+    /// The leaf does not parse as X.509.
     #[error("{}: not a valid X.509 certificate: {reason}", path.display())]
-    Parse { path: PathBuf, reason: String },
+    Parse {
+        /// The certificate file.
+        path: PathBuf,
+        /// What the X.509 parser said.
+        reason: String,
+    },
+    /// The key does not load, or does not match the certificate.
     #[error("{}: the key cannot be used with certificate {}: {source}", key.display(), cert.display())]
     Key {
+        /// The certificate file.
         cert: PathBuf,
+        /// The key file.
         key: PathBuf,
+        /// What rustls said.
         #[source]
         source: rustls::Error,
     },
+    /// TLS is on but no certificate is configured. Config validation already
+    /// refuses that; the set is built here too, so it is checked here too.
+    #[error("TLS is on but no certificate is configured")]
+    NoCertificate,
 }
 
 /// What `/status` and the log say about a certificate.
 #[derive(Debug, Clone)]
 pub struct CertInfo {
+    /// The leaf's subject, as text.
     pub subject: String,
     /// DNS names and IP addresses of the leaf.
     pub sans: Vec<String>,
+    /// End of validity: `/status` shows it so renewals are not missed.
     pub not_after: SystemTime,
     /// SHA-256 of the leaf's DER, upper-case hex pairs joined by `:`.
     pub fingerprint: String,
+    /// Where the chain was read from.
     pub cert_file: PathBuf,
+    /// Where the key was read from.
     pub key_file: PathBuf,
 }
 
 /// A certificate ready to serve.
 #[derive(Debug)]
 pub struct LoadedCert {
+    /// What rustls serves.
     pub key: Arc<CertifiedKey>,
+    /// What `/status` and the log say about it.
     pub info: CertInfo,
     /// Names matched against SNI (configured names, else the SANs).
     pub names: Vec<String>,
@@ -95,6 +124,7 @@ pub fn load(spec: &CertSpec, provider: &CryptoProvider) -> Result<LoadedCert, Ce
     })
 }
 
+/// Every certificate of a PEM chain, leaf first.
 fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, CertError> {
     let chain = CertificateDer::pem_file_iter(path)
         .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
@@ -110,6 +140,7 @@ fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, CertError> {
     Ok(chain)
 }
 
+/// What `/status` shows about the leaf: subject, SANs, expiry, fingerprint.
 fn describe(leaf: &CertificateDer<'_>, spec: &CertSpec) -> Result<CertInfo, CertError> {
     let parse_err = |reason: String| CertError::Parse {
         path: spec.cert.clone(),
@@ -143,6 +174,7 @@ fn describe(leaf: &CertificateDer<'_>, spec: &CertSpec) -> Result<CertInfo, Cert
     })
 }
 
+/// An IP SAN's raw bytes (4 or 16) as an address.
 fn ip_from_bytes(bytes: &[u8]) -> Option<std::net::IpAddr> {
     match bytes.len() {
         4 => Some(std::net::IpAddr::from(<[u8; 4]>::try_from(bytes).ok()?)),

@@ -2,6 +2,11 @@
 //!
 //! Trusts the CA file given by `--upstream-ca` (or `ca` of the upstream), or
 //! else the system's roots; SNI and certificate verification use the URL host.
+//!
+//! The client config is built per upstream when a snapshot is built, so a
+//! CA file that fails to load fails the reload (the old snapshot stays), and a
+//! renewed CA file is picked up by the next reload. ALPN is `http/1.1` only:
+//! a WebSocket upgrade needs HTTP/1.1 on the upstream leg too.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -13,16 +18,25 @@ use rustls::pki_types::pem::PemObject;
 /// Why an upstream TLS configuration could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientTlsError {
+    /// The CA file is not valid PEM.
     #[error("upstream CA file {}: {source}", path.display())]
     Ca {
+        /// The CA file.
         path: PathBuf,
+        /// What the PEM reader found.
         #[source]
         source: rustls::pki_types::pem::Error,
     },
+    /// The CA file holds no certificate.
     #[error("upstream CA file {}: no usable CA certificate", path.display())]
-    NoCa { path: PathBuf },
+    NoCa {
+        /// The CA file.
+        path: PathBuf,
+    },
+    /// No CA file and no system roots to verify the upstream with.
     #[error("no system root certificates found; give --upstream-ca")]
     NoSystemRoots,
+    /// rustls refused the client configuration.
     #[error("TLS client setup: {0}")]
     Rustls(#[from] rustls::Error),
 }

@@ -28,12 +28,16 @@ const HANDSHAKE_RECORD: u8 = 0x16;
 /// Why a downstream TLS connection did not come up.
 #[derive(Debug, thiserror::Error)]
 pub enum AcceptError {
+    /// The client sent a plain HTTP request to the TLS port (answered 400).
     #[error("plain HTTP sent to the TLS port")]
     PlainHttp,
+    /// The first byte is not a TLS handshake record.
     #[error("not a TLS client hello")]
     NotTls,
+    /// The handshake failed (no shared cipher, bad SNI, a reset).
     #[error("TLS handshake failed: {0}")]
     Handshake(#[source] std::io::Error),
+    /// The client did not finish the handshake in time.
     #[error("TLS handshake timed out after {0:?}")]
     Timeout(Duration),
 }
@@ -45,10 +49,8 @@ pub fn load_cert_set(specs: &[CertSpec]) -> Result<Arc<CertSet>, CertError> {
         .iter()
         .map(|s| certs::load(s, &provider))
         .collect::<Result<Vec<_>, _>>()?;
-    // Config validation guarantees at least one certificate when TLS is on.
-    Ok(Arc::new(
-        CertSet::new(loaded).expect("at least one certificate"),
-    ))
+    let set = CertSet::new(loaded).ok_or(CertError::NoCertificate)?;
+    Ok(Arc::new(set))
 }
 
 /// The acceptor for the proxy listener: TLS 1.2 and 1.3, ALPN `http/1.1`
@@ -98,6 +100,7 @@ pub async fn accept(
         .map_err(|_| AcceptError::Timeout(timeout))?
 }
 
+/// What a plain-HTTP client on the TLS port is told, instead of a silent close.
 const PLAIN_HTTP_ANSWER: &[u8] = b"HTTP/1.1 400 Bad Request\r\n\
 content-type: text/plain; charset=utf-8\r\n\
 connection: close\r\n\

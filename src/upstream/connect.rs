@@ -3,6 +3,14 @@
 //! Plain TCP for `http://` upstreams, TLS (SNI and verification from the URL
 //! host) for `https://` ones. Used by forwarding and by health probes alike,
 //! so a probe exercises exactly the path a real request takes.
+//!
+//! [`http1_handshake`] is the one HTTP/1.1 client handshake of the crate
+//! (forwarding, health probes, `shunt healthcheck`): the connection task it
+//! starts is tracked, allows upgrades, and can react to shutdown.
+//!
+//! `TCP_NODELAY` is set on every upstream socket for the same reason as on
+//! downstream ones: audio frames are small, and Nagle's algorithm would hold
+//! each one back for the previous one's ACK.
 
 use std::io;
 use std::pin::Pin;
@@ -10,28 +18,37 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use hyper::client::conn::http1::SendRequest;
 use rustls::ClientConfig;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::config::UpstreamUrl;
 
 /// Why an upstream could not be reached.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
+    /// The TCP connect failed (refused, unreachable).
     #[error("{}", describe(.0))]
     Io(#[source] io::Error),
+    /// No connection within the connect timeout.
     #[error("connect timed out after {0:?}")]
     Timeout(Duration),
+    /// The TLS handshake with an https upstream failed.
     #[error("TLS handshake with the upstream failed: {0}")]
     Tls(#[source] io::Error),
+    /// The URL's host cannot be a TLS server name.
     #[error("`{0}` is not a valid TLS server name")]
     ServerName(String),
 }
 
+/// The message for a connect error: "connection refused" is what operators
+/// search logs for, so it is said plainly rather than as `os error 111`.
 fn describe(e: &io::Error) -> String {
     match e.kind() {
         io::ErrorKind::ConnectionRefused => "connection refused".into(),
@@ -42,7 +59,9 @@ fn describe(e: &io::Error) -> String {
 /// A connection to an upstream.
 #[derive(Debug)]
 pub enum UpstreamStream {
+    /// Plain TCP: kept bare so a tunnel can splice it.
     Plain(TcpStream),
+    /// TLS to an https upstream.
     Tls(Box<TlsStream<TcpStream>>),
 }
 
@@ -72,6 +91,41 @@ pub async fn connect(
     tokio::time::timeout(timeout, attempt)
         .await
         .map_err(|_| ConnectError::Timeout(timeout))?
+}
+
+/// hyper's HTTP/1.1 client handshake over `io`. The connection is then
+/// driven by a task on `tracker` until it closes or upgrades (upgrades stay
+/// possible, for WebSocket handshakes). If `stop` is cancelled first,
+/// `on_stop` runs (forwarding empties the upstream's pool there, so idle
+/// keep-alive connections end) and the connection may finish what it is doing.
+pub async fn http1_handshake<IO, B>(
+    io: IO,
+    tracker: &TaskTracker,
+    stop: &CancellationToken,
+    on_stop: impl FnOnce() + Send + 'static,
+) -> hyper::Result<SendRequest<B>>
+where
+    IO: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let (sender, conn) = hyper::client::conn::http1::handshake(io).await?;
+    let stop = stop.clone();
+    tracker.spawn(async move {
+        let mut conn = std::pin::pin!(conn.with_upgrades());
+        let ended = tokio::select! {
+            r = conn.as_mut() => r,
+            () = stop.cancelled() => {
+                on_stop();
+                conn.await
+            }
+        };
+        if let Err(e) = ended {
+            tracing::debug!(error = %e, "upstream connection ended with an error");
+        }
+    });
+    Ok(sender)
 }
 
 impl AsyncRead for UpstreamStream {

@@ -5,6 +5,13 @@
 //! `rise` consecutive successes to come up and `fall` consecutive failures to go
 //! down. Probes and real requests (passively, on connect failure or timeout)
 //! both report here. Each change is logged once, saying why.
+//!
+//! Why thresholds: one lost probe on a busy machine should not move every
+//! new call to nginx, and one lucky probe should not bring back an upstream
+//! that is flapping. The first result decides at once, though, so a fresh
+//! start does not wait `rise` intervals before it is ready. Probe kinds
+//! match what the route needs: `tcp` (the port accepts), `http` (the app
+//! answers), `ws` (the WebSocket path really upgrades, then closes cleanly).
 
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
@@ -18,7 +25,7 @@ use rustls::ClientConfig;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::connect::{UpstreamStream, connect};
+use super::connect::{UpstreamStream, connect, http1_handshake};
 use crate::config::{HealthSpec, ProbeKind, UpstreamName, UpstreamUrl};
 
 /// What shunt believes about an upstream.
@@ -26,7 +33,9 @@ use crate::config::{HealthSpec, ProbeKind, UpstreamName, UpstreamUrl};
 pub enum State {
     /// Not probed yet.
     Unknown,
+    /// Healthy: routes use it.
     Up,
+    /// Unhealthy: routes skip it while another is up.
     Down,
     /// No route uses it, so it is not probed.
     Unused,
@@ -47,8 +56,11 @@ impl State {
 /// A copy of the health record, for `/status` and `/readyz`.
 #[derive(Debug, Clone)]
 pub struct HealthView {
+    /// The current state.
     pub state: State,
+    /// Why the last probe or request failed, if one has.
     pub last_error: Option<String>,
+    /// When the state last changed.
     pub last_change: SystemTime,
 }
 
@@ -158,7 +170,7 @@ pub async fn probe_loop(
 ) {
     loop {
         let result = tokio::select! {
-            r = tokio::time::timeout(spec.timeout, probe(&url, tls.as_ref(), &spec, &tracker)) => r,
+            r = tokio::time::timeout(spec.timeout, probe(&url, tls.as_ref(), &spec, &tracker, &stop)) => r,
             () = stop.cancelled() => return,
         };
         match result {
@@ -181,6 +193,7 @@ async fn probe(
     tls: Option<&Arc<ClientConfig>>,
     spec: &HealthSpec,
     tracker: &TaskTracker,
+    stop: &CancellationToken,
 ) -> Result<(), String> {
     let stream = connect(url, tls, spec.timeout)
         .await
@@ -193,7 +206,7 @@ async fn probe(
     match &spec.check {
         ProbeKind::Tcp => Ok(()),
         ProbeKind::Http(path) => {
-            let resp = send(stream, request(path), tracker).await?;
+            let resp = send(stream, request(path), tracker, stop).await?;
             let status = resp.status();
             if status.is_success() || status.is_redirection() {
                 Ok(())
@@ -210,7 +223,7 @@ async fn probe(
                     fastwebsockets::handshake::generate_key(),
                 )
                 .header(header::SEC_WEBSOCKET_VERSION, "13");
-            let mut resp = send(stream, handshake, tracker).await?;
+            let mut resp = send(stream, handshake, tracker, stop).await?;
             if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
                 return Err(format!(
                     "websocket handshake on {path} answered {}",
@@ -241,15 +254,15 @@ async fn send(
     stream: UpstreamStream,
     request: http::request::Builder,
     tracker: &TaskTracker,
+    stop: &CancellationToken,
 ) -> Result<hyper::Response<hyper::body::Incoming>, String> {
     let req = request
         .body(Empty::<Bytes>::new())
         .map_err(|e| e.to_string())?;
     let what = format!("{} {}", req.method(), req.uri());
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+    let mut sender = http1_handshake(TokioIo::new(stream), tracker, stop, || {})
         .await
         .map_err(|e| format!("{what}: {e}"))?;
-    tracker.spawn(conn.with_upgrades());
     sender
         .send_request(req)
         .await

@@ -5,6 +5,11 @@
 //! removes or changes it). Selection walks a route's upstreams in order and
 //! connects to the first that is not down, falling through to the next one on
 //! a connect failure, which also counts against the failed upstream's health.
+//!
+//! Falling through on a connect failure is safe because nothing has been sent
+//! yet: the request is still whole, so the next upstream gets it as if it had
+//! been first. Once bytes are sent, a failure is reported to the client
+//! (502/504) rather than retried, since the request may have had effects.
 
 pub mod connect;
 pub mod health;
@@ -26,7 +31,9 @@ use pool::ConnPool;
 /// One named upstream with its live health.
 #[derive(Debug)]
 pub struct Upstream {
+    /// The upstream as configured.
     pub spec: UpstreamSpec,
+    /// Its health, shared with the probe loop (and kept across reloads).
     pub health: Arc<Health>,
     /// Whether a route uses it (only then is it probed).
     pub probed: bool,
@@ -92,11 +99,16 @@ impl Upstream {
 pub enum SelectError {
     /// Every upstream of the route is marked down; nothing was tried.
     #[error("no healthy upstream ({reasons})")]
-    NoneHealthy { reasons: String },
+    NoneHealthy {
+        /// Why each upstream is down, as `/readyz` shows it.
+        reasons: String,
+    },
     /// Every usable upstream was tried and refused; the last failure is kept.
     #[error("upstream {upstream}: {source}")]
     Connect {
+        /// The last upstream tried.
         upstream: UpstreamName,
+        /// Why it could not be reached.
         #[source]
         source: ConnectError,
     },

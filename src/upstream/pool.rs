@@ -7,6 +7,13 @@
 //! upstream, drops connections idle longer than its timeout or closed by the
 //! upstream, and is emptied at shutdown. WebSocket upgrades always use a fresh
 //! connection: an upgraded connection is never HTTP again.
+//!
+//! Why reuse at all: a plain request through nginx or to the backend
+//! otherwise pays a TCP connect and an HTTP/1.1 handshake each time, which
+//! dominates the latency of small requests on loopback. Why bounded and
+//! idle-timed: an upstream that closes idle connections after its own
+//! keep-alive timeout would otherwise leave dead entries for the next
+//! request to trip over.
 
 use std::pin::Pin;
 use std::sync::Mutex;

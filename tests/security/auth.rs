@@ -5,7 +5,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde_json::json;
 use shunt::policy::auth::sign_hs256;
 
-use crate::harness::*;
+use crate::prelude::*;
 
 fn now() -> u64 {
     SystemTime::now()
@@ -16,10 +16,10 @@ fn now() -> u64 {
 
 #[tokio::test]
 async fn static_tokens_from_header_query_and_cookie() {
-    let backend = Backend::spawn().await;
+    let backend = echo_backend().spawn().await;
     let tokens = TempFile::new("tokens", "# operators\nalpha-s3cret-token\n\nbeta-token\n");
-    let shunt = Shunt::start(&backend, &["--token-file", tokens.path()]).await;
-    let a = shunt.addr;
+    let shunt = start(&backend, &["--token-file", tokens.path()]).await;
+    let a = shunt.addr();
     let ok = raw(a, &get("/h", &["Authorization: Bearer alpha-s3cret-token"])).await;
     assert_eq!(ok.status, Some(200), "{ok:?}");
     let ok = raw(a, &get("/q?x=1&token=alpha-s3cret-token&y=2", &[])).await;
@@ -83,32 +83,32 @@ async fn static_tokens_from_header_query_and_cookie() {
 
 #[tokio::test]
 async fn token_file_is_reread_on_reload() {
-    let backend = Backend::spawn().await;
+    let backend = echo_backend().spawn().await;
     let tokens = TempFile::new("tokens", "first\n");
-    let shunt = Shunt::start(
+    let shunt = start(
         &backend,
         &["--token-file", tokens.path(), "--auth", "token"],
     )
     .await;
     assert_eq!(
-        raw(shunt.addr, &get("/?token=first", &[])).await.status,
+        raw(shunt.addr(), &get("/?token=first", &[])).await.status,
         Some(200)
     );
     TempFile::write(&tokens.0, "second\n");
     assert!(shunt.reload().await);
     assert_eq!(
-        raw(shunt.addr, &get("/?token=first", &[])).await.status,
+        raw(shunt.addr(), &get("/?token=first", &[])).await.status,
         Some(401)
     );
     assert_eq!(
-        raw(shunt.addr, &get("/?token=second", &[])).await.status,
+        raw(shunt.addr(), &get("/?token=second", &[])).await.status,
         Some(200)
     );
     // An empty file fails the reload; the running tokens stay.
     TempFile::write(&tokens.0, "# nothing\n");
     assert!(!shunt.reload().await);
     assert_eq!(
-        raw(shunt.addr, &get("/?token=second", &[])).await.status,
+        raw(shunt.addr(), &get("/?token=second", &[])).await.status,
         Some(200)
     );
     shunt.stop().await;
@@ -136,9 +136,9 @@ fn unreadable_or_empty_credential_files_are_named() {
 
 #[tokio::test]
 async fn jwt_valid_expired_tampered_and_claims() {
-    let backend = Backend::spawn().await;
+    let backend = echo_backend().spawn().await;
     let secret = TempFile::new("jwt", "hunter2-jwt-secret\n");
-    let shunt = Shunt::start(
+    let shunt = start(
         &backend,
         &[
             "--jwt-secret-file",
@@ -156,7 +156,7 @@ async fn jwt_valid_expired_tampered_and_claims() {
         key,
         &json!({"exp": t + 300, "iss": "calls", "aud": "shunt"}),
     );
-    let a = shunt.addr;
+    let a = shunt.addr();
     let status = |r: Answer| r.status;
     assert_eq!(
         status(raw(a, &get("/", &[&format!("Authorization: Bearer {good}")])).await),
@@ -250,7 +250,7 @@ async fn jwt_valid_expired_tampered_and_claims() {
 
 #[tokio::test]
 async fn per_route_auth_and_custom_sources() {
-    let backend = Backend::spawn().await;
+    let backend = echo_backend().spawn().await;
     let tokens = TempFile::new("tokens", "t0k\n");
     let file = TempFile::new(
         "auth.toml",
@@ -273,8 +273,8 @@ via = ["direct"]
             tokens.path()
         ),
     );
-    let shunt = Shunt::start(&backend, &["--config", file.path()]).await;
-    let a = shunt.addr;
+    let shunt = start(&backend, &["--config", file.path()]).await;
+    let a = shunt.addr();
     assert_eq!(raw(a, &get("/public/x", &[])).await.status, Some(200));
     assert_eq!(raw(a, &get("/private", &[])).await.status, Some(401));
     assert_eq!(

@@ -5,13 +5,13 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::harness::*;
+use crate::prelude::*;
 
 #[tokio::test]
 async fn slowloris_is_closed_while_audio_keeps_flowing() {
-    let backend = Backend::spawn().await;
-    let shunt = Shunt::start(&backend, &["--header-timeout", "1s"]).await;
-    let a = shunt.addr;
+    let backend = echo_backend().spawn().await;
+    let shunt = start(&backend, &["--header-timeout", "1s"]).await;
+    let a = shunt.addr();
     let (s, ws, _) = ws_open(a, "127.0.0.2", "/frontend-audio", &[]).await;
     assert_eq!(s, Some(101));
     let mut ws = ws.unwrap();
@@ -49,14 +49,14 @@ async fn slowloris_is_closed_while_audio_keeps_flowing() {
 
 #[tokio::test]
 async fn header_limits_answer_431() {
-    let backend = Backend::spawn().await;
-    let shunt = Shunt::start(&backend, &["--max-header-bytes", "8192"]).await;
+    let backend = echo_backend().spawn().await;
+    let shunt = start(&backend, &["--max-header-bytes", "8192"]).await;
     let big = format!("X-Big: {}", "a".repeat(20_000));
-    let answer = raw(shunt.addr, &get("/", &[&big])).await;
+    let answer = raw(shunt.addr(), &get("/", &[&big])).await;
     assert_eq!(answer.status, Some(431), "{answer:?}");
     let many: Vec<String> = (0..150).map(|i| format!("X-H{i}: v")).collect();
     let many: Vec<&str> = many.iter().map(String::as_str).collect();
-    let answer = raw(shunt.addr, &get("/", &many)).await;
+    let answer = raw(shunt.addr(), &get("/", &many)).await;
     assert_eq!(answer.status, Some(431), "{answer:?}");
     assert!(backend.seen().is_empty());
     shunt.stop().await;
@@ -64,9 +64,9 @@ async fn header_limits_answer_431() {
 
 #[tokio::test]
 async fn forms_methods_and_smuggling() {
-    let backend = Backend::spawn().await;
-    let shunt = Shunt::start(&backend, &[]).await;
-    let a = shunt.addr;
+    let backend = echo_backend().spawn().await;
+    let shunt = start(&backend, &[]).await;
+    let a = shunt.addr();
     let abs = raw(
         a,
         b"GET http://127.0.0.1:1/x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
@@ -116,32 +116,7 @@ async fn forms_methods_and_smuggling() {
 /// At least 30 malformed or hostile requests: each 4xx or closed, never 5xx.
 #[tokio::test]
 async fn hostile_corpus_is_refused_cleanly() {
-    let backend = Backend::spawn().await;
-    let tokens = TempFile::new("tokens", "tk\n");
-    let file = TempFile::new(
-        "corpus.toml",
-        &format!(
-            r#"
-token_file = "{}"
-
-[[routes]]
-path = "/frontend-audio"
-via = ["direct"]
-auth = "none"
-
-[[routes]]
-path = "/"
-via = ["direct"]
-auth = "token"
-"#,
-            tokens.path()
-        ),
-    );
-    let shunt = Shunt::start(
-        &backend,
-        &["--config", file.path(), "--header-timeout", "2s"],
-    )
-    .await;
+    let (backend, _files, shunt) = audio_open_rest_token(&["--header-timeout", "2s"]).await;
     let long_path = format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(20_000));
     let many_headers = format!(
         "GET / HTTP/1.1\r\nHost: x\r\n{}\r\n",
@@ -196,7 +171,7 @@ auth = "token"
     assert!(corpus.len() >= 30);
     // All at once: a request that leaves the connection open waits for the
     // header timeout, and shunt must cope with the lot concurrently anyway.
-    let addr = shunt.addr;
+    let addr = shunt.addr();
     let sent: Vec<_> = corpus
         .into_iter()
         .map(|(what, bytes)| tokio::spawn(async move { (what, raw(addr, &bytes).await) }))
@@ -217,7 +192,7 @@ auth = "token"
         backend.seen()
     );
     // Still alive and serving.
-    let ok = raw(shunt.addr, &get("/frontend-audio/ok", &[])).await;
+    let ok = raw(shunt.addr(), &get("/frontend-audio/ok", &[])).await;
     assert_eq!(ok.status, Some(200));
     shunt.stop().await;
 }

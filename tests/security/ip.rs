@@ -1,17 +1,17 @@
 //! IP allow/deny lists: global at accept, per route after routing.
 
-use crate::harness::*;
+use crate::prelude::*;
 
 #[tokio::test]
 async fn global_allow_list_refuses_at_accept() {
-    let backend = Backend::spawn().await;
-    let shunt = Shunt::start(&backend, &["--allow-ip", "127.0.0.2/32"]).await;
-    let ok = raw_from(shunt.addr, "127.0.0.2", &get("/x", &[])).await;
+    let backend = echo_backend().spawn().await;
+    let shunt = start(&backend, &["--allow-ip", "127.0.0.2/32"]).await;
+    let ok = raw_from(shunt.addr(), "127.0.0.2", &get("/x", &[])).await;
     assert_eq!(ok.status, Some(200), "{ok:?}");
-    let refused = raw_from(shunt.addr, "127.0.0.3", &get("/x", &[])).await;
+    let refused = raw_from(shunt.addr(), "127.0.0.3", &get("/x", &[])).await;
     assert_eq!(refused.status, Some(403), "{refused:?}");
     assert!(refused.body().contains("allow_ip"), "{refused:?}");
-    let (status, _, _) = ws_open(shunt.addr, "127.0.0.3", "/ws", &[]).await;
+    let (status, _, _) = ws_open(shunt.addr(), "127.0.0.3", "/ws", &[]).await;
     assert_eq!(status, Some(403));
     assert_eq!(
         backend.seen(),
@@ -27,8 +27,8 @@ async fn global_allow_list_refuses_at_accept() {
 
 #[tokio::test]
 async fn deny_wins_over_allow() {
-    let backend = Backend::spawn().await;
-    let shunt = Shunt::start(
+    let backend = echo_backend().spawn().await;
+    let shunt = start(
         &backend,
         &[
             "--allow-ip",
@@ -41,12 +41,12 @@ async fn deny_wins_over_allow() {
     )
     .await;
     assert_eq!(
-        raw_from(shunt.addr, "127.0.0.2", &get("/", &[]))
+        raw_from(shunt.addr(), "127.0.0.2", &get("/", &[]))
             .await
             .status,
         Some(200)
     );
-    let refused = raw_from(shunt.addr, "127.0.0.4", &get("/", &[])).await;
+    let refused = raw_from(shunt.addr(), "127.0.0.4", &get("/", &[])).await;
     assert_eq!(refused.status, Some(403));
     assert!(
         refused.body().contains("deny_ip 127.0.0.4/32"),
@@ -57,7 +57,7 @@ async fn deny_wins_over_allow() {
 
 #[tokio::test]
 async fn route_lists_apply_to_the_normalized_route() {
-    let backend = Backend::spawn().await;
+    let backend = echo_backend().spawn().await;
     let file = TempFile::new(
         "routes.toml",
         r#"
@@ -76,9 +76,9 @@ path = "/"
 via = ["direct"]
 "#,
     );
-    let shunt = Shunt::start(&backend, &["--config", file.path()]).await;
+    let shunt = start(&backend, &["--config", file.path()]).await;
     let from = |ip: &'static str, target: &'static str| {
-        let addr = shunt.addr;
+        let addr = shunt.addr();
         async move { raw_from(addr, ip, &get(target, &[])).await.status }
     };
     assert_eq!(from("127.0.0.2", "/admin").await, Some(200));
@@ -99,7 +99,7 @@ via = ["direct"]
     }
     // From an allowed address the upstream gets the path that was routed.
     let ok = raw_from(
-        shunt.addr,
+        shunt.addr(),
         "127.0.0.2",
         &get("/frontend-audio/%2e%2e/admin?q=1", &[]),
     )

@@ -1,11 +1,11 @@
 //! Origin allowlist on WebSocket handshakes, CORS answers on plain HTTP.
 
-use crate::harness::*;
+use crate::prelude::*;
 
 #[tokio::test]
 async fn websocket_origin_allowed_refused_missing() {
-    let backend = Backend::spawn().await;
-    let shunt = Shunt::start(
+    let backend = echo_backend().spawn().await;
+    let shunt = start(
         &backend,
         &[
             "--allow-origin",
@@ -15,7 +15,7 @@ async fn websocket_origin_allowed_refused_missing() {
         ],
     )
     .await;
-    let a = shunt.addr;
+    let a = shunt.addr();
     let (s, ws, _) = ws_open(a, "127.0.0.1", "/ws", &["Origin: https://app.example.com"]).await;
     assert_eq!(s, Some(101));
     echo(&mut ws.unwrap(), "hello").await;
@@ -49,7 +49,7 @@ async fn websocket_origin_allowed_refused_missing() {
     assert_eq!(s, Some(101));
     shunt.stop().await;
 
-    let shunt = Shunt::start(
+    let shunt = start(
         &backend,
         &[
             "--allow-origin",
@@ -58,11 +58,11 @@ async fn websocket_origin_allowed_refused_missing() {
         ],
     )
     .await;
-    let (s, _, refused) = ws_open(shunt.addr, "127.0.0.1", "/ws", &[]).await;
+    let (s, _, refused) = ws_open(shunt.addr(), "127.0.0.1", "/ws", &[]).await;
     assert_eq!(s, Some(403));
     assert!(refused.body().contains("requires an Origin"), "{refused:?}");
     let (s, _, _) = ws_open(
-        shunt.addr,
+        shunt.addr(),
         "127.0.0.1",
         "/ws",
         &["Origin: https://app.example.com"],
@@ -74,9 +74,9 @@ async fn websocket_origin_allowed_refused_missing() {
 
 #[tokio::test]
 async fn cors_preflight_answered_by_shunt() {
-    let backend = Backend::spawn().await;
+    let backend = echo_backend().spawn().await;
     let tokens = TempFile::new("tokens", "tk\n");
-    let shunt = Shunt::start(
+    let shunt = start(
         &backend,
         &[
             "--allow-origin",
@@ -87,7 +87,7 @@ async fn cors_preflight_answered_by_shunt() {
         ],
     )
     .await;
-    let a = shunt.addr;
+    let a = shunt.addr();
     let pre = raw(
         a,
         b"OPTIONS /api/calls HTTP/1.1\r\nHost: x\r\nOrigin: https://app.example.com\r\nAccess-Control-Request-Method: POST\r\nAccess-Control-Request-Headers: authorization\r\nConnection: close\r\n\r\n",

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use shunt::config::RouteSpec;
 use shunt::router::{Route, Router, normalize_path};
 
-use crate::harness::*;
+use crate::prelude::*;
 
 /// xorshift64*: deterministic, no crate needed.
 struct Rng(u64);
@@ -132,31 +132,12 @@ fn normalization_is_idempotent_and_routing_sound() {
 /// Without a token, whatever reaches the backend lies under `/frontend-audio`.
 #[tokio::test]
 async fn no_path_trick_reaches_the_protected_route_unauthenticated() {
-    let backend = Backend::spawn().await;
-    let tokens = TempFile::new("tokens", "tk\n");
-    let file = TempFile::new(
-        "paths.toml",
-        &format!(
-            r#"
-token_file = "{}"
-[[routes]]
-path = "/frontend-audio"
-via = ["direct"]
-auth = "none"
-[[routes]]
-path = "/"
-via = ["direct"]
-auth = "token"
-"#,
-            tokens.path()
-        ),
-    );
-    let shunt = Shunt::start(&backend, &["--config", file.path()]).await;
+    let (backend, _files, shunt) = audio_open_rest_token(&[]).await;
     let mut rng = Rng(0xdead_beef_0042);
     let mut answered = 0;
     for _ in 0..300 {
         let raw_path = random_path(&mut rng).replace('é', "%C3%A9");
-        let answer = raw(shunt.addr, &get(&raw_path, &[])).await;
+        let answer = raw(shunt.addr(), &get(&raw_path, &[])).await;
         let s = answer.status.unwrap_or(0);
         assert!(s == 0 || s < 500, "{raw_path}: {answer:?}");
         if s == 200 {

@@ -13,6 +13,9 @@
 //! A `delay_ms=N` query parameter delays the answer by N ms (at most 10 s)
 //! on any non-upgrade request.
 //!
+//! Every request target (path and query, upgrades included) is recorded, so
+//! tests can see exactly what reached the backend ([`EchoServer::seen`]).
+//!
 //! Every response carries `x-backend: NAME`. A request with header
 //! `x-echo-hop-response: 1` gets hop-by-hop headers in its response
 //! (`Connection: x-resp-hop`, `x-resp-hop: 1`, `Keep-Alive: timeout=99`) so
@@ -24,8 +27,8 @@
 use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -58,6 +61,7 @@ pub struct EchoServer {
     tracker: TaskTracker,
     websockets: Arc<AtomicUsize>,
     requests: Arc<AtomicUsize>,
+    seen: Arc<Mutex<Vec<String>>>,
 }
 
 /// What every connection task needs.
@@ -69,6 +73,7 @@ struct Ctx {
     tracker: TaskTracker,
     websockets: Arc<AtomicUsize>,
     requests: Arc<AtomicUsize>,
+    seen: Arc<Mutex<Vec<String>>>,
 }
 
 impl EchoServer {
@@ -86,6 +91,7 @@ impl EchoServer {
         let tracker = TaskTracker::new();
         let websockets = Arc::new(AtomicUsize::new(0));
         let requests = Arc::new(AtomicUsize::new(0));
+        let seen: Arc<Mutex<Vec<String>>> = Arc::default();
         let ctx = Ctx {
             name: name.clone(),
             peer: addr,
@@ -93,6 +99,7 @@ impl EchoServer {
             tracker: tracker.clone(),
             websockets: websockets.clone(),
             requests: requests.clone(),
+            seen: seen.clone(),
         };
         tracker.spawn(accept_loop(listener, ctx));
         Ok(EchoServer {
@@ -102,6 +109,7 @@ impl EchoServer {
             tracker,
             websockets,
             requests,
+            seen,
         })
     }
 
@@ -123,6 +131,11 @@ impl EchoServer {
     /// How many plain (non-upgrade) HTTP requests have arrived so far.
     pub fn requests(&self) -> usize {
         self.requests.load(Ordering::SeqCst)
+    }
+
+    /// The request targets (path and query) that reached the backend, in order.
+    pub fn seen(&self) -> Vec<String> {
+        self.seen.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Closes the listener and every live connection, and waits (bounded)
@@ -179,6 +192,14 @@ async fn serve_connection(stream: TcpStream, ctx: Ctx) {
 }
 
 async fn handle(mut req: Request<Incoming>, ctx: Ctx) -> Result<Response<Full<Bytes>>, Infallible> {
+    let target = req
+        .uri()
+        .path_and_query()
+        .map_or_else(|| "/".to_owned(), ToString::to_string);
+    ctx.seen
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(target);
     if fastwebsockets::upgrade::is_upgrade_request(&req) {
         return Ok(upgrade(&mut req, ctx));
     }

@@ -7,8 +7,11 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod echo;
+pub mod files;
 pub mod http;
+pub mod logs;
 pub mod nginx;
+pub mod raw;
 pub mod shunt;
 pub mod tls;
 pub mod ws;
@@ -16,7 +19,9 @@ pub mod ws;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+pub use self::files::TempFile;
 pub use self::http::{ChunkedBody, HttpConn, HttpResponse, http_get, http_post, seen_header};
+pub use self::logs::{capture_logs, logs};
 pub use self::nginx::{Nginx, nginx};
 pub use self::shunt::{Shunt, shunt};
 pub use self::ws::{Msg, RawResponse, Ws, raw_request, ws_connect};
@@ -27,9 +32,10 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Bound on one network exchange (connect, handshake, request, message).
 pub const IO_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Calls `check` every 20 ms until it returns true or `limit` has passed;
-/// returns whether it did.
-pub async fn poll_until(limit: Duration, mut check: impl AsyncFnMut() -> bool) -> bool {
+/// The one polling helper: calls `check` every 20 ms until it returns true
+/// or `limit` has passed; returns whether it did. Tests wait on a state
+/// with it, never with a bare sleep.
+pub async fn eventually(limit: Duration, mut check: impl AsyncFnMut() -> bool) -> bool {
     let deadline = tokio::time::Instant::now() + limit;
     loop {
         if check().await {
@@ -40,6 +46,20 @@ pub async fn poll_until(limit: Duration, mut check: impl AsyncFnMut() -> bool) -
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// A port on 127.0.0.1 that was free a moment ago (for a process that must
+/// be told its port up front, like nginx, or a restart on the same port).
+pub fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    listener.local_addr().expect("local addr").port()
+}
+
+/// Inside an [`eventually`] check: remember `seen` as the last state (for the
+/// failure message) and answer "not yet".
+pub fn not_yet(last: &mut String, seen: impl std::fmt::Display) -> bool {
+    *last = seen.to_string();
+    false
 }
 
 /// Builder returned by [`echo_backend`].
@@ -118,6 +138,11 @@ impl EchoBackend {
         self.server.as_ref().map_or(0, |s| s.requests())
     }
 
+    /// The request targets that reached the backend since its last start.
+    pub fn seen(&self) -> Vec<String> {
+        self.server.as_ref().map_or_else(Vec::new, |s| s.seen())
+    }
+
     /// The backend's name.
     pub fn name(&self) -> &str {
         &self.name
@@ -137,4 +162,34 @@ impl EchoBackend {
         let again = EchoBackend::spawn_on(self.addr, &self.name).await;
         *self = again;
     }
+}
+
+/// DESIGN.md's two upstreams: an echo backend named `direct_name` reached
+/// directly, and one named `nginx_name` behind a real nginx (returned too).
+/// `None` when nginx is missing and not required (see [`nginx::NginxBuilder::spawn`]).
+pub async fn direct_and_nginx(
+    direct_name: &str,
+    nginx_name: &str,
+) -> Option<(EchoBackend, EchoBackend, Nginx)> {
+    let direct = echo_backend().name(direct_name).spawn().await;
+    let behind_nginx = echo_backend().name(nginx_name).spawn().await;
+    let nginx = nginx(behind_nginx.addr()).spawn().await?;
+    Some((direct, behind_nginx, nginx))
+}
+
+/// [`direct_and_nginx`], then shunt in front of both (`--direct`, `--nginx`
+/// and `flags`), ready. `None` when nginx is missing and not required.
+pub async fn shunt_with_nginx(
+    (direct_name, nginx_name): (&str, &str),
+    flags: &[&str],
+) -> Option<(EchoBackend, EchoBackend, Nginx, Shunt)> {
+    let (direct, behind_nginx, nginx) = direct_and_nginx(direct_name, nginx_name).await?;
+    let shunt = shunt()
+        .direct(direct.url())
+        .nginx(nginx.url())
+        .flags(flags)
+        .start()
+        .await;
+    shunt.wait_ready().await;
+    Some((direct, behind_nginx, nginx, shunt))
 }

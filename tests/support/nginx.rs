@@ -36,7 +36,8 @@ pub fn nginx(upstream: SocketAddr) -> NginxBuilder {
 impl NginxBuilder {
     /// Starts nginx. Returns `None` (after saying why) when nginx is not
     /// installed, unless `SHUNT_REQUIRE_NGINX=1` or `CI=true`, which panic.
-    pub fn spawn(self) -> Option<Nginx> {
+    /// Async: waiting for nginx to accept must not block a runtime worker.
+    pub async fn spawn(self) -> Option<Nginx> {
         let Some(binary) = find_nginx() else {
             let required = std::env::var("SHUNT_REQUIRE_NGINX").is_ok_and(|v| v == "1")
                 || std::env::var("CI").is_ok_and(|v| v == "true");
@@ -52,9 +53,9 @@ impl NginxBuilder {
         let dir = temp_dir();
         let mut last_error = String::new();
         for _ in 0..PORT_ATTEMPTS {
-            let port = free_port();
+            let port = super::free_port();
             let addr = SocketAddr::from(([127, 0, 0, 1], port));
-            match start(&binary, &dir, addr, self.upstream) {
+            match start(&binary, &dir, addr, self.upstream).await {
                 Ok(child) => return Some(Nginx { child, addr, dir }),
                 Err(e) => last_error = e,
             }
@@ -115,11 +116,6 @@ fn temp_dir() -> PathBuf {
 
 /// A port that was free a moment ago (nginx may lose a race for it; the
 /// caller retries).
-fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    listener.local_addr().expect("local addr").port()
-}
-
 fn config(dir: &Path, listen: SocketAddr, upstream: SocketAddr) -> String {
     let d = dir.display();
     format!(
@@ -161,7 +157,7 @@ http {{
 }
 
 /// Starts nginx on `listen` and waits until it accepts a connection.
-fn start(
+async fn start(
     binary: &Path,
     dir: &Path,
     listen: SocketAddr,
@@ -188,10 +184,11 @@ fn start(
             let log = std::fs::read_to_string(dir.join("error.log")).unwrap_or_default();
             return Err(format!("nginx exited with {status}: {log}"));
         }
-        if std::net::TcpStream::connect_timeout(&listen, Duration::from_millis(200)).is_ok() {
+        let attempt = tokio::net::TcpStream::connect(listen);
+        if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_millis(200), attempt).await {
             return Ok(child);
         }
-        std::thread::sleep(Duration::from_millis(20));
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let _ = child.kill();
     let _ = child.wait();

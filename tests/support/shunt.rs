@@ -7,7 +7,7 @@ use std::time::Duration;
 use hyper::StatusCode;
 
 use super::http::http_get;
-use super::{BoxError, poll_until};
+use super::{BoxError, eventually, not_yet};
 
 /// How long `wait_ready` / `wait_upstream` poll before failing.
 pub const WAIT_LIMIT: Duration = Duration::from_secs(10);
@@ -61,6 +61,14 @@ impl ShuntBuilder {
     pub fn tls(self, cert: &std::path::Path, key: &std::path::Path) -> Self {
         self.arg("--tls-cert", cert.to_str().expect("UTF-8 path"))
             .arg("--tls-key", key.to_str().expect("UTF-8 path"))
+    }
+
+    /// Appends command-line words as given (`&["--allow-ip", "a", "--allow-ip", "b"]`),
+    /// repeated flags kept.
+    pub fn flags(mut self, argv: &[&str]) -> Self {
+        self.args
+            .extend(argv.iter().map(|word| ((*word).to_owned(), None)));
+        self
     }
 
     /// Adds a flag that takes no value (e.g. `--no-watch`).
@@ -164,16 +172,10 @@ impl Shunt {
     /// Polls `/readyz` until it answers 200 (bounded by [`WAIT_LIMIT`]).
     pub async fn wait_ready(&self) {
         let mut last = String::new();
-        let ready = poll_until(WAIT_LIMIT, async || match self.admin_get("/readyz").await {
+        let ready = eventually(WAIT_LIMIT, async || match self.admin_get("/readyz").await {
             Ok((StatusCode::OK, _)) => true,
-            Ok((code, body)) => {
-                last = format!("{code}: {body}");
-                false
-            }
-            Err(e) => {
-                last = e.to_string();
-                false
-            }
+            Ok((code, body)) => not_yet(&mut last, format!("{code}: {body}")),
+            Err(e) => not_yet(&mut last, e),
         })
         .await;
         assert!(
@@ -186,17 +188,11 @@ impl Shunt {
     /// "down", ...), bounded by [`WAIT_LIMIT`].
     pub async fn wait_upstream(&self, name: &str, health: &str) {
         let mut last = String::new();
-        let reached = poll_until(WAIT_LIMIT, async || {
+        let reached = eventually(WAIT_LIMIT, async || {
             match self.upstream_health(name).await {
                 Ok(h) if h == health => true,
-                Ok(h) => {
-                    last = h;
-                    false
-                }
-                Err(e) => {
-                    last = e.to_string();
-                    false
-                }
+                Ok(h) => not_yet(&mut last, h),
+                Err(e) => not_yet(&mut last, e),
             }
         })
         .await;
@@ -219,6 +215,20 @@ impl Shunt {
         let running = self.running.take().expect("running until stopped");
         running.shutdown();
         tokio::time::timeout(limit, running.stopped()).await.is_ok()
+    }
+
+    /// Shuts down and waits for the drain, failing the test past 10 s.
+    pub async fn stop(self) {
+        assert!(
+            self.stop_within(Duration::from_secs(10)).await,
+            "shunt did not stop within 10 s"
+        );
+    }
+
+    /// Reloads now (like SIGHUP); whether the reload was applied.
+    pub async fn reload(&self) -> bool {
+        let running = self.running.as_ref().expect("running until stopped");
+        running.reloader().reload("test").await.is_ok()
     }
 
     /// Takes the running handle (the caller then owns shutdown).

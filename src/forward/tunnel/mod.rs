@@ -27,6 +27,7 @@ pub mod splice;
 
 use std::io;
 use std::pin::pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -36,10 +37,10 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::config::{Timeouts, TunnelMode, TunnelSettings};
 use crate::policy::rate::TunnelSlot;
-use crate::runtime::Runtime;
 use crate::stats::TunnelGuard;
 use plain::PlainTunnel;
 use pool::PipePool;
@@ -116,24 +117,27 @@ impl Relay {
     }
 }
 
-/// Start relaying once both upgrades complete; the task is tracked.
+/// Start relaying once both upgrades complete; the task is tracked on `tracker`
+/// and ends by `shutdown`'s drain.
+#[allow(clippy::too_many_arguments)] // the call layer (issue 10) regroups these
 pub fn spawn(
     downstream: OnUpgrade,
     upstream: OnUpgrade,
     guard: TunnelGuard,
     slot: Option<TunnelSlot>,
     timeouts: &Timeouts,
-    rt: &Runtime,
+    shutdown: &CancellationToken,
+    tracker: &TaskTracker,
+    relay: Arc<Relay>,
 ) {
     let limits = Limits {
         idle: timeouts.idle,
         drain: timeouts.drain,
         linger: HALF_CLOSE_LINGER,
     };
-    let shutdown = rt.shutdown.clone();
-    let relay = rt.relay.clone();
-    let tracker = rt.tracker.clone();
-    rt.tracker.spawn(async move {
+    let shutdown = shutdown.clone();
+    let tracker = tracker.clone();
+    tracker.clone().spawn(async move {
         let (downstream, upstream) = match tokio::try_join!(downstream, upstream) {
             Ok(pair) => pair,
             Err(e) => {

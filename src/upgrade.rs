@@ -4,6 +4,13 @@
 //! costs no upstream connection. A request that asks to upgrade to anything
 //! other than `websocket` is treated as a plain request (its `Upgrade` header
 //! is hop-by-hop and is dropped), as nginx does.
+//!
+//! The check is strict where a lenient proxy would pass a broken handshake to
+//! the backend and let it fail there, less clearly: the method must be GET,
+//! `Connection` must carry `upgrade`, the key must be 16 bytes of base64 and
+//! the version 13 (anything else is answered 426 with the version to use).
+//! What passes is a [`Kind::WebSocket`]: the exchange then takes a fresh
+//! upstream connection and, after a 101, becomes a tunnel.
 
 use base64::Engine;
 use http::{HeaderMap, Method, Request, Version, header};
@@ -11,21 +18,28 @@ use http::{HeaderMap, Method, Request, Version, header};
 /// What kind of exchange a request starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
+    /// An ordinary HTTP request, forwarded over a pooled connection.
     Plain,
+    /// A valid WebSocket handshake: a fresh upstream connection, then a tunnel.
     WebSocket,
 }
 
 /// A WebSocket handshake the proxy refuses, with what is wrong.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum HandshakeError {
+    /// Not a GET (RFC 6455 §4.1).
     #[error("a WebSocket handshake must use GET, not {0}")]
     Method(String),
+    /// `Connection` does not carry the `upgrade` token.
     #[error("the Connection header must contain the token `upgrade`")]
     ConnectionToken,
+    /// No `Sec-WebSocket-Key`.
     #[error("Sec-WebSocket-Key is missing")]
     MissingKey,
+    /// A key that is not 16 bytes of base64.
     #[error("Sec-WebSocket-Key must be 16 bytes, base64-encoded")]
     BadKey,
+    /// No `Sec-WebSocket-Version`.
     #[error("Sec-WebSocket-Version is missing")]
     MissingVersion,
     /// Answered 426 with `Sec-WebSocket-Version: 13`.

@@ -1,0 +1,228 @@
+//! The run flags, parsed once into typed overrides of the config file.
+//!
+//! A flag is checked where it is given: `--idle-timeout soon` fails at start
+//! naming `--idle-timeout`, whatever the file says. What comes out,
+//! [`Overrides`], holds typed values only; [`super::Config`] keeps it so that
+//! a reload re-reads the file and lays the same overrides over it
+//! ([`super::Config::reread`]), without keeping clap's raw strings around.
+//! Paths given as flags are used as given (relative to the working
+//! directory), unlike paths in the file, which are relative to the file.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::ConfigError;
+use super::parse::{
+    parse_addr, parse_admin, parse_duration, parse_log_format, parse_rate, parse_route_flag,
+    parse_tunnel_settings,
+};
+use super::policy::{cidrs, origins, parse_auth, token_name};
+use super::spec::{LogFormat, ProbeKind, RouteSpec, TunnelSettings, UpstreamUrl};
+use crate::cli::RunArgs;
+use crate::policy::auth::AuthMode;
+use crate::policy::ip::IpNet;
+use crate::policy::origin::OriginRule;
+use crate::policy::rate::Rate;
+
+/// Every run flag, typed; `None` (or an empty list) where the flag was not
+/// given, so the file or the default decides.
+#[derive(Debug, Clone)]
+pub struct Overrides {
+    /// `--config`.
+    pub config: Option<PathBuf>,
+    /// `--listen`.
+    pub listen: Option<SocketAddr>,
+    /// `--admin`; `Some(None)` is `--admin off`.
+    pub admin: Option<Option<SocketAddr>>,
+    /// `--admin-host`, if given (it then replaces the file's list).
+    pub admin_hosts: Option<Vec<String>>,
+    /// `--direct`.
+    pub direct: Option<UpstreamUrl>,
+    /// `--nginx`.
+    pub nginx: Option<UpstreamUrl>,
+    /// Each `--route`, in order, with the default policy (the merge applies the real one).
+    pub routes: Vec<RouteSpec>,
+    /// `--connect-timeout`.
+    pub connect_timeout: Option<Duration>,
+    /// `--response-timeout`.
+    pub response_timeout: Option<Duration>,
+    /// `--header-timeout`.
+    pub header_timeout: Option<Duration>,
+    /// `--idle-timeout`.
+    pub idle_timeout: Option<Duration>,
+    /// `--drain-timeout`.
+    pub drain_timeout: Option<Duration>,
+    /// `--health-check`.
+    pub health_check: Option<ProbeKind>,
+    /// `--health-interval`.
+    pub health_interval: Option<Duration>,
+    /// `--health-timeout`.
+    pub health_timeout: Option<Duration>,
+    /// `--rise` (checked to be at least 1 in the merge).
+    pub rise: Option<u32>,
+    /// `--fall` (checked to be at least 1 in the merge).
+    pub fall: Option<u32>,
+    /// `--max-header-bytes` (checked against hyper's minimum in the merge).
+    pub max_header_bytes: Option<usize>,
+    /// `--log-format`.
+    pub log_format: Option<LogFormat>,
+    /// `--tls-cert`.
+    pub tls_cert: Option<PathBuf>,
+    /// `--tls-key`.
+    pub tls_key: Option<PathBuf>,
+    /// `--tls-handshake-timeout`.
+    pub tls_handshake_timeout: Option<Duration>,
+    /// `--upstream-ca`.
+    pub upstream_ca: Option<PathBuf>,
+    /// Not `--no-watch`.
+    pub watch: bool,
+    /// `--allow-ip`, if given (it then replaces the file's list).
+    pub allow_ip: Option<Vec<IpNet>>,
+    /// `--deny-ip`, if given (it then replaces the file's list).
+    pub deny_ip: Option<Vec<IpNet>>,
+    /// `--auth`.
+    pub auth: Option<AuthMode>,
+    /// `--token-file`.
+    pub token_file: Option<PathBuf>,
+    /// `--jwt-secret-file`.
+    pub jwt_secret_file: Option<PathBuf>,
+    /// `--jwt-issuer`.
+    pub jwt_issuer: Option<String>,
+    /// `--jwt-audience`.
+    pub jwt_audience: Option<String>,
+    /// `--jwt-leeway`.
+    pub jwt_leeway: Option<Duration>,
+    /// `--token-query`.
+    pub token_query: Option<String>,
+    /// `--token-cookie`.
+    pub token_cookie: Option<String>,
+    /// `--allow-origin`, if given (it then replaces the file's list).
+    pub allow_origin: Option<Vec<OriginRule>>,
+    /// `--require-origin`.
+    pub require_origin: Option<bool>,
+    /// `--cors`.
+    pub cors: Option<bool>,
+    /// `--rate`.
+    pub rate: Option<Rate>,
+    /// `--burst` (checked to be at least 1 in the merge).
+    pub burst: Option<u32>,
+    /// `--max-conns-per-ip` (checked to be at least 1 in the merge).
+    pub max_conns_per_ip: Option<u32>,
+    /// `--max-conns` (checked to be at least 1 in the merge).
+    pub max_conns: Option<usize>,
+    /// `--max-tracked-ips` (checked to be at least 1 in the merge).
+    pub max_tracked_ips: Option<usize>,
+    /// `--tunnel-mode`, `--pipe-size`, `--max-pipes` (flags only, with their defaults).
+    pub tunnel: TunnelSettings,
+}
+
+/// `items` if the flag was given at all (it then replaces the file's list).
+fn given(items: &[String]) -> Option<&[String]> {
+    (!items.is_empty()).then_some(items)
+}
+
+impl Overrides {
+    /// Parse every flag of `a`, naming the flag in any error.
+    pub fn parse(a: &RunArgs) -> Result<Overrides, ConfigError> {
+        let duration = |flag: &str, v: &Option<String>| {
+            v.as_deref()
+                .map(|v| parse_duration(&format!("--{flag}"), v))
+                .transpose()
+        };
+        let url = |flag: &str, v: &Option<String>| {
+            v.as_deref()
+                .map(|v| UpstreamUrl::parse(&format!("--{flag}"), v))
+                .transpose()
+        };
+        Ok(Overrides {
+            config: a.config.clone(),
+            listen: a
+                .listen
+                .as_deref()
+                .map(|v| parse_addr("--listen", v))
+                .transpose()?,
+            admin: a
+                .admin
+                .as_deref()
+                .map(|v| parse_admin("--admin", v))
+                .transpose()?,
+            admin_hosts: given(&a.admin_hosts)
+                .map(|l| super::admin::host_names("--admin-host", l))
+                .transpose()?,
+            direct: url("direct", &a.direct)?,
+            nginx: url("nginx", &a.nginx)?,
+            routes: a
+                .routes
+                .iter()
+                .map(|r| parse_route_flag(r))
+                .collect::<Result<_, _>>()?,
+            connect_timeout: duration("connect-timeout", &a.connect_timeout)?,
+            response_timeout: duration("response-timeout", &a.response_timeout)?,
+            header_timeout: duration("header-timeout", &a.header_timeout)?,
+            idle_timeout: duration("idle-timeout", &a.idle_timeout)?,
+            drain_timeout: duration("drain-timeout", &a.drain_timeout)?,
+            health_check: a
+                .health_check
+                .as_deref()
+                .map(|v| ProbeKind::parse("--health-check", v))
+                .transpose()?,
+            health_interval: duration("health-interval", &a.health_interval)?,
+            health_timeout: duration("health-timeout", &a.health_timeout)?,
+            rise: a.rise,
+            fall: a.fall,
+            max_header_bytes: a.max_header_bytes,
+            log_format: a
+                .log_format
+                .as_deref()
+                .map(|v| parse_log_format("--log-format", v))
+                .transpose()?,
+            tls_cert: a.tls_cert.clone(),
+            tls_key: a.tls_key.clone(),
+            tls_handshake_timeout: duration("tls-handshake-timeout", &a.tls_handshake_timeout)?,
+            upstream_ca: a.upstream_ca.clone(),
+            watch: !a.no_watch,
+            allow_ip: given(&a.allow_ip)
+                .map(|l| cidrs(("--allow-ip".into(), l)))
+                .transpose()?,
+            deny_ip: given(&a.deny_ip)
+                .map(|l| cidrs(("--deny-ip".into(), l)))
+                .transpose()?,
+            auth: a
+                .auth
+                .as_deref()
+                .map(|v| parse_auth("--auth", v))
+                .transpose()?,
+            token_file: a.token_file.clone(),
+            jwt_secret_file: a.jwt_secret_file.clone(),
+            jwt_issuer: a.jwt_issuer.clone(),
+            jwt_audience: a.jwt_audience.clone(),
+            jwt_leeway: duration("jwt-leeway", &a.jwt_leeway)?,
+            token_query: a
+                .token_query
+                .clone()
+                .map(|q| token_name("--token-query / `token_query`", q))
+                .transpose()?,
+            token_cookie: a
+                .token_cookie
+                .clone()
+                .map(|c| token_name("--token-cookie / `token_cookie`", c))
+                .transpose()?,
+            allow_origin: given(&a.allow_origin)
+                .map(|l| origins(("--allow-origin".into(), l)))
+                .transpose()?,
+            require_origin: a.require_origin,
+            cors: a.cors,
+            rate: a
+                .rate
+                .as_deref()
+                .map(|v| parse_rate("--rate", v))
+                .transpose()?,
+            burst: a.burst,
+            max_conns_per_ip: a.max_conns_per_ip,
+            max_conns: a.max_conns,
+            max_tracked_ips: a.max_tracked_ips,
+            tunnel: parse_tunnel_settings(a)?,
+        })
+    }
+}

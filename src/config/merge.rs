@@ -1,0 +1,437 @@
+//! Flags over file over defaults: how the sources of a [`Config`] merge.
+//!
+//! One rule, field by field: a flag (or its `SHUNT_*` environment twin) wins
+//! over the config file, which wins over the built-in default. Upstreams: the
+//! file's `[upstreams.*]`, then `--direct` and `--nginx` define or replace
+//! `direct` and `nginx`; `direct` always exists (default
+//! `http://127.0.0.1:5006`). Routes: the file's `[[routes]]`, then each
+//! `--route` (one with the same host and path replaces the file's); with no
+//! route at all, the defaults of DESIGN.md apply. The security settings
+//! follow the same rule in [`super::policy`].
+//!
+//! Each value is parsed with the name of the source it came from, so an
+//! error says `--idle-timeout` or "`idle_timeout` in the config file",
+//! whichever the user has to fix.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::flags::Overrides;
+use super::parse::{
+    check_name, parse_addr, parse_admin, parse_duration, parse_host, parse_log_format, parse_path,
+    parse_via,
+};
+use super::raw::{RawConfig, RawHealth};
+use super::spec::{
+    HealthSpec, ProbeKind, RouteSpec, Scheme, Timeouts, TlsSpec, UpstreamName, UpstreamSpec,
+    UpstreamUrl,
+};
+use super::{Config, ConfigError, policy};
+use crate::tls::CertSpec;
+
+/// Loopback by default: exposing the port is a decision, not an accident.
+const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// The admin API stays on loopback unless moved (it can trigger reloads).
+const DEFAULT_ADMIN: &str = "127.0.0.1:9901";
+/// The call backend of DESIGN.md.
+const DEFAULT_DIRECT: &str = "http://127.0.0.1:5006";
+/// hyper refuses a read buffer smaller than this.
+const MIN_HEADER_BYTES: usize = 8192;
+
+/// Flags over file over defaults, one field at a time.
+pub(super) struct Merge<'a> {
+    pub(super) flags: &'a Overrides,
+    pub(super) file: &'a RawConfig,
+    /// Directory of the config file: relative paths in the file are relative to it.
+    pub(super) base: &'a Path,
+}
+
+/// The name of a setting as a user would write it: the flag if it came from
+/// one, the file key otherwise.
+pub(super) fn field_name(from_flag: bool, flag: &str, key: &str) -> String {
+    if from_flag {
+        format!("--{flag}")
+    } else {
+        format!("`{key}` in the config file")
+    }
+}
+
+impl Merge<'_> {
+    /// The whole configuration, one field at a time.
+    pub(super) fn config(&self) -> Result<Config, ConfigError> {
+        let a = self.flags;
+        let f = self.file;
+        let listen = pick(
+            a.listen,
+            &f.listen,
+            "listen",
+            "listen",
+            DEFAULT_LISTEN,
+            parse_addr,
+        )?;
+        let admin = pick(
+            a.admin,
+            &f.admin,
+            "admin",
+            "admin",
+            DEFAULT_ADMIN,
+            parse_admin,
+        )?;
+        let admin_hosts = super::admin::admin_hosts(a.admin_hosts.as_deref(), &f.admin_hosts)?;
+        let timeouts = Timeouts {
+            connect: duration(
+                a.connect_timeout,
+                &f.connect_timeout,
+                "connect-timeout",
+                "2s",
+            )?,
+            response: duration(
+                a.response_timeout,
+                &f.response_timeout,
+                "response-timeout",
+                "60s",
+            )?,
+            header: duration(a.header_timeout, &f.header_timeout, "header-timeout", "10s")?,
+            idle: duration(a.idle_timeout, &f.idle_timeout, "idle-timeout", "1h")?,
+            drain: duration(a.drain_timeout, &f.drain_timeout, "drain-timeout", "30s")?,
+        };
+        let max_header_bytes = a
+            .max_header_bytes
+            .or(f.max_header_bytes)
+            .unwrap_or(16 * 1024);
+        if max_header_bytes < MIN_HEADER_BYTES {
+            let field = field_name(
+                a.max_header_bytes.is_some(),
+                "max-header-bytes",
+                "max_header_bytes",
+            );
+            return Err(ConfigError::invalid(
+                &field,
+                max_header_bytes,
+                format!("must be at least {MIN_HEADER_BYTES}"),
+            ));
+        }
+        let log_format = pick(
+            a.log_format,
+            &f.log_format,
+            "log-format",
+            "log_format",
+            "pretty",
+            parse_log_format,
+        )?;
+        let (policy, route_defaults) = policy::global(a, f, self.base)?;
+        let upstreams = self.upstreams()?;
+        let routes = self.routes(&upstreams, &route_defaults)?;
+        let tls = self.tls()?;
+        Ok(Config {
+            listen,
+            admin,
+            admin_hosts,
+            timeouts,
+            max_header_bytes,
+            log_format,
+            tunnel: a.tunnel,
+            upstreams,
+            routes,
+            tls,
+            file: a.config.clone(),
+            policy,
+            watch: a.watch,
+            flags: Arc::new(a.clone()),
+        })
+    }
+
+    /// A path written in the config file, made relative to the file's directory.
+    fn file_path(&self, text: &str) -> PathBuf {
+        self.base.join(text)
+    }
+
+    /// `--tls-cert/--tls-key` replace the file's `[tls]` certificates.
+    fn tls(&self) -> Result<Option<TlsSpec>, ConfigError> {
+        let raw = self.file.tls.as_ref();
+        let timeout_text = raw.and_then(|t| t.handshake_timeout.clone());
+        let handshake_timeout = duration(
+            self.flags.tls_handshake_timeout,
+            &timeout_text,
+            "tls-handshake-timeout",
+            "10s",
+        )?;
+        let certs = match (&self.flags.tls_cert, &self.flags.tls_key) {
+            (Some(cert), Some(key)) => vec![CertSpec {
+                cert: cert.clone(),
+                key: key.clone(),
+                names: vec![],
+            }],
+            (None, None) => {
+                let Some(raw) = raw else { return Ok(None) };
+                let mut certs = Vec::new();
+                match (&raw.cert, &raw.key) {
+                    (Some(cert), Some(key)) => certs.push(CertSpec {
+                        cert: self.file_path(cert),
+                        key: self.file_path(key),
+                        names: vec![],
+                    }),
+                    (None, None) => {}
+                    _ => {
+                        return Err(ConfigError::invalid(
+                            "[tls] in the config file",
+                            "cert/key",
+                            "give both `cert` and `key`, or neither",
+                        ));
+                    }
+                }
+                for c in &raw.certs {
+                    certs.push(CertSpec {
+                        cert: self.file_path(&c.cert),
+                        key: self.file_path(&c.key),
+                        names: c
+                            .names
+                            .iter()
+                            .map(|n| parse_host("names of [[tls.certs]]", n))
+                            .collect::<Result<_, _>>()?,
+                    });
+                }
+                if certs.is_empty() {
+                    return Err(ConfigError::invalid(
+                        "[tls] in the config file",
+                        "",
+                        "no certificate: give `cert` and `key`, or [[tls.certs]]",
+                    ));
+                }
+                certs
+            }
+            _ => {
+                return Err(ConfigError::invalid(
+                    "--tls-cert/--tls-key",
+                    "",
+                    "give both --tls-cert and --tls-key",
+                ));
+            }
+        };
+        Ok(Some(TlsSpec {
+            certs,
+            handshake_timeout,
+        }))
+    }
+
+    /// Health settings: flags, then the file's `[health]`, then the upstream's own table.
+    fn health(&self, own: &RawHealth, upstream: &str) -> Result<HealthSpec, ConfigError> {
+        let a = self.flags;
+        let g = &self.file.health;
+        // The upstream's own table is the most specific and wins over flags;
+        // the file's `[health]` comes after them.
+        let text =
+            |own: &Option<String>, global: &Option<String>, k: &str, flag: &str, def: &str| match (
+                own, global,
+            ) {
+                (Some(v), _) => (format!("`{k}` of upstream {upstream}"), v.clone()),
+                (None, Some(v)) => (format!("`health.{k}` in the config file"), v.clone()),
+                (None, None) => (format!("default of --{flag}"), def.to_owned()),
+            };
+        let check = match (&own.check, &a.health_check) {
+            (None, Some(flag)) => flag.clone(),
+            _ => {
+                let (field, v) = text(&own.check, &g.check, "check", "health-check", "tcp");
+                ProbeKind::parse(&field, &v)?
+            }
+        };
+        let interval = match (&own.interval, a.health_interval) {
+            (None, Some(flag)) => flag,
+            _ => {
+                let (field, v) = text(
+                    &own.interval,
+                    &g.interval,
+                    "interval",
+                    "health-interval",
+                    "2s",
+                );
+                parse_duration(&field, &v)?
+            }
+        };
+        let timeout = match (&own.timeout, a.health_timeout) {
+            (None, Some(flag)) => flag,
+            _ => {
+                let (field, v) = text(&own.timeout, &g.timeout, "timeout", "health-timeout", "1s");
+                parse_duration(&field, &v)?
+            }
+        };
+        let count = |own: Option<u32>, flag: Option<u32>, global: Option<u32>, name: &str| {
+            let n = own.or(flag).or(global).unwrap_or(1);
+            if n == 0 {
+                Err(ConfigError::invalid(
+                    &format!("--{name} / `{name}`"),
+                    n,
+                    "must be at least 1",
+                ))
+            } else {
+                Ok(n)
+            }
+        };
+        Ok(HealthSpec {
+            check,
+            interval,
+            timeout,
+            rise: count(own.rise, a.rise, g.rise, "rise")?,
+            fall: count(own.fall, a.fall, g.fall, "fall")?,
+        })
+    }
+
+    fn upstreams(&self) -> Result<Vec<UpstreamSpec>, ConfigError> {
+        let mut urls: BTreeMap<String, (Url, RawHealth)> = BTreeMap::new();
+        for (name, up) in &self.file.upstreams {
+            check_name(name)?;
+            let url = Url::Text(format!("`url` of upstream {name}"), up.url.clone());
+            urls.insert(name.clone(), (url, up.health.clone()));
+        }
+        let global_ca = match (&self.flags.upstream_ca, &self.file.upstream_ca) {
+            (Some(flag), _) => Some(flag.clone()),
+            (None, Some(file)) => Some(self.file_path(file)),
+            (None, None) => None,
+        };
+        let ca_of = |name: &str| {
+            self.file
+                .upstreams
+                .get(name)
+                .and_then(|u| u.ca.as_deref())
+                .map(|c| self.file_path(c))
+                .or_else(|| global_ca.clone())
+        };
+        // `--direct` and `--nginx` replace the file's URL and keep its health table.
+        for (name, flag) in [("direct", &self.flags.direct), ("nginx", &self.flags.nginx)] {
+            if let Some(url) = flag {
+                let health = urls.remove(name).map(|u| u.1).unwrap_or_default();
+                urls.insert(name.into(), (Url::Flag(url.clone()), health));
+            }
+        }
+        urls.entry("direct".into()).or_insert_with(|| {
+            let url = Url::Text("default of --direct".into(), DEFAULT_DIRECT.into());
+            (url, RawHealth::default())
+        });
+        urls.into_iter()
+            .map(|(name, (url, health))| {
+                let url = match url {
+                    Url::Flag(url) => url,
+                    Url::Text(field, text) => UpstreamUrl::parse(&field, &text)?,
+                };
+                Ok(UpstreamSpec {
+                    ca: (url.scheme == Scheme::Https)
+                        .then(|| ca_of(&name))
+                        .flatten(),
+                    url,
+                    health: self.health(&health, &name)?,
+                    name: UpstreamName(name),
+                })
+            })
+            .collect()
+    }
+
+    fn routes(
+        &self,
+        upstreams: &[UpstreamSpec],
+        defaults: &policy::RouteDefaults,
+    ) -> Result<Vec<RouteSpec>, ConfigError> {
+        let mut routes: Vec<RouteSpec> = Vec::new();
+        for (i, r) in self.file.routes.iter().enumerate() {
+            let field = format!("route #{} in the config file", i + 1);
+            let host = r
+                .host
+                .as_deref()
+                .map(|h| parse_host(&field, h))
+                .transpose()?;
+            let path = parse_path(&field, &r.path)?;
+            let label = match &host {
+                Some(h) => format!("{h}{path}"),
+                None => path.clone(),
+            };
+            let route = RouteSpec {
+                policy: policy::route(r, defaults, &label)?,
+                host,
+                path,
+                via: parse_via(&field, r.via.iter().map(String::as_str))?,
+            };
+            if routes
+                .iter()
+                .any(|o| o.host == route.host && o.path == route.path)
+            {
+                return Err(ConfigError::DuplicateRoute {
+                    route: route.label(),
+                });
+            }
+            routes.push(route);
+        }
+        for flag in &self.flags.routes {
+            let mut route = flag.clone();
+            // A flag replaces a file route's upstreams; the file's policy for it stays.
+            route.policy = match routes
+                .iter()
+                .position(|o| o.host == route.host && o.path == route.path)
+            {
+                Some(i) => routes.remove(i).policy,
+                None => defaults.route_policy(&route.label())?,
+            };
+            routes.push(route);
+        }
+        if routes.is_empty() {
+            routes = RouteSpec::defaults(
+                self.flags.nginx.is_some() || self.file.upstreams.contains_key("nginx"),
+            );
+            for route in &mut routes {
+                route.policy = defaults.route_policy(&route.label())?;
+            }
+        }
+        let known = upstreams
+            .iter()
+            .map(|u| u.name.0.as_str())
+            .collect::<Vec<_>>()
+            .join(", ");
+        for route in &routes {
+            for name in &route.via {
+                if !upstreams.iter().any(|u| &u.name == name) {
+                    return Err(ConfigError::UnknownUpstream {
+                        route: route.label(),
+                        upstream: name.0.clone(),
+                        known,
+                    });
+                }
+            }
+        }
+        Ok(routes)
+    }
+}
+
+/// An upstream URL from a flag (parsed already) or as text still to parse
+/// (the file's, or the default), with the field to blame.
+enum Url {
+    Flag(UpstreamUrl),
+    Text(String, String),
+}
+
+/// Flag, else file, else default; the file's or the default's text is parsed
+/// with the name of its source.
+fn pick<T>(
+    flag: Option<T>,
+    file: &Option<String>,
+    flag_name: &str,
+    key: &str,
+    default: &str,
+    parse: impl Fn(&str, &str) -> Result<T, ConfigError>,
+) -> Result<T, ConfigError> {
+    match (flag, file) {
+        (Some(v), _) => Ok(v),
+        (None, Some(v)) => parse(&field_name(false, flag_name, key), v),
+        (None, None) => parse(&format!("default of --{flag_name}"), default),
+    }
+}
+
+/// [`pick`] for a duration whose file key is the flag's name with underscores.
+fn duration(
+    flag: Option<Duration>,
+    file: &Option<String>,
+    flag_name: &str,
+    default: &str,
+) -> Result<Duration, ConfigError> {
+    let key = flag_name.replace('-', "_");
+    pick(flag, file, flag_name, &key, default, parse_duration)
+}

@@ -1,0 +1,300 @@
+//! Parsers for the text of flags and file keys: addresses, durations, URLs,
+//! health probes, routes, host names, rates.
+//!
+//! Each takes the name of the field it parses (`--listen`, "`listen` in the
+//! config file", ...) so that an error names the setting to fix, in the
+//! words the user wrote it with.
+//!
+//! Durations take humantime's forms (`500ms`, `2s`, `1h`, `1m 30s`) or a bare
+//! number of seconds; addresses take `IP:PORT` or `:PORT` (every IPv4
+//! interface); upstream URLs are `http(s)://host[:port]` without a path,
+//! since the client's path is forwarded unchanged. Route paths are plain
+//! segment prefixes: no query, fragment or dot segment, which could never
+//! match a normalized request path.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use http::Uri;
+
+use super::ConfigError;
+use super::spec::{
+    LogFormat, ProbeKind, RouteSpec, Scheme, TunnelMode, TunnelSettings, UpstreamName, UpstreamUrl,
+};
+use crate::cli::RunArgs;
+use crate::policy::RoutePolicy;
+use crate::policy::rate::Rate;
+
+impl UpstreamUrl {
+    /// Parse `http://host[:port][/]`; a path other than `/` is refused, since
+    /// shunt forwards the client's path unchanged.
+    pub fn parse(field: &str, text: &str) -> Result<Self, ConfigError> {
+        let uri: Uri = text
+            .parse()
+            .map_err(|e| ConfigError::invalid(field, text, e))?;
+        let scheme = match uri.scheme_str() {
+            Some("http") => Scheme::Http,
+            Some("https") => Scheme::Https,
+            Some(other) => {
+                return Err(ConfigError::invalid(
+                    field,
+                    text,
+                    format!("scheme `{other}` is not supported (use http or https)"),
+                ));
+            }
+            None => {
+                return Err(ConfigError::invalid(
+                    field,
+                    text,
+                    "expected a URL like http://127.0.0.1:5006",
+                ));
+            }
+        };
+        let authority = uri
+            .authority()
+            .ok_or_else(|| ConfigError::invalid(field, text, "the URL has no host"))?;
+        if authority.as_str().contains('@') {
+            return Err(ConfigError::invalid(
+                field,
+                text,
+                "user info is not supported",
+            ));
+        }
+        if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+            return Err(ConfigError::invalid(
+                field,
+                text,
+                "an upstream URL cannot have a path or query; the client's path is forwarded as is",
+            ));
+        }
+        let host = authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        if host.is_empty() {
+            return Err(ConfigError::invalid(field, text, "the URL has no host"));
+        }
+        let port = authority.port_u16().unwrap_or(match scheme {
+            Scheme::Http => 80,
+            Scheme::Https => 443,
+        });
+        Ok(UpstreamUrl {
+            scheme,
+            host: host.to_owned(),
+            port,
+        })
+    }
+}
+
+impl ProbeKind {
+    /// Parse `tcp`, `http:PATH` or `ws:PATH`.
+    pub fn parse(field: &str, text: &str) -> Result<Self, ConfigError> {
+        let path = |p: &str| -> Result<String, ConfigError> {
+            if p.starts_with('/') {
+                Ok(p.to_owned())
+            } else {
+                Err(ConfigError::invalid(
+                    field,
+                    text,
+                    "the path must start with /",
+                ))
+            }
+        };
+        match text.split_once(':') {
+            None if text == "tcp" => Ok(ProbeKind::Tcp),
+            Some(("http", p)) => Ok(ProbeKind::Http(path(p)?)),
+            Some(("ws", p)) => Ok(ProbeKind::Ws(path(p)?)),
+            _ => Err(ConfigError::invalid(
+                field,
+                text,
+                "expected tcp, http:PATH or ws:PATH",
+            )),
+        }
+    }
+}
+
+/// An upstream name: letters, digits, `-`, `_` or `.`.
+pub(super) fn check_name(name: &str) -> Result<(), ConfigError> {
+    let ok = !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError::invalid(
+            "upstream name",
+            name,
+            "use letters, digits, '-', '_' or '.'",
+        ))
+    }
+}
+
+/// `--route [HOST]/PATH=UP[,UP...]`.
+pub(super) fn parse_route_flag(text: &str) -> Result<RouteSpec, ConfigError> {
+    let field = "--route";
+    let (target, via) = text
+        .split_once('=')
+        .ok_or_else(|| ConfigError::invalid(field, text, "expected PATH=UPSTREAM[,UPSTREAM...]"))?;
+    let (host, path) = match target.find('/') {
+        Some(0) => (None, target),
+        Some(i) => (Some(parse_host(field, &target[..i])?), &target[i..]),
+        None => {
+            return Err(ConfigError::invalid(
+                field,
+                text,
+                "the path must start with /",
+            ));
+        }
+    };
+    Ok(RouteSpec {
+        host,
+        path: parse_path(field, path)?,
+        via: parse_via(field, via.split(','))?,
+        policy: RoutePolicy::default(),
+    })
+}
+
+/// A route path prefix, without a trailing slash (except the root).
+pub(super) fn parse_path(field: &str, path: &str) -> Result<String, ConfigError> {
+    if !path.starts_with('/') {
+        return Err(ConfigError::invalid(
+            field,
+            path,
+            "the path must start with /",
+        ));
+    }
+    if path.contains(['?', '#', ' ']) || path.split('/').any(|s| s == "." || s == "..") {
+        return Err(ConfigError::invalid(
+            field,
+            path,
+            "a route path is a plain prefix: no query, fragment, spaces or dot segments",
+        ));
+    }
+    // `/a/` and `/a` name the same segment prefix.
+    let trimmed = path.trim_end_matches('/');
+    Ok(if trimmed.is_empty() {
+        "/".into()
+    } else {
+        trimmed.into()
+    })
+}
+
+/// A host name, lower-cased.
+pub(super) fn parse_host(field: &str, host: &str) -> Result<String, ConfigError> {
+    let host = host.trim().to_ascii_lowercase();
+    let ok = !host.is_empty()
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '[' | ']' | ':'));
+    if ok {
+        Ok(host)
+    } else {
+        Err(ConfigError::invalid(field, host, "not a host name"))
+    }
+}
+
+/// A route's list of upstream names; at least one.
+pub(super) fn parse_via<'a>(
+    field: &str,
+    names: impl Iterator<Item = &'a str>,
+) -> Result<Vec<UpstreamName>, ConfigError> {
+    let via: Vec<UpstreamName> = names
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .map(|n| UpstreamName(n.to_owned()))
+        .collect();
+    if via.is_empty() {
+        return Err(ConfigError::invalid(
+            field,
+            "",
+            "a route needs at least one upstream",
+        ));
+    }
+    Ok(via)
+}
+
+/// `127.0.0.1:8080`, `[::1]:8443`, or `:8443` for every IPv4 interface.
+pub fn parse_addr(field: &str, text: &str) -> Result<SocketAddr, ConfigError> {
+    let full = match text.strip_prefix(':') {
+        Some(port) => format!("0.0.0.0:{port}"),
+        None => text.to_owned(),
+    };
+    full.parse().map_err(|_| {
+        ConfigError::invalid(
+            field,
+            text,
+            "expected IP:PORT, e.g. 127.0.0.1:8080 or [::1]:8443",
+        )
+    })
+}
+
+/// `500ms`, `2s`, `1h`, `1m 30s`; a bare number is seconds.
+pub fn parse_duration(field: &str, text: &str) -> Result<Duration, ConfigError> {
+    let t = text.trim();
+    let parsed = match t.parse::<u64>() {
+        Ok(secs) => Ok(Duration::from_secs(secs)),
+        Err(_) => humantime::parse_duration(t),
+    };
+    parsed.map_err(|e| ConfigError::invalid(field, text, format!("{e} (examples: 500ms, 2s, 1h)")))
+}
+
+/// The admin address, or `off` (no admin listener).
+pub(super) fn parse_admin(field: &str, v: &str) -> Result<Option<SocketAddr>, ConfigError> {
+    if v.eq_ignore_ascii_case("off") {
+        Ok(None)
+    } else {
+        parse_addr(field, v).map(Some)
+    }
+}
+
+/// `pretty` or `json`.
+pub(super) fn parse_log_format(field: &str, v: &str) -> Result<LogFormat, ConfigError> {
+    match v {
+        "pretty" => Ok(LogFormat::Pretty),
+        "json" => Ok(LogFormat::Json),
+        _ => Err(ConfigError::invalid(field, v, "expected pretty or json")),
+    }
+}
+
+/// `N/s` or `N/m`: a per-client request rate.
+pub fn parse_rate(field: &str, v: &str) -> Result<Rate, ConfigError> {
+    Rate::parse(v).map_err(|e| ConfigError::invalid(field, v, e))
+}
+
+/// `--tunnel-mode`, `--pipe-size`, `--max-pipes` (flags only).
+pub(super) fn parse_tunnel_settings(a: &RunArgs) -> Result<TunnelSettings, ConfigError> {
+    let mode = match a.tunnel_mode.as_deref().unwrap_or("auto") {
+        "auto" => TunnelMode::Auto,
+        "splice" => TunnelMode::Splice,
+        "copy" => TunnelMode::Copy,
+        other => {
+            return Err(ConfigError::invalid(
+                "--tunnel-mode",
+                other,
+                "expected auto, splice or copy",
+            ));
+        }
+    };
+    let pipe_size = a.pipe_size.unwrap_or(256 * 1024);
+    if !(4096..=64 * 1024 * 1024).contains(&pipe_size) {
+        return Err(ConfigError::invalid(
+            "--pipe-size",
+            pipe_size,
+            "must be between 4096 and 67108864",
+        ));
+    }
+    let max_pipes = a.max_pipes.unwrap_or(512);
+    if max_pipes == 0 {
+        return Err(ConfigError::invalid(
+            "--max-pipes",
+            max_pipes,
+            "must be at least 1 (use --tunnel-mode copy to switch splice off)",
+        ));
+    }
+    Ok(TunnelSettings {
+        mode,
+        pipe_size,
+        max_pipes,
+    })
+}

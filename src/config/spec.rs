@@ -1,0 +1,230 @@
+//! The typed, validated values a [`super::Config`] is made of.
+//!
+//! Nothing here can hold an invalid setting: every value is built by the
+//! parsers ([`super::parse`]) during the merge (`config/merge.rs`), so the
+//! rest of the proxy reads these types without re-checking them.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::policy::RoutePolicy;
+use crate::tls::CertSpec;
+
+/// The name of an upstream, as routes refer to it (`direct`, `nginx`, ...).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct UpstreamName(pub String);
+
+impl fmt::Display for UpstreamName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Pretty,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+/// Scheme of an upstream URL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    /// Plain TCP.
+    Http,
+    /// TLS to the upstream (an nginx that only listens with TLS).
+    Https,
+}
+
+/// Where an upstream listens: `http://host:port` or `https://host:port`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamUrl {
+    /// `http` or `https`.
+    pub scheme: Scheme,
+    /// Host as written (a name or an IP address, without brackets).
+    pub host: String,
+    /// The port; the scheme's default when the URL has none.
+    pub port: u16,
+}
+
+impl UpstreamUrl {
+    /// `host:port`, bracketing an IPv6 address: what `Host` and `connect` want.
+    pub fn authority(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
+impl fmt::Display for UpstreamUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let scheme = match self.scheme {
+            Scheme::Http => "http",
+            Scheme::Https => "https",
+        };
+        write!(f, "{scheme}://{}", self.authority())
+    }
+}
+
+/// What an active health probe does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProbeKind {
+    /// A TCP (and, for https, TLS) connect.
+    Tcp,
+    /// `GET path`, expecting 2xx or 3xx.
+    Http(String),
+    /// A WebSocket handshake on `path`, expecting 101, then a close 1000.
+    Ws(String),
+}
+
+impl fmt::Display for ProbeKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ProbeKind::Tcp => f.write_str("tcp"),
+            ProbeKind::Http(p) => write!(f, "http:{p}"),
+            ProbeKind::Ws(p) => write!(f, "ws:{p}"),
+        }
+    }
+}
+
+/// Health-check settings of one upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthSpec {
+    /// What a probe does.
+    pub check: ProbeKind,
+    /// Time between the end of one probe and the start of the next.
+    pub interval: Duration,
+    /// Bound on one probe, connect included.
+    pub timeout: Duration,
+    /// Consecutive successes that bring a down upstream up (at least 1).
+    pub rise: u32,
+    /// Consecutive failures that take an up upstream down (at least 1).
+    pub fall: u32,
+}
+
+/// One named upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamSpec {
+    /// How routes refer to it.
+    pub name: UpstreamName,
+    /// Where it listens.
+    pub url: UpstreamUrl,
+    /// How it is probed.
+    pub health: HealthSpec,
+    /// CA file trusted for an `https` upstream; `None` means the system roots.
+    pub ca: Option<PathBuf>,
+}
+
+/// TLS on the proxy listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsSpec {
+    /// The first is the default certificate.
+    pub certs: Vec<CertSpec>,
+    /// Bound on one downstream TLS handshake, so a silent client cannot hold a slot.
+    pub handshake_timeout: Duration,
+}
+
+/// One route: an optional host, a path prefix, upstreams in order of preference.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteSpec {
+    /// Lower-case host without port; `None` matches any host.
+    pub host: Option<String>,
+    /// Path prefix, starting with `/`, matched on whole segments.
+    pub path: String,
+    /// Upstream names in order of preference: the first healthy one is used.
+    pub via: Vec<UpstreamName>,
+    /// Security policy, with the global defaults applied.
+    pub policy: RoutePolicy,
+}
+
+impl RouteSpec {
+    /// Routing order key: host routes first, then longer prefixes.
+    pub fn specificity(&self) -> (bool, usize) {
+        (self.host.is_some(), self.path.len())
+    }
+
+    /// `host/path` or `path`: how logs and `/status` name the route.
+    pub fn label(&self) -> String {
+        match &self.host {
+            Some(h) => format!("{h}{}", self.path),
+            None => self.path.clone(),
+        }
+    }
+}
+
+/// Timeouts applied to downstream and upstream connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// Bound on connecting to an upstream (TCP and TLS).
+    pub connect: Duration,
+    /// Bound on an upstream's response head after the request was sent.
+    pub response: Duration,
+    /// Bound on a downstream request head (slowloris).
+    pub header: Duration,
+    /// A tunnel silent both ways this long is closed.
+    pub idle: Duration,
+    /// At shutdown, how long requests and tunnels get to end on their own.
+    pub drain: Duration,
+}
+
+/// How tunnels move bytes (`--tunnel-mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TunnelMode {
+    /// splice(2) between plain TCP legs when the kernel allows it, buffered copy otherwise.
+    Auto,
+    /// Like `Auto`, but says so if splice is unavailable (still falls back).
+    Splice,
+    /// Always the buffered copy.
+    Copy,
+}
+
+/// Tunnel settings, fixed at start (a reload does not change them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TunnelSettings {
+    /// Splice, copy, or splice when possible.
+    pub mode: TunnelMode,
+    /// Capacity asked of each splice pipe.
+    pub pipe_size: usize,
+    /// Most pipes open at once.
+    pub max_pipes: usize,
+}
+
+impl RouteSpec {
+    /// DESIGN.md's defaults: everything direct, or audio direct-first and the rest via nginx.
+    pub fn defaults(with_nginx: bool) -> Vec<RouteSpec> {
+        let via = |names: &[&str]| {
+            names
+                .iter()
+                .map(|n| UpstreamName((*n).to_owned()))
+                .collect()
+        };
+        if with_nginx {
+            vec![
+                RouteSpec {
+                    host: None,
+                    path: "/frontend-audio".into(),
+                    via: via(&["direct", "nginx"]),
+                    policy: RoutePolicy::default(),
+                },
+                RouteSpec {
+                    host: None,
+                    path: "/".into(),
+                    via: via(&["nginx", "direct"]),
+                    policy: RoutePolicy::default(),
+                },
+            ]
+        } else {
+            vec![RouteSpec {
+                host: None,
+                path: "/".into(),
+                via: via(&["direct"]),
+                policy: RoutePolicy::default(),
+            }]
+        }
+    }
+}
