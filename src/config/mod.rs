@@ -225,6 +225,9 @@ impl Config {
             Some(a) => writeln!(out, "admin   {a}")?,
             None => writeln!(out, "admin   off")?,
         }
+        if !self.admin_hosts.is_empty() {
+            writeln!(out, "admin hosts {}", self.admin_hosts.join(", "))?;
+        }
         self.write_upstreams(out)?;
         self.write_routes(out)?;
         if let Some(set) = certs {
