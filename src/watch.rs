@@ -24,30 +24,54 @@ use crate::runtime::Runtime;
 const DEBOUNCE: Duration = Duration::from_millis(300);
 
 /// Start watching; the task ends at shutdown.
+///
+/// The directories are watched before this returns, not when the task first
+/// runs: a file changed right after start (a deploy script, a test) is seen.
 pub fn spawn(rt: Arc<Runtime>, reloader: Arc<Reloader>) -> notify::Result<()> {
     let (tx, rx) = mpsc::unbounded_channel();
-    let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         if let Ok(event) = event {
             // The receiver is gone only at shutdown.
             let _ = tx.send(event);
         }
     })?;
-    let task = watch_loop(watcher, rx, rt.clone(), reloader);
+    let files = rt.live.load().config.watched_files();
+    let mut dirs = BTreeSet::new();
+    update_watches(&mut watcher, &files, &mut dirs);
+    let task = watch_loop(
+        Watches {
+            watcher,
+            files,
+            dirs,
+        },
+        rx,
+        rt.clone(),
+        reloader,
+    );
     rt.tracker.spawn(task);
     Ok(())
+}
+
+/// The watcher with what it watches: the files that count, and their directories.
+struct Watches {
+    watcher: RecommendedWatcher,
+    files: Vec<PathBuf>,
+    dirs: BTreeSet<PathBuf>,
 }
 
 /// Turn file events into reloads: a burst of events is coalesced (an editor
 /// or certbot writes several files), then one reload runs.
 async fn watch_loop(
-    mut watcher: RecommendedWatcher,
+    watches: Watches,
     mut events: mpsc::UnboundedReceiver<notify::Event>,
     rt: Arc<Runtime>,
     reloader: Arc<Reloader>,
 ) {
-    let mut files = rt.live.load().config.watched_files();
-    let mut dirs = BTreeSet::new();
-    update_watches(&mut watcher, &files, &mut dirs);
+    let Watches {
+        mut watcher,
+        mut files,
+        mut dirs,
+    } = watches;
     loop {
         let first = tokio::select! {
             e = events.recv() => match e { Some(e) => e, None => return },
