@@ -41,7 +41,7 @@ pub use spec::{
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// A value that does not parse or is out of range.
-    #[error("invalid {field} `{value}`: {reason}")]
+    #[error("invalid {field}: `{value}`: {reason}")]
     Invalid {
         /// The setting, as the user wrote it (`--idle-timeout`, a file key).
         field: String,
@@ -51,7 +51,7 @@ pub enum ConfigError {
         reason: String,
     },
     /// The config file cannot be read.
-    #[error("cannot read config file {}: {source}", path.display())]
+    #[error("cannot read config file {}", path.display())]
     Read {
         /// The config file.
         path: PathBuf,
@@ -60,7 +60,7 @@ pub enum ConfigError {
         source: std::io::Error,
     },
     /// The config file is not valid TOML, or has an unknown key.
-    #[error("config file {}: {source}", path.display())]
+    #[error("config file {}", path.display())]
     Parse {
         /// The config file.
         path: PathBuf,
