@@ -7,6 +7,7 @@
 #   BACKEND=path/to/echo_backend examples/bench.sh   # another WebSocket echo backend (takes ADDR as $1)
 #   MODES="flood handshakes" examples/bench.sh        # only these modes (idle rtt100 rtt1000 flood handshakes)
 #   TLS_KEY=ec examples/bench.sh      # ECDSA P-256 certificates for the TLS rows instead of RSA 2048
+#   FRAMES_OFF=0 examples/bench.sh    # skip the shunt --frames off targets (the call layer's cost baseline)
 #
 # Starts a WebSocket echo backend, shunt and nginx (generated config:
 # worker_processes auto, proxy_http_version 1.1, Upgrade/Connection headers,
@@ -29,6 +30,8 @@ else
 fi
 ROUNDS=${ROUNDS:-1}
 P_BACKEND=${P_BACKEND:-19100}; P_NGINX=19101; P_SHUNT=19102; P_ADMIN=19103; P_NGINX_TLS=19111; P_SHUNT_TLS=19112
+# The same shunt with the call layer off (--frames off): today's pure byte relay, measured in the same run.
+P_SHUNT_OFF=19104; P_SHUNT_TLS_OFF=19114; FRAMES_OFF=${FRAMES_OFF:-1}
 
 # nginx and openssl are the only system tools needed; install them on a fresh Debian machine.
 export PATH="$PATH:/usr/sbin:/sbin"
@@ -131,6 +134,18 @@ if [[ $TLS == 1 ]]; then
   SHUNT_TLS_PID=$!
   wait_port "$P_SHUNT_TLS"
 fi
+if [[ $FRAMES_OFF == 1 ]]; then
+  RUST_LOG=warn "$SHUNT" --listen "127.0.0.1:$P_SHUNT_OFF" --admin off --direct "http://127.0.0.1:$P_BACKEND" \
+    --frames off 2>"$OUT/shunt-off.log" & PIDS+=($!)
+  SHUNT_OFF_PID=$!
+  wait_port "$P_SHUNT_OFF"
+  if [[ $TLS == 1 ]]; then
+    RUST_LOG=warn "$SHUNT" --listen "127.0.0.1:$P_SHUNT_TLS_OFF" --admin off --direct "http://127.0.0.1:$P_BACKEND" \
+      --tls-cert "$OUT/cert.pem" --tls-key "$OUT/key.pem" --frames off 2>"$OUT/shunt-tls-off.log" & PIDS+=($!)
+    SHUNT_TLS_OFF_PID=$!
+    wait_port "$P_SHUNT_TLS_OFF"
+  fi
+fi
 
 # ---- /proc readings ----
 pids_of() { # name -> the processes whose CPU and memory count
@@ -138,6 +153,8 @@ pids_of() { # name -> the processes whose CPU and memory count
     nginx|nginx-tls) echo "$NGINX_MASTER $(pgrep -P "$NGINX_MASTER" | tr '\n' ' ')" ;;
     shunt) echo "$SHUNT_PID" ;;
     shunt-tls) echo "${SHUNT_TLS_PID:-}" ;;
+    shunt-off) echo "${SHUNT_OFF_PID:-}" ;;
+    shunt-tls-off) echo "${SHUNT_TLS_OFF_PID:-}" ;;
     *) echo "" ;;
   esac
 }
@@ -165,6 +182,8 @@ url_of() { # name
     shunt) echo "ws://127.0.0.1:$P_SHUNT/bench" ;;
     nginx-tls) echo "wss://127.0.0.1:$P_NGINX_TLS/bench" ;;
     shunt-tls) echo "wss://127.0.0.1:$P_SHUNT_TLS/bench" ;;
+    shunt-off) echo "ws://127.0.0.1:$P_SHUNT_OFF/bench" ;;
+    shunt-tls-off) echo "wss://127.0.0.1:$P_SHUNT_TLS_OFF/bench" ;;
   esac
 }
 
@@ -174,7 +193,7 @@ run() { # case target loadgen-args...
   local case=$1 target=$2; shift 2
   local pids; pids=$(pids_of "$target")
   local extra=()
-  [[ $target == *-tls ]] && extra=(--ca "$OUT/ca.pem")
+  [[ $target == *-tls* ]] && extra=(--ca "$OUT/ca.pem")
   local cpu0=0; [[ -n $pids ]] && cpu0=$(cpu_us $pids)
   local line
   line=$(timeout 300 "$LOADGEN" --url "$(url_of "$target")" "${extra[@]}" --label "$case" "$@" 2>>"$OUT/loadgen.log" | tail -n 1)
@@ -186,7 +205,7 @@ run_idle() { # case target
   local case=$1 target=$2
   local pids; pids=$(pids_of "$target")
   local extra=()
-  [[ $target == *-tls ]] && extra=(--ca "$OUT/ca.pem")
+  [[ $target == *-tls* ]] && extra=(--ca "$OUT/ca.pem")
   local before=0; [[ -n $pids ]] && before=$(rss_kb $pids)
   local log="$OUT/idle-$target.out"
   timeout 300 "$LOADGEN" --url "$(url_of "$target")" "${extra[@]}" --label "$case" --mode idle \
@@ -208,8 +227,10 @@ run_idle() { # case target
 }
 
 PLAIN=(direct nginx shunt)
+[[ $FRAMES_OFF == 1 ]] && PLAIN+=(shunt-off)
 TLS_TARGETS=()
 [[ $TLS == 1 ]] && TLS_TARGETS=(nginx-tls shunt-tls)
+[[ $TLS == 1 && $FRAMES_OFF == 1 ]] && TLS_TARGETS+=(shunt-tls-off)
 
 MODES=${MODES:-idle rtt100 rtt1000 flood handshakes}
 want() { [[ " $MODES " == *" $1 "* ]]; }
@@ -276,25 +297,30 @@ metrics = [
 rounds = max((x.get("round", 1) for x in rows), default=1)
 print(f"Medians of {rounds} interleaved round(s); RSS per idle tunnel from round 1 (fresh processes).")
 print()
-print("| metric | direct | nginx | shunt | shunt/nginx | per round |")
-print("|---|---:|---:|---:|---:|---|")
+print("| metric | direct | nginx | shunt | shunt/nginx | per round | shunt --frames off | frames on/off | per round |")
+print("|---|---:|---:|---:|---:|---|---:|---:|---|")
 summary = {"rounds": rounds, "plain": {}, "tls": {}}
 for case, name, f, _ in metrics:
     d, n, s = (get(case, t, f) for t in ("direct", "nginx", "shunt"))
     if case == "idle" or "CPU" in name: d = None
     summary["plain"][name] = {"direct": d, "nginx": n, "shunt": s, "ratio": None if not n or s is None else s / n}
     per = " ".join(f"{v:.2f}" for v in round_ratios(case, f, "shunt", "nginx"))
-    print(f"| {name} | {fmt(d)} | {fmt(n)} | {fmt(s)} | {ratio(s, n)} | {per} |")
+    o = get(case, "shunt-off", f)
+    summary["plain"][name].update(frames_off=o, frames_ratio=None if not o or s is None else s / o)
+    per_off = " ".join(f"{v:.2f}" for v in round_ratios(case, f, "shunt", "shunt-off"))
+    print(f"| {name} | {fmt(d)} | {fmt(n)} | {fmt(s)} | {ratio(s, n)} | {per} | {fmt(o)} | {ratio(s, o)} | {per_off} |")
 print()
-print("| TLS metric | nginx | shunt | shunt/nginx |")
-print("|---|---:|---:|---:|")
+print("| TLS metric | nginx | shunt | shunt/nginx | shunt --frames off | frames on/off |")
+print("|---|---:|---:|---:|---:|---:|")
 for case, name, f, _ in metrics:
     if not tls:
-        print(f"| {name} | n/a (TLS not available) | n/a (TLS not available) | n/a |")
+        print(f"| {name} | n/a (TLS not available) | n/a (TLS not available) | n/a | n/a | n/a |")
         continue
     n, s = get(case, "nginx-tls", f), get(case, "shunt-tls", f)
-    summary["tls"][name] = {"nginx": n, "shunt": s, "ratio": None if not n or s is None else s / n}
-    print(f"| {name} | {fmt(n)} | {fmt(s)} | {ratio(s, n)} |")
+    o = get(case, "shunt-tls-off", f)
+    summary["tls"][name] = {"nginx": n, "shunt": s, "ratio": None if not n or s is None else s / n,
+                            "frames_off": o, "frames_ratio": None if not o or s is None else s / o}
+    print(f"| {name} | {fmt(n)} | {fmt(s)} | {ratio(s, n)} | {fmt(o)} | {ratio(s, o)} |")
 json.dump(summary, open(sys.argv[3], "w"), indent=1)
 errs = [x for x in rows if x.get("connect_errors") or x.get("failures") or x.get("dead_after_hold")]
 if errs:

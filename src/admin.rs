@@ -1,5 +1,5 @@
-//! The admin listener: `/healthz`, `/readyz`, `/status`, `POST /reload`,
-//! and the dashboard at `/` ([`dashboard`]).
+//! The admin listener: `/healthz`, `/readyz`, `/status`, `/metrics`, `/calls`,
+//! `POST /reload`, and the dashboard at `/` ([`dashboard`]).
 //!
 //! Every request first passes the `Host` guard ([`host`]), which answers 403
 //! to names that are not an IP literal, `localhost` or in `admin_hosts`.
@@ -31,6 +31,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::calls::Sort;
 use crate::live::Snapshot;
 use crate::reload::Reloader;
 use crate::response::{Body, json, text};
@@ -113,15 +114,19 @@ async fn route(
             json(StatusCode::OK, &status(rt, reloader, tunnel))
         }
         (&Method::GET | &Method::HEAD, "/metrics") => metrics(rt),
+        (&Method::GET | &Method::HEAD, "/calls") => calls(rt, req.uri().query()),
+        (&Method::GET | &Method::HEAD, path) if path.starts_with("/calls/") => {
+            call(rt, &path["/calls/".len()..])
+        }
         (&Method::POST, "/reload") => reload(reloader).await,
         (
             _,
-            "/healthz" | "/readyz" | "/status" | "/metrics" | "/reload" | "/" | "/dashboard.js"
-            | "/dashboard.css",
+            "/healthz" | "/readyz" | "/status" | "/metrics" | "/calls" | "/reload" | "/"
+            | "/dashboard.js" | "/dashboard.css",
         ) => text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found; try GET / (the dashboard), /healthz, /readyz, /status, /metrics or POST /reload\n",
+            "not found; try GET / (the dashboard), /healthz, /readyz, /status, /metrics, /calls or POST /reload\n",
         ),
     }
 }
@@ -236,6 +241,7 @@ fn status(rt: &Runtime, reloader: &Reloader, tunnel: &TunnelStatus) -> serde_jso
         "tunnels": tunnels,
         "active_tunnels": rt.stats.active_tunnels(),
         "tunnel": tunnel(),
+        "calls": rt.stats.calls.status_json(),
         "requests": requests,
         "upgrades": upgrades,
     })
@@ -246,6 +252,7 @@ fn metrics(rt: &Runtime) -> Response<Body> {
     use std::fmt::Write;
     let mut out = String::new();
     rt.stats.to_prometheus(&mut out);
+    rt.stats.calls.to_prometheus(&mut out);
     let snapshot = rt.live.load();
     let _ = writeln!(
         out,
@@ -270,6 +277,43 @@ fn metrics(rt: &Runtime) -> Response<Body> {
         http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
     );
     resp
+}
+
+/// Default and largest `limit` of `GET /calls`.
+const CALLS_LIMIT: usize = 1000;
+
+/// `GET /calls?limit=N&sort=age|stalls|rtt`: the live calls.
+fn calls(rt: &Runtime, query: Option<&str>) -> Response<Body> {
+    let mut limit = CALLS_LIMIT;
+    let mut sort = Sort::Age;
+    let usage = "expected /calls?limit=N&sort=age|stalls|rtt (limit a whole number >= 0, default 1000; sort default age)";
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let parsed = match key {
+            "limit" => value.parse().ok().map(|n| limit = n),
+            "sort" => Sort::parse(value).map(|s| sort = s),
+            _ => None,
+        };
+        if parsed.is_none() {
+            return json(
+                StatusCode::BAD_REQUEST,
+                &json!({"error": format!("bad parameter `{pair}`: {usage}")}),
+            );
+        }
+    }
+    json(StatusCode::OK, &rt.stats.calls.list_json(limit, sort))
+}
+
+/// `GET /calls/ID`: one live call.
+fn call(rt: &Runtime, id: &str) -> Response<Body> {
+    let found = id.parse::<u64>().ok().and_then(|id| rt.stats.calls.get(id));
+    match found {
+        Some(c) => json(StatusCode::OK, &c.to_json()),
+        None => json(
+            StatusCode::NOT_FOUND,
+            &json!({"error": format!("no live call with id `{id}`; GET /calls lists them")}),
+        ),
+    }
 }
 
 /// Each upstream: URL, probe, health and the last error.

@@ -76,7 +76,7 @@ pub async fn handle(
     let upgrade = req.version() >= http::Version::HTTP_11
         && upgrade::has_token(req.headers(), header::UPGRADE, "websocket");
     let mut trace = Trace::default();
-    let resp = match proxy(req, downstream, &ctx, &mut trace).await {
+    let resp = match proxy(req, downstream, &ctx, &mut trace, &path).await {
         Ok(resp) => resp,
         Err(e @ ProxyError::Denied(_)) => {
             tracing::info!(peer = %downstream.peer, path = %path, reason = %e, "request refused by policy");
@@ -110,6 +110,7 @@ async fn proxy(
     downstream: Downstream,
     ctx: &Context,
     trace: &mut Trace,
+    target: &str,
 ) -> Result<Response<Body>, ProxyError> {
     let rt = &ctx.rt;
     let snapshot = rt.live.load_full();
@@ -148,6 +149,16 @@ async fn proxy(
     } else {
         Cow::Borrowed(&route.via)
     };
+    // What `/calls` shows of a WebSocket call: the client's Host and the redacted target.
+    let host_header = websocket
+        .then(|| {
+            req.headers()
+                .get(header::HOST)?
+                .to_str()
+                .ok()
+                .map(str::to_owned)
+        })
+        .flatten();
     let mut slot = admission.tunnel;
     let (mut parts, body) = req.into_parts();
     let mut body = Some(body.boxed());
@@ -173,6 +184,12 @@ async fn proxy(
             upstream: &upstream,
             downstream,
             timeouts: &snapshot.timeouts,
+            call: forward::CallMeta {
+                host: host_header.clone(),
+                target,
+                generation: snapshot.generation,
+                spec: route.spec.calls,
+            },
         };
         // Only a WebSocket handshake can be sent again; a plain request takes the head itself.
         let head = if websocket {

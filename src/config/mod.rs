@@ -11,6 +11,7 @@
 //! ([`Config::reread`]), and changes nothing if that fails.
 
 mod admin;
+pub mod calls;
 mod flags;
 mod merge;
 pub mod parse;
@@ -31,6 +32,7 @@ use crate::tls::CertSet;
 use flags::Overrides;
 use raw::RawConfig;
 
+pub use calls::CallSpec;
 pub use parse::{parse_addr, parse_duration};
 pub use spec::{
     HealthSpec, LogFormat, ProbeKind, RouteSpec, Scheme, Timeouts, TlsSpec, TunnelMode,
@@ -290,6 +292,7 @@ impl Config {
                 p.ip.allow.len(),
                 p.ip.deny.len(),
             )?;
+            writeln!(out, "  {:<28}    calls: {}", "", r.calls)?;
         }
         Ok(())
     }

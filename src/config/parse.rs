@@ -159,6 +159,7 @@ pub(super) fn parse_route_flag(text: &str) -> Result<RouteSpec, ConfigError> {
         path: parse_path(field, path)?,
         via: parse_via(field, via.split(','))?,
         policy: RoutePolicy::default(),
+        calls: super::CallSpec::default(),
     })
 }
 

@@ -38,6 +38,14 @@ pub struct RawConfig {
     /// `drain_timeout`: as `--drain-timeout`.
     #[serde(default, deserialize_with = "duration")]
     pub drain_timeout: Option<String>,
+    /// `ping_interval`: as `--ping-interval` (call layer, `config/calls.rs`).
+    pub ping_interval: Option<String>,
+    /// `ping_timeout`: as `--ping-timeout`.
+    pub ping_timeout: Option<String>,
+    /// `stall_after`: as `--stall-after`.
+    pub stall_after: Option<String>,
+    /// `frames`: as `--frames on|off`.
+    pub frames: Option<bool>,
     /// `max_header_bytes`: as `--max-header-bytes`.
     pub max_header_bytes: Option<usize>,
     /// `log_format`: as `--log-format`.
@@ -159,6 +167,12 @@ pub struct RawRoute {
     pub allow_connect: Option<bool>,
     /// Accept absolute-form targets on this route (off by default).
     pub allow_absolute_form: Option<bool>,
+    /// This route's ping interval, over the global one (`0`: no pings).
+    pub ping_interval: Option<String>,
+    /// This route's ping timeout, over the global one.
+    pub ping_timeout: Option<String>,
+    /// `false`: a pure byte relay on this route (no frames tracked).
+    pub frames: Option<bool>,
 }
 
 /// `[tls]`: one certificate (`cert`, `key`) and/or several (`[[tls.certs]]`).

@@ -29,7 +29,8 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
-use crate::config::Timeouts;
+use crate::calls::CallInfo;
+use crate::config::{CallSpec, Timeouts};
 use crate::downstream::Downstream;
 use crate::policy::rate::TunnelSlot;
 use crate::response::{Body, ForwardError};
@@ -74,6 +75,21 @@ pub struct Exchange<'a> {
     pub downstream: Downstream,
     /// The snapshot's timeouts.
     pub timeouts: &'a Timeouts,
+    /// What a WebSocket call is listed with in `/calls`, and its route's call settings.
+    pub call: CallMeta<'a>,
+}
+
+/// What a WebSocket call is listed with, and how the call layer treats it.
+#[derive(Debug, Clone)]
+pub struct CallMeta<'a> {
+    /// The request's `Host` header.
+    pub host: Option<String>,
+    /// Path and query as the access log shows them (token redacted).
+    pub target: &'a str,
+    /// Configuration generation.
+    pub generation: u64,
+    /// The route's call-layer settings.
+    pub spec: CallSpec,
 }
 
 /// Send `req` over `conn` to the exchange's upstream and return the response for the client.
@@ -93,6 +109,7 @@ pub async fn forward(
         upstream,
         downstream,
         timeouts,
+        call,
     } = exchange;
     let name = upstream.name();
     let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
@@ -135,16 +152,27 @@ pub async fn forward(
     let switching = upgrade && resp.status() == StatusCode::SWITCHING_PROTOCOLS;
     if let (true, Some(downstream_upgrade)) = (switching, downstream_upgrade) {
         let upstream_upgrade = hyper::upgrade::on(&mut resp);
-        let guard = rt.stats.open_tunnel(route, name);
+        let parts = tunnel::TunnelParts {
+            guard: rt.stats.open_tunnel(route, name),
+            call: rt.stats.calls.open(CallInfo {
+                client: downstream.peer,
+                host: call.host,
+                path: call.target.to_owned(),
+                route: route.to_owned(),
+                upstream: name.0.clone(),
+                generation: call.generation,
+                frames: call.spec.frames,
+            }),
+            slot: slot.take(),
+            timers: tunnel_timers(timeouts, &call.spec),
+        };
         tunnel::spawn(
             downstream_upgrade,
             upstream_upgrade,
-            guard,
-            slot.take(),
-            timeouts,
-            &rt.shutdown,
-            &rt.tracker,
+            parts,
             relay.clone(),
+            rt.shutdown.clone(),
+            &rt.tracker,
         );
     }
     headers::prepare_response(resp.headers_mut(), switching, name);
@@ -164,6 +192,16 @@ pub async fn forward(
 /// without the upgrade headers answers 200 with a page).
 pub fn upgrade_answered(status: StatusCode) -> bool {
     status == StatusCode::SWITCHING_PROTOCOLS || status.is_client_error()
+}
+
+/// A tunnel's timers: the timeouts, and the route's call settings.
+fn tunnel_timers(timeouts: &Timeouts, spec: &CallSpec) -> tunnel::TunnelTimers {
+    tunnel::TunnelTimers {
+        ping_interval: spec.ping_interval.filter(|_| spec.frames),
+        ping_timeout: spec.ping_timeout,
+        stall_after: spec.stall_after,
+        ..tunnel::TunnelTimers::relay(timeouts.idle, timeouts.drain)
+    }
 }
 
 /// Send `req` over `conn`; a pooled connection found closed before the
