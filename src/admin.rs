@@ -1,5 +1,8 @@
 //! The admin listener: `/healthz`, `/readyz`, `/status`, `/metrics`, `/calls`,
-//! `POST /reload`.
+//! `POST /reload`, and the dashboard at `/` ([`dashboard`]).
+//!
+//! Every request first passes the `Host` guard ([`host`]), which answers 403
+//! to names that are not an IP literal, `localhost` or in `admin_hosts`.
 //!
 //! A side module: it reads the live snapshot, health and counters, and asks
 //! the reloader for a reload; it never touches a request in flight. It should
@@ -40,6 +43,9 @@ use crate::upstream::health::State;
 /// on each request. A function rather than the relay itself, so this side
 /// module does not reach into the forwarding flow.
 pub type TunnelStatus = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
+
+pub mod dashboard;
+pub mod host;
 
 /// Serve the admin API on `listener` until `stop` is cancelled, each
 /// connection on `tracker`.
@@ -90,6 +96,17 @@ async fn route(
     reloader: &Reloader,
     tunnel: &TunnelStatus,
 ) -> Response<Body> {
+    if !host_allowed(&req, rt) {
+        return text(
+            StatusCode::FORBIDDEN,
+            "forbidden: the admin API answers only Host: an IP address, localhost or a name in admin_hosts\n",
+        );
+    }
+    if matches!(*req.method(), Method::GET | Method::HEAD)
+        && let Some(page) = dashboard::asset(req.uri().path())
+    {
+        return page;
+    }
     match (req.method(), req.uri().path()) {
         (&Method::GET | &Method::HEAD, "/healthz") => text(StatusCode::OK, "ok\n"),
         (&Method::GET | &Method::HEAD, "/readyz") => readyz(rt),
@@ -102,14 +119,34 @@ async fn route(
             call(rt, &path["/calls/".len()..])
         }
         (&Method::POST, "/reload") => reload(reloader).await,
-        (_, "/healthz" | "/readyz" | "/status" | "/metrics" | "/calls" | "/reload") => {
-            text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
-        }
+        (
+            _,
+            "/healthz" | "/readyz" | "/status" | "/metrics" | "/calls" | "/reload" | "/"
+            | "/dashboard.js" | "/dashboard.css",
+        ) => text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found; try GET /healthz, /readyz, /status, /metrics, /calls or POST /reload\n",
+            "not found; try GET / (the dashboard), /healthz, /readyz, /status, /metrics, /calls or POST /reload\n",
         ),
     }
+}
+
+/// The `Host` guard: the header and, in absolute-form, the request target's authority.
+fn host_allowed(req: &Request<Incoming>, rt: &Runtime) -> bool {
+    let snapshot = rt.live.load();
+    let admin_hosts = snapshot.config.admin_hosts.as_slice();
+    let header = match req.headers().get(http::header::HOST) {
+        None => None,
+        Some(v) => match v.to_str() {
+            Ok(v) => Some(v),
+            Err(_) => return false,
+        },
+    };
+    host::allowed(header, admin_hosts)
+        && req
+            .uri()
+            .authority()
+            .is_none_or(|a| host::allowed(Some(a.as_str()), admin_hosts))
 }
 
 /// 200 iff not draining and every route has an upstream that is up (and,

@@ -50,6 +50,14 @@ pub struct RunArgs {
     /// Address of the admin listener, or `off` [default: 127.0.0.1:9901].
     #[arg(long, env = "SHUNT_ADMIN", value_name = "ADDR")]
     pub admin: Option<String>,
+    /// A Host name the admin listener answers besides IP addresses and localhost (repeatable, comma-separated).
+    #[arg(
+        long = "admin-host",
+        env = "SHUNT_ADMIN_HOSTS",
+        value_name = "NAME",
+        value_delimiter = ','
+    )]
+    pub admin_hosts: Vec<String>,
     /// URL of the `direct` upstream, the backend itself [default: http://127.0.0.1:5006].
     #[arg(long, env = "SHUNT_DIRECT", value_name = "URL")]
     pub direct: Option<String>,

@@ -35,6 +35,8 @@ pub struct Overrides {
     pub listen: Option<SocketAddr>,
     /// `--admin`; `Some(None)` is `--admin off`.
     pub admin: Option<Option<SocketAddr>>,
+    /// `--admin-host`, if given (it then replaces the file's list).
+    pub admin_hosts: Option<Vec<String>>,
     /// `--direct`.
     pub direct: Option<UpstreamUrl>,
     /// `--nginx`.
@@ -148,6 +150,9 @@ impl Overrides {
                 .admin
                 .as_deref()
                 .map(|v| parse_admin("--admin", v))
+                .transpose()?,
+            admin_hosts: given(&a.admin_hosts)
+                .map(|l| super::admin::host_names("--admin-host", l))
                 .transpose()?,
             direct: url("direct", &a.direct)?,
             nginx: url("nginx", &a.nginx)?,

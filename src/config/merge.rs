@@ -81,6 +81,7 @@ impl Merge<'_> {
             DEFAULT_ADMIN,
             parse_admin,
         )?;
+        let admin_hosts = super::admin::admin_hosts(a.admin_hosts.as_deref(), &f.admin_hosts)?;
         let timeouts = Timeouts {
             connect: duration(
                 a.connect_timeout,
@@ -130,6 +131,7 @@ impl Merge<'_> {
         Ok(Config {
             listen,
             admin,
+            admin_hosts,
             timeouts,
             max_header_bytes,
             log_format,

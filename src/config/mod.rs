@@ -10,6 +10,7 @@
 //! way, laying the same typed overrides over the re-read file
 //! ([`Config::reread`]), and changes nothing if that fails.
 
+mod admin;
 pub mod calls;
 mod flags;
 mod merge;
@@ -112,6 +113,9 @@ pub struct Config {
     pub listen: SocketAddr,
     /// `None` when the admin listener is `off`.
     pub admin: Option<SocketAddr>,
+    /// Host names the admin listener answers besides IP addresses and
+    /// `localhost` (lowercase, no trailing dot).
+    pub admin_hosts: Vec<String>,
     /// Connect, response, header, idle and drain timeouts.
     pub timeouts: Timeouts,
     /// Largest request head accepted; hyper answers 431 past it.
@@ -222,6 +226,9 @@ impl Config {
         match self.admin {
             Some(a) => writeln!(out, "admin   {a}")?,
             None => writeln!(out, "admin   off")?,
+        }
+        if !self.admin_hosts.is_empty() {
+            writeln!(out, "admin hosts {}", self.admin_hosts.join(", "))?;
         }
         self.write_upstreams(out)?;
         self.write_routes(out)?;

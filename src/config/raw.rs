@@ -20,6 +20,9 @@ pub struct RawConfig {
     pub listen: Option<String>,
     /// `admin`: as `--admin`.
     pub admin: Option<String>,
+    /// `admin_hosts`: as `--admin-host`.
+    #[serde(default)]
+    pub admin_hosts: Vec<String>,
     /// `connect_timeout`: as `--connect-timeout`.
     #[serde(default, deserialize_with = "duration")]
     pub connect_timeout: Option<String>,
