@@ -54,7 +54,8 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 /// `shunt` / `shunt run`: serve until SIGTERM or SIGINT, reload on SIGHUP, then drain.
 fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let config = Config::build(&args)?;
-    shunt::telemetry::init(config.log_format);
+    // Held until `run` returns: dropping it flushes the queued log lines.
+    let _log = shunt::telemetry::init(config.log_format);
     runtime()?.block_on(async {
         let running = shunt::app::start(config).await?;
         let mut term = signal(SignalKind::terminate())?;

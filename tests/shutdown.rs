@@ -170,6 +170,17 @@ async fn the_binary_exits_0_on_sigterm() {
         "hello from direct-backend"
     );
 
+    // The log writer's drop counter is exported (nothing dropped at this volume).
+    let metrics = support::http_get(admin, "/metrics", &[]).await.unwrap();
+    assert!(
+        metrics
+            .text()
+            .lines()
+            .any(|l| l == "shunt_log_lines_dropped_total 0"),
+        "no shunt_log_lines_dropped_total 0 in\n{}",
+        metrics.text()
+    );
+
     let pid = child.id().expect("pid").to_string();
     let kill = std::process::Command::new("kill")
         .args(["-TERM", &pid])
@@ -192,6 +203,11 @@ async fn the_binary_exits_0_on_sigterm() {
         status.code(),
         Some(0),
         "exit status after SIGTERM; stderr:\n{stderr}"
+    );
+    // The queued log lines are flushed at exit: the last line is there.
+    assert!(
+        stderr.lines().any(|l| l.ends_with(" stopped")),
+        "no \"stopped\" line on stderr:\n{stderr}"
     );
     assert!(
         ws::wait_closed(&mut socket, Duration::from_secs(2))
