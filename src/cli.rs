@@ -37,6 +37,8 @@ pub enum Command {
     Healthcheck(HealthcheckArgs),
     /// Generate a development CA and a server certificate signed by it.
     Cert(CertArgs),
+    /// Run the troubleshooting checklist against the real parts; print the fix for each failure.
+    Doctor(DoctorArgs),
 }
 
 /// Flags of `shunt run` and `shunt check`.
@@ -240,4 +242,33 @@ pub struct CertArgs {
     /// Overwrite existing files.
     #[arg(long)]
     pub force: bool,
+}
+
+/// Flags of `shunt doctor`: the run flags (same configuration as `run`) and
+/// what only a browser knows.
+#[derive(Debug, Clone, Args)]
+pub struct DoctorArgs {
+    /// The configuration to check, exactly as `run` takes it.
+    #[command(flatten)]
+    pub run: RunArgs,
+    /// Public address browsers use, e.g. wss://calls.example.com:8443/frontend-audio [default: from --listen and the first WebSocket route].
+    #[arg(long, value_name = "URL")]
+    pub url: Option<String>,
+    /// Page origin of the front end, sent as `Origin`, e.g. https://app.example.com.
+    #[arg(long, value_name = "ORIGIN")]
+    pub origin: Option<String>,
+    /// Credential for routes that require one (sent as `?token=`, like a browser).
+    #[arg(
+        long,
+        env = "SHUNT_DOCTOR_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub token: Option<String>,
+    /// Print the results as a JSON array of {check, status, detail, fix}.
+    #[arg(long)]
+    pub json: bool,
+    /// Bound on each check.
+    #[arg(long, default_value = "3s", value_name = "DURATION")]
+    pub timeout: String,
 }

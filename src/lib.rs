@@ -18,7 +18,7 @@
 //!        ─▶ policy (form, IP, rate, Origin, auth) ─▶ upstream (first healthy; connect fallback)
 //!        ─▶ forward: request rewrite ─▶ plain HTTP ─or─ 101 ─▶ forward::tunnel
 //! side:  app (wiring), config, live, reload, watch, upstream::health, tls certificates,
-//!        runtime, policy, response, admin, stats, telemetry
+//!        runtime, policy, response, admin, stats, telemetry, doctor (run on demand)
 //! ```
 //!
 //! The flow, top to bottom:
@@ -49,6 +49,7 @@
 //!   connection limits.
 //! - [`percent`]: the one percent-decoder (paths and query parameters).
 //! - [`response`]: the errors of the flow, and the one place they become status codes.
+//! - [`doctor`]: `shunt doctor`, the troubleshooting checklist, run on demand.
 //! - [`admin`]: `/healthz`, `/readyz`, `/status`, `/metrics`, `POST /reload`.
 //! - [`stats`]: counters for `/status` and `/metrics`.
 //! - [`telemetry`]: log output.
@@ -63,6 +64,7 @@ pub mod certgen;
 pub mod cli;
 pub mod config;
 pub mod connection;
+pub mod doctor;
 pub mod downstream;
 pub mod forward;
 

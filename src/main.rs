@@ -14,7 +14,7 @@ use anyhow::{Context, bail};
 use clap::Parser;
 use tokio::signal::unix::{SignalKind, signal};
 
-use shunt::cli::{CertArgs, Cli, Command, HealthcheckArgs, RunArgs};
+use shunt::cli::{CertArgs, Cli, Command, DoctorArgs, HealthcheckArgs, RunArgs};
 use shunt::config::{Config, parse_duration};
 
 /// mimalloc keeps size classes apart, so the small long-lived state of
@@ -33,6 +33,7 @@ fn main() -> ExitCode {
         Some(Command::Check(args)) => check(&args),
         Some(Command::Healthcheck(args)) => healthcheck(&args),
         Some(Command::Cert(args)) => cert(&args),
+        Some(Command::Doctor(args)) => doctor(&args),
     };
     match result {
         Ok(code) => code,
@@ -126,6 +127,21 @@ fn healthcheck(args: &HealthcheckArgs) -> anyhow::Result<ExitCode> {
             bail!("{path} on {admin} answered {status}; GET it for why")
         }
     })
+}
+
+/// `shunt doctor`: run the checklist, print it, exit 1 if a check failed.
+fn doctor(args: &DoctorArgs) -> anyhow::Result<ExitCode> {
+    let options = shunt::doctor::Options::from_args(args)?;
+    let runtime = runtime()?;
+    let report = runtime.block_on(shunt::doctor::run(&args.run, options));
+    // A /proc scan or tool still running past its timeout must not hold the exit.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(100));
+    if args.json {
+        println!("{}", report.to_json());
+    } else {
+        print!("{}", report.to_text());
+    }
+    Ok(ExitCode::from(u8::from(report.failed())))
 }
 
 /// `shunt cert`: write a development CA and server certificate.

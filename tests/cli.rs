@@ -4,63 +4,14 @@
 mod support;
 
 use std::path::Path;
-use std::process::Stdio;
 use std::time::Duration;
 
+use support::bin::{Run, run_shunt};
 use support::{echo_backend, shunt};
-
-/// Output of one run of the binary.
-struct Run {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    /// Asserts the run succeeded; its stdout.
-    fn succeeded(&self) -> &str {
-        assert_eq!(
-            self.code,
-            Some(0),
-            "stdout:\n{}\nstderr:\n{}",
-            self.stdout,
-            self.stderr
-        );
-        &self.stdout
-    }
-
-    /// Asserts the run failed (it should have refused `what`); its stderr.
-    fn refused(&self, what: &str) -> &str {
-        assert_ne!(
-            self.code,
-            Some(0),
-            "accepted {what}; stdout:\n{}",
-            self.stdout
-        );
-        &self.stderr
-    }
-}
 
 /// Runs `shunt ARGS` (bounded by 10 s) from the crate root.
 async fn run(args: &[&str]) -> Run {
-    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_shunt"))
-        .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn shunt");
-    let output = tokio::time::timeout(Duration::from_secs(10), child.wait_with_output())
-        .await
-        .unwrap_or_else(|_| panic!("shunt {args:?} did not finish within 10 s"))
-        .expect("wait for shunt");
-    Run {
-        code: output.status.code(),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    }
+    run_shunt(args, Duration::from_secs(10)).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -25,7 +25,7 @@ use rustls::ClientConfig;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::connect::{UpstreamStream, connect, http1_handshake};
+use super::connect::{connect, http1_handshake};
 use crate::config::{HealthSpec, ProbeKind, UpstreamName, UpstreamUrl};
 
 /// What shunt believes about an upstream.
@@ -215,14 +215,8 @@ async fn probe(
             }
         }
         ProbeKind::Ws(path) => {
-            let handshake = request(path)
-                .header(header::UPGRADE, "websocket")
-                .header(header::CONNECTION, "upgrade")
-                .header(
-                    header::SEC_WEBSOCKET_KEY,
-                    fastwebsockets::handshake::generate_key(),
-                )
-                .header(header::SEC_WEBSOCKET_VERSION, "13");
+            let key = fastwebsockets::handshake::generate_key();
+            let handshake = ws_upgrade(request(path), &key);
             let mut resp = send(stream, handshake, tracker, stop).await?;
             if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
                 return Err(format!(
@@ -249,13 +243,36 @@ async fn probe(
     }
 }
 
-/// Send one bodiless request over `stream` and return the response head.
-async fn send(
-    stream: UpstreamStream,
+/// Make `request` (a GET with its `Host`) a WebSocket handshake (RFC 6455
+/// §4.1) with `Sec-WebSocket-Key: key`.
+pub fn ws_upgrade(request: http::request::Builder, key: &str) -> http::request::Builder {
+    request
+        .header(header::UPGRADE, "websocket")
+        .header(header::CONNECTION, "upgrade")
+        .header(header::SEC_WEBSOCKET_KEY, key)
+        .header(header::SEC_WEBSOCKET_VERSION, "13")
+}
+
+/// The `Sec-WebSocket-Accept` a server must answer to `key` (RFC 6455 §4.2.2).
+pub fn accept_key(key: &str) -> String {
+    use base64::Engine;
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY);
+    ctx.update(key.as_bytes());
+    ctx.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
+    base64::engine::general_purpose::STANDARD.encode(ctx.finish())
+}
+
+/// Send one bodiless request over `stream` and return the response head; a
+/// 101 can then be taken over with `hyper::upgrade::on`.
+pub async fn send<S>(
+    stream: S,
     request: http::request::Builder,
     tracker: &TaskTracker,
     stop: &CancellationToken,
-) -> Result<hyper::Response<hyper::body::Incoming>, String> {
+) -> Result<hyper::Response<hyper::body::Incoming>, String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
     let req = request
         .body(Empty::<Bytes>::new())
         .map_err(|e| e.to_string())?;
@@ -283,6 +300,14 @@ mod tests {
             fall,
         };
         Health::new(UpstreamName("t".into()), &spec, true)
+    }
+
+    #[test]
+    fn accept_key_matches_rfc_6455_example() {
+        assert_eq!(
+            accept_key("dGhlIHNhbXBsZSBub25jZQ=="),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! A real nginx in front of an upstream, configured like a production nginx
-//! that handles WebSocket upgrades (`map $http_upgrade $connection_upgrade`).
+//! that handles WebSocket upgrades (`map $http_upgrade $connection_upgrade`),
+//! or, with `without_upgrade_headers()`, like the one of the original outage.
 //!
 //! nginx runs in the foreground as a single process (`daemon off;
 //! master_process off;`) with every path inside a private temp dir, and is
@@ -19,6 +20,7 @@ const PORT_ATTEMPTS: usize = 5;
 /// Builder returned by [`super::nginx`].
 pub struct NginxBuilder {
     upstream: SocketAddr,
+    upgrade_headers: bool,
 }
 
 /// A running nginx; killed (and waited for) on drop.
@@ -30,10 +32,20 @@ pub struct Nginx {
 
 /// Starts building an nginx that proxies `location /` to `upstream`.
 pub fn nginx(upstream: SocketAddr) -> NginxBuilder {
-    NginxBuilder { upstream }
+    NginxBuilder {
+        upstream,
+        upgrade_headers: true,
+    }
 }
 
 impl NginxBuilder {
+    /// Leaves out `proxy_http_version 1.1` and the `Upgrade`/`Connection`
+    /// headers: the misconfigured nginx of the original outage.
+    pub fn without_upgrade_headers(mut self) -> Self {
+        self.upgrade_headers = false;
+        self
+    }
+
     /// Starts nginx. Returns `None` (after saying why) when nginx is not
     /// installed, unless `SHUNT_REQUIRE_NGINX=1` or `CI=true`, which panic.
     /// Async: waiting for nginx to accept must not block a runtime worker.
@@ -55,7 +67,7 @@ impl NginxBuilder {
         for _ in 0..PORT_ATTEMPTS {
             let port = super::free_port();
             let addr = SocketAddr::from(([127, 0, 0, 1], port));
-            match start(&binary, &dir, addr, self.upstream).await {
+            match start(&binary, &dir, addr, self.upstream, self.upgrade_headers).await {
                 Ok(child) => return Some(Nginx { child, addr, dir }),
                 Err(e) => last_error = e,
             }
@@ -116,8 +128,13 @@ fn temp_dir() -> PathBuf {
 
 /// A port that was free a moment ago (nginx may lose a race for it; the
 /// caller retries).
-fn config(dir: &Path, listen: SocketAddr, upstream: SocketAddr) -> String {
+fn config(dir: &Path, listen: SocketAddr, upstream: SocketAddr, upgrade_headers: bool) -> String {
     let d = dir.display();
+    let upgrade = if upgrade_headers {
+        "proxy_http_version 1.1;\n            proxy_set_header Upgrade $http_upgrade;\n            proxy_set_header Connection $connection_upgrade;"
+    } else {
+        ""
+    };
     format!(
         r#"daemon off;
 master_process off;
@@ -141,10 +158,8 @@ http {{
         client_max_body_size 0;
         location / {{
             proxy_pass http://{upstream};
-            proxy_http_version 1.1;
             proxy_set_header Host $http_host;
-            proxy_set_header Upgrade $http_upgrade;
-            proxy_set_header Connection $connection_upgrade;
+            {upgrade}
             proxy_read_timeout 3600s;
             proxy_send_timeout 3600s;
             proxy_buffering off;
@@ -162,9 +177,10 @@ async fn start(
     dir: &Path,
     listen: SocketAddr,
     upstream: SocketAddr,
+    upgrade_headers: bool,
 ) -> Result<Child, String> {
     let conf = dir.join("nginx.conf");
-    std::fs::write(&conf, config(dir, listen, upstream))
+    std::fs::write(&conf, config(dir, listen, upstream, upgrade_headers))
         .map_err(|e| format!("write config: {e}"))?;
     let mut child = Command::new(binary)
         .arg("-p")

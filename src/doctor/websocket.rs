@@ -1,0 +1,240 @@
+//! Check 3: each WebSocket route, through each of its upstreams: a real
+//! handshake on the route's path (with `--origin`), expecting 101 with a
+//! valid `Sec-WebSocket-Accept`, and the diagnosis of any other answer.
+//!
+//! The classic outage: nginx proxies the path but drops the `Upgrade` and
+//! `Connection` headers, so the backend sees a plain GET and nginx answers
+//! 400, 404, 426 or a 200 page. A `Server: nginx` non-101 gets the location
+//! block to add.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use fastwebsockets::{Frame, OpCode, Role, WebSocket};
+use http::{HeaderMap, Request, StatusCode, header};
+use hyper_util::rt::TokioIo;
+
+use super::{Context, Finding, Report, human, millis, upstreams};
+use crate::config::{RouteSpec, UpstreamName, UpstreamSpec};
+use crate::upstream::health::{accept_key, send, ws_upgrade};
+
+/// What an upstream answered to the handshake.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    /// The status code (101 when the upgrade worked).
+    pub status: StatusCode,
+    /// The `Server` header, if any.
+    pub server: Option<String>,
+    /// On 101: whether `Sec-WebSocket-Accept` matched the key sent.
+    pub accept_valid: bool,
+    /// From the first byte sent to the response head.
+    pub elapsed: Duration,
+}
+
+/// Handshake on every WebSocket route through every upstream it names.
+pub(crate) async fn check(
+    ctx: &Context,
+    reachable: &BTreeMap<UpstreamName, bool>,
+    report: &mut Report,
+) {
+    for route in ctx.websocket_routes() {
+        let path = ctx.handshake_path(route);
+        for name in &route.via {
+            let check = format!("websocket {} via {name}", route.label());
+            let Some(u) = ctx.config.upstream(name) else {
+                continue;
+            };
+            if !reachable.get(name).copied().unwrap_or(false) {
+                report.push(Finding::fail(
+                    check,
+                    format!(
+                        "not tried: {} is unreachable (see `upstream {name}`)",
+                        u.url
+                    ),
+                    format!("bring upstream {name} up first"),
+                ));
+                continue;
+            }
+            let finding = match tokio::time::timeout(ctx.timeout, handshake(ctx, u, &path)).await {
+                Ok(Ok(answer)) => diagnose(ctx, route, u, &path, &answer),
+                Ok(Err(e)) => Finding::fail(
+                    check,
+                    format!("handshake GET {path} on {}: {e}", u.url),
+                    "check the upstream's logs: it closed the connection instead of answering",
+                ),
+                Err(_) => Finding::fail(
+                    check,
+                    format!(
+                        "handshake GET {path} on {}: no answer within {}",
+                        u.url,
+                        human(ctx.timeout)
+                    ),
+                    "the upstream accepts connections but does not answer the handshake: check its logs",
+                ),
+            };
+            report.push(finding);
+        }
+    }
+}
+
+/// One handshake to `u` for `path`, as shunt would forward it (the public
+/// `Host`, the `Origin`); a 101 is closed politely with 1000.
+async fn handshake(ctx: &Context, u: &UpstreamSpec, path: &str) -> Result<Answer, String> {
+    let started = Instant::now();
+    let stream = upstreams::open(ctx, u).await?;
+    let key = fastwebsockets::handshake::generate_key();
+    let mut request = Request::get(path)
+        .header(header::HOST, ctx.url.host_header())
+        .header(header::USER_AGENT, "shunt-doctor");
+    if let Some(origin) = &ctx.origin {
+        request = request.header(header::ORIGIN, origin);
+    }
+    let mut resp = send(stream, ws_upgrade(request, &key), &ctx.tracker, &ctx.stop).await?;
+    let elapsed = started.elapsed();
+    let answer = Answer {
+        status: resp.status(),
+        server: header_text(resp.headers(), header::SERVER),
+        accept_valid: header_text(resp.headers(), header::SEC_WEBSOCKET_ACCEPT)
+            .is_some_and(|a| a == accept_key(&key)),
+        elapsed,
+    };
+    if answer.status == StatusCode::SWITCHING_PROTOCOLS
+        && let Ok(upgraded) = hyper::upgrade::on(&mut resp).await
+    {
+        close(upgraded).await;
+    }
+    Ok(answer)
+}
+
+/// Send Close 1000 and wait briefly for the reply.
+async fn close(upgraded: hyper::upgrade::Upgraded) {
+    let mut ws = WebSocket::after_handshake(TokioIo::new(upgraded), Role::Client);
+    if ws.write_frame(Frame::close(1000, b"")).await.is_err() {
+        return;
+    }
+    let _ = tokio::time::timeout(Duration::from_millis(500), async {
+        while let Ok(frame) = ws.read_frame().await {
+            if frame.opcode == OpCode::Close {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+pub(crate) fn header_text(headers: &HeaderMap, name: header::HeaderName) -> Option<String> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+/// Turn an answer into a finding with its fix.
+fn diagnose(ctx: &Context, route: &RouteSpec, u: &UpstreamSpec, path: &str, a: &Answer) -> Finding {
+    let check = format!("websocket {} via {}", route.label(), u.name);
+    let what = format!("handshake GET {path} on {}", u.url);
+    let took = millis(a.elapsed);
+    let is_nginx = a
+        .server
+        .as_deref()
+        .is_some_and(|s| s.to_ascii_lowercase().starts_with("nginx"));
+    match a.status {
+        StatusCode::SWITCHING_PROTOCOLS if a.accept_valid => {
+            let origin = ctx
+                .origin
+                .as_deref()
+                .map(|o| format!(" with Origin {o}"))
+                .unwrap_or_default();
+            Finding::ok(check, format!("{what}{origin}: 101 in {took}"))
+        }
+        StatusCode::SWITCHING_PROTOCOLS => Finding::fail(
+            check,
+            format!(
+                "{what}: 101 without a valid Sec-WebSocket-Accept ({took}): a broken intermediary rewrites the handshake"
+            ),
+            "find the proxy or middlebox between shunt and the backend that rewrites headers, and let it pass Sec-WebSocket-* unchanged",
+        ),
+        StatusCode::FORBIDDEN if ctx.origin.is_some() => Finding::fail(
+            check,
+            format!(
+                "{what} with Origin {}: 403 Forbidden: the backend refuses that Origin",
+                ctx.origin.as_deref().unwrap_or_default()
+            ),
+            format!(
+                "allow {} in the backend's CORS / WebSocket origin setting, or let shunt check the Origin (allow_origin, --allow-origin {}) and have the backend trust shunt",
+                ctx.origin.as_deref().unwrap_or_default(),
+                ctx.origin.as_deref().unwrap_or_default()
+            ),
+        ),
+        status if is_nginx => Finding::fail(
+            check,
+            format!(
+                "{what}: nginx answered {status} instead of 101: nginx does not forward WebSocket upgrades on {}",
+                route.path
+            ),
+            nginx_fix(&route.path, &ctx.backend_url()),
+        ),
+        StatusCode::NOT_FOUND => Finding::fail(
+            check,
+            format!("{what}: 404 Not Found: no WebSocket endpoint on that path"),
+            format!(
+                "use the path the backend serves WebSockets on (--url / the route's path), or add a route for it: --route PATH={}",
+                u.name
+            ),
+        ),
+        StatusCode::UPGRADE_REQUIRED => Finding::fail(
+            check,
+            format!(
+                "{what}: 426 Upgrade Required: WebSocket version mismatch (shunt speaks version 13)"
+            ),
+            "make the backend accept Sec-WebSocket-Version 13 (RFC 6455)",
+        ),
+        status => Finding::fail(
+            check,
+            format!("{what}: {status} instead of 101 ({took})"),
+            format!(
+                "make {} serve a WebSocket endpoint on {path}, and check its logs for why it refused",
+                u.url
+            ),
+        ),
+    }
+}
+
+/// The nginx lines that forward WebSocket upgrades on `path` to `backend`.
+pub fn nginx_fix(path: &str, backend: &str) -> String {
+    format!(
+        "add to nginx's config, then `nginx -t && nginx -s reload`:\n\
+         # in the http {{ }} block\n\
+         map $http_upgrade $connection_upgrade {{\n\
+         \x20   default upgrade;\n\
+         \x20   ''      close;\n\
+         }}\n\
+         # in the server {{ }} block\n\
+         location {path} {{\n\
+         \x20   proxy_pass {backend};\n\
+         \x20   proxy_http_version 1.1;\n\
+         \x20   proxy_set_header Upgrade $http_upgrade;\n\
+         \x20   proxy_set_header Connection $connection_upgrade;\n\
+         \x20   proxy_set_header Host $host;\n\
+         \x20   proxy_read_timeout 3600s;\n\
+         }}"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_nginx_fix_has_every_line() {
+        let fix = super::nginx_fix("/frontend-audio", "http://127.0.0.1:5006");
+        for line in [
+            "map $http_upgrade $connection_upgrade {",
+            "location /frontend-audio {",
+            "proxy_pass http://127.0.0.1:5006;",
+            "proxy_http_version 1.1;",
+            "proxy_set_header Upgrade $http_upgrade;",
+            "proxy_set_header Connection $connection_upgrade;",
+        ] {
+            assert!(fix.contains(line), "{line} missing from\n{fix}");
+        }
+    }
+}

@@ -1,0 +1,620 @@
+//! `shunt doctor`, run as the real binary against real parts on loopback:
+//! each diagnosis of the checklist (nginx without Upgrade headers, a stopped
+//! backend, certificates, an Origin refused, a backend on all interfaces, a
+//! hung backend) and a healthy setup end to end through shunt.
+
+mod support;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use rcgen::{CertificateParams, KeyPair, date_time_ymd};
+use support::bin::{Run, run_shunt, run_shunt_with_env};
+use support::tls::TestPki;
+use support::{EchoBackend, TempFile, echo_backend, nginx, shunt};
+use tokio::net::TcpListener;
+
+/// Bound on one doctor run; each check inside is bounded by `--timeout`.
+const RUN_LIMIT: Duration = Duration::from_secs(30);
+
+/// `shunt doctor --timeout 2s ARGS`.
+async fn doctor<S: AsRef<str>>(args: &[S]) -> Run {
+    let mut all = vec!["doctor", "--timeout", "2s"];
+    all.extend(args.iter().map(AsRef::as_ref));
+    run_shunt(&all, RUN_LIMIT).await
+}
+
+/// Asserts `text` (a finding with its fix) contains `needle`.
+fn has(text: &str, needle: impl AsRef<str>) {
+    let needle = needle.as_ref();
+    assert!(text.contains(needle), "{needle:?} missing from:\n{text}");
+}
+
+/// The flags of the running `proxy`, with `/frontend-audio` going to `backend`, then `extra`.
+fn running_shunt(proxy: &support::Shunt, backend: &EchoBackend, extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "--listen",
+        &proxy.addr().to_string(),
+        "--admin",
+        &proxy.admin_addr().to_string(),
+        "--direct",
+        &backend.url(),
+        "--route",
+        "/frontend-audio=direct",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+/// The flags of a shunt that is not running (nothing on port 0, admin off)
+/// with `/frontend-audio` going to `via`.
+fn stopped_shunt<'a>(direct: &'a str, via: &'a str) -> Vec<&'a str> {
+    vec![
+        "--listen",
+        "127.0.0.1:0",
+        "--admin",
+        "off",
+        "--direct",
+        direct,
+        "--route",
+        via,
+    ]
+}
+
+/// An echo backend behind an nginx without the Upgrade headers (the outage);
+/// `None` when nginx is not installed (and not required).
+async fn misconfigured_nginx() -> Option<(EchoBackend, support::Nginx)> {
+    let backend = echo_backend().spawn().await;
+    let proxy = nginx(backend.addr())
+        .without_upgrade_headers()
+        .spawn()
+        .await?;
+    Some((backend, proxy))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nginx_without_upgrade_headers_fails_with_the_location_block() {
+    let Some((backend, proxy)) = misconfigured_nginx().await else {
+        return;
+    };
+    let direct = backend.url();
+    let nginx_url = proxy.url();
+    let mut args = stopped_shunt(&direct, "/frontend-audio=direct,nginx");
+    args.extend(["--nginx", &nginx_url]);
+    let out = doctor(&args).await;
+    assert_eq!(out.code, Some(1), "{}", out.stdout);
+    out.finding("ok   websocket /frontend-audio via direct:");
+    let fail = out.finding("FAIL websocket /frontend-audio via nginx:");
+    let first = fail.lines().next().unwrap_or_default();
+    assert!(
+        first.contains("nginx does not forward WebSocket upgrades on /frontend-audio"),
+        "{fail}"
+    );
+    for line in [
+        "fix: add to nginx's config",
+        "map $http_upgrade $connection_upgrade {",
+        "location /frontend-audio {",
+        &format!("proxy_pass {direct};"),
+        "proxy_http_version 1.1;",
+        "proxy_set_header Upgrade $http_upgrade;",
+        "proxy_set_header Connection $connection_upgrade;",
+    ] {
+        assert!(fail.contains(line), "{line:?} missing from:\n{fail}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nginx_with_upgrade_headers_is_ok() {
+    let backend = echo_backend().spawn().await;
+    let Some(proxy) = nginx(backend.addr()).spawn().await else {
+        return;
+    };
+    let direct = backend.url();
+    let nginx_url = proxy.url();
+    let mut args = stopped_shunt(&direct, "/frontend-audio=nginx,direct");
+    args.extend(["--nginx", &nginx_url]);
+    let out = doctor(&args).await;
+    let line = out.finding("ok   websocket /frontend-audio via nginx:");
+    has(&line, "101 in");
+    out.finding("ok   websocket /frontend-audio via direct:");
+    // Nothing failed: shunt not running is only a warning.
+    assert_eq!(out.code, Some(0), "{}", out.stdout);
+    out.finding("warn listener: shunt is not running");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_backend_is_refused() {
+    let mut backend = echo_backend().spawn().await;
+    let direct = backend.url();
+    backend.stop().await;
+    let out = doctor(&stopped_shunt(&direct, "/frontend-audio=direct")).await;
+    assert_eq!(out.code, Some(1), "{}", out.stdout);
+    let fail = out.finding("FAIL upstream direct:");
+    has(&fail, "connection refused");
+    has(&fail, "fix: start the backend on");
+    out.finding("FAIL websocket /frontend-audio via direct: not tried");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_that_never_answers_is_bounded_by_the_timeout() {
+    // Connections complete in the kernel's backlog, but nothing reads them.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let direct = format!("http://{}", silent.local_addr().unwrap());
+    let mut args = vec!["doctor", "--timeout", "300ms"];
+    args.extend(stopped_shunt(&direct, "/frontend-audio=direct"));
+    let out = run_shunt(&args, RUN_LIMIT).await;
+    assert_eq!(out.code, Some(1), "{}", out.stdout);
+    let fail = out.finding("FAIL websocket /frontend-audio via direct:");
+    has(&fail, "no answer within 300ms");
+}
+
+/// An expired self-signed certificate for localhost, written into `pki`'s directory.
+fn expired_cert(pki: &TestPki) -> (PathBuf, PathBuf) {
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+    params.not_before = date_time_ymd(2020, 1, 1);
+    params.not_after = date_time_ymd(2021, 1, 1);
+    let cert = params.self_signed(&key).unwrap();
+    let (c, k) = (pki.dir.join("expired.crt"), pki.dir.join("expired.key"));
+    std::fs::write(&c, cert.pem()).unwrap();
+    std::fs::write(&k, key.serialize_pem()).unwrap();
+    (c, k)
+}
+
+/// Doctor for a stopped shunt serving `cert`/`key`, with a live backend and `--url url`.
+async fn doctor_tls(cert: &std::path::Path, key: &std::path::Path, url: &str) -> Run {
+    let backend = echo_backend().spawn().await;
+    let direct = backend.url();
+    let mut args = stopped_shunt(&direct, "/frontend-audio=direct");
+    args.extend([
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+        "--url",
+        url,
+    ]);
+    doctor(&args).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_certificate_fails() {
+    let pki = TestPki::new();
+    let (cert, key) = expired_cert(&pki);
+    let out = doctor_tls(&cert, &key, "wss://localhost:8443/frontend-audio").await;
+    assert_eq!(out.code, Some(1), "{}", out.stdout);
+    out.finding("ok   tls key:");
+    let fail = out.finding("FAIL tls expiry:");
+    assert!(
+        fail.contains("EXPIRED") && fail.contains("2021-01-01"),
+        "{fail}"
+    );
+    has(&fail, "fix: renew it");
+    out.finding("ok   tls names:");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_not_covering_the_host_fails_and_a_private_ca_warns() {
+    let pki = TestPki::new();
+    let (cert, key) = pki.write("server", &["localhost", "127.0.0.1"]);
+    let out = doctor_tls(&cert, &key, "wss://calls.example.com:8443/frontend-audio").await;
+    assert_eq!(out.code, Some(1), "{}", out.stdout);
+    let names = out.finding("FAIL tls names:");
+    has(&names, "does not cover calls.example.com");
+    has(&names, "localhost, 127.0.0.1");
+    out.finding("ok   tls expiry:");
+    out.finding("ok   tls chain:");
+    let trust = out.finding("warn tls trust:");
+    assert!(
+        trust.contains("private CA") && trust.contains("browsers refuse wss://"),
+        "{trust}"
+    );
+    has(&trust, "https://calls.example.com:8443/");
+    // A loopback listener cannot serve a public host.
+    let scope = out.finding("warn listener scope:");
+    has(&scope, "--listen 0.0.0.0:0");
+}
+
+/// A WebSocket backend that answers 403 unless `Origin` is `allowed`.
+async fn origin_checking_backend(
+    allowed: &'static str,
+) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let service =
+                    service_fn(move |mut req: Request<hyper::body::Incoming>| async move {
+                        let origin_ok = req.headers().get("origin").is_some_and(|o| o == allowed);
+                        if !origin_ok {
+                            let mut resp = Response::new(Full::new(Bytes::from_static(
+                                b"origin not allowed\n",
+                            )));
+                            *resp.status_mut() = StatusCode::FORBIDDEN;
+                            return Ok::<_, Infallible>(resp);
+                        }
+                        match fastwebsockets::upgrade::upgrade(&mut req) {
+                            Ok((resp, upgraded)) => {
+                                tokio::spawn(async move {
+                                    if let Ok(mut ws) = upgraded.await {
+                                        let _ = ws.read_frame().await;
+                                    }
+                                });
+                                Ok(resp.map(|_| Full::new(Bytes::new())))
+                            }
+                            Err(_) => {
+                                let mut resp = Response::new(Full::new(Bytes::new()));
+                                *resp.status_mut() = StatusCode::BAD_REQUEST;
+                                Ok(resp)
+                            }
+                        }
+                    });
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .with_upgrades()
+                    .await;
+            });
+        }
+    });
+    (addr, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_refusing_the_origin_fails_with_the_cors_fix() {
+    let (addr, task) = origin_checking_backend("https://app.example.com").await;
+    let direct = format!("http://{addr}");
+    let mut args = stopped_shunt(&direct, "/frontend-audio=direct");
+    args.extend(["--origin", "https://evil.example.com"]);
+    let out = doctor(&args).await;
+    assert_eq!(out.code, Some(1), "{}", out.stdout);
+    let fail = out.finding("FAIL websocket /frontend-audio via direct:");
+    has(
+        &fail,
+        "Origin https://evil.example.com: 403 Forbidden: the backend refuses that Origin",
+    );
+    assert!(
+        fail.contains("allow_origin") && fail.contains("CORS"),
+        "{fail}"
+    );
+
+    let mut args = stopped_shunt(&direct, "/frontend-audio=direct");
+    args.extend(["--origin", "https://app.example.com"]);
+    let out = doctor(&args).await;
+    let ok = out.finding("ok   websocket /frontend-audio via direct:");
+    has(&ok, "with Origin https://app.example.com: 101");
+    task.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_on_all_interfaces_warns_with_the_firewall_lines() {
+    let backend = EchoBackend::spawn_on(SocketAddr::from(([0, 0, 0, 0], 0)), "backend").await;
+    let port = backend.addr().port();
+    let direct = format!("http://127.0.0.1:{port}");
+    let out = doctor(&stopped_shunt(&direct, "/frontend-audio=direct")).await;
+    let warn = out.finding("warn upstream direct binding:");
+    has(&warn, format!("0.0.0.0:{port}"));
+    has(&warn, "bypass shunt");
+    has(&warn, format!("ufw deny {port}/tcp"));
+    has(
+        &warn,
+        format!("iptables -A INPUT -p tcp --dport {port} ! -i lo -j DROP"),
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_healthy_setup_is_ok_end_to_end_and_names_the_route() {
+    let backend = echo_backend().spawn().await;
+    let proxy = shunt()
+        .direct(backend.url())
+        .route("/frontend-audio=direct")
+        .start()
+        .await;
+    proxy.wait_ready().await;
+    let listen = proxy.addr().to_string();
+    let args = running_shunt(&proxy, &backend, &[]);
+    let out = doctor(&args).await;
+    assert_eq!(out.code, Some(0), "{}\n{}", out.stdout, out.stderr);
+    for line in out.stdout.lines() {
+        assert!(
+            line.starts_with("ok   "),
+            "not ok: {line}\nin:\n{}",
+            out.stdout
+        );
+    }
+    let e2e = out.finding("ok   end to end:");
+    has(&e2e, "served by `direct` (x-shunt-route: direct)");
+    has(&e2e, "5 × 640-byte frames round trip, median RTT");
+    let hint = out.finding("ok   front end:");
+    has(
+        &hint,
+        format!("VITE_WS_AUDIO_URL=ws://{listen}/frontend-audio"),
+    );
+    has(&hint, "takes the `direct` path");
+    out.finding("ok   listener: ");
+    out.finding("ok   upstream direct binding:");
+
+    let json_args = running_shunt(&proxy, &backend, &["--json"]);
+    let out = doctor(&json_args).await;
+    assert_eq!(out.code, Some(0), "{}", out.stdout);
+    let findings: serde_json::Value = serde_json::from_str(&out.stdout)
+        .unwrap_or_else(|e| panic!("--json output is not JSON ({e}):\n{}", out.stdout));
+    let findings = findings.as_array().expect("a JSON array");
+    assert!(findings.len() >= 8, "{findings:?}");
+    for f in findings {
+        let keys: Vec<&str> = f.as_object().unwrap().keys().map(String::as_str).collect();
+        assert_eq!(keys.len(), 4, "{f}");
+        for key in ["check", "status", "detail", "fix"] {
+            assert!(keys.contains(&key), "{key} missing in {f}");
+        }
+        assert_eq!(f["status"], "ok", "{f}");
+        assert!(f["fix"].is_null(), "{f}");
+    }
+    let e2e = findings
+        .iter()
+        .find(|f| f["check"] == "end to end")
+        .expect("an end to end finding");
+    assert!(
+        e2e["detail"].as_str().unwrap().contains("`direct`"),
+        "{e2e}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_needing_a_token_says_which_policy_refused_and_how_the_token_travels() {
+    let backend = echo_backend().spawn().await;
+    let token_file = TempFile::new("tokens", "doctor-s3cret\n");
+    let tokens = token_file.path().to_owned();
+    let proxy = shunt()
+        .direct(backend.url())
+        .route("/frontend-audio=direct")
+        .arg("--token-file", tokens.as_str())
+        .start()
+        .await;
+    proxy.wait_ready().await;
+    let args = running_shunt(&proxy, &backend, &["--token-file", &tokens]);
+    let out = doctor(&args).await;
+    assert_eq!(out.code, Some(1), "{}", out.stdout);
+    let fail = out.finding("FAIL end to end:");
+    has(&fail, "401, refused by shunt's authentication");
+    has(&fail, "--token");
+
+    let with_token = running_shunt(
+        &proxy,
+        &backend,
+        &["--token-file", &tokens, "--token", "doctor-s3cret"],
+    );
+    let out = doctor(&with_token).await;
+    assert_eq!(out.code, Some(0), "{}", out.stdout);
+    let hint = out.finding("ok   front end:");
+    has(&hint, "?token=<TOKEN>");
+    assert!(
+        !out.stdout.contains("doctor-s3cret"),
+        "the token is printed:\n{}",
+        out.stdout
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_arguments_exit_2() {
+    let out = doctor(&["--url", "ftp://x/"]).await;
+    assert_eq!(out.code, Some(2), "{}", out.stderr);
+    assert!(out.stderr.contains("invalid --url"), "{}", out.stderr);
+    let out = run_shunt(&["doctor", "--timeout", "soon"], RUN_LIMIT).await;
+    assert_eq!(out.code, Some(2), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("invalid --timeout `soon`"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_configuration_fails_first() {
+    let out = doctor(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--admin",
+        "off",
+        "--direct",
+        "ftp://x",
+    ])
+    .await;
+    assert_eq!(out.code, Some(1), "{}", out.stdout);
+    let fail = out.finding("FAIL configuration:");
+    has(&fail, "--direct");
+    assert_eq!(
+        out.stdout
+            .lines()
+            .filter(|l| !l.starts_with("     "))
+            .count(),
+        1,
+        "{}",
+        out.stdout
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_end_to_end_through_shunt_names_the_route() {
+    let backend = echo_backend().spawn().await;
+    let pki = TestPki::new();
+    let (cert, key) = pki.write("server", &["localhost"]);
+    let proxy = shunt()
+        .direct(backend.url())
+        .route("/frontend-audio=direct")
+        .tls(&cert, &key)
+        .start()
+        .await;
+    proxy.wait_ready().await;
+    let url = format!("wss://localhost:{}/frontend-audio", proxy.addr().port());
+    let args = running_shunt(
+        &proxy,
+        &backend,
+        &[
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+            "--url",
+            &url,
+        ],
+    );
+    let out = doctor(&args).await;
+    assert_eq!(out.code, Some(0), "{}", out.stdout);
+    let e2e = out.finding("ok   end to end:");
+    has(&e2e, format!("{url}: 101"));
+    has(&e2e, "served by `direct`");
+    out.finding("ok   tls names:");
+    out.finding("warn tls trust:");
+    let hint = out.finding("ok   front end:");
+    has(&hint, format!("VITE_WS_AUDIO_URL={url}"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_port_held_by_another_process_is_named() {
+    let backend = echo_backend().spawn().await;
+    // This test process holds the port; it is not shunt and has no admin API.
+    let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let listen = holder.local_addr().unwrap().to_string();
+    let direct = backend.url();
+    let out = doctor(&[
+        "--listen",
+        &listen,
+        "--admin",
+        "off",
+        "--direct",
+        &direct,
+        "--route",
+        "/frontend-audio=direct",
+    ])
+    .await;
+    assert_eq!(out.code, Some(1), "{}", out.stdout);
+    let fail = out.finding("FAIL listener:");
+    has(&fail, format!("{listen} is held by another process"));
+    assert!(
+        fail.contains(&format!("(pid {})", std::process::id())),
+        "{fail}"
+    );
+    out.finding("warn end to end: not tried");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_config_file_and_shunt_variables_are_read_as_for_run() {
+    let backend = echo_backend().spawn().await;
+    let file = TempFile::new(
+        "shunt.toml",
+        &format!(
+            "[upstreams.direct]\nurl = \"{}\"\n\n[[routes]]\npath = \"/calls\"\nvia = [\"direct\"]\n",
+            backend.url()
+        ),
+    );
+    let out = run_shunt_with_env(
+        &["doctor", "--config", file.path()],
+        &[("SHUNT_LISTEN", "127.0.0.1:0"), ("SHUNT_ADMIN", "off")],
+        RUN_LIMIT,
+    )
+    .await;
+    let config = out.finding("ok   configuration:");
+    has(&config, file.path());
+    has(&config, "listen 127.0.0.1:0");
+    out.finding(&format!("ok   upstream direct: {}", backend.url()));
+    out.finding("ok   websocket /calls via direct:");
+    let hint = out.finding("warn front end:");
+    has(&hint, "VITE_WS_AUDIO_URL=ws://127.0.0.1:0/calls");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shunt_refusing_the_origin_or_over_its_rate_says_which_policy() {
+    let backend = echo_backend().spawn().await;
+    let proxy = shunt()
+        .direct(backend.url())
+        .route("/frontend-audio=direct")
+        .arg("--allow-origin", "https://app.example.com")
+        .start()
+        .await;
+    proxy.wait_ready().await;
+    let args = running_shunt(
+        &proxy,
+        &backend,
+        &[
+            "--allow-origin",
+            "https://app.example.com",
+            "--origin",
+            "https://evil.example.com",
+        ],
+    );
+    let out = doctor(&args).await;
+    assert_eq!(out.code, Some(1), "{}", out.stdout);
+    // The backend itself takes any Origin; shunt is the one refusing it.
+    out.finding("ok   websocket /frontend-audio via direct:");
+    let fail = out.finding("FAIL end to end:");
+    has(&fail, "403, refused by shunt's Origin policy");
+    has(&fail, "--allow-origin https://evil.example.com");
+
+    let limited = shunt()
+        .direct(backend.url())
+        .route("/frontend-audio=direct")
+        .arg("--rate", "1/h")
+        .arg("--burst", "1")
+        .start()
+        .await;
+    limited.wait_ready().await;
+    // Spend the one request the burst allows.
+    let first = support::http_get(limited.addr(), "/frontend-audio", &[])
+        .await
+        .expect("GET through shunt");
+    assert_eq!(first.status, StatusCode::OK);
+    let args = running_shunt(&limited, &backend, &["--rate", "1/h", "--burst", "1"]);
+    let out = doctor(&args).await;
+    assert_eq!(out.code, Some(1), "{}", out.stdout);
+    let fail = out.finding("FAIL end to end:");
+    has(&fail, "429, refused by shunt's rate or connection limit");
+    has(&fail, "Retry-After");
+    has(&fail, "--rate");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn end_to_end_through_shunt_to_a_misconfigured_nginx_prints_the_location_block() {
+    let Some((backend, proxy)) = misconfigured_nginx().await else {
+        return;
+    };
+    let running = shunt()
+        .direct(backend.url())
+        .nginx(proxy.url())
+        .route("/frontend-audio=nginx")
+        .start()
+        .await;
+    running.wait_ready().await;
+    let args = [
+        "--listen".to_owned(),
+        running.addr().to_string(),
+        "--admin".to_owned(),
+        running.admin_addr().to_string(),
+        "--direct".to_owned(),
+        backend.url(),
+        "--nginx".to_owned(),
+        proxy.url(),
+        "--route".to_owned(),
+        "/frontend-audio=nginx".to_owned(),
+    ];
+    let out = doctor(&args).await;
+    assert_eq!(out.code, Some(1), "{}", out.stdout);
+    out.finding("FAIL websocket /frontend-audio via nginx:");
+    let fail = out.finding("FAIL end to end:");
+    has(
+        &fail,
+        "shunt forwarded to `nginx`, where nginx answered 200 OK instead of 101",
+    );
+    has(&fail, "proxy_set_header Upgrade $http_upgrade;");
+}
