@@ -51,15 +51,41 @@ pub struct Running {
     reloader: Arc<Reloader>,
 }
 
-/// Bind the listeners and start serving `config`.
+/// Where the proxy listener's connections are served.
+enum Proxy {
+    /// One listener on the caller's runtime.
+    InRuntime(tokio::net::TcpListener),
+    /// One listener per worker thread ([`crate::workers`]).
+    Workers(Vec<std::net::TcpListener>),
+}
+
+/// Bind the listeners and start serving `config`, every connection on the
+/// caller's runtime (what the in-process tests use).
 pub async fn start(config: Config) -> Result<Running, StartError> {
+    start_on(config, None).await
+}
+
+/// Like [`start`], but the proxy listener's connections are served by
+/// `workers` threads, each with its own current-thread runtime and
+/// `SO_REUSEPORT` listener (`--workers`); probes, admin and the file watcher
+/// stay on the caller's runtime.
+pub async fn start_workers(config: Config, workers: usize) -> Result<Running, StartError> {
+    start_on(config, Some(workers.max(1))).await
+}
+
+async fn start_on(config: Config, workers: Option<usize>) -> Result<Running, StartError> {
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
     let listen = config.listen;
     let admin = config.admin;
-    let proxy_listener = crate::listener::bind(listen, "proxy")
-        .await
-        .map_err(StartError::Bind)?;
+    let proxy_listener = match workers {
+        None => Proxy::InRuntime(
+            crate::listener::bind(listen, "proxy")
+                .await
+                .map_err(StartError::Bind)?,
+        ),
+        Some(n) => Proxy::Workers(crate::workers::bind(listen, n).map_err(StartError::Bind)?),
+    };
     let admin_listener = match admin {
         Some(addr) => Some(
             crate::listener::bind(addr, "admin")
@@ -83,7 +109,14 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let rt = Runtime::new(ArcSwap::from_pointee(snapshot), certs, shutdown, tracker);
     let reloader = Reloader::new(rt.clone());
 
-    let listen_addr = proxy_listener.local_addr().map_err(StartError::Bind)?;
+    let listen_addr = match &proxy_listener {
+        Proxy::InRuntime(l) => l.local_addr(),
+        Proxy::Workers(ls) => ls.first().map_or_else(
+            || Err(std::io::Error::other("no proxy listener")),
+            std::net::TcpListener::local_addr,
+        ),
+    }
+    .map_err(StartError::Bind)?;
     let admin_addr = match &admin_listener {
         Some(l) => Some(l.local_addr().map_err(StartError::Bind)?),
         None => None,
@@ -93,12 +126,27 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         rt: rt.clone(),
         relay: relay.clone(),
     });
-    rt.tracker.spawn(crate::listener::accept_loop(
-        proxy_listener,
-        rt.shutdown.clone(),
-        rt.tracker.clone(),
-        move |stream, peer| crate::connection::accept(stream, peer, &ctx, acceptor.as_ref()),
-    ));
+    let serve = move || {
+        let (ctx, acceptor) = (ctx.clone(), acceptor.clone());
+        move |stream, peer| crate::connection::accept(stream, peer, &ctx, acceptor.as_ref())
+    };
+    let workers = match proxy_listener {
+        Proxy::InRuntime(listener) => {
+            rt.tracker.spawn(crate::listener::accept_loop(
+                listener,
+                rt.shutdown.clone(),
+                rt.tracker.clone(),
+                serve(),
+            ));
+            0
+        }
+        Proxy::Workers(listeners) => {
+            let n = listeners.len();
+            crate::workers::spawn(listeners, rt.shutdown.clone(), rt.tracker.clone(), serve)
+                .map_err(StartError::Bind)?;
+            n
+        }
+    };
     if let Some(listener) = admin_listener {
         let tunnel: crate::admin::TunnelStatus = Arc::new(move || relay.to_json());
         rt.tracker.spawn(crate::admin::run(
@@ -115,7 +163,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     {
         tracing::warn!(error = %e, "cannot watch files for changes; use SIGHUP or POST /reload");
     }
-    tracing::info!(listen = %listen_addr, admin = ?admin_addr, tls = rt.certs.is_some(), "shunt listening");
+    tracing::info!(listen = %listen_addr, admin = ?admin_addr, tls = rt.certs.is_some(), workers, "shunt listening");
     Ok(Running {
         listen_addr,
         admin_addr,
