@@ -4,7 +4,7 @@
 //! a connection reset before accept): it logs, backs off and continues. It
 //! stops when the root token is cancelled. Each accepted connection gets
 //! `TCP_NODELAY` (audio frames are small and latency-bound) and its own
-//! tracked task.
+//! tracked task. An IPv6 listener is dual-stack (`[::]:8443` takes IPv4 too).
 //!
 //! The back-off doubles from 5 ms up to 1 s and resets on the next successful
 //! accept: long enough that a process out of file descriptors does not spin,
@@ -19,14 +19,35 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-/// Bind `addr`, naming it in the error.
+/// Bind `addr`, naming it in the error. An IPv6 address is bound with
+/// `IPV6_V6ONLY` off, so `[::]:PORT` is dual-stack: it also accepts IPv4
+/// clients (seen as `::ffff:a.b.c.d`), whatever `net.ipv6.bindv6only` says.
 pub async fn bind(addr: SocketAddr, what: &str) -> io::Result<TcpListener> {
-    TcpListener::bind(addr).await.map_err(|e| {
+    bind_dual_stack(addr).map_err(|e| {
         io::Error::new(
             e.kind(),
             format!("cannot bind {what} listener on {addr}: {e}"),
         )
     })
+}
+
+/// How many connections may wait in the kernel to be accepted (tokio's
+/// default for `TcpListener::bind`).
+const BACKLOG: i32 = 1024;
+
+/// A listening socket on `addr` as `TcpListener::bind` makes it
+/// (`SO_REUSEADDR`, non-blocking), but with `IPV6_V6ONLY` off for IPv6.
+fn bind_dual_stack(addr: SocketAddr) -> io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(false)?;
+    }
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(BACKLOG)?;
+    TcpListener::from_std(socket.into())
 }
 
 /// Accept until `stop` is cancelled, handing each connection to `serve` on a tracked task.

@@ -8,6 +8,7 @@
 
 pub mod bin;
 pub mod echo;
+pub mod examples;
 pub mod files;
 pub mod http;
 pub mod logs;

@@ -50,18 +50,7 @@ impl NginxBuilder {
     /// installed, unless `SHUNT_REQUIRE_NGINX=1` or `CI=true`, which panic.
     /// Async: waiting for nginx to accept must not block a runtime worker.
     pub async fn spawn(self) -> Option<Nginx> {
-        let Some(binary) = find_nginx() else {
-            let required = std::env::var("SHUNT_REQUIRE_NGINX").is_ok_and(|v| v == "1")
-                || std::env::var("CI").is_ok_and(|v| v == "true");
-            if required {
-                panic!(
-                    "nginx is required (SHUNT_REQUIRE_NGINX=1 or CI=true) but was not found on PATH \
-                     or at /usr/sbin/nginx; install it (apt-get install nginx-light)"
-                );
-            }
-            eprintln!("skipping nginx part: nginx not found on PATH or at /usr/sbin/nginx");
-            return None;
-        };
+        let binary = nginx_binary()?;
         let dir = temp_dir();
         let mut last_error = String::new();
         for _ in 0..PORT_ATTEMPTS {
@@ -100,6 +89,24 @@ impl Drop for Nginx {
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// The nginx binary, or `None` (after saying why) when it is not installed,
+/// unless `SHUNT_REQUIRE_NGINX=1` or `CI=true`, which panic.
+pub fn nginx_binary() -> Option<PathBuf> {
+    let found = find_nginx();
+    if found.is_none() {
+        let required = std::env::var("SHUNT_REQUIRE_NGINX").is_ok_and(|v| v == "1")
+            || std::env::var("CI").is_ok_and(|v| v == "true");
+        if required {
+            panic!(
+                "nginx is required (SHUNT_REQUIRE_NGINX=1 or CI=true) but was not found on PATH \
+                 or at /usr/sbin/nginx; install it (apt-get install nginx-light)"
+            );
+        }
+        eprintln!("skipping nginx part: nginx not found on PATH or at /usr/sbin/nginx");
+    }
+    found
 }
 
 fn find_nginx() -> Option<PathBuf> {
