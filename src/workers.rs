@@ -22,12 +22,9 @@ use std::io;
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
 
-use socket2::{Domain, Protocol, Socket, Type};
+use crate::listener::socket as listen;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-
-/// Listen backlog of each worker's listener (tokio's own default).
-const BACKLOG: i32 = 1024;
 
 /// The number of CPUs this process may run on (the `--workers` default).
 pub fn default_count() -> usize {
@@ -35,7 +32,8 @@ pub fn default_count() -> usize {
 }
 
 /// Bind `n` listeners on `addr` (`SO_REUSEPORT`), or one shared listener
-/// where the kernel refuses the option. The first fixes the port when
+/// where the kernel refuses the option. An IPv6 address is dual-stack, as
+/// with [`crate::listener::bind`]. The first fixes the port when
 /// `addr` asks for port 0; the others bind to the same one.
 pub fn bind(addr: SocketAddr, n: usize) -> io::Result<Vec<std::net::TcpListener>> {
     let named = |e: io::Error| {
@@ -60,19 +58,6 @@ pub fn bind(addr: SocketAddr, n: usize) -> io::Result<Vec<std::net::TcpListener>
         all.push(listen(bound, true).map_err(named)?);
     }
     Ok(all)
-}
-
-/// One non-blocking listening socket.
-fn listen(addr: SocketAddr, reuse_port: bool) -> io::Result<std::net::TcpListener> {
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-    socket.set_reuse_address(true)?;
-    if reuse_port {
-        socket.set_reuse_port(true)?;
-    }
-    socket.set_nonblocking(true)?;
-    socket.bind(&addr.into())?;
-    socket.listen(BACKLOG)?;
-    Ok(socket.into())
 }
 
 /// Start one thread per listener, each on its own current-thread runtime,
