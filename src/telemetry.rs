@@ -11,7 +11,8 @@
 //! A synchronous write takes the stderr lock and makes one `write(2)` per line
 //! on the request's thread, and a slow log collector (a full pipe) would stall
 //! every connection. Lines are formatted on the request's thread and queued
-//! (bounded, [`QUEUE_LINES`]); one writer thread drains the queue to stderr.
+//! (bounded, [`QUEUE_LINES`]); one writer thread drains the queue to stderr,
+//! one write per burst of lines.
 //! When the queue is full, lines are dropped and counted
 //! ([`dropped_lines`], `shunt_log_lines_dropped_total` in `/metrics`) rather
 //! than slowing the proxy down. The [`LogGuard`] returned by [`init`] flushes
@@ -26,6 +27,9 @@ use crate::config::LogFormat;
 
 /// Lines the log queue holds before new ones are dropped.
 pub const QUEUE_LINES: usize = 64 * 1024;
+
+/// Bytes the writer thread gathers before a write to stderr.
+const WRITE_BUFFER: usize = 64 * 1024;
 
 /// Counts the lines dropped because the queue was full; set by [`init`].
 static DROPPED: OnceLock<ErrorCounter> = OnceLock::new();
@@ -46,7 +50,12 @@ pub fn init(format: LogFormat) -> LogGuard {
         .lossy(true)
         .buffered_lines_limit(QUEUE_LINES)
         .thread_name("shunt-log")
-        .finish(std::io::stderr());
+        // Buffered: the writer thread drains every queued line, then flushes,
+        // so a burst of lines costs one write(2), not one per line.
+        .finish(std::io::BufWriter::with_capacity(
+            WRITE_BUFFER,
+            std::io::stderr(),
+        ));
     let counter = writer.error_counter();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

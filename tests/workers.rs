@@ -4,13 +4,11 @@
 
 mod support;
 
-use std::net::SocketAddr;
-use std::process::Stdio;
 use std::time::Duration;
 
 use http::StatusCode;
-use support::bin::run_shunt;
-use support::{echo_backend, eventually, ws, ws_connect};
+use support::bin::{run_shunt, serve_shunt};
+use support::{echo_backend, ws, ws_connect};
 
 /// `text` without ANSI colour sequences.
 fn plain(text: &str) -> String {
@@ -33,38 +31,19 @@ fn plain(text: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_workers_share_the_port_and_the_counters_and_drain() {
     let backend = echo_backend().name("direct-backend").spawn().await;
-    let listen = SocketAddr::from(([127, 0, 0, 1], support::free_port()));
-    let admin = SocketAddr::from(([127, 0, 0, 1], support::free_port()));
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_shunt"))
-        .args(["run", "--listen", &listen.to_string()])
-        .args(["--admin", &admin.to_string(), "--workers", "3"])
-        .args(["--direct", &backend.url(), "--drain-timeout", "500ms"])
-        .args(["--health-interval", "100ms", "--no-watch"])
-        .env_remove("SHUNT_WORKERS")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn shunt");
-    let mut pipe = child.stderr.take().expect("stderr");
-    let stderr = tokio::spawn(async move {
-        use tokio::io::AsyncReadExt;
-        let mut text = String::new();
-        let _ = pipe.read_to_string(&mut text).await;
-        text
-    });
-    let up = eventually(Duration::from_secs(10), async || {
-        support::http_get(admin, "/readyz", &[])
-            .await
-            .is_ok_and(|r| r.status == StatusCode::OK)
-    })
+    let served = serve_shunt(&[
+        "--workers",
+        "3",
+        "--direct",
+        &backend.url(),
+        "--drain-timeout",
+        "500ms",
+        "--health-interval",
+        "100ms",
+        "--no-watch",
+    ])
     .await;
-    if !up {
-        let _ = child.start_kill();
-        let _ = child.wait().await;
-        panic!("never ready; stderr:\n{}", stderr.await.unwrap_or_default());
-    }
+    let (listen, admin) = (served.listen, served.admin);
 
     // Each request on its own connection, spread over the workers by the kernel.
     for i in 0..30 {
@@ -93,34 +72,15 @@ async fn three_workers_share_the_port_and_the_counters_and_drain() {
         );
     }
 
-    let pid = child.id().expect("pid").to_string();
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .expect("run kill")
-            .success()
-    );
-    let status = match tokio::time::timeout(Duration::from_secs(10), child.wait()).await {
-        Ok(status) => status.expect("wait"),
-        Err(_) => {
-            let _ = child.start_kill();
-            panic!("shunt did not exit within 10 s of SIGTERM");
-        }
-    };
+    let (code, stderr) = served.terminate().await;
     // The live tunnel is closed at the drain deadline, then the process exits.
     assert!(
         ws::wait_closed(&mut socket, Duration::from_secs(2))
             .await
             .is_ok()
     );
-    let stderr = tokio::time::timeout(Duration::from_secs(2), stderr)
-        .await
-        .ok()
-        .and_then(Result::ok)
-        .map(|t| plain(&t))
-        .unwrap_or_default();
-    assert_eq!(status.code(), Some(0), "stderr:\n{stderr}");
+    let stderr = plain(&stderr);
+    assert_eq!(code, Some(0), "stderr:\n{stderr}");
     assert!(stderr.contains("workers=3"), "stderr:\n{stderr}");
     assert!(
         stderr.lines().any(|l| l.ends_with(" stopped")),
