@@ -7,6 +7,7 @@
 #   BACKEND=path/to/echo_backend examples/bench.sh   # another WebSocket echo backend (takes ADDR as $1)
 #   MODES="flood handshakes" examples/bench.sh        # only these modes (idle rtt100 rtt1000 flood handshakes http)
 #   TLS_KEY=ec examples/bench.sh      # ECDSA P-256 certificates for the TLS rows instead of RSA 2048
+#   FRAMES_OFF=0 examples/bench.sh    # skip the shunt --frames off targets (the call layer's cost baseline)
 #
 # Starts a WebSocket echo backend, shunt, nginx (generated config:
 # worker_processes auto, proxy_http_version 1.1, Upgrade/Connection headers,
@@ -33,7 +34,9 @@ else
 fi
 ROUNDS=${ROUNDS:-1}
 P_BACKEND=${P_BACKEND:-19100}; P_NGINX=19101; P_SHUNT=19102; P_ADMIN=19103; P_NGINX_TLS=19111; P_SHUNT_TLS=19112
-P_HAPROXY=19104; P_ORIGIN=19120; P_NGINX_HTTP=19121; P_HAPROXY_HTTP=19122; P_SHUNT_HTTP=19123; P_SHUNT_HTTP_WARN=19124
+P_HAPROXY=19105; P_ORIGIN=19120; P_NGINX_HTTP=19121; P_HAPROXY_HTTP=19122; P_SHUNT_HTTP=19123; P_SHUNT_HTTP_WARN=19124
+# The same shunt with the call layer off (--frames off): today's pure byte relay, measured in the same run.
+P_SHUNT_OFF=19104; P_SHUNT_TLS_OFF=19114; FRAMES_OFF=${FRAMES_OFF:-1}
 
 # The system tools needed; installed on a fresh Debian machine.
 export PATH="$PATH:/usr/sbin:/sbin"
@@ -193,6 +196,18 @@ fi
 "$SHUNT" --listen "127.0.0.1:$P_SHUNT_HTTP" --admin off --direct "http://127.0.0.1:$P_ORIGIN" 2>"$OUT/shunt-http.log" & PIDS+=($!)
 RUST_LOG=warn "$SHUNT" --listen "127.0.0.1:$P_SHUNT_HTTP_WARN" --admin off --direct "http://127.0.0.1:$P_ORIGIN" 2>"$OUT/shunt-http-warn.log" & PIDS+=($!)
 wait_port "$P_SHUNT_HTTP"; wait_port "$P_SHUNT_HTTP_WARN"
+if [[ $FRAMES_OFF == 1 ]]; then
+  RUST_LOG=warn "$SHUNT" --listen "127.0.0.1:$P_SHUNT_OFF" --admin off --direct "http://127.0.0.1:$P_BACKEND" \
+    --frames off 2>"$OUT/shunt-off.log" & PIDS+=($!)
+  SHUNT_OFF_PID=$!
+  wait_port "$P_SHUNT_OFF"
+  if [[ $TLS == 1 ]]; then
+    RUST_LOG=warn "$SHUNT" --listen "127.0.0.1:$P_SHUNT_TLS_OFF" --admin off --direct "http://127.0.0.1:$P_BACKEND" \
+      --tls-cert "$OUT/cert.pem" --tls-key "$OUT/key.pem" --frames off 2>"$OUT/shunt-tls-off.log" & PIDS+=($!)
+    SHUNT_TLS_OFF_PID=$!
+    wait_port "$P_SHUNT_TLS_OFF"
+  fi
+fi
 
 # ---- /proc readings ----
 pids_of() { # name -> the processes whose CPU and memory count
@@ -201,6 +216,8 @@ pids_of() { # name -> the processes whose CPU and memory count
     shunt) echo "$SHUNT_PID" ;;
     haproxy) echo "$HAPROXY_PID" ;;
     shunt-tls) echo "${SHUNT_TLS_PID:-}" ;;
+    shunt-off) echo "${SHUNT_OFF_PID:-}" ;;
+    shunt-tls-off) echo "${SHUNT_TLS_OFF_PID:-}" ;;
     *) echo "" ;;
   esac
 }
@@ -229,6 +246,8 @@ url_of() { # name
     shunt) echo "ws://127.0.0.1:$P_SHUNT/bench" ;;
     nginx-tls) echo "wss://127.0.0.1:$P_NGINX_TLS/bench" ;;
     shunt-tls) echo "wss://127.0.0.1:$P_SHUNT_TLS/bench" ;;
+    shunt-off) echo "ws://127.0.0.1:$P_SHUNT_OFF/bench" ;;
+    shunt-tls-off) echo "wss://127.0.0.1:$P_SHUNT_TLS_OFF/bench" ;;
   esac
 }
 
@@ -238,7 +257,7 @@ run() { # case target loadgen-args...
   local case=$1 target=$2; shift 2
   local pids; pids=$(pids_of "$target")
   local extra=()
-  [[ $target == *-tls ]] && extra=(--ca "$OUT/ca.pem")
+  [[ $target == *-tls* ]] && extra=(--ca "$OUT/ca.pem")
   local cpu0=0; [[ -n $pids ]] && cpu0=$(cpu_us $pids)
   local line
   line=$(timeout 300 "$LOADGEN" --url "$(url_of "$target")" "${extra[@]}" --label "$case" "$@" 2>>"$OUT/loadgen.log" | tail -n 1)
@@ -250,7 +269,7 @@ run_idle() { # case target
   local case=$1 target=$2
   local pids; pids=$(pids_of "$target")
   local extra=()
-  [[ $target == *-tls ]] && extra=(--ca "$OUT/ca.pem")
+  [[ $target == *-tls* ]] && extra=(--ca "$OUT/ca.pem")
   local before=0; [[ -n $pids ]] && before=$(rss_kb $pids)
   local log="$OUT/idle-$target.out"
   timeout 300 "$LOADGEN" --url "$(url_of "$target")" "${extra[@]}" --label "$case" --mode idle \
@@ -297,8 +316,10 @@ PY
 }
 
 PLAIN=(direct nginx haproxy shunt)
+[[ $FRAMES_OFF == 1 ]] && PLAIN+=(shunt-off)
 TLS_TARGETS=()
 [[ $TLS == 1 ]] && TLS_TARGETS=(nginx-tls shunt-tls)
+[[ $TLS == 1 && $FRAMES_OFF == 1 ]] && TLS_TARGETS+=(shunt-tls-off)
 
 MODES=${MODES:-idle rtt100 rtt1000 flood handshakes http}
 want() { [[ " $MODES " == *" $1 "* ]]; }
@@ -369,8 +390,8 @@ metrics = [
 rounds = max((x.get("round", 1) for x in rows), default=1)
 print(f"Medians of {rounds} interleaved round(s); RSS per idle tunnel from round 1 (fresh processes).")
 print()
-print("| metric | direct | nginx | HAProxy | shunt | shunt/nginx | shunt/HAProxy | per round (nginx; HAProxy) |")
-print("|---|---:|---:|---:|---:|---:|---:|---|")
+print("| metric | direct | nginx | HAProxy | shunt | shunt/nginx | shunt/HAProxy | per round (nginx; HAProxy) | shunt --frames off | frames on/off | per round |")
+print("|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---|")
 summary = {"rounds": rounds, "plain": {}, "tls": {}}
 for case, name, f, _ in metrics:
     d, n, h, s = (get(case, t, f) for t in ("direct", "nginx", "haproxy", "shunt"))
@@ -379,24 +400,29 @@ for case, name, f, _ in metrics:
         "ratio": None if not n or s is None else s / n, "ratio_haproxy": None if not h or s is None else s / h}
     per = " ".join(f"{v:.2f}" for v in round_ratios(case, f, "shunt", "nginx"))
     per_h = " ".join(f"{v:.2f}" for v in round_ratios(case, f, "shunt", "haproxy"))
-    print(f"| {name} | {fmt(d)} | {fmt(n)} | {fmt(h)} | {fmt(s)} | {ratio(s, n)} | {ratio(s, h)} | {per}; {per_h} |")
+    o = get(case, "shunt-off", f)
+    summary["plain"][name].update(frames_off=o, frames_ratio=None if not o or s is None else s / o)
+    per_off = " ".join(f"{v:.2f}" for v in round_ratios(case, f, "shunt", "shunt-off"))
+    print(f"| {name} | {fmt(d)} | {fmt(n)} | {fmt(h)} | {fmt(s)} | {ratio(s, n)} | {ratio(s, h)} | {per}; {per_h} | {fmt(o)} | {ratio(s, o)} | {per_off} |")
 w, s = get("http", "shunt-warn", lambda x: x["per_s"]), get("http", "shunt", lambda x: x["per_s"])
 if w and s:
     summary["plain"]["http info log / RUST_LOG=warn"] = s / w
     print()
     print(f"Plain HTTP requests/s with shunt's default info access log / with RUST_LOG=warn: {s:,.0f} / {w:,.0f} = {s / w:.2f}x")
 print()
-print("| TLS metric | nginx | shunt | shunt/nginx |")
-print("|---|---:|---:|---:|")
+print("| TLS metric | nginx | shunt | shunt/nginx | shunt --frames off | frames on/off |")
+print("|---|---:|---:|---:|---:|---:|")
 for case, name, f, _ in metrics:
     if case == "http":
         continue  # plain HTTP runs without TLS
     if not tls:
-        print(f"| {name} | n/a (TLS not available) | n/a (TLS not available) | n/a |")
+        print(f"| {name} | n/a (TLS not available) | n/a (TLS not available) | n/a | n/a | n/a |")
         continue
     n, s = get(case, "nginx-tls", f), get(case, "shunt-tls", f)
-    summary["tls"][name] = {"nginx": n, "shunt": s, "ratio": None if not n or s is None else s / n}
-    print(f"| {name} | {fmt(n)} | {fmt(s)} | {ratio(s, n)} |")
+    o = get(case, "shunt-tls-off", f)
+    summary["tls"][name] = {"nginx": n, "shunt": s, "ratio": None if not n or s is None else s / n,
+                            "frames_off": o, "frames_ratio": None if not o or s is None else s / o}
+    print(f"| {name} | {fmt(n)} | {fmt(s)} | {ratio(s, n)} | {fmt(o)} | {ratio(s, o)} |")
 json.dump(summary, open(sys.argv[3], "w"), indent=1)
 errs = [x for x in rows if x.get("connect_errors") or x.get("failures") or x.get("dead_after_hold")]
 if errs:

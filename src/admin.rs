@@ -1,4 +1,5 @@
-//! The admin listener: `/healthz`, `/readyz`, `/status`, `POST /reload`.
+//! The admin listener: `/healthz`, `/readyz`, `/status`, `/metrics`, `/calls`,
+//! `POST /reload`.
 //!
 //! A side module: it reads the live snapshot, health and counters, and asks
 //! the reloader for a reload; it never touches a request in flight. It should
@@ -8,7 +9,9 @@
 //! alive (a liveness probe that must not fail because an upstream is down);
 //! `/readyz` says every route has an upstream to go to, and when not, names
 //! the route and why, so an operator (or `shunt healthcheck`) reads the cause
-//! instead of guessing; `/status` is the whole picture in JSON; `/metrics` the
+//! instead of guessing (a route that still works but has lost a fallback, an
+//! upstream down or one that does not forward WebSocket upgrades, is listed
+//! under `degraded` of a 200); `/status` is the whole picture in JSON; `/metrics` the
 //! same counters for Prometheus. `POST /reload` is the scripted twin of
 //! SIGHUP: 200 with what changed, or 422 with why nothing did.
 
@@ -25,6 +28,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::calls::Sort;
 use crate::live::Snapshot;
 use crate::reload::Reloader;
 use crate::response::{Body, json, text};
@@ -37,16 +41,24 @@ use crate::upstream::health::State;
 /// module does not reach into the forwarding flow.
 pub type TunnelStatus = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
 
-/// Serve the admin API on `listener` until shutdown.
+/// Serve the admin API on `listener` until `stop` is cancelled, each
+/// connection on `tracker`.
+///
+/// `stop` is not the root shutdown token: the admin API stays up while the
+/// proxy drains (`/readyz` 503, `/status` with `draining: true` and the
+/// tunnels left), so an operator can watch the drain; [`crate::app`] cancels
+/// it once everything else has ended.
 pub async fn run(
     listener: TcpListener,
     rt: Arc<Runtime>,
     reloader: Arc<Reloader>,
     tunnel: TunnelStatus,
+    stop: CancellationToken,
+    tracker: TaskTracker,
 ) {
-    let tracker = rt.tracker.clone();
-    let stop = rt.shutdown.clone();
+    let stop_connection = stop.clone();
     crate::listener::accept_loop(listener, stop, tracker, move |stream, _peer| {
+        let stop = stop_connection.clone();
         let rt = rt.clone();
         let reloader = reloader.clone();
         let tunnel = tunnel.clone();
@@ -61,9 +73,11 @@ pub async fn run(
             builder
                 .timer(TokioTimer::new())
                 .header_read_timeout(std::time::Duration::from_secs(10));
-            let _ = builder
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+            let connection = builder.serve_connection(TokioIo::new(stream), service);
+            tokio::select! {
+                _ = connection => {}
+                () = stop.cancelled() => {}
+            }
         }
     })
     .await;
@@ -83,18 +97,23 @@ async fn route(
             json(StatusCode::OK, &status(rt, reloader, tunnel))
         }
         (&Method::GET | &Method::HEAD, "/metrics") => metrics(rt),
+        (&Method::GET | &Method::HEAD, "/calls") => calls(rt, req.uri().query()),
+        (&Method::GET | &Method::HEAD, path) if path.starts_with("/calls/") => {
+            call(rt, &path["/calls/".len()..])
+        }
         (&Method::POST, "/reload") => reload(reloader).await,
-        (_, "/healthz" | "/readyz" | "/status" | "/metrics" | "/reload") => {
+        (_, "/healthz" | "/readyz" | "/status" | "/metrics" | "/calls" | "/reload") => {
             text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
         }
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found; try GET /healthz, /readyz, /status, /metrics or POST /reload\n",
+            "not found; try GET /healthz, /readyz, /status, /metrics, /calls or POST /reload\n",
         ),
     }
 }
 
-/// 200 iff not draining and every route has an upstream that is up.
+/// 200 iff not draining and every route has an upstream that is up (and,
+/// once an upgrade on it failed, one that forwards WebSocket upgrades).
 fn readyz(rt: &Runtime) -> Response<Body> {
     if rt.is_draining() {
         return json(
@@ -107,22 +126,66 @@ fn readyz(rt: &Runtime) -> Response<Body> {
         .router
         .routes()
         .iter()
-        .filter(|r| !r.via.iter().any(|u| u.health.state() == State::Up))
-        .map(|r| {
-            json!({
+        .filter_map(|r| {
+            let up = |u: &&Arc<crate::upstream::Upstream>| u.health.state() == State::Up;
+            let carries_ws =
+                |u: &&Arc<crate::upstream::Upstream>| u.health.websocket_error().is_none();
+            let reason = if !r.via.iter().any(|u| up(&u)) {
+                "no healthy upstream"
+            } else if r.via.iter().any(|u| !carries_ws(&u))
+                && !r.via.iter().any(|u| up(&u) && carries_ws(&u))
+            {
+                // The route carries WebSocket (an upgrade was tried) and no upstream that is up forwards it.
+                "no upstream forwards WebSocket upgrades"
+            } else {
+                return None;
+            };
+            Some(json!({
                 "route": r.label,
-                "reason": format!("no healthy upstream: {}", crate::upstream::down_reasons(&r.via)),
-            })
+                "reason": format!("{reason}: {}", crate::upstream::down_reasons(&r.via)),
+            }))
         })
         .collect();
     if unready.is_empty() {
-        json(StatusCode::OK, &json!({"ready": true}))
+        let degraded = degraded(&snapshot);
+        if degraded.is_empty() {
+            json(StatusCode::OK, &json!({"ready": true}))
+        } else {
+            json(
+                StatusCode::OK,
+                &json!({"ready": true, "degraded": degraded}),
+            )
+        }
     } else {
         json(
             StatusCode::SERVICE_UNAVAILABLE,
             &json!({"ready": false, "routes": unready}),
         )
     }
+}
+
+/// Routes that still work but have lost a fallback: an upstream of theirs
+/// that is down, or that does not forward WebSocket upgrades. Each entry
+/// names the route, the upstream and why.
+fn degraded(snapshot: &Snapshot) -> Vec<serde_json::Value> {
+    let mut out = Vec::new();
+    for r in snapshot.router.routes() {
+        for u in &r.via {
+            let v = u.health.view();
+            let reason = if v.state == State::Down {
+                Some(format!(
+                    "upstream down: {}",
+                    v.last_error.as_deref().unwrap_or("down")
+                ))
+            } else {
+                v.websocket_error
+            };
+            if let Some(reason) = reason {
+                out.push(json!({"route": r.label, "upstream": u.name().0, "reason": reason}));
+            }
+        }
+    }
+    out
 }
 
 /// `GET /status`: everything an operator asks first, in one JSON document.
@@ -141,6 +204,7 @@ fn status(rt: &Runtime, reloader: &Reloader, tunnel: &TunnelStatus) -> serde_jso
         "tunnels": tunnels,
         "active_tunnels": rt.stats.active_tunnels(),
         "tunnel": tunnel(),
+        "calls": rt.stats.calls.status_json(),
         "requests": requests,
         "upgrades": upgrades,
     })
@@ -151,6 +215,7 @@ fn metrics(rt: &Runtime) -> Response<Body> {
     use std::fmt::Write;
     let mut out = String::new();
     rt.stats.to_prometheus(&mut out);
+    rt.stats.calls.to_prometheus(&mut out);
     let snapshot = rt.live.load();
     let _ = writeln!(
         out,
@@ -182,6 +247,43 @@ fn metrics(rt: &Runtime) -> Response<Body> {
     resp
 }
 
+/// Default and largest `limit` of `GET /calls`.
+const CALLS_LIMIT: usize = 1000;
+
+/// `GET /calls?limit=N&sort=age|stalls|rtt`: the live calls.
+fn calls(rt: &Runtime, query: Option<&str>) -> Response<Body> {
+    let mut limit = CALLS_LIMIT;
+    let mut sort = Sort::Age;
+    let usage = "expected /calls?limit=N&sort=age|stalls|rtt (limit a whole number >= 0, default 1000; sort default age)";
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let parsed = match key {
+            "limit" => value.parse().ok().map(|n| limit = n),
+            "sort" => Sort::parse(value).map(|s| sort = s),
+            _ => None,
+        };
+        if parsed.is_none() {
+            return json(
+                StatusCode::BAD_REQUEST,
+                &json!({"error": format!("bad parameter `{pair}`: {usage}")}),
+            );
+        }
+    }
+    json(StatusCode::OK, &rt.stats.calls.list_json(limit, sort))
+}
+
+/// `GET /calls/ID`: one live call.
+fn call(rt: &Runtime, id: &str) -> Response<Body> {
+    let found = id.parse::<u64>().ok().and_then(|id| rt.stats.calls.get(id));
+    match found {
+        Some(c) => json(StatusCode::OK, &c.to_json()),
+        None => json(
+            StatusCode::NOT_FOUND,
+            &json!({"error": format!("no live call with id `{id}`; GET /calls lists them")}),
+        ),
+    }
+}
+
 /// Each upstream: URL, probe, health and the last error.
 fn upstreams_json(snapshot: &Snapshot) -> serde_json::Value {
     snapshot
@@ -195,6 +297,8 @@ fn upstreams_json(snapshot: &Snapshot) -> serde_json::Value {
                 "check": u.spec.health.check.to_string(),
                 "health": v.state.as_str(),
                 "last_error": v.last_error,
+                "websocket": if v.websocket_error.is_some() { "broken" } else { "ok" },
+                "websocket_error": v.websocket_error,
                 "last_change": humantime::format_rfc3339_seconds(v.last_change).to_string(),
             })
         })
@@ -250,7 +354,7 @@ async fn reload(reloader: &Reloader) -> Response<Body> {
         Ok(report) => json(StatusCode::OK, &report),
         Err(e) => json(
             StatusCode::UNPROCESSABLE_ENTITY,
-            &json!({"ok": false, "error": e.to_string()}),
+            &json!({"ok": false, "error": crate::response::chain(&e)}),
         ),
     }
 }

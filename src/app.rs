@@ -3,9 +3,11 @@
 //! tunnel [`Relay`](crate::forward::tunnel::Relay), which it hands down to the
 //! accept stage ([`crate::connection::accept`]) in a [`crate::proxy::Context`].
 //!
-//! Shutdown (DESIGN.md): readiness turns 503 and the listeners stop accepting;
+//! Shutdown (DESIGN.md): readiness turns 503 and the proxy listener stops accepting;
 //! in-flight HTTP finishes; tunnels get the drain timeout to end on their own,
 //! then are closed; [`Running::stopped`] resolves when every task has ended.
+//! The admin listener has its own token and tracker: it answers during the
+//! whole drain (`/readyz` 503, `/status` `draining: true`) and stops last.
 //!
 //! Startup order matters: the listeners are bound first, so a port in use
 //! fails the start before any task runs; the tunnel relay is chosen next
@@ -32,13 +34,19 @@ use crate::tls::CertStore;
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     /// The proxy or admin address cannot be bound.
-    #[error("{0}")]
-    Bind(#[source] std::io::Error),
+    #[error(transparent)]
+    Bind(#[from] crate::listener::BindError),
+    /// The worker threads (`--workers`) could not be started.
+    #[error("cannot start the worker threads")]
+    Workers(#[source] std::io::Error),
+    /// The address a listener was bound to cannot be read back.
+    #[error("cannot read the bound address")]
+    LocalAddr(#[source] std::io::Error),
     /// The first snapshot could not be built (certificates, upstream TLS).
     #[error(transparent)]
     Build(#[from] BuildError),
     /// rustls refused the server configuration.
-    #[error("TLS setup: {0}")]
+    #[error("TLS setup")]
     Tls(#[from] rustls::Error),
 }
 
@@ -49,6 +57,10 @@ pub struct Running {
     admin_addr: Option<SocketAddr>,
     rt: Arc<Runtime>,
     reloader: Arc<Reloader>,
+    /// Stops the admin API, which outlives the drain (see [`crate::admin::run`]).
+    admin_stop: CancellationToken,
+    /// The admin listener and its connections.
+    admin_tracker: TaskTracker,
 }
 
 /// Where the proxy listener's connections are served.
@@ -79,19 +91,11 @@ async fn start_on(config: Config, workers: Option<usize>) -> Result<Running, Sta
     let listen = config.listen;
     let admin = config.admin;
     let proxy_listener = match workers {
-        None => Proxy::InRuntime(
-            crate::listener::bind(listen, "proxy")
-                .await
-                .map_err(StartError::Bind)?,
-        ),
-        Some(n) => Proxy::Workers(crate::workers::bind(listen, n).map_err(StartError::Bind)?),
+        None => Proxy::InRuntime(crate::listener::bind(listen, "proxy").await?),
+        Some(n) => Proxy::Workers(crate::workers::bind(listen, n)?),
     };
     let admin_listener = match admin {
-        Some(addr) => Some(
-            crate::listener::bind(addr, "admin")
-                .await
-                .map_err(StartError::Bind)?,
-        ),
+        Some(addr) => Some(crate::listener::bind(addr, "admin").await?),
         None => None,
     };
     if let Some(addr) = admin.filter(|a| !a.ip().is_loopback()) {
@@ -116,9 +120,9 @@ async fn start_on(config: Config, workers: Option<usize>) -> Result<Running, Sta
             std::net::TcpListener::local_addr,
         ),
     }
-    .map_err(StartError::Bind)?;
+    .map_err(StartError::LocalAddr)?;
     let admin_addr = match &admin_listener {
-        Some(l) => Some(l.local_addr().map_err(StartError::Bind)?),
+        Some(l) => Some(l.local_addr().map_err(StartError::LocalAddr)?),
         None => None,
     };
 
@@ -143,17 +147,22 @@ async fn start_on(config: Config, workers: Option<usize>) -> Result<Running, Sta
         Proxy::Workers(listeners) => {
             let n = listeners.len();
             crate::workers::spawn(listeners, rt.shutdown.clone(), rt.tracker.clone(), serve)
-                .map_err(StartError::Bind)?;
+                .map_err(StartError::Workers)?;
             n
         }
     };
+    let admin_stop = CancellationToken::new();
+    let admin_tracker = TaskTracker::new();
+
     if let Some(listener) = admin_listener {
         let tunnel: crate::admin::TunnelStatus = Arc::new(move || relay.to_json());
-        rt.tracker.spawn(crate::admin::run(
+        admin_tracker.spawn(crate::admin::run(
             listener,
             rt.clone(),
             reloader.clone(),
             tunnel,
+            admin_stop.clone(),
+            admin_tracker.clone(),
         ));
     }
     let watch = rt.live.load().config.watch;
@@ -163,12 +172,15 @@ async fn start_on(config: Config, workers: Option<usize>) -> Result<Running, Sta
     {
         tracing::warn!(error = %e, "cannot watch files for changes; use SIGHUP or POST /reload");
     }
-    tracing::info!(listen = %listen_addr, admin = ?admin_addr, tls = rt.certs.is_some(), workers, "shunt listening");
+    let admin_shown = admin_addr.map_or_else(|| "off".to_owned(), |a| a.to_string());
+    tracing::info!(listen = %listen_addr, admin = %admin_shown, tls = rt.certs.is_some(), workers, "shunt listening");
     Ok(Running {
         listen_addr,
         admin_addr,
         rt,
         reloader,
+        admin_stop,
+        admin_tracker,
     })
 }
 
@@ -199,7 +211,8 @@ impl Running {
         self.rt.begin_shutdown();
     }
 
-    /// Wait until every task has ended (after [`Running::shutdown`]).
+    /// Wait until every task has ended (after [`Running::shutdown`]), then
+    /// stop the admin API, which answered throughout the drain.
     pub async fn stopped(self) {
         self.rt.tracker.close();
         let drain = self.rt.live.load().timeouts.drain;
@@ -214,5 +227,9 @@ impl Running {
                 "tasks still running {bound:?} after shutdown began; exiting anyway"
             );
         }
+        self.admin_stop.cancel();
+        self.admin_tracker.close();
+        // Admin connections end at once on the token; the bound is a safety net.
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.admin_tracker.wait()).await;
     }
 }

@@ -36,10 +36,10 @@ pub struct DevCerts {
 #[derive(Debug, thiserror::Error)]
 pub enum CertGenError {
     /// rcgen could not make a key or sign a certificate.
-    #[error("certificate generation: {0}")]
+    #[error("certificate generation")]
     Rcgen(#[from] rcgen::Error),
     /// A file could not be written.
-    #[error("{}: {source}", path.display())]
+    #[error("{}", path.display())]
     Write {
         /// The file that could not be written.
         path: PathBuf,

@@ -97,6 +97,18 @@ pub struct RunArgs {
     /// On shutdown, how long live tunnels may run before they are closed [default: 30s].
     #[arg(long, env = "SHUNT_DRAIN_TIMEOUT", value_name = "DURATION")]
     pub drain_timeout: Option<String>,
+    /// Ping a WebSocket leg that has sent nothing for this long; 0 turns pings off [default: 20s].
+    #[arg(long, env = "SHUNT_PING_INTERVAL", value_name = "DURATION")]
+    pub ping_interval: Option<String>,
+    /// A pinged leg that sends nothing for this long is dead; 0 turns pings off [default: 10s].
+    #[arg(long, env = "SHUNT_PING_TIMEOUT", value_name = "DURATION")]
+    pub ping_timeout: Option<String>,
+    /// A call direction that carried 5+ frames/s and goes silent this long is stalled [default: 2s].
+    #[arg(long, env = "SHUNT_STALL_AFTER", value_name = "DURATION")]
+    pub stall_after: Option<String>,
+    /// Follow WebSocket frames in tunnels (pings, close codes, call stats): on or off [default: on].
+    #[arg(long, env = "SHUNT_FRAMES", value_name = "on|off")]
+    pub frames: Option<String>,
     /// Largest request head accepted, in bytes; larger answers 431 [default: 16384].
     #[arg(long, env = "SHUNT_MAX_HEADER_BYTES", value_name = "BYTES")]
     pub max_header_bytes: Option<usize>,

@@ -51,8 +51,9 @@
 //! - [`percent`]: the one percent-decoder (paths and query parameters).
 //! - [`response`]: the errors of the flow, and the one place they become status codes.
 //! - [`doctor`]: `shunt doctor`, the troubleshooting checklist, run on demand.
-//! - [`admin`]: `/healthz`, `/readyz`, `/status`, `/metrics`, `POST /reload`.
+//! - [`admin`]: `/healthz`, `/readyz`, `/status`, `/metrics`, `/calls`, `POST /reload`.
 //! - [`stats`]: counters for `/status` and `/metrics`.
+//! - [`calls`]: the live calls (WebSocket tunnels) for `/calls`, and their metrics.
 //! - [`telemetry`]: log output.
 //! - [`certgen`]: development certificates (`shunt cert`).
 
@@ -61,6 +62,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod calls;
 pub mod certgen;
 pub mod cli;
 pub mod config;

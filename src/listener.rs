@@ -19,16 +19,25 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-/// Bind `addr`, naming it in the error. An IPv6 address is bound with
-/// `IPV6_V6ONLY` off, so `[::]:PORT` is dual-stack: it also accepts IPv4
-/// clients (seen as `::ffff:a.b.c.d`), whatever `net.ipv6.bindv6only` says.
-pub async fn bind(addr: SocketAddr, what: &str) -> io::Result<TcpListener> {
-    bind_dual_stack(addr).map_err(|e| {
-        io::Error::new(
-            e.kind(),
-            format!("cannot bind {what} listener on {addr}: {e}"),
-        )
-    })
+/// A listener address that cannot be bound (in use, not ours, no permission).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot bind {what} listener on {addr}")]
+pub struct BindError {
+    /// Which listener: `proxy` or `admin`.
+    pub what: &'static str,
+    /// The address asked for.
+    pub addr: SocketAddr,
+    /// What the OS said.
+    #[source]
+    pub source: io::Error,
+}
+
+/// Bind `addr`, naming the listener and the address in the error. An IPv6
+/// address is bound with `IPV6_V6ONLY` off, so `[::]:PORT` is dual-stack: it
+/// also accepts IPv4 clients (seen as `::ffff:a.b.c.d`), whatever
+/// `net.ipv6.bindv6only` says.
+pub async fn bind(addr: SocketAddr, what: &'static str) -> Result<TcpListener, BindError> {
+    bind_dual_stack(addr).map_err(|source| BindError { what, addr, source })
 }
 
 /// How many connections may wait in the kernel to be accepted (tokio's

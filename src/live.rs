@@ -48,10 +48,10 @@ pub struct Snapshot {
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
     /// A certificate or key could not be loaded.
-    #[error("certificate: {0}")]
+    #[error("certificate")]
     Cert(#[from] CertError),
     /// An https upstream's client TLS could not be set up.
-    #[error("upstream {upstream}: {source}")]
+    #[error("upstream {upstream}")]
     UpstreamTls {
         /// The upstream concerned.
         upstream: UpstreamName,

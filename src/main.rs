@@ -7,7 +7,12 @@
 //! graceful drain), 2 on any error, with one `shunt: ...` line on stderr
 //! saying what to fix. Only this file uses `anyhow`: everything below it
 //! returns typed errors.
+//!
+//! Standard output goes through [`say`]: a reader that closes the pipe early
+//! (`shunt check | head -1`) is not an error, so it neither panics nor changes
+//! the exit code.
 
+use std::io::Write as _;
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
@@ -106,7 +111,7 @@ fn check(args: &RunArgs) -> anyhow::Result<ExitCode> {
         shunt::tls::client::client_config(u.ca.as_deref())
             .with_context(|| format!("upstream {}", u.name))?;
     }
-    print!("{}", config.describe(certs.as_deref()));
+    say(&config.describe(certs.as_deref()))?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -127,10 +132,10 @@ fn healthcheck(args: &HealthcheckArgs) -> anyhow::Result<ExitCode> {
             })?
             .map_err(|e| anyhow::anyhow!("cannot ask {admin} {path}: {e}"))?;
         if status == 200 {
-            println!(
-                "{} ({path} answered 200)",
+            say(&format!(
+                "{} ({path} answered 200)\n",
                 if args.live { "alive" } else { "ready" }
-            );
+            ))?;
             Ok(ExitCode::SUCCESS)
         } else {
             bail!("{path} on {admin} answered {status}; GET it for why")
@@ -163,18 +168,30 @@ fn cert(args: &CertArgs) -> anyhow::Result<ExitCode> {
     let certs = shunt::certgen::generate(&names)?;
     let written = shunt::certgen::write(&certs, &args.out, args.force)?;
     for path in &written {
-        println!("wrote {}", path.display());
+        say(&format!("wrote {}\n", path.display()))?;
     }
     let dir = args.out.display();
-    println!(
+    say(&format!(
         "\nA DEVELOPMENT certificate for {names} (valid 397 days), signed by a new development CA.\n\
          Serve it:   shunt --tls-cert {dir}/server.crt --tls-key {dir}/server.key --listen 127.0.0.1:8443\n\
          Trust the CA on this machine only (never ship {dir}/ca.key):\n\
          \x20 curl:      curl --cacert {dir}/ca.crt https://localhost:8443/\n\
          \x20 Node.js:   NODE_EXTRA_CA_CERTS={dir}/ca.crt node app.js\n\
          \x20 Debian:    cp {dir}/ca.crt /usr/local/share/ca-certificates/shunt-dev.crt && update-ca-certificates\n\
-         \x20 Firefox/Chrome: import {dir}/ca.crt as an authority in the browser's certificate settings",
+         \x20 Firefox/Chrome: import {dir}/ca.crt as an authority in the browser's certificate settings\n",
         names = names.join(", ")
-    );
+    ))?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Write `text` to stdout. A closed pipe (the reader has seen enough) is
+/// quietly fine; any other write error is reported.
+fn say(text: &str) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(e).context("cannot write to standard output")
+        }
+        _ => Ok(()),
+    }
 }

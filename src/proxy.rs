@@ -15,14 +15,20 @@
 //!   it is also the path the upstream is sent ([`crate::forward::request`]).
 //! - Only then is an upstream connected: nothing reaches a backend before the
 //!   request has passed every check.
+//! - A WebSocket handshake that an upstream answers without upgrading (2xx,
+//!   3xx, 5xx: an nginx without the upgrade headers) is sent again to the
+//!   route's next upstream: it is a GET without a body, so repeating it is
+//!   safe, and the client gets its 101 from the upstream that can give one.
 //! - The access log is written here, once per request, with the token
 //!   parameter redacted, so no other module needs to know about logging.
 
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Instant;
 
 use http::{Request, Response, header};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 use crate::config::UpstreamName;
@@ -70,7 +76,7 @@ pub async fn handle(
     let upgrade = req.version() >= http::Version::HTTP_11
         && upgrade::has_token(req.headers(), header::UPGRADE, "websocket");
     let mut trace = Trace::default();
-    let resp = match proxy(req, downstream, &ctx, &mut trace).await {
+    let resp = match proxy(req, downstream, &ctx, &mut trace, &path).await {
         Ok(resp) => resp,
         Err(e @ ProxyError::Denied(_)) => {
             tracing::info!(peer = %downstream.peer, path = %path, reason = %e, "request refused by policy");
@@ -104,6 +110,7 @@ async fn proxy(
     downstream: Downstream,
     ctx: &Context,
     trace: &mut Trace,
+    target: &str,
 ) -> Result<Response<Body>, ProxyError> {
     let rt = &ctx.rt;
     let snapshot = rt.live.load_full();
@@ -134,25 +141,82 @@ async fn proxy(
     // A token meant for shunt is not passed on.
     let strip_param = (route.spec.policy.auth != policy::auth::AuthMode::None)
         .then_some(global.sources.query.as_str());
+    let websocket = kind == Kind::WebSocket;
     let reuse = kind == Kind::Plain;
-    let (upstream, conn) = upstream::connect_first(&route.via, snapshot.timeouts.connect, reuse)
-        .await
-        .map_err(|source| ProxyError::Select {
-            route: route.label.clone(),
-            source,
-        })?;
-    trace.upstream = Some(upstream.name().clone());
-    let exchange = Exchange {
-        websocket: kind == Kind::WebSocket,
-        route: &route.label,
-        routed_path: &path,
-        strip_param,
-        tunnel: admission.tunnel,
-        upstream: &upstream,
-        downstream,
-        timeouts: &snapshot.timeouts,
+    // For WebSocket, upstreams known not to forward upgrades go last.
+    let mut candidates: Cow<'_, [Arc<upstream::Upstream>]> = if websocket {
+        Cow::Owned(upstream::websocket_order(&route.via))
+    } else {
+        Cow::Borrowed(&route.via)
     };
-    let mut resp = forward::forward(req, conn, exchange, rt, &ctx.relay).await?;
+    // What `/calls` shows of a WebSocket call: the client's Host and the redacted target.
+    let host_header = websocket
+        .then(|| {
+            req.headers()
+                .get(header::HOST)?
+                .to_str()
+                .ok()
+                .map(str::to_owned)
+        })
+        .flatten();
+    let mut slot = admission.tunnel;
+    let (mut parts, body) = req.into_parts();
+    let mut body = Some(body.boxed());
+    let mut resp = loop {
+        let (upstream, conn) =
+            upstream::connect_first(&candidates, snapshot.timeouts.connect, reuse)
+                .await
+                .map_err(|source| ProxyError::Select {
+                    route: route.label.clone(),
+                    source,
+                })?;
+        trace.upstream = Some(upstream.name().clone());
+        // The first attempt sends the client's body; a retried handshake has none.
+        let body = body
+            .take()
+            .unwrap_or_else(|| response::full(bytes::Bytes::new()));
+        let exchange = Exchange {
+            websocket,
+            route: &route.label,
+            routed_path: &path,
+            strip_param,
+            tunnel: &mut slot,
+            upstream: &upstream,
+            downstream,
+            timeouts: &snapshot.timeouts,
+            call: forward::CallMeta {
+                host: host_header.clone(),
+                target,
+                generation: snapshot.generation,
+                spec: route.spec.calls,
+            },
+        };
+        // Only a WebSocket handshake can be sent again; a plain request takes the head itself.
+        let head = if websocket {
+            parts.clone()
+        } else {
+            std::mem::replace(&mut parts, Request::new(()).into_parts().0)
+        };
+        let req = Request::from_parts(head, body);
+        match forward::forward(req, conn, exchange, rt, &ctx.relay).await {
+            Err(e @ response::ForwardError::UpgradeNotForwarded { .. }) => {
+                // A WebSocket handshake is a GET without a body: safe to send again.
+                upstream.health.record_websocket_failure(&e.to_string());
+                let tried = candidates.iter().position(|u| Arc::ptr_eq(u, &upstream));
+                candidates.to_mut().drain(..=tried.unwrap_or(0));
+                if candidates.iter().all(|u| !u.is_usable()) {
+                    return Err(e.into());
+                }
+            }
+            Ok(resp) => {
+                if websocket && resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+                    upstream.health.record_websocket_success();
+                }
+                break resp;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    };
     if let Some(origin) = &admission.cors_origin {
         for (name, value) in policy::origin::cors_headers(origin, None) {
             if name == header::VARY {

@@ -62,11 +62,15 @@ impl Reloader {
     pub async fn reload(&self, trigger: &str) -> Result<serde_json::Value, ReloadError> {
         let _one_at_a_time = self.busy.lock().await;
         let result = self.try_reload();
-        let error = result.as_ref().err().map(ToString::to_string);
+        let error = result.as_ref().err().map(|e| crate::response::chain(e));
         match &error {
             None => tracing::info!(trigger, "reload applied"),
             Some(e) => {
-                tracing::error!(trigger, error = %e, "reload failed; keeping the running configuration")
+                tracing::error!(
+                    trigger,
+                    error = e.as_str(),
+                    "reload failed; keeping the running configuration"
+                )
             }
         }
         *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(LastReload {

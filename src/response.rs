@@ -54,6 +54,21 @@ pub enum ForwardError {
         /// The response timeout that ran out.
         after: Duration,
     },
+    /// Upstream's, for WebSocket only: a WebSocket upgrade answered with a
+    /// 2xx, 3xx or 5xx instead of 101, typically an nginx without the
+    /// upgrade headers. A 4xx is a deliberate refusal and relayed as is.
+    #[error(
+        "{upstream} answered {} to a WebSocket upgrade on {path}: it does not forward upgrades (proxy_http_version 1.1, Upgrade/Connection headers)",
+        status.as_u16()
+    )]
+    UpgradeNotForwarded {
+        /// The upstream's name.
+        upstream: String,
+        /// What it answered instead of 101.
+        status: StatusCode,
+        /// The path of the upgrade.
+        path: String,
+    },
     /// A pooled connection had closed and a new one could not be made.
     #[error("upstream {upstream}: {source}")]
     Reconnect {
@@ -134,7 +149,9 @@ impl From<&ProxyError> for StatusCode {
             ProxyError::Forward(ForwardError::Protocol { .. }) => StatusCode::BAD_GATEWAY,
             ProxyError::Forward(ForwardError::DownstreamBody { .. }) => StatusCode::BAD_REQUEST,
             ProxyError::Denied(d) => StatusCode::from(d),
-            ProxyError::Forward(ForwardError::Reconnect { .. }) => StatusCode::BAD_GATEWAY,
+            ProxyError::Forward(
+                ForwardError::Reconnect { .. } | ForwardError::UpgradeNotForwarded { .. },
+            ) => StatusCode::BAD_GATEWAY,
         }
     }
 }
@@ -262,4 +279,19 @@ pub fn full(body: impl Into<Bytes>) -> Body {
     Full::new(body.into())
         .map_err(|never| match never {})
         .boxed()
+}
+
+/// An error and each of its causes, once each, joined by `: ` (what
+/// `{:#}` prints for an `anyhow` chain): for messages that leave the process
+/// as text, like a failed reload in `/status`. The error types on the config
+/// and startup path do not repeat their source in their own message.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
 }

@@ -135,6 +135,7 @@ mod tests {
                             path: (*path).to_owned(),
                             via: vec![],
                             policy: Default::default(),
+                            calls: Default::default(),
                         },
                         label: format!("{}{}", host.unwrap_or(""), path),
                         via: vec![],

@@ -2,8 +2,8 @@
 //! live tunnels by route and upstream.
 //!
 //! Updated from the request path with relaxed atomics (one add per request);
-//! the tunnel gauge is a small map touched once when a tunnel opens and once
-//! when it closes.
+//! the tunnel gauge is a small map looked up once when a tunnel opens; its
+//! guard updates that entry's atomics when it closes.
 //!
 //! The counters outlive reloads (they live in the runtime, not the
 //! snapshot), so `/metrics` never goes backwards when the configuration
@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex};
 
 use http::StatusCode;
 
+use crate::calls::CallRegistry;
 use crate::config::UpstreamName;
 
 /// Process-wide counters.
@@ -24,7 +25,9 @@ use crate::config::UpstreamName;
 pub struct Stats {
     requests: ByClass,
     upgrades: ByClass,
-    tunnels: Mutex<BTreeMap<(String, UpstreamName), TunnelCount>>,
+    tunnels: Mutex<BTreeMap<(String, UpstreamName), Arc<TunnelCounts>>>,
+    /// Live calls (WebSocket tunnels) and their metrics, for `/calls`.
+    pub calls: Arc<CallRegistry>,
 }
 
 /// Counts of one kind of exchange by status class (1xx..5xx).
@@ -50,17 +53,18 @@ impl ByClass {
     }
 }
 
-/// Live and total tunnels of one route and upstream, with bytes relayed.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct TunnelCount {
+/// Live and total tunnels of one route and upstream, with bytes relayed;
+/// shared by the guards of its tunnels (one pointer each, no key per tunnel).
+#[derive(Debug, Default)]
+pub struct TunnelCounts {
     /// Tunnels open now.
-    pub active: u64,
+    pub active: AtomicU64,
     /// Tunnels opened since start.
-    pub total: u64,
+    pub total: AtomicU64,
     /// Bytes the closed tunnels carried from client to backend.
-    pub bytes_downstream_to_upstream: u64,
+    pub bytes_downstream_to_upstream: AtomicU64,
     /// Bytes the closed tunnels carried from backend to client.
-    pub bytes_upstream_to_downstream: u64,
+    pub bytes_upstream_to_downstream: AtomicU64,
 }
 
 impl Stats {
@@ -74,17 +78,23 @@ impl Stats {
     }
 
     /// Count a tunnel as open until the returned guard is dropped.
-    pub fn open_tunnel(self: &Arc<Self>, route: &str, upstream: &UpstreamName) -> TunnelGuard {
-        let key = (route.to_owned(), upstream.clone());
-        {
+    pub fn open_tunnel(&self, route: &str, upstream: &UpstreamName) -> TunnelGuard {
+        let counts = {
             let mut map = self.lock_tunnels();
-            let count = map.entry(key.clone()).or_default();
-            count.active += 1;
-            count.total += 1;
-        }
+            let found = map
+                .iter()
+                .find(|((r, u), _)| r == route && u == upstream)
+                .map(|(_, c)| c.clone());
+            found.unwrap_or_else(|| {
+                let c = Arc::<TunnelCounts>::default();
+                map.insert((route.to_owned(), upstream.clone()), c.clone());
+                c
+            })
+        };
+        counts.active.fetch_add(1, Ordering::Relaxed);
+        counts.total.fetch_add(1, Ordering::Relaxed);
         TunnelGuard {
-            stats: self.clone(),
-            key,
+            counts,
             to_upstream: 0,
             to_downstream: 0,
         }
@@ -92,13 +102,16 @@ impl Stats {
 
     fn lock_tunnels(
         &self,
-    ) -> std::sync::MutexGuard<'_, BTreeMap<(String, UpstreamName), TunnelCount>> {
+    ) -> std::sync::MutexGuard<'_, BTreeMap<(String, UpstreamName), Arc<TunnelCounts>>> {
         self.tunnels.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Total live tunnels.
     pub fn active_tunnels(&self) -> u64 {
-        self.lock_tunnels().values().map(|c| c.active).sum()
+        self.lock_tunnels()
+            .values()
+            .map(|c| c.active.load(Ordering::Relaxed))
+            .sum()
     }
 
     /// `{"requests": {...}, "upgrades": {...}, "tunnels": [...]}` parts of `/status`.
@@ -110,10 +123,10 @@ impl Stats {
                 serde_json::json!({
                     "route": route,
                     "upstream": upstream.0,
-                    "active": c.active,
-                    "total": c.total,
-                    "bytes_downstream_to_upstream": c.bytes_downstream_to_upstream,
-                    "bytes_upstream_to_downstream": c.bytes_upstream_to_downstream,
+                    "active": c.active.load(Ordering::Relaxed),
+                    "total": c.total.load(Ordering::Relaxed),
+                    "bytes_downstream_to_upstream": c.bytes_downstream_to_upstream.load(Ordering::Relaxed),
+                    "bytes_upstream_to_downstream": c.bytes_upstream_to_downstream.load(Ordering::Relaxed),
                 })
             })
             .collect();
@@ -157,7 +170,7 @@ impl Stats {
                 "shunt_tunnels_active{{route=\"{}\",upstream=\"{}\"}} {}",
                 escape(route),
                 escape(&upstream.0),
-                c.active
+                c.active.load(Ordering::Relaxed)
             );
         }
         let _ = writeln!(
@@ -166,9 +179,10 @@ impl Stats {
         );
         for ((route, upstream), c) in tunnels.iter() {
             for (direction, n) in [
-                ("to_upstream", c.bytes_downstream_to_upstream),
-                ("to_downstream", c.bytes_upstream_to_downstream),
+                ("to_upstream", &c.bytes_downstream_to_upstream),
+                ("to_downstream", &c.bytes_upstream_to_downstream),
             ] {
+                let n = n.load(Ordering::Relaxed);
                 let _ = writeln!(
                     out,
                     "shunt_tunnel_bytes_total{{route=\"{}\",upstream=\"{}\",direction=\"{direction}\"}} {n}",
@@ -191,8 +205,7 @@ pub fn escape(value: &str) -> String {
 /// Holds one tunnel in the gauge; dropping it records the close and its bytes.
 #[derive(Debug)]
 pub struct TunnelGuard {
-    stats: Arc<Stats>,
-    key: (String, UpstreamName),
+    counts: Arc<TunnelCounts>,
     to_upstream: u64,
     to_downstream: u64,
 }
@@ -207,11 +220,11 @@ impl TunnelGuard {
 
 impl Drop for TunnelGuard {
     fn drop(&mut self) {
-        let mut map = self.stats.lock_tunnels();
-        if let Some(c) = map.get_mut(&self.key) {
-            c.active = c.active.saturating_sub(1);
-            c.bytes_downstream_to_upstream += self.to_upstream;
-            c.bytes_upstream_to_downstream += self.to_downstream;
-        }
+        let c = &self.counts;
+        c.bytes_downstream_to_upstream
+            .fetch_add(self.to_upstream, Ordering::Relaxed);
+        c.bytes_upstream_to_downstream
+            .fetch_add(self.to_downstream, Ordering::Relaxed);
+        c.active.fetch_sub(1, Ordering::Relaxed);
     }
 }

@@ -17,6 +17,11 @@
 //! ([`dropped_lines`], `shunt_log_lines_dropped_total` in `/metrics`) rather
 //! than slowing the proxy down. The [`LogGuard`] returned by [`init`] flushes
 //! the queue when dropped, so the last lines ("stopped") reach stderr at exit.
+//!
+//! Pretty lines are coloured only when stderr is a terminal and `NO_COLOR` is
+//! unset or empty (<https://no-color.org>): a file or journald gets no ANSI codes.
+
+use std::io::IsTerminal;
 
 use std::sync::OnceLock;
 
@@ -59,7 +64,11 @@ pub fn init(format: LogFormat) -> LogGuard {
     let counter = writer.error_counter();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(writer);
+        .with_writer(writer)
+        .with_ansi(colour(
+            std::io::stderr().is_terminal(),
+            std::env::var_os("NO_COLOR"),
+        ));
     let installed = match format {
         LogFormat::Pretty => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
@@ -76,4 +85,22 @@ pub fn init(format: LogFormat) -> LogGuard {
 /// Log lines dropped so far because the queue to stderr was full (0 before [`init`]).
 pub fn dropped_lines() -> usize {
     DROPPED.get().map_or(0, ErrorCounter::dropped_lines)
+}
+
+/// Whether to colour: on a terminal, unless `NO_COLOR` is set to something.
+fn colour(terminal: bool, no_color: Option<std::ffi::OsString>) -> bool {
+    terminal && no_color.is_none_or(|v| v.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::colour;
+
+    #[test]
+    fn colour_only_on_a_terminal_without_no_color() {
+        assert!(colour(true, None));
+        assert!(colour(true, Some("".into())));
+        assert!(!colour(true, Some("1".into())));
+        assert!(!colour(false, None));
+    }
 }

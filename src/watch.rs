@@ -7,8 +7,14 @@
 //! content count (inotify also reports opens and reads, which would otherwise
 //! make every reload trigger the next). Bursts are coalesced into one reload.
 //! The watched set follows the configuration after each reload.
+//!
+//! Paths are resolved to canonical absolute directories before they are
+//! watched and compared: inotify reports absolute paths under the directory
+//! actually watched, which a relative `--config jwt.toml` or a symlinked
+//! directory would never equal.
 
 use std::collections::BTreeSet;
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,6 +29,18 @@ use crate::runtime::Runtime;
 /// How long a burst of events may last before the reload runs.
 const DEBOUNCE: Duration = Duration::from_millis(300);
 
+/// A watched file, by the canonical directory holding it and its name.
+///
+/// Resolved once per configuration: a relative `--config jwt.toml` (or a
+/// certificate named relative to it, or a directory reached through a
+/// symlink) becomes the absolute, canonical directory that inotify reports
+/// events under, so events and files compare equal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Watched {
+    dir: PathBuf,
+    name: OsString,
+}
+
 /// Start watching; the task ends at shutdown.
 ///
 /// The directories are watched before this returns, not when the task first
@@ -35,7 +53,7 @@ pub fn spawn(rt: Arc<Runtime>, reloader: Arc<Reloader>) -> notify::Result<()> {
             let _ = tx.send(event);
         }
     })?;
-    let files = rt.live.load().config.watched_files();
+    let files = resolve(&rt.live.load().config.watched_files());
     let mut dirs = BTreeSet::new();
     update_watches(&mut watcher, &files, &mut dirs);
     let task = watch_loop(
@@ -55,7 +73,7 @@ pub fn spawn(rt: Arc<Runtime>, reloader: Arc<Reloader>) -> notify::Result<()> {
 /// The watcher with what it watches: the files that count, and their directories.
 struct Watches {
     watcher: RecommendedWatcher,
-    files: Vec<PathBuf>,
+    files: Vec<Watched>,
     dirs: BTreeSet<PathBuf>,
 }
 
@@ -86,18 +104,34 @@ async fn watch_loop(
         let _ = reloader
             .reload(&format!("file change: {}", trigger.display()))
             .await;
-        files = rt.live.load().config.watched_files();
+        files = resolve(&rt.live.load().config.watched_files());
         update_watches(&mut watcher, &files, &mut dirs);
     }
+}
+
+/// Each file as its canonical directory and name. A directory that cannot
+/// be resolved (not there yet) is kept absolute, as written.
+fn resolve(files: &[PathBuf]) -> Vec<Watched> {
+    files
+        .iter()
+        .filter_map(|f| {
+            let name = f.file_name()?.to_owned();
+            let dir = directory_of(f);
+            let dir = std::fs::canonicalize(&dir)
+                .or_else(|_| std::path::absolute(&dir))
+                .unwrap_or(dir);
+            Some(Watched { dir, name })
+        })
+        .collect()
 }
 
 /// Watch the directory of every file; drop directories no longer needed.
 fn update_watches(
     watcher: &mut RecommendedWatcher,
-    files: &[PathBuf],
+    files: &[Watched],
     dirs: &mut BTreeSet<PathBuf>,
 ) {
-    let wanted: BTreeSet<PathBuf> = files.iter().map(|f| directory_of(f)).collect();
+    let wanted: BTreeSet<PathBuf> = files.iter().map(|f| f.dir.clone()).collect();
     for gone in dirs.difference(&wanted) {
         let _ = watcher.unwatch(gone);
     }
@@ -112,7 +146,7 @@ fn update_watches(
     *dirs = wanted;
 }
 
-/// The directory watched for `file`: watching the directory, not the file,
+/// The directory holding `file`: watching the directory, not the file,
 /// survives editors and volume swaps that replace the file by a rename.
 fn directory_of(file: &Path) -> PathBuf {
     match file.parent() {
@@ -122,7 +156,7 @@ fn directory_of(file: &Path) -> PathBuf {
 }
 
 /// The path that makes `event` worth a reload, if any.
-fn relevant<'a>(event: &'a notify::Event, files: &[PathBuf]) -> Option<&'a Path> {
+fn relevant<'a>(event: &'a notify::Event, files: &[Watched]) -> Option<&'a Path> {
     let changes_content = matches!(
         event.kind,
         EventKind::Create(_)
@@ -134,14 +168,18 @@ fn relevant<'a>(event: &'a notify::Event, files: &[PathBuf]) -> Option<&'a Path>
         return None;
     }
     event.paths.iter().map(PathBuf::as_path).find(|path| {
-        let Some(name) = path.file_name() else {
+        let (Some(name), Some(dir)) = (path.file_name(), path.parent()) else {
             return false;
         };
+        let in_dir = |f: &Watched| {
+            // inotify names events under the (canonical) directory watched.
+            f.dir == dir || std::fs::canonicalize(dir).is_ok_and(|d| d == f.dir)
+        };
         // Kubernetes secret volumes swap `..data` and `..<timestamp>` entries.
-        name.to_string_lossy().starts_with("..")
-            || files
-                .iter()
-                .any(|f| f.file_name() == Some(name) && directory_of(f) == directory_of(path))
+        let volume_swap = name.to_string_lossy().starts_with("..");
+        files
+            .iter()
+            .any(|f| in_dir(f) && (volume_swap || f.name == name))
     })
 }
 
@@ -156,10 +194,10 @@ mod tests {
 
     #[test]
     fn only_content_changes_to_watched_files_count() {
-        let files = vec![
+        let files = resolve(&[
             PathBuf::from("/etc/shunt/tls.crt"),
             PathBuf::from("/etc/shunt/shunt.toml"),
-        ];
+        ]);
         let modify = EventKind::Modify(ModifyKind::Any);
         assert!(relevant(&event(modify, "/etc/shunt/tls.crt"), &files).is_some());
         assert!(

@@ -22,7 +22,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
 
-use crate::listener::socket as listen;
+use crate::listener::{BindError, socket as listen};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -35,12 +35,11 @@ pub fn default_count() -> usize {
 /// where the kernel refuses the option. An IPv6 address is dual-stack, as
 /// with [`crate::listener::bind`]. The first fixes the port when
 /// `addr` asks for port 0; the others bind to the same one.
-pub fn bind(addr: SocketAddr, n: usize) -> io::Result<Vec<std::net::TcpListener>> {
-    let named = |e: io::Error| {
-        io::Error::new(
-            e.kind(),
-            format!("cannot bind proxy listener on {addr}: {e}"),
-        )
+pub fn bind(addr: SocketAddr, n: usize) -> Result<Vec<std::net::TcpListener>, BindError> {
+    let named = |source: io::Error| BindError {
+        what: "proxy",
+        addr,
+        source,
     };
     let n = n.max(1);
     let first = match listen(addr, true) {

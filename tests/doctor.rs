@@ -414,7 +414,7 @@ async fn bad_arguments_exit_2() {
     let out = run_shunt(&["doctor", "--timeout", "soon"], RUN_LIMIT).await;
     assert_eq!(out.code, Some(2), "{}", out.stderr);
     assert!(
-        out.stderr.contains("invalid --timeout `soon`"),
+        out.stderr.contains("invalid --timeout: `soon`"),
         "{}",
         out.stderr
     );

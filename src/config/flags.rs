@@ -113,6 +113,8 @@ pub struct Overrides {
     pub max_tracked_ips: Option<usize>,
     /// `--tunnel-mode`, `--pipe-size`, `--max-pipes` (flags only, with their defaults).
     pub tunnel: TunnelSettings,
+    /// `--frames`, `--ping-interval`, `--ping-timeout`, `--stall-after`.
+    pub calls: super::calls::CallFlags,
 }
 
 /// `items` if the flag was given at all (it then replaces the file's list).
@@ -218,6 +220,7 @@ impl Overrides {
             max_conns: a.max_conns,
             max_tracked_ips: a.max_tracked_ips,
             tunnel: parse_tunnel_settings(a)?,
+            calls: super::calls::CallFlags::parse(a)?,
         })
     }
 }

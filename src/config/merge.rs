@@ -28,7 +28,7 @@ use super::spec::{
     HealthSpec, ProbeKind, RouteSpec, Scheme, Timeouts, TlsSpec, UpstreamName, UpstreamSpec,
     UpstreamUrl,
 };
-use super::{Config, ConfigError, policy};
+use super::{Config, ConfigError, calls, policy};
 use crate::tls::CertSpec;
 
 /// Loopback by default: exposing the port is a decision, not an accident.
@@ -331,6 +331,7 @@ impl Merge<'_> {
         defaults: &policy::RouteDefaults,
     ) -> Result<Vec<RouteSpec>, ConfigError> {
         let mut routes: Vec<RouteSpec> = Vec::new();
+        let call_defaults = calls::global(&self.flags.calls, self.file)?;
         for (i, r) in self.file.routes.iter().enumerate() {
             let field = format!("route #{} in the config file", i + 1);
             let host = r
@@ -345,6 +346,7 @@ impl Merge<'_> {
             };
             let route = RouteSpec {
                 policy: policy::route(r, defaults, &label)?,
+                calls: calls::route(r, &call_defaults, &label)?,
                 host,
                 path,
                 via: parse_via(&field, r.via.iter().map(String::as_str))?,
@@ -361,13 +363,16 @@ impl Merge<'_> {
         }
         for flag in &self.flags.routes {
             let mut route = flag.clone();
-            // A flag replaces a file route's upstreams; the file's policy for it stays.
-            route.policy = match routes
+            // A flag replaces a file route's upstreams; the file's policy and call settings stay.
+            (route.policy, route.calls) = match routes
                 .iter()
                 .position(|o| o.host == route.host && o.path == route.path)
             {
-                Some(i) => routes.remove(i).policy,
-                None => defaults.route_policy(&route.label())?,
+                Some(i) => {
+                    let old = routes.remove(i);
+                    (old.policy, old.calls)
+                }
+                None => (defaults.route_policy(&route.label())?, call_defaults),
             };
             routes.push(route);
         }
@@ -377,6 +382,7 @@ impl Merge<'_> {
             );
             for route in &mut routes {
                 route.policy = defaults.route_policy(&route.label())?;
+                route.calls = call_defaults;
             }
         }
         let known = upstreams

@@ -10,6 +10,7 @@
 //! way, laying the same typed overrides over the re-read file
 //! ([`Config::reread`]), and changes nothing if that fails.
 
+pub mod calls;
 mod flags;
 mod merge;
 pub mod parse;
@@ -30,6 +31,7 @@ use crate::tls::CertSet;
 use flags::Overrides;
 use raw::RawConfig;
 
+pub use calls::CallSpec;
 pub use parse::{parse_addr, parse_duration};
 pub use spec::{
     HealthSpec, LogFormat, ProbeKind, RouteSpec, Scheme, Timeouts, TlsSpec, TunnelMode,
@@ -40,7 +42,7 @@ pub use spec::{
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// A value that does not parse or is out of range.
-    #[error("invalid {field} `{value}`: {reason}")]
+    #[error("invalid {field}: `{value}`: {reason}")]
     Invalid {
         /// The setting, as the user wrote it (`--idle-timeout`, a file key).
         field: String,
@@ -50,7 +52,7 @@ pub enum ConfigError {
         reason: String,
     },
     /// The config file cannot be read.
-    #[error("cannot read config file {}: {source}", path.display())]
+    #[error("cannot read config file {}", path.display())]
     Read {
         /// The config file.
         path: PathBuf,
@@ -59,7 +61,7 @@ pub enum ConfigError {
         source: std::io::Error,
     },
     /// The config file is not valid TOML, or has an unknown key.
-    #[error("config file {}: {source}", path.display())]
+    #[error("config file {}", path.display())]
     Parse {
         /// The config file.
         path: PathBuf,
@@ -283,6 +285,7 @@ impl Config {
                 p.ip.allow.len(),
                 p.ip.deny.len(),
             )?;
+            writeln!(out, "  {:<28}    calls: {}", "", r.calls)?;
         }
         Ok(())
     }

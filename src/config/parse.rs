@@ -136,6 +136,13 @@ pub(super) fn parse_route_flag(text: &str) -> Result<RouteSpec, ConfigError> {
     let (target, via) = text
         .split_once('=')
         .ok_or_else(|| ConfigError::invalid(field, text, "expected PATH=UPSTREAM[,UPSTREAM...]"))?;
+    if let Some(right) = without_scheme(target) {
+        return Err(ConfigError::invalid(
+            field,
+            text,
+            format!("a route is [HOST]/PATH, without a scheme or `//`: write `{right}={via}`"),
+        ));
+    }
     let (host, path) = match target.find('/') {
         Some(0) => (None, target),
         Some(i) => (Some(parse_host(field, &target[..i])?), &target[i..]),
@@ -152,11 +159,33 @@ pub(super) fn parse_route_flag(text: &str) -> Result<RouteSpec, ConfigError> {
         path: parse_path(field, path)?,
         via: parse_via(field, via.split(','))?,
         policy: RoutePolicy::default(),
+        calls: super::CallSpec::default(),
     })
+}
+
+/// `HOST/PATH` when `target` was written as a URL (`https://HOST/PATH`,
+/// `//HOST/PATH`), which would otherwise read as host `https:` and a path
+/// starting with `//` that no request matches.
+fn without_scheme(target: &str) -> Option<&str> {
+    let rest = match target.split_once("://") {
+        Some((scheme, rest)) if !scheme.contains('/') => rest,
+        _ => target.strip_prefix("//")?,
+    };
+    Some(rest.trim_start_matches('/'))
 }
 
 /// A route path prefix, without a trailing slash (except the root).
 pub(super) fn parse_path(field: &str, path: &str) -> Result<String, ConfigError> {
+    if let Some(right) = without_scheme(path) {
+        let (host, rest) = right.split_once('/').unwrap_or((right, ""));
+        return Err(ConfigError::invalid(
+            field,
+            path,
+            format!(
+                "a route path is a path, not a URL: write host = \"{host}\" and path = \"/{rest}\""
+            ),
+        ));
+    }
     if !path.starts_with('/') {
         return Err(ConfigError::invalid(
             field,
@@ -182,6 +211,16 @@ pub(super) fn parse_path(field: &str, path: &str) -> Result<String, ConfigError>
 
 /// A host name, lower-cased.
 pub(super) fn parse_host(field: &str, host: &str) -> Result<String, ConfigError> {
+    if let Some(right) = without_scheme(host) {
+        return Err(ConfigError::invalid(
+            field,
+            host,
+            format!(
+                "a route host has no scheme: write `{}`",
+                right.split('/').next().unwrap_or_default()
+            ),
+        ));
+    }
     let host = host.trim().to_ascii_lowercase();
     let ok = !host.is_empty()
         && host

@@ -3,10 +3,14 @@
 //! A serde mirror of the file with `deny_unknown_fields`, so a typo in a key is
 //! an error that names it rather than a setting silently ignored. Values stay
 //! strings here; [`super`] parses them into typed values.
+//!
+//! A duration key takes a string with a unit (`"500ms"`, `"2s"`, `"1m 30s"`)
+//! or an integer number of seconds (`header_timeout = 5`), the same rule as the
+//! flags, where a bare number is seconds too (`--header-timeout 5`).
 
 use std::collections::BTreeMap;
 
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 
 /// The whole file.
 #[derive(Debug, Default, Deserialize)]
@@ -17,15 +21,28 @@ pub struct RawConfig {
     /// `admin`: as `--admin`.
     pub admin: Option<String>,
     /// `connect_timeout`: as `--connect-timeout`.
+    #[serde(default, deserialize_with = "duration")]
     pub connect_timeout: Option<String>,
     /// `response_timeout`: as `--response-timeout`.
+    #[serde(default, deserialize_with = "duration")]
     pub response_timeout: Option<String>,
     /// `header_timeout`: as `--header-timeout`.
+    #[serde(default, deserialize_with = "duration")]
     pub header_timeout: Option<String>,
     /// `idle_timeout`: as `--idle-timeout`.
+    #[serde(default, deserialize_with = "duration")]
     pub idle_timeout: Option<String>,
     /// `drain_timeout`: as `--drain-timeout`.
+    #[serde(default, deserialize_with = "duration")]
     pub drain_timeout: Option<String>,
+    /// `ping_interval`: as `--ping-interval` (call layer, `config/calls.rs`).
+    pub ping_interval: Option<String>,
+    /// `ping_timeout`: as `--ping-timeout`.
+    pub ping_timeout: Option<String>,
+    /// `stall_after`: as `--stall-after`.
+    pub stall_after: Option<String>,
+    /// `frames`: as `--frames on|off`.
+    pub frames: Option<bool>,
     /// `max_header_bytes`: as `--max-header-bytes`.
     pub max_header_bytes: Option<usize>,
     /// `log_format`: as `--log-format`.
@@ -52,6 +69,7 @@ pub struct RawConfig {
     /// `jwt_audience`: as `--jwt-audience`.
     pub jwt_audience: Option<String>,
     /// `jwt_leeway`: as `--jwt-leeway`.
+    #[serde(default, deserialize_with = "duration")]
     pub jwt_leeway: Option<String>,
     /// `token_query`: as `--token-query`.
     pub token_query: Option<String>,
@@ -106,8 +124,10 @@ pub struct RawHealth {
     /// `tcp`, `http:PATH` or `ws:PATH` (as `--health-check`).
     pub check: Option<String>,
     /// Time between probes (as `--health-interval`).
+    #[serde(default, deserialize_with = "duration")]
     pub interval: Option<String>,
     /// Bound on one probe (as `--health-timeout`).
+    #[serde(default, deserialize_with = "duration")]
     pub timeout: Option<String>,
     /// Successes that bring a down upstream up (as `--rise`).
     pub rise: Option<u32>,
@@ -144,6 +164,12 @@ pub struct RawRoute {
     pub allow_connect: Option<bool>,
     /// Accept absolute-form targets on this route (off by default).
     pub allow_absolute_form: Option<bool>,
+    /// This route's ping interval, over the global one (`0`: no pings).
+    pub ping_interval: Option<String>,
+    /// This route's ping timeout, over the global one.
+    pub ping_timeout: Option<String>,
+    /// `false`: a pure byte relay on this route (no frames tracked).
+    pub frames: Option<bool>,
 }
 
 /// `[tls]`: one certificate (`cert`, `key`) and/or several (`[[tls.certs]]`).
@@ -155,6 +181,7 @@ pub struct RawTls {
     /// Its private key (as `--tls-key`).
     pub key: Option<String>,
     /// Bound on one TLS handshake (as `--tls-handshake-timeout`).
+    #[serde(default, deserialize_with = "duration")]
     pub handshake_timeout: Option<String>,
     /// More certificates, picked by SNI.
     #[serde(default)]
@@ -172,4 +199,29 @@ pub struct RawCert {
     /// SNI names it serves; its own DNS names when empty.
     #[serde(default)]
     pub names: Vec<String>,
+}
+
+/// A duration key: a string (parsed later with the flags' rule) or an
+/// integer number of seconds, kept as its text. A fraction or a negative
+/// number is refused with the forms that work.
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    struct Text;
+    impl serde::de::Visitor<'_> for Text {
+        type Value = Option<String>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a duration: whole seconds (5) or a string with a unit (\"500ms\", \"2s\", \"1m 30s\")")
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+            Ok(Some(v.to_owned()))
+        }
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Self::Value, E> {
+            Ok(Some(v.to_string()))
+        }
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Self::Value, E> {
+            u64::try_from(v)
+                .map(|v| Some(v.to_string()))
+                .map_err(|_| E::invalid_value(serde::de::Unexpected::Signed(v), &self))
+        }
+    }
+    d.deserialize_any(Text)
 }

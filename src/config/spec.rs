@@ -4,6 +4,7 @@
 //! parsers ([`super::parse`]) during the merge (`config/merge.rs`), so the
 //! rest of the proxy reads these types without re-checking them.
 
+use super::calls::CallSpec;
 use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -140,6 +141,8 @@ pub struct RouteSpec {
     pub via: Vec<UpstreamName>,
     /// Security policy, with the global defaults applied.
     pub policy: RoutePolicy,
+    /// Call-layer settings, with the global defaults applied.
+    pub calls: CallSpec,
 }
 
 impl RouteSpec {
@@ -210,12 +213,14 @@ impl RouteSpec {
                     path: "/frontend-audio".into(),
                     via: via(&["direct", "nginx"]),
                     policy: RoutePolicy::default(),
+                    calls: CallSpec::default(),
                 },
                 RouteSpec {
                     host: None,
                     path: "/".into(),
                     via: via(&["nginx", "direct"]),
                     policy: RoutePolicy::default(),
+                    calls: CallSpec::default(),
                 },
             ]
         } else {
@@ -224,6 +229,7 @@ impl RouteSpec {
                 path: "/".into(),
                 via: via(&["direct"]),
                 policy: RoutePolicy::default(),
+                calls: CallSpec::default(),
             }]
         }
     }

@@ -230,6 +230,24 @@ async fn round_trips(
     result
 }
 
+/// The upstream and its answer in shunt's 502 for an upgrade that no
+/// upstream of the route forwarded (`route /a: nginx answered 200 to a
+/// WebSocket upgrade on /a: it does not forward upgrades ...`).
+fn not_forwarded(body: &str) -> Option<(String, String)> {
+    let (before, after) = body.split_once(" answered ")?;
+    let (code, _) = after.split_once(" to a WebSocket upgrade")?;
+    if !after.contains("does not forward upgrades") {
+        return None;
+    }
+    let up = before.rsplit([' ', ':']).next()?.to_owned();
+    let answered = code
+        .parse::<u16>()
+        .ok()
+        .and_then(|c| StatusCode::from_u16(c).ok())
+        .map_or_else(|| code.to_owned(), |s| s.to_string());
+    Some((up, answered))
+}
+
 /// Which policy refused the handshake, and what to do.
 fn refused(
     ctx: &Context,
@@ -293,6 +311,17 @@ fn refused(
                 url.path()
             ),
         ),
+        (StatusCode::BAD_GATEWAY, None) if not_forwarded(body).is_some() => {
+            let (up, answered) = not_forwarded(body).unwrap_or_default();
+            Finding::fail(
+                CHECK,
+                format!(
+                    "{url}: shunt forwarded to `{up}`, where nginx answered {answered} instead of 101: nginx does not forward WebSocket upgrades on {}",
+                    url.path()
+                ),
+                nginx_fix(url.path(), &ctx.backend_url()),
+            )
+        }
         (
             StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT,
             None,

@@ -5,7 +5,10 @@
 //! been read to the end), otherwise over a fresh HTTP/1.1 connection; bodies
 //! are streamed, never buffered. A WebSocket handshake always uses a fresh
 //! connection; if the upstream accepts it (101), both connections go to
-//! [`tunnel`]; a refusal is relayed to the client as an ordinary response.
+//! [`tunnel`]; a 4xx refusal is relayed to the client as an ordinary
+//! response; any other answer (2xx, 3xx, 5xx) is
+//! [`ForwardError::UpgradeNotForwarded`], which the caller retries on the
+//! route's next upstream.
 //!
 //! Timeouts split the blame. The response timeout bounds the upstream's
 //! answer (and counts against its health when it runs out); a body the
@@ -26,7 +29,8 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
-use crate::config::Timeouts;
+use crate::calls::CallInfo;
+use crate::config::{CallSpec, Timeouts};
 use crate::downstream::Downstream;
 use crate::policy::rate::TunnelSlot;
 use crate::response::{Body, ForwardError};
@@ -61,19 +65,36 @@ pub struct Exchange<'a> {
     pub routed_path: &'a str,
     /// The token query parameter, removed before forwarding (routes with authentication).
     pub strip_param: Option<&'a str>,
-    /// The policy's per-client tunnel slot (WebSocket handshakes), held by the tunnel for its life.
-    pub tunnel: Option<TunnelSlot>,
+    /// The policy's per-client tunnel slot (WebSocket handshakes), taken by
+    /// the tunnel for its life; left in place when the upgrade is not
+    /// answered, for the next upstream tried.
+    pub tunnel: &'a mut Option<TunnelSlot>,
     /// The upstream chosen, with its pool and health.
     pub upstream: &'a Arc<Upstream>,
     /// Who the client is (for `X-Forwarded-*`).
     pub downstream: Downstream,
     /// The snapshot's timeouts.
     pub timeouts: &'a Timeouts,
+    /// What a WebSocket call is listed with in `/calls`, and its route's call settings.
+    pub call: CallMeta<'a>,
+}
+
+/// What a WebSocket call is listed with, and how the call layer treats it.
+#[derive(Debug, Clone)]
+pub struct CallMeta<'a> {
+    /// The request's `Host` header.
+    pub host: Option<String>,
+    /// Path and query as the access log shows them (token redacted).
+    pub target: &'a str,
+    /// Configuration generation.
+    pub generation: u64,
+    /// The route's call-layer settings.
+    pub spec: CallSpec,
 }
 
 /// Send `req` over `conn` to the exchange's upstream and return the response for the client.
 pub async fn forward(
-    mut req: Request<Incoming>,
+    mut req: Request<Body>,
     conn: Conn,
     exchange: Exchange<'_>,
     rt: &Runtime,
@@ -88,6 +109,7 @@ pub async fn forward(
         upstream,
         downstream,
         timeouts,
+        call,
     } = exchange;
     let name = upstream.name();
     let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
@@ -120,19 +142,37 @@ pub async fn forward(
         }
     };
 
+    if upgrade && !upgrade_answered(resp.status()) {
+        return Err(ForwardError::UpgradeNotForwarded {
+            upstream: name.0.clone(),
+            status: resp.status(),
+            path: routed_path.to_owned(),
+        });
+    }
     let switching = upgrade && resp.status() == StatusCode::SWITCHING_PROTOCOLS;
     if let (true, Some(downstream_upgrade)) = (switching, downstream_upgrade) {
         let upstream_upgrade = hyper::upgrade::on(&mut resp);
-        let guard = rt.stats.open_tunnel(route, name);
+        let parts = tunnel::TunnelParts {
+            guard: rt.stats.open_tunnel(route, name),
+            call: rt.stats.calls.open(CallInfo {
+                client: downstream.peer,
+                host: call.host,
+                path: call.target.to_owned(),
+                route: route.to_owned(),
+                upstream: name.0.clone(),
+                generation: call.generation,
+                frames: call.spec.frames,
+            }),
+            slot: slot.take(),
+            timers: tunnel_timers(timeouts, &call.spec),
+        };
         tunnel::spawn(
             downstream_upgrade,
             upstream_upgrade,
-            guard,
-            slot,
-            timeouts,
-            &rt.shutdown,
-            &rt.tracker,
+            parts,
             relay.clone(),
+            rt.shutdown.clone(),
+            &rt.tracker,
         );
     }
     headers::prepare_response(resp.headers_mut(), switching, name);
@@ -146,11 +186,29 @@ pub async fn forward(
     Ok(resp.map(|body| PooledBody::new(body, sender, pool).boxed()))
 }
 
+/// Whether `status` is a real answer to a WebSocket upgrade: 101, or a 4xx
+/// refusal (auth, Origin, a wrong path) that the client should see. A 2xx,
+/// 3xx or 5xx means the upgrade did not reach a WebSocket server (an nginx
+/// without the upgrade headers answers 200 with a page).
+pub fn upgrade_answered(status: StatusCode) -> bool {
+    status == StatusCode::SWITCHING_PROTOCOLS || status.is_client_error()
+}
+
+/// A tunnel's timers: the timeouts, and the route's call settings.
+fn tunnel_timers(timeouts: &Timeouts, spec: &CallSpec) -> tunnel::TunnelTimers {
+    tunnel::TunnelTimers {
+        ping_interval: spec.ping_interval.filter(|_| spec.frames),
+        ping_timeout: spec.ping_timeout,
+        stall_after: spec.stall_after,
+        ..tunnel::TunnelTimers::relay(timeouts.idle, timeouts.drain)
+    }
+}
+
 /// Send `req` over `conn`; a pooled connection found closed before the
 /// request went out is replaced by a fresh one (the request is intact then).
 async fn send(
     conn: Conn,
-    req: Request<Incoming>,
+    req: Request<Body>,
     upstream: &Upstream,
     rt: &Runtime,
     connect_timeout: Duration,
@@ -181,7 +239,7 @@ async fn send(
 
 /// Send `req` over a fresh connection after a pooled one turned out closed.
 async fn resend(
-    req: Request<Incoming>,
+    req: Request<Body>,
     upstream: &Upstream,
     rt: &Runtime,
     connect_timeout: Duration,

@@ -31,7 +31,7 @@ pub struct CertSpec {
 #[derive(Debug, thiserror::Error)]
 pub enum CertError {
     /// The file is not valid PEM.
-    #[error("{}: {source}", path.display())]
+    #[error("{}", path.display())]
     Pem {
         /// The file.
         path: PathBuf,
@@ -54,7 +54,7 @@ pub enum CertError {
         reason: String,
     },
     /// The key does not load, or does not match the certificate.
-    #[error("{}: the key cannot be used with certificate {}: {source}", key.display(), cert.display())]
+    #[error("{}: the key cannot be used with certificate {}", key.display(), cert.display())]
     Key {
         /// The certificate file.
         cert: PathBuf,

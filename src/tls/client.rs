@@ -19,7 +19,7 @@ use rustls::pki_types::pem::PemObject;
 #[derive(Debug, thiserror::Error)]
 pub enum ClientTlsError {
     /// The CA file is not valid PEM.
-    #[error("upstream CA file {}: {source}", path.display())]
+    #[error("upstream CA file {}", path.display())]
     Ca {
         /// The CA file.
         path: PathBuf,
@@ -37,7 +37,7 @@ pub enum ClientTlsError {
     #[error("no system root certificates found; give --upstream-ca")]
     NoSystemRoots,
     /// rustls refused the client configuration.
-    #[error("TLS client setup: {0}")]
+    #[error("TLS client setup")]
     Rustls(#[from] rustls::Error),
 }
 

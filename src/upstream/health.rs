@@ -12,6 +12,11 @@
 //! start does not wait `rise` intervals before it is ready. Probe kinds
 //! match what the route needs: `tcp` (the port accepts), `http` (the app
 //! answers), `ws` (the WebSocket path really upgrades, then closes cleanly).
+//!
+//! Besides the state, a separate WebSocket flag: an upstream that answers
+//! plain HTTP but not upgrades (an nginx without the upgrade headers) is
+//! skipped for WebSocket only, so it keeps serving plain requests. A later
+//! upgrade or `ws:` probe through it that succeeds clears the flag.
 
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
@@ -62,6 +67,8 @@ pub struct HealthView {
     pub last_error: Option<String>,
     /// When the state last changed.
     pub last_change: SystemTime,
+    /// Why WebSocket upgrades through it fail while plain HTTP works, if they do.
+    pub websocket_error: Option<String>,
 }
 
 /// Shared health record of one upstream.
@@ -80,6 +87,7 @@ struct Inner {
     failures: u32,
     last_error: Option<String>,
     last_change: SystemTime,
+    websocket_error: Option<String>,
 }
 
 impl Health {
@@ -99,6 +107,7 @@ impl Health {
                 failures: 0,
                 last_error: None,
                 last_change: SystemTime::now(),
+                websocket_error: None,
             }),
         }
     }
@@ -120,6 +129,33 @@ impl Health {
             state: i.state,
             last_error: i.last_error.clone(),
             last_change: i.last_change,
+            websocket_error: i.websocket_error.clone(),
+        }
+    }
+
+    /// Why WebSocket upgrades through it fail, if they do (see [`Health::record_websocket_failure`]).
+    pub fn websocket_error(&self) -> Option<String> {
+        self.lock().websocket_error.clone()
+    }
+
+    /// An upgrade through it was answered, but not with 101 or a 4xx: it
+    /// does not carry WebSocket (an nginx without the upgrade headers).
+    /// Only WebSocket is affected: the state, and so plain HTTP, stay as
+    /// they are. Logged once, when it starts.
+    pub fn record_websocket_failure(&self, reason: &str) {
+        let mut i = self.lock();
+        i.last_error = Some(reason.to_owned());
+        if i.websocket_error.is_none() {
+            tracing::warn!(upstream = %self.name, reason, "{reason}");
+        }
+        i.websocket_error = Some(reason.to_owned());
+    }
+
+    /// An upgrade (or a `ws:` probe) through it succeeded: WebSocket works again.
+    pub fn record_websocket_success(&self) {
+        let mut i = self.lock();
+        if i.websocket_error.take().is_some() {
+            tracing::info!(upstream = %self.name, "upstream {} forwards WebSocket upgrades again", self.name);
         }
     }
 
@@ -174,7 +210,12 @@ pub async fn probe_loop(
             () = stop.cancelled() => return,
         };
         match result {
-            Ok(Ok(())) => health.record_success(),
+            Ok(Ok(())) => {
+                health.record_success();
+                if matches!(spec.check, ProbeKind::Ws(_)) {
+                    health.record_websocket_success();
+                }
+            }
             Ok(Err(reason)) => health.record_failure(&reason),
             Err(_) => {
                 health.record_failure(&format!("health check timed out after {:?}", spec.timeout))
@@ -300,6 +341,28 @@ mod tests {
             fall,
         };
         Health::new(UpstreamName("t".into()), &spec, true)
+    }
+
+    #[test]
+    fn a_websocket_failure_leaves_the_state_and_clears_on_success() {
+        let h = health(1, 1);
+        h.record_success();
+        h.record_websocket_failure("nginx answered 200 to a WebSocket upgrade on /a");
+        let v = h.view();
+        assert_eq!(v.state, State::Up, "plain HTTP keeps the upstream");
+        assert_eq!(
+            v.websocket_error.as_deref(),
+            Some("nginx answered 200 to a WebSocket upgrade on /a")
+        );
+        assert_eq!(v.last_error, v.websocket_error);
+        h.record_success();
+        assert!(
+            h.websocket_error().is_some(),
+            "a tcp/http probe says nothing about upgrades"
+        );
+        h.record_websocket_success();
+        assert_eq!(h.websocket_error(), None);
+        assert_eq!(h.state(), State::Up);
     }
 
     #[test]

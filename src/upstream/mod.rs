@@ -153,6 +153,17 @@ pub async fn connect_first(
     }
 }
 
+/// `via` in order for a WebSocket handshake: upstreams known not to forward
+/// upgrades ([`Health::websocket_error`]) after the others, so they are
+/// tried only when nothing else is left (and clear themselves if they work).
+pub fn websocket_order(via: &[Arc<Upstream>]) -> Vec<Arc<Upstream>> {
+    let (broken, working): (Vec<_>, Vec<_>) = via
+        .iter()
+        .cloned()
+        .partition(|u| u.health.websocket_error().is_some());
+    working.into_iter().chain(broken).collect()
+}
+
 /// `direct: connection refused; nginx: ...`, for 503 bodies and `/readyz`.
 pub fn down_reasons(via: &[Arc<Upstream>]) -> String {
     via.iter()

@@ -39,8 +39,10 @@ pub const MAX_IDLE: usize = 32;
 /// How long a connection may wait in the pool.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// The request side of one upstream HTTP/1.1 connection.
-pub type Sender = SendRequest<Incoming>;
+/// The request side of one upstream HTTP/1.1 connection. The body is boxed
+/// so that a WebSocket handshake retried on the next upstream can be sent
+/// with an empty body of its own (the client's `Incoming` is spent by then).
+pub type Sender = SendRequest<http_body_util::combinators::BoxBody<Bytes, hyper::Error>>;
 
 /// Idle keep-alive connections of one upstream.
 #[derive(Debug)]

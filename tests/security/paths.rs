@@ -89,6 +89,7 @@ fn normalization_is_idempotent_and_routing_sound() {
                         path: (*p).to_owned(),
                         via: vec![],
                         policy: Default::default(),
+                        calls: Default::default(),
                     },
                     label: (*p).to_owned(),
                     via: vec![],

@@ -1,8 +1,16 @@
 //! Runs the real `shunt` binary (`CARGO_BIN_EXE_shunt`) as a child, bounded
-//! in time, and captures what it printed.
+//! in time, and captures what it printed: one-shot runs ([`run_shunt`],
+//! [`run_shunt_in`] for a working directory of the test's choosing) and a
+//! long-running server ([`serve_in`]) whose stderr is collected as it comes.
 
+use std::path::Path;
 use std::process::Stdio;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use tokio::io::AsyncReadExt as _;
+
+use super::eventually;
 
 /// Output of one run of the binary.
 #[derive(Debug)]
@@ -61,20 +69,40 @@ pub async fn run_shunt(args: &[&str], limit: Duration) -> Run {
 
 /// Like [`run_shunt`], with these environment variables set.
 pub async fn run_shunt_with_env(args: &[&str], env: &[(&str, &str)], limit: Duration) -> Run {
+    run(
+        command(Path::new(env!("CARGO_MANIFEST_DIR")), env),
+        args,
+        limit,
+    )
+    .await
+}
+
+/// Like [`run_shunt`], in the working directory `dir` (for relative paths).
+pub async fn run_shunt_in(dir: &Path, args: &[&str], limit: Duration) -> Run {
+    run(command(dir, &[]), args, limit).await
+}
+
+/// `shunt` in `dir`, with `SHUNT_*` variables cleared and `env` set.
+fn command(dir: &Path, env: &[(&str, &str)]) -> tokio::process::Command {
     let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_shunt"));
     for (name, _) in std::env::vars_os() {
         if name.to_string_lossy().starts_with("SHUNT_") {
             command.env_remove(&name);
         }
     }
-    command.envs(env.iter().copied());
+    command
+        .envs(env.iter().copied())
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    command
+}
+
+async fn run(mut command: tokio::process::Command, args: &[&str], limit: Duration) -> Run {
     let child = command
         .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .kill_on_drop(true)
         .spawn()
         .expect("spawn shunt");
     let output = tokio::time::timeout(limit, child.wait_with_output())
@@ -165,5 +193,71 @@ impl Served {
             .and_then(Result::ok)
             .unwrap_or_default();
         (status.code(), stderr)
+    }
+}
+
+/// A running `shunt` child; its stderr (a pipe, not a terminal) is
+/// collected as it comes. Killed on drop.
+pub struct Server {
+    child: tokio::process::Child,
+    stderr: Arc<Mutex<Vec<u8>>>,
+}
+
+/// Starts `shunt ARGS` in `dir`, with `env` set and stderr to a pipe.
+pub fn serve_in(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Server {
+    let mut child = command(dir, env)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn shunt");
+    let stderr: Arc<Mutex<Vec<u8>>> = Arc::default();
+    let mut pipe = child.stderr.take().expect("piped stderr");
+    let sink = stderr.clone();
+    tokio::spawn(async move {
+        let mut buf = [0u8; 4096];
+        while let Ok(n @ 1..) = pipe.read(&mut buf).await {
+            sink.lock().unwrap().extend_from_slice(&buf[..n]);
+        }
+    });
+    Server { child, stderr }
+}
+
+impl Server {
+    /// Everything the child wrote to stderr so far, as bytes.
+    pub fn stderr_bytes(&self) -> Vec<u8> {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Everything the child wrote to stderr so far.
+    pub fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.stderr_bytes()).into_owned()
+    }
+
+    /// Waits (up to 10 s) until stderr contains `needle`; panics with the
+    /// stderr so far if it does not.
+    pub async fn wait_for_log(&self, needle: &str) {
+        let limit = Duration::from_secs(10);
+        let seen = eventually(limit, async || self.stderr().contains(needle)).await;
+        assert!(
+            seen,
+            "shunt did not log {needle:?} within {limit:?}; stderr:\n{}",
+            self.stderr()
+        );
+    }
+
+    /// Sends SIGTERM and waits (up to 10 s) for the exit code.
+    pub async fn terminate(mut self) -> Option<i32> {
+        let pid = self.child.id().expect("running").to_string();
+        let sent = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("run kill");
+        assert!(sent.success(), "kill -TERM {pid} failed");
+        tokio::time::timeout(Duration::from_secs(10), self.child.wait())
+            .await
+            .expect("shunt exits within 10 s of SIGTERM")
+            .expect("wait for shunt")
+            .code()
     }
 }

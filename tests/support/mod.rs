@@ -7,6 +7,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod bin;
+pub mod calls;
 pub mod echo;
 pub mod examples;
 pub mod files;

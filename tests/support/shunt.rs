@@ -156,8 +156,8 @@ impl Shunt {
         Ok(serde_json::from_str(&body)?)
     }
 
-    /// The `health` of upstream `name` in `/status`.
-    pub async fn upstream_health(&self, name: &str) -> Result<String, BoxError> {
+    /// Upstream `name`'s entry in `/status` (health, last_error, websocket, ...).
+    pub async fn upstream(&self, name: &str) -> Result<serde_json::Value, BoxError> {
         let status = self.status().await?;
         let upstreams = status["upstreams"]
             .as_array()
@@ -166,6 +166,12 @@ impl Shunt {
             .iter()
             .find(|u| u["name"] == name)
             .ok_or_else(|| format!("/status has no upstream {name:?}: {status}"))?;
+        Ok(upstream.clone())
+    }
+
+    /// The `health` of upstream `name` in `/status`.
+    pub async fn upstream_health(&self, name: &str) -> Result<String, BoxError> {
+        let upstream = self.upstream(name).await?;
         Ok(upstream["health"].as_str().unwrap_or_default().to_owned())
     }
 

@@ -45,9 +45,10 @@ fn probe() -> io::Result<()> {
     Ok(())
 }
 
-/// Splice from a socket into an empty pipe, up to its capacity; `Ok(0)` is EOF.
-pub fn into_pipe(src: &TcpStream, pipe: &Pipe) -> io::Result<usize> {
-    splice(src, None, &pipe.write, None, pipe.size, FLAGS).map_err(io::Error::from)
+/// Splice from a socket into an empty pipe, up to its capacity and `max`; `Ok(0)` is EOF.
+pub fn into_pipe(src: &TcpStream, pipe: &Pipe, max: usize) -> io::Result<usize> {
+    let len = pipe.size.min(max.max(1));
+    splice(src, None, &pipe.write, None, len, FLAGS).map_err(io::Error::from)
 }
 
 /// Splice what the pipe holds into a socket.

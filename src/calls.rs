@@ -1,0 +1,754 @@
+//! The registry of live calls (WebSocket tunnels) and their per-route metrics.
+//!
+//! A side module: a tunnel opens a [`CallGuard`] when it starts and writes its
+//! per-direction and per-leg figures into the [`Call`]'s relaxed atomics as
+//! frames pass; `/calls`, `/status` and `/metrics` read them. The registry
+//! never reaches into a tunnel, and admin never imports the tunnel.
+//!
+//! Times inside a call are milliseconds since its start (`u32`), so a
+//! direction's figures are a few dozen bytes.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+
+use serde_json::{Value, json};
+use tokio::time::Instant;
+
+use crate::stats::escape;
+
+/// Index of the client → backend direction (and of the client leg).
+pub const TO_BACKEND: usize = 0;
+/// Index of the backend → client direction (and of the backend leg).
+pub const TO_CLIENT: usize = 1;
+/// Direction names, as in `/calls` and the metrics.
+pub const DIRECTIONS: [&str; 2] = ["to_backend", "to_client"];
+/// Leg names; the client leg's bytes come in on `to_backend`.
+pub const LEGS: [&str; 2] = ["client", "backend"];
+
+/// Bucket bounds of `shunt_frame_gap_seconds`, made for a 20 ms cadence.
+pub const GAP_BUCKETS: &[f64] = &[0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0];
+/// Bucket bounds of `shunt_ping_rtt_seconds`.
+pub const RTT_BUCKETS: &[f64] = &[
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+/// Bucket bounds of `shunt_call_duration_seconds`.
+pub const DURATION_BUCKETS: &[f64] = &[
+    1.0, 10.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0,
+];
+
+/// How a direction's frames are followed (`framing` in `/calls`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Framing {
+    /// Headers are parsed; stats, pings and close codes apply.
+    Tracked = 0,
+    /// The framing could not be followed: a plain byte relay from then on.
+    Opaque = 1,
+    /// Frame tracking is off for this route (`--frames off`, `frames = false`).
+    Off = 2,
+}
+
+impl Framing {
+    fn as_str(self) -> &'static str {
+        match self {
+            Framing::Tracked => "tracked",
+            Framing::Opaque => "opaque",
+            Framing::Off => "off",
+        }
+    }
+
+    fn from_u8(v: u8) -> Framing {
+        match v {
+            0 => Framing::Tracked,
+            1 => Framing::Opaque,
+            _ => Framing::Off,
+        }
+    }
+}
+
+/// Who ended a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum ClosedBy {
+    /// The browser side closed (or vanished).
+    Client,
+    /// The backend closed (or vanished).
+    Backend,
+    /// shunt ended the call (drain, idle timeout, ping timeout).
+    Shunt,
+}
+
+impl ClosedBy {
+    /// `client`, `backend` or `shunt`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClosedBy::Client => "client",
+            ClosedBy::Backend => "backend",
+            ClosedBy::Shunt => "shunt",
+        }
+    }
+}
+
+/// A Prometheus histogram with fixed bounds, updated with relaxed atomics.
+#[derive(Debug)]
+pub struct Histogram {
+    bounds: &'static [f64],
+    /// One per bound, plus `+Inf`; not cumulative.
+    counts: Box<[AtomicU64]>,
+    sum_micros: AtomicU64,
+}
+
+impl Histogram {
+    /// An empty histogram with these bucket bounds.
+    pub fn new(bounds: &'static [f64]) -> Self {
+        Histogram {
+            bounds,
+            counts: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
+            sum_micros: AtomicU64::new(0),
+        }
+    }
+
+    /// Count one observation.
+    pub fn observe(&self, value: Duration) {
+        let secs = value.as_secs_f64();
+        let i = self
+            .bounds
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(self.bounds.len());
+        self.counts[i].fetch_add(1, Ordering::Relaxed);
+        self.sum_micros
+            .fetch_add(value.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// Total observations.
+    pub fn count(&self) -> u64 {
+        self.counts.iter().map(|c| c.load(Ordering::Relaxed)).sum()
+    }
+
+    fn write(&self, out: &mut String, name: &str, labels: &str) {
+        let mut cumulative = 0;
+        for (i, c) in self.counts.iter().enumerate() {
+            cumulative += c.load(Ordering::Relaxed);
+            let le = self
+                .bounds
+                .get(i)
+                .map_or_else(|| "+Inf".to_owned(), |b| b.to_string());
+            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{le}\"}} {cumulative}");
+        }
+        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        let _ = writeln!(out, "{name}_sum{{{labels}}} {sum}");
+        let _ = writeln!(out, "{name}_count{{{labels}}} {cumulative}");
+    }
+}
+
+/// Metrics of one route, shared by its calls.
+#[derive(Debug)]
+pub struct RouteCalls {
+    /// The route's label.
+    pub route: String,
+    /// Durations of ended calls.
+    pub duration: Histogram,
+    /// Gaps between data frames, per direction.
+    pub gaps: [Histogram; 2],
+    /// Ping round trips, per leg.
+    pub rtt: [Histogram; 2],
+    /// Stalls begun.
+    pub stalls: AtomicU64,
+}
+
+impl RouteCalls {
+    fn new(route: &str) -> Self {
+        RouteCalls {
+            route: route.to_owned(),
+            duration: Histogram::new(DURATION_BUCKETS),
+            gaps: [Histogram::new(GAP_BUCKETS), Histogram::new(GAP_BUCKETS)],
+            rtt: [Histogram::new(RTT_BUCKETS), Histogram::new(RTT_BUCKETS)],
+            stalls: AtomicU64::new(0),
+        }
+    }
+}
+
+/// One second of a direction's data frames per slot: `(second mod 2^16) << 16 | count`.
+const FPS_SLOTS: usize = 6;
+/// Over how many seconds `frames_per_second` is taken.
+const FPS_WINDOW: u64 = 5;
+
+/// Live figures of one direction.
+#[derive(Debug, Default)]
+pub struct DirStats {
+    /// Frames of any kind (shunt's own removed Pongs excluded).
+    pub frames: AtomicU64,
+    /// Whole data messages (data frames with FIN).
+    pub messages: AtomicU64,
+    /// Bytes written to the destination.
+    pub bytes: AtomicU64,
+    /// 1 + milliseconds since the call's start of the last data frame; 0 = none yet.
+    pub last_frame: AtomicU32,
+    /// Largest gap between data frames, in milliseconds (plus one; 0 = none yet).
+    pub largest_gap: AtomicU32,
+    /// Stalls begun.
+    pub stalls: AtomicU32,
+    /// Currently stalled.
+    pub stalled: AtomicBool,
+    /// [`Framing`] as a `u8`.
+    pub framing: AtomicU8,
+    fps: [AtomicU32; FPS_SLOTS],
+}
+
+impl DirStats {
+    /// Count one data frame at `ms` (since the call's start) in its second.
+    pub fn count_second(&self, ms: u32) {
+        let sec = u64::from(ms / 1000);
+        let stamp = (sec as u32 & 0xFFFF) << 16;
+        let slot = &self.fps[sec as usize % FPS_SLOTS];
+        let v = slot.load(Ordering::Relaxed);
+        if v & 0xFFFF_0000 == stamp {
+            if v & 0xFFFF != 0xFFFF {
+                slot.store(v + 1, Ordering::Relaxed);
+            }
+        } else {
+            slot.store(stamp | 1, Ordering::Relaxed);
+        }
+    }
+
+    /// Data frames counted in second `sec` (for the last few seconds).
+    pub fn in_second(&self, sec: u64) -> u64 {
+        let stamp = (sec as u32 & 0xFFFF) << 16;
+        let v = self.fps[sec as usize % FPS_SLOTS].load(Ordering::Relaxed);
+        if v & 0xFFFF_0000 == stamp {
+            u64::from(v & 0xFFFF)
+        } else {
+            0
+        }
+    }
+
+    /// Frames per second over the last 5 s (fewer seconds for a younger call).
+    pub fn frames_per_second(&self, now_ms: u64) -> f64 {
+        let now_sec = now_ms / 1000;
+        let first = now_sec.saturating_sub(FPS_WINDOW - 1);
+        let frames: u64 = (first..=now_sec).map(|s| self.in_second(s)).sum();
+        let span = (now_ms as f64 / 1000.0).clamp(0.001, FPS_WINDOW as f64);
+        frames as f64 / span
+    }
+
+    /// The framing state.
+    pub fn framing(&self) -> Framing {
+        Framing::from_u8(self.framing.load(Ordering::Relaxed))
+    }
+
+    fn to_json(&self, now_ms: u64) -> Value {
+        let last = self.last_frame.load(Ordering::Relaxed);
+        let gap = self.largest_gap.load(Ordering::Relaxed);
+        json!({
+            "frames": self.frames.load(Ordering::Relaxed),
+            "messages": self.messages.load(Ordering::Relaxed),
+            "bytes": self.bytes.load(Ordering::Relaxed),
+            "frames_per_second": round3(self.frames_per_second(now_ms)),
+            "last_frame_age_seconds": (last > 0)
+                .then(|| round3(now_ms.saturating_sub(u64::from(last - 1)) as f64 / 1000.0)),
+            "largest_gap_seconds": (gap > 0).then(|| f64::from(gap - 1) / 1000.0),
+            "stalls": self.stalls.load(Ordering::Relaxed),
+            "stalled": self.stalled.load(Ordering::Relaxed),
+            "framing": self.framing().as_str(),
+        })
+    }
+}
+
+/// Round-trip samples kept per leg for the median.
+const RTT_SAMPLES: usize = 4;
+
+/// Live figures of one leg's pings.
+#[derive(Debug, Default)]
+pub struct LegStats {
+    /// Pings shunt sent to this leg.
+    pub pings_sent: AtomicU32,
+    /// Pongs that answered them.
+    pub pongs_received: AtomicU32,
+    /// The last samples, in microseconds, in a ring indexed by `pongs_received`.
+    rtt_us: [AtomicU32; RTT_SAMPLES],
+}
+
+impl LegStats {
+    /// Record one round trip.
+    pub fn record_rtt(&self, rtt: Duration) {
+        let n = self.pongs_received.fetch_add(1, Ordering::Relaxed) as usize;
+        let us = u32::try_from(rtt.as_micros()).unwrap_or(u32::MAX);
+        self.rtt_us[n % RTT_SAMPLES].store(us, Ordering::Relaxed);
+    }
+
+    /// The last round trip.
+    pub fn rtt_last(&self) -> Option<Duration> {
+        let n = self.pongs_received.load(Ordering::Relaxed) as usize;
+        (n > 0).then(|| {
+            Duration::from_micros(u64::from(
+                self.rtt_us[(n - 1) % RTT_SAMPLES].load(Ordering::Relaxed),
+            ))
+        })
+    }
+
+    /// The median of the last (up to 4) round trips.
+    pub fn rtt_median(&self) -> Option<Duration> {
+        let n = (self.pongs_received.load(Ordering::Relaxed) as usize).min(RTT_SAMPLES);
+        if n == 0 {
+            return None;
+        }
+        let mut v: Vec<u32> = self.rtt_us[..n]
+            .iter()
+            .map(|a| a.load(Ordering::Relaxed))
+            .collect();
+        v.sort_unstable();
+        let median = if n % 2 == 1 {
+            u64::from(v[n / 2])
+        } else {
+            (u64::from(v[n / 2 - 1]) + u64::from(v[n / 2])) / 2
+        };
+        Some(Duration::from_micros(median))
+    }
+
+    fn to_json(&self) -> Value {
+        let ms = |d: Option<Duration>| d.map(|d| round3(d.as_secs_f64() * 1000.0));
+        json!({
+            "rtt_last_ms": ms(self.rtt_last()),
+            "rtt_median_ms": ms(self.rtt_median()),
+            "pings_sent": self.pings_sent.load(Ordering::Relaxed),
+            "pongs_received": self.pongs_received.load(Ordering::Relaxed),
+        })
+    }
+}
+
+fn round3(v: f64) -> f64 {
+    (v * 1000.0).round() / 1000.0
+}
+
+/// What a call is, fixed when it opens.
+#[derive(Debug, Clone)]
+pub struct CallInfo {
+    /// The client's address.
+    pub client: SocketAddr,
+    /// The request's `Host` header.
+    pub host: Option<String>,
+    /// Path and query, the token parameter redacted as in the access log.
+    pub path: String,
+    /// Route label.
+    pub route: String,
+    /// Upstream name.
+    pub upstream: String,
+    /// Configuration generation the call was opened under.
+    pub generation: u64,
+    /// Whether frames are tracked on this route.
+    pub frames: bool,
+}
+
+/// One live call: what it is and its live figures (kept small: there is
+/// one per idle tunnel).
+#[derive(Debug)]
+pub struct Call {
+    /// Unique for the process's life.
+    pub id: u64,
+    /// The client's address.
+    pub client: SocketAddr,
+    host: Option<Box<str>>,
+    path: Box<str>,
+    upstream: Arc<str>,
+    /// Configuration generation the call was opened under.
+    pub generation: u64,
+    /// Whether frames are tracked on this call.
+    pub frames: bool,
+    /// When it started (the clock of its timers).
+    pub started: Instant,
+    /// Per direction: [`TO_BACKEND`], [`TO_CLIENT`].
+    pub dirs: [DirStats; 2],
+    /// Per leg: client, backend.
+    pub legs: [LegStats; 2],
+    /// The route's metrics.
+    pub metrics: Arc<RouteCalls>,
+}
+
+impl Call {
+    /// The route's label.
+    pub fn route(&self) -> &str {
+        &self.metrics.route
+    }
+
+    /// The upstream's name.
+    pub fn upstream(&self) -> &str {
+        &self.upstream
+    }
+
+    /// Milliseconds since the call started, as the tunnel's clock reads them.
+    pub fn ms(&self, now: Instant) -> u32 {
+        u32::try_from(now.saturating_duration_since(self.started).as_millis()).unwrap_or(u32::MAX)
+    }
+
+    /// The call as `/calls` shows it.
+    pub fn to_json(&self) -> Value {
+        let age = self.started.elapsed();
+        let now_ms = age.as_millis() as u64;
+        let started_at = SystemTime::now()
+            .checked_sub(age)
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        json!({
+            "id": self.id,
+            "client": self.client.to_string(),
+            "host": self.host,
+            "path": self.path,
+            "route": self.route(),
+            "upstream": self.upstream(),
+            "generation": self.generation,
+            "started": humantime::format_rfc3339_millis(started_at).to_string(),
+            "age_seconds": round3(age.as_secs_f64()),
+            "frames": self.frames,
+            "directions": {
+                "to_backend": self.dirs[TO_BACKEND].to_json(now_ms),
+                "to_client": self.dirs[TO_CLIENT].to_json(now_ms),
+            },
+            "legs": {
+                "client": self.legs[0].to_json(),
+                "backend": self.legs[1].to_json(),
+            },
+        })
+    }
+
+    fn stalls(&self) -> u32 {
+        self.dirs
+            .iter()
+            .map(|d| d.stalls.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    fn stalled(&self) -> bool {
+        self.dirs.iter().any(|d| d.stalled.load(Ordering::Relaxed))
+    }
+}
+
+/// How `/calls` orders calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sort {
+    /// Oldest first.
+    Age,
+    /// Most stalls first.
+    Stalls,
+    /// Highest client round trip (median) first; calls without one last.
+    Rtt,
+}
+
+impl Sort {
+    /// `age`, `stalls` or `rtt`.
+    pub fn parse(text: &str) -> Option<Sort> {
+        match text {
+            "age" => Some(Sort::Age),
+            "stalls" => Some(Sort::Stalls),
+            "rtt" => Some(Sort::Rtt),
+            _ => None,
+        }
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Sort::Age => "age",
+            Sort::Stalls => "stalls",
+            Sort::Rtt => "rtt",
+        }
+    }
+}
+
+/// Count of ended calls by route, who closed, and close code.
+type CloseKey = (String, ClosedBy, Option<u16>);
+
+/// Every live call, and the metrics of calls by route.
+#[derive(Debug, Default)]
+pub struct CallRegistry {
+    next_id: AtomicU64,
+    live: Mutex<BTreeMap<u64, Arc<Call>>>,
+    routes: Mutex<BTreeMap<String, Arc<RouteCalls>>>,
+    /// Upstream names, shared by their calls.
+    upstreams: Mutex<BTreeMap<String, Arc<str>>>,
+    closes: Mutex<BTreeMap<CloseKey, u64>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl CallRegistry {
+    /// Register a call; it is listed until the guard drops.
+    pub fn open(self: &Arc<Self>, info: CallInfo) -> CallGuard {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
+        let metrics = lock(&self.routes)
+            .entry(info.route.clone())
+            .or_insert_with(|| Arc::new(RouteCalls::new(&info.route)))
+            .clone();
+        let framing = if info.frames {
+            Framing::Tracked
+        } else {
+            Framing::Off
+        };
+        let upstream = lock(&self.upstreams)
+            .entry(info.upstream.clone())
+            .or_insert_with(|| info.upstream.as_str().into())
+            .clone();
+        let call = Arc::new(Call {
+            id,
+            client: info.client,
+            host: info.host.map(String::into_boxed_str),
+            path: info.path.into_boxed_str(),
+            upstream,
+            generation: info.generation,
+            frames: info.frames,
+            started: Instant::now(),
+            dirs: Default::default(),
+            legs: Default::default(),
+            metrics,
+        });
+        for d in &call.dirs {
+            d.framing.store(framing as u8, Ordering::Relaxed);
+        }
+        lock(&self.live).insert(id, call.clone());
+        CallGuard {
+            call,
+            registry: self.clone(),
+        }
+    }
+
+    /// Count an ended call's close.
+    pub fn record_close(&self, route: &str, by: ClosedBy, code: Option<u16>) {
+        *lock(&self.closes)
+            .entry((route.to_owned(), by, code))
+            .or_default() += 1;
+    }
+
+    /// Live calls.
+    pub fn active(&self) -> usize {
+        lock(&self.live).len()
+    }
+
+    /// One live call.
+    pub fn get(&self, id: u64) -> Option<Arc<Call>> {
+        lock(&self.live).get(&id).cloned()
+    }
+
+    /// The `/calls` body: at most `limit` calls in `sort` order.
+    pub fn list_json(&self, limit: usize, sort: Sort) -> Value {
+        let mut calls: Vec<Arc<Call>> = lock(&self.live).values().cloned().collect();
+        let total = calls.len();
+        match sort {
+            // The map is in id order, which is start order.
+            Sort::Age => {}
+            Sort::Stalls => calls.sort_by_key(|c| std::cmp::Reverse(c.stalls())),
+            Sort::Rtt => calls.sort_by_key(|c| std::cmp::Reverse(c.legs[0].rtt_median())),
+        }
+        calls.truncate(limit);
+        json!({
+            "total": total,
+            "limit": limit,
+            "sort": sort.as_str(),
+            "calls": calls.iter().map(|c| c.to_json()).collect::<Vec<_>>(),
+        })
+    }
+
+    /// The `calls` part of `/status`.
+    pub fn status_json(&self) -> Value {
+        let (active, stalled) = {
+            let live = lock(&self.live);
+            (live.len(), live.values().filter(|c| c.stalled()).count())
+        };
+        let stalls_total: u64 = lock(&self.routes)
+            .values()
+            .map(|r| r.stalls.load(Ordering::Relaxed))
+            .sum();
+        let closes: Vec<Value> = lock(&self.closes)
+            .iter()
+            .map(|((route, by, code), n)| {
+                json!({"route": route, "closed_by": by.as_str(), "code": code, "count": n})
+            })
+            .collect();
+        json!({
+            "active": active,
+            "stalled": stalled,
+            "stalls_total": stalls_total,
+            "closes": closes,
+        })
+    }
+
+    /// The call metrics in Prometheus text.
+    pub fn to_prometheus(&self, out: &mut String) {
+        let mut active: BTreeMap<(String, String), u64> = BTreeMap::new();
+        for c in lock(&self.live).values() {
+            *active
+                .entry((c.route().to_owned(), c.upstream().to_owned()))
+                .or_default() += 1;
+        }
+        let _ = writeln!(
+            out,
+            "# HELP shunt_calls_active Live calls (WebSocket tunnels) by route and upstream.\n# TYPE shunt_calls_active gauge"
+        );
+        for ((route, upstream), n) in &active {
+            let _ = writeln!(
+                out,
+                "shunt_calls_active{{route=\"{}\",upstream=\"{}\"}} {n}",
+                escape(route),
+                escape(upstream)
+            );
+        }
+        let routes: Vec<Arc<RouteCalls>> = lock(&self.routes).values().cloned().collect();
+        let _ = writeln!(
+            out,
+            "# HELP shunt_call_duration_seconds Duration of ended calls.\n# TYPE shunt_call_duration_seconds histogram"
+        );
+        for r in &routes {
+            let labels = format!("route=\"{}\"", escape(&r.route));
+            r.duration
+                .write(out, "shunt_call_duration_seconds", &labels);
+        }
+        let _ = writeln!(
+            out,
+            "# HELP shunt_frame_gap_seconds Gaps between data frames, by route and direction.\n# TYPE shunt_frame_gap_seconds histogram"
+        );
+        for r in &routes {
+            for (d, h) in DIRECTIONS.iter().zip(&r.gaps) {
+                let labels = format!("route=\"{}\",direction=\"{d}\"", escape(&r.route));
+                h.write(out, "shunt_frame_gap_seconds", &labels);
+            }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP shunt_call_stalls_total Streaming directions that went silent for stall_after.\n# TYPE shunt_call_stalls_total counter"
+        );
+        for r in &routes {
+            let _ = writeln!(
+                out,
+                "shunt_call_stalls_total{{route=\"{}\"}} {}",
+                escape(&r.route),
+                r.stalls.load(Ordering::Relaxed)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP shunt_ping_rtt_seconds Round trips of shunt's pings, by route and leg.\n# TYPE shunt_ping_rtt_seconds histogram"
+        );
+        for r in &routes {
+            for (leg, h) in LEGS.iter().zip(&r.rtt) {
+                let labels = format!("route=\"{}\",leg=\"{leg}\"", escape(&r.route));
+                h.write(out, "shunt_ping_rtt_seconds", &labels);
+            }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP shunt_tunnel_closes_total Ended calls by route, who closed, and close code.\n# TYPE shunt_tunnel_closes_total counter"
+        );
+        for ((route, by, code), n) in lock(&self.closes).iter() {
+            let code = code.map_or_else(|| "none".to_owned(), |c| c.to_string());
+            let _ = writeln!(
+                out,
+                "shunt_tunnel_closes_total{{route=\"{}\",closed_by=\"{}\",code=\"{code}\"}} {n}",
+                escape(route),
+                by.as_str()
+            );
+        }
+    }
+}
+
+/// Keeps a call listed; dropping it removes the call.
+#[derive(Debug)]
+pub struct CallGuard {
+    /// The call's shared figures.
+    pub call: Arc<Call>,
+    registry: Arc<CallRegistry>,
+}
+
+impl CallGuard {
+    /// Record how the call ended (its close and duration).
+    pub fn record_end(&self, by: ClosedBy, code: Option<u16>) {
+        let call = &self.call;
+        self.registry.record_close(call.route(), by, code);
+        call.metrics.duration.observe(call.started.elapsed());
+    }
+}
+
+impl Drop for CallGuard {
+    fn drop(&mut self) {
+        lock(&self.registry.live).remove(&self.call.id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info() -> CallInfo {
+        CallInfo {
+            client: "127.0.0.1:5555".parse().unwrap(),
+            host: Some("example.test".into()),
+            path: "/audio?token=REDACTED".into(),
+            route: "/audio".into(),
+            upstream: "direct".into(),
+            generation: 1,
+            frames: true,
+        }
+    }
+
+    #[test]
+    fn calls_are_listed_while_open_and_closes_are_counted() {
+        let reg = Arc::new(CallRegistry::default());
+        let a = reg.open(info());
+        let b = reg.open(info());
+        b.call.dirs[0].stalls.store(2, Ordering::Relaxed);
+        b.call.legs[0].record_rtt(Duration::from_millis(30));
+        assert_eq!(reg.active(), 2);
+        let list = reg.list_json(1, Sort::Stalls);
+        assert_eq!(list["total"], 2);
+        assert_eq!(list["calls"].as_array().unwrap().len(), 1);
+        assert_eq!(list["calls"][0]["id"], b.call.id);
+        assert_eq!(list["calls"][0]["legs"]["client"]["rtt_last_ms"], 30.0);
+        let by_age = reg.list_json(10, Sort::Age);
+        assert_eq!(by_age["calls"][0]["id"], a.call.id);
+        a.record_end(ClosedBy::Shunt, Some(1012));
+        drop(a);
+        assert_eq!(reg.active(), 1);
+        let status = reg.status_json();
+        assert_eq!(status["closes"][0]["code"], 1012);
+        assert_eq!(status["closes"][0]["closed_by"], "shunt");
+        let mut text = String::new();
+        reg.to_prometheus(&mut text);
+        assert!(text.contains(
+            "shunt_tunnel_closes_total{route=\"/audio\",closed_by=\"shunt\",code=\"1012\"} 1"
+        ));
+        assert!(text.contains("shunt_calls_active{route=\"/audio\",upstream=\"direct\"} 1"));
+        assert!(text.contains(
+            "shunt_frame_gap_seconds_bucket{route=\"/audio\",direction=\"to_client\",le=\"0.02\"} 0"
+        ));
+    }
+
+    #[test]
+    fn rtt_median_and_fps_window() {
+        let leg = LegStats::default();
+        for ms in [10, 50, 20] {
+            leg.record_rtt(Duration::from_millis(ms));
+        }
+        assert_eq!(leg.rtt_median(), Some(Duration::from_millis(20)));
+        assert_eq!(leg.rtt_last(), Some(Duration::from_millis(20)));
+        let d = DirStats::default();
+        for i in 0..250u32 {
+            d.count_second(i * 20); // 50 frames/s for 5 s
+        }
+        assert_eq!(d.in_second(2), 50);
+        assert!((d.frames_per_second(4_999) - 50.0).abs() < 1.0);
+        assert_eq!(d.frames_per_second(20_000), 0.0);
+    }
+
+    #[test]
+    fn histogram_buckets_are_cumulative() {
+        let h = Histogram::new(GAP_BUCKETS);
+        h.observe(Duration::from_millis(20));
+        h.observe(Duration::from_millis(3000));
+        let mut out = String::new();
+        h.write(&mut out, "g", "route=\"r\"");
+        assert!(out.contains("g_bucket{route=\"r\",le=\"0.02\"} 1"));
+        assert!(out.contains("g_bucket{route=\"r\",le=\"5\"} 2"));
+        assert!(out.contains("g_count{route=\"r\"} 2"));
+    }
+}

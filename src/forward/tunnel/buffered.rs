@@ -1,0 +1,356 @@
+//! The buffered path: a tunnel with a TLS leg (or any stream pair) runs the
+//! same [`Tunnel`] over [`Stream`] legs, copying through the worker thread's
+//! buffer inside one poll. Nothing is spliced; frames are tracked the same way.
+
+use std::sync::Arc;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_util::sync::CancellationToken;
+
+use super::ending::{Ending, TunnelTimers};
+use super::joined::Tunnel;
+use super::leg::Stream;
+use super::relay::Relay;
+use crate::calls::CallGuard;
+use crate::stats::TunnelGuard;
+
+/// A stream the buffered path can relay.
+pub trait IoStream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> IoStream for T {}
+
+/// Relay two streams until the tunnel ends; `to_upstream_first` are bytes
+/// read past the downstream's handshake (an `Upgraded` yields its own).
+pub async fn relay_buffered<D, U>(
+    downstream: D,
+    upstream: U,
+    to_upstream_first: &[u8],
+    timers: TunnelTimers,
+    shutdown: CancellationToken,
+    guard: TunnelGuard,
+    call: CallGuard,
+) -> Ending
+where
+    D: AsyncRead + AsyncWrite + Unpin + Send,
+    U: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let relay = Arc::new(Relay::copy_only());
+    Tunnel::new(
+        (Stream(downstream), to_upstream_first),
+        (Stream(upstream), &[]),
+        timers,
+        relay,
+        guard,
+        call,
+    )
+    .run(shutdown)
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    //! The tunnel over in-memory pipes (the TLS case) with paused time where
+    //! the logic is the timers'; the plain TCP paths are exercised end to end
+    //! in `tests/tunnel.rs` and `tests/calls.rs`.
+
+    use std::sync::atomic::Ordering::Relaxed;
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream, duplex};
+
+    use super::*;
+    use crate::calls::{CallInfo, CallRegistry};
+    use crate::config::UpstreamName;
+    use crate::forward::tunnel::ending::{Loss, Side};
+    use crate::forward::tunnel::frames::{self, MAX_CONTROL_FRAME};
+    use crate::stats::Stats;
+
+    fn timers() -> TunnelTimers {
+        TunnelTimers::relay(Duration::from_secs(3600), Duration::from_secs(30))
+    }
+
+    fn guards(frames: bool) -> (TunnelGuard, CallGuard, Arc<CallRegistry>) {
+        let stats = Arc::new(Stats::default());
+        let registry = Arc::new(CallRegistry::default());
+        let guard = stats.open_tunnel("/t", &UpstreamName("direct".into()));
+        let call = registry.open(CallInfo {
+            client: "127.0.0.1:1".parse().unwrap(),
+            host: None,
+            path: "/t".into(),
+            route: "/t".into(),
+            upstream: "direct".into(),
+            generation: 1,
+            frames,
+        });
+        (guard, call, registry)
+    }
+
+    fn pattern(len: usize, seed: u8) -> Vec<u8> {
+        (0..len)
+            .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+            .collect()
+    }
+
+    /// A binary frame with `len` payload bytes, masked when `mask`.
+    fn frame(len: usize, mask: bool) -> Vec<u8> {
+        let mut head = [0; frames::MAX_HEADER];
+        let n = frames::write_header(&mut head, 0x82, len as u64, mask.then_some([1, 2, 3, 4]));
+        let mut v = head[..n].to_vec();
+        v.extend(pattern(len, 3));
+        v
+    }
+
+    fn close(code: u16, mask: bool) -> Vec<u8> {
+        let mut out = [0; MAX_CONTROL_FRAME];
+        let n = frames::control_frame(
+            &mut out,
+            frames::OP_CLOSE,
+            &code.to_be_bytes(),
+            mask.then_some([9, 8, 7, 6]),
+        );
+        out[..n].to_vec()
+    }
+
+    /// Read frames from `s` until a Close; returns (frames before it, its code).
+    async fn read_until_close(s: &mut DuplexStream) -> (usize, u16) {
+        let mut buf = Vec::new();
+        let mut frames_before = 0;
+        loop {
+            let mut chunk = [0; 4096];
+            let n = s.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "closed without a Close frame");
+            buf.extend_from_slice(&chunk[..n]);
+            while let Ok(Some(h)) = frames::parse(&buf) {
+                let total = usize::from(h.header_len) + h.len as usize;
+                if buf.len() < total {
+                    break;
+                }
+                if h.opcode == frames::OP_CLOSE {
+                    let mut two = [0; 2];
+                    frames::unmask_into(&buf[usize::from(h.header_len)..], h.mask, &mut two);
+                    return (frames_before, u16::from_be_bytes(two));
+                }
+                frames_before += 1;
+                buf.drain(..total);
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn buffered_relay_is_exact_with_partial_writes_early_bytes_and_half_close() {
+        // A 1 KiB duplex forces partial writes: only the remainder is kept.
+        let (mut client, proxy_down) = duplex(1024);
+        let (proxy_up, mut server) = duplex(1024);
+        let (guard, call, registry) = guards(false);
+        let record = call.call.clone();
+        let up = pattern(300_000, 1);
+        let down = pattern(200_000, 7);
+        let relay = relay_buffered(
+            proxy_down,
+            proxy_up,
+            b"EARLY",
+            timers(),
+            CancellationToken::new(),
+            guard,
+            call,
+        );
+        let drive = async {
+            let client_side = async {
+                client.write_all(&up).await.unwrap();
+                client.shutdown().await.unwrap();
+                let mut got = Vec::new();
+                client.read_to_end(&mut got).await.unwrap();
+                got
+            };
+            let server_side = async {
+                let mut got = Vec::new();
+                server.read_to_end(&mut got).await.unwrap();
+                // Downstream has half-closed; this direction still goes on.
+                server.write_all(&down).await.unwrap();
+                server.shutdown().await.unwrap();
+                got
+            };
+            tokio::join!(client_side, server_side)
+        };
+        let (ending, (client_got, server_got)) = tokio::join!(relay, drive);
+        assert_eq!(ending, Ending::Closed);
+        assert_eq!(&server_got[..5], b"EARLY");
+        assert_eq!(&server_got[5..], &up[..]);
+        assert_eq!(client_got, down);
+        assert_eq!(record.dirs[0].bytes.load(Relaxed), 300_005);
+        assert_eq!(record.dirs[1].bytes.load(Relaxed), 200_000);
+        assert_eq!(record.dirs[0].frames.load(Relaxed), 0, "frames off");
+        assert_eq!(registry.active(), 0);
+    }
+
+    #[tokio::test]
+    async fn tracked_frames_pass_unchanged_and_are_counted() {
+        let (mut client, proxy_down) = duplex(1000);
+        let (proxy_up, mut server) = duplex(1000);
+        let (guard, call, _registry) = guards(true);
+        let record = call.call.clone();
+        let mut up = Vec::new();
+        for len in [0, 1, 125, 126, 127, 65535, 65536, 200_000] {
+            up.extend(frame(len, true));
+        }
+        up.extend(close(1000, true));
+        let mut down = Vec::new();
+        for len in [125, 126, 65535, 65536] {
+            down.extend(frame(len, false));
+        }
+        down.extend(close(1000, false));
+        let relay = relay_buffered(
+            proxy_down,
+            proxy_up,
+            &[],
+            timers(),
+            CancellationToken::new(),
+            guard,
+            call,
+        );
+        let drive = async {
+            let c = async {
+                client.write_all(&up).await.unwrap();
+                let mut got = vec![0; down.len()];
+                client.read_exact(&mut got).await.unwrap();
+                client.shutdown().await.unwrap();
+                got
+            };
+            let s = async {
+                let mut got = vec![0; up.len()];
+                server.read_exact(&mut got).await.unwrap();
+                server.write_all(&down).await.unwrap();
+                server.shutdown().await.unwrap();
+                got
+            };
+            tokio::join!(c, s)
+        };
+        let (ending, (client_got, server_got)) = tokio::join!(relay, drive);
+        assert_eq!(ending, Ending::Closed);
+        assert_eq!(server_got, up);
+        assert_eq!(client_got, down);
+        assert_eq!(record.dirs[0].frames.load(Relaxed), 9);
+        assert_eq!(record.dirs[0].messages.load(Relaxed), 8);
+        assert_eq!(record.dirs[1].frames.load(Relaxed), 5);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_and_drain_close_with_codes_when_tracked_and_bare_when_not() {
+        // Untracked: today's relay, closed with no frame.
+        let (_client, proxy_down) = duplex(1024);
+        let (proxy_up, _server) = duplex(1024);
+        let (guard, call, _r) = guards(false);
+        let mut t = timers();
+        t.idle = Duration::from_millis(100);
+        let shutdown = CancellationToken::new();
+        let ending =
+            relay_buffered(proxy_down, proxy_up, &[], t, shutdown.clone(), guard, call).await;
+        assert_eq!(ending, Ending::Idle);
+
+        // Tracked, at the drain deadline: 1012 to the client, then 1001 to the backend.
+        let (mut client, proxy_down) = duplex(4096);
+        let (proxy_up, mut server) = duplex(4096);
+        let (guard, call, _r) = guards(true);
+        let mut t = timers();
+        t.drain = Duration::from_millis(150);
+        let shutdown = CancellationToken::new();
+        shutdown.cancel();
+        let started = tokio::time::Instant::now();
+        let relay = relay_buffered(proxy_down, proxy_up, &[], t, shutdown, guard, call);
+        let peers = async {
+            let (_, code) = read_until_close(&mut client).await;
+            assert_eq!(code, 1012);
+            client.write_all(&close(1012, true)).await.unwrap();
+            let (_, code) = read_until_close(&mut server).await;
+            assert_eq!(code, 1001);
+            server.write_all(&close(1001, false)).await.unwrap();
+        };
+        let (ending, ()) = tokio::join!(relay, peers);
+        assert_eq!(ending, Ending::Drained);
+        assert!(started.elapsed() >= Duration::from_millis(150));
+        assert!(
+            started.elapsed() < Duration::from_millis(1150),
+            "answered Closes end it at once"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_client_is_pinged_then_lost_and_the_backend_gets_1001() {
+        let (mut client, proxy_down) = duplex(4096);
+        let (proxy_up, mut server) = duplex(4096);
+        let (guard, call, _r) = guards(true);
+        let record = call.call.clone();
+        let mut t = timers();
+        // The backend's next ping would be due at 600 ms, after the client is found dead.
+        t.ping_interval = Some(Duration::from_millis(300));
+        t.ping_timeout = Duration::from_millis(200);
+        let started = tokio::time::Instant::now();
+        let relay = relay_buffered(
+            proxy_down,
+            proxy_up,
+            &[],
+            t,
+            CancellationToken::new(),
+            guard,
+            call,
+        );
+        let backend = async {
+            // The backend answers shunt's ping (its pong is removed), then sees the Close.
+            let mut buf = [0; 64];
+            let n = server.read(&mut buf).await.unwrap();
+            let h = frames::parse(&buf[..n]).unwrap().unwrap();
+            assert_eq!(h.opcode, frames::OP_PING);
+            assert!(h.mask.is_some(), "pings to the backend are masked");
+            let mut payload = [0; 13];
+            frames::unmask_into(&buf[usize::from(h.header_len)..n], h.mask, &mut payload);
+            let mut pong = [0; MAX_CONTROL_FRAME];
+            let m = frames::control_frame(&mut pong, frames::OP_PONG, &payload, None);
+            server.write_all(&pong[..m]).await.unwrap();
+            let (before, code) = read_until_close(&mut server).await;
+            assert_eq!((before, code), (0, 1001));
+            server.write_all(&close(1001, false)).await.unwrap();
+            // The client got shunt's ping too, and nothing of the backend's pong.
+            let mut got = [0; 64];
+            let n = client.read(&mut got).await.unwrap();
+            let h = frames::parse(&got[..n]).unwrap().unwrap();
+            assert_eq!(h.opcode, frames::OP_PING);
+            assert!(h.mask.is_none());
+            assert_eq!(n, usize::from(h.header_len) + 13, "only the ping");
+        };
+        let (ending, ()) = tokio::join!(relay, backend);
+        assert_eq!(ending, Ending::Lost(Side::Client, Loss::PingTimeout));
+        assert!(started.elapsed() <= Duration::from_millis(500 + 50));
+        assert_eq!(record.legs[1].pongs_received.load(Relaxed), 1);
+        assert_eq!(record.legs[0].pings_sent.load(Relaxed), 1);
+        assert_eq!(
+            record.dirs[1].frames.load(Relaxed),
+            1,
+            "the backend's Close only: shunt's pong is not counted"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_backend_that_ends_without_close_gives_the_client_1014() {
+        let (mut client, proxy_down) = duplex(4096);
+        let (proxy_up, mut server) = duplex(4096);
+        let (guard, call, _r) = guards(true);
+        let relay = relay_buffered(
+            proxy_down,
+            proxy_up,
+            &[],
+            timers(),
+            CancellationToken::new(),
+            guard,
+            call,
+        );
+        let peers = async {
+            server.write_all(&frame(10, false)).await.unwrap();
+            server.shutdown().await.unwrap();
+            drop(server);
+            let (before, code) = read_until_close(&mut client).await;
+            assert_eq!((before, code), (1, 1014));
+            client.write_all(&close(1014, true)).await.unwrap();
+        };
+        let (ending, ()) = tokio::join!(relay, peers);
+        assert_eq!(ending, Ending::Lost(Side::Backend, Loss::Eof));
+    }
+}

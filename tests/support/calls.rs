@@ -1,0 +1,378 @@
+//! Helpers for the call-layer tests: a WebSocket backend that hands each
+//! accepted connection to the test (to stream, stop reading or record
+//! frames), a raw WebSocket client that speaks frames by hand (it can go
+//! silent, never pong, send fragments with pings between them or bytes that
+//! are not framing at all), and shunt as a child process with its log.
+
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use fastwebsockets::WebSocket;
+use http_body_util::Empty;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::upgrade::Upgraded;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+
+use super::{BoxError, IO_TIMEOUT, eventually, free_port};
+
+/// The backend side of one WebSocket call.
+pub type BackendWs = WebSocket<TokioIo<Upgraded>>;
+
+/// A backend that upgrades every request and hands the WebSocket over.
+pub struct WsBackend {
+    pub addr: SocketAddr,
+    accepted: mpsc::Receiver<BackendWs>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl WsBackend {
+    /// Binds `127.0.0.1:0` and serves until dropped.
+    pub async fn spawn() -> WsBackend {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (tx, accepted) = mpsc::channel(64);
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |mut req: Request<hyper::body::Incoming>| {
+                        let tx = tx.clone();
+                        async move {
+                            let (resp, fut) = fastwebsockets::upgrade::upgrade(&mut req)?;
+                            tokio::spawn(async move {
+                                if let Ok(mut ws) = fut.await {
+                                    ws.set_auto_close(false);
+                                    ws.set_max_message_size(64 << 20);
+                                    let _ = tx.send(ws).await;
+                                }
+                            });
+                            Ok::<Response<Empty<Bytes>>, fastwebsockets::WebSocketError>(resp)
+                        }
+                    });
+                    let _ = http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .with_upgrades()
+                        .await;
+                });
+            }
+        });
+        WsBackend {
+            addr,
+            accepted,
+            task,
+        }
+    }
+
+    /// `http://ADDR`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The next accepted WebSocket, bounded by [`IO_TIMEOUT`].
+    pub async fn accept(&mut self) -> BackendWs {
+        tokio::time::timeout(IO_TIMEOUT, self.accepted.recv())
+            .await
+            .expect("no WebSocket reached the backend in time")
+            .expect("backend stopped")
+    }
+}
+
+impl Drop for WsBackend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A byte stream a [`RawWs`] can run over (TCP or TLS).
+pub trait RawIo: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> RawIo for T {}
+
+/// Read frames on the backend side until a Close and return its code;
+/// panics if none comes within `limit`.
+pub async fn next_close(ws: &mut BackendWs, limit: Duration) -> u16 {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let frame = tokio::time::timeout_at(deadline, ws.read_frame())
+            .await
+            .unwrap_or_else(|_| panic!("no Close reached the backend within {limit:?}"))
+            .expect("a frame");
+        if frame.opcode == fastwebsockets::OpCode::Close {
+            return u16::from_be_bytes([frame.payload[0], frame.payload[1]]);
+        }
+    }
+}
+
+/// A WebSocket client that writes and reads frames by hand over a raw socket.
+pub struct RawWs {
+    pub stream: Box<dyn RawIo>,
+    /// Bytes read past the 101 head, not yet taken.
+    pub pending: Vec<u8>,
+}
+
+/// One frame as [`RawWs::read_frame`] returns it (unmasked payload).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawFrame {
+    pub fin: bool,
+    pub rsv: u8,
+    pub opcode: u8,
+    pub masked: bool,
+    pub payload: Vec<u8>,
+}
+
+impl RawFrame {
+    /// The code of a Close frame.
+    pub fn close_code(&self) -> Option<u16> {
+        (self.opcode == 8 && self.payload.len() >= 2)
+            .then(|| u16::from_be_bytes([self.payload[0], self.payload[1]]))
+    }
+}
+
+/// Encode one frame; masked with a fixed key when `mask` (client to server).
+pub fn encode(fin: bool, rsv: u8, opcode: u8, payload: &[u8], mask: bool) -> Vec<u8> {
+    use shunt::forward::tunnel::frames;
+    let key = [0x12, 0x34, 0x56, 0x78];
+    let b0 = (u8::from(fin) << 7) | (rsv << 4) | opcode;
+    let mut head = [0; frames::MAX_HEADER];
+    let n = frames::write_header(&mut head, b0, payload.len() as u64, mask.then_some(key));
+    let mut v = head[..n].to_vec();
+    if mask {
+        v.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+    } else {
+        v.extend_from_slice(payload);
+    }
+    v
+}
+
+impl RawWs {
+    /// Handshake on `addr` for `path`; the 101 head is read and checked.
+    pub async fn connect(addr: SocketAddr, path: &str) -> Result<RawWs, BoxError> {
+        let stream = TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        RawWs::handshake(Box::new(stream), path).await
+    }
+
+    /// Handshake over an open stream (TLS, say) for `path`.
+    pub async fn handshake(mut stream: Box<dyn RawIo>, path: &str) -> Result<RawWs, BoxError> {
+        stream
+            .write_all(&super::raw::ws_handshake(path, &[]))
+            .await?;
+        let mut buf = Vec::new();
+        let end = loop {
+            if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break p + 4;
+            }
+            let mut chunk = [0; 4096];
+            let n = tokio::time::timeout(IO_TIMEOUT, stream.read(&mut chunk)).await??;
+            if n == 0 {
+                return Err("closed before the 101".into());
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        };
+        if !buf.starts_with(b"HTTP/1.1 101") {
+            return Err(format!("not a 101: {}", String::from_utf8_lossy(&buf)).into());
+        }
+        Ok(RawWs {
+            stream,
+            pending: buf[end..].to_vec(),
+        })
+    }
+
+    /// Write bytes as they are.
+    pub async fn send_raw(&mut self, bytes: &[u8]) -> Result<(), BoxError> {
+        tokio::time::timeout(IO_TIMEOUT, self.stream.write_all(bytes)).await??;
+        Ok(())
+    }
+
+    /// Write one masked frame.
+    pub async fn send(&mut self, fin: bool, opcode: u8, payload: &[u8]) -> Result<(), BoxError> {
+        self.send_raw(&encode(fin, 0, opcode, payload, true)).await
+    }
+
+    async fn fill(&mut self, want: usize, limit: Duration) -> Result<(), BoxError> {
+        let deadline = tokio::time::Instant::now() + limit;
+        while self.pending.len() < want {
+            let mut chunk = vec![0; 64 * 1024];
+            let n = tokio::time::timeout_at(deadline, self.stream.read(&mut chunk))
+                .await
+                .map_err(|_| format!("no frame within {limit:?}"))??;
+            if n == 0 {
+                return Err("EOF".into());
+            }
+            self.pending.extend_from_slice(&chunk[..n]);
+        }
+        Ok(())
+    }
+
+    /// Read one frame, bounded by `limit`.
+    pub async fn read_frame(&mut self, limit: Duration) -> Result<RawFrame, BoxError> {
+        self.fill(2, limit).await?;
+        let b1 = self.pending[1];
+        let ext = match b1 & 0x7F {
+            126 => 2,
+            127 => 8,
+            _ => 0,
+        };
+        let masked = b1 & 0x80 != 0;
+        let head = 2 + ext + if masked { 4 } else { 0 };
+        self.fill(head, limit).await?;
+        let len = match b1 & 0x7F {
+            126 => u16::from_be_bytes([self.pending[2], self.pending[3]]) as usize,
+            127 => u64::from_be_bytes(self.pending[2..10].try_into()?) as usize,
+            n => n as usize,
+        };
+        self.fill(head + len, limit).await?;
+        let b0 = self.pending[0];
+        let mut payload = self.pending[head..head + len].to_vec();
+        if masked {
+            let key = &self.pending[2 + ext..head];
+            for (i, b) in payload.iter_mut().enumerate() {
+                *b ^= key[i % 4];
+            }
+        }
+        self.pending.drain(..head + len);
+        Ok(RawFrame {
+            fin: b0 & 0x80 != 0,
+            rsv: (b0 >> 4) & 7,
+            opcode: b0 & 0x0F,
+            masked,
+            payload,
+        })
+    }
+
+    /// Read frames until a Close, answering Pings as a browser does;
+    /// returns the frames before it (Pings included) and the Close.
+    pub async fn read_until_close(
+        &mut self,
+        limit: Duration,
+    ) -> Result<(Vec<RawFrame>, RawFrame), BoxError> {
+        let deadline = tokio::time::Instant::now() + limit;
+        let mut before = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let f = self.read_frame(left).await?;
+            if f.opcode == 8 {
+                return Ok((before, f));
+            }
+            if f.opcode == 9 {
+                let pong = encode(true, 0, 10, &f.payload, true);
+                self.send_raw(&pong).await?;
+            }
+            before.push(f);
+        }
+    }
+
+    /// Whether the peer has closed the socket (EOF or reset) within `limit`,
+    /// discarding anything that arrives first.
+    pub async fn closed_within(&mut self, limit: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let mut chunk = [0; 4096];
+            match tokio::time::timeout_at(deadline, self.stream.read(&mut chunk)).await {
+                Err(_) => return false,
+                Ok(Ok(0) | Err(_)) => return true,
+                Ok(Ok(_)) => {}
+            }
+        }
+    }
+}
+
+/// shunt run as a child process, its stderr collected.
+pub struct ShuntProcess {
+    pub child: tokio::process::Child,
+    pub listen: SocketAddr,
+    pub admin: SocketAddr,
+    log: Arc<Mutex<String>>,
+}
+
+impl ShuntProcess {
+    /// Start `shunt run` with `args` and wait until it is ready.
+    pub async fn start(args: &[&str]) -> ShuntProcess {
+        let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_shunt"))
+            .args(["run", "--listen", &listen.to_string()])
+            .args(["--admin", &admin.to_string(), "--health-interval", "100ms"])
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn shunt");
+        let log = Arc::new(Mutex::new(String::new()));
+        for pipe in [
+            child
+                .stderr
+                .take()
+                .map(|p| Box::new(p) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
+            child
+                .stdout
+                .take()
+                .map(|p| Box::new(p) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let log = log.clone();
+            tokio::spawn(async move {
+                let mut pipe = pipe;
+                let mut chunk = [0; 4096];
+                while let Ok(n) = pipe.read(&mut chunk).await {
+                    if n == 0 {
+                        break;
+                    }
+                    let text = String::from_utf8_lossy(&chunk[..n]).into_owned();
+                    log.lock().unwrap().push_str(&text);
+                }
+            });
+        }
+        let ready = eventually(Duration::from_secs(10), async || {
+            super::http_get(admin, "/readyz", &[])
+                .await
+                .is_ok_and(|r| r.status == hyper::StatusCode::OK)
+        })
+        .await;
+        let p = ShuntProcess {
+            child,
+            listen,
+            admin,
+            log,
+        };
+        assert!(ready, "shunt never became ready; log:\n{}", p.log());
+        p
+    }
+
+    /// Everything it has logged so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Send SIGTERM and wait (bounded) for the exit code.
+    pub async fn terminate(&mut self, limit: Duration) -> Option<i32> {
+        let pid = self.child.id().expect("pid").to_string();
+        let sent = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("run kill");
+        assert!(sent.success());
+        match tokio::time::timeout(limit, self.child.wait()).await {
+            Ok(status) => status.ok().and_then(|s| s.code()),
+            Err(_) => {
+                let _ = self.child.start_kill();
+                None
+            }
+        }
+    }
+}
