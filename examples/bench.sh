@@ -1,19 +1,23 @@
 #!/usr/bin/env bash
-# shunt vs nginx vs direct, one command, one run, interleaved.
+# shunt vs nginx vs HAProxy vs direct, one command, one run, interleaved.
 #
 #   examples/bench.sh                 # full sizes (about 6 minutes on 2 cores)
 #   QUICK=1 examples/bench.sh         # reduced sizes (about 2 minutes)
 #   ROUNDS=3 examples/bench.sh        # repeat every mode 3 times (interleaved); the table shows medians
 #   BACKEND=path/to/echo_backend examples/bench.sh   # another WebSocket echo backend (takes ADDR as $1)
-#   MODES="flood handshakes" examples/bench.sh        # only these modes (idle rtt100 rtt1000 flood handshakes)
+#   MODES="flood handshakes" examples/bench.sh        # only these modes (idle rtt100 rtt1000 flood handshakes http)
 #   TLS_KEY=ec examples/bench.sh      # ECDSA P-256 certificates for the TLS rows instead of RSA 2048
 #   FRAMES_OFF=0 examples/bench.sh    # skip the shunt --frames off targets (the call layer's cost baseline)
 #
-# Starts a WebSocket echo backend, shunt and nginx (generated config:
+# Starts a WebSocket echo backend, shunt, nginx (generated config:
 # worker_processes auto, proxy_http_version 1.1, Upgrade/Connection headers,
-# access_log off), runs every loadgen mode against direct, nginx and shunt,
-# reads each proxy's CPU time and RSS from /proc, and prints a markdown table
-# with shunt/nginx ratios; the raw results go to $OUT/results.jsonl and the
+# access_log off) and HAProxy (Debian's haproxy: mode http, one thread per
+# CPU, no log), runs every loadgen mode against direct, nginx, HAProxy and
+# shunt, reads each proxy's CPU time and RSS from /proc, and prints a
+# markdown table with shunt/nginx and shunt/HAProxy ratios. The http mode
+# runs wrk (64 keep-alive connections, 2 threads) for a small response from
+# an nginx origin, directly and through each proxy (shunt twice: with its
+# default info access log, and with RUST_LOG=warn); the raw results go to $OUT/results.jsonl and the
 # table to $OUT/table.md. TLS rows run when shunt has --tls-cert/--tls-key;
 # otherwise they print "n/a (TLS not available)".
 set -euo pipefail
@@ -30,12 +34,13 @@ else
 fi
 ROUNDS=${ROUNDS:-1}
 P_BACKEND=${P_BACKEND:-19100}; P_NGINX=19101; P_SHUNT=19102; P_ADMIN=19103; P_NGINX_TLS=19111; P_SHUNT_TLS=19112
+P_HAPROXY=19105; P_ORIGIN=19120; P_NGINX_HTTP=19121; P_HAPROXY_HTTP=19122; P_SHUNT_HTTP=19123; P_SHUNT_HTTP_WARN=19124
 # The same shunt with the call layer off (--frames off): today's pure byte relay, measured in the same run.
 P_SHUNT_OFF=19104; P_SHUNT_TLS_OFF=19114; FRAMES_OFF=${FRAMES_OFF:-1}
 
-# nginx and openssl are the only system tools needed; install them on a fresh Debian machine.
+# The system tools needed; installed on a fresh Debian machine.
 export PATH="$PATH:/usr/sbin:/sbin"
-for tool in nginx openssl python3; do
+for tool in nginx haproxy wrk openssl python3; do
   if ! command -v "$tool" >/dev/null 2>&1; then
     if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
       echo "# installing $tool" >&2
@@ -58,6 +63,7 @@ PIDS=()
 cleanup() {
   for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
   if [[ -f "$OUT/nginx/nginx.pid" ]]; then kill "$(cat "$OUT/nginx/nginx.pid")" 2>/dev/null || true; fi
+  if [[ -f "$OUT/origin/nginx.pid" ]]; then kill "$(cat "$OUT/origin/nginx.pid")" 2>/dev/null || true; fi
   wait 2>/dev/null || true
 }
 trap cleanup EXIT INT TERM
@@ -117,12 +123,64 @@ http {
   scgi_temp_path $OUT/nginx/scgi;
   upstream backend { server 127.0.0.1:$P_BACKEND; }
   server { listen 127.0.0.1:$P_NGINX; location / { include $OUT/nginx/ws.conf; } }
+  upstream origin { server 127.0.0.1:$P_ORIGIN; keepalive 64; }
+  server { listen 127.0.0.1:$P_NGINX_HTTP; location / { proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection ""; } }
   $NGINX_TLS_SERVER
 }
 EOF
 /usr/sbin/nginx -p "$OUT/nginx" -c "$OUT/nginx/nginx.conf" 2>"$OUT/nginx/stderr.log" & PIDS+=($!)
 NGINX_MASTER=$!
 wait_port "$P_NGINX"
+
+# The plain-HTTP origin: its own nginx, one worker, a small fixed response.
+mkdir -p "$OUT/origin/logs"
+cat > "$OUT/origin/nginx.conf" <<EOF
+daemon off;
+user root;
+worker_processes 1;
+pid $OUT/origin/nginx.pid;
+error_log $OUT/origin/logs/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $OUT/origin/body;
+  proxy_temp_path $OUT/origin/proxy;
+  fastcgi_temp_path $OUT/origin/fastcgi;
+  uwsgi_temp_path $OUT/origin/uwsgi;
+  scgi_temp_path $OUT/origin/scgi;
+  keepalive_requests 1000000;
+  server { listen 127.0.0.1:$P_ORIGIN; location / { return 200 "hello from the origin\n"; } }
+}
+EOF
+/usr/sbin/nginx -p "$OUT/origin" -c "$OUT/origin/nginx.conf" 2>"$OUT/origin/stderr.log" & PIDS+=($!)
+wait_port "$P_ORIGIN"
+
+# HAProxy, configured like nginx: HTTP mode, one thread per CPU, no log.
+cat > "$OUT/haproxy.cfg" <<EOF
+global
+  maxconn 9900
+  nbthread $(nproc)
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 3600s
+  timeout server 3600s
+  timeout tunnel 3600s
+frontend ws
+  bind 127.0.0.1:$P_HAPROXY
+  default_backend ws
+backend ws
+  server backend 127.0.0.1:$P_BACKEND
+frontend http
+  bind 127.0.0.1:$P_HAPROXY_HTTP
+  default_backend origin
+backend origin
+  http-reuse always
+  server origin 127.0.0.1:$P_ORIGIN
+EOF
+haproxy -db -f "$OUT/haproxy.cfg" 2>"$OUT/haproxy.log" & PIDS+=($!)
+HAPROXY_PID=$!
+wait_port "$P_HAPROXY"
 
 SHUNT_ARGS=(--listen "127.0.0.1:$P_SHUNT" --admin "127.0.0.1:$P_ADMIN" --direct "http://127.0.0.1:$P_BACKEND")
 RUST_LOG=warn "$SHUNT" "${SHUNT_ARGS[@]}" 2>"$OUT/shunt.log" & PIDS+=($!)
@@ -134,6 +192,10 @@ if [[ $TLS == 1 ]]; then
   SHUNT_TLS_PID=$!
   wait_port "$P_SHUNT_TLS"
 fi
+# The plain-HTTP pair: the default info access log (to a file), and warn only.
+"$SHUNT" --listen "127.0.0.1:$P_SHUNT_HTTP" --admin off --direct "http://127.0.0.1:$P_ORIGIN" 2>"$OUT/shunt-http.log" & PIDS+=($!)
+RUST_LOG=warn "$SHUNT" --listen "127.0.0.1:$P_SHUNT_HTTP_WARN" --admin off --direct "http://127.0.0.1:$P_ORIGIN" 2>"$OUT/shunt-http-warn.log" & PIDS+=($!)
+wait_port "$P_SHUNT_HTTP"; wait_port "$P_SHUNT_HTTP_WARN"
 if [[ $FRAMES_OFF == 1 ]]; then
   RUST_LOG=warn "$SHUNT" --listen "127.0.0.1:$P_SHUNT_OFF" --admin off --direct "http://127.0.0.1:$P_BACKEND" \
     --frames off 2>"$OUT/shunt-off.log" & PIDS+=($!)
@@ -152,6 +214,7 @@ pids_of() { # name -> the processes whose CPU and memory count
   case $1 in
     nginx|nginx-tls) echo "$NGINX_MASTER $(pgrep -P "$NGINX_MASTER" | tr '\n' ' ')" ;;
     shunt) echo "$SHUNT_PID" ;;
+    haproxy) echo "$HAPROXY_PID" ;;
     shunt-tls) echo "${SHUNT_TLS_PID:-}" ;;
     shunt-off) echo "${SHUNT_OFF_PID:-}" ;;
     shunt-tls-off) echo "${SHUNT_TLS_OFF_PID:-}" ;;
@@ -179,6 +242,7 @@ url_of() { # name
   case $1 in
     direct) echo "ws://127.0.0.1:$P_BACKEND/bench" ;;
     nginx) echo "ws://127.0.0.1:$P_NGINX/bench" ;;
+    haproxy) echo "ws://127.0.0.1:$P_HAPROXY/bench" ;;
     shunt) echo "ws://127.0.0.1:$P_SHUNT/bench" ;;
     nginx-tls) echo "wss://127.0.0.1:$P_NGINX_TLS/bench" ;;
     shunt-tls) echo "wss://127.0.0.1:$P_SHUNT_TLS/bench" ;;
@@ -226,13 +290,38 @@ run_idle() { # case target
   sleep 1 # let the proxies close the held tunnels
 }
 
-PLAIN=(direct nginx shunt)
+http_port() { # name -> the port of the plain-HTTP path through it
+  case $1 in
+    direct) echo "$P_ORIGIN" ;; nginx) echo "$P_NGINX_HTTP" ;; haproxy) echo "$P_HAPROXY_HTTP" ;;
+    shunt) echo "$P_SHUNT_HTTP" ;; shunt-warn) echo "$P_SHUNT_HTTP_WARN" ;;
+  esac
+}
+run_http() { # target: wrk, 64 keep-alive connections, small response
+  local target=$1 log="$OUT/wrk-$1-$ROUND.out"
+  timeout 120 wrk -t2 -c64 -d"${SECS}s" --latency "http://127.0.0.1:$(http_port "$target")/" > "$log" 2>&1 || true
+  python3 - "$target" "$ROUND" "$log" >> "$RESULTS" <<'PY'
+import json, re, sys
+out = open(sys.argv[3]).read()
+def us(v):
+    n, u = float(re.match(r"[0-9.]+", v).group()), re.sub(r"[0-9.]+", "", v)
+    return n * {"us": 1, "ms": 1e3, "s": 1e6}[u]
+rps = re.search(r"Requests/sec:\s+([0-9.]+)", out)
+p99 = re.search(r"^\s+99%\s+(\S+)", out, re.M)
+errs = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+print(json.dumps(dict(case="http", target=sys.argv[1], round=int(sys.argv[2]),
+    per_s=float(rps.group(1)) if rps else None, p99_us=us(p99.group(1)) if p99 else None,
+    failures=int(errs.group(1)) if errs else 0)))
+PY
+  echo "  http $target: $(tail -n 1 "$RESULTS")" >&2
+}
+
+PLAIN=(direct nginx haproxy shunt)
 [[ $FRAMES_OFF == 1 ]] && PLAIN+=(shunt-off)
 TLS_TARGETS=()
 [[ $TLS == 1 ]] && TLS_TARGETS=(nginx-tls shunt-tls)
 [[ $TLS == 1 && $FRAMES_OFF == 1 ]] && TLS_TARGETS+=(shunt-tls-off)
 
-MODES=${MODES:-idle rtt100 rtt1000 flood handshakes}
+MODES=${MODES:-idle rtt100 rtt1000 flood handshakes http}
 want() { [[ " $MODES " == *" $1 "* ]]; }
 for ROUND in $(seq 1 "$ROUNDS"); do
   echo "# round $ROUND of $ROUNDS" >&2
@@ -246,6 +335,8 @@ for ROUND in $(seq 1 "$ROUNDS"); do
   want flood && for t in "${PLAIN[@]}" "${TLS_TARGETS[@]}"; do run flood "$t" --mode flood --conns 8 --size 16384 --inflight 16 --duration "$SECS"; done
   echo "# handshakes: $HS_C concurrent loops, ${SECS}s" >&2
   want handshakes && for t in "${PLAIN[@]}" "${TLS_TARGETS[@]}"; do run handshakes "$t" --mode handshakes --conns "$HS_C" --size 640 --duration "$SECS"; done
+  echo "# http: wrk, 64 keep-alive connections, small response from an nginx origin, ${SECS}s" >&2
+  want http && for t in direct nginx haproxy shunt shunt-warn; do run_http "$t"; done
 done
 
 python3 - "$RESULTS" "$TLS" "$OUT/summary.json" > "$OUT/table.md" <<'PY'
@@ -293,26 +384,37 @@ metrics = [
     ("handshakes", "handshakes/s", lambda x: x["per_s"], "higher"),
     ("handshakes", "handshake loop p99 (µs)", lambda x: x["p99_us"], "lower"),
     ("handshakes", "proxy CPU per handshake (µs)", cpu_hs, "lower"),
+    ("http", "plain HTTP requests/s (wrk, 64 conns)", lambda x: x["per_s"], "higher"),
+    ("http", "plain HTTP p99 (µs)", lambda x: x["p99_us"], "lower"),
 ]
 rounds = max((x.get("round", 1) for x in rows), default=1)
 print(f"Medians of {rounds} interleaved round(s); RSS per idle tunnel from round 1 (fresh processes).")
 print()
-print("| metric | direct | nginx | shunt | shunt/nginx | per round | shunt --frames off | frames on/off | per round |")
-print("|---|---:|---:|---:|---:|---|---:|---:|---|")
+print("| metric | direct | nginx | HAProxy | shunt | shunt/nginx | shunt/HAProxy | per round (nginx; HAProxy) | shunt --frames off | frames on/off | per round |")
+print("|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---|")
 summary = {"rounds": rounds, "plain": {}, "tls": {}}
 for case, name, f, _ in metrics:
-    d, n, s = (get(case, t, f) for t in ("direct", "nginx", "shunt"))
+    d, n, h, s = (get(case, t, f) for t in ("direct", "nginx", "haproxy", "shunt"))
     if case == "idle" or "CPU" in name: d = None
-    summary["plain"][name] = {"direct": d, "nginx": n, "shunt": s, "ratio": None if not n or s is None else s / n}
+    summary["plain"][name] = {"direct": d, "nginx": n, "haproxy": h, "shunt": s,
+        "ratio": None if not n or s is None else s / n, "ratio_haproxy": None if not h or s is None else s / h}
     per = " ".join(f"{v:.2f}" for v in round_ratios(case, f, "shunt", "nginx"))
+    per_h = " ".join(f"{v:.2f}" for v in round_ratios(case, f, "shunt", "haproxy"))
     o = get(case, "shunt-off", f)
     summary["plain"][name].update(frames_off=o, frames_ratio=None if not o or s is None else s / o)
     per_off = " ".join(f"{v:.2f}" for v in round_ratios(case, f, "shunt", "shunt-off"))
-    print(f"| {name} | {fmt(d)} | {fmt(n)} | {fmt(s)} | {ratio(s, n)} | {per} | {fmt(o)} | {ratio(s, o)} | {per_off} |")
+    print(f"| {name} | {fmt(d)} | {fmt(n)} | {fmt(h)} | {fmt(s)} | {ratio(s, n)} | {ratio(s, h)} | {per}; {per_h} | {fmt(o)} | {ratio(s, o)} | {per_off} |")
+w, s = get("http", "shunt-warn", lambda x: x["per_s"]), get("http", "shunt", lambda x: x["per_s"])
+if w and s:
+    summary["plain"]["http info log / RUST_LOG=warn"] = s / w
+    print()
+    print(f"Plain HTTP requests/s with shunt's default info access log / with RUST_LOG=warn: {s:,.0f} / {w:,.0f} = {s / w:.2f}x")
 print()
 print("| TLS metric | nginx | shunt | shunt/nginx | shunt --frames off | frames on/off |")
 print("|---|---:|---:|---:|---:|---:|")
 for case, name, f, _ in metrics:
+    if case == "http":
+        continue  # plain HTTP runs without TLS
     if not tls:
         print(f"| {name} | n/a (TLS not available) | n/a (TLS not available) | n/a | n/a | n/a |")
         continue

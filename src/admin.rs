@@ -271,6 +271,11 @@ fn metrics(rt: &Runtime) -> Response<Body> {
         "# HELP shunt_config_generation Configuration generation (1 at start, +1 per reload).\n# TYPE shunt_config_generation gauge\nshunt_config_generation {}",
         snapshot.generation
     );
+    let _ = writeln!(
+        out,
+        "# HELP shunt_log_lines_dropped_total Log lines dropped because the queue to stderr was full.\n# TYPE shunt_log_lines_dropped_total counter\nshunt_log_lines_dropped_total {}",
+        crate::telemetry::dropped_lines()
+    );
     let mut resp = text(StatusCode::OK, out);
     resp.headers_mut().insert(
         http::header::CONTENT_TYPE,

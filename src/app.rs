@@ -36,6 +36,9 @@ pub enum StartError {
     /// The proxy or admin address cannot be bound.
     #[error(transparent)]
     Bind(#[from] crate::listener::BindError),
+    /// The worker threads (`--workers`) could not be started.
+    #[error("cannot start the worker threads")]
+    Workers(#[source] std::io::Error),
     /// The address a listener was bound to cannot be read back.
     #[error("cannot read the bound address")]
     LocalAddr(#[source] std::io::Error),
@@ -60,13 +63,37 @@ pub struct Running {
     admin_tracker: TaskTracker,
 }
 
-/// Bind the listeners and start serving `config`.
+/// Where the proxy listener's connections are served.
+enum Proxy {
+    /// One listener on the caller's runtime.
+    InRuntime(tokio::net::TcpListener),
+    /// One listener per worker thread ([`crate::workers`]).
+    Workers(Vec<std::net::TcpListener>),
+}
+
+/// Bind the listeners and start serving `config`, every connection on the
+/// caller's runtime (what the in-process tests use).
 pub async fn start(config: Config) -> Result<Running, StartError> {
+    start_on(config, None).await
+}
+
+/// Like [`start`], but the proxy listener's connections are served by
+/// `workers` threads, each with its own current-thread runtime and
+/// `SO_REUSEPORT` listener (`--workers`); probes, admin and the file watcher
+/// stay on the caller's runtime.
+pub async fn start_workers(config: Config, workers: usize) -> Result<Running, StartError> {
+    start_on(config, Some(workers.max(1))).await
+}
+
+async fn start_on(config: Config, workers: Option<usize>) -> Result<Running, StartError> {
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
     let listen = config.listen;
     let admin = config.admin;
-    let proxy_listener = crate::listener::bind(listen, "proxy").await?;
+    let proxy_listener = match workers {
+        None => Proxy::InRuntime(crate::listener::bind(listen, "proxy").await?),
+        Some(n) => Proxy::Workers(crate::workers::bind(listen, n)?),
+    };
     let admin_listener = match admin {
         Some(addr) => Some(crate::listener::bind(addr, "admin").await?),
         None => None,
@@ -86,7 +113,14 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let rt = Runtime::new(ArcSwap::from_pointee(snapshot), certs, shutdown, tracker);
     let reloader = Reloader::new(rt.clone());
 
-    let listen_addr = proxy_listener.local_addr().map_err(StartError::LocalAddr)?;
+    let listen_addr = match &proxy_listener {
+        Proxy::InRuntime(l) => l.local_addr(),
+        Proxy::Workers(ls) => ls.first().map_or_else(
+            || Err(std::io::Error::other("no proxy listener")),
+            std::net::TcpListener::local_addr,
+        ),
+    }
+    .map_err(StartError::LocalAddr)?;
     let admin_addr = match &admin_listener {
         Some(l) => Some(l.local_addr().map_err(StartError::LocalAddr)?),
         None => None,
@@ -96,14 +130,30 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         rt: rt.clone(),
         relay: relay.clone(),
     });
-    rt.tracker.spawn(crate::listener::accept_loop(
-        proxy_listener,
-        rt.shutdown.clone(),
-        rt.tracker.clone(),
-        move |stream, peer| crate::connection::accept(stream, peer, &ctx, acceptor.as_ref()),
-    ));
+    let serve = move || {
+        let (ctx, acceptor) = (ctx.clone(), acceptor.clone());
+        move |stream, peer| crate::connection::accept(stream, peer, &ctx, acceptor.as_ref())
+    };
+    let workers = match proxy_listener {
+        Proxy::InRuntime(listener) => {
+            rt.tracker.spawn(crate::listener::accept_loop(
+                listener,
+                rt.shutdown.clone(),
+                rt.tracker.clone(),
+                serve(),
+            ));
+            0
+        }
+        Proxy::Workers(listeners) => {
+            let n = listeners.len();
+            crate::workers::spawn(listeners, rt.shutdown.clone(), rt.tracker.clone(), serve)
+                .map_err(StartError::Workers)?;
+            n
+        }
+    };
     let admin_stop = CancellationToken::new();
     let admin_tracker = TaskTracker::new();
+
     if let Some(listener) = admin_listener {
         let tunnel: crate::admin::TunnelStatus = Arc::new(move || relay.to_json());
         admin_tracker.spawn(crate::admin::run(
@@ -123,7 +173,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         tracing::warn!(error = %e, "cannot watch files for changes; use SIGHUP or POST /reload");
     }
     let admin_shown = admin_addr.map_or_else(|| "off".to_owned(), |a| a.to_string());
-    tracing::info!(listen = %listen_addr, admin = %admin_shown, tls = rt.certs.is_some(), "shunt listening");
+    tracing::info!(listen = %listen_addr, admin = %admin_shown, tls = rt.certs.is_some(), workers, "shunt listening");
     Ok(Running {
         listen_addr,
         admin_addr,

@@ -148,6 +148,10 @@ pub struct RunArgs {
     /// Do not watch the config and certificate files for changes (SIGHUP and POST /reload still work).
     #[arg(long, env = "SHUNT_NO_WATCH")]
     pub no_watch: bool,
+    /// Worker threads serving the proxy listener, each with its own runtime and
+    /// SO_REUSEPORT listener [default: the CPUs this process may use].
+    #[arg(long, env = "SHUNT_WORKERS", value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    pub workers: Option<u16>,
     // --- security policy (src/policy/) ---
     /// Allow only these client addresses (CIDR or address; repeatable, comma-separated).
     #[arg(

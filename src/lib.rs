@@ -24,6 +24,7 @@
 //! The flow, top to bottom:
 //!
 //! - [`listener`]: bind, and the accept loop that never dies on transient errors.
+//! - [`workers`]: `--workers`: a current-thread runtime and `SO_REUSEPORT` listener per core.
 //! - [`connection`]: the accept stage: admission, refusal, TLS or plain, hyper's HTTP/1.1.
 //! - [`tls`]: TLS termination for the listener (certificates, SNI, hot reload) and the
 //!   client side for https upstreams.
@@ -89,3 +90,4 @@ pub mod tls;
 pub mod upgrade;
 pub mod upstream;
 pub mod watch;
+pub mod workers;

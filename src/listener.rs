@@ -47,16 +47,26 @@ const BACKLOG: i32 = 1024;
 /// A listening socket on `addr` as `TcpListener::bind` makes it
 /// (`SO_REUSEADDR`, non-blocking), but with `IPV6_V6ONLY` off for IPv6.
 fn bind_dual_stack(addr: SocketAddr) -> io::Result<TcpListener> {
+    TcpListener::from_std(socket(addr, false)?)
+}
+
+/// A non-blocking listening socket on `addr` (`SO_REUSEADDR`, `IPV6_V6ONLY`
+/// off for IPv6), with `SO_REUSEPORT` when `reuse_port` (one per worker,
+/// [`crate::workers`]); not yet registered with any runtime.
+pub fn socket(addr: SocketAddr, reuse_port: bool) -> io::Result<std::net::TcpListener> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     if addr.is_ipv6() {
         socket.set_only_v6(false)?;
     }
     socket.set_reuse_address(true)?;
+    if reuse_port {
+        socket.set_reuse_port(true)?;
+    }
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     socket.listen(BACKLOG)?;
-    TcpListener::from_std(socket.into())
+    Ok(socket.into())
 }
 
 /// Accept until `stop` is cancelled, handing each connection to `serve` on a tracked task.

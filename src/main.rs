@@ -60,33 +60,43 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 /// `shunt` / `shunt run`: serve until SIGTERM or SIGINT, reload on SIGHUP, then drain.
 fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let config = Config::build(&args)?;
-    shunt::telemetry::init(config.log_format);
+    // Held until `run` returns: dropping it flushes the queued log lines.
+    let _log = shunt::telemetry::init(config.log_format);
     let nofile = shunt::fdlimit::raise_to_hard();
     shunt::fdlimit::check(
         nofile,
         config.policy.limits.max_conns,
         config.tunnel.max_pipes,
     );
-    runtime()?.block_on(async {
-        let running = shunt::app::start(config).await?;
-        let mut term = signal(SignalKind::terminate())?;
-        let mut int = signal(SignalKind::interrupt())?;
-        let mut hup = signal(SignalKind::hangup())?;
-        loop {
-            tokio::select! {
-                _ = term.recv() => break,
-                _ = int.recv() => break,
-                _ = hup.recv() => {
-                    // The outcome is logged and shown in /status by the reloader.
-                    let _ = running.reloader().reload("SIGHUP").await;
+    // The proxy listener is served by the worker threads (shunt::workers);
+    // this runtime only runs signals, probes, admin and the file watcher.
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?
+        .block_on(async {
+            let workers = args
+                .workers
+                .map_or_else(shunt::workers::default_count, usize::from);
+            let running = shunt::app::start_workers(config, workers).await?;
+            let mut term = signal(SignalKind::terminate())?;
+            let mut int = signal(SignalKind::interrupt())?;
+            let mut hup = signal(SignalKind::hangup())?;
+            loop {
+                tokio::select! {
+                    _ = term.recv() => break,
+                    _ = int.recv() => break,
+                    _ = hup.recv() => {
+                        // The outcome is logged and shown in /status by the reloader.
+                        let _ = running.reloader().reload("SIGHUP").await;
+                    }
                 }
             }
-        }
-        running.shutdown();
-        running.stopped().await;
-        tracing::info!("stopped");
-        Ok(ExitCode::SUCCESS)
-    })
+            running.shutdown();
+            running.stopped().await;
+            tracing::info!("stopped");
+            Ok(ExitCode::SUCCESS)
+        })
 }
 
 /// `shunt check`: validate the configuration (and load what a start would load),

@@ -7,29 +7,84 @@
 //! carry the same fields as flat keys (no nested `fields` object), so a log
 //! collector can index `route` and `upstream` directly.
 //!
+//! Why a non-blocking writer: a request that logs must not wait for stderr.
+//! A synchronous write takes the stderr lock and makes one `write(2)` per line
+//! on the request's thread, and a slow log collector (a full pipe) would stall
+//! every connection. Lines are formatted on the request's thread and queued
+//! (bounded, [`QUEUE_LINES`]); one writer thread drains the queue to stderr,
+//! one write per burst of lines.
+//! When the queue is full, lines are dropped and counted
+//! ([`dropped_lines`], `shunt_log_lines_dropped_total` in `/metrics`) rather
+//! than slowing the proxy down. The [`LogGuard`] returned by [`init`] flushes
+//! the queue when dropped, so the last lines ("stopped") reach stderr at exit.
+//!
 //! Pretty lines are coloured only when stderr is a terminal and `NO_COLOR` is
 //! unset or empty (<https://no-color.org>): a file or journald gets no ANSI codes.
 
 use std::io::IsTerminal;
 
+use std::sync::OnceLock;
+
+use tracing_appender::non_blocking::{ErrorCounter, NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
 
-/// Install the global subscriber; later calls are ignored.
-pub fn init(format: LogFormat) {
+/// Lines the log queue holds before new ones are dropped.
+pub const QUEUE_LINES: usize = 64 * 1024;
+
+/// Bytes the writer thread gathers before a write to stderr.
+const WRITE_BUFFER: usize = 64 * 1024;
+
+/// Counts the lines dropped because the queue was full; set by [`init`].
+static DROPPED: OnceLock<ErrorCounter> = OnceLock::new();
+
+/// Keeps the log writer thread alive; dropping it flushes queued lines.
+/// Hold it for the whole life of the process.
+#[must_use = "dropping the guard stops the log writer"]
+#[derive(Debug)]
+pub struct LogGuard {
+    _worker: Option<WorkerGuard>,
+}
+
+/// Install the global subscriber, writing through a non-blocking queue to
+/// stderr; later calls are ignored (and their guard does nothing).
+pub fn init(format: LogFormat) -> LogGuard {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let (writer, guard) = NonBlockingBuilder::default()
+        .lossy(true)
+        .buffered_lines_limit(QUEUE_LINES)
+        .thread_name("shunt-log")
+        // Buffered: the writer thread drains every queued line, then flushes,
+        // so a burst of lines costs one write(2), not one per line.
+        .finish(std::io::BufWriter::with_capacity(
+            WRITE_BUFFER,
+            std::io::stderr(),
+        ));
+    let counter = writer.error_counter();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .with_ansi(colour(
             std::io::stderr().is_terminal(),
             std::env::var_os("NO_COLOR"),
         ));
-    let _ = match format {
+    let installed = match format {
         LogFormat::Pretty => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
+    if installed.is_err() {
+        return LogGuard { _worker: None };
+    }
+    let _ = DROPPED.set(counter);
+    LogGuard {
+        _worker: Some(guard),
+    }
+}
+
+/// Log lines dropped so far because the queue to stderr was full (0 before [`init`]).
+pub fn dropped_lines() -> usize {
+    DROPPED.get().map_or(0, ErrorCounter::dropped_lines)
 }
 
 /// Whether to colour: on a terminal, unless `NO_COLOR` is set to something.

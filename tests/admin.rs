@@ -25,6 +25,7 @@ async fn metrics_count_requests_tunnels_and_health() {
         "shunt_tunnels_active{route=\"/\",upstream=\"direct\"} 1",
         "shunt_upstream_up{upstream=\"direct\"} 1",
         "shunt_config_generation 1",
+        "shunt_log_lines_dropped_total 0",
     ] {
         assert!(
             body.lines().any(|l| l == line),

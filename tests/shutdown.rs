@@ -4,8 +4,6 @@
 
 mod support;
 
-use std::net::SocketAddr;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use hyper::StatusCode;
@@ -122,47 +120,16 @@ async fn shutdown_without_tunnels_does_not_wait_for_the_drain_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_binary_exits_0_on_sigterm() {
     let backend = echo_backend().name("direct-backend").spawn().await;
-    let listen = SocketAddr::from(([127, 0, 0, 1], support::free_port()));
-    let admin = SocketAddr::from(([127, 0, 0, 1], support::free_port()));
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_shunt"))
-        .args([
-            "run",
-            "--listen",
-            &listen.to_string(),
-            "--admin",
-            &admin.to_string(),
-        ])
-        .args(["--direct", &backend.url(), "--drain-timeout", "500ms"])
-        .args(["--health-interval", "100ms"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn shunt");
-    // Drain stderr as it comes so a chatty log cannot block the process.
-    let mut pipe = child.stderr.take().expect("stderr");
-    let stderr = tokio::spawn(async move {
-        use tokio::io::AsyncReadExt;
-        let mut text = String::new();
-        let _ = pipe.read_to_string(&mut text).await;
-        text
-    });
-
-    let up = eventually(Duration::from_secs(10), async || {
-        support::http_get(admin, "/readyz", &[])
-            .await
-            .is_ok_and(|r| r.status == StatusCode::OK)
-    })
+    let served = support::bin::serve_shunt(&[
+        "--direct",
+        &backend.url(),
+        "--drain-timeout",
+        "500ms",
+        "--health-interval",
+        "100ms",
+    ])
     .await;
-    if !up {
-        let _ = child.start_kill();
-        let _ = child.wait().await;
-        panic!(
-            "shunt run never became ready on {admin}; stderr:\n{}",
-            stderr.await.unwrap_or_default()
-        );
-    }
+    let (listen, admin) = (served.listen, served.admin);
     // A live tunnel: the process must still exit after the drain timeout.
     let (mut socket, _) = ws_connect(listen, "/frontend-audio", &[]).await.unwrap();
     assert_eq!(
@@ -170,28 +137,27 @@ async fn the_binary_exits_0_on_sigterm() {
         "hello from direct-backend"
     );
 
-    let pid = child.id().expect("pid").to_string();
-    let kill = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .expect("run kill");
-    assert!(kill.success());
-    let status = match tokio::time::timeout(Duration::from_secs(10), child.wait()).await {
-        Ok(status) => status.expect("wait"),
-        Err(_) => {
-            let _ = child.start_kill();
-            panic!("shunt did not exit within 10 s of SIGTERM");
-        }
-    };
-    let stderr = tokio::time::timeout(Duration::from_secs(2), stderr)
-        .await
-        .ok()
-        .and_then(Result::ok)
-        .unwrap_or_default();
+    // The log writer's drop counter is exported (nothing dropped at this volume).
+    let metrics = support::http_get(admin, "/metrics", &[]).await.unwrap();
+    assert!(
+        metrics
+            .text()
+            .lines()
+            .any(|l| l == "shunt_log_lines_dropped_total 0"),
+        "no shunt_log_lines_dropped_total 0 in\n{}",
+        metrics.text()
+    );
+
+    let (code, stderr) = served.terminate().await;
     assert_eq!(
-        status.code(),
+        code,
         Some(0),
         "exit status after SIGTERM; stderr:\n{stderr}"
+    );
+    // The queued log lines are flushed at exit: the last line is there.
+    assert!(
+        stderr.lines().any(|l| l.ends_with(" stopped")),
+        "no \"stopped\" line on stderr:\n{stderr}"
     );
     assert!(
         ws::wait_closed(&mut socket, Duration::from_secs(2))

@@ -116,6 +116,86 @@ async fn run(mut command: tokio::process::Command, args: &[&str], limit: Duratio
     }
 }
 
+/// A `shunt run` child serving on `listen` with its admin listener on
+/// `admin`, its stderr collected as it comes (so a chatty log cannot block it).
+pub struct Served {
+    pub listen: std::net::SocketAddr,
+    pub admin: std::net::SocketAddr,
+    child: tokio::process::Child,
+    stderr: tokio::task::JoinHandle<String>,
+}
+
+/// Start `shunt run --listen ... --admin ... ARGS` on free ports and wait
+/// until `/readyz` answers 200 (panics with its stderr if it never does).
+pub async fn serve_shunt(args: &[&str]) -> Served {
+    use std::net::SocketAddr;
+    let listen = SocketAddr::from(([127, 0, 0, 1], super::free_port()));
+    let admin = SocketAddr::from(([127, 0, 0, 1], super::free_port()));
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_shunt"))
+        .args(["run", "--listen", &listen.to_string()])
+        .args(["--admin", &admin.to_string()])
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn shunt");
+    let mut pipe = child.stderr.take().expect("stderr");
+    let stderr = tokio::spawn(async move {
+        use tokio::io::AsyncReadExt;
+        let mut text = String::new();
+        let _ = pipe.read_to_string(&mut text).await;
+        text
+    });
+    let mut served = Served {
+        listen,
+        admin,
+        child,
+        stderr,
+    };
+    let up = super::eventually(Duration::from_secs(10), async || {
+        super::http_get(admin, "/readyz", &[])
+            .await
+            .is_ok_and(|r| r.status == http::StatusCode::OK)
+    })
+    .await;
+    if !up {
+        let _ = served.child.start_kill();
+        let _ = served.child.wait().await;
+        panic!(
+            "shunt run never became ready on {admin}; stderr:\n{}",
+            (&mut served.stderr).await.unwrap_or_default()
+        );
+    }
+    served
+}
+
+impl Served {
+    /// Send SIGTERM and wait (10 s at most) for the exit; its code and all of stderr.
+    pub async fn terminate(mut self) -> (Option<i32>, String) {
+        let pid = self.child.id().expect("pid").to_string();
+        let kill = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("run kill");
+        assert!(kill.success());
+        let status = match tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await {
+            Ok(status) => status.expect("wait"),
+            Err(_) => {
+                let _ = self.child.start_kill();
+                panic!("shunt did not exit within 10 s of SIGTERM");
+            }
+        };
+        let stderr = tokio::time::timeout(Duration::from_secs(2), self.stderr)
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or_default();
+        (status.code(), stderr)
+    }
+}
+
 /// A running `shunt` child; its stderr (a pipe, not a terminal) is
 /// collected as it comes. Killed on drop.
 pub struct Server {
