@@ -369,10 +369,19 @@ fn output_into_a_closed_pipe_is_quiet() {
 
 // --- 6. each cause once ------------------------------------------------------
 
-/// The one `shunt: ...` line of a refused run.
-fn refusal(run: &Run) -> &str {
+/// What a refused run printed after its startup log lines (the open-files
+/// limit is logged before the listeners bind): the `shunt: ...` error.
+fn refusal(run: &Run) -> String {
     assert_eq!(run.code, Some(2), "{run:?}");
-    &run.stderr
+    let is_log_line = |l: &str| {
+        l.len() > 20 && l.as_bytes()[..4].iter().all(u8::is_ascii_digit) && l.as_bytes()[4] == b'-'
+    };
+    let mut text = String::new();
+    for line in run.stderr.lines().skip_while(|l| is_log_line(l)) {
+        text.push_str(line);
+        text.push('\n');
+    }
+    text
 }
 
 #[tokio::test]
