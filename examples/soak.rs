@@ -235,8 +235,22 @@ async fn soak(
     }
     stop.store(true, Ordering::Relaxed);
     while tasks.join_next().await.is_some() {}
-    let _ = nginx.start_kill();
+    // SIGTERM, not SIGKILL: nginx's master stops its workers only when it
+    // is asked to (a killed master leaves them running, orphaned).
+    if let Some(pid) = nginx.id() {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status();
+    }
+    if tokio::time::timeout(Duration::from_secs(5), nginx.wait())
+        .await
+        .is_err()
+    {
+        let _ = nginx.start_kill();
+        let _ = nginx.wait().await;
+    }
     let _ = shunt.start_kill();
+    let _ = shunt.wait().await;
 
     let t = totals.lock().map_err(|_| "poisoned")?;
     let panics = panics.load(Ordering::Relaxed);
