@@ -1,7 +1,8 @@
 //! Runs the real `shunt` binary (`CARGO_BIN_EXE_shunt`) as a child, bounded
 //! in time, and captures what it printed: one-shot runs ([`run_shunt`],
 //! [`run_shunt_in`] for a working directory of the test's choosing) and a
-//! long-running server ([`serve_in`]) whose stderr is collected as it comes.
+//! long-running server ([`serve_in`], and [`serve_shunt`] on free ports,
+//! ready) whose stderr is collected as it comes.
 
 use std::path::Path;
 use std::process::Stdio;
@@ -117,12 +118,11 @@ async fn run(mut command: tokio::process::Command, args: &[&str], limit: Duratio
 }
 
 /// A `shunt run` child serving on `listen` with its admin listener on
-/// `admin`, its stderr collected as it comes (so a chatty log cannot block it).
+/// `admin` (a [`Server`] on free ports, ready when returned).
 pub struct Served {
     pub listen: std::net::SocketAddr,
     pub admin: std::net::SocketAddr,
-    child: tokio::process::Child,
-    stderr: tokio::task::JoinHandle<String>,
+    server: Server,
 }
 
 /// Start `shunt run --listen ... --admin ... ARGS` on free ports and wait
@@ -131,68 +131,32 @@ pub async fn serve_shunt(args: &[&str]) -> Served {
     use std::net::SocketAddr;
     let listen = SocketAddr::from(([127, 0, 0, 1], super::free_port()));
     let admin = SocketAddr::from(([127, 0, 0, 1], super::free_port()));
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_shunt"))
-        .args(["run", "--listen", &listen.to_string()])
-        .args(["--admin", &admin.to_string()])
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn shunt");
-    let mut pipe = child.stderr.take().expect("stderr");
-    let stderr = tokio::spawn(async move {
-        use tokio::io::AsyncReadExt;
-        let mut text = String::new();
-        let _ = pipe.read_to_string(&mut text).await;
-        text
-    });
-    let mut served = Served {
-        listen,
-        admin,
-        child,
-        stderr,
-    };
-    let up = super::eventually(Duration::from_secs(10), async || {
+    let (listen_text, admin_text) = (listen.to_string(), admin.to_string());
+    let mut all = vec!["run", "--listen", &listen_text, "--admin", &admin_text];
+    all.extend_from_slice(args);
+    let server = serve_in(&std::env::current_dir().expect("cwd"), &all, &[]);
+    let up = eventually(Duration::from_secs(10), async || {
         super::http_get(admin, "/readyz", &[])
             .await
             .is_ok_and(|r| r.status == http::StatusCode::OK)
     })
     .await;
-    if !up {
-        let _ = served.child.start_kill();
-        let _ = served.child.wait().await;
-        panic!(
-            "shunt run never became ready on {admin}; stderr:\n{}",
-            (&mut served.stderr).await.unwrap_or_default()
-        );
+    assert!(
+        up,
+        "shunt run never became ready on {admin}; stderr:\n{}",
+        server.stderr()
+    );
+    Served {
+        listen,
+        admin,
+        server,
     }
-    served
 }
 
 impl Served {
     /// Send SIGTERM and wait (10 s at most) for the exit; its code and all of stderr.
-    pub async fn terminate(mut self) -> (Option<i32>, String) {
-        let pid = self.child.id().expect("pid").to_string();
-        let kill = std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .expect("run kill");
-        assert!(kill.success());
-        let status = match tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await {
-            Ok(status) => status.expect("wait"),
-            Err(_) => {
-                let _ = self.child.start_kill();
-                panic!("shunt did not exit within 10 s of SIGTERM");
-            }
-        };
-        let stderr = tokio::time::timeout(Duration::from_secs(2), self.stderr)
-            .await
-            .ok()
-            .and_then(Result::ok)
-            .unwrap_or_default();
-        (status.code(), stderr)
+    pub async fn terminate(self) -> (Option<i32>, String) {
+        self.server.stop().await
     }
 }
 
@@ -201,6 +165,7 @@ impl Served {
 pub struct Server {
     child: tokio::process::Child,
     stderr: Arc<Mutex<Vec<u8>>>,
+    collector: tokio::task::JoinHandle<()>,
 }
 
 /// Starts `shunt ARGS` in `dir`, with `env` set and stderr to a pipe.
@@ -214,13 +179,17 @@ pub fn serve_in(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Server {
     let stderr: Arc<Mutex<Vec<u8>>> = Arc::default();
     let mut pipe = child.stderr.take().expect("piped stderr");
     let sink = stderr.clone();
-    tokio::spawn(async move {
+    let collector = tokio::spawn(async move {
         let mut buf = [0u8; 4096];
         while let Ok(n @ 1..) = pipe.read(&mut buf).await {
             sink.lock().unwrap().extend_from_slice(&buf[..n]);
         }
     });
-    Server { child, stderr }
+    Server {
+        child,
+        stderr,
+        collector,
+    }
 }
 
 impl Server {
@@ -247,17 +216,25 @@ impl Server {
     }
 
     /// Sends SIGTERM and waits (up to 10 s) for the exit code.
-    pub async fn terminate(mut self) -> Option<i32> {
+    pub async fn terminate(self) -> Option<i32> {
+        self.stop().await.0
+    }
+
+    /// Sends SIGTERM, waits (up to 10 s) for the exit, then reads stderr to
+    /// its end: the exit code and everything the child wrote.
+    pub async fn stop(mut self) -> (Option<i32>, String) {
         let pid = self.child.id().expect("running").to_string();
         let sent = std::process::Command::new("kill")
             .args(["-TERM", &pid])
             .status()
             .expect("run kill");
         assert!(sent.success(), "kill -TERM {pid} failed");
-        tokio::time::timeout(Duration::from_secs(10), self.child.wait())
+        let code = tokio::time::timeout(Duration::from_secs(10), self.child.wait())
             .await
             .expect("shunt exits within 10 s of SIGTERM")
             .expect("wait for shunt")
-            .code()
+            .code();
+        let _ = tokio::time::timeout(Duration::from_secs(2), &mut self.collector).await;
+        (code, self.stderr())
     }
 }
