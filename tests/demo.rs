@@ -24,6 +24,20 @@ struct Run {
     stderr: String,
 }
 
+/// The three tests run one at a time: each frees the ports it picked before
+/// the script binds them, and a test running beside it could be handed the
+/// same ports by the kernel in that moment (seen in CI as "port ... is
+/// already in use" naming another test's backend).
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Holds [`SERIAL`] for the rest of a test (a failed test does not poison it
+/// for the others).
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// Five ports that were free together a moment ago (held until all are picked,
 /// so they differ).
 fn free_ports() -> [u16; 5] {
@@ -128,6 +142,7 @@ fn demo_falls_back_through_nginx_and_returns_to_direct() {
     let Some(nginx) = support::nginx::nginx_binary() else {
         return;
     };
+    let _serial = one_at_a_time();
     let ports = free_ports();
     let run = run_demo(&nginx, ports);
     assert!(
@@ -161,6 +176,7 @@ fn demo_refuses_a_taken_port_and_starts_nothing() {
     let Some(nginx) = support::nginx::nginx_binary() else {
         return;
     };
+    let _serial = one_at_a_time();
     let ports = free_ports();
     // Someone else holds the shunt port.
     let squatter = TcpListener::bind(("127.0.0.1", ports[3])).expect("hold the shunt port");
@@ -174,6 +190,7 @@ fn demo_refuses_a_taken_port_and_starts_nothing() {
 fn demo_fails_naming_the_step_and_stops_what_it_started() {
     // An "nginx" that exits at once: the script must fail at the nginx step
     // and stop the two backends it had already started.
+    let _serial = one_at_a_time();
     let ports = free_ports();
     let run = run_demo(Path::new("/bin/false"), ports);
     let message = format!(
