@@ -281,5 +281,6 @@ where
     let pool = upstream.pool.clone();
     connect::http1_handshake(io, &rt.tracker, &rt.shutdown, move || pool.close())
         .await
+        .map(Sender::new)
         .map_err(|e| hyper_error(upstream, e))
 }

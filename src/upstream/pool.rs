@@ -22,10 +22,23 @@
 //! a full pool evicts the oldest. An earlier version swept every idle entry
 //! (`retain` with `Instant::elapsed`) on each return, which showed up in the
 //! plain-HTTP profile.
+//!
+//! Why a shard per thread: with `--workers`, each worker is a current-thread
+//! runtime, and an upstream connection's hyper task runs on the worker that
+//! opened it. A request on another worker that borrowed it would wake that
+//! task across threads, and its answer would wake the request back: two
+//! cross-thread wake-ups per request, the largest cost in the plain-HTTP
+//! profile after the pool was made O(1). So a connection remembers the shard
+//! of the thread that opened it ([`Sender::new`]) and always goes back there;
+//! a request takes from its own thread's shard first, and borrows from
+//! another shard only when its own is empty (a reused connection still beats
+//! a new TCP connect and handshake). Each shard holds at most `max_idle`.
 
 use std::collections::VecDeque;
+use std::ops::{Deref, DerefMut};
 use std::pin::Pin;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -39,15 +52,62 @@ pub const MAX_IDLE: usize = 32;
 /// How long a connection may wait in the pool.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Shards per pool: threads beyond this share shards (they lose only locality).
+const SHARDS: usize = 16;
+
 /// The request side of one upstream HTTP/1.1 connection. The body is boxed
 /// so that a WebSocket handshake retried on the next upstream can be sent
 /// with an empty body of its own (the client's `Incoming` is spent by then).
-pub type Sender = SendRequest<http_body_util::combinators::BoxBody<Bytes, hyper::Error>>;
+pub type SendRequestBoxed = SendRequest<http_body_util::combinators::BoxBody<Bytes, hyper::Error>>;
 
-/// Idle keep-alive connections of one upstream.
+/// One upstream connection's [`SendRequestBoxed`], with the pool shard of
+/// the thread whose runtime runs its connection task. Derefs to the hyper
+/// sender.
+#[derive(Debug)]
+pub struct Sender {
+    inner: SendRequestBoxed,
+    home: usize,
+}
+
+impl Sender {
+    /// Wrap a sender whose connection task was just spawned on this thread.
+    pub fn new(inner: SendRequestBoxed) -> Self {
+        Sender {
+            inner,
+            home: this_thread_shard(),
+        }
+    }
+}
+
+impl Deref for Sender {
+    type Target = SendRequestBoxed;
+    fn deref(&self) -> &SendRequestBoxed {
+        &self.inner
+    }
+}
+
+impl DerefMut for Sender {
+    fn deref_mut(&mut self) -> &mut SendRequestBoxed {
+        &mut self.inner
+    }
+}
+
+/// The calling thread's shard: threads are numbered as they first ask.
+fn this_thread_shard() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static SHARD: usize = NEXT.fetch_add(1, Ordering::Relaxed) % SHARDS;
+    }
+    SHARD.with(|s| *s)
+}
+
+/// The idle connections of one shard, newest last.
+type Shard = Mutex<VecDeque<(Sender, Instant)>>;
+
+/// Idle keep-alive connections of one upstream, a shard per thread.
 #[derive(Debug)]
 pub struct ConnPool {
-    idle: Mutex<VecDeque<(Sender, Instant)>>,
+    shards: [Shard; SHARDS],
     max_idle: usize,
     idle_timeout: Duration,
     closed: std::sync::atomic::AtomicBool,
@@ -60,23 +120,31 @@ impl Default for ConnPool {
 }
 
 impl ConnPool {
-    /// A pool of at most `max_idle` connections, each idle at most `idle_timeout`.
+    /// A pool of at most `max_idle` connections per shard, each idle at most
+    /// `idle_timeout`.
     pub fn new(max_idle: usize, idle_timeout: Duration) -> Self {
         ConnPool {
-            idle: Mutex::new(VecDeque::new()),
+            shards: std::array::from_fn(|_| Mutex::new(VecDeque::new())),
             max_idle,
             idle_timeout,
             closed: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<(Sender, Instant)>> {
-        self.idle.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self, shard: usize) -> std::sync::MutexGuard<'_, VecDeque<(Sender, Instant)>> {
+        self.shards[shard].lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The most recently used live connection, if any.
+    /// The most recently used live connection, if any: this thread's own
+    /// first, then one borrowed from another shard.
     pub fn take(&self) -> Option<Sender> {
-        let mut idle = self.lock();
+        let home = this_thread_shard();
+        (0..SHARDS).find_map(|i| self.take_from((home + i) % SHARDS))
+    }
+
+    /// The newest live connection of one shard; expired ones are dropped.
+    fn take_from(&self, shard: usize) -> Option<Sender> {
+        let mut idle = self.lock(shard);
         while let Some((sender, since)) = idle.pop_back() {
             if since.elapsed() >= self.idle_timeout {
                 // Older entries have waited longer still.
@@ -90,16 +158,17 @@ impl ConnPool {
         None
     }
 
-    /// Offer a connection whose last response was read to the end.
+    /// Offer a connection whose last response was read to the end; it goes
+    /// back to the shard of the thread that runs it.
     pub fn put(&self, sender: Sender) {
-        if sender.is_closed() || self.closed.load(std::sync::atomic::Ordering::Relaxed) {
+        if sender.is_closed() || self.closed.load(Ordering::Relaxed) {
             return;
         }
         if self.max_idle == 0 {
             return;
         }
         let now = Instant::now();
-        let mut idle = self.lock();
+        let mut idle = self.lock(sender.home);
         if idle.len() >= self.max_idle {
             idle.pop_front();
         }
@@ -108,14 +177,15 @@ impl ConnPool {
 
     /// Drop every idle connection and accept no more (shutdown).
     pub fn close(&self) {
-        self.closed
-            .store(true, std::sync::atomic::Ordering::Relaxed);
-        self.lock().clear();
+        self.closed.store(true, Ordering::Relaxed);
+        for shard in 0..SHARDS {
+            self.lock(shard).clear();
+        }
     }
 
-    /// Idle connections now.
+    /// Idle connections now, over all shards.
     pub fn idle(&self) -> usize {
-        self.lock().len()
+        (0..SHARDS).map(|shard| self.lock(shard).len()).sum()
     }
 }
 
@@ -186,7 +256,7 @@ mod tests {
             .await
             .expect("handshake");
         tokio::spawn(conn);
-        (sender, server)
+        (Sender::new(sender), server)
     }
 
     #[tokio::test]
@@ -206,6 +276,22 @@ mod tests {
         let (s, _end) = sender().await;
         pool.put(s);
         assert_eq!(pool.idle(), 0, "a closed pool keeps nothing");
+    }
+
+    #[tokio::test]
+    async fn a_connection_goes_home_and_is_borrowed_when_this_shard_is_empty() {
+        let pool = ConnPool::new(4, Duration::from_secs(30));
+        let (mut s, _end) = sender().await;
+        // As if another worker thread had opened it.
+        let other = (this_thread_shard() + 1) % SHARDS;
+        s.home = other;
+        pool.put(s);
+        assert_eq!(pool.lock(other).len(), 1, "back in its own shard");
+        assert_eq!(pool.lock(this_thread_shard()).len(), 0);
+        let s = pool.take().expect("borrowed from the other shard");
+        assert_eq!(s.home, other, "it keeps its home");
+        pool.put(s);
+        assert_eq!(pool.lock(other).len(), 1, "and returns there");
     }
 
     #[tokio::test]
