@@ -89,7 +89,7 @@ pub async fn handle(
     };
     rt.stats.record(resp.status(), upgrade);
     tracing::info!(
-        target: "shunt::access",
+        target: crate::telemetry::ACCESS_TARGET,
         peer = %downstream.peer,
         method = %method,
         path = %path,

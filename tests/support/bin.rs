@@ -154,6 +154,11 @@ pub async fn serve_shunt(args: &[&str]) -> Served {
 }
 
 impl Served {
+    /// Everything the child wrote to stderr so far.
+    pub fn stderr(&self) -> String {
+        self.server.stderr()
+    }
+
     /// Send SIGTERM and wait (10 s at most) for the exit; its code and all of stderr.
     pub async fn terminate(self) -> (Option<i32>, String) {
         self.server.stop().await

@@ -13,6 +13,9 @@
 //! every connection. Lines are formatted on the request's thread and queued
 //! (bounded, [`QUEUE_LINES`]); one writer thread drains the queue to stderr,
 //! one write per burst of lines.
+//! Access lines, one per request, are gathered per thread first and queued
+//! in batches ([`batch`]): under steady traffic a line per request woke the
+//! writer thread per request.
 //! When the queue is full, lines are dropped and counted
 //! ([`dropped_lines`], `shunt_log_lines_dropped_total` in `/metrics`) rather
 //! than slowing the proxy down. The [`LogGuard`] returned by [`init`] flushes
@@ -21,17 +24,28 @@
 //! Pretty lines are coloured only when stderr is a terminal and `NO_COLOR` is
 //! unset or empty (<https://no-color.org>): a file or journald gets no ANSI codes.
 
+pub mod batch;
+
 use std::io::IsTerminal;
+use std::sync::{Arc, OnceLock};
 
-use std::sync::OnceLock;
-
-use tracing_appender::non_blocking::{ErrorCounter, NonBlockingBuilder, WorkerGuard};
+use tracing::Metadata;
+use tracing_appender::non_blocking::{ErrorCounter, NonBlocking, NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::fmt::writer::EitherWriter;
+
+use batch::{BatchWriter, Batcher};
 
 use crate::config::LogFormat;
 
-/// Lines the log queue holds before new ones are dropped.
-pub const QUEUE_LINES: usize = 64 * 1024;
+/// The target of access-log lines.
+pub const ACCESS_TARGET: &str = "shunt::access";
+
+/// Messages the log queue holds before new ones are dropped: single lines,
+/// or batches of access lines of up to [`batch::BATCH_BYTES`] (so the queue
+/// holds at most a few tens of MiB).
+pub const QUEUE_LINES: usize = 1024;
 
 /// Bytes the writer thread gathers before a write to stderr.
 const WRITE_BUFFER: usize = 64 * 1024;
@@ -39,12 +53,48 @@ const WRITE_BUFFER: usize = 64 * 1024;
 /// Counts the lines dropped because the queue was full; set by [`init`].
 static DROPPED: OnceLock<ErrorCounter> = OnceLock::new();
 
+/// The access-line batcher; set by [`init`].
+static ACCESS: OnceLock<Arc<Batcher<NonBlocking>>> = OnceLock::new();
+
+/// Where each line goes: access lines to the batcher, the rest to the queue.
+struct Writers {
+    queue: NonBlocking,
+    access: Arc<Batcher<NonBlocking>>,
+}
+
+impl<'a> MakeWriter<'a> for Writers {
+    type Writer = EitherWriter<BatchWriter<'a, NonBlocking>, NonBlocking>;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        EitherWriter::B(self.queue.clone())
+    }
+
+    fn make_writer_for(&'a self, meta: &Metadata<'_>) -> Self::Writer {
+        if meta.target() == ACCESS_TARGET {
+            EitherWriter::A(self.access.writer())
+        } else {
+            EitherWriter::B(self.queue.clone())
+        }
+    }
+}
+
 /// Keeps the log writer thread alive; dropping it flushes queued lines.
 /// Hold it for the whole life of the process.
 #[must_use = "dropping the guard stops the log writer"]
 #[derive(Debug)]
 pub struct LogGuard {
     _worker: Option<WorkerGuard>,
+}
+
+impl Drop for LogGuard {
+    /// The batched access lines first, then the queue (the worker guard).
+    fn drop(&mut self) {
+        if self._worker.is_some()
+            && let Some(access) = ACCESS.get()
+        {
+            access.stop();
+        }
+    }
 }
 
 /// Install the global subscriber, writing through a non-blocking queue to
@@ -62,9 +112,20 @@ pub fn init(format: LogFormat) -> LogGuard {
             std::io::stderr(),
         ));
     let counter = writer.error_counter();
+    let access = match Batcher::start(writer.clone(), queue_dropped) {
+        Ok(b) => Arc::new(b),
+        Err(e) => {
+            eprintln!("shunt: cannot start the log flusher thread: {e}");
+            return LogGuard { _worker: None };
+        }
+    };
+    let writers = Writers {
+        queue: writer,
+        access: access.clone(),
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(writer)
+        .with_writer(writers)
         .with_ansi(colour(
             std::io::stderr().is_terminal(),
             std::env::var_os("NO_COLOR"),
@@ -77,6 +138,7 @@ pub fn init(format: LogFormat) -> LogGuard {
         return LogGuard { _worker: None };
     }
     let _ = DROPPED.set(counter);
+    let _ = ACCESS.set(access);
     LogGuard {
         _worker: Some(guard),
     }
@@ -84,6 +146,11 @@ pub fn init(format: LogFormat) -> LogGuard {
 
 /// Log lines dropped so far because the queue to stderr was full (0 before [`init`]).
 pub fn dropped_lines() -> usize {
+    queue_dropped() + ACCESS.get().map_or(0, |a| a.dropped_extra())
+}
+
+/// Messages the queue dropped (a dropped batch counts once here).
+fn queue_dropped() -> usize {
     DROPPED.get().map_or(0, ErrorCounter::dropped_lines)
 }
 
