@@ -26,9 +26,15 @@ use rustls::unbuffered::{ConnectionState, EncodeError, EncryptError, UnbufferedS
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-/// Bytes reserved for one read from the socket (records are at most ~16.6 KiB;
-/// a longer one is read in several steps).
-const READ_SIZE: usize = 16 * 1024;
+/// Size of the per-thread read buffer: a whole record (at most ~16.6 KiB)
+/// and then some; a longer burst is read in several steps.
+const READ_SIZE: usize = 32 * 1024;
+
+thread_local! {
+    /// Where the socket is read before the bytes are kept: no connection owns it.
+    static SCRATCH: std::cell::RefCell<Box<[u8]>> =
+        std::cell::RefCell::new(vec![0; READ_SIZE].into_boxed_slice());
+}
 
 /// Plaintext encrypted per write call: bounds what one write buffers.
 const MAX_WRITE: usize = 64 * 1024;
@@ -215,16 +221,18 @@ impl TlsStream {
     }
 
     /// Read ciphertext into `incoming`; `Ok(0)` is the peer's end of stream.
+    /// The socket is read into the thread's scratch buffer and only what
+    /// arrived is kept, so a read allocates the bytes it got, not a record's worth.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         loop {
             ready!(self.io.poll_read_ready(cx))?;
-            self.incoming.reserve(READ_SIZE);
-            match self.io.try_read_buf(&mut self.incoming) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    if self.incoming.is_empty() {
-                        self.incoming = Vec::new();
-                    }
-                }
+            let read = SCRATCH.with_borrow_mut(|scratch| -> io::Result<usize> {
+                let n = self.io.try_read(scratch)?;
+                self.incoming.extend_from_slice(&scratch[..n]);
+                Ok(n)
+            });
+            match read {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 r => return Poll::Ready(r),
             }
         }
