@@ -122,10 +122,11 @@ impl TlsStream {
             ready!(self.poll_write_out(cx))?;
             let next = self.step()?;
             // TLS 1.3 lets the server write before the client's Finished: wait for it.
-            let wait = matches!(next, Next::Writable) && self.conn.is_handshaking();
+            let read = matches!(next, Next::Read)
+                || (matches!(next, Next::Writable) && self.conn.is_handshaking());
             match next {
                 Next::Again => {}
-                Next::Read | Next::Writable if wait || matches!(next, Next::Read) => {
+                _ if read => {
                     if ready!(self.poll_fill(cx))? == 0 {
                         return Poll::Ready(Err(io::Error::new(
                             io::ErrorKind::UnexpectedEof,
@@ -133,7 +134,7 @@ impl TlsStream {
                         )));
                     }
                 }
-                Next::Read | Next::Readable | Next::Writable | Next::Closed => {
+                _ => {
                     // Tickets and the last flight go out before the handshake is done.
                     ready!(self.poll_write_out(cx))?;
                     return Poll::Ready(Ok(()));
@@ -145,8 +146,7 @@ impl TlsStream {
     /// One call into rustls: queue what it wants sent, say what it waits for.
     /// Decrypted records are only peeked (`Readable`); [`Self::take_plain`] takes them.
     fn step(&mut self) -> io::Result<Next> {
-        let UnbufferedStatus { discard, state } =
-            self.conn.process_tls_records(&mut self.incoming);
+        let UnbufferedStatus { discard, state } = self.conn.process_tls_records(&mut self.incoming);
         let next = match state {
             Ok(ConnectionState::EncodeTlsData(mut e)) => {
                 encode_into(&mut self.outgoing, |out| e.encode(out))?;
@@ -178,8 +178,7 @@ impl TlsStream {
 
     /// After an error rustls may have an alert queued: send it if the socket takes it now.
     fn queue_alert(&mut self) {
-        let UnbufferedStatus { discard, state } =
-            self.conn.process_tls_records(&mut self.incoming);
+        let UnbufferedStatus { discard, state } = self.conn.process_tls_records(&mut self.incoming);
         if let Ok(ConnectionState::EncodeTlsData(mut e)) = state {
             let _ = encode_into(&mut self.outgoing, |out| e.encode(out));
         }
@@ -193,22 +192,24 @@ impl TlsStream {
     /// Move the next decrypted record into `buf` (the rest into `plain`).
     /// Returns bytes copied; 0 if rustls had none after all.
     fn take_plain(&mut self, buf: &mut ReadBuf<'_>) -> io::Result<usize> {
-        let UnbufferedStatus { discard, state } =
-            self.conn.process_tls_records(&mut self.incoming);
-        let mut n = 0;
-        if let Ok(ConnectionState::ReadTraffic(mut r)) = state {
-            if let Some(record) = r.next_record() {
-                let payload = record.map_err(invalid)?.payload;
-                n = payload.len().min(buf.remaining());
+        let UnbufferedStatus { discard, state } = self.conn.process_tls_records(&mut self.incoming);
+        let mut taken = Ok(0);
+        if let Ok(ConnectionState::ReadTraffic(mut r)) = state
+            && let Some(record) = r.next_record()
+        {
+            taken = record.map_err(invalid).map(|record| {
+                let payload = record.payload;
+                let n = payload.len().min(buf.remaining());
                 buf.put_slice(&payload[..n]);
                 if n < payload.len() {
                     self.plain = payload[n..].to_vec();
                     self.plain_at = 0;
                 }
-            }
+                n
+            });
         }
         self.discard(discard);
-        Ok(n)
+        taken
     }
 
     fn discard(&mut self, n: usize) {
@@ -258,8 +259,7 @@ impl TlsStream {
 
     /// Queue an application-data or close_notify write in `WriteTraffic`.
     fn encrypt(&mut self, data: Option<&[u8]>) -> io::Result<Next> {
-        let UnbufferedStatus { discard, state } =
-            self.conn.process_tls_records(&mut self.incoming);
+        let UnbufferedStatus { discard, state } = self.conn.process_tls_records(&mut self.incoming);
         let next = match state {
             Ok(ConnectionState::WriteTraffic(mut w)) => {
                 let start = self.outgoing.len();
@@ -315,8 +315,7 @@ impl TlsStream {
 
     /// Append every decrypted record to `plain` (a write found them first).
     fn stash_plain(&mut self) -> io::Result<()> {
-        let UnbufferedStatus { discard, state } =
-            self.conn.process_tls_records(&mut self.incoming);
+        let UnbufferedStatus { discard, state } = self.conn.process_tls_records(&mut self.incoming);
         let mut r = Ok(());
         if let Ok(ConnectionState::ReadTraffic(mut t)) = state {
             while let Some(record) = t.next_record() {
@@ -606,6 +605,9 @@ mod tests {
             .connect(name, tcp)
             .await;
         assert!(client.is_err());
-        assert!(server.await.unwrap().is_err(), "the server sees the failure");
+        assert!(
+            server.await.unwrap().is_err(),
+            "the server sees the failure"
+        );
     }
 }
