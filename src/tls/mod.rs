@@ -9,6 +9,7 @@
 pub mod certs;
 pub mod client;
 pub mod resolver;
+pub mod stream;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,10 +18,10 @@ use rustls::ServerConfig;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
-use tokio_rustls::server::TlsStream;
 
 pub use certs::{CertError, CertSpec};
 pub use resolver::{CertSet, CertStore};
+pub use stream::TlsStream;
 
 /// TLS record type of a handshake: the first byte a TLS client sends.
 const HANDSHAKE_RECORD: u8 = 0x16;
@@ -75,7 +76,7 @@ pub async fn accept(
     acceptor: &TlsAcceptor,
     mut stream: TcpStream,
     timeout: Duration,
-) -> Result<TlsStream<TcpStream>, AcceptError> {
+) -> Result<TlsStream, AcceptError> {
     let handshake = async {
         let mut first = [0u8; 1];
         let n = stream
@@ -90,8 +91,7 @@ pub async fn accept(
             }
             return Err(AcceptError::NotTls);
         }
-        acceptor
-            .accept(stream)
+        TlsStream::accept(stream, acceptor.config().clone())
             .await
             .map_err(AcceptError::Handshake)
     };
