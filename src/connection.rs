@@ -11,7 +11,8 @@
 //! silently disables it) and the head size limit (hyper answers 431 past it).
 //! At shutdown, an idle keep-alive connection closes at once and one with a
 //! request in flight finishes it, within the drain timeout. An upgraded
-//! connection leaves this task: its tunnel is tracked on its own.
+//! connection's tunnel is started from this task once hyper lets go of the
+//! connection ([`tunnel::serving`]), and then tracked on its own.
 //!
 //! Why admission comes before TLS: a TLS handshake costs the server a
 //! signature, and a refused client should not be able to make shunt pay
@@ -34,6 +35,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 
 use crate::downstream::Downstream;
+use crate::forward::tunnel;
 use crate::proxy::{self, Context};
 
 /// The TLS handshake timeout when the snapshot has no TLS settings (it
@@ -149,21 +151,24 @@ where
     let conn = builder
         .serve_connection(TokioIo::new(io), service)
         .with_upgrades();
-    let mut conn = std::pin::pin!(conn);
-    let result = tokio::select! {
-        r = conn.as_mut() => r,
-        () = rt.shutdown.cancelled() => {
-            conn.as_mut().graceful_shutdown();
-            match tokio::time::timeout(drain, conn.as_mut()).await {
-                Ok(r) => r,
-                Err(_) => {
+    let shutdown = rt.shutdown.clone();
+    let http = async move {
+        let mut conn = std::pin::pin!(conn);
+        tokio::select! {
+            r = conn.as_mut() => Some(r),
+            () = shutdown.cancelled() => {
+                conn.as_mut().graceful_shutdown();
+                let drained = tokio::time::timeout(drain, conn.as_mut()).await;
+                if drained.is_err() {
                     tracing::debug!(peer = %downstream.peer, "connection still busy at the end of the drain; closing it");
-                    return;
                 }
+                drained.ok()
             }
         }
     };
-    if let Err(e) = result {
+    // An upgraded connection's tunnel is started from this task.
+    let result = tunnel::serving(http, &rt.shutdown, &rt.tracker).await;
+    if let Some(Err(e)) = result {
         log_connection_error(&e, downstream);
     }
 }

@@ -69,6 +69,15 @@ pub enum ForwardError {
         /// The path of the upgrade.
         path: String,
     },
+    /// Upstream's, for WebSocket only: its answer to the handshake could not be read.
+    #[error("upstream {upstream}: {source}")]
+    Handshake {
+        /// The upstream's name.
+        upstream: String,
+        /// What went wrong.
+        #[source]
+        source: crate::forward::handshake::HandshakeError,
+    },
     /// A pooled connection had closed and a new one could not be made.
     #[error("upstream {upstream}: {source}")]
     Reconnect {
@@ -150,7 +159,9 @@ impl From<&ProxyError> for StatusCode {
             ProxyError::Forward(ForwardError::DownstreamBody { .. }) => StatusCode::BAD_REQUEST,
             ProxyError::Denied(d) => StatusCode::from(d),
             ProxyError::Forward(
-                ForwardError::Reconnect { .. } | ForwardError::UpgradeNotForwarded { .. },
+                ForwardError::Reconnect { .. }
+                | ForwardError::UpgradeNotForwarded { .. }
+                | ForwardError::Handshake { .. },
             ) => StatusCode::BAD_GATEWAY,
         }
     }

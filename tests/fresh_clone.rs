@@ -221,14 +221,8 @@ async fn an_upgrade_not_forwarded_by_the_only_upstream_is_a_502_naming_the_cause
     shunt.stop().await;
 }
 
-/// A WebSocket handshake on /frontend-audio, as raw bytes.
-const UPGRADE: &[u8] =
-    b"GET /frontend-audio HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_4xx_answer_to_an_upgrade_is_relayed_not_retried() {
-    // An upstream that refuses every request with 403, on purpose.
+/// An upstream that refuses every request with `answer`, on purpose, then closes.
+async fn refuser(answer: &'static [u8]) -> String {
     let refuser = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let refuser_url = format!("http://{}", refuser.local_addr().unwrap());
     tokio::spawn(async move {
@@ -237,35 +231,51 @@ async fn a_4xx_answer_to_an_upgrade_is_relayed_not_retried() {
             tokio::spawn(async move {
                 let mut buf = [0u8; 4096];
                 let _ = stream.read(&mut buf).await;
-                let _ = stream
-                    .write_all(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 6\r\nConnection: close\r\n\r\nno way")
-                    .await;
+                let _ = stream.write_all(answer).await;
             });
         }
     });
-    let direct = echo_backend().name("direct").spawn().await;
-    let shunt = shunt()
-        .direct(direct.url())
-        .nginx(refuser_url)
-        .route("/frontend-audio=nginx,direct")
-        .start()
-        .await;
-    shunt.wait_ready().await;
-    let answer = support::raw_request(shunt.addr(), UPGRADE).await.unwrap();
-    assert_eq!(answer.status, 403, "{:?}", answer.headers);
-    assert_eq!(answer.header("x-shunt-route"), Some("nginx"));
-    assert_eq!(direct.active_websockets(), 0);
-    let up = shunt.upstream("nginx").await.unwrap();
-    assert_eq!(up["websocket"], "ok", "{up}");
-    let (code, body) = shunt.admin_get("/readyz").await.unwrap();
-    assert_eq!(code, StatusCode::OK, "{body}");
-    let ready: serde_json::Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(
-        ready,
-        serde_json::json!({"ready": true}),
-        "nothing degraded"
-    );
-    shunt.stop().await;
+    refuser_url
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_4xx_answer_to_an_upgrade_is_relayed_not_retried() {
+    // The refusal's body in each HTTP/1.1 framing: length, chunked, close-delimited.
+    let refusals: [&[u8]; 3] = [
+        b"HTTP/1.1 403 Forbidden\r\nContent-Length: 6\r\nConnection: close\r\n\r\nno way",
+        b"HTTP/1.1 403 Forbidden\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nno\r\n4\r\n way\r\n0\r\n\r\n",
+        b"HTTP/1.1 403 Forbidden\r\nConnection: close\r\n\r\nno way",
+    ];
+    for refusal in refusals {
+        let direct = echo_backend().name("direct").spawn().await;
+        let shunt = shunt()
+            .direct(direct.url())
+            .nginx(refuser(refusal).await)
+            .route("/frontend-audio=nginx,direct")
+            .start()
+            .await;
+        shunt.wait_ready().await;
+        // `close` as well: the answer is read to the end of the connection.
+        let request = String::from_utf8(support::raw::ws_handshake("/frontend-audio", &[]))
+            .unwrap()
+            .replace("Connection: Upgrade", "Connection: Upgrade, close");
+        let answer = support::raw::raw(shunt.addr(), request.as_bytes()).await;
+        assert_eq!(answer.status, Some(403), "{}", answer.text);
+        assert_eq!(answer.body(), "no way", "{}", answer.text);
+        assert_eq!(answer.header("x-shunt-route").as_deref(), Some("nginx"));
+        assert_eq!(direct.active_websockets(), 0);
+        let up = shunt.upstream("nginx").await.unwrap();
+        assert_eq!(up["websocket"], "ok", "{up}");
+        let (code, body) = shunt.admin_get("/readyz").await.unwrap();
+        assert_eq!(code, StatusCode::OK, "{body}");
+        let ready: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(
+            ready,
+            serde_json::json!({"ready": true}),
+            "nothing degraded"
+        );
+        shunt.stop().await;
+    }
 }
 
 // --- 3. the admin API during the drain ---------------------------------------

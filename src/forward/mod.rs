@@ -4,11 +4,12 @@
 //! upstream has one idle (it returns to the pool when its response body has
 //! been read to the end), otherwise over a fresh HTTP/1.1 connection; bodies
 //! are streamed, never buffered. A WebSocket handshake always uses a fresh
-//! connection; if the upstream accepts it (101), both connections go to
-//! [`tunnel`]; a 4xx refusal is relayed to the client as an ordinary
-//! response; any other answer (2xx, 3xx, 5xx) is
-//! [`ForwardError::UpgradeNotForwarded`], which the caller retries on the
-//! route's next upstream.
+//! connection and no hyper client: [`handshake`] writes the rewritten head
+//! and reads the answer. If the upstream accepts it (101), the downstream
+//! upgrade and the bare upstream stream go to [`tunnel`]; a 4xx refusal is
+//! relayed to the client as an ordinary response with its body; any other
+//! answer (2xx, 3xx, 5xx) is [`ForwardError::UpgradeNotForwarded`], which
+//! the caller retries on the route's next upstream.
 //!
 //! Timeouts split the blame. The response timeout bounds the upstream's
 //! answer (and counts against its health when it runs out); a body the
@@ -17,6 +18,7 @@
 //! request goes out and replaced by a fresh one, so keep-alive reuse never
 //! turns into a spurious 502.
 
+pub mod handshake;
 pub mod headers;
 pub mod request;
 pub mod tunnel;
@@ -33,7 +35,7 @@ use crate::calls::CallInfo;
 use crate::config::{CallSpec, Timeouts};
 use crate::downstream::Downstream;
 use crate::policy::rate::TunnelSlot;
-use crate::response::{Body, ForwardError};
+use crate::response::{self, Body, ForwardError};
 use crate::runtime::Runtime;
 use crate::upstream::connect::{self, UpstreamStream};
 use crate::upstream::pool::{PooledBody, Sender};
@@ -123,6 +125,56 @@ pub async fn forward(
             upstream_authority: &upstream.spec.url.authority(),
         },
     );
+    if let Some(downstream_upgrade) = downstream_upgrade {
+        let answer = tokio::time::timeout(
+            timeouts.response,
+            upgrade_upstream(&req, conn, upstream, timeouts.connect),
+        )
+        .await
+        .unwrap_or_else(|_| Err(response_timeout(upstream, timeouts.response)))?;
+        let status = answer.head.status;
+        if !upgrade_answered(status) {
+            return Err(ForwardError::UpgradeNotForwarded {
+                upstream: name.0.clone(),
+                status,
+                path: routed_path.to_owned(),
+            });
+        }
+        let switching = status == StatusCode::SWITCHING_PROTOCOLS;
+        let mut head = answer.head;
+        let body = if switching {
+            let parts = tunnel::TunnelParts {
+                guard: rt.stats.open_tunnel(route, name),
+                call: rt.stats.calls.open(CallInfo {
+                    client: downstream.peer,
+                    host: call.host,
+                    path: call.target.to_owned(),
+                    route: route.to_owned(),
+                    upstream: name.0.clone(),
+                    generation: call.generation,
+                    frames: call.spec.frames,
+                }),
+                slot: slot.take(),
+                timers: tunnel_timers(timeouts, &call.spec),
+            };
+            tunnel::spawn(
+                downstream_upgrade,
+                (answer.stream, answer.bytes),
+                parts,
+                relay.clone(),
+                rt.shutdown.clone(),
+                &rt.tracker,
+            );
+            response::full(bytes::Bytes::new())
+        } else {
+            // A refusal's connection is never reused.
+            drop(answer.stream);
+            response::full(answer.bytes)
+        };
+        headers::prepare_response(&mut head.headers, switching, name);
+        head.version = http::Version::HTTP_11;
+        return Ok(Response::from_parts(head, body));
+    }
 
     let sent = tokio::time::timeout(
         timeouts.response,
@@ -131,59 +183,52 @@ pub async fn forward(
     .await;
     let (mut resp, sender) = match sent {
         Ok(r) => r?,
-        Err(_) => {
-            upstream
-                .health
-                .record_failure(&format!("no response within {:?}", timeouts.response));
-            return Err(ForwardError::Timeout {
-                upstream: name.0.clone(),
-                after: timeouts.response,
-            });
-        }
+        Err(_) => return Err(response_timeout(upstream, timeouts.response)),
     };
-
-    if upgrade && !upgrade_answered(resp.status()) {
-        return Err(ForwardError::UpgradeNotForwarded {
-            upstream: name.0.clone(),
-            status: resp.status(),
-            path: routed_path.to_owned(),
-        });
-    }
-    let switching = upgrade && resp.status() == StatusCode::SWITCHING_PROTOCOLS;
-    if let (true, Some(downstream_upgrade)) = (switching, downstream_upgrade) {
-        let upstream_upgrade = hyper::upgrade::on(&mut resp);
-        let parts = tunnel::TunnelParts {
-            guard: rt.stats.open_tunnel(route, name),
-            call: rt.stats.calls.open(CallInfo {
-                client: downstream.peer,
-                host: call.host,
-                path: call.target.to_owned(),
-                route: route.to_owned(),
-                upstream: name.0.clone(),
-                generation: call.generation,
-                frames: call.spec.frames,
-            }),
-            slot: slot.take(),
-            timers: tunnel_timers(timeouts, &call.spec),
-        };
-        tunnel::spawn(
-            downstream_upgrade,
-            upstream_upgrade,
-            parts,
-            relay.clone(),
-            rt.shutdown.clone(),
-            &rt.tracker,
-        );
-    }
-    headers::prepare_response(resp.headers_mut(), switching, name);
+    headers::prepare_response(resp.headers_mut(), false, name);
     // The client speaks HTTP/1.1 with us whatever the upstream spoke.
     *resp.version_mut() = http::Version::HTTP_11;
-    if upgrade {
-        // An upgrade's connection is never reused.
-        return Ok(resp.map(BodyExt::boxed));
-    }
     let pool = upstream.pool.clone();
     Ok(resp.map(|body| PooledBody::new(body, sender, pool).boxed()))
+}
+
+/// The upstream ran out of the response timeout: that counts against its health.
+fn response_timeout(upstream: &Upstream, after: Duration) -> ForwardError {
+    upstream
+        .health
+        .record_failure(&format!("no response within {after:?}"));
+    ForwardError::Timeout {
+        upstream: upstream.name().0.clone(),
+        after,
+    }
+}
+
+/// The upstream side of a WebSocket handshake ([`handshake`]), on a fresh
+/// connection (an upgrade never takes a pooled one; if handed one, it
+/// connects anew).
+async fn upgrade_upstream<B>(
+    req: &Request<B>,
+    conn: Conn,
+    upstream: &Upstream,
+    connect_timeout: Duration,
+) -> Result<handshake::Answer, ForwardError> {
+    let stream = match conn {
+        Conn::Fresh(stream) => stream,
+        Conn::Pooled(_) => {
+            connect::connect(&upstream.spec.url, upstream.tls.as_ref(), connect_timeout)
+                .await
+                .map_err(|source| ForwardError::Reconnect {
+                    upstream: upstream.name().0.clone(),
+                    source,
+                })?
+        }
+    };
+    handshake::exchange(req, stream)
+        .await
+        .map_err(|source| ForwardError::Handshake {
+            upstream: upstream.name().0.clone(),
+            source,
+        })
 }
 
 /// Whether `status` is a real answer to a WebSocket upgrade: 101, or a 4xx

@@ -1,7 +1,8 @@
 //! Joining the two byte streams of an upgraded connection: a call.
 //!
-//! After the upstream's 101 has been written to the client, both connections
-//! are taken out of hyper and relayed in both directions until they close,
+//! After the upstream's 101 has been written to the client, the downstream
+//! connection is taken out of hyper and, with the upstream one (never in
+//! hyper: [`super::handshake`]), relayed in both directions until they close,
 //! by one hand-polled [`joined::Tunnel`] with two [`direction::Direction`]s:
 //!
 //! - Both legs plain TCP: they are unwrapped to their sockets; small reads
@@ -33,6 +34,8 @@ pub mod pool;
 pub mod relay;
 pub mod splice;
 
+use std::cell::RefCell;
+use std::pin::pin;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -45,6 +48,7 @@ use tokio_util::task::TaskTracker;
 use crate::calls::CallGuard;
 use crate::policy::rate::TunnelSlot;
 use crate::stats::TunnelGuard;
+use crate::upstream::connect::UpstreamStream;
 pub use ending::{Ending, HALF_CLOSE_LINGER, TunnelTimers};
 use joined::Tunnel;
 use leg::Stream;
@@ -63,20 +67,78 @@ pub struct TunnelParts {
     pub timers: TunnelTimers,
 }
 
-/// Start relaying once both upgrades complete; the task is tracked on `tracker`
-/// and ends by `shutdown`'s drain.
+/// A tunnel whose upstream has answered 101, waiting for hyper to write
+/// that answer to the client and hand the downstream connection over.
+#[derive(Debug)]
+pub struct Pending {
+    /// The downstream connection, once the 101 is written.
+    downstream: OnUpgrade,
+    /// The upstream connection after its 101, with the bytes read past that head.
+    upstream: (UpstreamStream, Bytes),
+    parts: TunnelParts,
+    relay: Arc<Relay>,
+}
+
+tokio::task_local! {
+    /// Set on a downstream connection's task by [`serving`]: where a
+    /// handshake leaves its tunnel, started on that task when hyper lets go
+    /// of the connection (no task just to wait for the upgrade).
+    static PENDING: RefCell<Option<Pending>>;
+}
+
+/// Start relaying once the downstream upgrade completes (hyper has written
+/// the 101 to the client); `upstream` is the upstream connection after its
+/// 101, with the bytes read past that head. On a downstream connection's
+/// task ([`serving`]) the tunnel is started from that task when its HTTP
+/// part ends; elsewhere a task (tracked on `tracker`) waits for it.
 pub fn spawn(
     downstream: OnUpgrade,
-    upstream: OnUpgrade,
+    upstream: (UpstreamStream, Bytes),
     parts: TunnelParts,
     relay: Arc<Relay>,
     shutdown: CancellationToken,
     tracker: &TaskTracker,
 ) {
-    let inner = tracker.clone();
-    tracker.spawn(async move {
-        let (downstream, upstream) = match tokio::try_join!(downstream, upstream) {
-            Ok(pair) => pair,
+    let mut pending = Some(Pending {
+        downstream,
+        upstream,
+        parts,
+        relay,
+    });
+    let _ = PENDING.try_with(|cell| *cell.borrow_mut() = pending.take());
+    if let Some(pending) = pending {
+        let inner = tracker.clone();
+        tracker.spawn(async move { pending.start(shutdown, &inner).await });
+    }
+}
+
+/// Drive `conn`, a downstream connection's HTTP part, then start the tunnel
+/// a handshake on it left ([`spawn`]), if any.
+pub async fn serving<F: Future>(
+    conn: F,
+    shutdown: &CancellationToken,
+    tracker: &TaskTracker,
+) -> F::Output {
+    let mut scoped = pin!(PENDING.scope(RefCell::new(None), conn));
+    let out = scoped.as_mut().await;
+    if let Some(pending) = scoped.as_mut().take_value().and_then(RefCell::into_inner) {
+        pending.start(shutdown.clone(), tracker).await;
+    }
+    out
+}
+
+impl Pending {
+    /// Wait for the downstream upgrade, then spawn the tunnel on `tracker`:
+    /// the long-lived task is exactly the tunnel's small state.
+    async fn start(self, shutdown: CancellationToken, tracker: &TaskTracker) {
+        let Pending {
+            downstream,
+            upstream,
+            parts,
+            relay,
+        } = self;
+        let downstream = match downstream.await {
+            Ok(upgraded) => upgraded,
             Err(e) => {
                 tracing::debug!(error = %e, "upgrade did not complete");
                 return;
@@ -89,61 +151,63 @@ pub fn spawn(
             timers,
         } = parts;
         match unwrap_plain(downstream, upstream) {
-            // The long-lived task is exactly the tunnel's small state.
             Unwrapped::Plain(d, d_early, u, u_early) => {
                 let tunnel = Tunnel::new((d, &d_early), (u, &u_early), timers, relay, guard, call);
                 drop((d_early, u_early));
-                inner.spawn(async move {
+                tracker.spawn(async move {
                     tunnel.run(shutdown).await;
                     drop(slot);
                 });
             }
-            Unwrapped::Buffered(d, u, d_early) => {
+            Unwrapped::Buffered(d, d_early, u, u_early) => {
                 let tunnel = Tunnel::new(
                     (Stream(d), &d_early),
-                    (Stream(u), &[]),
+                    (Stream(u), &u_early),
                     timers,
                     relay,
                     guard,
                     call,
                 );
-                drop(d_early);
-                tunnel.run(shutdown).await;
-                drop(slot);
+                drop((d_early, u_early));
+                tracker.spawn(async move {
+                    tunnel.run(shutdown).await;
+                    drop(slot);
+                });
             }
         }
-    });
-}
-
-/// The two legs after trying to unwrap them to sockets.
-enum Unwrapped {
-    /// Both plain TCP, with the bytes read past each handshake.
-    Plain(TcpStream, Bytes, TcpStream, Bytes),
-    /// A TLS leg: relay through buffers; the downstream's early bytes if it was unwrapped.
-    Buffered(Box<dyn buffered::IoStream>, TokioIo<Upgraded>, Bytes),
-}
-
-/// Downcast both legs to the exact type `connection.rs` and `forward` give
-/// hyper for plain TCP. Downstream first: a TLS downstream fails it, and then
-/// there is no point unwrapping upstream.
-fn unwrap_plain(downstream: Upgraded, upstream: Upgraded) -> Unwrapped {
-    let d = match downstream.downcast::<PlainIo>() {
-        Ok(d) => d,
-        Err(downstream) => {
-            return Unwrapped::Buffered(
-                Box::new(TokioIo::new(downstream)),
-                TokioIo::new(upstream),
-                Bytes::new(),
-            );
-        }
-    };
-    let down = d.io.into_inner();
-    match upstream.downcast::<PlainIo>() {
-        Ok(u) => Unwrapped::Plain(down, d.read_buf, u.io.into_inner(), u.read_buf),
-        // A TLS upstream: copy, downstream's early bytes first.
-        Err(upstream) => Unwrapped::Buffered(Box::new(down), TokioIo::new(upstream), d.read_buf),
     }
 }
 
-/// The exact type `connection.rs` and `forward` hand to hyper for plain TCP.
+/// The two legs after trying to unwrap them to sockets, each with the bytes
+/// read past its handshake (to be written to the other leg first).
+enum Unwrapped {
+    /// Both plain TCP.
+    Plain(TcpStream, Bytes, TcpStream, Bytes),
+    /// A TLS leg: relay through buffers.
+    Buffered(Box<dyn buffered::IoStream>, Bytes, UpstreamStream, Bytes),
+}
+
+/// Downcast the downstream leg to the exact type `connection.rs` gives hyper
+/// for plain TCP; the upstream one is plain unless it is TLS.
+fn unwrap_plain(downstream: Upgraded, upstream: (UpstreamStream, Bytes)) -> Unwrapped {
+    let (upstream, u_early) = upstream;
+    match (downstream.downcast::<PlainIo>(), upstream) {
+        (Ok(d), UpstreamStream::Plain(u)) => {
+            Unwrapped::Plain(d.io.into_inner(), d.read_buf, u, u_early)
+        }
+        // A TLS upstream: copy, downstream's early bytes first.
+        (Ok(d), upstream) => {
+            Unwrapped::Buffered(Box::new(d.io.into_inner()), d.read_buf, upstream, u_early)
+        }
+        // A TLS downstream: `Upgraded` yields its own early bytes.
+        (Err(downstream), upstream) => Unwrapped::Buffered(
+            Box::new(TokioIo::new(downstream)),
+            Bytes::new(),
+            upstream,
+            u_early,
+        ),
+    }
+}
+
+/// The exact type `connection.rs` hands to hyper for plain TCP.
 type PlainIo = TokioIo<TcpStream>;
