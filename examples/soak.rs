@@ -419,7 +419,7 @@ async fn call(
                     let mut frame = [0u8; 160];
                     frame[..8].copy_from_slice(&seq.to_be_bytes());
                     if ws.write_frame(Frame::binary(Payload::Borrowed(&frame))).await.is_err() {
-                        break Outcome::Cut(None);
+                        break Outcome::Cut(Err("no Close frame, a write failed"));
                     }
                     seq += 1;
                 }
@@ -430,9 +430,11 @@ async fn call(
                         let n = u64::from_be_bytes(n);
                         if n == expect { expect += 1 } else if n < expect { dup += 1 } else { reord += 1; expect = n + 1 }
                     }
-                    Ok(f) if f.opcode == OpCode::Close => break Outcome::Cut(answer_close(&mut ws, &f.payload).await),
+                    Ok(f) if f.opcode == OpCode::Close => {
+                        break Outcome::Cut(answer_close(&mut ws, &f.payload).await.ok_or("Close without a code"));
+                    }
                     Ok(_) => {}
-                    Err(_) => break Outcome::Cut(None),
+                    Err(_) => break Outcome::Cut(Err("no Close frame, a read failed")),
                 },
             }
         };
@@ -481,10 +483,15 @@ async fn call(
             }
             Outcome::Cut(code) => {
                 let mut t = lock(&totals);
-                let key = code.map_or_else(|| "no Close frame".to_owned(), |c| c.to_string());
+                let key = code.map_or_else(str::to_owned, |c| c.to_string());
                 // Only a SIGKILL ends the `direct` backend's sessions.
                 if via != "direct" {
                     t.other_cuts += 1;
+                    let key = if kind == Kind::NotReading {
+                        format!("{key} (not reading)")
+                    } else {
+                        key
+                    };
                     *t.other_close_codes.entry(key).or_default() += 1;
                 } else if kind == Kind::NotReading {
                     t.death_cuts_unread += 1;
@@ -504,7 +511,8 @@ async fn call(
 enum Outcome {
     Stopped,
     Vanished,
-    Cut(Option<u16>),
+    /// The Close frame's code, or how the session ended without one.
+    Cut(Result<u16, &'static str>),
 }
 
 enum Open {
