@@ -419,7 +419,7 @@ async fn call(
                     let mut frame = [0u8; 160];
                     frame[..8].copy_from_slice(&seq.to_be_bytes());
                     if ws.write_frame(Frame::binary(Payload::Borrowed(&frame))).await.is_err() {
-                        break Outcome::Cut(Err("no Close frame, a write failed"));
+                        break Outcome::Cut(Err("no Close frame, a write failed".to_owned()));
                     }
                     seq += 1;
                 }
@@ -431,10 +431,10 @@ async fn call(
                         if n == expect { expect += 1 } else if n < expect { dup += 1 } else { reord += 1; expect = n + 1 }
                     }
                     Ok(f) if f.opcode == OpCode::Close => {
-                        break Outcome::Cut(answer_close(&mut ws, &f.payload).await.ok_or("Close without a code"));
+                        break Outcome::Cut(answer_close(&mut ws, &f.payload).await.ok_or_else(|| "Close without a code".to_owned()));
                     }
                     Ok(_) => {}
-                    Err(_) => break Outcome::Cut(Err("no Close frame, a read failed")),
+                    Err(e) => break Outcome::Cut(Err(format!("no Close frame, a read failed: {e}"))),
                 },
             }
         };
@@ -483,7 +483,7 @@ async fn call(
             }
             Outcome::Cut(code) => {
                 let mut t = lock(&totals);
-                let key = code.map_or_else(str::to_owned, |c| c.to_string());
+                let key = code.map_or_else(|why| why, |c| c.to_string());
                 // Only a SIGKILL ends the `direct` backend's sessions.
                 if via != "direct" {
                     t.other_cuts += 1;
@@ -512,7 +512,7 @@ enum Outcome {
     Stopped,
     Vanished,
     /// The Close frame's code, or how the session ended without one.
-    Cut(Result<u16, &'static str>),
+    Cut(Result<u16, String>),
 }
 
 enum Open {
