@@ -3,18 +3,21 @@
 //! through shunt with TLS on, routed `direct` first with `nginx` as fallback,
 //! while the soak
 //!
-//! - SIGKILLs and restarts the `direct` echo backend every 30 s,
+//! - SIGKILLs the `direct` echo backend every 30 s and restarts it 3 s later,
 //! - reloads nginx (SIGHUP to its master) every 20 s,
 //! - sends shunt `POST /reload` every 5 s,
 //! - swaps the certificate by atomic rename every 60 s,
 //! - keeps 5 % of clients not reading, and makes 5 % vanish (RST, no Close).
 //!
-//! A call whose connection is cut reconnects at once (through nginx while
-//! `direct` is dead) and the time to reconnect is recorded; on every session
-//! that was not cut, frames lost, duplicated or reordered must be 0. shunt's
-//! RSS and descriptors are sampled every 10 s. Exit status 1 when a
-//! must-be-zero is not (lost/duplicated/reordered on uncut sessions, 5xx
-//! answers from shunt, panics in shunt's log, a cut call that never came back).
+//! A session on `direct` is cut only by its backend's death: shunt must tell
+//! the client with Close 1014 (read by hand: fastwebsockets refuses that
+//! code); the call reconnects at once, through nginx while `direct` is dead,
+//! and the time to reconnect is recorded. On every session that was not cut,
+//! frames lost, duplicated or reordered must be 0. shunt's RSS and
+//! descriptors are sampled every 10 s. Exit status 1 when a must-be-zero is
+//! not (lost/duplicated/reordered on uncut sessions, 5xx answers from shunt,
+//! panics in shunt's log, a cut call that never came back, a reading client
+//! cut by a backend death without Close 1014 or not back through nginx).
 //!
 //! ```text
 //! cargo build --release --bin shunt --example echo_backend --example soak
@@ -43,6 +46,10 @@ use rustls::pki_types::ServerName;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
+
+/// Seconds `direct` stays dead after each SIGKILL: long enough for shunt's
+/// 1 s health probe to mark it down, so cut calls come back through nginx.
+const DOWN_SECS: u64 = 3;
 
 /// Chaos soak through shunt.
 #[derive(Debug, Parser)]
@@ -77,9 +84,18 @@ struct Totals {
     lost: u64,
     duplicated: u64,
     reordered: u64,
-    cuts: u64,
-    cut_close_codes: BTreeMap<String, u64>,
-    reconnect_ms: Vec<u64>,
+    /// Sessions on `direct` cut (its backend is SIGKILLed), reading clients.
+    death_cuts: u64,
+    death_close_codes: BTreeMap<String, u64>,
+    /// Time from a death cut to the next session's hello.
+    death_reconnect_ms: Vec<u64>,
+    /// The backend that greeted the session after a death cut.
+    death_reconnected_via: BTreeMap<String, u64>,
+    /// Sessions on `direct` of clients that never read: they cannot see the Close.
+    death_cuts_unread: u64,
+    /// Any other cut (a session through nginx, say).
+    other_cuts: u64,
+    other_close_codes: BTreeMap<String, u64>,
     never_back: u64,
     shunt_5xx: u64,
     connect_errors: u64,
@@ -205,6 +221,7 @@ async fn soak(
     println!("|------:|----------------:|----------:|");
     let mut samples = Vec::new();
     let mut tick = 0u64;
+    let mut restart_at: Option<u64> = None;
     while start.elapsed() < Duration::from_secs(secs) {
         tokio::time::sleep(Duration::from_secs(1)).await;
         tick += 1;
@@ -224,10 +241,16 @@ async fn soak(
                 .args(["-HUP", &pid.to_string()])
                 .status();
         }
-        if tick.is_multiple_of(30) {
+        // SIGKILL `direct` every 30 s (not in the last 10 s: its cut calls
+        // must have time to come back) and start it again DOWN_SECS later.
+        if tick.is_multiple_of(30) && tick + 10 < secs {
             let _ = direct.start_kill();
             let _ = direct.wait().await;
+            restart_at = Some(tick + DOWN_SECS);
+        }
+        if restart_at == Some(tick) {
             direct = echo(p_direct, "direct")?;
+            restart_at = None;
         }
         if tick.is_multiple_of(60) {
             swap_cert(&issuer, &cert_path, &key_path)?;
@@ -254,7 +277,7 @@ async fn soak(
 
     let t = totals.lock().map_err(|_| "poisoned")?;
     let panics = panics.load(Ordering::Relaxed);
-    let mut ms = t.reconnect_ms.clone();
+    let mut ms = t.death_reconnect_ms.clone();
     ms.sort_unstable();
     let pct = |p: usize| {
         ms.get((ms.len().saturating_sub(1)) * p / 100)
@@ -279,13 +302,28 @@ async fn soak(
         "| lost / duplicated / reordered (uncut) | {} / {} / {} |",
         t.lost, t.duplicated, t.reordered
     );
-    println!("| cuts (backend killed or reload) | {} |", t.cuts);
-    println!("| close codes seen on cuts | {:?} |", t.cut_close_codes);
     println!(
-        "| reconnect p50 / p99 / max | {} / {} / {} ms |",
+        "| calls cut by a backend death (reading clients) | {} |",
+        t.death_cuts
+    );
+    println!("| close codes on those cuts | {:?} |", t.death_close_codes);
+    println!(
+        "| reconnected via (backend that greeted) | {:?} |",
+        t.death_reconnected_via
+    );
+    println!(
+        "| time to reconnect p50 / p99 / max | {} / {} / {} ms |",
         pct(50),
         pct(99),
         ms.last().copied().unwrap_or(0)
+    );
+    println!(
+        "| not-reading calls cut by a backend death (Close unread) | {} |",
+        t.death_cuts_unread
+    );
+    println!(
+        "| other cuts / their close codes | {} / {:?} |",
+        t.other_cuts, t.other_close_codes
     );
     println!("| cut calls that never came back | {} |", t.never_back);
     println!("| 5xx from shunt | {} |", t.shunt_5xx);
@@ -293,7 +331,16 @@ async fn soak(
     println!("| RSS first / last / max (KiB) | {rss_first} / {rss_last} / {rss_max} |");
     println!("| fds first / last / max | {fds_first} / {fds_last} / {fds_max} |");
     println!("| panics | {panics} |");
-    let failed = t.lost + t.duplicated + t.reordered + t.shunt_5xx + panics + t.never_back > 0;
+    // Every reading client cut by a backend death got 1014 and came back through nginx.
+    let told = t.death_close_codes.get("1014").copied().unwrap_or(0);
+    let via_nginx = t
+        .death_reconnected_via
+        .get("via-nginx")
+        .copied()
+        .unwrap_or(0);
+    let untold = t.death_cuts - told + (t.death_reconnect_ms.len() as u64 - via_nginx);
+    let failed =
+        t.lost + t.duplicated + t.reordered + t.shunt_5xx + panics + t.never_back + untold > 0;
     println!("| verdict | {} |", if failed { "FAIL" } else { "PASS" });
     Ok(failed)
 }
@@ -327,12 +374,13 @@ async fn call(
     stop: Arc<AtomicBool>,
 ) {
     let period = Duration::from_micros(1_000_000 / fps.clamp(1, 1000));
+    // When the last session was cut by a backend death, while not back.
     let mut cut_at: Option<Instant> = None;
     let vanish_after = Duration::from_millis(1000 + (id as u64 * 7919) % (secs.max(2) * 500));
     let begun = Instant::now();
     while !stop.load(Ordering::Relaxed) {
-        let mut ws = match open(port, &connector).await {
-            Ok(ws) => ws,
+        let (mut ws, via) = match open(port, &connector).await {
+            Ok(opened) => opened,
             Err(Open::Status(code)) => {
                 {
                     let mut t = lock(&totals);
@@ -351,9 +399,9 @@ async fn call(
             }
         };
         if let Some(at) = cut_at.take() {
-            lock(&totals)
-                .reconnect_ms
-                .push(at.elapsed().as_millis() as u64);
+            let mut t = lock(&totals);
+            t.death_reconnect_ms.push(at.elapsed().as_millis() as u64);
+            *t.death_reconnected_via.entry(via.clone()).or_default() += 1;
         }
         let mut seq = 0u64;
         let mut expect = 0u64;
@@ -371,7 +419,7 @@ async fn call(
                     let mut frame = [0u8; 160];
                     frame[..8].copy_from_slice(&seq.to_be_bytes());
                     if ws.write_frame(Frame::binary(Payload::Borrowed(&frame))).await.is_err() {
-                        break Outcome::Cut(None);
+                        break Outcome::Cut(Err("no Close frame, a write failed".to_owned()));
                     }
                     seq += 1;
                 }
@@ -383,11 +431,10 @@ async fn call(
                         if n == expect { expect += 1 } else if n < expect { dup += 1 } else { reord += 1; expect = n + 1 }
                     }
                     Ok(f) if f.opcode == OpCode::Close => {
-                        let code = (f.payload.len() >= 2).then(|| u16::from_be_bytes([f.payload[0], f.payload[1]]));
-                        break Outcome::Cut(code);
+                        break Outcome::Cut(answer_close(&mut ws, &f.payload).await.ok_or_else(|| "Close without a code".to_owned()));
                     }
                     Ok(_) => {}
-                    Err(_) => break Outcome::Cut(None),
+                    Err(e) => break Outcome::Cut(Err(format!("no Close frame, a read failed: {e}"))),
                 },
             }
         };
@@ -410,7 +457,10 @@ async fn call(
                                     expect = n + 1
                                 }
                             }
-                            Ok(f) if f.opcode == OpCode::Close => break,
+                            Ok(f) if f.opcode == OpCode::Close => {
+                                answer_close(&mut ws, &f.payload).await;
+                                break;
+                            }
                             Ok(_) => {}
                             Err(_) => break,
                         }
@@ -433,10 +483,23 @@ async fn call(
             }
             Outcome::Cut(code) => {
                 let mut t = lock(&totals);
-                t.cuts += 1;
-                let key = code.map_or_else(|| "no Close frame".to_owned(), |c| c.to_string());
-                *t.cut_close_codes.entry(key).or_default() += 1;
-                cut_at = Some(Instant::now());
+                let key = code.map_or_else(|why| why, |c| c.to_string());
+                // Only a SIGKILL ends the `direct` backend's sessions.
+                if via != "direct" {
+                    t.other_cuts += 1;
+                    let key = if kind == Kind::NotReading {
+                        format!("{key} (not reading)")
+                    } else {
+                        key
+                    };
+                    *t.other_close_codes.entry(key).or_default() += 1;
+                } else if kind == Kind::NotReading {
+                    t.death_cuts_unread += 1;
+                } else {
+                    t.death_cuts += 1;
+                    *t.death_close_codes.entry(key).or_default() += 1;
+                    cut_at = Some(Instant::now());
+                }
             }
         }
     }
@@ -448,7 +511,8 @@ async fn call(
 enum Outcome {
     Stopped,
     Vanished,
-    Cut(Option<u16>),
+    /// The Close frame's code, or how the session ended without one.
+    Cut(Result<u16, String>),
 }
 
 enum Open {
@@ -456,11 +520,24 @@ enum Open {
     Io,
 }
 
+/// The code of a Close frame's payload, after answering it with the same
+/// payload. Read by hand: fastwebsockets' auto-close refuses 1014, a code
+/// browsers accept (RFC 6455 leaves it to the IANA registry, where 1014 is
+/// "Bad Gateway").
+async fn answer_close(ws: &mut Ws, payload: &[u8]) -> Option<u16> {
+    let code = (payload.len() >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]]));
+    let reply = Frame::close_raw(Payload::Owned(payload.get(..2).unwrap_or(&[]).to_vec()));
+    let _ = tokio::time::timeout(Duration::from_secs(1), ws.write_frame(reply)).await;
+    code
+}
+
 fn lock(t: &Mutex<Totals>) -> std::sync::MutexGuard<'_, Totals> {
     t.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-async fn open(port: u16, connector: &TlsConnector) -> Result<Ws, Open> {
+/// A session: TLS, the upgrade, then the backend's hello; returns the socket
+/// and the name the backend greeted with (`direct` or `via-nginx`).
+async fn open(port: u16, connector: &TlsConnector) -> Result<(Ws, String), Open> {
     let tcp = TcpStream::connect(("127.0.0.1", port))
         .await
         .map_err(|_| Open::Io)?;
@@ -482,10 +559,18 @@ async fn open(port: u16, connector: &TlsConnector) -> Result<Ws, Open> {
     let attempt = handshake::client(&executor, req, tls);
     match tokio::time::timeout(Duration::from_secs(5), attempt).await {
         Ok(Ok((mut ws, _))) => {
-            ws.set_auto_close(true);
-            // The backend greets first.
+            // Close frames are read and answered by hand (see `answer_close`).
+            ws.set_auto_close(false);
+            // The backend greets first: "hello from NAME".
             match tokio::time::timeout(Duration::from_secs(5), ws.read_frame()).await {
-                Ok(Ok(f)) if f.opcode == OpCode::Text => Ok(ws),
+                Ok(Ok(f)) if f.opcode == OpCode::Text => {
+                    let hello = String::from_utf8_lossy(&f.payload);
+                    let via = hello
+                        .strip_prefix("hello from ")
+                        .unwrap_or(&hello)
+                        .to_owned();
+                    Ok((ws, via))
+                }
                 _ => Err(Open::Io),
             }
         }
