@@ -224,7 +224,7 @@ fn round_trip(data: &[u8]) {
     let reason = String::from_utf8_lossy(payload);
     let code = u16::from_be_bytes([p[1], p[2]]);
     let clen = close_payload(code, &reason, &mut close);
-    assert!(clen >= 2 && clen <= MAX_CONTROL_PAYLOAD);
+    assert!((2..=MAX_CONTROL_PAYLOAD).contains(&clen));
     assert_eq!(close[..2], code.to_be_bytes());
     let cut = reason.len().min(MAX_CONTROL_PAYLOAD - 2);
     assert_eq!(&close[2..clen], &reason.as_bytes()[..cut]);
