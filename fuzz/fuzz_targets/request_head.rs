@@ -11,13 +11,13 @@ fuzz_target!(|data: &[u8]| {
     let target = lines.next().unwrap_or("/");
     let mut builder = http::Request::get(target);
     for line in lines {
-        if let Some((name, value)) = line.split_once(':') {
-            if let (Ok(n), Ok(v)) = (
+        if let Some((name, value)) = line.split_once(':')
+            && let (Ok(n), Ok(v)) = (
                 http::HeaderName::from_bytes(name.trim().as_bytes()),
                 http::HeaderValue::from_bytes(value.trim().as_bytes()),
-            ) {
-                builder = builder.header(n, v);
-            }
+            )
+        {
+            builder = builder.header(n, v);
         }
     }
     let normalized = shunt::router::normalize_path(target);
