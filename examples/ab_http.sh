@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Plain HTTP through two shunt binaries, A and B, alternating in one session:
+# requests/s, and shunt's CPU time and context switches per request (from
+# /proc), which stay readable on a busy machine where requests/s do not.
+#
+#   examples/ab_http.sh OLD/shunt target/release/shunt [ROUNDS=3] [SECS=5]
+#   ENV_A=RUST_LOG=info ENV_B=RUST_LOG=warn examples/ab_http.sh BIN BIN   # the log's cost
+#
+# Starts a one-worker nginx origin (a small fixed response) on 127.0.0.1:19201
+# and the two shunts on 19202 (A) and 19203 (B), runs `wrk -t2 -c64` against
+# each in turn, and stops all three by PID. Needs nginx and wrk.
+set -u
+A=$1; B=$2; ROUNDS=${3:-3}; SECS=${4:-5}
+D=$(mktemp -d "${TMPDIR:-/tmp}/shunt-ab.XXXXXX"); mkdir -p $D/logs
+cat > $D/origin.conf <<C
+daemon off; worker_processes 1; pid $D/origin.pid; error_log $D/logs/error.log warn;
+events { worker_connections 1024; }
+http { access_log off; client_body_temp_path $D/b; proxy_temp_path $D/p; fastcgi_temp_path $D/f; uwsgi_temp_path $D/u; scgi_temp_path $D/s;
+  server { listen 127.0.0.1:19201; location / { return 200 "hello from the origin\n"; } } }
+C
+"${NGINX:-$(command -v nginx || echo /usr/sbin/nginx)}" -p $D -c $D/origin.conf & OP=$!
+env ${ENV_A:-X=1} "$A" --listen 127.0.0.1:19202 --admin off --direct http://127.0.0.1:19201 2>$D/a.log & AP=$!
+env ${ENV_B:-X=1} "$B" --listen 127.0.0.1:19203 --admin off --direct http://127.0.0.1:19201 2>$D/b.log & BP=$!
+sleep 1.5
+TCK=$(getconf CLK_TCK)
+cpu() { awk '{print $14+$15}' /proc/$1/stat; }
+cs() { cat /proc/$1/task/*/status | awk '/ctxt_switches/{s+=$2} END{print s}'; }
+for r in $(seq $ROUNDS); do
+  for side in A B; do
+    if [ $side = A ]; then pid=$AP; port=19202; else pid=$BP; port=19203; fi
+    c0=$(cpu $pid); s0=$(cs $pid)
+    out=$(timeout 60 wrk -t2 -c64 -d${SECS}s http://127.0.0.1:$port/)
+    c1=$(cpu $pid); s1=$(cs $pid)
+    reqs=$(echo "$out" | awk '/requests in/{print $1}')
+    rps=$(echo "$out" | awk '/Requests\/sec/{print $2}')
+    awk -v s=$side -v r=$r -v n=$reqs -v rps=$rps -v c=$((c1-c0)) -v x=$((s1-s0)) -v t=$TCK \
+      'BEGIN{printf "round %d %s req/s %8.0f  cpu/req %6.2f us  ctxsw/req %5.3f\n", r, s, rps, c/t*1e6/n, x/n}'
+  done
+done
+kill $AP $BP; kill -TERM $OP; wait $AP $BP $OP 2>/dev/null
+rm -rf "$D"
