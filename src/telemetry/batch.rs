@@ -172,19 +172,26 @@ pub struct BatchWriter<'a, W: Write + Clone + Send + Sync + 'static> {
 }
 
 impl<W: Write + Clone + Send + Sync + 'static> BatchWriter<'_, W> {
-    /// This thread's buffer for this batcher, registered on first use; none
-    /// while the thread is being torn down.
-    fn buffer(&self) -> Option<Arc<Mutex<Pending>>> {
+    /// Append `line` to this thread's buffer (registered on first use) and
+    /// take the buffer when it is full; `None` while the thread is being
+    /// torn down.
+    fn append(&self, line: &[u8]) -> Option<Option<Pending>> {
         let shared = &self.batcher.shared;
         MINE.try_with(|mine| {
             let mut mine = mine.borrow_mut();
-            if let Some((_, buffer)) = mine.iter().find(|(id, _)| *id == shared.id) {
-                return buffer.clone();
-            }
-            let buffer = Arc::new(Mutex::new(Pending::default()));
-            lock(&shared.buffers).push(buffer.clone());
-            mine.push((shared.id, buffer.clone()));
-            buffer
+            let i = match mine.iter().position(|(id, _)| *id == shared.id) {
+                Some(i) => i,
+                None => {
+                    let buffer = Arc::new(Mutex::new(Pending::default()));
+                    lock(&shared.buffers).push(buffer.clone());
+                    mine.push((shared.id, buffer));
+                    mine.len() - 1
+                }
+            };
+            let mut pending = lock(&mine[i].1);
+            pending.bytes.extend_from_slice(line);
+            pending.lines += 1;
+            (pending.bytes.len() >= BATCH_BYTES).then(|| std::mem::take(&mut *pending))
         })
         .ok()
     }
@@ -193,21 +200,19 @@ impl<W: Write + Clone + Send + Sync + 'static> BatchWriter<'_, W> {
 impl<W: Write + Clone + Send + Sync + 'static> Write for BatchWriter<'_, W> {
     fn write(&mut self, line: &[u8]) -> io::Result<usize> {
         let shared = &self.batcher.shared;
-        let buffer = match self.buffer() {
-            Some(b) if !shared.stopping.load(Ordering::Acquire) => b,
+        let appended = if shared.stopping.load(Ordering::Acquire) {
+            None
+        } else {
+            self.append(line)
+        };
+        match appended {
             // Stopped, or the thread is ending: write through.
-            _ => return shared.out.clone().write(line),
-        };
-        let full = {
-            let mut pending = lock(&buffer);
-            pending.bytes.extend_from_slice(line);
-            pending.lines += 1;
-            (pending.bytes.len() >= BATCH_BYTES).then(|| std::mem::take(&mut *pending))
-        };
-        match full {
-            Some(batch) => shared.send(batch),
-            None if !shared.pending.swap(true, Ordering::AcqRel) => self.batcher.flusher.unpark(),
-            None => {}
+            None => return shared.out.clone().write(line),
+            Some(Some(batch)) => shared.send(batch),
+            Some(None) if !shared.pending.swap(true, Ordering::AcqRel) => {
+                self.batcher.flusher.unpark();
+            }
+            Some(None) => {}
         }
         Ok(line.len())
     }
