@@ -2,7 +2,9 @@
 //! `POST /reload`, and the dashboard at `/` ([`dashboard`]).
 //!
 //! Every request first passes the `Host` guard ([`host`]), which answers 403
-//! to names that are not an IP literal, `localhost` or in `admin_hosts`.
+//! to names that are not an IP literal, `localhost` or in `admin_hosts`; a
+//! `POST` that a browser sends from a page of another site (its `Origin` or
+//! `Sec-Fetch-Site` says so) gets 403 too.
 //!
 //! A side module: it reads the live snapshot, health and counters, and asks
 //! the reloader for a reload; it never touches a request in flight. It should
@@ -102,6 +104,12 @@ async fn route(
             "forbidden: the admin API answers only Host: an IP address, localhost or a name in admin_hosts\n",
         );
     }
+    if !matches!(*req.method(), Method::GET | Method::HEAD) && from_another_site(&req) {
+        return text(
+            StatusCode::FORBIDDEN,
+            "forbidden: a page on another site may not change shunt (Origin or Sec-Fetch-Site names another origin); send POST /reload without them, as curl does\n",
+        );
+    }
     if matches!(*req.method(), Method::GET | Method::HEAD)
         && let Some(page) = dashboard::asset(req.uri().path())
     {
@@ -147,6 +155,16 @@ fn host_allowed(req: &Request<Incoming>, rt: &Runtime) -> bool {
             .uri()
             .authority()
             .is_none_or(|a| host::allowed(Some(a.as_str()), admin_hosts))
+}
+
+/// A browser request from a page of another origin ([`host::foreign_origin`]).
+fn from_another_site(req: &Request<Incoming>) -> bool {
+    let header = |name: &str| {
+        req.headers()
+            .get(name)
+            .map(|v| v.to_str().unwrap_or("\u{fffd}"))
+    };
+    host::foreign_origin(header("origin"), header("sec-fetch-site"), header("host"))
 }
 
 /// 200 iff not draining and every route has an upstream that is up (and,

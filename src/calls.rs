@@ -8,7 +8,7 @@
 //! Times inside a call are milliseconds since its start (`u32`), so a
 //! direction's figures are a few dozen bytes.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
@@ -459,6 +459,62 @@ impl Sort {
 /// Count of ended calls by route, who closed, and close code.
 type CloseKey = (String, ClosedBy, Option<u16>);
 
+/// Minutes a close stays in [`CloseCount::last_hour`].
+const CLOSE_WINDOW_MINUTES: u64 = 60;
+
+/// Ended calls of one [`CloseKey`]: the total since start, and counts per
+/// minute over the last hour, so `/status` can say what happened lately
+/// however long ago the dashboard was opened.
+#[derive(Debug, Default)]
+struct CloseCount {
+    total: u64,
+    /// `(minute, count)`, oldest first, at most [`CLOSE_WINDOW_MINUTES`]
+    /// entries; `minute` counts whole minutes since the registry's epoch.
+    minutes: VecDeque<(u64, u32)>,
+}
+
+impl CloseCount {
+    fn add(&mut self, minute: u64) {
+        self.total += 1;
+        match self.minutes.back_mut() {
+            Some((m, n)) if *m == minute => *n = n.saturating_add(1),
+            _ => self.minutes.push_back((minute, 1)),
+        }
+        while self
+            .minutes
+            .front()
+            .is_some_and(|(m, _)| m + CLOSE_WINDOW_MINUTES <= minute)
+        {
+            self.minutes.pop_front();
+        }
+    }
+
+    /// Closes in this minute and the 59 before it.
+    fn last_hour(&self, minute: u64) -> u64 {
+        self.minutes
+            .iter()
+            .filter(|(m, _)| m + CLOSE_WINDOW_MINUTES > minute)
+            .map(|(_, n)| u64::from(*n))
+            .sum()
+    }
+}
+
+/// When the registry was made: the origin of [`CloseCount`]'s minutes.
+#[derive(Debug)]
+struct Epoch(Instant);
+
+impl Default for Epoch {
+    fn default() -> Self {
+        Epoch(Instant::now())
+    }
+}
+
+impl Epoch {
+    fn minute(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.0).as_secs() / 60
+    }
+}
+
 /// Every live call, and the metrics of calls by route.
 #[derive(Debug, Default)]
 pub struct CallRegistry {
@@ -467,7 +523,8 @@ pub struct CallRegistry {
     routes: Mutex<BTreeMap<String, Arc<RouteCalls>>>,
     /// Upstream names, shared by their calls.
     upstreams: Mutex<BTreeMap<String, Arc<str>>>,
-    closes: Mutex<BTreeMap<CloseKey, u64>>,
+    closes: Mutex<BTreeMap<CloseKey, CloseCount>>,
+    epoch: Epoch,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -516,9 +573,15 @@ impl CallRegistry {
 
     /// Count an ended call's close.
     pub fn record_close(&self, route: &str, by: ClosedBy, code: Option<u16>) {
-        *lock(&self.closes)
+        self.record_close_at(route, by, code, Instant::now());
+    }
+
+    fn record_close_at(&self, route: &str, by: ClosedBy, code: Option<u16>, now: Instant) {
+        let minute = self.epoch.minute(now);
+        lock(&self.closes)
             .entry((route.to_owned(), by, code))
-            .or_default() += 1;
+            .or_default()
+            .add(minute);
     }
 
     /// Live calls.
@@ -552,6 +615,11 @@ impl CallRegistry {
 
     /// The `calls` part of `/status`.
     pub fn status_json(&self) -> Value {
+        self.status_json_at(Instant::now())
+    }
+
+    fn status_json_at(&self, now: Instant) -> Value {
+        let minute = self.epoch.minute(now);
         let (active, stalled) = {
             let live = lock(&self.live);
             (live.len(), live.values().filter(|c| c.stalled()).count())
@@ -563,7 +631,13 @@ impl CallRegistry {
         let closes: Vec<Value> = lock(&self.closes)
             .iter()
             .map(|((route, by, code), n)| {
-                json!({"route": route, "closed_by": by.as_str(), "code": code, "count": n})
+                json!({
+                    "route": route,
+                    "closed_by": by.as_str(),
+                    "code": code,
+                    "count": n.total,
+                    "last_hour": n.last_hour(minute),
+                })
             })
             .collect();
         json!({
@@ -641,6 +715,7 @@ impl CallRegistry {
             "# HELP shunt_tunnel_closes_total Ended calls by route, who closed, and close code.\n# TYPE shunt_tunnel_closes_total counter"
         );
         for ((route, by, code), n) in lock(&self.closes).iter() {
+            let n = n.total;
             let code = code.map_or_else(|| "none".to_owned(), |c| c.to_string());
             let _ = writeln!(
                 out,
@@ -721,6 +796,29 @@ mod tests {
         assert!(text.contains(
             "shunt_frame_gap_seconds_bucket{route=\"/audio\",direction=\"to_client\",le=\"0.02\"} 0"
         ));
+    }
+
+    #[test]
+    fn closes_of_the_last_hour_are_counted_by_minute() {
+        let reg = CallRegistry::default();
+        let t0 = reg.epoch.0;
+        let at = |mins: u64| t0 + Duration::from_secs(mins * 60 + 1);
+        reg.record_close_at("/a", ClosedBy::Backend, Some(1000), at(0));
+        reg.record_close_at("/a", ClosedBy::Backend, Some(1000), at(0));
+        reg.record_close_at("/a", ClosedBy::Backend, Some(1000), at(30));
+        let closes = |now| reg.status_json_at(now)["closes"][0].clone();
+        assert_eq!(closes(at(30))["last_hour"], 3);
+        assert_eq!(closes(at(59))["last_hour"], 3);
+        // The two closes of minute 0 leave the window at minute 60.
+        assert_eq!(closes(at(60))["last_hour"], 1);
+        assert_eq!(closes(at(90))["last_hour"], 0);
+        assert_eq!(closes(at(90))["count"], 3);
+        // A close two hours on drops every older minute from the ring.
+        reg.record_close_at("/a", ClosedBy::Backend, Some(1000), at(120));
+        let len = lock(&reg.closes).values().next().unwrap().minutes.len();
+        assert_eq!(len, 1);
+        assert_eq!(closes(at(120))["last_hour"], 1);
+        assert_eq!(closes(at(120))["count"], 4);
     }
 
     #[test]

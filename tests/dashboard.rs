@@ -98,6 +98,61 @@ async fn admin_refuses_a_rebinding_host_and_serves_ip_and_localhost() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cross_site_post_reload_is_refused_and_a_script_s_is_served() {
+    let proxy = shunt().start().await;
+    let admin = proxy.admin_addr();
+    let host = admin.to_string();
+    let post = |headers: Vec<(&'static str, String)>| async move {
+        let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        HttpConn::connect(admin)
+            .await
+            .expect("connect to the admin listener")
+            .send(
+                hyper::Method::POST,
+                "/reload",
+                &headers,
+                Full::new(Bytes::new()),
+            )
+            .await
+            .expect("POST /reload")
+    };
+    let generation = || async {
+        let status = http_get(admin, "/status", &[]).await.unwrap().json();
+        status["generation"].as_u64().expect("generation")
+    };
+    // What a page on any site sends when it submits a form to 127.0.0.1:9901:
+    // the Host is an IP literal, so only the Origin gives it away.
+    let attacks = [
+        vec![
+            ("host", host.clone()),
+            ("origin", "https://attacker.example".to_owned()),
+        ],
+        vec![("host", host.clone()), ("origin", "null".to_owned())],
+        vec![
+            ("host", host.clone()),
+            ("sec-fetch-site", "cross-site".to_owned()),
+        ],
+    ];
+    for headers in attacks {
+        let resp = post(headers.clone()).await;
+        assert_eq!(resp.status, StatusCode::FORBIDDEN, "{headers:?}");
+        assert!(resp.text().contains("another site"), "{}", resp.text());
+    }
+    assert_eq!(generation().await, 1, "no refused POST reloaded");
+    // curl and scripts (no Origin), and a same-origin page, still reload.
+    let resp = post(vec![("host", host.clone())]).await;
+    assert_eq!(resp.status, StatusCode::OK, "{}", resp.text());
+    let resp = post(vec![
+        ("host", host.clone()),
+        ("origin", format!("http://{host}")),
+        ("sec-fetch-site", "same-origin".to_owned()),
+    ])
+    .await;
+    assert_eq!(resp.status, StatusCode::OK, "{}", resp.text());
+    assert_eq!(generation().await, 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_hosts_lists_extra_names() {
     let proxy = shunt()
         .flags(&[
@@ -417,6 +472,8 @@ async fn browser_shows_live_calls_and_follows_a_backend_kill() {
             {"host": "kill-direct"},
             {"check": "route", "name": "route after kill", "route": "/frontend-audio",
              "using": "via nginx", "upstream": "direct", "health": "down", "within_ms": 5000},
+            {"check": "readiness", "name": "degraded after kill", "badge": "degraded",
+             "contains": ["/frontend-audio (direct)", "upstream down"], "within_ms": 5000},
             {"screenshot": "after-kill.png"},
         ],
     });
@@ -428,6 +485,7 @@ async fn browser_shows_live_calls_and_follows_a_backend_kill() {
     stop.cancel();
     let _ = stalling.await;
     assert!(output.contains("PASS route after kill"), "{output}");
+    assert!(output.contains("PASS degraded after kill"), "{output}");
     assert!(output.contains("PASS stalled"), "{output}");
     assert!(out.join("after-kill.png").is_file());
 }

@@ -248,3 +248,35 @@ async fn the_certbot_hook_opens_the_key_to_its_group_and_reloads_without_droppin
         .expect("the live call survives the reload");
     assert_eq!(recv_text(&mut call).await.unwrap(), "still here");
 }
+
+#[test]
+fn kubernetes_lets_prometheus_scrape_and_only_prometheus_reach_the_admin_port() {
+    let k8s = directives(&read("deploy/kubernetes-sidecar.yaml")).join("\n");
+    for wanted in [
+        r#"prometheus.io/scrape: "true""#,
+        r#"prometheus.io/port: "9901""#,
+        "prometheus.io/path: /metrics",
+    ] {
+        assert!(k8s.contains(wanted), "the Deployment is annotated {wanted}");
+    }
+    let policy = k8s
+        .split("\n---")
+        .find(|doc| doc.contains("kind: NetworkPolicy"))
+        .expect("the manifest carries a NetworkPolicy");
+    // Each ingress rule: its ports, and whether it names who may come in.
+    let rules: Vec<&str> = policy.split("- ports:").skip(1).collect();
+    let rule_for = |port: &str| {
+        rules
+            .iter()
+            .find(|r| r.contains(&format!("port: {port}")))
+            .unwrap_or_else(|| panic!("an ingress rule for {port}:\n{policy}"))
+    };
+    assert!(!rule_for("8443").contains("from:"), "browsers reach 8443");
+    for (port, who) in [("9901", "prometheus"), ("5006", "app: nginx")] {
+        let rule = rule_for(port);
+        assert!(
+            rule.contains("from:") && rule.contains(who),
+            "only {who} may reach {port}: {rule}"
+        );
+    }
+}

@@ -8,7 +8,6 @@
 (function () {
   const REFRESH_MS = 2000;
   const HISTORY_MS = 2 * 60 * 1000;
-  const CLOSES_WINDOW_MS = 60 * 60 * 1000;
   const UPGRADES_WINDOW_MS = 60 * 1000;
   const CERT_WARN_DAYS = 14;
   const CALLS_LIMIT = 500;
@@ -16,8 +15,6 @@
   const state = {
     sort: { key: 'default', dir: 1 },
     history: new Map(), // call id -> [{t, up, down, rtt}]
-    closesPrev: null, // Map key -> cumulative count
-    closesEvents: [], // {t, key, n}
     upgradeSamples: [], // {t, counts}
     calls: null, // last /calls body, or null when unavailable
     callsStatus: 0,
@@ -142,7 +139,16 @@
     badge.className = 'badge ' + (ok ? 'ok' : 'bad');
     badge.textContent = ok ? 'ready' : ready.status === 0 ? 'unreachable' : 'not ready';
     const why = byId('readiness');
-    if (ok) {
+    const degraded = ok && Array.isArray(ready.body.degraded) ? ready.body.degraded : [];
+    if (ok && degraded.length > 0) {
+      // Ready, but a route runs on its fallback or has lost one: say which and why.
+      badge.className = 'badge warn';
+      badge.textContent = 'degraded';
+      why.textContent =
+        'Ready, degraded: ' +
+        degraded.map((d) => d.route + (d.upstream ? ' (' + d.upstream + ')' : '') + ': ' + d.reason).join('; ');
+      why.className = 'note warn';
+    } else if (ok) {
       why.textContent = 'Ready: every route has a healthy upstream.';
       why.className = 'note ok';
     } else if (ready.body && ready.body.reason) {
@@ -229,8 +235,8 @@
     return (dir(call, 'to_backend').stalls || 0) + (dir(call, 'to_client').stalls || 0);
   }
 
-  function rttOf(call) {
-    const l = leg(call, 'client');
+  function rttOf(call, name) {
+    const l = leg(call, name || 'client');
     return isNum(l.rtt_median_ms) ? l.rtt_median_ms : isNum(l.rtt_last_ms) ? l.rtt_last_ms : null;
   }
 
@@ -284,6 +290,7 @@
         up: dir(c, 'to_backend').frames_per_second,
         down: dir(c, 'to_client').frames_per_second,
         rtt: rttOf(c),
+        rtt_backend: rttOf(c, 'backend'),
       });
       while (h.length > 0 && h[0].t < now - HISTORY_MS) h.shift();
     }
@@ -358,8 +365,8 @@
       td('Last frame', isStalled ? 'num bad' : 'num', pair(up.last_frame_age_seconds, down.last_frame_age_seconds, duration)),
       td('Largest gap', 'num', pair(up.largest_gap_seconds, down.largest_gap_seconds, duration)),
       stallCell,
-      td('Ping RTT', 'num', titled(el('span', null, pair(rttOf(c), lb.rtt_median_ms !== null && lb.rtt_median_ms !== undefined ? lb.rtt_median_ms : lb.rtt_last_ms, ms)), 'client leg: last ' + ms(lc.rtt_last_ms) + ', median ' + ms(lc.rtt_median_ms) + '; backend leg: last ' + ms(lb.rtt_last_ms) + ', median ' + ms(lb.rtt_median_ms))),
-      td('Last 2 min', 'spark', sparkline(h, ['up', 'down'], 'frames/s over the last 2 minutes (↑ blue, ↓ green)'), sparkline(h, ['rtt'], 'client ping RTT over the last 2 minutes'))
+      td('Ping RTT', 'num', titled(el('span', null, pair(rttOf(c), rttOf(c, 'backend'), ms)), 'client leg: last ' + ms(lc.rtt_last_ms) + ', median ' + ms(lc.rtt_median_ms) + '; backend leg: last ' + ms(lb.rtt_last_ms) + ', median ' + ms(lb.rtt_median_ms))),
+      td('Last 2 min', 'spark', sparkline(h, ['up', 'down'], 'frames/s over the last 2 minutes (↑ blue, ↓ green)'), sparkline(h, ['rtt', 'rtt_backend'], 'ping RTT over the last 2 minutes (client leg purple, backend leg grey)'))
     );
     row.setAttribute('data-call', String(c.id));
     row.setAttribute('data-upstream', String(c.upstream));
@@ -465,31 +472,16 @@
     setRows('upgrades', rows, 3, '');
   }
 
-  function closeKey(c) {
-    return JSON.stringify([c.route, c.closed_by, c.code]);
-  }
-
   function renderCloses(status) {
     const calls = status.calls;
     if (!calls || !Array.isArray(calls.closes)) {
       setRows('closes', [], 5, 'Not available from this shunt.');
       return;
     }
-    const now = Date.now();
-    const current = new Map(calls.closes.map((c) => [closeKey(c), c.count || 0]));
-    if (state.closesPrev) {
-      for (const [k, n] of current) {
-        const d = n - (state.closesPrev.get(k) || 0);
-        if (d > 0) state.closesEvents.push({ t: now, key: k, n: d });
-      }
-    }
-    state.closesPrev = current;
-    state.closesEvents = state.closesEvents.filter((e) => e.t >= now - CLOSES_WINDOW_MS);
-    const lastHour = new Map();
-    for (const e of state.closesEvents) lastHour.set(e.key, (lastHour.get(e.key) || 0) + e.n);
+    const lastHour = (c) => c.last_hour || 0;
     const rows = calls.closes
       .slice()
-      .sort((a, b) => (lastHour.get(closeKey(b)) || 0) - (lastHour.get(closeKey(a)) || 0) || (b.count || 0) - (a.count || 0))
+      .sort((a, b) => lastHour(b) - lastHour(a) || (b.count || 0) - (a.count || 0))
       .map((c) =>
         el(
           'tr',
@@ -497,7 +489,7 @@
           td('Route', null, c.route),
           td('By', null, c.closed_by),
           td('Code', 'num', c.code === null || c.code === undefined ? '—' : String(c.code)),
-          td('1 h', 'num', String(lastHour.get(closeKey(c)) || 0)),
+          td('1 h', 'num', String(lastHour(c))),
           td('All', 'num', String(c.count || 0))
         )
       );

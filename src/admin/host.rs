@@ -33,6 +33,47 @@ pub fn allowed(host: Option<&str>, admin_hosts: &[String]) -> bool {
         })
 }
 
+/// Whether a request that changes state (`POST /reload`) comes from a page on
+/// another site, and must be refused.
+///
+/// The `Host` guard stops a rebinding page from *reading* the API, but a
+/// page on any site can still make the browser send a simple cross-origin
+/// `POST` to `http://127.0.0.1:9901/reload` (the browser only hides the
+/// answer). Browsers say where such a request comes from: `Sec-Fetch-Site`
+/// (`cross-site`, `same-site`) and `Origin`. A request naming another origin
+/// than the one it was sent to is refused; one without either header (curl,
+/// scripts, `shunt healthcheck`) is not a browser's and is served.
+pub fn foreign_origin(origin: Option<&str>, fetch_site: Option<&str>, host: Option<&str>) -> bool {
+    if let Some(site) = fetch_site
+        && matches!(site.trim(), "cross-site" | "same-site")
+    {
+        return true;
+    }
+    let Some(origin) = origin.map(str::trim) else {
+        return false;
+    };
+    let Some((scheme, authority)) = origin.split_once("://") else {
+        // `Origin: null` (a sandboxed frame, a redirect) or garbage.
+        return true;
+    };
+    let Some(host) = host.map(str::trim) else {
+        return true;
+    };
+    let default_port = match scheme.to_ascii_lowercase().as_str() {
+        "http" => "80",
+        "https" => "443",
+        _ => return true,
+    };
+    let with_port = |a: &str| {
+        if strip_port(a).len() == a.len() {
+            format!("{a}:{default_port}")
+        } else {
+            a.to_owned()
+        }
+    };
+    !with_port(authority).eq_ignore_ascii_case(&with_port(host))
+}
+
 /// `host` without its `:port`; `[v6]` without brackets. A bare IPv6
 /// address (not valid in `Host`, but unambiguous) is kept whole.
 fn strip_port(host: &str) -> &str {
@@ -111,6 +152,36 @@ mod tests {
         ] {
             assert!(!ok(host), "{host:?} should be refused");
         }
+    }
+
+    #[test]
+    fn cross_site_posts_are_foreign_and_scripts_are_not() {
+        let h = Some("127.0.0.1:9901");
+        // curl, shunt healthcheck, scripts: no browser headers.
+        assert!(!foreign_origin(None, None, h));
+        // The dashboard itself (same origin), with and without the default port.
+        assert!(!foreign_origin(
+            Some("http://127.0.0.1:9901"),
+            Some("same-origin"),
+            h
+        ));
+        assert!(!foreign_origin(
+            Some("http://localhost"),
+            None,
+            Some("localhost:80")
+        ));
+        assert!(!foreign_origin(None, Some("none"), h));
+        for (origin, site) in [
+            (Some("https://attacker.example"), None),
+            (Some("http://127.0.0.1:8080"), None),
+            (Some("null"), None),
+            (None, Some("cross-site")),
+            (None, Some("same-site")),
+            (Some("http://127.0.0.1:9901"), Some("cross-site")),
+        ] {
+            assert!(foreign_origin(origin, site, h), "{origin:?} {site:?}");
+        }
+        assert!(foreign_origin(Some("http://127.0.0.1:9901"), None, None));
     }
 
     #[test]

@@ -15,6 +15,7 @@
 //   {"check": "route", "route": "/frontend-audio", "using": "via nginx",
 //    "upstream": "direct", "health": "down", "within_ms": 5000}
 //                                             the route and upstream display reach that state
+//   {"check": "readiness", "badge": "degraded", "contains": ["..."]}  the header badge and readiness note
 //   {"check": "certificate", "cert": "localhost", "days": 9, "red": true}
 //                                             the certificate row shows the days left, red under 14
 //   {"check": "narrow", "width": 420}         no horizontal page scroll at that width
@@ -172,6 +173,22 @@ const checks = {
       'route ' + step.route + ' using ' + step.using + ' and ' + step.upstream + ' ' + step.health
     );
     return { elapsed_ms: r.elapsed, using: r.value.using };
+  },
+
+  async readiness(page, step) {
+    // The header's badge and the readiness note: e.g. "degraded" naming the route and why.
+    const r = await poll(
+      page,
+      () =>
+        page.evaluate((s) => {
+          const badge = document.getElementById('ready').textContent;
+          const note = document.getElementById('readiness').textContent;
+          return { ok: badge === s.badge && s.contains.every((t) => note.includes(t)), badge: badge, note: note };
+        }, step),
+      step.within_ms || 5000,
+      'readiness ' + step.badge + ' naming ' + JSON.stringify(step.contains)
+    );
+    return { badge: r.value.badge, note: r.value.note };
   },
 
   async certificate(page, step) {
