@@ -7,7 +7,7 @@ use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 
-use super::ending::{Ending, TunnelTimers};
+use super::ending::{Ending, TunnelParts, TunnelTimers};
 use super::joined::Tunnel;
 use super::leg::Stream;
 use super::relay::Relay;
@@ -34,13 +34,17 @@ where
     U: AsyncRead + AsyncWrite + Unpin + Send,
 {
     let relay = Arc::new(Relay::copy_only());
+    let parts = TunnelParts {
+        guard,
+        call,
+        slot: None,
+        timers,
+    };
     Tunnel::new(
         (Stream(downstream), to_upstream_first),
         (Stream(upstream), &[]),
-        timers,
+        parts,
         relay,
-        guard,
-        call,
     )
     .run(shutdown)
     .await

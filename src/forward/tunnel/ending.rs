@@ -1,7 +1,13 @@
-//! Why a tunnel ended, and the timers that can end it.
+//! Why a tunnel ended, the timers that can end it, and what a tunnel holds
+//! for its life besides its legs (its `/status` and `/calls` entries, its
+//! policy slot).
 
 use std::io;
 use std::time::Duration;
+
+use crate::calls::CallGuard;
+use crate::policy::rate::TunnelSlot;
+use crate::stats::TunnelGuard;
 
 /// After one direction has closed, how long the other may go on.
 pub const HALF_CLOSE_LINGER: Duration = Duration::from_secs(30);
@@ -100,4 +106,17 @@ impl TunnelTimers {
             stall_after: Duration::from_secs(2),
         }
     }
+}
+
+/// What one tunnel holds for its life besides its legs.
+#[derive(Debug)]
+pub struct TunnelParts {
+    /// Its place in `/status`.
+    pub guard: TunnelGuard,
+    /// Its place in `/calls`.
+    pub call: CallGuard,
+    /// The policy's per-client tunnel slot, released when the tunnel ends.
+    pub slot: Option<TunnelSlot>,
+    /// Its timers.
+    pub timers: TunnelTimers,
 }

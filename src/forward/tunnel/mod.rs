@@ -45,27 +45,11 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::calls::CallGuard;
-use crate::policy::rate::TunnelSlot;
-use crate::stats::TunnelGuard;
 use crate::upstream::connect::UpstreamStream;
-pub use ending::{Ending, HALF_CLOSE_LINGER, TunnelTimers};
+pub use ending::{Ending, HALF_CLOSE_LINGER, TunnelParts, TunnelTimers};
 use joined::Tunnel;
 use leg::Stream;
 pub use relay::Relay;
-
-/// What one tunnel holds for its life besides its legs.
-#[derive(Debug)]
-pub struct TunnelParts {
-    /// Its place in `/status`.
-    pub guard: TunnelGuard,
-    /// Its place in `/calls`.
-    pub call: CallGuard,
-    /// The policy's per-client tunnel slot, released when the tunnel ends.
-    pub slot: Option<TunnelSlot>,
-    /// Its timers.
-    pub timers: TunnelTimers,
-}
 
 /// A tunnel whose upstream has answered 101, waiting for hyper to write
 /// that answer to the client and hand the downstream connection over.
@@ -144,35 +128,20 @@ impl Pending {
                 return;
             }
         };
-        let TunnelParts {
-            guard,
-            call,
-            slot,
-            timers,
-        } = parts;
+        // The task is the tunnel's `run` future itself: wrapping it in
+        // another `async` block would store the tunnel twice (once captured,
+        // once inside the awaited future), doubling an idle call's task.
         match unwrap_plain(downstream, upstream) {
             Unwrapped::Plain(d, d_early, u, u_early) => {
-                let tunnel = Tunnel::new((d, &d_early), (u, &u_early), timers, relay, guard, call);
+                let tunnel = Tunnel::new((d, &d_early), (u, &u_early), parts, relay);
                 drop((d_early, u_early));
-                tracker.spawn(async move {
-                    tunnel.run(shutdown).await;
-                    drop(slot);
-                });
+                tracker.spawn(tunnel.run(shutdown));
             }
             Unwrapped::Buffered(d, d_early, u, u_early) => {
-                let tunnel = Tunnel::new(
-                    (Stream(d), &d_early),
-                    (Stream(u), &u_early),
-                    timers,
-                    relay,
-                    guard,
-                    call,
-                );
+                let tunnel =
+                    Tunnel::new((Stream(d), &d_early), (Stream(u), &u_early), parts, relay);
                 drop((d_early, u_early));
-                tracker.spawn(async move {
-                    tunnel.run(shutdown).await;
-                    drop(slot);
-                });
+                tracker.spawn(tunnel.run(shutdown));
             }
         }
     }
