@@ -179,14 +179,15 @@ pub async fn connect_first(
     }
 }
 
-/// `via` in order for a WebSocket handshake: upstreams known not to forward
-/// upgrades ([`Health::websocket_error`]) after the others, so they are
-/// tried only when nothing else is left (and clear themselves if they work).
+/// `via` in order for a WebSocket handshake: upstreams recently seen not to
+/// forward upgrades ([`Health::websocket_put_last`]) after the others, so they
+/// are tried only when nothing else is left (and clear themselves if they
+/// work). Once a mark is a backoff old, its upstream is back in its place.
 pub fn websocket_order(via: &[Arc<Upstream>]) -> Vec<Arc<Upstream>> {
     let (broken, working): (Vec<_>, Vec<_>) = via
         .iter()
         .cloned()
-        .partition(|u| u.health.websocket_error().is_some());
+        .partition(|u| u.health.websocket_put_last());
     working.into_iter().chain(broken).collect()
 }
 
