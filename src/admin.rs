@@ -168,7 +168,7 @@ fn from_another_site(req: &Request<Incoming>) -> bool {
 }
 
 /// 200 iff not draining and every route has an upstream that is up (and,
-/// once an upgrade on it failed, one that forwards WebSocket upgrades).
+/// for a route that carries WebSocket, one that forwards upgrades).
 fn readyz(rt: &Runtime) -> Response<Body> {
     if rt.is_draining() {
         return json(
@@ -187,10 +187,7 @@ fn readyz(rt: &Runtime) -> Response<Body> {
                 |u: &&Arc<crate::upstream::Upstream>| u.health.websocket_error().is_none();
             let reason = if !r.via.iter().any(|u| up(&u)) {
                 "no healthy upstream"
-            } else if r.via.iter().any(|u| !carries_ws(&u))
-                && !r.via.iter().any(|u| up(&u) && carries_ws(&u))
-            {
-                // The route carries WebSocket (an upgrade was tried) and no upstream that is up forwards it.
+            } else if carries_websocket(r) && !r.via.iter().any(|u| up(&u) && carries_ws(&u)) {
                 "no upstream forwards WebSocket upgrades"
             } else {
                 return None;
@@ -219,12 +216,22 @@ fn readyz(rt: &Runtime) -> Response<Body> {
     }
 }
 
+/// Whether route `r` carries WebSocket as far as readiness goes: an upgrade
+/// on it failed through one of its upstreams and that mark still stands.
+/// A WebSocket mark says nothing about a route that only carries plain
+/// HTTP (`/=nginx` beside `/frontend-audio=direct,nginx`), so it is judged
+/// by its upstreams' state alone.
+fn carries_websocket(r: &crate::router::Route) -> bool {
+    r.via.iter().any(|u| u.health.websocket_failed_on(&r.label))
+}
+
 /// Routes that still work but have lost a fallback: an upstream of theirs
-/// that is down, or that does not forward WebSocket upgrades. Each entry
-/// names the route, the upstream and why.
+/// that is down, or, on a route that carries WebSocket, one that does not
+/// forward upgrades. Each entry names the route, the upstream and why.
 fn degraded(snapshot: &Snapshot) -> Vec<serde_json::Value> {
     let mut out = Vec::new();
     for r in snapshot.router.routes() {
+        let websocket = carries_websocket(r);
         for u in &r.via {
             let v = u.health.view();
             let reason = if v.state == State::Down {
@@ -233,7 +240,7 @@ fn degraded(snapshot: &Snapshot) -> Vec<serde_json::Value> {
                     v.last_error.as_deref().unwrap_or("down")
                 ))
             } else {
-                v.websocket_error
+                v.websocket_error.filter(|_| websocket)
             };
             if let Some(reason) = reason {
                 out.push(json!({"route": r.label, "upstream": u.name().0, "reason": reason}));

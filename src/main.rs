@@ -157,9 +157,9 @@ fn doctor(args: &DoctorArgs) -> anyhow::Result<ExitCode> {
     // A /proc scan or tool still running past its timeout must not hold the exit.
     runtime.shutdown_timeout(std::time::Duration::from_millis(100));
     if args.json {
-        println!("{}", report.to_json());
+        say(&format!("{}\n", report.to_json()))?;
     } else {
-        print!("{}", report.to_text());
+        say(&report.to_text())?;
     }
     Ok(ExitCode::from(u8::from(report.failed())))
 }

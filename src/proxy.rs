@@ -200,7 +200,9 @@ async fn proxy(
         match forward::forward(req, conn, exchange, rt, &ctx.relay).await {
             Err(e @ response::ForwardError::UpgradeNotForwarded { .. }) => {
                 // A WebSocket handshake is a GET without a body: safe to send again.
-                upstream.health.record_websocket_failure(&e.to_string());
+                upstream
+                    .health
+                    .record_websocket_failure(&e.to_string(), &route.label, &path);
                 let tried = candidates.iter().position(|u| Arc::ptr_eq(u, &upstream));
                 candidates.to_mut().drain(..=tried.unwrap_or(0));
                 if candidates.iter().all(|u| !u.is_usable()) {

@@ -55,11 +55,14 @@ pub enum ForwardError {
         after: Duration,
     },
     /// Upstream's, for WebSocket only: a WebSocket upgrade answered with a
-    /// 2xx, 3xx or 5xx instead of 101, typically an nginx without the
-    /// upgrade headers. A 4xx is a deliberate refusal and relayed as is.
+    /// 2xx, 3xx or 5xx instead of 101. A 2xx or 3xx is typically an nginx
+    /// without the upgrade headers; a 5xx, one whose own backend failed
+    /// ([`upgrade_failure_cause`]). A 4xx is a deliberate refusal and
+    /// relayed as is.
     #[error(
-        "{upstream} answered {} to a WebSocket upgrade on {path}: it does not forward upgrades (proxy_http_version 1.1, Upgrade/Connection headers)",
-        status.as_u16()
+        "{upstream} answered {} to a WebSocket upgrade on {path}: {}",
+        status.as_u16(),
+        upgrade_failure_cause(*status)
     )]
     UpgradeNotForwarded {
         /// The upstream's name.
@@ -87,6 +90,16 @@ pub enum ForwardError {
         #[source]
         source: ConnectError,
     },
+}
+
+/// The likely cause of an upgrade answered with `status` (not 101, not a
+/// 4xx), as the warning, `/readyz`'s `degraded` list and the 502 say it.
+pub fn upgrade_failure_cause(status: StatusCode) -> &'static str {
+    if status.is_server_error() {
+        "it failed to serve it (a 5xx: the backend behind it is likely down or failing)"
+    } else {
+        "it does not forward upgrades (proxy_http_version 1.1, Upgrade/Connection headers)"
+    }
 }
 
 /// Why a request was not proxied.

@@ -39,10 +39,13 @@ pub struct RawConfig {
     #[serde(default, deserialize_with = "duration")]
     pub drain_timeout: Option<String>,
     /// `ping_interval`: as `--ping-interval` (call layer, `config/calls.rs`).
+    #[serde(default, deserialize_with = "duration")]
     pub ping_interval: Option<String>,
     /// `ping_timeout`: as `--ping-timeout`.
+    #[serde(default, deserialize_with = "duration")]
     pub ping_timeout: Option<String>,
     /// `stall_after`: as `--stall-after`.
+    #[serde(default, deserialize_with = "duration")]
     pub stall_after: Option<String>,
     /// `frames`: as `--frames on|off`.
     pub frames: Option<bool>,
@@ -168,8 +171,10 @@ pub struct RawRoute {
     /// Accept absolute-form targets on this route (off by default).
     pub allow_absolute_form: Option<bool>,
     /// This route's ping interval, over the global one (`0`: no pings).
+    #[serde(default, deserialize_with = "duration")]
     pub ping_interval: Option<String>,
     /// This route's ping timeout, over the global one.
+    #[serde(default, deserialize_with = "duration")]
     pub ping_timeout: Option<String>,
     /// `false`: a pure byte relay on this route (no frames tracked).
     pub frames: Option<bool>,

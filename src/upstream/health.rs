@@ -13,13 +13,18 @@
 //! match what the route needs: `tcp` (the port accepts), `http` (the app
 //! answers), `ws` (the WebSocket path really upgrades, then closes cleanly).
 //!
-//! Besides the state, a separate WebSocket flag: an upstream that answers
-//! plain HTTP but not upgrades (an nginx without the upgrade headers) is
-//! skipped for WebSocket only, so it keeps serving plain requests. A later
-//! upgrade or `ws:` probe through it that succeeds clears the flag.
+//! Besides the state, a separate WebSocket mark: an upstream that answers
+//! plain HTTP but not upgrades (an nginx without the upgrade headers, or one
+//! whose own backend is down) is put last for WebSocket only, so it keeps
+//! serving plain requests. The mark remembers the routes whose upgrades saw
+//! it fail, so readiness judges only routes that carry WebSocket. It does not
+//! last forever: once it is a health interval old (the backoff), upgrades try
+//! the upstream in its normal order again, and the probe loop re-tests it with
+//! a WebSocket handshake on the path that failed, once per interval. An
+//! upgrade, `ws:` probe or re-test through it that succeeds clears the mark.
 
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use fastwebsockets::{Frame, OpCode, Role, WebSocket};
@@ -77,6 +82,9 @@ pub struct Health {
     name: UpstreamName,
     rise: u32,
     fall: u32,
+    /// How long a WebSocket mark stands before the upstream is tried again
+    /// in its normal order and re-tested: the health interval.
+    websocket_backoff: Duration,
     inner: Mutex<Inner>,
 }
 
@@ -87,7 +95,20 @@ struct Inner {
     failures: u32,
     last_error: Option<String>,
     last_change: SystemTime,
-    websocket_error: Option<String>,
+    websocket: Option<WebSocketMark>,
+}
+
+/// Upgrades through the upstream fail while plain HTTP works.
+#[derive(Debug)]
+struct WebSocketMark {
+    /// Why (the warning's text).
+    reason: String,
+    /// The labels of the routes whose upgrades saw it.
+    routes: Vec<String>,
+    /// The path of the last failed upgrade, for the re-test.
+    path: String,
+    /// When it was last seen failing (a tokio instant, so tests can pause time).
+    since: tokio::time::Instant,
 }
 
 impl Health {
@@ -97,6 +118,7 @@ impl Health {
             name,
             rise: spec.rise,
             fall: spec.fall,
+            websocket_backoff: spec.interval,
             inner: Mutex::new(Inner {
                 state: if probed {
                     State::Unknown
@@ -107,7 +129,7 @@ impl Health {
                 failures: 0,
                 last_error: None,
                 last_change: SystemTime::now(),
-                websocket_error: None,
+                websocket: None,
             }),
         }
     }
@@ -129,32 +151,83 @@ impl Health {
             state: i.state,
             last_error: i.last_error.clone(),
             last_change: i.last_change,
-            websocket_error: i.websocket_error.clone(),
+            websocket_error: i.websocket.as_ref().map(|m| m.reason.clone()),
         }
     }
 
     /// Why WebSocket upgrades through it fail, if they do (see [`Health::record_websocket_failure`]).
     pub fn websocket_error(&self) -> Option<String> {
-        self.lock().websocket_error.clone()
+        self.lock().websocket.as_ref().map(|m| m.reason.clone())
     }
 
-    /// An upgrade through it was answered, but not with 101 or a 4xx: it
-    /// does not carry WebSocket (an nginx without the upgrade headers).
-    /// Only WebSocket is affected: the state, and so plain HTTP, stay as
-    /// they are. Logged once, when it starts.
-    pub fn record_websocket_failure(&self, reason: &str) {
+    /// Whether an upgrade on route `route` (its label) saw the WebSocket failure
+    /// that still stands: the route carries WebSocket and this upstream failed it.
+    pub fn websocket_failed_on(&self, route: &str) -> bool {
+        self.lock()
+            .websocket
+            .as_ref()
+            .is_some_and(|m| m.routes.iter().any(|r| r == route))
+    }
+
+    /// Whether upgrades should try it last: it is marked, and the mark is
+    /// younger than the backoff. Past the backoff it takes its normal place
+    /// again, so a fixed upstream is noticed.
+    pub fn websocket_put_last(&self) -> bool {
+        self.lock()
+            .websocket
+            .as_ref()
+            .is_some_and(|m| m.since.elapsed() < self.websocket_backoff)
+    }
+
+    /// The path to re-test with a WebSocket handshake, once the mark is at
+    /// least the backoff old; `None` when not marked or not yet due.
+    pub fn websocket_retest_due(&self) -> Option<String> {
+        self.lock()
+            .websocket
+            .as_ref()
+            .filter(|m| m.since.elapsed() >= self.websocket_backoff)
+            .map(|m| m.path.clone())
+    }
+
+    /// The re-test failed too: the mark stands for another backoff (no new warning).
+    pub fn websocket_retest_failed(&self, why: &str) {
+        let mut i = self.lock();
+        if let Some(m) = i.websocket.as_mut() {
+            m.since = tokio::time::Instant::now();
+            tracing::debug!(upstream = %self.name, why, "WebSocket re-test failed; still tried last for upgrades");
+        }
+    }
+
+    /// An upgrade on route `route` (its label) to `path` was answered, but not
+    /// with 101 or a 4xx: it does not carry WebSocket (an nginx without the
+    /// upgrade headers, or whose backend is down). Only WebSocket is
+    /// affected: the state, and so plain HTTP, stay as they are. Logged
+    /// once per change of reason.
+    pub fn record_websocket_failure(&self, reason: &str, route: &str, path: &str) {
         let mut i = self.lock();
         i.last_error = Some(reason.to_owned());
-        if i.websocket_error.is_none() {
+        if i.websocket.as_ref().is_none_or(|m| m.reason != reason) {
             tracing::warn!(upstream = %self.name, reason, "{reason}");
         }
-        i.websocket_error = Some(reason.to_owned());
+        let now = tokio::time::Instant::now();
+        let mark = i.websocket.get_or_insert_with(|| WebSocketMark {
+            reason: String::new(),
+            routes: Vec::new(),
+            path: String::new(),
+            since: now,
+        });
+        reason.clone_into(&mut mark.reason);
+        path.clone_into(&mut mark.path);
+        mark.since = now;
+        if !mark.routes.iter().any(|r| r == route) {
+            mark.routes.push(route.to_owned());
+        }
     }
 
-    /// An upgrade (or a `ws:` probe) through it succeeded: WebSocket works again.
+    /// An upgrade, a `ws:` probe or a re-test through it succeeded: WebSocket works again.
     pub fn record_websocket_success(&self) {
         let mut i = self.lock();
-        if i.websocket_error.take().is_some() {
+        if i.websocket.take().is_some() {
             tracing::info!(upstream = %self.name, "upstream {} forwards WebSocket upgrades again", self.name);
         }
     }
@@ -238,6 +311,21 @@ pub async fn probe_loop(
             Ok(Err(reason)) => health.record_failure(&reason),
             Err(_) => {
                 health.record_failure(&format!("health check timed out after {:?}", spec.timeout))
+            }
+        }
+        if let Some(path) = health.websocket_retest_due() {
+            let retest = HealthSpec {
+                check: ProbeKind::Ws(path),
+                ..spec.clone()
+            };
+            let result = tokio::select! {
+                r = tokio::time::timeout(spec.timeout, probe(&url, tls.as_ref(), &retest, &tracker, &stop)) => r,
+                () = stop.cancelled() => return,
+            };
+            match result {
+                Ok(Ok(())) => health.record_websocket_success(),
+                Ok(Err(why)) => health.websocket_retest_failed(&why),
+                Err(_) => health.websocket_retest_failed("timed out"),
             }
         }
         tokio::select! {
@@ -366,7 +454,11 @@ mod tests {
     fn a_websocket_failure_leaves_the_state_and_clears_on_success() {
         let h = health(1, 1);
         h.record_success();
-        h.record_websocket_failure("nginx answered 200 to a WebSocket upgrade on /a");
+        h.record_websocket_failure(
+            "nginx answered 200 to a WebSocket upgrade on /a",
+            "/a",
+            "/a",
+        );
         let v = h.view();
         assert_eq!(v.state, State::Up, "plain HTTP keeps the upstream");
         assert_eq!(
@@ -382,6 +474,44 @@ mod tests {
         h.record_websocket_success();
         assert_eq!(h.websocket_error(), None);
         assert_eq!(h.state(), State::Up);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_websocket_mark_names_its_routes_and_backs_off_for_one_interval() {
+        let h = health(1, 1); // interval 1 s: the backoff
+        h.record_success();
+        assert!(!h.websocket_put_last());
+        assert_eq!(h.websocket_retest_due(), None);
+        h.record_websocket_failure("x answered 502", "/audio", "/audio/room");
+        assert!(h.websocket_failed_on("/audio"));
+        assert!(
+            !h.websocket_failed_on("/"),
+            "only routes whose upgrades saw it"
+        );
+        assert!(h.websocket_put_last());
+        assert_eq!(h.websocket_retest_due(), None, "not before the backoff");
+
+        tokio::time::advance(Duration::from_millis(999)).await;
+        assert!(h.websocket_put_last());
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(!h.websocket_put_last(), "back in its normal order");
+        assert_eq!(h.websocket_retest_due().as_deref(), Some("/audio/room"));
+
+        // A failed re-test keeps the mark (and its routes) for another backoff.
+        h.websocket_retest_failed("answered 502");
+        assert!(h.websocket_put_last());
+        assert_eq!(h.websocket_retest_due(), None);
+        assert!(h.websocket_failed_on("/audio"));
+
+        // Another route's failure adds it; a new reason replaces the old one.
+        h.record_websocket_failure("x answered 200", "/other", "/other");
+        assert!(h.websocket_failed_on("/audio") && h.websocket_failed_on("/other"));
+        assert_eq!(h.websocket_error().as_deref(), Some("x answered 200"));
+
+        h.record_websocket_success();
+        assert!(!h.websocket_failed_on("/audio"));
+        assert!(!h.websocket_put_last());
+        assert_eq!(h.websocket_retest_due(), None);
     }
 
     #[test]

@@ -179,14 +179,15 @@ pub async fn connect_first(
     }
 }
 
-/// `via` in order for a WebSocket handshake: upstreams known not to forward
-/// upgrades ([`Health::websocket_error`]) after the others, so they are
-/// tried only when nothing else is left (and clear themselves if they work).
+/// `via` in order for a WebSocket handshake: upstreams recently seen not to
+/// forward upgrades ([`Health::websocket_put_last`]) after the others, so they
+/// are tried only when nothing else is left (and clear themselves if they
+/// work). Once a mark is a backoff old, its upstream is back in its place.
 pub fn websocket_order(via: &[Arc<Upstream>]) -> Vec<Arc<Upstream>> {
     let (broken, working): (Vec<_>, Vec<_>) = via
         .iter()
         .cloned()
-        .partition(|u| u.health.websocket_error().is_some());
+        .partition(|u| u.health.websocket_put_last());
     working.into_iter().chain(broken).collect()
 }
 
@@ -208,4 +209,61 @@ pub fn down_reasons(via: &[Arc<Upstream>]) -> String {
         })
         .collect::<Vec<_>>()
         .join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{HealthSpec, ProbeKind, UpstreamUrl};
+    use std::time::Duration;
+
+    fn upstream(name: &str) -> Arc<Upstream> {
+        let spec = UpstreamSpec {
+            name: UpstreamName(name.into()),
+            url: UpstreamUrl {
+                scheme: Scheme::Http,
+                host: "127.0.0.1".into(),
+                port: 9,
+            },
+            health: HealthSpec {
+                check: ProbeKind::Tcp,
+                interval: Duration::from_secs(2),
+                timeout: Duration::from_secs(1),
+                rise: 1,
+                fall: 1,
+            },
+            ca: None,
+        };
+        // Not probed: no task, the test drives the health record itself.
+        let root = CancellationToken::new();
+        Upstream::start(spec, false, None, &root, &TaskTracker::new())
+            .unwrap_or_else(|e| panic!("upstream {name}: {e}"))
+    }
+
+    fn order(via: &[Arc<Upstream>]) -> Vec<String> {
+        websocket_order(via)
+            .iter()
+            .map(|u| u.name().to_string())
+            .collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_websocket_mark_puts_the_upstream_last_for_one_health_interval() {
+        let via = [upstream("nginx"), upstream("direct")];
+        assert_eq!(order(&via), ["nginx", "direct"]);
+        via[0]
+            .health
+            .record_websocket_failure("nginx answered 200", "/a", "/a");
+        assert_eq!(order(&via), ["direct", "nginx"]);
+        tokio::time::advance(Duration::from_millis(1999)).await;
+        assert_eq!(order(&via), ["direct", "nginx"]);
+        // Past the backoff it is tried in its place again (and may clear itself).
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert_eq!(order(&via), ["nginx", "direct"]);
+        // Failing again puts it last for another interval.
+        via[0]
+            .health
+            .record_websocket_failure("nginx answered 200", "/a", "/a");
+        assert_eq!(order(&via), ["direct", "nginx"]);
+    }
 }
