@@ -618,3 +618,94 @@ async fn end_to_end_through_shunt_to_a_misconfigured_nginx_prints_the_location_b
     );
     has(&fail, "proxy_set_header Upgrade $http_upgrade;");
 }
+
+/// Asserts the token `s3cret` is nowhere in what doctor printed.
+fn token_hidden(out: &Run) {
+    for text in [&out.stdout, &out.stderr] {
+        assert!(!text.contains("s3cret"), "the token is printed:\n{text}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_token_is_never_printed_against_a_tls_port_spoken_to_in_plain() {
+    // Doctor is not told about TLS (no --tls-cert), so it sends its plain
+    // handshake, ?token= included, to shunt's TLS port.
+    let backend = echo_backend().spawn().await;
+    let pki = TestPki::new();
+    let (cert, key) = pki.write("server", &["localhost"]);
+    let proxy = shunt()
+        .direct(backend.url())
+        .route("/frontend-audio=direct")
+        .tls(&cert, &key)
+        .start()
+        .await;
+    proxy.wait_ready().await;
+    for json in [false, true] {
+        let mut extra = vec!["--token", "s3cret"];
+        if json {
+            extra.push("--json");
+        }
+        let out = doctor(&running_shunt(&proxy, &backend, &extra)).await;
+        assert_eq!(out.code, Some(1), "{}\n{}", out.stdout, out.stderr);
+        has(&out.stdout, "end to end");
+        token_hidden(&out);
+    }
+}
+
+/// A listener that reads one request head and hangs up without answering.
+async fn hanging_up_listener() -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    use tokio::io::AsyncReadExt;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let mut head = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16 * 1024 {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => head.extend_from_slice(&buf[..n]),
+                }
+            }
+        }
+    });
+    (addr, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_token_is_never_printed_when_the_connection_breaks_after_the_request() {
+    // The admin API of a real shunt answers, so doctor takes the proxy port
+    // for shunt's; whatever holds that port reads the handshake (and its
+    // ?token=) and hangs up: the error names the request it was sending.
+    let backend = echo_backend().spawn().await;
+    let proxy = shunt()
+        .direct(backend.url())
+        .route("/frontend-audio=direct")
+        .start()
+        .await;
+    proxy.wait_ready().await;
+    let (listen, task) = hanging_up_listener().await;
+    let args = [
+        "--listen".to_owned(),
+        listen.to_string(),
+        "--admin".to_owned(),
+        proxy.admin_addr().to_string(),
+        "--direct".to_owned(),
+        backend.url(),
+        "--route".to_owned(),
+        "/frontend-audio=direct".to_owned(),
+        "--token".to_owned(),
+        "s3cret".to_owned(),
+    ];
+    let out = doctor(&args).await;
+    assert_eq!(out.code, Some(1), "{}\n{}", out.stdout, out.stderr);
+    let fail = out.finding("FAIL end to end:");
+    has(&fail, "/frontend-audio?token=<TOKEN>");
+    token_hidden(&out);
+    let mut json = args.to_vec();
+    json.push("--json".to_owned());
+    let out = doctor(&json).await;
+    has(&out.stdout, "token=<TOKEN>");
+    token_hidden(&out);
+    task.abort();
+}

@@ -58,6 +58,8 @@ pub(crate) async fn check(
     let answer = match tokio::time::timeout(ctx.timeout, handshake(ctx, running, &key)).await {
         Ok(Ok(resp)) => resp,
         Ok(Err(e)) => {
+            // The error names the request, whose target holds ?token=.
+            let e = ctx.redact(&e);
             report.push(Finding::fail(
                 CHECK,
                 format!("handshake to {} at {}: {e}", ctx.url, running.addr),

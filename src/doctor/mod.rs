@@ -172,7 +172,8 @@ pub enum DoctorError {
 }
 
 /// What only the person running doctor knows, parsed from [`DoctorArgs`].
-#[derive(Debug, Clone)]
+/// Its `Debug` hides the token.
+#[derive(Clone)]
 pub struct Options {
     /// `--url`; `None` builds it from `--listen` and the first WebSocket route.
     pub url: Option<PublicUrl>,
@@ -182,6 +183,17 @@ pub struct Options {
     pub token: Option<String>,
     /// `--timeout`: the bound on each check.
     pub timeout: Duration,
+}
+
+impl std::fmt::Debug for Options {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Options")
+            .field("url", &self.url)
+            .field("origin", &self.origin)
+            .field("token", &self.token.as_ref().map(|_| TOKEN_MARK))
+            .field("timeout", &self.timeout)
+            .finish()
+    }
 }
 
 impl Options {
@@ -278,6 +290,11 @@ impl Context {
             .map_or_else(|| "http://127.0.0.1:5006".to_owned(), |u| u.url.to_string())
     }
 
+    /// `text` with the token replaced by [`TOKEN_MARK`] (see [`redact`]).
+    pub fn redact(&self, text: &str) -> String {
+        redact(text, &self.config.policy.sources.query, self.token.as_deref())
+    }
+
     /// The flags to give `run` so it uses this configuration.
     pub fn run_hint(&self) -> String {
         match &self.config.file {
@@ -285,6 +302,32 @@ impl Context {
             None => "shunt run with the same flags".to_owned(),
         }
     }
+}
+
+/// What the report prints where the token was.
+pub const TOKEN_MARK: &str = "<TOKEN>";
+
+/// Shortest token also hidden where it stands alone; a shorter one is hidden
+/// only as `NAME=VALUE`, so that masking it cannot eat ordinary words.
+const BARE_TOKEN_MIN: usize = 4;
+
+/// `text` without the token: `query=ENCODED` (how it travels in a request
+/// target, the form an error naming the request holds) becomes
+/// `query=<TOKEN>`, and the token alone, raw or percent-encoded, becomes
+/// `<TOKEN>` when it is at least [`BARE_TOKEN_MIN`] bytes long.
+///
+/// The report is printed to terminals and CI logs, so the credential given
+/// with `--token` must never appear in it, whatever a check formats.
+pub fn redact(text: &str, query: &str, token: Option<&str>) -> String {
+    let Some(token) = token.filter(|t| !t.is_empty()) else {
+        return text.to_owned();
+    };
+    let encoded = crate::percent::encode(token);
+    let mut out = text.replace(&format!("{query}={encoded}"), &format!("{query}={TOKEN_MARK}"));
+    if token.len() >= BARE_TOKEN_MIN {
+        out = out.replace(&encoded, TOKEN_MARK).replace(token, TOKEN_MARK);
+    }
+    out
 }
 
 /// Where to dial a listener bound to `addr`: a wildcard becomes loopback.
@@ -335,6 +378,11 @@ pub async fn run(args: &RunArgs, options: Options) -> Report {
     tls::check(&ctx, &mut report);
     let served = end_to_end::check(&ctx, running, &mut report).await;
     front_end(&ctx, served.as_ref(), &mut report);
+    // A safety net under the checks' own care: no line may carry the token.
+    for f in &mut report.findings {
+        f.detail = ctx.redact(&f.detail);
+        f.fix = f.fix.as_deref().map(|fix| ctx.redact(fix));
+    }
     ctx.stop.cancel();
     ctx.tracker.close();
     let _ = tokio::time::timeout(ctx.timeout, ctx.tracker.wait()).await;
@@ -410,8 +458,13 @@ fn front_end(ctx: &Context, served: Option<&end_to_end::Served>, report: &mut Re
         .route_for_url()
         .is_some_and(|r| r.policy.auth != AuthMode::None);
     let token_note = if auth {
+        let sep = if ctx.url.path_and_query.contains('?') {
+            '&'
+        } else {
+            '?'
+        };
         format!(
-            "; the token travels in the query: {}?{}=<TOKEN> (browsers cannot set headers on a WebSocket)",
+            "; the token travels in the query: {}{sep}{}={TOKEN_MARK} (browsers cannot set headers on a WebSocket)",
             ctx.url, ctx.config.policy.sources.query
         )
     } else {
@@ -504,6 +557,19 @@ mod tests {
         assert_eq!(ctx.route_for_url().unwrap().path, "/");
         // The catch-all is checked too once --url lands on it.
         assert_eq!(labels(ctx.websocket_routes()), ["/frontend-audio", "/"]);
+    }
+
+    #[test]
+    fn the_token_is_redacted_in_any_form() {
+        let err = "GET /a?x=1&token=s3%2Fcret: connection closed";
+        assert_eq!(
+            redact(err, "token", Some("s3/cret")),
+            "GET /a?x=1&token=<TOKEN>: connection closed"
+        );
+        assert_eq!(redact("raw s3/cret", "token", Some("s3/cret")), "raw <TOKEN>");
+        // A short token is hidden only where it is the parameter's value.
+        assert_eq!(redact("ok ?token=ok", "token", Some("ok")), "ok ?token=<TOKEN>");
+        assert_eq!(redact("?token=abc", "token", None), "?token=abc");
     }
 
     #[test]
