@@ -166,10 +166,19 @@ pub enum DoctorError {
     /// `--timeout` is not a duration.
     #[error(transparent)]
     Timeout(ConfigError),
+    /// `--timeout` is zero (every check would fail at once) or absurdly long.
+    #[error(
+        "invalid --timeout `{0}`: give a duration from 1ms to 60s (the bound on each check, e.g. 3s)"
+    )]
+    TimeoutRange(String),
     /// `--origin` is not `scheme://host[:port]`.
     #[error("invalid --origin `{0}`: expected scheme://host[:port], e.g. https://app.example.com")]
     Origin(String),
 }
+
+/// The longest `--timeout` taken: a run has about a dozen bounded steps, and
+/// one that waits minutes on each is a hang to the person running it.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// What only the person running doctor knows, parsed from [`DoctorArgs`].
 /// Its `Debug` hides the token.
@@ -201,6 +210,9 @@ impl Options {
     pub fn from_args(args: &DoctorArgs) -> Result<Options, DoctorError> {
         let url = args.url.as_deref().map(PublicUrl::parse).transpose()?;
         let timeout = parse_duration("--timeout", &args.timeout).map_err(DoctorError::Timeout)?;
+        if timeout.is_zero() || timeout > MAX_TIMEOUT {
+            return Err(DoctorError::TimeoutRange(args.timeout.clone()));
+        }
         if let Some(origin) = &args.origin {
             let ok = origin
                 .split_once("://")
