@@ -150,14 +150,14 @@ fn diagnose(ctx: &Context, route: &RouteSpec, u: &UpstreamSpec, path: &str, a: &
         StatusCode::SWITCHING_PROTOCOLS => Finding::fail(
             check,
             format!(
-                "{what}: 101 without a valid Sec-WebSocket-Accept ({took}): a broken intermediary rewrites the handshake"
+                "{what}: 101 in {took} without a valid Sec-WebSocket-Accept: a broken intermediary rewrites the handshake"
             ),
             "find the proxy or middlebox between shunt and the backend that rewrites headers, and let it pass Sec-WebSocket-* unchanged",
         ),
         StatusCode::FORBIDDEN if ctx.origin.is_some() => Finding::fail(
             check,
             format!(
-                "{what} with Origin {}: 403 Forbidden: the backend refuses that Origin",
+                "{what} with Origin {}: 403 Forbidden in {took}: the backend refuses that Origin",
                 ctx.origin.as_deref().unwrap_or_default()
             ),
             format!(
@@ -169,14 +169,14 @@ fn diagnose(ctx: &Context, route: &RouteSpec, u: &UpstreamSpec, path: &str, a: &
         status if is_nginx => Finding::fail(
             check,
             format!(
-                "{what}: nginx answered {status} instead of 101: nginx does not forward WebSocket upgrades on {}",
+                "{what}: nginx answered {status} in {took} instead of 101: nginx does not forward WebSocket upgrades on {}",
                 route.path
             ),
             nginx_fix(&route.path, &ctx.backend_url()),
         ),
         StatusCode::NOT_FOUND => Finding::fail(
             check,
-            format!("{what}: 404 Not Found: no WebSocket endpoint on that path"),
+            format!("{what}: 404 Not Found in {took}: no WebSocket endpoint on that path"),
             format!(
                 "use the path the backend serves WebSockets on (--url / the route's path), or add a route for it: --route PATH={}",
                 u.name
@@ -185,13 +185,13 @@ fn diagnose(ctx: &Context, route: &RouteSpec, u: &UpstreamSpec, path: &str, a: &
         StatusCode::UPGRADE_REQUIRED => Finding::fail(
             check,
             format!(
-                "{what}: 426 Upgrade Required: WebSocket version mismatch (shunt speaks version 13)"
+                "{what}: 426 Upgrade Required in {took}: WebSocket version mismatch (shunt speaks version 13)"
             ),
             "make the backend accept Sec-WebSocket-Version 13 (RFC 6455)",
         ),
         status => Finding::fail(
             check,
-            format!("{what}: {status} instead of 101 ({took})"),
+            format!("{what}: {status} in {took} instead of 101"),
             format!(
                 "make {} serve a WebSocket endpoint on {path}, and check its logs for why it refused",
                 u.url
