@@ -280,10 +280,8 @@ async fn a_backend_refusing_the_origin_fails_with_the_cors_fix() {
     let out = doctor(&args).await;
     assert_eq!(out.code, Some(1), "{}", out.stdout);
     let fail = out.finding("FAIL websocket /frontend-audio via direct:");
-    has(
-        &fail,
-        "Origin https://evil.example.com: 403 Forbidden: the backend refuses that Origin",
-    );
+    has(&fail, "Origin https://evil.example.com: 403 Forbidden in ");
+    has(&fail, " ms: the backend refuses that Origin");
     assert!(
         fail.contains("allow_origin") && fail.contains("CORS"),
         "{fail}"
@@ -404,6 +402,23 @@ async fn a_route_needing_a_token_says_which_policy_refused_and_how_the_token_tra
         "the token is printed:\n{}",
         out.stdout
     );
+
+    // SHUNT_DOCTOR_TOKEN is --token's default.
+    let mut from_env = vec!["doctor", "--timeout", "2s"];
+    from_env.extend(args.iter().map(String::as_str));
+    let out = run_shunt_with_env(
+        &from_env,
+        &[("SHUNT_DOCTOR_TOKEN", "doctor-s3cret")],
+        RUN_LIMIT,
+    )
+    .await;
+    assert_eq!(out.code, Some(0), "{}\n{}", out.stdout, out.stderr);
+    out.finding("ok   end to end:");
+    assert!(
+        !out.stdout.contains("doctor-s3cret"),
+        "the token is printed:\n{}",
+        out.stdout
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -418,6 +433,21 @@ async fn bad_arguments_exit_2() {
         "{}",
         out.stderr
     );
+    // Zero would fail every check at once; an hour per check is a hang.
+    for timeout in ["0s", "0ms", "1h"] {
+        let out = run_shunt(&["doctor", "--timeout", timeout], RUN_LIMIT).await;
+        assert_eq!(out.code, Some(2), "--timeout {timeout}: {}", out.stderr);
+        has(
+            &out.stderr,
+            format!("invalid --timeout `{timeout}`: give a duration from 1ms to 60s"),
+        );
+        assert!(out.stdout.is_empty(), "{}", out.stdout);
+    }
+    for origin in ["app.example.com", "https://", "https://a\nb"] {
+        let out = doctor(&["--origin", origin]).await;
+        assert_eq!(out.code, Some(2), "--origin {origin}: {}", out.stderr);
+        has(&out.stderr, format!("invalid --origin `{origin}`"));
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -708,4 +738,132 @@ async fn the_token_is_never_printed_when_the_connection_breaks_after_the_request
     has(&out.stdout, "token=<TOKEN>");
     token_hidden(&out);
     task.abort();
+}
+
+/// A backend that is not nginx, answering by path with a canned reply and
+/// hanging up: `/no-ws` 404, `/old` 426, `/bad-accept` a 101 whose
+/// `Sec-WebSocket-Accept` does not match the key, `/health` 503.
+async fn canned_backend() -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16 * 1024 {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let text = String::from_utf8_lossy(&head);
+                let path = text.split(' ').nth(1).unwrap_or_default();
+                let reply: &[u8] = match path {
+                    "/no-ws" => b"HTTP/1.1 404 Not Found\r\nServer: backend\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                    "/old" => b"HTTP/1.1 426 Upgrade Required\r\nServer: backend\r\nSec-WebSocket-Version: 8\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                    "/bad-accept" => b"HTTP/1.1 101 Switching Protocols\r\nServer: backend\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: bm90IHRoZSByaWdodCBrZXk=\r\n\r\n",
+                    _ => b"HTTP/1.1 503 Service Unavailable\r\nServer: backend\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                };
+                let _ = stream.write_all(reply).await;
+                let _ = stream.shutdown().await;
+            });
+        }
+    });
+    (addr, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_that_is_not_nginx_gets_the_404_426_and_bad_accept_diagnoses() {
+    let (addr, task) = canned_backend().await;
+    let direct = format!("http://{addr}");
+    let mut args = stopped_shunt(&direct, "/no-ws=direct");
+    args.extend(["--route", "/old=direct", "--route", "/bad-accept=direct"]);
+    let out = doctor(&args).await;
+    assert_eq!(out.code, Some(1), "{}", out.stdout);
+    let not_found = out.finding("FAIL websocket /no-ws via direct:");
+    has(&not_found, format!("handshake GET /no-ws on {direct}"));
+    has(&not_found, "404 Not Found in ");
+    has(&not_found, "no WebSocket endpoint on that path");
+    has(&not_found, "--route PATH=direct");
+    assert!(!not_found.contains("nginx"), "{not_found}");
+    let old = out.finding("FAIL websocket /old via direct:");
+    has(&old, "426 Upgrade Required in ");
+    has(&old, "WebSocket version mismatch");
+    has(&old, "Sec-WebSocket-Version 13");
+    let bad = out.finding("FAIL websocket /bad-accept via direct:");
+    has(&bad, "101 in ");
+    has(&bad, "without a valid Sec-WebSocket-Accept: a broken intermediary");
+    task.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_http_health_check_get_and_its_status() {
+    let backend = echo_backend().spawn().await;
+    let direct = backend.url();
+    let mut args = stopped_shunt(&direct, "/frontend-audio=direct");
+    args.extend(["--health-check", "http:/health"]);
+    let out = doctor(&args).await;
+    let ok = out.finding("ok   upstream direct health:");
+    has(&ok, format!("GET {direct}/health answered 200 OK"));
+    assert_eq!(out.code, Some(0), "{}", out.stdout);
+
+    let (addr, task) = canned_backend().await;
+    let direct = format!("http://{addr}");
+    let mut args = stopped_shunt(&direct, "/frontend-audio=direct");
+    args.extend(["--health-check", "http:/health"]);
+    let out = doctor(&args).await;
+    assert_eq!(out.code, Some(1), "{}", out.stdout);
+    let fail = out.finding("FAIL upstream direct health:");
+    has(
+        &fail,
+        format!("GET {direct}/health answered 503 Service Unavailable (expected 2xx or 3xx)"),
+    );
+    has(&fail, "fix: make the backend answer 2xx on /health");
+    task.abort();
+}
+
+/// A listener whose accept queue is full (backlog 0, never accepting, one
+/// connection queued), so the kernel drops further SYNs as a firewall would;
+/// returns it with the connections that fill it.
+async fn full_accept_queue() -> (tokio::net::TcpListener, Vec<tokio::net::TcpStream>) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(0).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut queued = Vec::new();
+    for _ in 0..16 {
+        match tokio::time::timeout(
+            Duration::from_millis(300),
+            tokio::net::TcpStream::connect(addr),
+        )
+        .await
+        {
+            Ok(Ok(stream)) => queued.push(stream),
+            Ok(Err(e)) => panic!("connect to the backlog-0 listener: {e}"),
+            Err(_) => return (listener, queued),
+        }
+    }
+    panic!("16 connections to a backlog-0 listener all completed: the queue never filled");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tcp_connect_that_times_out_names_a_firewall_or_a_wrong_host() {
+    let (listener, _queued) = full_accept_queue().await;
+    let direct = format!("http://{}", listener.local_addr().unwrap());
+    let mut args = vec!["doctor", "--timeout", "300ms"];
+    args.extend(stopped_shunt(&direct, "/frontend-audio=direct"));
+    let started = std::time::Instant::now();
+    let out = run_shunt(&args, RUN_LIMIT).await;
+    assert_eq!(out.code, Some(1), "{}", out.stdout);
+    let fail = out.finding("FAIL upstream direct:");
+    has(
+        &fail,
+        "no answer within 300ms: a firewall drops the packets, or the host is wrong",
+    );
+    has(&fail, "fix: check the host of upstream direct");
+    out.finding("FAIL websocket /frontend-audio via direct: not tried");
+    // Bounded: a dead host ends in seconds, not in the kernel's SYN retries.
+    assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
 }
