@@ -202,6 +202,10 @@ async fn an_expired_certificate_fails() {
     );
     has(&fail, "fix: renew it");
     out.finding("ok   tls names:");
+    // Trusting its CA would not help an expired certificate.
+    let trust = out.finding("warn tls trust:");
+    has(&trust, "not checked: the certificate is not valid now");
+    assert!(!trust.contains("trust the CA"), "{trust}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -866,4 +870,123 @@ async fn a_tcp_connect_that_times_out_names_a_firewall_or_a_wrong_host() {
     out.finding("FAIL websocket /frontend-audio via direct: not tried");
     // Bounded: a dead host ends in seconds, not in the kernel's SYN retries.
     assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
+}
+
+/// Today plus `days` as (year, month, day), from the system clock (civil
+/// calendar from days since 1970-01-01, Howard Hinnant's algorithm).
+fn date_in(days: i64) -> (i32, u8, u8) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let z = now / 86_400 + days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u8;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u8;
+    let year = (yoe + era * 400 + i64::from(month <= 2)) as i32;
+    (year, month, day)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_expiring_within_14_days_warns() {
+    let pki = TestPki::new();
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+    params.not_before = date_time_ymd(2020, 1, 1);
+    let (y, m, d) = date_in(6);
+    params.not_after = date_time_ymd(y, m, d);
+    let cert = params.self_signed(&key).unwrap();
+    let (c, k) = (pki.dir.join("soon.crt"), pki.dir.join("soon.key"));
+    std::fs::write(&c, cert.pem()).unwrap();
+    std::fs::write(&k, key.serialize_pem()).unwrap();
+    let out = doctor_tls(&c, &k, "wss://localhost:8443/frontend-audio").await;
+    let warn = out.finding("warn tls expiry:");
+    // Midnight six days on is five days and a fraction away.
+    has(&warn, "expires in 5 day(s)");
+    has(&warn, format!("on {y}-{m:02}-{d:02}"));
+    has(&warn, "fix: renew it");
+    // A warning is not a failure.
+    out.finding("ok   tls key:");
+    assert!(!out.stdout.contains("FAIL tls"), "{}", out.stdout);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_that_does_not_match_the_certificate_fails() {
+    let pki = TestPki::new();
+    let (cert, _) = pki.write("server", &["localhost"]);
+    let (_, other_key) = pki.write("other", &["localhost"]);
+    let out = doctor_tls(&cert, &other_key, "wss://localhost:8443/frontend-audio").await;
+    assert_eq!(out.code, Some(1), "{}", out.stdout);
+    let fail = out.finding("FAIL tls key:");
+    has(&fail, "the key cannot be used with certificate");
+    has(&fail, format!("openssl x509 -noout -pubkey -in {}", cert.display()));
+    has(&fail, format!("openssl pkey -pubout -in {}", other_key.display()));
+}
+
+/// A root CA, an intermediate it signs and a leaf for localhost the
+/// intermediate signs: the PEM of (root, intermediate, leaf) and the leaf's key.
+fn three_level_chain() -> (String, String, String, String) {
+    use rcgen::{BasicConstraints, DnType, IsCa, Issuer};
+    let ca = |name: &str| {
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        p.distinguished_name.push(DnType::CommonName, name);
+        p
+    };
+    let root_key = KeyPair::generate().unwrap();
+    let root_params = ca("doctor root");
+    let root = root_params.self_signed(&root_key).unwrap();
+    let root_issuer = Issuer::new(root_params, root_key);
+    let mid_key = KeyPair::generate().unwrap();
+    let mid_params = ca("doctor intermediate");
+    let mid = mid_params.signed_by(&mid_key, &root_issuer).unwrap();
+    let mid_issuer = Issuer::new(mid_params, mid_key);
+    let leaf_key = KeyPair::generate().unwrap();
+    let mut leaf_params = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+    leaf_params
+        .distinguished_name
+        .push(DnType::CommonName, "localhost");
+    leaf_params.is_ca = IsCa::ExplicitNoCa;
+    let leaf = leaf_params.signed_by(&leaf_key, &mid_issuer).unwrap();
+    (root.pem(), mid.pem(), leaf.pem(), leaf_key.serialize_pem())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chain_in_the_wrong_order_fails() {
+    let pki = TestPki::new();
+    let (root, mid, leaf, key) = three_level_chain();
+    let key_file = pki.dir.join("leaf.key");
+    std::fs::write(&key_file, key).unwrap();
+    let url = "wss://localhost:8443/frontend-audio";
+
+    // In order: leaf, intermediate, root.
+    let good = pki.dir.join("good.crt");
+    std::fs::write(&good, format!("{leaf}{mid}{root}")).unwrap();
+    let out = doctor_tls(&good, &key_file, url).await;
+    let ok = out.finding("ok   tls chain:");
+    has(&ok, "3 certificate(s), leaf first, each issued by the next");
+
+    // The leaf first, but the root before the intermediate.
+    let swapped = pki.dir.join("swapped.crt");
+    std::fs::write(&swapped, format!("{leaf}{root}{mid}")).unwrap();
+    let out = doctor_tls(&swapped, &key_file, url).await;
+    assert_eq!(out.code, Some(1), "{}", out.stdout);
+    out.finding("ok   tls key:");
+    let fail = out.finding("FAIL tls chain:");
+    has(&fail, "certificate 1 (CN=localhost) is not issued by the next one (CN=doctor root)");
+    has(&fail, "fix: order the PEM file: the leaf first");
+
+    // The CA certificates before the leaf: the key matches a later one.
+    let reversed = pki.dir.join("reversed.crt");
+    std::fs::write(&reversed, format!("{root}{mid}{leaf}")).unwrap();
+    let out = doctor_tls(&reversed, &key_file, url).await;
+    assert_eq!(out.code, Some(1), "{}", out.stdout);
+    let fail = out.finding("FAIL tls key:");
+    has(&fail, "it belongs to certificate 3 of");
+    has(&fail, "so the chain is out of order");
+    has(&fail, "fix: order the PEM file: the leaf first");
 }

@@ -12,7 +12,8 @@ use std::time::{Duration, SystemTime};
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::ServerCertVerifier;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::sign::CertifiedKey;
 use rustls::{CertificateError, RootCertStore};
 use x509_parser::certificate::X509Certificate;
 
@@ -23,6 +24,9 @@ use crate::tls::certs::{CertError, LoadedCert, load, name_covers};
 /// `warn` when a certificate expires within this many days.
 const EXPIRY_WARN_DAYS: i64 = 14;
 const DAY: i64 = 86_400;
+
+/// How a PEM chain must be ordered (what browsers and rustls expect).
+const CHAIN_ORDER_FIX: &str = "order the PEM file: the leaf first, then the CA certificate that issued it, then that one's issuer";
 
 /// One certificate that loaded: what it serves and its chain.
 struct Served {
@@ -105,6 +109,17 @@ fn key(
             Some(Served { loaded, chain })
         }
         Err(e @ CertError::Key { .. }) => {
+            if let Some(n) = key_owner(spec, provider).filter(|&n| n > 1) {
+                report.push(Finding::fail(
+                    "tls key",
+                    format!(
+                        "{e}: it belongs to certificate {n} of {}, so the chain is out of order",
+                        spec.cert.display()
+                    ),
+                    CHAIN_ORDER_FIX,
+                ));
+                return None;
+            }
             report.push(Finding::fail(
                 "tls key",
                 e.to_string(),
@@ -127,6 +142,22 @@ fn key(
     }
 }
 
+/// The 1-based position of the certificate in `spec.cert` that the key
+/// belongs to, if any: a key that matches a later certificate means the file
+/// is out of order rather than the wrong key.
+fn key_owner(spec: &CertSpec, provider: &rustls::crypto::CryptoProvider) -> Option<usize> {
+    let chain = CertificateDer::pem_file_iter(&spec.cert)
+        .ok()?
+        .collect::<Result<Vec<_>, _>>()
+        .ok()?;
+    let key = PrivateKeyDer::from_pem_file(&spec.key).ok()?;
+    chain
+        .iter()
+        .position(|c| CertifiedKey::from_der(vec![c.clone()], key.clone_key(), provider).is_ok())
+        .map(|i| i + 1)
+}
+
+/// Parse one certificate; `None` when it is not valid X.509.
 fn parse<'a>(der: &'a CertificateDer<'_>) -> Option<X509Certificate<'a>> {
     x509_parser::parse_x509_certificate(der)
         .ok()
@@ -154,7 +185,7 @@ fn chain_order(spec: &CertSpec, chain: &[CertificateDer<'static>], report: &mut 
                     pair[0].subject(),
                     pair[1].subject()
                 ),
-                "order the PEM file: the leaf first, then the CA certificate that issued it, then that one's issuer",
+                CHAIN_ORDER_FIX,
             ));
             return;
         }
@@ -252,6 +283,15 @@ fn trust(
 ) {
     let host = &ctx.url.host;
     let file = s.loaded.info.cert_file.display();
+    if !parse(&s.chain[0]).is_some_and(|c| c.validity().is_valid()) {
+        // Browsers refuse it for its dates first; trusting its CA would not help.
+        report.push(Finding::warn(
+            "tls trust",
+            format!("{file}: not checked: the certificate is not valid now (see `tls expiry`)"),
+            "renew the certificate first (see `tls expiry`), then run doctor again to check its trust",
+        ));
+        return;
+    }
     let mut roots = RootCertStore::empty();
     roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
     let dev_fix = format!(
