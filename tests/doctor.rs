@@ -507,8 +507,13 @@ async fn tls_end_to_end_through_shunt_names_the_route() {
     let out = doctor(&args).await;
     assert_eq!(out.code, Some(0), "{}", out.stdout);
     let e2e = out.finding("ok   end to end:");
-    has(&e2e, format!("{url}: 101"));
+    has(
+        &e2e,
+        format!("{url} at shunt's listener {}: 101", proxy.addr()),
+    );
     has(&e2e, "served by `direct`");
+    // localhost at the listener's port is the listener: no second dial.
+    assert!(!out.stdout.contains("end to end (public)"), "{}", out.stdout);
     out.finding("ok   tls names:");
     out.finding("warn tls trust:");
     let hint = out.finding("ok   front end:");
@@ -989,4 +994,64 @@ async fn a_chain_in_the_wrong_order_fails() {
     has(&fail, "it belongs to certificate 3 of");
     has(&fail, "so the chain is out of order");
     has(&fail, "fix: order the PEM file: the leaf first");
+}
+
+/// A TCP port forward from a new loopback port to `target`, as NAT or a
+/// router's port forwarding puts in front of shunt.
+async fn port_forward(target: SocketAddr) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
+            });
+        }
+    });
+    (addr, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_url_on_another_port_is_dialled_as_its_own_finding() {
+    let backend = echo_backend().spawn().await;
+    let proxy = shunt()
+        .direct(backend.url())
+        .route("/frontend-audio=direct")
+        .start()
+        .await;
+    proxy.wait_ready().await;
+
+    // The public port forwards to shunt's listener.
+    let (public, task) = port_forward(proxy.addr()).await;
+    let url = format!("ws://{public}/frontend-audio");
+    let out = doctor(&running_shunt(&proxy, &backend, &["--url", &url])).await;
+    assert_eq!(out.code, Some(0), "{}", out.stdout);
+    let local = out.finding("ok   end to end:");
+    has(&local, format!("{url} at shunt's listener {}: 101", proxy.addr()));
+    let via_public = out.finding("ok   end to end (public):");
+    has(&via_public, format!("{url} at its public address {public}: 101 in "));
+    has(&via_public, "served by `direct`");
+    task.abort();
+
+    // Nothing answers on the public port: a warning naming the way there.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("ws://{}/frontend-audio", closed.local_addr().unwrap());
+    drop(closed);
+    let out = doctor(&running_shunt(&proxy, &backend, &["--url", &url])).await;
+    assert_eq!(out.code, Some(0), "a warning only:\n{}", out.stdout);
+    out.finding("ok   end to end:");
+    let warn = out.finding("warn end to end (public):");
+    has(&warn, "Connection refused");
+    for part in ["DNS for 127.0.0.1", "firewall", "NAT / port forwarding", "hairpin"] {
+        has(&warn, part);
+    }
+
+    // A name that does not resolve (.invalid never does, RFC 6761).
+    let url = "ws://shunt-doctor.invalid:8080/frontend-audio";
+    let out = doctor(&running_shunt(&proxy, &backend, &["--url", url])).await;
+    let warn = out.finding("warn end to end (public):");
+    has(&warn, "not dialled: shunt-doctor.invalid");
+    has(&warn, "fix: publish a DNS record");
 }

@@ -106,8 +106,9 @@ async fn handshake(ctx: &Context, u: &UpstreamSpec, path: &str) -> Result<Answer
     Ok(answer)
 }
 
-/// Send Close 1000 and wait briefly for the reply.
-async fn close(upgraded: hyper::upgrade::Upgraded) {
+/// Send Close 1000 and wait briefly (500 ms at most) for the reply, so the
+/// backend logs a clean close rather than a dropped connection.
+pub(crate) async fn close(upgraded: hyper::upgrade::Upgraded) {
     let mut ws = WebSocket::after_handshake(TokioIo::new(upgraded), Role::Client);
     if ws.write_frame(Frame::close(1000, b"")).await.is_err() {
         return;
