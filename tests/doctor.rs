@@ -513,7 +513,11 @@ async fn tls_end_to_end_through_shunt_names_the_route() {
     );
     has(&e2e, "served by `direct`");
     // localhost at the listener's port is the listener: no second dial.
-    assert!(!out.stdout.contains("end to end (public)"), "{}", out.stdout);
+    assert!(
+        !out.stdout.contains("end to end (public)"),
+        "{}",
+        out.stdout
+    );
     out.finding("ok   tls names:");
     out.finding("warn tls trust:");
     let hint = out.finding("ok   front end:");
@@ -803,7 +807,10 @@ async fn a_backend_that_is_not_nginx_gets_the_404_426_and_bad_accept_diagnoses()
     has(&old, "Sec-WebSocket-Version 13");
     let bad = out.finding("FAIL websocket /bad-accept via direct:");
     has(&bad, "101 in ");
-    has(&bad, "without a valid Sec-WebSocket-Accept: a broken intermediary");
+    has(
+        &bad,
+        "without a valid Sec-WebSocket-Accept: a broken intermediary",
+    );
     task.abort();
 }
 
@@ -874,7 +881,11 @@ async fn a_tcp_connect_that_times_out_names_a_firewall_or_a_wrong_host() {
     has(&fail, "fix: check the host of upstream direct");
     out.finding("FAIL websocket /frontend-audio via direct: not tried");
     // Bounded: a dead host ends in seconds, not in the kernel's SYN retries.
-    assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 /// Today plus `days` as (year, month, day), from the system clock (civil
@@ -928,8 +939,14 @@ async fn a_key_that_does_not_match_the_certificate_fails() {
     assert_eq!(out.code, Some(1), "{}", out.stdout);
     let fail = out.finding("FAIL tls key:");
     has(&fail, "the key cannot be used with certificate");
-    has(&fail, format!("openssl x509 -noout -pubkey -in {}", cert.display()));
-    has(&fail, format!("openssl pkey -pubout -in {}", other_key.display()));
+    has(
+        &fail,
+        format!("openssl x509 -noout -pubkey -in {}", cert.display()),
+    );
+    has(
+        &fail,
+        format!("openssl pkey -pubout -in {}", other_key.display()),
+    );
 }
 
 /// A root CA, an intermediate it signs and a leaf for localhost the
@@ -982,7 +999,10 @@ async fn a_chain_in_the_wrong_order_fails() {
     assert_eq!(out.code, Some(1), "{}", out.stdout);
     out.finding("ok   tls key:");
     let fail = out.finding("FAIL tls chain:");
-    has(&fail, "certificate 1 (CN=localhost) is not issued by the next one (CN=doctor root)");
+    has(
+        &fail,
+        "certificate 1 (CN=localhost) is not issued by the next one (CN=doctor root)",
+    );
     has(&fail, "fix: order the PEM file: the leaf first");
 
     // The CA certificates before the leaf: the key matches a later one.
@@ -1029,9 +1049,15 @@ async fn a_url_on_another_port_is_dialled_as_its_own_finding() {
     let out = doctor(&running_shunt(&proxy, &backend, &["--url", &url])).await;
     assert_eq!(out.code, Some(0), "{}", out.stdout);
     let local = out.finding("ok   end to end:");
-    has(&local, format!("{url} at shunt's listener {}: 101", proxy.addr()));
+    has(
+        &local,
+        format!("{url} at shunt's listener {}: 101", proxy.addr()),
+    );
     let via_public = out.finding("ok   end to end (public):");
-    has(&via_public, format!("{url} at its public address {public}: 101 in "));
+    has(
+        &via_public,
+        format!("{url} at its public address {public}: 101 in "),
+    );
     has(&via_public, "served by `direct`");
     task.abort();
 
@@ -1044,7 +1070,12 @@ async fn a_url_on_another_port_is_dialled_as_its_own_finding() {
     out.finding("ok   end to end:");
     let warn = out.finding("warn end to end (public):");
     has(&warn, "Connection refused");
-    for part in ["DNS for 127.0.0.1", "firewall", "NAT / port forwarding", "hairpin"] {
+    for part in [
+        "DNS for 127.0.0.1",
+        "firewall",
+        "NAT / port forwarding",
+        "hairpin",
+    ] {
         has(&warn, part);
     }
 

@@ -53,6 +53,12 @@ pub struct Served {
 }
 
 /// Check 7; returns what served the handshake, if it succeeded.
+///
+/// Skipped with a `warn` when check 4 found no running shunt: there is
+/// nothing to go through. Otherwise the handshake through the listener,
+/// then, when `--url` points elsewhere, the one to its own address. Each is
+/// bounded by `--timeout` (the name lookup, the connect with TLS and the
+/// answer; the round trips get their own `--timeout`).
 pub(crate) async fn check(
     ctx: &Context,
     running: Option<Running>,
@@ -77,11 +83,10 @@ pub(crate) async fn check(
 }
 
 /// The handshake through shunt's own listener, then the round trips.
-async fn through_listener(
-    ctx: &Context,
-    running: Running,
-    report: &mut Report,
-) -> Option<Served> {
+///
+/// The finding names the listener address dialled next to `--url`, so that
+/// an `ok` here is not read as "the public address works".
+async fn through_listener(ctx: &Context, running: Running, report: &mut Report) -> Option<Served> {
     let target = format!("{} at shunt's listener {}", ctx.url, running.addr);
     let (mut resp, upstream, took) =
         shunt_101(ctx, CHECK, &target, &[running.addr], report).await?;
@@ -89,7 +94,8 @@ async fn through_listener(
         Ok(upgraded) => round_trips(ctx, upgraded).await,
         Err(e) => Err(e.to_string()),
     };
-    let head = format!("{target}: 101 in {took}, served by `{upstream}` (x-shunt-route: {upstream})");
+    let head =
+        format!("{target}: 101 in {took}, served by `{upstream}` (x-shunt-route: {upstream})");
     match rtts {
         Ok(mut rtts) => {
             rtts.sort();
@@ -377,6 +383,10 @@ async fn handshake(
 
 /// Send [`ROUND_TRIPS`] binary frames and time each echo; other frames (a
 /// hello, pings) are skipped. Then Close 1000.
+///
+/// The median of five is robust to the first frame's warm-up. The whole
+/// exchange is bounded by `--timeout`; a backend that never echoes (it only
+/// streams) is a `warn`, since the handshake itself worked.
 async fn round_trips(
     ctx: &Context,
     upgraded: hyper::upgrade::Upgraded,
@@ -413,7 +423,8 @@ async fn round_trips(
     result
 }
 
-/// The upstream and its answer in shunt's 502 for an upgrade that no
+/// Parse shunt's own 502 body, so the nginx diagnosis works end to end
+/// too: the upstream and its answer in shunt's 502 for an upgrade that no
 /// upstream of the route forwarded (`route /a: nginx answered 200 to a
 /// WebSocket upgrade on /a: it does not forward upgrades ...`).
 fn not_forwarded(body: &str) -> Option<(String, String)> {
@@ -445,7 +456,13 @@ struct Answer<'a> {
     body: &'a str,
 }
 
-/// Which policy refused the handshake, and what to do; `target` names the
+/// Which policy refused the handshake, and what to do.
+///
+/// Without `x-shunt-route` the answer is shunt's own, and its status and
+/// body name the policy (authentication 401, Origin or IP 403, rate or
+/// connection limit 429, no route 404, no upstream 502/503/504). With it,
+/// shunt forwarded and the upstream answered, so the diagnosis is the
+/// upstream's (nginx, a backend's Origin check). `target` names the
 /// URL and the address dialled, `check` the finding.
 fn refused(ctx: &Context, check: &str, target: &str, answer: Answer<'_>) -> Finding {
     let Answer {

@@ -52,6 +52,7 @@ pub enum Status {
     Fail,
 }
 
+/// How a status is printed.
 impl Status {
     /// `ok`, `warn` or `FAIL`, as printed.
     pub fn as_str(self) -> &'static str {
@@ -76,6 +77,7 @@ pub struct Finding {
     pub fix: Option<String>,
 }
 
+/// Constructors: a `warn` or `FAIL` always carries its fix.
 impl Finding {
     /// A passed check.
     pub fn ok(check: impl Into<String>, detail: impl Into<String>) -> Finding {
@@ -105,6 +107,7 @@ impl Finding {
         Finding::with_fix(Status::Fail, check.into(), detail.into(), fix.into())
     }
 
+    /// A finding that needs action, with the action.
     fn with_fix(status: Status, check: String, detail: String, fix: String) -> Finding {
         Finding {
             check,
@@ -123,7 +126,9 @@ pub struct Report {
     pub findings: Vec<Finding>,
 }
 
+/// Building and printing the report.
 impl Report {
+    /// Add a finding after the ones before it (the order is the check order).
     fn push(&mut self, finding: Finding) {
         self.findings.push(finding);
     }
@@ -194,7 +199,9 @@ pub struct Options {
     pub timeout: Duration,
 }
 
+/// `Debug` without the credential: `token: Some("<TOKEN>")`.
 impl std::fmt::Debug for Options {
+    /// Write the options, the token masked.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Options")
             .field("url", &self.url)
@@ -205,6 +212,7 @@ impl std::fmt::Debug for Options {
     }
 }
 
+/// Parsing the doctor-only flags; every refusal here exits 2.
 impl Options {
     /// Parse `--url`, `--origin`, `--token` and `--timeout`.
     pub fn from_args(args: &DoctorArgs) -> Result<Options, DoctorError> {
@@ -232,13 +240,18 @@ impl Options {
 
 /// Everything the checks share.
 pub(crate) struct Context {
+    /// The configuration `run` would use, validated by check 1.
     pub config: Config,
     /// `--url`, or the default built from `--listen` and the first WebSocket route.
     pub url: PublicUrl,
     /// Whether `--url` was given.
     pub url_given: bool,
+    /// `--origin`, sent as `Origin` on every handshake.
     pub origin: Option<String>,
+    /// `--token` or `SHUNT_DOCTOR_TOKEN`, sent as `?token=` end to end and
+    /// never printed ([`Context::redact`]).
     pub token: Option<String>,
+    /// `--timeout`: the bound on each network or process step.
     pub timeout: Duration,
     /// Connection tasks of the HTTP clients.
     pub tracker: TaskTracker,
@@ -246,6 +259,7 @@ pub(crate) struct Context {
     pub stop: CancellationToken,
 }
 
+/// What the checks ask of the shared state.
 impl Context {
     /// The routes whose handshakes are checked: every route with a specific
     /// path, and the one `--url` names; the catch-all alone if there is no other.
@@ -304,7 +318,11 @@ impl Context {
 
     /// `text` with the token replaced by [`TOKEN_MARK`] (see [`redact`]).
     pub fn redact(&self, text: &str) -> String {
-        redact(text, &self.config.policy.sources.query, self.token.as_deref())
+        redact(
+            text,
+            &self.config.policy.sources.query,
+            self.token.as_deref(),
+        )
     }
 
     /// The flags to give `run` so it uses this configuration.
@@ -335,7 +353,10 @@ pub fn redact(text: &str, query: &str, token: Option<&str>) -> String {
         return text.to_owned();
     };
     let encoded = crate::percent::encode(token);
-    let mut out = text.replace(&format!("{query}={encoded}"), &format!("{query}={TOKEN_MARK}"));
+    let mut out = text.replace(
+        &format!("{query}={encoded}"),
+        &format!("{query}={TOKEN_MARK}"),
+    );
     if token.len() >= BARE_TOKEN_MIN {
         out = out.replace(&encoded, TOKEN_MARK).replace(token, TOKEN_MARK);
     }
@@ -366,6 +387,14 @@ pub(crate) fn human(d: Duration) -> String {
 }
 
 /// Run every check in order and return the report.
+///
+/// The order is the checklist, and later checks use what earlier
+/// ones found: which upstreams connect (so a dead one gets no handshake),
+/// whether shunt runs (so end to end is tried), and what served the
+/// handshake (the front-end hint). Checks never abort the run, except a
+/// configuration that does not build. Each network or process step is
+/// bounded by `--timeout`, so a run against dead hosts ends in seconds, and
+/// the HTTP connection tasks get one more `--timeout` to wind down.
 pub async fn run(args: &RunArgs, options: Options) -> Report {
     let mut report = Report::default();
     let Some(config) = configuration(args, &mut report) else {
@@ -402,7 +431,12 @@ pub async fn run(args: &RunArgs, options: Options) -> Report {
 }
 
 /// Check 1: the configuration parses and validates, as `shunt check` does.
+///
+/// Nothing else can run on a configuration that does not build, so a
+/// failure here is the only finding. An `https` upstream's CA file is loaded
+/// too: `run` would refuse it at start. No I/O beyond reading the files.
 fn configuration(args: &RunArgs, report: &mut Report) -> Option<Config> {
+    /// The check name of the configuration finding.
     const CHECK: &str = "configuration";
     let source = args.config.as_ref().map_or_else(
         || "flags and SHUNT_* variables".to_owned(),
@@ -464,7 +498,14 @@ fn default_url(config: &Config) -> PublicUrl {
 }
 
 /// Check 8: what to put in `VITE_WS_AUDIO_URL`.
+///
+/// The front end is built with the URL its audio connects to; this says
+/// which one, verified end to end when the handshake through shunt worked
+/// (`ok`), or only derived from `--url` (`warn`). Browsers cannot set
+/// headers on a WebSocket, so a route that needs a token shows it in the
+/// query, as `<TOKEN>`.
 fn front_end(ctx: &Context, served: Option<&end_to_end::Served>, report: &mut Report) {
+    /// The check name of the hint.
     const CHECK: &str = "front end";
     let auth = ctx
         .route_for_url()
@@ -578,9 +619,15 @@ mod tests {
             redact(err, "token", Some("s3/cret")),
             "GET /a?x=1&token=<TOKEN>: connection closed"
         );
-        assert_eq!(redact("raw s3/cret", "token", Some("s3/cret")), "raw <TOKEN>");
+        assert_eq!(
+            redact("raw s3/cret", "token", Some("s3/cret")),
+            "raw <TOKEN>"
+        );
         // A short token is hidden only where it is the parameter's value.
-        assert_eq!(redact("ok ?token=ok", "token", Some("ok")), "ok ?token=<TOKEN>");
+        assert_eq!(
+            redact("ok ?token=ok", "token", Some("ok")),
+            "ok ?token=<TOKEN>"
+        );
         assert_eq!(redact("?token=abc", "token", None), "?token=abc");
     }
 

@@ -23,18 +23,26 @@ use crate::tls::certs::{CertError, LoadedCert, load, name_covers};
 
 /// `warn` when a certificate expires within this many days.
 const EXPIRY_WARN_DAYS: i64 = 14;
+/// Seconds in a day, for the days-to-expiry arithmetic.
 const DAY: i64 = 86_400;
 
 /// How a PEM chain must be ordered (what browsers and rustls expect).
 const CHAIN_ORDER_FIX: &str = "order the PEM file: the leaf first, then the CA certificate that issued it, then that one's issuer";
 
-/// One certificate that loaded: what it serves and its chain.
+/// One certificate that loaded: what it serves and its chain (the PEM
+/// file's certificates, in file order, as the server sends them).
 struct Served {
     loaded: LoadedCert,
     chain: Vec<CertificateDer<'static>>,
 }
 
-/// Check 6.
+/// Check 6: for each certificate of the listener, the key, the chain order
+/// and the expiry; then, for the one that would serve `--url`'s host (SNI),
+/// the names and the trust.
+///
+/// A `wss://` `--url` with no certificate, or a `ws://` one with a TLS
+/// listener, gets a `warn` first: browsers would speak the other protocol.
+/// Files and the system store only: nothing here waits on the network.
 pub(crate) fn check(ctx: &Context, report: &mut Report) {
     let Some(tls) = &ctx.config.tls else {
         if ctx.url.secure {
@@ -85,6 +93,10 @@ pub(crate) fn check(ctx: &Context, report: &mut Report) {
     }
 }
 
+/// The certificate and its key load together, with the code a start or a
+/// reload runs ([`load`]), so this fails exactly when `run` would. A key that
+/// belongs to another certificate of the file means the chain is out of
+/// order, and says so. Returns what loaded, for the other checks. No network.
 fn key(
     spec: &CertSpec,
     provider: &rustls::crypto::CryptoProvider,
@@ -164,6 +176,10 @@ fn parse<'a>(der: &'a CertificateDer<'_>) -> Option<X509Certificate<'a>> {
         .map(|(_, c)| c)
 }
 
+/// Each certificate of the file is issued by the next, leaf first: the order
+/// a TLS server must send. rustls serves a misordered file without
+/// complaint, and browsers then fail to build the path (often only some of
+/// them, which makes it hard to find by hand).
 fn chain_order(spec: &CertSpec, chain: &[CertificateDer<'static>], report: &mut Report) {
     let file = spec.cert.display();
     let parsed: Vec<_> = chain.iter().filter_map(parse).collect();
@@ -207,6 +223,9 @@ fn chain_order(spec: &CertSpec, chain: &[CertificateDer<'static>], report: &mut 
     ));
 }
 
+/// Days to expiry of the leaf, against this machine's clock: `FAIL` when
+/// expired or not valid yet, `warn` under [`EXPIRY_WARN_DAYS`] (time to renew
+/// before browsers start refusing), `ok` otherwise.
 fn expiry(spec: &CertSpec, leaf: &CertificateDer<'_>, report: &mut Report) {
     let file = spec.cert.display();
     let Some(cert) = parse(leaf) else { return };
@@ -255,6 +274,9 @@ fn expiry(spec: &CertSpec, leaf: &CertificateDer<'_>, report: &mut Report) {
     }
 }
 
+/// The certificate's SANs cover `--url`'s host (the name browsers check;
+/// the CN is not), with the wildcard rules of [`name_covers`]. The fix lists
+/// the names the certificate has.
 fn names(ctx: &Context, s: &Served, report: &mut Report) {
     let host = &ctx.url.host;
     let file = s.loaded.info.cert_file.display();
@@ -275,6 +297,12 @@ fn names(ctx: &Context, s: &Served, report: &mut Report) {
     }
 }
 
+/// The chain verifies against the system roots, as a browser's would. A
+/// private CA or a self-signed certificate gets a `warn`: browsers refuse
+/// `wss://` to it without a prompt (only a page load shows the warning), so
+/// the fix is a public certificate, or trusting the CA in development. A
+/// certificate outside its validity is left to `tls expiry`. Reads the
+/// system store only, no network.
 fn trust(
     ctx: &Context,
     s: &Served,

@@ -32,6 +32,13 @@ pub struct Answer {
 }
 
 /// Handshake on every WebSocket route through every upstream it names.
+///
+/// Each upstream is tried directly, not through shunt: shunt falls back
+/// from one upstream to the next, so a broken nginx behind a working
+/// `direct` would otherwise stay hidden until `direct` goes down. An
+/// upstream that did not accept TCP in check 2 is reported as not tried
+/// rather than dialled again. Each handshake, connect included, is bounded
+/// by `--timeout`; a backend that accepts and never answers ends there.
 pub(crate) async fn check(
     ctx: &Context,
     reachable: &BTreeMap<UpstreamName, bool>,
@@ -79,6 +86,11 @@ pub(crate) async fn check(
 
 /// One handshake to `u` for `path`, as shunt would forward it (the public
 /// `Host`, the `Origin`); a 101 is closed politely with 1000.
+///
+/// The request is built by the health prober's [`ws_upgrade`] and sent by
+/// its [`send`], so doctor and shunt's own `ws:` probes speak the same
+/// handshake. The time is from the connect to the response head: what a
+/// browser waits before `onopen`.
 async fn handshake(ctx: &Context, u: &UpstreamSpec, path: &str) -> Result<Answer, String> {
     let started = Instant::now();
     let stream = upstreams::open(ctx, u).await?;
@@ -123,6 +135,7 @@ pub(crate) async fn close(upgraded: hyper::upgrade::Upgraded) {
     .await;
 }
 
+/// A response header as text, `None` when absent or not visible ASCII.
 pub(crate) fn header_text(headers: &HeaderMap, name: header::HeaderName) -> Option<String> {
     headers
         .get(name)
@@ -131,6 +144,14 @@ pub(crate) fn header_text(headers: &HeaderMap, name: header::HeaderName) -> Opti
 }
 
 /// Turn an answer into a finding with its fix.
+///
+/// The order matters: a valid 101 first; then a 101 whose
+/// `Sec-WebSocket-Accept` does not match (browsers drop it, and only
+/// something rewriting the handshake produces it); a 403 while `--origin`
+/// is set (the backend's CORS check); then any answer signed `Server:
+/// nginx`, whatever its status, since nginx without the Upgrade headers
+/// answers 400, 404, 426 or a 200 page and the fix is the same location
+/// block; then 404 and 426 from a backend itself; anything else last.
 fn diagnose(ctx: &Context, route: &RouteSpec, u: &UpstreamSpec, path: &str, a: &Answer) -> Finding {
     let check = format!("websocket {} via {}", route.label(), u.name);
     let what = format!("handshake GET {path} on {}", u.url);
@@ -202,6 +223,14 @@ fn diagnose(ctx: &Context, route: &RouteSpec, u: &UpstreamSpec, path: &str, a: &
 }
 
 /// The nginx lines that forward WebSocket upgrades on `path` to `backend`.
+///
+/// nginx speaks HTTP/1.0 to upstreams and drops hop-by-hop headers unless
+/// told otherwise, so `Upgrade` and `Connection` never reach the backend:
+/// `proxy_http_version 1.1` and the two `proxy_set_header` lines restore
+/// them, and the `map` sends `Connection: close` for plain requests. The
+/// long `proxy_read_timeout` keeps a quiet call from being cut at nginx's
+/// 60 s default. `backend` is the `direct` upstream's URL, the usual target
+/// of that nginx; the person applying the fix knows if it is another.
 pub fn nginx_fix(path: &str, backend: &str) -> String {
     format!(
         "add to nginx's config, then `nginx -t && nginx -s reload`:\n\
