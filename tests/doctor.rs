@@ -1079,6 +1079,18 @@ async fn a_url_on_another_port_is_dialled_as_its_own_finding() {
         has(&warn, part);
     }
 
+    // The public port leads to the backend itself, not to shunt.
+    let url = format!("ws://{}/frontend-audio", backend.addr());
+    let out = doctor(&running_shunt(&proxy, &backend, &["--url", &url])).await;
+    assert_eq!(out.code, Some(1), "{}", out.stdout);
+    out.finding("ok   end to end:");
+    let fail = out.finding("FAIL end to end (public):");
+    has(
+        &fail,
+        "without x-shunt-route: it is not shunt that answered",
+    );
+    has(&fail, format!("at shunt's --listen {}", proxy.addr()));
+
     // A name that does not resolve (.invalid never does, RFC 6761).
     let url = "ws://shunt-doctor.invalid:8080/frontend-audio";
     let out = doctor(&running_shunt(&proxy, &backend, &["--url", url])).await;

@@ -218,7 +218,14 @@ async fn shunt_101(
     let public = check == PUBLIC_CHECK;
     let key = fastwebsockets::handshake::generate_key();
     let started = Instant::now();
-    let answer = match tokio::time::timeout(ctx.timeout, dial_first(ctx, addrs, &key)).await {
+    // The listener speaks TLS when it has a certificate; the public address
+    // when --url says wss:// (a terminator in front of a plain shunt, say).
+    let tls = if public {
+        ctx.url.secure
+    } else {
+        ctx.config.tls.is_some()
+    };
+    let answer = match tokio::time::timeout(ctx.timeout, dial_first(ctx, addrs, tls, &key)).await {
         Ok(Ok(resp)) => resp,
         Ok(Err(Dial::Connect(e))) if public => {
             report.push(Finding::warn(
@@ -231,10 +238,23 @@ async fn shunt_101(
         Ok(Err(Dial::Connect(e) | Dial::Handshake(e))) => {
             // The error names the request, whose target holds ?token=.
             let e = ctx.redact(&e);
+            let fix = if public {
+                format!(
+                    "something accepts TCP there but broke the handshake: check that {} speaks {} like --url says, and whatever proxy or TLS terminator sits in front of shunt",
+                    ctx.url.host_header(),
+                    if ctx.url.secure {
+                        "TLS (wss://)"
+                    } else {
+                        "plain ws://"
+                    }
+                )
+            } else {
+                "check shunt's log for this connection (RUST_LOG=shunt=debug)".to_owned()
+            };
             report.push(Finding::fail(
                 check,
                 format!("handshake to {target}: {e}"),
-                "check shunt's log for this connection (RUST_LOG=shunt=debug)",
+                fix,
             ));
             return None;
         }
@@ -331,32 +351,37 @@ enum Dial {
 }
 
 /// Try `addrs` in order, as a browser does, and send the handshake on the
-/// first that accepts.
+/// first that accepts (over TLS when `tls`).
 async fn dial_first(
     ctx: &Context,
     addrs: &[SocketAddr],
+    tls: bool,
     key: &str,
 ) -> Result<hyper::Response<hyper::body::Incoming>, Dial> {
     let mut last = String::from("no address to dial");
     for &addr in addrs {
         match TcpStream::connect(addr).await {
-            Ok(tcp) => return handshake(ctx, tcp, key).await.map_err(Dial::Handshake),
+            Ok(tcp) => {
+                return handshake(ctx, tcp, tls, key).await.map_err(Dial::Handshake);
+            }
             Err(e) => last = format!("connect to {addr}: {e}"),
         }
     }
     Err(Dial::Connect(last))
 }
 
-/// Send the handshake on `tcp` as a browser would: TLS with `--url`'s host
-/// as SNI when the listener has a certificate, `--url`'s Host and path,
-/// `--origin`, and the token in the query.
+/// Send the handshake on `tcp` as a browser would: TLS (when `tls`) with
+/// `--url`'s host as SNI, `--url`'s Host and path, `--origin`, and the
+/// token in the query. The certificate is not verified here: check 6 judges
+/// it, and this check is about what answers.
 async fn handshake(
     ctx: &Context,
     tcp: TcpStream,
+    tls: bool,
     key: &str,
 ) -> Result<hyper::Response<hyper::body::Incoming>, String> {
     let _ = tcp.set_nodelay(true);
-    let stream = if ctx.config.tls.is_some() {
+    let stream = if tls {
         let name = ServerName::try_from(ctx.url.host.clone()).map_err(|e| e.to_string())?;
         let tls = tokio_rustls::TlsConnector::from(
             crate::tls::client::unverified_config().map_err(|e| e.to_string())?,
