@@ -9,7 +9,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use super::{Context, Finding, Report, dial_addr};
+use super::{Context, Finding, Report, dial_addr, human};
 
 /// TCP state `LISTEN` in `/proc/net/tcp`.
 const TCP_LISTEN: u8 = 0x0A;
@@ -142,12 +142,14 @@ pub struct Running {
 /// The socket table is read once and shared by the proxy-port and
 /// backend-binding findings, so both describe the same moment.
 pub(crate) async fn check(ctx: &Context, report: &mut Report) -> Option<Running> {
-    let sockets = tokio::time::timeout(ctx.timeout, tokio::task::spawn_blocking(listening_sockets))
-        .await
-        .ok()
-        .and_then(Result::ok)
-        .flatten();
-    let running = proxy_port(ctx, sockets.as_deref(), report).await;
+    let read =
+        tokio::time::timeout(ctx.timeout, tokio::task::spawn_blocking(listening_sockets)).await;
+    let sockets = match read {
+        Ok(Ok(Some(sockets))) => Ok(sockets),
+        Ok(_) => Err("is not readable".to_owned()),
+        Err(_) => Err(format!("was not read within {}", human(ctx.timeout))),
+    };
+    let running = proxy_port(ctx, sockets.as_deref().ok(), report).await;
     scope(ctx, report);
     backend_bindings(ctx, sockets.as_deref(), report);
     running
@@ -325,17 +327,22 @@ fn scope(ctx: &Context, report: &mut Report) {
 /// optional. The fix binds it to loopback, or closes the port with the one
 /// ufw or iptables line. Only upstreams on this machine are looked at
 /// (the table is local), and not `nginx`, which is meant to be public.
-fn backend_bindings(ctx: &Context, sockets: Option<&[ProcSocket]>, report: &mut Report) {
+/// `sockets` is the table, or why it is missing (`is not readable`, `was
+/// not read within 3s`).
+fn backend_bindings(ctx: &Context, sockets: Result<&[ProcSocket], &String>, report: &mut Report) {
     for u in ctx.config.upstreams.iter().filter(|u| is_local_backend(u)) {
         let check = format!("upstream {} binding", u.name);
         let port = u.url.port;
-        let Some(sockets) = sockets else {
-            report.push(Finding::warn(
-                check,
-                format!("port {port}: /proc/net/tcp is not readable, bindings not checked"),
-                format!("check by hand: ss -tlnp 'sport = :{port}'"),
-            ));
-            continue;
+        let sockets = match sockets {
+            Ok(sockets) => sockets,
+            Err(why) => {
+                report.push(Finding::warn(
+                    check,
+                    format!("port {port}: /proc/net/tcp {why}, bindings not checked"),
+                    format!("check by hand: ss -tlnp 'sport = :{port}'"),
+                ));
+                continue;
+            }
         };
         let open: Vec<SocketAddr> = sockets
             .iter()
