@@ -25,9 +25,10 @@ use tokio::net::TcpListener;
 /// Bound on one doctor run; each check inside is bounded by `--timeout`.
 const RUN_LIMIT: Duration = Duration::from_secs(30);
 
-/// `shunt doctor --timeout 2s ARGS`.
+/// `shunt doctor --timeout 3s ARGS` (the default bound, with room for a
+/// loaded CI machine: passing runs do not wait on it).
 async fn doctor<S: AsRef<str>>(args: &[S]) -> Run {
-    let mut all = vec!["doctor", "--timeout", "2s"];
+    let mut all = vec!["doctor", "--timeout", "3s"];
     all.extend(args.iter().map(AsRef::as_ref));
     run_shunt(&all, RUN_LIMIT).await
 }
@@ -202,6 +203,10 @@ async fn an_expired_certificate_fails() {
     );
     has(&fail, "fix: renew it");
     out.finding("ok   tls names:");
+    // Trusting its CA would not help an expired certificate.
+    let trust = out.finding("warn tls trust:");
+    has(&trust, "not checked: the certificate is not valid now");
+    assert!(!trust.contains("trust the CA"), "{trust}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -280,10 +285,8 @@ async fn a_backend_refusing_the_origin_fails_with_the_cors_fix() {
     let out = doctor(&args).await;
     assert_eq!(out.code, Some(1), "{}", out.stdout);
     let fail = out.finding("FAIL websocket /frontend-audio via direct:");
-    has(
-        &fail,
-        "Origin https://evil.example.com: 403 Forbidden: the backend refuses that Origin",
-    );
+    has(&fail, "Origin https://evil.example.com: 403 Forbidden in ");
+    has(&fail, " ms: the backend refuses that Origin");
     assert!(
         fail.contains("allow_origin") && fail.contains("CORS"),
         "{fail}"
@@ -404,6 +407,23 @@ async fn a_route_needing_a_token_says_which_policy_refused_and_how_the_token_tra
         "the token is printed:\n{}",
         out.stdout
     );
+
+    // SHUNT_DOCTOR_TOKEN is --token's default.
+    let mut from_env = vec!["doctor", "--timeout", "3s"];
+    from_env.extend(args.iter().map(String::as_str));
+    let out = run_shunt_with_env(
+        &from_env,
+        &[("SHUNT_DOCTOR_TOKEN", "doctor-s3cret")],
+        RUN_LIMIT,
+    )
+    .await;
+    assert_eq!(out.code, Some(0), "{}\n{}", out.stdout, out.stderr);
+    out.finding("ok   end to end:");
+    assert!(
+        !out.stdout.contains("doctor-s3cret"),
+        "the token is printed:\n{}",
+        out.stdout
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -418,6 +438,21 @@ async fn bad_arguments_exit_2() {
         "{}",
         out.stderr
     );
+    // Zero would fail every check at once; an hour per check is a hang.
+    for timeout in ["0s", "0ms", "1h"] {
+        let out = run_shunt(&["doctor", "--timeout", timeout], RUN_LIMIT).await;
+        assert_eq!(out.code, Some(2), "--timeout {timeout}: {}", out.stderr);
+        has(
+            &out.stderr,
+            format!("invalid --timeout `{timeout}`: give a duration from 1ms to 60s"),
+        );
+        assert!(out.stdout.is_empty(), "{}", out.stdout);
+    }
+    for origin in ["app.example.com", "https://", "https://a\nb"] {
+        let out = doctor(&["--origin", origin]).await;
+        assert_eq!(out.code, Some(2), "--origin {origin}: {}", out.stderr);
+        has(&out.stderr, format!("invalid --origin `{origin}`"));
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -473,8 +508,17 @@ async fn tls_end_to_end_through_shunt_names_the_route() {
     let out = doctor(&args).await;
     assert_eq!(out.code, Some(0), "{}", out.stdout);
     let e2e = out.finding("ok   end to end:");
-    has(&e2e, format!("{url}: 101"));
+    has(
+        &e2e,
+        format!("{url} at shunt's listener {}: 101", proxy.addr()),
+    );
     has(&e2e, "served by `direct`");
+    // localhost at the listener's port is the listener: no second dial.
+    assert!(
+        !out.stdout.contains("end to end (public)"),
+        "{}",
+        out.stdout
+    );
     out.finding("ok   tls names:");
     out.finding("warn tls trust:");
     let hint = out.finding("ok   front end:");
@@ -617,4 +661,441 @@ async fn end_to_end_through_shunt_to_a_misconfigured_nginx_prints_the_location_b
         "shunt forwarded to `nginx`, where nginx answered 200 OK instead of 101",
     );
     has(&fail, "proxy_set_header Upgrade $http_upgrade;");
+}
+
+/// Asserts the token `s3cret` is nowhere in what doctor printed.
+fn token_hidden(out: &Run) {
+    for text in [&out.stdout, &out.stderr] {
+        assert!(!text.contains("s3cret"), "the token is printed:\n{text}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_token_is_never_printed_against_a_tls_port_spoken_to_in_plain() {
+    // Doctor is not told about TLS (no --tls-cert), so it sends its plain
+    // handshake, ?token= included, to shunt's TLS port.
+    let backend = echo_backend().spawn().await;
+    let pki = TestPki::new();
+    let (cert, key) = pki.write("server", &["localhost"]);
+    let proxy = shunt()
+        .direct(backend.url())
+        .route("/frontend-audio=direct")
+        .tls(&cert, &key)
+        .start()
+        .await;
+    proxy.wait_ready().await;
+    for json in [false, true] {
+        let mut extra = vec!["--token", "s3cret"];
+        if json {
+            extra.push("--json");
+        }
+        let out = doctor(&running_shunt(&proxy, &backend, &extra)).await;
+        assert_eq!(out.code, Some(1), "{}\n{}", out.stdout, out.stderr);
+        has(&out.stdout, "end to end");
+        token_hidden(&out);
+    }
+}
+
+/// A listener that reads one request head and hangs up without answering.
+async fn hanging_up_listener() -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    use tokio::io::AsyncReadExt;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let mut head = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16 * 1024 {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => head.extend_from_slice(&buf[..n]),
+                }
+            }
+        }
+    });
+    (addr, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_token_is_never_printed_when_the_connection_breaks_after_the_request() {
+    // The admin API of a real shunt answers, so doctor takes the proxy port
+    // for shunt's; whatever holds that port reads the handshake (and its
+    // ?token=) and hangs up: the error names the request it was sending.
+    let backend = echo_backend().spawn().await;
+    let proxy = shunt()
+        .direct(backend.url())
+        .route("/frontend-audio=direct")
+        .start()
+        .await;
+    proxy.wait_ready().await;
+    let (listen, task) = hanging_up_listener().await;
+    let args = [
+        "--listen".to_owned(),
+        listen.to_string(),
+        "--admin".to_owned(),
+        proxy.admin_addr().to_string(),
+        "--direct".to_owned(),
+        backend.url(),
+        "--route".to_owned(),
+        "/frontend-audio=direct".to_owned(),
+        "--token".to_owned(),
+        "s3cret".to_owned(),
+    ];
+    let out = doctor(&args).await;
+    assert_eq!(out.code, Some(1), "{}\n{}", out.stdout, out.stderr);
+    let fail = out.finding("FAIL end to end:");
+    has(&fail, "/frontend-audio?token=<TOKEN>");
+    token_hidden(&out);
+    let mut json = args.to_vec();
+    json.push("--json".to_owned());
+    let out = doctor(&json).await;
+    has(&out.stdout, "token=<TOKEN>");
+    token_hidden(&out);
+    task.abort();
+}
+
+/// A backend that is not nginx, answering by path with a canned reply and
+/// hanging up: `/no-ws` 404, `/old` 426, `/bad-accept` a 101 whose
+/// `Sec-WebSocket-Accept` does not match the key, `/health` 503.
+async fn canned_backend() -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16 * 1024 {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let text = String::from_utf8_lossy(&head);
+                let path = text.split(' ').nth(1).unwrap_or_default();
+                let reply: &[u8] = match path {
+                    "/no-ws" => b"HTTP/1.1 404 Not Found\r\nServer: backend\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                    "/old" => b"HTTP/1.1 426 Upgrade Required\r\nServer: backend\r\nSec-WebSocket-Version: 8\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                    "/bad-accept" => b"HTTP/1.1 101 Switching Protocols\r\nServer: backend\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: bm90IHRoZSByaWdodCBrZXk=\r\n\r\n",
+                    _ => b"HTTP/1.1 503 Service Unavailable\r\nServer: backend\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                };
+                let _ = stream.write_all(reply).await;
+                let _ = stream.shutdown().await;
+            });
+        }
+    });
+    (addr, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_that_is_not_nginx_gets_the_404_426_and_bad_accept_diagnoses() {
+    let (addr, task) = canned_backend().await;
+    let direct = format!("http://{addr}");
+    let mut args = stopped_shunt(&direct, "/no-ws=direct");
+    args.extend(["--route", "/old=direct", "--route", "/bad-accept=direct"]);
+    let out = doctor(&args).await;
+    assert_eq!(out.code, Some(1), "{}", out.stdout);
+    let not_found = out.finding("FAIL websocket /no-ws via direct:");
+    has(&not_found, format!("handshake GET /no-ws on {direct}"));
+    has(&not_found, "404 Not Found in ");
+    has(&not_found, "no WebSocket endpoint on that path");
+    has(&not_found, "--route PATH=direct");
+    assert!(!not_found.contains("nginx"), "{not_found}");
+    let old = out.finding("FAIL websocket /old via direct:");
+    has(&old, "426 Upgrade Required in ");
+    has(&old, "WebSocket version mismatch");
+    has(&old, "Sec-WebSocket-Version 13");
+    let bad = out.finding("FAIL websocket /bad-accept via direct:");
+    has(&bad, "101 in ");
+    has(
+        &bad,
+        "without a valid Sec-WebSocket-Accept: a broken intermediary",
+    );
+    task.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_http_health_check_get_and_its_status() {
+    let backend = echo_backend().spawn().await;
+    let direct = backend.url();
+    let mut args = stopped_shunt(&direct, "/frontend-audio=direct");
+    args.extend(["--health-check", "http:/health"]);
+    let out = doctor(&args).await;
+    let ok = out.finding("ok   upstream direct health:");
+    has(&ok, format!("GET {direct}/health answered 200 OK"));
+    assert_eq!(out.code, Some(0), "{}", out.stdout);
+
+    let (addr, task) = canned_backend().await;
+    let direct = format!("http://{addr}");
+    let mut args = stopped_shunt(&direct, "/frontend-audio=direct");
+    args.extend(["--health-check", "http:/health"]);
+    let out = doctor(&args).await;
+    assert_eq!(out.code, Some(1), "{}", out.stdout);
+    let fail = out.finding("FAIL upstream direct health:");
+    has(
+        &fail,
+        format!("GET {direct}/health answered 503 Service Unavailable (expected 2xx or 3xx)"),
+    );
+    has(&fail, "fix: make the backend answer 2xx on /health");
+    task.abort();
+}
+
+/// A listener whose accept queue is full (backlog 0, never accepting, one
+/// connection queued), so the kernel drops further SYNs as a firewall would;
+/// returns it with the connections that fill it.
+async fn full_accept_queue() -> (tokio::net::TcpListener, Vec<tokio::net::TcpStream>) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(0).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut queued = Vec::new();
+    for _ in 0..16 {
+        match tokio::time::timeout(
+            Duration::from_millis(300),
+            tokio::net::TcpStream::connect(addr),
+        )
+        .await
+        {
+            Ok(Ok(stream)) => queued.push(stream),
+            Ok(Err(e)) => panic!("connect to the backlog-0 listener: {e}"),
+            Err(_) => return (listener, queued),
+        }
+    }
+    panic!("16 connections to a backlog-0 listener all completed: the queue never filled");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tcp_connect_that_times_out_names_a_firewall_or_a_wrong_host() {
+    let (listener, _queued) = full_accept_queue().await;
+    let direct = format!("http://{}", listener.local_addr().unwrap());
+    let mut args = vec!["doctor", "--timeout", "300ms"];
+    args.extend(stopped_shunt(&direct, "/frontend-audio=direct"));
+    let started = std::time::Instant::now();
+    let out = run_shunt(&args, RUN_LIMIT).await;
+    assert_eq!(out.code, Some(1), "{}", out.stdout);
+    let fail = out.finding("FAIL upstream direct:");
+    has(
+        &fail,
+        "no answer within 300ms: a firewall drops the packets, or the host is wrong",
+    );
+    has(&fail, "fix: check the host of upstream direct");
+    out.finding("FAIL websocket /frontend-audio via direct: not tried");
+    // Bounded: a dead host ends in seconds, not in the kernel's SYN retries.
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+/// Today plus `days` as (year, month, day), from the system clock (civil
+/// calendar from days since 1970-01-01, Howard Hinnant's algorithm).
+fn date_in(days: i64) -> (i32, u8, u8) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let z = now / 86_400 + days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u8;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u8;
+    let year = (yoe + era * 400 + i64::from(month <= 2)) as i32;
+    (year, month, day)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_expiring_within_14_days_warns() {
+    let pki = TestPki::new();
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+    params.not_before = date_time_ymd(2020, 1, 1);
+    let (y, m, d) = date_in(6);
+    params.not_after = date_time_ymd(y, m, d);
+    let cert = params.self_signed(&key).unwrap();
+    let (c, k) = (pki.dir.join("soon.crt"), pki.dir.join("soon.key"));
+    std::fs::write(&c, cert.pem()).unwrap();
+    std::fs::write(&k, key.serialize_pem()).unwrap();
+    let out = doctor_tls(&c, &k, "wss://localhost:8443/frontend-audio").await;
+    let warn = out.finding("warn tls expiry:");
+    // Midnight six days on is five days and a fraction away.
+    has(&warn, "expires in 5 day(s)");
+    has(&warn, format!("on {y}-{m:02}-{d:02}"));
+    has(&warn, "fix: renew it");
+    // A warning is not a failure.
+    out.finding("ok   tls key:");
+    assert!(!out.stdout.contains("FAIL tls"), "{}", out.stdout);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_that_does_not_match_the_certificate_fails() {
+    let pki = TestPki::new();
+    let (cert, _) = pki.write("server", &["localhost"]);
+    let (_, other_key) = pki.write("other", &["localhost"]);
+    let out = doctor_tls(&cert, &other_key, "wss://localhost:8443/frontend-audio").await;
+    assert_eq!(out.code, Some(1), "{}", out.stdout);
+    let fail = out.finding("FAIL tls key:");
+    has(&fail, "the key cannot be used with certificate");
+    has(
+        &fail,
+        format!("openssl x509 -noout -pubkey -in {}", cert.display()),
+    );
+    has(
+        &fail,
+        format!("openssl pkey -pubout -in {}", other_key.display()),
+    );
+}
+
+/// A root CA, an intermediate it signs and a leaf for localhost the
+/// intermediate signs: the PEM of (root, intermediate, leaf) and the leaf's key.
+fn three_level_chain() -> (String, String, String, String) {
+    use rcgen::{BasicConstraints, DnType, IsCa, Issuer};
+    let ca = |name: &str| {
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        p.distinguished_name.push(DnType::CommonName, name);
+        p
+    };
+    let root_key = KeyPair::generate().unwrap();
+    let root_params = ca("doctor root");
+    let root = root_params.self_signed(&root_key).unwrap();
+    let root_issuer = Issuer::new(root_params, root_key);
+    let mid_key = KeyPair::generate().unwrap();
+    let mid_params = ca("doctor intermediate");
+    let mid = mid_params.signed_by(&mid_key, &root_issuer).unwrap();
+    let mid_issuer = Issuer::new(mid_params, mid_key);
+    let leaf_key = KeyPair::generate().unwrap();
+    let mut leaf_params = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+    leaf_params
+        .distinguished_name
+        .push(DnType::CommonName, "localhost");
+    leaf_params.is_ca = IsCa::ExplicitNoCa;
+    let leaf = leaf_params.signed_by(&leaf_key, &mid_issuer).unwrap();
+    (root.pem(), mid.pem(), leaf.pem(), leaf_key.serialize_pem())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chain_in_the_wrong_order_fails() {
+    let pki = TestPki::new();
+    let (root, mid, leaf, key) = three_level_chain();
+    let key_file = pki.dir.join("leaf.key");
+    std::fs::write(&key_file, key).unwrap();
+    let url = "wss://localhost:8443/frontend-audio";
+
+    // In order: leaf, intermediate, root.
+    let good = pki.dir.join("good.crt");
+    std::fs::write(&good, format!("{leaf}{mid}{root}")).unwrap();
+    let out = doctor_tls(&good, &key_file, url).await;
+    let ok = out.finding("ok   tls chain:");
+    has(&ok, "3 certificate(s), leaf first, each issued by the next");
+
+    // The leaf first, but the root before the intermediate.
+    let swapped = pki.dir.join("swapped.crt");
+    std::fs::write(&swapped, format!("{leaf}{root}{mid}")).unwrap();
+    let out = doctor_tls(&swapped, &key_file, url).await;
+    assert_eq!(out.code, Some(1), "{}", out.stdout);
+    out.finding("ok   tls key:");
+    let fail = out.finding("FAIL tls chain:");
+    has(
+        &fail,
+        "certificate 1 (CN=localhost) is not issued by the next one (CN=doctor root)",
+    );
+    has(&fail, "fix: order the PEM file: the leaf first");
+
+    // The CA certificates before the leaf: the key matches a later one.
+    let reversed = pki.dir.join("reversed.crt");
+    std::fs::write(&reversed, format!("{root}{mid}{leaf}")).unwrap();
+    let out = doctor_tls(&reversed, &key_file, url).await;
+    assert_eq!(out.code, Some(1), "{}", out.stdout);
+    let fail = out.finding("FAIL tls key:");
+    has(&fail, "it belongs to certificate 3 of");
+    has(&fail, "so the chain is out of order");
+    has(&fail, "fix: order the PEM file: the leaf first");
+}
+
+/// A TCP port forward from a new loopback port to `target`, as NAT or a
+/// router's port forwarding puts in front of shunt.
+async fn port_forward(target: SocketAddr) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
+            });
+        }
+    });
+    (addr, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_url_on_another_port_is_dialled_as_its_own_finding() {
+    let backend = echo_backend().spawn().await;
+    let proxy = shunt()
+        .direct(backend.url())
+        .route("/frontend-audio=direct")
+        .start()
+        .await;
+    proxy.wait_ready().await;
+
+    // The public port forwards to shunt's listener.
+    let (public, task) = port_forward(proxy.addr()).await;
+    let url = format!("ws://{public}/frontend-audio");
+    let out = doctor(&running_shunt(&proxy, &backend, &["--url", &url])).await;
+    assert_eq!(out.code, Some(0), "{}", out.stdout);
+    let local = out.finding("ok   end to end:");
+    has(
+        &local,
+        format!("{url} at shunt's listener {}: 101", proxy.addr()),
+    );
+    let via_public = out.finding("ok   end to end (public):");
+    has(
+        &via_public,
+        format!("{url} at its public address {public}: 101 in "),
+    );
+    has(&via_public, "served by `direct`");
+    task.abort();
+
+    // Nothing answers on the public port: a warning naming the way there.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("ws://{}/frontend-audio", closed.local_addr().unwrap());
+    drop(closed);
+    let out = doctor(&running_shunt(&proxy, &backend, &["--url", &url])).await;
+    assert_eq!(out.code, Some(0), "a warning only:\n{}", out.stdout);
+    out.finding("ok   end to end:");
+    let warn = out.finding("warn end to end (public):");
+    has(&warn, "Connection refused");
+    for part in [
+        "DNS for 127.0.0.1",
+        "firewall",
+        "NAT / port forwarding",
+        "hairpin",
+    ] {
+        has(&warn, part);
+    }
+
+    // The public port leads to the backend itself, not to shunt.
+    let url = format!("ws://{}/frontend-audio", backend.addr());
+    let out = doctor(&running_shunt(&proxy, &backend, &["--url", &url])).await;
+    assert_eq!(out.code, Some(1), "{}", out.stdout);
+    out.finding("ok   end to end:");
+    let fail = out.finding("FAIL end to end (public):");
+    has(
+        &fail,
+        "without x-shunt-route: it is not shunt that answered",
+    );
+    has(&fail, format!("at shunt's --listen {}", proxy.addr()));
+
+    // A name that does not resolve (.invalid never does, RFC 6761).
+    let url = "ws://shunt-doctor.invalid:8080/frontend-audio";
+    let out = doctor(&running_shunt(&proxy, &backend, &["--url", url])).await;
+    let warn = out.finding("warn end to end (public):");
+    has(&warn, "not dialled: shunt-doctor.invalid");
+    has(&warn, "fix: publish a DNS record");
 }

@@ -154,7 +154,8 @@ pub fn read_nft(text: &str, public: u16, backends: &[u16]) -> Reading {
 /// A parser of one tool's output: (text, public port, backend ports).
 type ReadRules = fn(&str, u16, &[u16]) -> Reading;
 
-/// Where an admin tool may be installed.
+/// Where an admin tool may be installed: `PATH`, then the sbin directories
+/// a non-root `PATH` often lacks. Presence only; nothing is run here.
 fn find_tool(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
@@ -164,6 +165,10 @@ fn find_tool(name: &str) -> Option<PathBuf> {
 }
 
 /// Run a read-only command, bounded by the timeout; its stdout, or why not.
+///
+/// The arguments are fixed by the caller (`status`, `list ruleset`, `-S
+/// INPUT`): doctor never changes a rule. stdin is closed so a tool cannot
+/// wait on a prompt, and the child is killed if the timeout passes.
 async fn read_only(ctx: &Context, tool: &PathBuf, args: &[&str]) -> Result<String, String> {
     let child = tokio::process::Command::new(tool)
         .args(args)
@@ -185,8 +190,17 @@ async fn read_only(ctx: &Context, tool: &PathBuf, args: &[&str]) -> Result<Strin
     }
 }
 
-/// Check 5.
+/// Check 5: read the first tool that answers (ufw, then nft, then
+/// iptables) and judge the public port and the backend ports from its rules.
+///
+/// Skipped (`ok`) when both the listener and `--url` are loopback-only:
+/// no packet from another machine is involved. Never `FAIL`: a rule set
+/// read from here does not show a cloud provider's firewall, so the finding
+/// is advice. Each tool gets `--timeout` and is killed past it
+/// (`kill_on_drop`); reading iptables or nft needs root, and a tool that
+/// refuses is named in the `warn`.
 pub(crate) async fn check(ctx: &Context, report: &mut Report) {
+    /// The check name of every finding here.
     const CHECK: &str = "firewall";
     let public = ctx.url.port;
     let backends: Vec<u16> = ctx
@@ -243,7 +257,12 @@ pub(crate) async fn check(ctx: &Context, report: &mut Report) {
     ));
 }
 
+/// One finding from a tool's reading, worst first: a public port that is
+/// blocked (browsers cannot connect), then backend ports open from outside
+/// (clients can bypass shunt), then a public port no rule names. Each fix is
+/// the one command for that tool.
 fn judge(r: Reading) -> Finding {
+    /// The check name of every finding here.
     const CHECK: &str = "firewall";
     let public = |p: u16| format!("{p}/tcp");
     let open_backends: Vec<u16> = r

@@ -9,7 +9,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use super::{Context, Finding, Report, dial_addr};
+use super::{Context, Finding, Report, dial_addr, human};
 
 /// TCP state `LISTEN` in `/proc/net/tcp`.
 const TCP_LISTEN: u8 = 0x0A;
@@ -25,6 +25,7 @@ pub struct ProcSocket {
     pub inode: u64,
 }
 
+/// What the kernel's socket table says about one socket.
 impl ProcSocket {
     /// Whether the socket is listening.
     pub fn is_listening(&self) -> bool {
@@ -38,6 +39,8 @@ pub fn parse_proc_net_tcp(text: &str) -> Vec<ProcSocket> {
     text.lines().filter_map(parse_line).collect()
 }
 
+/// One line of `/proc/net/tcp{,6}`: `sl: ADDR:PORT REM:PORT ST ... INODE`,
+/// addresses and ports in hex; `None` for the header and anything malformed.
 fn parse_line(line: &str) -> Option<ProcSocket> {
     let fields: Vec<&str> = line.split_whitespace().collect();
     // sl local_address rem_address st tx:rx tr:tm retrnsmt uid timeout inode
@@ -73,6 +76,9 @@ fn parse_hex_ip(hex: &str) -> Option<IpAddr> {
 }
 
 /// Every listening TCP socket, or `None` when `/proc/net/tcp` is unreadable.
+///
+/// Blocking file reads: the caller runs it on the blocking pool under
+/// `--timeout`, since on a busy host the kernel's table can be large.
 fn listening_sockets() -> Option<Vec<ProcSocket>> {
     let v4 = std::fs::read_to_string("/proc/net/tcp").ok()?;
     let v6 = std::fs::read_to_string("/proc/net/tcp6").unwrap_or_default();
@@ -86,6 +92,10 @@ fn listening_sockets() -> Option<Vec<ProcSocket>> {
 }
 
 /// The process owning socket `inode`: (pid, command name), if `/proc` lets us see it.
+///
+/// A walk over every `/proc/PID/fd`: as another user only our own
+/// processes are readable, as root all are. Blocking and proportional to
+/// the open files on the host, so it too runs under `--timeout`.
 fn socket_owner(inode: u64) -> Option<(u32, String)> {
     let target = format!("socket:[{inode}]");
     for entry in std::fs::read_dir("/proc").ok()?.flatten() {
@@ -119,7 +129,8 @@ fn covers(bound: SocketAddr, wanted: SocketAddr) -> bool {
             || wanted.ip().is_unspecified())
 }
 
-/// What the listener check found out about shunt.
+/// What the listener check found out about shunt: enough for check 7 to
+/// dial it. Only built when a shunt (probably) holds the port.
 #[derive(Debug, Clone, Copy)]
 pub struct Running {
     /// Where to dial the proxy listener.
@@ -127,23 +138,35 @@ pub struct Running {
 }
 
 /// Check 4; returns where shunt is running, if it is.
+///
+/// The socket table is read once and shared by the proxy-port and
+/// backend-binding findings, so both describe the same moment.
 pub(crate) async fn check(ctx: &Context, report: &mut Report) -> Option<Running> {
-    let sockets = tokio::time::timeout(ctx.timeout, tokio::task::spawn_blocking(listening_sockets))
-        .await
-        .ok()
-        .and_then(Result::ok)
-        .flatten();
-    let running = proxy_port(ctx, sockets.as_deref(), report).await;
+    let read =
+        tokio::time::timeout(ctx.timeout, tokio::task::spawn_blocking(listening_sockets)).await;
+    let sockets = match read {
+        Ok(Ok(Some(sockets))) => Ok(sockets),
+        Ok(_) => Err("is not readable".to_owned()),
+        Err(_) => Err(format!("was not read within {}", human(ctx.timeout))),
+    };
+    let running = proxy_port(ctx, sockets.as_deref().ok(), report).await;
     scope(ctx, report);
     backend_bindings(ctx, sockets.as_deref(), report);
     running
 }
 
+/// Who holds the proxy port. The admin API's `/status` says whether a shunt
+/// is behind it (a bound port alone could be anything); `/proc` names any
+/// other owner, so "address already in use" comes with the process to stop.
+/// Returns where to dial shunt when it (probably) runs. The admin probe, the
+/// connect fallback (when `/proc/net/tcp` is unreadable) and the `/proc/*/fd`
+/// scan are each bounded by `--timeout`.
 async fn proxy_port(
     ctx: &Context,
     sockets: Option<&[ProcSocket]>,
     report: &mut Report,
 ) -> Option<Running> {
+    /// The check name of the proxy port's finding.
     const CHECK: &str = "listener";
     let listen = ctx.config.listen;
     let dial = dial_addr(listen);
@@ -268,7 +291,12 @@ async fn proxy_port(
 }
 
 /// `warn` when `--listen` is loopback-only but `--url` names a public host.
+///
+/// The classic "works on the server, not from the laptop": shunt bound to
+/// 127.0.0.1 while DNS sends browsers to the machine's public address.
+/// Pure configuration: no I/O.
 fn scope(ctx: &Context, report: &mut Report) {
+    /// The check name of the scope finding.
     const CHECK: &str = "listener scope";
     let listen = ctx.config.listen;
     if listen.ip().is_loopback() && !ctx.url.is_local() {
@@ -293,17 +321,28 @@ fn scope(ctx: &Context, report: &mut Report) {
 }
 
 /// `warn` for each local backend upstream that also listens on all interfaces.
-fn backend_bindings(ctx: &Context, sockets: Option<&[ProcSocket]>, report: &mut Report) {
+///
+/// A backend on `0.0.0.0:5006` answers anyone who reaches the machine, with
+/// none of shunt's TLS, tokens, Origin checks or limits: the proxy is then
+/// optional. The fix binds it to loopback, or closes the port with the one
+/// ufw or iptables line. Only upstreams on this machine are looked at
+/// (the table is local), and not `nginx`, which is meant to be public.
+/// `sockets` is the table, or why it is missing (`is not readable`, `was
+/// not read within 3s`).
+fn backend_bindings(ctx: &Context, sockets: Result<&[ProcSocket], &String>, report: &mut Report) {
     for u in ctx.config.upstreams.iter().filter(|u| is_local_backend(u)) {
         let check = format!("upstream {} binding", u.name);
         let port = u.url.port;
-        let Some(sockets) = sockets else {
-            report.push(Finding::warn(
-                check,
-                format!("port {port}: /proc/net/tcp is not readable, bindings not checked"),
-                format!("check by hand: ss -tlnp 'sport = :{port}'"),
-            ));
-            continue;
+        let sockets = match sockets {
+            Ok(sockets) => sockets,
+            Err(why) => {
+                report.push(Finding::warn(
+                    check,
+                    format!("port {port}: /proc/net/tcp {why}, bindings not checked"),
+                    format!("check by hand: ss -tlnp 'sport = :{port}'"),
+                ));
+                continue;
+            }
         };
         let open: Vec<SocketAddr> = sockets
             .iter()

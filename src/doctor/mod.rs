@@ -52,6 +52,7 @@ pub enum Status {
     Fail,
 }
 
+/// How a status is printed.
 impl Status {
     /// `ok`, `warn` or `FAIL`, as printed.
     pub fn as_str(self) -> &'static str {
@@ -76,6 +77,7 @@ pub struct Finding {
     pub fix: Option<String>,
 }
 
+/// Constructors: a `warn` or `FAIL` always carries its fix.
 impl Finding {
     /// A passed check.
     pub fn ok(check: impl Into<String>, detail: impl Into<String>) -> Finding {
@@ -105,6 +107,7 @@ impl Finding {
         Finding::with_fix(Status::Fail, check.into(), detail.into(), fix.into())
     }
 
+    /// A finding that needs action, with the action.
     fn with_fix(status: Status, check: String, detail: String, fix: String) -> Finding {
         Finding {
             check,
@@ -123,7 +126,9 @@ pub struct Report {
     pub findings: Vec<Finding>,
 }
 
+/// Building and printing the report.
 impl Report {
+    /// Add a finding after the ones before it (the order is the check order).
     fn push(&mut self, finding: Finding) {
         self.findings.push(finding);
     }
@@ -166,13 +171,23 @@ pub enum DoctorError {
     /// `--timeout` is not a duration.
     #[error(transparent)]
     Timeout(ConfigError),
+    /// `--timeout` is zero (every check would fail at once) or absurdly long.
+    #[error(
+        "invalid --timeout `{0}`: give a duration from 1ms to 60s (the bound on each check, e.g. 3s)"
+    )]
+    TimeoutRange(String),
     /// `--origin` is not `scheme://host[:port]`.
     #[error("invalid --origin `{0}`: expected scheme://host[:port], e.g. https://app.example.com")]
     Origin(String),
 }
 
+/// The longest `--timeout` taken: a run has about a dozen bounded steps, and
+/// one that waits minutes on each is a hang to the person running it.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// What only the person running doctor knows, parsed from [`DoctorArgs`].
-#[derive(Debug, Clone)]
+/// Its `Debug` hides the token.
+#[derive(Clone)]
 pub struct Options {
     /// `--url`; `None` builds it from `--listen` and the first WebSocket route.
     pub url: Option<PublicUrl>,
@@ -184,11 +199,28 @@ pub struct Options {
     pub timeout: Duration,
 }
 
+/// `Debug` without the credential: `token: Some("<TOKEN>")`.
+impl std::fmt::Debug for Options {
+    /// Write the options, the token masked.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Options")
+            .field("url", &self.url)
+            .field("origin", &self.origin)
+            .field("token", &self.token.as_ref().map(|_| TOKEN_MARK))
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+/// Parsing the doctor-only flags; every refusal here exits 2.
 impl Options {
     /// Parse `--url`, `--origin`, `--token` and `--timeout`.
     pub fn from_args(args: &DoctorArgs) -> Result<Options, DoctorError> {
         let url = args.url.as_deref().map(PublicUrl::parse).transpose()?;
         let timeout = parse_duration("--timeout", &args.timeout).map_err(DoctorError::Timeout)?;
+        if timeout.is_zero() || timeout > MAX_TIMEOUT {
+            return Err(DoctorError::TimeoutRange(args.timeout.clone()));
+        }
         if let Some(origin) = &args.origin {
             let ok = origin
                 .split_once("://")
@@ -208,13 +240,18 @@ impl Options {
 
 /// Everything the checks share.
 pub(crate) struct Context {
+    /// The configuration `run` would use, validated by check 1.
     pub config: Config,
     /// `--url`, or the default built from `--listen` and the first WebSocket route.
     pub url: PublicUrl,
     /// Whether `--url` was given.
     pub url_given: bool,
+    /// `--origin`, sent as `Origin` on every handshake.
     pub origin: Option<String>,
+    /// `--token` or `SHUNT_DOCTOR_TOKEN`, sent as `?token=` end to end and
+    /// never printed ([`Context::redact`]).
     pub token: Option<String>,
+    /// `--timeout`: the bound on each network or process step.
     pub timeout: Duration,
     /// Connection tasks of the HTTP clients.
     pub tracker: TaskTracker,
@@ -222,6 +259,7 @@ pub(crate) struct Context {
     pub stop: CancellationToken,
 }
 
+/// What the checks ask of the shared state.
 impl Context {
     /// The routes whose handshakes are checked: every route with a specific
     /// path, and the one `--url` names; the catch-all alone if there is no other.
@@ -278,6 +316,15 @@ impl Context {
             .map_or_else(|| "http://127.0.0.1:5006".to_owned(), |u| u.url.to_string())
     }
 
+    /// `text` with the token replaced by [`TOKEN_MARK`] (see [`redact`]).
+    pub fn redact(&self, text: &str) -> String {
+        redact(
+            text,
+            &self.config.policy.sources.query,
+            self.token.as_deref(),
+        )
+    }
+
     /// The flags to give `run` so it uses this configuration.
     pub fn run_hint(&self) -> String {
         match &self.config.file {
@@ -285,6 +332,35 @@ impl Context {
             None => "shunt run with the same flags".to_owned(),
         }
     }
+}
+
+/// What the report prints where the token was.
+pub const TOKEN_MARK: &str = "<TOKEN>";
+
+/// Shortest token also hidden where it stands alone; a shorter one is hidden
+/// only as `NAME=VALUE`, so that masking it cannot eat ordinary words.
+const BARE_TOKEN_MIN: usize = 4;
+
+/// `text` without the token: `query=ENCODED` (how it travels in a request
+/// target, the form an error naming the request holds) becomes
+/// `query=<TOKEN>`, and the token alone, raw or percent-encoded, becomes
+/// `<TOKEN>` when it is at least [`BARE_TOKEN_MIN`] bytes long.
+///
+/// The report is printed to terminals and CI logs, so the credential given
+/// with `--token` must never appear in it, whatever a check formats.
+pub fn redact(text: &str, query: &str, token: Option<&str>) -> String {
+    let Some(token) = token.filter(|t| !t.is_empty()) else {
+        return text.to_owned();
+    };
+    let encoded = crate::percent::encode(token);
+    let mut out = text.replace(
+        &format!("{query}={encoded}"),
+        &format!("{query}={TOKEN_MARK}"),
+    );
+    if token.len() >= BARE_TOKEN_MIN {
+        out = out.replace(&encoded, TOKEN_MARK).replace(token, TOKEN_MARK);
+    }
+    out
 }
 
 /// Where to dial a listener bound to `addr`: a wildcard becomes loopback.
@@ -311,6 +387,14 @@ pub(crate) fn human(d: Duration) -> String {
 }
 
 /// Run every check in order and return the report.
+///
+/// The order is the checklist, and later checks use what earlier
+/// ones found: which upstreams connect (so a dead one gets no handshake),
+/// whether shunt runs (so end to end is tried), and what served the
+/// handshake (the front-end hint). Checks never abort the run, except a
+/// configuration that does not build. Each network or process step is
+/// bounded by `--timeout`, so a run against dead hosts ends in seconds, and
+/// the HTTP connection tasks get one more `--timeout` to wind down.
 pub async fn run(args: &RunArgs, options: Options) -> Report {
     let mut report = Report::default();
     let Some(config) = configuration(args, &mut report) else {
@@ -335,6 +419,11 @@ pub async fn run(args: &RunArgs, options: Options) -> Report {
     tls::check(&ctx, &mut report);
     let served = end_to_end::check(&ctx, running, &mut report).await;
     front_end(&ctx, served.as_ref(), &mut report);
+    // A safety net under the checks' own care: no line may carry the token.
+    for f in &mut report.findings {
+        f.detail = ctx.redact(&f.detail);
+        f.fix = f.fix.as_deref().map(|fix| ctx.redact(fix));
+    }
     ctx.stop.cancel();
     ctx.tracker.close();
     let _ = tokio::time::timeout(ctx.timeout, ctx.tracker.wait()).await;
@@ -342,7 +431,12 @@ pub async fn run(args: &RunArgs, options: Options) -> Report {
 }
 
 /// Check 1: the configuration parses and validates, as `shunt check` does.
+///
+/// Nothing else can run on a configuration that does not build, so a
+/// failure here is the only finding. An `https` upstream's CA file is loaded
+/// too: `run` would refuse it at start. No I/O beyond reading the files.
 fn configuration(args: &RunArgs, report: &mut Report) -> Option<Config> {
+    /// The check name of the configuration finding.
     const CHECK: &str = "configuration";
     let source = args.config.as_ref().map_or_else(
         || "flags and SHUNT_* variables".to_owned(),
@@ -404,14 +498,26 @@ fn default_url(config: &Config) -> PublicUrl {
 }
 
 /// Check 8: what to put in `VITE_WS_AUDIO_URL`.
+///
+/// The front end is built with the URL its audio connects to; this says
+/// which one, verified end to end when the handshake through shunt worked
+/// (`ok`), or only derived from `--url` (`warn`). Browsers cannot set
+/// headers on a WebSocket, so a route that needs a token shows it in the
+/// query, as `<TOKEN>`.
 fn front_end(ctx: &Context, served: Option<&end_to_end::Served>, report: &mut Report) {
+    /// The check name of the hint.
     const CHECK: &str = "front end";
     let auth = ctx
         .route_for_url()
         .is_some_and(|r| r.policy.auth != AuthMode::None);
     let token_note = if auth {
+        let sep = if ctx.url.path_and_query.contains('?') {
+            '&'
+        } else {
+            '?'
+        };
         format!(
-            "; the token travels in the query: {}?{}=<TOKEN> (browsers cannot set headers on a WebSocket)",
+            "; the token travels in the query: {}{sep}{}={TOKEN_MARK} (browsers cannot set headers on a WebSocket)",
             ctx.url, ctx.config.policy.sources.query
         )
     } else {
@@ -504,6 +610,25 @@ mod tests {
         assert_eq!(ctx.route_for_url().unwrap().path, "/");
         // The catch-all is checked too once --url lands on it.
         assert_eq!(labels(ctx.websocket_routes()), ["/frontend-audio", "/"]);
+    }
+
+    #[test]
+    fn the_token_is_redacted_in_any_form() {
+        let err = "GET /a?x=1&token=s3%2Fcret: connection closed";
+        assert_eq!(
+            redact(err, "token", Some("s3/cret")),
+            "GET /a?x=1&token=<TOKEN>: connection closed"
+        );
+        assert_eq!(
+            redact("raw s3/cret", "token", Some("s3/cret")),
+            "raw <TOKEN>"
+        );
+        // A short token is hidden only where it is the parameter's value.
+        assert_eq!(
+            redact("ok ?token=ok", "token", Some("ok")),
+            "ok ?token=<TOKEN>"
+        );
+        assert_eq!(redact("?token=abc", "token", None), "?token=abc");
     }
 
     #[test]

@@ -7,7 +7,8 @@ use std::net::IpAddr;
 
 use http::Uri;
 
-/// Why `--url` was refused.
+/// Why `--url` was refused: the text given and what is wrong with it
+/// (doctor exits 2 with this message).
 #[derive(Debug, thiserror::Error)]
 #[error("invalid --url `{url}`: {reason}")]
 pub struct UrlError {
@@ -17,6 +18,10 @@ pub struct UrlError {
 
 /// A parsed `ws://` or `wss://` URL (`http`/`https` are taken as their
 /// WebSocket twins).
+///
+/// Kept as parts rather than a `Uri`: the end-to-end check needs the host
+/// alone (SNI, certificate names, DNS), the port alone (the public dial,
+/// the firewall), and the path and query as the request target.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PublicUrl {
     /// `wss://` (TLS) rather than `ws://`.
@@ -29,8 +34,13 @@ pub struct PublicUrl {
     pub path_and_query: String,
 }
 
+/// Parsing `--url` and deriving what a browser sends from it.
 impl PublicUrl {
     /// Parse `ws[s]://host[:port][/path][?query]`.
+    ///
+    /// User info (`user:pass@`) is refused rather than dropped: browsers do
+    /// not send it on a WebSocket, so a URL with it is a mistake to point
+    /// out, and it must not end up printed in the report.
     pub fn parse(text: &str) -> Result<PublicUrl, UrlError> {
         let err = |reason: &str| UrlError {
             url: text.to_owned(),
@@ -99,12 +109,19 @@ impl PublicUrl {
     }
 
     /// Whether the host is this machine only (`localhost` or a loopback address).
+    ///
+    /// Decided from the text, without DNS: it drives the listener-scope and
+    /// firewall checks, which must not wait on a resolver.
     pub fn is_local(&self) -> bool {
         self.host.eq_ignore_ascii_case("localhost")
             || self.host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
     }
 
-    /// The same URL with `name=value` added to the query.
+    /// The request target with `name=value` added to the query, the value
+    /// percent-encoded as a browser's `URLSearchParams` would.
+    ///
+    /// The result holds the credential: it goes on the wire only, and any
+    /// text built from it passes [`crate::doctor::redact`] before printing.
     pub fn with_query(&self, name: &str, value: &str) -> String {
         let sep = if self.path_and_query.contains('?') {
             '&'
@@ -119,7 +136,10 @@ impl PublicUrl {
     }
 }
 
+/// `ws[s]://HOST[:PORT]/PATH?QUERY`, the default port left out, as a
+/// browser's address bar shows it.
 impl fmt::Display for PublicUrl {
+    /// Write the URL.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let scheme = if self.secure { "wss" } else { "ws" };
         write!(

@@ -12,7 +12,8 @@ use std::time::{Duration, SystemTime};
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::ServerCertVerifier;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::sign::CertifiedKey;
 use rustls::{CertificateError, RootCertStore};
 use x509_parser::certificate::X509Certificate;
 
@@ -22,15 +23,26 @@ use crate::tls::certs::{CertError, LoadedCert, load, name_covers};
 
 /// `warn` when a certificate expires within this many days.
 const EXPIRY_WARN_DAYS: i64 = 14;
+/// Seconds in a day, for the days-to-expiry arithmetic.
 const DAY: i64 = 86_400;
 
-/// One certificate that loaded: what it serves and its chain.
+/// How a PEM chain must be ordered (what browsers and rustls expect).
+const CHAIN_ORDER_FIX: &str = "order the PEM file: the leaf first, then the CA certificate that issued it, then that one's issuer";
+
+/// One certificate that loaded: what it serves and its chain (the PEM
+/// file's certificates, in file order, as the server sends them).
 struct Served {
     loaded: LoadedCert,
     chain: Vec<CertificateDer<'static>>,
 }
 
-/// Check 6.
+/// Check 6: for each certificate of the listener, the key, the chain order
+/// and the expiry; then, for the one that would serve `--url`'s host (SNI),
+/// the names and the trust.
+///
+/// A `wss://` `--url` with no certificate, or a `ws://` one with a TLS
+/// listener, gets a `warn` first: browsers would speak the other protocol.
+/// Files and the system store only: nothing here waits on the network.
 pub(crate) fn check(ctx: &Context, report: &mut Report) {
     let Some(tls) = &ctx.config.tls else {
         if ctx.url.secure {
@@ -81,6 +93,10 @@ pub(crate) fn check(ctx: &Context, report: &mut Report) {
     }
 }
 
+/// The certificate and its key load together, with the code a start or a
+/// reload runs ([`load`]), so this fails exactly when `run` would. A key that
+/// belongs to another certificate of the file means the chain is out of
+/// order, and says so. Returns what loaded, for the other checks. No network.
 fn key(
     spec: &CertSpec,
     provider: &rustls::crypto::CryptoProvider,
@@ -105,6 +121,17 @@ fn key(
             Some(Served { loaded, chain })
         }
         Err(e @ CertError::Key { .. }) => {
+            if let Some(n) = key_owner(spec, provider).filter(|&n| n > 1) {
+                report.push(Finding::fail(
+                    "tls key",
+                    format!(
+                        "{e}: it belongs to certificate {n} of {}, so the chain is out of order",
+                        spec.cert.display()
+                    ),
+                    CHAIN_ORDER_FIX,
+                ));
+                return None;
+            }
             report.push(Finding::fail(
                 "tls key",
                 e.to_string(),
@@ -127,12 +154,32 @@ fn key(
     }
 }
 
+/// The 1-based position of the certificate in `spec.cert` that the key
+/// belongs to, if any: a key that matches a later certificate means the file
+/// is out of order rather than the wrong key.
+fn key_owner(spec: &CertSpec, provider: &rustls::crypto::CryptoProvider) -> Option<usize> {
+    let chain = CertificateDer::pem_file_iter(&spec.cert)
+        .ok()?
+        .collect::<Result<Vec<_>, _>>()
+        .ok()?;
+    let key = PrivateKeyDer::from_pem_file(&spec.key).ok()?;
+    chain
+        .iter()
+        .position(|c| CertifiedKey::from_der(vec![c.clone()], key.clone_key(), provider).is_ok())
+        .map(|i| i + 1)
+}
+
+/// Parse one certificate; `None` when it is not valid X.509.
 fn parse<'a>(der: &'a CertificateDer<'_>) -> Option<X509Certificate<'a>> {
     x509_parser::parse_x509_certificate(der)
         .ok()
         .map(|(_, c)| c)
 }
 
+/// Each certificate of the file is issued by the next, leaf first: the order
+/// a TLS server must send. rustls serves a misordered file without
+/// complaint, and browsers then fail to build the path (often only some of
+/// them, which makes it hard to find by hand).
 fn chain_order(spec: &CertSpec, chain: &[CertificateDer<'static>], report: &mut Report) {
     let file = spec.cert.display();
     let parsed: Vec<_> = chain.iter().filter_map(parse).collect();
@@ -154,7 +201,7 @@ fn chain_order(spec: &CertSpec, chain: &[CertificateDer<'static>], report: &mut 
                     pair[0].subject(),
                     pair[1].subject()
                 ),
-                "order the PEM file: the leaf first, then the CA certificate that issued it, then that one's issuer",
+                CHAIN_ORDER_FIX,
             ));
             return;
         }
@@ -176,6 +223,9 @@ fn chain_order(spec: &CertSpec, chain: &[CertificateDer<'static>], report: &mut 
     ));
 }
 
+/// Days to expiry of the leaf, against this machine's clock: `FAIL` when
+/// expired or not valid yet, `warn` under [`EXPIRY_WARN_DAYS`] (time to renew
+/// before browsers start refusing), `ok` otherwise.
 fn expiry(spec: &CertSpec, leaf: &CertificateDer<'_>, report: &mut Report) {
     let file = spec.cert.display();
     let Some(cert) = parse(leaf) else { return };
@@ -224,6 +274,9 @@ fn expiry(spec: &CertSpec, leaf: &CertificateDer<'_>, report: &mut Report) {
     }
 }
 
+/// The certificate's SANs cover `--url`'s host (the name browsers check;
+/// the CN is not), with the wildcard rules of [`name_covers`]. The fix lists
+/// the names the certificate has.
 fn names(ctx: &Context, s: &Served, report: &mut Report) {
     let host = &ctx.url.host;
     let file = s.loaded.info.cert_file.display();
@@ -244,6 +297,12 @@ fn names(ctx: &Context, s: &Served, report: &mut Report) {
     }
 }
 
+/// The chain verifies against the system roots, as a browser's would. A
+/// private CA or a self-signed certificate gets a `warn`: browsers refuse
+/// `wss://` to it without a prompt (only a page load shows the warning), so
+/// the fix is a public certificate, or trusting the CA in development. A
+/// certificate outside its validity is left to `tls expiry`. Reads the
+/// system store only, no network.
 fn trust(
     ctx: &Context,
     s: &Served,
@@ -252,6 +311,15 @@ fn trust(
 ) {
     let host = &ctx.url.host;
     let file = s.loaded.info.cert_file.display();
+    if !parse(&s.chain[0]).is_some_and(|c| c.validity().is_valid()) {
+        // Browsers refuse it for its dates first; trusting its CA would not help.
+        report.push(Finding::warn(
+            "tls trust",
+            format!("{file}: not checked: the certificate is not valid now (see `tls expiry`)"),
+            "renew the certificate first (see `tls expiry`), then run doctor again to check its trust",
+        ));
+        return;
+    }
     let mut roots = RootCertStore::empty();
     roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
     let dev_fix = format!(

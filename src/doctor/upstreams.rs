@@ -18,7 +18,9 @@ use crate::config::{ProbeKind, Scheme, UpstreamName, UpstreamSpec};
 use crate::upstream::connect::{UpstreamStream, connect};
 use crate::upstream::health::send;
 
-/// The TLS client config for an `https` upstream (`None` for `http`).
+/// The TLS client config for an `https` upstream (`None` for `http`): the
+/// same roots `run` builds from the upstream's `ca`, so a certificate that
+/// would fail in production fails here.
 pub(crate) fn client_tls(u: &UpstreamSpec) -> Result<Option<Arc<ClientConfig>>, String> {
     match u.url.scheme {
         Scheme::Http => Ok(None),
@@ -29,6 +31,9 @@ pub(crate) fn client_tls(u: &UpstreamSpec) -> Result<Option<Arc<ClientConfig>>, 
 }
 
 /// Open a stream to `u` the way forwarding does, bounded by the timeout.
+///
+/// This is [`connect`], the forwarding code's own (TCP, `TCP_NODELAY`, and
+/// TLS for `https`), with `--timeout` as its connect bound.
 pub(crate) async fn open(ctx: &Context, u: &UpstreamSpec) -> Result<UpstreamStream, String> {
     let tls = client_tls(u)?;
     connect(&u.url, tls.as_ref(), ctx.timeout)
@@ -37,6 +42,11 @@ pub(crate) async fn open(ctx: &Context, u: &UpstreamSpec) -> Result<UpstreamStre
 }
 
 /// Check every upstream; returns which ones accepted a connection.
+///
+/// Every upstream of the configuration is checked, used by a route or not
+/// (an unused one is marked so). The result tells check 3 which upstreams
+/// are worth a handshake. Each step is bounded by `--timeout`, so a run
+/// with N dead upstreams takes at most N timeouts here.
 pub(crate) async fn check(ctx: &Context, report: &mut Report) -> BTreeMap<UpstreamName, bool> {
     let mut reachable = BTreeMap::new();
     for u in &ctx.config.upstreams {
@@ -49,6 +59,11 @@ pub(crate) async fn check(ctx: &Context, report: &mut Report) -> BTreeMap<Upstre
     reachable
 }
 
+/// A TCP connect to the upstream, bounded by `--timeout`. The two ways it
+/// fails mean different things: refused is an answer (nothing listens
+/// there: the backend is down or the port is wrong), silence is not (a
+/// firewall drops the SYNs, or the host is wrong). Returns whether it
+/// connected.
 async fn tcp(ctx: &Context, u: &UpstreamSpec, report: &mut Report) -> bool {
     let check = format!("upstream {}", u.name);
     let authority = u.url.authority();
@@ -112,6 +127,9 @@ async fn tcp(ctx: &Context, u: &UpstreamSpec, report: &mut Report) -> bool {
     ok
 }
 
+/// For an `https` upstream, the TLS handshake with the CA `run` would use
+/// (bounded by `--timeout` inside [`connect`]): a connect that works with a
+/// handshake that does not is a CA or certificate problem, not a network one.
 async fn tls(ctx: &Context, u: &UpstreamSpec, report: &mut Report) -> bool {
     if u.url.scheme != Scheme::Https {
         return true;
@@ -136,6 +154,9 @@ async fn tls(ctx: &Context, u: &UpstreamSpec, report: &mut Report) -> bool {
     }
 }
 
+/// For an `http:PATH` health check, the GET that shunt's prober sends, and
+/// its status: a backend that accepts connections but answers 5xx is marked
+/// down by shunt and never gets traffic. Bounded by `--timeout` as a whole.
 async fn http_get(ctx: &Context, u: &UpstreamSpec, path: &str, report: &mut Report) {
     let check = format!("upstream {} health", u.name);
     let attempt = async {

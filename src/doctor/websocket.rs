@@ -32,6 +32,13 @@ pub struct Answer {
 }
 
 /// Handshake on every WebSocket route through every upstream it names.
+///
+/// Each upstream is tried directly, not through shunt: shunt falls back
+/// from one upstream to the next, so a broken nginx behind a working
+/// `direct` would otherwise stay hidden until `direct` goes down. An
+/// upstream that did not accept TCP in check 2 is reported as not tried
+/// rather than dialled again. Each handshake, connect included, is bounded
+/// by `--timeout`; a backend that accepts and never answers ends there.
 pub(crate) async fn check(
     ctx: &Context,
     reachable: &BTreeMap<UpstreamName, bool>,
@@ -79,6 +86,11 @@ pub(crate) async fn check(
 
 /// One handshake to `u` for `path`, as shunt would forward it (the public
 /// `Host`, the `Origin`); a 101 is closed politely with 1000.
+///
+/// The request is built by the health prober's [`ws_upgrade`] and sent by
+/// its [`send`], so doctor and shunt's own `ws:` probes speak the same
+/// handshake. The time is from the connect to the response head: what a
+/// browser waits before `onopen`.
 async fn handshake(ctx: &Context, u: &UpstreamSpec, path: &str) -> Result<Answer, String> {
     let started = Instant::now();
     let stream = upstreams::open(ctx, u).await?;
@@ -106,8 +118,9 @@ async fn handshake(ctx: &Context, u: &UpstreamSpec, path: &str) -> Result<Answer
     Ok(answer)
 }
 
-/// Send Close 1000 and wait briefly for the reply.
-async fn close(upgraded: hyper::upgrade::Upgraded) {
+/// Send Close 1000 and wait briefly (500 ms at most) for the reply, so the
+/// backend logs a clean close rather than a dropped connection.
+pub(crate) async fn close(upgraded: hyper::upgrade::Upgraded) {
     let mut ws = WebSocket::after_handshake(TokioIo::new(upgraded), Role::Client);
     if ws.write_frame(Frame::close(1000, b"")).await.is_err() {
         return;
@@ -122,6 +135,7 @@ async fn close(upgraded: hyper::upgrade::Upgraded) {
     .await;
 }
 
+/// A response header as text, `None` when absent or not visible ASCII.
 pub(crate) fn header_text(headers: &HeaderMap, name: header::HeaderName) -> Option<String> {
     headers
         .get(name)
@@ -130,6 +144,14 @@ pub(crate) fn header_text(headers: &HeaderMap, name: header::HeaderName) -> Opti
 }
 
 /// Turn an answer into a finding with its fix.
+///
+/// The order matters: a valid 101 first; then a 101 whose
+/// `Sec-WebSocket-Accept` does not match (browsers drop it, and only
+/// something rewriting the handshake produces it); a 403 while `--origin`
+/// is set (the backend's CORS check); then any answer signed `Server:
+/// nginx`, whatever its status, since nginx without the Upgrade headers
+/// answers 400, 404, 426 or a 200 page and the fix is the same location
+/// block; then 404 and 426 from a backend itself; anything else last.
 fn diagnose(ctx: &Context, route: &RouteSpec, u: &UpstreamSpec, path: &str, a: &Answer) -> Finding {
     let check = format!("websocket {} via {}", route.label(), u.name);
     let what = format!("handshake GET {path} on {}", u.url);
@@ -150,14 +172,14 @@ fn diagnose(ctx: &Context, route: &RouteSpec, u: &UpstreamSpec, path: &str, a: &
         StatusCode::SWITCHING_PROTOCOLS => Finding::fail(
             check,
             format!(
-                "{what}: 101 without a valid Sec-WebSocket-Accept ({took}): a broken intermediary rewrites the handshake"
+                "{what}: 101 in {took} without a valid Sec-WebSocket-Accept: a broken intermediary rewrites the handshake"
             ),
             "find the proxy or middlebox between shunt and the backend that rewrites headers, and let it pass Sec-WebSocket-* unchanged",
         ),
         StatusCode::FORBIDDEN if ctx.origin.is_some() => Finding::fail(
             check,
             format!(
-                "{what} with Origin {}: 403 Forbidden: the backend refuses that Origin",
+                "{what} with Origin {}: 403 Forbidden in {took}: the backend refuses that Origin",
                 ctx.origin.as_deref().unwrap_or_default()
             ),
             format!(
@@ -169,14 +191,14 @@ fn diagnose(ctx: &Context, route: &RouteSpec, u: &UpstreamSpec, path: &str, a: &
         status if is_nginx => Finding::fail(
             check,
             format!(
-                "{what}: nginx answered {status} instead of 101: nginx does not forward WebSocket upgrades on {}",
+                "{what}: nginx answered {status} in {took} instead of 101: nginx does not forward WebSocket upgrades on {}",
                 route.path
             ),
             nginx_fix(&route.path, &ctx.backend_url()),
         ),
         StatusCode::NOT_FOUND => Finding::fail(
             check,
-            format!("{what}: 404 Not Found: no WebSocket endpoint on that path"),
+            format!("{what}: 404 Not Found in {took}: no WebSocket endpoint on that path"),
             format!(
                 "use the path the backend serves WebSockets on (--url / the route's path), or add a route for it: --route PATH={}",
                 u.name
@@ -185,13 +207,13 @@ fn diagnose(ctx: &Context, route: &RouteSpec, u: &UpstreamSpec, path: &str, a: &
         StatusCode::UPGRADE_REQUIRED => Finding::fail(
             check,
             format!(
-                "{what}: 426 Upgrade Required: WebSocket version mismatch (shunt speaks version 13)"
+                "{what}: 426 Upgrade Required in {took}: WebSocket version mismatch (shunt speaks version 13)"
             ),
             "make the backend accept Sec-WebSocket-Version 13 (RFC 6455)",
         ),
         status => Finding::fail(
             check,
-            format!("{what}: {status} instead of 101 ({took})"),
+            format!("{what}: {status} in {took} instead of 101"),
             format!(
                 "make {} serve a WebSocket endpoint on {path}, and check its logs for why it refused",
                 u.url
@@ -201,6 +223,14 @@ fn diagnose(ctx: &Context, route: &RouteSpec, u: &UpstreamSpec, path: &str, a: &
 }
 
 /// The nginx lines that forward WebSocket upgrades on `path` to `backend`.
+///
+/// nginx speaks HTTP/1.0 to upstreams and drops hop-by-hop headers unless
+/// told otherwise, so `Upgrade` and `Connection` never reach the backend:
+/// `proxy_http_version 1.1` and the two `proxy_set_header` lines restore
+/// them, and the `map` sends `Connection: close` for plain requests. The
+/// long `proxy_read_timeout` keeps a quiet call from being cut at nginx's
+/// 60 s default. `backend` is the `direct` upstream's URL, the usual target
+/// of that nginx; the person applying the fix knows if it is another.
 pub fn nginx_fix(path: &str, backend: &str) -> String {
     format!(
         "add to nginx's config, then `nginx -t && nginx -s reload`:\n\
