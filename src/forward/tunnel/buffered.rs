@@ -328,6 +328,82 @@ mod tests {
         );
     }
 
+    /// Answer `n` of shunt's Pings on `s` (the Pong masked when `mask`);
+    /// returns when the last one came.
+    async fn answer_pings(s: &mut DuplexStream, n: usize, mask: bool) -> tokio::time::Instant {
+        let mut buf = Vec::new();
+        let mut answered = 0;
+        loop {
+            let mut chunk = [0; 256];
+            let k = s.read(&mut chunk).await.unwrap();
+            assert!(k > 0, "closed before {n} pings");
+            buf.extend_from_slice(&chunk[..k]);
+            while let Ok(Some(h)) = frames::parse(&buf) {
+                let total = usize::from(h.header_len) + h.len as usize;
+                if buf.len() < total {
+                    break;
+                }
+                assert_eq!(h.opcode, frames::OP_PING);
+                let mut payload = [0; 13];
+                frames::unmask_into(&buf[usize::from(h.header_len)..total], h.mask, &mut payload);
+                let mut pong = [0; MAX_CONTROL_FRAME];
+                let key = mask.then_some([5, 6, 7, 8]);
+                let m = frames::control_frame(&mut pong, frames::OP_PONG, &payload, key);
+                s.write_all(&pong[..m]).await.unwrap();
+                buf.drain(..total);
+                answered += 1;
+                if answered == n {
+                    return tokio::time::Instant::now();
+                }
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_answered_ping_is_followed_by_the_next_one_after_the_interval() {
+        let (mut client, proxy_down) = duplex(4096);
+        let (proxy_up, mut server) = duplex(4096);
+        let (guard, call, _r) = guards(true);
+        let record = call.call.clone();
+        let mut t = timers();
+        // A ping timeout longer than the interval: an answered Ping's next
+        // one is due an interval after the Pong, not at the timeout.
+        t.ping_interval = Some(Duration::from_millis(100));
+        t.ping_timeout = Duration::from_secs(1);
+        let started = tokio::time::Instant::now();
+        let relay = relay_buffered(
+            proxy_down,
+            proxy_up,
+            &[],
+            t,
+            CancellationToken::new(),
+            guard,
+            call,
+        );
+        let peers = async {
+            let (to_client, to_backend) = tokio::join!(
+                answer_pings(&mut client, 4, true),
+                answer_pings(&mut server, 4, false)
+            );
+            drop((client, server));
+            (to_client - started, to_backend - started)
+        };
+        let (_, (client_4th, backend_4th)) = tokio::join!(relay, peers);
+        let bound = Duration::from_millis(4 * 100 + 50);
+        assert!(
+            client_4th <= bound,
+            "4th Ping to the client at {client_4th:?}"
+        );
+        assert!(
+            backend_4th <= bound,
+            "4th Ping to the backend at {backend_4th:?}"
+        );
+        for leg in &record.legs {
+            assert_eq!(leg.pings_sent.load(Relaxed), 4);
+            assert_eq!(leg.pongs_received.load(Relaxed), 4);
+        }
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_backend_that_ends_without_close_gives_the_client_1014() {
         let (mut client, proxy_down) = duplex(4096);
