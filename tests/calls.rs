@@ -15,7 +15,7 @@ use hyper::StatusCode;
 use serde_json::Value;
 
 use support::calls::{RawWs, ShuntProcess, WsBackend, encode, next_close};
-use support::{echo_backend, eventually, shunt, ws, ws_connect};
+use support::{echo_backend, eventually, not_yet, shunt, ws, ws_connect};
 
 const PING: u8 = 9;
 const PONG: u8 = 10;
@@ -694,10 +694,9 @@ async fn frames_off_is_todays_byte_relay() {
     let _ = tokio::time::timeout(Duration::from_secs(3), running.stopped()).await;
 }
 
-/// A browser-grade client: Node's WHATWG WebSocket (undici), which checks
-/// close codes the way browsers do and reports `wasClean`.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_browser_grade_client_sees_1012_at_restart_and_1014_when_the_backend_dies() {
+/// Whether node with its WHATWG WebSocket (undici) is here; without it a
+/// test is skipped, unless `CI` is set (then it fails).
+fn node_websocket() -> bool {
     let node_ok = std::process::Command::new("node")
         .args([
             "--experimental-websocket",
@@ -711,6 +710,15 @@ async fn a_browser_grade_client_sees_1012_at_restart_and_1014_when_the_backend_d
             panic!("node with a WebSocket client is needed (apt-get install nodejs)");
         }
         eprintln!("skipping: node with --experimental-websocket is not available");
+    }
+    node_ok
+}
+
+/// A browser-grade client: Node's WHATWG WebSocket (undici), which checks
+/// close codes the way browsers do and reports `wasClean`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_grade_client_sees_1012_at_restart_and_1014_when_the_backend_dies() {
+    if !node_websocket() {
         return;
     }
     let mut backend = WsBackend::spawn().await;
@@ -781,4 +789,139 @@ async fn a_browser_grade_client_sees_1012_at_restart_and_1014_when_the_backend_d
             .await
             .is_ok()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shunts_pings_and_their_pongs_do_not_count_as_activity_for_the_idle_timeout() {
+    // The echo backend answers Pings and, after its hello, is idle.
+    let backend = echo_backend().spawn().await;
+    let idle = Duration::from_secs(1);
+    let shunt = shunt()
+        .direct(backend.url())
+        .arg("--ping-interval", "100ms")
+        .arg("--ping-timeout", "1s")
+        .arg("--idle-timeout", "1s")
+        .start()
+        .await;
+    let started = tokio::time::Instant::now();
+    let mut client = RawWs::connect(shunt.addr(), "/audio").await.unwrap();
+    // The client answers every Ping, as a browser does, until the Close.
+    let reader = tokio::spawn(async move {
+        let got = client.read_until_close(Duration::from_secs(5)).await;
+        let elapsed = started.elapsed();
+        if got.is_ok() {
+            let _ = client.send(true, CLOSE, &1001u16.to_be_bytes()).await;
+        }
+        got.map(|got| (got, elapsed))
+    });
+    // Within the idle timeout both legs are pinged, and answer, again and again.
+    let mut last = String::new();
+    let pinged = eventually(Duration::from_secs(2), async || {
+        let c = calls(&shunt).await;
+        let legs = &c["calls"][0]["legs"];
+        let ok = ["client", "backend"].into_iter().all(|leg| {
+            legs[leg]["pings_sent"].as_u64() >= Some(2)
+                && legs[leg]["pongs_received"].as_u64() >= Some(1)
+        });
+        ok || not_yet(&mut last, &c)
+    })
+    .await;
+    assert!(pinged, "both legs pinged and answering: {last}");
+    // Yet the call is idle: the Close comes at the idle timeout.
+    let (before, close) = reader.await.unwrap().map_or_else(
+        |e| panic!("no idle Close reached the client: {e}"),
+        |((before, close), elapsed)| {
+            assert!(elapsed >= idle, "not before the idle timeout: {elapsed:?}");
+            assert!(
+                elapsed <= idle + Duration::from_secs(1),
+                "within the bound: {elapsed:?}"
+            );
+            (before, close)
+        },
+    );
+    assert_eq!(close.close_code(), Some(1001), "going away");
+    let pings = before.iter().filter(|f| f.opcode == PING).count();
+    assert!(pings >= 2, "the client was pinged: {before:?}");
+    assert!(
+        before
+            .iter()
+            .all(|f| f.opcode == PING || f.payload == b"hello from backend"),
+        "nothing but the hello and shunt's Pings: {before:?}"
+    );
+    let mut last = String::new();
+    let recorded = eventually(Duration::from_secs(3), async || {
+        let (_, status) = admin_json(&shunt, "/status").await;
+        let closes = status["calls"]["closes"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let ok = closes
+            .iter()
+            .any(|c| c["closed_by"] == "shunt" && c["code"] == 1001);
+        ok || not_yet(&mut last, &status)
+    })
+    .await;
+    assert!(recorded, "closed by shunt with 1001: {last}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_grade_client_answers_shunts_pings() {
+    if !node_websocket() {
+        return;
+    }
+    let mut backend = WsBackend::spawn().await;
+    let shunt = shunt()
+        .direct(backend.url())
+        .arg("--ping-interval", "200ms")
+        .start()
+        .await;
+    let script = format!(
+        "const ws = new WebSocket('ws://{}/audio');\
+         ws.onopen = () => ws.send('hi');\
+         ws.onclose = (e) => {{ console.log(JSON.stringify({{code: e.code, reason: e.reason, clean: e.wasClean}})); process.exit(0); }};\
+         setTimeout(() => {{ console.log('timeout'); process.exit(1); }}, 8000);",
+        shunt.addr()
+    );
+    let node = tokio::spawn(
+        tokio::process::Command::new("node")
+            .args(["--no-warnings", "--experimental-websocket", "-e", &script])
+            .kill_on_drop(true)
+            .output(),
+    );
+    let mut server = backend.accept().await;
+    let f = tokio::time::timeout(Duration::from_secs(5), server.read_frame())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(f.opcode, OpCode::Text);
+    // Node answers shunt's Pings by itself, as a browser does.
+    let mut last = String::new();
+    let answered = eventually(Duration::from_secs(5), async || {
+        let c = calls(&shunt).await;
+        let leg = &c["calls"][0]["legs"]["client"];
+        let ok = leg["pongs_received"].as_u64() >= Some(1) && leg["rtt_last_ms"].is_f64();
+        ok || not_yet(&mut last, &c)
+    })
+    .await;
+    assert!(answered, "the client leg's Pongs and RTT: {last}");
+    let c = calls(&shunt).await;
+    let leg = &c["calls"][0]["legs"]["client"];
+    assert!(leg["pings_sent"].as_u64() >= Some(1), "{c}");
+    let rtt = leg["rtt_median_ms"].as_f64().unwrap_or(-1.0);
+    assert!((0.0..1000.0).contains(&rtt), "{c}");
+    // The call carried on: it ends as the backend ends it, cleanly.
+    server
+        .write_frame(Frame::close(1000, b"done"))
+        .await
+        .unwrap();
+    let out = node.await.unwrap().unwrap();
+    let seen: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
+        panic!(
+            "node said {:?} {:?}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    assert_eq!(seen["code"], 1000, "{seen}");
+    assert_eq!(seen["clean"], true, "{seen}");
 }
