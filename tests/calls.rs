@@ -925,3 +925,108 @@ async fn a_browser_grade_client_answers_shunts_pings() {
     assert_eq!(seen["code"], 1000, "{seen}");
     assert_eq!(seen["clean"], true, "{seen}");
 }
+
+/// One call whose client → backend framing is lost (a Ping of 200 bytes),
+/// with more bytes that are no framing at all sent later: every byte is
+/// relayed as it is, the other direction is still followed, and the
+/// fallback is logged once, with the tunnel id.
+async fn the_opaque_fallback_relays_and_is_logged_once(
+    shunt: &ShuntProcess,
+    backend: &mut WsBackend,
+    mut client: RawWs,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = backend.accept().await;
+    let mut raw = server.into_inner();
+    let mut first = encode(true, 0, 1, b"ok", true);
+    first.extend(encode(true, 0, PING, &[1; 200], true));
+    first.extend(b"then anything at all \x00\xff\x88\x02");
+    // Unparsable again if it were parsed: a 64-bit length with the top bit
+    // set, then a Close and bytes after it.
+    let mut second = vec![0x82, 0xFF, 0x80, 0, 0, 0, 0, 0, 0, 0];
+    second.extend(encode(true, 0, CLOSE, &1000u16.to_be_bytes(), true));
+    second.extend(b"and bytes after a Close");
+    for part in [&first, &second] {
+        client.send_raw(part).await.unwrap();
+        let mut got = vec![0; part.len()];
+        tokio::time::timeout(Duration::from_secs(5), raw.read_exact(&mut got))
+            .await
+            .expect("relayed in time")
+            .unwrap();
+        assert_eq!(&got, part, "relayed byte for byte");
+    }
+    // The backend → client direction is still followed frame by frame.
+    raw.write_all(&encode(true, 0, 2, b"from the backend", false))
+        .await
+        .unwrap();
+    let f = client.read_frame(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(f.payload, b"from the backend");
+    let r = support::http_get(shunt.admin, "/calls", &[]).await.unwrap();
+    let c: Value = serde_json::from_slice(&r.body).unwrap();
+    let call = &c["calls"][0];
+    assert_eq!(call["directions"]["to_backend"]["framing"], "opaque", "{c}");
+    assert_eq!(call["directions"]["to_client"]["framing"], "tracked", "{c}");
+    assert!(
+        call["directions"]["to_client"]["frames"].as_u64() >= Some(1),
+        "{c}"
+    );
+    let tunnel = format!("tunnel={}", call["id"].as_u64().unwrap());
+    // End the call: its one "call ended" line comes after any line about
+    // its framing.
+    drop((client, raw));
+    let ended = eventually(Duration::from_secs(5), async || {
+        shunt
+            .log()
+            .lines()
+            .any(|l| l.contains("call ended") && l.split(' ').any(|w| w == tunnel))
+    })
+    .await;
+    let log = shunt.log();
+    assert!(ended, "the call ended: {log}");
+    let fallbacks: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("cannot be followed"))
+        .collect();
+    assert_eq!(fallbacks.len(), 1, "logged once: {log}");
+    assert!(
+        fallbacks[0].split(' ').any(|w| w == tunnel),
+        "with the tunnel id ({tunnel}): {}",
+        fallbacks[0]
+    );
+    assert!(
+        fallbacks[0].contains("frames from client cannot be followed"),
+        "{}",
+        fallbacks[0]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_opaque_fallback_is_logged_once_with_the_tunnel_id() {
+    let mut backend = WsBackend::spawn().await;
+    let mut shunt = ShuntProcess::start(&["--direct", &backend.url()]).await;
+    let client = RawWs::connect(shunt.listen, "/audio").await.unwrap();
+    the_opaque_fallback_relays_and_is_logged_once(&shunt, &mut backend, client).await;
+    assert_eq!(shunt.terminate(Duration::from_secs(10)).await, Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_opaque_fallback_works_on_the_tls_buffered_path() {
+    let pki = support::tls::TestPki::new();
+    let (cert, key) = pki.write("server", &["localhost", "127.0.0.1"]);
+    let mut backend = WsBackend::spawn().await;
+    let mut shunt = ShuntProcess::start(&[
+        "--direct",
+        &backend.url(),
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+    ])
+    .await;
+    let (tls, _) = support::tls::tls_connect(shunt.listen, "localhost", pki.client_config())
+        .await
+        .unwrap();
+    let client = RawWs::handshake(Box::new(tls), "/audio").await.unwrap();
+    the_opaque_fallback_relays_and_is_logged_once(&shunt, &mut backend, client).await;
+    assert_eq!(shunt.terminate(Duration::from_secs(10)).await, Some(0));
+}
