@@ -1030,3 +1030,86 @@ async fn the_opaque_fallback_works_on_the_tls_buffered_path() {
     the_opaque_fallback_relays_and_is_logged_once(&shunt, &mut backend, client).await;
     assert_eq!(shunt.terminate(Duration::from_secs(10)).await, Some(0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_negotiated_extension_and_subprotocol_pass_through_with_their_rsv1_frames() {
+    let (mut backend, seen) = WsBackend::spawn_negotiating(&[
+        (
+            "sec-websocket-extensions",
+            "permessage-deflate; server_no_context_takeover",
+        ),
+        ("sec-websocket-protocol", "audio.v1"),
+    ])
+    .await;
+    let shunt = shunt().direct(backend.url()).start().await;
+    let (client, head) = RawWs::connect_with(
+        shunt.addr(),
+        "/audio",
+        &[
+            "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits",
+            "Sec-WebSocket-Protocol: audio.v1, audio.v0",
+        ],
+    )
+    .await
+    .unwrap();
+    let server = backend.accept().await;
+    // The upstream request carried both offers as the client wrote them.
+    let request = seen.lock().unwrap().last().cloned().expect("a request");
+    assert_eq!(
+        request["sec-websocket-extensions"],
+        "permessage-deflate; client_max_window_bits"
+    );
+    assert_eq!(request["sec-websocket-protocol"], "audio.v1, audio.v0");
+    // The 101 carries the backend's choices.
+    let lower = head.to_ascii_lowercase();
+    assert!(
+        lower.contains(
+            "\r\nsec-websocket-extensions: permessage-deflate; server_no_context_takeover\r\n"
+        ),
+        "{head}"
+    );
+    assert!(
+        lower.contains("\r\nsec-websocket-protocol: audio.v1\r\n"),
+        "{head}"
+    );
+    // Compressed messages: RSV1 on a whole message, on the first fragment of
+    // a fragmented one (not on its continuation), and on one large enough
+    // to be spliced; byte for byte both ways, never inflated.
+    let hello = [0xf2, 0x48, 0xcd, 0xc9, 0xc9, 0x07, 0x00]; // "Hello", raw DEFLATE
+    let large: Vec<u8> = (0..100_000).map(|i| (i * 13 % 256) as u8).collect();
+    let mut up = encode(true, 4, 2, &hello, true);
+    up.extend(encode(false, 4, 1, &hello[..3], true));
+    up.extend(encode(true, 0, 0, &hello[3..], true));
+    up.extend(encode(true, 4, 2, &large, true));
+    let mut down = encode(true, 4, 1, &hello, false);
+    down.extend(encode(true, 4, 2, &large, false));
+    let mut raw = server.into_inner();
+    let (expect, back) = (up.clone(), down.clone());
+    let backend_side = tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut got = vec![0; expect.len()];
+        tokio::time::timeout(Duration::from_secs(5), raw.read_exact(&mut got))
+            .await
+            .expect("all bytes in time")
+            .unwrap();
+        assert!(got == expect, "bytes changed on the way to the backend");
+        raw.write_all(&back).await.unwrap();
+        raw
+    });
+    let mut client = client;
+    client.send_raw(&up).await.unwrap();
+    let _raw = backend_side.await.unwrap();
+    let mut again = Vec::new();
+    for _ in 0..2 {
+        let f = client.read_frame(Duration::from_secs(5)).await.unwrap();
+        assert_eq!(f.rsv, 4, "RSV1 kept");
+        again.extend(encode(f.fin, f.rsv, f.opcode, &f.payload, false));
+    }
+    assert!(again == down, "bytes changed on the way to the client");
+    let c = calls(&shunt).await;
+    let dirs = &c["calls"][0]["directions"];
+    assert_eq!(dirs["to_backend"]["frames"], 4, "{c}");
+    assert_eq!(dirs["to_backend"]["messages"], 3, "{c}");
+    assert_eq!(dirs["to_backend"]["framing"], "tracked", "{c}");
+    assert_eq!(dirs["to_client"]["framing"], "tracked", "{c}");
+}
