@@ -1113,3 +1113,123 @@ async fn a_negotiated_extension_and_subprotocol_pass_through_with_their_rsv1_fra
     assert_eq!(dirs["to_backend"]["framing"], "tracked", "{c}");
     assert_eq!(dirs["to_client"]["framing"], "tracked", "{c}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_gives_each_live_call_1012_at_the_drain_deadline_after_the_whole_frame() {
+    use tokio::io::AsyncWriteExt;
+    let drain = Duration::from_millis(500);
+    let mut backend = WsBackend::spawn().await;
+    let mut shunt =
+        ShuntProcess::start(&["--direct", &backend.url(), "--drain-timeout", "500ms"]).await;
+    // Call a: the backend will send a 4 MiB message slowly.
+    let a = RawWs::connect(shunt.listen, "/a").await.unwrap();
+    let server_a = backend.accept().await;
+    // Call b: a quiet call that has carried a message each way.
+    let mut b = RawWs::connect(shunt.listen, "/b").await.unwrap();
+    let mut server_b = backend.accept().await;
+    b.send(true, 1, b"hi").await.unwrap();
+    assert_eq!(server_b.read_frame().await.unwrap().opcode, OpCode::Text);
+    server_b
+        .write_frame(Frame::text(Payload::Borrowed(b"hello")))
+        .await
+        .unwrap();
+    assert_eq!(
+        b.read_frame(Duration::from_secs(5)).await.unwrap().payload,
+        b"hello"
+    );
+    let big: Vec<u8> = (0..4 << 20).map(|i| (i % 251) as u8).collect();
+    let frame = encode(true, 0, 2, &big, false);
+    let mut raw = server_a.into_inner();
+    let (go, sigterm_sent) = tokio::sync::oneshot::channel::<()>();
+    let writer = tokio::spawn(async move {
+        let (head, rest) = frame.split_at(256 * 1024);
+        raw.write_all(head).await.unwrap();
+        // The rest only after SIGTERM, over more than the drain timeout: the
+        // message is still in flight at the deadline.
+        sigterm_sent.await.unwrap();
+        for chunk in rest.chunks(rest.len().div_ceil(6)) {
+            tokio::time::sleep(Duration::from_millis(110)).await;
+            raw.write_all(chunk).await.unwrap();
+        }
+        raw
+    });
+    // Each client reads until shunt's Close and answers it, as a browser does.
+    let read = |mut ws: RawWs| {
+        tokio::spawn(async move {
+            let frames = ws
+                .timed_frames_until_close(Duration::from_secs(10))
+                .await
+                .unwrap();
+            ws.send(true, CLOSE, &1012u16.to_be_bytes()).await.unwrap();
+            frames
+        })
+    };
+    let (read_a, read_b) = (read(a), read(b));
+    let admin = shunt.admin;
+    let arriving = eventually(Duration::from_secs(3), async || {
+        let r = support::http_get(admin, "/calls", &[]).await.unwrap();
+        let c: Value = serde_json::from_slice(&r.body).unwrap();
+        c["calls"].as_array().is_some_and(|calls| {
+            calls.iter().any(|call| {
+                call["path"] == "/a" && call["directions"]["to_client"]["bytes"].as_u64() > Some(0)
+            })
+        })
+    })
+    .await;
+    assert!(arriving, "the message has begun to reach client a");
+    let sigterm = tokio::time::Instant::now();
+    let term = tokio::spawn(async move { shunt.terminate(Duration::from_secs(10)).await });
+    go.send(()).unwrap();
+
+    let frames_a = read_a.await.unwrap();
+    let (close, closed_at) = frames_a.last().unwrap();
+    assert_eq!(close.close_code(), Some(1012), "service restart to a");
+    assert_eq!(&close.payload[2..], b"service restart");
+    assert_eq!(frames_a.len(), 2, "the whole message, then the Close");
+    let (message, done_at) = &frames_a[0];
+    assert!(message.payload == big, "never inside the 4 MiB message");
+    assert!(
+        *done_at - sigterm >= drain,
+        "the message was in flight at the deadline"
+    );
+    let after = *closed_at - sigterm;
+    assert!(
+        after >= drain,
+        "a's Close not before the deadline: {after:?}"
+    );
+    assert!(
+        after <= drain + Duration::from_millis(1500),
+        "a's Close within the 1 s wait for the boundary: {after:?}"
+    );
+
+    let frames_b = read_b.await.unwrap();
+    assert_eq!(frames_b.len(), 1, "nothing but the Close: {frames_b:?}");
+    let (close, closed_at) = &frames_b[0];
+    assert_eq!(close.close_code(), Some(1012), "service restart to b");
+    let after = *closed_at - sigterm;
+    assert!(
+        after >= drain,
+        "b's Close not before the deadline: {after:?}"
+    );
+    assert!(
+        after <= drain + Duration::from_secs(1),
+        "b's Close at the deadline: {after:?}"
+    );
+
+    // The backend gets 1001 on both calls.
+    assert_eq!(
+        next_close(&mut server_b, Duration::from_secs(3)).await,
+        1001
+    );
+    let _ = server_b.write_frame(Frame::close(1001, b"")).await;
+    let raw = writer.await.unwrap();
+    let mut server_a =
+        fastwebsockets::WebSocket::after_handshake(raw, fastwebsockets::Role::Server);
+    server_a.set_auto_close(false);
+    assert_eq!(
+        next_close(&mut server_a, Duration::from_secs(3)).await,
+        1001
+    );
+    let _ = server_a.write_frame(Frame::close(1001, b"")).await;
+    assert_eq!(term.await.unwrap(), Some(0), "exit code after SIGTERM");
+}

@@ -469,4 +469,28 @@ impl RawWs {
         };
         Ok((ws, head))
     }
+
+    /// Read frames until a Close, answering Pings as a browser does; each
+    /// frame with the time it was read (the Close last).
+    pub async fn timed_frames_until_close(
+        &mut self,
+        limit: Duration,
+    ) -> Result<Vec<(RawFrame, tokio::time::Instant)>, BoxError> {
+        let deadline = tokio::time::Instant::now() + limit;
+        let mut frames = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let f = self.read_frame(left).await?;
+            let at = tokio::time::Instant::now();
+            let opcode = f.opcode;
+            if opcode == 9 {
+                self.send_raw(&encode(true, 0, 10, &f.payload, true))
+                    .await?;
+            }
+            frames.push((f, at));
+            if opcode == 8 {
+                return Ok(frames);
+            }
+        }
+    }
 }
