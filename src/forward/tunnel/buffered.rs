@@ -405,6 +405,86 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn shunts_pong_is_cut_out_even_when_it_comes_one_byte_at_a_time() {
+        let (mut client, proxy_down) = duplex(4096);
+        let (proxy_up, mut server) = duplex(4096);
+        let (guard, call, _r) = guards(true);
+        let record = call.call.clone();
+        let mut t = timers();
+        t.ping_interval = Some(Duration::from_millis(100));
+        let relay = relay_buffered(
+            proxy_down,
+            proxy_up,
+            &[],
+            t,
+            CancellationToken::new(),
+            guard,
+            call,
+        );
+        let key = Some([5, 6, 7, 8]);
+        let control = |opcode, payload: &[u8]| {
+            let mut out = [0; MAX_CONTROL_FRAME];
+            let n = frames::control_frame(&mut out, opcode, payload, key);
+            out[..n].to_vec()
+        };
+        // Another endpoint's Pong of the same length, also split: it passes.
+        let other = control(frames::OP_PONG, b"not shunt's!!");
+        let data = frame(300, true);
+        // The start of what could be shunt's Pong, then the end of the stream.
+        let partial = [0x8A, 0x8D, 5];
+        let client_side = async {
+            let mut got = [0; 64];
+            let n = client.read(&mut got).await.unwrap();
+            let h = frames::parse(&got[..n]).unwrap().unwrap();
+            assert_eq!(h.opcode, frames::OP_PING);
+            let start = usize::from(h.header_len);
+            let pong = control(frames::OP_PONG, &got[start..start + h.len as usize]);
+            for bytes in [&pong, &other] {
+                for b in bytes {
+                    client.write_all(&[*b]).await.unwrap();
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            }
+            client.write_all(&data).await.unwrap();
+            client.write_all(&partial).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            client.shutdown().await.unwrap();
+            client
+        };
+        let server_side = async {
+            let mut got = Vec::new();
+            server.read_to_end(&mut got).await.unwrap();
+            server.shutdown().await.unwrap();
+            got
+        };
+        let (_, _client, got) = tokio::join!(relay, client_side, server_side);
+        // What the backend got, without shunt's own Pings to it.
+        let mut kept = Vec::new();
+        let mut at = 0;
+        while let Ok(Some(h)) = frames::parse(&got[at..]) {
+            let total = usize::from(h.header_len) + h.len as usize;
+            if got.len() - at < total {
+                break;
+            }
+            if h.opcode != frames::OP_PING {
+                kept.extend_from_slice(&got[at..at + total]);
+            }
+            at += total;
+        }
+        kept.extend_from_slice(&got[at..]);
+        let mut expect = other.clone();
+        expect.extend(&data);
+        expect.extend(partial);
+        assert_eq!(kept, expect, "only shunt's Pong is cut out, byte for byte");
+        assert_eq!(record.legs[0].pongs_received.load(Relaxed), 1);
+        assert_eq!(
+            record.dirs[0].frames.load(Relaxed),
+            2,
+            "the other Pong and the data"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_backend_that_ends_without_close_gives_the_client_1014() {
         let (mut client, proxy_down) = duplex(4096);
         let (proxy_up, mut server) = duplex(4096);
