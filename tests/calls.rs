@@ -1233,3 +1233,49 @@ async fn sigterm_gives_each_live_call_1012_at_the_drain_deadline_after_the_whole
     let _ = server_a.write_frame(Frame::close(1001, b"")).await;
     assert_eq!(term.await.unwrap(), Some(0), "exit code after SIGTERM");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shunts_pong_is_removed_even_when_it_arrives_split() {
+    for mode in ["auto", "copy"] {
+        let mut backend = WsBackend::spawn().await;
+        let shunt = shunt()
+            .direct(backend.url())
+            .arg("--tunnel-mode", mode)
+            .arg("--ping-interval", "200ms")
+            .arg("--ping-timeout", "2s")
+            .start()
+            .await;
+        let mut client = RawWs::connect(shunt.addr(), "/audio").await.unwrap();
+        let mut server = backend.accept().await;
+        server.set_auto_pong(true);
+        let ping = client.read_frame(Duration::from_secs(3)).await.unwrap();
+        assert_eq!(ping.opcode, PING);
+        // The answer in three writes, each read on its own by shunt.
+        let pong = encode(true, 0, PONG, &ping.payload, true);
+        for part in [&pong[..1], &pong[1..8], &pong[8..]] {
+            client.send_raw(part).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(30)).await; // pacing the writer
+        }
+        client.send(true, 2, b"after the pong").await.unwrap();
+        let mut opcodes = Vec::new();
+        let data = loop {
+            let f = tokio::time::timeout(Duration::from_secs(3), server.read_frame())
+                .await
+                .expect("the data frame reaches the backend")
+                .unwrap();
+            if f.opcode == OpCode::Binary {
+                break f.payload.to_vec();
+            }
+            opcodes.push(f.opcode);
+        };
+        assert_eq!(data, b"after the pong", "{mode}");
+        assert!(
+            !opcodes.contains(&OpCode::Pong),
+            "{mode}: the split Pong never reaches the backend: {opcodes:?}"
+        );
+        let c = calls(&shunt).await;
+        let leg = &c["calls"][0]["legs"]["client"];
+        assert!(leg["pongs_received"].as_u64() >= Some(1), "{mode}: {c}");
+        assert!(leg["rtt_last_ms"].is_f64(), "{mode}: {c}");
+    }
+}
