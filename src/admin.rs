@@ -309,7 +309,7 @@ fn metrics(rt: &Runtime) -> Response<Body> {
     resp
 }
 
-/// Default and largest `limit` of `GET /calls`.
+/// Default `limit` of `GET /calls`; a larger one is taken as given (no more than the live calls).
 const CALLS_LIMIT: usize = 1000;
 
 /// `GET /calls?limit=N&sort=age|stalls|rtt`: the live calls.

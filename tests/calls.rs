@@ -15,7 +15,7 @@ use hyper::StatusCode;
 use serde_json::Value;
 
 use support::calls::{RawWs, ShuntProcess, WsBackend, encode, next_close};
-use support::{echo_backend, eventually, shunt, ws, ws_connect};
+use support::{echo_backend, eventually, not_yet, shunt, ws, ws_connect};
 
 const PING: u8 = 9;
 const PONG: u8 = 10;
@@ -694,10 +694,9 @@ async fn frames_off_is_todays_byte_relay() {
     let _ = tokio::time::timeout(Duration::from_secs(3), running.stopped()).await;
 }
 
-/// A browser-grade client: Node's WHATWG WebSocket (undici), which checks
-/// close codes the way browsers do and reports `wasClean`.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_browser_grade_client_sees_1012_at_restart_and_1014_when_the_backend_dies() {
+/// Whether node with its WHATWG WebSocket (undici) is here; without it a
+/// test is skipped, unless `CI` is set (then it fails).
+fn node_websocket() -> bool {
     let node_ok = std::process::Command::new("node")
         .args([
             "--experimental-websocket",
@@ -711,6 +710,15 @@ async fn a_browser_grade_client_sees_1012_at_restart_and_1014_when_the_backend_d
             panic!("node with a WebSocket client is needed (apt-get install nodejs)");
         }
         eprintln!("skipping: node with --experimental-websocket is not available");
+    }
+    node_ok
+}
+
+/// A browser-grade client: Node's WHATWG WebSocket (undici), which checks
+/// close codes the way browsers do and reports `wasClean`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_grade_client_sees_1012_at_restart_and_1014_when_the_backend_dies() {
+    if !node_websocket() {
         return;
     }
     let mut backend = WsBackend::spawn().await;
@@ -781,4 +789,493 @@ async fn a_browser_grade_client_sees_1012_at_restart_and_1014_when_the_backend_d
             .await
             .is_ok()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shunts_pings_and_their_pongs_do_not_count_as_activity_for_the_idle_timeout() {
+    // The echo backend answers Pings and, after its hello, is idle.
+    let backend = echo_backend().spawn().await;
+    let idle = Duration::from_secs(1);
+    let shunt = shunt()
+        .direct(backend.url())
+        .arg("--ping-interval", "100ms")
+        .arg("--ping-timeout", "1s")
+        .arg("--idle-timeout", "1s")
+        .start()
+        .await;
+    let started = tokio::time::Instant::now();
+    let mut client = RawWs::connect(shunt.addr(), "/audio").await.unwrap();
+    // The client answers every Ping, as a browser does, until the Close.
+    let reader = tokio::spawn(async move {
+        let got = client.read_until_close(Duration::from_secs(5)).await;
+        let elapsed = started.elapsed();
+        if got.is_ok() {
+            let _ = client.send(true, CLOSE, &1001u16.to_be_bytes()).await;
+        }
+        got.map(|got| (got, elapsed))
+    });
+    // Within the idle timeout both legs are pinged, and answer, again and again.
+    let mut last = String::new();
+    let pinged = eventually(Duration::from_secs(2), async || {
+        let c = calls(&shunt).await;
+        let legs = &c["calls"][0]["legs"];
+        let ok = ["client", "backend"].into_iter().all(|leg| {
+            legs[leg]["pings_sent"].as_u64() >= Some(2)
+                && legs[leg]["pongs_received"].as_u64() >= Some(1)
+        });
+        ok || not_yet(&mut last, &c)
+    })
+    .await;
+    assert!(pinged, "both legs pinged and answering: {last}");
+    // Yet the call is idle: the Close comes at the idle timeout.
+    let (before, close) = reader.await.unwrap().map_or_else(
+        |e| panic!("no idle Close reached the client: {e}"),
+        |((before, close), elapsed)| {
+            assert!(elapsed >= idle, "not before the idle timeout: {elapsed:?}");
+            assert!(
+                elapsed <= idle + Duration::from_secs(1),
+                "within the bound: {elapsed:?}"
+            );
+            (before, close)
+        },
+    );
+    assert_eq!(close.close_code(), Some(1001), "going away");
+    let pings = before.iter().filter(|f| f.opcode == PING).count();
+    assert!(pings >= 2, "the client was pinged: {before:?}");
+    assert!(
+        before
+            .iter()
+            .all(|f| f.opcode == PING || f.payload == b"hello from backend"),
+        "nothing but the hello and shunt's Pings: {before:?}"
+    );
+    let mut last = String::new();
+    let recorded = eventually(Duration::from_secs(3), async || {
+        let (_, status) = admin_json(&shunt, "/status").await;
+        let closes = status["calls"]["closes"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let ok = closes
+            .iter()
+            .any(|c| c["closed_by"] == "shunt" && c["code"] == 1001);
+        ok || not_yet(&mut last, &status)
+    })
+    .await;
+    assert!(recorded, "closed by shunt with 1001: {last}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_grade_client_answers_shunts_pings() {
+    if !node_websocket() {
+        return;
+    }
+    let mut backend = WsBackend::spawn().await;
+    let shunt = shunt()
+        .direct(backend.url())
+        .arg("--ping-interval", "200ms")
+        .start()
+        .await;
+    let script = format!(
+        "const ws = new WebSocket('ws://{}/audio');\
+         ws.onopen = () => ws.send('hi');\
+         ws.onclose = (e) => {{ console.log(JSON.stringify({{code: e.code, reason: e.reason, clean: e.wasClean}})); process.exit(0); }};\
+         setTimeout(() => {{ console.log('timeout'); process.exit(1); }}, 8000);",
+        shunt.addr()
+    );
+    let node = tokio::spawn(
+        tokio::process::Command::new("node")
+            .args(["--no-warnings", "--experimental-websocket", "-e", &script])
+            .kill_on_drop(true)
+            .output(),
+    );
+    let mut server = backend.accept().await;
+    let f = tokio::time::timeout(Duration::from_secs(5), server.read_frame())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(f.opcode, OpCode::Text);
+    // Node answers shunt's Pings by itself, as a browser does.
+    let mut last = String::new();
+    let answered = eventually(Duration::from_secs(5), async || {
+        let c = calls(&shunt).await;
+        let leg = &c["calls"][0]["legs"]["client"];
+        let ok = leg["pongs_received"].as_u64() >= Some(1) && leg["rtt_last_ms"].is_f64();
+        ok || not_yet(&mut last, &c)
+    })
+    .await;
+    assert!(answered, "the client leg's Pongs and RTT: {last}");
+    let c = calls(&shunt).await;
+    let leg = &c["calls"][0]["legs"]["client"];
+    assert!(leg["pings_sent"].as_u64() >= Some(1), "{c}");
+    let rtt = leg["rtt_median_ms"].as_f64().unwrap_or(-1.0);
+    assert!((0.0..1000.0).contains(&rtt), "{c}");
+    // The call carried on: it ends as the backend ends it, cleanly.
+    server
+        .write_frame(Frame::close(1000, b"done"))
+        .await
+        .unwrap();
+    let out = node.await.unwrap().unwrap();
+    let seen: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
+        panic!(
+            "node said {:?} {:?}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    assert_eq!(seen["code"], 1000, "{seen}");
+    assert_eq!(seen["clean"], true, "{seen}");
+}
+
+/// One call whose client → backend framing is lost (a Ping of 200 bytes),
+/// with more bytes that are no framing at all sent later: every byte is
+/// relayed as it is, the other direction is still followed, and the
+/// fallback is logged once, with the tunnel id.
+async fn the_opaque_fallback_relays_and_is_logged_once(
+    shunt: &ShuntProcess,
+    backend: &mut WsBackend,
+    mut client: RawWs,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = backend.accept().await;
+    let mut raw = server.into_inner();
+    let mut first = encode(true, 0, 1, b"ok", true);
+    first.extend(encode(true, 0, PING, &[1; 200], true));
+    first.extend(b"then anything at all \x00\xff\x88\x02");
+    // Unparsable again if it were parsed: a 64-bit length with the top bit
+    // set, then a Close and bytes after it.
+    let mut second = vec![0x82, 0xFF, 0x80, 0, 0, 0, 0, 0, 0, 0];
+    second.extend(encode(true, 0, CLOSE, &1000u16.to_be_bytes(), true));
+    second.extend(b"and bytes after a Close");
+    for part in [&first, &second] {
+        client.send_raw(part).await.unwrap();
+        let mut got = vec![0; part.len()];
+        tokio::time::timeout(Duration::from_secs(5), raw.read_exact(&mut got))
+            .await
+            .expect("relayed in time")
+            .unwrap();
+        assert_eq!(&got, part, "relayed byte for byte");
+    }
+    // The backend → client direction is still followed frame by frame.
+    raw.write_all(&encode(true, 0, 2, b"from the backend", false))
+        .await
+        .unwrap();
+    let f = client.read_frame(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(f.payload, b"from the backend");
+    let r = support::http_get(shunt.admin, "/calls", &[]).await.unwrap();
+    let c: Value = serde_json::from_slice(&r.body).unwrap();
+    let call = &c["calls"][0];
+    assert_eq!(call["directions"]["to_backend"]["framing"], "opaque", "{c}");
+    assert_eq!(call["directions"]["to_client"]["framing"], "tracked", "{c}");
+    assert!(
+        call["directions"]["to_client"]["frames"].as_u64() >= Some(1),
+        "{c}"
+    );
+    let tunnel = format!("tunnel={}", call["id"].as_u64().unwrap());
+    // End the call: its one "call ended" line comes after any line about
+    // its framing.
+    drop((client, raw));
+    let ended = eventually(Duration::from_secs(5), async || {
+        shunt
+            .log()
+            .lines()
+            .any(|l| l.contains("call ended") && l.split(' ').any(|w| w == tunnel))
+    })
+    .await;
+    let log = shunt.log();
+    assert!(ended, "the call ended: {log}");
+    let fallbacks: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("cannot be followed"))
+        .collect();
+    assert_eq!(fallbacks.len(), 1, "logged once: {log}");
+    assert!(
+        fallbacks[0].split(' ').any(|w| w == tunnel),
+        "with the tunnel id ({tunnel}): {}",
+        fallbacks[0]
+    );
+    assert!(
+        fallbacks[0].contains("frames from client cannot be followed"),
+        "{}",
+        fallbacks[0]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_opaque_fallback_is_logged_once_with_the_tunnel_id() {
+    let mut backend = WsBackend::spawn().await;
+    let mut shunt = ShuntProcess::start(&["--direct", &backend.url()]).await;
+    let client = RawWs::connect(shunt.listen, "/audio").await.unwrap();
+    the_opaque_fallback_relays_and_is_logged_once(&shunt, &mut backend, client).await;
+    assert_eq!(shunt.terminate(Duration::from_secs(10)).await, Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_opaque_fallback_works_on_the_tls_buffered_path() {
+    let pki = support::tls::TestPki::new();
+    let (cert, key) = pki.write("server", &["localhost", "127.0.0.1"]);
+    let mut backend = WsBackend::spawn().await;
+    let mut shunt = ShuntProcess::start(&[
+        "--direct",
+        &backend.url(),
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+    ])
+    .await;
+    let (tls, _) = support::tls::tls_connect(shunt.listen, "localhost", pki.client_config())
+        .await
+        .unwrap();
+    let client = RawWs::handshake(Box::new(tls), "/audio").await.unwrap();
+    the_opaque_fallback_relays_and_is_logged_once(&shunt, &mut backend, client).await;
+    assert_eq!(shunt.terminate(Duration::from_secs(10)).await, Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_negotiated_extension_and_subprotocol_pass_through_with_their_rsv1_frames() {
+    let (mut backend, seen) = WsBackend::spawn_negotiating(&[
+        (
+            "sec-websocket-extensions",
+            "permessage-deflate; server_no_context_takeover",
+        ),
+        ("sec-websocket-protocol", "audio.v1"),
+    ])
+    .await;
+    let shunt = shunt().direct(backend.url()).start().await;
+    let (client, head) = RawWs::connect_with(
+        shunt.addr(),
+        "/audio",
+        &[
+            "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits",
+            "Sec-WebSocket-Protocol: audio.v1, audio.v0",
+        ],
+    )
+    .await
+    .unwrap();
+    let server = backend.accept().await;
+    // The upstream request carried both offers as the client wrote them.
+    let request = seen.lock().unwrap().last().cloned().expect("a request");
+    assert_eq!(
+        request["sec-websocket-extensions"],
+        "permessage-deflate; client_max_window_bits"
+    );
+    assert_eq!(request["sec-websocket-protocol"], "audio.v1, audio.v0");
+    // The 101 carries the backend's choices.
+    let lower = head.to_ascii_lowercase();
+    assert!(
+        lower.contains(
+            "\r\nsec-websocket-extensions: permessage-deflate; server_no_context_takeover\r\n"
+        ),
+        "{head}"
+    );
+    assert!(
+        lower.contains("\r\nsec-websocket-protocol: audio.v1\r\n"),
+        "{head}"
+    );
+    // Compressed messages: RSV1 on a whole message, on the first fragment of
+    // a fragmented one (not on its continuation), and on one large enough
+    // to be spliced; byte for byte both ways, never inflated.
+    let hello = [0xf2, 0x48, 0xcd, 0xc9, 0xc9, 0x07, 0x00]; // "Hello", raw DEFLATE
+    let large: Vec<u8> = (0..100_000).map(|i| (i * 13 % 256) as u8).collect();
+    let mut up = encode(true, 4, 2, &hello, true);
+    up.extend(encode(false, 4, 1, &hello[..3], true));
+    up.extend(encode(true, 0, 0, &hello[3..], true));
+    up.extend(encode(true, 4, 2, &large, true));
+    let mut down = encode(true, 4, 1, &hello, false);
+    down.extend(encode(true, 4, 2, &large, false));
+    let mut raw = server.into_inner();
+    let (expect, back) = (up.clone(), down.clone());
+    let backend_side = tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut got = vec![0; expect.len()];
+        tokio::time::timeout(Duration::from_secs(5), raw.read_exact(&mut got))
+            .await
+            .expect("all bytes in time")
+            .unwrap();
+        assert!(got == expect, "bytes changed on the way to the backend");
+        raw.write_all(&back).await.unwrap();
+        raw
+    });
+    let mut client = client;
+    client.send_raw(&up).await.unwrap();
+    let _raw = backend_side.await.unwrap();
+    let mut again = Vec::new();
+    for _ in 0..2 {
+        let f = client.read_frame(Duration::from_secs(5)).await.unwrap();
+        assert_eq!(f.rsv, 4, "RSV1 kept");
+        again.extend(encode(f.fin, f.rsv, f.opcode, &f.payload, false));
+    }
+    assert!(again == down, "bytes changed on the way to the client");
+    let c = calls(&shunt).await;
+    let dirs = &c["calls"][0]["directions"];
+    assert_eq!(dirs["to_backend"]["frames"], 4, "{c}");
+    assert_eq!(dirs["to_backend"]["messages"], 3, "{c}");
+    assert_eq!(dirs["to_backend"]["framing"], "tracked", "{c}");
+    assert_eq!(dirs["to_client"]["framing"], "tracked", "{c}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_gives_each_live_call_1012_at_the_drain_deadline_after_the_whole_frame() {
+    use tokio::io::AsyncWriteExt;
+    let drain = Duration::from_millis(500);
+    let mut backend = WsBackend::spawn().await;
+    let mut shunt =
+        ShuntProcess::start(&["--direct", &backend.url(), "--drain-timeout", "500ms"]).await;
+    // Call a: the backend will send a 4 MiB message slowly.
+    let a = RawWs::connect(shunt.listen, "/a").await.unwrap();
+    let server_a = backend.accept().await;
+    // Call b: a quiet call that has carried a message each way.
+    let mut b = RawWs::connect(shunt.listen, "/b").await.unwrap();
+    let mut server_b = backend.accept().await;
+    b.send(true, 1, b"hi").await.unwrap();
+    assert_eq!(server_b.read_frame().await.unwrap().opcode, OpCode::Text);
+    server_b
+        .write_frame(Frame::text(Payload::Borrowed(b"hello")))
+        .await
+        .unwrap();
+    assert_eq!(
+        b.read_frame(Duration::from_secs(5)).await.unwrap().payload,
+        b"hello"
+    );
+    let big: Vec<u8> = (0..4 << 20).map(|i| (i % 251) as u8).collect();
+    let frame = encode(true, 0, 2, &big, false);
+    let mut raw = server_a.into_inner();
+    let (go, sigterm_sent) = tokio::sync::oneshot::channel::<()>();
+    let writer = tokio::spawn(async move {
+        let (head, rest) = frame.split_at(256 * 1024);
+        raw.write_all(head).await.unwrap();
+        // The rest only after SIGTERM, over more than the drain timeout: the
+        // message is still in flight at the deadline.
+        sigterm_sent.await.unwrap();
+        for chunk in rest.chunks(rest.len().div_ceil(6)) {
+            tokio::time::sleep(Duration::from_millis(110)).await;
+            raw.write_all(chunk).await.unwrap();
+        }
+        raw
+    });
+    // Each client reads until shunt's Close and answers it, as a browser does.
+    let read = |mut ws: RawWs| {
+        tokio::spawn(async move {
+            let frames = ws
+                .timed_frames_until_close(Duration::from_secs(10))
+                .await
+                .unwrap();
+            ws.send(true, CLOSE, &1012u16.to_be_bytes()).await.unwrap();
+            frames
+        })
+    };
+    let (read_a, read_b) = (read(a), read(b));
+    let admin = shunt.admin;
+    let arriving = eventually(Duration::from_secs(3), async || {
+        let r = support::http_get(admin, "/calls", &[]).await.unwrap();
+        let c: Value = serde_json::from_slice(&r.body).unwrap();
+        c["calls"].as_array().is_some_and(|calls| {
+            calls.iter().any(|call| {
+                call["path"] == "/a" && call["directions"]["to_client"]["bytes"].as_u64() > Some(0)
+            })
+        })
+    })
+    .await;
+    assert!(arriving, "the message has begun to reach client a");
+    let sigterm = tokio::time::Instant::now();
+    let term = tokio::spawn(async move { shunt.terminate(Duration::from_secs(10)).await });
+    go.send(()).unwrap();
+
+    let frames_a = read_a.await.unwrap();
+    let (close, closed_at) = frames_a.last().unwrap();
+    assert_eq!(close.close_code(), Some(1012), "service restart to a");
+    assert_eq!(&close.payload[2..], b"service restart");
+    assert_eq!(frames_a.len(), 2, "the whole message, then the Close");
+    let (message, done_at) = &frames_a[0];
+    assert!(message.payload == big, "never inside the 4 MiB message");
+    assert!(
+        *done_at - sigterm >= drain,
+        "the message was in flight at the deadline"
+    );
+    let after = *closed_at - sigterm;
+    assert!(
+        after >= drain,
+        "a's Close not before the deadline: {after:?}"
+    );
+    assert!(
+        after <= drain + Duration::from_millis(1500),
+        "a's Close within the 1 s wait for the boundary: {after:?}"
+    );
+
+    let frames_b = read_b.await.unwrap();
+    assert_eq!(frames_b.len(), 1, "nothing but the Close: {frames_b:?}");
+    let (close, closed_at) = &frames_b[0];
+    assert_eq!(close.close_code(), Some(1012), "service restart to b");
+    let after = *closed_at - sigterm;
+    assert!(
+        after >= drain,
+        "b's Close not before the deadline: {after:?}"
+    );
+    assert!(
+        after <= drain + Duration::from_secs(1),
+        "b's Close at the deadline: {after:?}"
+    );
+
+    // The backend gets 1001 on both calls.
+    assert_eq!(
+        next_close(&mut server_b, Duration::from_secs(3)).await,
+        1001
+    );
+    let _ = server_b.write_frame(Frame::close(1001, b"")).await;
+    let raw = writer.await.unwrap();
+    let mut server_a =
+        fastwebsockets::WebSocket::after_handshake(raw, fastwebsockets::Role::Server);
+    server_a.set_auto_close(false);
+    assert_eq!(
+        next_close(&mut server_a, Duration::from_secs(3)).await,
+        1001
+    );
+    let _ = server_a.write_frame(Frame::close(1001, b"")).await;
+    assert_eq!(term.await.unwrap(), Some(0), "exit code after SIGTERM");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shunts_pong_is_removed_even_when_it_arrives_split() {
+    for mode in ["auto", "copy"] {
+        let mut backend = WsBackend::spawn().await;
+        let shunt = shunt()
+            .direct(backend.url())
+            .arg("--tunnel-mode", mode)
+            .arg("--ping-interval", "200ms")
+            .arg("--ping-timeout", "2s")
+            .start()
+            .await;
+        let mut client = RawWs::connect(shunt.addr(), "/audio").await.unwrap();
+        let mut server = backend.accept().await;
+        server.set_auto_pong(true);
+        let ping = client.read_frame(Duration::from_secs(3)).await.unwrap();
+        assert_eq!(ping.opcode, PING);
+        // The answer in three writes, each read on its own by shunt.
+        let pong = encode(true, 0, PONG, &ping.payload, true);
+        for part in [&pong[..1], &pong[1..8], &pong[8..]] {
+            client.send_raw(part).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(30)).await; // pacing the writer
+        }
+        client.send(true, 2, b"after the pong").await.unwrap();
+        let mut opcodes = Vec::new();
+        let data = loop {
+            let f = tokio::time::timeout(Duration::from_secs(3), server.read_frame())
+                .await
+                .expect("the data frame reaches the backend")
+                .unwrap();
+            if f.opcode == OpCode::Binary {
+                break f.payload.to_vec();
+            }
+            opcodes.push(f.opcode);
+        };
+        assert_eq!(data, b"after the pong", "{mode}");
+        assert!(
+            !opcodes.contains(&OpCode::Pong),
+            "{mode}: the split Pong never reaches the backend: {opcodes:?}"
+        );
+        let c = calls(&shunt).await;
+        let leg = &c["calls"][0]["legs"]["client"];
+        assert!(leg["pongs_received"].as_u64() >= Some(1), "{mode}: {c}");
+        assert!(leg["rtt_last_ms"].is_f64(), "{mode}: {c}");
+    }
 }

@@ -376,3 +376,121 @@ impl ShuntProcess {
         }
     }
 }
+
+/// The upgrade requests' headers a [`WsBackend::spawn_negotiating`] backend saw.
+pub type SeenHeaders = Arc<Mutex<Vec<hyper::HeaderMap>>>;
+
+impl WsBackend {
+    /// Like [`WsBackend::spawn`], but it records every upgrade request's
+    /// headers and answers each 101 with `extra` headers too (the extension
+    /// and subprotocol it "negotiated").
+    pub async fn spawn_negotiating(
+        extra: &[(&'static str, &'static str)],
+    ) -> (WsBackend, SeenHeaders) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (tx, accepted) = mpsc::channel(64);
+        let seen = SeenHeaders::default();
+        let extra = extra.to_vec();
+        let recorded = seen.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let (tx, extra, recorded) = (tx.clone(), extra.clone(), recorded.clone());
+                tokio::spawn(async move {
+                    let service = service_fn(move |mut req: Request<hyper::body::Incoming>| {
+                        let (tx, extra) = (tx.clone(), extra.clone());
+                        recorded.lock().unwrap().push(req.headers().clone());
+                        async move {
+                            let (mut resp, fut) = fastwebsockets::upgrade::upgrade(&mut req)?;
+                            for (name, value) in extra {
+                                resp.headers_mut()
+                                    .insert(name, hyper::header::HeaderValue::from_static(value));
+                            }
+                            tokio::spawn(async move {
+                                if let Ok(mut ws) = fut.await {
+                                    ws.set_auto_close(false);
+                                    let _ = tx.send(ws).await;
+                                }
+                            });
+                            Ok::<Response<Empty<Bytes>>, fastwebsockets::WebSocketError>(resp)
+                        }
+                    });
+                    let _ = http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .with_upgrades()
+                        .await;
+                });
+            }
+        });
+        let backend = WsBackend {
+            addr,
+            accepted,
+            task,
+        };
+        (backend, seen)
+    }
+}
+
+impl RawWs {
+    /// Like [`RawWs::connect`], with `extra` request header lines
+    /// (`"Sec-WebSocket-Protocol: audio.v1"`); also returns the 101 head.
+    pub async fn connect_with(
+        addr: SocketAddr,
+        path: &str,
+        extra: &[&str],
+    ) -> Result<(RawWs, String), BoxError> {
+        let mut stream = TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        stream
+            .write_all(&super::raw::ws_handshake(path, extra))
+            .await?;
+        let mut buf = Vec::new();
+        let end = loop {
+            if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break p + 4;
+            }
+            let mut chunk = [0; 4096];
+            let n = tokio::time::timeout(IO_TIMEOUT, stream.read(&mut chunk)).await??;
+            if n == 0 {
+                return Err("closed before the 101".into());
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        };
+        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+        if !head.starts_with("HTTP/1.1 101") {
+            return Err(format!("not a 101: {head}").into());
+        }
+        let ws = RawWs {
+            stream: Box::new(stream),
+            pending: buf[end..].to_vec(),
+        };
+        Ok((ws, head))
+    }
+
+    /// Read frames until a Close, answering Pings as a browser does; each
+    /// frame with the time it was read (the Close last).
+    pub async fn timed_frames_until_close(
+        &mut self,
+        limit: Duration,
+    ) -> Result<Vec<(RawFrame, tokio::time::Instant)>, BoxError> {
+        let deadline = tokio::time::Instant::now() + limit;
+        let mut frames = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let f = self.read_frame(left).await?;
+            let at = tokio::time::Instant::now();
+            let opcode = f.opcode;
+            if opcode == 9 {
+                self.send_raw(&encode(true, 0, 10, &f.payload, true))
+                    .await?;
+            }
+            frames.push((f, at));
+            if opcode == 8 {
+                return Ok(frames);
+            }
+        }
+    }
+}

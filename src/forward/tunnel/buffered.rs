@@ -332,6 +332,162 @@ mod tests {
         );
     }
 
+    /// Answer `n` of shunt's Pings on `s` (the Pong masked when `mask`);
+    /// returns when the last one came.
+    async fn answer_pings(s: &mut DuplexStream, n: usize, mask: bool) -> tokio::time::Instant {
+        let mut buf = Vec::new();
+        let mut answered = 0;
+        loop {
+            let mut chunk = [0; 256];
+            let k = s.read(&mut chunk).await.unwrap();
+            assert!(k > 0, "closed before {n} pings");
+            buf.extend_from_slice(&chunk[..k]);
+            while let Ok(Some(h)) = frames::parse(&buf) {
+                let total = usize::from(h.header_len) + h.len as usize;
+                if buf.len() < total {
+                    break;
+                }
+                assert_eq!(h.opcode, frames::OP_PING);
+                let mut payload = [0; 13];
+                frames::unmask_into(&buf[usize::from(h.header_len)..total], h.mask, &mut payload);
+                let mut pong = [0; MAX_CONTROL_FRAME];
+                let key = mask.then_some([5, 6, 7, 8]);
+                let m = frames::control_frame(&mut pong, frames::OP_PONG, &payload, key);
+                s.write_all(&pong[..m]).await.unwrap();
+                buf.drain(..total);
+                answered += 1;
+                if answered == n {
+                    return tokio::time::Instant::now();
+                }
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_answered_ping_is_followed_by_the_next_one_after_the_interval() {
+        let (mut client, proxy_down) = duplex(4096);
+        let (proxy_up, mut server) = duplex(4096);
+        let (guard, call, _r) = guards(true);
+        let record = call.call.clone();
+        let mut t = timers();
+        // A ping timeout longer than the interval: an answered Ping's next
+        // one is due an interval after the Pong, not at the timeout.
+        t.ping_interval = Some(Duration::from_millis(100));
+        t.ping_timeout = Duration::from_secs(1);
+        let started = tokio::time::Instant::now();
+        let relay = relay_buffered(
+            proxy_down,
+            proxy_up,
+            &[],
+            t,
+            CancellationToken::new(),
+            guard,
+            call,
+        );
+        let peers = async {
+            let (to_client, to_backend) = tokio::join!(
+                answer_pings(&mut client, 4, true),
+                answer_pings(&mut server, 4, false)
+            );
+            drop((client, server));
+            (to_client - started, to_backend - started)
+        };
+        let (_, (client_4th, backend_4th)) = tokio::join!(relay, peers);
+        let bound = Duration::from_millis(4 * 100 + 50);
+        assert!(
+            client_4th <= bound,
+            "4th Ping to the client at {client_4th:?}"
+        );
+        assert!(
+            backend_4th <= bound,
+            "4th Ping to the backend at {backend_4th:?}"
+        );
+        for leg in &record.legs {
+            assert_eq!(leg.pings_sent.load(Relaxed), 4);
+            assert_eq!(leg.pongs_received.load(Relaxed), 4);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shunts_pong_is_cut_out_even_when_it_comes_one_byte_at_a_time() {
+        let (mut client, proxy_down) = duplex(4096);
+        let (proxy_up, mut server) = duplex(4096);
+        let (guard, call, _r) = guards(true);
+        let record = call.call.clone();
+        let mut t = timers();
+        t.ping_interval = Some(Duration::from_millis(100));
+        let relay = relay_buffered(
+            proxy_down,
+            proxy_up,
+            &[],
+            t,
+            CancellationToken::new(),
+            guard,
+            call,
+        );
+        let key = Some([5, 6, 7, 8]);
+        let control = |opcode, payload: &[u8]| {
+            let mut out = [0; MAX_CONTROL_FRAME];
+            let n = frames::control_frame(&mut out, opcode, payload, key);
+            out[..n].to_vec()
+        };
+        // Another endpoint's Pong of the same length, also split: it passes.
+        let other = control(frames::OP_PONG, b"not shunt's!!");
+        let data = frame(300, true);
+        // The start of what could be shunt's Pong, then the end of the stream.
+        let partial = [0x8A, 0x8D, 5];
+        let client_side = async {
+            let mut got = [0; 64];
+            let n = client.read(&mut got).await.unwrap();
+            let h = frames::parse(&got[..n]).unwrap().unwrap();
+            assert_eq!(h.opcode, frames::OP_PING);
+            let start = usize::from(h.header_len);
+            let pong = control(frames::OP_PONG, &got[start..start + h.len as usize]);
+            for bytes in [&pong, &other] {
+                for b in bytes {
+                    client.write_all(&[*b]).await.unwrap();
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            }
+            client.write_all(&data).await.unwrap();
+            client.write_all(&partial).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            client.shutdown().await.unwrap();
+            client
+        };
+        let server_side = async {
+            let mut got = Vec::new();
+            server.read_to_end(&mut got).await.unwrap();
+            server.shutdown().await.unwrap();
+            got
+        };
+        let (_, _client, got) = tokio::join!(relay, client_side, server_side);
+        // What the backend got, without shunt's own Pings to it.
+        let mut kept = Vec::new();
+        let mut at = 0;
+        while let Ok(Some(h)) = frames::parse(&got[at..]) {
+            let total = usize::from(h.header_len) + h.len as usize;
+            if got.len() - at < total {
+                break;
+            }
+            if h.opcode != frames::OP_PING {
+                kept.extend_from_slice(&got[at..at + total]);
+            }
+            at += total;
+        }
+        kept.extend_from_slice(&got[at..]);
+        let mut expect = other.clone();
+        expect.extend(&data);
+        expect.extend(partial);
+        assert_eq!(kept, expect, "only shunt's Pong is cut out, byte for byte");
+        assert_eq!(record.legs[0].pongs_received.load(Relaxed), 1);
+        assert_eq!(
+            record.dirs[0].frames.load(Relaxed),
+            2,
+            "the other Pong and the data"
+        );
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_backend_that_ends_without_close_gives_the_client_1014() {
         let (mut client, proxy_down) = duplex(4096);

@@ -23,10 +23,11 @@
 //! frame is then spliced whole, header and payload; anything else is read
 //! through the copy path. shunt's own Ping and Close go
 //! out only at a frame boundary: while one waits, reads stop at the end of
-//! the current frame. The Pong that answers shunt's Ping is cut out when it
-//! lies whole in one read (one that arrives split passes on: an unsolicited
-//! Pong is allowed). Framing the tracker cannot follow turns the direction
-//! into a plain relay ([`Framing::Opaque`]).
+//! the current frame. The Pong that answers shunt's Ping is cut out, also
+//! when it arrives split across reads: at a boundary, the start of a frame
+//! that may be it (at most 18 bytes) is held back, and nothing is written
+//! after it, until the frame is whole. Framing the tracker cannot follow
+//! turns the direction into a plain relay ([`Framing::Opaque`]).
 
 use std::io;
 use std::task::{Context, Poll, ready};
@@ -158,6 +159,9 @@ pub struct Direction {
     head_in_socket: u8,
     /// The destination is gone: write nothing at all.
     dst_gone: bool,
+    /// `rest` holds the start of a frame that may be shunt's Pong, split
+    /// across reads: not written (nor anything after it) until it is whole.
+    held: bool,
 }
 
 impl Direction {
@@ -178,6 +182,7 @@ impl Direction {
             dst_gone: false,
             unscanned: !first.is_empty(),
             head_in_socket: 0,
+            held: false,
         }
     }
 
@@ -249,6 +254,7 @@ impl Direction {
         self.skip_close();
         self.dst_gone = true;
         self.rest = Vec::new();
+        self.held = false;
     }
 
     /// Move bytes `src` → `dst` until EOF, then half-close `dst` (or report
@@ -292,7 +298,7 @@ impl Direction {
             if self.framing == Framing::Tracked {
                 let mut first = std::mem::take(&mut self.rest);
                 let n = first.len();
-                let len = self.scan(&mut first, 0, n, ctx);
+                let len = self.scan(&mut first, 0, n, false, ctx);
                 first.truncate(len);
                 self.rest = first;
             }
@@ -300,6 +306,7 @@ impl Direction {
         loop {
             if self.dst_gone {
                 self.rest = Vec::new();
+                self.held = false;
                 if let Some(p) = &mut self.pipe
                     && p.pending > 0
                 {
@@ -311,7 +318,7 @@ impl Direction {
                 ready!(self.poll_drain_pipe(cx, dst, ctx)).map_err(Failed::Dst)?;
                 continue;
             }
-            if !self.rest.is_empty() {
+            if !self.rest.is_empty() && !self.held {
                 ready!(self.poll_write_rest(cx, dst, ctx)).map_err(Failed::Dst)?;
                 continue;
             }
@@ -319,7 +326,8 @@ impl Direction {
                 ready!(dst.poll_flush(cx)).map_err(Failed::Dst)?;
                 self.flush = false;
             }
-            if self.frames.at_boundary() && !self.discard && self.framing == Framing::Tracked {
+            let boundary = self.frames.at_boundary() && !self.held;
+            if boundary && !self.discard && self.framing == Framing::Tracked {
                 if let CloseState::Pending(code) = self.close {
                     self.write_close(code, ctx);
                     continue;
@@ -458,15 +466,27 @@ impl Direction {
         }
         let mut cap = BUFFER_SIZE;
         if self.bulk && self.frames.payload_left() == 0 {
-            // Room for a header, or a whole control frame (shunt's Pong is cut
-            // out only when it arrives whole).
+            // Room for a header, or a whole control frame.
             cap = MAX_CONTROL_FRAME;
         }
         if self.ping || matches!(self.close, CloseState::Pending(_)) {
-            let left = self.frames.until_boundary();
+            let left = if self.held {
+                // The held frame's own end (its length byte, if not there yet).
+                let total = self
+                    .rest
+                    .get(1)
+                    .map_or(2, |b1| 2 + if b1 & 0x80 != 0 { 4 } else { 0 } + PING_LEN);
+                (total - self.rest.len()) as u64
+            } else {
+                self.frames.until_boundary()
+            };
             if left > 0 {
                 cap = cap.min(usize::try_from(left).unwrap_or(usize::MAX));
             }
+        }
+        if self.held {
+            // Room for the held bytes, put back in front of the read.
+            cap = cap.saturating_add(self.rest.len()).min(BUFFER_SIZE);
         }
         cap
     }
@@ -481,17 +501,28 @@ impl Direction {
         splice_ok: bool,
         ctx: &mut Ctx<'_>,
     ) -> Poll<Result<(), Failed>> {
-        let n = ready!(src.poll_recv(cx, buf)).map_err(Failed::Src)?;
+        let held = if self.held { self.rest.len() } else { 0 };
+        let n = ready!(src.poll_recv(cx, &mut buf[held..])).map_err(Failed::Src)?;
         if n == 0 {
             self.eof = true;
+            if self.held {
+                self.release_held(ctx);
+            }
             return Poll::Ready(Ok(()));
         }
         ctx.report.read = true;
+        if self.held {
+            // The held start of a frame goes back in front of what came next.
+            buf[..held].copy_from_slice(&self.rest);
+            self.rest = Vec::new();
+            self.held = false;
+        }
+        let n = held + n;
         let len = if self.framing == Framing::Tracked {
             // The first bytes may be a header already seen in a peek.
             let seen = n.min(usize::from(self.head_in_socket));
             self.head_in_socket -= seen as u8;
-            let len = self.scan(buf, seen, n, ctx);
+            let len = self.scan(buf, seen, n, true, ctx);
             if self.framing == Framing::Tracked {
                 self.bulk = splice_ok && self.frames.payload_left() >= BULK as u64;
             }
@@ -524,13 +555,32 @@ impl Direction {
     }
 
     /// Follow the frames in `buf[from..n]`, record them, and cut out shunt's own
-    /// Pongs; returns the length of what is left to forward.
-    fn scan(&mut self, buf: &mut [u8], from: usize, n: usize, ctx: &mut Ctx<'_>) -> usize {
+    /// Pongs; returns the length of what is left to forward. With `hold`, a
+    /// frame at the end that may be shunt's Pong but is not whole yet is
+    /// moved to `rest` and held (`rest` is empty when `hold` is asked).
+    fn scan(
+        &mut self,
+        buf: &mut [u8],
+        from: usize,
+        n: usize,
+        hold: bool,
+        ctx: &mut Ctx<'_>,
+    ) -> usize {
         let now_ms = ctx.ms(Instant::now());
         let mut at = from;
         let mut len = n;
         while at < len {
             let began_here = self.frames.at_boundary();
+            if hold
+                && began_here
+                && !self.frames.closed()
+                && !self.discard
+                && split_shunt_pong(&buf[at..len])
+            {
+                self.rest.extend_from_slice(&buf[at..len]);
+                self.held = true;
+                return at;
+            }
             let (k, header) = match self.frames.feed(&buf[at..len]) {
                 Ok(step) => step,
                 Err(e) => {
@@ -568,6 +618,20 @@ impl Direction {
             }
         }
         len
+    }
+
+    /// The source ended with a frame held: pass its start on as the begun
+    /// frame it is (or drop it, if nothing more is forwarded).
+    fn release_held(&mut self, ctx: &mut Ctx<'_>) {
+        self.held = false;
+        let mut start = std::mem::take(&mut self.rest);
+        if self.discard || self.dst_gone {
+            return;
+        }
+        let n = start.len();
+        let len = self.scan(&mut start, 0, n, false, ctx);
+        start.truncate(len);
+        self.rest = start;
     }
 
     /// Count one frame in the direction's figures.
@@ -709,6 +773,34 @@ pub fn close_reason(code: u16) -> &'static str {
         1014 => "bad gateway",
         _ => "going away",
     }
+}
+
+/// Whether `bytes`, at a frame boundary, are the start but not the whole
+/// of a frame that may be shunt's Pong: FIN and Pong, a payload of
+/// [`PING_LEN`], its first payload bytes (unmasked, once the key is there)
+/// matching [`PING_TAG`]. At most 18 bytes (a masked Pong is 19).
+fn split_shunt_pong(bytes: &[u8]) -> bool {
+    if bytes.first() != Some(&(0x80 | frames::OP_PONG)) {
+        return false;
+    }
+    let Some(&b1) = bytes.get(1) else {
+        return true;
+    };
+    if usize::from(b1 & 0x7F) != PING_LEN {
+        return false;
+    }
+    let head = if b1 & 0x80 != 0 { 6 } else { 2 };
+    if bytes.len() >= head + PING_LEN {
+        return false;
+    }
+    let Some(payload) = bytes.get(head..) else {
+        return true;
+    };
+    let key = (head == 6).then(|| [bytes[2], bytes[3], bytes[4], bytes[5]]);
+    let mut plain = [0; PING_LEN];
+    let n = frames::unmask_into(payload, key, &mut plain);
+    let n = n.min(PING_TAG.len());
+    plain[..n] == PING_TAG[..n]
 }
 
 /// The send time in a Pong that answers shunt's Ping, if it is one.

@@ -9,9 +9,10 @@
 //! shutdown waiter. Every deadline — idle, linger, drain, each leg's next
 //! Ping or its ping timeout, each direction's stall, the wait for a Close —
 //! is merged into that one timer. It is reset only when a deadline moves
-//! earlier (a half-close, the start of a drain, a Ping sent, a direction that
-//! starts streaming) or fires; the others are read from the times of the last
-//! byte or frame when it fires, so traffic costs no timer work.
+//! earlier (a half-close, the start of a drain, a Ping sent or answered, a
+//! direction that starts streaming) or fires; the others are read from the
+//! times of the last byte or frame when it fires, so traffic costs no timer
+//! work.
 //!
 //! Call state (frames tracked): a leg silent for the ping interval gets a
 //! Ping; no byte within the ping timeout means it is lost. When shunt ends a
@@ -345,7 +346,10 @@ impl<D: Leg, U: Leg> Tunnel<D, U> {
         let now = self.now_ms();
         let call = &self.call.call;
         if r.read {
-            // Any byte from a leg proves it is alive.
+            // Any byte from a leg proves it is alive. If it answers shunt's
+            // Ping, the leg's next Ping (now + interval) may come before the
+            // ping timeout the timer holds.
+            changed |= self.ping_out[d] > 0;
             self.last_rx[d] = now;
             self.ping_out[d] = 0;
         }
