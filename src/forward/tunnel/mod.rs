@@ -48,7 +48,7 @@ use tokio_util::task::TaskTracker;
 use crate::calls::CallGuard;
 use crate::policy::rate::TunnelSlot;
 use crate::stats::TunnelGuard;
-use crate::upstream::connect::UpstreamStream;
+use crate::dial::UpstreamStream;
 pub use ending::{Ending, HALF_CLOSE_LINGER, TunnelTimers};
 use joined::Tunnel;
 use leg::Stream;
