@@ -18,10 +18,10 @@ use http::{HeaderValue, Response, StatusCode, header};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 
+use crate::dial::ConnectError;
 use crate::policy::Denied;
 use crate::policy::rate::{LimitExceeded, retry_secs};
 use crate::upstream::SelectError;
-use crate::dial::ConnectError;
 
 /// The response body type used throughout the proxy.
 pub type Body = BoxBody<Bytes, hyper::Error>;

@@ -144,7 +144,9 @@ pub async fn connect_first(
         if let Some(sender) = reuse.then(|| upstream.pool.take()).flatten() {
             return Ok((upstream.clone(), Conn::Pooled(sender)));
         }
-        match crate::dial::connect(&upstream.spec.url, upstream.tls.as_ref(), timeouts.connect).await {
+        match crate::dial::connect(&upstream.spec.url, upstream.tls.as_ref(), timeouts.connect)
+            .await
+        {
             Ok(stream) => {
                 if let Some(idle) = timeouts.keepalive
                     && let Err(e) = crate::keepalive::apply(stream.tcp(), idle)

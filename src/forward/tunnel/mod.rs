@@ -46,9 +46,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::calls::CallGuard;
+use crate::dial::UpstreamStream;
 use crate::policy::rate::TunnelSlot;
 use crate::stats::TunnelGuard;
-use crate::dial::UpstreamStream;
 pub use ending::{Ending, HALF_CLOSE_LINGER, TunnelTimers};
 use joined::Tunnel;
 use leg::Stream;
