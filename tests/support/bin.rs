@@ -147,6 +147,22 @@ pub async fn serve_shunt(args: &[&str]) -> Served {
     }
 }
 
+/// [`serve_shunt`] in front of `direct` with a short drain
+/// (`--drain-timeout 500ms`) and fast probes (`--health-interval 100ms`),
+/// then `extra`: the setup of the tests that SIGTERM the binary mid-tunnel.
+pub async fn serve_draining(direct: &str, extra: &[&str]) -> Served {
+    let mut args = vec![
+        "--direct",
+        direct,
+        "--drain-timeout",
+        "500ms",
+        "--health-interval",
+        "100ms",
+    ];
+    args.extend_from_slice(extra);
+    serve_shunt(&args).await
+}
+
 /// A data listener and an admin listener address on 127.0.0.1, free a moment ago.
 pub fn free_listen_admin() -> (SocketAddr, SocketAddr) {
     let on = |port| SocketAddr::from(([127, 0, 0, 1], port));

@@ -76,6 +76,21 @@ pub fn not_yet(last: &mut String, seen: impl std::fmt::Display) -> bool {
     false
 }
 
+/// The preamble most single-backend tests share: an echo backend named
+/// `direct-backend`, and shunt in front of it (`--direct` to it, then each
+/// `(flag, value)` of `flags`), ready. Keep the backend alive as long as the
+/// test needs it: dropping it stops it.
+pub async fn direct_shunt(flags: &[(&str, &str)]) -> (EchoBackend, Shunt) {
+    let backend = echo_backend().name("direct-backend").spawn().await;
+    let mut builder = shunt().direct(backend.url());
+    for (flag, value) in flags {
+        builder = builder.arg(flag, *value);
+    }
+    let shunt = builder.start().await;
+    shunt.wait_ready().await;
+    (backend, shunt)
+}
+
 /// Builder returned by [`echo_backend`].
 #[derive(Debug, Clone)]
 pub struct EchoBuilder {
