@@ -18,7 +18,7 @@ use std::time::{Duration, SystemTime};
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
-use crate::stats::escape;
+use crate::prometheus::escape;
 
 /// Index of the client → backend direction (and of the client leg).
 pub const TO_BACKEND: usize = 0;

@@ -9,22 +9,29 @@
 //!
 //! One WebSocket request, followed by file names, goes
 //! `listener → connection → proxy → upgrade → router → upstream → forward →
-//! tunnel`. A module imports only modules below it in the flow, or side
-//! modules; side modules never import the flow.
+//! tunnel`. A stage reaches only *down* the flow or into side modules, never
+//! back up (`forward` names no `upstream`, `upgrade` or `proxy` item), and no
+//! two modules import each other, directly or round a circle. A side module
+//! may use a stage (`app` wires them all, `admin` reads upstream health), as
+//! long as that stage does not import it back. That is why shared types sit
+//! low: the upstream stream, the pool and [`dial::Conn`] in [`dial`] (selection
+//! dials, forward sends, the tunnel splices), and every error of the flow in
+//! [`response`] next to its status code.
 //!
 //! ```text
 //! client ─▶ listener ─▶ connection: admission (policy: IP lists, caps) ─▶ tls? ─▶ hyper http1
 //!        ─▶ proxy ─▶ upgrade (a valid WebSocket handshake?) ─▶ router (host + longest prefix)
 //!        ─▶ policy (form, IP, rate, Origin, auth) ─▶ upstream (first healthy; connect fallback)
 //!        ─▶ forward: request rewrite ─▶ plain HTTP ─or─ 101 ─▶ forward::tunnel
-//! side:  app (wiring), config, live, reload, watch, upstream::health, tls certificates,
-//!        runtime, policy, response, admin, stats, telemetry, doctor (run on demand)
+//! side:  app (wiring), cli, workers, config, live, reload, watch, upstream::health,
+//!        tls certificates, runtime, policy, dial (upstream streams, pool), percent,
+//!        response, admin, stats, calls, prometheus, keepalive, fdlimit, telemetry,
+//!        certgen, doctor (run on demand)
 //! ```
 //!
 //! The flow, top to bottom:
 //!
 //! - [`listener`]: bind, and the accept loop that never dies on transient errors.
-//! - [`workers`]: `--workers`: a current-thread runtime and `SO_REUSEPORT` listener per core.
 //! - [`connection`]: the accept stage: admission, refusal, TLS or plain, hyper's HTTP/1.1.
 //! - [`tls`]: TLS termination for the listener (certificates, SNI, hot reload) and the
 //!   client side for https upstreams.
@@ -35,12 +42,15 @@
 //! - [`upstream`]: upstreams, selection with connect-error fallback, connecting,
 //!   keep-alive pools, health.
 //! - [`forward`]: what the upstream is sent ([`forward::request`], [`forward::headers`]),
-//!   the exchange, and the tunnel after a 101 ([`forward::tunnel`]).
+//!   the exchange, the WebSocket handshake written to the upstream by hand
+//!   ([`forward::handshake`]), and the tunnel after a 101 ([`forward::tunnel`]).
 //!
 //! Beside the flow:
 //!
 //! - [`app`]: wiring, startup and shutdown; owns the root token, the tracker and the relay.
 //! - [`cli`]: flags (with `SHUNT_*` twins) and subcommands.
+//! - [`workers`]: `--workers`: a current-thread runtime and `SO_REUSEPORT` listener per
+//!   core, each running [`listener`]'s accept loop.
 //! - [`config`]: flags + TOML file → a validated [`config::Config`].
 //! - [`live`]: the hot-swappable [`live::Snapshot`] (router, upstreams, timeouts).
 //! - [`reload`]: rebuild and swap the snapshot, all or nothing.
@@ -48,12 +58,15 @@
 //! - [`runtime`]: handles shared by every connection (snapshot, counters, shutdown).
 //! - [`policy`]: the security stage: IP lists, authentication, Origin, rate and
 //!   connection limits.
+//! - [`dial`]: connections to upstreams: TCP or TLS, hyper's client handshake, the
+//!   keep-alive pool ([`dial::pool`]); used by selection, forward, the tunnel and probes.
 //! - [`percent`]: the one percent-decoder (paths and query parameters).
 //! - [`response`]: the errors of the flow, and the one place they become status codes.
 //! - [`doctor`]: `shunt doctor`, the troubleshooting checklist, run on demand.
 //! - [`admin`]: `/healthz`, `/readyz`, `/status`, `/metrics`, `/calls`, `POST /reload`.
 //! - [`stats`]: counters for `/status` and `/metrics`.
 //! - [`calls`]: the live calls (WebSocket tunnels) for `/calls`, and their metrics.
+//! - [`prometheus`]: label escaping for the `/metrics` text, shared by stats and calls.
 //! - [`keepalive`]: TCP keepalive on both legs (`--tcp-keepalive`), for peers gone without a FIN.
 //! - [`fdlimit`]: the open-files limit, raised at start, and whether `--max-conns` fits.
 //! - [`telemetry`]: log output.
@@ -69,6 +82,7 @@ pub mod certgen;
 pub mod cli;
 pub mod config;
 pub mod connection;
+pub mod dial;
 pub mod doctor;
 pub mod downstream;
 pub mod fdlimit;
@@ -79,6 +93,7 @@ pub mod listener;
 pub mod live;
 pub mod percent;
 pub mod policy;
+pub mod prometheus;
 pub mod proxy;
 pub mod reload;
 pub mod response;

@@ -180,7 +180,12 @@ async fn proxy(
             routed_path: &path,
             strip_param,
             tunnel: &mut slot,
-            upstream: &upstream,
+            upstream: forward::Target {
+                name: upstream.name(),
+                url: &upstream.spec.url,
+                tls: upstream.tls.as_ref(),
+                pool: &upstream.pool,
+            },
             downstream,
             timeouts: &snapshot.timeouts,
             call: forward::CallMeta {
@@ -215,7 +220,15 @@ async fn proxy(
                 }
                 break resp;
             }
-            Err(e) => return Err(e.into()),
+            Err(e) => {
+                if let response::ForwardError::Timeout { after, .. } = &e {
+                    // No answer within the response timeout counts against the upstream.
+                    upstream
+                        .health
+                        .record_failure(&format!("no response within {after:?}"));
+                }
+                return Err(e.into());
+            }
         }
     };
     if let Some(origin) = &admission.cors_origin {

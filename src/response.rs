@@ -18,11 +18,10 @@ use http::{HeaderValue, Response, StatusCode, header};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 
+use crate::dial::ConnectError;
 use crate::policy::Denied;
 use crate::policy::rate::{LimitExceeded, retry_secs};
-use crate::upgrade::HandshakeError;
 use crate::upstream::SelectError;
-use crate::upstream::connect::ConnectError;
 
 /// The response body type used throughout the proxy.
 pub type Body = BoxBody<Bytes, hyper::Error>;
@@ -79,7 +78,7 @@ pub enum ForwardError {
         upstream: String,
         /// What went wrong.
         #[source]
-        source: crate::forward::handshake::HandshakeError,
+        source: HandshakeError,
     },
     /// A pooled connection had closed and a new one could not be made.
     #[error("upstream {upstream}: {source}")]
@@ -102,12 +101,60 @@ pub fn upgrade_failure_cause(status: StatusCode) -> &'static str {
     }
 }
 
+/// A WebSocket upgrade request the proxy refuses ([`crate::upgrade::classify`]),
+/// with what is wrong: always the client's fault (400, or 426 for a version).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum UpgradeError {
+    /// Not a GET (RFC 6455 §4.1).
+    #[error("a WebSocket handshake must use GET, not {0}")]
+    Method(String),
+    /// `Connection` does not carry the `upgrade` token.
+    #[error("the Connection header must contain the token `upgrade`")]
+    ConnectionToken,
+    /// No `Sec-WebSocket-Key`.
+    #[error("Sec-WebSocket-Key is missing")]
+    MissingKey,
+    /// A key that is not 16 bytes of base64.
+    #[error("Sec-WebSocket-Key must be 16 bytes, base64-encoded")]
+    BadKey,
+    /// No `Sec-WebSocket-Version`.
+    #[error("Sec-WebSocket-Version is missing")]
+    MissingVersion,
+    /// Answered 426 with `Sec-WebSocket-Version: 13`.
+    #[error("Sec-WebSocket-Version {0} is not supported; use 13")]
+    UnsupportedVersion(String),
+}
+
+/// Why the upstream's answer to a WebSocket handshake could not be read
+/// ([`crate::forward::handshake`]); always the upstream's fault (502).
+#[derive(Debug, thiserror::Error)]
+pub enum HandshakeError {
+    /// Writing the request or reading the answer failed.
+    #[error("connection failed during the WebSocket handshake: {0}")]
+    Io(#[from] std::io::Error),
+    /// The connection closed before a whole answer head (or body) arrived.
+    #[error("the connection closed before the answer was complete")]
+    Closed,
+    /// The answer is not HTTP/1.x.
+    #[error("malformed answer to the WebSocket handshake: {0}")]
+    Parse(#[from] httparse::Error),
+    /// A header or status that `http` cannot represent.
+    #[error("malformed answer to the WebSocket handshake: {0}")]
+    Header(#[from] http::Error),
+    /// The head or the refusal's body is larger than shunt relays.
+    #[error("the answer to the WebSocket handshake is too large")]
+    TooLarge,
+    /// A chunked body that does not follow RFC 9112 §7.1.
+    #[error("malformed chunked body in the answer to the WebSocket handshake")]
+    Chunked,
+}
+
 /// Why a request was not proxied.
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
     /// Downstream's fault: a malformed WebSocket handshake.
     #[error("bad WebSocket handshake: {0}")]
-    Handshake(#[from] HandshakeError),
+    Upgrade(#[from] UpgradeError),
     /// Downstream's (or the config's): nothing routes this path.
     #[error("no route for {path}")]
     NoRoute {
@@ -149,10 +196,10 @@ pub enum ProxyError {
 impl From<&ProxyError> for StatusCode {
     fn from(e: &ProxyError) -> Self {
         match e {
-            ProxyError::Handshake(HandshakeError::UnsupportedVersion(_)) => {
+            ProxyError::Upgrade(UpgradeError::UnsupportedVersion(_)) => {
                 StatusCode::UPGRADE_REQUIRED
             }
-            ProxyError::Handshake(_) | ProxyError::BadHost(_) => StatusCode::BAD_REQUEST,
+            ProxyError::Upgrade(_) | ProxyError::BadHost(_) => StatusCode::BAD_REQUEST,
             ProxyError::NoRoute { .. } => StatusCode::NOT_FOUND,
             ProxyError::Select {
                 source: SelectError::NoneHealthy { .. },
@@ -258,7 +305,7 @@ pub fn preflight(headers: Vec<(header::HeaderName, HeaderValue)>) -> Response<Bo
 pub fn error_response(e: &ProxyError) -> Response<Body> {
     let status = StatusCode::from(e);
     let mut resp = text(status, format!("{e}\n"));
-    if let ProxyError::Handshake(HandshakeError::UnsupportedVersion(_)) = e {
+    if let ProxyError::Upgrade(UpgradeError::UnsupportedVersion(_)) = e {
         // RFC 6455 §4.4 and RFC 9110 §15.5.22: say what to upgrade to.
         let h = resp.headers_mut();
         h.insert(

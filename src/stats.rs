@@ -194,13 +194,9 @@ impl Stats {
     }
 }
 
-/// Escape a Prometheus label value.
-pub fn escape(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
+/// Prometheus label escaping, kept at its old path for callers
+/// (it lives in the leaf module [`crate::prometheus`]).
+pub use crate::prometheus::escape;
 
 /// Holds one tunnel in the gauge; dropping it records the close and its bytes.
 #[derive(Debug)]

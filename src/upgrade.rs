@@ -13,7 +13,11 @@
 //! upstream connection and, after a 101, becomes a tunnel.
 
 use base64::Engine;
-use http::{HeaderMap, Method, Request, Version, header};
+use http::{Method, Request, Version, header};
+
+/// The refusal's type lives next to its status codes in [`crate::response`];
+/// the old path stays for callers.
+pub use crate::response::UpgradeError;
 
 /// What kind of exchange a request starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,70 +28,43 @@ pub enum Kind {
     WebSocket,
 }
 
-/// A WebSocket handshake the proxy refuses, with what is wrong.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum HandshakeError {
-    /// Not a GET (RFC 6455 §4.1).
-    #[error("a WebSocket handshake must use GET, not {0}")]
-    Method(String),
-    /// `Connection` does not carry the `upgrade` token.
-    #[error("the Connection header must contain the token `upgrade`")]
-    ConnectionToken,
-    /// No `Sec-WebSocket-Key`.
-    #[error("Sec-WebSocket-Key is missing")]
-    MissingKey,
-    /// A key that is not 16 bytes of base64.
-    #[error("Sec-WebSocket-Key must be 16 bytes, base64-encoded")]
-    BadKey,
-    /// No `Sec-WebSocket-Version`.
-    #[error("Sec-WebSocket-Version is missing")]
-    MissingVersion,
-    /// Answered 426 with `Sec-WebSocket-Version: 13`.
-    #[error("Sec-WebSocket-Version {0} is not supported; use 13")]
-    UnsupportedVersion(String),
-}
-
 /// Classify `req`, validating it if it is a WebSocket handshake.
-pub fn classify<B>(req: &Request<B>) -> Result<Kind, HandshakeError> {
+pub fn classify<B>(req: &Request<B>) -> Result<Kind, UpgradeError> {
     let headers = req.headers();
     // HTTP/1.0 has no upgrade: its `Upgrade` header is ignored (RFC 9110 §7.8).
     if !has_token(headers, header::UPGRADE, "websocket") || req.version() < Version::HTTP_11 {
         return Ok(Kind::Plain);
     }
     if req.method() != Method::GET {
-        return Err(HandshakeError::Method(req.method().to_string()));
+        return Err(UpgradeError::Method(req.method().to_string()));
     }
     if !has_token(headers, header::CONNECTION, "upgrade") {
-        return Err(HandshakeError::ConnectionToken);
+        return Err(UpgradeError::ConnectionToken);
     }
     let key = headers
         .get(header::SEC_WEBSOCKET_KEY)
-        .ok_or(HandshakeError::MissingKey)?;
+        .ok_or(UpgradeError::MissingKey)?;
     let decoded = base64::engine::general_purpose::STANDARD
         .decode(key.as_bytes().trim_ascii())
-        .map_err(|_| HandshakeError::BadKey)?;
+        .map_err(|_| UpgradeError::BadKey)?;
     if decoded.len() != 16 || headers.get_all(header::SEC_WEBSOCKET_KEY).iter().count() > 1 {
-        return Err(HandshakeError::BadKey);
+        return Err(UpgradeError::BadKey);
     }
     let version = headers
         .get(header::SEC_WEBSOCKET_VERSION)
-        .ok_or(HandshakeError::MissingVersion)?;
+        .ok_or(UpgradeError::MissingVersion)?;
     if version.as_bytes().trim_ascii() != b"13" {
-        return Err(HandshakeError::UnsupportedVersion(
+        return Err(UpgradeError::UnsupportedVersion(
             String::from_utf8_lossy(version.as_bytes()).into_owned(),
         ));
     }
     Ok(Kind::WebSocket)
 }
 
-/// Whether any `name` header holds `token` in its comma-separated list.
-pub fn has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
-    headers.get_all(name).iter().any(|v| {
-        v.as_bytes()
-            .split(|b| *b == b',')
-            .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
-    })
-}
+/// Token lists are parsed in [`crate::forward::headers`], below this stage,
+/// because forwarding reads them too (`Transfer-Encoding: chunked` in an
+/// upstream's answer); the old path stays for callers.
+pub use crate::forward::headers::has_token;
 
 #[cfg(test)]
 mod tests {
@@ -123,32 +100,32 @@ mod tests {
     fn defects() {
         let mut r = req(|b| b);
         *r.method_mut() = Method::POST;
-        assert!(matches!(classify(&r), Err(HandshakeError::Method(_))));
+        assert!(matches!(classify(&r), Err(UpgradeError::Method(_))));
         let mut r = req(|b| b);
         r.headers_mut()
             .insert("connection", "keep-alive".parse().unwrap());
-        assert_eq!(classify(&r), Err(HandshakeError::ConnectionToken));
+        assert_eq!(classify(&r), Err(UpgradeError::ConnectionToken));
         let mut r = req(|b| b);
         r.headers_mut().remove("sec-websocket-key");
-        assert_eq!(classify(&r), Err(HandshakeError::MissingKey));
+        assert_eq!(classify(&r), Err(UpgradeError::MissingKey));
         let mut r = req(|b| b);
         r.headers_mut()
             .insert("sec-websocket-key", "AAAAAAAAAAAAAAAAAAAA".parse().unwrap()); // 15 bytes
-        assert_eq!(classify(&r), Err(HandshakeError::BadKey));
+        assert_eq!(classify(&r), Err(UpgradeError::BadKey));
         let mut r = req(|b| b);
         r.headers_mut()
             .insert("sec-websocket-key", "not base64!".parse().unwrap());
-        assert_eq!(classify(&r), Err(HandshakeError::BadKey));
+        assert_eq!(classify(&r), Err(UpgradeError::BadKey));
         let mut r = req(|b| b);
         r.headers_mut()
             .insert("sec-websocket-version", "8".parse().unwrap());
         assert_eq!(
             classify(&r),
-            Err(HandshakeError::UnsupportedVersion("8".into()))
+            Err(UpgradeError::UnsupportedVersion("8".into()))
         );
         let mut r = req(|b| b);
         r.headers_mut().remove("sec-websocket-version");
-        assert_eq!(classify(&r), Err(HandshakeError::MissingVersion));
+        assert_eq!(classify(&r), Err(UpgradeError::MissingVersion));
         let mut r = req(|b| b);
         *r.version_mut() = Version::HTTP_10;
         assert_eq!(classify(&r), Ok(Kind::Plain));

@@ -12,7 +12,7 @@ mod support;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Bound on one run of the script (it bounds each of its own waits).
 const SCRIPT_LIMIT: Duration = Duration::from_secs(120);
@@ -90,19 +90,17 @@ fn run_demo(nginx: &Path, ports: [u16; 5]) -> Run {
         .stderr(std::fs::File::create(&stderr_path).expect("stderr file"))
         .spawn()
         .expect("run bash examples/demo.sh");
-    let deadline = Instant::now() + SCRIPT_LIMIT;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait for demo.sh") {
-            break status;
-        }
-        if Instant::now() > deadline {
-            // SIGTERM lets the script's trap stop what it started.
-            let pid = rustix::process::Pid::from_child(&child);
-            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
-            let _ = child.wait();
-            panic!("demo.sh did not finish within {SCRIPT_LIMIT:?}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
+    let mut exit = None;
+    support::eventually_blocking(SCRIPT_LIMIT, || {
+        exit = child.try_wait().expect("wait for demo.sh");
+        exit.is_some()
+    });
+    let Some(status) = exit else {
+        // SIGTERM lets the script's trap stop what it started.
+        let pid = rustix::process::Pid::from_child(&child);
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        let _ = child.wait();
+        panic!("demo.sh did not finish within {SCRIPT_LIMIT:?}");
     };
     let run = Run {
         ok: status.success(),

@@ -223,13 +223,7 @@ async fn no_route_answers_404() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_never_finishes_its_head_is_cut_off_at_the_header_timeout() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let backend = echo_backend().name("direct-backend").spawn().await;
-    let shunt = shunt()
-        .direct(backend.url())
-        .arg("--header-timeout", "300ms")
-        .start()
-        .await;
-    shunt.wait_ready().await;
+    let (_backend, shunt) = support::direct_shunt(&[("--header-timeout", "300ms")]).await;
 
     let mut stream = tokio::net::TcpStream::connect(shunt.addr()).await.unwrap();
     stream

@@ -85,9 +85,7 @@ async fn get_with_hop_headers(addr: std::net::SocketAddr, host: &str) -> support
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn get_direct_forwards_client_headers_and_strips_hop_by_hop() {
-    let backend = echo_backend().name("direct-backend").spawn().await;
-    let shunt = shunt().direct(backend.url()).start().await;
-    shunt.wait_ready().await;
+    let (_backend, shunt) = support::direct_shunt(&[]).await;
 
     let response = get_with_hop_headers(shunt.addr(), "calls.example.test").await;
     assert_eq!(response.header("x-shunt-route"), "direct");
@@ -117,9 +115,7 @@ async fn get_via_nginx_forwards_client_headers_and_strips_hop_by_hop() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn post_bodies_come_back_verbatim_direct() {
-    let backend = echo_backend().name("direct-backend").spawn().await;
-    let shunt = shunt().direct(backend.url()).start().await;
-    shunt.wait_ready().await;
+    let (_backend, shunt) = support::direct_shunt(&[]).await;
     post_suite(shunt.addr(), "direct").await;
 }
 
@@ -170,9 +166,7 @@ async fn post_suite(addr: std::net::SocketAddr, route: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keep_alive_serves_several_requests_on_one_downstream_connection() {
-    let backend = echo_backend().name("direct-backend").spawn().await;
-    let shunt = shunt().direct(backend.url()).start().await;
-    shunt.wait_ready().await;
+    let (_backend, shunt) = support::direct_shunt(&[]).await;
 
     let mut conn = HttpConn::connect(shunt.addr()).await.expect("connect");
     let first = conn.get("/first", &[]).await.expect("first GET");
@@ -203,9 +197,7 @@ async fn keep_alive_serves_several_requests_on_one_downstream_connection() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn response_hop_by_hop_headers_do_not_reach_the_client() {
-    let backend = echo_backend().name("direct-backend").spawn().await;
-    let shunt = shunt().direct(backend.url()).start().await;
-    shunt.wait_ready().await;
+    let (_backend, shunt) = support::direct_shunt(&[]).await;
     let response = http_get(shunt.addr(), "/plain", &[("x-echo-hop-response", "1")])
         .await
         .expect("GET");
@@ -232,9 +224,7 @@ async fn response_hop_by_hop_headers_do_not_reach_the_client() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn x_forwarded_for_keeps_every_incoming_hop() {
-    let backend = echo_backend().name("direct-backend").spawn().await;
-    let shunt = shunt().direct(backend.url()).start().await;
-    shunt.wait_ready().await;
+    let (_backend, shunt) = support::direct_shunt(&[]).await;
     // Two header lines are one list (RFC 9110 5.3): both hops must survive.
     let response = http_get(
         shunt.addr(),
@@ -257,9 +247,7 @@ async fn x_forwarded_for_keeps_every_incoming_hop() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spoofed_client_identity_headers_are_replaced() {
-    let backend = echo_backend().name("direct-backend").spawn().await;
-    let shunt = shunt().direct(backend.url()).start().await;
-    shunt.wait_ready().await;
+    let (_backend, shunt) = support::direct_shunt(&[]).await;
     let response = http_get(
         shunt.addr(),
         "/who",

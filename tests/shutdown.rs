@@ -8,17 +8,11 @@ use std::time::{Duration, Instant};
 
 use hyper::StatusCode;
 use support::ws;
-use support::{echo_backend, eventually, shunt, ws_connect};
+use support::{echo_backend, eventually, ws_connect};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_drains_live_tunnels_until_the_drain_timeout() {
-    let backend = echo_backend().name("direct-backend").spawn().await;
-    let shunt = shunt()
-        .direct(backend.url())
-        .arg("--drain-timeout", "1s")
-        .start()
-        .await;
-    shunt.wait_ready().await;
+    let (_backend, shunt) = support::direct_shunt(&[("--drain-timeout", "1s")]).await;
     let (listen, admin) = (shunt.addr(), shunt.admin_addr());
 
     let (mut socket, _) = ws_connect(listen, "/frontend-audio", &[]).await.unwrap();
@@ -99,13 +93,7 @@ async fn shutdown_drains_live_tunnels_until_the_drain_timeout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_without_tunnels_does_not_wait_for_the_drain_timeout() {
-    let backend = echo_backend().name("direct-backend").spawn().await;
-    let shunt = shunt()
-        .direct(backend.url())
-        .arg("--drain-timeout", "30s")
-        .start()
-        .await;
-    shunt.wait_ready().await;
+    let (_backend, shunt) = support::direct_shunt(&[("--drain-timeout", "30s")]).await;
     // A finished HTTP exchange leaves nothing to drain.
     let response = support::http_get(shunt.addr(), "/x", &[]).await.unwrap();
     assert_eq!(response.status, StatusCode::OK);
@@ -120,15 +108,7 @@ async fn shutdown_without_tunnels_does_not_wait_for_the_drain_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_binary_exits_0_on_sigterm() {
     let backend = echo_backend().name("direct-backend").spawn().await;
-    let served = support::bin::serve_shunt(&[
-        "--direct",
-        &backend.url(),
-        "--drain-timeout",
-        "500ms",
-        "--health-interval",
-        "100ms",
-    ])
-    .await;
+    let served = support::bin::serve_draining(&backend.url(), &[]).await;
     let (listen, admin) = (served.listen, served.admin);
     // A live tunnel: the process must still exit after the drain timeout.
     let (mut socket, _) = ws_connect(listen, "/frontend-audio", &[]).await.unwrap();
@@ -168,13 +148,7 @@ async fn the_binary_exits_0_on_sigterm() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_lets_in_flight_http_finish() {
-    let backend = echo_backend().name("direct-backend").spawn().await;
-    let shunt = shunt()
-        .direct(backend.url())
-        .arg("--drain-timeout", "5s")
-        .start()
-        .await;
-    shunt.wait_ready().await;
+    let (backend, shunt) = support::direct_shunt(&[("--drain-timeout", "5s")]).await;
     let addr = shunt.addr();
     let in_flight =
         tokio::spawn(async move { support::http_get(addr, "/slow?delay_ms=600", &[]).await });

@@ -104,9 +104,7 @@ async fn open_call(addr: std::net::SocketAddr) -> support::Ws {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn echo_direct() {
-    let backend = echo_backend().name("direct-backend").spawn().await;
-    let shunt = shunt().direct(backend.url()).start().await;
-    shunt.wait_ready().await;
+    let (_backend, shunt) = support::direct_shunt(&[]).await;
     echo_suite(shunt.addr(), "/frontend-audio", "direct", "direct-backend").await;
 }
 
@@ -142,9 +140,7 @@ async fn echo_via_real_nginx() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn closing_the_client_closes_the_backend_side() {
-    let backend = echo_backend().name("direct-backend").spawn().await;
-    let shunt = shunt().direct(backend.url()).start().await;
-    shunt.wait_ready().await;
+    let (backend, shunt) = support::direct_shunt(&[]).await;
 
     // Graceful: a Close frame.
     let mut socket = open_call(shunt.addr()).await;
@@ -194,13 +190,7 @@ async fn stopping_the_backend_closes_the_client_promptly() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_timeout_closes_a_silent_tunnel_but_not_a_busy_one() {
-    let backend = echo_backend().name("direct-backend").spawn().await;
-    let shunt = shunt()
-        .direct(backend.url())
-        .arg("--idle-timeout", "300ms")
-        .start()
-        .await;
-    shunt.wait_ready().await;
+    let (backend, shunt) = support::direct_shunt(&[("--idle-timeout", "300ms")]).await;
 
     // Busy: a message every 100 ms for 1 s keeps it open.
     let mut socket = open_call(shunt.addr()).await;
@@ -361,9 +351,7 @@ async fn status_reports_live_tunnels_and_upgrade_counts() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frame_sent_right_behind_the_handshake_head_arrives() {
-    let backend = echo_backend().name("direct-backend").spawn().await;
-    let shunt = shunt().direct(backend.url()).start().await;
-    shunt.wait_ready().await;
+    let (_backend, shunt) = support::direct_shunt(&[]).await;
 
     // Head and a first masked text frame in one write, before any 101.
     let mut out = b"GET /frontend-audio HTTP/1.1\r\nHost: shunt.test\r\nUpgrade: websocket\r\n\

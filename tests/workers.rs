@@ -7,7 +7,7 @@ mod support;
 use std::time::Duration;
 
 use http::StatusCode;
-use support::bin::{run_shunt, serve_shunt};
+use support::bin::{run_shunt, serve_draining};
 use support::{echo_backend, ws, ws_connect};
 
 /// `text` without ANSI colour sequences.
@@ -31,18 +31,7 @@ fn plain(text: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_workers_share_the_port_and_the_counters_and_drain() {
     let backend = echo_backend().name("direct-backend").spawn().await;
-    let served = serve_shunt(&[
-        "--workers",
-        "3",
-        "--direct",
-        &backend.url(),
-        "--drain-timeout",
-        "500ms",
-        "--health-interval",
-        "100ms",
-        "--no-watch",
-    ])
-    .await;
+    let served = serve_draining(&backend.url(), &["--workers", "3", "--no-watch"]).await;
     let (listen, admin) = (served.listen, served.admin);
 
     // Each request on its own connection, spread over the workers by the kernel.

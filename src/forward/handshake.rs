@@ -21,7 +21,8 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, StatusCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::upstream::connect::UpstreamStream;
+use crate::dial::UpstreamStream;
+use crate::response::HandshakeError;
 
 /// Most bytes of an upstream's answer head.
 pub const MAX_HEAD: usize = 64 * 1024;
@@ -29,29 +30,6 @@ pub const MAX_HEAD: usize = 64 * 1024;
 const MAX_HEADERS: usize = 100;
 /// Most bytes of a refusal's body relayed to the client.
 pub const MAX_BODY: usize = 64 * 1024;
-
-/// Why the upstream's answer to a handshake could not be read.
-#[derive(Debug, thiserror::Error)]
-pub enum HandshakeError {
-    /// Writing the request or reading the answer failed.
-    #[error("connection failed during the WebSocket handshake: {0}")]
-    Io(#[from] std::io::Error),
-    /// The connection closed before a whole answer head (or body) arrived.
-    #[error("the connection closed before the answer was complete")]
-    Closed,
-    /// The answer is not HTTP/1.x.
-    #[error("malformed answer to the WebSocket handshake: {0}")]
-    Parse(#[from] httparse::Error),
-    /// A header or status that `http` cannot represent.
-    #[error("malformed answer to the WebSocket handshake: {0}")]
-    Header(#[from] http::Error),
-    /// The head or the refusal's body is larger than shunt relays.
-    #[error("the answer to the WebSocket handshake is too large")]
-    TooLarge,
-    /// A chunked body that does not follow RFC 9112 §7.1.
-    #[error("malformed chunked body in the answer to the WebSocket handshake")]
-    Chunked,
-}
 
 /// The upstream's answer to a handshake.
 #[derive(Debug)]
@@ -154,7 +132,7 @@ async fn read_body(
     mut buf: BytesMut,
     stream: &mut UpstreamStream,
 ) -> Result<Bytes, HandshakeError> {
-    let chunked = crate::upgrade::has_token(headers, header::TRANSFER_ENCODING, "chunked");
+    let chunked = super::headers::has_token(headers, header::TRANSFER_ENCODING, "chunked");
     let length = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.trim().parse::<usize>().ok());

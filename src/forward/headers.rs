@@ -36,6 +36,18 @@ const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 /// A non-standard `Connection` some old clients send; never forwarded.
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
+/// Whether any `name` header holds `token` in its comma-separated list
+/// (RFC 9110 §5.6.1): tokens are compared case-insensitively and the
+/// whitespace around each is ignored, so `keep-alive, Upgrade` holds
+/// `upgrade`. Several `name` headers count as one list.
+pub fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
+    headers.get_all(name).iter().any(|v| {
+        v.as_bytes()
+            .split(|b| *b == b',')
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+    })
+}
+
 /// Headers that never cross the proxy, whatever `Connection` says.
 const HOP_BY_HOP: [HeaderName; 9] = [
     header::CONNECTION,

@@ -31,21 +31,57 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
+use rustls::ClientConfig;
+
 use crate::calls::CallInfo;
-use crate::config::{CallSpec, Timeouts};
+use crate::config::{CallSpec, Timeouts, UpstreamName, UpstreamUrl};
+use crate::dial::pool::{ConnPool, PooledBody, Sender};
+use crate::dial::{self, Conn, UpstreamStream};
 use crate::downstream::Downstream;
 use crate::policy::rate::TunnelSlot;
 use crate::response::{self, Body, ForwardError};
 use crate::runtime::Runtime;
-use crate::upstream::connect::{self, UpstreamStream};
-use crate::upstream::pool::{PooledBody, Sender};
-use crate::upstream::{Conn, Upstream};
 use tunnel::Relay;
+
+/// The chosen upstream as this stage sees it (built by the proxy from
+/// `upstream::Upstream`): enough to reconnect and to pool, nothing
+/// of its health. What an exchange means for the upstream's health (a
+/// timeout, an upgrade it did not forward) is recorded by the caller, from
+/// the [`ForwardError`] it gets back, so this stage never reaches back up.
+#[derive(Debug, Clone, Copy)]
+pub struct Target<'a> {
+    /// The upstream's name (`x-shunt-route`, errors, logs).
+    pub name: &'a UpstreamName,
+    /// Where it listens; a reconnect dials this again.
+    pub url: &'a UpstreamUrl,
+    /// TLS towards an `https` upstream.
+    pub tls: Option<&'a Arc<ClientConfig>>,
+    /// Its idle keep-alive connections for plain requests.
+    pub pool: &'a Arc<ConnPool>,
+}
+
+impl Target<'_> {
+    /// The upstream's name.
+    pub fn name(&self) -> &UpstreamName {
+        self.name
+    }
+
+    /// Dial the upstream anew (a pooled connection turned out closed, or an
+    /// upgrade was handed a pooled one).
+    async fn reconnect(&self, timeout: Duration) -> Result<UpstreamStream, ForwardError> {
+        dial::connect(self.url, self.tls, timeout)
+            .await
+            .map_err(|source| ForwardError::Reconnect {
+                upstream: self.name.0.clone(),
+                source,
+            })
+    }
+}
 
 /// A hyper error while talking to `upstream`. A "user" error there is the
 /// downstream request's body failing (malformed chunking, a client that
 /// left): not the upstream's fault.
-fn hyper_error(upstream: &Upstream, source: hyper::Error) -> ForwardError {
+fn hyper_error(upstream: &Target<'_>, source: hyper::Error) -> ForwardError {
     if source.is_user() {
         ForwardError::DownstreamBody { source }
     } else {
@@ -71,8 +107,8 @@ pub struct Exchange<'a> {
     /// the tunnel for its life; left in place when the upgrade is not
     /// answered, for the next upstream tried.
     pub tunnel: &'a mut Option<TunnelSlot>,
-    /// The upstream chosen, with its pool and health.
-    pub upstream: &'a Arc<Upstream>,
+    /// The upstream chosen: where it is, and its pool.
+    pub upstream: Target<'a>,
     /// Who the client is (for `X-Forwarded-*`).
     pub downstream: Downstream,
     /// The snapshot's timeouts.
@@ -122,16 +158,16 @@ pub async fn forward(
             strip_param,
             websocket: upgrade,
             downstream,
-            upstream_authority: &upstream.spec.url.authority(),
+            upstream_authority: &upstream.url.authority(),
         },
     );
     if let Some(downstream_upgrade) = downstream_upgrade {
         let answer = tokio::time::timeout(
             timeouts.response,
-            upgrade_upstream(&req, conn, upstream, timeouts.connect),
+            upgrade_upstream(&req, conn, &upstream, timeouts.connect),
         )
         .await
-        .unwrap_or_else(|_| Err(response_timeout(upstream, timeouts.response)))?;
+        .unwrap_or_else(|_| Err(response_timeout(&upstream, timeouts.response)))?;
         let status = answer.head.status;
         if !upgrade_answered(status) {
             return Err(ForwardError::UpgradeNotForwarded {
@@ -178,12 +214,12 @@ pub async fn forward(
 
     let sent = tokio::time::timeout(
         timeouts.response,
-        send(conn, req, upstream, rt, timeouts.connect),
+        send(conn, req, &upstream, rt, timeouts.connect),
     )
     .await;
     let (mut resp, sender) = match sent {
         Ok(r) => r?,
-        Err(_) => return Err(response_timeout(upstream, timeouts.response)),
+        Err(_) => return Err(response_timeout(&upstream, timeouts.response)),
     };
     headers::prepare_response(resp.headers_mut(), false, name);
     // The client speaks HTTP/1.1 with us whatever the upstream spoke.
@@ -192,11 +228,9 @@ pub async fn forward(
     Ok(resp.map(|body| PooledBody::new(body, sender, pool).boxed()))
 }
 
-/// The upstream ran out of the response timeout: that counts against its health.
-fn response_timeout(upstream: &Upstream, after: Duration) -> ForwardError {
-    upstream
-        .health
-        .record_failure(&format!("no response within {after:?}"));
+/// The upstream ran out of the response timeout. That counts against its
+/// health; the caller records it (see [`ForwardError::Timeout`]).
+fn response_timeout(upstream: &Target<'_>, after: Duration) -> ForwardError {
     ForwardError::Timeout {
         upstream: upstream.name().0.clone(),
         after,
@@ -209,19 +243,12 @@ fn response_timeout(upstream: &Upstream, after: Duration) -> ForwardError {
 async fn upgrade_upstream<B>(
     req: &Request<B>,
     conn: Conn,
-    upstream: &Upstream,
+    upstream: &Target<'_>,
     connect_timeout: Duration,
 ) -> Result<handshake::Answer, ForwardError> {
     let stream = match conn {
         Conn::Fresh(stream) => stream,
-        Conn::Pooled(_) => {
-            connect::connect(&upstream.spec.url, upstream.tls.as_ref(), connect_timeout)
-                .await
-                .map_err(|source| ForwardError::Reconnect {
-                    upstream: upstream.name().0.clone(),
-                    source,
-                })?
-        }
+        Conn::Pooled(_) => upstream.reconnect(connect_timeout).await?,
     };
     handshake::exchange(req, stream)
         .await
@@ -254,7 +281,7 @@ fn tunnel_timers(timeouts: &Timeouts, spec: &CallSpec) -> tunnel::TunnelTimers {
 async fn send(
     conn: Conn,
     req: Request<Body>,
-    upstream: &Upstream,
+    upstream: &Target<'_>,
     rt: &Runtime,
     connect_timeout: Duration,
 ) -> Result<(Response<Incoming>, Sender), ForwardError> {
@@ -285,17 +312,12 @@ async fn send(
 /// Send `req` over a fresh connection after a pooled one turned out closed.
 async fn resend(
     req: Request<Body>,
-    upstream: &Upstream,
+    upstream: &Target<'_>,
     rt: &Runtime,
     connect_timeout: Duration,
 ) -> Result<(Response<Incoming>, Sender), ForwardError> {
     tracing::debug!(upstream = %upstream.name(), "pooled connection was closed; reconnecting");
-    let stream = connect::connect(&upstream.spec.url, upstream.tls.as_ref(), connect_timeout)
-        .await
-        .map_err(|source| ForwardError::Reconnect {
-            upstream: upstream.name().0.clone(),
-            source,
-        })?;
+    let stream = upstream.reconnect(connect_timeout).await?;
     let mut sender = handshake(stream, upstream, rt).await?;
     let resp = sender
         .send_request(req)
@@ -308,7 +330,7 @@ async fn resend(
 /// `TcpStream` inside `TokioIo` so the tunnel can take it back for splice.
 async fn handshake(
     stream: UpstreamStream,
-    upstream: &Upstream,
+    upstream: &Target<'_>,
     rt: &Runtime,
 ) -> Result<Sender, ForwardError> {
     match stream {
@@ -319,12 +341,12 @@ async fn handshake(
 
 /// The handshake over `io`; at shutdown its task empties the upstream's pool
 /// so idle connections end.
-async fn open<IO>(io: IO, upstream: &Upstream, rt: &Runtime) -> Result<Sender, ForwardError>
+async fn open<IO>(io: IO, upstream: &Target<'_>, rt: &Runtime) -> Result<Sender, ForwardError>
 where
     IO: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
     let pool = upstream.pool.clone();
-    connect::http1_handshake(io, &rt.tracker, &rt.shutdown, move || pool.close())
+    dial::http1_handshake(io, &rt.tracker, &rt.shutdown, move || pool.close())
         .await
         .map(Sender::new)
         .map_err(|e| hyper_error(upstream, e))

@@ -333,7 +333,9 @@ impl Drop for ConnPermit {
 
 /// One tunnel of one client, counted until the last clone is dropped.
 ///
-/// Cloneable so it can ride in a request's extensions to the tunnel task.
+/// Held in the exchange ([`crate::forward::Exchange::tunnel`]) until the
+/// tunnel takes it for its life; an upgrade the upstream does not answer
+/// leaves it there for the next upstream tried, so one handshake counts once.
 #[derive(Debug, Clone)]
 pub struct TunnelSlot {
     _held: Arc<SlotInner>,

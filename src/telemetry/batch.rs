@@ -1,7 +1,7 @@
 //! Access-log lines gathered per thread and handed to the log queue in
 //! batches.
 //!
-//! Why: the log queue ([`tracing_appender::non_blocking`]) wakes its writer
+//! Why: the log queue ([`tracing_appender::non_blocking()`]) wakes its writer
 //! thread whenever a line arrives at an empty queue. Under steady traffic
 //! the writer keeps up, parks, and is woken again by the next line: one
 //! futex wake-up and a context switch per request on a 2-core machine,

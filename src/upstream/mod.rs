@@ -17,9 +17,13 @@
 //! been first. Once bytes are sent, a failure is reported to the client
 //! (502/504) rather than retried, since the request may have had effects.
 
-pub mod connect;
 pub mod health;
-pub mod pool;
+
+/// Connecting to an upstream lives in the side module [`crate::dial`]
+/// (forward and the tunnel use its stream type too); the old path stays.
+pub use crate::dial as connect;
+/// The keep-alive pool lives in [`crate::dial::pool`]; the old path stays.
+pub use crate::dial::pool;
 
 use std::sync::Arc;
 
@@ -28,10 +32,10 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use tokio_util::task::TaskTracker;
 
 use crate::config::{Scheme, Timeouts, UpstreamName, UpstreamSpec};
+use crate::dial::pool::ConnPool;
+use crate::dial::{Conn, ConnectError};
 use crate::tls::client::{ClientTlsError, client_config};
-use connect::{ConnectError, UpstreamStream};
 use health::{Health, State};
-use pool::ConnPool;
 
 /// One named upstream with its live health.
 #[derive(Debug)]
@@ -120,15 +124,6 @@ pub enum SelectError {
     },
 }
 
-/// A way to reach the chosen upstream.
-#[derive(Debug)]
-pub enum Conn {
-    /// A new TCP connection; hyper's handshake is still to be done.
-    Fresh(UpstreamStream),
-    /// An idle keep-alive connection from the upstream's pool.
-    Pooled(pool::Sender),
-}
-
 /// Connect to the first usable upstream of `via`, in order; a failed connect
 /// marks that upstream and falls through to the next. With `reuse` (plain
 /// requests, never upgrades), an idle pooled connection is taken first.
@@ -149,7 +144,9 @@ pub async fn connect_first(
         if let Some(sender) = reuse.then(|| upstream.pool.take()).flatten() {
             return Ok((upstream.clone(), Conn::Pooled(sender)));
         }
-        match connect::connect(&upstream.spec.url, upstream.tls.as_ref(), timeouts.connect).await {
+        match crate::dial::connect(&upstream.spec.url, upstream.tls.as_ref(), timeouts.connect)
+            .await
+        {
             Ok(stream) => {
                 if let Some(idle) = timeouts.keepalive
                     && let Err(e) = crate::keepalive::apply(stream.tcp(), idle)

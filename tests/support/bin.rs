@@ -2,8 +2,12 @@
 //! in time, and captures what it printed: one-shot runs ([`run_shunt`],
 //! [`run_shunt_in`] for a working directory of the test's choosing) and a
 //! long-running server ([`serve_in`], and [`serve_shunt`] on free ports,
-//! ready) whose stderr is collected as it comes.
+//! ready) whose stderr is collected as it comes. The pieces of a launch
+//! (the command with `SHUNT_*` cleared, output collection, free ports and
+//! the `/readyz` wait, SIGTERM) are public so every child-process helper
+//! (e.g. `calls::ShuntProcess`) is built from these, not written again.
 
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
@@ -71,7 +75,7 @@ pub async fn run_shunt(args: &[&str], limit: Duration) -> Run {
 /// Like [`run_shunt`], with these environment variables set.
 pub async fn run_shunt_with_env(args: &[&str], env: &[(&str, &str)], limit: Duration) -> Run {
     run(
-        command(Path::new(env!("CARGO_MANIFEST_DIR")), env),
+        shunt_command(Path::new(env!("CARGO_MANIFEST_DIR")), env),
         args,
         limit,
     )
@@ -80,11 +84,12 @@ pub async fn run_shunt_with_env(args: &[&str], env: &[(&str, &str)], limit: Dura
 
 /// Like [`run_shunt`], in the working directory `dir` (for relative paths).
 pub async fn run_shunt_in(dir: &Path, args: &[&str], limit: Duration) -> Run {
-    run(command(dir, &[]), args, limit).await
+    run(shunt_command(dir, &[]), args, limit).await
 }
 
-/// `shunt` in `dir`, with `SHUNT_*` variables cleared and `env` set.
-fn command(dir: &Path, env: &[(&str, &str)]) -> tokio::process::Command {
+/// `shunt` in `dir`, with `SHUNT_*` variables cleared and `env` set (the
+/// command every launcher here starts from).
+pub fn shunt_command(dir: &Path, env: &[(&str, &str)]) -> tokio::process::Command {
     let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_shunt"));
     for (name, _) in std::env::vars_os() {
         if name.to_string_lossy().starts_with("SHUNT_") {
@@ -128,13 +133,58 @@ pub struct Served {
 /// Start `shunt run --listen ... --admin ... ARGS` on free ports and wait
 /// until `/readyz` answers 200 (panics with its stderr if it never does).
 pub async fn serve_shunt(args: &[&str]) -> Served {
-    use std::net::SocketAddr;
-    let listen = SocketAddr::from(([127, 0, 0, 1], super::free_port()));
-    let admin = SocketAddr::from(([127, 0, 0, 1], super::free_port()));
-    let (listen_text, admin_text) = (listen.to_string(), admin.to_string());
-    let mut all = vec!["run", "--listen", &listen_text, "--admin", &admin_text];
-    all.extend_from_slice(args);
-    let server = serve_in(&std::env::current_dir().expect("cwd"), &all, &[]);
+    let (listen, admin) = free_listen_admin();
+    let server = serve_in(
+        &std::env::current_dir().expect("cwd"),
+        &run_args(listen, admin, args),
+        &[],
+    );
+    wait_ready(admin, || server.stderr()).await;
+    Served {
+        listen,
+        admin,
+        server,
+    }
+}
+
+/// [`serve_shunt`] in front of `direct` with a short drain
+/// (`--drain-timeout 500ms`) and fast probes (`--health-interval 100ms`),
+/// then `extra`: the setup of the tests that SIGTERM the binary mid-tunnel.
+pub async fn serve_draining(direct: &str, extra: &[&str]) -> Served {
+    let mut args = vec![
+        "--direct",
+        direct,
+        "--drain-timeout",
+        "500ms",
+        "--health-interval",
+        "100ms",
+    ];
+    args.extend_from_slice(extra);
+    serve_shunt(&args).await
+}
+
+/// A data listener and an admin listener address on 127.0.0.1, free a moment ago.
+pub fn free_listen_admin() -> (SocketAddr, SocketAddr) {
+    let on = |port| SocketAddr::from(([127, 0, 0, 1], port));
+    (on(super::free_port()), on(super::free_port()))
+}
+
+/// `run --listen LISTEN --admin ADMIN ARGS`.
+pub fn run_args(listen: SocketAddr, admin: SocketAddr, args: &[&str]) -> Vec<String> {
+    let mut all = vec![
+        "run".to_owned(),
+        "--listen".to_owned(),
+        listen.to_string(),
+        "--admin".to_owned(),
+        admin.to_string(),
+    ];
+    all.extend(args.iter().map(|a| (*a).to_owned()));
+    all
+}
+
+/// Waits (10 s at most) until the admin listener's `/readyz` answers 200;
+/// panics with `output()` (what the child wrote) if it never does.
+pub async fn wait_ready(admin: SocketAddr, output: impl Fn() -> String) {
     let up = eventually(Duration::from_secs(10), async || {
         super::http_get(admin, "/readyz", &[])
             .await
@@ -143,14 +193,9 @@ pub async fn serve_shunt(args: &[&str]) -> Served {
     .await;
     assert!(
         up,
-        "shunt run never became ready on {admin}; stderr:\n{}",
-        server.stderr()
+        "shunt run never became ready on {admin}; output:\n{}",
+        output()
     );
-    Served {
-        listen,
-        admin,
-        server,
-    }
 }
 
 impl Served {
@@ -169,38 +214,95 @@ impl Served {
 /// collected as it comes. Killed on drop.
 pub struct Server {
     child: tokio::process::Child,
-    stderr: Arc<Mutex<Vec<u8>>>,
+    stderr: Collected,
     collector: tokio::task::JoinHandle<()>,
 }
 
 /// Starts `shunt ARGS` in `dir`, with `env` set and stderr to a pipe.
-pub fn serve_in(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Server {
-    let mut child = command(dir, env)
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn shunt");
-    let stderr: Arc<Mutex<Vec<u8>>> = Arc::default();
-    let mut pipe = child.stderr.take().expect("piped stderr");
-    let sink = stderr.clone();
-    let collector = tokio::spawn(async move {
-        let mut buf = [0u8; 4096];
-        while let Ok(n @ 1..) = pipe.read(&mut buf).await {
-            sink.lock().unwrap().extend_from_slice(&buf[..n]);
-        }
-    });
+pub fn serve_in<S: AsRef<std::ffi::OsStr>>(dir: &Path, args: &[S], env: &[(&str, &str)]) -> Server {
+    let (child, stderr, mut collectors) = spawn_collecting(shunt_command(dir, env), args, false);
     Server {
         child,
         stderr,
-        collector,
+        collector: collectors.remove(0),
     }
+}
+
+/// What a child has written so far, collected by background tasks as it comes.
+#[derive(Clone, Default)]
+pub struct Collected(Arc<Mutex<Vec<u8>>>);
+
+impl Collected {
+    /// Everything so far, as bytes.
+    pub fn bytes(&self) -> Vec<u8> {
+        self.0.lock().unwrap().clone()
+    }
+
+    /// Everything so far, as text.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.bytes()).into_owned()
+    }
+
+    /// Appends what `pipe` yields until it ends, on a task.
+    fn drain(
+        &self,
+        mut pipe: impl tokio::io::AsyncRead + Unpin + Send + 'static,
+    ) -> tokio::task::JoinHandle<()> {
+        let sink = self.0.clone();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 4096];
+            while let Ok(n @ 1..) = pipe.read(&mut buf).await {
+                sink.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        })
+    }
+}
+
+/// Spawns `command ARGS` (killed on drop) with stderr collected, and stdout
+/// too (into the same [`Collected`]) when `with_stdout`, else discarded.
+/// Returns the child, its output and the collecting tasks (stderr's first).
+pub fn spawn_collecting<S: AsRef<std::ffi::OsStr>>(
+    mut command: tokio::process::Command,
+    args: &[S],
+    with_stdout: bool,
+) -> (
+    tokio::process::Child,
+    Collected,
+    Vec<tokio::task::JoinHandle<()>>,
+) {
+    let stdout = if with_stdout {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    };
+    let mut child = command
+        .args(args)
+        .stdout(stdout)
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn shunt");
+    let output = Collected::default();
+    let mut collectors = vec![output.drain(child.stderr.take().expect("piped stderr"))];
+    if let Some(pipe) = child.stdout.take() {
+        collectors.push(output.drain(pipe));
+    }
+    (child, output, collectors)
+}
+
+/// Sends SIGTERM to `child` (panics if it has exited or `kill` fails).
+pub fn sigterm(child: &tokio::process::Child) {
+    let pid = child.id().expect("running").to_string();
+    let sent = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("run kill");
+    assert!(sent.success(), "kill -TERM {pid} failed");
 }
 
 impl Server {
     /// Everything the child wrote to stderr so far, as bytes.
     pub fn stderr_bytes(&self) -> Vec<u8> {
-        self.stderr.lock().unwrap().clone()
+        self.stderr.bytes()
     }
 
     /// Everything the child wrote to stderr so far.
@@ -228,12 +330,7 @@ impl Server {
     /// Sends SIGTERM, waits (up to 10 s) for the exit, then reads stderr to
     /// its end: the exit code and everything the child wrote.
     pub async fn stop(mut self) -> (Option<i32>, String) {
-        let pid = self.child.id().expect("running").to_string();
-        let sent = std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .expect("run kill");
-        assert!(sent.success(), "kill -TERM {pid} failed");
+        sigterm(&self.child);
         let code = tokio::time::timeout(Duration::from_secs(10), self.child.wait())
             .await
             .expect("shunt exits within 10 s of SIGTERM")

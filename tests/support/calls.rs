@@ -5,7 +5,6 @@
 //! are not framing at all), and shunt as a child process with its log.
 
 use std::net::SocketAddr;
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -21,7 +20,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
-use super::{BoxError, IO_TIMEOUT, eventually, free_port};
+use super::{BoxError, IO_TIMEOUT, bin, eventually, free_port};
 
 /// The backend side of one WebSocket call.
 pub type BackendWs = WebSocket<TokioIo<Upgraded>>;
@@ -287,86 +286,45 @@ impl RawWs {
     }
 }
 
-/// shunt run as a child process, its stderr collected.
+/// shunt run as a child process (`--health-interval 100ms`, `RUST_LOG=info`),
+/// its stderr and stdout collected together. Built from [`super::bin`]'s
+/// launcher pieces.
 pub struct ShuntProcess {
     pub child: tokio::process::Child,
     pub listen: SocketAddr,
     pub admin: SocketAddr,
-    log: Arc<Mutex<String>>,
+    log: bin::Collected,
 }
 
 impl ShuntProcess {
     /// Start `shunt run` with `args` and wait until it is ready.
     pub async fn start(args: &[&str]) -> ShuntProcess {
-        let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_shunt"))
-            .args(["run", "--listen", &listen.to_string()])
-            .args(["--admin", &admin.to_string(), "--health-interval", "100ms"])
-            .args(args)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn shunt");
-        let log = Arc::new(Mutex::new(String::new()));
-        for pipe in [
-            child
-                .stderr
-                .take()
-                .map(|p| Box::new(p) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
-            child
-                .stdout
-                .take()
-                .map(|p| Box::new(p) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
-        ]
-        .into_iter()
-        .flatten()
-        {
-            let log = log.clone();
-            tokio::spawn(async move {
-                let mut pipe = pipe;
-                let mut chunk = [0; 4096];
-                while let Ok(n) = pipe.read(&mut chunk).await {
-                    if n == 0 {
-                        break;
-                    }
-                    let text = String::from_utf8_lossy(&chunk[..n]).into_owned();
-                    log.lock().unwrap().push_str(&text);
-                }
-            });
-        }
-        let ready = eventually(Duration::from_secs(10), async || {
-            super::http_get(admin, "/readyz", &[])
-                .await
-                .is_ok_and(|r| r.status == hyper::StatusCode::OK)
-        })
-        .await;
-        let p = ShuntProcess {
+        let (listen, admin) = bin::free_listen_admin();
+        let mut all = vec!["--health-interval", "100ms"];
+        all.extend_from_slice(args);
+        let command = bin::shunt_command(
+            &std::env::current_dir().expect("cwd"),
+            &[("RUST_LOG", "info")],
+        );
+        let (child, log, _) =
+            bin::spawn_collecting(command, &bin::run_args(listen, admin, &all), true);
+        bin::wait_ready(admin, || log.text()).await;
+        ShuntProcess {
             child,
             listen,
             admin,
             log,
-        };
-        assert!(ready, "shunt never became ready; log:\n{}", p.log());
-        p
+        }
     }
 
     /// Everything it has logged so far.
     pub fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
+        self.log.text()
     }
 
     /// Send SIGTERM and wait (bounded) for the exit code.
     pub async fn terminate(&mut self, limit: Duration) -> Option<i32> {
-        let pid = self.child.id().expect("pid").to_string();
-        let sent = std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .expect("run kill");
-        assert!(sent.success());
+        bin::sigterm(&self.child);
         match tokio::time::timeout(limit, self.child.wait()).await {
             Ok(status) => status.ok().and_then(|s| s.code()),
             Err(_) => {

@@ -51,6 +51,17 @@ pub async fn eventually(limit: Duration, mut check: impl AsyncFnMut() -> bool) -
     }
 }
 
+/// [`eventually`] for a synchronous test: blocks the calling thread (never
+/// call it on an async worker) on a small runtime of its own while `check`
+/// is polled every 20 ms, at most `limit`; returns whether it turned true.
+pub fn eventually_blocking(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("a current-thread runtime")
+        .block_on(eventually(limit, async || check()))
+}
+
 /// A port on 127.0.0.1 that was free a moment ago (for a process that must
 /// be told its port up front, like nginx, or a restart on the same port).
 pub fn free_port() -> u16 {
@@ -63,6 +74,21 @@ pub fn free_port() -> u16 {
 pub fn not_yet(last: &mut String, seen: impl std::fmt::Display) -> bool {
     *last = seen.to_string();
     false
+}
+
+/// The preamble most single-backend tests share: an echo backend named
+/// `direct-backend`, and shunt in front of it (`--direct` to it, then each
+/// `(flag, value)` of `flags`), ready. Keep the backend alive as long as the
+/// test needs it: dropping it stops it.
+pub async fn direct_shunt(flags: &[(&str, &str)]) -> (EchoBackend, Shunt) {
+    let backend = echo_backend().name("direct-backend").spawn().await;
+    let mut builder = shunt().direct(backend.url());
+    for (flag, value) in flags {
+        builder = builder.arg(flag, *value);
+    }
+    let shunt = builder.start().await;
+    shunt.wait_ready().await;
+    (backend, shunt)
 }
 
 /// Builder returned by [`echo_backend`].
@@ -102,16 +128,17 @@ impl EchoBackend {
     /// Binds `addr` (a port of 0 picks one; a given port is retried for a
     /// while in case it is still held) and starts serving.
     pub async fn spawn_on(addr: SocketAddr, name: &str) -> EchoBackend {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        let server = loop {
+        let (mut bound, mut last) = (None, String::new());
+        eventually(Duration::from_secs(5), async || {
             match echo::EchoServer::bind(addr, name).await {
-                Ok(server) => break server,
-                Err(e) if tokio::time::Instant::now() < deadline => {
-                    let _ = e;
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                Err(e) => panic!("echo backend {name}: bind {addr}: {e}"),
+                Ok(server) => bound = Some(server),
+                Err(e) => last = e.to_string(),
             }
+            bound.is_some()
+        })
+        .await;
+        let Some(server) = bound else {
+            panic!("echo backend {name}: bind {addr}: {last}");
         };
         EchoBackend {
             addr: server.addr(),

@@ -10,7 +10,7 @@ use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// How long nginx gets to accept its first connection.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
@@ -201,17 +201,25 @@ async fn start(
         .stderr(Stdio::null())
         .spawn()
         .map_err(|e| format!("spawn {}: {e}", binary.display()))?;
-    let deadline = Instant::now() + START_TIMEOUT;
-    while Instant::now() < deadline {
+    let mut exited = None;
+    let accepting = super::eventually(START_TIMEOUT, async || {
         if let Ok(Some(status)) = child.try_wait() {
-            let log = std::fs::read_to_string(dir.join("error.log")).unwrap_or_default();
-            return Err(format!("nginx exited with {status}: {log}"));
+            exited = Some(status);
+            return true;
         }
         let attempt = tokio::net::TcpStream::connect(listen);
-        if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_millis(200), attempt).await {
-            return Ok(child);
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        matches!(
+            tokio::time::timeout(Duration::from_millis(200), attempt).await,
+            Ok(Ok(_))
+        )
+    })
+    .await;
+    if let Some(status) = exited {
+        let log = std::fs::read_to_string(dir.join("error.log")).unwrap_or_default();
+        return Err(format!("nginx exited with {status}: {log}"));
+    }
+    if accepting {
+        return Ok(child);
     }
     let _ = child.kill();
     let _ = child.wait();

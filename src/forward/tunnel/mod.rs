@@ -45,7 +45,7 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::upstream::connect::UpstreamStream;
+use crate::dial::UpstreamStream;
 pub use ending::{Ending, HALF_CLOSE_LINGER, TunnelParts, TunnelTimers};
 use joined::Tunnel;
 use leg::Stream;

@@ -1,4 +1,13 @@
-//! Opening a byte stream to an upstream, bounded by the connect timeout.
+//! Connections to upstreams: opening a byte stream, bounded by the connect
+//! timeout, hyper's client handshake over it, and ([`pool`]) keeping idle
+//! ones for reuse.
+//!
+//! A side module, not a stage: selection ([`crate::upstream`]) dials,
+//! [`crate::forward`] sends over what was dialed (and redials when a pooled
+//! connection turns out closed), the tunnel splices the bare stream, and the
+//! health probes, `shunt doctor` and `shunt healthcheck` dial the same way.
+//! Keeping it below all of them is what lets each import it without any of
+//! them importing a stage above itself.
 //!
 //! Plain TCP for `http://` upstreams, TLS (SNI and verification from the URL
 //! host) for `https://` ones. Used by forwarding and by health probes alike,
@@ -11,6 +20,8 @@
 //! `TCP_NODELAY` is set on every upstream socket for the same reason as on
 //! downstream ones: audio frames are small, and Nagle's algorithm would hold
 //! each one back for the previous one's ACK.
+
+pub mod pool;
 
 use std::io;
 use std::pin::Pin;
@@ -73,6 +84,16 @@ impl UpstreamStream {
             UpstreamStream::Tls(s) => s.get_ref().0,
         }
     }
+}
+
+/// A way to reach the chosen upstream, as selection
+/// ([`crate::upstream::connect_first`]) hands it to forwarding.
+#[derive(Debug)]
+pub enum Conn {
+    /// A new TCP connection; hyper's handshake is still to be done.
+    Fresh(UpstreamStream),
+    /// An idle keep-alive connection from the upstream's pool.
+    Pooled(pool::Sender),
 }
 
 /// Connect to `url` with `TCP_NODELAY` set; with `tls`, run the TLS handshake
