@@ -51,7 +51,7 @@ where
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     //! The tunnel over in-memory pipes (the TLS case) with paused time where
     //! the logic is the timers'; the plain TCP paths are exercised end to end
     //! in `tests/tunnel.rs` and `tests/calls.rs`.
@@ -68,11 +68,13 @@ mod tests {
     use crate::forward::tunnel::frames::{self, MAX_CONTROL_FRAME};
     use crate::stats::Stats;
 
-    fn timers() -> TunnelTimers {
+    pub(in crate::forward::tunnel) fn timers() -> TunnelTimers {
         TunnelTimers::relay(Duration::from_secs(3600), Duration::from_secs(30))
     }
 
-    fn guards(frames: bool) -> (TunnelGuard, CallGuard, Arc<CallRegistry>) {
+    pub(in crate::forward::tunnel) fn guards(
+        frames: bool,
+    ) -> (TunnelGuard, CallGuard, Arc<CallRegistry>) {
         let stats = Arc::new(Stats::default());
         let registry = Arc::new(CallRegistry::default());
         let guard = stats.open_tunnel("/t", &UpstreamName("direct".into()));

@@ -740,16 +740,12 @@ impl<D, U> Drop for Tunnel<D, U> {
 #[cfg(test)]
 mod size_tests {
     use std::sync::Arc;
-    use std::time::Duration;
 
     use tokio::net::{TcpListener, TcpStream};
     use tokio_util::sync::CancellationToken;
 
     use super::{Relay, Tunnel, TunnelParts};
-    use crate::calls::{CallInfo, CallRegistry};
-    use crate::config::UpstreamName;
-    use crate::forward::tunnel::ending::TunnelTimers;
-    use crate::stats::Stats;
+    use crate::forward::tunnel::buffered::tests::{guards, timers};
 
     /// The task an idle call costs is the `run` future: the tunnel, one
     /// timer and one shutdown waiter, stored once. (Spawning it inside
@@ -762,21 +758,12 @@ mod size_tests {
             .await
             .unwrap();
         let (server, _) = listener.accept().await.unwrap();
-        let stats = Arc::new(Stats::default());
-        let registry = Arc::new(CallRegistry::default());
+        let (guard, call, _registry) = guards(true);
         let parts = TunnelParts {
-            guard: stats.open_tunnel("/t", &UpstreamName("direct".into())),
-            call: registry.open(CallInfo {
-                client: "127.0.0.1:1".parse().unwrap(),
-                host: None,
-                path: "/t".into(),
-                route: "/t".into(),
-                upstream: "direct".into(),
-                generation: 1,
-                frames: true,
-            }),
+            guard,
+            call,
             slot: None,
-            timers: TunnelTimers::relay(Duration::from_secs(3600), Duration::from_secs(30)),
+            timers: timers(),
         };
         let tunnel = Tunnel::new(
             (client, &[]),
