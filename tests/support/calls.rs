@@ -166,6 +166,8 @@ impl RawWs {
         stream
             .write_all(&super::raw::ws_handshake(path, &[]))
             .await?;
+        // A TLS stream may keep the last record until flushed.
+        stream.flush().await?;
         let mut buf = Vec::new();
         let end = loop {
             if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
@@ -188,8 +190,14 @@ impl RawWs {
     }
 
     /// Write bytes as they are.
+    /// Flushed: a TLS stream (tokio-rustls) may otherwise keep the last
+    /// record in its buffer when the socket was full at the final write.
     pub async fn send_raw(&mut self, bytes: &[u8]) -> Result<(), BoxError> {
-        tokio::time::timeout(IO_TIMEOUT, self.stream.write_all(bytes)).await??;
+        tokio::time::timeout(IO_TIMEOUT, async {
+            self.stream.write_all(bytes).await?;
+            self.stream.flush().await
+        })
+        .await??;
         Ok(())
     }
 
