@@ -31,13 +31,12 @@ use http::{Request, Response, header};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
-use crate::config::UpstreamName;
 use crate::downstream::Downstream;
 use crate::forward::tunnel::Relay;
 use crate::forward::{self, Exchange};
 use crate::policy;
 use crate::response::{self, Body, ProxyError};
-use crate::router::normalize_path;
+use crate::router::{Route, normalize_path};
 use crate::runtime::Runtime;
 use crate::upgrade::{self, Kind};
 use crate::upstream;
@@ -52,11 +51,12 @@ pub struct Context {
     pub relay: Arc<Relay>,
 }
 
-/// What the access log says about one request, filled in as it goes.
+/// What the access log says about one request, filled in as it goes: the
+/// route and upstream themselves (shared), so naming them costs no copy.
 #[derive(Debug, Default)]
 struct Trace {
-    route: Option<String>,
-    upstream: Option<UpstreamName>,
+    route: Option<Arc<Route>>,
+    upstream: Option<Arc<upstream::Upstream>>,
 }
 
 /// Serve one downstream request.
@@ -68,10 +68,12 @@ pub async fn handle(
     let rt = &ctx.rt;
     let started = Instant::now();
     let method = req.method().clone();
+    // The target shares the request head's bytes: keeping it for the log copies nothing.
+    let uri = req.uri().clone();
     // Path and query, the token parameter redacted: a token never reaches a log line.
     let path = {
         let snapshot = rt.live.load();
-        policy::target::loggable_target(req.uri(), &snapshot.config.policy.sources.query)
+        policy::target::loggable_target(&uri, &snapshot.config.policy.sources.query)
     };
     let upgrade = req.version() >= http::Version::HTTP_11
         && upgrade::has_token(req.headers(), header::UPGRADE, "websocket");
@@ -94,8 +96,8 @@ pub async fn handle(
         method = %method,
         path = %path,
         status = resp.status().as_u16(),
-        route = %trace.route.as_deref().unwrap_or("-"),
-        upstream = %trace.upstream.as_ref().map_or("-", |u| u.0.as_str()),
+        route = %trace.route.as_ref().map_or("-", |r| r.label.as_str()),
+        upstream = %trace.upstream.as_ref().map_or("-", |u| u.name().0.as_str()),
         websocket = upgrade,
         ms = started.elapsed().as_millis() as u64,
         "request"
@@ -115,13 +117,17 @@ async fn proxy(
     let rt = &ctx.rt;
     let snapshot = rt.live.load_full();
     let kind: Kind = upgrade::classify(&req)?;
-    let path = normalize_path(req.uri().path());
+    // A shared copy of the target (no bytes copied): the routed path borrows it.
+    let uri = req.uri().clone();
+    let path = normalize_path(uri.path());
     let host = request_host(&req)?;
     let route = snapshot
         .router
         .route(host, &path)
-        .ok_or_else(|| ProxyError::NoRoute { path: path.clone() })?;
-    trace.route = Some(route.label.clone());
+        .ok_or_else(|| ProxyError::NoRoute {
+            path: path.clone().into_owned(),
+        })?;
+    trace.route = Some(route.clone());
     let global = &snapshot.config.policy;
     let admission = policy::check(
         &req,
@@ -169,7 +175,7 @@ async fn proxy(
                 route: route.label.clone(),
                 source,
             })?;
-        trace.upstream = Some(upstream.name().clone());
+        trace.upstream = Some(upstream.clone());
         // The first attempt sends the client's body; a retried handshake has none.
         let body = body
             .take()
@@ -185,6 +191,8 @@ async fn proxy(
                 url: &upstream.spec.url,
                 tls: upstream.tls.as_ref(),
                 pool: &upstream.pool,
+                authority: &upstream.authority,
+                route_header: &upstream.route_header,
             },
             downstream,
             timeouts: &snapshot.timeouts,

@@ -84,7 +84,48 @@ fn prefix_matches(prefix: &str, path: &str) -> bool {
 
 /// Resolve `.` and `..`, decode `%2e`, fold `//`: the path routing decides on.
 /// `..` never climbs above the root.
-pub fn normalize_path(path: &str) -> String {
+///
+/// Almost every request's path is normal already (rooted, no empty, `.` or
+/// `..` segment, no escape that decodes to a dot or a separator, no
+/// backslash): it is returned as it is, borrowed, so a plain request pays no
+/// allocation here. Only the others are rebuilt.
+pub fn normalize_path(path: &str) -> Cow<'_, str> {
+    if is_normal(path) {
+        Cow::Borrowed(path)
+    } else {
+        Cow::Owned(rebuild_path(path))
+    }
+}
+
+/// Whether [`rebuild_path`] would return `path` unchanged.
+fn is_normal(path: &str) -> bool {
+    let Some(rest) = path.strip_prefix('/') else {
+        return false;
+    };
+    let bytes = rest.as_bytes();
+    let hidden = bytes.windows(3).any(|w| {
+        w[0] == b'%'
+            && matches!(
+                (w[1], w[2].to_ascii_lowercase()),
+                (b'2', b'e' | b'f') | (b'5', b'c')
+            )
+    });
+    if hidden || bytes.contains(&b'\\') {
+        return false;
+    }
+    // Only the last segment may be empty: `/` and a trailing slash.
+    let mut segments = rest.split('/').peekable();
+    while let Some(seg) = segments.next() {
+        let last = segments.peek().is_none();
+        if seg == "." || seg == ".." || (seg.is_empty() && !last) {
+            return false;
+        }
+    }
+    true
+}
+
+/// The normalization itself, into a new string.
+fn rebuild_path(path: &str) -> String {
     let decoded = decode_dots(path);
     let mut out: Vec<&str> = Vec::new();
     for seg in decoded.split('/') {
@@ -200,5 +241,51 @@ mod tests {
         assert_eq!(normalize_path("/a\\..\\b"), "/b");
         assert_eq!(normalize_path("/%41%"), "/%41%");
         assert_eq!(normalize_path("/é/x"), "/é/x");
+    }
+
+    #[test]
+    fn a_normal_path_is_borrowed_and_agrees_with_the_rebuild() {
+        for p in [
+            "/",
+            "",
+            "/a",
+            "/a/",
+            "/a/b",
+            "//",
+            "/a//b",
+            "/a/.",
+            "/a/./b",
+            "/.",
+            "/..",
+            "/a/..",
+            "/.a",
+            "/a.",
+            "/..a/b",
+            "/a/%2e",
+            "/a/%2E%2e",
+            "/%2fa",
+            "/a%5Cb",
+            "/a%5cb",
+            "/a\\b",
+            "/%41%",
+            "/%2",
+            "/%",
+            "/é/x",
+            "a/b",
+            "/a/b/",
+            "/a/b//",
+            "/x%2ey",
+            "/%252e",
+            "/a%2",
+            "/a/...",
+        ] {
+            let fast = normalize_path(p);
+            assert_eq!(fast, rebuild_path(p), "{p:?}");
+            assert_eq!(
+                matches!(fast, Cow::Borrowed(_)),
+                rebuild_path(p) == p,
+                "borrowed exactly when unchanged: {p:?}"
+            );
+        }
     }
 }

@@ -15,11 +15,11 @@
 //! Responses gain `x-shunt-route: <upstream>`, the server-side answer to the
 //! front end's old `usingDirectConnection` log line.
 
+use std::io::Write;
 use std::net::IpAddr;
 
+use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-
-use crate::config::UpstreamName;
 
 /// `x-shunt-route`: which upstream served a response.
 pub const X_SHUNT_ROUTE: HeaderName = HeaderName::from_static("x-shunt-route");
@@ -62,14 +62,28 @@ const HOP_BY_HOP: [HeaderName; 9] = [
 ];
 
 /// Remove hop-by-hop headers; with `upgrade`, put back a WebSocket upgrade.
+///
+/// Allocates nothing: each `Connection` value is cloned out of the map (a
+/// shared reference to the request head's bytes) so the names it lists can be
+/// removed while going through it, and names are looked up as text rather
+/// than built into `HeaderName`s.
 pub fn strip_hop_headers(headers: &mut HeaderMap, upgrade: bool) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim_ascii()).ok())
-        .collect();
-    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+    let listed = headers.get_all(header::CONNECTION).iter().count();
+    for i in 0..listed {
+        let Some(value) = headers.get_all(header::CONNECTION).iter().nth(i).cloned() else {
+            break;
+        };
+        for token in value.as_bytes().split(|b| *b == b',') {
+            match std::str::from_utf8(token.trim_ascii()) {
+                // `Connection` itself goes below, after its last value is read.
+                Ok(name) if !name.eq_ignore_ascii_case("connection") => {
+                    headers.remove(name);
+                }
+                _ => {}
+            }
+        }
+    }
+    for name in &HOP_BY_HOP {
         headers.remove(name);
     }
     if upgrade {
@@ -78,7 +92,11 @@ pub fn strip_hop_headers(headers: &mut HeaderMap, upgrade: bool) {
     }
 }
 
-/// Rewrite a request's headers for the upstream.
+/// Longest text of an IP address (an IPv4-mapped IPv6 address is 45 bytes).
+const MAX_IP_TEXT: usize = 48;
+
+/// Rewrite a request's headers for the upstream; `authority` (`host:port`)
+/// is the `Host` of a request that had none.
 pub fn prepare_request(
     headers: &mut HeaderMap,
     upgrade: bool,
@@ -87,21 +105,21 @@ pub fn prepare_request(
     authority: &str,
 ) {
     strip_hop_headers(headers, upgrade);
-    let peer_text = peer.to_string();
-    // Every incoming hop, whether sent as one list or as several header lines.
-    let mut hops: Vec<&str> = headers
-        .get_all(&X_FORWARDED_FOR)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .map(str::trim)
-        .filter(|v| !v.is_empty())
-        .collect();
-    hops.push(&peer_text);
-    let forwarded_for = hops.join(", ");
-    if let Ok(v) = HeaderValue::from_str(&forwarded_for) {
+    // The peer's address as text, on the stack: the two header values below
+    // are the only copies made of it.
+    let mut text = [0; MAX_IP_TEXT];
+    let mut cursor = &mut text[..];
+    let peer_text = match write!(cursor, "{peer}") {
+        Ok(()) => {
+            let len = MAX_IP_TEXT - cursor.len();
+            &text[..len]
+        }
+        Err(_) => &[][..],
+    };
+    if let Some(v) = forwarded_for(headers, peer_text) {
         headers.insert(X_FORWARDED_FOR, v);
     }
-    if let Ok(v) = HeaderValue::from_str(&peer_text) {
+    if let Ok(v) = HeaderValue::from_bytes(peer_text) {
         headers.insert(X_REAL_IP, v);
     }
     headers.insert(
@@ -121,12 +139,34 @@ pub fn prepare_request(
     }
 }
 
-/// Rewrite a response's headers for the client and say which upstream served it.
-pub fn prepare_response(headers: &mut HeaderMap, upgrade: bool, upstream: &UpstreamName) {
-    strip_hop_headers(headers, upgrade);
-    if let Ok(v) = HeaderValue::from_str(&upstream.0) {
-        headers.insert(X_SHUNT_ROUTE, v);
+/// `X-Forwarded-For`: every incoming hop (sent as one list or as several
+/// header lines), then `peer`, built in one buffer of exactly its size.
+fn forwarded_for(headers: &HeaderMap, peer: &[u8]) -> Option<HeaderValue> {
+    let hops = || {
+        headers
+            .get_all(&X_FORWARDED_FOR)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+    };
+    let len = hops().map(|h| h.len() + 2).sum::<usize>() + peer.len();
+    let mut out = Vec::with_capacity(len);
+    for hop in hops() {
+        out.extend_from_slice(hop.as_bytes());
+        out.extend_from_slice(b", ");
     }
+    out.extend_from_slice(peer);
+    // Length equal to capacity: the `Bytes` takes the buffer as it is.
+    HeaderValue::from_maybe_shared(Bytes::from(out)).ok()
+}
+
+/// Rewrite a response's headers for the client and say which upstream
+/// served it: `route_header` is the upstream's name as a header value,
+/// made once per upstream ([`crate::upstream::Upstream::route_header`]).
+pub fn prepare_response(headers: &mut HeaderMap, upgrade: bool, route_header: &HeaderValue) {
+    strip_hop_headers(headers, upgrade);
+    headers.insert(X_SHUNT_ROUTE, route_header.clone());
 }
 
 #[cfg(test)]

@@ -26,7 +26,7 @@ pub mod tunnel;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{Request, Response, StatusCode};
+use http::{HeaderValue, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
@@ -58,6 +58,10 @@ pub struct Target<'a> {
     pub tls: Option<&'a Arc<ClientConfig>>,
     /// Its idle keep-alive connections for plain requests.
     pub pool: &'a Arc<ConnPool>,
+    /// `host:port` ([`crate::upstream::Upstream::authority`]).
+    pub authority: &'a str,
+    /// Its `x-shunt-route` value ([`crate::upstream::Upstream::route_header`]).
+    pub route_header: &'a HeaderValue,
 }
 
 impl Target<'_> {
@@ -158,7 +162,7 @@ pub async fn forward(
             strip_param,
             websocket: upgrade,
             downstream,
-            upstream_authority: &upstream.url.authority(),
+            upstream_authority: upstream.authority,
         },
     );
     if let Some(downstream_upgrade) = downstream_upgrade {
@@ -207,7 +211,7 @@ pub async fn forward(
             drop(answer.stream);
             response::full(answer.bytes)
         };
-        headers::prepare_response(&mut head.headers, switching, name);
+        headers::prepare_response(&mut head.headers, switching, upstream.route_header);
         head.version = http::Version::HTTP_11;
         return Ok(Response::from_parts(head, body));
     }
@@ -221,7 +225,7 @@ pub async fn forward(
         Ok(r) => r?,
         Err(_) => return Err(response_timeout(&upstream, timeouts.response)),
     };
-    headers::prepare_response(resp.headers_mut(), false, name);
+    headers::prepare_response(resp.headers_mut(), false, upstream.route_header);
     // The client speaks HTTP/1.1 with us whatever the upstream spoke.
     *resp.version_mut() = http::Version::HTTP_11;
     let pool = upstream.pool.clone();

@@ -81,10 +81,17 @@ pub fn redact_query<'a>(query: &'a str, name: &str) -> Cow<'a, str> {
 }
 
 /// Path and query as the access log shows them, the token parameter redacted.
-pub fn loggable_target(uri: &Uri, token_param: &str) -> String {
+/// Borrowed from `uri` unless there was a token to redact.
+pub fn loggable_target<'a>(uri: &'a Uri, token_param: &str) -> Cow<'a, str> {
     match uri.query() {
-        Some(q) => format!("{}?{}", uri.path(), redact_query(q, token_param)),
-        None => uri.path().to_owned(),
+        Some(q) => match (redact_query(q, token_param), uri.path_and_query()) {
+            // Nothing to redact: the target as sent (an empty path still reads `/`).
+            (Cow::Borrowed(_), Some(pq)) if pq.as_str().starts_with('/') => {
+                Cow::Borrowed(pq.as_str())
+            }
+            (q, _) => Cow::Owned(format!("{}?{q}", uri.path())),
+        },
+        None => Cow::Borrowed(uri.path()),
     }
 }
 

@@ -27,6 +27,7 @@ pub use crate::dial::pool;
 
 use std::sync::Arc;
 
+use http::HeaderValue;
 use rustls::ClientConfig;
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tokio_util::task::TaskTracker;
@@ -50,6 +51,12 @@ pub struct Upstream {
     pub tls: Option<Arc<ClientConfig>>,
     /// Idle keep-alive connections for plain requests.
     pub pool: Arc<ConnPool>,
+    /// `host:port`, the `Host` of a request that had none: made once here,
+    /// not per request.
+    pub authority: String,
+    /// Its name as the `x-shunt-route` value of every response it serves:
+    /// made once; each response shares it.
+    pub route_header: HeaderValue,
     /// Cancels the probe loop when the upstream is dropped.
     _probe: Option<DropGuard>,
 }
@@ -82,7 +89,12 @@ impl Upstream {
             ));
             stop.drop_guard()
         });
+        // A name is letters, digits, `-`, `_` or `.` (`config::parse`): always a valid value.
+        let route_header = HeaderValue::from_str(&spec.name.0)
+            .unwrap_or_else(|_| HeaderValue::from_static("upstream"));
         Ok(Arc::new(Upstream {
+            authority: spec.url.authority(),
+            route_header,
             spec,
             health,
             probed,
