@@ -62,8 +62,9 @@ impl Upstream {
     /// Create the upstream; if `probed`, start its probe loop on `tracker`.
     /// `health` carries over the record of an unchanged upstream across a reload.
     ///
-    /// Fails only when an `https` upstream's CA file cannot be read or holds
-    /// no certificate (a config error: the reload that asked for it is refused).
+    /// Fails only for an `https` upstream whose TLS client cannot be built:
+    /// its CA file is unreadable or holds no certificate, or there is no CA
+    /// file and no system roots to trust.
     pub fn start(
         spec: UpstreamSpec,
         probed: bool,
@@ -138,9 +139,10 @@ pub enum SelectError {
 /// requests, never upgrades), an idle pooled connection is taken first.
 ///
 /// Who calls it: `proxy` for every request (with `reuse` for plain HTTP),
-/// after [`websocket_order`] for an upgrade. The error is the 502/503 the
-/// client gets: [`SelectError::Connect`] when a usable upstream refused,
-/// [`SelectError::NoneHealthy`] when all were down (or `via` is empty).
+/// after [`websocket_order`] for an upgrade. The error becomes what the
+/// client gets ([`crate::response`]): [`SelectError::Connect`] when a
+/// usable upstream refused (502, or 504 on a connect timeout),
+/// [`SelectError::NoneHealthy`] when all were down (503).
 pub async fn connect_first(
     via: &[Arc<Upstream>],
     timeouts: &Timeouts,
