@@ -462,7 +462,7 @@ impl AsyncRead for TlsStream {
 }
 
 impl AsyncWrite for TlsStream {
-    /// Returns how many bytes of `buf` were encrypted (at most [`MAX_WRITE`]);
+    /// Returns how many bytes of `buf` were encrypted (at most `MAX_WRITE`, 64 KiB);
     /// they are queued and their sending started, not necessarily finished:
     /// `poll_flush` waits until the socket has taken them.
     fn poll_write(
