@@ -53,6 +53,7 @@ pub enum Framing {
 }
 
 impl Framing {
+    /// The `framing` value in `/calls`.
     fn as_str(self) -> &'static str {
         match self {
             Framing::Tracked => "tracked",
@@ -61,6 +62,8 @@ impl Framing {
         }
     }
 
+    /// The inverse of `as u8`, for the atomic in `DirStats::framing`; an
+    /// unknown value (none is ever stored) reads as `Off`.
     fn from_u8(v: u8) -> Framing {
         match v {
             0 => Framing::Tracked,
@@ -95,9 +98,12 @@ impl ClosedBy {
 /// A Prometheus histogram with fixed bounds, updated with relaxed atomics.
 #[derive(Debug)]
 pub struct Histogram {
+    /// Upper bounds in seconds, ascending (one of the `*_BUCKETS` constants).
     bounds: &'static [f64],
     /// One per bound, plus `+Inf`; not cumulative.
     counts: Box<[AtomicU64]>,
+    /// The sum of observations in microseconds, so it can be an integer
+    /// atomic; written out in seconds.
     sum_micros: AtomicU64,
 }
 
@@ -129,6 +135,10 @@ impl Histogram {
         self.counts.iter().map(|c| c.load(Ordering::Relaxed)).sum()
     }
 
+    /// Append the histogram in Prometheus text format: cumulative `_bucket`
+    /// lines up to `+Inf`, then `_sum` (seconds) and `_count`. `labels` is
+    /// already escaped (`route="/a"`). Nothing is locked: `_sum` may already
+    /// include an observation racing the scrape that the buckets do not.
     fn write(&self, out: &mut String, name: &str, labels: &str) {
         let mut cumulative = 0;
         for (i, c) in self.counts.iter().enumerate() {
@@ -161,6 +171,8 @@ pub struct RouteCalls {
 }
 
 impl RouteCalls {
+    /// Empty metrics for `route`; made by [`CallRegistry::open`] on a route's
+    /// first call and kept from then on, so the series survive between calls.
     fn new(route: &str) -> Self {
         RouteCalls {
             route: route.to_owned(),
@@ -196,6 +208,10 @@ pub struct DirStats {
     pub stalled: AtomicBool,
     /// [`Framing`] as a `u8`.
     pub framing: AtomicU8,
+    /// A ring of per-second data frame counts (see [`FPS_SLOTS`]): one more
+    /// slot than the window, so the current second never overwrites the oldest
+    /// one still read. A slot's stamp says which second it holds, so a slot left
+    /// from 6 s ago reads as 0, with no clearing pass. A count saturates at 65,535.
     fps: [AtomicU32; FPS_SLOTS],
 }
 
@@ -240,6 +256,8 @@ impl DirStats {
         Framing::from_u8(self.framing.load(Ordering::Relaxed))
     }
 
+    /// The direction as `/calls` shows it; `now_ms` is the call's age, so
+    /// the frame rate and ages are taken at one instant for both directions.
     fn to_json(&self, now_ms: u64) -> Value {
         let last = self.last_frame.load(Ordering::Relaxed);
         let gap = self.largest_gap.load(Ordering::Relaxed);
@@ -309,6 +327,7 @@ impl LegStats {
         Some(Duration::from_micros(median))
     }
 
+    /// The leg as `/calls` shows it (round trips in milliseconds).
     fn to_json(&self) -> Value {
         let ms = |d: Option<Duration>| d.map(|d| round3(d.as_secs_f64() * 1000.0));
         json!({
@@ -320,6 +339,7 @@ impl LegStats {
     }
 }
 
+/// Three decimals, so `/calls` shows `0.021` rather than float noise.
 fn round3(v: f64) -> f64 {
     (v * 1000.0).round() / 1000.0
 }
@@ -351,8 +371,13 @@ pub struct Call {
     pub id: u64,
     /// The client's address.
     pub client: SocketAddr,
+    /// The request's `Host`, as in [`CallInfo::host`]; a boxed `str` (two
+    /// words, not three) since it never changes.
     host: Option<Box<str>>,
+    /// Path and query with the token redacted, as in [`CallInfo::path`].
     path: Box<str>,
+    /// The upstream's name, shared by every call through it (the registry
+    /// keeps one copy per name).
     upstream: Arc<str>,
     /// Configuration generation the call was opened under.
     pub generation: u64,
@@ -413,6 +438,7 @@ impl Call {
         })
     }
 
+    /// Stalls begun in both directions, for `sort=stalls`.
     fn stalls(&self) -> u32 {
         self.dirs
             .iter()
@@ -420,6 +446,7 @@ impl Call {
             .sum()
     }
 
+    /// Either direction is stalled now, for the `stalled` count in `/status`.
     fn stalled(&self) -> bool {
         self.dirs.iter().any(|d| d.stalled.load(Ordering::Relaxed))
     }
@@ -447,6 +474,7 @@ impl Sort {
         }
     }
 
+    /// The `sort` value echoed in the `/calls` body.
     fn as_str(self) -> &'static str {
         match self {
             Sort::Age => "age",
@@ -467,6 +495,7 @@ const CLOSE_WINDOW_MINUTES: u64 = 60;
 /// however long ago the dashboard was opened.
 #[derive(Debug, Default)]
 struct CloseCount {
+    /// Since the registry was made (the `count` in `/status`, the counter in `/metrics`).
     total: u64,
     /// `(minute, count)`, oldest first, at most [`CLOSE_WINDOW_MINUTES`]
     /// entries; `minute` counts whole minutes since the registry's epoch.
@@ -474,6 +503,8 @@ struct CloseCount {
 }
 
 impl CloseCount {
+    /// Count one close in `minute`, and drop the minutes that fell out of the
+    /// hour: minutes only grow, so the deque stays at most an hour long.
     fn add(&mut self, minute: u64) {
         self.total += 1;
         match self.minutes.back_mut() {
@@ -510,6 +541,7 @@ impl Default for Epoch {
 }
 
 impl Epoch {
+    /// Whole minutes from the epoch to `now` (0 before it).
     fn minute(&self, now: Instant) -> u64 {
         now.saturating_duration_since(self.0).as_secs() / 60
     }
@@ -518,15 +550,25 @@ impl Epoch {
 /// Every live call, and the metrics of calls by route.
 #[derive(Debug, Default)]
 pub struct CallRegistry {
+    /// The last id handed out: ids start at 1 and are never reused.
     next_id: AtomicU64,
+    /// The open calls by id, which is also start order (`sort=age`). A call
+    /// is inserted by `open` and removed when its [`CallGuard`] drops.
     live: Mutex<BTreeMap<u64, Arc<Call>>>,
+    /// Per route label, made on the route's first call and never removed, so
+    /// a route's histograms keep counting across calls and reloads.
     routes: Mutex<BTreeMap<String, Arc<RouteCalls>>>,
     /// Upstream names, shared by their calls.
     upstreams: Mutex<BTreeMap<String, Arc<str>>>,
+    /// Ended calls by route, who closed and code: `closes` in `/status`,
+    /// `shunt_tunnel_closes_total` in `/metrics`.
     closes: Mutex<BTreeMap<CloseKey, CloseCount>>,
+    /// The origin of the close counts' minutes.
     epoch: Epoch,
 }
 
+/// Lock `m` whatever a panicking holder left: each map is valid between
+/// operations, so a poisoned lock must not take `/calls` down with it.
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -576,6 +618,7 @@ impl CallRegistry {
         self.record_close_at(route, by, code, Instant::now());
     }
 
+    /// [`CallRegistry::record_close`] at a given instant, for tests of the hour window.
     fn record_close_at(&self, route: &str, by: ClosedBy, code: Option<u16>, now: Instant) {
         let minute = self.epoch.minute(now);
         lock(&self.closes)
@@ -618,6 +661,7 @@ impl CallRegistry {
         self.status_json_at(Instant::now())
     }
 
+    /// [`CallRegistry::status_json`] at a given instant, for tests of the hour window.
     fn status_json_at(&self, now: Instant) -> Value {
         let minute = self.epoch.minute(now);
         let (active, stalled) = {
@@ -732,6 +776,7 @@ impl CallRegistry {
 pub struct CallGuard {
     /// The call's shared figures.
     pub call: Arc<Call>,
+    /// Where the call is listed, to take it out on drop.
     registry: Arc<CallRegistry>,
 }
 
@@ -745,6 +790,8 @@ impl CallGuard {
 }
 
 impl Drop for CallGuard {
+    /// The call leaves `/calls` (and `shunt_calls_active`) as its tunnel
+    /// task ends, however it ends; its close is recorded by `record_end`.
     fn drop(&mut self) {
         lock(&self.registry.live).remove(&self.call.id);
     }

@@ -281,7 +281,7 @@ pub struct DoctorArgs {
     /// Public address browsers use, e.g. wss://calls.example.com:8443/frontend-audio [default: from --listen and the first WebSocket route].
     #[arg(long, value_name = "URL")]
     pub url: Option<String>,
-    /// Page origin of the front end, sent as `Origin`, e.g. https://app.example.com.
+    /// Page origin of the front end, sent as `Origin`, e.g. `https://app.example.com`.
     #[arg(long, value_name = "ORIGIN")]
     pub origin: Option<String>,
     /// Credential for routes that require one (sent as `?token=`, like a browser).

@@ -55,11 +55,21 @@ pub struct Context {
 /// route and upstream themselves (shared), so naming them costs no copy.
 #[derive(Debug, Default)]
 struct Trace {
+    /// The route once routing chose one (`-` in the log before that: a
+    /// malformed handshake, no route).
     route: Option<Arc<Route>>,
+    /// The upstream last connected to; after a retried handshake, the one
+    /// that answered.
     upstream: Option<Arc<upstream::Upstream>>,
 }
 
 /// Serve one downstream request.
+///
+/// `downstream` is the connection's peer and whether it came over TLS,
+/// fixed at accept. The `Err` type is `Infallible`: hyper would close the
+/// connection on an error, and every failure here has an answer instead.
+/// The log's `path` is the target as sent (token redacted), not the
+/// normalized path the route was chosen on.
 pub async fn handle(
     req: Request<Incoming>,
     downstream: Downstream,
@@ -107,6 +117,11 @@ pub async fn handle(
 
 /// The request's steps, in order; each one that refuses returns the error
 /// that [`response::error_response`] turns into the client's answer.
+///
+/// The snapshot is loaded once, so one request sees one configuration even
+/// if a reload lands halfway. For a WebSocket handshake, `slot` (the
+/// client's tunnel slot) moves into the tunnel on a 101 and is released if
+/// the handshake fails. `target` is the loggable target, for `/calls`.
 async fn proxy(
     req: Request<Incoming>,
     downstream: Downstream,
@@ -253,6 +268,10 @@ async fn proxy(
 
 /// The host the client asked for: the authority of an absolute-form target,
 /// else the one `Host` header (required on HTTP/1.1, RFC 9112 §3.2).
+///
+/// Two `Host` headers, or one with user info or no host, are 400: the
+/// router and the upstream could otherwise read different hosts. `None`
+/// (HTTP/1.0 without `Host`) matches host-less routes only.
 fn request_host<B>(req: &Request<B>) -> Result<Option<&str>, ProxyError> {
     if let Some(host) = req.uri().host() {
         return Ok(Some(host));

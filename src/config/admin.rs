@@ -6,11 +6,17 @@ use super::merge::field_name;
 
 /// The names of `--admin-host` (or of `admin_hosts` in the file, `field`
 /// saying which), each checked and lowercased, without a trailing dot.
+/// The flag's values come through here too, when the flags are read into
+/// `Overrides`, so a bad `--admin-host` is refused with the flag's name.
 pub(super) fn host_names(field: &str, names: &[String]) -> Result<Vec<String>, ConfigError> {
     names.iter().map(|n| host_name(field, n)).collect()
 }
 
 /// The flag's names if it was given, else the file's.
+///
+/// The list only adds names: IP addresses and `localhost` are always
+/// answered, so an empty list (the default) keeps the admin API reachable
+/// by address while refusing a rebinding attacker's DNS name.
 pub(super) fn admin_hosts(
     flag: Option<&[String]>,
     file: &[String],
@@ -22,6 +28,10 @@ pub(super) fn admin_hosts(
 }
 
 /// A DNS name: labels of letters, digits and `-`, at most 253 characters.
+///
+/// The trailing dot of a fully qualified name is dropped and the name
+/// lower-cased, since `Host` headers are compared that way. No ports, no
+/// schemes, no wildcards: each name is matched exactly.
 fn host_name(field: &str, value: &str) -> Result<String, ConfigError> {
     let name = value.trim().trim_end_matches('.').to_ascii_lowercase();
     let valid_label = |l: &str| {
@@ -45,6 +55,8 @@ fn host_name(field: &str, value: &str) -> Result<String, ConfigError> {
 mod tests {
     use crate::config::Config;
 
+    /// `--admin-host` may repeat and split on commas; names are normalized; the
+    /// default is an empty list.
     #[test]
     fn flag_is_repeatable_and_takes_commas() {
         let c = Config::from_args([
@@ -63,6 +75,7 @@ mod tests {
         );
     }
 
+    /// Each malformed name is refused, and the error names the flag.
     #[test]
     fn names_with_ports_schemes_or_spaces_are_refused() {
         for bad in [

@@ -44,7 +44,11 @@ const MAX_HEADER_BYTES: usize = 1024 * 1024;
 
 /// Flags over file over defaults, one field at a time.
 pub(super) struct Merge<'a> {
+    /// The command line (and `SHUNT_*` environment) values that were given;
+    /// clap has parsed them already, so they can no longer be wrong in form.
     pub(super) flags: &'a Overrides,
+    /// The config file as serde read it (all text, nothing checked yet); the
+    /// default, empty one when no `--config` was given.
     pub(super) file: &'a RawConfig,
     /// Directory of the config file: relative paths in the file are relative to it.
     pub(super) base: &'a Path,
@@ -62,6 +66,11 @@ pub(super) fn field_name(from_flag: bool, flag: &str, key: &str) -> String {
 
 impl Merge<'_> {
     /// The whole configuration, one field at a time.
+    ///
+    /// Scalars first, then the security policy (whose route defaults every
+    /// route starts from), the upstreams, the routes (which must name known
+    /// upstreams) and TLS. The first error ends the merge: nothing of a bad
+    /// config is kept, which is what lets a reload leave the old one in place.
     pub(super) fn config(&self) -> Result<Config, ConfigError> {
         let a = self.flags;
         let f = self.file;
@@ -147,11 +156,19 @@ impl Merge<'_> {
     }
 
     /// A path written in the config file, made relative to the file's directory.
+    /// Paths from flags are left as given (relative to the working directory,
+    /// as a shell user expects); an absolute path in the file stays absolute.
     fn file_path(&self, text: &str) -> PathBuf {
         self.base.join(text)
     }
 
     /// `--tls-cert/--tls-key` replace the file's `[tls]` certificates.
+    ///
+    /// `None`: plain HTTP on the listener. Both flags or neither: one without
+    /// the other is an error rather than a silent fallback to the file's pair.
+    /// The file's `[tls]` gives a default `cert`/`key` pair and any number of
+    /// `[[tls.certs]]` chosen by SNI name; a `[tls]` table with no certificate
+    /// at all is an error. `handshake_timeout` defaults to 10 s either way.
     fn tls(&self) -> Result<Option<TlsSpec>, ConfigError> {
         let raw = self.file.tls.as_ref();
         let timeout_text = raw.and_then(|t| t.handshake_timeout.clone());
@@ -220,6 +237,10 @@ impl Merge<'_> {
     }
 
     /// Health settings: flags, then the file's `[health]`, then the upstream's own table.
+    ///
+    /// Precedence, per field: the upstream's own table, then the flag, then the
+    /// file's `[health]`, then the default (`tcp`, every 2 s, 1 s timeout, rise
+    /// and fall 1). A zero interval or a zero rise/fall count is refused here.
     fn health(&self, own: &RawHealth, upstream: &str) -> Result<HealthSpec, ConfigError> {
         let a = self.flags;
         let g = &self.file.health;
@@ -289,6 +310,9 @@ impl Merge<'_> {
         })
     }
 
+    /// Every upstream, sorted by name (a `BTreeMap`), each with its URL, its
+    /// health settings and, for an `https` URL only, the CA to trust: its own
+    /// `ca`, else `--upstream-ca` / `upstream_ca`, else the system roots.
     fn upstreams(&self) -> Result<Vec<UpstreamSpec>, ConfigError> {
         let mut urls: BTreeMap<String, (Url, RawHealth)> = BTreeMap::new();
         for (name, up) in &self.file.upstreams {
@@ -338,6 +362,11 @@ impl Merge<'_> {
             .collect()
     }
 
+    /// The file's routes in order, then the `--route` flags (a flag for the
+    /// same host and path takes the file route's place, keeping its policy and
+    /// call settings), else DESIGN.md's defaults. Errors: two file routes with
+    /// the same host and path, or a route naming an upstream that does not exist
+    /// (the message lists the known ones).
     fn routes(
         &self,
         upstreams: &[UpstreamSpec],
@@ -421,12 +450,16 @@ impl Merge<'_> {
 /// An upstream URL from a flag (parsed already) or as text still to parse
 /// (the file's, or the default), with the field to blame.
 enum Url {
+    /// From `--direct` or `--nginx`: clap parsed it already.
     Flag(UpstreamUrl),
+    /// The field to blame in an error, and the text to parse.
     Text(String, String),
 }
 
 /// Flag, else file, else default; the file's or the default's text is parsed
 /// with the name of its source.
+/// A flag value is already typed (clap parsed it), so only the file's or
+/// the default's text can fail here; a failing default is a bug in shunt.
 fn pick<T>(
     flag: Option<T>,
     file: &Option<String>,

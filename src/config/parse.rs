@@ -28,6 +28,10 @@ use crate::policy::rate::Rate;
 impl UpstreamUrl {
     /// Parse `http://host[:port][/]`; a path other than `/` is refused, since
     /// shunt forwards the client's path unchanged.
+    ///
+    /// The port defaults to the scheme's (80, 443); an IPv6 host loses its
+    /// brackets here (`UpstreamUrl::authority` puts them back for `Host`).
+    /// User info (`http://user:pass@host`) is refused rather than silently dropped.
     pub fn parse(field: &str, text: &str) -> Result<Self, ConfigError> {
         let uri: Uri = text
             .parse()
@@ -88,6 +92,10 @@ impl UpstreamUrl {
 
 impl ProbeKind {
     /// Parse `tcp`, `http:PATH` or `ws:PATH`.
+    ///
+    /// The path is sent as given (a query included) with the upstream's
+    /// authority as `Host`; it must start with `/`, since a request target
+    /// without one is not valid HTTP.
     pub fn parse(field: &str, text: &str) -> Result<Self, ConfigError> {
         let path = |p: &str| -> Result<String, ConfigError> {
             if p.starts_with('/') {
@@ -114,6 +122,8 @@ impl ProbeKind {
 }
 
 /// An upstream name: letters, digits, `-`, `_` or `.`.
+/// Names appear in `/status`, `/metrics` labels and log lines, so they keep
+/// to characters that need no quoting anywhere.
 pub(super) fn check_name(name: &str) -> Result<(), ConfigError> {
     let ok = !name.is_empty()
         && name
@@ -131,6 +141,10 @@ pub(super) fn check_name(name: &str) -> Result<(), ConfigError> {
 }
 
 /// `--route [HOST]/PATH=UP[,UP...]`.
+///
+/// `/audio=direct,nginx` or `calls.example.com/audio=direct`. The policy
+/// and call settings are left at their defaults here; the merge then gives
+/// the route those of the file route it replaces, or the global defaults.
 pub(super) fn parse_route_flag(text: &str) -> Result<RouteSpec, ConfigError> {
     let field = "--route";
     let (target, via) = text
@@ -175,6 +189,10 @@ fn without_scheme(target: &str) -> Option<&str> {
 }
 
 /// A route path prefix, without a trailing slash (except the root).
+///
+/// The router matches it on whole segments, so `/audio` covers `/audio`
+/// and `/audio/x` but not `/audiox`. A path written as a URL gets an error
+/// that shows the `host` and `path` keys to write instead.
 pub(super) fn parse_path(field: &str, path: &str) -> Result<String, ConfigError> {
     if let Some(right) = without_scheme(path) {
         let (host, rest) = right.split_once('/').unwrap_or((right, ""));
@@ -210,6 +228,9 @@ pub(super) fn parse_path(field: &str, path: &str) -> Result<String, ConfigError>
 }
 
 /// A host name, lower-cased.
+///
+/// The router compares it with the request's `Host`, port taken off and
+/// case ignored, so it is lower-cased once here. It is never resolved.
 pub(super) fn parse_host(field: &str, host: &str) -> Result<String, ConfigError> {
     if let Some(right) = without_scheme(host) {
         return Err(ConfigError::invalid(
@@ -234,6 +255,8 @@ pub(super) fn parse_host(field: &str, host: &str) -> Result<String, ConfigError>
 }
 
 /// A route's list of upstream names; at least one.
+/// Blank names are skipped (`direct,,nginx`); whether each name exists is
+/// checked later by the merge, which knows the upstreams.
 pub(super) fn parse_via<'a>(
     field: &str,
     names: impl Iterator<Item = &'a str>,
@@ -254,6 +277,9 @@ pub(super) fn parse_via<'a>(
 }
 
 /// `127.0.0.1:8080`, `[::1]:8443`, or `:8443` for every IPv4 interface.
+///
+/// No host names: a listener binds an address, and resolving one at start
+/// would make the bind depend on DNS.
 pub fn parse_addr(field: &str, text: &str) -> Result<SocketAddr, ConfigError> {
     let full = match text.strip_prefix(':') {
         Some(port) => format!("0.0.0.0:{port}"),
@@ -273,6 +299,9 @@ pub fn parse_addr(field: &str, text: &str) -> Result<SocketAddr, ConfigError> {
 pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// `500ms`, `2s`, `1h`, `1m 30s`; a bare number is seconds; at most [`MAX_DURATION`].
+///
+/// `0s` is accepted here; a setting for which zero makes no sense (the
+/// health interval) refuses it where it is merged.
 pub fn parse_duration(field: &str, text: &str) -> Result<Duration, ConfigError> {
     let t = text.trim();
     let parsed = match t.parse::<u64>() {
@@ -310,11 +339,17 @@ pub(super) fn parse_log_format(field: &str, v: &str) -> Result<LogFormat, Config
 }
 
 /// `N/s` or `N/m`: a per-client request rate.
+///
+/// A bare number is per second; `/h` is accepted too. The rate must be
+/// positive and finite: no rate limit is written by leaving it out.
 pub fn parse_rate(field: &str, v: &str) -> Result<Rate, ConfigError> {
     Rate::parse(v).map_err(|e| ConfigError::invalid(field, v, e))
 }
 
 /// `--tcp-keepalive`: `off` or an idle time of 1s to 2h (flag only).
+///
+/// The idle time is how long a connection may be silent before the kernel
+/// starts probing it: 1 s up to 2 h, Linux's own default.
 pub(super) fn parse_keepalive(v: Option<&str>) -> Result<Option<Duration>, ConfigError> {
     let Some(v) = v.filter(|v| !v.eq_ignore_ascii_case("off")) else {
         return Ok(None);
@@ -331,6 +366,10 @@ pub(super) fn parse_keepalive(v: Option<&str>) -> Result<Option<Duration>, Confi
 }
 
 /// `--tunnel-mode`, `--pipe-size`, `--max-pipes` (flags only).
+///
+/// Defaults: `auto`, 256 KiB pipes, at most 512 of them; a pipe is 4 KiB
+/// (a page) to 64 MiB. Whether splice really works is probed later, once,
+/// by [`crate::forward::tunnel::Relay::start`].
 pub(super) fn parse_tunnel_settings(a: &RunArgs) -> Result<TunnelSettings, ConfigError> {
     let mode = match a.tunnel_mode.as_deref().unwrap_or("auto") {
         "auto" => TunnelMode::Auto,

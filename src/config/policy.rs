@@ -25,11 +25,20 @@ use crate::policy::{GlobalPolicy, RoutePolicy};
 /// What a route inherits when it does not say.
 #[derive(Debug, Clone)]
 pub(super) struct RouteDefaults {
+    /// `--auth` / `auth`, else JWT if a secret file is named, else token if a
+    /// token file is, else none.
     auth: AuthMode,
+    /// The Origins a route accepts; empty accepts any (see `require_origin`).
     origins: Vec<OriginRule>,
+    /// A WebSocket handshake without an `Origin` header is refused (browsers
+    /// always send one; other clients may not).
     require_origin: bool,
+    /// Answer CORS preflights and add the CORS headers (credentials allowed)
+    /// for the origins above.
     cors: bool,
+    /// A token file was read: a route may use `auth = "token"`.
     has_tokens: bool,
+    /// A JWT secret was read: a route may use `auth = "jwt"`.
     has_jwt: bool,
 }
 
@@ -49,6 +58,10 @@ impl RouteDefaults {
         Ok(policy)
     }
 
+    /// A route's policy must be one shunt can enforce: its auth mode needs its
+    /// credential configured, and CORS needs a list of specific origins.
+    /// Checked for every route, whether it set these itself or inherited them,
+    /// so a config that would refuse (or admit) everyone is refused at start.
     fn validate(&self, label: &str, p: &RoutePolicy) -> Result<(), ConfigError> {
         let field = format!("auth of route {label}");
         match p.auth {
@@ -75,6 +88,11 @@ impl RouteDefaults {
 }
 
 /// Flags over file over defaults, for the global settings: one step per setting.
+///
+/// Returns the process-wide policy (IP lists, credentials, where tokens are
+/// looked for, rate and connection limits) and what each route inherits.
+/// Reads the token and JWT secret files, and lists them in
+/// [`GlobalPolicy`]'s `files` so `--watch` reloads when they change.
 pub(super) fn global(
     a: &Overrides,
     f: &RawConfig,
@@ -259,6 +277,9 @@ fn limits(a: &Overrides, f: &RawConfig) -> Result<RateLimits, ConfigError> {
 }
 
 /// A file route's policy: its own keys over the defaults.
+/// The route's `allow_ip` / `deny_ip` are its own, checked after the global
+/// lists, not a replacement for them; `allow_connect` and
+/// `allow_absolute_form` are off unless the route turns them on.
 pub(super) fn route(
     r: &RawRoute,
     defaults: &RouteDefaults,
@@ -320,6 +341,7 @@ fn path(
 }
 
 /// CIDR ranges (`10.0.0.0/8`, a bare address is a /32 or /128), blaming `field`.
+/// Blank entries are skipped, so a trailing comma in a flag is harmless.
 pub(super) fn cidrs((field, items): (String, &[String])) -> Result<Vec<IpNet>, ConfigError> {
     items
         .iter()
@@ -330,6 +352,7 @@ pub(super) fn cidrs((field, items): (String, &[String])) -> Result<Vec<IpNet>, C
 }
 
 /// Origin rules (`https://app.example.com`, `https://*.example.com`, `*`), blaming `field`.
+/// Blank entries are skipped, as in [`cidrs`].
 pub(super) fn origins((field, items): (String, &[String])) -> Result<Vec<OriginRule>, ConfigError> {
     items
         .iter()

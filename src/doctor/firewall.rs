@@ -36,6 +36,12 @@ pub struct Reading {
 }
 
 /// Read `ufw status` output.
+///
+/// A rule names a port when its `To` column is that port (with or without
+/// `/tcp`, or in a comma list). A `DENY` or `REJECT` rule for the port wins
+/// wherever it stands, else an `ALLOW`, else ufw's default incoming policy
+/// (deny). ufw itself takes the first match; erring towards `Blocked` makes
+/// doctor warn rather than stay quiet. An inactive ufw allows everything.
 pub fn read_ufw(text: &str, public: u16, backends: &[u16]) -> Reading {
     let inactive = text.lines().any(|l| l.trim() == "Status: inactive");
     let verdict = |port: u16| {
@@ -72,6 +78,12 @@ pub fn read_ufw(text: &str, public: u16, backends: &[u16]) -> Reading {
 }
 
 /// Read `iptables -S` output (the INPUT chain).
+///
+/// The first `-A INPUT` rule with `--dport PORT` that accepts or drops
+/// decides, in chain order as iptables does; an `ACCEPT` limited to `-i lo`
+/// does not count as open from outside. Otherwise the chain's policy
+/// (`-P INPUT`) decides, `Unknown` if none was printed. Port ranges and
+/// multiport sets are not understood, nor interfaces other than `lo`.
 pub fn read_iptables(text: &str, public: u16, backends: &[u16]) -> Reading {
     let policy = text
         .lines()
@@ -111,6 +123,11 @@ pub fn read_iptables(text: &str, public: u16, backends: &[u16]) -> Reading {
 }
 
 /// Read `nft list ruleset` output (rules with `dport N`, the input hook's policy).
+///
+/// A line naming `dport PORT` (alone or in a `{ }` set) that accepts or
+/// drops decides; else the input hook's policy (`drop`, else accept);
+/// `Unknown` when no table hooks input. Read line by line, not parsed: a
+/// rule's other matches (source address, interface) are not weighed.
 pub fn read_nft(text: &str, public: u16, backends: &[u16]) -> Reading {
     let default = if text.contains("hook input") && text.contains("policy drop") {
         PortVerdict::Blocked
@@ -152,6 +169,8 @@ pub fn read_nft(text: &str, public: u16, backends: &[u16]) -> Reading {
 }
 
 /// A parser of one tool's output: (text, public port, backend ports).
+/// [`read_ufw`], [`read_nft`] and [`read_iptables`] share it, so `check`
+/// tries the tools from one table.
 type ReadRules = fn(&str, u16, &[u16]) -> Reading;
 
 /// Where an admin tool may be installed: `PATH`, then the sbin directories
@@ -329,6 +348,8 @@ fn judge(r: Reading) -> Finding {
 mod tests {
     use super::*;
 
+    /// ufw: an allowed public port with the backend under the default deny is
+    /// `ok`; a rule that opens only the backend, and an inactive ufw, are not.
     #[test]
     fn ufw_allows_the_public_port_and_denies_by_default() {
         let text = "Status: active\n\nTo                         Action      From\n--                         ------      ----\n8443/tcp                   ALLOW       Anywhere\n22/tcp                     ALLOW       Anywhere\n8443/tcp (v6)              ALLOW       Anywhere (v6)\n";
@@ -349,6 +370,8 @@ mod tests {
         assert_eq!(finding.fix.as_deref(), Some("ufw deny 5006/tcp"));
     }
 
+    /// iptables: a loopback-only accept and a rule for another port (50060)
+    /// leave the backend to the DROP policy; an ACCEPT policy opens it.
     #[test]
     fn iptables_rules_and_policy() {
         let text = "-P INPUT DROP\n-A INPUT -i lo -j ACCEPT\n-A INPUT -p tcp -m tcp --dport 8443 -j ACCEPT\n-A INPUT -p tcp -m tcp --dport 50060 -j ACCEPT\n";
@@ -365,6 +388,8 @@ mod tests {
         );
     }
 
+    /// nft: a `dport` accept opens the public port; the input hook's `policy
+    /// drop` keeps the backend closed.
     #[test]
     fn nft_dport_rules() {
         let text = "table inet filter {\n chain input {\n  type filter hook input priority 0; policy drop;\n  tcp dport 8443 accept\n }\n}\n";

@@ -344,7 +344,7 @@ const BARE_TOKEN_MIN: usize = 4;
 /// `text` without the token: `query=ENCODED` (how it travels in a request
 /// target, the form an error naming the request holds) becomes
 /// `query=<TOKEN>`, and the token alone, raw or percent-encoded, becomes
-/// `<TOKEN>` when it is at least [`BARE_TOKEN_MIN`] bytes long.
+/// `<TOKEN>` when it is at least `BARE_TOKEN_MIN` (4) bytes long.
 ///
 /// The report is printed to terminals and CI logs, so the credential given
 /// with `--token` must never appear in it, whatever a check formats.

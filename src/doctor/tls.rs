@@ -32,7 +32,9 @@ const CHAIN_ORDER_FIX: &str = "order the PEM file: the leaf first, then the CA c
 /// One certificate that loaded: what it serves and its chain (the PEM
 /// file's certificates, in file order, as the server sends them).
 struct Served {
+    /// What [`load`] made of it: the key, the names it serves and its summary.
     loaded: LoadedCert,
+    /// Never empty: `key` skips a file it cannot read a certificate from.
     chain: Vec<CertificateDer<'static>>,
 }
 

@@ -4,7 +4,7 @@
 //! upstream has one idle (it returns to the pool when its response body has
 //! been read to the end), otherwise over a fresh HTTP/1.1 connection; bodies
 //! are streamed, never buffered. A WebSocket handshake always uses a fresh
-//! connection and no hyper client: [`handshake`] writes the rewritten head
+//! connection and no hyper client: [`handshake`](mod@handshake) writes the rewritten head
 //! and reads the answer. If the upstream accepts it (101), the downstream
 //! upgrade and the bare upstream stream go to [`tunnel`]; a 4xx refusal is
 //! relayed to the client as an ordinary response with its body; any other
@@ -241,7 +241,7 @@ fn response_timeout(upstream: &Target<'_>, after: Duration) -> ForwardError {
     }
 }
 
-/// The upstream side of a WebSocket handshake ([`handshake`]), on a fresh
+/// The upstream side of a WebSocket handshake ([`handshake`](mod@handshake)), on a fresh
 /// connection (an upgrade never takes a pooled one; if handed one, it
 /// connects anew).
 async fn upgrade_upstream<B>(

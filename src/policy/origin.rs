@@ -42,15 +42,28 @@ pub enum OriginRuleError {
 }
 
 /// A parsed `Origin` header value: `(scheme, host, port)`, lower-case.
+/// Rules compare these parts, never the raw text, so a prefix cannot
+/// pass: `https://app.example.com.evil.net` has another host than
+/// `https://app.example.com`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Site {
+    /// `http` or `https`, lower-case.
     scheme: String,
+    /// Lower-case; an IPv6 address keeps its brackets. For a rule, may still
+    /// start with `*.` until `OriginRule::parse` takes it off.
     host: String,
+    /// As written, or the scheme's default (80, 443), so that
+    /// `https://a.example` and `https://a.example:443` are the same site.
     port: u16,
 }
 
 /// `scheme://host[:port]` as browsers send it: lower-cased, default port filled in,
 /// no path. `None` for anything else (`null`, a path, user info).
+///
+/// Used on both sides: on the allowlist entries (`OriginRule::parse`) and
+/// on the header a request brings, so both normalize the same way. A
+/// trailing `/` is tolerated; the opaque `null` Origin (sandboxed frames,
+/// `file:` pages) never parses, so it passes an empty list only, not `*`.
 fn parse_site(text: &str) -> Option<Site> {
     let (scheme, rest) = text.split_once("://")?;
     let scheme = scheme.to_ascii_lowercase();
@@ -118,6 +131,10 @@ impl OriginRule {
         })
     }
 
+    /// Does the request's normalized Origin fall under this rule? Scheme and
+    /// port must match exactly; a wildcard host needs at least one label
+    /// before `.domain` (`a.example.com` and `b.a.example.com` for
+    /// `*.example.com`, but not `example.com` or `badexample.com`).
     fn matches(&self, site: &Site) -> bool {
         match self {
             OriginRule::Any => true,
@@ -141,6 +158,8 @@ impl OriginRule {
 }
 
 impl fmt::Display for OriginRule {
+    /// The normalized form, port always written (`https://app.example.com:443`):
+    /// what the rule compares, not what the user typed.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             OriginRule::Any => f.write_str("*"),
@@ -171,6 +190,11 @@ pub enum OriginRefusal {
 /// Check the request's `Origin` against `rules`.
 ///
 /// An empty list allows every Origin. `require` refuses a request without one.
+///
+/// Returns the Origin to echo in a CORS answer (`None` when there was
+/// none). More than one `Origin` header is refused outright, since which
+/// one a backend would read is not known. The refusal shows at most 100
+/// characters of the Origin, so a long header cannot flood the log.
 pub fn check(
     headers: &HeaderMap,
     rules: &[OriginRule],
@@ -208,6 +232,12 @@ pub fn is_preflight(method: &http::Method, headers: &HeaderMap) -> bool {
 
 /// The headers of a CORS answer for an allowed `origin`: on every response of
 /// a CORS route, and on a preflight with the allowed methods and headers.
+///
+/// `Access-Control-Allow-Credentials: true` is why a CORS route must list
+/// specific origins (config refuses `*`): the echoed Origin with credentials
+/// would otherwise let any site act with a visitor's cookies. `Vary: Origin`
+/// keeps caches from serving one site's answer to another. A preflight's
+/// answer is cached by the browser for 600 s.
 pub fn cors_headers(
     origin: &HeaderValue,
     preflight_of: Option<&HeaderMap>,

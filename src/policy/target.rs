@@ -21,6 +21,10 @@ use crate::percent;
 pub const REDACTED: &str = "REDACTED";
 
 /// Refuse request forms the route does not allow.
+///
+/// The first step of [`super::check`]: cheap and credential-free. CONNECT
+/// (unless `allow_connect`) and TRACE are 405, an absolute-form target
+/// (unless `allow_absolute_form`) and a header value that is not UTF-8 are 400.
 pub fn check_form<B>(req: &Request<B>, route: &RoutePolicy) -> Result<(), Denied> {
     let method = req.method();
     if method == Method::CONNECT && !route.allow_connect {
@@ -51,6 +55,10 @@ pub fn check_form<B>(req: &Request<B>, route: &RoutePolicy) -> Result<(), Denied
 }
 
 /// The value of query parameter `name` (names and values percent-decoded).
+///
+/// The first pair named `name` wins; a name without `=` has an empty value.
+/// Used to find the token in `?token=...` (the query parameter's name is
+/// `--token-query`).
 pub fn query_param<'a>(query: &'a str, name: &str) -> Option<Cow<'a, str>> {
     query.split('&').find_map(|pair| {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
@@ -59,6 +67,10 @@ pub fn query_param<'a>(query: &'a str, name: &str) -> Option<Cow<'a, str>> {
 }
 
 /// `query` with the value of every `name=...` pair replaced by [`REDACTED`].
+///
+/// Names are compared decoded, as `query_param` finds them, so a
+/// percent-encoded name (`%74oken=`) is redacted too. The query is borrowed
+/// unchanged when no pair needs it, the common case.
 pub fn redact_query<'a>(query: &'a str, name: &str) -> Cow<'a, str> {
     if !query.split('&').any(|pair| {
         let k = pair.split_once('=').map_or(pair, |(k, _)| k);

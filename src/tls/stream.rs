@@ -37,9 +37,14 @@ thread_local! {
 }
 
 /// Plaintext encrypted per write call: bounds what one write buffers.
+/// A larger write is taken in part (`poll_write` returns how much it took),
+/// which is what `AsyncWrite` allows, so `outgoing` stays within about
+/// 64 KiB of ciphertext whatever a caller hands in.
 const MAX_WRITE: usize = 64 * 1024;
 
 /// Room for the record headers and AEAD tags of `len` plaintext bytes.
+/// A first guess, sized so one `encrypt` call usually fits; if rustls asks
+/// for more (`InsufficientSize`), `encrypt` grows the buffer and tries once more.
 fn sealed_len(len: usize) -> usize {
     // 16 KiB records; each adds at most 5 (header) + 1 (TLS 1.3 type) + 16 (tag) + 8 (TLS 1.2 nonce).
     len + (len / (16 * 1024) + 1) * 32
@@ -47,15 +52,22 @@ fn sealed_len(len: usize) -> usize {
 
 /// A TLS server connection on a TCP socket.
 pub struct TlsStream {
+    /// The socket, read and written only through its readiness and
+    /// `try_read` / `try_write`, so the stream adds no waiter of its own.
     io: TcpStream,
+    /// rustls' connection state (keys, handshake, sequence numbers); the only
+    /// part of an idle connection besides the socket.
     conn: UnbufferedServerConnection,
     /// Ciphertext read and not yet processed (a partial record); empty holds no allocation.
     incoming: Vec<u8>,
     /// Ciphertext not yet written, from `written` on; empty holds no allocation.
     outgoing: Vec<u8>,
+    /// How much of `outgoing` the socket has taken: a partial write advances
+    /// it, and when it reaches the end both are reset (and the `Vec` freed).
     written: usize,
     /// Decrypted bytes the reader has not taken, from `plain_at` on.
     plain: Vec<u8>,
+    /// How much of `plain` the reader has taken; freed when it reaches the end.
     plain_at: usize,
     /// The peer sent `close_notify` (or closed TCP): reads return end of stream.
     read_closed: bool,
@@ -75,6 +87,9 @@ impl std::fmt::Debug for TlsStream {
 }
 
 /// What one step of the connection's state machine asks for next.
+/// The answer of `step` and `encrypt`, which each call
+/// `process_tls_records` once: the caller decides whether that means waiting
+/// on the socket, returning data, or stepping again.
 enum Next {
     /// Process again.
     Again,
@@ -90,6 +105,13 @@ enum Next {
 
 impl TlsStream {
     /// Run the server side of the handshake on `io` with `config`.
+    ///
+    /// `config` is the listener's current `ServerConfig` (its resolver picks
+    /// the certificate by SNI). Returns once the handshake is complete and its
+    /// last flight written; an error means the handshake failed (an alert was
+    /// sent if the socket took it) or the client closed before finishing. The
+    /// caller ([`crate::tls::accept`]) first checks that the client speaks TLS
+    /// at all, and bounds the time this may take (`--tls-handshake-timeout`).
     pub async fn accept(io: TcpStream, config: Arc<ServerConfig>) -> io::Result<Self> {
         let conn = UnbufferedServerConnection::new(config).map_err(invalid)?;
         let mut s = TlsStream {
@@ -108,15 +130,21 @@ impl TlsStream {
     }
 
     /// The negotiated ALPN protocol.
+    /// `None` when the client offered no ALPN (or none matched).
     pub fn alpn_protocol(&self) -> Option<&[u8]> {
         self.conn.alpn_protocol()
     }
 
     /// The underlying socket.
+    /// For the peer address and socket options; reading or writing it directly
+    /// would break the record stream.
     pub fn get_ref(&self) -> &TcpStream {
         &self.io
     }
 
+    /// Drive the handshake: write what rustls queued, step, and read the socket
+    /// whenever rustls is blocked on the client. Ready once rustls is past the
+    /// handshake, with everything it queued written.
     fn poll_handshake(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         loop {
             ready!(self.poll_write_out(cx))?;
@@ -212,6 +240,9 @@ impl TlsStream {
         taken
     }
 
+    /// Drop the `n` ciphertext bytes rustls has processed from the front of
+    /// `incoming` (what `process_tls_records` reports as `discard`); it must be
+    /// called after every such call, or the same records would be seen again.
     fn discard(&mut self, n: usize) {
         if n >= self.incoming.len() {
             // Idle again: hold nothing.
@@ -258,6 +289,9 @@ impl TlsStream {
     }
 
     /// Queue an application-data or close_notify write in `WriteTraffic`.
+    /// `None` queues `close_notify`. Returns `Writable` when the records are in
+    /// `outgoing` (not yet on the socket), `Again` when rustls is not in
+    /// `WriteTraffic` yet (a key update or ticket to process first).
     fn encrypt(&mut self, data: Option<&[u8]>) -> io::Result<Next> {
         let UnbufferedStatus { discard, state } = self.conn.process_tls_records(&mut self.incoming);
         let next = match state {
@@ -340,6 +374,8 @@ impl TlsStream {
 }
 
 /// Encode a rustls chunk at the end of `out`, growing it as asked.
+/// Handshake messages are small: 512 bytes are tried first, then exactly
+/// what rustls asks for.
 fn encode_into(
     out: &mut Vec<u8>,
     mut encode: impl FnMut(&mut [u8]) -> Result<usize, EncodeError>,
@@ -362,11 +398,17 @@ fn encode_into(
     }
 }
 
+/// A TLS failure as an `io::Error` (`InvalidData`), the kind hyper and the
+/// tunnel log as a failed leg.
 fn invalid(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, e)
 }
 
 impl AsyncRead for TlsStream {
+    /// Bytes a write stashed in `plain` come first. Then every record already
+    /// read is returned, as far as `buf` goes, before the socket is read again.
+    /// Ok with nothing added is the end of stream (`close_notify`); a TCP close
+    /// without it is `UnexpectedEof`, which a truncation attack would look like.
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -420,6 +462,9 @@ impl AsyncRead for TlsStream {
 }
 
 impl AsyncWrite for TlsStream {
+    /// Returns how many bytes of `buf` were encrypted (at most `MAX_WRITE`, 64 KiB);
+    /// they are queued and their sending started, not necessarily finished:
+    /// `poll_flush` waits until the socket has taken them.
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -448,10 +493,14 @@ impl AsyncWrite for TlsStream {
         Poll::Ready(Ok(take))
     }
 
+    /// Wait until the socket has taken every queued record; nothing is
+    /// buffered on the plaintext side, so this is all a flush needs.
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.get_mut().poll_write_out(cx)
     }
 
+    /// Send `close_notify` (unless the peer is gone already, when there is no
+    /// one to tell), write it out, then shut the socket's write half.
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         if !this.write_closed {
@@ -487,6 +536,8 @@ mod tests {
 
     use super::*;
 
+    /// A server config with a fresh development certificate, and a client
+    /// config for `version` that trusts that certificate's CA.
     fn configs(
         version: &'static rustls::SupportedProtocolVersion,
     ) -> (Arc<ServerConfig>, Arc<rustls::ClientConfig>) {
@@ -514,6 +565,8 @@ mod tests {
         (Arc::new(server), Arc::new(client))
     }
 
+    /// Bytes that change from one position to the next, so a lost or
+    /// reordered byte shows in the echo.
     fn pattern(len: usize) -> Vec<u8> {
         (0..len).map(|i| (i as u8).wrapping_mul(37)).collect()
     }
@@ -578,16 +631,21 @@ mod tests {
         assert!(back == data, "echo differs");
     }
 
+    /// TLS 1.3: 1 MiB echoed exactly, `close_notify` both ways, nothing held after.
     #[tokio::test]
     async fn tls13_echo_is_exact_and_closes_cleanly() {
         echo(&rustls::version::TLS13).await;
     }
 
+    /// The same over TLS 1.2, whose records are laid out differently (see
+    /// `sealed_len`).
     #[tokio::test]
     async fn tls12_echo_is_exact_and_closes_cleanly() {
         echo(&rustls::version::TLS12).await;
     }
 
+    /// A client that does not trust the certificate fails, and `accept`
+    /// returns the error rather than a stream.
     #[tokio::test]
     async fn a_client_that_distrusts_the_certificate_fails_the_handshake() {
         let (server_config, _) = configs(&rustls::version::TLS13);

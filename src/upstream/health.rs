@@ -79,22 +79,36 @@ pub struct HealthView {
 /// Shared health record of one upstream.
 #[derive(Debug)]
 pub struct Health {
+    /// For log lines: every state change names the upstream.
     name: UpstreamName,
+    /// Consecutive probe successes that bring a `Down` upstream back (at least 1).
     rise: u32,
+    /// Consecutive failures (probes, connects, response timeouts) that take an
+    /// `Up` upstream down.
     fall: u32,
     /// How long a WebSocket mark stands before the upstream is tried again
     /// in its normal order and re-tested: the health interval.
     websocket_backoff: Duration,
+    /// Read by every request's selection and written by probes and requests;
+    /// held only for a few field updates, never across an `.await`.
     inner: Mutex<Inner>,
 }
 
+/// The mutable part of [`Health`]; `lock` hands it out.
 #[derive(Debug)]
 struct Inner {
     state: State,
+    /// The current run of successes; any failure resets it to 0.
     successes: u32,
+    /// The current run of failures; any success resets it to 0.
     failures: u32,
+    /// The reason of the last failure (probe, connect, timeout or WebSocket),
+    /// kept after a recovery so `/status` can say what last went wrong.
     last_error: Option<String>,
+    /// When `state` last changed (wall clock, as `/status` shows it).
     last_change: SystemTime,
+    /// `Some` while upgrades through the upstream are known to fail; set by a
+    /// failed upgrade, cleared by one that works.
     websocket: Option<WebSocketMark>,
 }
 
@@ -134,6 +148,8 @@ impl Health {
         }
     }
 
+    /// The record, whatever a panicking holder left: every field is valid on
+    /// its own, so a half-done update is at worst one stale counter.
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         // A poisoned lock only means a panic elsewhere mid-update; the counters are still usable.
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
@@ -288,6 +304,13 @@ impl Health {
 }
 
 /// Probe `url` every `spec.interval` until `stop` is cancelled.
+///
+/// Started by [`super::Upstream::start`] for an upstream a route uses, and
+/// stopped through `stop` when that upstream is dropped (a reload that
+/// removes or changes it) or at shutdown. Each probe, connect included, is
+/// bounded by `spec.timeout`; a timeout counts as a failure. While a
+/// WebSocket mark is due, a re-test on its path follows the probe.
+/// `tracker` tracks the probe connections' hyper tasks.
 pub async fn probe_loop(
     url: UpstreamUrl,
     tls: Option<Arc<ClientConfig>>,
@@ -336,6 +359,10 @@ pub async fn probe_loop(
 }
 
 /// One probe; the error is the reason shown in logs and `/status`.
+/// `tcp`: the connect is the check. `http`: `GET path` must answer 2xx or
+/// 3xx. `ws`: the upgrade must be answered 101, then shunt sends a Close
+/// (1000) and waits for the answer or the socket's end, so the backend
+/// sees a clean close rather than a reset.
 async fn probe(
     url: &UpstreamUrl,
     tls: Option<&Arc<ClientConfig>>,
@@ -393,6 +420,8 @@ async fn probe(
 
 /// Make `request` (a GET with its `Host`) a WebSocket handshake (RFC 6455
 /// §4.1) with `Sec-WebSocket-Key: key`.
+/// Shared by the `ws` probe and the doctor's WebSocket check, so both send
+/// what a browser sends.
 pub fn ws_upgrade(request: http::request::Builder, key: &str) -> http::request::Builder {
     request
         .header(header::UPGRADE, "websocket")
@@ -412,6 +441,9 @@ pub fn accept_key(key: &str) -> String {
 
 /// Send one bodiless request over `stream` and return the response head; a
 /// 101 can then be taken over with `hyper::upgrade::on`.
+/// The connection is used for this one request: the probe never pools it.
+/// Errors are text naming the request (`GET /health: ...`), as logs and
+/// `/status` show them.
 pub async fn send<S>(
     stream: S,
     request: http::request::Builder,
@@ -439,6 +471,7 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
+    /// A probed record with a 1 s interval (which is also the WebSocket backoff).
     fn health(rise: u32, fall: u32) -> Health {
         let spec = HealthSpec {
             check: ProbeKind::Tcp,
@@ -450,6 +483,8 @@ mod tests {
         Health::new(UpstreamName("t".into()), &spec, true)
     }
 
+    /// A failed upgrade marks WebSocket only: the state stays `Up`, a plain
+    /// probe does not clear the mark, a WebSocket success does.
     #[test]
     fn a_websocket_failure_leaves_the_state_and_clears_on_success() {
         let h = health(1, 1);
@@ -476,6 +511,8 @@ mod tests {
         assert_eq!(h.state(), State::Up);
     }
 
+    /// The mark lists the routes that saw it, puts the upstream last for one
+    /// interval, then asks for a re-test; a failed re-test starts a new interval.
     #[tokio::test(start_paused = true)]
     async fn a_websocket_mark_names_its_routes_and_backs_off_for_one_interval() {
         let h = health(1, 1); // interval 1 s: the backoff
@@ -514,6 +551,7 @@ mod tests {
         assert_eq!(h.websocket_retest_due(), None);
     }
 
+    /// The worked example of RFC 6455 §1.3.
     #[test]
     fn accept_key_matches_rfc_6455_example() {
         assert_eq!(
@@ -522,6 +560,7 @@ mod tests {
         );
     }
 
+    /// `Unknown` follows the first result; after that `fall` and `rise` apply.
     #[test]
     fn first_result_decides_then_thresholds_apply() {
         let h = health(2, 3);
@@ -540,6 +579,7 @@ mod tests {
         assert_eq!(h.state(), State::Up);
     }
 
+    /// Passive recovery: a real connect brings the upstream up without `rise`.
     #[test]
     fn a_connected_request_marks_up_at_once_despite_rise() {
         let h = health(3, 1);
@@ -551,6 +591,7 @@ mod tests {
         assert_eq!(h.state(), State::Down);
     }
 
+    /// Failures must be consecutive: one success between them starts over.
     #[test]
     fn a_success_resets_the_failure_streak() {
         let h = health(1, 2);

@@ -58,12 +58,20 @@ pub struct Upstream {
     /// made once; each response shares it.
     pub route_header: HeaderValue,
     /// Cancels the probe loop when the upstream is dropped.
+    ///
+    /// So the probe task lives exactly as long as some snapshot still holds
+    /// this upstream; an `Arc<Health>` carried over to a new `Upstream` keeps
+    /// its record while the old probe stops and a new one starts.
     _probe: Option<DropGuard>,
 }
 
 impl Upstream {
     /// Create the upstream; if `probed`, start its probe loop on `tracker`.
     /// `health` carries over the record of an unchanged upstream across a reload.
+    ///
+    /// Fails only for an `https` upstream whose TLS client cannot be built:
+    /// its CA file is unreadable or holds no certificate, or there is no CA
+    /// file and no system roots to trust.
     pub fn start(
         spec: UpstreamSpec,
         probed: bool,
@@ -110,6 +118,8 @@ impl Upstream {
     }
 
     /// Not known to be down.
+    /// `Unknown` and `Unused` count as usable: a fresh upstream is tried
+    /// before its first probe has answered.
     pub fn is_usable(&self) -> bool {
         self.health.state() != State::Down
     }
@@ -139,6 +149,12 @@ pub enum SelectError {
 /// Connect to the first usable upstream of `via`, in order; a failed connect
 /// marks that upstream and falls through to the next. With `reuse` (plain
 /// requests, never upgrades), an idle pooled connection is taken first.
+///
+/// Who calls it: `proxy` for every request (with `reuse` for plain HTTP),
+/// after [`websocket_order`] for an upgrade. The error becomes what the
+/// client gets ([`crate::response`]): [`SelectError::Connect`] when a
+/// usable upstream refused (502, or 504 on a connect timeout),
+/// [`SelectError::NoneHealthy`] when all were down (503).
 pub async fn connect_first(
     via: &[Arc<Upstream>],
     timeouts: &Timeouts,
@@ -201,6 +217,7 @@ pub fn websocket_order(via: &[Arc<Upstream>]) -> Vec<Arc<Upstream>> {
 }
 
 /// `direct, nginx`, for log lines.
+/// The names in route order, comma-separated.
 fn names(via: &[Arc<Upstream>]) -> String {
     via.iter()
         .map(|u| u.name().to_string())
@@ -226,6 +243,8 @@ mod tests {
     use crate::config::{HealthSpec, ProbeKind, UpstreamUrl};
     use std::time::Duration;
 
+    /// An unprobed upstream on the discard port with a 2 s interval, whose
+    /// health the test sets by hand.
     fn upstream(name: &str) -> Arc<Upstream> {
         let spec = UpstreamSpec {
             name: UpstreamName(name.into()),
@@ -249,6 +268,7 @@ mod tests {
             .unwrap_or_else(|e| panic!("upstream {name}: {e}"))
     }
 
+    /// The names [`websocket_order`] returns, for short assertions.
     fn order(via: &[Arc<Upstream>]) -> Vec<String> {
         websocket_order(via)
             .iter()
@@ -256,6 +276,8 @@ mod tests {
             .collect()
     }
 
+    /// A marked upstream goes last for exactly one health interval (2 s), then
+    /// takes its place again until it fails again.
     #[tokio::test(start_paused = true)]
     async fn a_websocket_mark_puts_the_upstream_last_for_one_health_interval() {
         let via = [upstream("nginx"), upstream("direct")];

@@ -15,11 +15,23 @@ use crate::calls::CallGuard;
 use crate::stats::TunnelGuard;
 
 /// A stream the buffered path can relay.
+///
+/// One trait for the four bounds, so a leg can be boxed as `dyn IoStream`:
+/// `tunnel`'s `Unwrapped::Buffered` holds the downstream that way, whether it
+/// is a plain socket beside a TLS upstream or hyper's `Upgraded` around a TLS
+/// downstream. Implemented for every type that meets the bounds.
 pub trait IoStream: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> IoStream for T {}
 
 /// Relay two streams until the tunnel ends; `to_upstream_first` are bytes
 /// read past the downstream's handshake (an `Upgraded` yields its own).
+///
+/// The tunnel task itself (`Pending::start`) builds the [`Tunnel`] directly;
+/// this is the same state machine over any stream pair, with no splice
+/// ([`Relay::copy_only`]) and no tunnel slot, which is how the tests below run
+/// it over in-memory pipes. `timers` are the route's deadlines; `shutdown`
+/// starts the drain; `guard` and `call` are the `/status` and `/calls`
+/// entries, settled when it returns.
 pub async fn relay_buffered<D, U>(
     downstream: D,
     upstream: U,
@@ -68,10 +80,15 @@ pub(super) mod tests {
     use crate::forward::tunnel::frames::{self, MAX_CONTROL_FRAME};
     use crate::stats::Stats;
 
+    /// Deadlines that never fire in a test (an hour idle, 30 s drain); a test
+    /// shortens the one it is about.
     pub(in crate::forward::tunnel) fn timers() -> TunnelTimers {
         TunnelTimers::relay(Duration::from_secs(3600), Duration::from_secs(30))
     }
 
+    /// A `/status` entry and a `/calls` record for one call on route `/t`, frames
+    /// tracked when `frames`; the registry is returned so a test can see the call
+    /// leave it.
     pub(in crate::forward::tunnel) fn guards(
         frames: bool,
     ) -> (TunnelGuard, CallGuard, Arc<CallRegistry>) {
@@ -90,6 +107,8 @@ pub(super) mod tests {
         (guard, call, registry)
     }
 
+    /// `len` bytes that change from one position to the next, so a dropped or
+    /// reordered byte shows in an equality check.
     fn pattern(len: usize, seed: u8) -> Vec<u8> {
         (0..len)
             .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
@@ -105,6 +124,7 @@ pub(super) mod tests {
         v
     }
 
+    /// A Close frame with `code`, masked as a client's when `mask`.
     fn close(code: u16, mask: bool) -> Vec<u8> {
         let mut out = [0; MAX_CONTROL_FRAME];
         let n = frames::control_frame(
@@ -141,6 +161,9 @@ pub(super) mod tests {
         }
     }
 
+    /// Untracked, byte for byte: the early bytes go first, partial writes keep
+    /// only their remainder, and one direction goes on after the other's
+    /// half-close; the byte counts reach `/calls` and the call leaves the registry.
     #[tokio::test]
     async fn buffered_relay_is_exact_with_partial_writes_early_bytes_and_half_close() {
         // A 1 KiB duplex forces partial writes: only the remainder is kept.
@@ -188,6 +211,8 @@ pub(super) mod tests {
         assert_eq!(registry.active(), 0);
     }
 
+    /// Every length encoding (7-bit, 16-bit, 64-bit, at their edges) passes
+    /// unchanged both ways; frames are counted with the Close, messages without.
     #[tokio::test]
     async fn tracked_frames_pass_unchanged_and_are_counted() {
         let (mut client, proxy_down) = duplex(1000);
@@ -239,6 +264,9 @@ pub(super) mod tests {
         assert_eq!(record.dirs[1].frames.load(Relaxed), 5);
     }
 
+    /// An untracked tunnel ends at the idle timeout with nothing sent; a tracked
+    /// one at the drain deadline sends 1012 to the client, then 1001 to the
+    /// backend, and ends as soon as both answer rather than at the close wait.
     #[tokio::test(start_paused = true)]
     async fn idle_and_drain_close_with_codes_when_tracked_and_bare_when_not() {
         // Untracked: today's relay, closed with no frame.
@@ -279,6 +307,9 @@ pub(super) mod tests {
         );
     }
 
+    /// A client that never answers shunt's Ping is lost at the ping timeout and
+    /// the backend gets 1001; the backend's Pong to shunt's own Ping is cut out
+    /// and not counted as a frame.
     #[tokio::test(start_paused = true)]
     async fn a_silent_client_is_pinged_then_lost_and_the_backend_gets_1001() {
         let (mut client, proxy_down) = duplex(4096);
@@ -365,6 +396,8 @@ pub(super) mod tests {
         }
     }
 
+    /// With a ping timeout longer than the interval, an answered Ping's successor
+    /// is due an interval after the Pong: four Pings each way in four intervals.
     #[tokio::test(start_paused = true)]
     async fn an_answered_ping_is_followed_by_the_next_one_after_the_interval() {
         let (mut client, proxy_down) = duplex(4096);
@@ -410,6 +443,9 @@ pub(super) mod tests {
         }
     }
 
+    /// The Pong answering shunt's Ping is removed even when split into one-byte
+    /// writes; another Pong of the same length, data, and a trailing partial
+    /// frame at the end of the stream all pass byte for byte.
     #[tokio::test(start_paused = true)]
     async fn shunts_pong_is_cut_out_even_when_it_comes_one_byte_at_a_time() {
         let (mut client, proxy_down) = duplex(4096);
@@ -490,6 +526,8 @@ pub(super) mod tests {
         );
     }
 
+    /// A backend that ends its stream without a Close is lost: the frame before
+    /// the end still reaches the client, followed by shunt's 1014.
     #[tokio::test(start_paused = true)]
     async fn a_backend_that_ends_without_close_gives_the_client_1014() {
         let (mut client, proxy_down) = duplex(4096);

@@ -130,7 +130,8 @@ pub fn parse(bytes: &[u8]) -> Result<Option<Header>, FrameError> {
     Ok(Some(header))
 }
 
-/// The frame state of one direction: a few dozen bytes.
+/// The frame state of one direction: 24 bytes, a bound the unit test
+/// `an_idle_call_stays_small` holds, since every idle tunnel has two.
 #[derive(Debug, Clone, Default)]
 pub struct Tracker {
     /// Header bytes collected so far (only while a header is incomplete).

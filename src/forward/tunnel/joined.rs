@@ -41,8 +41,14 @@ use crate::stats::TunnelGuard;
 /// Why shunt is closing a call itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Why {
+    /// Shutdown began and the drain time ran out: 1012 (Service Restart: the
+    /// client may reconnect) to the client, 1001 (Going Away) to the backend.
     Drain,
+    /// No byte either way for the idle timeout: 1001 to both legs.
     Idle,
+    /// A leg ended without a Close, failed, or did not answer a Ping. The
+    /// other leg is told (1014 Bad Gateway to the client when the backend went,
+    /// 1001 to the backend when the client did); the lost leg gets nothing.
     Lost(Side, Loss),
 }
 
@@ -59,6 +65,8 @@ impl Why {
         }
     }
 
+    /// The [`Ending`] the tunnel returns, and logs, once a close for this
+    /// reason is complete (or given up).
     fn ending(self) -> Ending {
         match self {
             Why::Drain => Ending::Drained,
@@ -69,20 +77,36 @@ impl Why {
 }
 
 /// Polling rounds in one wake-up before the task yields.
+/// A round repeats only on a state change; the bound keeps a tunnel whose
+/// state keeps changing from holding a current-thread worker: it wakes
+/// itself and goes on at its next poll.
 const MAX_ROUNDS: usize = 16;
 
 /// Timer settings in milliseconds (`u32`: up to 49 days).
 #[derive(Debug, Clone, Copy)]
 struct Ms {
+    /// No byte either way for this long ends the call ([`Why::Idle`]).
     idle: u32,
+    /// After the shutdown token fires, how long the call may go on before
+    /// shunt closes it ([`Why::Drain`]).
     drain: u32,
+    /// After one direction ends (a half-close), how long the other may go on
+    /// before [`Ending::HalfClosedTimeout`].
     linger: u32,
     /// 0: no pings.
+    /// Set only when frames are tracked (at least 1). A leg that sent nothing
+    /// for this long gets shunt's Ping.
     ping_interval: u32,
+    /// After shunt's Ping, how long the leg has to send any byte before it is
+    /// lost ([`Loss::PingTimeout`]).
     ping_timeout: u32,
+    /// A streaming direction (5 frames/s or more) silent this long counts one
+    /// stall (at least 1).
     stall_after: u32,
 }
 
+/// A duration in timer milliseconds, saturating at `u32::MAX` (49 days:
+/// as good as never for a call).
 fn ms(d: Duration) -> u32 {
     u32::try_from(d.as_millis()).unwrap_or(u32::MAX)
 }
@@ -90,37 +114,67 @@ fn ms(d: Duration) -> u32 {
 /// Everything a tunnel holds.
 #[derive(Debug)]
 pub struct Tunnel<D, U> {
+    /// The client leg: index 0 of the per-leg arrays ([`Side::Client`]), the
+    /// source of [`TO_BACKEND`].
     downstream: D,
+    /// The backend leg: index 1 ([`Side::Backend`]), the source of [`TO_CLIENT`].
     upstream: U,
     /// [`TO_BACKEND`] (downstream → upstream), [`TO_CLIENT`].
     dirs: [Direction; 2],
+    /// Per direction: it returned [`Done::Eof`] and is not polled again.
     done: [bool; 2],
+    /// The tunnel's timer settings, converted to milliseconds once in `new`.
     timers: Ms,
     /// Times below are milliseconds since the call's start.
+    /// This one: the last byte forwarded either way, shunt's own Pong excepted;
+    /// the idle deadline counts from it.
     last_activity: u32,
     /// Per leg: the last byte from it.
+    /// Any byte counts, a Pong too: the leg's next Ping is due
+    /// `ping_interval` after it, and a byte clears `ping_out`.
     last_rx: [u32; 2],
     /// Per leg: 1 + when shunt's unanswered Ping went out; 0 = none.
+    /// Set when the direction towards the leg reports the Ping written; the leg
+    /// is lost at `ping_out - 1 + ping_timeout` unless a byte comes first.
     ping_out: [u32; 2],
     /// Per direction: its stall deadline is in the timer.
+    /// Set by a data frame, cleared when the deadline fires: a silent direction
+    /// is checked once, not on every later tick.
     stall_armed: [bool; 2],
+    /// When the half-close linger ends; set once, when a direction first ends.
     linger_at: Option<u32>,
+    /// When the drain ends; set once, when the shutdown token fires.
     drain_at: Option<u32>,
     /// While closing: the boundary / peer-Close deadline.
+    /// Moved to now + [`CLOSE_WAIT`] whenever shunt's Close goes out, so each
+    /// leg gets the whole wait for its answer.
     close_at: Option<u32>,
+    /// Why shunt is closing the call. `Some` from `begin_close` on and never
+    /// cleared; from then on only `close_at` is timed (no idle, Ping or stall).
     closing: Option<Why>,
     /// While closing: shunt's Close (or silence) was asked of each direction.
     requested: [bool; 2],
     /// Legs known to be gone.
+    /// Nothing more is written to such a leg, and no Close is awaited from it.
     gone: [bool; 2],
     /// The direction that ended first.
+    /// Who closed the call when no Close frame says so (a `u8`, not a
+    /// `usize`, to keep the struct small).
     first_done: Option<u8>,
     /// The first Close an endpoint sent: its direction and code.
+    /// The direction is the one the Close travelled in, so it names the
+    /// sender; the code is `None` for a Close without a readable code.
     close_seen: Option<(u8, Option<u16>)>,
     /// The leg whose read or write failed, for an untracked tunnel's log.
     failed: Option<Side>,
+    /// How this process joins tunnels, with the splice pipe pool: pipes are
+    /// borrowed from it per burst and given back in `finish` (or on drop).
     relay: Arc<Relay>,
+    /// The tunnel's `/status` gauge entry: `finish` hands it the call's byte
+    /// totals, which reach the counters, with the gauge's decrement, on drop.
     guard: TunnelGuard,
+    /// The call's `/calls` record, which the directions write their live
+    /// figures into; `finish` records who ended it and with what code.
     call: CallGuard,
     /// The policy's per-client tunnel slot: released when the tunnel (the
     /// task's only state) is dropped, so no wrapper future is needed.
@@ -211,18 +265,29 @@ impl<D: Leg, U: Leg> Tunnel<D, U> {
         }
     }
 
+    /// Now on the tunnel's clock: milliseconds since the call's start, the
+    /// unit of every `u32` time in [`Tunnel`].
     fn now_ms(&self) -> u32 {
         self.call.call.ms(Instant::now())
     }
 
+    /// A tunnel time as the `Instant` the timer is set to (the inverse of `now_ms`).
     fn at(&self, ms: u32) -> Instant {
         self.call.call.started + Duration::from_millis(u64::from(ms))
     }
 
+    /// Frames are followed in at least one direction (the other may have gone
+    /// opaque). Then a failed leg is a lost leg, which shunt may still close
+    /// with a code; otherwise an I/O error ends the tunnel at once.
     fn tracked(&self) -> bool {
         self.dirs.iter().any(|d| d.framing() == Framing::Tracked)
     }
 
+    /// One wake-up of the task, and the state machine's only driver: poll each
+    /// direction not done and take its [`Report`] into the call state, advance a
+    /// close in progress or end the call, notice the shutdown token, then fire
+    /// the timer. The timer goes last, so a deadline is judged on bytes that
+    /// arrived in this very wake-up. Ready with the ending once the tunnel is over.
     fn poll_tunnel(
         &mut self,
         cx: &mut Context<'_>,
@@ -314,6 +379,10 @@ impl<D: Leg, U: Leg> Tunnel<D, U> {
         Poll::Pending
     }
 
+    /// Poll direction `d` once with its source and destination legs
+    /// (downstream → upstream for [`TO_BACKEND`]), its live figures in `/calls`
+    /// and the pipe pool. Frames shunt writes towards the backend are masked,
+    /// as a client's must be (RFC 6455 §5.3).
     fn poll_direction(
         &mut self,
         cx: &mut Context<'_>,
@@ -483,6 +552,11 @@ impl<D: Leg, U: Leg> Tunnel<D, U> {
     }
 
     /// The timer fired: act on every deadline that has passed.
+    /// While closing, only the close wait counts: a direction still waiting
+    /// for a frame boundary gives up its Close, the next direction is asked, and
+    /// the call ends once nothing is pending. Otherwise, in order: drain,
+    /// linger, idle, then per leg its ping timeout or its next Ping, then each
+    /// armed stall. `Some` when the tunnel ends now.
     fn on_timer(&mut self) -> Option<Ending> {
         let now = self.now_ms();
         if let Some(why) = self.closing {
@@ -562,6 +636,8 @@ impl<D: Leg, U: Leg> Tunnel<D, U> {
                 .all(|d| d.framing() == Framing::Tracked && !d.close_seen())
     }
 
+    /// When direction `d` would count a stall: its last data frame plus
+    /// `stall_after`. `last_frame` is stored as 1 + ms (0: no frame yet).
     fn stall_at(&self, d: usize) -> Option<u32> {
         let last = self.call.call.dirs[d].last_frame.load(Relaxed);
         (last > 0).then(|| (last - 1).saturating_add(self.timers.stall_after))
@@ -596,6 +672,9 @@ impl<D: Leg, U: Leg> Tunnel<D, U> {
         );
     }
 
+    /// The earliest deadline in tunnel milliseconds, for the one timer. It
+    /// must consider every deadline `on_timer` acts on, in the same state
+    /// (closing or not), or that deadline would wait for unrelated traffic.
     fn next_deadline(&self) -> u32 {
         let mut next = u32::MAX;
         let mut consider = |t: Option<u32>| {

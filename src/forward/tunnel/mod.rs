@@ -2,7 +2,7 @@
 //!
 //! After the upstream's 101 has been written to the client, the downstream
 //! connection is taken out of hyper and, with the upstream one (never in
-//! hyper: [`super::handshake`]), relayed in both directions until they close,
+//! hyper: [`super::handshake`](mod@super::handshake)), relayed in both directions until they close,
 //! by one hand-polled [`joined::Tunnel`] with two [`direction::Direction`]s:
 //!
 //! - Both legs plain TCP: they are unwrapped to their sockets; small reads
