@@ -435,9 +435,8 @@ async fn browser_shows_live_calls_and_follows_a_backend_kill() {
         .arg("--stall-after", "500ms")
         .arg("--ping-interval", "5s")
         .arg("--ping-timeout", "30s")
-        .start()
+        .start_ready()
         .await;
-    proxy.wait_ready().await;
     let (_direct_call, route) = open_call(proxy.addr(), "/frontend-audio/agent-7").await;
     assert_eq!(route, "direct");
     let (nginx_call, route) = open_call(proxy.addr(), "/lobby/agent-9").await;
@@ -514,9 +513,8 @@ async fn docs_screenshot() {
         .arg("--stall-after", "2s")
         .arg("--ping-interval", "1s")
         .arg("--ping-timeout", "30s")
-        .start()
+        .start_ready()
         .await;
-    proxy.wait_ready().await;
     let stop = tokio_util::sync::CancellationToken::new();
     let limit = Duration::from_secs(120);
     let mut tasks = Vec::new();
@@ -734,9 +732,8 @@ async fn browser_renders_call_values_as_text_highlights_stalls_and_sorts() {
     let proxy = shunt()
         .direct(backend.url())
         .tls(&certs.join("cert.pem"), &certs.join("key.pem"))
-        .start()
+        .start_ready()
         .await;
-    proxy.wait_ready().await;
     let front = stub_front(proxy.admin_addr()).await;
     let out = out_dir("stub");
     let plan = json!({

@@ -130,9 +130,8 @@ async fn readyz_names_the_route_when_all_its_upstreams_are_down_and_recovers() {
         .nginx(nginx.url())
         .route("/frontend-audio=direct,nginx")
         .arg("--health-check", "http:/health")
-        .start()
+        .start_ready()
         .await;
-    shunt.wait_ready().await;
 
     direct.stop().await;
     via_nginx.stop().await;

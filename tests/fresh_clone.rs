@@ -178,9 +178,8 @@ async fn an_nginx_without_upgrade_headers_is_routed_around_for_websocket_only() 
         .nginx(nginx.url())
         .route("/frontend-audio=nginx,direct")
         .route("/=nginx,direct")
-        .start()
+        .start_ready()
         .await;
-    shunt.wait_ready().await;
 
     for call in 0..2 {
         let (mut socket, response) = ws_connect(shunt.addr(), "/frontend-audio", &[])
@@ -230,9 +229,8 @@ async fn an_upgrade_not_forwarded_by_the_only_upstream_is_a_502_naming_the_cause
     let shunt = shunt()
         .nginx(nginx.url())
         .route("/calls=nginx")
-        .start()
+        .start_ready()
         .await;
-    shunt.wait_ready().await;
     let answer = support::raw_request(
         shunt.addr(),
         b"GET /calls HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
@@ -275,9 +273,8 @@ async fn a_websocket_mark_does_not_make_a_plain_http_route_unready() {
         .nginx(nginx.url())
         .route("/audio=direct,nginx")
         .route("/=nginx")
-        .start()
+        .start_ready()
         .await;
-    shunt.wait_ready().await;
 
     direct.stop().await;
     shunt.wait_upstream("direct", "down").await;
@@ -344,9 +341,8 @@ async fn a_5xx_to_an_upgrade_names_the_backend_and_the_mark_clears_once_it_is_ba
         .direct(direct.url())
         .nginx(nginx.url())
         .route("/live=nginx,direct")
-        .start()
+        .start_ready()
         .await;
-    shunt.wait_ready().await;
     behind.stop().await;
 
     let (socket, response) = ws_connect(shunt.addr(), "/live", &[])
@@ -431,9 +427,8 @@ async fn a_4xx_answer_to_an_upgrade_is_relayed_not_retried() {
             .direct(direct.url())
             .nginx(refuser(refusal).await)
             .route("/frontend-audio=nginx,direct")
-            .start()
+            .start_ready()
             .await;
-        shunt.wait_ready().await;
         // `close` as well: the answer is read to the end of the connection.
         let request = String::from_utf8(support::raw::ws_handshake("/frontend-audio", &[]))
             .unwrap()
@@ -462,8 +457,7 @@ async fn a_4xx_answer_to_an_upgrade_is_relayed_not_retried() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_admin_api_answers_while_a_live_call_drains() {
     let backend = echo_backend().name("direct").spawn().await;
-    let shunt = shunt().direct(backend.url()).start().await;
-    shunt.wait_ready().await;
+    let shunt = shunt().direct(backend.url()).start_ready().await;
     let (_call, _) = ws_connect(shunt.addr(), "/frontend-audio", &[])
         .await
         .unwrap();

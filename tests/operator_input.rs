@@ -133,9 +133,8 @@ async fn every_duration_at_its_upper_bound_still_serves_and_drains() {
     let shunt = builder
         .arg("--health-interval", "365d")
         .arg("--max-header-bytes", "1048576")
-        .start()
+        .start_ready()
         .await;
-    shunt.wait_ready().await;
     let (mut call, _) = ws_connect(shunt.addr(), "/audio", &[]).await.expect("call");
     assert_eq!(ws::recv_text(&mut call).await.unwrap(), "hello from direct");
     ws::send_text(&mut call, "a year of silence allowed")

@@ -125,9 +125,8 @@ async fn echo_via_real_nginx() {
     let defaults = support::shunt()
         .direct(direct.url())
         .nginx(nginx.url())
-        .start()
+        .start_ready()
         .await;
-    defaults.wait_ready().await;
     echo_suite(defaults.addr(), "/other-ws", "nginx", "nginx-backend").await;
     echo_suite(
         defaults.addr(),
@@ -174,8 +173,7 @@ async fn closing_the_client_closes_the_backend_side() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stopping_the_backend_closes_the_client_promptly() {
     let mut backend = echo_backend().name("direct-backend").spawn().await;
-    let shunt = shunt().direct(backend.url()).start().await;
-    shunt.wait_ready().await;
+    let shunt = shunt().direct(backend.url()).start_ready().await;
 
     let mut socket = open_call(shunt.addr()).await;
     let stopped_at = Instant::now();
@@ -294,8 +292,10 @@ fn accept_key(key: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bytes_sent_together_with_the_101_arrive() {
     let (backend, task) = one_write_backend().await;
-    let shunt = shunt().direct(format!("http://{backend}")).start().await;
-    shunt.wait_ready().await;
+    let shunt = shunt()
+        .direct(format!("http://{backend}"))
+        .start_ready()
+        .await;
     let (mut socket, response) = ws_connect(shunt.addr(), "/frontend-audio", &[])
         .await
         .unwrap();
@@ -313,9 +313,8 @@ async fn status_reports_live_tunnels_and_upgrade_counts() {
     let shunt = shunt()
         .direct(backend.url())
         .route("/frontend-audio=direct")
-        .start()
+        .start_ready()
         .await;
-    shunt.wait_ready().await;
 
     let socket = open_call(shunt.addr()).await;
     let active = async |shunt: &support::Shunt| -> u64 {
