@@ -390,6 +390,20 @@ async fn kubernetes_secret_symlink_swap_reloads_the_certificate() {
     assert_eq!(proxy.status().await.unwrap()["last_reload"]["ok"], true);
 }
 
+/// Runs `openssl ARGS` for the key kind `name`; panics with its stderr
+/// unless it succeeds.
+fn openssl(name: &str, args: &[&str]) {
+    let out = std::process::Command::new("openssl")
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{name}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// RSA (PKCS#1 and PKCS#8), ECDSA (SEC1) and Ed25519 (PKCS#8) keys made by
 /// openssl all serve TLS.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -450,25 +464,19 @@ async fn rsa_ecdsa_and_ed25519_keys_in_every_pem_form() {
         let key = pki.dir.join(format!("{name}.key"));
         let cert = pki.dir.join(format!("{name}.crt"));
         let key_arg = key.to_str().unwrap();
-        let out = std::process::Command::new("openssl")
-            .args(
-                genkey
-                    .iter()
-                    .map(|a| if *a == "{out}" { key_arg } else { a }),
-            )
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{name}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let genkey: Vec<&str> = genkey
+            .iter()
+            .map(|a| if *a == "{out}" { key_arg } else { a })
+            .collect();
+        openssl(name, &genkey);
         assert!(
             std::fs::read_to_string(&key).unwrap().contains(marker),
             "{name} is not in the expected form"
         );
-        let out = std::process::Command::new("openssl")
-            .args([
+        let cert_arg = cert.to_str().unwrap();
+        openssl(
+            name,
+            &[
                 "req",
                 "-new",
                 "-x509",
@@ -476,23 +484,15 @@ async fn rsa_ecdsa_and_ed25519_keys_in_every_pem_form() {
                 "30",
                 "-subj",
                 "/CN=localhost",
-            ])
-            .args([
                 "-addext",
                 "subjectAltName=DNS:localhost",
                 "-addext",
                 "basicConstraints=critical,CA:FALSE",
-            ])
-            .arg("-key")
-            .arg(&key)
-            .arg("-out")
-            .arg(&cert)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{name}: {}",
-            String::from_utf8_lossy(&out.stderr)
+                "-key",
+                key_arg,
+                "-out",
+                cert_arg,
+            ],
         );
 
         let proxy = shunt().direct(backend.url()).tls(&cert, &key).start().await;
