@@ -16,7 +16,7 @@ use fastwebsockets::{Frame, Payload};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use support::tls::TestPki;
+use support::tls::{TestPki, tls_in_front};
 use support::{echo_backend, eventually, shunt};
 use tokio::net::TcpListener;
 
@@ -182,14 +182,8 @@ async fn origin_token_and_headers_reach_the_policy() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wss_with_a_ca_file_or_insecure() {
-    let pki = TestPki::new();
-    let (cert, key) = pki.write("server", &["127.0.0.1"]);
-    let backend = echo_backend().spawn().await;
-    let proxy = shunt()
-        .direct(backend.url())
-        .tls(&cert, &key)
-        .start_ready()
-        .await;
+    let (pki, _, _backend, proxy) = tls_in_front("server", &["127.0.0.1"], "backend").await;
+    let proxy = proxy.start_ready().await;
     let url = format!("wss://{}/frontend-audio", proxy.addr());
     let ca = pki.ca_file();
 

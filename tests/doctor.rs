@@ -20,7 +20,7 @@ use rcgen::{CertificateParams, KeyPair, date_time_ymd};
 use support::bin::{Run, run_shunt, run_shunt_with_env};
 use support::raw::read_head;
 use support::shunt::ShuntBuilder;
-use support::tls::TestPki;
+use support::tls::{TestPki, tls_in_front};
 use support::{EchoBackend, TempFile, echo_backend, nginx, shunt};
 use tokio::net::TcpListener;
 
@@ -61,13 +61,9 @@ struct TlsFrontend {
 
 /// Starts a [`TlsFrontend`].
 async fn tls_frontend() -> TlsFrontend {
-    let backend = echo_backend().spawn().await;
-    let pki = TestPki::new();
-    let (cert, key) = pki.write("server", &["localhost"]);
-    let proxy = frontend_shunt(&backend)
-        .tls(&cert, &key)
-        .start_ready()
-        .await;
+    let (pki, (cert, key), backend, proxy) =
+        tls_in_front("server", &["localhost"], "backend").await;
+    let proxy = proxy.route("/frontend-audio=direct").start_ready().await;
     TlsFrontend {
         backend,
         proxy,
