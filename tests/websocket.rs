@@ -94,6 +94,14 @@ async fn echo_suite(addr: SocketAddr, path: &str, route: &str, backend: &str) {
     );
 }
 
+/// Whether the backend's WebSocket sessions all end within 3 s.
+async fn sessions_end(backend: &support::EchoBackend) -> bool {
+    eventually(Duration::from_secs(3), async || {
+        backend.active_websockets() == 0
+    })
+    .await
+}
+
 /// A WebSocket call on `/frontend-audio` through shunt at `addr`, past the
 /// backend's hello.
 async fn open_call(addr: std::net::SocketAddr) -> support::Ws {
@@ -152,9 +160,7 @@ async fn closing_the_client_closes_the_backend_side() {
         .unwrap();
     drop(socket);
     assert!(
-        eventually(Duration::from_secs(3), async || backend.active_websockets()
-            == 0)
-        .await,
+        sessions_end(&backend).await,
         "backend still has a session after the client sent Close"
     );
 
@@ -163,9 +169,7 @@ async fn closing_the_client_closes_the_backend_side() {
     assert_eq!(backend.active_websockets(), 1);
     drop(socket);
     assert!(
-        eventually(Duration::from_secs(3), async || backend.active_websockets()
-            == 0)
-        .await,
+        sessions_end(&backend).await,
         "backend still has a session 3 s after the client's connection went away"
     );
 }
@@ -218,9 +222,7 @@ async fn idle_timeout_closes_a_silent_tunnel_but_not_a_busy_one() {
         "closed after only {after:?}"
     );
     assert!(
-        eventually(Duration::from_secs(3), async || backend.active_websockets()
-            == 0)
-        .await,
+        sessions_end(&backend).await,
         "the idle timeout closed the client side but not the backend side"
     );
 }
