@@ -8,8 +8,7 @@ use support::{echo_backend, http_get, shunt, ws_connect};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_requests_tunnels_and_health() {
     let backend = echo_backend().spawn().await;
-    let proxy = shunt().direct(backend.url()).start().await;
-    proxy.wait_ready().await;
+    let proxy = shunt().direct(backend.url()).start_ready().await;
     let resp = http_get(proxy.addr(), "/x", &[]).await.unwrap();
     assert_eq!(resp.status, 200);
     let (mut ws, _) = ws_connect(proxy.addr(), "/frontend-audio", &[])

@@ -16,7 +16,7 @@ use fastwebsockets::{Frame, Payload};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use support::tls::TestPki;
+use support::tls::{TestPki, tls_in_front};
 use support::{echo_backend, eventually, shunt};
 use tokio::net::TcpListener;
 
@@ -77,8 +77,7 @@ async fn audio_client(args: &[&str]) -> Run {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_that_complete_exit_0_with_a_summary() {
     let backend = echo_backend().spawn().await;
-    let proxy = shunt().direct(backend.url()).start().await;
-    proxy.wait_ready().await;
+    let proxy = shunt().direct(backend.url()).start_ready().await;
     let url = proxy.ws_url("/frontend-audio");
     let run = audio_client(&["--url", &url, "--connections", "2", "--seconds", "1"]).await;
     run.expect_stdout(&[
@@ -121,9 +120,8 @@ async fn origin_token_and_headers_reach_the_policy() {
         .arg("--token-file", tokens.to_str().unwrap())
         .arg("--allow-origin", "https://calls.example.com")
         .flag("--require-origin")
-        .start()
+        .start_ready()
         .await;
-    proxy.wait_ready().await;
     let url = proxy.ws_url("/frontend-audio");
     let origin = "https://calls.example.com";
 
@@ -184,11 +182,8 @@ async fn origin_token_and_headers_reach_the_policy() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wss_with_a_ca_file_or_insecure() {
-    let pki = TestPki::new();
-    let (cert, key) = pki.write("server", &["127.0.0.1"]);
-    let backend = echo_backend().spawn().await;
-    let proxy = shunt().direct(backend.url()).tls(&cert, &key).start().await;
-    proxy.wait_ready().await;
+    let (pki, _, _backend, proxy) = tls_in_front("server", &["127.0.0.1"], "backend").await;
+    let proxy = proxy.start_ready().await;
     let url = format!("wss://{}/frontend-audio", proxy.addr());
     let ca = pki.ca_file();
 
@@ -230,8 +225,7 @@ async fn wss_with_a_ca_file_or_insecure() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_broken_midway_is_dropped_and_exits_1() {
     let mut backend = echo_backend().spawn().await;
-    let proxy = shunt().direct(backend.url()).start().await;
-    proxy.wait_ready().await;
+    let proxy = shunt().direct(backend.url()).start_ready().await;
     let url = proxy.ws_url("/frontend-audio");
     let child = tokio::process::Command::new(client_binary().await)
         .args(["--url", &url, "--seconds", "20"])

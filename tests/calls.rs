@@ -8,13 +8,16 @@
 
 mod support;
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use fastwebsockets::{Frame, OpCode, Payload};
 use hyper::StatusCode;
 use serde_json::Value;
 
-use support::calls::{RawWs, ShuntProcess, WsBackend, encode, next_close};
+use support::calls::{
+    BackendWs, RawWs, ShuntProcess, WsBackend, backend_ws, encode, next_close, read_exactly,
+};
 use support::{echo_backend, eventually, not_yet, shunt, ws, ws_connect};
 
 const PING: u8 = 9;
@@ -31,16 +34,63 @@ async fn calls(s: &support::Shunt) -> Value {
     admin_json(s, "/calls").await.1
 }
 
+/// A 4 MiB binary message and its one unmasked frame, for a backend to write
+/// slowly across the drain deadline.
+fn big_message() -> (Vec<u8>, Vec<u8>) {
+    let big: Vec<u8> = (0..4 << 20).map(|i| (i % 251) as u8).collect();
+    let frame = encode(true, 0, 2, &big, false);
+    (big, frame)
+}
+
+/// The backend side of a call until shunt's Close: it answers with the same
+/// code and returns it (`None` when the call broke first).
+fn answer_close(mut server: BackendWs) -> tokio::task::JoinHandle<Option<u16>> {
+    tokio::spawn(async move {
+        loop {
+            match server.read_frame().await {
+                Ok(f) if f.opcode == OpCode::Close => {
+                    let code = u16::from_be_bytes([f.payload[0], f.payload[1]]);
+                    let _ = server.write_frame(Frame::close(code, b"")).await;
+                    return Some(code);
+                }
+                Ok(_) => {}
+                Err(_) => return None,
+            }
+        }
+    })
+}
+
+/// The opcode of the next frame the backend reads, within 5 s.
+async fn next_opcode(server: &mut BackendWs) -> OpCode {
+    tokio::time::timeout(Duration::from_secs(5), server.read_frame())
+        .await
+        .expect("a frame at the backend in time")
+        .expect("a frame")
+        .opcode
+}
+
+/// Whether shunt, told to shut down, has stopped within `limit`.
+async fn stopped_within(running: ::shunt::app::Running, limit: Duration) -> bool {
+    tokio::time::timeout(limit, running.stopped()).await.is_ok()
+}
+
 /// Short pings for the timer tests.
-fn fast_pings(b: support::shunt::ShuntBuilder) -> support::shunt::ShuntBuilder {
-    b.arg("--ping-interval", "200ms")
-        .arg("--ping-timeout", "300ms")
+const FAST_PINGS: [(&str, &str); 2] = [("--ping-interval", "200ms"), ("--ping-timeout", "300ms")];
+
+/// A backend that hands each call to the test, and shunt in front of it
+/// (`--direct` to it, then each `(flag, value)` of `flags`).
+async fn ws_shunt(flags: &[(&str, &str)]) -> (WsBackend, support::Shunt) {
+    let backend = WsBackend::spawn().await;
+    let mut builder = shunt().direct(backend.url());
+    for (flag, value) in flags {
+        builder = builder.arg(flag, *value);
+    }
+    (backend, builder.start().await)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pings_are_answered_by_a_real_client_and_shunts_pongs_never_reach_the_backend() {
-    let mut backend = WsBackend::spawn().await;
-    let shunt = fast_pings(shunt().direct(backend.url())).start().await;
+    let (mut backend, shunt) = ws_shunt(&FAST_PINGS).await;
     let (mut client, _) = ws_connect(shunt.addr(), "/audio", &[]).await.unwrap();
     let mut server = backend.accept().await;
     // The client auto-pongs (fastwebsockets); the backend answers by hand
@@ -97,8 +147,7 @@ async fn pings_are_answered_by_a_real_client_and_shunts_pongs_never_reach_the_ba
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_client_is_found_dead_and_the_backend_gets_1001() {
-    let mut backend = WsBackend::spawn().await;
-    let shunt = fast_pings(shunt().direct(backend.url())).start().await;
+    let (mut backend, shunt) = ws_shunt(&FAST_PINGS).await;
     // Completes the handshake, then never reads or writes again.
     let mut client = RawWs::connect(shunt.addr(), "/audio").await.unwrap();
     let mut server = backend.accept().await;
@@ -130,8 +179,7 @@ async fn a_silent_client_is_found_dead_and_the_backend_gets_1001() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backend_that_stops_answering_gives_the_client_1014() {
-    let mut backend = WsBackend::spawn().await;
-    let shunt = fast_pings(shunt().direct(backend.url())).start().await;
+    let (mut backend, shunt) = ws_shunt(&FAST_PINGS).await;
     // A client that answers pings (fastwebsockets refuses 1014 as a close
     // code, browsers accept it: see the browser-grade test below).
     let mut client = RawWs::connect(shunt.addr(), "/audio").await.unwrap();
@@ -146,10 +194,7 @@ async fn a_backend_that_stops_answering_gives_the_client_1014() {
     assert_eq!(&close.payload[2..], b"bad gateway");
     assert!(before.iter().all(|f| f.opcode == PING), "{before:?}");
     assert!(started.elapsed() <= Duration::from_millis(1500));
-    client
-        .send(true, CLOSE, &1014u16.to_be_bytes())
-        .await
-        .unwrap();
+    client.send_close(1014).await.unwrap();
     let line = "shunt_tunnel_closes_total{route=\"/\",closed_by=\"shunt\",code=\"1014\"} 1";
     let counted = eventually(Duration::from_secs(3), async || {
         shunt
@@ -163,8 +208,7 @@ async fn a_backend_that_stops_answering_gives_the_client_1014() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backend_that_dies_gives_the_client_1014_at_once() {
-    let mut backend = WsBackend::spawn().await;
-    let shunt = shunt().direct(backend.url()).start().await;
+    let (mut backend, shunt) = ws_shunt(&[]).await;
     let mut client = RawWs::connect(shunt.addr(), "/audio").await.unwrap();
     let server = backend.accept().await;
     drop(server); // EOF without a Close
@@ -173,17 +217,13 @@ async fn a_backend_that_dies_gives_the_client_1014_at_once() {
         .await
         .unwrap();
     assert_eq!(close.close_code(), Some(1014));
-    client
-        .send(true, CLOSE, &1014u16.to_be_bytes())
-        .await
-        .unwrap();
+    client.send_close(1014).await.unwrap();
     assert!(client.closed_within(Duration::from_secs(2)).await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_vanishes_gives_the_backend_1001() {
-    let mut backend = WsBackend::spawn().await;
-    let shunt = shunt().direct(backend.url()).start().await;
+    let (mut backend, shunt) = ws_shunt(&[]).await;
     let client = RawWs::connect(shunt.addr(), "/audio").await.unwrap();
     let mut server = backend.accept().await;
     drop(client);
@@ -192,12 +232,7 @@ async fn a_client_that_vanishes_gives_the_backend_1001() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_timeout_sends_1001_both_ways() {
-    let mut backend = WsBackend::spawn().await;
-    let shunt = shunt()
-        .direct(backend.url())
-        .arg("--idle-timeout", "300ms")
-        .start()
-        .await;
+    let (mut backend, shunt) = ws_shunt(&[("--idle-timeout", "300ms")]).await;
     let mut client = RawWs::connect(shunt.addr(), "/audio").await.unwrap();
     let mut server = backend.accept().await;
     let (before, close) = client
@@ -207,26 +242,17 @@ async fn idle_timeout_sends_1001_both_ways() {
     assert!(before.is_empty());
     assert_eq!(close.close_code(), Some(1001));
     assert!(!close.masked, "frames to the browser are unmasked");
-    client
-        .send(true, CLOSE, &1001u16.to_be_bytes())
-        .await
-        .unwrap();
+    client.send_close(1001).await.unwrap();
     assert_eq!(next_close(&mut server, Duration::from_secs(3)).await, 1001);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_closes_calls_with_1012_after_the_last_whole_frame() {
-    let mut backend = WsBackend::spawn().await;
-    let shunt = shunt()
-        .direct(backend.url())
-        .arg("--drain-timeout", "300ms")
-        .start()
-        .await;
+    let (mut backend, shunt) = ws_shunt(&[("--drain-timeout", "300ms")]).await;
     let mut client = RawWs::connect(shunt.addr(), "/audio").await.unwrap();
     let server = backend.accept().await;
     // The backend writes a 4 MiB message slowly, across the drain deadline.
-    let big: Vec<u8> = (0..4 << 20).map(|i| (i % 251) as u8).collect();
-    let frame = encode(true, 0, 2, &big, false);
+    let (big, frame) = big_message();
     let mut raw = server.into_inner();
     let writer = tokio::spawn(async move {
         use tokio::io::AsyncWriteExt;
@@ -253,17 +279,11 @@ async fn shutdown_closes_calls_with_1012_after_the_last_whole_frame() {
     assert!(before[0].payload == big, "never inside the 4 MiB message");
     // The backend gets 1001 once the browser's Close is out.
     let raw = writer.await.unwrap();
-    client
-        .send(true, CLOSE, &1012u16.to_be_bytes())
-        .await
-        .unwrap();
-    let mut server = fastwebsockets::WebSocket::after_handshake(raw, fastwebsockets::Role::Server);
-    server.set_auto_close(false);
+    client.send_close(1012).await.unwrap();
+    let mut server = backend_ws(raw);
     assert_eq!(next_close(&mut server, Duration::from_secs(3)).await, 1001);
     assert!(
-        tokio::time::timeout(Duration::from_secs(5), running.stopped())
-            .await
-            .is_ok(),
+        stopped_within(running, Duration::from_secs(5)).await,
         "shunt stopped after the calls were closed"
     );
 }
@@ -276,18 +296,8 @@ async fn the_binary_sends_1012_and_1001_at_the_drain_deadline_and_exits_0() {
     let (mut client, _) = ws_connect(shunt.listen, "/audio", &[]).await.unwrap();
     let mut server = backend.accept().await;
     ws::send_text(&mut client, "hi").await.unwrap();
-    let f = server.read_frame().await.unwrap();
-    assert_eq!(f.opcode, OpCode::Text);
-    let backend_side = tokio::spawn(async move {
-        loop {
-            let f = server.read_frame().await.unwrap();
-            if f.opcode == OpCode::Close {
-                let code = u16::from_be_bytes([f.payload[0], f.payload[1]]);
-                let _ = server.write_frame(Frame::close(code, b"")).await;
-                return code;
-            }
-        }
-    });
+    assert_eq!(next_opcode(&mut server).await, OpCode::Text);
+    let backend_side = answer_close(server);
     let pid = shunt.child.id().unwrap().to_string();
     let term = tokio::spawn(async move { shunt.terminate(Duration::from_secs(10)).await });
     let closed = ws::wait_closed(&mut client, Duration::from_secs(5))
@@ -298,7 +308,7 @@ async fn the_binary_sends_1012_and_1001_at_the_drain_deadline_and_exits_0() {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(code, 1001);
+    assert_eq!(code, Some(1001));
     assert_eq!(term.await.unwrap(), Some(0), "exit code after SIGTERM");
 }
 
@@ -323,11 +333,7 @@ async fn a_call_that_closes_itself_before_the_deadline_gets_nothing_from_shunt()
         .unwrap();
     // The backend's own answer, not shunt's 1012.
     assert_eq!(closed, ws::Closed::CloseFrame(Some(1000)));
-    assert!(
-        tokio::time::timeout(Duration::from_secs(3), running.stopped())
-            .await
-            .is_ok()
-    );
+    assert!(stopped_within(running, Duration::from_secs(3)).await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -361,11 +367,7 @@ async fn a_stream_that_pauses_is_one_stall_in_calls_metrics_and_the_log() {
             .await
             .unwrap();
     }
-    let admin = shunt.admin;
-    let get = async |path: &str| -> Value {
-        let r = support::http_get(admin, path, &[]).await.unwrap();
-        serde_json::from_slice(&r.body).unwrap()
-    };
+    let get = async |path: &str| shunt.admin_json(path).await;
     let stalled = eventually(Duration::from_secs(4), async || {
         get("/calls").await["calls"][0]["directions"]["to_client"]["stalled"] == true
     })
@@ -401,7 +403,9 @@ async fn a_stream_that_pauses_is_one_stall_in_calls_metrics_and_the_log() {
         1,
         "{log}"
     );
-    let r = support::http_get(admin, "/metrics", &[]).await.unwrap();
+    let r = support::http_get(shunt.admin, "/metrics", &[])
+        .await
+        .unwrap();
     let metrics = String::from_utf8_lossy(&r.body);
     assert!(
         metrics.contains("shunt_call_stalls_total{route=\"/\"} 1"),
@@ -639,8 +643,7 @@ async fn frames_pass_unchanged_on_the_tls_buffered_path() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unparsable_framing_falls_back_to_an_opaque_relay() {
-    let mut backend = WsBackend::spawn().await;
-    let shunt = shunt().direct(backend.url()).start().await;
+    let (mut backend, shunt) = ws_shunt(&[]).await;
     let mut client = RawWs::connect(shunt.addr(), "/audio").await.unwrap();
     let server = backend.accept().await;
     let mut raw = server.into_inner();
@@ -649,12 +652,7 @@ async fn unparsable_framing_falls_back_to_an_opaque_relay() {
     sent.extend(encode(true, 0, PING, &[1; 200], true));
     sent.extend(b"then anything at all \x00\xff\x88\x02");
     client.send_raw(&sent).await.unwrap();
-    use tokio::io::AsyncReadExt;
-    let mut got = vec![0; sent.len()];
-    tokio::time::timeout(Duration::from_secs(5), raw.read_exact(&mut got))
-        .await
-        .unwrap()
-        .unwrap();
+    let got = read_exactly(&mut raw, sent.len(), Duration::from_secs(5)).await;
     assert_eq!(got, sent, "relayed byte for byte");
     let c = calls(&shunt).await;
     assert_eq!(
@@ -669,12 +667,13 @@ async fn unparsable_framing_falls_back_to_an_opaque_relay() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn frames_off_is_todays_byte_relay() {
-    let mut backend = WsBackend::spawn().await;
-    let shunt = fast_pings(shunt().direct(backend.url()))
-        .arg("--frames", "off")
-        .arg("--drain-timeout", "200ms")
-        .start()
-        .await;
+    let (mut backend, shunt) = ws_shunt(&[
+        FAST_PINGS[0],
+        FAST_PINGS[1],
+        ("--frames", "off"),
+        ("--drain-timeout", "200ms"),
+    ])
+    .await;
     let mut client = RawWs::connect(shunt.addr(), "/audio").await.unwrap();
     let mut server = backend.accept().await;
     client.send(true, 2, b"x").await.unwrap();
@@ -714,6 +713,50 @@ fn node_websocket() -> bool {
     node_ok
 }
 
+/// Node's WebSocket on `ws://ADDR/audio`: it sends "hi" once open and prints
+/// the close event as JSON (`code`, `reason`, `clean`), within 8 s.
+fn node_call(addr: SocketAddr) -> tokio::task::JoinHandle<std::io::Result<std::process::Output>> {
+    let script = format!(
+        "const ws = new WebSocket('ws://{addr}/audio');\
+         ws.onopen = () => ws.send('hi');\
+         ws.onclose = (e) => {{ console.log(JSON.stringify({{code: e.code, reason: e.reason, clean: e.wasClean}})); process.exit(0); }};\
+         setTimeout(() => {{ console.log('timeout'); process.exit(1); }}, 8000);"
+    );
+    tokio::spawn(
+        tokio::process::Command::new("node")
+            .args(["--no-warnings", "--experimental-websocket", "-e", &script])
+            .kill_on_drop(true)
+            .output(),
+    )
+}
+
+/// A [`node_call`] through `shunt`, with the backend side of its call and
+/// the opcode of the first frame the backend got (node's "hi").
+async fn node_says_hi(
+    shunt: &support::Shunt,
+    backend: &mut WsBackend,
+) -> (
+    tokio::task::JoinHandle<std::io::Result<std::process::Output>>,
+    BackendWs,
+    OpCode,
+) {
+    let node = node_call(shunt.addr());
+    let mut server = backend.accept().await;
+    let first = next_opcode(&mut server).await;
+    (node, server, first)
+}
+
+/// The close event a [`node_call`] printed.
+fn node_close(out: &std::process::Output) -> Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
+        panic!(
+            "node said {:?} {:?}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
 /// A browser-grade client: Node's WHATWG WebSocket (undici), which checks
 /// close codes the way browsers do and reports `wasClean`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -721,74 +764,26 @@ async fn a_browser_grade_client_sees_1012_at_restart_and_1014_when_the_backend_d
     if !node_websocket() {
         return;
     }
-    let mut backend = WsBackend::spawn().await;
-    let shunt = shunt()
-        .direct(backend.url())
-        .arg("--drain-timeout", "500ms")
-        .start()
-        .await;
-    let script = format!(
-        "const ws = new WebSocket('ws://{}/audio');\
-         ws.onopen = () => ws.send('hi');\
-         ws.onclose = (e) => {{ console.log(JSON.stringify({{code: e.code, reason: e.reason, clean: e.wasClean}})); process.exit(0); }};\
-         setTimeout(() => {{ console.log('timeout'); process.exit(1); }}, 8000);",
-        shunt.addr()
-    );
-    let run = |script: String| {
-        tokio::process::Command::new("node")
-            .args(["--no-warnings", "--experimental-websocket", "-e", &script])
-            .kill_on_drop(true)
-            .output()
-    };
+    let (mut backend, shunt) = ws_shunt(&[("--drain-timeout", "500ms")]).await;
     // 1014: the backend dies mid-call.
-    let node = tokio::spawn(run(script.clone()));
-    let mut server = backend.accept().await;
-    let f = tokio::time::timeout(Duration::from_secs(5), server.read_frame())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(f.opcode, OpCode::Text);
+    let (node, server, first) = node_says_hi(&shunt, &mut backend).await;
+    assert_eq!(first, OpCode::Text);
     drop(server);
-    let out = node.await.unwrap().unwrap();
-    let seen: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
-        panic!(
-            "node said {:?} {:?}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
+    let seen = node_close(&node.await.unwrap().unwrap());
     assert_eq!(seen["code"], 1014, "{seen}");
     assert_eq!(seen["reason"], "bad gateway");
     // 1012: shunt shuts down.
-    let node = tokio::spawn(run(script));
-    let mut server = backend.accept().await;
-    let f = server.read_frame().await.unwrap();
-    assert_eq!(f.opcode, OpCode::Text);
-    let backend_side = tokio::spawn(async move {
-        loop {
-            match server.read_frame().await {
-                Ok(f) if f.opcode == OpCode::Close => {
-                    let _ = server.write_frame(Frame::close(1001, b"")).await;
-                    return Some(u16::from_be_bytes([f.payload[0], f.payload[1]]));
-                }
-                Ok(_) => {}
-                Err(_) => return None,
-            }
-        }
-    });
+    let (node, server, first) = node_says_hi(&shunt, &mut backend).await;
+    assert_eq!(first, OpCode::Text);
+    let backend_side = answer_close(server);
     let running = shunt.into_running();
     running.shutdown();
-    let out = node.await.unwrap().unwrap();
-    let seen: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let seen = node_close(&node.await.unwrap().unwrap());
     assert_eq!(seen["code"], 1012, "{seen}");
     assert_eq!(seen["reason"], "service restart");
     assert_eq!(seen["clean"], true, "{seen}");
     assert_eq!(backend_side.await.unwrap(), Some(1001));
-    assert!(
-        tokio::time::timeout(Duration::from_secs(5), running.stopped())
-            .await
-            .is_ok()
-    );
+    assert!(stopped_within(running, Duration::from_secs(5)).await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -810,7 +805,7 @@ async fn shunts_pings_and_their_pongs_do_not_count_as_activity_for_the_idle_time
         let got = client.read_until_close(Duration::from_secs(5)).await;
         let elapsed = started.elapsed();
         if got.is_ok() {
-            let _ = client.send(true, CLOSE, &1001u16.to_be_bytes()).await;
+            let _ = client.send_close(1001).await;
         }
         got.map(|got| (got, elapsed))
     });
@@ -869,31 +864,9 @@ async fn a_browser_grade_client_answers_shunts_pings() {
     if !node_websocket() {
         return;
     }
-    let mut backend = WsBackend::spawn().await;
-    let shunt = shunt()
-        .direct(backend.url())
-        .arg("--ping-interval", "200ms")
-        .start()
-        .await;
-    let script = format!(
-        "const ws = new WebSocket('ws://{}/audio');\
-         ws.onopen = () => ws.send('hi');\
-         ws.onclose = (e) => {{ console.log(JSON.stringify({{code: e.code, reason: e.reason, clean: e.wasClean}})); process.exit(0); }};\
-         setTimeout(() => {{ console.log('timeout'); process.exit(1); }}, 8000);",
-        shunt.addr()
-    );
-    let node = tokio::spawn(
-        tokio::process::Command::new("node")
-            .args(["--no-warnings", "--experimental-websocket", "-e", &script])
-            .kill_on_drop(true)
-            .output(),
-    );
-    let mut server = backend.accept().await;
-    let f = tokio::time::timeout(Duration::from_secs(5), server.read_frame())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(f.opcode, OpCode::Text);
+    let (mut backend, shunt) = ws_shunt(&[("--ping-interval", "200ms")]).await;
+    let (node, mut server, first) = node_says_hi(&shunt, &mut backend).await;
+    assert_eq!(first, OpCode::Text);
     // Node answers shunt's Pings by itself, as a browser does.
     let mut last = String::new();
     let answered = eventually(Duration::from_secs(5), async || {
@@ -914,14 +887,7 @@ async fn a_browser_grade_client_answers_shunts_pings() {
         .write_frame(Frame::close(1000, b"done"))
         .await
         .unwrap();
-    let out = node.await.unwrap().unwrap();
-    let seen: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
-        panic!(
-            "node said {:?} {:?}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
+    let seen = node_close(&node.await.unwrap().unwrap());
     assert_eq!(seen["code"], 1000, "{seen}");
     assert_eq!(seen["clean"], true, "{seen}");
 }
@@ -935,7 +901,7 @@ async fn the_opaque_fallback_relays_and_is_logged_once(
     backend: &mut WsBackend,
     mut client: RawWs,
 ) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let server = backend.accept().await;
     let mut raw = server.into_inner();
     let mut first = encode(true, 0, 1, b"ok", true);
@@ -948,11 +914,7 @@ async fn the_opaque_fallback_relays_and_is_logged_once(
     second.extend(b"and bytes after a Close");
     for part in [&first, &second] {
         client.send_raw(part).await.unwrap();
-        let mut got = vec![0; part.len()];
-        tokio::time::timeout(Duration::from_secs(5), raw.read_exact(&mut got))
-            .await
-            .expect("relayed in time")
-            .unwrap();
+        let got = read_exactly(&mut raw, part.len(), Duration::from_secs(5)).await;
         assert_eq!(&got, part, "relayed byte for byte");
     }
     // The backend → client direction is still followed frame by frame.
@@ -961,8 +923,7 @@ async fn the_opaque_fallback_relays_and_is_logged_once(
         .unwrap();
     let f = client.read_frame(Duration::from_secs(5)).await.unwrap();
     assert_eq!(f.payload, b"from the backend");
-    let r = support::http_get(shunt.admin, "/calls", &[]).await.unwrap();
-    let c: Value = serde_json::from_slice(&r.body).unwrap();
+    let c = shunt.admin_json("/calls").await;
     let call = &c["calls"][0];
     assert_eq!(call["directions"]["to_backend"]["framing"], "opaque", "{c}");
     assert_eq!(call["directions"]["to_client"]["framing"], "tracked", "{c}");
@@ -1086,12 +1047,8 @@ async fn a_negotiated_extension_and_subprotocol_pass_through_with_their_rsv1_fra
     let mut raw = server.into_inner();
     let (expect, back) = (up.clone(), down.clone());
     let backend_side = tokio::spawn(async move {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut got = vec![0; expect.len()];
-        tokio::time::timeout(Duration::from_secs(5), raw.read_exact(&mut got))
-            .await
-            .expect("all bytes in time")
-            .unwrap();
+        use tokio::io::AsyncWriteExt;
+        let got = read_exactly(&mut raw, expect.len(), Duration::from_secs(5)).await;
         assert!(got == expect, "bytes changed on the way to the backend");
         raw.write_all(&back).await.unwrap();
         raw
@@ -1137,8 +1094,7 @@ async fn sigterm_gives_each_live_call_1012_at_the_drain_deadline_after_the_whole
         b.read_frame(Duration::from_secs(5)).await.unwrap().payload,
         b"hello"
     );
-    let big: Vec<u8> = (0..4 << 20).map(|i| (i % 251) as u8).collect();
-    let frame = encode(true, 0, 2, &big, false);
+    let (big, frame) = big_message();
     let mut raw = server_a.into_inner();
     let (go, sigterm_sent) = tokio::sync::oneshot::channel::<()>();
     let writer = tokio::spawn(async move {
@@ -1160,15 +1116,13 @@ async fn sigterm_gives_each_live_call_1012_at_the_drain_deadline_after_the_whole
                 .timed_frames_until_close(Duration::from_secs(10))
                 .await
                 .unwrap();
-            ws.send(true, CLOSE, &1012u16.to_be_bytes()).await.unwrap();
+            ws.send_close(1012).await.unwrap();
             frames
         })
     };
     let (read_a, read_b) = (read(a), read(b));
-    let admin = shunt.admin;
     let arriving = eventually(Duration::from_secs(3), async || {
-        let r = support::http_get(admin, "/calls", &[]).await.unwrap();
-        let c: Value = serde_json::from_slice(&r.body).unwrap();
+        let c = shunt.admin_json("/calls").await;
         c["calls"].as_array().is_some_and(|calls| {
             calls.iter().any(|call| {
                 call["path"] == "/a" && call["directions"]["to_client"]["bytes"].as_u64() > Some(0)
@@ -1223,9 +1177,7 @@ async fn sigterm_gives_each_live_call_1012_at_the_drain_deadline_after_the_whole
     );
     let _ = server_b.write_frame(Frame::close(1001, b"")).await;
     let raw = writer.await.unwrap();
-    let mut server_a =
-        fastwebsockets::WebSocket::after_handshake(raw, fastwebsockets::Role::Server);
-    server_a.set_auto_close(false);
+    let mut server_a = backend_ws(raw);
     assert_eq!(
         next_close(&mut server_a, Duration::from_secs(3)).await,
         1001
@@ -1237,14 +1189,12 @@ async fn sigterm_gives_each_live_call_1012_at_the_drain_deadline_after_the_whole
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shunts_pong_is_removed_even_when_it_arrives_split() {
     for mode in ["auto", "copy"] {
-        let mut backend = WsBackend::spawn().await;
-        let shunt = shunt()
-            .direct(backend.url())
-            .arg("--tunnel-mode", mode)
-            .arg("--ping-interval", "200ms")
-            .arg("--ping-timeout", "2s")
-            .start()
-            .await;
+        let (mut backend, shunt) = ws_shunt(&[
+            ("--tunnel-mode", mode),
+            ("--ping-interval", "200ms"),
+            ("--ping-timeout", "2s"),
+        ])
+        .await;
         let mut client = RawWs::connect(shunt.addr(), "/audio").await.unwrap();
         let mut server = backend.accept().await;
         server.set_auto_pong(true);

@@ -100,8 +100,7 @@ async fn check_accepts_the_example_config_file() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn healthcheck_reflects_readiness() {
     let backend = echo_backend().spawn().await;
-    let ready = shunt().direct(backend.url()).start().await;
-    ready.wait_ready().await;
+    let ready = shunt().direct(backend.url()).start_ready().await;
     let out = run(&["healthcheck", "--admin", &ready.admin_addr().to_string()]).await;
     assert_eq!(
         out.code,

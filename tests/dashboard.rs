@@ -35,6 +35,21 @@ const BROWSER_LIMIT: Duration = Duration::from_secs(90);
 
 // ---- the Host guard, CSP and CORS (no browser needed) ----------------------
 
+/// `METHOD PATH` with `headers` and an empty body on the admin listener.
+async fn admin_send(
+    admin: SocketAddr,
+    method: hyper::Method,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> support::HttpResponse {
+    HttpConn::connect(admin)
+        .await
+        .expect("connect to the admin listener")
+        .send(method.clone(), path, headers, Full::new(Bytes::new()))
+        .await
+        .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+}
+
 async fn admin_get_with_host(admin: SocketAddr, path: &str, host: &str) -> support::HttpResponse {
     HttpConn::connect(admin)
         .await
@@ -71,17 +86,13 @@ async fn admin_refuses_a_rebinding_host_and_serves_ip_and_localhost() {
         }
     }
     // A POST /reload from a rebinding page is refused too.
-    let resp = HttpConn::connect(admin)
-        .await
-        .unwrap()
-        .send(
-            hyper::Method::POST,
-            "/reload",
-            &[("host", "attacker.example")],
-            Full::new(Bytes::new()),
-        )
-        .await
-        .unwrap();
+    let resp = admin_send(
+        admin,
+        hyper::Method::POST,
+        "/reload",
+        &[("host", "attacker.example")],
+    )
+    .await;
     assert_eq!(resp.status, StatusCode::FORBIDDEN);
 
     let port = admin.port();
@@ -104,17 +115,7 @@ async fn a_cross_site_post_reload_is_refused_and_a_script_s_is_served() {
     let host = admin.to_string();
     let post = |headers: Vec<(&'static str, String)>| async move {
         let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        HttpConn::connect(admin)
-            .await
-            .expect("connect to the admin listener")
-            .send(
-                hyper::Method::POST,
-                "/reload",
-                &headers,
-                Full::new(Bytes::new()),
-            )
-            .await
-            .expect("POST /reload")
+        admin_send(admin, hyper::Method::POST, "/reload", &headers).await
     };
     let generation = || async {
         let status = http_get(admin, "/status", &[]).await.unwrap().json();
@@ -210,20 +211,16 @@ async fn page_and_assets_send_csp_and_no_cors_headers() {
             );
         }
     }
-    let resp = HttpConn::connect(admin)
-        .await
-        .unwrap()
-        .send(
-            hyper::Method::OPTIONS,
-            "/status",
-            &[
-                ("origin", "https://attacker.example"),
-                ("access-control-request-method", "POST"),
-            ],
-            Full::new(Bytes::new()),
-        )
-        .await
-        .unwrap();
+    let resp = admin_send(
+        admin,
+        hyper::Method::OPTIONS,
+        "/status",
+        &[
+            ("origin", "https://attacker.example"),
+            ("access-control-request-method", "POST"),
+        ],
+    )
+    .await;
     assert!(resp.header("access-control-allow-origin").is_empty());
     assert_ne!(resp.status, StatusCode::OK, "a preflight must not succeed");
 }
@@ -416,28 +413,41 @@ fn stream_frames(
 /// pass, enough to break out of an attribute built by string concatenation.
 const HOSTILE_PATH: &str = "/lobby/\"onmouseover=\"window.__shunt_xss=1\"{x}";
 
+/// The README's call center for the browser tests: shunt with `direct` at
+/// `direct_url` and an echo backend `via-nginx` behind a real nginx, the
+/// routes `/frontend-audio=direct,nginx` and `/=nginx,direct`, `--fall 1`,
+/// `--ping-timeout 30s`, and `--stall-after`/`--ping-interval` as given;
+/// ready. `None` when nginx is missing and not required.
+async fn call_center(
+    direct_url: &str,
+    stall_after: &str,
+    ping_interval: &str,
+) -> Option<(support::EchoBackend, support::Nginx, support::Shunt)> {
+    let via_nginx = echo_backend().name("via-nginx").spawn().await;
+    let nginx = nginx(via_nginx.addr()).spawn().await?;
+    let proxy = shunt()
+        .direct(direct_url)
+        .nginx(nginx.url())
+        .route("/frontend-audio=direct,nginx")
+        .route("/=nginx,direct")
+        .arg("--fall", "1")
+        .arg("--stall-after", stall_after)
+        .arg("--ping-interval", ping_interval)
+        .arg("--ping-timeout", "30s")
+        .start_ready()
+        .await;
+    Some((via_nginx, nginx, proxy))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn browser_shows_live_calls_and_follows_a_backend_kill() {
     if !browser_available() {
         return;
     }
     let mut direct = echo_backend().name("direct").spawn().await;
-    let via_nginx = echo_backend().name("via-nginx").spawn().await;
-    let Some(nginx) = nginx(via_nginx.addr()).spawn().await else {
+    let Some((_via_nginx, _nginx, proxy)) = call_center(&direct.url(), "500ms", "5s").await else {
         return;
     };
-    let proxy = shunt()
-        .direct(direct.url())
-        .nginx(nginx.url())
-        .route("/frontend-audio=direct,nginx")
-        .route("/=nginx,direct")
-        .arg("--fall", "1")
-        .arg("--stall-after", "500ms")
-        .arg("--ping-interval", "5s")
-        .arg("--ping-timeout", "30s")
-        .start()
-        .await;
-    proxy.wait_ready().await;
     let (_direct_call, route) = open_call(proxy.addr(), "/frontend-audio/agent-7").await;
     assert_eq!(route, "direct");
     let (nginx_call, route) = open_call(proxy.addr(), "/lobby/agent-9").await;
@@ -501,22 +511,9 @@ async fn docs_screenshot() {
     }
     let backend = echo_backend().name("direct").spawn().await;
     let forwarder = Cuttable::spawn(backend.addr()).await;
-    let via_nginx = echo_backend().name("via-nginx").spawn().await;
-    let Some(nginx) = nginx(via_nginx.addr()).spawn().await else {
+    let Some((_via_nginx, _nginx, proxy)) = call_center(&forwarder.url(), "2s", "1s").await else {
         return;
     };
-    let proxy = shunt()
-        .direct(forwarder.url())
-        .nginx(nginx.url())
-        .route("/frontend-audio=direct,nginx")
-        .route("/=nginx,direct")
-        .arg("--fall", "1")
-        .arg("--stall-after", "2s")
-        .arg("--ping-interval", "1s")
-        .arg("--ping-timeout", "30s")
-        .start()
-        .await;
-    proxy.wait_ready().await;
     let stop = tokio_util::sync::CancellationToken::new();
     let limit = Duration::from_secs(120);
     let mut tasks = Vec::new();
@@ -734,9 +731,8 @@ async fn browser_renders_call_values_as_text_highlights_stalls_and_sorts() {
     let proxy = shunt()
         .direct(backend.url())
         .tls(&certs.join("cert.pem"), &certs.join("key.pem"))
-        .start()
+        .start_ready()
         .await;
-    proxy.wait_ready().await;
     let front = stub_front(proxy.admin_addr()).await;
     let out = out_dir("stub");
     let plan = json!({

@@ -38,6 +38,11 @@ fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// The start of every demo test: [`one_at_a_time`] and [`free_ports`].
+fn serial_ports() -> (std::sync::MutexGuard<'static, ()>, [u16; 5]) {
+    (one_at_a_time(), free_ports())
+}
+
 /// Five ports that were free together a moment ago (held until all are picked,
 /// so they differ).
 fn free_ports() -> [u16; 5] {
@@ -140,8 +145,7 @@ fn demo_falls_back_through_nginx_and_returns_to_direct() {
     let Some(nginx) = support::nginx::nginx_binary() else {
         return;
     };
-    let _serial = one_at_a_time();
-    let ports = free_ports();
+    let (_serial, ports) = serial_ports();
     let run = run_demo(&nginx, ports);
     assert!(
         run.ok,
@@ -174,8 +178,7 @@ fn demo_refuses_a_taken_port_and_starts_nothing() {
     let Some(nginx) = support::nginx::nginx_binary() else {
         return;
     };
-    let _serial = one_at_a_time();
-    let ports = free_ports();
+    let (_serial, ports) = serial_ports();
     // Someone else holds the shunt port.
     let squatter = TcpListener::bind(("127.0.0.1", ports[3])).expect("hold the shunt port");
     let run = run_demo(&nginx, ports);
@@ -188,8 +191,7 @@ fn demo_refuses_a_taken_port_and_starts_nothing() {
 fn demo_fails_naming_the_step_and_stops_what_it_started() {
     // An "nginx" that exits at once: the script must fail at the nginx step
     // and stop the two backends it had already started.
-    let _serial = one_at_a_time();
-    let ports = free_ports();
+    let (_serial, ports) = serial_ports();
     let run = run_demo(Path::new("/bin/false"), ports);
     let message = format!(
         "demo: FAILED: nginx exited before listening on 127.0.0.1:{}",

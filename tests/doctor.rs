@@ -18,7 +18,9 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use rcgen::{CertificateParams, KeyPair, date_time_ymd};
 use support::bin::{Run, run_shunt, run_shunt_with_env};
-use support::tls::TestPki;
+use support::raw::read_head;
+use support::shunt::ShuntBuilder;
+use support::tls::{TestPki, tls_in_front};
 use support::{EchoBackend, TempFile, echo_backend, nginx, shunt};
 use tokio::net::TcpListener;
 
@@ -39,23 +41,55 @@ fn has(text: &str, needle: impl AsRef<str>) {
     assert!(text.contains(needle), "{needle:?} missing from:\n{text}");
 }
 
+/// shunt in front of `backend` (`--direct`), with `/frontend-audio` going to it.
+fn frontend_shunt(backend: &EchoBackend) -> ShuntBuilder {
+    shunt()
+        .direct(backend.url())
+        .route("/frontend-audio=direct")
+}
+
+/// An echo backend and a [`frontend_shunt`] serving TLS in front of it, ready.
+struct TlsFrontend {
+    backend: EchoBackend,
+    proxy: support::Shunt,
+    /// The certificate (for localhost) and key shunt serves.
+    cert: PathBuf,
+    key: PathBuf,
+    /// The CA that issued them (its directory lives as long as this).
+    pki: TestPki,
+}
+
+/// Starts a [`TlsFrontend`].
+async fn tls_frontend() -> TlsFrontend {
+    let (pki, (cert, key), backend, proxy) =
+        tls_in_front("server", &["localhost"], "backend").await;
+    let proxy = proxy.route("/frontend-audio=direct").start_ready().await;
+    TlsFrontend {
+        backend,
+        proxy,
+        cert,
+        key,
+        pki,
+    }
+}
+
+/// Doctor's flags for a shunt on `listen` with its admin API on `admin`,
+/// then `rest`.
+fn listening_at(listen: SocketAddr, admin: SocketAddr, rest: &[&str]) -> Vec<String> {
+    let (listen, admin) = (listen.to_string(), admin.to_string());
+    ["--listen", &listen, "--admin", &admin]
+        .into_iter()
+        .chain(rest.iter().copied())
+        .map(str::to_owned)
+        .collect()
+}
+
 /// The flags of the running `proxy`, with `/frontend-audio` going to `backend`, then `extra`.
 fn running_shunt(proxy: &support::Shunt, backend: &EchoBackend, extra: &[&str]) -> Vec<String> {
-    let mut args: Vec<String> = [
-        "--listen",
-        &proxy.addr().to_string(),
-        "--admin",
-        &proxy.admin_addr().to_string(),
-        "--direct",
-        &backend.url(),
-        "--route",
-        "/frontend-audio=direct",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    args.extend(extra.iter().map(|s| s.to_string()));
-    args
+    let url = backend.url();
+    let mut rest = vec!["--direct", &url, "--route", "/frontend-audio=direct"];
+    rest.extend_from_slice(extra);
+    listening_at(proxy.addr(), proxy.admin_addr(), &rest)
 }
 
 /// The flags of a shunt that is not running (nothing on port 0, admin off)
@@ -319,12 +353,7 @@ async fn a_backend_on_all_interfaces_warns_with_the_firewall_lines() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_healthy_setup_is_ok_end_to_end_and_names_the_route() {
     let backend = echo_backend().spawn().await;
-    let proxy = shunt()
-        .direct(backend.url())
-        .route("/frontend-audio=direct")
-        .start()
-        .await;
-    proxy.wait_ready().await;
+    let proxy = frontend_shunt(&backend).start_ready().await;
     let listen = proxy.addr().to_string();
     let args = running_shunt(&proxy, &backend, &[]);
     let out = doctor(&args).await;
@@ -379,13 +408,10 @@ async fn a_route_needing_a_token_says_which_policy_refused_and_how_the_token_tra
     let backend = echo_backend().spawn().await;
     let token_file = TempFile::new("tokens", "doctor-s3cret\n");
     let tokens = token_file.path().to_owned();
-    let proxy = shunt()
-        .direct(backend.url())
-        .route("/frontend-audio=direct")
+    let proxy = frontend_shunt(&backend)
         .arg("--token-file", tokens.as_str())
-        .start()
+        .start_ready()
         .await;
-    proxy.wait_ready().await;
     let args = running_shunt(&proxy, &backend, &["--token-file", &tokens]);
     let out = doctor(&args).await;
     assert_eq!(out.code, Some(1), "{}", out.stdout);
@@ -482,16 +508,13 @@ async fn an_invalid_configuration_fails_first() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_end_to_end_through_shunt_names_the_route() {
-    let backend = echo_backend().spawn().await;
-    let pki = TestPki::new();
-    let (cert, key) = pki.write("server", &["localhost"]);
-    let proxy = shunt()
-        .direct(backend.url())
-        .route("/frontend-audio=direct")
-        .tls(&cert, &key)
-        .start()
-        .await;
-    proxy.wait_ready().await;
+    let TlsFrontend {
+        backend,
+        proxy,
+        cert,
+        key,
+        pki: _pki,
+    } = tls_frontend().await;
     let url = format!("wss://localhost:{}/frontend-audio", proxy.addr().port());
     let args = running_shunt(
         &proxy,
@@ -581,13 +604,10 @@ async fn the_config_file_and_shunt_variables_are_read_as_for_run() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shunt_refusing_the_origin_or_over_its_rate_says_which_policy() {
     let backend = echo_backend().spawn().await;
-    let proxy = shunt()
-        .direct(backend.url())
-        .route("/frontend-audio=direct")
+    let proxy = frontend_shunt(&backend)
         .arg("--allow-origin", "https://app.example.com")
-        .start()
+        .start_ready()
         .await;
-    proxy.wait_ready().await;
     let args = running_shunt(
         &proxy,
         &backend,
@@ -606,14 +626,11 @@ async fn shunt_refusing_the_origin_or_over_its_rate_says_which_policy() {
     has(&fail, "403, refused by shunt's Origin policy");
     has(&fail, "--allow-origin https://evil.example.com");
 
-    let limited = shunt()
-        .direct(backend.url())
-        .route("/frontend-audio=direct")
+    let limited = frontend_shunt(&backend)
         .arg("--rate", "1/h")
         .arg("--burst", "1")
-        .start()
+        .start_ready()
         .await;
-    limited.wait_ready().await;
     // Spend the one request the burst allows.
     let first = support::http_get(limited.addr(), "/frontend-audio", &[])
         .await
@@ -637,21 +654,21 @@ async fn end_to_end_through_shunt_to_a_misconfigured_nginx_prints_the_location_b
         .direct(backend.url())
         .nginx(proxy.url())
         .route("/frontend-audio=nginx")
-        .start()
+        .start_ready()
         .await;
-    running.wait_ready().await;
-    let args = [
-        "--listen".to_owned(),
-        running.addr().to_string(),
-        "--admin".to_owned(),
-        running.admin_addr().to_string(),
-        "--direct".to_owned(),
-        backend.url(),
-        "--nginx".to_owned(),
-        proxy.url(),
-        "--route".to_owned(),
-        "/frontend-audio=nginx".to_owned(),
-    ];
+    let (direct, via_nginx) = (backend.url(), proxy.url());
+    let args = listening_at(
+        running.addr(),
+        running.admin_addr(),
+        &[
+            "--direct",
+            &direct,
+            "--nginx",
+            &via_nginx,
+            "--route",
+            "/frontend-audio=nginx",
+        ],
+    );
     let out = doctor(&args).await;
     assert_eq!(out.code, Some(1), "{}", out.stdout);
     out.finding("FAIL websocket /frontend-audio via nginx:");
@@ -674,16 +691,12 @@ fn token_hidden(out: &Run) {
 async fn the_token_is_never_printed_against_a_tls_port_spoken_to_in_plain() {
     // Doctor is not told about TLS (no --tls-cert), so it sends its plain
     // handshake, ?token= included, to shunt's TLS port.
-    let backend = echo_backend().spawn().await;
-    let pki = TestPki::new();
-    let (cert, key) = pki.write("server", &["localhost"]);
-    let proxy = shunt()
-        .direct(backend.url())
-        .route("/frontend-audio=direct")
-        .tls(&cert, &key)
-        .start()
-        .await;
-    proxy.wait_ready().await;
+    let TlsFrontend {
+        backend,
+        proxy,
+        pki: _pki,
+        ..
+    } = tls_frontend().await;
     for json in [false, true] {
         let mut extra = vec!["--token", "s3cret"];
         if json {
@@ -698,19 +711,11 @@ async fn the_token_is_never_printed_against_a_tls_port_spoken_to_in_plain() {
 
 /// A listener that reads one request head and hangs up without answering.
 async fn hanging_up_listener() -> (SocketAddr, tokio::task::JoinHandle<()>) {
-    use tokio::io::AsyncReadExt;
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let task = tokio::spawn(async move {
         while let Ok((mut stream, _)) = listener.accept().await {
-            let mut head = Vec::new();
-            let mut buf = [0u8; 1024];
-            while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16 * 1024 {
-                match stream.read(&mut buf).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => head.extend_from_slice(&buf[..n]),
-                }
-            }
+            let _ = read_head(&mut stream).await;
         }
     });
     (addr, task)
@@ -722,25 +727,21 @@ async fn the_token_is_never_printed_when_the_connection_breaks_after_the_request
     // for shunt's; whatever holds that port reads the handshake (and its
     // ?token=) and hangs up: the error names the request it was sending.
     let backend = echo_backend().spawn().await;
-    let proxy = shunt()
-        .direct(backend.url())
-        .route("/frontend-audio=direct")
-        .start()
-        .await;
-    proxy.wait_ready().await;
+    let proxy = frontend_shunt(&backend).start_ready().await;
     let (listen, task) = hanging_up_listener().await;
-    let args = [
-        "--listen".to_owned(),
-        listen.to_string(),
-        "--admin".to_owned(),
-        proxy.admin_addr().to_string(),
-        "--direct".to_owned(),
-        backend.url(),
-        "--route".to_owned(),
-        "/frontend-audio=direct".to_owned(),
-        "--token".to_owned(),
-        "s3cret".to_owned(),
-    ];
+    let url = backend.url();
+    let args = listening_at(
+        listen,
+        proxy.admin_addr(),
+        &[
+            "--direct",
+            &url,
+            "--route",
+            "/frontend-audio=direct",
+            "--token",
+            "s3cret",
+        ],
+    );
     let out = doctor(&args).await;
     assert_eq!(out.code, Some(1), "{}\n{}", out.stdout, out.stderr);
     let fail = out.finding("FAIL end to end:");
@@ -758,20 +759,15 @@ async fn the_token_is_never_printed_when_the_connection_breaks_after_the_request
 /// hanging up: `/no-ws` 404, `/old` 426, `/bad-accept` a 101 whose
 /// `Sec-WebSocket-Accept` does not match the key, `/health` 503.
 async fn canned_backend() -> (SocketAddr, tokio::task::JoinHandle<()>) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let task = tokio::spawn(async move {
         while let Ok((mut stream, _)) = listener.accept().await {
             tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut buf = [0u8; 1024];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16 * 1024 {
-                    match stream.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
-                }
+                let Some(head) = read_head(&mut stream).await else {
+                    return;
+                };
                 let text = String::from_utf8_lossy(&head);
                 let path = text.split(' ').nth(1).unwrap_or_default();
                 let reply: &[u8] = match path {
@@ -1037,12 +1033,7 @@ async fn port_forward(target: SocketAddr) -> (SocketAddr, tokio::task::JoinHandl
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_url_on_another_port_is_dialled_as_its_own_finding() {
     let backend = echo_backend().spawn().await;
-    let proxy = shunt()
-        .direct(backend.url())
-        .route("/frontend-audio=direct")
-        .start()
-        .await;
-    proxy.wait_ready().await;
+    let proxy = frontend_shunt(&backend).start_ready().await;
 
     // The public port forwards to shunt's listener.
     let (public, task) = port_forward(proxy.addr()).await;

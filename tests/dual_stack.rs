@@ -30,8 +30,7 @@ async fn dual_stack_shunt(extra: &[(&str, &str)]) -> Option<(EchoBackend, Shunt)
     for (flag, value) in extra {
         builder = builder.arg(flag, *value);
     }
-    let proxy = builder.start().await;
-    proxy.wait_ready().await;
+    let proxy = builder.start_ready().await;
     Some((backend, proxy))
 }
 

@@ -9,6 +9,8 @@ mod support;
 use std::time::Duration;
 
 use hyper::StatusCode;
+use support::raw::ws_handshake;
+use support::shunt::ShuntBuilder;
 use support::ws;
 use support::{
     direct_and_nginx, eventually, not_yet, raw_request, shunt, shunt_with_nginx, ws_connect,
@@ -130,9 +132,8 @@ async fn readyz_names_the_route_when_all_its_upstreams_are_down_and_recovers() {
         .nginx(nginx.url())
         .route("/frontend-audio=direct,nginx")
         .arg("--health-check", "http:/health")
-        .start()
+        .start_ready()
         .await;
-    shunt.wait_ready().await;
 
     direct.stop().await;
     via_nginx.stop().await;
@@ -165,7 +166,7 @@ async fn readyz_names_the_route_when_all_its_upstreams_are_down_and_recovers() {
     shunt.wait_upstream("nginx", "down").await;
 
     // And a client gets an answer, not a hang.
-    let response = raw_request(shunt.addr(), &upgrade_request("/frontend-audio"))
+    let response = raw_request(shunt.addr(), &ws_handshake("/frontend-audio", &[]))
         .await
         .expect("answer while everything is down");
     assert!(
@@ -180,12 +181,9 @@ async fn readyz_names_the_route_when_all_its_upstreams_are_down_and_recovers() {
     shunt.wait_upstream("nginx", "up").await;
 }
 
-fn upgrade_request(path: &str) -> Vec<u8> {
-    format!(
-        "GET {path} HTTP/1.1\r\nHost: shunt.test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-    )
-    .into_bytes()
+/// shunt with `/frontend-audio` going only to `direct` at `url`.
+fn only_direct(url: String) -> ShuntBuilder {
+    shunt().direct(url).route("/frontend-audio=direct")
 }
 
 /// An address where nothing listens (bound, then released).
@@ -197,15 +195,11 @@ fn dead_addr() -> std::net::SocketAddr {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_route_with_only_a_dead_upstream_answers_instead_of_hanging() {
     let dead = dead_addr();
-    let shunt = shunt()
-        .direct(format!("http://{dead}"))
-        .route("/frontend-audio=direct")
-        .start()
-        .await;
+    let shunt = only_direct(format!("http://{dead}")).start().await;
 
     // Before any probe has run, and after the checker has marked it down.
     for phase in ["first request", "after the health checker"] {
-        let response = raw_request(shunt.addr(), &upgrade_request("/frontend-audio"))
+        let response = raw_request(shunt.addr(), &ws_handshake("/frontend-audio", &[]))
             .await
             .unwrap_or_else(|e| panic!("{phase}: WebSocket handshake got no answer: {e}"));
         assert!(
@@ -246,16 +240,13 @@ async fn silent_backend() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upstream_that_never_answers_gets_504_within_the_response_timeout() {
     let (silent, task) = silent_backend().await;
-    let shunt = shunt()
-        .direct(format!("http://{silent}"))
-        .route("/frontend-audio=direct")
+    let shunt = only_direct(format!("http://{silent}"))
         .arg("--response-timeout", "300ms")
         // A timeout counts as a failed probe; with --fall 3 (and probes
         // succeeding in between) one timeout does not mark direct down.
         .arg("--fall", "3")
-        .start()
+        .start_ready()
         .await;
-    shunt.wait_ready().await;
     let started = std::time::Instant::now();
     let plain = support::http_get(shunt.addr(), "/frontend-audio", &[])
         .await
@@ -266,7 +257,7 @@ async fn an_upstream_that_never_answers_gets_504_within_the_response_timeout() {
         "{}",
         plain.text()
     );
-    let response = raw_request(shunt.addr(), &upgrade_request("/frontend-audio"))
+    let response = raw_request(shunt.addr(), &ws_handshake("/frontend-audio", &[]))
         .await
         .expect("handshake to a silent upstream got no answer");
     assert_eq!(response.status, 504, "{response:?}");
@@ -305,9 +296,7 @@ async fn readyz_is_503_while_the_first_probe_is_pending() {
     // An HTTP probe against a backend that never answers stays pending for
     // the whole 3 s probe timeout: the upstream is "unknown" meanwhile.
     let (silent, task) = silent_backend().await;
-    let shunt = shunt()
-        .direct(format!("http://{silent}"))
-        .route("/frontend-audio=direct")
+    let shunt = only_direct(format!("http://{silent}"))
         .arg("--health-check", "http:/health")
         .arg("--health-timeout", "3s")
         .start()

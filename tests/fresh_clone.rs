@@ -10,9 +10,12 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use hyper::StatusCode;
-use support::bin::{Run, run_shunt_in, serve_in};
+use support::bin::{Run, Server, run_shunt_in, serve_in};
 use support::tls::{TestPki, atomic_write};
-use support::{echo_backend, eventually, free_port, http_get, nginx, shunt, ws, ws_connect};
+use support::{
+    EchoBackend, Nginx, Shunt, echo_backend, eventually, free_port, http_get, nginx, shunt, ws,
+    ws_connect,
+};
 
 /// Runs `shunt ARGS` in `dir`, bounded by 10 s.
 async fn run_in(dir: &Path, args: &[&str]) -> Run {
@@ -73,6 +76,26 @@ async fn wait_generation(admin: SocketAddr, generation: u64, what: &str) {
     );
 }
 
+/// `shunt --config CONFIG` run in `dir` (listening on port 0, its admin API
+/// on a free port), once it listens: the server, its admin address and the
+/// generation `/status` shows first.
+async fn serve_config(dir: &Path, config: &str) -> (Server, SocketAddr, serde_json::Value) {
+    let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let admin_arg = admin.to_string();
+    let args = [
+        "--config",
+        config,
+        "--listen",
+        "127.0.0.1:0",
+        "--admin",
+        &admin_arg,
+    ];
+    let server = serve_in(dir, &args, &[]);
+    server.wait_for_log("shunt listening").await;
+    let generation = status(admin).await.expect("/status")["generation"].clone();
+    (server, admin, generation)
+}
+
 // --- 1. reload with relative paths -------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -91,28 +114,9 @@ async fn edits_reload_with_a_relative_config_a_relative_certificate_and_a_symlin
         )
     };
     std::fs::write(real.join("a.toml"), config("10s")).unwrap();
-    let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let admin_arg = admin.to_string();
     // Relative to the child's working directory, through the symlinked directory.
-    let server = serve_in(
-        scratch.path(),
-        &[
-            "--config",
-            "link/a.toml",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin",
-            &admin_arg,
-        ],
-        &[],
-    );
-    server.wait_for_log("shunt listening").await;
-    assert_eq!(
-        status(admin).await.expect("/status")["generation"],
-        1,
-        "{}",
-        server.stderr()
-    );
+    let (server, admin, generation) = serve_config(scratch.path(), "link/a.toml").await;
+    assert_eq!(generation, 1, "{}", server.stderr());
 
     atomic_write(&real.join("a.toml"), &config("11s"));
     wait_generation(admin, 2, "editing link/a.toml").await;
@@ -132,27 +136,8 @@ async fn edits_reload_with_a_bare_config_name_in_the_current_dir() {
     let scratch = Scratch::new("bare");
     let config = |header: &str| format!("header_timeout = \"{header}\"\n");
     scratch.write("jwt.toml", &config("10s"));
-    let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let admin_arg = admin.to_string();
-    let server = serve_in(
-        scratch.path(),
-        &[
-            "--config",
-            "jwt.toml",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin",
-            &admin_arg,
-        ],
-        &[],
-    );
-    server.wait_for_log("shunt listening").await;
-    assert_eq!(
-        status(admin).await.expect("/status")["generation"],
-        1,
-        "{}",
-        server.stderr()
-    );
+    let (server, admin, generation) = serve_config(scratch.path(), "jwt.toml").await;
+    assert_eq!(generation, 1, "{}", server.stderr());
     atomic_write(&scratch.path().join("jwt.toml"), &config("11s"));
     wait_generation(admin, 2, "replacing jwt.toml in the current dir").await;
     // An editor that writes in place, too.
@@ -163,24 +148,36 @@ async fn edits_reload_with_a_bare_config_name_in_the_current_dir() {
 
 // --- 2. an nginx that does not forward upgrades ------------------------------
 
+/// Echo backends `direct` and `via-nginx`, an nginx in front of the latter
+/// (with the Upgrade headers only if `upgrades`), and shunt in front of both
+/// with `routes`, ready. `None` when nginx is missing and not required.
+async fn behind_nginx(
+    upgrades: bool,
+    routes: &[&str],
+) -> Option<(EchoBackend, EchoBackend, Nginx, Shunt)> {
+    let direct = echo_backend().name("direct").spawn().await;
+    let behind = echo_backend().name("via-nginx").spawn().await;
+    let mut proxy = nginx(behind.addr());
+    if !upgrades {
+        proxy = proxy.without_upgrade_headers();
+    }
+    let nginx = proxy.spawn().await?;
+    let mut builder = shunt().direct(direct.url()).nginx(nginx.url());
+    for route in routes {
+        builder = builder.route(*route);
+    }
+    Some((direct, behind, nginx, builder.start_ready().await))
+}
+
 const NOT_FORWARDED: &str = "nginx answered 200 to a WebSocket upgrade on /frontend-audio: it does not forward upgrades (proxy_http_version 1.1, Upgrade/Connection headers)";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_nginx_without_upgrade_headers_is_routed_around_for_websocket_only() {
     support::capture_logs();
-    let direct = echo_backend().name("direct").spawn().await;
-    let behind = echo_backend().name("via-nginx").spawn().await;
-    let Some(nginx) = nginx(behind.addr()).without_upgrade_headers().spawn().await else {
+    let routes = ["/frontend-audio=nginx,direct", "/=nginx,direct"];
+    let Some((_direct, _behind, _nginx, shunt)) = behind_nginx(false, &routes).await else {
         return;
     };
-    let shunt = shunt()
-        .direct(direct.url())
-        .nginx(nginx.url())
-        .route("/frontend-audio=nginx,direct")
-        .route("/=nginx,direct")
-        .start()
-        .await;
-    shunt.wait_ready().await;
 
     for call in 0..2 {
         let (mut socket, response) = ws_connect(shunt.addr(), "/frontend-audio", &[])
@@ -230,9 +227,8 @@ async fn an_upgrade_not_forwarded_by_the_only_upstream_is_a_502_naming_the_cause
     let shunt = shunt()
         .nginx(nginx.url())
         .route("/calls=nginx")
-        .start()
+        .start_ready()
         .await;
-    shunt.wait_ready().await;
     let answer = support::raw_request(
         shunt.addr(),
         b"GET /calls HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
@@ -265,19 +261,10 @@ async fn an_upgrade_not_forwarded_by_the_only_upstream_is_a_502_naming_the_cause
 /// degraded and `/` (plain HTTP through nginx) not.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_websocket_mark_does_not_make_a_plain_http_route_unready() {
-    let mut direct = echo_backend().name("direct").spawn().await;
-    let behind = echo_backend().name("via-nginx").spawn().await;
-    let Some(nginx) = nginx(behind.addr()).without_upgrade_headers().spawn().await else {
+    let routes = ["/audio=direct,nginx", "/=nginx"];
+    let Some((mut direct, _behind, _nginx, shunt)) = behind_nginx(false, &routes).await else {
         return;
     };
-    let shunt = shunt()
-        .direct(direct.url())
-        .nginx(nginx.url())
-        .route("/audio=direct,nginx")
-        .route("/=nginx")
-        .start()
-        .await;
-    shunt.wait_ready().await;
 
     direct.stop().await;
     shunt.wait_upstream("direct", "down").await;
@@ -335,18 +322,10 @@ const BACKEND_DOWN: &str = "nginx answered 502 to a WebSocket upgrade on /live: 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_5xx_to_an_upgrade_names_the_backend_and_the_mark_clears_once_it_is_back() {
     support::capture_logs();
-    let direct = echo_backend().name("direct").spawn().await;
-    let mut behind = echo_backend().name("via-nginx").spawn().await;
-    let Some(nginx) = nginx(behind.addr()).spawn().await else {
+    let routes = ["/live=nginx,direct"];
+    let Some((_direct, mut behind, _nginx, shunt)) = behind_nginx(true, &routes).await else {
         return;
     };
-    let shunt = shunt()
-        .direct(direct.url())
-        .nginx(nginx.url())
-        .route("/live=nginx,direct")
-        .start()
-        .await;
-    shunt.wait_ready().await;
     behind.stop().await;
 
     let (socket, response) = ws_connect(shunt.addr(), "/live", &[])
@@ -431,9 +410,8 @@ async fn a_4xx_answer_to_an_upgrade_is_relayed_not_retried() {
             .direct(direct.url())
             .nginx(refuser(refusal).await)
             .route("/frontend-audio=nginx,direct")
-            .start()
+            .start_ready()
             .await;
-        shunt.wait_ready().await;
         // `close` as well: the answer is read to the end of the connection.
         let request = String::from_utf8(support::raw::ws_handshake("/frontend-audio", &[]))
             .unwrap()
@@ -462,8 +440,7 @@ async fn a_4xx_answer_to_an_upgrade_is_relayed_not_retried() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_admin_api_answers_while_a_live_call_drains() {
     let backend = echo_backend().name("direct").spawn().await;
-    let shunt = shunt().direct(backend.url()).start().await;
-    shunt.wait_ready().await;
+    let shunt = shunt().direct(backend.url()).start_ready().await;
     let (_call, _) = ws_connect(shunt.addr(), "/frontend-audio", &[])
         .await
         .unwrap();

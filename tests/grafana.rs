@@ -115,9 +115,8 @@ async fn every_metric_the_dashboard_queries_is_exported() {
         .route("/frontend-audio=direct")
         .arg("--ping-interval", "100ms")
         .arg("--ping-timeout", "2s")
-        .start()
+        .start_ready()
         .await;
-    proxy.wait_ready().await;
     // A call with frames both ways, long enough for a ping and its pong.
     let (mut call, _) = ws_connect(proxy.addr(), "/frontend-audio", &[])
         .await

@@ -55,9 +55,8 @@ async fn start() -> (support::EchoBackend, support::Shunt) {
         .direct(backend.url())
         .route("/frontend-audio=direct")
         .arg("--max-header-bytes", "16384")
-        .start()
+        .start_ready()
         .await;
-    shunt.wait_ready().await;
     (backend, shunt)
 }
 

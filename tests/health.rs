@@ -31,14 +31,20 @@ async fn fixed_answer(status_line: &'static str) -> (SocketAddr, tokio::task::Jo
     (addr, task)
 }
 
+/// shunt with `direct` at `addr`, probed with `--health-check CHECK` (the
+/// default TCP probe when `None`).
+async fn probing(addr: SocketAddr, check: Option<&str>) -> support::Shunt {
+    let mut builder = shunt().direct(format!("http://{addr}"));
+    if let Some(check) = check {
+        builder = builder.arg("--health-check", check);
+    }
+    builder.start().await
+}
+
+/// Upstream `name`'s `last_error` in `/status`.
 async fn last_error(proxy: &support::Shunt, name: &str) -> String {
-    let status = proxy.status().await.unwrap();
-    status["upstreams"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|u| u["name"] == name)
-        .unwrap()["last_error"]
+    let upstream = proxy.upstream(name).await.unwrap();
+    upstream["last_error"]
         .as_str()
         .unwrap_or_default()
         .to_owned()
@@ -47,11 +53,7 @@ async fn last_error(proxy: &support::Shunt, name: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ws_probe_marks_an_upstream_that_does_not_upgrade_down() {
     let (addr, task) = fixed_answer("200 OK").await;
-    let proxy = shunt()
-        .direct(format!("http://{addr}"))
-        .arg("--health-check", "ws:/frontend-audio")
-        .start()
-        .await;
+    let proxy = probing(addr, Some("ws:/frontend-audio")).await;
     proxy.wait_upstream("direct", "down").await;
     let err = last_error(&proxy, "direct").await;
     assert!(
@@ -70,16 +72,12 @@ async fn ws_probe_marks_an_upstream_that_does_not_upgrade_down() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_probe_marks_a_failing_upstream_down_and_tcp_probe_does_not() {
     let (addr, task) = fixed_answer("500 Internal Server Error").await;
-    let http = shunt()
-        .direct(format!("http://{addr}"))
-        .arg("--health-check", "http:/health")
-        .start()
-        .await;
+    let http = probing(addr, Some("http:/health")).await;
     http.wait_upstream("direct", "down").await;
     let err = last_error(&http, "direct").await;
     assert!(err.contains("GET /health answered 500"), "{err}");
     // A TCP probe only checks that something listens.
-    let tcp = shunt().direct(format!("http://{addr}")).start().await;
+    let tcp = probing(addr, None).await;
     tcp.wait_upstream("direct", "up").await;
     task.abort();
 }

@@ -6,9 +6,9 @@
 
 mod support;
 
-use std::process::Stdio;
 use std::time::Duration;
 
+use support::bin::run_shunt;
 use support::{echo_backend, shunt, ws, ws_connect};
 
 /// Every flag of `shunt run`/`check` that takes a number, a duration or a size.
@@ -58,24 +58,8 @@ const EXTREMES: &[&str] = &[
 
 /// `shunt check FLAG VALUE` (plus what a flag needs to be meaningful): exit code and stderr.
 async fn check(flag: &str, value: &str) -> (Option<i32>, String) {
-    let args = ["check", flag, value];
-    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_shunt"))
-        .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn shunt check");
-    let out = tokio::time::timeout(Duration::from_secs(10), child.wait_with_output())
-        .await
-        .unwrap_or_else(|_| panic!("shunt {args:?} hung"))
-        .expect("wait for shunt");
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let run = run_shunt(&["check", flag, value], Duration::from_secs(10)).await;
+    (run.code, run.stderr)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -133,9 +117,8 @@ async fn every_duration_at_its_upper_bound_still_serves_and_drains() {
     let shunt = builder
         .arg("--health-interval", "365d")
         .arg("--max-header-bytes", "1048576")
-        .start()
+        .start_ready()
         .await;
-    shunt.wait_ready().await;
     let (mut call, _) = ws_connect(shunt.addr(), "/audio", &[]).await.expect("call");
     assert_eq!(ws::recv_text(&mut call).await.unwrap(), "hello from direct");
     ws::send_text(&mut call, "a year of silence allowed")

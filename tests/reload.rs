@@ -48,6 +48,15 @@ impl Routes {
         self.config.to_str().unwrap()
     }
 
+    /// shunt on this config file, reloaded only when told (`--no-watch`).
+    async fn shunt_without_watch(&self) -> support::Shunt {
+        shunt()
+            .arg("--config", self.config_arg())
+            .flag("--no-watch")
+            .start()
+            .await
+    }
+
     /// Rewrite the config file in place.
     fn route_audio(&self, via: &[&str]) {
         self.write(&self.config, via);
@@ -83,11 +92,7 @@ async fn hello_of(addr: std::net::SocketAddr) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn post_reload_moves_new_connections_and_keeps_old_tunnels() {
     let routes = Routes::new("post-reload").await;
-    let proxy = shunt()
-        .arg("--config", routes.config_arg())
-        .flag("--no-watch")
-        .start()
-        .await;
+    let proxy = routes.shunt_without_watch().await;
 
     let (mut old, resp) = ws_connect(proxy.addr(), "/frontend-audio", &[])
         .await
@@ -207,11 +212,7 @@ async fn hundred_reloads_under_two_hundred_streaming_calls() {
     const CALLS: usize = 200;
     const RELOADS: usize = 100;
     let routes = Routes::new("soak").await;
-    let proxy = shunt()
-        .arg("--config", routes.config_arg())
-        .flag("--no-watch")
-        .start()
-        .await;
+    let proxy = routes.shunt_without_watch().await;
 
     let stop = Arc::new(AtomicBool::new(false));
     let frames = Arc::new(AtomicU64::new(0));

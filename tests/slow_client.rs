@@ -75,9 +75,8 @@ async fn a_client_that_stops_reading_backpressures_the_backend_and_spares_other_
         .route("/stream=nginx")
         .route("/=direct")
         .arg("--health-check", "tcp")
-        .start()
+        .start_ready()
         .await;
-    proxy.wait_ready().await;
 
     // The slow client: handshake, then never read again.
     let (_stalled, _) = ws_connect(proxy.addr(), "/stream", &[])

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use rustls::pki_types::pem::PemObject;
 
-use support::tls::{TestPki, atomic_write, tls_connect, wss_connect};
+use support::tls::{TestPki, atomic_write, tls_connect, tls_in_front, wss_connect};
 use support::ws::{header, recv_binary, recv_text, send_binary, send_text};
 use support::{echo_backend, eventually, shunt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -33,26 +33,6 @@ async fn wss_ok(addr: std::net::SocketAddr, path: &str, pki: &TestPki) -> (suppo
         .await
         .unwrap_or_else(|e| panic!("wss:// handshake on {path}: {e}"));
     (ws, header(&resp, "x-shunt-route").to_owned())
-}
-
-/// A test CA with a certificate `stem` for `names` (its files returned too),
-/// an echo backend named `backend`, and a shunt builder serving that
-/// certificate in front of it.
-async fn tls_in_front(
-    stem: &str,
-    names: &[&str],
-    backend: &str,
-) -> (
-    TestPki,
-    (PathBuf, PathBuf),
-    support::EchoBackend,
-    support::shunt::ShuntBuilder,
-) {
-    let pki = TestPki::new();
-    let (cert, key) = pki.write(stem, names);
-    let backend = echo_backend().name(backend).spawn().await;
-    let builder = shunt().direct(backend.url()).tls(&cert, &key);
-    (pki, (cert, key), backend, builder)
 }
 
 async fn echo_once(ws: &mut support::Ws, text: &str) {
@@ -138,15 +118,9 @@ async fn certificate_renewed_by_atomic_rename_while_a_call_streams() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broken_certificate_or_mismatched_key_leaves_the_old_one_served() {
-    let pki = TestPki::new();
-    let (cert, key) = pki.write("server", &["localhost"]);
-    let backend = echo_backend().spawn().await;
-    let proxy = shunt()
-        .direct(backend.url())
-        .tls(&cert, &key)
-        .flag("--no-watch")
-        .start()
-        .await;
+    let (pki, (cert, key), _backend, proxy) =
+        tls_in_front("server", &["localhost"], "backend").await;
+    let proxy = proxy.flag("--no-watch").start().await;
     let (_, fp) = tls_connect(proxy.addr(), "localhost", pki.client_config())
         .await
         .unwrap();
@@ -390,6 +364,20 @@ async fn kubernetes_secret_symlink_swap_reloads_the_certificate() {
     assert_eq!(proxy.status().await.unwrap()["last_reload"]["ok"], true);
 }
 
+/// Runs `openssl ARGS` for the key kind `name`; panics with its stderr
+/// unless it succeeds.
+fn openssl(name: &str, args: &[&str]) {
+    let out = std::process::Command::new("openssl")
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{name}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// RSA (PKCS#1 and PKCS#8), ECDSA (SEC1) and Ed25519 (PKCS#8) keys made by
 /// openssl all serve TLS.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -450,25 +438,19 @@ async fn rsa_ecdsa_and_ed25519_keys_in_every_pem_form() {
         let key = pki.dir.join(format!("{name}.key"));
         let cert = pki.dir.join(format!("{name}.crt"));
         let key_arg = key.to_str().unwrap();
-        let out = std::process::Command::new("openssl")
-            .args(
-                genkey
-                    .iter()
-                    .map(|a| if *a == "{out}" { key_arg } else { a }),
-            )
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{name}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let genkey: Vec<&str> = genkey
+            .iter()
+            .map(|a| if *a == "{out}" { key_arg } else { a })
+            .collect();
+        openssl(name, &genkey);
         assert!(
             std::fs::read_to_string(&key).unwrap().contains(marker),
             "{name} is not in the expected form"
         );
-        let out = std::process::Command::new("openssl")
-            .args([
+        let cert_arg = cert.to_str().unwrap();
+        openssl(
+            name,
+            &[
                 "req",
                 "-new",
                 "-x509",
@@ -476,23 +458,15 @@ async fn rsa_ecdsa_and_ed25519_keys_in_every_pem_form() {
                 "30",
                 "-subj",
                 "/CN=localhost",
-            ])
-            .args([
                 "-addext",
                 "subjectAltName=DNS:localhost",
                 "-addext",
                 "basicConstraints=critical,CA:FALSE",
-            ])
-            .arg("-key")
-            .arg(&key)
-            .arg("-out")
-            .arg(&cert)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{name}: {}",
-            String::from_utf8_lossy(&out.stderr)
+                "-key",
+                key_arg,
+                "-out",
+                cert_arg,
+            ],
         );
 
         let proxy = shunt().direct(backend.url()).tls(&cert, &key).start().await;
@@ -520,14 +494,12 @@ async fn rsa_ecdsa_and_ed25519_keys_in_every_pem_form() {
 /// the TLS handshake, a handshake without its token gets 401.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ip_lists_and_tokens_apply_on_wss() {
-    let pki = TestPki::new();
-    let (cert, key) = pki.write("server", &["localhost"]);
+    let (pki, _, _backend, tls_front) = tls_in_front("server", &["localhost"], "backend").await;
     let tokens = pki.dir.join("tokens");
     std::fs::write(&tokens, "# call dashboard\ns3cret-token\n").unwrap();
-    let backend = echo_backend().spawn().await;
-    let tls_args = |b: support::shunt::ShuntBuilder| b.direct(backend.url()).tls(&cert, &key);
 
-    let denied = tls_args(shunt())
+    let denied = tls_front
+        .clone()
         .arg("--deny-ip", "127.0.0.1/32")
         .start()
         .await;
@@ -543,7 +515,8 @@ async fn ip_lists_and_tokens_apply_on_wss() {
             .is_err()
     );
 
-    let guarded = tls_args(shunt())
+    let guarded = tls_front
+        .clone()
         .arg("--allow-ip", "127.0.0.0/8")
         .arg("--token-file", tokens.to_str().unwrap())
         .start()

@@ -290,45 +290,53 @@ async fn bytes_past_either_handshake_come_first() {
     }
 }
 
+/// `from` writes `data` (if any) and shuts its write side; what `to` then
+/// reads up to EOF.
+async fn write_then_shut(from: &mut TcpStream, to: &mut TcpStream, data: &[u8]) -> Vec<u8> {
+    from.write_all(data).await.unwrap();
+    from.shutdown().await.unwrap();
+    let mut got = Vec::new();
+    to.read_to_end(&mut got).await.unwrap();
+    got
+}
+
+/// `from` writes `data`; what `to` reads of the same length.
+async fn pass(from: &mut TcpStream, to: &mut TcpStream, data: &[u8]) -> Vec<u8> {
+    from.write_all(data).await.unwrap();
+    let mut got = vec![0; data.len()];
+    to.read_exact(&mut got).await.unwrap();
+    got
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn half_close_passes_each_way_and_the_other_way_goes_on() {
     for mode in MODES {
         let mut upstream = raw_upstream(b"", Then::Hand).await;
         let shunt = start_shunt(upstream.addr, mode, &[]).await;
 
-        // Downstream closes its write side first.
-        let mut client = upgrade_with(shunt.addr(), b"").await;
-        let mut server = upstream.accepted.recv().await.unwrap();
-        client.write_all(b"bye").await.unwrap();
-        client.shutdown().await.unwrap();
-        let mut got = Vec::new();
-        server.read_to_end(&mut got).await.unwrap();
-        assert_eq!(got, b"bye", "{mode}: upstream sees the data, then EOF");
-        server.write_all(b"still here").await.unwrap();
-        let mut got = [0u8; 10];
-        client.read_exact(&mut got).await.unwrap();
-        assert_eq!(&got, b"still here", "{mode}");
-        server.shutdown().await.unwrap();
-        let mut rest = Vec::new();
-        client.read_to_end(&mut rest).await.unwrap();
-        assert!(rest.is_empty());
-
-        // Upstream closes its write side first.
-        let mut client = upgrade_with(shunt.addr(), b"").await;
-        let mut server = upstream.accepted.recv().await.unwrap();
-        server.write_all(b"done").await.unwrap();
-        server.shutdown().await.unwrap();
-        let mut got = Vec::new();
-        client.read_to_end(&mut got).await.unwrap();
-        assert_eq!(got, b"done", "{mode}: client sees the data, then EOF");
-        client.write_all(b"reply").await.unwrap();
-        let mut got = [0u8; 5];
-        server.read_exact(&mut got).await.unwrap();
-        assert_eq!(&got, b"reply", "{mode}");
-        client.shutdown().await.unwrap();
-        let mut rest = Vec::new();
-        server.read_to_end(&mut rest).await.unwrap();
-        assert!(rest.is_empty());
+        // Downstream closes its write side first, then (a second tunnel)
+        // upstream does; both tunnels' sockets stay open to the end.
+        let mut held = Vec::new();
+        let turns: [(&str, &[u8], &[u8]); 2] = [
+            ("client", b"bye", b"still here"),
+            ("upstream", b"done", b"reply"),
+        ];
+        for (closer, data, answer) in turns {
+            let mut client = upgrade_with(shunt.addr(), b"").await;
+            let mut server = upstream.accepted.recv().await.unwrap();
+            let (first, other, sees) = if closer == "client" {
+                (&mut client, &mut server, "upstream")
+            } else {
+                (&mut server, &mut client, "client")
+            };
+            let got = write_then_shut(first, other, data).await;
+            assert_eq!(got, data, "{mode}: {sees} sees the data, then EOF");
+            let got = pass(other, first, answer).await;
+            assert_eq!(got, answer, "{mode}");
+            let rest = write_then_shut(other, first, b"").await;
+            assert!(rest.is_empty());
+            held.push((client, server));
+        }
         wait_tunnels_closed(&shunt, "both tunnels to close").await;
         shunt.stop().await;
     }

@@ -94,6 +94,14 @@ async fn echo_suite(addr: SocketAddr, path: &str, route: &str, backend: &str) {
     );
 }
 
+/// Whether the backend's WebSocket sessions all end within 3 s.
+async fn sessions_end(backend: &support::EchoBackend) -> bool {
+    eventually(Duration::from_secs(3), async || {
+        backend.active_websockets() == 0
+    })
+    .await
+}
+
 /// A WebSocket call on `/frontend-audio` through shunt at `addr`, past the
 /// backend's hello.
 async fn open_call(addr: std::net::SocketAddr) -> support::Ws {
@@ -125,9 +133,8 @@ async fn echo_via_real_nginx() {
     let defaults = support::shunt()
         .direct(direct.url())
         .nginx(nginx.url())
-        .start()
+        .start_ready()
         .await;
-    defaults.wait_ready().await;
     echo_suite(defaults.addr(), "/other-ws", "nginx", "nginx-backend").await;
     echo_suite(
         defaults.addr(),
@@ -153,9 +160,7 @@ async fn closing_the_client_closes_the_backend_side() {
         .unwrap();
     drop(socket);
     assert!(
-        eventually(Duration::from_secs(3), async || backend.active_websockets()
-            == 0)
-        .await,
+        sessions_end(&backend).await,
         "backend still has a session after the client sent Close"
     );
 
@@ -164,9 +169,7 @@ async fn closing_the_client_closes_the_backend_side() {
     assert_eq!(backend.active_websockets(), 1);
     drop(socket);
     assert!(
-        eventually(Duration::from_secs(3), async || backend.active_websockets()
-            == 0)
-        .await,
+        sessions_end(&backend).await,
         "backend still has a session 3 s after the client's connection went away"
     );
 }
@@ -174,8 +177,7 @@ async fn closing_the_client_closes_the_backend_side() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stopping_the_backend_closes_the_client_promptly() {
     let mut backend = echo_backend().name("direct-backend").spawn().await;
-    let shunt = shunt().direct(backend.url()).start().await;
-    shunt.wait_ready().await;
+    let shunt = shunt().direct(backend.url()).start_ready().await;
 
     let mut socket = open_call(shunt.addr()).await;
     let stopped_at = Instant::now();
@@ -220,9 +222,7 @@ async fn idle_timeout_closes_a_silent_tunnel_but_not_a_busy_one() {
         "closed after only {after:?}"
     );
     assert!(
-        eventually(Duration::from_secs(3), async || backend.active_websockets()
-            == 0)
-        .await,
+        sessions_end(&backend).await,
         "the idle timeout closed the client side but not the backend side"
     );
 }
@@ -294,8 +294,10 @@ fn accept_key(key: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bytes_sent_together_with_the_101_arrive() {
     let (backend, task) = one_write_backend().await;
-    let shunt = shunt().direct(format!("http://{backend}")).start().await;
-    shunt.wait_ready().await;
+    let shunt = shunt()
+        .direct(format!("http://{backend}"))
+        .start_ready()
+        .await;
     let (mut socket, response) = ws_connect(shunt.addr(), "/frontend-audio", &[])
         .await
         .unwrap();
@@ -313,9 +315,8 @@ async fn status_reports_live_tunnels_and_upgrade_counts() {
     let shunt = shunt()
         .direct(backend.url())
         .route("/frontend-audio=direct")
-        .start()
+        .start_ready()
         .await;
-    shunt.wait_ready().await;
 
     let socket = open_call(shunt.addr()).await;
     let active = async |shunt: &support::Shunt| -> u64 {

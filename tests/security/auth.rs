@@ -16,9 +16,8 @@ fn now() -> u64 {
 
 #[tokio::test]
 async fn static_tokens_from_header_query_and_cookie() {
-    let backend = echo_backend().spawn().await;
-    let tokens = TempFile::new("tokens", "# operators\nalpha-s3cret-token\n\nbeta-token\n");
-    let shunt = start(&backend, &["--token-file", tokens.path()]).await;
+    let tokens = "# operators\nalpha-s3cret-token\n\nbeta-token\n";
+    let (backend, _tokens, shunt) = start_with_file("--token-file", tokens, &[]).await;
     let a = shunt.addr();
     let ok = raw(a, &get("/h", &["Authorization: Bearer alpha-s3cret-token"])).await;
     assert_eq!(ok.status, Some(200), "{ok:?}");
@@ -83,13 +82,8 @@ async fn static_tokens_from_header_query_and_cookie() {
 
 #[tokio::test]
 async fn token_file_is_reread_on_reload() {
-    let backend = echo_backend().spawn().await;
-    let tokens = TempFile::new("tokens", "first\n");
-    let shunt = start(
-        &backend,
-        &["--token-file", tokens.path(), "--auth", "token"],
-    )
-    .await;
+    let (_backend, tokens, shunt) =
+        start_with_file("--token-file", "first\n", &["--auth", "token"]).await;
     assert_eq!(
         raw(shunt.addr(), &get("/?token=first", &[])).await.status,
         Some(200)
@@ -136,18 +130,10 @@ fn unreadable_or_empty_credential_files_are_named() {
 
 #[tokio::test]
 async fn jwt_valid_expired_tampered_and_claims() {
-    let backend = echo_backend().spawn().await;
-    let secret = TempFile::new("jwt", "hunter2-jwt-secret\n");
-    let shunt = start(
-        &backend,
-        &[
-            "--jwt-secret-file",
-            secret.path(),
-            "--jwt-issuer",
-            "calls",
-            "--jwt-audience",
-            "shunt",
-        ],
+    let (_backend, _secret, shunt) = start_with_file(
+        "--jwt-secret-file",
+        "hunter2-jwt-secret\n",
+        &["--jwt-issuer", "calls", "--jwt-audience", "shunt"],
     )
     .await;
     let key = b"hunter2-jwt-secret";
@@ -252,27 +238,11 @@ async fn jwt_valid_expired_tampered_and_claims() {
 async fn per_route_auth_and_custom_sources() {
     let backend = echo_backend().spawn().await;
     let tokens = TempFile::new("tokens", "t0k\n");
-    let file = TempFile::new(
-        "auth.toml",
-        &format!(
-            r#"
-token_file = "{}"
-auth = "token"
-token_query = "access_token"
-token_cookie = "sess"
-
-[[routes]]
-path = "/public"
-via = ["direct"]
-auth = "none"
-
-[[routes]]
-path = "/"
-via = ["direct"]
-"#,
-            tokens.path()
-        ),
+    let global = format!(
+        "token_file = \"{}\"\nauth = \"token\"\ntoken_query = \"access_token\"\ntoken_cookie = \"sess\"",
+        tokens.path()
     );
+    let file = routes_config(&global, &[("/public", "auth = \"none\""), ("/", "")]);
     let shunt = start(&backend, &["--config", file.path()]).await;
     let a = shunt.addr();
     assert_eq!(raw(a, &get("/public/x", &[])).await.status, Some(200));

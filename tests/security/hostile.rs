@@ -9,8 +9,7 @@ use crate::prelude::*;
 
 #[tokio::test]
 async fn slowloris_is_closed_while_audio_keeps_flowing() {
-    let backend = echo_backend().spawn().await;
-    let shunt = start(&backend, &["--header-timeout", "1s"]).await;
+    let (_backend, shunt) = start_with_backend(&["--header-timeout", "1s"]).await;
     let a = shunt.addr();
     let (s, ws, _) = ws_open(a, "127.0.0.2", "/frontend-audio", &[]).await;
     assert_eq!(s, Some(101));
@@ -49,8 +48,7 @@ async fn slowloris_is_closed_while_audio_keeps_flowing() {
 
 #[tokio::test]
 async fn header_limits_answer_431() {
-    let backend = echo_backend().spawn().await;
-    let shunt = start(&backend, &["--max-header-bytes", "8192"]).await;
+    let (backend, shunt) = start_with_backend(&["--max-header-bytes", "8192"]).await;
     let big = format!("X-Big: {}", "a".repeat(20_000));
     let answer = raw(shunt.addr(), &get("/", &[&big])).await;
     assert_eq!(answer.status, Some(431), "{answer:?}");
@@ -64,8 +62,7 @@ async fn header_limits_answer_431() {
 
 #[tokio::test]
 async fn forms_methods_and_smuggling() {
-    let backend = echo_backend().spawn().await;
-    let shunt = start(&backend, &[]).await;
+    let (backend, shunt) = start_with_backend(&[]).await;
     let a = shunt.addr();
     let abs = raw(
         a,

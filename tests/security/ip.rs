@@ -4,8 +4,7 @@ use crate::prelude::*;
 
 #[tokio::test]
 async fn global_allow_list_refuses_at_accept() {
-    let backend = echo_backend().spawn().await;
-    let shunt = start(&backend, &["--allow-ip", "127.0.0.2/32"]).await;
+    let (backend, shunt) = start_with_backend(&["--allow-ip", "127.0.0.2/32"]).await;
     let ok = raw_from(shunt.addr(), "127.0.0.2", &get("/x", &[])).await;
     assert_eq!(ok.status, Some(200), "{ok:?}");
     let refused = raw_from(shunt.addr(), "127.0.0.3", &get("/x", &[])).await;
@@ -27,18 +26,14 @@ async fn global_allow_list_refuses_at_accept() {
 
 #[tokio::test]
 async fn deny_wins_over_allow() {
-    let backend = echo_backend().spawn().await;
-    let shunt = start(
-        &backend,
-        &[
-            "--allow-ip",
-            "127.0.0.0/8",
-            "--deny-ip",
-            "127.0.0.4",
-            "--deny-ip",
-            "::1",
-        ],
-    )
+    let (_backend, shunt) = start_with_backend(&[
+        "--allow-ip",
+        "127.0.0.0/8",
+        "--deny-ip",
+        "127.0.0.4",
+        "--deny-ip",
+        "::1",
+    ])
     .await;
     assert_eq!(
         raw_from(shunt.addr(), "127.0.0.2", &get("/", &[]))
@@ -58,23 +53,13 @@ async fn deny_wins_over_allow() {
 #[tokio::test]
 async fn route_lists_apply_to_the_normalized_route() {
     let backend = echo_backend().spawn().await;
-    let file = TempFile::new(
-        "routes.toml",
-        r#"
-[[routes]]
-path = "/admin"
-via = ["direct"]
-allow_ip = ["127.0.0.2"]
-
-[[routes]]
-path = "/frontend-audio"
-via = ["direct"]
-deny_ip = ["127.0.0.5"]
-
-[[routes]]
-path = "/"
-via = ["direct"]
-"#,
+    let file = routes_config(
+        "",
+        &[
+            ("/admin", r#"allow_ip = ["127.0.0.2"]"#),
+            ("/frontend-audio", r#"deny_ip = ["127.0.0.5"]"#),
+            ("/", ""),
+        ],
     );
     let shunt = start(&backend, &["--config", file.path()]).await;
     let from = |ip: &'static str, target: &'static str| {

@@ -6,8 +6,7 @@ use crate::prelude::*;
 
 #[tokio::test]
 async fn burst_over_the_rate_gets_429_then_recovers() {
-    let backend = echo_backend().spawn().await;
-    let shunt = start(&backend, &["--rate", "5/s", "--burst", "3"]).await;
+    let (_backend, shunt) = start_with_backend(&["--rate", "5/s", "--burst", "3"]).await;
     let a = shunt.addr();
     for i in 0..3 {
         assert_eq!(
@@ -40,8 +39,7 @@ async fn burst_over_the_rate_gets_429_then_recovers() {
 
 #[tokio::test]
 async fn tunnels_per_ip_are_capped_and_released() {
-    let backend = echo_backend().spawn().await;
-    let shunt = start(&backend, &["--max-conns-per-ip", "2"]).await;
+    let (_backend, shunt) = start_with_backend(&["--max-conns-per-ip", "2"]).await;
     let a = shunt.addr();
     let (s1, ws1, _) = ws_open(a, "127.0.0.2", "/ws", &[]).await;
     let (s2, ws2, _) = ws_open(a, "127.0.0.2", "/ws", &[]).await;
@@ -70,8 +68,7 @@ async fn tunnels_per_ip_are_capped_and_released() {
 
 #[tokio::test]
 async fn global_connection_cap_at_accept() {
-    let backend = echo_backend().spawn().await;
-    let shunt = start(&backend, &["--max-conns", "2"]).await;
+    let (_backend, shunt) = start_with_backend(&["--max-conns", "2"]).await;
     let a = shunt.addr();
     let idle1 = connect_from(a, "127.0.0.2").await;
     let (s, ws, _) = ws_open(a, "127.0.0.3", "/ws", &[]).await;
@@ -96,8 +93,8 @@ async fn global_connection_cap_at_accept() {
 
 #[tokio::test]
 async fn many_source_addresses_do_not_grow_state_unbounded() {
-    let backend = echo_backend().spawn().await;
-    let shunt = start(&backend, &["--rate", "100/s", "--max-tracked-ips", "16"]).await;
+    let (_backend, shunt) =
+        start_with_backend(&["--rate", "100/s", "--max-tracked-ips", "16"]).await;
     let a = shunt.addr();
     for i in 2..60u8 {
         let from = format!("127.0.{i}.1");

@@ -4,16 +4,12 @@ use crate::prelude::*;
 
 #[tokio::test]
 async fn websocket_origin_allowed_refused_missing() {
-    let backend = echo_backend().spawn().await;
-    let shunt = start(
-        &backend,
-        &[
-            "--allow-origin",
-            "https://app.example.com",
-            "--allow-origin",
-            "https://*.calls.example.com:8443",
-        ],
-    )
+    let (backend, shunt) = start_with_backend(&[
+        "--allow-origin",
+        "https://app.example.com",
+        "--allow-origin",
+        "https://*.calls.example.com:8443",
+    ])
     .await;
     let a = shunt.addr();
     let (s, ws, _) = ws_open(a, "127.0.0.1", "/ws", &["Origin: https://app.example.com"]).await;
@@ -74,17 +70,10 @@ async fn websocket_origin_allowed_refused_missing() {
 
 #[tokio::test]
 async fn cors_preflight_answered_by_shunt() {
-    let backend = echo_backend().spawn().await;
-    let tokens = TempFile::new("tokens", "tk\n");
-    let shunt = start(
-        &backend,
-        &[
-            "--allow-origin",
-            "https://app.example.com",
-            "--cors",
-            "--token-file",
-            tokens.path(),
-        ],
+    let (backend, _tokens, shunt) = start_with_file(
+        "--token-file",
+        "tk\n",
+        &["--allow-origin", "https://app.example.com", "--cors"],
     )
     .await;
     let a = shunt.addr();

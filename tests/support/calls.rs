@@ -35,42 +35,7 @@ pub struct WsBackend {
 impl WsBackend {
     /// Binds `127.0.0.1:0` and serves until dropped.
     pub async fn spawn() -> WsBackend {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let (tx, accepted) = mpsc::channel(64);
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    return;
-                };
-                let tx = tx.clone();
-                tokio::spawn(async move {
-                    let service = service_fn(move |mut req: Request<hyper::body::Incoming>| {
-                        let tx = tx.clone();
-                        async move {
-                            let (resp, fut) = fastwebsockets::upgrade::upgrade(&mut req)?;
-                            tokio::spawn(async move {
-                                if let Ok(mut ws) = fut.await {
-                                    ws.set_auto_close(false);
-                                    ws.set_max_message_size(64 << 20);
-                                    let _ = tx.send(ws).await;
-                                }
-                            });
-                            Ok::<Response<Empty<Bytes>>, fastwebsockets::WebSocketError>(resp)
-                        }
-                    });
-                    let _ = http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .with_upgrades()
-                        .await;
-                });
-            }
-        });
-        WsBackend {
-            addr,
-            accepted,
-            task,
-        }
+        WsBackend::spawn_negotiating(&[]).await.0
     }
 
     /// `http://ADDR`.
@@ -110,6 +75,28 @@ pub async fn next_close(ws: &mut BackendWs, limit: Duration) -> u16 {
             return u16::from_be_bytes([frame.payload[0], frame.payload[1]]);
         }
     }
+}
+
+/// The backend side again as a WebSocket, after the test wrote raw bytes on
+/// its stream (auto-close off, as [`WsBackend`] hands it over).
+pub fn backend_ws(raw: TokioIo<Upgraded>) -> BackendWs {
+    let mut ws = WebSocket::after_handshake(raw, fastwebsockets::Role::Server);
+    ws.set_auto_close(false);
+    ws
+}
+
+/// Read exactly `len` bytes from `raw` within `limit`; panics otherwise.
+pub async fn read_exactly(
+    raw: &mut (impl tokio::io::AsyncRead + Unpin),
+    len: usize,
+    limit: Duration,
+) -> Vec<u8> {
+    let mut got = vec![0; len];
+    tokio::time::timeout(limit, raw.read_exact(&mut got))
+        .await
+        .unwrap_or_else(|_| panic!("{len} bytes not read within {limit:?}"))
+        .expect("read");
+    got
 }
 
 /// A WebSocket client that writes and reads frames by hand over a raw socket.
@@ -162,9 +149,19 @@ impl RawWs {
     }
 
     /// Handshake over an open stream (TLS, say) for `path`.
-    pub async fn handshake(mut stream: Box<dyn RawIo>, path: &str) -> Result<RawWs, BoxError> {
+    pub async fn handshake(stream: Box<dyn RawIo>, path: &str) -> Result<RawWs, BoxError> {
+        Ok(RawWs::handshake_with(stream, path, &[]).await?.0)
+    }
+
+    /// [`RawWs::handshake`] with `extra` request header lines; also returns
+    /// the 101 head.
+    async fn handshake_with(
+        mut stream: Box<dyn RawIo>,
+        path: &str,
+        extra: &[&str],
+    ) -> Result<(RawWs, String), BoxError> {
         stream
-            .write_all(&super::raw::ws_handshake(path, &[]))
+            .write_all(&super::raw::ws_handshake(path, extra))
             .await?;
         // A TLS stream may keep the last record until flushed.
         stream.flush().await?;
@@ -180,13 +177,15 @@ impl RawWs {
             }
             buf.extend_from_slice(&chunk[..n]);
         };
-        if !buf.starts_with(b"HTTP/1.1 101") {
+        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+        if !head.starts_with("HTTP/1.1 101") {
             return Err(format!("not a 101: {}", String::from_utf8_lossy(&buf)).into());
         }
-        Ok(RawWs {
+        let ws = RawWs {
             stream,
             pending: buf[end..].to_vec(),
-        })
+        };
+        Ok((ws, head))
     }
 
     /// Write bytes as they are.
@@ -204,6 +203,11 @@ impl RawWs {
     /// Write one masked frame.
     pub async fn send(&mut self, fin: bool, opcode: u8, payload: &[u8]) -> Result<(), BoxError> {
         self.send_raw(&encode(fin, 0, opcode, payload, true)).await
+    }
+
+    /// Write a masked Close with `code` (answering one, as a browser does).
+    pub async fn send_close(&mut self, code: u16) -> Result<(), BoxError> {
+        self.send(true, 8, &code.to_be_bytes()).await
     }
 
     async fn fill(&mut self, want: usize, limit: Duration) -> Result<(), BoxError> {
@@ -263,20 +267,14 @@ impl RawWs {
         &mut self,
         limit: Duration,
     ) -> Result<(Vec<RawFrame>, RawFrame), BoxError> {
-        let deadline = tokio::time::Instant::now() + limit;
-        let mut before = Vec::new();
-        loop {
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            let f = self.read_frame(left).await?;
-            if f.opcode == 8 {
-                return Ok((before, f));
-            }
-            if f.opcode == 9 {
-                let pong = encode(true, 0, 10, &f.payload, true);
-                self.send_raw(&pong).await?;
-            }
-            before.push(f);
-        }
+        let mut frames: Vec<RawFrame> = self
+            .timed_frames_until_close(limit)
+            .await?
+            .into_iter()
+            .map(|(frame, _)| frame)
+            .collect();
+        let close = frames.pop().expect("the Close ends the frames");
+        Ok((frames, close))
     }
 
     /// Whether the peer has closed the socket (EOF or reset) within `limit`,
@@ -330,6 +328,12 @@ impl ShuntProcess {
         self.log.text()
     }
 
+    /// GET `path` on its admin API, as JSON.
+    pub async fn admin_json(&self, path: &str) -> serde_json::Value {
+        let r = super::http_get(self.admin, path, &[]).await.expect("admin");
+        serde_json::from_slice(&r.body).unwrap_or_else(|e| panic!("{path}: {e}"))
+    }
+
     /// Send SIGTERM and wait (bounded) for the exit code.
     pub async fn terminate(&mut self, limit: Duration) -> Option<i32> {
         bin::sigterm(&self.child);
@@ -349,7 +353,7 @@ pub type SeenHeaders = Arc<Mutex<Vec<hyper::HeaderMap>>>;
 impl WsBackend {
     /// Like [`WsBackend::spawn`], but it records every upgrade request's
     /// headers and answers each 101 with `extra` headers too (the extension
-    /// and subprotocol it "negotiated").
+    /// and subprotocol it "negotiated"); `spawn` is this with none.
     pub async fn spawn_negotiating(
         extra: &[(&'static str, &'static str)],
     ) -> (WsBackend, SeenHeaders) {
@@ -378,6 +382,7 @@ impl WsBackend {
                             tokio::spawn(async move {
                                 if let Ok(mut ws) = fut.await {
                                     ws.set_auto_close(false);
+                                    ws.set_max_message_size(64 << 20);
                                     let _ = tx.send(ws).await;
                                 }
                             });
@@ -408,32 +413,9 @@ impl RawWs {
         path: &str,
         extra: &[&str],
     ) -> Result<(RawWs, String), BoxError> {
-        let mut stream = TcpStream::connect(addr).await?;
+        let stream = TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
-        stream
-            .write_all(&super::raw::ws_handshake(path, extra))
-            .await?;
-        let mut buf = Vec::new();
-        let end = loop {
-            if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                break p + 4;
-            }
-            let mut chunk = [0; 4096];
-            let n = tokio::time::timeout(IO_TIMEOUT, stream.read(&mut chunk)).await??;
-            if n == 0 {
-                return Err("closed before the 101".into());
-            }
-            buf.extend_from_slice(&chunk[..n]);
-        };
-        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-        if !head.starts_with("HTTP/1.1 101") {
-            return Err(format!("not a 101: {head}").into());
-        }
-        let ws = RawWs {
-            stream: Box::new(stream),
-            pending: buf[end..].to_vec(),
-        };
-        Ok((ws, head))
+        RawWs::handshake_with(Box::new(stream), path, extra).await
     }
 
     /// Read frames until a Close, answering Pings as a browser does; each

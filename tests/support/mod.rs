@@ -86,8 +86,7 @@ pub async fn direct_shunt(flags: &[(&str, &str)]) -> (EchoBackend, Shunt) {
     for (flag, value) in flags {
         builder = builder.arg(flag, *value);
     }
-    let shunt = builder.start().await;
-    shunt.wait_ready().await;
+    let shunt = builder.start_ready().await;
     (backend, shunt)
 }
 
@@ -218,8 +217,7 @@ pub async fn shunt_with_nginx(
         .direct(direct.url())
         .nginx(nginx.url())
         .flags(flags)
-        .start()
+        .start_ready()
         .await;
-    shunt.wait_ready().await;
     Some((direct, behind_nginx, nginx, shunt))
 }

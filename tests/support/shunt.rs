@@ -110,6 +110,13 @@ impl ShuntBuilder {
             admin,
         }
     }
+
+    /// [`ShuntBuilder::start`], then [`Shunt::wait_ready`].
+    pub async fn start_ready(self) -> Shunt {
+        let shunt = self.start().await;
+        shunt.wait_ready().await;
+        shunt
+    }
 }
 
 impl Shunt {

@@ -162,3 +162,23 @@ pub async fn wss_connect(
     .map_err(|_| "wss handshake timed out")??;
     Ok((ws, resp, fp))
 }
+
+/// A test CA with a certificate `stem` for `names` (its files returned too),
+/// an echo backend named `backend`, and a shunt builder serving that
+/// certificate in front of it.
+pub async fn tls_in_front(
+    stem: &str,
+    names: &[&str],
+    backend: &str,
+) -> (
+    TestPki,
+    (PathBuf, PathBuf),
+    super::EchoBackend,
+    super::shunt::ShuntBuilder,
+) {
+    let pki = TestPki::new();
+    let (cert, key) = pki.write(stem, names);
+    let backend = super::echo_backend().name(backend).spawn().await;
+    let builder = super::shunt().direct(backend.url()).tls(&cert, &key);
+    (pki, (cert, key), backend, builder)
+}
