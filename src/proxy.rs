@@ -27,7 +27,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::{Request, Response, header};
+use http::{Request, Response, Uri, header};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
@@ -88,7 +88,7 @@ pub async fn handle(
     let upgrade = req.version() >= http::Version::HTTP_11
         && upgrade::has_token(req.headers(), header::UPGRADE, "websocket");
     let mut trace = Trace::default();
-    let resp = match proxy(req, downstream, &ctx, &mut trace, &path).await {
+    let resp = match proxy(req, downstream, &ctx, &mut trace, &uri, &path).await {
         Ok(resp) => resp,
         Err(e @ ProxyError::Denied(_)) => {
             tracing::info!(peer = %downstream.peer, path = %path, reason = %e, "request refused by policy");
@@ -121,26 +121,26 @@ pub async fn handle(
 /// The snapshot is loaded once, so one request sees one configuration even
 /// if a reload lands halfway. For a WebSocket handshake, `slot` (the
 /// client's tunnel slot) moves into the tunnel on a 101 and is released if
-/// the handshake fails. `target` is the loggable target, for `/calls`.
+/// the handshake fails. `uri` is the request's target (a shared copy, which
+/// the routed path borrows), `target` the loggable one, for `/calls`.
 async fn proxy(
     req: Request<Incoming>,
     downstream: Downstream,
     ctx: &Context,
     trace: &mut Trace,
+    uri: &Uri,
     target: &str,
 ) -> Result<Response<Body>, ProxyError> {
     let rt = &ctx.rt;
     let snapshot = rt.live.load_full();
     let kind: Kind = upgrade::classify(&req)?;
-    // A shared copy of the target (no bytes copied): the routed path borrows it.
-    let uri = req.uri().clone();
     let path = normalize_path(uri.path());
     let host = request_host(&req)?;
     let route = snapshot
         .router
         .route(host, &path)
         .ok_or_else(|| ProxyError::NoRoute {
-            path: path.clone().into_owned(),
+            path: path.to_string(),
         })?;
     trace.route = Some(route.clone());
     let global = &snapshot.config.policy;
