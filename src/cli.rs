@@ -148,8 +148,8 @@ pub struct RunArgs {
     /// Do not watch the config and certificate files for changes (SIGHUP and POST /reload still work).
     #[arg(long, env = "SHUNT_NO_WATCH")]
     pub no_watch: bool,
-    /// Worker threads serving the proxy listener, each with its own runtime and
-    /// SO_REUSEPORT listener [default: the CPUs this process may use].
+    /// Worker threads serving the proxy listener, each with its own runtime,
+    /// all accepting on one listening socket [default: the CPUs this process may use].
     #[arg(long, env = "SHUNT_WORKERS", value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     pub workers: Option<u16>,
     // --- security policy (src/policy/) ---

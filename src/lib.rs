@@ -49,8 +49,8 @@
 //!
 //! - [`app`]: wiring, startup and shutdown; owns the root token, the tracker and the relay.
 //! - [`cli`]: flags (with `SHUNT_*` twins) and subcommands.
-//! - [`workers`]: `--workers`: a current-thread runtime and `SO_REUSEPORT` listener per
-//!   core, each running [`listener`]'s accept loop.
+//! - [`workers`]: `--workers`: a current-thread runtime per core, each running
+//!   [`listener`]'s accept loop on the one shared listening socket.
 //! - [`config`]: flags + TOML file → a validated [`config::Config`].
 //! - [`live`]: the hot-swappable [`live::Snapshot`] (router, upstreams, timeouts).
 //! - [`reload`]: rebuild and swap the snapshot, all or nothing.
@@ -61,6 +61,7 @@
 //! - [`dial`]: connections to upstreams: TCP or TLS, hyper's client handshake, the
 //!   keep-alive pool ([`dial::pool`]); used by selection, forward, the tunnel and probes.
 //! - [`percent`]: the one percent-decoder (paths and query parameters).
+//! - [`procnet`]: listening sockets and the processes holding them, from `/proc`.
 //! - [`response`]: the errors of the flow, and the one place they become status codes.
 //! - [`doctor`]: `shunt doctor`, the troubleshooting checklist, run on demand.
 //! - [`admin`]: `/healthz`, `/readyz`, `/status`, `/metrics`, `/calls`, `POST /reload`.
@@ -93,6 +94,7 @@ pub mod listener;
 pub mod live;
 pub mod percent;
 pub mod policy;
+pub mod procnet;
 pub mod prometheus;
 pub mod proxy;
 pub mod reload;

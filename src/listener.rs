@@ -16,20 +16,55 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
+
+use crate::procnet::Holder;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 /// A listener address that cannot be bound (in use, not ours, no permission).
 #[derive(Debug, thiserror::Error)]
-#[error("cannot bind {what} listener on {addr}")]
+#[error("cannot bind {what} listener on {addr}{}", held_by(holders))]
 pub struct BindError {
     /// Which listener: `proxy` or `admin`.
     pub what: &'static str,
     /// The address asked for.
     pub addr: SocketAddr,
+    /// When the address is in use: the processes holding it, where `/proc`
+    /// shows them, so the message says what to stop.
+    pub holders: Vec<Holder>,
     /// What the OS said.
     #[source]
     pub source: io::Error,
+}
+
+impl BindError {
+    /// The error for `what` on `addr`; an `address in use` looks up who
+    /// holds the port (a blocking `/proc` walk, done once, on a failed start).
+    pub fn new(what: &'static str, addr: SocketAddr, source: io::Error) -> Self {
+        let holders = if source.kind() == io::ErrorKind::AddrInUse {
+            crate::procnet::holders(addr)
+        } else {
+            Vec::new()
+        };
+        BindError {
+            what,
+            addr,
+            holders,
+            source,
+        }
+    }
+}
+
+/// `" (held by shunt (pid 42); …)"` for a port in use, else nothing.
+fn held_by(holders: &[Holder]) -> String {
+    if holders.is_empty() {
+        return String::new();
+    }
+    let names: Vec<String> = holders.iter().map(ToString::to_string).collect();
+    format!(
+        " (held by {}; `shunt doctor` checks the listeners)",
+        names.join(", ")
+    )
 }
 
 /// Bind `addr`, naming the listener and the address in the error. An IPv6
@@ -37,7 +72,7 @@ pub struct BindError {
 /// also accepts IPv4 clients (seen as `::ffff:a.b.c.d`), whatever
 /// `net.ipv6.bindv6only` says.
 pub async fn bind(addr: SocketAddr, what: &'static str) -> Result<TcpListener, BindError> {
-    bind_dual_stack(addr).map_err(|source| BindError { what, addr, source })
+    bind_dual_stack(addr).map_err(|source| BindError::new(what, addr, source))
 }
 
 /// How many connections may wait in the kernel to be accepted (tokio's
@@ -47,22 +82,22 @@ const BACKLOG: i32 = 1024;
 /// A listening socket on `addr` as `TcpListener::bind` makes it
 /// (`SO_REUSEADDR`, non-blocking), but with `IPV6_V6ONLY` off for IPv6.
 fn bind_dual_stack(addr: SocketAddr) -> io::Result<TcpListener> {
-    TcpListener::from_std(socket(addr, false)?)
+    TcpListener::from_std(socket(addr)?)
 }
 
 /// A non-blocking listening socket on `addr` (`SO_REUSEADDR`, `IPV6_V6ONLY`
-/// off for IPv6), with `SO_REUSEPORT` when `reuse_port` (one per worker,
-/// [`crate::workers`]); not yet registered with any runtime.
-pub fn socket(addr: SocketAddr, reuse_port: bool) -> io::Result<std::net::TcpListener> {
+/// off for IPv6); not yet registered with any runtime.
+///
+/// Never `SO_REUSEPORT`: with it, any process of the same user could bind
+/// the same port and silently take a share of the connections. The workers
+/// share this one socket instead ([`crate::workers`]).
+pub fn socket(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     if addr.is_ipv6() {
         socket.set_only_v6(false)?;
     }
     socket.set_reuse_address(true)?;
-    if reuse_port {
-        socket.set_reuse_port(true)?;
-    }
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     socket.listen(BACKLOG)?;

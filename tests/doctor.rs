@@ -576,6 +576,59 @@ async fn a_port_held_by_another_process_is_named() {
     out.finding("warn end to end: not tried");
 }
 
+/// A port shared through `SO_REUSEPORT` by two processes (as an older
+/// shunt allowed) is a FAIL that names both: each would take a share of the
+/// connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_port_shared_by_two_processes_is_a_fail_naming_both() {
+    use socket2::{Domain, Socket, Type};
+    let backend = echo_backend().spawn().await;
+    let ours = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    ours.set_reuse_port(true).unwrap();
+    ours.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+        .unwrap();
+    ours.listen(16).unwrap();
+    let listen = ours.local_addr().unwrap().as_socket().unwrap();
+    // The second holder: a python3 child joining the same port.
+    let script = format!(
+        "import socket,sys,time\n\
+         s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)\n\
+         s.bind(('127.0.0.1',{})); s.listen(1); print('bound', flush=True); time.sleep(30)\n",
+        listen.port()
+    );
+    let mut other = std::process::Command::new("python3")
+        .args(["-c", &script])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(other.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line.trim(), "bound");
+    let direct = backend.url();
+    let out = doctor(&[
+        "--listen",
+        &listen.to_string(),
+        "--admin",
+        "off",
+        "--direct",
+        &direct,
+        "--route",
+        "/frontend-audio=direct",
+    ])
+    .await;
+    let _ = other.kill();
+    let _ = other.wait();
+    assert_eq!(out.code, Some(1), "{}", out.stdout);
+    let fail = out.finding("FAIL listener:");
+    has(&fail, format!("{listen} is held by more than one process"));
+    has(&fail, format!("(pid {})", std::process::id()));
+    has(&fail, format!("(pid {})", other.id()));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_config_file_and_shunt_variables_are_read_as_for_run() {
     let backend = echo_backend().spawn().await;

@@ -1,5 +1,5 @@
 //! `--workers`: the binary serves the proxy listener from several worker
-//! threads (one runtime and SO_REUSEPORT listener each) that share the
+//! threads (one runtime each, one shared listening socket) that share the
 //! counters, and drains and exits as with one.
 
 mod support;
@@ -82,4 +82,60 @@ async fn zero_workers_is_refused() {
     let out = run_shunt(&["run", "--workers", "0"], Duration::from_secs(10)).await;
     let stderr = out.refused("--workers 0");
     assert!(stderr.contains("--workers"), "{stderr}");
+}
+
+/// A second shunt can never join the port of a running one (no
+/// `SO_REUSEPORT`): its start fails with exit 2, naming the holder, and
+/// every request keeps reaching the first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_shunt_cannot_bind_a_held_port_and_names_the_holder() {
+    let backend = echo_backend().name("direct-backend").spawn().await;
+    let first = serve_draining(&backend.url(), &["--workers", "2", "--no-watch"]).await;
+    let other_admin = support::free_port().to_string();
+    let second = run_shunt(
+        &[
+            "run",
+            "--listen",
+            &first.listen.to_string(),
+            "--admin",
+            &format!("127.0.0.1:{other_admin}"),
+            "--direct",
+            "http://127.0.0.1:9",
+            "--workers",
+            "2",
+            "--no-watch",
+        ],
+        Duration::from_secs(10),
+    )
+    .await;
+    let stderr = plain(second.refused("a port another shunt holds"));
+    assert_eq!(second.code, Some(2), "stderr:\n{stderr}");
+    assert!(
+        stderr.contains(&format!("cannot bind proxy listener on {}", first.listen)),
+        "stderr:\n{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("held by shunt (pid {})", first.pid())),
+        "the holder is named: stderr:\n{stderr}"
+    );
+    assert!(stderr.contains("shunt doctor"), "stderr:\n{stderr}");
+    // Every connection still reaches the first shunt, whose logs show them.
+    for i in 0..20 {
+        let resp = support::http_get(first.listen, &format!("/after{i}"), &[])
+            .await
+            .unwrap_or_else(|e| panic!("request {i}: {e}"));
+        assert_eq!(resp.status, StatusCode::OK, "request {i}");
+    }
+    let metrics = support::http_get(first.admin, "/metrics", &[])
+        .await
+        .unwrap()
+        .text();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "shunt_requests_total{class=\"2xx\"} 20"),
+        "all 20 requests were served by the first shunt:\n{metrics}"
+    );
+    let (code, _) = first.terminate().await;
+    assert_eq!(code, Some(0));
 }

@@ -199,6 +199,11 @@ pub async fn wait_ready(admin: SocketAddr, output: impl Fn() -> String) {
 }
 
 impl Served {
+    /// The child's process id.
+    pub fn pid(&self) -> u32 {
+        self.server.child.id().expect("running")
+    }
+
     /// Everything the child wrote to stderr so far.
     pub fn stderr(&self) -> String {
         self.server.stderr()
