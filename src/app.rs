@@ -151,6 +151,8 @@ async fn start_on(config: Config, workers: Option<usize>) -> Result<Running, Sta
             n
         }
     };
+    rt.tracker
+        .spawn(crate::telemetry::refusals::flush(rt.shutdown.clone()));
     let admin_stop = CancellationToken::new();
     let admin_tracker = TaskTracker::new();
 

@@ -37,6 +37,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::downstream::Downstream;
 use crate::forward::tunnel;
 use crate::proxy::{self, Context};
+use crate::telemetry::refusals::{self, Reason};
 
 /// The TLS handshake timeout when the snapshot has no TLS settings (it
 /// always has them when the listener has an acceptor; this is a fallback).
@@ -73,7 +74,11 @@ pub fn accept(
                 drop(permit);
             }
             Err(denied) => {
-                tracing::warn!(peer = %peer, reason = %denied, "connection refused at accept");
+                let reason = match denied {
+                    crate::policy::Denied::Ip { .. } => Reason::AcceptIp,
+                    _ => Reason::AcceptLimit,
+                };
+                refusals::refused(reason, peer, &denied);
                 // Plain HTTP gets a short answer; a TLS listener just closes.
                 let permit = ctx.rt.gate.refusal_permit();
                 let answer = (permit.is_some() && tls.is_none())
@@ -97,7 +102,7 @@ async fn serve_tls(stream: TcpStream, peer: SocketAddr, acceptor: &TlsAcceptor, 
         .map_or(DEFAULT_TLS_HANDSHAKE_TIMEOUT, |t| t.handshake_timeout);
     match crate::tls::accept(acceptor, stream, timeout).await {
         Ok(tls) => serve(tls, Downstream { peer, tls: true }, ctx).await,
-        Err(e) => tracing::info!(%peer, error = %e, "TLS connection refused"),
+        Err(e) => refusals::refused(Reason::TlsHandshake, peer, &e),
     }
 }
 
@@ -173,12 +178,14 @@ where
     }
 }
 
-/// Log a connection's end once, at the task boundary; client disconnects are routine.
+/// Log a connection's end once, at the task boundary; client disconnects are
+/// routine. Timeouts and malformed heads go through the rate-limited
+/// [`refusals`] log: a flood of them writes a line a second.
 fn log_connection_error(e: &hyper::Error, downstream: Downstream) {
     if e.is_timeout() {
-        tracing::info!(peer = %downstream.peer, "closed a connection that did not send a request head in time");
+        refusals::refused(Reason::HeaderTimeout, downstream.peer, e);
     } else if e.is_parse() || e.is_parse_too_large() {
-        tracing::info!(peer = %downstream.peer, error = %e, "closed a connection after a malformed request");
+        refusals::refused(Reason::MalformedRequest, downstream.peer, e);
     } else {
         tracing::debug!(peer = %downstream.peer, error = %e, "connection ended with an error");
     }

@@ -25,6 +25,7 @@
 //! unset or empty (<https://no-color.org>): a file or journald gets no ANSI codes.
 
 pub mod batch;
+pub mod refusals;
 
 use std::io::IsTerminal;
 use std::sync::{Arc, OnceLock};
