@@ -121,7 +121,7 @@ async fn route(
         (&Method::GET | &Method::HEAD, "/status") => {
             json(StatusCode::OK, &status(rt, reloader, tunnel))
         }
-        (&Method::GET | &Method::HEAD, "/metrics") => metrics(rt),
+        (&Method::GET | &Method::HEAD, "/metrics") => metrics(rt, reloader),
         (&Method::GET | &Method::HEAD, "/calls") => calls(rt, req.uri().query()),
         (&Method::GET | &Method::HEAD, path) if path.starts_with("/calls/") => {
             call(rt, &path["/calls/".len()..])
@@ -260,6 +260,7 @@ fn status(rt: &Runtime, reloader: &Reloader, tunnel: &TunnelStatus) -> serde_jso
         "draining": rt.is_draining(),
         "generation": snapshot.generation,
         "last_reload": reloader.last_json(),
+        "restart_required": reloader.restart_required(),
         "upstreams": upstreams_json(&snapshot),
         "certificates": certificates_json(&snapshot),
         "routes": routes_json(&snapshot),
@@ -273,7 +274,7 @@ fn status(rt: &Runtime, reloader: &Reloader, tunnel: &TunnelStatus) -> serde_jso
 }
 
 /// Prometheus text: counters, tunnels, and each upstream's health (1 = up).
-fn metrics(rt: &Runtime) -> Response<Body> {
+fn metrics(rt: &Runtime, reloader: &Reloader) -> Response<Body> {
     use std::fmt::Write;
     let mut out = String::new();
     rt.stats.to_prometheus(&mut out);
@@ -301,6 +302,10 @@ fn metrics(rt: &Runtime) -> Response<Body> {
         "# HELP shunt_log_lines_dropped_total Log lines dropped because the queue to stderr was full.\n# TYPE shunt_log_lines_dropped_total counter\nshunt_log_lines_dropped_total {}",
         crate::telemetry::dropped_lines()
     );
+    reloader.to_prometheus(&mut out);
+    if let Some(set) = &snapshot.certs {
+        set.expiry_to_prometheus(&mut out, std::time::SystemTime::now());
+    }
     let mut resp = text(StatusCode::OK, out);
     resp.headers_mut().insert(
         http::header::CONTENT_TYPE,
@@ -412,7 +417,10 @@ fn routes_json(snapshot: &Snapshot) -> serde_json::Value {
 
 /// `POST /reload`: 200 with what changed, or 422 with why nothing did.
 async fn reload(reloader: &Reloader) -> Response<Body> {
-    match reloader.reload("POST /reload").await {
+    match reloader
+        .reload(crate::reload::Trigger::Api, "POST /reload")
+        .await
+    {
         Ok(report) => json(StatusCode::OK, &report),
         Err(e) => json(
             StatusCode::UNPROCESSABLE_ENTITY,

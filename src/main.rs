@@ -88,7 +88,7 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                     _ = int.recv() => break,
                     _ = hup.recv() => {
                         // The outcome is logged and shown in /status by the reloader.
-                        let _ = running.reloader().reload("SIGHUP").await;
+                        let _ = running.reloader().reload(shunt::reload::Trigger::Signal, "SIGHUP").await;
                     }
                 }
             }

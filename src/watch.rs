@@ -102,7 +102,10 @@ async fn watch_loop(
         let deadline = tokio::time::Instant::now() + DEBOUNCE;
         while let Ok(Some(_)) = tokio::time::timeout_at(deadline, events.recv()).await {}
         let _ = reloader
-            .reload(&format!("file change: {}", trigger.display()))
+            .reload(
+                crate::reload::Trigger::File,
+                &format!("file change: {}", trigger.display()),
+            )
             .await;
         files = resolve(&rt.live.load().config.watched_files());
         update_watches(&mut watcher, &files, &mut dirs);

@@ -1,7 +1,8 @@
 //! deploy/grafana/shunt.json queries only metrics that shunt exports: every
 //! `shunt_*` name in the dashboard must appear as a sample in a real
 //! `/metrics` answer, during and after a call that exercises the call layer
-//! (frames, pings, a close).
+//! (frames, pings, a close). deploy/grafana/alerts.yml's rules likewise use
+//! only metrics that a shunt with TLS exports after a reload.
 
 mod support;
 
@@ -176,4 +177,49 @@ fn metric_names_are_found_in_queries() {
     assert_eq!(metric_names("my_shunt_thing").count(), 0);
     assert!(has_sample("a_b{x=\"1\"} 2\n", "a_b"));
     assert!(!has_sample("a_bc 2\n", "a_b"));
+}
+
+/// deploy/grafana/alerts.yml: the two alerts exist, with their thresholds,
+/// and every metric their expressions use is exported by a TLS shunt after
+/// a reload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_metric_the_alert_rules_use_is_exported() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/grafana/alerts.yml");
+    let rules = std::fs::read_to_string(path).expect("read deploy/grafana/alerts.yml");
+    let exprs: Vec<&str> = rules
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("expr:"))
+        .map(str::trim)
+        .collect();
+    assert_eq!(
+        exprs,
+        [
+            "shunt_certificate_expiry_seconds < 14 * 24 * 3600",
+            "shunt_last_reload_success == 0"
+        ]
+    );
+    for alert in ["ShuntCertificateExpiresSoon", "ShuntReloadFailed"] {
+        assert!(rules.contains(&format!("alert: {alert}")), "{alert}");
+    }
+
+    let backend = echo_backend().name("direct").spawn().await;
+    let pki = support::tls::TestPki::new();
+    let (cert, key) = pki.write("localhost", &["localhost"]);
+    let proxy = shunt()
+        .direct(backend.url())
+        .tls(&cert, &key)
+        .start_ready()
+        .await;
+    assert_eq!(proxy.admin_post("/reload").await.0, 200);
+    let (_, metrics) = proxy.admin_get("/metrics").await.expect("/metrics");
+    for name in exprs.iter().flat_map(|e| metric_names(e)) {
+        assert!(
+            has_sample(&metrics, name),
+            "{name} not in /metrics:\n{metrics}"
+        );
+    }
+    assert!(
+        has_sample(&metrics, "shunt_reloads_total"),
+        "shunt_reloads_total not in /metrics:\n{metrics}"
+    );
 }

@@ -283,3 +283,121 @@ async fn hundred_reloads_under_two_hundred_streaming_calls() {
     assert!(tunnels.iter().all(|t| t["upstream"] == "a"), "{tunnels:?}");
     assert!(frames.load(Ordering::Relaxed) >= (CALLS * 20) as u64);
 }
+
+/// A setting only a restart applies stays pending in `/status` and in every
+/// later reload's answer, whichever reload saw the change first (here the
+/// file watcher, before `POST /reload`); the log line of a reload says what
+/// it changed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pending_restart_stays_reported_after_the_watcher_applied_it() {
+    let routes = Routes::new("pending-restart").await;
+    support::capture_logs();
+    let proxy = shunt().arg("--config", routes.config_arg()).start().await;
+    assert_eq!(
+        proxy.status().await.unwrap()["restart_required"],
+        serde_json::json!([])
+    );
+    let (a, b) = (routes.a.url(), routes.b.url());
+    let text = format!(
+        "log_format = \"json\"\n\n[upstreams.a]\nurl = \"{a}\"\n\n[upstreams.b]\nurl = \"{b}\"\n\n\
+         [[routes]]\npath = \"/frontend-audio\"\nvia = [\"b\"]\n\n\
+         [[routes]]\npath = \"/other\"\nvia = [\"a\"]\n"
+    );
+    let tmp = routes.dir.join("shunt.toml.new");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, &routes.config).unwrap();
+    let applied = eventually(WAIT, async || {
+        proxy.status().await.unwrap()["generation"] == 2
+    })
+    .await;
+    assert!(applied, "the watcher did not apply the change");
+    let status = proxy.status().await.unwrap();
+    assert_eq!(
+        status["restart_required"],
+        serde_json::json!(["log_format"])
+    );
+
+    // The watcher applied it already: nothing changes now, the restart is still due.
+    let (code, body) = proxy.admin_post("/reload").await;
+    assert_eq!(code, 200, "{body}");
+    let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(answer["changed"]["routes_changed"], false, "{body}");
+    assert_eq!(
+        answer["restart_required"],
+        serde_json::json!(["log_format"])
+    );
+    assert_eq!(
+        proxy.status().await.unwrap()["restart_required"],
+        serde_json::json!(["log_format"])
+    );
+    let lines = support::logs();
+    assert!(
+        lines.contains("routes added /other") && lines.contains("routes changed /frontend-audio"),
+        "the reload line says what changed:\n{lines}"
+    );
+    assert_eq!(
+        lines
+            .matches("log_format changed in the configuration")
+            .count(),
+        1,
+        "warned once, not at every reload:\n{lines}"
+    );
+}
+
+/// `shunt_reloads_total{result, trigger}` and `shunt_last_reload_success`
+/// follow reloads; `shunt_certificate_expiry_seconds{name}` counts down to
+/// the served certificate's `not_after`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reloads_and_certificate_expiry_are_metrics() {
+    let routes = Routes::new("reload-metrics").await;
+    let pki = support::tls::TestPki::new();
+    let (cert, key) = pki.write("localhost", &["localhost"]);
+    let proxy = shunt()
+        .arg("--config", routes.config_arg())
+        .flag("--no-watch")
+        .tls(&cert, &key)
+        .start()
+        .await;
+    let metrics = async || proxy.admin_get("/metrics").await.unwrap().1;
+    let m = metrics().await;
+    assert!(m.lines().any(|l| l == "shunt_last_reload_success 1"), "{m}");
+    let expiry: f64 = m
+        .lines()
+        .find_map(|l| l.strip_prefix("shunt_certificate_expiry_seconds{name=\"localhost\"} "))
+        .unwrap_or_else(|| panic!("no expiry for localhost in\n{m}"))
+        .parse()
+        .unwrap();
+    let status = proxy.status().await.unwrap();
+    let not_after =
+        humantime::parse_rfc3339(status["certificates"][0]["not_after"].as_str().unwrap()).unwrap();
+    let left = not_after
+        .duration_since(std::time::SystemTime::now())
+        .unwrap()
+        .as_secs_f64();
+    assert!((expiry - left).abs() < 120.0, "{expiry} against {left}");
+
+    assert_eq!(proxy.admin_post("/reload").await.0, 200);
+    std::fs::write(
+        &routes.config,
+        "[[routes]]\npath = \"/x\"\nvia = [\"nowhere\"]\n",
+    )
+    .unwrap();
+    assert_eq!(proxy.admin_post("/reload").await.0, 422);
+    let m = metrics().await;
+    for line in [
+        "shunt_reloads_total{result=\"ok\",trigger=\"api\"} 1",
+        "shunt_reloads_total{result=\"failed\",trigger=\"api\"} 1",
+        "shunt_last_reload_success 0",
+    ] {
+        assert!(m.lines().any(|l| l == line), "no {line:?} in\n{m}");
+    }
+    routes.route_audio(&["b"]);
+    assert_eq!(proxy.admin_post("/reload").await.0, 200);
+    let m = metrics().await;
+    for line in [
+        "shunt_reloads_total{result=\"ok\",trigger=\"api\"} 2",
+        "shunt_last_reload_success 1",
+    ] {
+        assert!(m.lines().any(|l| l == line), "no {line:?} in\n{m}");
+    }
+}

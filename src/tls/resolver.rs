@@ -32,6 +32,32 @@ impl CertSet {
         &self.certs
     }
 
+    /// `shunt_certificate_expiry_seconds{name}`: seconds from `now` until
+    /// each served certificate's `not_after` (negative once expired),
+    /// labelled with its first name, so an alert can fire weeks ahead.
+    pub fn expiry_to_prometheus(&self, out: &mut String, now: std::time::SystemTime) {
+        use std::fmt::Write;
+        let _ = writeln!(
+            out,
+            "# HELP shunt_certificate_expiry_seconds Seconds until the served certificate's not_after (negative once expired).\n# TYPE shunt_certificate_expiry_seconds gauge"
+        );
+        for cert in &self.certs {
+            let left = match cert.info.not_after.duration_since(now) {
+                Ok(d) => d.as_secs_f64(),
+                Err(e) => -e.duration().as_secs_f64(),
+            };
+            let name = cert
+                .names
+                .first()
+                .map_or(cert.info.subject.as_str(), String::as_str);
+            let _ = writeln!(
+                out,
+                "shunt_certificate_expiry_seconds{{name=\"{}\"}} {left:.0}",
+                crate::stats::escape(name)
+            );
+        }
+    }
+
     /// The certificate for `sni`, or the default.
     pub fn pick(&self, sni: Option<&str>) -> &Arc<CertifiedKey> {
         let chosen = sni.and_then(|host| {

@@ -241,7 +241,11 @@ impl Shunt {
     /// Reloads now (like SIGHUP); whether the reload was applied.
     pub async fn reload(&self) -> bool {
         let running = self.running.as_ref().expect("running until stopped");
-        running.reloader().reload("test").await.is_ok()
+        running
+            .reloader()
+            .reload(shunt::reload::Trigger::Api, "test")
+            .await
+            .is_ok()
     }
 
     /// Takes the running handle (the caller then owns shutdown).
