@@ -114,6 +114,10 @@ done
 
 if [ -z "${BIN_DIR:-}" ]; then
   step "cargo build --release (shunt, echo_backend, audio_client)"
+  # The examples build with the dev-dependencies' features (tokio's test-util,
+  # fastwebsockets' unstable-split), so after a plain `cargo run --release`
+  # cargo compiles about 30 crates a second time, once. BIN_DIR skips this.
+  echo "(after \`cargo run --release\`, cargo rebuilds about 30 crates once: the examples enable dev-dependency features; set BIN_DIR to reuse binaries)"
   cargo build --release --bin shunt --example echo_backend --example audio_client \
     || fail "cargo build"
   BIN_DIR=target/release

@@ -199,6 +199,12 @@ async fn page_and_assets_send_csp_and_no_cors_headers() {
     }
     let page = http_get(admin, "/", &[]).await.unwrap().text();
     assert!(page.contains("<script src=\"/dashboard.js\""), "{page}");
+    // The close-codes caption says what the README says: shunt keeps the hour.
+    assert!(
+        page.contains("Counted by shunt per minute over the last 60 minutes")
+            && !page.contains("Counted by this page"),
+        "{page}"
+    );
     // The API answers a cross-origin request without any CORS permission.
     for path in ["/", "/status", "/readyz", "/metrics", "/calls"] {
         let resp = http_get(admin, path, &[("origin", "https://attacker.example")])
