@@ -61,14 +61,18 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
-    /// The config file is not valid TOML, or has an unknown key.
-    #[error("config file {}", path.display())]
+    /// The config file is not valid TOML, or has an unknown key. One line:
+    /// where, and what (an unknown key names the one meant when one is close).
+    #[error("config file {}, line {line}, column {column}: {message}", path.display())]
     Parse {
         /// The config file.
         path: PathBuf,
-        /// What and where (line, column).
-        #[source]
-        source: Box<toml::de::Error>,
+        /// Where the problem starts, counted from 1.
+        line: usize,
+        /// The column on that line, counted from 1.
+        column: usize,
+        /// What is wrong.
+        message: String,
     },
     /// A route names an upstream that is not defined.
     #[error("route {route} names unknown upstream `{upstream}` (known: {known})")]
@@ -354,10 +358,71 @@ fn read_file(path: &Path) -> Result<RawConfig, ConfigError> {
         path: path.to_owned(),
         source,
     })?;
-    toml::from_str(&text).map_err(|source| ConfigError::Parse {
-        path: path.to_owned(),
-        source: Box::new(source),
+    toml::from_str(&text).map_err(|e| {
+        let (line, column) = e
+            .span()
+            .map_or((1, 1), |span| line_and_column(&text, span.start));
+        ConfigError::Parse {
+            path: path.to_owned(),
+            line,
+            column,
+            message: explain_toml_error(e.message()),
+        }
     })
+}
+
+/// The 1-based line and column of byte `offset` in `text`.
+fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = text.get(..offset).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let column = before
+        .rsplit('\n')
+        .next()
+        .map_or(1, |l| l.chars().count() + 1);
+    (line, column)
+}
+
+/// toml's message, with an unknown key's list of every valid key replaced
+/// by the one meant, when one is close (`unknown key `alow_ip`; did you mean
+/// `allow_ip`?`); the list stays when none is.
+fn explain_toml_error(message: &str) -> String {
+    let message = message.trim();
+    let Some(rest) = message.strip_prefix("unknown field `") else {
+        return message.to_owned();
+    };
+    let Some((key, expected)) = rest.split_once('`') else {
+        return message.to_owned();
+    };
+    let known: Vec<&str> = expected
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .filter(|k| !k.is_empty())
+        .collect();
+    match closest(key, &known) {
+        Some(meant) => format!("unknown key `{key}`; did you mean `{meant}`?"),
+        None if known.is_empty() => format!("unknown key `{key}`"),
+        None => format!(
+            "unknown key `{key}` (known here: {})",
+            known
+                .iter()
+                .map(|k| format!("`{k}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
+/// The key in `known` closest to `key` by edit distance, if it is close
+/// enough to be a typo (at most a third of the key's length, and 3).
+fn closest<'a>(key: &str, known: &[&'a str]) -> Option<&'a str> {
+    let limit = (key.chars().count() / 3).clamp(1, 3);
+    known
+        .iter()
+        .map(|k| (strsim::damerau_levenshtein(key, k), *k))
+        .filter(|(d, _)| *d <= limit)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, k)| k)
 }
 
 #[cfg(test)]
@@ -365,6 +430,44 @@ mod tests {
     use super::parse::{parse_duration, parse_route_flag};
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn an_unknown_key_names_the_one_meant_when_one_is_close() {
+        let message =
+            "unknown field `alow_ip`, expected one of `listen`, `admin`, `allow_ip`, `deny_ip`";
+        assert_eq!(
+            explain_toml_error(message),
+            "unknown key `alow_ip`; did you mean `allow_ip`?"
+        );
+        assert_eq!(
+            explain_toml_error("unknown field `zzzzzz`, expected one of `listen`, `admin`"),
+            "unknown key `zzzzzz` (known here: `listen`, `admin`)"
+        );
+        assert_eq!(
+            explain_toml_error("unknown field `x`, expected `url`"),
+            "unknown key `x` (known here: `url`)"
+        );
+        assert_eq!(explain_toml_error("invalid string\n"), "invalid string");
+    }
+
+    #[test]
+    fn a_parse_error_is_one_line_with_its_position() {
+        let dir = std::env::temp_dir().join(format!("shunt-parse-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("t.toml");
+        std::fs::write(
+            &file,
+            "listen = \"127.0.0.1:0\"\n  alow_ip = [\"10.0.0.0/8\"]\n",
+        )
+        .unwrap();
+        let e = read_file(&file).unwrap_err().to_string();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(!e.contains('\n'), "{e}");
+        assert!(
+            e.ends_with(", line 2, column 3: unknown key `alow_ip`; did you mean `allow_ip`?"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn durations() {
