@@ -1,8 +1,8 @@
 //! A client that stops reading while the backend streams: shunt holds no
 //! buffer of its own for it, so the backend feels TCP backpressure (its writes
 //! stall after the kernel socket buffers fill), and other calls are untouched.
-//! (Memory with 200 such clients is measured by `examples/slow_clients.sh`;
-//! figures in the README, not in a timed test.)
+//! (Memory with 200 such clients is measured by `examples/slow_clients.rs`;
+//! figures in docs/reliability.md, not in a timed test.)
 
 mod support;
 
