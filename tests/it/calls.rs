@@ -7,6 +7,7 @@
 //! each call to the test, and clients that speak frames by hand.
 
 use crate::support;
+use crate::support::Part;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -694,7 +695,8 @@ async fn frames_off_is_todays_byte_relay() {
 }
 
 /// Whether node with its WHATWG WebSocket (undici) is here; without it a
-/// test is skipped, unless `CI` is set (then it fails).
+/// test is skipped, visibly, or fails where node is required (see
+/// [`support::require`]).
 fn node_websocket() -> bool {
     let node_ok = std::process::Command::new("node")
         .args([
@@ -705,10 +707,10 @@ fn node_websocket() -> bool {
         .status()
         .is_ok_and(|s| s.success());
     if !node_ok {
-        if std::env::var_os("CI").is_some() {
-            panic!("node with a WebSocket client is needed (apt-get install nodejs)");
-        }
-        eprintln!("skipping: node with --experimental-websocket is not available");
+        support::require::missing(
+            Part::Node,
+            "node with --experimental-websocket is not available",
+        );
     }
     node_ok
 }

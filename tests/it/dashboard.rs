@@ -3,12 +3,13 @@
 //! Content-Security-Policy, no CORS headers.
 //!
 //! The browser tests drive Debian's `chromium` with `playwright-core`
-//! (tests/browser/dashboard.js). They skip with a printed reason when node,
-//! chromium or `tests/browser/node_modules` are missing, unless `CI=true` or
-//! `SHUNT_REQUIRE_BROWSER=1`, when they fail. Screenshots go to
-//! `target/dashboard-test/`.
+//! (tests/browser/dashboard.js). They skip, visibly, when node, chromium or
+//! `tests/browser/node_modules` are missing, or fail where the browser is
+//! required (`CI=true`, `SHUNT_REQUIRE=browser`; see [`support::require`]).
+//! Screenshots go to `target/dashboard-test/`.
 
 use crate::support;
+use crate::support::Part;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -247,7 +248,8 @@ fn chromium() -> PathBuf {
     std::env::var_os("CHROMIUM").map_or_else(|| PathBuf::from("/usr/bin/chromium"), PathBuf::from)
 }
 
-/// Whether the browser tests can run; panics when they must but cannot.
+/// Whether the browser tests can run; a visible skip when they cannot, or
+/// a failure where the browser is required (see [`support::require`]).
 fn browser_available() -> bool {
     let missing = if !chromium().is_file() {
         Some(format!(
@@ -265,17 +267,7 @@ fn browser_available() -> bool {
     } else {
         None
     };
-    let Some(why) = missing else {
-        return true;
-    };
-    let required = std::env::var("SHUNT_REQUIRE_BROWSER").is_ok_and(|v| v == "1")
-        || std::env::var("CI").is_ok_and(|v| v == "true");
-    assert!(
-        !required,
-        "the browser test is required (CI=true or SHUNT_REQUIRE_BROWSER=1): {why}"
-    );
-    eprintln!("skipping the browser test: {why}");
-    false
+    support::require(Part::Browser, missing.map_or(Ok(()), Err)).is_some()
 }
 
 /// Runs tests/browser/dashboard.js with `plan`; at each `{"host": NAME}` step

@@ -4,8 +4,8 @@
 //! when the direct one is killed, and return to direct when it is back. The
 //! script must also stop everything it started, and fail loudly.
 //!
-//! Needs nginx: skipped with a reason when it is missing, unless
-//! `SHUNT_REQUIRE_NGINX=1` or `CI=true`.
+//! Needs nginx: a visible skip when it is missing, or a failure where nginx
+//! is required (`CI=true`, `SHUNT_REQUIRE=nginx`; see [`support::require`]).
 
 use crate::support;
 

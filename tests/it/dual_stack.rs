@@ -3,6 +3,7 @@
 //! client as its IPv4 address (not `::ffff:a.b.c.d`).
 
 use crate::support;
+use crate::support::Part;
 
 use std::net::{Ipv6Addr, SocketAddr};
 
@@ -22,7 +23,10 @@ fn on(ip: &str, port: u16) -> SocketAddr {
 /// `None`, after saying why, when the machine has no IPv6 loopback.
 async fn dual_stack_shunt(extra: &[(&str, &str)]) -> Option<(EchoBackend, Shunt)> {
     if !has_ipv6_loopback() {
-        eprintln!("skipping: this machine has no IPv6 loopback (::1), so [::] cannot be bound");
+        support::require::missing(
+            Part::Ipv6,
+            "this machine has no IPv6 loopback (::1), so [::] cannot be bound",
+        );
         return None;
     }
     let backend = echo_backend().spawn().await;
@@ -80,9 +84,14 @@ fn dual_stack_does_not_depend_on_bindv6only() {
         .args(["-n", "true"])
         .status()
         .is_ok_and(|s| s.success());
-    if !usable || !has_ipv6_loopback() {
-        eprintln!(
-            "skipping: cannot create a network namespace here (unshare -n needs root) or no ::1"
+    if !has_ipv6_loopback() {
+        support::require::missing(Part::Ipv6, "no IPv6 loopback (::1)");
+        return;
+    }
+    if !usable {
+        support::require::missing(
+            Part::Netns,
+            "cannot create a network namespace here (unshare -n needs root)",
         );
         return;
     }
@@ -107,7 +116,13 @@ fn dual_stack_does_not_depend_on_bindv6only() {
         .expect("run unshare");
     let stdout = String::from_utf8_lossy(&output.stdout);
     if output.status.code() == Some(3) {
-        eprintln!("skipping: cannot configure the namespace's loopback or bindv6only");
+        support::require::missing(
+            Part::Netns,
+            format!(
+                "cannot configure the namespace's loopback or bindv6only: {}",
+                String::from_utf8_lossy(&output.stderr).trim()
+            ),
+        );
         return;
     }
     assert!(

@@ -346,7 +346,7 @@ async fn half_close_passes_each_way_and_the_other_way_goes_on() {
 async fn idle_tunnel_is_closed_after_the_idle_timeout_and_a_busy_one_is_not() {
     for mode in MODES {
         let upstream = raw_upstream(b"", Then::Echo).await;
-        // Raw bytes, not WebSocket frames: today's byte relay (tests/calls.rs has the framed case).
+        // Raw bytes, not WebSocket frames: today's byte relay (tests/it/calls.rs has the framed case).
         let shunt = start_shunt(
             upstream.addr,
             mode,

@@ -13,11 +13,11 @@ mod paths;
 
 /// What every security test file uses.
 mod prelude {
-    pub use crate::support::raw::*;
-    pub use crate::support::{IO_TIMEOUT, TempFile, echo_backend, eventually, logs};
     pub use crate::security::{
         audio_open_rest_token, routes_config, start, start_with_backend, start_with_file,
     };
+    pub use crate::support::raw::*;
+    pub use crate::support::{IO_TIMEOUT, TempFile, echo_backend, eventually, logs};
 }
 
 /// shunt in front of `backend` with `args`, its logs captured (tests check

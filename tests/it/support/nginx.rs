@@ -12,6 +12,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use super::require::Part;
+
 /// How long nginx gets to accept its first connection.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
 /// How many ports to try if nginx loses the race for the one we picked.
@@ -46,8 +48,8 @@ impl NginxBuilder {
         self
     }
 
-    /// Starts nginx. Returns `None` (after saying why) when nginx is not
-    /// installed, unless `SHUNT_REQUIRE_NGINX=1` or `CI=true`, which panic.
+    /// Starts nginx. Returns `None` (after a visible skip line) when nginx is
+    /// not installed, unless it is required here (see [`super::require`]).
     /// Async: waiting for nginx to accept must not block a runtime worker.
     pub async fn spawn(self) -> Option<Nginx> {
         let binary = nginx_binary()?;
@@ -91,22 +93,13 @@ impl Drop for Nginx {
     }
 }
 
-/// The nginx binary, or `None` (after saying why) when it is not installed,
-/// unless `SHUNT_REQUIRE_NGINX=1` or `CI=true`, which panic.
+/// The nginx binary, or `None` (after a visible skip line) when it is not
+/// installed; fails instead where nginx is required (see [`super::require`]).
 pub fn nginx_binary() -> Option<PathBuf> {
-    let found = find_nginx();
-    if found.is_none() {
-        let required = std::env::var("SHUNT_REQUIRE_NGINX").is_ok_and(|v| v == "1")
-            || std::env::var("CI").is_ok_and(|v| v == "true");
-        if required {
-            panic!(
-                "nginx is required (SHUNT_REQUIRE_NGINX=1 or CI=true) but was not found on PATH \
-                 or at /usr/sbin/nginx; install it (apt-get install nginx-light)"
-            );
-        }
-        eprintln!("skipping nginx part: nginx not found on PATH or at /usr/sbin/nginx");
-    }
-    found
+    super::require(
+        Part::Nginx,
+        find_nginx().ok_or_else(|| "nginx not found on PATH or at /usr/sbin/nginx".to_owned()),
+    )
 }
 
 fn find_nginx() -> Option<PathBuf> {
