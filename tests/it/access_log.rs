@@ -8,8 +8,7 @@
 use crate::support;
 
 use http::StatusCode;
-use support::bin::serve_shunt;
-use support::{HttpConn, echo_backend};
+use support::{HttpConn, echo_backend, shunt};
 
 /// Requests each test sends, on keep-alive connections and fresh ones.
 const REQUESTS: usize = 40;
@@ -41,18 +40,21 @@ fn access_lines(stderr: &str) -> Vec<&str> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_request_is_one_line_and_none_is_lost_at_exit() {
     let backend = echo_backend().spawn().await;
-    let served = serve_shunt(&["--workers", "2", "--direct", &backend.url()]).await;
-    send_requests(served.listen, "idle").await;
+    let served = shunt()
+        .flags(&["--workers", "2", "--direct", &backend.url()])
+        .spawn_process_ready()
+        .await;
+    send_requests(served.addr(), "idle").await;
     // Idle now: the batch reaches stderr without more traffic.
     let last = format!("path=/idle/{}", REQUESTS - 1);
     let written = support::eventually(std::time::Duration::from_secs(5), async || {
-        served.stderr().contains(&last)
+        served.log().contains(&last)
     })
     .await;
     assert!(written, "an idle proxy's batched lines reach stderr");
     // A second burst, then SIGTERM at once: the stop sweeps the batches.
-    send_requests(served.listen, "exit").await;
-    let (code, stderr) = served.terminate().await;
+    send_requests(served.addr(), "exit").await;
+    let (code, stderr) = served.stop().await;
     assert_eq!(code, Some(0), "{stderr}");
     let lines = access_lines(&stderr);
     for tag in ["idle", "exit"] {
@@ -82,9 +84,12 @@ async fn each_request_is_one_line_and_none_is_lost_at_exit() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_access_lines_carry_flat_fields() {
     let backend = echo_backend().spawn().await;
-    let served = serve_shunt(&["--log-format", "json", "--direct", &backend.url()]).await;
-    send_requests(served.listen, "json").await;
-    let (code, stderr) = served.terminate().await;
+    let served = shunt()
+        .flags(&["--log-format", "json", "--direct", &backend.url()])
+        .spawn_process_ready()
+        .await;
+    send_requests(served.addr(), "json").await;
+    let (code, stderr) = served.stop().await;
     assert_eq!(code, Some(0), "{stderr}");
     let access: Vec<serde_json::Value> = stderr
         .lines()

@@ -16,23 +16,28 @@ use fastwebsockets::{Frame, OpCode, Payload};
 use hyper::StatusCode;
 use serde_json::Value;
 
-use support::calls::{
-    BackendWs, RawWs, ShuntProcess, WsBackend, backend_ws, encode, next_close, read_exactly,
-};
+use support::calls::{BackendWs, RawWs, WsBackend, backend_ws, encode, next_close, read_exactly};
+use support::shunt::ShuntChild;
 use support::{echo_backend, eventually, not_yet, shunt, ws, ws_connect};
 
 const PING: u8 = 9;
 const PONG: u8 = 10;
 const CLOSE: u8 = 8;
 
-async fn admin_json(s: &support::Shunt, path: &str) -> (StatusCode, Value) {
-    let (status, body) = s.admin_get(path).await.expect("admin");
-    let v = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {e}: {body}"));
-    (status, v)
+/// `shunt run` as a child with `RUST_LOG=info`, fast probes and `args`, its
+/// stderr and stdout collected together, ready.
+async fn logging_child(args: &[&str]) -> ShuntChild {
+    shunt()
+        .env("RUST_LOG", "info")
+        .with_stdout()
+        .arg("--health-interval", "100ms")
+        .flags(args)
+        .spawn_process_ready()
+        .await
 }
 
 async fn calls(s: &support::Shunt) -> Value {
-    admin_json(s, "/calls").await.1
+    s.admin_json("/calls").await
 }
 
 /// A 4 MiB binary message and its one unmasked frame, for a backend to write
@@ -166,7 +171,7 @@ async fn a_silent_client_is_found_dead_and_the_backend_gets_1001() {
         client.closed_within(Duration::from_secs(3)).await,
         "client socket closed"
     );
-    let (_, status) = admin_json(&shunt, "/status").await;
+    let (_, status) = shunt.admin_get_json("/status").await;
     let closes = &status["calls"]["closes"];
     assert!(
         closes
@@ -292,15 +297,14 @@ async fn shutdown_closes_calls_with_1012_after_the_last_whole_frame() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_binary_sends_1012_and_1001_at_the_drain_deadline_and_exits_0() {
     let mut backend = WsBackend::spawn().await;
-    let mut shunt =
-        ShuntProcess::start(&["--direct", &backend.url(), "--drain-timeout", "300ms"]).await;
-    let (mut client, _) = ws_connect(shunt.listen, "/audio", &[]).await.unwrap();
+    let mut shunt = logging_child(&["--direct", &backend.url(), "--drain-timeout", "300ms"]).await;
+    let (mut client, _) = ws_connect(shunt.addr(), "/audio", &[]).await.unwrap();
     let mut server = backend.accept().await;
     ws::send_text(&mut client, "hi").await.unwrap();
     assert_eq!(next_opcode(&mut server).await, OpCode::Text);
     let backend_side = answer_close(server);
     let pid = shunt.child.id().unwrap().to_string();
-    let term = tokio::spawn(async move { shunt.terminate(Duration::from_secs(10)).await });
+    let term = tokio::spawn(async move { shunt.terminate_within(Duration::from_secs(10)).await });
     let closed = ws::wait_closed(&mut client, Duration::from_secs(5))
         .await
         .unwrap();
@@ -340,9 +344,8 @@ async fn a_call_that_closes_itself_before_the_deadline_gets_nothing_from_shunt()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_that_pauses_is_one_stall_in_calls_metrics_and_the_log() {
     let mut backend = WsBackend::spawn().await;
-    let mut shunt =
-        ShuntProcess::start(&["--direct", &backend.url(), "--drain-timeout", "300ms"]).await;
-    let (mut client, _) = ws_connect(shunt.listen, "/audio", &[]).await.unwrap();
+    let mut shunt = logging_child(&["--direct", &backend.url(), "--drain-timeout", "300ms"]).await;
+    let (mut client, _) = ws_connect(shunt.addr(), "/audio", &[]).await.unwrap();
     let mut server = backend.accept().await;
     let reader = tokio::spawn(async move {
         let mut n = 0;
@@ -404,7 +407,7 @@ async fn a_stream_that_pauses_is_one_stall_in_calls_metrics_and_the_log() {
         1,
         "{log}"
     );
-    let r = support::http_get(shunt.admin, "/metrics", &[])
+    let r = support::http_get(shunt.admin_addr(), "/metrics", &[])
         .await
         .unwrap();
     let metrics = String::from_utf8_lossy(&r.body);
@@ -420,7 +423,10 @@ async fn a_stream_that_pauses_is_one_stall_in_calls_metrics_and_the_log() {
     );
     let status = get("/status").await;
     assert_eq!(status["calls"]["stalls_total"], 1, "{status}");
-    assert_eq!(shunt.terminate(Duration::from_secs(10)).await, Some(0));
+    assert_eq!(
+        shunt.terminate_within(Duration::from_secs(10)).await,
+        Some(0)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -436,7 +442,7 @@ async fn calls_lists_live_calls_with_limits_sorting_and_redacted_tokens() {
     ws::send_binary(&mut b, &[7; 300]).await.unwrap();
     ws::recv_binary(&mut b).await.unwrap();
 
-    let (status, c) = admin_json(&shunt, "/calls").await;
+    let (status, c) = shunt.admin_get_json("/calls").await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(c["total"], 2);
     assert_eq!(
@@ -505,19 +511,19 @@ async fn calls_lists_live_calls_with_limits_sorting_and_redacted_tokens() {
             >= 300
     );
 
-    let (_, limited) = admin_json(&shunt, "/calls?limit=1&sort=stalls").await;
+    let (_, limited) = shunt.admin_get_json("/calls?limit=1&sort=stalls").await;
     assert_eq!(limited["total"], 2);
     assert_eq!(limited["calls"].as_array().unwrap().len(), 1);
     let id = second["id"].as_u64().unwrap();
-    let (status, one) = admin_json(&shunt, &format!("/calls/{id}")).await;
+    let (status, one) = shunt.admin_get_json(&format!("/calls/{id}")).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(one["id"], id);
     assert_eq!(one["path"], "/other");
-    let (status, missing) = admin_json(&shunt, "/calls/999999").await;
+    let (status, missing) = shunt.admin_get_json("/calls/999999").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert!(missing["error"].as_str().unwrap().contains("999999"));
     for bad in ["/calls?sort=loud", "/calls?limit=-1", "/calls?frobnicate=1"] {
-        let (status, body) = admin_json(&shunt, bad).await;
+        let (status, body) = shunt.admin_get_json(bad).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}");
         assert!(
             body["error"]
@@ -532,7 +538,7 @@ async fn calls_lists_live_calls_with_limits_sorting_and_redacted_tokens() {
         metrics.contains("shunt_calls_active{route=\"/\",upstream=\"direct\"} 2"),
         "{metrics}"
     );
-    let (_, status) = admin_json(&shunt, "/status").await;
+    let (_, status) = shunt.admin_get_json("/status").await;
     assert_eq!(status["calls"]["active"], 2);
     drop((a, b));
     assert!(
@@ -847,7 +853,7 @@ async fn shunts_pings_and_their_pongs_do_not_count_as_activity_for_the_idle_time
     );
     let mut last = String::new();
     let recorded = eventually(Duration::from_secs(3), async || {
-        let (_, status) = admin_json(&shunt, "/status").await;
+        let (_, status) = shunt.admin_get_json("/status").await;
         let closes = status["calls"]["closes"]
             .as_array()
             .cloned()
@@ -899,7 +905,7 @@ async fn a_browser_grade_client_answers_shunts_pings() {
 /// relayed as it is, the other direction is still followed, and the
 /// fallback is logged once, with the tunnel id.
 async fn the_opaque_fallback_relays_and_is_logged_once(
-    shunt: &ShuntProcess,
+    shunt: &ShuntChild,
     backend: &mut WsBackend,
     mut client: RawWs,
 ) {
@@ -966,10 +972,13 @@ async fn the_opaque_fallback_relays_and_is_logged_once(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_opaque_fallback_is_logged_once_with_the_tunnel_id() {
     let mut backend = WsBackend::spawn().await;
-    let mut shunt = ShuntProcess::start(&["--direct", &backend.url()]).await;
-    let client = RawWs::connect(shunt.listen, "/audio").await.unwrap();
+    let mut shunt = logging_child(&["--direct", &backend.url()]).await;
+    let client = RawWs::connect(shunt.addr(), "/audio").await.unwrap();
     the_opaque_fallback_relays_and_is_logged_once(&shunt, &mut backend, client).await;
-    assert_eq!(shunt.terminate(Duration::from_secs(10)).await, Some(0));
+    assert_eq!(
+        shunt.terminate_within(Duration::from_secs(10)).await,
+        Some(0)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -977,7 +986,7 @@ async fn the_opaque_fallback_works_on_the_tls_buffered_path() {
     let pki = support::tls::TestPki::new();
     let (cert, key) = pki.write("server", &["localhost", "127.0.0.1"]);
     let mut backend = WsBackend::spawn().await;
-    let mut shunt = ShuntProcess::start(&[
+    let mut shunt = logging_child(&[
         "--direct",
         &backend.url(),
         "--tls-cert",
@@ -986,12 +995,15 @@ async fn the_opaque_fallback_works_on_the_tls_buffered_path() {
         key.to_str().unwrap(),
     ])
     .await;
-    let (tls, _) = support::tls::tls_connect(shunt.listen, "localhost", pki.client_config())
+    let (tls, _) = support::tls::tls_connect(shunt.addr(), "localhost", pki.client_config())
         .await
         .unwrap();
     let client = RawWs::handshake(Box::new(tls), "/audio").await.unwrap();
     the_opaque_fallback_relays_and_is_logged_once(&shunt, &mut backend, client).await;
-    assert_eq!(shunt.terminate(Duration::from_secs(10)).await, Some(0));
+    assert_eq!(
+        shunt.terminate_within(Duration::from_secs(10)).await,
+        Some(0)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1078,13 +1090,12 @@ async fn sigterm_gives_each_live_call_1012_at_the_drain_deadline_after_the_whole
     use tokio::io::AsyncWriteExt;
     let drain = Duration::from_millis(500);
     let mut backend = WsBackend::spawn().await;
-    let mut shunt =
-        ShuntProcess::start(&["--direct", &backend.url(), "--drain-timeout", "500ms"]).await;
+    let mut shunt = logging_child(&["--direct", &backend.url(), "--drain-timeout", "500ms"]).await;
     // Call a: the backend will send a 4 MiB message slowly.
-    let a = RawWs::connect(shunt.listen, "/a").await.unwrap();
+    let a = RawWs::connect(shunt.addr(), "/a").await.unwrap();
     let server_a = backend.accept().await;
     // Call b: a quiet call that has carried a message each way.
-    let mut b = RawWs::connect(shunt.listen, "/b").await.unwrap();
+    let mut b = RawWs::connect(shunt.addr(), "/b").await.unwrap();
     let mut server_b = backend.accept().await;
     b.send(true, 1, b"hi").await.unwrap();
     assert_eq!(server_b.read_frame().await.unwrap().opcode, OpCode::Text);
@@ -1134,7 +1145,7 @@ async fn sigterm_gives_each_live_call_1012_at_the_drain_deadline_after_the_whole
     .await;
     assert!(arriving, "the message has begun to reach client a");
     let sigterm = tokio::time::Instant::now();
-    let term = tokio::spawn(async move { shunt.terminate(Duration::from_secs(10)).await });
+    let term = tokio::spawn(async move { shunt.terminate_within(Duration::from_secs(10)).await });
     go.send(()).unwrap();
 
     let frames_a = read_a.await.unwrap();

@@ -27,7 +27,7 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 use support::ws::{self, Ws};
-use support::{HttpConn, echo_backend, http_get, nginx, shunt, ws_connect};
+use support::{HttpConn, echo_backend, http_get, nginx, shunt};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
 
@@ -316,16 +316,6 @@ async fn run_browser(plan: Value, mut on_step: impl AsyncFnMut(&str)) -> String 
     output
 }
 
-/// Opens a call on `path` and reads the backend's hello.
-async fn open_call(addr: SocketAddr, path: &str) -> (Ws, String) {
-    let (mut socket, response) = ws_connect(addr, path, &[])
-        .await
-        .unwrap_or_else(|e| panic!("call on {path}: {e}"));
-    let route = ws::header(&response, "x-shunt-route").to_owned();
-    ws::recv_text(&mut socket).await.expect("hello");
-    (socket, route)
-}
-
 /// A TCP forwarder in front of the direct backend. `cut()` closes its
 /// listener, so new connections are refused (health checks fail, new calls
 /// fall back) while the calls already through it go on.
@@ -440,9 +430,9 @@ async fn browser_shows_live_calls_and_follows_a_backend_kill() {
     let Some((_via_nginx, _nginx, proxy)) = call_center(&direct.url(), "500ms", "5s").await else {
         return;
     };
-    let (_direct_call, route) = open_call(proxy.addr(), "/frontend-audio/agent-7").await;
+    let (_direct_call, route) = ws::open_call(proxy.addr(), "/frontend-audio/agent-7").await;
     assert_eq!(route, "direct");
-    let (nginx_call, route) = open_call(proxy.addr(), "/lobby/agent-9").await;
+    let (nginx_call, route) = ws::open_call(proxy.addr(), "/lobby/agent-9").await;
     assert_eq!(route, "nginx");
     // 50 frames/s for 1.5 s, then silence: a stall.
     let stop = tokio_util::sync::CancellationToken::new();
@@ -452,7 +442,7 @@ async fn browser_shows_live_calls_and_follows_a_backend_kill() {
         stop.clone(),
         BROWSER_LIMIT,
     );
-    let (_hostile, route) = open_call(proxy.addr(), HOSTILE_PATH).await;
+    let (_hostile, route) = ws::open_call(proxy.addr(), HOSTILE_PATH).await;
     assert_eq!(route, "nginx");
 
     let out = out_dir("live");
@@ -513,23 +503,23 @@ async fn docs_screenshot() {
     let mut ending = Vec::new();
     for i in 0..3 {
         ending.push(
-            open_call(proxy.addr(), &format!("/frontend-audio/agent-{}", 20 + i))
+            ws::open_call(proxy.addr(), &format!("/frontend-audio/agent-{}", 20 + i))
                 .await
                 .0,
         );
     }
     for path in ["/frontend-audio/agent-7", "/frontend-audio/agent-12"] {
-        let (ws, route) = open_call(proxy.addr(), path).await;
+        let (ws, route) = ws::open_call(proxy.addr(), path).await;
         assert_eq!(route, "direct");
         tasks.push(stream_frames(ws, limit, stop.clone(), limit));
     }
     // The direct path breaks for new connections: fallback to nginx.
     forwarder.cut();
     proxy.wait_upstream("direct", "down").await;
-    let (ws, route) = open_call(proxy.addr(), "/frontend-audio/agent-9").await;
+    let (ws, route) = ws::open_call(proxy.addr(), "/frontend-audio/agent-9").await;
     assert_eq!(route, "nginx");
     tasks.push(stream_frames(ws, limit, stop.clone(), limit));
-    let (ws, route) = open_call(proxy.addr(), "/frontend-audio/agent-4").await;
+    let (ws, route) = ws::open_call(proxy.addr(), "/frontend-audio/agent-4").await;
     assert_eq!(route, "nginx");
     tasks.push(stream_frames(
         ws,
@@ -537,7 +527,7 @@ async fn docs_screenshot() {
         stop.clone(),
         limit,
     ));
-    let (lobby, _) = open_call(proxy.addr(), "/lobby/supervisor").await;
+    let (lobby, _) = ws::open_call(proxy.addr(), "/lobby/supervisor").await;
 
     let out = out_dir("docs");
     let plan = json!({

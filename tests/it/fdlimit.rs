@@ -6,86 +6,43 @@
 
 use crate::support;
 
-use std::net::SocketAddr;
-use std::process::Stdio;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use support::{echo_backend, eventually, free_port, ws, ws_connect};
-use tokio::io::{AsyncBufReadExt, BufReader};
+use support::shunt::ShuntChild;
+use support::{echo_backend, eventually, ws, ws_connect};
 use tokio::net::TcpStream;
 
 /// Open-files limit given to the child (soft and hard).
 const LIMIT: u32 = 40;
 
-/// The shunt binary under `ulimit -n LIMIT`, its stderr collected.
-struct LimitedShunt {
-    _child: tokio::process::Child,
-    listen: SocketAddr,
-    log: Arc<Mutex<String>>,
-}
-
-impl LimitedShunt {
-    async fn start(direct: &str) -> LimitedShunt {
-        let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let script = format!("ulimit -n {LIMIT} && exec \"$0\" \"$@\"");
-        let mut child = tokio::process::Command::new("bash")
-            .arg("-c")
-            .arg(script)
-            .arg(env!("CARGO_BIN_EXE_shunt"))
-            .args([
-                "--listen",
-                &listen.to_string(),
-                "--admin",
-                &admin.to_string(),
-            ])
-            .args(["--direct", direct, "--route", "/=direct"])
-            // Only requests touch the upstream: no probe competes for descriptors.
-            .args(["--health-interval", "1h", "--header-timeout", "1h"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn bash -c 'ulimit -n ..; exec shunt ..'");
-        let log = Arc::new(Mutex::new(String::new()));
-        let stderr = child.stderr.take().expect("piped stderr");
-        let sink = log.clone();
-        tokio::spawn(async move {
-            let mut lines = BufReader::new(stderr).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                let mut log = sink.lock().unwrap();
-                log.push_str(&line);
-                log.push('\n');
-            }
-        });
-        let shunt = LimitedShunt {
-            _child: child,
-            listen,
-            log,
-        };
-        let up = eventually(Duration::from_secs(10), async || {
-            TcpStream::connect(listen).await.is_ok()
-        })
-        .await;
-        assert!(
-            up,
-            "shunt did not listen on {listen}; log:\n{}",
-            shunt.log()
-        );
-        shunt
-    }
-
-    fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
-    }
+/// The shunt binary under `ulimit -n LIMIT` (only requests touch the
+/// upstream: no probe competes for descriptors), once it accepts.
+async fn limited_shunt(direct: &str) -> ShuntChild {
+    let shunt = support::shunt()
+        .bare()
+        .nofile_limit(LIMIT)
+        .direct(direct)
+        .route("/=direct")
+        .arg("--health-interval", "1h")
+        .arg("--header-timeout", "1h")
+        .spawn_process();
+    let listen = shunt.addr();
+    let up = eventually(Duration::from_secs(10), async || {
+        TcpStream::connect(listen).await.is_ok()
+    })
+    .await;
+    assert!(
+        up,
+        "shunt did not listen on {listen}; log:\n{}",
+        shunt.log()
+    );
+    shunt
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn emfile_spares_live_calls_and_accepts_resume_when_descriptors_free_up() {
     let backend = echo_backend().name("direct").spawn().await;
-    let shunt = LimitedShunt::start(&backend.url()).await;
+    let shunt = limited_shunt(&backend.url()).await;
     assert!(
         shunt
             .log()
@@ -94,7 +51,7 @@ async fn emfile_spares_live_calls_and_accepts_resume_when_descriptors_free_up() 
         shunt.log()
     );
 
-    let (mut call, _) = ws_connect(shunt.listen, "/audio", &[])
+    let (mut call, _) = ws_connect(shunt.addr(), "/audio", &[])
         .await
         .expect("the call before the flood");
     assert_eq!(ws::recv_text(&mut call).await.unwrap(), "hello from direct");
@@ -104,7 +61,7 @@ async fn emfile_spares_live_calls_and_accepts_resume_when_descriptors_free_up() 
     let mut flood = Vec::new();
     for _ in 0..2 * LIMIT {
         flood.push(
-            TcpStream::connect(shunt.listen)
+            TcpStream::connect(shunt.addr())
                 .await
                 .expect("connect (backlog)"),
         );
@@ -126,7 +83,7 @@ async fn emfile_spares_live_calls_and_accepts_resume_when_descriptors_free_up() 
     drop(flood);
     let mut last = String::new();
     let resumed = eventually(Duration::from_secs(20), async || {
-        match ws_connect(shunt.listen, "/audio", &[]).await {
+        match ws_connect(shunt.addr(), "/audio", &[]).await {
             Ok((mut socket, _)) => ws::recv_text(&mut socket).await.is_ok(),
             Err(e) => support::not_yet(&mut last, e),
         }

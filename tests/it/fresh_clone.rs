@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use hyper::StatusCode;
-use support::bin::{Run, Server, run_shunt_in, serve_in};
+use support::bin::{Run, run_shunt_in};
+use support::shunt::ShuntChild;
 use support::tls::{TestPki, atomic_write};
 use support::{
     EchoBackend, Nginx, Shunt, echo_backend, eventually, free_port, http_get, nginx, shunt, ws,
@@ -79,18 +80,16 @@ async fn wait_generation(admin: SocketAddr, generation: u64, what: &str) {
 /// `shunt --config CONFIG` run in `dir` (listening on port 0, its admin API
 /// on a free port), once it listens: the server, its admin address and the
 /// generation `/status` shows first.
-async fn serve_config(dir: &Path, config: &str) -> (Server, SocketAddr, serde_json::Value) {
+async fn serve_config(dir: &Path, config: &str) -> (ShuntChild, SocketAddr, serde_json::Value) {
     let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let admin_arg = admin.to_string();
-    let args = [
-        "--config",
-        config,
-        "--listen",
-        "127.0.0.1:0",
-        "--admin",
-        &admin_arg,
-    ];
-    let server = serve_in(dir, &args, &[]);
+    let server = support::shunt()
+        .bare()
+        .dir(dir)
+        .arg("--config", config)
+        .arg("--listen", "127.0.0.1:0")
+        .arg("--admin", admin_arg)
+        .spawn_process();
     server.wait_for_log("shunt listening").await;
     let generation = status(admin).await.expect("/status")["generation"].clone();
     (server, admin, generation)
@@ -116,7 +115,7 @@ async fn edits_reload_with_a_relative_config_a_relative_certificate_and_a_symlin
     std::fs::write(real.join("a.toml"), config("10s")).unwrap();
     // Relative to the child's working directory, through the symlinked directory.
     let (server, admin, generation) = serve_config(scratch.path(), "link/a.toml").await;
-    assert_eq!(generation, 1, "{}", server.stderr());
+    assert_eq!(generation, 1, "{}", server.log());
 
     atomic_write(&real.join("a.toml"), &config("11s"));
     wait_generation(admin, 2, "editing link/a.toml").await;
@@ -137,7 +136,7 @@ async fn edits_reload_with_a_bare_config_name_in_the_current_dir() {
     let config = |header: &str| format!("header_timeout = \"{header}\"\n");
     scratch.write("jwt.toml", &config("10s"));
     let (server, admin, generation) = serve_config(scratch.path(), "jwt.toml").await;
-    assert_eq!(generation, 1, "{}", server.stderr());
+    assert_eq!(generation, 1, "{}", server.log());
     atomic_write(&scratch.path().join("jwt.toml"), &config("11s"));
     wait_generation(admin, 2, "replacing jwt.toml in the current dir").await;
     // An editor that writes in place, too.
@@ -619,13 +618,15 @@ async fn error_messages_say_each_cause_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logs_to_a_pipe_have_no_colour_and_say_admin_off() {
     let here = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let server = serve_in(
-        here,
-        &["--listen", "127.0.0.1:0", "--admin", "off"],
-        &[("RUST_LOG", "info")],
-    );
+    let server = support::shunt()
+        .bare()
+        .dir(here)
+        .arg("--listen", "127.0.0.1:0")
+        .arg("--admin", "off")
+        .env("RUST_LOG", "info")
+        .spawn_process();
     server.wait_for_log("shunt listening").await;
-    let text = server.stderr();
+    let text = server.log();
     let line = text
         .lines()
         .find(|l| l.contains("shunt listening"))
@@ -634,18 +635,23 @@ async fn logs_to_a_pipe_have_no_colour_and_say_admin_off() {
     assert!(line.contains("admin=off"), "{line}");
     assert!(!line.contains("None") && !line.contains("Some("), "{line}");
     assert!(
-        !server.stderr_bytes().contains(&0x1b),
+        !server.log_bytes().contains(&0x1b),
         "ANSI escape in: {text:?}"
     );
     assert_eq!(server.terminate().await, Some(0));
 
     let admin = SocketAddr::from(([127, 0, 0, 1], free_port())).to_string();
-    let server = serve_in(here, &["--listen", "127.0.0.1:0", "--admin", &admin], &[]);
+    let server = support::shunt()
+        .bare()
+        .dir(here)
+        .arg("--listen", "127.0.0.1:0")
+        .arg("--admin", admin.clone())
+        .spawn_process();
     server.wait_for_log("shunt listening").await;
     assert!(
-        server.stderr().contains(&format!("admin={admin}")),
+        server.log().contains(&format!("admin={admin}")),
         "{}",
-        server.stderr()
+        server.log()
     );
     assert_eq!(server.terminate().await, Some(0));
 }

@@ -289,15 +289,10 @@ const PING_BOUND: Duration = Duration::from_secs(2);
 /// up on the dropped peer only after minutes of retransmissions.
 const SLACK: Duration = Duration::from_secs(3);
 
-async fn admin_json(proxy: &support::Shunt, path: &str) -> serde_json::Value {
-    let (_, body) = proxy.admin_get(path).await.expect("admin");
-    serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {e}: {body}"))
-}
-
 /// Waits until no call is listed in `/calls` and `/metrics` has `line`.
 async fn call_gone_and_counted(proxy: &support::Shunt, line: &str) {
     let done = eventually(Duration::from_secs(10), async || {
-        let calls = admin_json(proxy, "/calls").await;
+        let calls = proxy.admin_json("/calls").await;
         let metrics = proxy.admin_get("/metrics").await.map(|m| m.1);
         calls["calls"].as_array().is_some_and(Vec::is_empty)
             && metrics.is_ok_and(|m| m.contains(line))
@@ -307,7 +302,7 @@ async fn call_gone_and_counted(proxy: &support::Shunt, line: &str) {
     assert!(
         done,
         "want no call and {line}\n/calls: {}\n/metrics: {metrics:?}",
-        admin_json(proxy, "/calls").await
+        proxy.admin_json("/calls").await
     );
 }
 

@@ -108,8 +108,10 @@ async fn shutdown_without_tunnels_does_not_wait_for_the_drain_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_binary_exits_0_on_sigterm() {
     let backend = echo_backend().name("direct-backend").spawn().await;
-    let served = support::bin::serve_draining(&backend.url(), &[]).await;
-    let (listen, admin) = (served.listen, served.admin);
+    let served = support::draining_child(&backend.url())
+        .spawn_process_ready()
+        .await;
+    let (listen, admin) = (served.addr(), served.admin_addr());
     // A live tunnel: the process must still exit after the drain timeout.
     let (mut socket, _) = ws_connect(listen, "/frontend-audio", &[]).await.unwrap();
     assert_eq!(
@@ -128,7 +130,7 @@ async fn the_binary_exits_0_on_sigterm() {
         metrics.text()
     );
 
-    let (code, stderr) = served.terminate().await;
+    let (code, stderr) = served.stop().await;
     assert_eq!(
         code,
         Some(0),

@@ -19,7 +19,7 @@ const WAIT: Duration = Duration::from_secs(10);
 
 /// A wss:// call through `proxy` on `/a`, past the backend's hello; with the
 /// fingerprint of the certificate it was served.
-async fn open_call(proxy: &support::Shunt, pki: &TestPki) -> (support::Ws, String) {
+async fn open_tls_call(proxy: &support::Shunt, pki: &TestPki) -> (support::Ws, String) {
     let (mut call, _, fp) = wss_connect(proxy.addr(), "localhost", "/a", pki.client_config())
         .await
         .unwrap();
@@ -87,7 +87,7 @@ async fn wss_echo_through_shunt() {
 async fn certificate_renewed_by_atomic_rename_while_a_call_streams() {
     let (pki, (cert, key), _backend, proxy) = tls_in_front("server", &["localhost"], "b").await;
     let proxy = proxy.start().await;
-    let (mut call, old_fp) = open_call(&proxy, &pki).await;
+    let (mut call, old_fp) = open_tls_call(&proxy, &pki).await;
     echo_once(&mut call, "before renewal").await;
 
     // certbot-style renewal: new files renamed over the old ones.
@@ -233,7 +233,7 @@ key = "wild.key"
 async fn garbage_and_plain_http_on_the_tls_port_are_closed_cleanly() {
     let (pki, _, _backend, proxy) = tls_in_front("server", &["localhost"], "backend").await;
     let proxy = proxy.start().await;
-    let (mut call, _) = open_call(&proxy, &pki).await;
+    let (mut call, _) = open_tls_call(&proxy, &pki).await;
 
     // Plain HTTP: a 400 that says what to do, then close.
     let mut plain = TcpStream::connect(proxy.addr()).await.unwrap();
@@ -560,7 +560,7 @@ async fn alpn_selects_http_1_1_or_http_1_0() {
 async fn a_stalled_tls_handshake_is_closed_at_the_timeout() {
     let (pki, _, _backend, proxy) = tls_in_front("server", &["localhost"], "backend").await;
     let proxy = proxy.arg("--tls-handshake-timeout", "300ms").start().await;
-    let (mut call, _) = open_call(&proxy, &pki).await;
+    let (mut call, _) = open_tls_call(&proxy, &pki).await;
 
     // Silent, and a TLS record header that never gets its body.
     let mut silent = TcpStream::connect(proxy.addr()).await.unwrap();

@@ -102,14 +102,6 @@ async fn sessions_end(backend: &support::EchoBackend) -> bool {
     .await
 }
 
-/// A WebSocket call on `/frontend-audio` through shunt at `addr`, past the
-/// backend's hello.
-async fn open_call(addr: std::net::SocketAddr) -> support::Ws {
-    let (mut socket, _) = ws_connect(addr, "/frontend-audio", &[]).await.unwrap();
-    ws::recv_text(&mut socket).await.expect("hello");
-    socket
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn echo_direct() {
     let (_backend, shunt) = support::direct_shunt(&[]).await;
@@ -150,7 +142,7 @@ async fn closing_the_client_closes_the_backend_side() {
     let (backend, shunt) = support::direct_shunt(&[]).await;
 
     // Graceful: a Close frame.
-    let mut socket = open_call(shunt.addr()).await;
+    let mut socket = ws::open_call(shunt.addr(), "/frontend-audio").await.0;
     assert_eq!(backend.active_websockets(), 1);
     ws::send_frame(&mut socket, fastwebsockets::Frame::close(1000, b""))
         .await
@@ -165,7 +157,7 @@ async fn closing_the_client_closes_the_backend_side() {
     );
 
     // Abrupt: the client's TCP connection just goes away, no Close frame.
-    let socket = open_call(shunt.addr()).await;
+    let socket = ws::open_call(shunt.addr(), "/frontend-audio").await.0;
     assert_eq!(backend.active_websockets(), 1);
     drop(socket);
     assert!(
@@ -179,7 +171,7 @@ async fn stopping_the_backend_closes_the_client_promptly() {
     let mut backend = echo_backend().name("direct-backend").spawn().await;
     let shunt = shunt().direct(backend.url()).start_ready().await;
 
-    let mut socket = open_call(shunt.addr()).await;
+    let mut socket = ws::open_call(shunt.addr(), "/frontend-audio").await.0;
     let stopped_at = Instant::now();
     backend.stop().await;
     let closed = ws::wait_closed(&mut socket, Duration::from_secs(3)).await;
@@ -195,7 +187,7 @@ async fn idle_timeout_closes_a_silent_tunnel_but_not_a_busy_one() {
     let (backend, shunt) = support::direct_shunt(&[("--idle-timeout", "300ms")]).await;
 
     // Busy: a message every 100 ms for 1 s keeps it open.
-    let mut socket = open_call(shunt.addr()).await;
+    let mut socket = ws::open_call(shunt.addr(), "/frontend-audio").await.0;
     let mut silent_from = Instant::now();
     for i in 0..10 {
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -264,7 +256,7 @@ async fn one_write_backend() -> (SocketAddr, tokio::task::JoinHandle<()>) {
             let mut out = format!(
                 "HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n\
                  sec-websocket-accept: {}\r\n\r\n",
-                accept_key(&key)
+                ws::accept_key(&key)
             )
             .into_bytes();
             let hello = b"sent with the 101";
@@ -275,20 +267,6 @@ async fn one_write_backend() -> (SocketAddr, tokio::task::JoinHandle<()>) {
         }
     });
     (addr, task)
-}
-
-/// `Sec-WebSocket-Accept` for `key`, computed by fastwebsockets itself.
-fn accept_key(key: &str) -> String {
-    let mut request = hyper::Request::get("/")
-        .header("sec-websocket-key", key)
-        .header("sec-websocket-version", "13")
-        .body(())
-        .unwrap();
-    let (response, _) = fastwebsockets::upgrade::upgrade(&mut request).unwrap();
-    response.headers()["sec-websocket-accept"]
-        .to_str()
-        .unwrap()
-        .to_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -318,7 +296,7 @@ async fn status_reports_live_tunnels_and_upgrade_counts() {
         .start_ready()
         .await;
 
-    let socket = open_call(shunt.addr()).await;
+    let socket = ws::open_call(shunt.addr(), "/frontend-audio").await.0;
     let active = async |shunt: &support::Shunt| -> u64 {
         let status = shunt.status().await.expect("/status");
         status["tunnels"]

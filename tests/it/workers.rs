@@ -7,7 +7,7 @@ use crate::support;
 use std::time::Duration;
 
 use http::StatusCode;
-use support::bin::{run_shunt, serve_draining};
+use support::bin::run_shunt;
 use support::{echo_backend, ws, ws_connect};
 
 /// `text` without ANSI colour sequences.
@@ -31,8 +31,11 @@ fn plain(text: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_workers_share_the_port_and_the_counters_and_drain() {
     let backend = echo_backend().name("direct-backend").spawn().await;
-    let served = serve_draining(&backend.url(), &["--workers", "3", "--no-watch"]).await;
-    let (listen, admin) = (served.listen, served.admin);
+    let served = support::draining_child(&backend.url())
+        .flags(&["--workers", "3", "--no-watch"])
+        .spawn_process_ready()
+        .await;
+    let (listen, admin) = (served.addr(), served.admin_addr());
 
     // Each request on its own connection, spread over the workers by the kernel.
     for i in 0..30 {
@@ -61,7 +64,7 @@ async fn three_workers_share_the_port_and_the_counters_and_drain() {
         );
     }
 
-    let (code, stderr) = served.terminate().await;
+    let (code, stderr) = served.stop().await;
     // The live tunnel is closed at the drain deadline, then the process exits.
     assert!(
         ws::wait_closed(&mut socket, Duration::from_secs(2))

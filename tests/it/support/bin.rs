@@ -1,11 +1,10 @@
 //! Runs the real `shunt` binary (`CARGO_BIN_EXE_shunt`) as a child, bounded
 //! in time, and captures what it printed: one-shot runs ([`run_shunt`],
-//! [`run_shunt_in`] for a working directory of the test's choosing) and a
-//! long-running server ([`serve_in`], and [`serve_shunt`] on free ports,
-//! ready) whose stderr is collected as it comes. The pieces of a launch
-//! (the command with `SHUNT_*` cleared, output collection, free ports and
-//! the `/readyz` wait, SIGTERM) are public so every child-process helper
-//! (e.g. `calls::ShuntProcess`) is built from these, not written again.
+//! [`run_shunt_in`] for a working directory of the test's choosing). A
+//! long-running shunt child is the builder's child mode
+//! ([`super::shunt::ShuntBuilder::spawn_process`]), built from the launch
+//! pieces here: the command with `SHUNT_*` cleared, output collection, free
+//! ports, the `/readyz` wait, SIGTERM.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -90,7 +89,12 @@ pub async fn run_shunt_in(dir: &Path, args: &[&str], limit: Duration) -> Run {
 /// `shunt` in `dir`, with `SHUNT_*` variables cleared and `env` set (the
 /// command every launcher here starts from).
 pub fn shunt_command(dir: &Path, env: &[(&str, &str)]) -> tokio::process::Command {
-    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_shunt"));
+    command(env!("CARGO_BIN_EXE_shunt"), dir, env)
+}
+
+/// `program` in `dir`, with `SHUNT_*` variables cleared and `env` set.
+pub fn command(program: &str, dir: &Path, env: &[(&str, &str)]) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(program);
     for (name, _) in std::env::vars_os() {
         if name.to_string_lossy().starts_with("SHUNT_") {
             command.env_remove(&name);
@@ -122,64 +126,10 @@ async fn run(mut command: tokio::process::Command, args: &[&str], limit: Duratio
     }
 }
 
-/// A `shunt run` child serving on `listen` with its admin listener on
-/// `admin` (a [`Server`] on free ports, ready when returned).
-pub struct Served {
-    pub listen: std::net::SocketAddr,
-    pub admin: std::net::SocketAddr,
-    server: Server,
-}
-
-/// Start `shunt run --listen ... --admin ... ARGS` on free ports and wait
-/// until `/readyz` answers 200 (panics with its stderr if it never does).
-pub async fn serve_shunt(args: &[&str]) -> Served {
-    let (listen, admin) = free_listen_admin();
-    let server = serve_in(
-        &std::env::current_dir().expect("cwd"),
-        &run_args(listen, admin, args),
-        &[],
-    );
-    wait_ready(admin, || server.stderr()).await;
-    Served {
-        listen,
-        admin,
-        server,
-    }
-}
-
-/// [`serve_shunt`] in front of `direct` with a short drain
-/// (`--drain-timeout 500ms`) and fast probes (`--health-interval 100ms`),
-/// then `extra`: the setup of the tests that SIGTERM the binary mid-tunnel.
-pub async fn serve_draining(direct: &str, extra: &[&str]) -> Served {
-    let mut args = vec![
-        "--direct",
-        direct,
-        "--drain-timeout",
-        "500ms",
-        "--health-interval",
-        "100ms",
-    ];
-    args.extend_from_slice(extra);
-    serve_shunt(&args).await
-}
-
 /// A data listener and an admin listener address on 127.0.0.1, free a moment ago.
 pub fn free_listen_admin() -> (SocketAddr, SocketAddr) {
     let on = |port| SocketAddr::from(([127, 0, 0, 1], port));
     (on(super::free_port()), on(super::free_port()))
-}
-
-/// `run --listen LISTEN --admin ADMIN ARGS`.
-pub fn run_args(listen: SocketAddr, admin: SocketAddr, args: &[&str]) -> Vec<String> {
-    let mut all = vec![
-        "run".to_owned(),
-        "--listen".to_owned(),
-        listen.to_string(),
-        "--admin".to_owned(),
-        admin.to_string(),
-    ];
-    all.extend(args.iter().map(|a| (*a).to_owned()));
-    all
 }
 
 /// Waits (10 s at most) until the admin listener's `/readyz` answers 200;
@@ -196,36 +146,6 @@ pub async fn wait_ready(admin: SocketAddr, output: impl Fn() -> String) {
         "shunt run never became ready on {admin}; output:\n{}",
         output()
     );
-}
-
-impl Served {
-    /// Everything the child wrote to stderr so far.
-    pub fn stderr(&self) -> String {
-        self.server.stderr()
-    }
-
-    /// Send SIGTERM and wait (10 s at most) for the exit; its code and all of stderr.
-    pub async fn terminate(self) -> (Option<i32>, String) {
-        self.server.stop().await
-    }
-}
-
-/// A running `shunt` child; its stderr (a pipe, not a terminal) is
-/// collected as it comes. Killed on drop.
-pub struct Server {
-    child: tokio::process::Child,
-    stderr: Collected,
-    collector: tokio::task::JoinHandle<()>,
-}
-
-/// Starts `shunt ARGS` in `dir`, with `env` set and stderr to a pipe.
-pub fn serve_in<S: AsRef<std::ffi::OsStr>>(dir: &Path, args: &[S], env: &[(&str, &str)]) -> Server {
-    let (child, stderr, mut collectors) = spawn_collecting(shunt_command(dir, env), args, false);
-    Server {
-        child,
-        stderr,
-        collector: collectors.remove(0),
-    }
 }
 
 /// What a child has written so far, collected by background tasks as it comes.
@@ -297,46 +217,4 @@ pub fn sigterm(child: &tokio::process::Child) {
         .status()
         .expect("run kill");
     assert!(sent.success(), "kill -TERM {pid} failed");
-}
-
-impl Server {
-    /// Everything the child wrote to stderr so far, as bytes.
-    pub fn stderr_bytes(&self) -> Vec<u8> {
-        self.stderr.bytes()
-    }
-
-    /// Everything the child wrote to stderr so far.
-    pub fn stderr(&self) -> String {
-        String::from_utf8_lossy(&self.stderr_bytes()).into_owned()
-    }
-
-    /// Waits (up to 10 s) until stderr contains `needle`; panics with the
-    /// stderr so far if it does not.
-    pub async fn wait_for_log(&self, needle: &str) {
-        let limit = Duration::from_secs(10);
-        let seen = eventually(limit, async || self.stderr().contains(needle)).await;
-        assert!(
-            seen,
-            "shunt did not log {needle:?} within {limit:?}; stderr:\n{}",
-            self.stderr()
-        );
-    }
-
-    /// Sends SIGTERM and waits (up to 10 s) for the exit code.
-    pub async fn terminate(self) -> Option<i32> {
-        self.stop().await.0
-    }
-
-    /// Sends SIGTERM, waits (up to 10 s) for the exit, then reads stderr to
-    /// its end: the exit code and everything the child wrote.
-    pub async fn stop(mut self) -> (Option<i32>, String) {
-        sigterm(&self.child);
-        let code = tokio::time::timeout(Duration::from_secs(10), self.child.wait())
-            .await
-            .expect("shunt exits within 10 s of SIGTERM")
-            .expect("wait for shunt")
-            .code();
-        let _ = tokio::time::timeout(Duration::from_secs(2), &mut self.collector).await;
-        (code, self.stderr())
-    }
 }

@@ -292,61 +292,6 @@ impl RawWs {
     }
 }
 
-/// shunt run as a child process (`--health-interval 100ms`, `RUST_LOG=info`),
-/// its stderr and stdout collected together. Built from [`super::bin`]'s
-/// launcher pieces.
-pub struct ShuntProcess {
-    pub child: tokio::process::Child,
-    pub listen: SocketAddr,
-    pub admin: SocketAddr,
-    log: bin::Collected,
-}
-
-impl ShuntProcess {
-    /// Start `shunt run` with `args` and wait until it is ready.
-    pub async fn start(args: &[&str]) -> ShuntProcess {
-        let (listen, admin) = bin::free_listen_admin();
-        let mut all = vec!["--health-interval", "100ms"];
-        all.extend_from_slice(args);
-        let command = bin::shunt_command(
-            &std::env::current_dir().expect("cwd"),
-            &[("RUST_LOG", "info")],
-        );
-        let (child, log, _) =
-            bin::spawn_collecting(command, &bin::run_args(listen, admin, &all), true);
-        bin::wait_ready(admin, || log.text()).await;
-        ShuntProcess {
-            child,
-            listen,
-            admin,
-            log,
-        }
-    }
-
-    /// Everything it has logged so far.
-    pub fn log(&self) -> String {
-        self.log.text()
-    }
-
-    /// GET `path` on its admin API, as JSON.
-    pub async fn admin_json(&self, path: &str) -> serde_json::Value {
-        let r = super::http_get(self.admin, path, &[]).await.expect("admin");
-        serde_json::from_slice(&r.body).unwrap_or_else(|e| panic!("{path}: {e}"))
-    }
-
-    /// Send SIGTERM and wait (bounded) for the exit code.
-    pub async fn terminate(&mut self, limit: Duration) -> Option<i32> {
-        bin::sigterm(&self.child);
-        match tokio::time::timeout(limit, self.child.wait()).await {
-            Ok(status) => status.ok().and_then(|s| s.code()),
-            Err(_) => {
-                let _ = self.child.start_kill();
-                None
-            }
-        }
-    }
-}
-
 /// The upgrade requests' headers a [`WsBackend::spawn_negotiating`] backend saw.
 pub type SeenHeaders = Arc<Mutex<Vec<hyper::HeaderMap>>>;
 

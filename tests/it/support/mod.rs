@@ -195,6 +195,17 @@ impl EchoBackend {
     }
 }
 
+/// The builder of the tests that SIGTERM the binary mid-tunnel: the child
+/// mode's `shunt run` in front of `direct` with a short drain
+/// (`--drain-timeout 500ms`) and fast probes (`--health-interval 100ms`);
+/// add flags, then [`shunt::ShuntBuilder::spawn_process_ready`].
+pub fn draining_child(direct: &str) -> shunt::ShuntBuilder {
+    self::shunt::shunt()
+        .direct(direct)
+        .arg("--drain-timeout", "500ms")
+        .arg("--health-interval", "100ms")
+}
+
 /// DESIGN.md's two upstreams: an echo backend named `direct_name` reached
 /// directly, and one named `nginx_name` behind a real nginx (returned too).
 /// `None` when nginx is missing and not required (see [`nginx::NginxBuilder::spawn`]).

@@ -1,11 +1,18 @@
-//! Runs shunt in-process on `127.0.0.1:0` (proxy and admin listeners) with
-//! fast health checks, and talks to its admin API.
+//! The one way tests start shunt: [`super::shunt`]'s builder, in one of two
+//! modes.
+//! - In-process ([`ShuntBuilder::start`], [`ShuntBuilder::start_ready`]):
+//!   listeners on `127.0.0.1:0`, fast health checks; a [`Shunt`].
+//! - The real binary as a child ([`ShuntBuilder::spawn_process`],
+//!   [`ShuntBuilder::spawn_process_ready`]): `shunt run` on free ports with
+//!   only the flags given, its output collected; a [`ShuntChild`]. For what
+//!   needs a process: exit codes, signals, logs on a pipe, workers, rlimits.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use hyper::StatusCode;
 
+use super::bin;
 use super::http::http_get;
 use super::{BoxError, eventually, not_yet};
 
@@ -16,6 +23,17 @@ pub const WAIT_LIMIT: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone, Default)]
 pub struct ShuntBuilder {
     args: Vec<(String, Option<String>)>,
+    child: ChildOptions,
+}
+
+/// What only the child-process mode uses.
+#[derive(Debug, Clone, Default)]
+struct ChildOptions {
+    env: Vec<(String, String)>,
+    dir: Option<std::path::PathBuf>,
+    with_stdout: bool,
+    nofile: Option<u32>,
+    bare: bool,
 }
 
 /// A running in-process shunt. Dropping it begins a graceful shutdown.
@@ -117,6 +135,201 @@ impl ShuntBuilder {
         shunt.wait_ready().await;
         shunt
     }
+
+    /// Child mode: this environment variable set (`SHUNT_*` ones are
+    /// cleared unless set here).
+    pub fn env(mut self, name: &str, value: &str) -> Self {
+        self.child.env.push((name.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// Child mode: the working directory (the test's own by default).
+    pub fn dir(mut self, dir: &std::path::Path) -> Self {
+        self.child.dir = Some(dir.to_owned());
+        self
+    }
+
+    /// Child mode: collect stdout too, into the same log as stderr.
+    pub fn with_stdout(mut self) -> Self {
+        self.child.with_stdout = true;
+        self
+    }
+
+    /// Child mode: run under `ulimit -n LIMIT` (soft and hard open-files limit).
+    pub fn nofile_limit(mut self, limit: u32) -> Self {
+        self.child.nofile = Some(limit);
+        self
+    }
+
+    /// Child mode: `shunt FLAGS` as a user types it, without the `run` word.
+    pub fn bare(mut self) -> Self {
+        self.child.bare = true;
+        self
+    }
+
+    /// Child mode: starts the real binary, `shunt run --listen L --admin A
+    /// FLAGS` with only the flags given (none of the in-process defaults);
+    /// `L` and `A` are free ports unless `--listen`/`--admin` are given with
+    /// `.arg`. Does not wait: see [`ShuntChild::wait_ready`] and
+    /// [`ShuntChild::wait_for_log`].
+    pub fn spawn_process(self) -> ShuntChild {
+        let given = |flag: &str| {
+            self.args
+                .iter()
+                .find(|(f, _)| f == flag)
+                .and_then(|(_, v)| v.clone())
+        };
+        let (free_listen, free_admin) = bin::free_listen_admin();
+        let mut argv: Vec<String> = Vec::new();
+        if !self.child.bare {
+            argv.push("run".into());
+        }
+        let listen = match given("--listen") {
+            Some(value) => value.parse().unwrap_or(free_listen),
+            None => {
+                argv.extend(["--listen".into(), free_listen.to_string()]);
+                free_listen
+            }
+        };
+        let admin = match given("--admin") {
+            Some(value) => value.parse().ok(),
+            None => {
+                argv.extend(["--admin".into(), free_admin.to_string()]);
+                Some(free_admin)
+            }
+        };
+        argv.extend(
+            self.args
+                .iter()
+                .flat_map(|(flag, value)| std::iter::once(flag.clone()).chain(value.clone())),
+        );
+        let dir = self
+            .child
+            .dir
+            .clone()
+            .unwrap_or_else(|| std::env::current_dir().expect("cwd"));
+        let env: Vec<(&str, &str)> = self
+            .child
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let command = match self.child.nofile {
+            None => bin::shunt_command(&dir, &env),
+            Some(limit) => {
+                let mut command = bin::command("bash", &dir, &env);
+                command
+                    .arg("-c")
+                    .arg(format!("ulimit -n {limit} && exec \"$0\" \"$@\""))
+                    .arg(env!("CARGO_BIN_EXE_shunt"));
+                command
+            }
+        };
+        let (child, output, mut collectors) =
+            bin::spawn_collecting(command, &argv, self.child.with_stdout);
+        ShuntChild {
+            child,
+            listen,
+            admin,
+            output,
+            collector: collectors.remove(0),
+        }
+    }
+
+    /// [`ShuntBuilder::spawn_process`], then [`ShuntChild::wait_ready`].
+    pub async fn spawn_process_ready(self) -> ShuntChild {
+        let child = self.spawn_process();
+        child.wait_ready().await;
+        child
+    }
+}
+
+/// The real `shunt` binary running as a child of the test, its stderr (and
+/// stdout, `with_stdout`) collected as it comes. Killed on drop.
+pub struct ShuntChild {
+    /// The process (for its pid, or a signal of the test's choosing).
+    pub child: tokio::process::Child,
+    listen: SocketAddr,
+    admin: Option<SocketAddr>,
+    output: bin::Collected,
+    collector: tokio::task::JoinHandle<()>,
+}
+
+impl ShuntChild {
+    /// The proxy listener (as given: port 0 stays 0).
+    pub fn addr(&self) -> SocketAddr {
+        self.listen
+    }
+
+    /// The admin listener; panics when it was given as `off`.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin.expect("the admin listener is on")
+    }
+
+    /// Everything the child wrote so far (stderr, and stdout `with_stdout`).
+    pub fn log(&self) -> String {
+        self.output.text()
+    }
+
+    /// [`ShuntChild::log`] as bytes.
+    pub fn log_bytes(&self) -> Vec<u8> {
+        self.output.bytes()
+    }
+
+    /// Waits (10 s at most) until `/readyz` answers 200; panics with the log
+    /// if it never does.
+    pub async fn wait_ready(&self) {
+        bin::wait_ready(self.admin_addr(), || self.log()).await;
+    }
+
+    /// Waits (up to 10 s) until the log contains `needle`; panics with the
+    /// log so far if it does not.
+    pub async fn wait_for_log(&self, needle: &str) {
+        let limit = Duration::from_secs(10);
+        let seen = eventually(limit, async || self.log().contains(needle)).await;
+        assert!(
+            seen,
+            "shunt did not log {needle:?} within {limit:?}; log:\n{}",
+            self.log()
+        );
+    }
+
+    /// GET `path` on the admin listener, as JSON.
+    pub async fn admin_json(&self, path: &str) -> serde_json::Value {
+        let r = http_get(self.admin_addr(), path, &[]).await.expect("admin");
+        serde_json::from_slice(&r.body).unwrap_or_else(|e| panic!("{path}: {e}"))
+    }
+
+    /// Sends SIGTERM and waits up to `limit` for the exit code; kills the
+    /// child and answers `None` past it.
+    pub async fn terminate_within(&mut self, limit: Duration) -> Option<i32> {
+        bin::sigterm(&self.child);
+        match tokio::time::timeout(limit, self.child.wait()).await {
+            Ok(status) => status.ok().and_then(|s| s.code()),
+            Err(_) => {
+                let _ = self.child.start_kill();
+                None
+            }
+        }
+    }
+
+    /// Sends SIGTERM and waits (up to 10 s) for the exit code.
+    pub async fn terminate(self) -> Option<i32> {
+        self.stop().await.0
+    }
+
+    /// Sends SIGTERM, waits (up to 10 s) for the exit, then reads the output
+    /// to its end: the exit code and everything the child wrote.
+    pub async fn stop(mut self) -> (Option<i32>, String) {
+        bin::sigterm(&self.child);
+        let code = tokio::time::timeout(Duration::from_secs(10), self.child.wait())
+            .await
+            .expect("shunt exits within 10 s of SIGTERM")
+            .expect("wait for shunt")
+            .code();
+        let _ = tokio::time::timeout(Duration::from_secs(2), &mut self.collector).await;
+        (code, self.log())
+    }
 }
 
 impl Shunt {
@@ -144,6 +357,19 @@ impl Shunt {
     pub async fn admin_get(&self, path: &str) -> Result<(StatusCode, String), BoxError> {
         let response = http_get(self.admin, path, &[]).await?;
         Ok((response.status, response.text()))
+    }
+
+    /// GET on the admin listener: status and body as JSON (panics when the
+    /// request fails or the body is not JSON).
+    pub async fn admin_get_json(&self, path: &str) -> (StatusCode, serde_json::Value) {
+        let (status, body) = self.admin_get(path).await.expect("admin");
+        let value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {e}: {body}"));
+        (status, value)
+    }
+
+    /// GET on the admin listener, the body as JSON.
+    pub async fn admin_json(&self, path: &str) -> serde_json::Value {
+        self.admin_get_json(path).await.1
     }
 
     /// POSTs an empty body to the admin listener (e.g. `/reload`).

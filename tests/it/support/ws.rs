@@ -323,3 +323,28 @@ async fn raw_request_inner(addr: SocketAddr, request: Vec<u8>) -> Result<RawResp
         body_start: buf[head_end + 4..].to_vec(),
     })
 }
+
+/// A call on `path` through shunt at `addr` that must open, its hello read:
+/// the client WebSocket and the `x-shunt-route` it was answered with.
+pub async fn open_call(addr: SocketAddr, path: &str) -> (Ws, String) {
+    let (mut socket, response) = super::ws_connect(addr, path, &[])
+        .await
+        .unwrap_or_else(|e| panic!("call on {path}: {e}"));
+    let route = header(&response, "x-shunt-route").to_owned();
+    recv_text(&mut socket).await.expect("hello");
+    (socket, route)
+}
+
+/// `Sec-WebSocket-Accept` for `key`, computed by fastwebsockets itself.
+pub fn accept_key(key: &str) -> String {
+    let mut request = hyper::Request::get("/")
+        .header("sec-websocket-key", key)
+        .header("sec-websocket-version", "13")
+        .body(())
+        .unwrap();
+    let (response, _) = fastwebsockets::upgrade::upgrade(&mut request).unwrap();
+    response.headers()["sec-websocket-accept"]
+        .to_str()
+        .unwrap()
+        .to_owned()
+}
