@@ -19,6 +19,7 @@
 //! check (http's `Authority` parser copies), and the two boxed bodies.
 
 #[path = "it/support/mod.rs"]
+#[allow(dead_code, unused_imports)]
 mod support;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

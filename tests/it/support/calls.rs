@@ -20,7 +20,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
-use super::{BoxError, IO_TIMEOUT, bin, eventually, free_port};
+use super::{BoxError, IO_TIMEOUT};
 
 /// The backend side of one WebSocket call.
 pub type BackendWs = WebSocket<TokioIo<Upgraded>>;

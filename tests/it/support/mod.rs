@@ -3,8 +3,8 @@
 //! HTTP, raw TCP). Everything binds `127.0.0.1:0`, every wait is bounded,
 //! and everything started here is stopped on drop.
 //!
-//! Each integration test crate uses a subset, hence the `dead_code` allows.
-#![allow(dead_code, unused_imports)]
+//! A module of the one test crate (`tests/it`), so rustc reports a helper
+//! no test uses; `tests/allocations.rs` includes it too, with the allows.
 
 pub mod bin;
 pub mod calls;
@@ -172,11 +172,6 @@ impl EchoBackend {
     /// The request targets that reached the backend since its last start.
     pub fn seen(&self) -> Vec<String> {
         self.server.as_ref().map_or_else(Vec::new, |s| s.seen())
-    }
-
-    /// The backend's name.
-    pub fn name(&self) -> &str {
-        &self.name
     }
 
     /// Closes the listener and every live connection: the port refuses

@@ -6,7 +6,7 @@
 //! master_process off;`) with every path inside a private temp dir, and is
 //! killed and reaped on drop.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -69,11 +69,6 @@ impl NginxBuilder {
 }
 
 impl Nginx {
-    /// The address nginx listens on.
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-
     /// `http://ADDR`.
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)

@@ -348,11 +348,6 @@ impl Shunt {
         format!("ws://{}{path}", self.listen)
     }
 
-    /// `http://LISTEN/path`.
-    pub fn http_url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.listen)
-    }
-
     /// GET on the admin listener: status and body.
     pub async fn admin_get(&self, path: &str) -> Result<(StatusCode, String), BoxError> {
         let response = http_get(self.admin, path, &[]).await?;
