@@ -33,6 +33,7 @@ mod fdlimit;
 mod fresh_clone;
 mod grafana;
 mod handshake;
+mod harness;
 mod health;
 mod http;
 mod netns;
