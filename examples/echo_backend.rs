@@ -5,10 +5,10 @@
 //! cargo run --example echo_backend -- --port 5006 --name backend
 //! ```
 //!
-//! The behaviour is the integration tests' echo backend (`tests/support/echo.rs`),
+//! The behaviour is the integration tests' echo backend (`tests/it/support/echo.rs`),
 //! compiled in here so the two cannot drift apart.
 
-#[path = "../tests/support/echo.rs"]
+#[path = "../tests/it/support/echo.rs"]
 mod echo;
 
 use std::net::{IpAddr, SocketAddr};

@@ -25,7 +25,7 @@ use shunt::config::{Config, parse_duration};
 /// mimalloc keeps size classes apart, so the small long-lived state of
 /// thousands of idle tunnels is not scattered among the buffers freed after
 /// each handshake (with glibc malloc that fragmentation roughly doubled the
-/// RSS per idle tunnel; see the Performance section of the README).
+/// RSS per idle tunnel; see docs/performance.md).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -8,6 +8,9 @@
 //! so what is counted is shunt's own work (both of its hyper connections and
 //! the request path between them).
 //!
+//! Its own test binary, not a module of `tests/it`: the `#[global_allocator]`
+//! counts the whole process, so no other test may run beside it.
+//!
 //! Measured with DHAT on the release binary (`--workers 1`): 26.3
 //! allocations per request before the lean path, 12.3 after. Of those, 7
 //! are hyper's (a fresh 8 KiB read buffer and its shared head on each side,
@@ -15,6 +18,8 @@
 //! read timer), 5 shunt's: `X-Forwarded-For`, `X-Real-IP`, the `Host`
 //! check (http's `Authority` parser copies), and the two boxed bodies.
 
+#[path = "it/support/mod.rs"]
+#[allow(dead_code, unused_imports)]
 mod support;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -1,5 +1,5 @@
 // Drives Debian's chromium (through playwright-core) against shunt's admin
-// dashboard. Run by tests/dashboard.rs, which starts shunt, backends, nginx
+// dashboard. Run by tests/it/dashboard.rs, which starts shunt, backends, nginx
 // and live calls, and passes a plan as the first argument (JSON):
 //
 //   { "url": "http://127.0.0.1:PORT/", "out_dir": "...", "steps": [STEP...] }

@@ -1,0 +1,83 @@
+//! Active health probes against upstreams that accept TCP but fail the check.
+
+use crate::support;
+
+use std::net::SocketAddr;
+
+use support::shunt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+/// An upstream that answers every request with `status_line` and closes.
+async fn fixed_answer(status_line: &'static str) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        // Bounded: the test drops the task long before this many probes.
+        for _ in 0..10_000 {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let answer = format!(
+                    "HTTP/1.1 {status_line}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                );
+                let _ = s.write_all(answer.as_bytes()).await;
+            });
+        }
+    });
+    (addr, task)
+}
+
+/// shunt with `direct` at `addr`, probed with `--health-check CHECK` (the
+/// default TCP probe when `None`).
+async fn probing(addr: SocketAddr, check: Option<&str>) -> support::Shunt {
+    let mut builder = shunt().direct(format!("http://{addr}"));
+    if let Some(check) = check {
+        builder = builder.arg("--health-check", check);
+    }
+    builder.start().await
+}
+
+/// Upstream `name`'s `last_error` in `/status`.
+async fn last_error(proxy: &support::Shunt, name: &str) -> String {
+    let upstream = proxy.upstream(name).await.unwrap();
+    upstream["last_error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ws_probe_marks_an_upstream_that_does_not_upgrade_down() {
+    let (addr, task) = fixed_answer("200 OK").await;
+    let proxy = probing(addr, Some("ws:/frontend-audio")).await;
+    proxy.wait_upstream("direct", "down").await;
+    let err = last_error(&proxy, "direct").await;
+    assert!(
+        err.contains("/frontend-audio") && err.contains("200"),
+        "{err}"
+    );
+    let (code, body) = proxy.admin_get("/readyz").await.unwrap();
+    assert_eq!(code, 503);
+    assert!(
+        body.contains("websocket handshake on /frontend-audio"),
+        "{body}"
+    );
+    task.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_probe_marks_a_failing_upstream_down_and_tcp_probe_does_not() {
+    let (addr, task) = fixed_answer("500 Internal Server Error").await;
+    let http = probing(addr, Some("http:/health")).await;
+    http.wait_upstream("direct", "down").await;
+    let err = last_error(&http, "direct").await;
+    assert!(err.contains("GET /health answered 500"), "{err}");
+    // A TCP probe only checks that something listens.
+    let tcp = probing(addr, None).await;
+    tcp.wait_upstream("direct", "up").await;
+    task.abort();
+}
