@@ -358,6 +358,13 @@ pub async fn probe_loop(
     }
 }
 
+/// The `User-Agent` of every probe: a backend that counts connected agents
+/// (or logs handshakes) can tell shunt's probes from browsers.
+pub const PROBE_USER_AGENT: &str = concat!("shunt-health/", env!("CARGO_PKG_VERSION"));
+
+/// Sent with value `1` on every probe, for a backend that filters on a header.
+pub const PROBE_HEADER: &str = "x-shunt-probe";
+
 /// One probe; the error is the reason shown in logs and `/status`.
 /// `tcp`: the connect is the check. `http`: `GET path` must answer 2xx or
 /// 3xx. `ws`: the upgrade must be answered 101, then shunt sends a Close
@@ -376,7 +383,8 @@ async fn probe(
     let request = |path: &str| {
         Request::get(path)
             .header(header::HOST, url.authority())
-            .header(header::USER_AGENT, "shunt-health")
+            .header(header::USER_AGENT, PROBE_USER_AGENT)
+            .header(PROBE_HEADER, "1")
     };
     match &spec.check {
         ProbeKind::Tcp => Ok(()),

@@ -81,3 +81,42 @@ async fn http_probe_marks_a_failing_upstream_down_and_tcp_probe_does_not() {
     tcp.wait_upstream("direct", "up").await;
     task.abort();
 }
+
+/// Every probe names itself, so a backend that counts connected agents can
+/// tell it from a browser: `User-Agent: shunt-health/VERSION` and
+/// `X-Shunt-Probe: 1`, on `http:` and `ws:` probes alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probes_send_their_user_agent_and_the_probe_header() {
+    for check in ["http:/health", "ws:/frontend-audio"] {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let heads = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+        let seen = heads.clone();
+        let task = tokio::spawn(async move {
+            for _ in 0..1_000 {
+                let Ok((mut s, _)) = listener.accept().await else {
+                    return;
+                };
+                let mut buf = vec![0u8; 4096];
+                let n = s.read(&mut buf).await.unwrap_or(0);
+                seen.lock()
+                    .unwrap()
+                    .push(String::from_utf8_lossy(&buf[..n]).to_lowercase());
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                    .await;
+            }
+        });
+        let _proxy = probing(addr, Some(check)).await;
+        let probed = support::eventually(std::time::Duration::from_secs(5), async || {
+            !heads.lock().unwrap().is_empty()
+        })
+        .await;
+        assert!(probed, "no probe arrived ({check})");
+        let head = heads.lock().unwrap()[0].clone();
+        let agent = format!("user-agent: shunt-health/{}\r\n", env!("CARGO_PKG_VERSION"));
+        assert!(head.contains(&agent), "{check}: {head}");
+        assert!(head.contains("x-shunt-probe: 1\r\n"), "{check}: {head}");
+        task.abort();
+    }
+}
