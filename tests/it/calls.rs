@@ -183,6 +183,31 @@ async fn a_silent_client_is_found_dead_and_the_backend_gets_1001() {
     );
 }
 
+/// The same bound with paused time and realistic settings (shunt runs
+/// in-process on this test's current-thread runtime, so its clock is the
+/// paused one): a silent client is found dead at `--ping-interval` +
+/// `--ping-timeout`, 30 s + 10 s, not before, and within a second after.
+#[tokio::test(start_paused = true)]
+async fn a_silent_client_is_found_dead_at_interval_plus_timeout_in_paused_time() {
+    let (mut backend, shunt) = ws_shunt(&[
+        ("--ping-interval", "30s"),
+        ("--ping-timeout", "10s"),
+        ("--health-interval", "1h"),
+    ])
+    .await;
+    let _client = RawWs::connect(shunt.addr(), "/audio").await.unwrap();
+    let mut server = backend.accept().await;
+    server.set_auto_pong(true);
+    let started = tokio::time::Instant::now();
+    let code = next_close(&mut server, Duration::from_secs(120)).await;
+    let elapsed = started.elapsed();
+    assert_eq!(code, 1001, "going away to the backend");
+    assert!(
+        elapsed >= Duration::from_secs(40) && elapsed <= Duration::from_secs(41),
+        "{elapsed:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backend_that_stops_answering_gives_the_client_1014() {
     let (mut backend, shunt) = ws_shunt(&FAST_PINGS).await;

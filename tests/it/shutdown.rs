@@ -91,6 +91,50 @@ async fn shutdown_drains_live_tunnels_until_the_drain_timeout() {
     );
 }
 
+/// The drain deadline with paused time and a realistic timeout (shunt runs
+/// in-process on this test's current-thread runtime, so its clock is the
+/// paused one): a live call keeps echoing through 9 minutes of a 10-minute
+/// drain, is closed at 10 minutes and not before, and `stopped()` follows.
+#[tokio::test(start_paused = true)]
+async fn a_ten_minute_drain_closes_the_live_call_at_ten_minutes_in_paused_time() {
+    let (_backend, shunt) =
+        support::direct_shunt(&[("--drain-timeout", "10m"), ("--health-interval", "1h")]).await;
+    let mut socket = ws::open_call(shunt.addr(), "/frontend-audio").await.0;
+    let running = shunt.into_running();
+    let began = tokio::time::Instant::now();
+    running.shutdown();
+
+    // A message every 20 s (the client answers pings while it reads) for
+    // 9 minutes of the drain.
+    for i in 0..27 {
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        let text = format!("drain second {}", (i + 1) * 20);
+        ws::send_text(&mut socket, &text)
+            .await
+            .unwrap_or_else(|e| panic!("the call broke {:?} into the drain: {e}", began.elapsed()));
+        let echoed = ws::recv_text(&mut socket).await;
+        assert_eq!(
+            echoed.as_deref().ok(),
+            Some(text.as_str()),
+            "the call broke {:?} into the drain",
+            began.elapsed()
+        );
+    }
+
+    let closed = ws::wait_closed(&mut socket, Duration::from_secs(5 * 60)).await;
+    let closed_after = began.elapsed();
+    assert!(closed.is_ok(), "still open {closed_after:?} in: {closed:?}");
+    assert!(
+        closed_after >= Duration::from_secs(600) && closed_after <= Duration::from_secs(601),
+        "closed after {closed_after:?}, not at the 10 min drain timeout"
+    );
+    let stopped = tokio::time::timeout(Duration::from_secs(5), running.stopped()).await;
+    assert!(
+        stopped.is_ok(),
+        "stopped() did not follow the drain deadline"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_without_tunnels_does_not_wait_for_the_drain_timeout() {
     let (_backend, shunt) = support::direct_shunt(&[("--drain-timeout", "30s")]).await;

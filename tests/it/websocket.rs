@@ -219,6 +219,37 @@ async fn idle_timeout_closes_a_silent_tunnel_but_not_a_busy_one() {
     );
 }
 
+/// The same timer with paused time (shunt in-process runs on this test's
+/// current-thread runtime, so its clock is the paused one): an hour-long
+/// `--idle-timeout` keeps a call open through 59 silent minutes, and closes
+/// it at the hour, without the test waiting an hour.
+#[tokio::test(start_paused = true)]
+async fn idle_timeout_of_an_hour_closes_at_the_hour_in_paused_time() {
+    let (backend, shunt) =
+        support::direct_shunt(&[("--idle-timeout", "1h"), ("--health-interval", "1h")]).await;
+    let mut socket = ws::open_call(shunt.addr(), "/frontend-audio").await.0;
+    ws::send_text(&mut socket, "last word").await.unwrap();
+    assert_eq!(ws::recv_text(&mut socket).await.unwrap(), "last word");
+    let silent_from = tokio::time::Instant::now();
+
+    let early = ws::wait_closed(&mut socket, Duration::from_secs(59 * 60)).await;
+    assert!(early.is_err(), "closed before the hour: {early:?}");
+    let closed = ws::wait_closed(&mut socket, Duration::from_secs(2 * 60)).await;
+    assert!(
+        closed.is_ok(),
+        "still open 61 silent minutes on: {closed:?}"
+    );
+    let after = silent_from.elapsed();
+    assert!(
+        after >= Duration::from_secs(3600) && after <= Duration::from_secs(3600 + 60),
+        "closed after {after:?}"
+    );
+    assert!(
+        sessions_end(&backend).await,
+        "the idle timeout closed the client side but not the backend side"
+    );
+}
+
 /// A backend that writes the 101 and a first WebSocket message in one
 /// `write`, so the message arrives in the same segment as the response head.
 async fn one_write_backend() -> (SocketAddr, tokio::task::JoinHandle<()>) {
