@@ -34,9 +34,7 @@ pub mod pool;
 pub mod relay;
 pub mod splice;
 
-use std::cell::RefCell;
-use std::pin::pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use bytes::Bytes;
 use hyper::upgrade::{OnUpgrade, Upgraded};
@@ -51,75 +49,80 @@ use joined::Tunnel;
 use leg::Stream;
 pub use relay::Relay;
 
+/// Per downstream connection: where a WebSocket handshake that the upstream
+/// answered with 101 leaves its tunnel, for the connection's own task to
+/// start once hyper has written the 101 and let go of the connection.
+///
+/// `connection::serve` makes one per connection and lends it to every
+/// request (`proxy::handle` → `forward::forward`, which [`park`](Self::park)s
+/// the tunnel here); when hyper's connection future ends, the connection
+/// calls [`start`](Self::start). So a call costs two tasks, the connection's
+/// and the tunnel's, and no task waits for the upgrade on the side. The
+/// slot is a `Mutex` only because the connection's future must be `Send`:
+/// it is never contended.
+#[derive(Debug, Default)]
+pub struct Handoff(Mutex<Option<Pending>>);
+
 /// A tunnel whose upstream has answered 101, waiting for hyper to write
 /// that answer to the client and hand the downstream connection over.
 #[derive(Debug)]
-pub struct Pending {
+struct Pending {
     /// The downstream connection, once the 101 is written.
     downstream: OnUpgrade,
     /// The upstream connection after its 101, with the bytes read past that head.
     upstream: (UpstreamStream, Bytes),
     parts: TunnelParts,
-    relay: Arc<Relay>,
 }
 
-tokio::task_local! {
-    /// Set on a downstream connection's task by [`serving`]: where a
-    /// handshake leaves its tunnel, started on that task when hyper lets go
-    /// of the connection (no task just to wait for the upgrade).
-    static PENDING: RefCell<Option<Pending>>;
-}
-
-/// Start relaying once the downstream upgrade completes (hyper has written
-/// the 101 to the client); `upstream` is the upstream connection after its
-/// 101, with the bytes read past that head. On a downstream connection's
-/// task ([`serving`]) the tunnel is started from that task when its HTTP
-/// part ends; elsewhere a task (tracked on `tracker`) waits for it.
-pub fn spawn(
-    downstream: OnUpgrade,
-    upstream: (UpstreamStream, Bytes),
-    parts: TunnelParts,
-    relay: Arc<Relay>,
-    shutdown: CancellationToken,
-    tracker: &TaskTracker,
-) {
-    let mut pending = Some(Pending {
-        downstream,
-        upstream,
-        parts,
-        relay,
-    });
-    let _ = PENDING.try_with(|cell| *cell.borrow_mut() = pending.take());
-    if let Some(pending) = pending {
-        let inner = tracker.clone();
-        tracker.spawn(async move { pending.start(shutdown, &inner).await });
+impl Handoff {
+    /// Leave a tunnel to be started when the connection's HTTP part ends:
+    /// `downstream` completes once hyper has written the 101; `upstream` is
+    /// the upstream connection after its 101, with the bytes read past that
+    /// head. A connection upgrades at most once (hyper serves nothing after
+    /// a 101), so the slot is empty here.
+    pub fn park(
+        &self,
+        downstream: OnUpgrade,
+        upstream: (UpstreamStream, Bytes),
+        parts: TunnelParts,
+    ) {
+        *self.slot() = Some(Pending {
+            downstream,
+            upstream,
+            parts,
+        });
     }
-}
 
-/// Drive `conn`, a downstream connection's HTTP part, then start the tunnel
-/// a handshake on it left ([`spawn`]), if any.
-pub async fn serving<F: Future>(
-    conn: F,
-    shutdown: &CancellationToken,
-    tracker: &TaskTracker,
-) -> F::Output {
-    let mut scoped = pin!(PENDING.scope(RefCell::new(None), conn));
-    let out = scoped.as_mut().await;
-    if let Some(pending) = scoped.as_mut().take_value().and_then(RefCell::into_inner) {
-        pending.start(shutdown.clone(), tracker).await;
+    fn slot(&self) -> MutexGuard<'_, Option<Pending>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
-    out
+
+    /// After the connection's HTTP part has ended: if a handshake parked a
+    /// tunnel, wait for the downstream upgrade, then spawn the tunnel on
+    /// `tracker`, joined the way `relay` says; `shutdown` starts its drain.
+    pub async fn start(
+        self,
+        relay: &Arc<Relay>,
+        shutdown: &CancellationToken,
+        tracker: &TaskTracker,
+    ) {
+        let pending = self.0.into_inner().unwrap_or_else(PoisonError::into_inner);
+        if let Some(pending) = pending {
+            pending
+                .start(relay.clone(), shutdown.clone(), tracker)
+                .await;
+        }
+    }
 }
 
 impl Pending {
     /// Wait for the downstream upgrade, then spawn the tunnel on `tracker`:
     /// the long-lived task is exactly the tunnel's small state.
-    async fn start(self, shutdown: CancellationToken, tracker: &TaskTracker) {
+    async fn start(self, relay: Arc<Relay>, shutdown: CancellationToken, tracker: &TaskTracker) {
         let Pending {
             downstream,
             upstream,
             parts,
-            relay,
         } = self;
         let downstream = match downstream.await {
             Ok(upgraded) => upgraded,
