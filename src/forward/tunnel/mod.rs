@@ -2,37 +2,44 @@
 //!
 //! After the upstream's 101 has been written to the client, the downstream
 //! connection is taken out of hyper and, with the upstream one (never in
-//! hyper: [`super::handshake`](mod@super::handshake)), relayed in both directions until they close,
-//! by one hand-polled [`joined::Tunnel`] with two [`direction::Direction`]s:
+//! hyper: [`super::handshake`](mod@super::handshake)), relayed in both
+//! directions until they close.
+//!
+//! How a tunnel starts: `forward` [`park`](Handoff::park)s it in the
+//! connection's [`Handoff`]; the connection's task [`start`](Handoff::start)s
+//! it once hyper lets go, and spawns the tunnel's task: one hand-polled
+//! [`task::Tunnel`] (its close policy, deadlines and outcome are child
+//! modules of [`task`]) with two [`direction::Direction`]s.
 //!
 //! - Both legs plain TCP: they are unwrapped to their sockets; small reads
-//!   are copied through the worker thread's buffer ([`copy`]) and large
-//!   payloads are [`splice`]d kernel to kernel through pipes borrowed from
-//!   the [`pool`] only while bytes move (or copied if splice is off or
-//!   unavailable).
-//! - A TLS leg: the [`buffered`] path runs the same tunnel over the streams
-//!   ([`leg::Stream`]), borrowing the same per-thread buffer inside one poll.
+//!   are copied through the worker thread's [`buffer`] and large payloads
+//!   are spliced kernel to kernel through [`pipes`] borrowed only while
+//!   bytes move (or copied if the relay [`mode`] is copy).
+//! - A TLS leg: the same tunnel runs over the streams ([`leg::Stream`]),
+//!   borrowing the same per-thread buffer inside one poll.
 //!
 //! Either way an idle tunnel holds no buffer and no pipe. Bytes hyper had
 //! already read past either handshake are written to the other side first.
 //!
 //! Unless a route says `frames = false`, the tunnel follows the WebSocket
 //! frame headers each way ([`frames`]) without touching a payload, and keeps
-//! the call honest: Pings to a silent leg, a Close with a code that says why
-//! when shunt ends a call, per-direction frame figures and stalls in the
-//! [`crate::calls`] registry. See [`ending`] for what ends a tunnel. A reload
-//! never touches a tunnel: it holds its own connections.
+//! the call honest: Pings to a silent leg and a Close with a code that says
+//! why when shunt ends a call ([`control`]), per-direction frame figures and
+//! stalls in the [`crate::calls`] registry. [`parts`] holds what a tunnel
+//! keeps for its life. A reload never touches a tunnel: it holds its own
+//! connections.
 
-pub mod buffered;
-pub mod copy;
-pub mod direction;
-pub mod ending;
+mod buffer;
+mod control;
+mod direction;
 pub mod frames;
-pub mod joined;
-pub mod leg;
-pub mod pool;
-pub mod relay;
-pub mod splice;
+mod leg;
+mod mode;
+mod parts;
+mod pipes;
+mod task;
+#[cfg(test)]
+mod tests;
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
@@ -44,10 +51,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::dial::UpstreamStream;
-pub use ending::{Ending, HALF_CLOSE_LINGER, TunnelParts, TunnelTimers};
-use joined::Tunnel;
-use leg::Stream;
-pub use relay::Relay;
+use leg::{IoStream, Stream};
+pub use mode::Relay;
+pub use parts::{TunnelParts, TunnelTimers};
+use task::Tunnel;
 
 /// Per downstream connection: where a WebSocket handshake that the upstream
 /// answered with 101 leaves its tunnel, for the connection's own task to
@@ -156,7 +163,7 @@ enum Unwrapped {
     /// Both plain TCP.
     Plain(TcpStream, Bytes, TcpStream, Bytes),
     /// A TLS leg: relay through buffers.
-    Buffered(Box<dyn buffered::IoStream>, Bytes, UpstreamStream, Bytes),
+    Buffered(Box<dyn IoStream>, Bytes, UpstreamStream, Bytes),
 }
 
 /// Downcast the downstream leg to the exact type `connection.rs` gives hyper

@@ -28,29 +28,29 @@
 //! that may be it (at most 18 bytes) is held back, and nothing is written
 //! after it, until the frame is whole. Framing the tracker cannot follow
 //! turns the direction into a plain relay ([`Framing::Opaque`]).
+//!
+//! Its parts: [`copy`] (reads through the worker thread's buffer, and the
+//! remainder a destination did not take), [`bulk`] (large payloads spliced
+//! through a borrowed pipe), [`scan`] (following the frames, cutting out the
+//! Pong that answers shunt). shunt's own frames come from
+//! [`super::control`].
 
 use std::io;
 use std::task::{Context, Poll, ready};
 
-use tokio::io::Interest;
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use super::copy::{BUFFER_SIZE, with_buffer};
-use super::frames::{self, FrameError, Header, MAX_CONTROL_FRAME, MAX_CONTROL_PAYLOAD, Tracker};
-use super::leg::{Leg, partial_io};
-use super::pool::{Pipe, PipePool};
-use super::splice;
+use super::buffer::with_buffer;
+use super::control::{self, CloseCode};
+use super::frames::{FrameError, Tracker};
+use super::leg::Leg;
+use super::pipes::{Pipe, PipePool};
 use crate::calls::{DirStats, Framing, Histogram};
+use bulk::{BULK, splice_in};
 
-/// A splice that moves less than this goes back to copying: for small
-/// messages (audio frames) one copy through a warm buffer is cheaper than
-/// moving pages through a pipe, and needs no pipe at all.
-const BULK: usize = 16 * 1024;
-
-/// The payload of shunt's Ping starts with this; 8 bytes of send time follow.
-const PING_TAG: &[u8; 5] = b"shunt";
-const PING_LEN: usize = PING_TAG.len() + 8;
+mod bulk;
+mod copy;
+mod scan;
 
 /// shunt's own Close towards the destination.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,7 +58,7 @@ pub enum CloseState {
     /// None asked for.
     None,
     /// Waiting for a frame boundary.
-    Pending(u16),
+    Pending(CloseCode),
     /// Written (the rest of its bytes may still be in `rest`).
     Sent,
     /// Not sent: no boundary came in time, the source's bytes are gone, or
@@ -228,7 +228,7 @@ impl Direction {
 
     /// Send shunt's Close with `code` at the next frame boundary; if it
     /// cannot be sent at all, forward nothing more instead.
-    pub fn request_close(&mut self, code: u16) {
+    pub fn request_close(&mut self, code: CloseCode) {
         if self.close != CloseState::None {
             return;
         }
@@ -431,330 +431,24 @@ impl Direction {
         }
     }
 
-    /// At a boundary of a bulk stream: peek at the next header. A complete
-    /// header of a large data frame is counted and left in the socket
-    /// (`head_in_socket`) to be spliced with its payload; `Ok(false)` for
-    /// anything else (read through the copy path).
-    fn peek_large_header(&mut self, s: &TcpStream, ctx: &mut Ctx<'_>) -> io::Result<bool> {
-        let mut head = [0; frames::MAX_HEADER];
-        let n = s.try_io(Interest::READABLE, || {
-            let (_, n) = rustix::net::recv(s, &mut head, rustix::net::RecvFlags::PEEK)?;
-            Ok(n)
-        })?;
-        let Ok(Some(h)) = frames::parse(&head[..n]) else {
-            return Ok(false);
-        };
-        if !h.is_data() || h.len < BULK as u64 {
-            return Ok(false);
-        }
-        let header_len = usize::from(h.header_len);
-        if !matches!(self.frames.feed(&head[..header_len]), Ok((k, Some(_))) if k == header_len) {
-            return Ok(false);
-        }
-        self.head_in_socket = h.header_len;
-        let now_ms = ctx.ms(Instant::now());
-        self.record(&h, now_ms, ctx);
-        Ok(true)
-    }
-
-    /// How much one copy read may take: everything, unless a frame boundary
-    /// must not be crossed (shunt's frame waits) or the next header of a
-    /// bulk stream is read (its payload is spliced).
-    fn read_cap(&self) -> usize {
-        if self.framing != Framing::Tracked || self.discard {
-            return BUFFER_SIZE;
-        }
-        let mut cap = BUFFER_SIZE;
-        if self.bulk && self.frames.payload_left() == 0 {
-            // Room for a header, or a whole control frame.
-            cap = MAX_CONTROL_FRAME;
-        }
-        if self.ping || matches!(self.close, CloseState::Pending(_)) {
-            let left = if self.held {
-                // The held frame's own end (its length byte, if not there yet).
-                let total = self
-                    .rest
-                    .get(1)
-                    .map_or(2, |b1| 2 + if b1 & 0x80 != 0 { 4 } else { 0 } + PING_LEN);
-                (total - self.rest.len()) as u64
-            } else {
-                self.frames.until_boundary()
-            };
-            if left > 0 {
-                cap = cap.min(usize::try_from(left).unwrap_or(usize::MAX));
-            }
-        }
-        if self.held {
-            // Room for the held bytes, put back in front of the read.
-            cap = cap.saturating_add(self.rest.len()).min(BUFFER_SIZE);
-        }
-        cap
-    }
-
-    /// Read once into `buf` and write at once; keep only what `dst` did not take.
-    fn copy_step<S: Leg, D: Leg>(
-        &mut self,
-        cx: &mut Context<'_>,
-        src: &mut S,
-        dst: &mut D,
-        buf: &mut [u8],
-        splice_ok: bool,
-        ctx: &mut Ctx<'_>,
-    ) -> Poll<Result<(), Failed>> {
-        let held = if self.held { self.rest.len() } else { 0 };
-        let n = ready!(src.poll_recv(cx, &mut buf[held..])).map_err(Failed::Src)?;
-        if n == 0 {
-            self.eof = true;
-            if self.held {
-                self.release_held(ctx);
-            }
-            return Poll::Ready(Ok(()));
-        }
-        ctx.report.read = true;
-        if self.held {
-            // The held start of a frame goes back in front of what came next.
-            buf[..held].copy_from_slice(&self.rest);
-            self.rest = Vec::new();
-            self.held = false;
-        }
-        let n = held + n;
-        let len = if self.framing == Framing::Tracked {
-            // The first bytes may be a header already seen in a peek.
-            let seen = n.min(usize::from(self.head_in_socket));
-            self.head_in_socket -= seen as u8;
-            let len = self.scan(buf, seen, n, true, ctx);
-            if self.framing == Framing::Tracked {
-                self.bulk = splice_ok && self.frames.payload_left() >= BULK as u64;
-            }
-            len
-        } else {
-            self.bulk = splice_ok && n >= BULK;
-            n
-        };
-        if self.discard || self.dst_gone || len == 0 {
-            return Poll::Ready(Ok(()));
-        }
-        ctx.report.active = true;
-        let mut written = 0;
-        while written < len {
-            match dst.poll_send(cx, &buf[written..len]) {
-                Poll::Ready(Ok(0)) => {
-                    return Poll::Ready(Err(Failed::Dst(io::ErrorKind::WriteZero.into())));
-                }
-                Poll::Ready(Ok(m)) => written += m,
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(Failed::Dst(e))),
-                Poll::Pending => break,
-            }
-        }
-        ctx.stats
-            .bytes
-            .fetch_add(written as u64, std::sync::atomic::Ordering::Relaxed);
-        self.rest.extend_from_slice(&buf[written..len]);
-        self.flush = true;
-        Poll::Ready(Ok(()))
-    }
-
-    /// Follow the frames in `buf[from..n]`, record them, and cut out shunt's own
-    /// Pongs; returns the length of what is left to forward. With `hold`, a
-    /// frame at the end that may be shunt's Pong but is not whole yet is
-    /// moved to `rest` and held (`rest` is empty when `hold` is asked).
-    fn scan(
-        &mut self,
-        buf: &mut [u8],
-        from: usize,
-        n: usize,
-        hold: bool,
-        ctx: &mut Ctx<'_>,
-    ) -> usize {
-        let now_ms = ctx.ms(Instant::now());
-        let mut at = from;
-        let mut len = n;
-        while at < len {
-            let began_here = self.frames.at_boundary();
-            if hold
-                && began_here
-                && !self.frames.closed()
-                && !self.discard
-                && split_shunt_pong(&buf[at..len])
-            {
-                self.rest.extend_from_slice(&buf[at..len]);
-                self.held = true;
-                return at;
-            }
-            let (k, header) = match self.frames.feed(&buf[at..len]) {
-                Ok(step) => step,
-                Err(e) => {
-                    self.go_opaque(e, ctx);
-                    return len;
-                }
-            };
-            at += k;
-            let Some(h) = header else { continue };
-            let plen = usize::try_from(h.len).unwrap_or(usize::MAX);
-            let whole = began_here && h.is_control() && at + plen <= len;
-            if whole
-                && h.opcode == frames::OP_PONG
-                && let Some(sent) = shunt_pong(&buf[at..at + plen], h.mask)
-            {
-                // Cut the whole frame out: it answers shunt, not the other endpoint.
-                let start = at - usize::from(h.header_len);
-                buf.copy_within(at + plen..len, start);
-                len -= usize::from(h.header_len) + plen;
-                self.frames.skip(h.len);
-                at = start;
-                ctx.report.pong_sent_us = Some(sent);
-                continue;
-            }
-            self.record(&h, now_ms, ctx);
-            if h.opcode == frames::OP_CLOSE {
-                let code = (whole && plen >= 2).then(|| {
-                    let mut two = [0; 2];
-                    frames::unmask_into(&buf[at..at + 2], h.mask, &mut two);
-                    u16::from_be_bytes(two)
-                });
-                ctx.report.close_seen = Some(code);
-                // No Ping of shunt's may follow an endpoint's Close.
-                self.ping = false;
-            }
-        }
-        len
-    }
-
-    /// The source ended with a frame held: pass its start on as the begun
-    /// frame it is (or drop it, if nothing more is forwarded).
-    fn release_held(&mut self, ctx: &mut Ctx<'_>) {
-        self.held = false;
-        let mut start = std::mem::take(&mut self.rest);
-        if self.discard || self.dst_gone {
-            return;
-        }
-        let n = start.len();
-        let len = self.scan(&mut start, 0, n, false, ctx);
-        start.truncate(len);
-        self.rest = start;
-    }
-
-    /// Count one frame in the direction's figures.
-    fn record(&mut self, h: &Header, now_ms: u32, ctx: &mut Ctx<'_>) {
-        use std::sync::atomic::Ordering::Relaxed;
-        let s = ctx.stats;
-        s.frames.fetch_add(1, Relaxed);
-        if !h.is_data() {
-            return;
-        }
-        if h.fin {
-            s.messages.fetch_add(1, Relaxed);
-        }
-        let last = s.last_frame.load(Relaxed);
-        if last > 0 {
-            let gap = now_ms.saturating_sub(last - 1);
-            ctx.gaps
-                .observe(std::time::Duration::from_millis(u64::from(gap)));
-            if gap + 1 > s.largest_gap.load(Relaxed) {
-                s.largest_gap.store(gap + 1, Relaxed);
-            }
-            if s.stalled.load(Relaxed) {
-                s.stalled.store(false, Relaxed);
-                ctx.report.resumed_after_ms = Some(gap);
-            }
-        }
-        s.last_frame.store(now_ms.saturating_add(1), Relaxed);
-        s.count_second(now_ms);
-        ctx.report.data_frame = true;
-    }
-
-    fn go_opaque(&mut self, e: FrameError, ctx: &mut Ctx<'_>) {
-        self.framing = Framing::Opaque;
-        ctx.stats
-            .framing
-            .store(Framing::Opaque as u8, std::sync::atomic::Ordering::Relaxed);
-        ctx.report.opaque = Some(e);
-        self.ping = false;
-        if let CloseState::Pending(_) = self.close {
-            self.close = CloseState::Skipped;
-            self.discard = true;
-        }
-    }
-
+    /// Queue shunt's Ping (it goes out before anything else read).
     fn write_ping(&mut self, ctx: &mut Ctx<'_>) {
         self.ping = false;
         let sent_us = Instant::now()
             .saturating_duration_since(ctx.start)
             .as_micros() as u64;
-        let mut payload = [0; PING_LEN];
-        payload[..PING_TAG.len()].copy_from_slice(PING_TAG);
-        payload[PING_TAG.len()..].copy_from_slice(&sent_us.to_be_bytes());
-        self.queue_control(frames::OP_PING, &payload, ctx);
+        control::queue_ping(&mut self.rest, sent_us, ctx.mask);
         ctx.report.ping_sent = true;
     }
 
-    fn write_close(&mut self, code: u16, ctx: &mut Ctx<'_>) {
-        let mut payload = [0; MAX_CONTROL_PAYLOAD];
-        let n = frames::close_payload(code, close_reason(code), &mut payload);
-        self.queue_control(frames::OP_CLOSE, &payload[..n], ctx);
+    /// Queue shunt's Close; nothing more is forwarded to this destination.
+    fn write_close(&mut self, code: CloseCode, ctx: &mut Ctx<'_>) {
+        control::queue_close(&mut self.rest, code, ctx.mask);
         self.close = CloseState::Sent;
         // One Close per leg: nothing more goes to this destination.
         self.discard = true;
         self.ping = false;
         ctx.report.close_sent = true;
-    }
-
-    /// Put a whole control frame of shunt's in `rest` (written next, before any read).
-    fn queue_control(&mut self, opcode: u8, payload: &[u8], ctx: &Ctx<'_>) {
-        let mut frame = [0; MAX_CONTROL_FRAME];
-        let mask = ctx.mask.then(mask_key);
-        let n = frames::control_frame(&mut frame, opcode, payload, mask);
-        self.rest.extend_from_slice(&frame[..n]);
-    }
-
-    fn poll_drain_pipe<D: Leg>(
-        &mut self,
-        cx: &mut Context<'_>,
-        dst: &mut D,
-        ctx: &Ctx<'_>,
-    ) -> Poll<io::Result<()>> {
-        let (Some(pipe), Some(dst)) = (&mut self.pipe, dst.socket()) else {
-            return Poll::Ready(Ok(()));
-        };
-        ready!(dst.poll_write_ready(cx))?;
-        let pending = pipe.pending;
-        match partial_io(dst, Interest::WRITABLE, pending, || {
-            splice::out_of_pipe(pipe, dst)
-        }) {
-            Ok(0) => Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
-            Ok(m) => {
-                pipe.pending -= m;
-                ctx.stats
-                    .bytes
-                    .fetch_add(m as u64, std::sync::atomic::Ordering::Relaxed);
-                Poll::Ready(Ok(()))
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Poll::Ready(Ok(())),
-            Err(e) => Poll::Ready(Err(e)),
-        }
-    }
-
-    fn poll_write_rest<D: Leg>(
-        &mut self,
-        cx: &mut Context<'_>,
-        dst: &mut D,
-        ctx: &Ctx<'_>,
-    ) -> Poll<io::Result<()>> {
-        let m = ready!(dst.poll_send(cx, &self.rest))?;
-        if m == 0 {
-            return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
-        }
-        ctx.stats
-            .bytes
-            .fetch_add(m as u64, std::sync::atomic::Ordering::Relaxed);
-        if m == self.rest.len() {
-            // Free it: an idle direction keeps no allocation.
-            self.rest = Vec::new();
-        } else {
-            self.rest.drain(..m);
-        }
-        self.flush = true;
-        Poll::Ready(Ok(()))
     }
 
     /// Give the pipe (if any) back to `pool`; the pool closes it if it still
@@ -764,82 +458,4 @@ impl Direction {
             pool.give(pipe);
         }
     }
-}
-
-/// The short reason shunt writes after its close codes.
-pub fn close_reason(code: u16) -> &'static str {
-    match code {
-        1012 => "service restart",
-        1014 => "bad gateway",
-        _ => "going away",
-    }
-}
-
-/// Whether `bytes`, at a frame boundary, are the start but not the whole
-/// of a frame that may be shunt's Pong: FIN and Pong, a payload of
-/// [`PING_LEN`], its first payload bytes (unmasked, once the key is there)
-/// matching [`PING_TAG`]. At most 18 bytes (a masked Pong is 19).
-fn split_shunt_pong(bytes: &[u8]) -> bool {
-    if bytes.first() != Some(&(0x80 | frames::OP_PONG)) {
-        return false;
-    }
-    let Some(&b1) = bytes.get(1) else {
-        return true;
-    };
-    if usize::from(b1 & 0x7F) != PING_LEN {
-        return false;
-    }
-    let head = if b1 & 0x80 != 0 { 6 } else { 2 };
-    if bytes.len() >= head + PING_LEN {
-        return false;
-    }
-    let Some(payload) = bytes.get(head..) else {
-        return true;
-    };
-    let key = (head == 6).then(|| [bytes[2], bytes[3], bytes[4], bytes[5]]);
-    let mut plain = [0; PING_LEN];
-    let n = frames::unmask_into(payload, key, &mut plain);
-    let n = n.min(PING_TAG.len());
-    plain[..n] == PING_TAG[..n]
-}
-
-/// The send time in a Pong that answers shunt's Ping, if it is one.
-fn shunt_pong(payload: &[u8], mask: Option<[u8; 4]>) -> Option<u64> {
-    if payload.len() != PING_LEN {
-        return None;
-    }
-    let mut plain = [0; PING_LEN];
-    frames::unmask_into(payload, mask, &mut plain);
-    if &plain[..PING_TAG.len()] != PING_TAG {
-        return None;
-    }
-    let mut be = [0; 8];
-    be.copy_from_slice(&plain[PING_TAG.len()..]);
-    Some(u64::from_be_bytes(be))
-}
-
-/// A fresh random masking key for a frame towards the backend.
-fn mask_key() -> [u8; 4] {
-    use ring::rand::SecureRandom;
-    let mut key = [0; 4];
-    if ring::rand::SystemRandom::new().fill(&mut key).is_err() {
-        // Never seen; the key then still changes with every frame.
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
-        key = t.to_le_bytes();
-    }
-    key
-}
-
-/// Splice what `src` has (at most `max` bytes) into the (empty) pipe; `Ok(0)` is EOF.
-///
-/// Unlike a `recv`, a short splice does not show the socket is drained: the
-/// pipe's slots (one per page fragment) may have run out first. Readiness is
-/// therefore cleared only on a real `EAGAIN`, or bytes still queued could
-/// wait for an edge that never comes.
-fn splice_in(src: &TcpStream, pipe: &mut Pipe, max: usize) -> io::Result<usize> {
-    let n = src.try_io(Interest::READABLE, || splice::into_pipe(src, pipe, max))?;
-    pipe.pending = n;
-    Ok(n)
 }
