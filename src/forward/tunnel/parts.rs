@@ -32,7 +32,7 @@ pub struct TunnelTimers {
 }
 
 impl TunnelTimers {
-    /// Only the idle and drain timeouts (no pings): today's byte relay.
+    /// Only the idle and drain timeouts, no pings: a plain byte relay.
     pub fn relay(idle: Duration, drain: Duration) -> Self {
         TunnelTimers {
             idle,

@@ -3,9 +3,9 @@
 //!
 //! `splice(2)` moves bytes socket → pipe → socket without copying them into
 //! userspace (through rustix's safe wrapper), but every pipe costs two file
-//! descriptors and up to `pipe_size` of kernel memory. A process here may
-//! hold 20,000 descriptors, so a pipe per tunnel does not scale to thousands
-//! of idle audio calls. Instead a tunnel direction borrows a pipe when its
+//! descriptors and up to `pipe_size` of kernel memory, so a pipe per tunnel
+//! would not scale to thousands of idle audio calls under the process's
+//! descriptor limit. Instead a tunnel direction borrows a pipe when its
 //! source becomes readable and gives it back as soon as the pipe is drained
 //! again; an idle tunnel holds none. A pipe given back with bytes still
 //! inside (its tunnel died mid-burst) is closed, never reused, so no byte

@@ -250,7 +250,7 @@ async fn tracked_frames_pass_unchanged_and_are_counted() {
 /// backend, and ends as soon as both answer rather than at the close wait.
 #[tokio::test(start_paused = true)]
 async fn idle_and_drain_close_with_codes_when_tracked_and_bare_when_not() {
-    // Untracked: today's relay, closed with no frame.
+    // Untracked: a plain byte relay, closed with no frame.
     let (_client, proxy_down) = duplex(1024);
     let (proxy_up, _server) = duplex(1024);
     let (guard, call, _r) = guards(false);
@@ -335,7 +335,7 @@ async fn a_silent_client_is_pinged_then_lost_and_the_backend_gets_1001() {
         assert_eq!(n, usize::from(h.header_len) + 13, "only the ping");
     };
     let (ending, ()) = tokio::join!(relay, backend);
-    assert_eq!(ending, Ending::Lost(Side::Client, Loss::PingTimeout));
+    assert_eq!(ending, Ending::Lost(Side::Downstream, Loss::PingTimeout));
     assert!(started.elapsed() <= Duration::from_millis(500 + 50));
     assert_eq!(record.legs[1].pongs_received.load(Relaxed), 1);
     assert_eq!(record.legs[0].pings_sent.load(Relaxed), 1);
@@ -532,13 +532,12 @@ async fn a_backend_that_ends_without_close_gives_the_client_1014() {
         client.write_all(&close(1014, true)).await.unwrap();
     };
     let (ending, ()) = tokio::join!(relay, peers);
-    assert_eq!(ending, Ending::Lost(Side::Backend, Loss::Eof));
+    assert_eq!(ending, Ending::Lost(Side::Upstream, Loss::Eof));
 }
 
 /// The task an idle call costs is the `run` future: the tunnel, one
-/// timer and one shutdown waiter, stored once. (Spawning it inside
-/// another `async` block stored the tunnel twice: 1,280 bytes, a
-/// 1,152-byte task cell per call instead of 768.)
+/// timer and one shutdown waiter, stored once (wrapped in another `async`
+/// block, the tunnel would be stored twice).
 #[tokio::test]
 async fn the_tunnel_task_stores_the_tunnel_once() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -117,7 +117,7 @@ pub struct Ctx<'a> {
     pub gaps: &'a Histogram,
     /// The call's start: times are milliseconds since then.
     pub start: Instant,
-    /// Frames shunt writes to this destination are masked (it is the backend).
+    /// Frames shunt writes to this destination are masked (it is the upstream).
     pub mask: bool,
     /// What this poll saw.
     pub report: &'a mut Report,

@@ -7,7 +7,7 @@
 //! gone gets nothing; an untracked call just ends.
 
 use super::{Ending, Loss, Side, Tunnel, ms};
-use crate::calls::{Framing, TO_BACKEND, TO_CLIENT};
+use crate::calls::{Framing, TO_DOWNSTREAM, TO_UPSTREAM};
 use crate::forward::tunnel::control::CloseCode;
 use crate::forward::tunnel::direction::{CloseState, Direction};
 use crate::forward::tunnel::leg::Leg;
@@ -17,13 +17,13 @@ use crate::forward::tunnel::parts::CLOSE_WAIT;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Why {
     /// Shutdown began and the drain time ran out: 1012 (Service Restart: the
-    /// client may reconnect) to the client, 1001 (Going Away) to the backend.
+    /// client may reconnect) downstream, 1001 (Going Away) upstream.
     Drain,
     /// No byte either way for the idle timeout: 1001 to both legs.
     Idle,
     /// A leg ended without a Close, failed, or did not answer a Ping. The
-    /// other leg is told (1014 Bad Gateway to the client when the backend went,
-    /// 1001 to the backend when the client did); the lost leg gets nothing.
+    /// other leg is told (1014 Bad Gateway downstream when the upstream went,
+    /// 1001 upstream when the downstream did); the lost leg gets nothing.
     Lost(Side, Loss),
 }
 
@@ -32,10 +32,10 @@ impl Why {
     /// leg); `None`: that leg is gone, write nothing more to it.
     pub(super) fn code(self, d: usize) -> Option<CloseCode> {
         match (self, d) {
-            (Why::Drain, TO_CLIENT) => Some(CloseCode::ServiceRestart),
+            (Why::Drain, TO_DOWNSTREAM) => Some(CloseCode::ServiceRestart),
             (Why::Drain | Why::Idle, _) => Some(CloseCode::GoingAway),
-            (Why::Lost(Side::Backend, _), TO_CLIENT) => Some(CloseCode::BadGateway),
-            (Why::Lost(Side::Client, _), TO_BACKEND) => Some(CloseCode::GoingAway),
+            (Why::Lost(Side::Upstream, _), TO_DOWNSTREAM) => Some(CloseCode::BadGateway),
+            (Why::Lost(Side::Downstream, _), TO_UPSTREAM) => Some(CloseCode::GoingAway),
             (Why::Lost(..), _) => None,
         }
     }
@@ -81,19 +81,22 @@ impl<D: Leg, U: Leg> Tunnel<D, U> {
     }
 
     /// Ask each direction for shunt's Close in turn: the browser's first, so
-    /// that the backend's answer to its own Close cannot reach the browser
+    /// that the upstream's answer to its own Close cannot reach the downstream
     /// before shunt's. Returns whether anything was asked.
     pub(super) fn advance_close(&mut self) -> bool {
         let Some(why) = self.closing else {
             return false;
         };
         let mut asked = false;
-        for d in [TO_CLIENT, TO_BACKEND] {
+        for d in [TO_DOWNSTREAM, TO_UPSTREAM] {
             if self.requested[d] {
                 continue;
             }
-            let waiting = d == TO_BACKEND
-                && matches!(self.dirs[TO_CLIENT].close_state(), CloseState::Pending(_));
+            let waiting = d == TO_UPSTREAM
+                && matches!(
+                    self.dirs[TO_DOWNSTREAM].close_state(),
+                    CloseState::Pending(_)
+                );
             if waiting {
                 continue;
             }

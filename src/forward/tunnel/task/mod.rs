@@ -31,7 +31,7 @@ use super::direction::{Ctx, Direction, Done, Failed, Report};
 use super::leg::Leg;
 use super::mode::Relay;
 use super::parts::{CLOSE_WAIT, TunnelParts};
-use crate::calls::{CallGuard, DIRECTIONS, Framing, TO_BACKEND, TO_CLIENT};
+use crate::calls::{CallGuard, DIRECTIONS, Framing, TO_DOWNSTREAM, TO_UPSTREAM};
 use crate::policy::rate::TunnelSlot;
 use crate::stats::TunnelGuard;
 use close::Why;
@@ -51,12 +51,12 @@ const MAX_ROUNDS: usize = 16;
 /// Everything a tunnel holds.
 #[derive(Debug)]
 pub struct Tunnel<D, U> {
-    /// The client leg: index 0 of the per-leg arrays ([`Side::Client`]), the
-    /// source of [`TO_BACKEND`].
+    /// The downstream leg: index 0 of the per-leg arrays
+    /// ([`Side::Downstream`]), the source of [`TO_UPSTREAM`].
     downstream: D,
-    /// The backend leg: index 1 ([`Side::Backend`]), the source of [`TO_CLIENT`].
+    /// The upstream leg: index 1 ([`Side::Upstream`]), the source of [`TO_DOWNSTREAM`].
     upstream: U,
-    /// [`TO_BACKEND`] (downstream → upstream), [`TO_CLIENT`].
+    /// [`TO_UPSTREAM`] (downstream → upstream), [`TO_DOWNSTREAM`].
     dirs: [Direction; 2],
     /// Per direction: it returned [`Done::Eof`] and is not polled again.
     done: [bool; 2],
@@ -236,7 +236,7 @@ impl<D: Leg, U: Leg> Tunnel<D, U> {
         for _ in 0..MAX_ROUNDS {
             let mut again = false;
             let mut changed = false;
-            for d in [TO_BACKEND, TO_CLIENT] {
+            for d in [TO_UPSTREAM, TO_DOWNSTREAM] {
                 if self.done[d] {
                     continue;
                 }
@@ -317,8 +317,8 @@ impl<D: Leg, U: Leg> Tunnel<D, U> {
     }
 
     /// Poll direction `d` once with its source and destination legs
-    /// (downstream → upstream for [`TO_BACKEND`]), its live figures in `/calls`
-    /// and the pipe pool. Frames shunt writes towards the backend are masked,
+    /// (downstream → upstream for [`TO_UPSTREAM`]), its live figures in `/calls`
+    /// and the pipe pool. Frames shunt writes upstream are masked,
     /// as a client's must be (RFC 6455 §5.3).
     fn poll_direction(
         &mut self,
@@ -331,11 +331,11 @@ impl<D: Leg, U: Leg> Tunnel<D, U> {
             stats: &call.dirs[d],
             gaps: &call.metrics.gaps[d],
             start: call.started,
-            mask: d == TO_BACKEND,
+            mask: d == TO_UPSTREAM,
             report,
         };
         let pool = self.relay.pipes();
-        if d == TO_BACKEND {
+        if d == TO_UPSTREAM {
             self.dirs[d].poll_relay(cx, &mut self.downstream, &mut self.upstream, pool, &mut ctx)
         } else {
             self.dirs[d].poll_relay(cx, &mut self.upstream, &mut self.downstream, pool, &mut ctx)

@@ -5,7 +5,7 @@ use std::io;
 use std::sync::atomic::Ordering::Relaxed;
 
 use super::Tunnel;
-use crate::calls::{ClosedBy, TO_BACKEND, TO_CLIENT};
+use crate::calls::{ClosedBy, TO_DOWNSTREAM, TO_UPSTREAM};
 use crate::forward::tunnel::control::CloseCode;
 use crate::forward::tunnel::direction::CloseState;
 use crate::forward::tunnel::leg::Leg;
@@ -13,33 +13,37 @@ use crate::forward::tunnel::leg::Leg;
 /// A tunnel leg.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Side {
-    /// The downstream leg (the browser).
-    Client,
-    /// The upstream leg (the backend).
-    Backend,
+    /// The downstream leg (the client that connected to shunt).
+    Downstream,
+    /// The upstream leg.
+    Upstream,
 }
 
 impl Side {
-    /// `client` or `backend`.
+    /// The leg's name in logs: `client` or `backend`, as in `/calls`.
     pub fn as_str(self) -> &'static str {
         match self {
-            Side::Client => "client",
-            Side::Backend => "backend",
+            Side::Downstream => "client",
+            Side::Upstream => "backend",
         }
     }
 
-    /// The leg's index (0 client, 1 backend), which is also the index of
+    /// The leg's index (0 downstream, 1 upstream), which is also the index of
     /// the direction its bytes come in on.
     pub fn index(self) -> usize {
         match self {
-            Side::Client => 0,
-            Side::Backend => 1,
+            Side::Downstream => 0,
+            Side::Upstream => 1,
         }
     }
 
     /// The leg of index `i`.
     pub fn of(i: usize) -> Side {
-        if i == 0 { Side::Client } else { Side::Backend }
+        if i == 0 {
+            Side::Downstream
+        } else {
+            Side::Upstream
+        }
     }
 }
 
@@ -81,7 +85,8 @@ impl<D: Leg, U: Leg> Tunnel<D, U> {
         let call = &self.call.call;
         let bytes = |d: usize| call.dirs[d].bytes.load(Relaxed);
         let frames = |d: usize| call.dirs[d].frames.load(Relaxed);
-        self.guard.add_bytes(bytes(TO_BACKEND), bytes(TO_CLIENT));
+        self.guard
+            .add_bytes(bytes(TO_UPSTREAM), bytes(TO_DOWNSTREAM));
         let (by, code, reason) = self.outcome(ending);
         self.call.record_end(by, code);
         let gap = |d: usize| {
@@ -95,15 +100,15 @@ impl<D: Leg, U: Leg> Tunnel<D, U> {
             upstream = call.upstream(),
             peer = %call.client,
             duration_s = call.started.elapsed().as_secs_f64(),
-            bytes_to_backend = bytes(TO_BACKEND),
-            bytes_to_client = bytes(TO_CLIENT),
-            frames_to_backend = frames(TO_BACKEND),
-            frames_to_client = frames(TO_CLIENT),
+            bytes_to_backend = bytes(TO_UPSTREAM),
+            bytes_to_client = bytes(TO_DOWNSTREAM),
+            frames_to_backend = frames(TO_UPSTREAM),
+            frames_to_client = frames(TO_DOWNSTREAM),
             closed_by = by.as_str(),
             code = code.map_or_else(|| "none".to_owned(), |c| c.to_string()),
             reason = %reason,
-            largest_gap_to_backend_s = gap(TO_BACKEND),
-            largest_gap_to_client_s = gap(TO_CLIENT),
+            largest_gap_to_backend_s = gap(TO_UPSTREAM),
+            largest_gap_to_client_s = gap(TO_DOWNSTREAM),
             stalls,
             "call ended"
         );
@@ -113,13 +118,13 @@ impl<D: Leg, U: Leg> Tunnel<D, U> {
     pub(super) fn outcome(&self, ending: &Ending) -> (ClosedBy, Option<u16>, String) {
         let by_leg = |l: usize| {
             if l == 0 {
-                ClosedBy::Client
+                ClosedBy::Downstream
             } else {
-                ClosedBy::Backend
+                ClosedBy::Upstream
             }
         };
-        // The code shunt sent: the browser's if it got one, else the backend's.
-        let sent = [TO_CLIENT, TO_BACKEND].into_iter().find_map(|d| {
+        // The code shunt sent: the downstream's if it got one, else the upstream's.
+        let sent = [TO_DOWNSTREAM, TO_UPSTREAM].into_iter().find_map(|d| {
             (self.dirs[d].close_state() == CloseState::Sent)
                 .then(|| self.closing.and_then(|w| w.code(d)))
                 .flatten()
@@ -147,7 +152,7 @@ impl<D: Leg, U: Leg> Tunnel<D, U> {
                 "drain timeout at shutdown".to_owned(),
             ),
             Ending::Error(kind) => {
-                let side = self.failed.unwrap_or(Side::Client);
+                let side = self.failed.unwrap_or(Side::Downstream);
                 let by = by_leg(side.index());
                 (by, None, format!("{} leg failed: {kind}", side.as_str()))
             }
