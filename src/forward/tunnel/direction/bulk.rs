@@ -10,16 +10,97 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::{Ctx, Direction};
+use crate::calls::Framing;
 use crate::forward::tunnel::frames;
 use crate::forward::tunnel::leg::{Leg, partial_io};
-use crate::forward::tunnel::pipes::{self, Pipe};
+use crate::forward::tunnel::pipes::{self, Pipe, PipePool};
 
 /// A splice that moves less than this goes back to copying: for small
 /// messages (audio frames) one copy through a warm buffer is cheaper than
 /// moving pages through a pipe, and needs no pipe at all.
 pub(super) const BULK: usize = 16 * 1024;
 
+/// What one bulk step leaves the direction's loop to do.
+#[derive(Debug)]
+pub(super) enum Bulk {
+    /// Bytes moved, or readiness was stale: go round again.
+    Again,
+    /// The source is drained and the pipe given back: wait.
+    Idle,
+    /// Reading the source failed.
+    Failed(io::Error),
+    /// Read this through the copy path.
+    Copy,
+}
+
 impl Direction {
+    /// One step of the bulk path, for a source socket with a large payload
+    /// next: at a boundary, peek at the next frame's header, then splice what
+    /// the pipe takes. [`Bulk::Copy`] when the copy path should read instead
+    /// (no pipe to be had, a small frame next, a partial header).
+    pub(super) fn bulk_step(
+        &mut self,
+        cx: &mut Context<'_>,
+        s: &TcpStream,
+        pool: &PipePool,
+        ctx: &mut Ctx<'_>,
+    ) -> Bulk {
+        let tracked = self.framing == Framing::Tracked;
+        if s.poll_read_ready(cx).is_pending() {
+            // Drained and nothing to read: an idle direction holds no pipe.
+            self.give_back(Some(pool));
+            return Bulk::Idle;
+        }
+        // A large frame next: see its header in place (a peek), count
+        // it, and splice header and payload together. The pipe first,
+        // so a peeked header is never left behind.
+        if tracked && self.frames.at_boundary() && self.pipe.is_none() {
+            self.pipe = pool.take();
+        }
+        if tracked && self.frames.at_boundary() && self.pipe.is_none() {
+            self.bulk = false;
+        } else if tracked && self.frames.at_boundary() {
+            match self.peek_large_header(s, ctx) {
+                Ok(true) => {}
+                // A small frame or a partial header: the copy path reads it.
+                Ok(false) => self.bulk = false,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Bulk::Again,
+                Err(e) => return Bulk::Failed(e),
+            }
+        }
+        let spliceable = !tracked || self.frames.payload_left() > 0;
+        if spliceable && self.pipe.is_none() {
+            self.pipe = pool.take();
+        }
+        if let Some(pipe) = self.pipe.as_mut().filter(|_| spliceable) {
+            let max = if tracked {
+                let left = self.frames.payload_left() + u64::from(self.head_in_socket);
+                usize::try_from(left).unwrap_or(usize::MAX)
+            } else {
+                usize::MAX
+            };
+            match splice_in(s, pipe, max) {
+                Ok(0) => self.eof = true,
+                Ok(n) => {
+                    ctx.report.read = true;
+                    ctx.report.active = true;
+                    if tracked {
+                        let head = n.min(usize::from(self.head_in_socket));
+                        self.head_in_socket -= head as u8;
+                        self.frames.skip((n - head) as u64);
+                    } else {
+                        self.bulk = n >= BULK;
+                    }
+                }
+                // Readiness was stale; it is cleared, the next poll waits.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Bulk::Failed(e),
+            }
+            return Bulk::Again;
+        }
+        Bulk::Copy
+    }
+
     /// At a boundary of a bulk stream: peek at the next header. A complete
     /// header of a large data frame is counted and left in the socket
     /// (`head_in_socket`) to be spliced with its payload; `Ok(false)` for

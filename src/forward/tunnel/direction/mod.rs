@@ -46,7 +46,7 @@ use super::frames::{FrameError, Tracker};
 use super::leg::Leg;
 use super::pipes::{Pipe, PipePool};
 use crate::calls::{DirStats, Framing, Histogram};
-use bulk::{BULK, splice_in};
+use bulk::Bulk;
 
 mod bulk;
 mod copy;
@@ -358,62 +358,15 @@ impl Direction {
                 }
                 return Poll::Ready(Ok(Done::Eof));
             }
-            let tracked = self.framing == Framing::Tracked;
             if let (Some(pool), Some(s)) = (pool, src.socket())
                 && self.bulk
                 && !self.discard
             {
-                if s.poll_read_ready(cx).is_pending() {
-                    // Drained and nothing to read: an idle direction holds no pipe.
-                    self.give_back(Some(pool));
-                    return Poll::Pending;
-                }
-                // A large frame next: see its header in place (a peek), count
-                // it, and splice header and payload together. The pipe first,
-                // so a peeked header is never left behind.
-                if tracked && self.frames.at_boundary() && self.pipe.is_none() {
-                    self.pipe = pool.take();
-                }
-                if tracked && self.frames.at_boundary() && self.pipe.is_none() {
-                    self.bulk = false;
-                } else if tracked && self.frames.at_boundary() {
-                    match self.peek_large_header(s, ctx) {
-                        Ok(true) => {}
-                        // A small frame or a partial header: the copy path reads it.
-                        Ok(false) => self.bulk = false,
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                        Err(e) => return Poll::Ready(Err(Failed::Src(e))),
-                    }
-                }
-                let spliceable = !tracked || self.frames.payload_left() > 0;
-                if spliceable && self.pipe.is_none() {
-                    self.pipe = pool.take();
-                }
-                if let Some(pipe) = self.pipe.as_mut().filter(|_| spliceable) {
-                    let max = if tracked {
-                        let left = self.frames.payload_left() + u64::from(self.head_in_socket);
-                        usize::try_from(left).unwrap_or(usize::MAX)
-                    } else {
-                        usize::MAX
-                    };
-                    match splice_in(s, pipe, max) {
-                        Ok(0) => self.eof = true,
-                        Ok(n) => {
-                            ctx.report.read = true;
-                            ctx.report.active = true;
-                            if tracked {
-                                let head = n.min(usize::from(self.head_in_socket));
-                                self.head_in_socket -= head as u8;
-                                self.frames.skip((n - head) as u64);
-                            } else {
-                                self.bulk = n >= BULK;
-                            }
-                        }
-                        // Readiness was stale; it is cleared, the next poll waits.
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                        Err(e) => return Poll::Ready(Err(Failed::Src(e))),
-                    }
-                    continue;
+                match self.bulk_step(cx, s, pool, ctx) {
+                    Bulk::Again => continue,
+                    Bulk::Idle => return Poll::Pending,
+                    Bulk::Failed(e) => return Poll::Ready(Err(Failed::Src(e))),
+                    Bulk::Copy => {}
                 }
             }
             let cap = self.read_cap();

@@ -80,7 +80,7 @@ impl<D: Leg, U: Leg> Tunnel<D, U> {
         None
     }
 
-    /// Ask each direction for shunt's Close in turn: the browser's first, so
+    /// Ask each direction for shunt's Close in turn: the downstream's first, so
     /// that the upstream's answer to its own Close cannot reach the downstream
     /// before shunt's. Returns whether anything was asked.
     pub(super) fn advance_close(&mut self) -> bool {
