@@ -8,14 +8,14 @@
 //! How a tunnel starts: `forward` [`park`](Handoff::park)s it in the
 //! connection's [`Handoff`]; the connection's task [`start`](Handoff::start)s
 //! it once hyper lets go, and spawns the tunnel's task: one hand-polled
-//! [`task::Tunnel`] (its close policy, deadlines and outcome are child
-//! modules of [`task`]) with two [`direction::Direction`]s.
+//! `task::Tunnel` (its close policy, deadlines and outcome are child
+//! modules of `task`) with two `direction::Direction`s.
 //!
 //! - Both legs plain TCP: they are unwrapped to their sockets; small reads
-//!   are copied through the worker thread's [`buffer`] and large payloads
-//!   are spliced kernel to kernel through [`pipes`] borrowed only while
-//!   bytes move (or copied if the relay [`mode`] is copy).
-//! - A TLS leg: the same tunnel runs over the streams ([`leg::Stream`]),
+//!   are copied through the worker thread's `buffer` and large payloads
+//!   are spliced kernel to kernel through `pipes` borrowed only while
+//!   bytes move (or copied if the relay `mode` is copy).
+//! - A TLS leg: the same tunnel runs over the streams (`leg::Stream`),
 //!   borrowing the same per-thread buffer inside one poll.
 //!
 //! Either way an idle tunnel holds no buffer and no pipe. Bytes hyper had
@@ -24,8 +24,8 @@
 //! Unless a route says `frames = false`, the tunnel follows the WebSocket
 //! frame headers each way ([`frames`]) without touching a payload, and keeps
 //! the call honest: Pings to a silent leg and a Close with a code that says
-//! why when shunt ends a call ([`control`]), per-direction frame figures and
-//! stalls in the [`crate::calls`] registry. [`parts`] holds what a tunnel
+//! why when shunt ends a call (`control`), per-direction frame figures and
+//! stalls in the [`crate::calls`] registry. `parts` holds what a tunnel
 //! keeps for its life. A reload never touches a tunnel: it holds its own
 //! connections.
 
