@@ -20,13 +20,16 @@ use tokio::time::Instant;
 
 use crate::prometheus::escape;
 
-/// Index of the client → backend direction (and of the client leg).
-pub const TO_BACKEND: usize = 0;
-/// Index of the backend → client direction (and of the backend leg).
-pub const TO_CLIENT: usize = 1;
-/// Direction names, as in `/calls` and the metrics.
+/// Index of the downstream → upstream direction (and of the downstream leg,
+/// whose bytes come in on it).
+pub const TO_UPSTREAM: usize = 0;
+/// Index of the upstream → downstream direction (and of the upstream leg).
+pub const TO_DOWNSTREAM: usize = 1;
+/// Direction names, as in `/calls` and the metrics: the downstream leg is
+/// named `client` there and the upstream one `backend`.
 pub const DIRECTIONS: [&str; 2] = ["to_backend", "to_client"];
-/// Leg names; the client leg's bytes come in on `to_backend`.
+/// Leg names, as in `/calls` and the metrics; the downstream (`client`)
+/// leg's bytes come in on `to_backend`.
 pub const LEGS: [&str; 2] = ["client", "backend"];
 
 /// Bucket bounds of `shunt_frame_gap_seconds`, made for a 20 ms cadence.
@@ -76,10 +79,10 @@ impl Framing {
 /// Who ended a call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum ClosedBy {
-    /// The browser side closed (or vanished).
-    Client,
-    /// The backend closed (or vanished).
-    Backend,
+    /// The downstream leg closed (or vanished): `client` in `/calls`.
+    Downstream,
+    /// The upstream leg closed (or vanished): `backend` in `/calls`.
+    Upstream,
     /// shunt ended the call (drain, idle timeout, ping timeout).
     Shunt,
 }
@@ -88,8 +91,8 @@ impl ClosedBy {
     /// `client`, `backend` or `shunt`.
     pub fn as_str(self) -> &'static str {
         match self {
-            ClosedBy::Client => "client",
-            ClosedBy::Backend => "backend",
+            ClosedBy::Downstream => "client",
+            ClosedBy::Upstream => "backend",
             ClosedBy::Shunt => "shunt",
         }
     }
@@ -385,7 +388,7 @@ pub struct Call {
     pub frames: bool,
     /// When it started (the clock of its timers).
     pub started: Instant,
-    /// Per direction: [`TO_BACKEND`], [`TO_CLIENT`].
+    /// Per direction: [`TO_UPSTREAM`], [`TO_DOWNSTREAM`].
     pub dirs: [DirStats; 2],
     /// Per leg: client, backend.
     pub legs: [LegStats; 2],
@@ -428,8 +431,8 @@ impl Call {
             "age_seconds": round3(age.as_secs_f64()),
             "frames": self.frames,
             "directions": {
-                "to_backend": self.dirs[TO_BACKEND].to_json(now_ms),
-                "to_client": self.dirs[TO_CLIENT].to_json(now_ms),
+                "to_backend": self.dirs[TO_UPSTREAM].to_json(now_ms),
+                "to_client": self.dirs[TO_DOWNSTREAM].to_json(now_ms),
             },
             "legs": {
                 "client": self.legs[0].to_json(),
@@ -850,9 +853,9 @@ mod tests {
         let reg = CallRegistry::default();
         let t0 = reg.epoch.0;
         let at = |mins: u64| t0 + Duration::from_secs(mins * 60 + 1);
-        reg.record_close_at("/a", ClosedBy::Backend, Some(1000), at(0));
-        reg.record_close_at("/a", ClosedBy::Backend, Some(1000), at(0));
-        reg.record_close_at("/a", ClosedBy::Backend, Some(1000), at(30));
+        reg.record_close_at("/a", ClosedBy::Upstream, Some(1000), at(0));
+        reg.record_close_at("/a", ClosedBy::Upstream, Some(1000), at(0));
+        reg.record_close_at("/a", ClosedBy::Upstream, Some(1000), at(30));
         let closes = |now| reg.status_json_at(now)["closes"][0].clone();
         assert_eq!(closes(at(30))["last_hour"], 3);
         assert_eq!(closes(at(59))["last_hour"], 3);
@@ -861,7 +864,7 @@ mod tests {
         assert_eq!(closes(at(90))["last_hour"], 0);
         assert_eq!(closes(at(90))["count"], 3);
         // A close two hours on drops every older minute from the ring.
-        reg.record_close_at("/a", ClosedBy::Backend, Some(1000), at(120));
+        reg.record_close_at("/a", ClosedBy::Upstream, Some(1000), at(120));
         let len = lock(&reg.closes).values().next().unwrap().minutes.len();
         assert_eq!(len, 1);
         assert_eq!(closes(at(120))["last_hour"], 1);

@@ -10,9 +10,10 @@
 //! [`serve`] sets the header read timeout (with a timer, without which hyper
 //! silently disables it) and the head size limit (hyper answers 431 past it).
 //! At shutdown, an idle keep-alive connection closes at once and one with a
-//! request in flight finishes it, within the drain timeout. An upgraded
-//! connection's tunnel is started from this task once hyper lets go of the
-//! connection ([`tunnel::serving`]), and then tracked on its own.
+//! request in flight finishes it, within the drain timeout. Each connection
+//! lends its requests a [`Handoff`]: a WebSocket handshake answered with 101
+//! leaves its tunnel there, and this task starts it once hyper lets go of the
+//! connection; the tunnel is then tracked on its own.
 //!
 //! Why admission comes before TLS: a TLS handshake costs the server a
 //! signature, and a refused client should not be able to make shunt pay
@@ -35,7 +36,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 
 use crate::downstream::Downstream;
-use crate::forward::tunnel;
+use crate::forward::tunnel::Handoff;
 use crate::proxy::{self, Context};
 use crate::telemetry::refusals::{self, Reason};
 
@@ -152,7 +153,13 @@ where
     let drain = snapshot.timeouts.drain;
     drop(snapshot);
 
-    let service = service_fn(move |req| proxy::handle(req, downstream, ctx.clone()));
+    // Where a WebSocket handshake leaves its tunnel, started below from this
+    // task once hyper lets go of the connection.
+    let handoff = Handoff::default();
+    let service = {
+        let (ctx, handoff) = (&ctx, &handoff);
+        service_fn(move |req| proxy::handle(req, downstream, ctx.clone(), handoff))
+    };
     let conn = builder
         .serve_connection(TokioIo::new(io), service)
         .with_upgrades();
@@ -171,8 +178,8 @@ where
             }
         }
     };
-    // An upgraded connection's tunnel is started from this task.
-    let result = tunnel::serving(http, &rt.shutdown, &rt.tracker).await;
+    let result = http.await;
+    handoff.start(&ctx.relay, &rt.shutdown, &rt.tracker).await;
     if let Some(Err(e)) = result {
         log_connection_error(&e, downstream);
     }

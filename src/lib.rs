@@ -32,7 +32,9 @@
 //! The flow, top to bottom:
 //!
 //! - [`listener`]: bind, and the accept loop that never dies on transient errors.
-//! - [`connection`]: the accept stage: admission, refusal, TLS or plain, hyper's HTTP/1.1.
+//! - [`connection`]: the accept stage: admission, refusal, TLS or plain, hyper's HTTP/1.1;
+//!   it lends each request a [`forward::tunnel::Handoff`] and starts the tunnel a 101
+//!   left there once hyper lets go of the connection.
 //! - [`tls`]: TLS termination for the listener (certificates, SNI, hot reload) and the
 //!   client side for https upstreams.
 //! - [`downstream`]: who the client is, as every later stage sees it.
@@ -43,7 +45,9 @@
 //!   keep-alive pools, health.
 //! - [`forward`]: what the upstream is sent ([`forward::request`], [`forward::headers`]),
 //!   the exchange, the WebSocket handshake written to the upstream by hand
-//!   ([`forward::handshake`]), and the tunnel after a 101 ([`forward::tunnel`]).
+//!   ([`forward::handshake`]), and the tunnel after a 101 ([`forward::tunnel`]:
+//!   the tunnel task with its close policy, deadlines and outcome; each direction's
+//!   copy, bulk and scan paths; shunt's own control frames and close codes; pipes).
 //!
 //! Beside the flow:
 //!

@@ -32,7 +32,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 use crate::downstream::Downstream;
-use crate::forward::tunnel::Relay;
+use crate::forward::tunnel::{Handoff, Relay};
 use crate::forward::{self, Exchange};
 use crate::policy;
 use crate::response::{self, Body, ProxyError};
@@ -69,11 +69,13 @@ struct Trace {
 /// fixed at accept. The `Err` type is `Infallible`: hyper would close the
 /// connection on an error, and every failure here has an answer instead.
 /// The log's `path` is the target as sent (token redacted), not the
-/// normalized path the route was chosen on.
+/// normalized path the route was chosen on. A WebSocket handshake answered
+/// with 101 leaves its tunnel in the connection's `handoff`.
 pub async fn handle(
     req: Request<Incoming>,
     downstream: Downstream,
     ctx: Arc<Context>,
+    handoff: &Handoff,
 ) -> Result<Response<Body>, Infallible> {
     let rt = &ctx.rt;
     let started = Instant::now();
@@ -88,7 +90,7 @@ pub async fn handle(
     let upgrade = req.version() >= http::Version::HTTP_11
         && upgrade::has_token(req.headers(), header::UPGRADE, "websocket");
     let mut trace = Trace::default();
-    let resp = match proxy(req, downstream, &ctx, &mut trace, &uri, &path).await {
+    let resp = match proxy(req, downstream, &ctx, &mut trace, &uri, &path, handoff).await {
         Ok(resp) => resp,
         Err(e @ ProxyError::Denied(_)) => {
             tracing::info!(peer = %downstream.peer, path = %path, reason = %e, "request refused by policy");
@@ -130,6 +132,7 @@ async fn proxy(
     trace: &mut Trace,
     uri: &Uri,
     target: &str,
+    handoff: &Handoff,
 ) -> Result<Response<Body>, ProxyError> {
     let rt = &ctx.rt;
     let snapshot = rt.live.load_full();
@@ -225,7 +228,7 @@ async fn proxy(
             std::mem::replace(&mut parts, Request::new(()).into_parts().0)
         };
         let req = Request::from_parts(head, body);
-        match forward::forward(req, conn, exchange, rt, &ctx.relay).await {
+        match forward::forward(req, conn, exchange, rt, handoff).await {
             Err(e @ response::ForwardError::UpgradeNotForwarded { .. }) => {
                 // A WebSocket handshake is a GET without a body: safe to send again.
                 upstream

@@ -41,7 +41,7 @@ use crate::downstream::Downstream;
 use crate::policy::rate::TunnelSlot;
 use crate::response::{self, Body, ForwardError};
 use crate::runtime::Runtime;
-use tunnel::Relay;
+use tunnel::Handoff;
 
 /// The chosen upstream as this stage sees it (built by the proxy from
 /// `upstream::Upstream`): enough to reconnect and to pool, nothing
@@ -135,12 +135,16 @@ pub struct CallMeta<'a> {
 }
 
 /// Send `req` over `conn` to the exchange's upstream and return the response for the client.
+///
+/// A WebSocket handshake the upstream answers with 101 leaves its tunnel in
+/// `handoff`, which the downstream connection starts once hyper has written
+/// the 101 ([`Handoff::start`]).
 pub async fn forward(
     mut req: Request<Body>,
     conn: Conn,
     exchange: Exchange<'_>,
     rt: &Runtime,
-    relay: &Arc<Relay>,
+    handoff: &Handoff,
 ) -> Result<Response<Body>, ForwardError> {
     let Exchange {
         websocket: upgrade,
@@ -197,14 +201,7 @@ pub async fn forward(
                 slot: slot.take(),
                 timers: tunnel_timers(timeouts, &call.spec),
             };
-            tunnel::spawn(
-                downstream_upgrade,
-                (answer.stream, answer.bytes),
-                parts,
-                relay.clone(),
-                rt.shutdown.clone(),
-                &rt.tracker,
-            );
+            handoff.park(downstream_upgrade, (answer.stream, answer.bytes), parts);
             response::full(bytes::Bytes::new())
         } else {
             // A refusal's connection is never reused.

@@ -64,6 +64,15 @@ impl Leg for TcpStream {
     }
 }
 
+/// A stream a [`Stream`] leg can relay.
+///
+/// One trait for the four bounds, so a leg can be boxed as `dyn IoStream`:
+/// a tunnel with a TLS leg holds its downstream that way, whether it is a
+/// plain socket beside a TLS upstream or hyper's `Upgraded` around a TLS
+/// downstream. Implemented for every type that meets the bounds.
+pub trait IoStream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> IoStream for T {}
+
 /// An async stream as a [`Leg`].
 #[derive(Debug)]
 pub struct Stream<T>(pub T);

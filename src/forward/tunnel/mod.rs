@@ -2,41 +2,46 @@
 //!
 //! After the upstream's 101 has been written to the client, the downstream
 //! connection is taken out of hyper and, with the upstream one (never in
-//! hyper: [`super::handshake`](mod@super::handshake)), relayed in both directions until they close,
-//! by one hand-polled [`joined::Tunnel`] with two [`direction::Direction`]s:
+//! hyper: [`super::handshake`](mod@super::handshake)), relayed in both
+//! directions until they close.
+//!
+//! How a tunnel starts: `forward` [`park`](Handoff::park)s it in the
+//! connection's [`Handoff`]; the connection's task [`start`](Handoff::start)s
+//! it once hyper lets go, and spawns the tunnel's task: one hand-polled
+//! `task::Tunnel` (its close policy, deadlines and outcome are child
+//! modules of `task`) with two `direction::Direction`s.
 //!
 //! - Both legs plain TCP: they are unwrapped to their sockets; small reads
-//!   are copied through the worker thread's buffer ([`copy`]) and large
-//!   payloads are [`splice`]d kernel to kernel through pipes borrowed from
-//!   the [`pool`] only while bytes move (or copied if splice is off or
-//!   unavailable).
-//! - A TLS leg: the [`buffered`] path runs the same tunnel over the streams
-//!   ([`leg::Stream`]), borrowing the same per-thread buffer inside one poll.
+//!   are copied through the worker thread's `buffer` and large payloads
+//!   are spliced kernel to kernel through `pipes` borrowed only while
+//!   bytes move (or copied if the relay `mode` is copy).
+//! - A TLS leg: the same tunnel runs over the streams (`leg::Stream`),
+//!   borrowing the same per-thread buffer inside one poll.
 //!
 //! Either way an idle tunnel holds no buffer and no pipe. Bytes hyper had
 //! already read past either handshake are written to the other side first.
 //!
 //! Unless a route says `frames = false`, the tunnel follows the WebSocket
 //! frame headers each way ([`frames`]) without touching a payload, and keeps
-//! the call honest: Pings to a silent leg, a Close with a code that says why
-//! when shunt ends a call, per-direction frame figures and stalls in the
-//! [`crate::calls`] registry. See [`ending`] for what ends a tunnel. A reload
-//! never touches a tunnel: it holds its own connections.
+//! the call honest: Pings to a silent leg and a Close with a code that says
+//! why when shunt ends a call (`control`), per-direction frame figures and
+//! stalls in the [`crate::calls`] registry. `parts` holds what a tunnel
+//! keeps for its life. A reload never touches a tunnel: it holds its own
+//! connections.
 
-pub mod buffered;
-pub mod copy;
-pub mod direction;
-pub mod ending;
+mod buffer;
+mod control;
+mod direction;
 pub mod frames;
-pub mod joined;
-pub mod leg;
-pub mod pool;
-pub mod relay;
-pub mod splice;
+mod leg;
+mod mode;
+mod parts;
+mod pipes;
+mod task;
+#[cfg(test)]
+mod tests;
 
-use std::cell::RefCell;
-use std::pin::pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use bytes::Bytes;
 use hyper::upgrade::{OnUpgrade, Upgraded};
@@ -46,80 +51,85 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::dial::UpstreamStream;
-pub use ending::{Ending, HALF_CLOSE_LINGER, TunnelParts, TunnelTimers};
-use joined::Tunnel;
-use leg::Stream;
-pub use relay::Relay;
+use leg::{IoStream, Stream};
+pub use mode::Relay;
+pub use parts::{TunnelParts, TunnelTimers};
+use task::Tunnel;
+
+/// Per downstream connection: where a WebSocket handshake that the upstream
+/// answered with 101 leaves its tunnel, for the connection's own task to
+/// start once hyper has written the 101 and let go of the connection.
+///
+/// `connection::serve` makes one per connection and lends it to every
+/// request (`proxy::handle` → `forward::forward`, which [`park`](Self::park)s
+/// the tunnel here); when hyper's connection future ends, the connection
+/// calls [`start`](Self::start). So a call costs two tasks, the connection's
+/// and the tunnel's, and no task waits for the upgrade on the side. The
+/// slot is a `Mutex` only because the connection's future must be `Send`:
+/// it is never contended.
+#[derive(Debug, Default)]
+pub struct Handoff(Mutex<Option<Pending>>);
 
 /// A tunnel whose upstream has answered 101, waiting for hyper to write
 /// that answer to the client and hand the downstream connection over.
 #[derive(Debug)]
-pub struct Pending {
+struct Pending {
     /// The downstream connection, once the 101 is written.
     downstream: OnUpgrade,
     /// The upstream connection after its 101, with the bytes read past that head.
     upstream: (UpstreamStream, Bytes),
     parts: TunnelParts,
-    relay: Arc<Relay>,
 }
 
-tokio::task_local! {
-    /// Set on a downstream connection's task by [`serving`]: where a
-    /// handshake leaves its tunnel, started on that task when hyper lets go
-    /// of the connection (no task just to wait for the upgrade).
-    static PENDING: RefCell<Option<Pending>>;
-}
-
-/// Start relaying once the downstream upgrade completes (hyper has written
-/// the 101 to the client); `upstream` is the upstream connection after its
-/// 101, with the bytes read past that head. On a downstream connection's
-/// task ([`serving`]) the tunnel is started from that task when its HTTP
-/// part ends; elsewhere a task (tracked on `tracker`) waits for it.
-pub fn spawn(
-    downstream: OnUpgrade,
-    upstream: (UpstreamStream, Bytes),
-    parts: TunnelParts,
-    relay: Arc<Relay>,
-    shutdown: CancellationToken,
-    tracker: &TaskTracker,
-) {
-    let mut pending = Some(Pending {
-        downstream,
-        upstream,
-        parts,
-        relay,
-    });
-    let _ = PENDING.try_with(|cell| *cell.borrow_mut() = pending.take());
-    if let Some(pending) = pending {
-        let inner = tracker.clone();
-        tracker.spawn(async move { pending.start(shutdown, &inner).await });
+impl Handoff {
+    /// Leave a tunnel to be started when the connection's HTTP part ends:
+    /// `downstream` completes once hyper has written the 101; `upstream` is
+    /// the upstream connection after its 101, with the bytes read past that
+    /// head. A connection upgrades at most once (hyper serves nothing after
+    /// a 101), so the slot is empty here.
+    pub fn park(
+        &self,
+        downstream: OnUpgrade,
+        upstream: (UpstreamStream, Bytes),
+        parts: TunnelParts,
+    ) {
+        *self.slot() = Some(Pending {
+            downstream,
+            upstream,
+            parts,
+        });
     }
-}
 
-/// Drive `conn`, a downstream connection's HTTP part, then start the tunnel
-/// a handshake on it left ([`spawn`]), if any.
-pub async fn serving<F: Future>(
-    conn: F,
-    shutdown: &CancellationToken,
-    tracker: &TaskTracker,
-) -> F::Output {
-    let mut scoped = pin!(PENDING.scope(RefCell::new(None), conn));
-    let out = scoped.as_mut().await;
-    if let Some(pending) = scoped.as_mut().take_value().and_then(RefCell::into_inner) {
-        pending.start(shutdown.clone(), tracker).await;
+    fn slot(&self) -> MutexGuard<'_, Option<Pending>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
-    out
+
+    /// After the connection's HTTP part has ended: if a handshake parked a
+    /// tunnel, wait for the downstream upgrade, then spawn the tunnel on
+    /// `tracker`, joined the way `relay` says; `shutdown` starts its drain.
+    pub async fn start(
+        self,
+        relay: &Arc<Relay>,
+        shutdown: &CancellationToken,
+        tracker: &TaskTracker,
+    ) {
+        let pending = self.0.into_inner().unwrap_or_else(PoisonError::into_inner);
+        if let Some(pending) = pending {
+            pending
+                .start(relay.clone(), shutdown.clone(), tracker)
+                .await;
+        }
+    }
 }
 
 impl Pending {
     /// Wait for the downstream upgrade, then spawn the tunnel on `tracker`:
     /// the long-lived task is exactly the tunnel's small state.
-    async fn start(self, shutdown: CancellationToken, tracker: &TaskTracker) {
+    async fn start(self, relay: Arc<Relay>, shutdown: CancellationToken, tracker: &TaskTracker) {
         let Pending {
             downstream,
             upstream,
             parts,
-            relay,
         } = self;
         let downstream = match downstream.await {
             Ok(upgraded) => upgraded,
@@ -153,7 +163,7 @@ enum Unwrapped {
     /// Both plain TCP.
     Plain(TcpStream, Bytes, TcpStream, Bytes),
     /// A TLS leg: relay through buffers.
-    Buffered(Box<dyn buffered::IoStream>, Bytes, UpstreamStream, Bytes),
+    Buffered(Box<dyn IoStream>, Bytes, UpstreamStream, Bytes),
 }
 
 /// Downcast the downstream leg to the exact type `connection.rs` gives hyper

@@ -1,4 +1,4 @@
-//! The per-thread buffer through which tunnels copy: small reads on the
+//! The worker thread's copy buffer: the one buffer through which tunnels copy: small reads on the
 //! plain path, everything on the buffered (TLS) path, and any burst that
 //! finds the pipe pool exhausted.
 //!

@@ -1,10 +1,10 @@
-//! How this process joins tunnels, chosen once at start: splice between
-//! plain TCP legs (with the pipe pool), or buffered copy only.
+//! The relay mode: how this process joins tunnels, chosen once at start.
+//! Splice between plain TCP legs (with the pipe pool), or copy through the
+//! per-thread buffer only. A tunnel with a TLS leg always copies.
 
 use crate::config::{TunnelMode, TunnelSettings};
 
-use super::pool::PipePool;
-use super::splice;
+use super::pipes::{self, PipePool};
 
 /// How this process joins tunnels, chosen once at start.
 #[derive(Debug)]
@@ -21,7 +21,7 @@ impl Relay {
                 tracing::info!("tunnels: buffered copy (--tunnel-mode copy)");
                 false
             }
-            TunnelMode::Auto | TunnelMode::Splice => match splice::available() {
+            TunnelMode::Auto | TunnelMode::Splice => match pipes::available() {
                 Ok(()) => {
                     tracing::info!(
                         pipe_size = settings.pipe_size,
@@ -39,11 +39,6 @@ impl Relay {
         Relay {
             pipes: splice.then(|| PipePool::new(settings.pipe_size, settings.max_pipes)),
         }
-    }
-
-    /// A relay that only copies (tests, and tunnels with a TLS leg).
-    pub fn copy_only() -> Relay {
-        Relay { pipes: None }
     }
 
     /// The pipe pool, if splicing.

@@ -1,25 +1,29 @@
-//! A bounded pool of kernel pipes lent to splice tunnels while bytes move.
+//! Kernel pipes for splice tunnels: a bounded pool lent to a direction
+//! while bytes move, and the `splice(2)` calls that move them.
 //!
 //! `splice(2)` moves bytes socket → pipe → socket without copying them into
-//! userspace, but every pipe costs two file descriptors and up to
-//! `pipe_size` of kernel memory. A process here may hold 20,000 descriptors,
-//! so a pipe per tunnel does not scale to thousands of idle audio calls.
-//! Instead a tunnel direction borrows a pipe when its source becomes readable
-//! and gives it back as soon as the pipe is drained again; an idle tunnel holds
-//! none. A pipe given back with bytes still inside (its tunnel died mid-burst)
-//! is closed, never reused, so no byte can leak into another tunnel.
+//! userspace (through rustix's safe wrapper), but every pipe costs two file
+//! descriptors and up to `pipe_size` of kernel memory, so a pipe per tunnel
+//! would not scale to thousands of idle audio calls under the process's
+//! descriptor limit. Instead a tunnel direction borrows a pipe when its
+//! source becomes readable and gives it back as soon as the pipe is drained
+//! again; an idle tunnel holds none. A pipe given back with bytes still
+//! inside (its tunnel died mid-burst) is closed, never reused, so no byte
+//! can leak into another tunnel.
+//!
+//! [`super::direction`] drives the splices: it only ever fills an empty
+//! pipe, so `EAGAIN` on the way in can only mean the socket is drained.
+//! Whether splice works at all is probed once per process, at start
+//! ([`available`]).
 
 use std::io;
 use std::os::fd::OwnedFd;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock};
 
-use rustix::pipe::{PipeFlags, fcntl_setpipe_size, pipe_with};
+use rustix::pipe::{PipeFlags, SpliceFlags, fcntl_setpipe_size, pipe_with, splice};
+use tokio::net::TcpStream;
 
-/// Default capacity asked of each pipe (`F_SETPIPE_SZ`).
-pub const DEFAULT_PIPE_SIZE: usize = 256 * 1024;
-/// Default bound on pipes open at once (each costs two descriptors).
-pub const DEFAULT_MAX_PIPES: usize = 512;
 /// Idle pipes kept open for reuse; the rest are closed when given back.
 const IDLE_KEPT: usize = 64;
 
@@ -144,6 +148,48 @@ impl PipePool {
     }
 }
 
+const FLAGS: SpliceFlags = SpliceFlags::MOVE.union(SpliceFlags::NONBLOCK);
+
+/// Whether `splice(2)` works here: probed once per process (a socket pair,
+/// one byte through a pipe), then remembered.
+pub fn available() -> Result<(), String> {
+    static PROBED: OnceLock<Result<(), String>> = OnceLock::new();
+    PROBED
+        .get_or_init(|| probe().map_err(|e| e.to_string()))
+        .clone()
+}
+
+fn probe() -> io::Result<()> {
+    use rustix::net::{AddressFamily, SendFlags, SocketFlags, SocketType, send, socketpair};
+    let (a, b) = socketpair(
+        AddressFamily::UNIX,
+        SocketType::STREAM,
+        SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
+        None,
+    )?;
+    let (pr, pw) = pipe_with(PipeFlags::NONBLOCK | PipeFlags::CLOEXEC)?;
+    send(&a, b"x", SendFlags::empty())?;
+    let into_pipe = splice(&b, None, &pw, None, 1, FLAGS)?;
+    let out_of_pipe = splice(&pr, None, &a, None, 1, FLAGS)?;
+    if (into_pipe, out_of_pipe) != (1, 1) {
+        return Err(io::Error::other(format!(
+            "moved {into_pipe} byte(s) in and {out_of_pipe} out instead of 1"
+        )));
+    }
+    Ok(())
+}
+
+/// Splice from a socket into an empty pipe, up to its capacity and `max`; `Ok(0)` is EOF.
+pub fn into_pipe(src: &TcpStream, pipe: &Pipe, max: usize) -> io::Result<usize> {
+    let len = pipe.size.min(max.max(1));
+    splice(src, None, &pipe.write, None, len, FLAGS).map_err(io::Error::from)
+}
+
+/// Splice what the pipe holds into a socket.
+pub fn out_of_pipe(pipe: &Pipe, dst: &TcpStream) -> io::Result<usize> {
+    splice(&pipe.read, None, dst, None, pipe.pending, FLAGS).map_err(io::Error::from)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -171,5 +217,10 @@ mod tests {
         pipe.pending = 10;
         pool.give(pipe);
         assert_eq!((pool.in_use(), pool.open()), (0, 0));
+    }
+
+    #[test]
+    fn splice_is_available_on_linux() {
+        assert_eq!(super::available(), Ok(()));
     }
 }
