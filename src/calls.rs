@@ -331,14 +331,33 @@ impl LegStats {
     }
 
     /// The leg as `/calls` shows it (round trips in milliseconds).
-    fn to_json(&self) -> Value {
+    /// `frames`: whether the call follows frames (else shunt never pings).
+    fn to_json(&self, frames: bool) -> Value {
         let ms = |d: Option<Duration>| d.map(|d| round3(d.as_secs_f64() * 1000.0));
+        let pings_sent = self.pings_sent.load(Ordering::Relaxed);
         json!({
             "rtt_last_ms": ms(self.rtt_last()),
             "rtt_median_ms": ms(self.rtt_median()),
-            "pings_sent": self.pings_sent.load(Ordering::Relaxed),
+            "rtt_status": self.rtt_status(frames, pings_sent),
+            "pings_sent": pings_sent,
             "pongs_received": self.pongs_received.load(Ordering::Relaxed),
         })
+    }
+
+    /// Why a round trip is or is not known: `measured` (a Pong came back);
+    /// `streaming` (the leg has never been silent for the ping interval,
+    /// so shunt had no reason to ping it: its own frames show it alive);
+    /// `waiting` (pinged, no Pong yet); `off` (frames not followed, no pings).
+    fn rtt_status(&self, frames: bool, pings_sent: u32) -> &'static str {
+        if self.rtt_last().is_some() {
+            "measured"
+        } else if !frames {
+            "off"
+        } else if pings_sent == 0 {
+            "streaming"
+        } else {
+            "waiting"
+        }
     }
 }
 
@@ -435,8 +454,8 @@ impl Call {
                 "to_client": self.dirs[TO_DOWNSTREAM].to_json(now_ms),
             },
             "legs": {
-                "client": self.legs[0].to_json(),
-                "backend": self.legs[1].to_json(),
+                "client": self.legs[0].to_json(self.frames),
+                "backend": self.legs[1].to_json(self.frames),
             },
         })
     }

@@ -240,6 +240,15 @@
     return isNum(l.rtt_median_ms) ? l.rtt_median_ms : isNum(l.rtt_last_ms) ? l.rtt_last_ms : null;
   }
 
+  // A leg's RTT, or why there is none: a leg that never falls silent for the
+  // ping interval is not pinged ("streaming": its frames show it alive).
+  function rttText(call, name) {
+    const x = rttOf(call, name);
+    if (isNum(x)) return ms(x);
+    const status = leg(call, name || 'client').rtt_status;
+    return status === 'streaming' ? 'streaming' : status === 'off' ? 'off' : '—';
+  }
+
   function maxOf(a, b) {
     if (!isNum(a)) return isNum(b) ? b : null;
     if (!isNum(b)) return a;
@@ -365,7 +374,7 @@
       td('Last frame', isStalled ? 'num bad' : 'num', pair(up.last_frame_age_seconds, down.last_frame_age_seconds, duration)),
       td('Largest gap', 'num', pair(up.largest_gap_seconds, down.largest_gap_seconds, duration)),
       stallCell,
-      td('Ping RTT', 'num', titled(el('span', null, pair(rttOf(c), rttOf(c, 'backend'), ms)), 'client leg: last ' + ms(lc.rtt_last_ms) + ', median ' + ms(lc.rtt_median_ms) + '; backend leg: last ' + ms(lb.rtt_last_ms) + ', median ' + ms(lb.rtt_median_ms))),
+      td('Ping RTT', 'num', titled(el('span', null, rttText(c) + ' / ' + rttText(c, 'backend')), 'client leg: last ' + ms(lc.rtt_last_ms) + ', median ' + ms(lc.rtt_median_ms) + '; backend leg: last ' + ms(lb.rtt_last_ms) + ', median ' + ms(lb.rtt_median_ms) + '. "streaming": the leg never fell silent for the ping interval, so shunt did not ping it; its frames show it alive.')),
       td('Last 2 min', 'spark', sparkline(h, ['up', 'down'], 'frames/s over the last 2 minutes (↑ blue, ↓ green)'), sparkline(h, ['rtt', 'rtt_backend'], 'ping RTT over the last 2 minutes (client leg purple, backend leg grey)'))
     );
     row.setAttribute('data-call', String(c.id));

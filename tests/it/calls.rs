@@ -134,6 +134,7 @@ async fn pings_are_answered_by_a_real_client_and_shunts_pongs_never_reach_the_ba
     assert!(client_leg["rtt_last_ms"].as_f64().is_some(), "{c}");
     assert!(client_leg["rtt_median_ms"].as_f64().is_some(), "{c}");
     assert!(client_leg["pings_sent"].as_u64() >= Some(2), "{c}");
+    assert_eq!(client_leg["rtt_status"], "measured", "{c}");
     let (opcodes, _server) = seen.await.unwrap();
     let _client = client_reader.await.unwrap();
     assert!(
@@ -513,6 +514,7 @@ async fn calls_lists_live_calls_with_limits_sorting_and_redacted_tokens() {
         for key in [
             "rtt_last_ms",
             "rtt_median_ms",
+            "rtt_status",
             "pings_sent",
             "pongs_received",
         ] {
@@ -521,6 +523,8 @@ async fn calls_lists_live_calls_with_limits_sorting_and_redacted_tokens() {
                 "{leg}.{key}: {first}"
             );
         }
+        // Both legs spoke within the ping interval: no ping was needed.
+        assert_eq!(first["legs"][leg]["rtt_status"], "streaming", "{first}");
     }
     let second = &c["calls"][1];
     assert_eq!(second["directions"]["to_backend"]["frames"], 1);
@@ -977,6 +981,19 @@ async fn the_opaque_fallback_relays_and_is_logged_once(
     .await;
     let log = shunt.log();
     assert!(ended, "the call ended: {log}");
+    // The duration has millisecond precision: at most 3 decimals.
+    let ended_line = log
+        .lines()
+        .find(|l| l.contains("call ended") && l.split(' ').any(|w| w == tunnel))
+        .unwrap();
+    let duration = ended_line
+        .split(' ')
+        .find_map(|w| w.strip_prefix("duration_s="))
+        .unwrap_or_else(|| panic!("no duration_s in {ended_line}"));
+    assert!(
+        duration.split('.').nth(1).is_none_or(|d| d.len() <= 3) && duration.parse::<f64>().is_ok(),
+        "{ended_line}"
+    );
     let fallbacks: Vec<&str> = log
         .lines()
         .filter(|l| l.contains("cannot be followed"))

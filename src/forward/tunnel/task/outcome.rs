@@ -99,7 +99,8 @@ impl<D: Leg, U: Leg> Tunnel<D, U> {
             route = call.route(),
             upstream = call.upstream(),
             peer = %call.client,
-            duration_s = call.started.elapsed().as_secs_f64(),
+            // Milliseconds are the log's precision (not 2.9712608940000003).
+            duration_s = call.started.elapsed().as_millis() as f64 / 1000.0,
             bytes_to_backend = bytes(TO_UPSTREAM),
             bytes_to_client = bytes(TO_DOWNSTREAM),
             frames_to_backend = frames(TO_UPSTREAM),
