@@ -24,7 +24,7 @@
 //!        ─▶ policy (form, IP, rate, Origin, auth) ─▶ upstream (first healthy; connect fallback)
 //!        ─▶ forward: request rewrite ─▶ plain HTTP ─or─ 101 ─▶ forward::tunnel
 //! side:  app (wiring), cli, workers, config, live, reload, watch, upstream::health,
-//!        tls certificates, runtime, policy, dial (upstream streams, pool), percent,
+//!        tls certificates, runtime, policy, dial (upstream streams, pool), percent, headers,
 //!        response, admin, stats, calls, prometheus, keepalive, fdlimit, telemetry,
 //!        certgen, doctor (run on demand)
 //! ```
@@ -41,7 +41,7 @@
 //! - [`router`]: path normalization and host + longest-prefix matching.
 //! - [`upstream`]: upstreams, selection with connect-error fallback, connecting,
 //!   keep-alive pools, health.
-//! - [`forward`]: what the upstream is sent ([`forward::request`], [`forward::headers`]),
+//! - [`forward`]: what the upstream is sent ([`forward::request`], [`headers`]),
 //!   the exchange, the WebSocket handshake written to the upstream by hand
 //!   ([`forward::handshake`]), and the tunnel after a 101 ([`forward::tunnel`]).
 //!
@@ -61,6 +61,8 @@
 //! - [`dial`]: connections to upstreams: TCP or TLS, hyper's client handshake, the
 //!   keep-alive pool ([`dial::pool`]); used by selection, forward, the tunnel and probes.
 //! - [`percent`]: the one percent-decoder (paths and query parameters).
+//! - [`headers`]: header token lists, hop-by-hop removal, `X-Forwarded-*`, `x-shunt-route`;
+//!   shared by `upgrade`, `forward` and `doctor`, so no stage imports a later one for them.
 //! - [`response`]: the errors of the flow, and the one place they become status codes.
 //! - [`doctor`]: `shunt doctor`, the troubleshooting checklist, run on demand.
 //! - [`admin`]: `/healthz`, `/readyz`, `/status`, `/metrics`, `/calls`, `POST /reload`.
@@ -87,6 +89,7 @@ pub mod doctor;
 pub mod downstream;
 pub mod fdlimit;
 pub mod forward;
+pub mod headers;
 pub mod keepalive;
 
 pub mod listener;

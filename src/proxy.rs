@@ -86,7 +86,7 @@ pub async fn handle(
         policy::target::loggable_target(&uri, &snapshot.config.policy.sources.query)
     };
     let upgrade = req.version() >= http::Version::HTTP_11
-        && upgrade::has_token(req.headers(), header::UPGRADE, "websocket");
+        && crate::headers::has_token(req.headers(), header::UPGRADE, "websocket");
     let mut trace = Trace::default();
     let resp = match proxy(req, downstream, &ctx, &mut trace, &uri, &path).await {
         Ok(resp) => resp,

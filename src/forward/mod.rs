@@ -19,7 +19,6 @@
 //! turns into a spurious 502.
 
 pub mod handshake;
-pub mod headers;
 pub mod request;
 pub mod tunnel;
 
@@ -38,6 +37,7 @@ use crate::config::{CallSpec, Timeouts, UpstreamName, UpstreamUrl};
 use crate::dial::pool::{ConnPool, PooledBody, Sender};
 use crate::dial::{self, Conn, UpstreamStream};
 use crate::downstream::Downstream;
+use crate::headers;
 use crate::policy::rate::TunnelSlot;
 use crate::response::{self, Body, ForwardError};
 use crate::runtime::Runtime;
