@@ -54,13 +54,13 @@ pub fn accept(
     tls: Option<&TlsAcceptor>,
 ) -> impl Future<Output = ()> + Send + use<> {
     let admitted = {
-        let snapshot = ctx.rt.live.load();
-        if let Some(idle) = snapshot.timeouts.keepalive
+        let snapshot = ctx.handles().live().load();
+        if let Some(idle) = snapshot.timeouts().keepalive
             && let Err(e) = crate::keepalive::apply(&stream, idle)
         {
             tracing::debug!(peer = %peer, error = %e, "cannot set TCP keepalive");
         }
-        crate::policy::admit_connection(&snapshot.config.policy, &ctx.rt.gate, peer)
+        crate::policy::admit_connection(&snapshot.config().policy, ctx.handles().gate(), peer)
     };
     let (ctx, tls) = (ctx.clone(), tls.cloned());
     async move {
@@ -75,7 +75,7 @@ pub fn accept(
             Err(denied) => {
                 tracing::warn!(peer = %peer, reason = %denied, "connection refused at accept");
                 // Plain HTTP gets a short answer; a TLS listener just closes.
-                let permit = ctx.rt.gate.refusal_permit();
+                let permit = ctx.handles().gate().refusal_permit();
                 let answer = (permit.is_some() && tls.is_none())
                     .then(|| crate::response::raw_refusal(&denied));
                 refuse(stream, answer).await;
@@ -88,10 +88,10 @@ pub fn accept(
 /// The TLS handshake (bounded by the TLS handshake timeout), then HTTP.
 async fn serve_tls(stream: TcpStream, peer: SocketAddr, acceptor: &TlsAcceptor, ctx: Arc<Context>) {
     let timeout = ctx
-        .rt
-        .live
+        .handles()
+        .live()
         .load()
-        .config
+        .config()
         .tls
         .as_ref()
         .map_or(DEFAULT_TLS_HANDSHAKE_TIMEOUT, |t| t.handshake_timeout);
@@ -135,23 +135,23 @@ pub async fn serve<IO>(io: IO, downstream: Downstream, ctx: Arc<Context>)
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let rt = ctx.rt.clone();
-    let snapshot = rt.live.load();
+    let snapshot = ctx.handles().live().load();
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(snapshot.timeouts.header)
-        .max_buf_size(snapshot.max_header_bytes)
+        .header_read_timeout(snapshot.timeouts().header)
+        .max_buf_size(snapshot.max_header_bytes())
         .max_headers(MAX_HEADERS)
         .keep_alive(true);
-    let drain = snapshot.timeouts.drain;
+    let drain = snapshot.timeouts().drain;
     drop(snapshot);
+    let lifetime = ctx.handles().shutdown().clone();
 
     let service = service_fn(move |req| proxy::handle(req, downstream, ctx.clone()));
     let conn = builder
         .serve_connection(TokioIo::new(io), service)
         .with_upgrades();
-    let shutdown = rt.shutdown.clone();
+    let shutdown = lifetime.token().clone();
     let http = async move {
         let mut conn = std::pin::pin!(conn);
         tokio::select! {
@@ -167,7 +167,7 @@ where
         }
     };
     // An upgraded connection's tunnel is started from this task.
-    let result = tunnel::serving(http, &rt.shutdown, &rt.tracker).await;
+    let result = tunnel::serving(http, lifetime.token(), lifetime.tracker()).await;
     if let Some(Err(e)) = result {
         log_connection_error(&e, downstream);
     }

@@ -24,7 +24,7 @@
 //!        ─▶ policy (form, IP, rate, Origin, auth) ─▶ upstream (first healthy; connect fallback)
 //!        ─▶ forward: request rewrite ─▶ plain HTTP ─or─ 101 ─▶ forward::tunnel
 //! side:  app (wiring), cli, workers, config, live, reload, watch, upstream::health,
-//!        tls certificates, runtime, policy, dial (upstream streams, pool), percent, headers,
+//!        tls certificates, handles, policy, dial (upstream streams, pool), percent, headers,
 //!        response, admin, stats, calls, prometheus, keepalive, fdlimit, telemetry,
 //!        certgen, doctor (run on demand)
 //! ```
@@ -55,7 +55,8 @@
 //! - [`live`]: the hot-swappable [`live::Snapshot`] (router, upstreams, timeouts).
 //! - [`reload`]: rebuild and swap the snapshot, all or nothing.
 //! - [`watch`]: reload when the config, certificate or secret files change on disk.
-//! - [`runtime`]: handles shared by every connection (snapshot, counters, shutdown).
+//! - [`handles`]: the handles every connection shares, one per role (shutdown, snapshot,
+//!   counters, the per-client gate); each stage is given only those it uses.
 //! - [`policy`]: the security stage: IP lists, authentication, Origin, rate and
 //!   connection limits.
 //! - [`dial`]: connections to upstreams: TCP or TLS, hyper's client handshake, the
@@ -89,6 +90,7 @@ pub mod doctor;
 pub mod downstream;
 pub mod fdlimit;
 pub mod forward;
+pub mod handles;
 pub mod headers;
 pub mod keepalive;
 
@@ -101,7 +103,6 @@ pub mod proxy;
 pub mod reload;
 pub mod response;
 pub mod router;
-pub mod runtime;
 pub mod stats;
 pub mod telemetry;
 pub mod tls;

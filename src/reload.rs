@@ -18,8 +18,8 @@ use std::time::SystemTime;
 use serde_json::json;
 
 use crate::config::{Config, ConfigError};
+use crate::handles::Handles;
 use crate::live::{BuildError, Snapshot};
-use crate::runtime::Runtime;
 
 /// Why a reload was refused.
 #[derive(Debug, thiserror::Error)]
@@ -35,7 +35,7 @@ pub enum ReloadError {
 /// Performs reloads and remembers how the last one went.
 #[derive(Debug)]
 pub struct Reloader {
-    rt: Arc<Runtime>,
+    handles: Arc<Handles>,
     /// Serializes reloads.
     busy: tokio::sync::Mutex<()>,
     last: Mutex<Option<LastReload>>,
@@ -50,9 +50,9 @@ struct LastReload {
 
 impl Reloader {
     /// A reloader for the runtime's live snapshot.
-    pub fn new(rt: Arc<Runtime>) -> Arc<Self> {
+    pub fn new(handles: Arc<Handles>) -> Arc<Self> {
         Arc::new(Reloader {
-            rt,
+            handles,
             busy: tokio::sync::Mutex::new(()),
             last: Mutex::new(None),
         })
@@ -82,11 +82,11 @@ impl Reloader {
     }
 
     fn try_reload(&self) -> Result<serde_json::Value, ReloadError> {
-        let old = self.rt.live.load_full();
-        let config = old.config.reread()?;
-        let mut restart_required = restart_only_changes(&old.config, &config);
-        let new = Snapshot::build(config, Some(&old), &self.rt.shutdown, &self.rt.tracker)?;
-        match (&self.rt.certs, &new.certs) {
+        let old = self.handles.live().load_full();
+        let config = old.config().reread()?;
+        let mut restart_required = restart_only_changes(old.config(), &config);
+        let new = Snapshot::build(config, Some(&old), self.handles.shutdown())?;
+        match (self.handles.certs(), new.certs()) {
             (Some(store), Some(set)) => {
                 for warning in set.warnings() {
                     tracing::warn!("{warning}");
@@ -105,11 +105,11 @@ impl Reloader {
         }
         let report = json!({
             "ok": true,
-            "generation": new.generation,
+            "generation": new.generation(),
             "changed": diff(&old, &new),
             "restart_required": restart_required,
         });
-        self.rt.live.store(Arc::new(new));
+        self.handles.live().store(Arc::new(new));
         Ok(report)
     }
 
@@ -145,8 +145,8 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
 
 /// The certificates' fingerprints, to tell whether a reload changed them.
 fn fingerprints(s: &Snapshot) -> Vec<String> {
-    s.certs
-        .iter()
+    s.certs()
+        .into_iter()
         .flat_map(|set| set.certs())
         .map(|c| c.info.fingerprint.clone())
         .collect()
@@ -154,7 +154,12 @@ fn fingerprints(s: &Snapshot) -> Vec<String> {
 
 /// Which upstreams and routes a reload added, removed or changed.
 fn diff(old: &Snapshot, new: &Snapshot) -> serde_json::Value {
-    let names = |s: &Snapshot| s.upstreams.keys().map(|n| n.0.clone()).collect::<Vec<_>>();
+    let names = |s: &Snapshot| {
+        s.upstreams()
+            .keys()
+            .map(|n| n.0.clone())
+            .collect::<Vec<_>>()
+    };
     let added: Vec<_> = names(new)
         .into_iter()
         .filter(|n| !names(old).contains(n))
@@ -164,18 +169,18 @@ fn diff(old: &Snapshot, new: &Snapshot) -> serde_json::Value {
         .filter(|n| !names(new).contains(n))
         .collect();
     let changed: Vec<_> = new
-        .upstreams
+        .upstreams()
         .iter()
-        .filter(|(n, u)| old.upstreams.get(*n).is_some_and(|o| o.spec != u.spec))
+        .filter(|(n, u)| old.upstreams().get(*n).is_some_and(|o| o.spec != u.spec))
         .map(|(n, _)| n.0.clone())
         .collect();
-    let routes = |s: &Snapshot| s.config.routes.clone();
+    let routes = |s: &Snapshot| s.config().routes.clone();
     json!({
         "upstreams_added": added,
         "upstreams_removed": removed,
         "upstreams_changed": changed,
         "routes_changed": routes(old) != routes(new),
-        "timeouts_changed": old.timeouts != new.timeouts,
+        "timeouts_changed": old.timeouts() != new.timeouts(),
         "certificates_changed": fingerprints(old) != fingerprints(new),
     })
 }
