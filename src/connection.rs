@@ -1,7 +1,7 @@
 //! The accept stage: one downstream connection from accept to its end.
 //!
 //! [`accept`] runs, in order: admission (the global IP lists and the
-//! connection caps, via [`crate::policy::admit_connection`], before a byte is
+//! connection caps, via [`crate::checkpoint::admit_connection`], before a byte is
 //! read or a TLS handshake starts), the refusal of a connection that is not
 //! admitted (a short plain-HTTP answer, or a bare close on a TLS listener),
 //! the TLS handshake when the listener has TLS, then hyper's HTTP/1.1 server
@@ -60,7 +60,7 @@ pub fn accept(
         {
             tracing::debug!(peer = %peer, error = %e, "cannot set TCP keepalive");
         }
-        crate::policy::admit_connection(&snapshot.config().policy, ctx.handles().gate(), peer)
+        crate::checkpoint::admit_connection(&snapshot.config().policy, ctx.handles().gate(), peer)
     };
     let (ctx, tls) = (ctx.clone(), tls.cloned());
     async move {

@@ -19,9 +19,9 @@
 //! [`response`] next to its status code.
 //!
 //! ```text
-//! client ─▶ listener ─▶ connection: admission (policy: IP lists, caps) ─▶ tls? ─▶ hyper http1
+//! client ─▶ listener ─▶ connection: admission (checkpoint: IP lists, caps) ─▶ tls? ─▶ hyper http1
 //!        ─▶ proxy ─▶ upgrade (a valid WebSocket handshake?) ─▶ router (host + longest prefix)
-//!        ─▶ policy (form, IP, rate, Origin, auth) ─▶ upstream (first healthy; connect fallback)
+//!        ─▶ checkpoint (form, IP, rate, Origin, auth) ─▶ upstream (first healthy; connect fallback)
 //!        ─▶ forward: request rewrite ─▶ plain HTTP ─or─ 101 ─▶ forward::tunnel
 //! side:  app (wiring), cli, workers, config, live, reload, watch, upstream::health,
 //!        tls certificates, handles, policy, dial (upstream streams, pool), percent, headers,
@@ -39,8 +39,11 @@
 //! - [`proxy`]: one request, top-down, ending in one access-log line.
 //! - [`upgrade`]: is this a valid WebSocket handshake (RFC 6455)?
 //! - [`router`]: path normalization and host + longest-prefix matching.
-//! - [`upstream`]: upstreams, selection with connect-error fallback, connecting,
-//!   keep-alive pools, health.
+//! - [`checkpoint`]: the security checkpoint, per connection and per request, over
+//!   the route's [`policy`] values.
+//! - [`upstream`]: upstreams, selection with connect-error fallback, the failover of
+//!   a handshake that was not upgraded, health (probes, rise/fall) and what each
+//!   exchange means for it.
 //! - [`forward`]: what the upstream is sent ([`forward::request`], [`headers`]),
 //!   the exchange, the WebSocket handshake written to the upstream by hand
 //!   ([`forward::handshake`]), and the tunnel after a 101 ([`forward::tunnel`]).
@@ -57,8 +60,8 @@
 //! - [`watch`]: reload when the config, certificate or secret files change on disk.
 //! - [`handles`]: the handles every connection shares, one per role (shutdown, snapshot,
 //!   counters, the per-client gate); each stage is given only those it uses.
-//! - [`policy`]: the security stage: IP lists, authentication, Origin, rate and
-//!   connection limits.
+//! - [`policy`]: the security values the config parses (IP lists, authentication,
+//!   Origin rules, rate and connection limits) and their refusals.
 //! - [`dial`]: connections to upstreams: TCP or TLS, hyper's client handshake, the
 //!   keep-alive pool ([`dial::pool`]); used by selection, forward, the tunnel and probes.
 //! - [`percent`]: the one percent-decoder (paths and query parameters).
@@ -82,6 +85,7 @@ pub mod admin;
 pub mod app;
 pub mod calls;
 pub mod certgen;
+pub mod checkpoint;
 pub mod cli;
 pub mod config;
 pub mod connection;

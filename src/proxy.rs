@@ -19,6 +19,8 @@
 //!   3xx, 5xx: an nginx without the upgrade headers) is sent again to the
 //!   route's next upstream: it is a GET without a body, so repeating it is
 //!   safe, and the client gets its 101 from the upstream that can give one.
+//!   That walk, and what each answer means for an upstream's health, is
+//!   [`upstream::Failover`]'s: this module never writes health.
 //! - The access log is written here, once per request, with the token
 //!   parameter redacted, so no other module needs to know about logging.
 
@@ -31,6 +33,7 @@ use http::{HeaderValue, Request, Response, Uri, header};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
+use crate::checkpoint;
 use crate::downstream::Downstream;
 use crate::forward::tunnel::Relay;
 use crate::forward::{self, Exchange};
@@ -200,7 +203,7 @@ fn check_request<'a>(
         })?;
     trace.route = Some(route.clone());
     let websocket = kind == Kind::WebSocket;
-    let admission = policy::check(
+    let admission = checkpoint::check(
         req,
         websocket,
         &route.spec.policy,

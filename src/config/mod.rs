@@ -43,15 +43,14 @@ use std::sync::Arc;
 use clap::Parser;
 
 use crate::cli::RunArgs;
-use crate::policy::GlobalPolicy;
 use crate::tls::CertSet;
 use flags::Overrides;
 use raw::RawConfig;
 
 pub use parse::{parse_addr, parse_duration};
 pub use spec::{
-    CallSpec, HealthSpec, LogFormat, ProbeKind, RouteSpec, Scheme, Timeouts, TlsSpec, TunnelMode,
-    TunnelSettings, UpstreamName, UpstreamSpec, UpstreamUrl,
+    CallSpec, GlobalPolicy, HealthSpec, LogFormat, ProbeKind, RoutePolicy, RouteSpec, Scheme,
+    Timeouts, TlsSpec, TunnelMode, TunnelSettings, UpstreamName, UpstreamSpec, UpstreamUrl,
 };
 
 /// Why a configuration was refused. Each names the field and the value at fault.

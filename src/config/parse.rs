@@ -18,11 +18,11 @@ use std::time::Duration;
 use http::Uri;
 
 use super::ConfigError;
+use super::spec::RoutePolicy;
 use super::spec::{
     LogFormat, ProbeKind, RouteSpec, Scheme, TunnelMode, TunnelSettings, UpstreamName, UpstreamUrl,
 };
 use crate::cli::RunArgs;
-use crate::policy::RoutePolicy;
 use crate::policy::auth::AuthMode;
 use crate::policy::ip::IpNet;
 use crate::policy::origin::OriginRule;

@@ -17,11 +17,11 @@ use super::parse::{
     cidrs, field_name, origins, parse_auth, parse_duration, parse_rate, token_name,
 };
 use super::raw::{RawConfig, RawRoute};
+use super::spec::{GlobalPolicy, RoutePolicy};
 use crate::policy::auth::{AuthMode, Credentials, JwtVerifier, TokenSet, TokenSources};
 use crate::policy::ip::IpRules;
 use crate::policy::origin::OriginRule;
 use crate::policy::rate::RateLimits;
-use crate::policy::{GlobalPolicy, RoutePolicy};
 
 /// What a route inherits when it does not say.
 #[derive(Debug, Clone)]

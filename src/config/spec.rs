@@ -8,7 +8,10 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::policy::RoutePolicy;
+use crate::policy::auth::{AuthMode, Credentials, TokenSources};
+use crate::policy::ip::IpRules;
+use crate::policy::origin::OriginRule;
+use crate::policy::rate::RateLimits;
 use crate::tls::CertSpec;
 
 /// The name of an upstream, as routes refer to it (`direct`, `nginx`, ...).
@@ -278,4 +281,38 @@ impl Default for CallSpec {
             stall_after: Duration::from_secs(2),
         }
     }
+}
+
+/// Settings that apply to the whole listener.
+#[derive(Debug, Clone, Default)]
+pub struct GlobalPolicy {
+    /// Token and JWT secret files, watched for changes.
+    pub files: Vec<PathBuf>,
+    /// Checked at accept.
+    pub ip: IpRules,
+    /// The static tokens and the JWT verifier.
+    pub credentials: Credentials,
+    /// Where a token is looked for (query parameter and cookie names).
+    pub sources: TokenSources,
+    /// Per-client rate, connection caps.
+    pub limits: RateLimits,
+}
+
+/// One route's policy, with the global defaults already applied.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RoutePolicy {
+    /// The route's own lists, checked in addition to the global ones.
+    pub ip: IpRules,
+    /// What credential the route requires.
+    pub auth: AuthMode,
+    /// The route's list, or the global one; empty allows any Origin.
+    pub origins: Vec<OriginRule>,
+    /// Refuse a WebSocket handshake without `Origin`.
+    pub require_origin: bool,
+    /// Answer CORS preflights and add `Access-Control-Allow-Origin`.
+    pub cors: bool,
+    /// Accept CONNECT (authority-form) requests.
+    pub allow_connect: bool,
+    /// Accept absolute-form targets (`GET http://host/path`).
+    pub allow_absolute_form: bool,
 }

@@ -22,6 +22,7 @@
 //! fresh connection), `websocket` a handshake and, on a 101, starts the tunnel.
 
 pub mod handshake;
+// `http` shadows the crate of that name in this file only (hence `::http` below).
 mod http;
 pub mod request;
 pub mod tunnel;
@@ -46,8 +47,9 @@ use tunnel::Relay;
 /// The chosen upstream as this stage sees it (built by the proxy from
 /// `upstream::Upstream`): enough to reconnect and to pool, nothing
 /// of its health. What an exchange means for the upstream's health (a
-/// timeout, an upgrade it did not forward) is recorded by the caller, from
-/// the [`ForwardError`] it gets back, so this stage never reaches back up.
+/// timeout, an upgrade it did not forward) is recorded by the upstream stage
+/// (`Upstream::record`), from the [`ForwardError`] this one returns, so
+/// forwarding never reaches back up.
 #[derive(Debug, Clone, Copy)]
 pub struct Target<'a> {
     /// The upstream's name (`x-shunt-route`, errors, logs).
