@@ -25,9 +25,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
-use crate::handles::{Handles, Shutdown};
+use crate::handles::Handles;
 use crate::live::{BuildError, Snapshot};
 use crate::reload::Reloader;
+use crate::shutdown::Shutdown;
 use crate::tls::CertStore;
 
 /// Why shunt could not start.

@@ -1,6 +1,7 @@
 //! The handles every connection shares, one per role, passed down the flow explicitly.
 //!
-//! - [`Shutdown`]: the root `CancellationToken` (cancelled at shutdown) and
+//! - [`Shutdown`] (its own leaf module, so a stage that takes it imports
+//!   nothing else of this one): the root `CancellationToken` (cancelled at shutdown) and
 //!   the `TaskTracker` of every spawned task, so shutdown can wait for them.
 //! - [`Live`]: the hot-swappable snapshot (router, upstreams, policy, timeouts).
 //! - The counters ([`Stats`], with the live calls): they outlive reloads.
@@ -24,37 +25,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
-
 use crate::live::Live;
 use crate::policy::rate::Gate;
+use crate::shutdown::Shutdown;
 use crate::stats::Stats;
 use crate::tls::CertStore;
-
-/// The root cancellation token and the tracker of every spawned task.
-#[derive(Debug, Clone)]
-pub struct Shutdown {
-    token: CancellationToken,
-    tracker: TaskTracker,
-}
-
-impl Shutdown {
-    /// Pair a root token with the tracker its tasks are spawned on.
-    pub fn new(token: CancellationToken, tracker: TaskTracker) -> Self {
-        Shutdown { token, tracker }
-    }
-
-    /// Cancelled when shutdown begins.
-    pub fn token(&self) -> &CancellationToken {
-        &self.token
-    }
-
-    /// Every spawned task, so shutdown can wait for them all.
-    pub fn tracker(&self) -> &TaskTracker {
-        &self.tracker
-    }
-}
 
 /// One handle per role, shared by every listener, connection and request.
 #[derive(Debug)]
@@ -115,11 +90,11 @@ impl Handles {
     /// Mark the process as draining (readiness turns 503) and cancel the root token.
     pub fn begin_shutdown(&self) {
         self.draining.store(true, Ordering::SeqCst);
-        self.shutdown.token.cancel();
+        self.shutdown.token().cancel();
     }
 
     /// Whether shutdown has begun.
     pub fn is_draining(&self) -> bool {
-        self.draining.load(Ordering::SeqCst) || self.shutdown.token.is_cancelled()
+        self.draining.load(Ordering::SeqCst) || self.shutdown.token().is_cancelled()
     }
 }

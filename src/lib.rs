@@ -60,6 +60,7 @@
 //! - [`watch`]: reload when the config, certificate or secret files change on disk.
 //! - [`handles`]: the handles every connection shares, one per role (shutdown, snapshot,
 //!   counters, the per-client gate); each stage is given only those it uses.
+//! - [`shutdown`]: the root cancellation token and the task tracker, as one handle.
 //! - [`policy`]: the security values the config parses (IP lists, authentication,
 //!   Origin rules, rate and connection limits) and their refusals.
 //! - [`dial`]: connections to upstreams: TCP or TLS, hyper's client handshake, the
@@ -107,6 +108,7 @@ pub mod proxy;
 pub mod reload;
 pub mod response;
 pub mod router;
+pub mod shutdown;
 pub mod stats;
 pub mod telemetry;
 pub mod tls;

@@ -18,8 +18,8 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 
 use crate::config::{Config, Scheme, Timeouts, UpstreamName};
-use crate::handles::Shutdown;
 use crate::router::{Route, Router};
+use crate::shutdown::Shutdown;
 use crate::tls::client::ClientTlsError;
 use crate::tls::{CertError, CertSet};
 use crate::upstream::Upstream;

@@ -18,9 +18,9 @@ use std::time::Duration;
 use http::Uri;
 
 use super::ConfigError;
-use super::spec::RoutePolicy;
 use super::spec::{
-    LogFormat, ProbeKind, RouteSpec, Scheme, TunnelMode, TunnelSettings, UpstreamName, UpstreamUrl,
+    LogFormat, ProbeKind, RoutePolicy, RouteSpec, Scheme, TunnelMode, TunnelSettings, UpstreamName,
+    UpstreamUrl,
 };
 use crate::cli::RunArgs;
 use crate::policy::auth::AuthMode;

@@ -16,9 +16,9 @@ use hyper_util::rt::TokioIo;
 use super::{Exchange, Target, response_timeout};
 use crate::dial::pool::{PooledBody, Sender};
 use crate::dial::{self, Conn, UpstreamStream};
-use crate::handles::Shutdown;
 use crate::headers;
 use crate::response::{Body, ForwardError};
+use crate::shutdown::Shutdown;
 
 /// Send the plain request `req` over `conn` and return the upstream's answer,
 /// its connection going back to the pool once the body is read.

@@ -38,9 +38,9 @@ use crate::config::{CallSpec, Timeouts, UpstreamName, UpstreamUrl};
 use crate::dial::pool::ConnPool;
 use crate::dial::{self, Conn, UpstreamStream};
 use crate::downstream::Downstream;
-use crate::handles::Shutdown;
 use crate::policy::rate::TunnelSlot;
 use crate::response::{Body, ForwardError};
+use crate::shutdown::Shutdown;
 use crate::stats::Stats;
 use tunnel::Relay;
 
