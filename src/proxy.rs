@@ -40,7 +40,7 @@ use crate::forward::{self, Exchange};
 use crate::handles::Handles;
 use crate::live::Snapshot;
 use crate::policy;
-use crate::policy::rate::TunnelSlot;
+use crate::policy::rate::{Gate, TunnelSlot};
 use crate::response::{self, Body, ProxyError};
 use crate::router::{Route, normalize_path};
 use crate::upgrade::{self, Kind};
@@ -170,7 +170,7 @@ async fn proxy(
     target: &str,
 ) -> Result<Response<Body>, ProxyError> {
     let snapshot = ctx.handles.live().load_full();
-    let mut checked = check_request(&req, downstream, &snapshot, ctx.handles(), uri, trace)?;
+    let mut checked = check_request(&req, downstream, &snapshot, ctx.handles.gate(), uri, trace)?;
     if checked.preflight {
         return Ok(answer_preflight(checked.cors_origin.as_ref(), &req));
     }
@@ -188,7 +188,7 @@ fn check_request<'a>(
     req: &Request<Incoming>,
     downstream: Downstream,
     snapshot: &'a Snapshot,
-    handles: &Handles,
+    gate: &Arc<Gate>,
     uri: &'a Uri,
     trace: &mut Trace,
 ) -> Result<Checked<'a>, ProxyError> {
@@ -209,7 +209,7 @@ fn check_request<'a>(
         &route.spec.policy,
         &snapshot.config().policy,
         downstream.peer.ip(),
-        handles.gate(),
+        gate,
     )?;
     Ok(Checked {
         websocket,
