@@ -400,4 +400,73 @@ mod tests {
             .record_websocket_failure("nginx answered 200", "/a", "/a");
         assert_eq!(order(&via), ["direct", "nginx"]);
     }
+
+    /// Timeouts for a walk that never connects (only `settle` is driven).
+    fn timeouts() -> Timeouts {
+        let s = Duration::from_secs(1);
+        Timeouts {
+            connect: s,
+            response: s,
+            header: s,
+            idle: s,
+            drain: s,
+            keepalive: None,
+        }
+    }
+
+    fn not_upgraded(name: &str) -> Result<Response<()>, ForwardError> {
+        Err(ForwardError::UpgradeNotForwarded {
+            upstream: name.into(),
+            status: StatusCode::OK,
+            path: "/a".into(),
+        })
+    }
+
+    /// An upgrade the first upstream did not forward marks it and goes on to
+    /// the next; the last one's refusal is the answer. A 101 clears the mark.
+    #[tokio::test(start_paused = true)]
+    async fn failover_moves_on_after_an_upgrade_not_forwarded() {
+        let via = [upstream("nginx"), upstream("direct")];
+        let t = timeouts();
+        let mut walk = Failover::new(&via, true, &t);
+        assert!(
+            walk.settle(&via[0], not_upgraded("nginx"), "/a", "/a")
+                .is_none()
+        );
+        assert!(via[0].health.websocket_failed_on("/a"));
+        let last = walk.settle(&via[1], not_upgraded("direct"), "/a", "/a");
+        assert!(matches!(
+            last,
+            Some(Err(ForwardError::UpgradeNotForwarded { .. }))
+        ));
+        let switched = Response::builder()
+            .status(StatusCode::SWITCHING_PROTOCOLS)
+            .body(())
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut walk = Failover::new(&via, true, &t);
+        assert!(matches!(
+            walk.settle(&via[0], Ok(switched), "/a", "/a"),
+            Some(Ok(_))
+        ));
+        assert!(!via[0].health.websocket_failed_on("/a"));
+    }
+
+    /// No answer within the response timeout counts against the upstream and
+    /// is answered at once: a request that was sent is never retried.
+    #[tokio::test(start_paused = true)]
+    async fn a_response_timeout_counts_against_the_upstream_and_ends_the_walk() {
+        let via = [upstream("direct"), upstream("nginx")];
+        let t = timeouts();
+        let mut walk = Failover::new(&via, false, &t);
+        let timeout = Err::<Response<()>, _>(ForwardError::Timeout {
+            upstream: "direct".into(),
+            after: Duration::from_secs(1),
+        });
+        assert!(matches!(
+            walk.settle(&via[0], timeout, "/a", "/a"),
+            Some(Err(ForwardError::Timeout { .. }))
+        ));
+        let v = via[0].health.view();
+        assert_eq!(v.last_error.as_deref(), Some("no response within 1s"));
+    }
 }
