@@ -420,24 +420,26 @@ pub(super) fn field_name(from_flag: bool, flag: &str, key: &str) -> String {
 }
 
 /// CIDR ranges (`10.0.0.0/8`, a bare address is a /32 or /128), blaming `field`.
-/// Blank entries are skipped, so a trailing comma in a flag is harmless.
-pub(super) fn cidrs((field, items): (String, &[String])) -> Result<Vec<IpNet>, ConfigError> {
-    items
-        .iter()
-        .map(|s| s.trim())
-        .filter(|s| !s.is_empty())
-        .map(|s| IpNet::parse(s).map_err(|e| ConfigError::invalid(&field, s, e)))
-        .collect()
+pub(super) fn cidrs(list: (String, &[String])) -> Result<Vec<IpNet>, ConfigError> {
+    parse_list(list, IpNet::parse)
 }
 
 /// Origin rules (`https://app.example.com`, `https://*.example.com`, `*`), blaming `field`.
-/// Blank entries are skipped, as in [`cidrs`].
-pub(super) fn origins((field, items): (String, &[String])) -> Result<Vec<OriginRule>, ConfigError> {
+pub(super) fn origins(list: (String, &[String])) -> Result<Vec<OriginRule>, ConfigError> {
+    parse_list(list, OriginRule::parse)
+}
+
+/// Each entry of a list setting through `parse`, blaming `field`. Blank
+/// entries are skipped, so a trailing comma in a flag is harmless.
+fn parse_list<T, E: std::fmt::Display>(
+    (field, items): (String, &[String]),
+    parse: impl Fn(&str) -> Result<T, E>,
+) -> Result<Vec<T>, ConfigError> {
     items
         .iter()
         .map(|s| s.trim())
         .filter(|s| !s.is_empty())
-        .map(|s| OriginRule::parse(s).map_err(|e| ConfigError::invalid(&field, s, e)))
+        .map(|s| parse(s).map_err(|e| ConfigError::invalid(&field, s, e)))
         .collect()
 }
 
