@@ -34,10 +34,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::calls::Sort;
+use crate::handles::Handles;
 use crate::live::Snapshot;
 use crate::reload::Reloader;
 use crate::response::{Body, json, text};
-use crate::runtime::Runtime;
 use crate::upstream::connect::http1_handshake;
 use crate::upstream::health::State;
 
@@ -58,7 +58,7 @@ pub mod host;
 /// it once everything else has ended.
 pub async fn run(
     listener: TcpListener,
-    rt: Arc<Runtime>,
+    handles: Arc<Handles>,
     reloader: Arc<Reloader>,
     tunnel: TunnelStatus,
     stop: CancellationToken,
@@ -67,15 +67,15 @@ pub async fn run(
     let stop_connection = stop.clone();
     crate::listener::accept_loop(listener, stop, tracker, move |stream, _peer| {
         let stop = stop_connection.clone();
-        let rt = rt.clone();
+        let handles = handles.clone();
         let reloader = reloader.clone();
         let tunnel = tunnel.clone();
         async move {
             let service = service_fn(move |req| {
-                let rt = rt.clone();
+                let handles = handles.clone();
                 let reloader = reloader.clone();
                 let tunnel = tunnel.clone();
-                async move { Ok::<_, Infallible>(route(req, &rt, &reloader, &tunnel).await) }
+                async move { Ok::<_, Infallible>(route(req, &handles, &reloader, &tunnel).await) }
             });
             let mut builder = http1::Builder::new();
             builder
@@ -94,11 +94,11 @@ pub async fn run(
 /// Dispatch one admin request by method and path.
 async fn route(
     req: Request<Incoming>,
-    rt: &Runtime,
+    handles: &Handles,
     reloader: &Reloader,
     tunnel: &TunnelStatus,
 ) -> Response<Body> {
-    if !host_allowed(&req, rt) {
+    if !host_allowed(&req, handles) {
         return text(
             StatusCode::FORBIDDEN,
             "forbidden: the admin API answers only Host: an IP address, localhost or a name in admin_hosts\n",
@@ -117,14 +117,14 @@ async fn route(
     }
     match (req.method(), req.uri().path()) {
         (&Method::GET | &Method::HEAD, "/healthz") => text(StatusCode::OK, "ok\n"),
-        (&Method::GET | &Method::HEAD, "/readyz") => readyz(rt),
+        (&Method::GET | &Method::HEAD, "/readyz") => readyz(handles),
         (&Method::GET | &Method::HEAD, "/status") => {
-            json(StatusCode::OK, &status(rt, reloader, tunnel))
+            json(StatusCode::OK, &status(handles, reloader, tunnel))
         }
-        (&Method::GET | &Method::HEAD, "/metrics") => metrics(rt, reloader),
-        (&Method::GET | &Method::HEAD, "/calls") => calls(rt, req.uri().query()),
+        (&Method::GET | &Method::HEAD, "/metrics") => metrics(handles, reloader),
+        (&Method::GET | &Method::HEAD, "/calls") => calls(handles, req.uri().query()),
         (&Method::GET | &Method::HEAD, path) if path.starts_with("/calls/") => {
-            call(rt, &path["/calls/".len()..])
+            call(handles, &path["/calls/".len()..])
         }
         (&Method::POST, "/reload") => reload(reloader).await,
         (
@@ -140,9 +140,9 @@ async fn route(
 }
 
 /// The `Host` guard: the header and, in absolute-form, the request target's authority.
-fn host_allowed(req: &Request<Incoming>, rt: &Runtime) -> bool {
-    let snapshot = rt.live.load();
-    let admin_hosts = snapshot.config.admin_hosts.as_slice();
+fn host_allowed(req: &Request<Incoming>, handles: &Handles) -> bool {
+    let snapshot = handles.live().load();
+    let admin_hosts = snapshot.config().admin_hosts.as_slice();
     let header = match req.headers().get(http::header::HOST) {
         None => None,
         Some(v) => match v.to_str() {
@@ -169,16 +169,16 @@ fn from_another_site(req: &Request<Incoming>) -> bool {
 
 /// 200 iff not draining and every route has an upstream that is up (and,
 /// for a route that carries WebSocket, one that forwards upgrades).
-fn readyz(rt: &Runtime) -> Response<Body> {
-    if rt.is_draining() {
+fn readyz(handles: &Handles) -> Response<Body> {
+    if handles.is_draining() {
         return json(
             StatusCode::SERVICE_UNAVAILABLE,
             &json!({"ready": false, "reason": "shutting down"}),
         );
     }
-    let snapshot = rt.live.load();
+    let snapshot = handles.live().load();
     let unready: Vec<_> = snapshot
-        .router
+        .router()
         .routes()
         .iter()
         .filter_map(|r| {
@@ -230,7 +230,7 @@ fn carries_websocket(r: &crate::router::Route) -> bool {
 /// forward upgrades. Each entry names the route, the upstream and why.
 fn degraded(snapshot: &Snapshot) -> Vec<serde_json::Value> {
     let mut out = Vec::new();
-    for r in snapshot.router.routes() {
+    for r in snapshot.router().routes() {
         let websocket = carries_websocket(r);
         for u in &r.via {
             let v = u.health.view();
@@ -251,40 +251,40 @@ fn degraded(snapshot: &Snapshot) -> Vec<serde_json::Value> {
 }
 
 /// `GET /status`: everything an operator asks first, in one JSON document.
-fn status(rt: &Runtime, reloader: &Reloader, tunnel: &TunnelStatus) -> serde_json::Value {
-    let snapshot = rt.live.load();
-    let (requests, upgrades, tunnels) = rt.stats.to_json();
+fn status(handles: &Handles, reloader: &Reloader, tunnel: &TunnelStatus) -> serde_json::Value {
+    let snapshot = handles.live().load();
+    let (requests, upgrades, tunnels) = handles.stats().to_json();
     json!({
         "version": env!("CARGO_PKG_VERSION"),
-        "uptime_secs": rt.started.elapsed().as_secs(),
-        "draining": rt.is_draining(),
-        "generation": snapshot.generation,
+        "uptime_secs": handles.started().elapsed().as_secs(),
+        "draining": handles.is_draining(),
+        "generation": snapshot.generation(),
         "last_reload": reloader.last_json(),
         "restart_required": reloader.restart_required(),
         "upstreams": upstreams_json(&snapshot),
         "certificates": certificates_json(&snapshot),
         "routes": routes_json(&snapshot),
         "tunnels": tunnels,
-        "active_tunnels": rt.stats.active_tunnels(),
+        "active_tunnels": handles.stats().active_tunnels(),
         "tunnel": tunnel(),
-        "calls": rt.stats.calls.status_json(),
+        "calls": handles.stats().calls.status_json(),
         "requests": requests,
         "upgrades": upgrades,
     })
 }
 
 /// Prometheus text: counters, tunnels, and each upstream's health (1 = up).
-fn metrics(rt: &Runtime, reloader: &Reloader) -> Response<Body> {
+fn metrics(handles: &Handles, reloader: &Reloader) -> Response<Body> {
     use std::fmt::Write;
     let mut out = String::new();
-    rt.stats.to_prometheus(&mut out);
-    rt.stats.calls.to_prometheus(&mut out);
-    let snapshot = rt.live.load();
+    handles.stats().to_prometheus(&mut out);
+    handles.stats().calls.to_prometheus(&mut out);
+    let snapshot = handles.live().load();
     let _ = writeln!(
         out,
         "# HELP shunt_upstream_up Whether the upstream is healthy (1), down or not yet probed (0).\n# TYPE shunt_upstream_up gauge"
     );
-    for u in snapshot.upstreams.values().filter(|u| u.probed) {
+    for u in snapshot.upstreams().values().filter(|u| u.probed) {
         let up = u8::from(u.health.state() == State::Up);
         let _ = writeln!(
             out,
@@ -295,7 +295,7 @@ fn metrics(rt: &Runtime, reloader: &Reloader) -> Response<Body> {
     let _ = writeln!(
         out,
         "# HELP shunt_config_generation Configuration generation (1 at start, +1 per reload).\n# TYPE shunt_config_generation gauge\nshunt_config_generation {}",
-        snapshot.generation
+        snapshot.generation()
     );
     let _ = writeln!(
         out,
@@ -303,7 +303,7 @@ fn metrics(rt: &Runtime, reloader: &Reloader) -> Response<Body> {
         crate::telemetry::dropped_lines()
     );
     reloader.to_prometheus(&mut out);
-    if let Some(set) = &snapshot.certs {
+    if let Some(set) = snapshot.certs() {
         set.expiry_to_prometheus(&mut out, std::time::SystemTime::now());
     }
     let mut resp = text(StatusCode::OK, out);
@@ -318,7 +318,7 @@ fn metrics(rt: &Runtime, reloader: &Reloader) -> Response<Body> {
 const CALLS_LIMIT: usize = 1000;
 
 /// `GET /calls?limit=N&sort=age|stalls|rtt`: the live calls.
-fn calls(rt: &Runtime, query: Option<&str>) -> Response<Body> {
+fn calls(handles: &Handles, query: Option<&str>) -> Response<Body> {
     let mut limit = CALLS_LIMIT;
     let mut sort = Sort::Age;
     let usage = "expected /calls?limit=N&sort=age|stalls|rtt (limit a whole number >= 0, default 1000; sort default age)";
@@ -336,12 +336,18 @@ fn calls(rt: &Runtime, query: Option<&str>) -> Response<Body> {
             );
         }
     }
-    json(StatusCode::OK, &rt.stats.calls.list_json(limit, sort))
+    json(
+        StatusCode::OK,
+        &handles.stats().calls.list_json(limit, sort),
+    )
 }
 
 /// `GET /calls/ID`: one live call.
-fn call(rt: &Runtime, id: &str) -> Response<Body> {
-    let found = id.parse::<u64>().ok().and_then(|id| rt.stats.calls.get(id));
+fn call(handles: &Handles, id: &str) -> Response<Body> {
+    let found = id
+        .parse::<u64>()
+        .ok()
+        .and_then(|id| handles.stats().calls.get(id));
     match found {
         Some(c) => json(StatusCode::OK, &c.to_json()),
         None => json(
@@ -354,7 +360,7 @@ fn call(rt: &Runtime, id: &str) -> Response<Body> {
 /// Each upstream: URL, probe, health and the last error.
 fn upstreams_json(snapshot: &Snapshot) -> serde_json::Value {
     snapshot
-        .upstreams
+        .upstreams()
         .values()
         .map(|u| {
             let v = u.health.view();
@@ -374,7 +380,7 @@ fn upstreams_json(snapshot: &Snapshot) -> serde_json::Value {
 
 /// Each certificate served: names, expiry and fingerprint.
 fn certificates_json(snapshot: &Snapshot) -> serde_json::Value {
-    let Some(set) = &snapshot.certs else {
+    let Some(set) = snapshot.certs() else {
         return serde_json::Value::Array(vec![]);
     };
     set.certs()
@@ -396,7 +402,7 @@ fn certificates_json(snapshot: &Snapshot) -> serde_json::Value {
 /// Each route and the upstream a request would go to now.
 fn routes_json(snapshot: &Snapshot) -> serde_json::Value {
     snapshot
-        .router
+        .router()
         .routes()
         .iter()
         .map(|r| {

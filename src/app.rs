@@ -25,9 +25,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
+use crate::handles::Handles;
 use crate::live::{BuildError, Snapshot};
 use crate::reload::Reloader;
-use crate::runtime::Runtime;
+use crate::shutdown::Shutdown;
 use crate::tls::CertStore;
 
 /// Why shunt could not start.
@@ -55,7 +56,7 @@ pub enum StartError {
 pub struct Running {
     listen_addr: SocketAddr,
     admin_addr: Option<SocketAddr>,
-    rt: Arc<Runtime>,
+    handles: Arc<Handles>,
     reloader: Arc<Reloader>,
     /// Stops the admin API, which outlives the drain (see [`crate::admin::run`]).
     admin_stop: CancellationToken,
@@ -102,16 +103,17 @@ async fn start_on(config: Config, workers: Option<usize>) -> Result<Running, Sta
         tracing::warn!(%addr, "the admin listener is bound beyond loopback; anyone who can reach it can read /status and trigger reloads");
     }
     let relay = Arc::new(crate::forward::tunnel::Relay::start(&config.tunnel));
-    let snapshot = Snapshot::build(config, None, &shutdown, &tracker)?;
-    let certs = snapshot.certs.clone().map(CertStore::new);
+    let shutdown = Shutdown::new(shutdown, tracker);
+    let snapshot = Snapshot::build(config, None, &shutdown)?;
+    let certs = snapshot.certs().cloned().map(CertStore::new);
     let acceptor = certs.clone().map(crate::tls::acceptor).transpose()?;
-    if let Some(set) = &snapshot.certs {
+    if let Some(set) = snapshot.certs() {
         for warning in set.warnings() {
             tracing::warn!("{warning}");
         }
     }
-    let rt = Runtime::new(ArcSwap::from_pointee(snapshot), certs, shutdown, tracker);
-    let reloader = Reloader::new(rt.clone());
+    let handles = Handles::new(ArcSwap::from_pointee(snapshot), certs, shutdown);
+    let reloader = Reloader::new(handles.clone());
 
     let listen_addr = match &proxy_listener {
         Proxy::InRuntime(l) => l.local_addr(),
@@ -126,33 +128,42 @@ async fn start_on(config: Config, workers: Option<usize>) -> Result<Running, Sta
         None => None,
     };
 
-    let ctx = Arc::new(crate::proxy::Context {
-        rt: rt.clone(),
-        relay: relay.clone(),
-    });
+    let ctx = Arc::new(crate::proxy::Context::new(handles.clone(), relay.clone()));
     let serve = move || {
         let (ctx, acceptor) = (ctx.clone(), acceptor.clone());
         move |stream, peer| crate::connection::accept(stream, peer, &ctx, acceptor.as_ref())
     };
     let workers = match proxy_listener {
         Proxy::InRuntime(listener) => {
-            rt.tracker.spawn(crate::listener::accept_loop(
-                listener,
-                rt.shutdown.clone(),
-                rt.tracker.clone(),
-                serve(),
-            ));
+            handles
+                .shutdown()
+                .tracker()
+                .spawn(crate::listener::accept_loop(
+                    listener,
+                    handles.shutdown().token().clone(),
+                    handles.shutdown().tracker().clone(),
+                    serve(),
+                ));
             0
         }
         Proxy::Workers(listeners) => {
             let n = listeners.len();
-            crate::workers::spawn(listeners, rt.shutdown.clone(), rt.tracker.clone(), serve)
-                .map_err(StartError::Workers)?;
+            crate::workers::spawn(
+                listeners,
+                handles.shutdown().token().clone(),
+                handles.shutdown().tracker().clone(),
+                serve,
+            )
+            .map_err(StartError::Workers)?;
             n
         }
     };
-    rt.tracker
-        .spawn(crate::telemetry::refusals::flush(rt.shutdown.clone()));
+    handles
+        .shutdown()
+        .tracker()
+        .spawn(crate::telemetry::refusals::flush(
+            handles.shutdown().token().clone(),
+        ));
     let admin_stop = CancellationToken::new();
     let admin_tracker = TaskTracker::new();
 
@@ -160,26 +171,26 @@ async fn start_on(config: Config, workers: Option<usize>) -> Result<Running, Sta
         let tunnel: crate::admin::TunnelStatus = Arc::new(move || relay.to_json());
         admin_tracker.spawn(crate::admin::run(
             listener,
-            rt.clone(),
+            handles.clone(),
             reloader.clone(),
             tunnel,
             admin_stop.clone(),
             admin_tracker.clone(),
         ));
     }
-    let watch = rt.live.load().config.watch;
+    let watch = handles.live().load().config().watch;
     if let Err(e) = watch
-        .then(|| crate::watch::spawn(rt.clone(), reloader.clone()))
+        .then(|| crate::watch::spawn(handles.clone(), reloader.clone()))
         .transpose()
     {
         tracing::warn!(error = %e, "cannot watch files for changes; use SIGHUP or POST /reload");
     }
     let admin_shown = admin_addr.map_or_else(|| "off".to_owned(), |a| a.to_string());
-    tracing::info!(listen = %listen_addr, admin = %admin_shown, tls = rt.certs.is_some(), workers, "shunt listening");
+    tracing::info!(listen = %listen_addr, admin = %admin_shown, tls = handles.certs().is_some(), workers, "shunt listening");
     Ok(Running {
         listen_addr,
         admin_addr,
-        rt,
+        handles,
         reloader,
         admin_stop,
         admin_tracker,
@@ -204,28 +215,28 @@ impl Running {
 
     /// Begin graceful shutdown; idempotent.
     pub fn shutdown(&self) {
-        if !self.rt.is_draining() {
+        if !self.handles.is_draining() {
             tracing::info!(
-                tunnels = self.rt.stats.active_tunnels(),
+                tunnels = self.handles.stats().active_tunnels(),
                 "shutting down: no new connections; draining"
             );
         }
-        self.rt.begin_shutdown();
+        self.handles.begin_shutdown();
     }
 
     /// Wait until every task has ended (after [`Running::shutdown`]), then
     /// stop the admin API, which answered throughout the drain.
     pub async fn stopped(self) {
-        self.rt.tracker.close();
-        let drain = self.rt.live.load().timeouts.drain;
+        self.handles.shutdown().tracker().close();
+        let drain = self.handles.live().load().timeouts().drain;
         // Tunnels close themselves at the drain deadline; the margin covers their last writes.
         let bound = drain + Duration::from_secs(5);
-        if tokio::time::timeout(bound, self.rt.tracker.wait())
+        if tokio::time::timeout(bound, self.handles.shutdown().tracker().wait())
             .await
             .is_err()
         {
             tracing::warn!(
-                tasks = self.rt.tracker.len(),
+                tasks = self.handles.shutdown().tracker().len(),
                 "tasks still running {bound:?} after shutdown began; exiting anyway"
             );
         }

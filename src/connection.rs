@@ -1,7 +1,7 @@
 //! The accept stage: one downstream connection from accept to its end.
 //!
 //! [`accept`] runs, in order: admission (the global IP lists and the
-//! connection caps, via [`crate::policy::admit_connection`], before a byte is
+//! connection caps, via [`crate::checkpoint::admit_connection`], before a byte is
 //! read or a TLS handshake starts), the refusal of a connection that is not
 //! admitted (a short plain-HTTP answer, or a bare close on a TLS listener),
 //! the TLS handshake when the listener has TLS, then hyper's HTTP/1.1 server
@@ -56,13 +56,13 @@ pub fn accept(
     tls: Option<&TlsAcceptor>,
 ) -> impl Future<Output = ()> + Send + use<> {
     let admitted = {
-        let snapshot = ctx.rt.live.load();
-        if let Some(idle) = snapshot.timeouts.keepalive
+        let snapshot = ctx.handles().live().load();
+        if let Some(idle) = snapshot.timeouts().keepalive
             && let Err(e) = crate::keepalive::apply(&stream, idle)
         {
             tracing::debug!(peer = %peer, error = %e, "cannot set TCP keepalive");
         }
-        crate::policy::admit_connection(&snapshot.config.policy, &ctx.rt.gate, peer)
+        crate::checkpoint::admit_connection(&snapshot.config().policy, ctx.handles().gate(), peer)
     };
     let (ctx, tls) = (ctx.clone(), tls.cloned());
     async move {
@@ -81,7 +81,7 @@ pub fn accept(
                 };
                 refusals::refused(reason, peer, &denied);
                 // Plain HTTP gets a short answer; a TLS listener just closes.
-                let permit = ctx.rt.gate.refusal_permit();
+                let permit = ctx.handles().gate().refusal_permit();
                 let answer = (permit.is_some() && tls.is_none())
                     .then(|| crate::response::raw_refusal(&denied));
                 refuse(stream, answer).await;
@@ -94,10 +94,10 @@ pub fn accept(
 /// The TLS handshake (bounded by the TLS handshake timeout), then HTTP.
 async fn serve_tls(stream: TcpStream, peer: SocketAddr, acceptor: &TlsAcceptor, ctx: Arc<Context>) {
     let timeout = ctx
-        .rt
-        .live
+        .handles()
+        .live()
         .load()
-        .config
+        .config()
         .tls
         .as_ref()
         .map_or(DEFAULT_TLS_HANDSHAKE_TIMEOUT, |t| t.handshake_timeout);
@@ -141,17 +141,17 @@ pub async fn serve<IO>(io: IO, downstream: Downstream, ctx: Arc<Context>)
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let rt = ctx.rt.clone();
-    let snapshot = rt.live.load();
+    let snapshot = ctx.handles().live().load();
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(snapshot.timeouts.header)
-        .max_buf_size(snapshot.max_header_bytes)
+        .header_read_timeout(snapshot.timeouts().header)
+        .max_buf_size(snapshot.max_header_bytes())
         .max_headers(MAX_HEADERS)
         .keep_alive(true);
-    let drain = snapshot.timeouts.drain;
+    let drain = snapshot.timeouts().drain;
     drop(snapshot);
+    let lifetime = ctx.handles().shutdown().clone();
 
     // Where a WebSocket handshake leaves its tunnel, started below from this
     // task once hyper lets go of the connection.
@@ -163,7 +163,7 @@ where
     let conn = builder
         .serve_connection(TokioIo::new(io), service)
         .with_upgrades();
-    let shutdown = rt.shutdown.clone();
+    let shutdown = lifetime.token().clone();
     let http = async move {
         let mut conn = std::pin::pin!(conn);
         tokio::select! {
@@ -179,7 +179,10 @@ where
         }
     };
     let result = http.await;
-    handoff.start(&ctx.relay, &rt.shutdown, &rt.tracker).await;
+    // A handshake answered with 101 left its tunnel here: start it on this task.
+    handoff
+        .start(ctx.relay(), lifetime.token(), lifetime.tracker())
+        .await;
     if let Some(Err(e)) = result {
         log_connection_error(&e, downstream);
     }

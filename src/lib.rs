@@ -19,12 +19,12 @@
 //! [`response`] next to its status code.
 //!
 //! ```text
-//! client ─▶ listener ─▶ connection: admission (policy: IP lists, caps) ─▶ tls? ─▶ hyper http1
+//! client ─▶ listener ─▶ connection: admission (checkpoint: IP lists, caps) ─▶ tls? ─▶ hyper http1
 //!        ─▶ proxy ─▶ upgrade (a valid WebSocket handshake?) ─▶ router (host + longest prefix)
-//!        ─▶ policy (form, IP, rate, Origin, auth) ─▶ upstream (first healthy; connect fallback)
+//!        ─▶ checkpoint (form, IP, rate, Origin, auth) ─▶ upstream (first healthy; connect fallback)
 //!        ─▶ forward: request rewrite ─▶ plain HTTP ─or─ 101 ─▶ forward::tunnel
 //! side:  app (wiring), cli, workers, config, live, reload, watch, upstream::health,
-//!        tls certificates, runtime, policy, dial (upstream streams, pool), percent,
+//!        tls certificates, handles, policy, dial (upstream streams, pool), percent, headers,
 //!        response, admin, stats, calls, prometheus, keepalive, fdlimit, telemetry,
 //!        certgen, doctor (run on demand)
 //! ```
@@ -41,9 +41,12 @@
 //! - [`proxy`]: one request, top-down, ending in one access-log line.
 //! - [`upgrade`]: is this a valid WebSocket handshake (RFC 6455)?
 //! - [`router`]: path normalization and host + longest-prefix matching.
-//! - [`upstream`]: upstreams, selection with connect-error fallback, connecting,
-//!   keep-alive pools, health.
-//! - [`forward`]: what the upstream is sent ([`forward::request`], [`forward::headers`]),
+//! - [`checkpoint`]: the security checkpoint, per connection and per request, over
+//!   the route's [`policy`] values.
+//! - [`upstream`]: upstreams, selection with connect-error fallback, the failover of
+//!   a handshake that was not upgraded, health (probes, rise/fall) and what each
+//!   exchange means for it.
+//! - [`forward`]: what the upstream is sent ([`forward::request`], [`headers`]),
 //!   the exchange, the WebSocket handshake written to the upstream by hand
 //!   ([`forward::handshake`]), and the tunnel after a 101 ([`forward::tunnel`]:
 //!   the tunnel task with its close policy, deadlines and outcome; each direction's
@@ -59,13 +62,17 @@
 //! - [`live`]: the hot-swappable [`live::Snapshot`] (router, upstreams, timeouts).
 //! - [`reload`]: rebuild and swap the snapshot, all or nothing.
 //! - [`watch`]: reload when the config, certificate or secret files change on disk.
-//! - [`runtime`]: handles shared by every connection (snapshot, counters, shutdown).
-//! - [`policy`]: the security stage: IP lists, authentication, Origin, rate and
-//!   connection limits.
+//! - [`handles`]: the handles every connection shares, one per role (shutdown, snapshot,
+//!   counters, the per-client gate); each stage is given only those it uses.
+//! - [`shutdown`]: the root cancellation token and the task tracker, as one handle.
+//! - [`policy`]: the security values the config parses (IP lists, authentication,
+//!   Origin rules, rate and connection limits) and their refusals.
 //! - [`dial`]: connections to upstreams: TCP or TLS, hyper's client handshake, the
 //!   keep-alive pool ([`dial::pool`]); used by selection, forward, the tunnel and probes.
 //! - [`percent`]: the one percent-decoder (paths and query parameters).
 //! - [`procnet`]: listening sockets and the processes holding them, from `/proc`.
+//! - [`headers`]: header token lists, hop-by-hop removal, `X-Forwarded-*`, `x-shunt-route`;
+//!   shared by `upgrade`, `forward` and `doctor`, so no stage imports a later one for them.
 //! - [`response`]: the errors of the flow, and the one place they become status codes.
 //! - [`doctor`]: `shunt doctor`, the troubleshooting checklist, run on demand.
 //! - [`admin`]: `/healthz`, `/readyz`, `/status`, `/metrics`, `/calls`, `POST /reload`.
@@ -84,6 +91,7 @@ pub mod admin;
 pub mod app;
 pub mod calls;
 pub mod certgen;
+pub mod checkpoint;
 pub mod cli;
 pub mod config;
 pub mod connection;
@@ -92,6 +100,8 @@ pub mod doctor;
 pub mod downstream;
 pub mod fdlimit;
 pub mod forward;
+pub mod handles;
+pub mod headers;
 pub mod keepalive;
 
 pub mod listener;
@@ -104,7 +114,7 @@ pub mod proxy;
 pub mod reload;
 pub mod response;
 pub mod router;
-pub mod runtime;
+pub mod shutdown;
 pub mod stats;
 pub mod telemetry;
 pub mod tls;

@@ -16,11 +16,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, Scheme, Timeouts, UpstreamName};
 use crate::router::{Route, Router};
+use crate::shutdown::Shutdown;
 use crate::tls::client::ClientTlsError;
 use crate::tls::{CertError, CertSet};
 use crate::upstream::Upstream;
@@ -29,19 +28,19 @@ use crate::upstream::Upstream;
 #[derive(Debug)]
 pub struct Snapshot {
     /// Increases by one with every successful reload; 1 at start.
-    pub generation: u64,
+    generation: u64,
     /// Host and path → route, built from `config.routes`.
-    pub router: Router,
+    router: Router,
     /// Every upstream by name, with its health and connection pool.
-    pub upstreams: BTreeMap<UpstreamName, Arc<Upstream>>,
+    upstreams: BTreeMap<UpstreamName, Arc<Upstream>>,
     /// The timeouts every new connection and request uses.
-    pub timeouts: Timeouts,
+    timeouts: Timeouts,
     /// Largest request head a connection accepts.
-    pub max_header_bytes: usize,
+    max_header_bytes: usize,
     /// Certificates of the TLS listener, if TLS is configured.
-    pub certs: Option<Arc<CertSet>>,
+    certs: Option<Arc<CertSet>>,
     /// The configuration it was built from.
-    pub config: Arc<Config>,
+    config: Arc<Config>,
 }
 
 /// Why a snapshot could not be built from a valid config.
@@ -66,8 +65,7 @@ impl Snapshot {
     pub fn build(
         config: Config,
         previous: Option<&Snapshot>,
-        root: &CancellationToken,
-        tracker: &TaskTracker,
+        shutdown: &Shutdown,
     ) -> Result<Snapshot, BuildError> {
         let certs = match &config.tls {
             Some(tls) => Some(crate::tls::load_cert_set(&tls.certs)?),
@@ -88,8 +86,8 @@ impl Snapshot {
                     spec.clone(),
                     probed,
                     old.map(|o| o.health.clone()),
-                    root,
-                    tracker,
+                    shutdown.token(),
+                    shutdown.tracker(),
                 )
                 .map_err(|source| BuildError::UpstreamTls {
                     upstream: spec.name.clone(),
@@ -123,6 +121,41 @@ impl Snapshot {
             certs,
             config: Arc::new(config),
         })
+    }
+
+    /// Increases by one with every successful reload; 1 at start.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Host and path → route.
+    pub fn router(&self) -> &Router {
+        &self.router
+    }
+
+    /// Every upstream by name, with its health and connection pool.
+    pub fn upstreams(&self) -> &BTreeMap<UpstreamName, Arc<Upstream>> {
+        &self.upstreams
+    }
+
+    /// The timeouts every new connection and request uses.
+    pub fn timeouts(&self) -> &Timeouts {
+        &self.timeouts
+    }
+
+    /// Largest request head a connection accepts.
+    pub fn max_header_bytes(&self) -> usize {
+        self.max_header_bytes
+    }
+
+    /// Certificates of the TLS listener, if TLS is configured.
+    pub fn certs(&self) -> Option<&Arc<CertSet>> {
+        self.certs.as_ref()
+    }
+
+    /// The configuration it was built from.
+    pub fn config(&self) -> &Arc<Config> {
+        &self.config
     }
 }
 

@@ -19,6 +19,8 @@
 //!   3xx, 5xx: an nginx without the upgrade headers) is sent again to the
 //!   route's next upstream: it is a GET without a body, so repeating it is
 //!   safe, and the client gets its 101 from the upstream that can give one.
+//!   That walk, and what each answer means for an upstream's health, is
+//!   [`upstream::Failover`]'s: this module never writes health.
 //! - The access log is written here, once per request, with the token
 //!   parameter redacted, so no other module needs to know about logging.
 
@@ -27,28 +29,54 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::{Request, Response, Uri, header};
+use http::{HeaderValue, Request, Response, Uri, header};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
+use crate::checkpoint;
 use crate::downstream::Downstream;
 use crate::forward::tunnel::{Handoff, Relay};
 use crate::forward::{self, Exchange};
+use crate::handles::Handles;
+use crate::live::Snapshot;
 use crate::policy;
+use crate::policy::rate::{Gate, TunnelSlot};
 use crate::response::{self, Body, ProxyError};
 use crate::router::{Route, normalize_path};
-use crate::runtime::Runtime;
 use crate::upgrade::{self, Kind};
-use crate::upstream;
+use crate::upstream::{self, Failover};
 
-/// What every request shares, handed down from `app`: the runtime's handles
+/// What every request shares, handed down from `app`: the shared handles
 /// and the relay that joins tunnels.
 #[derive(Debug)]
 pub struct Context {
-    /// Live snapshot, counters, shutdown token and task tracker.
-    pub rt: Arc<Runtime>,
-    /// How tunnels are joined (splice or copy), with the pipe pool.
-    pub relay: Arc<Relay>,
+    handles: Arc<Handles>,
+    relay: Arc<Relay>,
+}
+
+impl Context {
+    /// Bundle the shared handles with the tunnels' relay.
+    pub fn new(handles: Arc<Handles>, relay: Arc<Relay>) -> Self {
+        Context { handles, relay }
+    }
+
+    /// The snapshot, counters, gate and shutdown handles (the accept stage uses them too).
+    pub fn handles(&self) -> &Handles {
+        &self.handles
+    }
+
+    /// How tunnels are joined: the connection starts its hand-off with it.
+    pub fn relay(&self) -> &Arc<Relay> {
+        &self.relay
+    }
+
+    /// What forwarding may use: shutdown and the counters; no snapshot.
+    fn forwarding(&self) -> forward::Shared<'_> {
+        forward::Shared {
+            shutdown: self.handles.shutdown(),
+            counters: self.handles.stats(),
+        }
+    }
 }
 
 /// What the access log says about one request, filled in as it goes: the
@@ -77,18 +105,17 @@ pub async fn handle(
     ctx: Arc<Context>,
     handoff: &Handoff,
 ) -> Result<Response<Body>, Infallible> {
-    let rt = &ctx.rt;
     let started = Instant::now();
     let method = req.method().clone();
     // The target shares the request head's bytes: keeping it for the log copies nothing.
     let uri = req.uri().clone();
     // Path and query, the token parameter redacted: a token never reaches a log line.
     let path = {
-        let snapshot = rt.live.load();
-        policy::target::loggable_target(&uri, &snapshot.config.policy.sources.query)
+        let snapshot = ctx.handles.live().load();
+        policy::target::loggable_target(&uri, &snapshot.config().policy.sources.query)
     };
     let upgrade = req.version() >= http::Version::HTTP_11
-        && upgrade::has_token(req.headers(), header::UPGRADE, "websocket");
+        && crate::headers::has_token(req.headers(), header::UPGRADE, "websocket");
     let mut trace = Trace::default();
     let resp = match proxy(req, downstream, &ctx, &mut trace, &uri, &path, handoff).await {
         Ok(resp) => resp,
@@ -101,7 +128,7 @@ pub async fn handle(
             response::error_response(&e)
         }
     };
-    rt.stats.record(resp.status(), upgrade);
+    ctx.handles.stats().record(resp.status(), upgrade);
     tracing::info!(
         target: crate::telemetry::ACCESS_TARGET,
         peer = %downstream.peer,
@@ -117,14 +144,29 @@ pub async fn handle(
     Ok(resp)
 }
 
+/// What [`check_request`] found out about a request that may go on.
+struct Checked<'a> {
+    /// A valid WebSocket handshake (else a plain request).
+    websocket: bool,
+    /// The normalized path: routed, policed, and sent upstream.
+    path: Cow<'a, str>,
+    /// The route it matched (in the request's snapshot).
+    route: &'a Arc<Route>,
+    /// The allowed Origin to echo on the answer (CORS routes).
+    cors_origin: Option<HeaderValue>,
+    /// A CORS preflight, answered here.
+    preflight: bool,
+    /// The client's tunnel slot (WebSocket handshakes): it moves into the
+    /// tunnel on a 101 and is released if the handshake fails.
+    slot: Option<TunnelSlot>,
+}
+
 /// The request's steps, in order; each one that refuses returns the error
 /// that [`response::error_response`] turns into the client's answer.
 ///
 /// The snapshot is loaded once, so one request sees one configuration even
-/// if a reload lands halfway. For a WebSocket handshake, `slot` (the
-/// client's tunnel slot) moves into the tunnel on a 101 and is released if
-/// the handshake fails. `uri` is the request's target (a shared copy, which
-/// the routed path borrows), `target` the loggable one, for `/calls`.
+/// if a reload lands halfway. `uri` is the request's target (a shared copy,
+/// which the routed path borrows), `target` the loggable one, for `/calls`.
 async fn proxy(
     req: Request<Incoming>,
     downstream: Downstream,
@@ -134,45 +176,100 @@ async fn proxy(
     target: &str,
     handoff: &Handoff,
 ) -> Result<Response<Body>, ProxyError> {
-    let rt = &ctx.rt;
-    let snapshot = rt.live.load_full();
-    let kind: Kind = upgrade::classify(&req)?;
+    let snapshot = ctx.handles.live().load_full();
+    let mut checked = check_request(&req, downstream, &snapshot, ctx.handles.gate(), uri, trace)?;
+    if checked.preflight {
+        return Ok(answer_preflight(checked.cors_origin.as_ref(), &req));
+    }
+    let mut resp = exchange_with_failover(
+        req,
+        downstream,
+        ctx,
+        &snapshot,
+        &mut checked,
+        trace,
+        target,
+        handoff,
+    )
+    .await?;
+    decorate_cors(&mut resp, checked.cors_origin.as_ref());
+    Ok(resp)
+}
+
+/// Classify the request (a malformed handshake is refused whatever the
+/// route), route it on its normalized path and host, then run the route's
+/// policy on it.
+fn check_request<'a>(
+    req: &Request<Incoming>,
+    downstream: Downstream,
+    snapshot: &'a Snapshot,
+    gate: &Arc<Gate>,
+    uri: &'a Uri,
+    trace: &mut Trace,
+) -> Result<Checked<'a>, ProxyError> {
+    let kind: Kind = upgrade::classify(req)?;
     let path = normalize_path(uri.path());
-    let host = request_host(&req)?;
+    let host = request_host(req)?;
     let route = snapshot
-        .router
+        .router()
         .route(host, &path)
         .ok_or_else(|| ProxyError::NoRoute {
             path: path.to_string(),
         })?;
     trace.route = Some(route.clone());
-    let global = &snapshot.config.policy;
-    let admission = policy::check(
-        &req,
-        kind == Kind::WebSocket,
+    let websocket = kind == Kind::WebSocket;
+    let admission = checkpoint::check(
+        req,
+        websocket,
         &route.spec.policy,
-        global,
+        &snapshot.config().policy,
         downstream.peer.ip(),
-        &rt.gate,
+        gate,
     )?;
-    if admission.preflight {
-        let origin = admission.cors_origin.as_ref();
-        let headers = origin.map_or_else(Vec::new, |o| {
-            policy::origin::cors_headers(o, Some(req.headers()))
-        });
-        return Ok(response::preflight(headers));
-    }
+    Ok(Checked {
+        websocket,
+        path,
+        route,
+        cors_origin: admission.cors_origin,
+        preflight: admission.preflight,
+        slot: admission.tunnel,
+    })
+}
+
+/// A CORS preflight the policy answers itself: 204 with the allowed origin's headers.
+fn answer_preflight(origin: Option<&HeaderValue>, req: &Request<Incoming>) -> Response<Body> {
+    let headers = origin.map_or_else(Vec::new, |o| {
+        policy::origin::cors_headers(o, Some(req.headers()))
+    });
+    response::preflight(headers)
+}
+
+/// Send the request to the route's first usable upstream; a WebSocket
+/// handshake the upstream did not upgrade goes on to the next one
+/// ([`Failover`], which also records what each exchange meant for its
+/// upstream's health).
+async fn exchange_with_failover(
+    req: Request<Incoming>,
+    downstream: Downstream,
+    ctx: &Context,
+    snapshot: &Snapshot,
+    checked: &mut Checked<'_>,
+    trace: &mut Trace,
+    target: &str,
+    handoff: &Handoff,
+) -> Result<Response<Body>, ProxyError> {
+    let Checked {
+        websocket,
+        path,
+        route,
+        slot,
+        ..
+    } = checked;
+    let websocket = *websocket;
+    let global = &snapshot.config().policy;
     // A token meant for shunt is not passed on.
     let strip_param = (route.spec.policy.auth != policy::auth::AuthMode::None)
         .then_some(global.sources.query.as_str());
-    let websocket = kind == Kind::WebSocket;
-    let reuse = kind == Kind::Plain;
-    // For WebSocket, upstreams known not to forward upgrades go last.
-    let mut candidates: Cow<'_, [Arc<upstream::Upstream>]> = if websocket {
-        Cow::Owned(upstream::websocket_order(&route.via))
-    } else {
-        Cow::Borrowed(&route.via)
-    };
     // What `/calls` shows of a WebSocket call: the client's Host and the redacted target.
     let host_header = websocket
         .then(|| {
@@ -183,11 +280,12 @@ async fn proxy(
                 .map(str::to_owned)
         })
         .flatten();
-    let mut slot = admission.tunnel;
+    let mut failover = Failover::new(&route.via, websocket, snapshot.timeouts());
     let (mut parts, body) = req.into_parts();
     let mut body = Some(body.boxed());
-    let mut resp = loop {
-        let (upstream, conn) = upstream::connect_first(&candidates, &snapshot.timeouts, reuse)
+    loop {
+        let (upstream, conn) = failover
+            .connect()
             .await
             .map_err(|source| ProxyError::Select {
                 route: route.label.clone(),
@@ -201,9 +299,9 @@ async fn proxy(
         let exchange = Exchange {
             websocket,
             route: &route.label,
-            routed_path: &path,
+            routed_path: path,
             strip_param,
-            tunnel: &mut slot,
+            tunnel: slot,
             upstream: forward::Target {
                 name: upstream.name(),
                 url: &upstream.spec.url,
@@ -213,11 +311,11 @@ async fn proxy(
                 route_header: &upstream.route_header,
             },
             downstream,
-            timeouts: &snapshot.timeouts,
+            timeouts: snapshot.timeouts(),
             call: forward::CallMeta {
                 host: host_header.clone(),
                 target,
-                generation: snapshot.generation,
+                generation: snapshot.generation(),
                 spec: route.spec.calls,
             },
         };
@@ -228,45 +326,26 @@ async fn proxy(
             std::mem::replace(&mut parts, Request::new(()).into_parts().0)
         };
         let req = Request::from_parts(head, body);
-        match forward::forward(req, conn, exchange, rt, handoff).await {
-            Err(e @ response::ForwardError::UpgradeNotForwarded { .. }) => {
-                // A WebSocket handshake is a GET without a body: safe to send again.
-                upstream
-                    .health
-                    .record_websocket_failure(&e.to_string(), &route.label, &path);
-                let tried = candidates.iter().position(|u| Arc::ptr_eq(u, &upstream));
-                candidates.to_mut().drain(..=tried.unwrap_or(0));
-                if candidates.iter().all(|u| !u.is_usable()) {
-                    return Err(e.into());
-                }
-            }
-            Ok(resp) => {
-                if websocket && resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
-                    upstream.health.record_websocket_success();
-                }
-                break resp;
-            }
-            Err(e) => {
-                if let response::ForwardError::Timeout { after, .. } = &e {
-                    // No answer within the response timeout counts against the upstream.
-                    upstream
-                        .health
-                        .record_failure(&format!("no response within {after:?}"));
-                }
-                return Err(e.into());
-            }
-        }
-    };
-    if let Some(origin) = &admission.cors_origin {
-        for (name, value) in policy::origin::cors_headers(origin, None) {
-            if name == header::VARY {
-                resp.headers_mut().append(name, value);
-            } else {
-                resp.headers_mut().insert(name, value);
-            }
+        let result = forward::forward(req, conn, exchange, ctx.forwarding(), handoff).await;
+        if let Some(result) = failover.settle(&upstream, result, &route.label, path) {
+            return result.map_err(ProxyError::from);
         }
     }
-    Ok(resp)
+}
+
+/// On a CORS route, the allowed origin's headers go on the upstream's answer
+/// (`Vary` is added to, never replaced).
+fn decorate_cors(resp: &mut Response<Body>, cors_origin: Option<&HeaderValue>) {
+    let Some(origin) = cors_origin else {
+        return;
+    };
+    for (name, value) in policy::origin::cors_headers(origin, None) {
+        if name == header::VARY {
+            resp.headers_mut().append(name, value);
+        } else {
+            resp.headers_mut().insert(name, value);
+        }
+    }
 }
 
 /// The host the client asked for: the authority of an absolute-form target,

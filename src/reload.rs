@@ -21,8 +21,8 @@ use std::time::SystemTime;
 use serde_json::json;
 
 use crate::config::{Config, ConfigError};
+use crate::handles::Handles;
 use crate::live::{BuildError, Snapshot};
-use crate::runtime::Runtime;
 
 /// Why a reload was refused.
 #[derive(Debug, thiserror::Error)]
@@ -38,7 +38,7 @@ pub enum ReloadError {
 /// Performs reloads and remembers how the last one went.
 #[derive(Debug)]
 pub struct Reloader {
-    rt: Arc<Runtime>,
+    handles: Arc<Handles>,
     /// Serializes reloads.
     busy: tokio::sync::Mutex<()>,
     last: Mutex<Option<LastReload>>,
@@ -103,10 +103,10 @@ struct LastReload {
 
 impl Reloader {
     /// A reloader for the runtime's live snapshot.
-    pub fn new(rt: Arc<Runtime>) -> Arc<Self> {
-        let started = Started::of(&rt.live.load().config, rt.certs.is_some());
+    pub fn new(handles: Arc<Handles>) -> Arc<Self> {
+        let started = Started::of(handles.live().load().config(), handles.certs().is_some());
         Arc::new(Reloader {
-            rt,
+            handles,
             busy: tokio::sync::Mutex::new(()),
             last: Mutex::new(None),
             started,
@@ -148,10 +148,10 @@ impl Reloader {
     }
 
     fn try_reload(&self) -> Result<serde_json::Value, ReloadError> {
-        let old = self.rt.live.load_full();
-        let config = old.config.reread()?;
-        let new = Snapshot::build(config, Some(&old), &self.rt.shutdown, &self.rt.tracker)?;
-        if let (Some(store), Some(set)) = (&self.rt.certs, &new.certs) {
+        let old = self.handles.live().load_full();
+        let config = old.config().reread()?;
+        let new = Snapshot::build(config, Some(&old), self.handles.shutdown())?;
+        if let (Some(store), Some(set)) = (self.handles.certs(), new.certs()) {
             for warning in set.warnings() {
                 tracing::warn!("{warning}");
             }
@@ -159,7 +159,7 @@ impl Reloader {
         }
         let restart_required = restart_only_changes(
             &self.started,
-            &Started::of(&new.config, new.certs.is_some()),
+            &Started::of(new.config(), new.certs().is_some()),
         );
         {
             let mut pending = lock(&self.pending);
@@ -174,11 +174,11 @@ impl Reloader {
         }
         let report = json!({
             "ok": true,
-            "generation": new.generation,
+            "generation": new.generation(),
             "changed": diff(&old, &new),
             "restart_required": restart_required,
         });
-        self.rt.live.store(Arc::new(new));
+        self.handles.live().store(Arc::new(new));
         Ok(report)
     }
 
@@ -304,8 +304,8 @@ impl std::fmt::Display for Changes<'_> {
 
 /// The certificates' fingerprints, to tell whether a reload changed them.
 fn fingerprints(s: &Snapshot) -> Vec<String> {
-    s.certs
-        .iter()
+    s.certs()
+        .into_iter()
         .flat_map(|set| set.certs())
         .map(|c| c.info.fingerprint.clone())
         .collect()
@@ -314,13 +314,18 @@ fn fingerprints(s: &Snapshot) -> Vec<String> {
 /// Whether the global IP lists, token sources or limits changed (a route's
 /// own policy is part of its route; credentials are re-read from their files
 /// on every reload and are not compared).
-fn policy_changed(old: &crate::policy::GlobalPolicy, new: &crate::policy::GlobalPolicy) -> bool {
+fn policy_changed(old: &crate::config::GlobalPolicy, new: &crate::config::GlobalPolicy) -> bool {
     old.ip != new.ip || old.sources != new.sources || old.limits != new.limits
 }
 
 /// Which upstreams and routes a reload added, removed or changed.
 fn diff(old: &Snapshot, new: &Snapshot) -> serde_json::Value {
-    let names = |s: &Snapshot| s.upstreams.keys().map(|n| n.0.clone()).collect::<Vec<_>>();
+    let names = |s: &Snapshot| {
+        s.upstreams()
+            .keys()
+            .map(|n| n.0.clone())
+            .collect::<Vec<_>>()
+    };
     let added: Vec<_> = names(new)
         .into_iter()
         .filter(|n| !names(old).contains(n))
@@ -330,12 +335,12 @@ fn diff(old: &Snapshot, new: &Snapshot) -> serde_json::Value {
         .filter(|n| !names(new).contains(n))
         .collect();
     let changed: Vec<_> = new
-        .upstreams
+        .upstreams()
         .iter()
-        .filter(|(n, u)| old.upstreams.get(*n).is_some_and(|o| o.spec != u.spec))
+        .filter(|(n, u)| old.upstreams().get(*n).is_some_and(|o| o.spec != u.spec))
         .map(|(n, _)| n.0.clone())
         .collect();
-    let (old_routes, new_routes) = (&old.config.routes, &new.config.routes);
+    let (old_routes, new_routes) = (&old.config().routes, &new.config().routes);
     let find = |routes: &[crate::config::RouteSpec], label: &str| {
         routes.iter().find(|r| r.label() == label).cloned()
     };
@@ -362,8 +367,8 @@ fn diff(old: &Snapshot, new: &Snapshot) -> serde_json::Value {
         "routes_added": routes_added,
         "routes_removed": routes_removed,
         "routes_modified": routes_modified,
-        "policy_changed": policy_changed(&old.config.policy, &new.config.policy),
-        "timeouts_changed": old.timeouts != new.timeouts,
+        "policy_changed": policy_changed(&old.config().policy, &new.config().policy),
+        "timeouts_changed": old.timeouts() != new.timeouts(),
         "certificates_changed": fingerprints(old) != fingerprints(new),
     })
 }

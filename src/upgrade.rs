@@ -15,6 +15,8 @@
 use base64::Engine;
 use http::{Method, Request, Version, header};
 
+use crate::headers::has_token;
+
 /// The refusal's type lives next to its status codes in [`crate::response`];
 /// the old path stays for callers.
 pub use crate::response::UpgradeError;
@@ -60,11 +62,6 @@ pub fn classify<B>(req: &Request<B>) -> Result<Kind, UpgradeError> {
     }
     Ok(Kind::WebSocket)
 }
-
-/// Token lists are parsed in [`crate::forward::headers`], below this stage,
-/// because forwarding reads them too (`Transfer-Encoding: chunked` in an
-/// upstream's answer); the old path stays for callers.
-pub use crate::forward::headers::has_token;
 
 #[cfg(test)]
 mod tests {

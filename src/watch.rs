@@ -23,8 +23,8 @@ use notify::event::{AccessKind, AccessMode, EventKind};
 use notify::{RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
+use crate::handles::Handles;
 use crate::reload::Reloader;
-use crate::runtime::Runtime;
 
 /// How long a burst of events may last before the reload runs.
 const DEBOUNCE: Duration = Duration::from_millis(300);
@@ -45,7 +45,7 @@ struct Watched {
 ///
 /// The directories are watched before this returns, not when the task first
 /// runs: a file changed right after start (a deploy script, a test) is seen.
-pub fn spawn(rt: Arc<Runtime>, reloader: Arc<Reloader>) -> notify::Result<()> {
+pub fn spawn(handles: Arc<Handles>, reloader: Arc<Reloader>) -> notify::Result<()> {
     let (tx, rx) = mpsc::unbounded_channel();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         if let Ok(event) = event {
@@ -53,7 +53,7 @@ pub fn spawn(rt: Arc<Runtime>, reloader: Arc<Reloader>) -> notify::Result<()> {
             let _ = tx.send(event);
         }
     })?;
-    let files = resolve(&rt.live.load().config.watched_files());
+    let files = resolve(&handles.live().load().config().watched_files());
     let mut dirs = BTreeSet::new();
     update_watches(&mut watcher, &files, &mut dirs);
     let task = watch_loop(
@@ -63,10 +63,10 @@ pub fn spawn(rt: Arc<Runtime>, reloader: Arc<Reloader>) -> notify::Result<()> {
             dirs,
         },
         rx,
-        rt.clone(),
+        handles.clone(),
         reloader,
     );
-    rt.tracker.spawn(task);
+    handles.shutdown().tracker().spawn(task);
     Ok(())
 }
 
@@ -82,7 +82,7 @@ struct Watches {
 async fn watch_loop(
     watches: Watches,
     mut events: mpsc::UnboundedReceiver<notify::Event>,
-    rt: Arc<Runtime>,
+    handles: Arc<Handles>,
     reloader: Arc<Reloader>,
 ) {
     let Watches {
@@ -93,7 +93,7 @@ async fn watch_loop(
     loop {
         let first = tokio::select! {
             e = events.recv() => match e { Some(e) => e, None => return },
-            () = rt.shutdown.cancelled() => return,
+            () = handles.shutdown().token().cancelled() => return,
         };
         let Some(trigger) = relevant(&first, &files) else {
             continue;
@@ -107,7 +107,7 @@ async fn watch_loop(
                 &format!("file change: {}", trigger.display()),
             )
             .await;
-        files = resolve(&rt.live.load().config.watched_files());
+        files = resolve(&handles.live().load().config().watched_files());
         update_watches(&mut watcher, &files, &mut dirs);
     }
 }

@@ -8,7 +8,7 @@
 //! listening socket, and a connection, its upstream connection and its
 //! tunnel live and die on one thread.
 //!
-//! What stays shared is what [`crate::runtime::Runtime`] holds (the snapshot,
+//! What stays shared is what [`crate::handles::Handles`] holds (the snapshot,
 //! certificates, health, the policy's gate, stats, the shutdown token and the
 //! task tracker): a task a worker spawns is tracked by the one
 //! [`TaskTracker`], so [`crate::app::Running::stopped`] waits for every

@@ -2,7 +2,7 @@
 //! answers, besides IP addresses and `localhost` (see `crate::admin::host`).
 
 use super::ConfigError;
-use super::merge::field_name;
+use super::parse::field_name;
 
 /// The names of `--admin-host` (or of `admin_hosts` in the file, `field`
 /// saying which), each checked and lowercased, without a trailing dot.

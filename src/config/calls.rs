@@ -7,53 +7,10 @@
 
 use std::time::Duration;
 
-/// What the call layer does on one route's tunnels.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CallSpec {
-    /// Follow WebSocket frames (`false`: a pure byte relay, no pings, no close codes).
-    pub frames: bool,
-    /// Ping a leg silent this long; `None` (`0`): no pings.
-    pub ping_interval: Option<Duration>,
-    /// A pinged leg silent this long is dead.
-    pub ping_timeout: Duration,
-    /// A streaming direction silent this long is stalled.
-    pub stall_after: Duration,
-}
-
-impl std::fmt::Display for CallSpec {
-    /// `frames on, ping 20s timeout 10s, stall 2s` (as `shunt check` prints it).
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if !self.frames {
-            return f.write_str("frames off (byte relay)");
-        }
-        let d = humantime::format_duration;
-        match self.ping_interval {
-            Some(i) => write!(
-                f,
-                "frames on, ping {} timeout {}",
-                d(i),
-                d(self.ping_timeout)
-            )?,
-            None => f.write_str("frames on, pings off")?,
-        }
-        write!(f, ", stall {}", d(self.stall_after))
-    }
-}
-
-impl Default for CallSpec {
-    fn default() -> Self {
-        CallSpec {
-            frames: true,
-            ping_interval: Some(Duration::from_secs(20)),
-            ping_timeout: Duration::from_secs(10),
-            stall_after: Duration::from_secs(2),
-        }
-    }
-}
-
 use super::ConfigError;
 use super::parse::parse_duration;
 use super::raw::{RawConfig, RawRoute};
+use super::spec::CallSpec;
 use crate::cli::RunArgs;
 
 /// The call-layer flags, parsed (each error names its flag).

@@ -14,10 +14,9 @@ use std::time::Duration;
 
 use super::ConfigError;
 use super::parse::{
-    parse_addr, parse_admin, parse_duration, parse_keepalive, parse_log_format, parse_rate,
-    parse_route_flag, parse_tunnel_settings,
+    cidrs, origins, parse_addr, parse_admin, parse_auth, parse_duration, parse_keepalive,
+    parse_log_format, parse_rate, parse_route_flag, parse_tunnel_settings, token_name,
 };
-use super::policy::{cidrs, origins, parse_auth, token_name};
 use super::spec::{LogFormat, ProbeKind, RouteSpec, TunnelSettings, UpstreamUrl};
 use crate::cli::RunArgs;
 use crate::policy::auth::AuthMode;

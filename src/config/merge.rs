@@ -20,8 +20,8 @@ use std::time::Duration;
 
 use super::flags::Overrides;
 use super::parse::{
-    check_name, parse_addr, parse_admin, parse_duration, parse_host, parse_log_format, parse_path,
-    parse_via,
+    check_name, field_name, parse_addr, parse_admin, parse_duration, parse_host, parse_log_format,
+    parse_path, parse_via,
 };
 use super::raw::{RawConfig, RawHealth};
 use super::spec::{
@@ -52,16 +52,6 @@ pub(super) struct Merge<'a> {
     pub(super) file: &'a RawConfig,
     /// Directory of the config file: relative paths in the file are relative to it.
     pub(super) base: &'a Path,
-}
-
-/// The name of a setting as a user would write it: the flag if it came from
-/// one, the file key otherwise.
-pub(super) fn field_name(from_flag: bool, flag: &str, key: &str) -> String {
-    if from_flag {
-        format!("--{flag}")
-    } else {
-        format!("`{key}` in the config file")
-    }
 }
 
 impl Merge<'_> {

@@ -9,6 +9,22 @@
 //! never re-checks a setting. A reload builds a whole new [`Config`] the same
 //! way, laying the same typed overrides over the re-read file
 //! ([`Config::reread`]), and changes nothing if that fails.
+//!
+//! # Import order
+//!
+//! The files import one another in one direction only, leaves first:
+//!
+//! ```text
+//! raw, spec            the TOML mirror and the typed values (import no sibling)
+//!   → parse            text → one typed value; `field_name` for error messages
+//!   → admin, calls     admin host names; the call-layer settings
+//!   → flags            the run flags → typed `Overrides`
+//!   → policy           the security settings (reads `Overrides`)
+//!   → merge            flags over file over defaults → `Config`
+//!   → mod.rs           `Config`, `ConfigError`, build, reread, describe
+//! ```
+//!
+//! Every file names `ConfigError` from this one; nothing else here points back up.
 
 mod admin;
 pub mod calls;
@@ -27,16 +43,14 @@ use std::sync::Arc;
 use clap::Parser;
 
 use crate::cli::RunArgs;
-use crate::policy::GlobalPolicy;
 use crate::tls::CertSet;
 use flags::Overrides;
 use raw::RawConfig;
 
-pub use calls::CallSpec;
 pub use parse::{parse_addr, parse_duration};
 pub use spec::{
-    HealthSpec, LogFormat, ProbeKind, RouteSpec, Scheme, Timeouts, TlsSpec, TunnelMode,
-    TunnelSettings, UpstreamName, UpstreamSpec, UpstreamUrl,
+    CallSpec, GlobalPolicy, HealthSpec, LogFormat, ProbeKind, RoutePolicy, RouteSpec, Scheme,
+    Timeouts, TlsSpec, TunnelMode, TunnelSettings, UpstreamName, UpstreamSpec, UpstreamUrl,
 };
 
 /// Why a configuration was refused. Each names the field and the value at fault.

@@ -19,10 +19,13 @@ use http::Uri;
 
 use super::ConfigError;
 use super::spec::{
-    LogFormat, ProbeKind, RouteSpec, Scheme, TunnelMode, TunnelSettings, UpstreamName, UpstreamUrl,
+    LogFormat, ProbeKind, RoutePolicy, RouteSpec, Scheme, TunnelMode, TunnelSettings, UpstreamName,
+    UpstreamUrl,
 };
 use crate::cli::RunArgs;
-use crate::policy::RoutePolicy;
+use crate::policy::auth::AuthMode;
+use crate::policy::ip::IpNet;
+use crate::policy::origin::OriginRule;
 use crate::policy::rate::Rate;
 
 impl UpstreamUrl {
@@ -404,4 +407,60 @@ pub(super) fn parse_tunnel_settings(a: &RunArgs) -> Result<TunnelSettings, Confi
         pipe_size,
         max_pipes,
     })
+}
+
+/// The name of a setting as a user would write it: the flag if it came from
+/// one, the file key otherwise.
+pub(super) fn field_name(from_flag: bool, flag: &str, key: &str) -> String {
+    if from_flag {
+        format!("--{flag}")
+    } else {
+        format!("`{key}` in the config file")
+    }
+}
+
+/// CIDR ranges (`10.0.0.0/8`, a bare address is a /32 or /128), blaming `field`.
+pub(super) fn cidrs(list: (String, &[String])) -> Result<Vec<IpNet>, ConfigError> {
+    parse_list(list, IpNet::parse)
+}
+
+/// Origin rules (`https://app.example.com`, `https://*.example.com`, `*`), blaming `field`.
+pub(super) fn origins(list: (String, &[String])) -> Result<Vec<OriginRule>, ConfigError> {
+    parse_list(list, OriginRule::parse)
+}
+
+/// Each entry of a list setting through `parse`, blaming `field`. Blank
+/// entries are skipped, so a trailing comma in a flag is harmless.
+fn parse_list<T, E: std::fmt::Display>(
+    (field, items): (String, &[String]),
+    parse: impl Fn(&str) -> Result<T, E>,
+) -> Result<Vec<T>, ConfigError> {
+    items
+        .iter()
+        .map(|s| s.trim())
+        .filter(|s| !s.is_empty())
+        .map(|s| parse(s).map_err(|e| ConfigError::invalid(&field, s, e)))
+        .collect()
+}
+
+/// `none`, `token` or `jwt`.
+pub(super) fn parse_auth(field: &str, v: &str) -> Result<AuthMode, ConfigError> {
+    AuthMode::parse(v).ok_or_else(|| ConfigError::invalid(field, v, "expected none, token or jwt"))
+}
+
+/// A query parameter or cookie name: kept to a safe alphabet, since it is
+/// matched in requests and written into log lines.
+pub(super) fn token_name(field: &str, v: String) -> Result<String, ConfigError> {
+    let ok = !v.is_empty()
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+    if ok {
+        Ok(v)
+    } else {
+        Err(ConfigError::invalid(
+            field,
+            v,
+            "use letters, digits, '_', '-' or '.'",
+        ))
+    }
 }

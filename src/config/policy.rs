@@ -13,14 +13,15 @@ use std::time::Duration;
 
 use super::ConfigError;
 use super::flags::Overrides;
-use super::merge::field_name;
-use super::parse::{parse_duration, parse_rate};
+use super::parse::{
+    cidrs, field_name, origins, parse_auth, parse_duration, parse_rate, token_name,
+};
 use super::raw::{RawConfig, RawRoute};
+use super::spec::{GlobalPolicy, RoutePolicy};
 use crate::policy::auth::{AuthMode, Credentials, JwtVerifier, TokenSet, TokenSources};
-use crate::policy::ip::{IpNet, IpRules};
+use crate::policy::ip::IpRules;
 use crate::policy::origin::OriginRule;
 use crate::policy::rate::RateLimits;
-use crate::policy::{GlobalPolicy, RoutePolicy};
 
 /// What a route inherits when it does not say.
 #[derive(Debug, Clone)]
@@ -337,50 +338,6 @@ fn path(
         (Some(p), _) => Some((field_name(true, flag_name, key), p.clone())),
         (None, Some(p)) => Some((field_name(false, flag_name, key), base.join(p))),
         (None, None) => None,
-    }
-}
-
-/// CIDR ranges (`10.0.0.0/8`, a bare address is a /32 or /128), blaming `field`.
-/// Blank entries are skipped, so a trailing comma in a flag is harmless.
-pub(super) fn cidrs((field, items): (String, &[String])) -> Result<Vec<IpNet>, ConfigError> {
-    items
-        .iter()
-        .map(|s| s.trim())
-        .filter(|s| !s.is_empty())
-        .map(|s| IpNet::parse(s).map_err(|e| ConfigError::invalid(&field, s, e)))
-        .collect()
-}
-
-/// Origin rules (`https://app.example.com`, `https://*.example.com`, `*`), blaming `field`.
-/// Blank entries are skipped, as in [`cidrs`].
-pub(super) fn origins((field, items): (String, &[String])) -> Result<Vec<OriginRule>, ConfigError> {
-    items
-        .iter()
-        .map(|s| s.trim())
-        .filter(|s| !s.is_empty())
-        .map(|s| OriginRule::parse(s).map_err(|e| ConfigError::invalid(&field, s, e)))
-        .collect()
-}
-
-/// `none`, `token` or `jwt`.
-pub(super) fn parse_auth(field: &str, v: &str) -> Result<AuthMode, ConfigError> {
-    AuthMode::parse(v).ok_or_else(|| ConfigError::invalid(field, v, "expected none, token or jwt"))
-}
-
-/// A query parameter or cookie name: kept to a safe alphabet, since it is
-/// matched in requests and written into log lines.
-pub(super) fn token_name(field: &str, v: String) -> Result<String, ConfigError> {
-    let ok = !v.is_empty()
-        && v.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
-    if ok {
-        Ok(v)
-    } else {
-        Err(ConfigError::invalid(
-            field,
-            v,
-            "use letters, digits, '_', '-' or '.'",
-        ))
     }
 }
 

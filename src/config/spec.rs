@@ -4,12 +4,14 @@
 //! parsers ([`super::parse`]) during the merge (`config/merge.rs`), so the
 //! rest of the proxy reads these types without re-checking them.
 
-use super::calls::CallSpec;
 use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::policy::RoutePolicy;
+use crate::policy::auth::{AuthMode, Credentials, TokenSources};
+use crate::policy::ip::IpRules;
+use crate::policy::origin::OriginRule;
+use crate::policy::rate::RateLimits;
 use crate::tls::CertSpec;
 
 /// The name of an upstream, as routes refer to it (`direct`, `nginx`, ...).
@@ -235,4 +237,82 @@ impl RouteSpec {
             }]
         }
     }
+}
+
+/// What the call layer does on one route's tunnels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CallSpec {
+    /// Follow WebSocket frames (`false`: a pure byte relay, no pings, no close codes).
+    pub frames: bool,
+    /// Ping a leg silent this long; `None` (`0`): no pings.
+    pub ping_interval: Option<Duration>,
+    /// A pinged leg silent this long is dead.
+    pub ping_timeout: Duration,
+    /// A streaming direction silent this long is stalled.
+    pub stall_after: Duration,
+}
+
+impl std::fmt::Display for CallSpec {
+    /// `frames on, ping 20s timeout 10s, stall 2s` (as `shunt check` prints it).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if !self.frames {
+            return f.write_str("frames off (byte relay)");
+        }
+        let d = humantime::format_duration;
+        match self.ping_interval {
+            Some(i) => write!(
+                f,
+                "frames on, ping {} timeout {}",
+                d(i),
+                d(self.ping_timeout)
+            )?,
+            None => f.write_str("frames on, pings off")?,
+        }
+        write!(f, ", stall {}", d(self.stall_after))
+    }
+}
+
+impl Default for CallSpec {
+    fn default() -> Self {
+        CallSpec {
+            frames: true,
+            ping_interval: Some(Duration::from_secs(20)),
+            ping_timeout: Duration::from_secs(10),
+            stall_after: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Settings that apply to the whole listener.
+#[derive(Debug, Clone, Default)]
+pub struct GlobalPolicy {
+    /// Token and JWT secret files, watched for changes.
+    pub files: Vec<PathBuf>,
+    /// Checked at accept.
+    pub ip: IpRules,
+    /// The static tokens and the JWT verifier.
+    pub credentials: Credentials,
+    /// Where a token is looked for (query parameter and cookie names).
+    pub sources: TokenSources,
+    /// Per-client rate, connection caps.
+    pub limits: RateLimits,
+}
+
+/// One route's policy, with the global defaults already applied.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RoutePolicy {
+    /// The route's own lists, checked in addition to the global ones.
+    pub ip: IpRules,
+    /// What credential the route requires.
+    pub auth: AuthMode,
+    /// The route's list, or the global one; empty allows any Origin.
+    pub origins: Vec<OriginRule>,
+    /// Refuse a WebSocket handshake without `Origin`.
+    pub require_origin: bool,
+    /// Answer CORS preflights and add `Access-Control-Allow-Origin`.
+    pub cors: bool,
+    /// Accept CONNECT (authority-form) requests.
+    pub allow_connect: bool,
+    /// Accept absolute-form targets (`GET http://host/path`).
+    pub allow_absolute_form: bool,
 }

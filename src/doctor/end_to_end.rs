@@ -29,7 +29,7 @@ use tokio::net::TcpStream;
 use super::listeners::Running;
 use super::websocket::{close, header_text, nginx_fix};
 use super::{Context, Finding, Report, human, millis};
-use crate::forward::headers::X_SHUNT_ROUTE;
+use crate::headers::X_SHUNT_ROUTE;
 use crate::upstream::connect::UpstreamStream;
 use crate::upstream::health::{accept_key, send, ws_upgrade};
 

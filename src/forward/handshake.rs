@@ -132,7 +132,7 @@ async fn read_body(
     mut buf: BytesMut,
     stream: &mut UpstreamStream,
 ) -> Result<Bytes, HandshakeError> {
-    let chunked = super::headers::has_token(headers, header::TRANSFER_ENCODING, "chunked");
+    let chunked = crate::headers::has_token(headers, header::TRANSFER_ENCODING, "chunked");
     let length = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.trim().parse::<usize>().ok());

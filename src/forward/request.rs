@@ -12,15 +12,15 @@
 //! 4. On a route with authentication, the token query parameter is removed:
 //!    a credential meant for shunt is not passed on.
 //! 5. Hop-by-hop headers go and the `X-Forwarded-*` family is added
-//!    ([`super::headers`]).
+//!    ([`crate::headers`]).
 //!
 //! CONNECT (only on a route with `allow_connect`) keeps its authority-form
 //! target: steps 1 to 4 do not apply to it.
 
 use http::{HeaderValue, Method, Request, Uri, header};
 
-use super::headers;
 use crate::downstream::Downstream;
+use crate::headers;
 use crate::percent;
 
 /// What the rewrite needs to know besides the request itself.

@@ -1,58 +1,18 @@
-//! The request target: which forms are accepted, and what the access log
-//! shows. (What the upstream is sent is [`crate::forward::request`].)
+//! The request target as the access log shows it, and the token's query
+//! parameter. (Which target forms are accepted is [`crate::checkpoint`]'s;
+//! what the upstream is sent is [`crate::forward::request`].)
 //!
-//! Upstreams behind shunt expect origin-form (`/path?query`), so CONNECT
-//! (authority-form), absolute-form (`http://host/path`) and TRACE are refused
-//! unless the route opts in. Routing and policy decide on the normalized path
-//! ([`crate::router::normalize_path`]); when normalization changed the path,
-//! the normalized path is what the upstream receives, so the upstream cannot
-//! read `/frontend-audio/%2e%2e/admin` differently from how it was routed.
 //! The token query parameter is replaced by `REDACTED` in logs (and removed
-//! before forwarding). Header values that are not UTF-8 are refused.
+//! before forwarding).
 
 use std::borrow::Cow;
 
-use http::{Method, Request, Uri};
+use http::Uri;
 
-use super::{Denied, RoutePolicy};
 use crate::percent;
 
 /// What a log line shows in place of a token.
 pub const REDACTED: &str = "REDACTED";
-
-/// Refuse request forms the route does not allow.
-///
-/// The first step of [`super::check`]: cheap and credential-free. CONNECT
-/// (unless `allow_connect`) and TRACE are 405, an absolute-form target
-/// (unless `allow_absolute_form`) and a header value that is not UTF-8 are 400.
-pub fn check_form<B>(req: &Request<B>, route: &RoutePolicy) -> Result<(), Denied> {
-    let method = req.method();
-    if method == Method::CONNECT && !route.allow_connect {
-        return Err(Denied::Method {
-            method: method.to_string(),
-        });
-    }
-    if method == Method::TRACE {
-        return Err(Denied::Method {
-            method: method.to_string(),
-        });
-    }
-    if req.uri().scheme().is_some() && !route.allow_absolute_form {
-        return Err(Denied::AbsoluteForm);
-    }
-    // HTTP tolerates obs-text (bytes >= 0x80) in values; upstreams decode it
-    // inconsistently, so a value that is not UTF-8 is refused here.
-    if let Some((name, _)) = req
-        .headers()
-        .iter()
-        .find(|(_, v)| std::str::from_utf8(v.as_bytes()).is_err())
-    {
-        return Err(Denied::HeaderEncoding {
-            name: name.to_string(),
-        });
-    }
-    Ok(())
-}
 
 /// The value of query parameter `name` (names and values percent-decoded).
 ///
@@ -137,50 +97,5 @@ mod tests {
         let logged = loggable_target(&uri, "token");
         assert_eq!(logged, "/ws?token=REDACTED&x=1");
         assert!(!logged.contains("s3cr3t"));
-    }
-
-    #[test]
-    fn forms() {
-        let route = RoutePolicy::default();
-        let ok = Request::get("/x").body(()).unwrap();
-        assert!(check_form(&ok, &route).is_ok());
-        let abs = Request::get("http://example.com/x").body(()).unwrap();
-        assert!(matches!(
-            check_form(&abs, &route),
-            Err(Denied::AbsoluteForm)
-        ));
-        let trace = Request::builder()
-            .method("TRACE")
-            .uri("/")
-            .body(())
-            .unwrap();
-        assert!(matches!(
-            check_form(&trace, &route),
-            Err(Denied::Method { .. })
-        ));
-        let connect = Request::builder()
-            .method("CONNECT")
-            .uri("example.com:443")
-            .body(())
-            .unwrap();
-        assert!(matches!(
-            check_form(&connect, &route),
-            Err(Denied::Method { .. })
-        ));
-        let open = RoutePolicy {
-            allow_connect: true,
-            allow_absolute_form: true,
-            ..RoutePolicy::default()
-        };
-        assert!(check_form(&connect, &open).is_ok());
-        assert!(check_form(&abs, &open).is_ok());
-        let mut latin1 = Request::get("/x").body(()).unwrap();
-        latin1
-            .headers_mut()
-            .insert("x-name", http::HeaderValue::from_bytes(b"caf\xe9").unwrap());
-        assert!(matches!(
-            check_form(&latin1, &route),
-            Err(Denied::HeaderEncoding { .. })
-        ));
     }
 }

@@ -16,6 +16,13 @@
 //! yet: the request is still whole, so the next upstream gets it as if it had
 //! been first. Once bytes are sent, a failure is reported to the client
 //! (502/504) rather than retried, since the request may have had effects.
+//!
+//! The one exception is a WebSocket handshake an upstream answered without
+//! upgrading (2xx, 3xx, 5xx: an nginx without the upgrade headers). It is a
+//! GET without a body, so [`Failover`] sends it again to the route's next
+//! upstream. What an exchange means for an upstream's health (a 101, an
+//! upgrade it did not forward, no answer in time) is upstream knowledge, so
+//! it is recorded here too ([`Upstream::record`]), not by the caller.
 
 pub mod health;
 
@@ -25,9 +32,10 @@ pub use crate::dial as connect;
 /// The keep-alive pool lives in [`crate::dial::pool`]; the old path stays.
 pub use crate::dial::pool;
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
-use http::HeaderValue;
+use http::{HeaderValue, Response, StatusCode};
 use rustls::ClientConfig;
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tokio_util::task::TaskTracker;
@@ -35,6 +43,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::{Scheme, Timeouts, UpstreamName, UpstreamSpec};
 use crate::dial::pool::ConnPool;
 use crate::dial::{Conn, ConnectError};
+use crate::response::ForwardError;
 use crate::tls::client::{ClientTlsError, client_config};
 use health::{Health, State};
 
@@ -146,12 +155,106 @@ pub enum SelectError {
     },
 }
 
+impl Upstream {
+    /// Record on this upstream's health what one forwarded exchange means:
+    /// a 101 to a WebSocket handshake clears a "does not forward upgrades"
+    /// mark, an upgrade it answered without upgrading sets one (for
+    /// `route`'s `path`), and no answer within the response timeout counts as
+    /// a failure. Any other outcome says nothing about the upstream.
+    pub fn record(
+        &self,
+        outcome: Result<StatusCode, &ForwardError>,
+        websocket: bool,
+        route: &str,
+        path: &str,
+    ) {
+        match outcome {
+            Ok(status) if websocket && status == StatusCode::SWITCHING_PROTOCOLS => {
+                self.health.record_websocket_success();
+            }
+            Ok(_) => {}
+            Err(e @ ForwardError::UpgradeNotForwarded { .. }) => {
+                self.health
+                    .record_websocket_failure(&e.to_string(), route, path);
+            }
+            Err(ForwardError::Timeout { after, .. }) => {
+                self.health
+                    .record_failure(&format!("no response within {after:?}"));
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+/// One request's walk over its route's upstreams: connect to the first
+/// usable one ([`connect_first`]); after the exchange, record what it meant
+/// for that upstream ([`Upstream::record`]) and say whether to go on to the
+/// next one (only a WebSocket handshake that was not upgraded).
+#[derive(Debug)]
+pub struct Failover<'a> {
+    /// The upstreams not yet tried, in the order they are tried.
+    candidates: Cow<'a, [Arc<Upstream>]>,
+    timeouts: &'a Timeouts,
+    websocket: bool,
+}
+
+impl<'a> Failover<'a> {
+    /// Walk `via` for a plain request (which may take a pooled connection)
+    /// or, with `websocket`, for a handshake (fresh connections only, and
+    /// upstreams known not to forward upgrades last: [`websocket_order`]).
+    pub fn new(via: &'a [Arc<Upstream>], websocket: bool, timeouts: &'a Timeouts) -> Self {
+        let candidates = if websocket {
+            Cow::Owned(websocket_order(via))
+        } else {
+            Cow::Borrowed(via)
+        };
+        Failover {
+            candidates,
+            timeouts,
+            websocket,
+        }
+    }
+
+    /// Connect to the first usable upstream left ([`connect_first`]).
+    pub async fn connect(&self) -> Result<(Arc<Upstream>, Conn), SelectError> {
+        connect_first(&self.candidates, self.timeouts, !self.websocket).await
+    }
+
+    /// Record what the exchange with `upstream` meant for it, then: `None`
+    /// to send the request to the next upstream (an upgrade not forwarded,
+    /// with a usable upstream left after this one), else the result to
+    /// answer the client with.
+    pub fn settle<B>(
+        &mut self,
+        upstream: &Arc<Upstream>,
+        result: Result<Response<B>, ForwardError>,
+        route: &str,
+        path: &str,
+    ) -> Option<Result<Response<B>, ForwardError>> {
+        let outcome = result.as_ref().map(Response::status);
+        upstream.record(outcome, self.websocket, route, path);
+        if !matches!(result, Err(ForwardError::UpgradeNotForwarded { .. })) {
+            return Some(result);
+        }
+        // A WebSocket handshake is a GET without a body: safe to send again.
+        let tried = self
+            .candidates
+            .iter()
+            .position(|u| Arc::ptr_eq(u, upstream));
+        self.candidates.to_mut().drain(..=tried.unwrap_or(0));
+        if self.candidates.iter().all(|u| !u.is_usable()) {
+            return Some(result);
+        }
+        None
+    }
+}
+
 /// Connect to the first usable upstream of `via`, in order; a failed connect
 /// marks that upstream and falls through to the next. With `reuse` (plain
 /// requests, never upgrades), an idle pooled connection is taken first.
 ///
-/// Who calls it: `proxy` for every request (with `reuse` for plain HTTP),
-/// after [`websocket_order`] for an upgrade. The error becomes what the
+/// Who calls it: [`Failover::connect`] for every request (with `reuse` for
+/// plain HTTP), after [`websocket_order`] for an upgrade. The error becomes what the
 /// client gets ([`crate::response`]): [`SelectError::Connect`] when a
 /// usable upstream refused (502, or 504 on a connect timeout),
 /// [`SelectError::NoneHealthy`] when all were down (503).
@@ -296,5 +399,74 @@ mod tests {
             .health
             .record_websocket_failure("nginx answered 200", "/a", "/a");
         assert_eq!(order(&via), ["direct", "nginx"]);
+    }
+
+    /// Timeouts for a walk that never connects (only `settle` is driven).
+    fn timeouts() -> Timeouts {
+        let s = Duration::from_secs(1);
+        Timeouts {
+            connect: s,
+            response: s,
+            header: s,
+            idle: s,
+            drain: s,
+            keepalive: None,
+        }
+    }
+
+    fn not_upgraded(name: &str) -> Result<Response<()>, ForwardError> {
+        Err(ForwardError::UpgradeNotForwarded {
+            upstream: name.into(),
+            status: StatusCode::OK,
+            path: "/a".into(),
+        })
+    }
+
+    /// An upgrade the first upstream did not forward marks it and goes on to
+    /// the next; the last one's refusal is the answer. A 101 clears the mark.
+    #[tokio::test(start_paused = true)]
+    async fn failover_moves_on_after_an_upgrade_not_forwarded() {
+        let via = [upstream("nginx"), upstream("direct")];
+        let t = timeouts();
+        let mut walk = Failover::new(&via, true, &t);
+        assert!(
+            walk.settle(&via[0], not_upgraded("nginx"), "/a", "/a")
+                .is_none()
+        );
+        assert!(via[0].health.websocket_failed_on("/a"));
+        let last = walk.settle(&via[1], not_upgraded("direct"), "/a", "/a");
+        assert!(matches!(
+            last,
+            Some(Err(ForwardError::UpgradeNotForwarded { .. }))
+        ));
+        let switched = Response::builder()
+            .status(StatusCode::SWITCHING_PROTOCOLS)
+            .body(())
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut walk = Failover::new(&via, true, &t);
+        assert!(matches!(
+            walk.settle(&via[0], Ok(switched), "/a", "/a"),
+            Some(Ok(_))
+        ));
+        assert!(!via[0].health.websocket_failed_on("/a"));
+    }
+
+    /// No answer within the response timeout counts against the upstream and
+    /// is answered at once: a request that was sent is never retried.
+    #[tokio::test(start_paused = true)]
+    async fn a_response_timeout_counts_against_the_upstream_and_ends_the_walk() {
+        let via = [upstream("direct"), upstream("nginx")];
+        let t = timeouts();
+        let mut walk = Failover::new(&via, false, &t);
+        let timeout = Err::<Response<()>, _>(ForwardError::Timeout {
+            upstream: "direct".into(),
+            after: Duration::from_secs(1),
+        });
+        assert!(matches!(
+            walk.settle(&via[0], timeout, "/a", "/a"),
+            Some(Err(ForwardError::Timeout { .. }))
+        ));
+        let v = via[0].health.view();
+        assert_eq!(v.last_error.as_deref(), Some("no response within 1s"));
     }
 }

@@ -1,4 +1,9 @@
-//! Header rewriting between downstream and upstream.
+//! Header rewriting between downstream and upstream, and the token-list
+//! reading every stage shares.
+//!
+//! A side module: `upgrade` reads token lists here, `forward` rewrites both
+//! directions with it, `doctor` reads `x-shunt-route`. Keeping it out of the
+//! flow means no stage imports a later one for a helper.
 //!
 //! Hop-by-hop headers (RFC 9110 §7.6.1: `Connection` and every header it names,
 //! plus the classic list) belong to one connection and are removed in both

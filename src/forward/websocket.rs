@@ -1,0 +1,118 @@
+//! A WebSocket handshake: written to the upstream by hand on a fresh
+//! connection ([`handshake`]), and on a 101 the downstream upgrade and the
+//! bare upstream stream become a [`tunnel`].
+//!
+//! A 4xx refusal is relayed to the client as an ordinary response with its
+//! body; any other answer that is not a 101 (2xx, 3xx, 5xx) is
+//! [`ForwardError::UpgradeNotForwarded`], which the caller retries on the
+//! route's next upstream.
+
+use std::time::Duration;
+
+use http::{Request, Response, StatusCode};
+
+use super::tunnel::Handoff;
+use super::{Exchange, Target, handshake, response_timeout, tunnel, upgrade_answered};
+use crate::calls::CallInfo;
+use crate::config::{CallSpec, Timeouts};
+use crate::dial::Conn;
+use crate::headers;
+use crate::response::{self, Body, ForwardError};
+use crate::stats::Stats;
+
+/// Send the handshake `req` over a fresh connection; on a 101, hand both
+/// legs to the tunnel and answer the client's upgrade.
+pub(super) async fn forward(
+    mut req: Request<Body>,
+    conn: Conn,
+    exchange: Exchange<'_>,
+    counters: &Stats,
+    handoff: &Handoff,
+) -> Result<Response<Body>, ForwardError> {
+    let downstream_upgrade = hyper::upgrade::on(&mut req);
+    super::request::prepare(&mut req, &exchange.rewrite());
+    let Exchange {
+        route,
+        routed_path,
+        tunnel: slot,
+        upstream,
+        downstream,
+        timeouts,
+        call,
+        ..
+    } = exchange;
+    let name = upstream.name();
+    let answer = tokio::time::timeout(
+        timeouts.response,
+        upgrade_upstream(&req, conn, &upstream, timeouts.connect),
+    )
+    .await
+    .unwrap_or_else(|_| Err(response_timeout(&upstream, timeouts.response)))?;
+    let status = answer.head.status;
+    if !upgrade_answered(status) {
+        return Err(ForwardError::UpgradeNotForwarded {
+            upstream: name.0.clone(),
+            status,
+            path: routed_path.to_owned(),
+        });
+    }
+    let switching = status == StatusCode::SWITCHING_PROTOCOLS;
+    let mut head = answer.head;
+    let body = if switching {
+        let parts = tunnel::TunnelParts {
+            guard: counters.open_tunnel(route, name),
+            call: counters.calls.open(CallInfo {
+                client: downstream.peer,
+                host: call.host,
+                path: call.target.to_owned(),
+                route: route.to_owned(),
+                upstream: name.0.clone(),
+                generation: call.generation,
+                frames: call.spec.frames,
+            }),
+            slot: slot.take(),
+            timers: tunnel_timers(timeouts, &call.spec),
+        };
+        // The connection starts it once hyper has written the 101.
+        handoff.park(downstream_upgrade, (answer.stream, answer.bytes), parts);
+        response::full(bytes::Bytes::new())
+    } else {
+        // A refusal's connection is never reused.
+        drop(answer.stream);
+        response::full(answer.bytes)
+    };
+    headers::prepare_response(&mut head.headers, switching, upstream.route_header);
+    head.version = http::Version::HTTP_11;
+    Ok(Response::from_parts(head, body))
+}
+
+/// The upstream side of a WebSocket handshake ([`handshake`]), on a fresh
+/// connection (an upgrade never takes a pooled one; if handed one, it
+/// connects anew).
+async fn upgrade_upstream<B>(
+    req: &Request<B>,
+    conn: Conn,
+    upstream: &Target<'_>,
+    connect_timeout: Duration,
+) -> Result<handshake::Answer, ForwardError> {
+    let stream = match conn {
+        Conn::Fresh(stream) => stream,
+        Conn::Pooled(_) => upstream.reconnect(connect_timeout).await?,
+    };
+    handshake::exchange(req, stream)
+        .await
+        .map_err(|source| ForwardError::Handshake {
+            upstream: upstream.name().0.clone(),
+            source,
+        })
+}
+
+/// A tunnel's timers: the timeouts, and the route's call settings.
+fn tunnel_timers(timeouts: &Timeouts, spec: &CallSpec) -> tunnel::TunnelTimers {
+    tunnel::TunnelTimers {
+        ping_interval: spec.ping_interval.filter(|_| spec.frames),
+        ping_timeout: spec.ping_timeout,
+        stall_after: spec.stall_after,
+        ..tunnel::TunnelTimers::relay(timeouts.idle, timeouts.drain)
+    }
+}
