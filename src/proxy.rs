@@ -159,6 +159,8 @@ struct Checked<'a> {
     /// The client's tunnel slot (WebSocket handshakes): it moves into the
     /// tunnel on a 101 and is released if the handshake fails.
     slot: Option<TunnelSlot>,
+    /// Who the client is (for `X-Forwarded-*` and `/calls`).
+    downstream: Downstream,
 }
 
 /// The request's steps, in order; each one that refuses returns the error
@@ -181,17 +183,8 @@ async fn proxy(
     if checked.preflight {
         return Ok(answer_preflight(checked.cors_origin.as_ref(), &req));
     }
-    let mut resp = exchange_with_failover(
-        req,
-        downstream,
-        ctx,
-        &snapshot,
-        &mut checked,
-        trace,
-        target,
-        handoff,
-    )
-    .await?;
+    let mut resp =
+        exchange_with_failover(req, ctx, &snapshot, &mut checked, trace, target, handoff).await?;
     decorate_cors(&mut resp, checked.cors_origin.as_ref());
     Ok(resp)
 }
@@ -233,6 +226,7 @@ fn check_request<'a>(
         cors_origin: admission.cors_origin,
         preflight: admission.preflight,
         slot: admission.tunnel,
+        downstream,
     })
 }
 
@@ -250,7 +244,6 @@ fn answer_preflight(origin: Option<&HeaderValue>, req: &Request<Incoming>) -> Re
 /// upstream's health).
 async fn exchange_with_failover(
     req: Request<Incoming>,
-    downstream: Downstream,
     ctx: &Context,
     snapshot: &Snapshot,
     checked: &mut Checked<'_>,
@@ -263,9 +256,10 @@ async fn exchange_with_failover(
         path,
         route,
         slot,
+        downstream,
         ..
     } = checked;
-    let websocket = *websocket;
+    let (websocket, downstream) = (*websocket, *downstream);
     let global = &snapshot.config().policy;
     // A token meant for shunt is not passed on.
     let strip_param = (route.spec.policy.auth != policy::auth::AuthMode::None)
