@@ -33,10 +33,10 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::body::{Body, json, text};
 use crate::calls::Sort;
 use crate::live::Snapshot;
 use crate::reload::Reloader;
-use crate::response::{Body, json, text};
 use crate::runtime::Runtime;
 use crate::upstream::connect::http1_handshake;
 use crate::upstream::health::State;

@@ -15,8 +15,11 @@
 //! may use a stage (`app` wires them all, `admin` reads upstream health), as
 //! long as that stage does not import it back. That is why shared types sit
 //! low: the upstream stream, the pool and [`dial::Conn`] in [`dial`] (selection
-//! dials, forward sends, the tunnel splices), and every error of the flow in
-//! [`response`] next to its status code.
+//! dials, forward sends, the tunnel splices), and the response body type in
+//! the leaf [`body`]. Each stage's error lives with the stage that produces it
+//! ([`upgrade::UpgradeError`], [`upstream::SelectError`], [`forward::ForwardError`],
+//! [`policy::Denied`]); [`response`] sits just below `proxy` and `connection`,
+//! imports them all, and is the one place they become status codes.
 //!
 //! ```text
 //! client ─▶ listener ─▶ connection: admission (policy: IP lists, caps) ─▶ tls? ─▶ hyper http1
@@ -25,7 +28,7 @@
 //!        ─▶ forward: request rewrite ─▶ plain HTTP ─or─ 101 ─▶ forward::tunnel
 //! side:  app (wiring), cli, workers, config, live, reload, watch, upstream::health,
 //!        tls certificates, runtime, policy, dial (upstream streams, pool), percent,
-//!        response, admin, stats, calls, prometheus, keepalive, fdlimit, telemetry,
+//!        body, response, admin, stats, calls, prometheus, keepalive, fdlimit, telemetry,
 //!        certgen, doctor (run on demand)
 //! ```
 //!
@@ -61,7 +64,9 @@
 //! - [`dial`]: connections to upstreams: TCP or TLS, hyper's client handshake, the
 //!   keep-alive pool ([`dial::pool`]); used by selection, forward, the tunnel and probes.
 //! - [`percent`]: the one percent-decoder (paths and query parameters).
-//! - [`response`]: the errors of the flow, and the one place they become status codes.
+//! - [`body`]: the response body type and its builders (a leaf every stage can use).
+//! - [`response`]: the one place the stages' errors become status codes, bodies and
+//!   `x-shunt-error` codes.
 //! - [`doctor`]: `shunt doctor`, the troubleshooting checklist, run on demand.
 //! - [`admin`]: `/healthz`, `/readyz`, `/status`, `/metrics`, `/calls`, `POST /reload`.
 //! - [`stats`]: counters for `/status` and `/metrics`.
@@ -77,6 +82,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod body;
 pub mod calls;
 pub mod certgen;
 pub mod cli;

@@ -31,11 +31,12 @@ use http::{Request, Response, Uri, header};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
+use crate::body::Body;
 use crate::downstream::Downstream;
 use crate::forward::tunnel::Relay;
 use crate::forward::{self, Exchange};
 use crate::policy;
-use crate::response::{self, Body, ProxyError};
+use crate::response::{self, ProxyError};
 use crate::router::{Route, normalize_path};
 use crate::runtime::Runtime;
 use crate::upgrade::{self, Kind};
@@ -194,7 +195,7 @@ async fn proxy(
         // The first attempt sends the client's body; a retried handshake has none.
         let body = body
             .take()
-            .unwrap_or_else(|| response::full(bytes::Bytes::new()));
+            .unwrap_or_else(|| crate::body::full(bytes::Bytes::new()));
         let exchange = Exchange {
             websocket,
             route: &route.label,
@@ -226,7 +227,7 @@ async fn proxy(
         };
         let req = Request::from_parts(head, body);
         match forward::forward(req, conn, exchange, rt, &ctx.relay).await {
-            Err(e @ response::ForwardError::UpgradeNotForwarded { .. }) => {
+            Err(e @ forward::ForwardError::UpgradeNotForwarded { .. }) => {
                 // A WebSocket handshake is a GET without a body: safe to send again.
                 upstream
                     .health
@@ -244,7 +245,7 @@ async fn proxy(
                 break resp;
             }
             Err(e) => {
-                if let response::ForwardError::Timeout { after, .. } = &e {
+                if let forward::ForwardError::Timeout { after, .. } = &e {
                     // No answer within the response timeout counts against the upstream.
                     upstream
                         .health

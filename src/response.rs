@@ -1,153 +1,32 @@
-//! The one place errors become what a client sees: status code, headers, body.
+//! The one place the proxy's errors become what a client sees: status code,
+//! headers, body, and the `x-shunt-error` code.
 //!
 //! Bodies are short plain text saying what is wrong and what to fix; they never
 //! carry secrets or internal addresses beyond upstream names.
 //!
-//! The error types of the flow live here too ([`ProxyError`] and its
-//! forwarding part [`ForwardError`]), next to their mapping, so the mapping is
-//! total by construction: adding a variant without deciding its status code
-//! does not compile. The fault decides the code: the client's (400, 401, 403,
-//! 404, 405, 426, 429), an upstream's (502, 503, 504), and the body says which
-//! and what to fix. Refusals at accept, before hyper sees the connection, are
+//! Each stage's error lives with the stage that produces it
+//! ([`UpgradeError`] in `upgrade`, [`Denied`] in `policy`, [`SelectError`] in
+//! `upstream`, [`ConnectError`] in `dial`, [`ForwardError`] in `forward`), so
+//! a stage never imports this module to name its own failure. This module
+//! sits just below `proxy` and `connection`, imports them all, and maps them:
+//! [`ProxyError`] is their union at the edge (it stays here rather than in
+//! `proxy` because `proxy` calls the mapping), and its mapping is total by
+//! construction: adding a variant without deciding its status code does not
+//! compile. The fault decides the code: the client's (400, 401, 403, 404,
+//! 405, 426, 429), an upstream's (502, 503, 504), and the body says which and
+//! what to fix. Refusals at accept, before hyper sees the connection, are
 //! written by hand ([`raw_refusal`]) with the same status and text.
-
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
-use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Full};
 
+use crate::body::{Body, full, text};
 use crate::dial::ConnectError;
+use crate::forward::ForwardError;
 use crate::policy::Denied;
 use crate::policy::rate::{LimitExceeded, retry_secs};
+use crate::upgrade::UpgradeError;
 use crate::upstream::SelectError;
-
-/// The response body type used throughout the proxy.
-pub type Body = BoxBody<Bytes, hyper::Error>;
-
-/// What went wrong after an upstream connection was made.
-#[derive(Debug, thiserror::Error)]
-pub enum ForwardError {
-    /// Upstream's: the connection failed while talking HTTP.
-    #[error("upstream {upstream} failed: {source}")]
-    Protocol {
-        /// The upstream's name.
-        upstream: String,
-        /// What hyper saw.
-        #[source]
-        source: hyper::Error,
-    },
-    /// Downstream's: the request body could not be read (bad chunking, cut short).
-    #[error("the request body is malformed or was cut short: {source}")]
-    DownstreamBody {
-        /// What hyper saw.
-        #[source]
-        source: hyper::Error,
-    },
-    /// Upstream's: no response head within the response timeout.
-    #[error("upstream {upstream} did not answer within {after:?}")]
-    Timeout {
-        /// The upstream's name.
-        upstream: String,
-        /// The response timeout that ran out.
-        after: Duration,
-    },
-    /// Upstream's, for WebSocket only: a WebSocket upgrade answered with a
-    /// 2xx, 3xx or 5xx instead of 101. A 2xx or 3xx is typically an nginx
-    /// without the upgrade headers; a 5xx, one whose own backend failed
-    /// ([`upgrade_failure_cause`]). A 4xx is a deliberate refusal and
-    /// relayed as is.
-    #[error(
-        "{upstream} answered {} to a WebSocket upgrade on {path}: {}",
-        status.as_u16(),
-        upgrade_failure_cause(*status)
-    )]
-    UpgradeNotForwarded {
-        /// The upstream's name.
-        upstream: String,
-        /// What it answered instead of 101.
-        status: StatusCode,
-        /// The path of the upgrade.
-        path: String,
-    },
-    /// Upstream's, for WebSocket only: its answer to the handshake could not be read.
-    #[error("upstream {upstream}: {source}")]
-    Handshake {
-        /// The upstream's name.
-        upstream: String,
-        /// What went wrong.
-        #[source]
-        source: HandshakeError,
-    },
-    /// A pooled connection had closed and a new one could not be made.
-    #[error("upstream {upstream}: {source}")]
-    Reconnect {
-        /// The upstream's name.
-        upstream: String,
-        /// Why the new connection failed.
-        #[source]
-        source: ConnectError,
-    },
-}
-
-/// The likely cause of an upgrade answered with `status` (not 101, not a
-/// 4xx), as the warning, `/readyz`'s `degraded` list and the 502 say it.
-pub fn upgrade_failure_cause(status: StatusCode) -> &'static str {
-    if status.is_server_error() {
-        "it failed to serve it (a 5xx: the backend behind it is likely down or failing)"
-    } else {
-        "it does not forward upgrades (proxy_http_version 1.1, Upgrade/Connection headers)"
-    }
-}
-
-/// A WebSocket upgrade request the proxy refuses ([`crate::upgrade::classify`]),
-/// with what is wrong: always the client's fault (400, or 426 for a version).
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum UpgradeError {
-    /// Not a GET (RFC 6455 §4.1).
-    #[error("a WebSocket handshake must use GET, not {0}")]
-    Method(String),
-    /// `Connection` does not carry the `upgrade` token.
-    #[error("the Connection header must contain the token `upgrade`")]
-    ConnectionToken,
-    /// No `Sec-WebSocket-Key`.
-    #[error("Sec-WebSocket-Key is missing")]
-    MissingKey,
-    /// A key that is not 16 bytes of base64.
-    #[error("Sec-WebSocket-Key must be 16 bytes, base64-encoded")]
-    BadKey,
-    /// No `Sec-WebSocket-Version`.
-    #[error("Sec-WebSocket-Version is missing")]
-    MissingVersion,
-    /// Answered 426 with `Sec-WebSocket-Version: 13`.
-    #[error("Sec-WebSocket-Version {0} is not supported; use 13")]
-    UnsupportedVersion(String),
-}
-
-/// Why the upstream's answer to a WebSocket handshake could not be read
-/// ([`crate::forward::handshake`]); always the upstream's fault (502).
-#[derive(Debug, thiserror::Error)]
-pub enum HandshakeError {
-    /// Writing the request or reading the answer failed.
-    #[error("connection failed during the WebSocket handshake: {0}")]
-    Io(#[from] std::io::Error),
-    /// The connection closed before a whole answer head (or body) arrived.
-    #[error("the connection closed before the answer was complete")]
-    Closed,
-    /// The answer is not HTTP/1.x.
-    #[error("malformed answer to the WebSocket handshake: {0}")]
-    Parse(#[from] httparse::Error),
-    /// A header or status that `http` cannot represent.
-    #[error("malformed answer to the WebSocket handshake: {0}")]
-    Header(#[from] http::Error),
-    /// The head or the refusal's body is larger than shunt relays.
-    #[error("the answer to the WebSocket handshake is too large")]
-    TooLarge,
-    /// A chunked body that does not follow RFC 9112 §7.1.
-    #[error("malformed chunked body in the answer to the WebSocket handshake")]
-    Chunked,
-}
 
 /// Why a request was not proxied.
 #[derive(Debug, thiserror::Error)]
@@ -321,35 +200,6 @@ pub fn error_response(e: &ProxyError) -> Response<Body> {
         }
     }
     resp
-}
-
-/// A plain-text response.
-pub fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
-    let mut resp = Response::new(full(body));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    resp
-}
-
-/// A JSON response.
-pub fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
-    let mut resp = Response::new(full(format!("{value:#}\n")));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    resp
-}
-
-/// A complete body as the proxy's body type.
-pub fn full(body: impl Into<Bytes>) -> Body {
-    Full::new(body.into())
-        .map_err(|never| match never {})
-        .boxed()
 }
 
 /// An error and each of its causes, once each, joined by `: ` (what

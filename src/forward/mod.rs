@@ -18,6 +18,7 @@
 //! request goes out and replaced by a fresh one, so keep-alive reuse never
 //! turns into a spurious 502.
 
+pub mod error;
 pub mod handshake;
 pub mod headers;
 pub mod request;
@@ -33,15 +34,17 @@ use hyper_util::rt::TokioIo;
 
 use rustls::ClientConfig;
 
+use crate::body::{self, Body};
 use crate::calls::CallInfo;
 use crate::config::{CallSpec, Timeouts, UpstreamName, UpstreamUrl};
 use crate::dial::pool::{ConnPool, PooledBody, Sender};
 use crate::dial::{self, Conn, UpstreamStream};
 use crate::downstream::Downstream;
 use crate::policy::rate::TunnelSlot;
-use crate::response::{self, Body, ForwardError};
 use crate::runtime::Runtime;
 use tunnel::Relay;
+
+pub use error::ForwardError;
 
 /// The chosen upstream as this stage sees it (built by the proxy from
 /// `upstream::Upstream`): enough to reconnect and to pool, nothing
@@ -205,11 +208,11 @@ pub async fn forward(
                 rt.shutdown.clone(),
                 &rt.tracker,
             );
-            response::full(bytes::Bytes::new())
+            body::full(bytes::Bytes::new())
         } else {
             // A refusal's connection is never reused.
             drop(answer.stream);
-            response::full(answer.bytes)
+            body::full(answer.bytes)
         };
         headers::prepare_response(&mut head.headers, switching, upstream.route_header);
         head.version = http::Version::HTTP_11;
