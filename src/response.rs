@@ -118,6 +118,71 @@ impl From<&Denied> for StatusCode {
     }
 }
 
+/// The header naming the kind of every answer shunt makes itself on the
+/// proxy listener, so programs (`shunt doctor`, scripts, dashboards) read a
+/// stable code instead of the body's prose. Never set on an answer that
+/// comes from an upstream.
+pub const X_SHUNT_ERROR: header::HeaderName = header::HeaderName::from_static("x-shunt-error");
+
+impl ProxyError {
+    /// The `x-shunt-error` code of this refusal: stable, lowercase
+    /// snake_case, one per kind, next to the status table above (README,
+    /// troubleshooting, lists them). Several codes may share a status; a
+    /// code never changes its meaning.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ProxyError::Upgrade(UpgradeError::UnsupportedVersion(_)) => {
+                "unsupported_websocket_version"
+            }
+            ProxyError::Upgrade(_) => "bad_upgrade",
+            ProxyError::BadHost(_) => "bad_host",
+            ProxyError::NoRoute { .. } => "no_route",
+            ProxyError::Denied(d) => denied_code(d),
+            ProxyError::Select {
+                source: SelectError::NoneHealthy { .. },
+                ..
+            } => "no_healthy_upstream",
+            ProxyError::Select {
+                source:
+                    SelectError::Connect {
+                        source: ConnectError::Timeout(_),
+                        ..
+                    },
+                ..
+            } => "upstream_connect_timeout",
+            ProxyError::Select { .. } | ProxyError::Forward(ForwardError::Reconnect { .. }) => {
+                "upstream_connect"
+            }
+            ProxyError::Forward(ForwardError::Timeout { .. }) => "upstream_timeout",
+            ProxyError::Forward(ForwardError::Protocol { .. }) => "upstream_protocol",
+            ProxyError::Forward(ForwardError::DownstreamBody { .. }) => "bad_request_body",
+            ProxyError::Forward(ForwardError::UpgradeNotForwarded { status, .. }) => {
+                if status.is_server_error() {
+                    "upgrade_failed_upstream"
+                } else {
+                    "upgrade_not_forwarded"
+                }
+            }
+            ProxyError::Forward(ForwardError::Handshake { .. }) => "upstream_handshake",
+        }
+    }
+}
+
+/// The `x-shunt-error` code of a policy refusal (see [`ProxyError::code`]).
+pub fn denied_code(d: &Denied) -> &'static str {
+    match d {
+        Denied::Ip { .. } => "ip_denied",
+        Denied::Origin(_) => "origin_denied",
+        Denied::Auth(_) => "unauthorized",
+        Denied::Limit(LimitExceeded::Rate { .. }) => "rate_limited",
+        Denied::Limit(LimitExceeded::TunnelsPerIp { .. }) => "tunnel_limit",
+        Denied::Limit(LimitExceeded::Conns { .. }) => "connection_limit",
+        Denied::Method { .. } => "method_not_allowed",
+        Denied::AbsoluteForm => "absolute_form",
+        Denied::HeaderEncoding { .. } => "bad_header_encoding",
+    }
+}
+
 /// The headers a refusal carries besides its body: `WWW-Authenticate`
 /// (RFC 6750) on 401, `Retry-After` on 429.
 fn denied_headers(d: &Denied) -> Vec<(header::HeaderName, HeaderValue)> {
@@ -158,6 +223,7 @@ pub fn raw_refusal(d: &Denied) -> Vec<u8> {
         status.canonical_reason().unwrap_or(""),
         body.len()
     );
+    head.push_str(&format!("{X_SHUNT_ERROR}: {}\r\n", denied_code(d)));
     for (name, value) in denied_headers(d) {
         head.push_str(&format!(
             "{name}: {}\r\n",
@@ -184,6 +250,8 @@ pub fn preflight(headers: Vec<(header::HeaderName, HeaderValue)>) -> Response<Bo
 pub fn error_response(e: &ProxyError) -> Response<Body> {
     let status = StatusCode::from(e);
     let mut resp = text(status, format!("{e}\n"));
+    resp.headers_mut()
+        .insert(X_SHUNT_ERROR, HeaderValue::from_static(e.code()));
     if let ProxyError::Upgrade(UpgradeError::UnsupportedVersion(_)) = e {
         // RFC 6455 §4.4 and RFC 9110 §15.5.22: say what to upgrade to.
         let h = resp.headers_mut();
@@ -215,4 +283,47 @@ pub fn chain(e: &dyn std::error::Error) -> String {
         cause = c.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::ip::IpRefusal;
+
+    /// A refusal written at accept names its kind like one hyper sends.
+    #[test]
+    fn raw_refusal_carries_the_error_code() {
+        let denied = Denied::Ip {
+            reason: IpRefusal::NotAllowed,
+        };
+        let text = String::from_utf8(raw_refusal(&denied)).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 403 Forbidden\r\n"), "{head}");
+        assert!(
+            head.split("\r\n").any(|l| l == "x-shunt-error: ip_denied"),
+            "{head}"
+        );
+        assert!(head.contains(&format!("content-length: {}", body.len())));
+        let resp = error_response(&ProxyError::Denied(denied));
+        assert_eq!(resp.headers()[X_SHUNT_ERROR], "ip_denied");
+    }
+
+    /// Every code is lowercase snake_case, so it is a valid header value
+    /// and scripts can match it exactly.
+    #[test]
+    fn codes_are_snake_case() {
+        let errors = [
+            ProxyError::NoRoute { path: "/x".into() },
+            ProxyError::BadHost("not a host name"),
+            ProxyError::Upgrade(UpgradeError::UnsupportedVersion("8".into())),
+            ProxyError::Upgrade(UpgradeError::MissingKey),
+        ];
+        for e in &errors {
+            let code = e.code();
+            assert!(
+                !code.is_empty() && code.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'),
+                "{code}"
+            );
+        }
+    }
 }
