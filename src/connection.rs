@@ -35,6 +35,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 
 use crate::downstream::Downstream;
+use crate::error_chain::ErrorChain;
 use crate::forward::tunnel;
 use crate::proxy::{self, Context};
 
@@ -73,7 +74,7 @@ pub fn accept(
                 drop(permit);
             }
             Err(denied) => {
-                tracing::warn!(peer = %peer, reason = %denied, "connection refused at accept");
+                tracing::warn!(peer = %peer, reason = %ErrorChain(&denied), "connection refused at accept");
                 // Plain HTTP gets a short answer; a TLS listener just closes.
                 let permit = ctx.rt.gate.refusal_permit();
                 let answer = (permit.is_some() && tls.is_none())
@@ -97,7 +98,7 @@ async fn serve_tls(stream: TcpStream, peer: SocketAddr, acceptor: &TlsAcceptor, 
         .map_or(DEFAULT_TLS_HANDSHAKE_TIMEOUT, |t| t.handshake_timeout);
     match crate::tls::accept(acceptor, stream, timeout).await {
         Ok(tls) => serve(tls, Downstream { peer, tls: true }, ctx).await,
-        Err(e) => tracing::info!(%peer, error = %e, "TLS connection refused"),
+        Err(e) => tracing::info!(%peer, error = %ErrorChain(&e), "TLS connection refused"),
     }
 }
 

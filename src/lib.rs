@@ -28,7 +28,7 @@
 //!        ─▶ forward: request rewrite ─▶ plain HTTP ─or─ 101 ─▶ forward::tunnel
 //! side:  app (wiring), cli, workers, config, live, reload, watch, upstream::health,
 //!        tls certificates, runtime, policy, dial (upstream streams, pool), percent,
-//!        body, response, admin, stats, calls, prometheus, keepalive, fdlimit, telemetry,
+//!        body, error_chain, response, admin, stats, calls, prometheus, keepalive, fdlimit, telemetry,
 //!        certgen, doctor (run on demand)
 //! ```
 //!
@@ -65,6 +65,7 @@
 //!   keep-alive pool ([`dial::pool`]); used by selection, forward, the tunnel and probes.
 //! - [`percent`]: the one percent-decoder (paths and query parameters).
 //! - [`body`]: the response body type and its builders (a leaf every stage can use).
+//! - [`error_chain`]: how an error and its causes are printed where it is reported.
 //! - [`response`]: the one place the stages' errors become status codes, bodies and
 //!   `x-shunt-error` codes.
 //! - [`doctor`]: `shunt doctor`, the troubleshooting checklist, run on demand.
@@ -91,6 +92,7 @@ pub mod connection;
 pub mod dial;
 pub mod doctor;
 pub mod downstream;
+pub mod error_chain;
 pub mod fdlimit;
 pub mod forward;
 pub mod keepalive;

@@ -33,6 +33,7 @@ use hyper::body::Incoming;
 
 use crate::body::Body;
 use crate::downstream::Downstream;
+use crate::error_chain::ErrorChain;
 use crate::forward::tunnel::Relay;
 use crate::forward::{self, Exchange};
 use crate::policy;
@@ -92,11 +93,11 @@ pub async fn handle(
     let resp = match proxy(req, downstream, &ctx, &mut trace, &uri, &path).await {
         Ok(resp) => resp,
         Err(e @ ProxyError::Denied(_)) => {
-            tracing::info!(peer = %downstream.peer, path = %path, reason = %e, "request refused by policy");
+            tracing::info!(peer = %downstream.peer, path = %path, reason = %ErrorChain(&e), "request refused by policy");
             response::error_response(&e)
         }
         Err(e) => {
-            tracing::debug!(error = %e, "request refused");
+            tracing::debug!(error = %ErrorChain(&e), "request refused");
             response::error_response(&e)
         }
     };
@@ -227,15 +228,15 @@ async fn proxy(
         };
         let req = Request::from_parts(head, body);
         match forward::forward(req, conn, exchange, rt, &ctx.relay).await {
-            Err(e @ forward::ForwardError::UpgradeNotForwarded { .. }) => {
+            Err(forward::ForwardError::UpgradeNotForwarded(failure)) => {
                 // A WebSocket handshake is a GET without a body: safe to send again.
                 upstream
                     .health
-                    .record_websocket_failure(&e.to_string(), &route.label, &path);
+                    .record_websocket_failure(&failure, &route.label);
                 let tried = candidates.iter().position(|u| Arc::ptr_eq(u, &upstream));
                 candidates.to_mut().drain(..=tried.unwrap_or(0));
                 if candidates.iter().all(|u| !u.is_usable()) {
-                    return Err(e.into());
+                    return Err(forward::ForwardError::from(failure).into());
                 }
             }
             Ok(resp) => {
@@ -249,7 +250,7 @@ async fn proxy(
                     // No answer within the response timeout counts against the upstream.
                     upstream
                         .health
-                        .record_failure(&format!("no response within {after:?}"));
+                        .record_failure(upstream::health::HealthReason::NoResponse(*after));
                 }
                 return Err(e.into());
             }

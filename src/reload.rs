@@ -62,7 +62,7 @@ impl Reloader {
     pub async fn reload(&self, trigger: &str) -> Result<serde_json::Value, ReloadError> {
         let _one_at_a_time = self.busy.lock().await;
         let result = self.try_reload();
-        let error = result.as_ref().err().map(|e| crate::response::chain(e));
+        let error = result.as_ref().err().map(|e| crate::error_chain::chain(e));
         match &error {
             None => tracing::info!(trigger, "reload applied"),
             Some(e) => {

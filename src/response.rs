@@ -2,7 +2,9 @@
 //! headers, body, and the `x-shunt-error` code.
 //!
 //! Bodies are short plain text saying what is wrong and what to fix; they never
-//! carry secrets or internal addresses beyond upstream names.
+//! carry secrets or internal addresses beyond upstream names. A body is the
+//! error's whole chain ([`ErrorChain`]): each stage's message says what
+//! failed at its level, and each cause follows once.
 //!
 //! Each stage's error lives with the stage that produces it
 //! ([`UpgradeError`] in `upgrade`, [`Denied`] in `policy`, [`SelectError`] in
@@ -22,6 +24,7 @@ use http::{HeaderValue, Response, StatusCode, header};
 
 use crate::body::{Body, full, text};
 use crate::dial::ConnectError;
+use crate::error_chain::ErrorChain;
 use crate::forward::ForwardError;
 use crate::policy::Denied;
 use crate::policy::rate::{LimitExceeded, retry_secs};
@@ -32,7 +35,7 @@ use crate::upstream::SelectError;
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
     /// Downstream's fault: a malformed WebSocket handshake.
-    #[error("bad WebSocket handshake: {0}")]
+    #[error("bad WebSocket handshake")]
     Upgrade(#[from] UpgradeError),
     /// Downstream's (or the config's): nothing routes this path.
     #[error("no route for {path}")]
@@ -41,7 +44,7 @@ pub enum ProxyError {
         path: String,
     },
     /// Upstream's: none could be reached.
-    #[error("route {route}: {source}")]
+    #[error("route {route}")]
     Select {
         /// The route's label.
         route: String,
@@ -85,13 +88,9 @@ impl From<&ProxyError> for StatusCode {
                 ..
             } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Select {
-                source:
-                    SelectError::Connect {
-                        source: ConnectError::Timeout(_),
-                        ..
-                    },
+                source: SelectError::Connect { source, .. },
                 ..
-            } => StatusCode::GATEWAY_TIMEOUT,
+            } if matches!(**source, ConnectError::Timeout(_)) => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Select { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::Forward(ForwardError::Timeout { .. }) => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Forward(ForwardError::Protocol { .. }) => StatusCode::BAD_GATEWAY,
@@ -143,21 +142,17 @@ impl ProxyError {
                 ..
             } => "no_healthy_upstream",
             ProxyError::Select {
-                source:
-                    SelectError::Connect {
-                        source: ConnectError::Timeout(_),
-                        ..
-                    },
+                source: SelectError::Connect { source, .. },
                 ..
-            } => "upstream_connect_timeout",
+            } if matches!(**source, ConnectError::Timeout(_)) => "upstream_connect_timeout",
             ProxyError::Select { .. } | ProxyError::Forward(ForwardError::Reconnect { .. }) => {
                 "upstream_connect"
             }
             ProxyError::Forward(ForwardError::Timeout { .. }) => "upstream_timeout",
             ProxyError::Forward(ForwardError::Protocol { .. }) => "upstream_protocol",
             ProxyError::Forward(ForwardError::DownstreamBody { .. }) => "bad_request_body",
-            ProxyError::Forward(ForwardError::UpgradeNotForwarded { status, .. }) => {
-                if status.is_server_error() {
+            ProxyError::Forward(ForwardError::UpgradeNotForwarded(n)) => {
+                if n.status.is_server_error() {
                     "upgrade_failed_upstream"
                 } else {
                     "upgrade_not_forwarded"
@@ -189,7 +184,10 @@ fn denied_headers(d: &Denied) -> Vec<(header::HeaderName, HeaderValue)> {
     match d {
         Denied::Auth(e) => {
             let value = if e.is_invalid_token() {
-                format!(r#"Bearer realm="shunt", error="invalid_token", error_description="{e}""#)
+                format!(
+                    r#"Bearer realm="shunt", error="invalid_token", error_description="{}""#,
+                    ErrorChain(e)
+                )
             } else {
                 r#"Bearer realm="shunt""#.to_owned()
             };
@@ -216,7 +214,7 @@ fn denied_headers(d: &Denied) -> Vec<(header::HeaderName, HeaderValue)> {
 /// plain HTTP): status line, headers and body, then `Connection: close`.
 pub fn raw_refusal(d: &Denied) -> Vec<u8> {
     let status = StatusCode::from(d);
-    let body = format!("{d}\n");
+    let body = format!("{}\n", ErrorChain(d));
     let mut head = format!(
         "HTTP/1.1 {} {}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n",
         status.as_u16(),
@@ -249,7 +247,7 @@ pub fn preflight(headers: Vec<(header::HeaderName, HeaderValue)>) -> Response<Bo
 /// The response for `e`.
 pub fn error_response(e: &ProxyError) -> Response<Body> {
     let status = StatusCode::from(e);
-    let mut resp = text(status, format!("{e}\n"));
+    let mut resp = text(status, format!("{}\n", ErrorChain(e)));
     resp.headers_mut()
         .insert(X_SHUNT_ERROR, HeaderValue::from_static(e.code()));
     if let ProxyError::Upgrade(UpgradeError::UnsupportedVersion(_)) = e {
@@ -268,21 +266,6 @@ pub fn error_response(e: &ProxyError) -> Response<Body> {
         }
     }
     resp
-}
-
-/// An error and each of its causes, once each, joined by `: ` (what
-/// `{:#}` prints for an `anyhow` chain): for messages that leave the process
-/// as text, like a failed reload in `/status`. The error types on the config
-/// and startup path do not repeat their source in their own message.
-pub fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        text.push_str(": ");
-        text.push_str(&c.to_string());
-        cause = c.source();
-    }
-    text
 }
 
 #[cfg(test)]

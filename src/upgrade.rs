@@ -15,8 +15,9 @@
 use base64::Engine;
 use http::{Method, Request, Version, header};
 
-/// A WebSocket upgrade request the proxy refuses ([`crate::upgrade::classify`]),
-/// with what is wrong: always the client's fault (400, or 426 for a version).
+/// A WebSocket upgrade request the proxy refuses ([`classify`]), with what is
+/// wrong: always the client's fault (400, or 426 for a version). It lives
+/// with the check that produces it; [`crate::response`] maps it to a status.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum UpgradeError {
     /// Not a GET (RFC 6455 §4.1).

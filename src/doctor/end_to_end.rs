@@ -30,10 +30,11 @@ use tokio::net::TcpStream;
 use super::listeners::Running;
 use super::websocket::{close, header_text, nginx_fix};
 use super::{Context, Finding, Report, human, millis};
+use crate::dial::UpstreamStream;
+use crate::dial::probe::{accept_key, send, ws_upgrade};
+use crate::error_chain::chain;
 use crate::forward::headers::X_SHUNT_ROUTE;
 use crate::response::X_SHUNT_ERROR;
-use crate::upstream::connect::UpstreamStream;
-use crate::upstream::health::{accept_key, send, ws_upgrade};
 
 /// Frames sent for the round-trip measure.
 const ROUND_TRIPS: usize = 5;
@@ -407,7 +408,9 @@ async fn handshake(
     if let Some(origin) = &ctx.origin {
         request = request.header(header::ORIGIN, origin);
     }
-    send(stream, ws_upgrade(request, key), &ctx.tracker, &ctx.stop).await
+    send(stream, ws_upgrade(request, key), &ctx.tracker, &ctx.stop)
+        .await
+        .map_err(|e| chain(&e))
 }
 
 /// Send [`ROUND_TRIPS`] binary frames and time each echo; other frames (a

@@ -224,21 +224,23 @@ fn find_crlf(buf: &[u8]) -> Option<usize> {
     buf.windows(2).position(|w| w == b"\r\n")
 }
 
-/// Why the upstream's answer to a WebSocket handshake could not be read
-/// ([`crate::forward::handshake`]); always the upstream's fault (502).
+/// Why the upstream's answer to a WebSocket handshake could not be read;
+/// always the upstream's fault (502). Produced here and carried up inside
+/// [`super::ForwardError::Handshake`]; a cause is a `#[source]`, printed by
+/// whoever reports the error ([`crate::error_chain`]).
 #[derive(Debug, thiserror::Error)]
 pub enum HandshakeError {
     /// Writing the request or reading the answer failed.
-    #[error("connection failed during the WebSocket handshake: {0}")]
+    #[error("connection failed during the WebSocket handshake")]
     Io(#[from] std::io::Error),
     /// The connection closed before a whole answer head (or body) arrived.
     #[error("the connection closed before the answer was complete")]
     Closed,
     /// The answer is not HTTP/1.x.
-    #[error("malformed answer to the WebSocket handshake: {0}")]
+    #[error("malformed answer to the WebSocket handshake")]
     Parse(#[from] httparse::Error),
     /// A header or status that `http` cannot represent.
-    #[error("malformed answer to the WebSocket handshake: {0}")]
+    #[error("malformed answer to the WebSocket handshake")]
     Header(#[from] http::Error),
     /// The head or the refusal's body is larger than shunt relays.
     #[error("the answer to the WebSocket handshake is too large")]

@@ -44,7 +44,7 @@ use crate::policy::rate::TunnelSlot;
 use crate::runtime::Runtime;
 use tunnel::Relay;
 
-pub use error::ForwardError;
+pub use error::{ForwardError, UpgradeNotForwarded};
 
 /// The chosen upstream as this stage sees it (built by the proxy from
 /// `upstream::Upstream`): enough to reconnect and to pool, nothing
@@ -79,7 +79,7 @@ impl Target<'_> {
         dial::connect(self.url, self.tls, timeout)
             .await
             .map_err(|source| ForwardError::Reconnect {
-                upstream: self.name.0.clone(),
+                upstream: self.name.clone(),
                 source,
             })
     }
@@ -93,7 +93,7 @@ fn hyper_error(upstream: &Target<'_>, source: hyper::Error) -> ForwardError {
         ForwardError::DownstreamBody { source }
     } else {
         ForwardError::Protocol {
-            upstream: upstream.name().0.clone(),
+            upstream: upstream.name().clone(),
             source,
         }
     }
@@ -177,11 +177,12 @@ pub async fn forward(
         .unwrap_or_else(|_| Err(response_timeout(&upstream, timeouts.response)))?;
         let status = answer.head.status;
         if !upgrade_answered(status) {
-            return Err(ForwardError::UpgradeNotForwarded {
-                upstream: name.0.clone(),
+            return Err(UpgradeNotForwarded {
+                upstream: name.clone(),
                 status,
                 path: routed_path.to_owned(),
-            });
+            }
+            .into());
         }
         let switching = status == StatusCode::SWITCHING_PROTOCOLS;
         let mut head = answer.head;
@@ -239,7 +240,7 @@ pub async fn forward(
 /// health; the caller records it (see [`ForwardError::Timeout`]).
 fn response_timeout(upstream: &Target<'_>, after: Duration) -> ForwardError {
     ForwardError::Timeout {
-        upstream: upstream.name().0.clone(),
+        upstream: upstream.name().clone(),
         after,
     }
 }
@@ -260,7 +261,7 @@ async fn upgrade_upstream<B>(
     handshake::exchange(req, stream)
         .await
         .map_err(|source| ForwardError::Handshake {
-            upstream: upstream.name().0.clone(),
+            upstream: upstream.name().clone(),
             source,
         })
 }

@@ -36,7 +36,7 @@ pub enum AcceptError {
     #[error("not a TLS client hello")]
     NotTls,
     /// The handshake failed (no shared cipher, bad SNI, a reset).
-    #[error("TLS handshake failed: {0}")]
+    #[error("TLS handshake failed")]
     Handshake(#[source] std::io::Error),
     /// The client did not finish the handshake in time.
     #[error("TLS handshake timed out after {0:?}")]

@@ -1,5 +1,6 @@
-//! Health of one upstream: its state, the rise/fall thresholds, and the active
-//! probe loop.
+//! Health of one upstream: its state, the rise/fall thresholds, and why it
+//! last failed ([`HealthReason`]). The active probe that reports here is
+//! [`super::probe`].
 //!
 //! State starts `Unknown` and the first result decides it; after that it takes
 //! `rise` consecutive successes to come up and `fall` consecutive failures to go
@@ -23,20 +24,47 @@
 //! a WebSocket handshake on the path that failed, once per interval. An
 //! upgrade, `ws:` probe or re-test through it that succeeds clears the mark.
 
+use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use bytes::Bytes;
-use fastwebsockets::{Frame, OpCode, Role, WebSocket};
-use http::{Request, StatusCode, header};
-use http_body_util::Empty;
-use hyper_util::rt::TokioIo;
-use rustls::ClientConfig;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
+use super::probe::ProbeError;
+use crate::config::{HealthSpec, UpstreamName};
+use crate::dial::ConnectError;
+use crate::error_chain::ErrorChain;
+use crate::forward::UpgradeNotForwarded;
 
-use super::connect::{connect, http1_handshake};
-use crate::config::{HealthSpec, ProbeKind, UpstreamName, UpstreamUrl};
+/// Why an upstream failed, as the health record keeps it: typed, and cheap
+/// to clone (a record is copied for every `/status`). Its `Display` is
+/// exactly what `/status` (`last_error`, `websocket_error`), `/readyz`, the
+/// 503 body and the log lines show, so scripts that read those keep working.
+#[derive(Debug, Clone)]
+pub enum HealthReason {
+    /// A probe failed: its error and each cause.
+    Probe(Arc<ProbeError>),
+    /// A probe did not finish within the health timeout.
+    ProbeTimeout(Duration),
+    /// A real request could not connect.
+    Connect(Arc<ConnectError>),
+    /// A real request got no response head within the response timeout.
+    NoResponse(Duration),
+    /// A WebSocket upgrade through it was answered, but not with 101 or a 4xx.
+    WebSocket(UpgradeNotForwarded),
+}
+
+impl fmt::Display for HealthReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HealthReason::Probe(e) => write!(f, "{}", ErrorChain(&**e)),
+            HealthReason::ProbeTimeout(after) => {
+                write!(f, "health check timed out after {after:?}")
+            }
+            HealthReason::Connect(e) => write!(f, "{}", ErrorChain(&**e)),
+            HealthReason::NoResponse(after) => write!(f, "no response within {after:?}"),
+            HealthReason::WebSocket(e) => write!(f, "{e}"),
+        }
+    }
+}
 
 /// What shunt believes about an upstream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,11 +97,11 @@ pub struct HealthView {
     /// The current state.
     pub state: State,
     /// Why the last probe or request failed, if one has.
-    pub last_error: Option<String>,
+    pub last_error: Option<HealthReason>,
     /// When the state last changed.
     pub last_change: SystemTime,
     /// Why WebSocket upgrades through it fail while plain HTTP works, if they do.
-    pub websocket_error: Option<String>,
+    pub websocket_error: Option<UpgradeNotForwarded>,
 }
 
 /// Shared health record of one upstream.
@@ -104,7 +132,7 @@ struct Inner {
     failures: u32,
     /// The reason of the last failure (probe, connect, timeout or WebSocket),
     /// kept after a recovery so `/status` can say what last went wrong.
-    last_error: Option<String>,
+    last_error: Option<HealthReason>,
     /// When `state` last changed (wall clock, as `/status` shows it).
     last_change: SystemTime,
     /// `Some` while upgrades through the upstream are known to fail; set by a
@@ -115,12 +143,10 @@ struct Inner {
 /// Upgrades through the upstream fail while plain HTTP works.
 #[derive(Debug)]
 struct WebSocketMark {
-    /// Why (the warning's text).
-    reason: String,
+    /// Why (the warning's text); its path is the one the re-test tries.
+    reason: UpgradeNotForwarded,
     /// The labels of the routes whose upgrades saw it.
     routes: Vec<String>,
-    /// The path of the last failed upgrade, for the re-test.
-    path: String,
     /// When it was last seen failing (a tokio instant, so tests can pause time).
     since: tokio::time::Instant,
 }
@@ -172,7 +198,7 @@ impl Health {
     }
 
     /// Why WebSocket upgrades through it fail, if they do (see [`Health::record_websocket_failure`]).
-    pub fn websocket_error(&self) -> Option<String> {
+    pub fn websocket_error(&self) -> Option<UpgradeNotForwarded> {
         self.lock().websocket.as_ref().map(|m| m.reason.clone())
     }
 
@@ -202,38 +228,36 @@ impl Health {
             .websocket
             .as_ref()
             .filter(|m| m.since.elapsed() >= self.websocket_backoff)
-            .map(|m| m.path.clone())
+            .map(|m| m.reason.path.clone())
     }
 
     /// The re-test failed too: the mark stands for another backoff (no new warning).
-    pub fn websocket_retest_failed(&self, why: &str) {
+    pub fn websocket_retest_failed(&self, why: &HealthReason) {
         let mut i = self.lock();
         if let Some(m) = i.websocket.as_mut() {
             m.since = tokio::time::Instant::now();
-            tracing::debug!(upstream = %self.name, why, "WebSocket re-test failed; still tried last for upgrades");
+            tracing::debug!(upstream = %self.name, why = %why, "WebSocket re-test failed; still tried last for upgrades");
         }
     }
 
-    /// An upgrade on route `route` (its label) to `path` was answered, but not
-    /// with 101 or a 4xx: it does not carry WebSocket (an nginx without the
-    /// upgrade headers, or whose backend is down). Only WebSocket is
-    /// affected: the state, and so plain HTTP, stay as they are. Logged
-    /// once per change of reason.
-    pub fn record_websocket_failure(&self, reason: &str, route: &str, path: &str) {
+    /// An upgrade on route `route` (its label) was answered, but not with
+    /// 101 or a 4xx (`reason`, which names the path): it does not carry
+    /// WebSocket (an nginx without the upgrade headers, or whose backend is
+    /// down). Only WebSocket is affected: the state, and so plain HTTP, stay
+    /// as they are. Logged once per change of reason.
+    pub fn record_websocket_failure(&self, reason: &UpgradeNotForwarded, route: &str) {
         let mut i = self.lock();
-        i.last_error = Some(reason.to_owned());
-        if i.websocket.as_ref().is_none_or(|m| m.reason != reason) {
-            tracing::warn!(upstream = %self.name, reason, "{reason}");
+        i.last_error = Some(HealthReason::WebSocket(reason.clone()));
+        if i.websocket.as_ref().is_none_or(|m| m.reason != *reason) {
+            tracing::warn!(upstream = %self.name, reason = %reason, "{reason}");
         }
         let now = tokio::time::Instant::now();
         let mark = i.websocket.get_or_insert_with(|| WebSocketMark {
-            reason: String::new(),
+            reason: reason.clone(),
             routes: Vec::new(),
-            path: String::new(),
             since: now,
         });
-        reason.clone_into(&mut mark.reason);
-        path.clone_into(&mut mark.path);
+        mark.reason.clone_from(reason);
         mark.since = now;
         if !mark.routes.iter().any(|r| r == route) {
             mark.routes.push(route.to_owned());
@@ -285,11 +309,10 @@ impl Health {
     }
 
     /// A probe failed, or a real request could not connect or timed out.
-    pub fn record_failure(&self, reason: &str) {
+    pub fn record_failure(&self, reason: HealthReason) {
         let mut i = self.lock();
         i.successes = 0;
         i.failures = i.failures.saturating_add(1);
-        i.last_error = Some(reason.to_owned());
         let goes_down = match i.state {
             State::Unknown | State::Unused => true,
             State::Up => i.failures >= self.fall,
@@ -298,178 +321,32 @@ impl Health {
         if goes_down {
             i.state = State::Down;
             i.last_change = SystemTime::now();
-            tracing::warn!(upstream = %self.name, reason, "upstream {} down: {reason} (/status reports it down; /readyz fails while every upstream of a route is)", self.name);
+            tracing::warn!(upstream = %self.name, reason = %reason, "upstream {} down: {reason} (/status reports it down; /readyz fails while every upstream of a route is)", self.name);
         }
+        i.last_error = Some(reason);
     }
-}
-
-/// Probe `url` every `spec.interval` until `stop` is cancelled.
-///
-/// Started by [`super::Upstream::start`] for an upstream a route uses, and
-/// stopped through `stop` when that upstream is dropped (a reload that
-/// removes or changes it) or at shutdown. Each probe, connect included, is
-/// bounded by `spec.timeout`; a timeout counts as a failure. While a
-/// WebSocket mark is due, a re-test on its path follows the probe.
-/// `tracker` tracks the probe connections' hyper tasks.
-pub async fn probe_loop(
-    url: UpstreamUrl,
-    tls: Option<Arc<ClientConfig>>,
-    spec: HealthSpec,
-    health: Arc<Health>,
-    stop: CancellationToken,
-    tracker: TaskTracker,
-) {
-    loop {
-        let result = tokio::select! {
-            r = tokio::time::timeout(spec.timeout, probe(&url, tls.as_ref(), &spec, &tracker, &stop)) => r,
-            () = stop.cancelled() => return,
-        };
-        match result {
-            Ok(Ok(())) => {
-                health.record_success();
-                if matches!(spec.check, ProbeKind::Ws(_)) {
-                    health.record_websocket_success();
-                }
-            }
-            Ok(Err(reason)) => health.record_failure(&reason),
-            Err(_) => {
-                health.record_failure(&format!("health check timed out after {:?}", spec.timeout))
-            }
-        }
-        if let Some(path) = health.websocket_retest_due() {
-            let retest = HealthSpec {
-                check: ProbeKind::Ws(path),
-                ..spec.clone()
-            };
-            let result = tokio::select! {
-                r = tokio::time::timeout(spec.timeout, probe(&url, tls.as_ref(), &retest, &tracker, &stop)) => r,
-                () = stop.cancelled() => return,
-            };
-            match result {
-                Ok(Ok(())) => health.record_websocket_success(),
-                Ok(Err(why)) => health.websocket_retest_failed(&why),
-                Err(_) => health.websocket_retest_failed("timed out"),
-            }
-        }
-        tokio::select! {
-            () = tokio::time::sleep(spec.interval) => {}
-            () = stop.cancelled() => return,
-        }
-    }
-}
-
-/// One probe; the error is the reason shown in logs and `/status`.
-/// `tcp`: the connect is the check. `http`: `GET path` must answer 2xx or
-/// 3xx. `ws`: the upgrade must be answered 101, then shunt sends a Close
-/// (1000) and waits for the answer or the socket's end, so the backend
-/// sees a clean close rather than a reset.
-async fn probe(
-    url: &UpstreamUrl,
-    tls: Option<&Arc<ClientConfig>>,
-    spec: &HealthSpec,
-    tracker: &TaskTracker,
-    stop: &CancellationToken,
-) -> Result<(), String> {
-    let stream = connect(url, tls, spec.timeout)
-        .await
-        .map_err(|e| e.to_string())?;
-    let request = |path: &str| {
-        Request::get(path)
-            .header(header::HOST, url.authority())
-            .header(header::USER_AGENT, "shunt-health")
-    };
-    match &spec.check {
-        ProbeKind::Tcp => Ok(()),
-        ProbeKind::Http(path) => {
-            let resp = send(stream, request(path), tracker, stop).await?;
-            let status = resp.status();
-            if status.is_success() || status.is_redirection() {
-                Ok(())
-            } else {
-                Err(format!("GET {path} answered {status}"))
-            }
-        }
-        ProbeKind::Ws(path) => {
-            let key = fastwebsockets::handshake::generate_key();
-            let handshake = ws_upgrade(request(path), &key);
-            let mut resp = send(stream, handshake, tracker, stop).await?;
-            if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
-                return Err(format!(
-                    "websocket handshake on {path} answered {}",
-                    resp.status()
-                ));
-            }
-            let upgraded = hyper::upgrade::on(&mut resp)
-                .await
-                .map_err(|e| format!("websocket handshake on {path}: {e}"))?;
-            let mut ws = WebSocket::after_handshake(TokioIo::new(upgraded), Role::Client);
-            ws.write_frame(Frame::close(1000, b""))
-                .await
-                .map_err(|e| format!("websocket close on {path}: {e}"))?;
-            // Read until the upstream answers the close (a hello may come first);
-            // a peer that just closes the socket after our Close is fine too.
-            while let Ok(frame) = ws.read_frame().await {
-                if frame.opcode == OpCode::Close {
-                    break;
-                }
-            }
-            Ok(())
-        }
-    }
-}
-
-/// Make `request` (a GET with its `Host`) a WebSocket handshake (RFC 6455
-/// §4.1) with `Sec-WebSocket-Key: key`.
-/// Shared by the `ws` probe and the doctor's WebSocket check, so both send
-/// what a browser sends.
-pub fn ws_upgrade(request: http::request::Builder, key: &str) -> http::request::Builder {
-    request
-        .header(header::UPGRADE, "websocket")
-        .header(header::CONNECTION, "upgrade")
-        .header(header::SEC_WEBSOCKET_KEY, key)
-        .header(header::SEC_WEBSOCKET_VERSION, "13")
-}
-
-/// The `Sec-WebSocket-Accept` a server must answer to `key` (RFC 6455 §4.2.2).
-pub fn accept_key(key: &str) -> String {
-    use base64::Engine;
-    let mut ctx = ring::digest::Context::new(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY);
-    ctx.update(key.as_bytes());
-    ctx.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
-    base64::engine::general_purpose::STANDARD.encode(ctx.finish())
-}
-
-/// Send one bodiless request over `stream` and return the response head; a
-/// 101 can then be taken over with `hyper::upgrade::on`.
-/// The connection is used for this one request: the probe never pools it.
-/// Errors are text naming the request (`GET /health: ...`), as logs and
-/// `/status` show them.
-pub async fn send<S>(
-    stream: S,
-    request: http::request::Builder,
-    tracker: &TaskTracker,
-    stop: &CancellationToken,
-) -> Result<hyper::Response<hyper::body::Incoming>, String>
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
-{
-    let req = request
-        .body(Empty::<Bytes>::new())
-        .map_err(|e| e.to_string())?;
-    let what = format!("{} {}", req.method(), req.uri());
-    let mut sender = http1_handshake(TokioIo::new(stream), tracker, stop, || {})
-        .await
-        .map_err(|e| format!("{what}: {e}"))?;
-    sender
-        .send_request(req)
-        .await
-        .map_err(|e| format!("{what}: {e}"))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::ProbeKind;
+    use http::StatusCode;
     use std::time::Duration;
+
+    /// `upstream` answered `status` to an upgrade on `path`.
+    fn not_forwarded(upstream: &str, status: u16, path: &str) -> UpgradeNotForwarded {
+        UpgradeNotForwarded {
+            upstream: UpstreamName(upstream.into()),
+            status: StatusCode::from_u16(status).unwrap(),
+            path: path.into(),
+        }
+    }
+
+    /// A failure reason that says `n` (a response timeout of `n` ms).
+    fn failure(n: u64) -> HealthReason {
+        HealthReason::NoResponse(Duration::from_millis(n))
+    }
 
     /// A probed record with a 1 s interval (which is also the WebSocket backoff).
     fn health(rise: u32, fall: u32) -> Health {
@@ -489,18 +366,17 @@ mod tests {
     fn a_websocket_failure_leaves_the_state_and_clears_on_success() {
         let h = health(1, 1);
         h.record_success();
-        h.record_websocket_failure(
-            "nginx answered 200 to a WebSocket upgrade on /a",
-            "/a",
-            "/a",
-        );
+        h.record_websocket_failure(&not_forwarded("nginx", 200, "/a"), "/a");
         let v = h.view();
         assert_eq!(v.state, State::Up, "plain HTTP keeps the upstream");
+        let shown = v.websocket_error.as_ref().map(ToString::to_string);
         assert_eq!(
-            v.websocket_error.as_deref(),
-            Some("nginx answered 200 to a WebSocket upgrade on /a")
+            shown.as_deref(),
+            Some(
+                "nginx answered 200 to a WebSocket upgrade on /a: it does not forward upgrades (proxy_http_version 1.1, Upgrade/Connection headers)"
+            )
         );
-        assert_eq!(v.last_error, v.websocket_error);
+        assert_eq!(v.last_error.map(|r| r.to_string()), shown);
         h.record_success();
         assert!(
             h.websocket_error().is_some(),
@@ -519,7 +395,7 @@ mod tests {
         h.record_success();
         assert!(!h.websocket_put_last());
         assert_eq!(h.websocket_retest_due(), None);
-        h.record_websocket_failure("x answered 502", "/audio", "/audio/room");
+        h.record_websocket_failure(&not_forwarded("x", 502, "/audio/room"), "/audio");
         assert!(h.websocket_failed_on("/audio"));
         assert!(
             !h.websocket_failed_on("/"),
@@ -535,29 +411,24 @@ mod tests {
         assert_eq!(h.websocket_retest_due().as_deref(), Some("/audio/room"));
 
         // A failed re-test keeps the mark (and its routes) for another backoff.
-        h.websocket_retest_failed("answered 502");
+        h.websocket_retest_failed(&HealthReason::WebSocket(not_forwarded(
+            "x",
+            502,
+            "/audio/room",
+        )));
         assert!(h.websocket_put_last());
         assert_eq!(h.websocket_retest_due(), None);
         assert!(h.websocket_failed_on("/audio"));
 
         // Another route's failure adds it; a new reason replaces the old one.
-        h.record_websocket_failure("x answered 200", "/other", "/other");
+        h.record_websocket_failure(&not_forwarded("x", 200, "/other"), "/other");
         assert!(h.websocket_failed_on("/audio") && h.websocket_failed_on("/other"));
-        assert_eq!(h.websocket_error().as_deref(), Some("x answered 200"));
+        assert_eq!(h.websocket_error(), Some(not_forwarded("x", 200, "/other")));
 
         h.record_websocket_success();
         assert!(!h.websocket_failed_on("/audio"));
         assert!(!h.websocket_put_last());
         assert_eq!(h.websocket_retest_due(), None);
-    }
-
-    /// The worked example of RFC 6455 §1.3.
-    #[test]
-    fn accept_key_matches_rfc_6455_example() {
-        assert_eq!(
-            accept_key("dGhlIHNhbXBsZSBub25jZQ=="),
-            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
-        );
     }
 
     /// `Unknown` follows the first result; after that `fall` and `rise` apply.
@@ -567,12 +438,15 @@ mod tests {
         assert_eq!(h.state(), State::Unknown);
         h.record_success();
         assert_eq!(h.state(), State::Up);
-        h.record_failure("a");
-        h.record_failure("b");
+        h.record_failure(failure(1));
+        h.record_failure(failure(2));
         assert_eq!(h.state(), State::Up);
-        h.record_failure("c");
+        h.record_failure(failure(3));
         assert_eq!(h.state(), State::Down);
-        assert_eq!(h.view().last_error.as_deref(), Some("c"));
+        assert_eq!(
+            h.view().last_error.map(|r| r.to_string()).as_deref(),
+            Some("no response within 3ms")
+        );
         h.record_success();
         assert_eq!(h.state(), State::Down);
         h.record_success();
@@ -583,11 +457,11 @@ mod tests {
     #[test]
     fn a_connected_request_marks_up_at_once_despite_rise() {
         let h = health(3, 1);
-        h.record_failure("refused");
+        h.record_failure(failure(1));
         assert_eq!(h.state(), State::Down);
         h.record_connected();
         assert_eq!(h.state(), State::Up);
-        h.record_failure("refused again");
+        h.record_failure(failure(2));
         assert_eq!(h.state(), State::Down);
     }
 
@@ -596,9 +470,9 @@ mod tests {
     fn a_success_resets_the_failure_streak() {
         let h = health(1, 2);
         h.record_success();
-        h.record_failure("x");
+        h.record_failure(failure(1));
         h.record_success();
-        h.record_failure("y");
+        h.record_failure(failure(2));
         assert_eq!(h.state(), State::Up);
     }
 }

@@ -17,14 +17,15 @@
 //! been first. Once bytes are sent, a failure is reported to the client
 //! (502/504) rather than retried, since the request may have had effects.
 
+//! Errors: selection's own is [`SelectError`]; what a failure meant for an
+//! upstream's health is kept as a typed [`health::HealthReason`], never as
+//! text, and becomes text only where `/status`, `/readyz` or a 503 body
+//! shows it.
+
 pub mod health;
+pub mod probe;
 
-/// Connecting to an upstream lives in the side module [`crate::dial`]
-/// (forward and the tunnel use its stream type too); the old path stays.
-pub use crate::dial as connect;
-/// The keep-alive pool lives in [`crate::dial::pool`]; the old path stays.
-pub use crate::dial::pool;
-
+use std::fmt;
 use std::sync::Arc;
 
 use http::HeaderValue;
@@ -35,8 +36,9 @@ use tokio_util::task::TaskTracker;
 use crate::config::{Scheme, Timeouts, UpstreamName, UpstreamSpec};
 use crate::dial::pool::ConnPool;
 use crate::dial::{Conn, ConnectError};
+use crate::error_chain::ErrorChain;
 use crate::tls::client::{ClientTlsError, client_config};
-use health::{Health, State};
+use health::{Health, HealthReason, State};
 
 /// One named upstream with its live health.
 #[derive(Debug)]
@@ -87,7 +89,7 @@ impl Upstream {
             .unwrap_or_else(|| Arc::new(Health::new(spec.name.clone(), &spec.health, probed)));
         let probe = probed.then(|| {
             let stop = root.child_token();
-            tracker.spawn(health::probe_loop(
+            tracker.spawn(probe::probe_loop(
                 spec.url.clone(),
                 tls.clone(),
                 spec.health.clone(),
@@ -125,7 +127,9 @@ impl Upstream {
     }
 }
 
-/// Why no upstream of a route could take a request.
+/// Why no upstream of a route could take a request. Selection's own error,
+/// kept here with the selection that produces it; [`crate::response`] maps
+/// it (503 when all are down, 504 on a connect timeout, else 502).
 #[derive(Debug, thiserror::Error)]
 pub enum SelectError {
     /// Every upstream of the route is marked down and, tried anyway in
@@ -133,17 +137,39 @@ pub enum SelectError {
     #[error("no healthy upstream ({reasons})")]
     NoneHealthy {
         /// Why each upstream is down, as `/readyz` shows it.
-        reasons: String,
+        reasons: DownReasons,
     },
-    /// Every usable upstream was tried and refused; the last failure is kept.
-    #[error("upstream {upstream}: {source}")]
+    /// Every usable upstream was tried and refused; the last failure is kept
+    /// (shared with that upstream's health record, which keeps it too).
+    #[error("upstream {upstream}")]
     Connect {
         /// The last upstream tried.
         upstream: UpstreamName,
         /// Why it could not be reached.
         #[source]
-        source: ConnectError,
+        source: Arc<ConnectError>,
     },
+}
+
+/// Why each upstream of a route is down, in route order: its last failure,
+/// or its state when none is recorded. Shown as
+/// `direct: connection refused; nginx: down` in 503 bodies and `/readyz`.
+#[derive(Debug, Clone)]
+pub struct DownReasons(pub Vec<(UpstreamName, Result<HealthReason, State>)>);
+
+impl fmt::Display for DownReasons {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (n, (name, why)) in self.0.iter().enumerate() {
+            if n > 0 {
+                f.write_str("; ")?;
+            }
+            match why {
+                Ok(reason) => write!(f, "{name}: {reason}")?,
+                Err(state) => write!(f, "{name}: {}", state.as_str())?,
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Connect to the first usable upstream of `via`, in order; a failed connect
@@ -185,8 +211,11 @@ pub async fn connect_first(
                 return Ok((upstream.clone(), Conn::Fresh(stream)));
             }
             Err(e) => {
-                upstream.health.record_failure(&e.to_string());
-                tracing::debug!(upstream = %upstream.name(), error = %e, "connect failed, trying the next upstream");
+                let e = Arc::new(e);
+                upstream
+                    .health
+                    .record_failure(HealthReason::Connect(e.clone()));
+                tracing::debug!(upstream = %upstream.name(), error = %ErrorChain(&*e), "connect failed, trying the next upstream");
                 last = Some((upstream.name().clone(), e));
             }
         }
@@ -225,16 +254,16 @@ fn names(via: &[Arc<Upstream>]) -> String {
         .join(", ")
 }
 
-/// `direct: connection refused; nginx: ...`, for 503 bodies and `/readyz`.
-pub fn down_reasons(via: &[Arc<Upstream>]) -> String {
-    via.iter()
-        .map(|u| {
-            let v = u.health.view();
-            let why = v.last_error.unwrap_or_else(|| v.state.as_str().to_owned());
-            format!("{}: {why}", u.name())
-        })
-        .collect::<Vec<_>>()
-        .join("; ")
+/// Why each upstream of `via` is down, for 503 bodies and `/readyz`.
+pub fn down_reasons(via: &[Arc<Upstream>]) -> DownReasons {
+    DownReasons(
+        via.iter()
+            .map(|u| {
+                let v = u.health.view();
+                (u.name().clone(), v.last_error.ok_or(v.state))
+            })
+            .collect(),
+    )
 }
 
 #[cfg(test)]
@@ -281,10 +310,13 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_websocket_mark_puts_the_upstream_last_for_one_health_interval() {
         let via = [upstream("nginx"), upstream("direct")];
+        let not_forwarded = crate::forward::UpgradeNotForwarded {
+            upstream: UpstreamName("nginx".into()),
+            status: http::StatusCode::OK,
+            path: "/a".into(),
+        };
         assert_eq!(order(&via), ["nginx", "direct"]);
-        via[0]
-            .health
-            .record_websocket_failure("nginx answered 200", "/a", "/a");
+        via[0].health.record_websocket_failure(&not_forwarded, "/a");
         assert_eq!(order(&via), ["direct", "nginx"]);
         tokio::time::advance(Duration::from_millis(1999)).await;
         assert_eq!(order(&via), ["direct", "nginx"]);
@@ -292,9 +324,7 @@ mod tests {
         tokio::time::advance(Duration::from_millis(1)).await;
         assert_eq!(order(&via), ["nginx", "direct"]);
         // Failing again puts it last for another interval.
-        via[0]
-            .health
-            .record_websocket_failure("nginx answered 200", "/a", "/a");
+        via[0].health.record_websocket_failure(&not_forwarded, "/a");
         assert_eq!(order(&via), ["direct", "nginx"]);
     }
 }
