@@ -26,7 +26,7 @@
 //!        ─▶ proxy ─▶ upgrade (a valid WebSocket handshake?) ─▶ router (host + longest prefix)
 //!        ─▶ policy (form, IP, rate, Origin, auth) ─▶ upstream (first healthy; connect fallback)
 //!        ─▶ forward: request rewrite ─▶ plain HTTP ─or─ 101 ─▶ forward::tunnel
-//! side:  app (wiring), cli, workers, config, live, reload, watch, upstream::health,
+//! side:  app (wiring), cli, workers, config, live, reload, watch, upstream::{health, probe},
 //!        tls certificates, runtime, policy, dial (upstream streams, pool), percent,
 //!        body, error_chain, response, admin, stats, calls, prometheus, keepalive, fdlimit, telemetry,
 //!        certgen, doctor (run on demand)
@@ -62,7 +62,8 @@
 //! - [`policy`]: the security stage: IP lists, authentication, Origin, rate and
 //!   connection limits.
 //! - [`dial`]: connections to upstreams: TCP or TLS, hyper's client handshake, the
-//!   keep-alive pool ([`dial::pool`]); used by selection, forward, the tunnel and probes.
+//!   keep-alive pool ([`dial::pool`]), and the one-request probe client ([`dial::probe`]);
+//!   used by selection, forward, the tunnel, health probes and the doctor.
 //! - [`percent`]: the one percent-decoder (paths and query parameters).
 //! - [`body`]: the response body type and its builders (a leaf every stage can use).
 //! - [`error_chain`]: how an error and its causes are printed where it is reported.
