@@ -291,6 +291,58 @@ mod tests {
         assert_eq!(resp.headers()[X_SHUNT_ERROR], "ip_denied");
     }
 
+    /// A body is the whole chain, each cause once: the same text the
+    /// messages gave when each one repeated its source.
+    #[test]
+    fn bodies_print_each_cause_once() {
+        use std::sync::Arc;
+        use std::time::Duration;
+
+        use crate::config::UpstreamName;
+        use crate::forward::handshake::HandshakeError;
+
+        let body = |e: &ProxyError| {
+            let resp = error_response(e);
+            let bytes = body_bytes(resp);
+            String::from_utf8(bytes).unwrap()
+        };
+        let timeout = ProxyError::Select {
+            route: "/a".into(),
+            source: SelectError::Connect {
+                upstream: UpstreamName("direct".into()),
+                source: Arc::new(ConnectError::Timeout(Duration::from_secs(2))),
+            },
+        };
+        assert_eq!(
+            body(&timeout),
+            "route /a: upstream direct: connect timed out after 2s\n"
+        );
+        assert_eq!(StatusCode::from(&timeout), StatusCode::GATEWAY_TIMEOUT);
+        let handshake = ProxyError::Forward(ForwardError::Handshake {
+            upstream: UpstreamName("nginx".into()),
+            source: HandshakeError::Io(std::io::Error::other("reset")),
+        });
+        assert_eq!(
+            body(&handshake),
+            "upstream nginx: connection failed during the WebSocket handshake: reset\n"
+        );
+        let upgrade = ProxyError::Upgrade(UpgradeError::MissingKey);
+        assert_eq!(
+            body(&upgrade),
+            "bad WebSocket handshake: Sec-WebSocket-Key is missing\n"
+        );
+    }
+
+    /// The bytes of a complete body.
+    fn body_bytes(resp: Response<Body>) -> Vec<u8> {
+        use http_body_util::BodyExt;
+        let collect = resp.into_body().collect();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(collect).unwrap().to_bytes().to_vec()
+    }
+
     /// Every code is lowercase snake_case, so it is a valid header value
     /// and scripts can match it exactly.
     #[test]
