@@ -33,12 +33,12 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::body::{Body, json, text};
 use crate::calls::Sort;
+use crate::dial::http1_handshake;
 use crate::handles::Handles;
 use crate::live::Snapshot;
 use crate::reload::Reloader;
-use crate::response::{Body, json, text};
-use crate::upstream::connect::http1_handshake;
 use crate::upstream::health::State;
 
 /// The tunnel relay's state for `/status` (mode, pipes in use), asked for
@@ -235,12 +235,14 @@ fn degraded(snapshot: &Snapshot) -> Vec<serde_json::Value> {
         for u in &r.via {
             let v = u.health.view();
             let reason = if v.state == State::Down {
-                Some(format!(
-                    "upstream down: {}",
-                    v.last_error.as_deref().unwrap_or("down")
-                ))
+                Some(match &v.last_error {
+                    Some(why) => format!("upstream down: {why}"),
+                    None => "upstream down: down".to_owned(),
+                })
             } else {
-                v.websocket_error.filter(|_| websocket)
+                v.websocket_error
+                    .filter(|_| websocket)
+                    .map(|why| why.to_string())
             };
             if let Some(reason) = reason {
                 out.push(json!({"route": r.label, "upstream": u.name().0, "reason": reason}));
@@ -369,9 +371,9 @@ fn upstreams_json(snapshot: &Snapshot) -> serde_json::Value {
                 "url": u.spec.url.to_string(),
                 "check": u.spec.health.check.to_string(),
                 "health": v.state.as_str(),
-                "last_error": v.last_error,
+                "last_error": v.last_error.map(|why| why.to_string()),
                 "websocket": if v.websocket_error.is_some() { "broken" } else { "ok" },
-                "websocket_error": v.websocket_error,
+                "websocket_error": v.websocket_error.map(|why| why.to_string()),
                 "last_change": humantime::format_rfc3339_seconds(v.last_change).to_string(),
             })
         })
@@ -430,7 +432,7 @@ async fn reload(reloader: &Reloader) -> Response<Body> {
         Ok(report) => json(StatusCode::OK, &report),
         Err(e) => json(
             StatusCode::UNPROCESSABLE_ENTITY,
-            &json!({"ok": false, "error": crate::response::chain(&e)}),
+            &json!({"ok": false, "error": crate::error_chain::chain(&e)}),
         ),
     }
 }

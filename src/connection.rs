@@ -36,6 +36,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 
 use crate::downstream::Downstream;
+use crate::error_chain::ErrorChain;
 use crate::forward::tunnel::Handoff;
 use crate::proxy::{self, Context};
 use crate::telemetry::refusals::{self, Reason};
@@ -79,7 +80,7 @@ pub fn accept(
                     crate::policy::Denied::Ip { .. } => Reason::AcceptIp,
                     _ => Reason::AcceptLimit,
                 };
-                refusals::refused(reason, peer, &denied);
+                refusals::refused(reason, peer, &ErrorChain(&denied));
                 // Plain HTTP gets a short answer; a TLS listener just closes.
                 let permit = ctx.handles().gate().refusal_permit();
                 let answer = (permit.is_some() && tls.is_none())
@@ -103,7 +104,7 @@ async fn serve_tls(stream: TcpStream, peer: SocketAddr, acceptor: &TlsAcceptor, 
         .map_or(DEFAULT_TLS_HANDSHAKE_TIMEOUT, |t| t.handshake_timeout);
     match crate::tls::accept(acceptor, stream, timeout).await {
         Ok(tls) => serve(tls, Downstream { peer, tls: true }, ctx).await,
-        Err(e) => refusals::refused(Reason::TlsHandshake, peer, &e),
+        Err(e) => refusals::refused(Reason::TlsHandshake, peer, &ErrorChain(&e)),
     }
 }
 

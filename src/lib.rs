@@ -15,17 +15,20 @@
 //! may use a stage (`app` wires them all, `admin` reads upstream health), as
 //! long as that stage does not import it back. That is why shared types sit
 //! low: the upstream stream, the pool and [`dial::Conn`] in [`dial`] (selection
-//! dials, forward sends, the tunnel splices), and every error of the flow in
-//! [`response`] next to its status code.
+//! dials, forward sends, the tunnel splices), and the response body type in
+//! the leaf [`body`]. Each stage's error lives with the stage that produces it
+//! ([`upgrade::UpgradeError`], [`upstream::SelectError`], [`forward::ForwardError`],
+//! [`policy::Denied`]); [`response`] sits just below `proxy` and `connection`,
+//! imports them all, and is the one place they become status codes.
 //!
 //! ```text
 //! client ─▶ listener ─▶ connection: admission (checkpoint: IP lists, caps) ─▶ tls? ─▶ hyper http1
 //!        ─▶ proxy ─▶ upgrade (a valid WebSocket handshake?) ─▶ router (host + longest prefix)
 //!        ─▶ checkpoint (form, IP, rate, Origin, auth) ─▶ upstream (first healthy; connect fallback)
 //!        ─▶ forward: request rewrite ─▶ plain HTTP ─or─ 101 ─▶ forward::tunnel
-//! side:  app (wiring), cli, workers, config, live, reload, watch, upstream::health,
+//! side:  app (wiring), cli, workers, config, live, reload, watch, upstream::{health, probe},
 //!        tls certificates, handles, policy, dial (upstream streams, pool), percent, headers,
-//!        response, admin, stats, calls, prometheus, keepalive, fdlimit, telemetry,
+//!        body, error_chain, response, admin, stats, calls, prometheus, keepalive, fdlimit, telemetry,
 //!        certgen, doctor (run on demand)
 //! ```
 //!
@@ -68,12 +71,16 @@
 //! - [`policy`]: the security values the config parses (IP lists, authentication,
 //!   Origin rules, rate and connection limits) and their refusals.
 //! - [`dial`]: connections to upstreams: TCP or TLS, hyper's client handshake, the
-//!   keep-alive pool ([`dial::pool`]); used by selection, forward, the tunnel and probes.
+//!   keep-alive pool ([`dial::pool`]), and the one-request probe client ([`dial::probe`]);
+//!   used by selection, forward, the tunnel, health probes and the doctor.
 //! - [`percent`]: the one percent-decoder (paths and query parameters).
 //! - [`procnet`]: listening sockets and the processes holding them, from `/proc`.
 //! - [`headers`]: header token lists, hop-by-hop removal, `X-Forwarded-*`, `x-shunt-route`;
 //!   shared by `upgrade`, `forward` and `doctor`, so no stage imports a later one for them.
-//! - [`response`]: the errors of the flow, and the one place they become status codes.
+//! - [`body`]: the response body type and its builders (a leaf every stage can use).
+//! - [`error_chain`]: how an error and its causes are printed where it is reported.
+//! - [`response`]: the one place the stages' errors become status codes, bodies and
+//!   `x-shunt-error` codes.
 //! - [`doctor`]: `shunt doctor`, the troubleshooting checklist, run on demand.
 //! - [`admin`]: `/healthz`, `/readyz`, `/status`, `/metrics`, `/calls`, `POST /reload`.
 //! - [`stats`]: counters for `/status` and `/metrics`.
@@ -89,6 +96,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod body;
 pub mod calls;
 pub mod certgen;
 pub mod checkpoint;
@@ -98,6 +106,7 @@ pub mod connection;
 pub mod dial;
 pub mod doctor;
 pub mod downstream;
+pub mod error_chain;
 pub mod fdlimit;
 pub mod forward;
 pub mod handles;

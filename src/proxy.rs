@@ -33,15 +33,17 @@ use http::{HeaderValue, Request, Response, Uri, header};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
+use crate::body::Body;
 use crate::checkpoint;
 use crate::downstream::Downstream;
+use crate::error_chain::ErrorChain;
 use crate::forward::tunnel::{Handoff, Relay};
 use crate::forward::{self, Exchange};
 use crate::handles::Handles;
 use crate::live::Snapshot;
 use crate::policy;
 use crate::policy::rate::{Gate, TunnelSlot};
-use crate::response::{self, Body, ProxyError};
+use crate::response::{self, ProxyError};
 use crate::router::{Route, normalize_path};
 use crate::upgrade::{self, Kind};
 use crate::upstream::{self, Failover};
@@ -120,11 +122,11 @@ pub async fn handle(
     let resp = match proxy(req, downstream, &ctx, &mut trace, &uri, &path, handoff).await {
         Ok(resp) => resp,
         Err(e @ ProxyError::Denied(_)) => {
-            tracing::info!(peer = %downstream.peer, path = %path, reason = %e, "request refused by policy");
+            tracing::info!(peer = %downstream.peer, path = %path, reason = %ErrorChain(&e), "request refused by policy");
             response::error_response(&e)
         }
         Err(e) => {
-            tracing::debug!(error = %e, "request refused");
+            tracing::debug!(error = %ErrorChain(&e), "request refused");
             response::error_response(&e)
         }
     };
@@ -289,7 +291,7 @@ async fn exchange_with_failover(
         // The first attempt sends the client's body; a retried handshake has none.
         let body = body
             .take()
-            .unwrap_or_else(|| response::full(bytes::Bytes::new()));
+            .unwrap_or_else(|| crate::body::full(bytes::Bytes::new()));
         let exchange = Exchange {
             websocket,
             route: &route.label,
@@ -321,7 +323,7 @@ async fn exchange_with_failover(
         };
         let req = Request::from_parts(head, body);
         let result = forward::forward(req, conn, exchange, ctx.forwarding(), handoff).await;
-        if let Some(result) = failover.settle(&upstream, result, &route.label, path) {
+        if let Some(result) = failover.settle(&upstream, result, &route.label) {
             return result.map_err(ProxyError::from);
         }
     }

@@ -124,7 +124,7 @@ impl Reloader {
     ) -> Result<serde_json::Value, ReloadError> {
         let _one_at_a_time = self.busy.lock().await;
         let result = self.try_reload();
-        let error = result.as_ref().err().map(|e| crate::response::chain(e));
+        let error = result.as_ref().err().map(|e| crate::error_chain::chain(e));
         match (&result, &error) {
             (Ok(report), _) => tracing::info!(
                 trigger,

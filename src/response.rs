@@ -1,159 +1,41 @@
-//! The one place errors become what a client sees: status code, headers, body.
+//! The one place the proxy's errors become what a client sees: status code,
+//! headers, body, and the `x-shunt-error` code.
 //!
 //! Bodies are short plain text saying what is wrong and what to fix; they never
-//! carry secrets or internal addresses beyond upstream names.
+//! carry secrets or internal addresses beyond upstream names. A body is the
+//! error's whole chain ([`ErrorChain`]): each stage's message says what
+//! failed at its level, and each cause follows once.
 //!
-//! The error types of the flow live here too ([`ProxyError`] and its
-//! forwarding part [`ForwardError`]), next to their mapping, so the mapping is
-//! total by construction: adding a variant without deciding its status code
-//! does not compile. The fault decides the code: the client's (400, 401, 403,
-//! 404, 405, 426, 429), an upstream's (502, 503, 504), and the body says which
-//! and what to fix. Refusals at accept, before hyper sees the connection, are
+//! Each stage's error lives with the stage that produces it
+//! ([`UpgradeError`] in `upgrade`, [`Denied`] in `policy`, [`SelectError`] in
+//! `upstream`, [`ConnectError`] in `dial`, [`ForwardError`] in `forward`), so
+//! a stage never imports this module to name its own failure. This module
+//! sits just below `proxy` and `connection`, imports them all, and maps them:
+//! [`ProxyError`] is their union at the edge (it stays here rather than in
+//! `proxy` because `proxy` calls the mapping), and its mapping is total by
+//! construction: adding a variant without deciding its status code does not
+//! compile. The fault decides the code: the client's (400, 401, 403, 404,
+//! 405, 426, 429), an upstream's (502, 503, 504), and the body says which and
+//! what to fix. Refusals at accept, before hyper sees the connection, are
 //! written by hand ([`raw_refusal`]) with the same status and text.
-
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
-use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Full};
 
+use crate::body::{Body, full, text};
 use crate::dial::ConnectError;
+use crate::error_chain::ErrorChain;
+use crate::forward::ForwardError;
 use crate::policy::Denied;
 use crate::policy::rate::{LimitExceeded, retry_secs};
+use crate::upgrade::UpgradeError;
 use crate::upstream::SelectError;
-
-/// The response body type used throughout the proxy.
-pub type Body = BoxBody<Bytes, hyper::Error>;
-
-/// What went wrong after an upstream connection was made.
-#[derive(Debug, thiserror::Error)]
-pub enum ForwardError {
-    /// Upstream's: the connection failed while talking HTTP.
-    #[error("upstream {upstream} failed: {source}")]
-    Protocol {
-        /// The upstream's name.
-        upstream: String,
-        /// What hyper saw.
-        #[source]
-        source: hyper::Error,
-    },
-    /// Downstream's: the request body could not be read (bad chunking, cut short).
-    #[error("the request body is malformed or was cut short: {source}")]
-    DownstreamBody {
-        /// What hyper saw.
-        #[source]
-        source: hyper::Error,
-    },
-    /// Upstream's: no response head within the response timeout.
-    #[error("upstream {upstream} did not answer within {after:?}")]
-    Timeout {
-        /// The upstream's name.
-        upstream: String,
-        /// The response timeout that ran out.
-        after: Duration,
-    },
-    /// Upstream's, for WebSocket only: a WebSocket upgrade answered with a
-    /// 2xx, 3xx or 5xx instead of 101. A 2xx or 3xx is typically an nginx
-    /// without the upgrade headers; a 5xx, one whose own backend failed
-    /// ([`upgrade_failure_cause`]). A 4xx is a deliberate refusal and
-    /// relayed as is.
-    #[error(
-        "{upstream} answered {} to a WebSocket upgrade on {path}: {}",
-        status.as_u16(),
-        upgrade_failure_cause(*status)
-    )]
-    UpgradeNotForwarded {
-        /// The upstream's name.
-        upstream: String,
-        /// What it answered instead of 101.
-        status: StatusCode,
-        /// The path of the upgrade.
-        path: String,
-    },
-    /// Upstream's, for WebSocket only: its answer to the handshake could not be read.
-    #[error("upstream {upstream}: {source}")]
-    Handshake {
-        /// The upstream's name.
-        upstream: String,
-        /// What went wrong.
-        #[source]
-        source: HandshakeError,
-    },
-    /// A pooled connection had closed and a new one could not be made.
-    #[error("upstream {upstream}: {source}")]
-    Reconnect {
-        /// The upstream's name.
-        upstream: String,
-        /// Why the new connection failed.
-        #[source]
-        source: ConnectError,
-    },
-}
-
-/// The likely cause of an upgrade answered with `status` (not 101, not a
-/// 4xx), as the warning, `/readyz`'s `degraded` list and the 502 say it.
-pub fn upgrade_failure_cause(status: StatusCode) -> &'static str {
-    if status.is_server_error() {
-        "it failed to serve it (a 5xx: the backend behind it is likely down or failing)"
-    } else {
-        "it does not forward upgrades (proxy_http_version 1.1, Upgrade/Connection headers)"
-    }
-}
-
-/// A WebSocket upgrade request the proxy refuses ([`crate::upgrade::classify`]),
-/// with what is wrong: always the client's fault (400, or 426 for a version).
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum UpgradeError {
-    /// Not a GET (RFC 6455 §4.1).
-    #[error("a WebSocket handshake must use GET, not {0}")]
-    Method(String),
-    /// `Connection` does not carry the `upgrade` token.
-    #[error("the Connection header must contain the token `upgrade`")]
-    ConnectionToken,
-    /// No `Sec-WebSocket-Key`.
-    #[error("Sec-WebSocket-Key is missing")]
-    MissingKey,
-    /// A key that is not 16 bytes of base64.
-    #[error("Sec-WebSocket-Key must be 16 bytes, base64-encoded")]
-    BadKey,
-    /// No `Sec-WebSocket-Version`.
-    #[error("Sec-WebSocket-Version is missing")]
-    MissingVersion,
-    /// Answered 426 with `Sec-WebSocket-Version: 13`.
-    #[error("Sec-WebSocket-Version {0} is not supported; use 13")]
-    UnsupportedVersion(String),
-}
-
-/// Why the upstream's answer to a WebSocket handshake could not be read
-/// ([`crate::forward::handshake`]); always the upstream's fault (502).
-#[derive(Debug, thiserror::Error)]
-pub enum HandshakeError {
-    /// Writing the request or reading the answer failed.
-    #[error("connection failed during the WebSocket handshake: {0}")]
-    Io(#[from] std::io::Error),
-    /// The connection closed before a whole answer head (or body) arrived.
-    #[error("the connection closed before the answer was complete")]
-    Closed,
-    /// The answer is not HTTP/1.x.
-    #[error("malformed answer to the WebSocket handshake: {0}")]
-    Parse(#[from] httparse::Error),
-    /// A header or status that `http` cannot represent.
-    #[error("malformed answer to the WebSocket handshake: {0}")]
-    Header(#[from] http::Error),
-    /// The head or the refusal's body is larger than shunt relays.
-    #[error("the answer to the WebSocket handshake is too large")]
-    TooLarge,
-    /// A chunked body that does not follow RFC 9112 §7.1.
-    #[error("malformed chunked body in the answer to the WebSocket handshake")]
-    Chunked,
-}
 
 /// Why a request was not proxied.
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
     /// Downstream's fault: a malformed WebSocket handshake.
-    #[error("bad WebSocket handshake: {0}")]
+    #[error("bad WebSocket handshake")]
     Upgrade(#[from] UpgradeError),
     /// Downstream's (or the config's): nothing routes this path.
     #[error("no route for {path}")]
@@ -162,7 +44,7 @@ pub enum ProxyError {
         path: String,
     },
     /// Upstream's: none could be reached.
-    #[error("route {route}: {source}")]
+    #[error("route {route}")]
     Select {
         /// The route's label.
         route: String,
@@ -206,13 +88,9 @@ impl From<&ProxyError> for StatusCode {
                 ..
             } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Select {
-                source:
-                    SelectError::Connect {
-                        source: ConnectError::Timeout(_),
-                        ..
-                    },
+                source: SelectError::Connect { source, .. },
                 ..
-            } => StatusCode::GATEWAY_TIMEOUT,
+            } if matches!(**source, ConnectError::Timeout(_)) => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Select { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::Forward(ForwardError::Timeout { .. }) => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Forward(ForwardError::Protocol { .. }) => StatusCode::BAD_GATEWAY,
@@ -239,13 +117,77 @@ impl From<&Denied> for StatusCode {
     }
 }
 
+/// The header naming the kind of every answer shunt makes itself on the
+/// proxy listener, so programs (`shunt doctor`, scripts, dashboards) read a
+/// stable code instead of the body's prose. Never set on an answer that
+/// comes from an upstream.
+pub const X_SHUNT_ERROR: header::HeaderName = header::HeaderName::from_static("x-shunt-error");
+
+impl ProxyError {
+    /// The `x-shunt-error` code of this refusal: stable, lowercase
+    /// snake_case, one per kind, next to the status table above (README,
+    /// troubleshooting, lists them). Several codes may share a status; a
+    /// code never changes its meaning.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ProxyError::Upgrade(UpgradeError::UnsupportedVersion(_)) => {
+                "unsupported_websocket_version"
+            }
+            ProxyError::Upgrade(_) => "bad_upgrade",
+            ProxyError::BadHost(_) => "bad_host",
+            ProxyError::NoRoute { .. } => "no_route",
+            ProxyError::Denied(d) => denied_code(d),
+            ProxyError::Select {
+                source: SelectError::NoneHealthy { .. },
+                ..
+            } => "no_healthy_upstream",
+            ProxyError::Select {
+                source: SelectError::Connect { source, .. },
+                ..
+            } if matches!(**source, ConnectError::Timeout(_)) => "upstream_connect_timeout",
+            ProxyError::Select { .. } | ProxyError::Forward(ForwardError::Reconnect { .. }) => {
+                "upstream_connect"
+            }
+            ProxyError::Forward(ForwardError::Timeout { .. }) => "upstream_timeout",
+            ProxyError::Forward(ForwardError::Protocol { .. }) => "upstream_protocol",
+            ProxyError::Forward(ForwardError::DownstreamBody { .. }) => "bad_request_body",
+            ProxyError::Forward(ForwardError::UpgradeNotForwarded(n)) => {
+                if n.status.is_server_error() {
+                    "upgrade_failed_upstream"
+                } else {
+                    "upgrade_not_forwarded"
+                }
+            }
+            ProxyError::Forward(ForwardError::Handshake { .. }) => "upstream_handshake",
+        }
+    }
+}
+
+/// The `x-shunt-error` code of a policy refusal (see [`ProxyError::code`]).
+pub fn denied_code(d: &Denied) -> &'static str {
+    match d {
+        Denied::Ip { .. } => "ip_denied",
+        Denied::Origin(_) => "origin_denied",
+        Denied::Auth(_) => "unauthorized",
+        Denied::Limit(LimitExceeded::Rate { .. }) => "rate_limited",
+        Denied::Limit(LimitExceeded::TunnelsPerIp { .. }) => "tunnel_limit",
+        Denied::Limit(LimitExceeded::Conns { .. }) => "connection_limit",
+        Denied::Method { .. } => "method_not_allowed",
+        Denied::AbsoluteForm => "absolute_form",
+        Denied::HeaderEncoding { .. } => "bad_header_encoding",
+    }
+}
+
 /// The headers a refusal carries besides its body: `WWW-Authenticate`
 /// (RFC 6750) on 401, `Retry-After` on 429.
 fn denied_headers(d: &Denied) -> Vec<(header::HeaderName, HeaderValue)> {
     match d {
         Denied::Auth(e) => {
             let value = if e.is_invalid_token() {
-                format!(r#"Bearer realm="shunt", error="invalid_token", error_description="{e}""#)
+                format!(
+                    r#"Bearer realm="shunt", error="invalid_token", error_description="{}""#,
+                    ErrorChain(e)
+                )
             } else {
                 r#"Bearer realm="shunt""#.to_owned()
             };
@@ -272,13 +214,14 @@ fn denied_headers(d: &Denied) -> Vec<(header::HeaderName, HeaderValue)> {
 /// plain HTTP): status line, headers and body, then `Connection: close`.
 pub fn raw_refusal(d: &Denied) -> Vec<u8> {
     let status = StatusCode::from(d);
-    let body = format!("{d}\n");
+    let body = format!("{}\n", ErrorChain(d));
     let mut head = format!(
         "HTTP/1.1 {} {}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n",
         status.as_u16(),
         status.canonical_reason().unwrap_or(""),
         body.len()
     );
+    head.push_str(&format!("{X_SHUNT_ERROR}: {}\r\n", denied_code(d)));
     for (name, value) in denied_headers(d) {
         head.push_str(&format!(
             "{name}: {}\r\n",
@@ -304,7 +247,9 @@ pub fn preflight(headers: Vec<(header::HeaderName, HeaderValue)>) -> Response<Bo
 /// The response for `e`.
 pub fn error_response(e: &ProxyError) -> Response<Body> {
     let status = StatusCode::from(e);
-    let mut resp = text(status, format!("{e}\n"));
+    let mut resp = text(status, format!("{}\n", ErrorChain(e)));
+    resp.headers_mut()
+        .insert(X_SHUNT_ERROR, HeaderValue::from_static(e.code()));
     if let ProxyError::Upgrade(UpgradeError::UnsupportedVersion(_)) = e {
         // RFC 6455 §4.4 and RFC 9110 §15.5.22: say what to upgrade to.
         let h = resp.headers_mut();
@@ -323,46 +268,97 @@ pub fn error_response(e: &ProxyError) -> Response<Body> {
     resp
 }
 
-/// A plain-text response.
-pub fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
-    let mut resp = Response::new(full(body));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    resp
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::ip::IpRefusal;
 
-/// A JSON response.
-pub fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
-    let mut resp = Response::new(full(format!("{value:#}\n")));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    resp
-}
-
-/// A complete body as the proxy's body type.
-pub fn full(body: impl Into<Bytes>) -> Body {
-    Full::new(body.into())
-        .map_err(|never| match never {})
-        .boxed()
-}
-
-/// An error and each of its causes, once each, joined by `: ` (what
-/// `{:#}` prints for an `anyhow` chain): for messages that leave the process
-/// as text, like a failed reload in `/status`. The error types on the config
-/// and startup path do not repeat their source in their own message.
-pub fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        text.push_str(": ");
-        text.push_str(&c.to_string());
-        cause = c.source();
+    /// A refusal written at accept names its kind like one hyper sends.
+    #[test]
+    fn raw_refusal_carries_the_error_code() {
+        let denied = Denied::Ip {
+            reason: IpRefusal::NotAllowed,
+        };
+        let text = String::from_utf8(raw_refusal(&denied)).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 403 Forbidden\r\n"), "{head}");
+        assert!(
+            head.split("\r\n").any(|l| l == "x-shunt-error: ip_denied"),
+            "{head}"
+        );
+        assert!(head.contains(&format!("content-length: {}", body.len())));
+        let resp = error_response(&ProxyError::Denied(denied));
+        assert_eq!(resp.headers()[X_SHUNT_ERROR], "ip_denied");
     }
-    text
+
+    /// A body is the whole chain, each cause once: the same text the
+    /// messages gave when each one repeated its source.
+    #[test]
+    fn bodies_print_each_cause_once() {
+        use std::sync::Arc;
+        use std::time::Duration;
+
+        use crate::config::UpstreamName;
+        use crate::forward::handshake::HandshakeError;
+
+        let body = |e: &ProxyError| {
+            let resp = error_response(e);
+            let bytes = body_bytes(resp);
+            String::from_utf8(bytes).unwrap()
+        };
+        let timeout = ProxyError::Select {
+            route: "/a".into(),
+            source: SelectError::Connect {
+                upstream: UpstreamName("direct".into()),
+                source: Arc::new(ConnectError::Timeout(Duration::from_secs(2))),
+            },
+        };
+        assert_eq!(
+            body(&timeout),
+            "route /a: upstream direct: connect timed out after 2s\n"
+        );
+        assert_eq!(StatusCode::from(&timeout), StatusCode::GATEWAY_TIMEOUT);
+        let handshake = ProxyError::Forward(ForwardError::Handshake {
+            upstream: UpstreamName("nginx".into()),
+            source: HandshakeError::Io(std::io::Error::other("reset")),
+        });
+        assert_eq!(
+            body(&handshake),
+            "upstream nginx: connection failed during the WebSocket handshake: reset\n"
+        );
+        let upgrade = ProxyError::Upgrade(UpgradeError::MissingKey);
+        assert_eq!(
+            body(&upgrade),
+            "bad WebSocket handshake: Sec-WebSocket-Key is missing\n"
+        );
+    }
+
+    /// The bytes of a complete body.
+    fn body_bytes(resp: Response<Body>) -> Vec<u8> {
+        use http_body_util::BodyExt;
+        let collect = resp.into_body().collect();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(collect).unwrap().to_bytes().to_vec()
+    }
+
+    /// Every code is lowercase snake_case, so it is a valid header value
+    /// and scripts can match it exactly.
+    #[test]
+    fn codes_are_snake_case() {
+        let errors = [
+            ProxyError::NoRoute { path: "/x".into() },
+            ProxyError::BadHost("not a host name"),
+            ProxyError::Upgrade(UpgradeError::UnsupportedVersion("8".into())),
+            ProxyError::Upgrade(UpgradeError::MissingKey),
+        ];
+        for e in &errors {
+            let code = e.code();
+            assert!(
+                !code.is_empty() && code.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'),
+                "{code}"
+            );
+        }
+    }
 }

@@ -17,9 +17,30 @@ use http::{Method, Request, Version, header};
 
 use crate::headers::has_token;
 
-/// The refusal's type lives next to its status codes in [`crate::response`];
-/// the old path stays for callers.
-pub use crate::response::UpgradeError;
+/// A WebSocket upgrade request the proxy refuses ([`classify`]), with what is
+/// wrong: always the client's fault (400, or 426 for a version). It lives
+/// with the check that produces it; [`crate::response`] maps it to a status.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum UpgradeError {
+    /// Not a GET (RFC 6455 §4.1).
+    #[error("a WebSocket handshake must use GET, not {0}")]
+    Method(String),
+    /// `Connection` does not carry the `upgrade` token.
+    #[error("the Connection header must contain the token `upgrade`")]
+    ConnectionToken,
+    /// No `Sec-WebSocket-Key`.
+    #[error("Sec-WebSocket-Key is missing")]
+    MissingKey,
+    /// A key that is not 16 bytes of base64.
+    #[error("Sec-WebSocket-Key must be 16 bytes, base64-encoded")]
+    BadKey,
+    /// No `Sec-WebSocket-Version`.
+    #[error("Sec-WebSocket-Version is missing")]
+    MissingVersion,
+    /// Answered 426 with `Sec-WebSocket-Version: 13`.
+    #[error("Sec-WebSocket-Version {0} is not supported; use 13")]
+    UnsupportedVersion(String),
+}
 
 /// What kind of exchange a request starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

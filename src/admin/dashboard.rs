@@ -11,7 +11,7 @@
 use http::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue, X_CONTENT_TYPE_OPTIONS};
 use http::{Response, StatusCode};
 
-use crate::response::{Body, full};
+use crate::body::{Body, full};
 
 /// The policy sent with the page and its assets.
 pub const CSP: &str = "default-src 'self'";

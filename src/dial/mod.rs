@@ -22,6 +22,7 @@
 //! each one back for the previous one's ACK.
 
 pub mod pool;
+pub mod probe;
 
 use std::io;
 use std::pin::Pin;
@@ -42,18 +43,26 @@ use tokio_util::task::TaskTracker;
 use crate::config::UpstreamUrl;
 
 /// Why an upstream could not be reached.
+///
+/// It lives here, with the dialing that produces it; selection wraps it in
+/// [`crate::upstream::SelectError`], forwarding in
+/// [`crate::forward::ForwardError::Reconnect`], and
+/// [`crate::response`] maps it (a timeout is 504, the rest 502).
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
-    /// The TCP connect failed (refused, unreachable).
+    /// The TCP connect failed (refused, unreachable). The OS error *is* the
+    /// message, said plainly ([`describe`]), so it is not kept a second
+    /// time as a source.
     #[error("{}", describe(.0))]
-    Io(#[source] io::Error),
+    Io(io::Error),
     /// No connection within the connect timeout.
     #[error("connect timed out after {0:?}")]
     Timeout(Duration),
     /// The TLS handshake with an https upstream failed.
-    #[error("TLS handshake with the upstream failed: {0}")]
+    #[error("TLS handshake with the upstream failed")]
     Tls(#[source] io::Error),
-    /// The URL's host cannot be a TLS server name.
+    /// The URL's host cannot be a TLS server name. rustls's error says no
+    /// more than this message does, so it is not kept as a source.
     #[error("`{0}` is not a valid TLS server name")]
     ServerName(String),
 }

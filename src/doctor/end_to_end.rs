@@ -4,7 +4,8 @@
 //! listener. Reports the status and which upstream served it
 //! (`x-shunt-route`, what `usingDirectConnection: true` used to tell in the
 //! browser console), then a few 640-byte frames round trip with the median
-//! RTT. A 401, 403 or 429 says which policy refused it, from the body.
+//! RTT. A refusal says which policy refused it, from shunt's `x-shunt-error`
+//! code ([`crate::response::X_SHUNT_ERROR`]), never from the body's wording.
 //!
 //! Dialling the listener tests shunt, its routes and its backends, but not
 //! the way to it: DNS, the public port, NAT or port forwarding, a cloud
@@ -29,9 +30,11 @@ use tokio::net::TcpStream;
 use super::listeners::Running;
 use super::websocket::{close, header_text, nginx_fix};
 use super::{Context, Finding, Report, human, millis};
+use crate::dial::UpstreamStream;
+use crate::dial::probe::{accept_key, send, ws_upgrade};
+use crate::error_chain::chain;
 use crate::headers::X_SHUNT_ROUTE;
-use crate::upstream::connect::UpstreamStream;
-use crate::upstream::health::{accept_key, send, ws_upgrade};
+use crate::response::X_SHUNT_ERROR;
 
 /// Frames sent for the round-trip measure.
 const ROUND_TRIPS: usize = 5;
@@ -288,6 +291,7 @@ async fn shunt_101(
     if status != StatusCode::SWITCHING_PROTOCOLS {
         let server = header_text(resp.headers(), header::SERVER);
         let retry = header_text(resp.headers(), header::RETRY_AFTER);
+        let error = header_text(resp.headers(), X_SHUNT_ERROR);
         let body = tokio::time::timeout(
             ctx.timeout,
             Limited::new(resp.into_body(), BODY_LIMIT).collect(),
@@ -306,6 +310,7 @@ async fn shunt_101(
                 route: route.as_deref(),
                 server: server.as_deref(),
                 retry: retry.as_deref(),
+                error: error.as_deref(),
                 body: &body,
             },
         ));
@@ -403,7 +408,9 @@ async fn handshake(
     if let Some(origin) = &ctx.origin {
         request = request.header(header::ORIGIN, origin);
     }
-    send(stream, ws_upgrade(request, key), &ctx.tracker, &ctx.stop).await
+    send(stream, ws_upgrade(request, key), &ctx.tracker, &ctx.stop)
+        .await
+        .map_err(|e| chain(&e))
 }
 
 /// Send [`ROUND_TRIPS`] binary frames and time each echo; other frames (a
@@ -448,23 +455,25 @@ async fn round_trips(
     result
 }
 
-/// Parse shunt's own 502 body, so the nginx diagnosis works end to end
-/// too: the upstream and its answer in shunt's 502 for an upgrade that no
-/// upstream of the route forwarded (`route /a: nginx answered 200 to a
-/// WebSocket upgrade on /a: it does not forward upgrades ...`).
-fn not_forwarded(body: &str) -> Option<(String, String)> {
-    let (before, after) = body.split_once(" answered ")?;
-    let (code, _) = after.split_once(" to a WebSocket upgrade")?;
-    if !after.contains("does not forward upgrades") {
-        return None;
-    }
-    let up = before.rsplit([' ', ':']).next()?.to_owned();
-    let answered = code
-        .parse::<u16>()
-        .ok()
-        .and_then(|c| StatusCode::from_u16(c).ok())
-        .map_or_else(|| code.to_owned(), |s| s.to_string());
-    Some((up, answered))
+/// The upstream and its answer in shunt's 502 for an upgrade that no
+/// upstream of the route forwarded, for the report's wording only: the
+/// `upgrade_not_forwarded` code has already decided the diagnosis. The body
+/// starts `nginx answered 200 to a WebSocket upgrade on /a: ...`
+/// ([`crate::forward::ForwardError::UpgradeNotForwarded`]); if it ever reads
+/// otherwise, the diagnosis stands and names the upstream as `?`.
+fn not_forwarded(body: &str) -> (String, String) {
+    let parsed = (|| {
+        let (before, after) = body.split_once(" answered ")?;
+        let (code, _) = after.split_once(" to a WebSocket upgrade")?;
+        let up = before.rsplit([' ', ':']).next()?.to_owned();
+        let answered = code
+            .parse::<u16>()
+            .ok()
+            .and_then(|c| StatusCode::from_u16(c).ok())
+            .map_or_else(|| code.to_owned(), |s| s.to_string());
+        Some((up, answered))
+    })();
+    parsed.unwrap_or_else(|| ("?".to_owned(), "something other than 101".to_owned()))
 }
 
 /// What shunt (or whatever answered) said instead of 101.
@@ -477,17 +486,19 @@ struct Answer<'a> {
     server: Option<&'a str>,
     /// `Retry-After`, on a 429.
     retry: Option<&'a str>,
+    /// `x-shunt-error`: the kind of an answer shunt made itself.
+    error: Option<&'a str>,
     /// The start of the body: shunt's refusals say why in it.
     body: &'a str,
 }
 
 /// Which policy refused the handshake, and what to do.
 ///
-/// Without `x-shunt-route` the answer is shunt's own, and its status and
-/// body name the policy (authentication 401, Origin or IP 403, rate or
-/// connection limit 429, no route 404, no upstream 502/503/504). With it,
-/// shunt forwarded and the upstream answered, so the diagnosis is the
-/// upstream's (nginx, a backend's Origin check). `target` names the
+/// With `x-shunt-error` the answer is shunt's own, and the code names the
+/// policy or the failure (authentication, Origin, IP, rate or connection
+/// limit, no route, no upstream, an upgrade nginx did not forward). With
+/// `x-shunt-route`, shunt forwarded and the upstream answered, so the
+/// diagnosis is the upstream's (nginx, a backend's Origin check). `target` names the
 /// URL and the address dialled, `check` the finding.
 fn refused(ctx: &Context, check: &str, target: &str, answer: Answer<'_>) -> Finding {
     let Answer {
@@ -495,6 +506,7 @@ fn refused(ctx: &Context, check: &str, target: &str, answer: Answer<'_>) -> Find
         route,
         server,
         retry,
+        error,
         body,
     } = answer;
     let url = target;
@@ -504,8 +516,8 @@ fn refused(ctx: &Context, check: &str, target: &str, answer: Answer<'_>) -> Find
         format!(": {body}")
     };
     let origin = ctx.origin.as_deref().unwrap_or("<the page origin>");
-    match (status, route) {
-        (StatusCode::UNAUTHORIZED, None) => Finding::fail(
+    match (error, route) {
+        (Some("unauthorized"), _) => Finding::fail(
             check,
             format!("{url}: 401, refused by shunt's authentication{said}"),
             if ctx.token.is_some() {
@@ -517,21 +529,19 @@ fn refused(ctx: &Context, check: &str, target: &str, answer: Answer<'_>) -> Find
                 )
             },
         ),
-        (StatusCode::FORBIDDEN, None) if body.to_ascii_lowercase().contains("origin") => {
-            Finding::fail(
-                check,
-                format!("{url}: 403, refused by shunt's Origin policy{said}"),
-                format!(
-                    "add the front end's origin to --allow-origin (or the route's allow_origin): --allow-origin {origin}"
-                ),
-            )
-        }
-        (StatusCode::FORBIDDEN, None) => Finding::fail(
+        (Some("origin_denied"), _) => Finding::fail(
+            check,
+            format!("{url}: 403, refused by shunt's Origin policy{said}"),
+            format!(
+                "add the front end's origin to --allow-origin (or the route's allow_origin): --allow-origin {origin}"
+            ),
+        ),
+        (Some("ip_denied"), _) => Finding::fail(
             check,
             format!("{url}: 403, refused by shunt's IP policy{said}"),
             "allow the client addresses with --allow-ip (or the route's allow_ip); --deny-ip wins over it",
         ),
-        (StatusCode::TOO_MANY_REQUESTS, None) => Finding::fail(
+        (Some("rate_limited" | "tunnel_limit" | "connection_limit"), _) => Finding::fail(
             check,
             format!(
                 "{url}: 429, refused by shunt's rate or connection limit{said}{}",
@@ -541,7 +551,7 @@ fn refused(ctx: &Context, check: &str, target: &str, answer: Answer<'_>) -> Find
             ),
             "wait and retry, or raise --rate / --burst / --max-conns-per-ip / --max-conns",
         ),
-        (StatusCode::NOT_FOUND, None) => Finding::fail(
+        (Some("no_route"), _) => Finding::fail(
             check,
             format!("{url}: 404 from shunt{said}"),
             format!(
@@ -550,8 +560,8 @@ fn refused(ctx: &Context, check: &str, target: &str, answer: Answer<'_>) -> Find
                 ctx.url.path()
             ),
         ),
-        (StatusCode::BAD_GATEWAY, None) if not_forwarded(body).is_some() => {
-            let (up, answered) = not_forwarded(body).unwrap_or_default();
+        (Some("upgrade_not_forwarded"), _) => {
+            let (up, answered) = not_forwarded(body);
             Finding::fail(
                 check,
                 format!(
@@ -562,14 +572,22 @@ fn refused(ctx: &Context, check: &str, target: &str, answer: Answer<'_>) -> Find
             )
         }
         (
-            StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT,
-            None,
+            Some(
+                "no_healthy_upstream"
+                | "upstream_connect"
+                | "upstream_connect_timeout"
+                | "upstream_timeout"
+                | "upstream_protocol"
+                | "upstream_handshake"
+                | "upgrade_failed_upstream",
+            ),
+            _,
         ) => Finding::fail(
             check,
             format!("{url}: {status}, shunt could not reach an upstream{said}"),
             "see the `upstream` and `websocket` lines above",
         ),
-        (_, Some(up)) if server.is_some_and(|s| s.to_ascii_lowercase().starts_with("nginx")) => {
+        (None, Some(up)) if server.is_some_and(|s| s.to_ascii_lowercase().starts_with("nginx")) => {
             Finding::fail(
                 check,
                 format!(
@@ -579,7 +597,7 @@ fn refused(ctx: &Context, check: &str, target: &str, answer: Answer<'_>) -> Find
                 nginx_fix(ctx.url.path(), &ctx.backend_url()),
             )
         }
-        (StatusCode::FORBIDDEN, Some(up)) => Finding::fail(
+        (None, Some(up)) if status == StatusCode::FORBIDDEN => Finding::fail(
             check,
             format!(
                 "{url}: 403 from upstream `{up}`: the backend refuses the handshake (Origin {origin}){said}"
@@ -588,12 +606,12 @@ fn refused(ctx: &Context, check: &str, target: &str, answer: Answer<'_>) -> Find
                 "allow {origin} in the backend's CORS / WebSocket origin setting, or let shunt check it (--allow-origin) and have the backend trust shunt"
             ),
         ),
-        (_, Some(up)) => Finding::fail(
+        (None, Some(up)) => Finding::fail(
             check,
             format!("{url}: upstream `{up}` answered {status} instead of 101{said}"),
             "see the `websocket` line for that upstream above",
         ),
-        (_, None) => Finding::fail(
+        (_, None) | (Some(_), Some(_)) => Finding::fail(
             check,
             format!("{url}: {status} instead of 101{said}"),
             "the answer names what is wrong; check shunt's log for this request",

@@ -15,8 +15,9 @@ use tokio::net::TcpStream;
 
 use super::{Context, Finding, Report, human, millis};
 use crate::config::{ProbeKind, Scheme, UpstreamName, UpstreamSpec};
-use crate::upstream::connect::{UpstreamStream, connect};
-use crate::upstream::health::send;
+use crate::dial::probe::send;
+use crate::dial::{UpstreamStream, connect};
+use crate::error_chain::chain;
 
 /// The TLS client config for an `https` upstream (`None` for `http`): the
 /// same roots `run` builds from the upstream's `ca`, so a certificate that
@@ -38,7 +39,7 @@ pub(crate) async fn open(ctx: &Context, u: &UpstreamSpec) -> Result<UpstreamStre
     let tls = client_tls(u)?;
     connect(&u.url, tls.as_ref(), ctx.timeout)
         .await
-        .map_err(|e| e.to_string())
+        .map_err(|e| chain(&e))
 }
 
 /// Check every upstream; returns which ones accepted a connection.
@@ -164,7 +165,9 @@ async fn http_get(ctx: &Context, u: &UpstreamSpec, path: &str, report: &mut Repo
         let request = Request::get(path)
             .header(header::HOST, u.url.authority())
             .header(header::USER_AGENT, "shunt-doctor");
-        send(stream, request, &ctx.tracker, &ctx.stop).await
+        send(stream, request, &ctx.tracker, &ctx.stop)
+            .await
+            .map_err(|e| chain(&e))
     };
     let finding = match tokio::time::timeout(ctx.timeout, attempt).await {
         Ok(Ok(resp)) if resp.status().is_success() || resp.status().is_redirection() => {

@@ -16,7 +16,8 @@ use hyper_util::rt::TokioIo;
 
 use super::{Context, Finding, Report, human, millis, upstreams};
 use crate::config::{RouteSpec, UpstreamName, UpstreamSpec};
-use crate::upstream::health::{accept_key, send, ws_upgrade};
+use crate::dial::probe::{accept_key, send, ws_upgrade};
+use crate::error_chain::chain;
 
 /// What an upstream answered to the handshake.
 #[derive(Debug, Clone)]
@@ -101,7 +102,9 @@ async fn handshake(ctx: &Context, u: &UpstreamSpec, path: &str) -> Result<Answer
     if let Some(origin) = &ctx.origin {
         request = request.header(header::ORIGIN, origin);
     }
-    let mut resp = send(stream, ws_upgrade(request, &key), &ctx.tracker, &ctx.stop).await?;
+    let mut resp = send(stream, ws_upgrade(request, &key), &ctx.tracker, &ctx.stop)
+        .await
+        .map_err(|e| chain(&e))?;
     let elapsed = started.elapsed();
     let answer = Answer {
         status: resp.status(),

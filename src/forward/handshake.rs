@@ -22,7 +22,6 @@ use http::{Request, StatusCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::dial::UpstreamStream;
-use crate::response::HandshakeError;
 
 /// Most bytes of an upstream's answer head.
 pub const MAX_HEAD: usize = 64 * 1024;
@@ -223,6 +222,32 @@ fn decode_chunks(buf: &mut BytesMut, body: &mut BytesMut) -> Result<bool, Handsh
 /// Where the first `\r\n` in `buf` starts.
 fn find_crlf(buf: &[u8]) -> Option<usize> {
     buf.windows(2).position(|w| w == b"\r\n")
+}
+
+/// Why the upstream's answer to a WebSocket handshake could not be read;
+/// always the upstream's fault (502). Produced here and carried up inside
+/// [`super::ForwardError::Handshake`]; a cause is a `#[source]`, printed by
+/// whoever reports the error ([`crate::error_chain`]).
+#[derive(Debug, thiserror::Error)]
+pub enum HandshakeError {
+    /// Writing the request or reading the answer failed.
+    #[error("connection failed during the WebSocket handshake")]
+    Io(#[from] std::io::Error),
+    /// The connection closed before a whole answer head (or body) arrived.
+    #[error("the connection closed before the answer was complete")]
+    Closed,
+    /// The answer is not HTTP/1.x.
+    #[error("malformed answer to the WebSocket handshake")]
+    Parse(#[from] httparse::Error),
+    /// A header or status that `http` cannot represent.
+    #[error("malformed answer to the WebSocket handshake")]
+    Header(#[from] http::Error),
+    /// The head or the refusal's body is larger than shunt relays.
+    #[error("the answer to the WebSocket handshake is too large")]
+    TooLarge,
+    /// A chunked body that does not follow RFC 9112 §7.1.
+    #[error("malformed chunked body in the answer to the WebSocket handshake")]
+    Chunked,
 }
 
 #[cfg(test)]

@@ -14,10 +14,11 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
 use super::{Exchange, Target, response_timeout};
+use crate::body::Body;
 use crate::dial::pool::{PooledBody, Sender};
 use crate::dial::{self, Conn, UpstreamStream};
+use crate::forward::ForwardError;
 use crate::headers;
-use crate::response::{Body, ForwardError};
 use crate::shutdown::Shutdown;
 
 /// Send the plain request `req` over `conn` and return the upstream's answer,
@@ -54,7 +55,7 @@ fn hyper_error(upstream: &Target<'_>, source: hyper::Error) -> ForwardError {
         ForwardError::DownstreamBody { source }
     } else {
         ForwardError::Protocol {
-            upstream: upstream.name().0.clone(),
+            upstream: upstream.name().clone(),
             source,
         }
     }

@@ -21,6 +21,7 @@
 //! [`forward`] only dispatches: `http` sends a plain request (pooled or
 //! fresh connection), `websocket` a handshake and, on a 101, starts the tunnel.
 
+pub mod error;
 pub mod handshake;
 // `http` shadows the crate of that name in this file only (hence `::http` below).
 mod http;
@@ -34,15 +35,17 @@ use std::time::Duration;
 use ::http::{HeaderValue, Request, Response, StatusCode};
 use rustls::ClientConfig;
 
+use crate::body::Body;
 use crate::config::{CallSpec, Timeouts, UpstreamName, UpstreamUrl};
 use crate::dial::pool::ConnPool;
 use crate::dial::{self, Conn, UpstreamStream};
 use crate::downstream::Downstream;
 use crate::policy::rate::TunnelSlot;
-use crate::response::{Body, ForwardError};
 use crate::shutdown::Shutdown;
 use crate::stats::Stats;
 use tunnel::Handoff;
+
+pub use error::{ForwardError, UpgradeNotForwarded};
 
 /// The chosen upstream as this stage sees it (built by the proxy from
 /// `upstream::Upstream`): enough to reconnect and to pool, nothing
@@ -78,7 +81,7 @@ impl Target<'_> {
         dial::connect(self.url, self.tls, timeout)
             .await
             .map_err(|source| ForwardError::Reconnect {
-                upstream: self.name.0.clone(),
+                upstream: self.name.clone(),
                 source,
             })
     }
@@ -170,7 +173,7 @@ pub async fn forward(
 /// health; the caller records it (see [`ForwardError::Timeout`]).
 fn response_timeout(upstream: &Target<'_>, after: Duration) -> ForwardError {
     ForwardError::Timeout {
-        upstream: upstream.name().0.clone(),
+        upstream: upstream.name().clone(),
         after,
     }
 }

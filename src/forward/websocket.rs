@@ -13,11 +13,12 @@ use http::{Request, Response, StatusCode};
 
 use super::tunnel::Handoff;
 use super::{Exchange, Target, handshake, response_timeout, tunnel, upgrade_answered};
+use crate::body::{self, Body};
 use crate::calls::CallInfo;
 use crate::config::{CallSpec, Timeouts};
 use crate::dial::Conn;
+use crate::forward::{ForwardError, UpgradeNotForwarded};
 use crate::headers;
-use crate::response::{self, Body, ForwardError};
 use crate::stats::Stats;
 
 /// Send the handshake `req` over a fresh connection; on a 101, hand both
@@ -50,11 +51,12 @@ pub(super) async fn forward(
     .unwrap_or_else(|_| Err(response_timeout(&upstream, timeouts.response)))?;
     let status = answer.head.status;
     if !upgrade_answered(status) {
-        return Err(ForwardError::UpgradeNotForwarded {
-            upstream: name.0.clone(),
+        return Err(UpgradeNotForwarded {
+            upstream: name.clone(),
             status,
             path: routed_path.to_owned(),
-        });
+        }
+        .into());
     }
     let switching = status == StatusCode::SWITCHING_PROTOCOLS;
     let mut head = answer.head;
@@ -75,11 +77,11 @@ pub(super) async fn forward(
         };
         // The connection starts it once hyper has written the 101.
         handoff.park(downstream_upgrade, (answer.stream, answer.bytes), parts);
-        response::full(bytes::Bytes::new())
+        body::full(bytes::Bytes::new())
     } else {
         // A refusal's connection is never reused.
         drop(answer.stream);
-        response::full(answer.bytes)
+        body::full(answer.bytes)
     };
     headers::prepare_response(&mut head.headers, switching, upstream.route_header);
     head.version = http::Version::HTTP_11;
@@ -102,7 +104,7 @@ async fn upgrade_upstream<B>(
     handshake::exchange(req, stream)
         .await
         .map_err(|source| ForwardError::Handshake {
-            upstream: upstream.name().0.clone(),
+            upstream: upstream.name().clone(),
             source,
         })
 }

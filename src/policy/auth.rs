@@ -123,7 +123,7 @@ pub enum AuthError {
     #[error("the token is not valid")]
     UnknownToken,
     /// A JWT that does not verify.
-    #[error("the JWT is not valid: {0}")]
+    #[error("the JWT is not valid")]
     Jwt(#[from] JwtError),
 }
 

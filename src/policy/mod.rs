@@ -30,13 +30,13 @@ pub enum Denied {
         reason: IpRefusal,
     },
     /// 401 with `WWW-Authenticate`.
-    #[error("unauthorized: {0}")]
+    #[error("unauthorized")]
     Auth(#[from] AuthError),
     /// 403.
-    #[error("forbidden: {0}")]
+    #[error("forbidden")]
     Origin(#[from] OriginRefusal),
     /// 429 with `Retry-After`.
-    #[error("{0}")]
+    #[error(transparent)]
     Limit(#[from] LimitExceeded),
     /// 405: CONNECT (unless the route allows it) and TRACE.
     #[error("method {method} is not allowed here")]

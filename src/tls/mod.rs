@@ -36,7 +36,7 @@ pub enum AcceptError {
     #[error("not a TLS client hello")]
     NotTls,
     /// The handshake failed (no shared cipher, bad SNI, a reset).
-    #[error("TLS handshake failed: {0}")]
+    #[error("TLS handshake failed")]
     Handshake(#[source] std::io::Error),
     /// The client did not finish the handshake in time.
     #[error("TLS handshake timed out after {0:?}")]
@@ -100,9 +100,12 @@ pub async fn accept(
         .map_err(|_| AcceptError::Timeout(timeout))?
 }
 
-/// What a plain-HTTP client on the TLS port is told, instead of a silent close.
+/// What a plain-HTTP client on the TLS port is told, instead of a silent
+/// close; like every answer shunt makes itself, it names its kind in
+/// `x-shunt-error` ([`crate::response::X_SHUNT_ERROR`]).
 const PLAIN_HTTP_ANSWER: &[u8] = b"HTTP/1.1 400 Bad Request\r\n\
 content-type: text/plain; charset=utf-8\r\n\
+x-shunt-error: plain_http_on_tls\r\n\
 connection: close\r\n\
 content-length: 59\r\n\
 \r\n\

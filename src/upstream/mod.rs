@@ -24,15 +24,16 @@
 //! upgrade it did not forward, no answer in time) is upstream knowledge, so
 //! it is recorded here too ([`Upstream::record`]), not by the caller.
 
-pub mod health;
+//! Errors: selection's own is [`SelectError`]; what a failure meant for an
+//! upstream's health is kept as a typed [`health::HealthReason`], never as
+//! text, and becomes text only where `/status`, `/readyz` or a 503 body
+//! shows it.
 
-/// Connecting to an upstream lives in the side module [`crate::dial`]
-/// (forward and the tunnel use its stream type too); the old path stays.
-pub use crate::dial as connect;
-/// The keep-alive pool lives in [`crate::dial::pool`]; the old path stays.
-pub use crate::dial::pool;
+pub mod health;
+pub mod probe;
 
 use std::borrow::Cow;
+use std::fmt;
 use std::sync::Arc;
 
 use http::{HeaderValue, Response, StatusCode};
@@ -43,9 +44,10 @@ use tokio_util::task::TaskTracker;
 use crate::config::{Scheme, Timeouts, UpstreamName, UpstreamSpec};
 use crate::dial::pool::ConnPool;
 use crate::dial::{Conn, ConnectError};
-use crate::response::ForwardError;
+use crate::error_chain::ErrorChain;
+use crate::forward::ForwardError;
 use crate::tls::client::{ClientTlsError, client_config};
-use health::{Health, State};
+use health::{Health, HealthReason, State};
 
 /// One named upstream with its live health.
 #[derive(Debug)]
@@ -96,7 +98,7 @@ impl Upstream {
             .unwrap_or_else(|| Arc::new(Health::new(spec.name.clone(), &spec.health, probed)));
         let probe = probed.then(|| {
             let stop = root.child_token();
-            tracker.spawn(health::probe_loop(
+            tracker.spawn(probe::probe_loop(
                 spec.url.clone(),
                 tls.clone(),
                 spec.health.clone(),
@@ -134,7 +136,9 @@ impl Upstream {
     }
 }
 
-/// Why no upstream of a route could take a request.
+/// Why no upstream of a route could take a request. Selection's own error,
+/// kept here with the selection that produces it; [`crate::response`] maps
+/// it (503 when all are down, 504 on a connect timeout, else 502).
 #[derive(Debug, thiserror::Error)]
 pub enum SelectError {
     /// Every upstream of the route is marked down and, tried anyway in
@@ -142,16 +146,17 @@ pub enum SelectError {
     #[error("no healthy upstream ({reasons})")]
     NoneHealthy {
         /// Why each upstream is down, as `/readyz` shows it.
-        reasons: String,
+        reasons: DownReasons,
     },
-    /// Every usable upstream was tried and refused; the last failure is kept.
-    #[error("upstream {upstream}: {source}")]
+    /// Every usable upstream was tried and refused; the last failure is kept
+    /// (shared with that upstream's health record, which keeps it too).
+    #[error("upstream {upstream}")]
     Connect {
         /// The last upstream tried.
         upstream: UpstreamName,
         /// Why it could not be reached.
         #[source]
-        source: ConnectError,
+        source: Arc<ConnectError>,
     },
 }
 
@@ -159,27 +164,19 @@ impl Upstream {
     /// Record on this upstream's health what one forwarded exchange means:
     /// a 101 to a WebSocket handshake clears a "does not forward upgrades"
     /// mark, an upgrade it answered without upgrading sets one (for
-    /// `route`'s `path`), and no answer within the response timeout counts as
+    /// `route`, on the path the failure names), and no answer within the response timeout counts as
     /// a failure. Any other outcome says nothing about the upstream.
-    pub fn record(
-        &self,
-        outcome: Result<StatusCode, &ForwardError>,
-        websocket: bool,
-        route: &str,
-        path: &str,
-    ) {
+    pub fn record(&self, outcome: Result<StatusCode, &ForwardError>, websocket: bool, route: &str) {
         match outcome {
             Ok(status) if websocket && status == StatusCode::SWITCHING_PROTOCOLS => {
                 self.health.record_websocket_success();
             }
             Ok(_) => {}
-            Err(e @ ForwardError::UpgradeNotForwarded { .. }) => {
-                self.health
-                    .record_websocket_failure(&e.to_string(), route, path);
+            Err(ForwardError::UpgradeNotForwarded(failure)) => {
+                self.health.record_websocket_failure(failure, route);
             }
             Err(ForwardError::Timeout { after, .. }) => {
-                self.health
-                    .record_failure(&format!("no response within {after:?}"));
+                self.health.record_failure(HealthReason::NoResponse(*after));
             }
             Err(_) => {}
         }
@@ -229,10 +226,9 @@ impl<'a> Failover<'a> {
         upstream: &Arc<Upstream>,
         result: Result<Response<B>, ForwardError>,
         route: &str,
-        path: &str,
     ) -> Option<Result<Response<B>, ForwardError>> {
         let outcome = result.as_ref().map(Response::status);
-        upstream.record(outcome, self.websocket, route, path);
+        upstream.record(outcome, self.websocket, route);
         if !matches!(result, Err(ForwardError::UpgradeNotForwarded { .. })) {
             return Some(result);
         }
@@ -246,6 +242,27 @@ impl<'a> Failover<'a> {
             return Some(result);
         }
         None
+    }
+}
+
+/// Why each upstream of a route is down, in route order: its last failure,
+/// or its state when none is recorded. Shown as
+/// `direct: connection refused; nginx: down` in 503 bodies and `/readyz`.
+#[derive(Debug, Clone)]
+pub struct DownReasons(pub Vec<(UpstreamName, Result<HealthReason, State>)>);
+
+impl fmt::Display for DownReasons {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (n, (name, why)) in self.0.iter().enumerate() {
+            if n > 0 {
+                f.write_str("; ")?;
+            }
+            match why {
+                Ok(reason) => write!(f, "{name}: {reason}")?,
+                Err(state) => write!(f, "{name}: {}", state.as_str())?,
+            }
+        }
+        Ok(())
     }
 }
 
@@ -288,8 +305,11 @@ pub async fn connect_first(
                 return Ok((upstream.clone(), Conn::Fresh(stream)));
             }
             Err(e) => {
-                upstream.health.record_failure(&e.to_string());
-                tracing::debug!(upstream = %upstream.name(), error = %e, "connect failed, trying the next upstream");
+                let e = Arc::new(e);
+                upstream
+                    .health
+                    .record_failure(HealthReason::Connect(e.clone()));
+                tracing::debug!(upstream = %upstream.name(), error = %ErrorChain(&*e), "connect failed, trying the next upstream");
                 last = Some((upstream.name().clone(), e));
             }
         }
@@ -328,16 +348,16 @@ fn names(via: &[Arc<Upstream>]) -> String {
         .join(", ")
 }
 
-/// `direct: connection refused; nginx: ...`, for 503 bodies and `/readyz`.
-pub fn down_reasons(via: &[Arc<Upstream>]) -> String {
-    via.iter()
-        .map(|u| {
-            let v = u.health.view();
-            let why = v.last_error.unwrap_or_else(|| v.state.as_str().to_owned());
-            format!("{}: {why}", u.name())
-        })
-        .collect::<Vec<_>>()
-        .join("; ")
+/// Why each upstream of `via` is down, for 503 bodies and `/readyz`.
+pub fn down_reasons(via: &[Arc<Upstream>]) -> DownReasons {
+    DownReasons(
+        via.iter()
+            .map(|u| {
+                let v = u.health.view();
+                (u.name().clone(), v.last_error.ok_or(v.state))
+            })
+            .collect(),
+    )
 }
 
 #[cfg(test)]
@@ -384,10 +404,13 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_websocket_mark_puts_the_upstream_last_for_one_health_interval() {
         let via = [upstream("nginx"), upstream("direct")];
+        let not_forwarded = crate::forward::UpgradeNotForwarded {
+            upstream: UpstreamName("nginx".into()),
+            status: http::StatusCode::OK,
+            path: "/a".into(),
+        };
         assert_eq!(order(&via), ["nginx", "direct"]);
-        via[0]
-            .health
-            .record_websocket_failure("nginx answered 200", "/a", "/a");
+        via[0].health.record_websocket_failure(&not_forwarded, "/a");
         assert_eq!(order(&via), ["direct", "nginx"]);
         tokio::time::advance(Duration::from_millis(1999)).await;
         assert_eq!(order(&via), ["direct", "nginx"]);
@@ -395,9 +418,7 @@ mod tests {
         tokio::time::advance(Duration::from_millis(1)).await;
         assert_eq!(order(&via), ["nginx", "direct"]);
         // Failing again puts it last for another interval.
-        via[0]
-            .health
-            .record_websocket_failure("nginx answered 200", "/a", "/a");
+        via[0].health.record_websocket_failure(&not_forwarded, "/a");
         assert_eq!(order(&via), ["direct", "nginx"]);
     }
 
@@ -415,11 +436,13 @@ mod tests {
     }
 
     fn not_upgraded(name: &str) -> Result<Response<()>, ForwardError> {
-        Err(ForwardError::UpgradeNotForwarded {
-            upstream: name.into(),
-            status: StatusCode::OK,
-            path: "/a".into(),
-        })
+        Err(ForwardError::UpgradeNotForwarded(
+            crate::forward::UpgradeNotForwarded {
+                upstream: UpstreamName(name.into()),
+                status: StatusCode::OK,
+                path: "/a".into(),
+            },
+        ))
     }
 
     /// An upgrade the first upstream did not forward marks it and goes on to
@@ -429,12 +452,9 @@ mod tests {
         let via = [upstream("nginx"), upstream("direct")];
         let t = timeouts();
         let mut walk = Failover::new(&via, true, &t);
-        assert!(
-            walk.settle(&via[0], not_upgraded("nginx"), "/a", "/a")
-                .is_none()
-        );
+        assert!(walk.settle(&via[0], not_upgraded("nginx"), "/a").is_none());
         assert!(via[0].health.websocket_failed_on("/a"));
-        let last = walk.settle(&via[1], not_upgraded("direct"), "/a", "/a");
+        let last = walk.settle(&via[1], not_upgraded("direct"), "/a");
         assert!(matches!(
             last,
             Some(Err(ForwardError::UpgradeNotForwarded { .. }))
@@ -445,7 +465,7 @@ mod tests {
             .unwrap_or_else(|e| panic!("{e}"));
         let mut walk = Failover::new(&via, true, &t);
         assert!(matches!(
-            walk.settle(&via[0], Ok(switched), "/a", "/a"),
+            walk.settle(&via[0], Ok(switched), "/a"),
             Some(Ok(_))
         ));
         assert!(!via[0].health.websocket_failed_on("/a"));
@@ -459,14 +479,17 @@ mod tests {
         let t = timeouts();
         let mut walk = Failover::new(&via, false, &t);
         let timeout = Err::<Response<()>, _>(ForwardError::Timeout {
-            upstream: "direct".into(),
+            upstream: UpstreamName("direct".into()),
             after: Duration::from_secs(1),
         });
         assert!(matches!(
-            walk.settle(&via[0], timeout, "/a", "/a"),
+            walk.settle(&via[0], timeout, "/a"),
             Some(Err(ForwardError::Timeout { .. }))
         ));
         let v = via[0].health.view();
-        assert_eq!(v.last_error.as_deref(), Some("no response within 1s"));
+        assert_eq!(
+            v.last_error.map(|e| e.to_string()).as_deref(),
+            Some("no response within 1s")
+        );
     }
 }

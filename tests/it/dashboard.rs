@@ -674,7 +674,7 @@ async fn stub_answer(
             ),
         }
     };
-    let mut resp = Response::new(::shunt::response::full(body));
+    let mut resp = Response::new(::shunt::body::full(body));
     *resp.status_mut() = status;
     if let Ok(v) = content_type.parse() {
         resp.headers_mut().insert(hyper::header::CONTENT_TYPE, v);

@@ -206,6 +206,17 @@ async fn a_route_with_only_a_dead_upstream_answers_instead_of_hanging() {
             [502, 503].contains(&response.status),
             "{phase}: handshake to a dead upstream answered {response:?}"
         );
+        // The code names the kind: one upstream refused (502), or all are down (503).
+        let expected = if response.status == 502 {
+            "upstream_connect"
+        } else {
+            "no_healthy_upstream"
+        };
+        assert_eq!(
+            response.header("x-shunt-error"),
+            Some(expected),
+            "{phase}: {response:?}"
+        );
         let plain = support::http_get(shunt.addr(), "/frontend-audio", &[])
             .await
             .unwrap_or_else(|e| panic!("{phase}: GET got no answer: {e}"));
@@ -214,6 +225,12 @@ async fn a_route_with_only_a_dead_upstream_answers_instead_of_hanging() {
             "{phase}: GET to a dead upstream answered {}",
             plain.status
         );
+        let expected = if plain.status == StatusCode::BAD_GATEWAY {
+            "upstream_connect"
+        } else {
+            "no_healthy_upstream"
+        };
+        assert_eq!(plain.header("x-shunt-error"), expected, "{phase}");
         shunt.wait_upstream("direct", "down").await;
     }
     let (code, body) = shunt.admin_get("/readyz").await.unwrap();

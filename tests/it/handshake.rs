@@ -210,6 +210,11 @@ async fn no_route_answers_404() {
     let (_backend, shunt) = start().await;
     let response = send(&shunt, "GET", "/elsewhere", &[]).await;
     assert_eq!(response.status, 404, "{response:?}");
+    assert_eq!(
+        response.header("x-shunt-error"),
+        Some("no_route"),
+        "{response:?}"
+    );
     let response = send(&shunt, "GET", "/elsewhere", &upgrade_lines(&[], &[])).await;
     assert_eq!(
         response.status, 404,
@@ -217,6 +222,11 @@ async fn no_route_answers_404() {
     );
     let response = send(&shunt, "GET", "/frontend-audio/sub", &[]).await;
     assert_eq!(response.status, 200, "/frontend-audio/sub is: {response:?}");
+    assert_eq!(
+        response.header("x-shunt-error"),
+        None,
+        "the upstream's answer carries no code: {response:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -39,6 +39,12 @@ async fn static_tokens_from_header_query_and_cookie() {
     let missing = raw(a, &get("/m", &[])).await;
     assert_eq!(missing.status, Some(401));
     assert_eq!(
+        missing.header("x-shunt-error").as_deref(),
+        Some("unauthorized"),
+        "{missing:?}"
+    );
+    assert_eq!(ok.header("x-shunt-error"), None, "{ok:?}");
+    assert_eq!(
         missing.header("www-authenticate").as_deref(),
         Some(r#"Bearer realm="shunt""#)
     );

@@ -10,6 +10,13 @@ async fn global_allow_list_refuses_at_accept() {
     let refused = raw_from(shunt.addr(), "127.0.0.3", &get("/x", &[])).await;
     assert_eq!(refused.status, Some(403), "{refused:?}");
     assert!(refused.body().contains("allow_ip"), "{refused:?}");
+    // shunt's own answer names its kind; the backend's answer carries no code.
+    assert_eq!(
+        refused.header("x-shunt-error").as_deref(),
+        Some("ip_denied"),
+        "a refusal at accept: {refused:?}"
+    );
+    assert_eq!(ok.header("x-shunt-error"), None, "{ok:?}");
     let (status, _, _) = ws_open(shunt.addr(), "127.0.0.3", "/ws", &[]).await;
     assert_eq!(status, Some(403));
     assert_eq!(
@@ -68,6 +75,12 @@ async fn route_lists_apply_to_the_normalized_route() {
     };
     assert_eq!(from("127.0.0.2", "/admin").await, Some(200));
     assert_eq!(from("127.0.0.3", "/admin").await, Some(403));
+    let refused = raw_from(shunt.addr(), "127.0.0.3", &get("/admin", &[])).await;
+    assert_eq!(
+        refused.header("x-shunt-error").as_deref(),
+        Some("ip_denied"),
+        "a route's refusal: {refused:?}"
+    );
     assert_eq!(from("127.0.0.3", "/frontend-audio").await, Some(200));
     assert_eq!(from("127.0.0.5", "/frontend-audio/x").await, Some(403));
     assert_eq!(from("127.0.0.5", "/other").await, Some(200));
