@@ -280,3 +280,134 @@ fn kubernetes_lets_prometheus_scrape_and_only_prometheus_reach_the_admin_port() 
         );
     }
 }
+
+/// The runtime stage of deploy/Dockerfile (from its last FROM), without comments.
+fn runtime_stage() -> String {
+    let dockerfile = read("deploy/Dockerfile");
+    let lines = directives(&dockerfile);
+    let last_from = lines
+        .iter()
+        .rposition(|l| l.starts_with("FROM "))
+        .expect("a FROM line");
+    lines[last_from..].join("\n")
+}
+
+#[test]
+fn the_image_listens_through_a_default_config_a_mounted_one_replaces() {
+    let runtime = runtime_stage();
+    // Flags and SHUNT_* beat the file: a listener there would beat a mounted config.
+    for line in runtime.lines() {
+        let carries_listen = (line.starts_with("CMD") || line.starts_with("ENTRYPOINT"))
+            && line.contains("--listen")
+            || line.starts_with("ENV") && line.contains("SHUNT_LISTEN");
+        assert!(!carries_listen, "the default listener is in {line}");
+    }
+    assert!(
+        runtime.contains("COPY deploy/image.toml /etc/shunt/shunt.toml")
+            && runtime.contains("ENV SHUNT_CONFIG=/etc/shunt/shunt.toml"),
+        "the image's default config:\n{runtime}"
+    );
+    assert!(
+        directives(&read("deploy/image.toml")).contains(&r#"listen = "0.0.0.0:8443""#),
+        "the default config listens on 0.0.0.0:8443"
+    );
+    let healthcheck = runtime
+        .lines()
+        .find(|l| l.starts_with("HEALTHCHECK"))
+        .expect("a HEALTHCHECK");
+    assert!(
+        healthcheck.contains(r#"["shunt", "healthcheck"]"#) && !healthcheck.contains("--admin"),
+        "the health check follows SHUNT_ADMIN: {healthcheck}"
+    );
+    assert!(runtime.contains("\nSTOPSIGNAL SIGTERM"), "{runtime}");
+}
+
+#[test]
+fn compose_publishes_the_admin_api_on_loopback_and_mounts_config_and_secrets() {
+    let compose = read("deploy/docker-compose.yml");
+    let lines = directives(&compose);
+    for wanted in [
+        r#"- "127.0.0.1:${SHUNT_ADMIN_PORT:-9901}:9901""#,
+        "SHUNT_ADMIN: 0.0.0.0:9901",
+        "SHUNT_ADMIN_HOSTS: shunt",
+        "- ./shunt.toml:/etc/shunt/shunt.toml:ro",
+        "read_only: true",
+    ] {
+        assert!(
+            lines.iter().any(|l| l.starts_with(wanted)),
+            "compose has {wanted}:\n{compose}"
+        );
+    }
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|l| l.starts_with("restart: unless-stopped"))
+            .count(),
+        3,
+        "every service restarts"
+    );
+    // The backend is reachable on the compose network only.
+    let backend = compose
+        .split("\n  nginx:")
+        .next()
+        .and_then(|s| s.split("\n  backend:").nth(1))
+        .expect("a backend service");
+    assert!(
+        !directives(backend).iter().any(|l| l.starts_with("ports:")),
+        "the backend publishes a port:\n{backend}"
+    );
+    // The security block: commented keys in shunt.toml, the files mounted read-only.
+    let config = read("deploy/shunt.toml");
+    for key in ["token_file", "jwt_secret_file", "allow_origin", "allow_ip"] {
+        assert!(
+            config.contains(&format!("#   {key} = ")),
+            "deploy/shunt.toml shows {key}"
+        );
+    }
+    assert!(compose.contains("/etc/shunt/secrets/jwt.secret:ro"));
+    assert!(
+        read("deploy/prometheus.yml").contains(r#"targets: ["127.0.0.1:9901"]"#),
+        "Prometheus scrapes the published admin port"
+    );
+}
+
+#[test]
+fn kubernetes_has_a_service_probes_a_drain_order_and_no_fixed_nginx() {
+    let k8s = read("deploy/kubernetes-sidecar.yaml");
+    let text = directives(&k8s).join("\n");
+    assert!(
+        !text.contains("nginx.default.svc"),
+        "nginx is a value to set"
+    );
+    assert!(
+        text.contains("configMapKeyRef: { name: shunt-config, key: nginx-url }"),
+        "SHUNT_NGINX comes from the ConfigMap"
+    );
+    let service = text
+        .split("\n---")
+        .find(|doc| doc.contains("kind: Service"))
+        .expect("a Service");
+    assert!(service.contains("port: 8443") && !service.contains("9901"));
+    for wanted in [
+        r#"exec: { command: ["sh", "-c", "test ! -e /run/shunt/draining && exec shunt healthcheck"] }"#,
+        r#"exec: { command: ["shunt", "healthcheck", "--live"] }"#,
+        r#"exec: { command: ["sh", "-c", "touch /run/shunt/draining && sleep 5"] }"#,
+        "readOnlyRootFilesystem: true",
+        "allowPrivilegeEscalation: false",
+        r#"capabilities: { drop: ["ALL"] }"#,
+        "requests: { cpu: 100m, memory: 64Mi }",
+        "configMap: { name: shunt-config }",
+        "secretName: calls-example-com-tls",
+        "mountPath: /etc/shunt/config, readOnly: true",
+        "mountPath: /etc/shunt/tls, readOnly: true",
+    ] {
+        assert!(text.contains(wanted), "the manifest has {wanted}");
+    }
+    // `shunt healthcheck` asks /readyz, `--live` /healthz; both at SHUNT_ADMIN.
+    assert!(text.contains(r#"- { name: SHUNT_ADMIN, value: "0.0.0.0:9901" }"#));
+    assert!(text.contains("terminationGracePeriodSeconds: 45"));
+    assert!(
+        text.contains(r#"drain_timeout = "30s""#),
+        "45s > 5s preStop + 30s drain"
+    );
+}

@@ -23,6 +23,7 @@ mod admin;
 mod audio_client;
 mod calls;
 mod cli;
+mod containers;
 mod dashboard;
 mod demo;
 mod deploy;

@@ -31,11 +31,13 @@ pub enum Part {
     Openssl,
     /// An IPv6 loopback (`::1`).
     Ipv6,
+    /// podman with runc, mmdebstrap, podman-compose and containers.conf's limits.
+    Podman,
 }
 
 impl Part {
     /// Every part, in `SHUNT_REQUIRE`'s spelling order.
-    pub const ALL: [Part; 7] = [
+    pub const ALL: [Part; 8] = [
         Part::Nginx,
         Part::Netns,
         Part::Browser,
@@ -43,6 +45,7 @@ impl Part {
         Part::Node,
         Part::Openssl,
         Part::Ipv6,
+        Part::Podman,
     ];
 
     /// The name used in `SHUNT_REQUIRE`.
@@ -55,6 +58,7 @@ impl Part {
             Part::Node => "node",
             Part::Openssl => "openssl",
             Part::Ipv6 => "ipv6",
+            Part::Podman => "podman",
         }
     }
 
@@ -72,6 +76,10 @@ impl Part {
             Part::Node => "apt-get install nodejs (node 22 or newer)",
             Part::Openssl => "apt-get install openssl",
             Part::Ipv6 => "enable IPv6 on the loopback interface (::1)",
+            Part::Podman => {
+                "apt-get install -y podman runc mmdebstrap && pip install podman-compose, \
+                 and the containers.conf that .ci/run writes"
+            }
         }
     }
 }
