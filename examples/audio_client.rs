@@ -259,12 +259,12 @@ fn parse_header(text: &str) -> Result<(HeaderName, HeaderValue), String> {
 /// The TLS client config: `--ca`, `--insecure`, or the system roots.
 fn tls_config(args: &Args) -> Result<Arc<ClientConfig>, String> {
     if !args.insecure {
-        return shunt::tls::client::client_config(args.ca.as_deref()).map_err(|e| match &args.ca {
+        return shunt::client_config(args.ca.as_deref()).map_err(|e| match &args.ca {
             Some(_) => format!("--ca: {e}"),
             None => format!("{e} (or give --ca FILE)"),
         });
     }
-    shunt::tls::client::unverified_config().map_err(|e| format!("TLS setup: {e}"))
+    shunt::testing::unverified_config().map_err(|e| format!("TLS setup: {e}"))
 }
 
 type Ws = WebSocket<TokioIo<Upgraded>>;

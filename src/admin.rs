@@ -44,10 +44,10 @@ use crate::upstream::health::State;
 /// The tunnel relay's state for `/status` (mode, pipes in use), asked for
 /// on each request. A function rather than the relay itself, so this side
 /// module does not reach into the forwarding flow.
-pub type TunnelStatus = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
+pub(crate) type TunnelStatus = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
 
-pub mod dashboard;
-pub mod host;
+pub(crate) mod dashboard;
+pub(crate) mod host;
 
 /// Serve the admin API on `listener` until `stop` is cancelled, each
 /// connection on `tracker`.
@@ -56,7 +56,7 @@ pub mod host;
 /// proxy drains (`/readyz` 503, `/status` with `draining: true` and the
 /// tunnels left), so an operator can watch the drain; [`crate::app`] cancels
 /// it once everything else has ended.
-pub async fn run(
+pub(crate) async fn run(
     listener: TcpListener,
     handles: Arc<Handles>,
     reloader: Arc<Reloader>,

@@ -12,7 +12,7 @@ use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 
 /// The response body type used throughout the proxy.
-pub type Body = BoxBody<Bytes, hyper::Error>;
+pub(crate) type Body = BoxBody<Bytes, hyper::Error>;
 
 /// A complete body as the proxy's body type.
 pub fn full(body: impl Into<Bytes>) -> Body {
@@ -22,7 +22,7 @@ pub fn full(body: impl Into<Bytes>) -> Body {
 }
 
 /// A plain-text response.
-pub fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
+pub(crate) fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
     let mut resp = Response::new(full(body));
     *resp.status_mut() = status;
     resp.headers_mut().insert(
@@ -33,7 +33,7 @@ pub fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
 }
 
 /// A JSON response.
-pub fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
+pub(crate) fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
     let mut resp = Response::new(full(format!("{value:#}\n")));
     *resp.status_mut() = status;
     resp.headers_mut().insert(

@@ -22,24 +22,25 @@ use crate::prometheus::escape;
 
 /// Index of the downstream → upstream direction (and of the downstream leg,
 /// whose bytes come in on it).
-pub const TO_UPSTREAM: usize = 0;
+pub(crate) const TO_UPSTREAM: usize = 0;
 /// Index of the upstream → downstream direction (and of the upstream leg).
-pub const TO_DOWNSTREAM: usize = 1;
+pub(crate) const TO_DOWNSTREAM: usize = 1;
 /// Direction names, as in `/calls` and the metrics: the downstream leg is
 /// named `client` there and the upstream one `backend`.
-pub const DIRECTIONS: [&str; 2] = ["to_backend", "to_client"];
+pub(crate) const DIRECTIONS: [&str; 2] = ["to_backend", "to_client"];
 /// Leg names, as in `/calls` and the metrics; the downstream (`client`)
 /// leg's bytes come in on `to_backend`.
-pub const LEGS: [&str; 2] = ["client", "backend"];
+pub(crate) const LEGS: [&str; 2] = ["client", "backend"];
 
 /// Bucket bounds of `shunt_frame_gap_seconds`, made for a 20 ms cadence.
-pub const GAP_BUCKETS: &[f64] = &[0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0];
+pub(crate) const GAP_BUCKETS: &[f64] =
+    &[0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0];
 /// Bucket bounds of `shunt_ping_rtt_seconds`.
-pub const RTT_BUCKETS: &[f64] = &[
+pub(crate) const RTT_BUCKETS: &[f64] = &[
     0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
 ];
 /// Bucket bounds of `shunt_call_duration_seconds`.
-pub const DURATION_BUCKETS: &[f64] = &[
+pub(crate) const DURATION_BUCKETS: &[f64] = &[
     1.0, 10.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0,
 ];
 

@@ -39,7 +39,7 @@ use crate::policy::{Denied, auth, origin};
 
 /// What an admitted request carries on: CORS headers to add, a tunnel slot.
 #[derive(Debug, Default)]
-pub struct Admission {
+pub(crate) struct Admission {
     /// The allowed Origin to echo in `Access-Control-Allow-Origin` (CORS routes).
     pub cors_origin: Option<HeaderValue>,
     /// A CORS preflight that shunt answers itself.
@@ -49,7 +49,7 @@ pub struct Admission {
 }
 
 /// The accept-time checkpoint: global IP lists, then `--max-conns`.
-pub fn admit_connection(
+pub(crate) fn admit_connection(
     global: &GlobalPolicy,
     gate: &Arc<Gate>,
     peer: SocketAddr,
@@ -62,7 +62,7 @@ pub fn admit_connection(
 }
 
 /// The per-request checkpoint, for the route chosen on the normalized path.
-pub fn check<B>(
+pub(crate) fn check<B>(
     req: &Request<B>,
     websocket: bool,
     route: &RoutePolicy,
@@ -110,7 +110,7 @@ pub fn check<B>(
 /// The first step of [`check`]: cheap and credential-free. CONNECT
 /// (unless `allow_connect`) and TRACE are 405, an absolute-form target
 /// (unless `allow_absolute_form`) and a header value that is not UTF-8 are 400.
-pub fn check_form<B>(req: &Request<B>, route: &RoutePolicy) -> Result<(), Denied> {
+pub(crate) fn check_form<B>(req: &Request<B>, route: &RoutePolicy) -> Result<(), Denied> {
     let method = req.method();
     if method == Method::CONNECT && !route.allow_connect {
         return Err(Denied::Method {

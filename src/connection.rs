@@ -50,7 +50,7 @@ const DEFAULT_TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Admission runs here, synchronously in the accept loop, so the connection
 /// caps count this connection before the next one is accepted; the returned
 /// future (run on its own tracked task) does the rest.
-pub fn accept(
+pub(crate) fn accept(
     stream: TcpStream,
     peer: SocketAddr,
     ctx: &Arc<Context>,
@@ -138,7 +138,7 @@ async fn refuse(mut stream: TcpStream, answer: Option<Vec<u8>>) {
 const MAX_HEADERS: usize = 100;
 
 /// Serve HTTP/1.1 on `io` until the client leaves, the connection upgrades, or shutdown.
-pub async fn serve<IO>(io: IO, downstream: Downstream, ctx: Arc<Context>)
+pub(crate) async fn serve<IO>(io: IO, downstream: Downstream, ctx: Arc<Context>)
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 
 /// Who is on the downstream side of a connection.
 #[derive(Debug, Clone, Copy)]
-pub struct Downstream {
+pub(crate) struct Downstream {
     /// The client's address as the listener saw it.
     pub peer: SocketAddr,
     /// Whether the connection is TLS (sets `X-Forwarded-Proto`).

@@ -20,7 +20,7 @@ use std::fmt;
 /// (its I/O error), so what reaches bodies, logs and `/status` reads as it
 /// always has.
 #[derive(Clone, Copy)]
-pub struct ErrorChain<'a>(pub &'a (dyn Error + 'static));
+pub(crate) struct ErrorChain<'a>(pub &'a (dyn Error + 'static));
 
 impl fmt::Display for ErrorChain<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -45,7 +45,7 @@ impl fmt::Debug for ErrorChain<'_> {
 
 /// [`ErrorChain`] as a `String`, for messages that leave the process as
 /// text (a failed reload in `/status`, a refusal's body).
-pub fn chain(e: &(dyn Error + 'static)) -> String {
+pub(crate) fn chain(e: &(dyn Error + 'static)) -> String {
     ErrorChain(e).to_string()
 }
 

@@ -16,7 +16,7 @@ use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
 
 /// Descriptors shunt needs besides tunnels and pipes: listeners, epoll,
 /// the watcher, signal pipes, config and certificate reads, health probes.
-pub const RESERVED: u64 = 64;
+pub(crate) const RESERVED: u64 = 64;
 
 /// The limit in force after [`raise_to_hard`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,7 +66,7 @@ pub fn raise_to_hard() -> NoFile {
 }
 
 /// Descriptors `max_conns` tunnels and `max_pipes` splice pipes need at most.
-pub fn needed(max_conns: u64, max_pipes: u64) -> u64 {
+pub(crate) fn needed(max_conns: u64, max_pipes: u64) -> u64 {
     max_conns
         .saturating_mul(2)
         .saturating_add(max_pipes.saturating_mul(2))
@@ -74,7 +74,11 @@ pub fn needed(max_conns: u64, max_pipes: u64) -> u64 {
 }
 
 /// Why the configured limits do not fit the descriptor budget, if they don't.
-pub fn shortfall(soft: Option<u64>, max_conns: Option<usize>, max_pipes: usize) -> Option<String> {
+pub(crate) fn shortfall(
+    soft: Option<u64>,
+    max_conns: Option<usize>,
+    max_pipes: usize,
+) -> Option<String> {
     let soft = soft?;
     let pipes = max_pipes as u64;
     match max_conns {

@@ -27,7 +27,7 @@ use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 /// `x-shunt-route`: which upstream served a response.
-pub const X_SHUNT_ROUTE: HeaderName = HeaderName::from_static("x-shunt-route");
+pub(crate) const X_SHUNT_ROUTE: HeaderName = HeaderName::from_static("x-shunt-route");
 /// The client and every proxy before it, comma-separated.
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 /// `https` when shunt terminated TLS, else `http`.
@@ -45,7 +45,7 @@ const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection")
 /// (RFC 9110 §5.6.1): tokens are compared case-insensitively and the
 /// whitespace around each is ignored, so `keep-alive, Upgrade` holds
 /// `upgrade`. Several `name` headers count as one list.
-pub fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
+pub(crate) fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
     headers.get_all(name).iter().any(|v| {
         v.as_bytes()
             .split(|b| *b == b',')
@@ -72,7 +72,7 @@ const HOP_BY_HOP: [HeaderName; 9] = [
 /// shared reference to the request head's bytes) so the names it lists can be
 /// removed while going through it, and names are looked up as text rather
 /// than built into `HeaderName`s.
-pub fn strip_hop_headers(headers: &mut HeaderMap, upgrade: bool) {
+pub(crate) fn strip_hop_headers(headers: &mut HeaderMap, upgrade: bool) {
     let listed = headers.get_all(header::CONNECTION).iter().count();
     for i in 0..listed {
         let Some(value) = headers.get_all(header::CONNECTION).iter().nth(i).cloned() else {
@@ -102,7 +102,7 @@ const MAX_IP_TEXT: usize = 48;
 
 /// Rewrite a request's headers for the upstream; `authority` (`host:port`)
 /// is the `Host` of a request that had none.
-pub fn prepare_request(
+pub(crate) fn prepare_request(
     headers: &mut HeaderMap,
     upgrade: bool,
     peer: IpAddr,
@@ -169,7 +169,7 @@ fn forwarded_for(headers: &HeaderMap, peer: &[u8]) -> Option<HeaderValue> {
 /// Rewrite a response's headers for the client and say which upstream
 /// served it: `route_header` is the upstream's name as a header value,
 /// made once per upstream ([`crate::upstream::Upstream::route_header`]).
-pub fn prepare_response(headers: &mut HeaderMap, upgrade: bool, route_header: &HeaderValue) {
+pub(crate) fn prepare_response(headers: &mut HeaderMap, upgrade: bool, route_header: &HeaderValue) {
     strip_hop_headers(headers, upgrade);
     headers.insert(X_SHUNT_ROUTE, route_header.clone());
 }

@@ -18,20 +18,20 @@ use socket2::{SockRef, TcpKeepalive};
 use tokio::net::TcpStream;
 
 /// Probes sent before the peer is declared dead.
-pub const PROBES: u32 = 3;
+pub(crate) const PROBES: u32 = 3;
 
 /// The interval between probes for an idle time `idle`.
-pub fn interval(idle: Duration) -> Duration {
+pub(crate) fn interval(idle: Duration) -> Duration {
     (idle / 3).max(Duration::from_secs(1))
 }
 
 /// How long a dead peer can go unnoticed: idle time plus every probe.
-pub fn detection_bound(idle: Duration) -> Duration {
+pub(crate) fn detection_bound(idle: Duration) -> Duration {
     idle.saturating_add(interval(idle).saturating_mul(PROBES))
 }
 
 /// Turn keepalive on for `stream` with idle time `idle`.
-pub fn apply(stream: &TcpStream, idle: Duration) -> io::Result<()> {
+pub(crate) fn apply(stream: &TcpStream, idle: Duration) -> io::Result<()> {
     let socket = SockRef::from(stream);
     let params = TcpKeepalive::new()
         .with_time(idle)

@@ -93,41 +93,80 @@
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
+// `unreachable_pub` (Cargo.toml's [lints]) judges reachability with the
+// `test-util` facade on, as every test and clippy run builds it; without
+// it, the items only `testing` exports would count as unreachable.
+#![cfg_attr(not(feature = "test-util"), allow(unreachable_pub))]
 
-pub mod admin;
-pub mod app;
-pub mod body;
-pub mod calls;
-pub mod certgen;
-pub mod checkpoint;
-pub mod cli;
-pub mod config;
-pub mod connection;
-pub mod dial;
-pub mod doctor;
-pub mod downstream;
-pub mod error_chain;
-pub mod fdlimit;
-pub mod forward;
-pub mod handles;
-pub mod headers;
-pub mod keepalive;
+// The facade: every module is private; these are the names the `shunt`
+// binary uses. Tests, examples and fuzz targets reach a few internals
+// through [`testing`], behind the `test-util` feature.
+pub use admin::get_status as admin_status;
+pub use app::{Running, StartError, start, start_workers};
+pub use certgen::{
+    CertGenError, DevCerts, generate as generate_dev_certs, write as write_dev_certs,
+};
+pub use cli::{CertArgs, Cli, Command, DoctorArgs, HealthcheckArgs, RunArgs};
+pub use config::{Config, ConfigError, Scheme, parse_addr, parse_duration};
+pub use doctor::{Options as DoctorOptions, Report as DoctorReport, run as run_doctor};
+pub use fdlimit::{NoFile, check as check_open_files, raise_to_hard as raise_open_files_limit};
+pub use reload::Trigger as ReloadTrigger;
+pub use telemetry::{LogGuard, init as init_logging};
+pub use tls::client::client_config;
+pub use tls::load_cert_set;
+pub use workers::default_count as default_worker_count;
 
-pub mod listener;
-pub mod live;
-pub mod percent;
-pub mod policy;
-pub mod procnet;
-pub mod prometheus;
-pub mod proxy;
-pub mod reload;
-pub mod response;
-pub mod router;
-pub mod shutdown;
-pub mod stats;
-pub mod telemetry;
-pub mod tls;
-pub mod upgrade;
-pub mod upstream;
-pub mod watch;
-pub mod workers;
+/// Internals that tests, examples and fuzz targets exercise directly: the
+/// frame tracker, the path normalizer and router, the request classifier,
+/// certificate loading, the JWT verifier and the dashboard's assets.
+#[cfg(feature = "test-util")]
+pub mod testing {
+    pub use crate::admin::dashboard::asset as dashboard_asset;
+    pub use crate::body::full;
+    pub use crate::config::RouteSpec;
+    pub use crate::forward::tunnel::frames;
+    pub use crate::policy::auth::{JwtVerifier, sign_hs256};
+    pub use crate::router::{Route, Router, normalize_path};
+    pub use crate::tls::CertSpec;
+    pub use crate::tls::certs::{fingerprint, load as load_certs};
+    pub use crate::tls::client::unverified_config;
+    pub use crate::upgrade::classify;
+}
+
+mod admin;
+mod app;
+mod body;
+mod calls;
+mod certgen;
+mod checkpoint;
+mod cli;
+mod config;
+mod connection;
+mod dial;
+mod doctor;
+mod downstream;
+mod error_chain;
+mod fdlimit;
+mod forward;
+mod handles;
+mod headers;
+mod keepalive;
+
+mod listener;
+mod live;
+mod percent;
+mod policy;
+mod procnet;
+mod prometheus;
+mod proxy;
+mod reload;
+mod response;
+mod router;
+mod shutdown;
+mod stats;
+mod telemetry;
+mod tls;
+mod upgrade;
+mod upstream;
+mod watch;
+mod workers;

@@ -71,7 +71,7 @@ fn held_by(holders: &[Holder]) -> String {
 /// address is bound with `IPV6_V6ONLY` off, so `[::]:PORT` is dual-stack: it
 /// also accepts IPv4 clients (seen as `::ffff:a.b.c.d`), whatever
 /// `net.ipv6.bindv6only` says.
-pub async fn bind(addr: SocketAddr, what: &'static str) -> Result<TcpListener, BindError> {
+pub(crate) async fn bind(addr: SocketAddr, what: &'static str) -> Result<TcpListener, BindError> {
     bind_dual_stack(addr).map_err(|source| BindError::new(what, addr, source))
 }
 
@@ -91,7 +91,7 @@ fn bind_dual_stack(addr: SocketAddr) -> io::Result<TcpListener> {
 /// Never `SO_REUSEPORT`: with it, any process of the same user could bind
 /// the same port and silently take a share of the connections. The workers
 /// share this one socket instead ([`crate::workers`]).
-pub fn socket(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+pub(crate) fn socket(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     if addr.is_ipv6() {
@@ -105,7 +105,7 @@ pub fn socket(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
 }
 
 /// Accept until `stop` is cancelled, handing each connection to `serve` on a tracked task.
-pub async fn accept_loop<F, Fut>(
+pub(crate) async fn accept_loop<F, Fut>(
     listener: TcpListener,
     stop: CancellationToken,
     tracker: TaskTracker,

@@ -160,4 +160,4 @@ impl Snapshot {
 }
 
 /// The current snapshot; cheap to load from any task.
-pub type Live = ArcSwap<Snapshot>;
+pub(crate) type Live = ArcSwap<Snapshot>;

@@ -19,8 +19,8 @@ use anyhow::{Context, bail};
 use clap::Parser;
 use tokio::signal::unix::{SignalKind, signal};
 
-use shunt::cli::{CertArgs, Cli, Command, DoctorArgs, HealthcheckArgs, RunArgs};
-use shunt::config::{Config, parse_duration};
+use shunt::{CertArgs, Cli, Command, DoctorArgs, HealthcheckArgs, RunArgs};
+use shunt::{Config, parse_duration};
 
 /// mimalloc keeps size classes apart, so the small long-lived state of
 /// thousands of idle tunnels is not scattered among the buffers freed after
@@ -61,9 +61,9 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let config = Config::build(&args)?;
     // Held until `run` returns: dropping it flushes the queued log lines.
-    let _log = shunt::telemetry::init(config.log_format);
-    let nofile = shunt::fdlimit::raise_to_hard();
-    shunt::fdlimit::check(
+    let _log = shunt::init_logging(config.log_format);
+    let nofile = shunt::raise_open_files_limit();
+    shunt::check_open_files(
         nofile,
         config.policy.limits.max_conns,
         config.tunnel.max_pipes,
@@ -77,8 +77,8 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         .block_on(async {
             let workers = args
                 .workers
-                .map_or_else(shunt::workers::default_count, usize::from);
-            let running = shunt::app::start_workers(config, workers).await?;
+                .map_or_else(shunt::default_worker_count, usize::from);
+            let running = shunt::start_workers(config, workers).await?;
             let mut term = signal(SignalKind::terminate())?;
             let mut int = signal(SignalKind::interrupt())?;
             let mut hup = signal(SignalKind::hangup())?;
@@ -88,7 +88,7 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                     _ = int.recv() => break,
                     _ = hup.recv() => {
                         // The outcome is logged and shown in /status by the reloader.
-                        let _ = running.reloader().reload(shunt::reload::Trigger::Signal, "SIGHUP").await;
+                        let _ = running.reloader().reload(shunt::ReloadTrigger::Signal, "SIGHUP").await;
                     }
                 }
             }
@@ -107,15 +107,14 @@ fn check(args: &RunArgs) -> anyhow::Result<ExitCode> {
     let certs = config
         .tls
         .as_ref()
-        .map(|t| shunt::tls::load_cert_set(&t.certs))
+        .map(|t| shunt::load_cert_set(&t.certs))
         .transpose()?;
     for u in config
         .upstreams
         .iter()
-        .filter(|u| u.url.scheme == shunt::config::Scheme::Https)
+        .filter(|u| u.url.scheme == shunt::Scheme::Https)
     {
-        shunt::tls::client::client_config(u.ca.as_deref())
-            .with_context(|| format!("upstream {}", u.name))?;
+        shunt::client_config(u.ca.as_deref()).with_context(|| format!("upstream {}", u.name))?;
     }
     say(&config.describe(certs.as_deref()))?;
     Ok(ExitCode::SUCCESS)
@@ -124,11 +123,11 @@ fn check(args: &RunArgs) -> anyhow::Result<ExitCode> {
 /// `shunt healthcheck`: ask a running shunt's admin listener for `/readyz`
 /// (or `/healthz` with `--live`); exit 0 if it answers 200, else an error (exit 2).
 fn healthcheck(args: &HealthcheckArgs) -> anyhow::Result<ExitCode> {
-    let admin = shunt::config::parse_addr("--admin", &args.admin)?;
+    let admin = shunt::parse_addr("--admin", &args.admin)?;
     let timeout = parse_duration("--timeout", &args.timeout)?;
     let path = if args.live { "/healthz" } else { "/readyz" };
     runtime()?.block_on(async {
-        let status = tokio::time::timeout(timeout, shunt::admin::get_status(admin, path))
+        let status = tokio::time::timeout(timeout, shunt::admin_status(admin, path))
             .await
             .with_context(|| {
                 format!(
@@ -151,9 +150,9 @@ fn healthcheck(args: &HealthcheckArgs) -> anyhow::Result<ExitCode> {
 
 /// `shunt doctor`: run the checklist, print it, exit 1 if a check failed.
 fn doctor(args: &DoctorArgs) -> anyhow::Result<ExitCode> {
-    let options = shunt::doctor::Options::from_args(args)?;
+    let options = shunt::DoctorOptions::from_args(args)?;
     let runtime = runtime()?;
-    let report = runtime.block_on(shunt::doctor::run(&args.run, options));
+    let report = runtime.block_on(shunt::run_doctor(&args.run, options));
     // A /proc scan or tool still running past its timeout must not hold the exit.
     runtime.shutdown_timeout(std::time::Duration::from_millis(100));
     if args.json {
@@ -171,8 +170,8 @@ fn cert(args: &CertArgs) -> anyhow::Result<ExitCode> {
     } else {
         args.names.clone()
     };
-    let certs = shunt::certgen::generate(&names)?;
-    let written = shunt::certgen::write(&certs, &args.out, args.force)?;
+    let certs = shunt::generate_dev_certs(&names)?;
+    let written = shunt::write_dev_certs(&certs, &args.out, args.force)?;
     for path in &written {
         say(&format!("wrote {}\n", path.display()))?;
     }

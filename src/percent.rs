@@ -10,14 +10,14 @@
 use std::borrow::Cow;
 
 /// Decode every `%XX` escape; an invalid escape or a non-UTF-8 result is kept as sent.
-pub fn decode(text: &str) -> Cow<'_, str> {
+pub(crate) fn decode(text: &str) -> Cow<'_, str> {
     decode_where(text, |_| true)
 }
 
 /// Decode only the escapes whose byte `wanted` accepts; the others stay as
 /// sent. Routing uses it to reveal the dots and separators an escape could
 /// hide, without decoding anything else of the path.
-pub fn decode_where(text: &str, wanted: impl Fn(u8) -> bool) -> Cow<'_, str> {
+pub(crate) fn decode_where(text: &str, wanted: impl Fn(u8) -> bool) -> Cow<'_, str> {
     if !text.contains('%') {
         return Cow::Borrowed(text);
     }
@@ -47,7 +47,7 @@ pub fn decode_where(text: &str, wanted: impl Fn(u8) -> bool) -> Cow<'_, str> {
 }
 
 /// Encode every byte but the RFC 3986 unreserved characters, for a query value.
-pub fn encode(value: &str) -> String {
+pub(crate) fn encode(value: &str) -> String {
     let mut out = String::with_capacity(value.len());
     for b in value.bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {

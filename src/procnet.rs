@@ -15,7 +15,7 @@ const TCP_LISTEN: u8 = 0x0A;
 
 /// One socket line of `/proc/net/tcp{,6}`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ProcSocket {
+pub(crate) struct ProcSocket {
     /// The local address and port.
     pub local: SocketAddr,
     /// Kernel TCP state (`0x0A` = LISTEN).
@@ -27,14 +27,14 @@ pub struct ProcSocket {
 /// What the kernel's socket table says about one socket.
 impl ProcSocket {
     /// Whether the socket is listening.
-    pub fn is_listening(&self) -> bool {
+    pub(crate) fn is_listening(&self) -> bool {
         self.state == TCP_LISTEN
     }
 }
 
 /// Parse the text of `/proc/net/tcp` or `/proc/net/tcp6`; lines that do not
 /// parse (the header among them) are skipped.
-pub fn parse_proc_net_tcp(text: &str) -> Vec<ProcSocket> {
+pub(crate) fn parse_proc_net_tcp(text: &str) -> Vec<ProcSocket> {
     text.lines().filter_map(parse_line).collect()
 }
 
@@ -78,7 +78,7 @@ fn parse_hex_ip(hex: &str) -> Option<IpAddr> {
 ///
 /// Blocking file reads: the caller runs it on the blocking pool under
 /// `--timeout`, since on a busy host the kernel's table can be large.
-pub fn listening_sockets() -> Option<Vec<ProcSocket>> {
+pub(crate) fn listening_sockets() -> Option<Vec<ProcSocket>> {
     let v4 = std::fs::read_to_string("/proc/net/tcp").ok()?;
     let v6 = std::fs::read_to_string("/proc/net/tcp6").unwrap_or_default();
     Some(
@@ -95,7 +95,7 @@ pub fn listening_sockets() -> Option<Vec<ProcSocket>> {
 /// A walk over every `/proc/PID/fd`: as another user only our own
 /// processes are readable, as root all are. Blocking and proportional to
 /// the open files on the host, so it too runs under `--timeout`.
-pub fn socket_owner(inode: u64) -> Option<(u32, String)> {
+pub(crate) fn socket_owner(inode: u64) -> Option<(u32, String)> {
     let target = format!("socket:[{inode}]");
     for entry in std::fs::read_dir("/proc").ok()?.flatten() {
         let Some(pid) = entry
@@ -121,7 +121,7 @@ pub fn socket_owner(inode: u64) -> Option<(u32, String)> {
 
 /// Whether a socket bound to `bound` takes connections meant for `wanted`
 /// (same port, same address or either one a wildcard).
-pub fn covers(bound: SocketAddr, wanted: SocketAddr) -> bool {
+pub(crate) fn covers(bound: SocketAddr, wanted: SocketAddr) -> bool {
     bound.port() == wanted.port()
         && (bound.ip() == wanted.ip()
             || bound.ip().is_unspecified()
@@ -146,7 +146,7 @@ impl std::fmt::Display for Holder {
 /// Every process that holds a listening socket taking connections meant for
 /// `addr`, each named once; empty when none is visible (nothing listens, or
 /// `/proc` does not show the owner to this user).
-pub fn holders(addr: SocketAddr) -> Vec<Holder> {
+pub(crate) fn holders(addr: SocketAddr) -> Vec<Holder> {
     let mut found: Vec<Holder> = Vec::new();
     for socket in listening_sockets()
         .unwrap_or_default()

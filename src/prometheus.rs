@@ -7,7 +7,7 @@
 
 /// Escape a Prometheus label value: backslash, double quote and newline are
 /// the only characters the text format requires escaping inside `"…"`.
-pub fn escape(value: &str) -> String {
+pub(crate) fn escape(value: &str) -> String {
     value
         .replace('\\', "\\\\")
         .replace('"', "\\\"")

@@ -51,24 +51,24 @@ use crate::upstream::{self, Failover};
 /// What every request shares, handed down from `app`: the shared handles
 /// and the relay that joins tunnels.
 #[derive(Debug)]
-pub struct Context {
+pub(crate) struct Context {
     handles: Arc<Handles>,
     relay: Arc<Relay>,
 }
 
 impl Context {
     /// Bundle the shared handles with the tunnels' relay.
-    pub fn new(handles: Arc<Handles>, relay: Arc<Relay>) -> Self {
+    pub(crate) fn new(handles: Arc<Handles>, relay: Arc<Relay>) -> Self {
         Context { handles, relay }
     }
 
     /// The snapshot, counters, gate and shutdown handles (the accept stage uses them too).
-    pub fn handles(&self) -> &Handles {
+    pub(crate) fn handles(&self) -> &Handles {
         &self.handles
     }
 
     /// How tunnels are joined: the connection starts its hand-off with it.
-    pub fn relay(&self) -> &Arc<Relay> {
+    pub(crate) fn relay(&self) -> &Arc<Relay> {
         &self.relay
     }
 
@@ -101,7 +101,7 @@ struct Trace {
 /// The log's `path` is the target as sent (token redacted), not the
 /// normalized path the route was chosen on. A WebSocket handshake answered
 /// with 101 leaves its tunnel in the connection's `handoff`.
-pub async fn handle(
+pub(crate) async fn handle(
     req: Request<Incoming>,
     downstream: Downstream,
     ctx: Arc<Context>,

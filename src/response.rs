@@ -121,7 +121,8 @@ impl From<&Denied> for StatusCode {
 /// proxy listener, so programs (`shunt doctor`, scripts, dashboards) read a
 /// stable code instead of the body's prose. Never set on an answer that
 /// comes from an upstream.
-pub const X_SHUNT_ERROR: header::HeaderName = header::HeaderName::from_static("x-shunt-error");
+pub(crate) const X_SHUNT_ERROR: header::HeaderName =
+    header::HeaderName::from_static("x-shunt-error");
 
 impl ProxyError {
     /// The `x-shunt-error` code of this refusal: stable, lowercase
@@ -164,7 +165,7 @@ impl ProxyError {
 }
 
 /// The `x-shunt-error` code of a policy refusal (see [`ProxyError::code`]).
-pub fn denied_code(d: &Denied) -> &'static str {
+pub(crate) fn denied_code(d: &Denied) -> &'static str {
     match d {
         Denied::Ip { .. } => "ip_denied",
         Denied::Origin(_) => "origin_denied",
@@ -212,7 +213,7 @@ fn denied_headers(d: &Denied) -> Vec<(header::HeaderName, HeaderValue)> {
 
 /// A refusal written by hand on a connection hyper never saw (at accept, on
 /// plain HTTP): status line, headers and body, then `Connection: close`.
-pub fn raw_refusal(d: &Denied) -> Vec<u8> {
+pub(crate) fn raw_refusal(d: &Denied) -> Vec<u8> {
     let status = StatusCode::from(d);
     let body = format!("{}\n", ErrorChain(d));
     let mut head = format!(
@@ -235,7 +236,7 @@ pub fn raw_refusal(d: &Denied) -> Vec<u8> {
 }
 
 /// The answer to a CORS preflight shunt handles itself: 204 with the CORS headers.
-pub fn preflight(headers: Vec<(header::HeaderName, HeaderValue)>) -> Response<Body> {
+pub(crate) fn preflight(headers: Vec<(header::HeaderName, HeaderValue)>) -> Response<Body> {
     let mut resp = Response::new(full(Bytes::new()));
     *resp.status_mut() = StatusCode::NO_CONTENT;
     for (name, value) in headers {
@@ -245,7 +246,7 @@ pub fn preflight(headers: Vec<(header::HeaderName, HeaderValue)>) -> Response<Bo
 }
 
 /// The response for `e`.
-pub fn error_response(e: &ProxyError) -> Response<Body> {
+pub(crate) fn error_response(e: &ProxyError) -> Response<Body> {
     let status = StatusCode::from(e);
     let mut resp = text(status, format!("{}\n", ErrorChain(e)));
     resp.headers_mut()

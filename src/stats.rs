@@ -56,7 +56,7 @@ impl ByClass {
 /// Live and total tunnels of one route and upstream, with bytes relayed;
 /// shared by the guards of its tunnels (one pointer each, no key per tunnel).
 #[derive(Debug, Default)]
-pub struct TunnelCounts {
+pub(crate) struct TunnelCounts {
     /// Tunnels open now.
     pub active: AtomicU64,
     /// Tunnels opened since start.
@@ -196,7 +196,7 @@ impl Stats {
 
 /// Prometheus label escaping, kept at its old path for callers
 /// (it lives in the leaf module [`crate::prometheus`]).
-pub use crate::prometheus::escape;
+pub(crate) use crate::prometheus::escape;
 
 /// Holds one tunnel in the gauge; dropping it records the close and its bytes.
 #[derive(Debug)]

@@ -45,7 +45,7 @@ struct Watched {
 ///
 /// The directories are watched before this returns, not when the task first
 /// runs: a file changed right after start (a deploy script, a test) is seen.
-pub fn spawn(handles: Arc<Handles>, reloader: Arc<Reloader>) -> notify::Result<()> {
+pub(crate) fn spawn(handles: Arc<Handles>, reloader: Arc<Reloader>) -> notify::Result<()> {
     let (tx, rx) = mpsc::unbounded_channel();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         if let Ok(event) = event {

@@ -38,7 +38,7 @@ pub fn default_count() -> usize {
 /// Bind one listener on `addr` and return it with a duplicate of its
 /// descriptor for each further worker (`n` in all). An IPv6 address is
 /// dual-stack, as with [`crate::listener::bind`].
-pub fn bind(addr: SocketAddr, n: usize) -> Result<Vec<std::net::TcpListener>, BindError> {
+pub(crate) fn bind(addr: SocketAddr, n: usize) -> Result<Vec<std::net::TcpListener>, BindError> {
     let named = |source: io::Error| BindError::new("proxy", addr, source);
     let one = listen(addr).map_err(named)?;
     let mut all = Vec::with_capacity(n.max(1));
@@ -53,7 +53,7 @@ pub fn bind(addr: SocketAddr, n: usize) -> Result<Vec<std::net::TcpListener>, Bi
 /// accepting until `stop` is cancelled and then staying up until every task
 /// in `tracker` has ended (once it is closed), so no worker's connection is
 /// dropped with its runtime. `serve` is built once per worker.
-pub fn spawn<M, F, Fut>(
+pub(crate) fn spawn<M, F, Fut>(
     listeners: Vec<std::net::TcpListener>,
     stop: CancellationToken,
     tracker: TaskTracker,

@@ -2,7 +2,7 @@
 //! `slow_clients` and `soak` examples through `#[path]`.
 
 /// RSS in KiB and open descriptors of `pid` (0 when unreadable).
-pub fn sample(pid: u32) -> (u64, usize) {
+pub(crate) fn sample(pid: u32) -> (u64, usize) {
     let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {

@@ -11,5 +11,5 @@ fuzz_target!(|data: &[u8]| {
         return;
     }
     let path = path.to_string_lossy().into_owned();
-    let _ = shunt::config::Config::from_args(["--config", path.as_str(), "--no-watch"]);
+    let _ = shunt::Config::from_args(["--config", path.as_str(), "--no-watch"]);
 });

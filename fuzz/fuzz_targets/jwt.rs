@@ -4,7 +4,7 @@
 use std::time::{Duration, SystemTime};
 
 use libfuzzer_sys::fuzz_target;
-use shunt::policy::auth::JwtVerifier;
+use shunt::testing::JwtVerifier;
 
 fuzz_target!(|data: &[u8]| {
     let token = String::from_utf8_lossy(data);

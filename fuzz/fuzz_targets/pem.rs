@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use shunt::tls::CertSpec;
+use shunt::testing::CertSpec;
 
 fuzz_target!(|data: &[u8]| {
     let (cert, key) = match data.iter().position(|&b| b == 0) {
@@ -21,5 +21,5 @@ fuzz_target!(|data: &[u8]| {
         return;
     }
     let provider = rustls::crypto::ring::default_provider();
-    let _ = shunt::tls::certs::load(&spec, &provider);
+    let _ = shunt::testing::load_certs(&spec, &provider);
 });

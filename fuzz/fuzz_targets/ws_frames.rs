@@ -15,7 +15,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use shunt::forward::tunnel::frames::{
+use shunt::testing::frames::{
     FrameError, Header, MAX_CONTROL_FRAME, MAX_CONTROL_PAYLOAD, MAX_HEADER, OP_CLOSE, Tracker,
     close_payload, control_frame, header_len, parse, unmask_into, write_header,
 };

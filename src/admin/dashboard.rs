@@ -14,7 +14,7 @@ use http::{Response, StatusCode};
 use crate::body::{Body, full};
 
 /// The policy sent with the page and its assets.
-pub const CSP: &str = "default-src 'self'";
+pub(crate) const CSP: &str = "default-src 'self'";
 
 const HTML: &str = include_str!("dashboard.html");
 const JS: &str = include_str!("dashboard.js");

@@ -14,7 +14,7 @@ use std::net::IpAddr;
 ///
 /// A request without `Host` is served: browsers always send one, so it cannot
 /// come from a rebinding page.
-pub fn allowed(host: Option<&str>, admin_hosts: &[String]) -> bool {
+pub(crate) fn allowed(host: Option<&str>, admin_hosts: &[String]) -> bool {
     let Some(host) = host else {
         return true;
     };
@@ -43,7 +43,11 @@ pub fn allowed(host: Option<&str>, admin_hosts: &[String]) -> bool {
 /// (`cross-site`, `same-site`) and `Origin`. A request naming another origin
 /// than the one it was sent to is refused; one without either header (curl,
 /// scripts, `shunt healthcheck`) is not a browser's and is served.
-pub fn foreign_origin(origin: Option<&str>, fetch_site: Option<&str>, host: Option<&str>) -> bool {
+pub(crate) fn foreign_origin(
+    origin: Option<&str>,
+    fetch_site: Option<&str>,
+    host: Option<&str>,
+) -> bool {
     if let Some(site) = fetch_site
         && matches!(site.trim(), "cross-site" | "same-site")
     {

@@ -15,7 +15,7 @@ use crate::cli::RunArgs;
 
 /// The call-layer flags, parsed (each error names its flag).
 #[derive(Debug, Clone, Default)]
-pub struct CallFlags {
+pub(crate) struct CallFlags {
     /// `--frames on|off`.
     pub frames: Option<bool>,
     /// `--ping-interval`.
@@ -28,7 +28,7 @@ pub struct CallFlags {
 
 impl CallFlags {
     /// Parse the call-layer flags of `a`.
-    pub fn parse(a: &RunArgs) -> Result<CallFlags, ConfigError> {
+    pub(crate) fn parse(a: &RunArgs) -> Result<CallFlags, ConfigError> {
         let duration = |flag: &str, v: &Option<String>| {
             v.as_deref()
                 .map(|v| parse_duration(&format!("--{flag}"), v))
@@ -56,7 +56,7 @@ impl CallFlags {
 }
 
 /// The global call settings: flag, else file, else default.
-pub fn global(flags: &CallFlags, f: &RawConfig) -> Result<CallSpec, ConfigError> {
+pub(crate) fn global(flags: &CallFlags, f: &RawConfig) -> Result<CallSpec, ConfigError> {
     let d = CallSpec::default();
     let interval = pick(flags.ping_interval, &f.ping_interval, "ping_interval")?
         .unwrap_or(Duration::from_secs(20));
@@ -81,7 +81,7 @@ pub fn global(flags: &CallFlags, f: &RawConfig) -> Result<CallSpec, ConfigError>
 }
 
 /// A route's call settings: its own keys over the global ones.
-pub fn route(r: &RawRoute, global: &CallSpec, label: &str) -> Result<CallSpec, ConfigError> {
+pub(crate) fn route(r: &RawRoute, global: &CallSpec, label: &str) -> Result<CallSpec, ConfigError> {
     let key = |k: &str| format!("`{k}` of route {label}");
     let interval = match &r.ping_interval {
         Some(v) => parse_duration(&key("ping_interval"), v)?,

@@ -27,7 +27,7 @@ use crate::policy::rate::Rate;
 /// Every run flag, typed; `None` (or an empty list) where the flag was not
 /// given, so the file or the default decides.
 #[derive(Debug, Clone)]
-pub struct Overrides {
+pub(super) struct Overrides {
     /// `--config`.
     pub config: Option<PathBuf>,
     /// `--listen`.
@@ -127,7 +127,7 @@ fn given(items: &[String]) -> Option<&[String]> {
 
 impl Overrides {
     /// Parse every flag of `a`, naming the flag in any error.
-    pub fn parse(a: &RunArgs) -> Result<Overrides, ConfigError> {
+    pub(super) fn parse(a: &RunArgs) -> Result<Overrides, ConfigError> {
         let duration = |flag: &str, v: &Option<String>| {
             v.as_deref()
                 .map(|v| parse_duration(&format!("--{flag}"), v))

@@ -27,13 +27,13 @@
 //! Every file names `ConfigError` from this one; nothing else here points back up.
 
 mod admin;
-pub mod calls;
+pub(crate) mod calls;
 mod flags;
 mod merge;
-pub mod parse;
+pub(crate) mod parse;
 mod policy;
-pub mod raw;
-pub mod spec;
+pub(crate) mod raw;
+pub(crate) mod spec;
 
 use std::fmt::{self, Write as _};
 use std::net::SocketAddr;
@@ -48,10 +48,11 @@ use flags::Overrides;
 use raw::RawConfig;
 
 pub use parse::{parse_addr, parse_duration};
-pub use spec::{
-    CallSpec, GlobalPolicy, HealthSpec, LogFormat, ProbeKind, RoutePolicy, RouteSpec, Scheme,
-    Timeouts, TlsSpec, TunnelMode, TunnelSettings, UpstreamName, UpstreamSpec, UpstreamUrl,
+pub(crate) use spec::{
+    CallSpec, GlobalPolicy, HealthSpec, LogFormat, ProbeKind, RoutePolicy, Timeouts, TlsSpec,
+    TunnelMode, TunnelSettings, UpstreamName, UpstreamSpec, UpstreamUrl,
 };
+pub use spec::{RouteSpec, Scheme};
 
 /// Why a configuration was refused. Each names the field and the value at fault.
 #[derive(Debug, thiserror::Error)]

@@ -299,7 +299,7 @@ pub fn parse_addr(field: &str, text: &str) -> Result<SocketAddr, ConfigError> {
 
 /// The longest duration any setting takes: one year. Longer values are
 /// mistakes (`100000000h`), and a deadline `now + d` must never overflow.
-pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+pub(crate) const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// `500ms`, `2s`, `1h`, `1m 30s`; a bare number is seconds; at most [`MAX_DURATION`].
 ///
@@ -345,7 +345,7 @@ pub(super) fn parse_log_format(field: &str, v: &str) -> Result<LogFormat, Config
 ///
 /// A bare number is per second; `/h` is accepted too. The rate must be
 /// positive and finite: no rate limit is written by leaving it out.
-pub fn parse_rate(field: &str, v: &str) -> Result<Rate, ConfigError> {
+pub(crate) fn parse_rate(field: &str, v: &str) -> Result<Rate, ConfigError> {
     Rate::parse(v).map_err(|e| ConfigError::invalid(field, v, e))
 }
 

@@ -15,7 +15,7 @@ use serde::{Deserialize, Deserializer};
 /// The whole file.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawConfig {
+pub(crate) struct RawConfig {
     /// `listen`: as `--listen`.
     pub listen: Option<String>,
     /// `admin`: as `--admin`.
@@ -113,7 +113,7 @@ pub struct RawConfig {
 /// `[upstreams.NAME]`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawUpstream {
+pub(crate) struct RawUpstream {
     /// `http://host[:port]` or `https://...`; no path.
     pub url: String,
     /// CA file for this https upstream, overriding `upstream_ca`.
@@ -126,7 +126,7 @@ pub struct RawUpstream {
 /// `health = { check, interval, timeout, rise, fall }`, every key optional.
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawHealth {
+pub(crate) struct RawHealth {
     /// `tcp`, `http:PATH` or `ws:PATH` (as `--health-check`).
     pub check: Option<String>,
     /// Time between probes (as `--health-interval`).
@@ -144,7 +144,7 @@ pub struct RawHealth {
 /// `[[routes]]`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawRoute {
+pub(crate) struct RawRoute {
     /// Path prefix, matched on whole segments.
     pub path: String,
     /// Upstream names, in order of preference.
@@ -183,7 +183,7 @@ pub struct RawRoute {
 /// `[tls]`: one certificate (`cert`, `key`) and/or several (`[[tls.certs]]`).
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawTls {
+pub(crate) struct RawTls {
     /// The default certificate's PEM chain (as `--tls-cert`).
     pub cert: Option<String>,
     /// Its private key (as `--tls-key`).
@@ -199,7 +199,7 @@ pub struct RawTls {
 /// `[[tls.certs]]`: a certificate for the SNI names listed (default: its own names).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawCert {
+pub(crate) struct RawCert {
     /// PEM chain, relative to the config file's directory.
     pub cert: String,
     /// Its private key.

@@ -21,8 +21,8 @@
 //! downstream ones: audio frames are small, and Nagle's algorithm would hold
 //! each one back for the previous one's ACK.
 
-pub mod pool;
-pub mod probe;
+pub(crate) mod pool;
+pub(crate) mod probe;
 
 use std::io;
 use std::pin::Pin;
@@ -78,7 +78,7 @@ fn describe(e: &io::Error) -> String {
 
 /// A connection to an upstream.
 #[derive(Debug)]
-pub enum UpstreamStream {
+pub(crate) enum UpstreamStream {
     /// Plain TCP: kept bare so a tunnel can splice it.
     Plain(TcpStream),
     /// TLS to an https upstream.
@@ -87,7 +87,7 @@ pub enum UpstreamStream {
 
 impl UpstreamStream {
     /// The TCP socket underneath (for socket options).
-    pub fn tcp(&self) -> &TcpStream {
+    pub(crate) fn tcp(&self) -> &TcpStream {
         match self {
             UpstreamStream::Plain(s) => s,
             UpstreamStream::Tls(s) => s.get_ref().0,
@@ -98,7 +98,7 @@ impl UpstreamStream {
 /// A way to reach the chosen upstream, as selection
 /// ([`crate::upstream::connect_first`]) hands it to forwarding.
 #[derive(Debug)]
-pub enum Conn {
+pub(crate) enum Conn {
     /// A new TCP connection; hyper's handshake is still to be done.
     Fresh(UpstreamStream),
     /// An idle keep-alive connection from the upstream's pool.
@@ -107,7 +107,7 @@ pub enum Conn {
 
 /// Connect to `url` with `TCP_NODELAY` set; with `tls`, run the TLS handshake
 /// too. `timeout` bounds both.
-pub async fn connect(
+pub(crate) async fn connect(
     url: &UpstreamUrl,
     tls: Option<&Arc<ClientConfig>>,
     timeout: Duration,
@@ -138,7 +138,7 @@ pub async fn connect(
 /// possible, for WebSocket handshakes). If `stop` is cancelled first,
 /// `on_stop` runs (forwarding empties the upstream's pool there, so idle
 /// keep-alive connections end) and the connection may finish what it is doing.
-pub async fn http1_handshake<IO, B>(
+pub(crate) async fn http1_handshake<IO, B>(
     io: IO,
     tracker: &TaskTracker,
     stop: &CancellationToken,

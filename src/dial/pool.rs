@@ -48,9 +48,9 @@ use hyper::client::conn::http1::SendRequest;
 use std::sync::Arc;
 
 /// Idle connections kept per upstream.
-pub const MAX_IDLE: usize = 32;
+pub(crate) const MAX_IDLE: usize = 32;
 /// How long a connection may wait in the pool.
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Shards per pool: threads beyond this share shards (they lose only locality).
 const SHARDS: usize = 16;
@@ -58,7 +58,8 @@ const SHARDS: usize = 16;
 /// The request side of one upstream HTTP/1.1 connection. The body is boxed
 /// so that a WebSocket handshake retried on the next upstream can be sent
 /// with an empty body of its own (the client's `Incoming` is spent by then).
-pub type SendRequestBoxed = SendRequest<http_body_util::combinators::BoxBody<Bytes, hyper::Error>>;
+pub(crate) type SendRequestBoxed =
+    SendRequest<http_body_util::combinators::BoxBody<Bytes, hyper::Error>>;
 
 /// One upstream connection's [`SendRequestBoxed`], with the pool shard of
 /// the thread whose runtime runs its connection task. Derefs to the hyper
@@ -192,14 +193,14 @@ impl ConnPool {
 /// A response body that gives its connection back to the pool once read to
 /// the end (and drops it on an error or if dropped early).
 #[derive(Debug)]
-pub struct PooledBody {
+pub(crate) struct PooledBody {
     inner: Incoming,
     release: Option<(Sender, Arc<ConnPool>)>,
 }
 
 impl PooledBody {
     /// Wrap `inner`; a body already at its end releases the connection now.
-    pub fn new(inner: Incoming, sender: Sender, pool: Arc<ConnPool>) -> Self {
+    pub(crate) fn new(inner: Incoming, sender: Sender, pool: Arc<ConnPool>) -> Self {
         let mut body = PooledBody {
             inner,
             release: Some((sender, pool)),

@@ -39,7 +39,7 @@ pub enum SendError {
 /// §4.1) with `Sec-WebSocket-Key: key`.
 /// Shared by the `ws` probe and the doctor's WebSocket check, so both send
 /// what a browser sends.
-pub fn ws_upgrade(request: http::request::Builder, key: &str) -> http::request::Builder {
+pub(crate) fn ws_upgrade(request: http::request::Builder, key: &str) -> http::request::Builder {
     request
         .header(header::UPGRADE, "websocket")
         .header(header::CONNECTION, "upgrade")
@@ -48,7 +48,7 @@ pub fn ws_upgrade(request: http::request::Builder, key: &str) -> http::request::
 }
 
 /// The `Sec-WebSocket-Accept` a server must answer to `key` (RFC 6455 §4.2.2).
-pub fn accept_key(key: &str) -> String {
+pub(crate) fn accept_key(key: &str) -> String {
     use base64::Engine;
     let mut ctx = ring::digest::Context::new(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY);
     ctx.update(key.as_bytes());
@@ -59,7 +59,7 @@ pub fn accept_key(key: &str) -> String {
 /// Send one bodiless request over `stream` and return the response head; a
 /// 101 can then be taken over with `hyper::upgrade::on`.
 /// The connection is used for this one request: the probe never pools it.
-pub async fn send<S>(
+pub(crate) async fn send<S>(
     stream: S,
     request: http::request::Builder,
     tracker: &TaskTracker,

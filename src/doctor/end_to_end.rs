@@ -50,7 +50,7 @@ const BODY_LIMIT: usize = 2048;
 
 /// A handshake through shunt that got its 101.
 #[derive(Debug, Clone)]
-pub struct Served {
+pub(crate) struct Served {
     /// The upstream named by `x-shunt-route`.
     pub upstream: String,
 }

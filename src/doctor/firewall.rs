@@ -11,7 +11,7 @@ use super::{Context, Finding, Report, human};
 
 /// What a rule set says about one TCP port.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PortVerdict {
+pub(crate) enum PortVerdict {
     /// Reachable from outside.
     Allowed,
     /// Dropped or rejected from outside.
@@ -22,7 +22,7 @@ pub enum PortVerdict {
 
 /// The public port and the backend ports, as one tool sees them.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Reading {
+pub(crate) struct Reading {
     /// `ufw`, `nft` or `iptables`.
     pub tool: &'static str,
     /// Set when the tool says the firewall is off.
@@ -42,7 +42,7 @@ pub struct Reading {
 /// wherever it stands, else an `ALLOW`, else ufw's default incoming policy
 /// (deny). ufw itself takes the first match; erring towards `Blocked` makes
 /// doctor warn rather than stay quiet. An inactive ufw allows everything.
-pub fn read_ufw(text: &str, public: u16, backends: &[u16]) -> Reading {
+pub(crate) fn read_ufw(text: &str, public: u16, backends: &[u16]) -> Reading {
     let inactive = text.lines().any(|l| l.trim() == "Status: inactive");
     let verdict = |port: u16| {
         if inactive {
@@ -84,7 +84,7 @@ pub fn read_ufw(text: &str, public: u16, backends: &[u16]) -> Reading {
 /// does not count as open from outside. Otherwise the chain's policy
 /// (`-P INPUT`) decides, `Unknown` if none was printed. Port ranges and
 /// multiport sets are not understood, nor interfaces other than `lo`.
-pub fn read_iptables(text: &str, public: u16, backends: &[u16]) -> Reading {
+pub(crate) fn read_iptables(text: &str, public: u16, backends: &[u16]) -> Reading {
     let policy = text
         .lines()
         .find_map(|l| l.strip_prefix("-P INPUT "))
@@ -128,7 +128,7 @@ pub fn read_iptables(text: &str, public: u16, backends: &[u16]) -> Reading {
 /// drops decides; else the input hook's policy (`drop`, else accept);
 /// `Unknown` when no table hooks input. Read line by line, not parsed: a
 /// rule's other matches (source address, interface) are not weighed.
-pub fn read_nft(text: &str, public: u16, backends: &[u16]) -> Reading {
+pub(crate) fn read_nft(text: &str, public: u16, backends: &[u16]) -> Reading {
     let default = if text.contains("hook input") && text.contains("policy drop") {
         PortVerdict::Blocked
     } else if text.contains("hook input") {

@@ -13,7 +13,7 @@ use super::{Context, Finding, Report, dial_addr, human};
 /// What the listener check found out about shunt: enough for check 7 to
 /// dial it. Only built when a shunt (probably) holds the port.
 #[derive(Debug, Clone, Copy)]
-pub struct Running {
+pub(crate) struct Running {
     /// Where to dial the proxy listener.
     pub addr: SocketAddr,
 }

@@ -17,13 +17,13 @@
 //! - [`end_to_end`]: a handshake through shunt itself, `x-shunt-route`, and
 //!   640-byte round trips.
 
-pub mod end_to_end;
-pub mod firewall;
-pub mod listeners;
-pub mod public_url;
-pub mod tls;
-pub mod upstreams;
-pub mod websocket;
+pub(crate) mod end_to_end;
+pub(crate) mod firewall;
+pub(crate) mod listeners;
+pub(crate) mod public_url;
+pub(crate) mod tls;
+pub(crate) mod upstreams;
+pub(crate) mod websocket;
 
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -36,7 +36,7 @@ use tokio_util::task::TaskTracker;
 use crate::cli::{DoctorArgs, RunArgs};
 use crate::config::{Config, ConfigError, RouteSpec, UpstreamName, parse_duration};
 use crate::policy::auth::AuthMode;
-pub use public_url::{PublicUrl, UrlError};
+pub(crate) use public_url::{PublicUrl, UrlError};
 
 /// The outcome of one check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -183,7 +183,7 @@ pub enum DoctorError {
 
 /// The longest `--timeout` taken: a run has about a dozen bounded steps, and
 /// one that waits minutes on each is a hang to the person running it.
-pub const MAX_TIMEOUT: Duration = Duration::from_secs(60);
+pub(crate) const MAX_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// What only the person running doctor knows, parsed from [`DoctorArgs`].
 /// Its `Debug` hides the token.
@@ -263,7 +263,7 @@ pub(crate) struct Context {
 impl Context {
     /// The routes whose handshakes are checked: every route with a specific
     /// path, and the one `--url` names; the catch-all alone if there is no other.
-    pub fn websocket_routes(&self) -> Vec<&RouteSpec> {
+    pub(crate) fn websocket_routes(&self) -> Vec<&RouteSpec> {
         let named = self.url_given.then(|| self.route_for_url()).flatten();
         let routes: Vec<&RouteSpec> = self
             .config
@@ -280,7 +280,7 @@ impl Context {
 
     /// The route `--url` lands on: host routes first, then the longest
     /// whole-segment prefix.
-    pub fn route_for_url(&self) -> Option<&RouteSpec> {
+    pub(crate) fn route_for_url(&self) -> Option<&RouteSpec> {
         let path = self.url.path();
         self.config
             .routes
@@ -302,7 +302,7 @@ impl Context {
 
     /// The path a handshake on `route` asks for: `--url`'s when it lands on
     /// that route, else the route's prefix.
-    pub fn handshake_path(&self, route: &RouteSpec) -> String {
+    pub(crate) fn handshake_path(&self, route: &RouteSpec) -> String {
         match self.route_for_url() {
             Some(r) if r == route => self.url.path().to_owned(),
             _ => route.path.clone(),
@@ -310,14 +310,14 @@ impl Context {
     }
 
     /// The `direct` upstream's URL (the backend), for fixes that name it.
-    pub fn backend_url(&self) -> String {
+    pub(crate) fn backend_url(&self) -> String {
         self.config
             .upstream(&UpstreamName("direct".into()))
             .map_or_else(|| "http://127.0.0.1:5006".to_owned(), |u| u.url.to_string())
     }
 
     /// `text` with the token replaced by [`TOKEN_MARK`] (see [`redact`]).
-    pub fn redact(&self, text: &str) -> String {
+    pub(crate) fn redact(&self, text: &str) -> String {
         redact(
             text,
             &self.config.policy.sources.query,
@@ -326,7 +326,7 @@ impl Context {
     }
 
     /// The flags to give `run` so it uses this configuration.
-    pub fn run_hint(&self) -> String {
+    pub(crate) fn run_hint(&self) -> String {
         match &self.config.file {
             Some(f) => format!("shunt run --config {}", f.display()),
             None => "shunt run with the same flags".to_owned(),
@@ -335,7 +335,7 @@ impl Context {
 }
 
 /// What the report prints where the token was.
-pub const TOKEN_MARK: &str = "<TOKEN>";
+pub(crate) const TOKEN_MARK: &str = "<TOKEN>";
 
 /// Shortest token also hidden where it stands alone; a shorter one is hidden
 /// only as `NAME=VALUE`, so that masking it cannot eat ordinary words.
@@ -348,7 +348,7 @@ const BARE_TOKEN_MIN: usize = 4;
 ///
 /// The report is printed to terminals and CI logs, so the credential given
 /// with `--token` must never appear in it, whatever a check formats.
-pub fn redact(text: &str, query: &str, token: Option<&str>) -> String {
+pub(crate) fn redact(text: &str, query: &str, token: Option<&str>) -> String {
     let Some(token) = token.filter(|t| !t.is_empty()) else {
         return text.to_owned();
     };

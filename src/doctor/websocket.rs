@@ -21,7 +21,7 @@ use crate::error_chain::chain;
 
 /// What an upstream answered to the handshake.
 #[derive(Debug, Clone)]
-pub struct Answer {
+pub(crate) struct Answer {
     /// The status code (101 when the upgrade worked).
     pub status: StatusCode,
     /// The `Server` header, if any.
@@ -234,7 +234,7 @@ fn diagnose(ctx: &Context, route: &RouteSpec, u: &UpstreamSpec, path: &str, a: &
 /// long `proxy_read_timeout` keeps a quiet call from being cut at nginx's
 /// 60 s default. `backend` is the `direct` upstream's URL, the usual target
 /// of that nginx; the person applying the fix knows if it is another.
-pub fn nginx_fix(path: &str, backend: &str) -> String {
+pub(crate) fn nginx_fix(path: &str, backend: &str) -> String {
     format!(
         "add to nginx's config, then `nginx -t && nginx -s reload`:\n\
          # in the http {{ }} block\n\

@@ -95,7 +95,7 @@ pub struct UpgradeNotForwarded {
 
 /// The likely cause of an upgrade answered with `status` (not 101, not a
 /// 4xx), as the warning, `/readyz`'s `degraded` list and the 502 say it.
-pub fn upgrade_failure_cause(status: StatusCode) -> &'static str {
+pub(crate) fn upgrade_failure_cause(status: StatusCode) -> &'static str {
     if status.is_server_error() {
         "it failed to serve it (a 5xx: the backend behind it is likely down or failing)"
     } else {

@@ -24,15 +24,15 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::dial::UpstreamStream;
 
 /// Most bytes of an upstream's answer head.
-pub const MAX_HEAD: usize = 64 * 1024;
+pub(crate) const MAX_HEAD: usize = 64 * 1024;
 /// Most header lines in an upstream's answer head.
 const MAX_HEADERS: usize = 100;
 /// Most bytes of a refusal's body relayed to the client.
-pub const MAX_BODY: usize = 64 * 1024;
+pub(crate) const MAX_BODY: usize = 64 * 1024;
 
 /// The upstream's answer to a handshake.
 #[derive(Debug)]
-pub struct Answer {
+pub(crate) struct Answer {
     /// Status and headers as the upstream sent them.
     pub head: http::response::Parts,
     /// For a 4xx: the body. For a 101: the bytes read past the head.
@@ -42,7 +42,7 @@ pub struct Answer {
 }
 
 /// Send the (already rewritten) head of `req` over `stream` and read the answer.
-pub async fn exchange<B>(
+pub(crate) async fn exchange<B>(
     req: &Request<B>,
     mut stream: UpstreamStream,
 ) -> Result<Answer, HandshakeError> {

@@ -21,12 +21,12 @@
 //! [`forward`] only dispatches: `http` sends a plain request (pooled or
 //! fresh connection), `websocket` a handshake and, on a 101, starts the tunnel.
 
-pub mod error;
-pub mod handshake;
+pub(crate) mod error;
+pub(crate) mod handshake;
 // `http` shadows the crate of that name in this file only (hence `::http` below).
 mod http;
-pub mod request;
-pub mod tunnel;
+pub(crate) mod request;
+pub(crate) mod tunnel;
 mod websocket;
 
 use std::sync::Arc;
@@ -45,7 +45,7 @@ use crate::shutdown::Shutdown;
 use crate::stats::Stats;
 use tunnel::Handoff;
 
-pub use error::{ForwardError, UpgradeNotForwarded};
+pub(crate) use error::{ForwardError, UpgradeNotForwarded};
 
 /// The chosen upstream as this stage sees it (built by the proxy from
 /// `upstream::Upstream`): enough to reconnect and to pool, nothing
@@ -54,7 +54,7 @@ pub use error::{ForwardError, UpgradeNotForwarded};
 /// (`Upstream::record`), from the [`ForwardError`] this one returns, so
 /// forwarding never reaches back up.
 #[derive(Debug, Clone, Copy)]
-pub struct Target<'a> {
+pub(crate) struct Target<'a> {
     /// The upstream's name (`x-shunt-route`, errors, logs).
     pub name: &'a UpstreamName,
     /// Where it listens; a reconnect dials this again.
@@ -71,7 +71,7 @@ pub struct Target<'a> {
 
 impl Target<'_> {
     /// The upstream's name.
-    pub fn name(&self) -> &UpstreamName {
+    pub(crate) fn name(&self) -> &UpstreamName {
         self.name
     }
 
@@ -89,7 +89,7 @@ impl Target<'_> {
 
 /// Who and what one forwarded exchange involves.
 #[derive(Debug)]
-pub struct Exchange<'a> {
+pub(crate) struct Exchange<'a> {
     /// A WebSocket handshake (else a plain request).
     pub websocket: bool,
     /// Label of the route that matched.
@@ -127,7 +127,7 @@ impl Exchange<'_> {
 
 /// What a WebSocket call is listed with, and how the call layer treats it.
 #[derive(Debug, Clone)]
-pub struct CallMeta<'a> {
+pub(crate) struct CallMeta<'a> {
     /// The request's `Host` header.
     pub host: Option<String>,
     /// Path and query as the access log shows them (token redacted).
@@ -143,7 +143,7 @@ pub struct CallMeta<'a> {
 /// upstreams, only the one [`Target`] it is handed. (The relay mode is the
 /// connection's: it starts the tunnel a handshake leaves in its [`Handoff`].)
 #[derive(Debug, Clone, Copy)]
-pub struct Shared<'a> {
+pub(crate) struct Shared<'a> {
     /// The root token and the tracker that upstream connection tasks join.
     pub shutdown: &'a Shutdown,
     /// `/status` and `/metrics` counters, and the live calls.
@@ -155,7 +155,7 @@ pub struct Shared<'a> {
 /// A WebSocket handshake the upstream answers with 101 leaves its tunnel in
 /// `handoff`, which the downstream connection starts once hyper has written
 /// the 101 ([`Handoff::start`]).
-pub async fn forward(
+pub(crate) async fn forward(
     req: Request<Body>,
     conn: Conn,
     exchange: Exchange<'_>,
@@ -182,6 +182,6 @@ fn response_timeout(upstream: &Target<'_>, after: Duration) -> ForwardError {
 /// refusal (auth, Origin, a wrong path) that the client should see. A 2xx,
 /// 3xx or 5xx means the upgrade did not reach a WebSocket server (an nginx
 /// without the upgrade headers answers 200 with a page).
-pub fn upgrade_answered(status: StatusCode) -> bool {
+pub(crate) fn upgrade_answered(status: StatusCode) -> bool {
     status == StatusCode::SWITCHING_PROTOCOLS || status.is_client_error()
 }

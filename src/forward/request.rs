@@ -25,7 +25,7 @@ use crate::percent;
 
 /// What the rewrite needs to know besides the request itself.
 #[derive(Debug, Clone, Copy)]
-pub struct Rewrite<'a> {
+pub(crate) struct Rewrite<'a> {
     /// The normalized path the request was routed and policed on.
     pub routed_path: &'a str,
     /// The query parameter to remove (the token's), on routes with authentication.
@@ -39,7 +39,7 @@ pub struct Rewrite<'a> {
 }
 
 /// Rewrite `req` in place into what the upstream is sent.
-pub fn prepare<B>(req: &mut Request<B>, rewrite: &Rewrite<'_>) {
+pub(crate) fn prepare<B>(req: &mut Request<B>, rewrite: &Rewrite<'_>) {
     if req.method() != Method::CONNECT {
         host_from_absolute_form(req);
         match upstream_target(req.uri(), rewrite.routed_path, rewrite.strip_param) {
@@ -70,7 +70,7 @@ fn host_from_absolute_form<B>(req: &mut Request<B>) {
 /// The origin-form target sent upstream: the normalized path when it differs
 /// from the path as sent, and the query without `strip` (the token parameter).
 /// `None` when the path and query can be forwarded unchanged.
-pub fn upstream_target(uri: &Uri, normalized: &str, strip: Option<&str>) -> Option<Uri> {
+pub(crate) fn upstream_target(uri: &Uri, normalized: &str, strip: Option<&str>) -> Option<Uri> {
     let path_changed = uri.path() != normalized;
     let query = uri.query();
     let stripped = match (query, strip) {
@@ -105,7 +105,7 @@ fn to_origin_form<B>(req: &mut Request<B>) {
 
 /// `query` without every `name=...` pair (names compared percent-decoded);
 /// `None` when there was none.
-pub fn strip_query_param(query: &str, name: &str) -> Option<String> {
+pub(crate) fn strip_query_param(query: &str, name: &str) -> Option<String> {
     let mut removed = false;
     let kept: Vec<&str> = query
         .split('&')

@@ -74,7 +74,7 @@ impl Default for TokenSources {
 }
 
 /// The credential a request presents: bearer header, then query, then cookie.
-pub fn presented<'a>(
+pub(crate) fn presented<'a>(
     headers: &'a HeaderMap,
     query: Option<&'a str>,
     sources: &TokenSources,
@@ -144,7 +144,7 @@ pub struct Credentials {
 }
 
 /// Check `presented` under `mode`.
-pub fn authenticate(
+pub(crate) fn authenticate(
     mode: AuthMode,
     credentials: &Credentials,
     sources: &TokenSources,
@@ -374,6 +374,7 @@ impl JwtVerifier {
 }
 
 /// Sign `claims` (a JSON object) as an HS256 JWT; for tests and tooling.
+#[cfg(any(test, feature = "test-util"))]
 pub fn sign_hs256(secret: &[u8], claims: &serde_json::Value) -> String {
     let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
     let header = b64.encode(br#"{"alg":"HS256","typ":"JWT"}"#);

@@ -9,11 +9,11 @@
 //! Refusals are [`Denied`] values; [`crate::response`] turns them into
 //! 401/403/405/429 answers.
 
-pub mod auth;
-pub mod ip;
-pub mod origin;
-pub mod rate;
-pub mod target;
+pub(crate) mod auth;
+pub(crate) mod ip;
+pub(crate) mod origin;
+pub(crate) mod rate;
+pub(crate) mod target;
 
 use auth::AuthError;
 use ip::IpRefusal;

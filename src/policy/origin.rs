@@ -195,7 +195,7 @@ pub enum OriginRefusal {
 /// none). More than one `Origin` header is refused outright, since which
 /// one a backend would read is not known. The refusal shows at most 100
 /// characters of the Origin, so a long header cannot flood the log.
-pub fn check(
+pub(crate) fn check(
     headers: &HeaderMap,
     rules: &[OriginRule],
     require: bool,
@@ -224,7 +224,7 @@ pub fn check(
 }
 
 /// Whether `req` is a CORS preflight: `OPTIONS` with `Origin` and `Access-Control-Request-Method`.
-pub fn is_preflight(method: &http::Method, headers: &HeaderMap) -> bool {
+pub(crate) fn is_preflight(method: &http::Method, headers: &HeaderMap) -> bool {
     method == http::Method::OPTIONS
         && headers.contains_key(header::ORIGIN)
         && headers.contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
@@ -238,7 +238,7 @@ pub fn is_preflight(method: &http::Method, headers: &HeaderMap) -> bool {
 /// would otherwise let any site act with a visitor's cookies. `Vary: Origin`
 /// keeps caches from serving one site's answer to another. A preflight's
 /// answer is cached by the browser for 600 s.
-pub fn cors_headers(
+pub(crate) fn cors_headers(
     origin: &HeaderValue,
     preflight_of: Option<&HeaderMap>,
 ) -> Vec<(HeaderName, HeaderValue)> {

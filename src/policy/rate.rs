@@ -96,14 +96,14 @@ impl Default for RateLimits {
 
 /// One client's token bucket.
 #[derive(Debug, Clone, Copy)]
-pub struct Bucket {
+pub(crate) struct Bucket {
     tokens: f64,
     last: Instant,
 }
 
 impl Bucket {
     /// A full bucket.
-    pub fn full(burst: u32, now: Instant) -> Self {
+    pub(crate) fn full(burst: u32, now: Instant) -> Self {
         Bucket {
             tokens: f64::from(burst),
             last: now,
@@ -117,7 +117,7 @@ impl Bucket {
     }
 
     /// Take one token, or say how long until one is available.
-    pub fn take(&mut self, now: Instant, rate: Rate, burst: u32) -> Result<(), Duration> {
+    pub(crate) fn take(&mut self, now: Instant, rate: Rate, burst: u32) -> Result<(), Duration> {
         self.refill(now, rate, burst);
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
@@ -138,11 +138,11 @@ impl Bucket {
 
 /// Who a limit counts: an IPv4 address, or the /64 of an IPv6 address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct ClientKey(IpAddr);
+pub(crate) struct ClientKey(IpAddr);
 
 impl ClientKey {
     /// The key of `ip`.
-    pub fn of(ip: IpAddr) -> ClientKey {
+    pub(crate) fn of(ip: IpAddr) -> ClientKey {
         match ip.to_canonical() {
             IpAddr::V6(v6) => {
                 let bits = u128::from(v6) & (u128::MAX << 64);
@@ -177,7 +177,7 @@ pub enum LimitExceeded {
 }
 
 /// Whole seconds for `Retry-After`, at least 1.
-pub fn retry_secs(d: Duration) -> u64 {
+pub(crate) fn retry_secs(d: Duration) -> u64 {
     d.as_secs() + u64::from(d.subsec_nanos() > 0).max(u64::from(d.is_zero()))
 }
 

@@ -12,14 +12,14 @@ use http::Uri;
 use crate::percent;
 
 /// What a log line shows in place of a token.
-pub const REDACTED: &str = "REDACTED";
+pub(crate) const REDACTED: &str = "REDACTED";
 
 /// The value of query parameter `name` (names and values percent-decoded).
 ///
 /// The first pair named `name` wins; a name without `=` has an empty value.
 /// Used to find the token in `?token=...` (the query parameter's name is
 /// `--token-query`).
-pub fn query_param<'a>(query: &'a str, name: &str) -> Option<Cow<'a, str>> {
+pub(crate) fn query_param<'a>(query: &'a str, name: &str) -> Option<Cow<'a, str>> {
     query.split('&').find_map(|pair| {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         (percent::decode(k) == name).then(|| percent::decode(v))
@@ -31,7 +31,7 @@ pub fn query_param<'a>(query: &'a str, name: &str) -> Option<Cow<'a, str>> {
 /// Names are compared decoded, as `query_param` finds them, so a
 /// percent-encoded name (`%74oken=`) is redacted too. The query is borrowed
 /// unchanged when no pair needs it, the common case.
-pub fn redact_query<'a>(query: &'a str, name: &str) -> Cow<'a, str> {
+pub(crate) fn redact_query<'a>(query: &'a str, name: &str) -> Cow<'a, str> {
     if !query.split('&').any(|pair| {
         let k = pair.split_once('=').map_or(pair, |(k, _)| k);
         percent::decode(k) == name
@@ -54,7 +54,7 @@ pub fn redact_query<'a>(query: &'a str, name: &str) -> Cow<'a, str> {
 
 /// Path and query as the access log shows them, the token parameter redacted.
 /// Borrowed from `uri` unless there was a token to redact.
-pub fn loggable_target<'a>(uri: &'a Uri, token_param: &str) -> Cow<'a, str> {
+pub(crate) fn loggable_target<'a>(uri: &'a Uri, token_param: &str) -> Cow<'a, str> {
     match uri.query() {
         Some(q) => match (redact_query(q, token_param), uri.path_and_query()) {
             // Nothing to redact: the target as sent (an empty path still reads `/`).

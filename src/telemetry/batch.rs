@@ -27,9 +27,9 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 /// How long the flusher waits, once woken, before it sweeps every buffer.
-pub const FLUSH_EVERY: Duration = Duration::from_millis(50);
+pub(crate) const FLUSH_EVERY: Duration = Duration::from_millis(50);
 /// A thread's buffer goes to the queue without waiting once it is this large.
-pub const BATCH_BYTES: usize = 32 * 1024;
+pub(crate) const BATCH_BYTES: usize = 32 * 1024;
 
 /// One thread's pending access lines.
 #[derive(Debug, Default)]
@@ -60,7 +60,7 @@ struct Shared<W> {
 
 /// Gathers access lines per thread and hands them to `W` in batches.
 #[derive(Debug)]
-pub struct Batcher<W: Write + Clone + Send + Sync + 'static> {
+pub(crate) struct Batcher<W: Write + Clone + Send + Sync + 'static> {
     shared: Arc<Shared<W>>,
     flusher: std::thread::Thread,
     joined: Mutex<Option<JoinHandle<()>>>,
@@ -82,7 +82,7 @@ impl<W: Write + Clone + Send + Sync + 'static> Batcher<W> {
     /// A batcher writing to `out`, a queue whose count of dropped messages
     /// `dropped` reads (`|| 0` for one that never drops); starts the
     /// flusher thread.
-    pub fn start(out: W, dropped: fn() -> usize) -> io::Result<Self> {
+    pub(crate) fn start(out: W, dropped: fn() -> usize) -> io::Result<Self> {
         let shared = Arc::new(Shared {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             out,
@@ -118,18 +118,18 @@ impl<W: Write + Clone + Send + Sync + 'static> Batcher<W> {
     }
 
     /// A writer for one access line of the calling thread.
-    pub fn writer(&self) -> BatchWriter<'_, W> {
+    pub(crate) fn writer(&self) -> BatchWriter<'_, W> {
         BatchWriter { batcher: self }
     }
 
     /// Lines dropped beyond the queue's own count (the rest of each dropped batch).
-    pub fn dropped_extra(&self) -> usize {
+    pub(crate) fn dropped_extra(&self) -> usize {
         self.shared.dropped_extra.load(Ordering::Relaxed)
     }
 
     /// Sweep every buffer a last time and stop the flusher; later lines are
     /// written through at once.
-    pub fn stop(&self) {
+    pub(crate) fn stop(&self) {
         self.shared.stopping.store(true, Ordering::Release);
         self.flusher.unpark();
         if let Some(flusher) = lock(&self.joined).take() {
@@ -167,7 +167,7 @@ impl<W: Write + Clone> Shared<W> {
 
 /// Appends one access line to the calling thread's buffer.
 #[derive(Debug)]
-pub struct BatchWriter<'a, W: Write + Clone + Send + Sync + 'static> {
+pub(crate) struct BatchWriter<'a, W: Write + Clone + Send + Sync + 'static> {
     batcher: &'a Batcher<W>,
 }
 

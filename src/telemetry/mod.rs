@@ -24,8 +24,8 @@
 //! Pretty lines are coloured only when stderr is a terminal and `NO_COLOR` is
 //! unset or empty (<https://no-color.org>): a file or journald gets no ANSI codes.
 
-pub mod batch;
-pub mod refusals;
+pub(crate) mod batch;
+pub(crate) mod refusals;
 
 use std::io::IsTerminal;
 use std::sync::{Arc, OnceLock};
@@ -41,12 +41,12 @@ use batch::{BatchWriter, Batcher};
 use crate::config::LogFormat;
 
 /// The target of access-log lines.
-pub const ACCESS_TARGET: &str = "shunt::access";
+pub(crate) const ACCESS_TARGET: &str = "shunt::access";
 
 /// Messages the log queue holds before new ones are dropped: single lines,
 /// or batches of access lines of up to [`batch::BATCH_BYTES`] (so the queue
 /// holds at most a few tens of MiB).
-pub const QUEUE_LINES: usize = 1024;
+pub(crate) const QUEUE_LINES: usize = 1024;
 
 /// Bytes the writer thread gathers before a write to stderr.
 const WRITE_BUFFER: usize = 64 * 1024;
@@ -146,7 +146,7 @@ pub fn init(format: LogFormat) -> LogGuard {
 }
 
 /// Log lines dropped so far because the queue to stderr was full (0 before [`init`]).
-pub fn dropped_lines() -> usize {
+pub(crate) fn dropped_lines() -> usize {
     queue_dropped() + ACCESS.get().map_or(0, |a| a.dropped_extra())
 }
 

@@ -25,11 +25,11 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 /// How long one reason's window lasts: at most one line per reason per window.
-pub const WINDOW: Duration = Duration::from_secs(1);
+pub(crate) const WINDOW: Duration = Duration::from_secs(1);
 
 /// Why a connection was refused or closed before it carried a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reason {
+pub(crate) enum Reason {
     /// Refused at accept by the IP allow/deny lists.
     AcceptIp,
     /// Refused at accept by a connection limit (`--max-conns`, per IP).
@@ -53,7 +53,7 @@ impl Reason {
     ];
 
     /// The `reason` field of the log line.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Reason::AcceptIp => "ip",
             Reason::AcceptLimit => "limit",
@@ -88,7 +88,7 @@ struct Slot {
 
 /// What [`Limiter::event`] decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Decision {
+pub(crate) enum Decision {
     /// Write the line; `suppressed` events of the previous window were not
     /// yet reported (no summary ran) and go in this line.
     Log {
@@ -101,13 +101,13 @@ pub enum Decision {
 
 /// The per-reason windows: a pure state machine over explicit instants.
 #[derive(Debug, Default)]
-pub struct Limiter {
+pub(crate) struct Limiter {
     slots: [Slot; Reason::ALL.len()],
 }
 
 impl Limiter {
     /// An event of `reason` at `now`: log it, or count it.
-    pub fn event(&mut self, reason: Reason, now: Instant) -> Decision {
+    pub(crate) fn event(&mut self, reason: Reason, now: Instant) -> Decision {
         let slot = &mut self.slots[reason.index()];
         match slot.since {
             Some(since) if now < since + WINDOW => {
@@ -126,7 +126,7 @@ impl Limiter {
     /// events held back, and how many. Its next window starts where the
     /// last one ended (the summary is that window's line); a window that
     /// ends with nothing held back leaves the reason quiet.
-    pub fn due(&mut self, now: Instant) -> Vec<(Reason, u64)> {
+    pub(crate) fn due(&mut self, now: Instant) -> Vec<(Reason, u64)> {
         let mut out = Vec::new();
         for reason in Reason::ALL {
             let slot = &mut self.slots[reason.index()];
@@ -145,7 +145,7 @@ impl Limiter {
     }
 
     /// When the earliest open window with events held back ends, if any.
-    pub fn next_due(&self) -> Option<Instant> {
+    pub(crate) fn next_due(&self) -> Option<Instant> {
         self.slots
             .iter()
             .filter(|s| s.suppressed > 0)
@@ -170,7 +170,7 @@ const TARGET: &str = "shunt::connection";
 static HELD_BACK: Notify = Notify::const_new();
 
 /// Log a refusal of `peer` for `reason` with its `detail`, or count it.
-pub fn refused(reason: Reason, peer: SocketAddr, detail: &dyn Display) {
+pub(crate) fn refused(reason: Reason, peer: SocketAddr, detail: &dyn Display) {
     let decision = LIMITER
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
@@ -221,7 +221,7 @@ fn write_summary(reason: Reason, suppressed: u64) {
 /// Write each window's summary when it ends, until `stop`; then the ones
 /// still open, so no count is lost at exit. Idle (no timer) while nothing
 /// is held back.
-pub async fn flush(stop: CancellationToken) {
+pub(crate) async fn flush(stop: CancellationToken) {
     loop {
         let next = LIMITER
             .lock()

@@ -195,7 +195,7 @@ pub fn fingerprint(der: &[u8]) -> String {
 }
 
 /// Whether a certificate name (possibly `*.example.com`) covers `host`.
-pub fn name_covers(pattern: &str, host: &str) -> bool {
+pub(crate) fn name_covers(pattern: &str, host: &str) -> bool {
     let host = host.trim_end_matches('.');
     if pattern.eq_ignore_ascii_case(host) {
         return true;

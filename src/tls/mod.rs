@@ -6,10 +6,10 @@
 //! speaks plain HTTP to the TLS port gets a 400 saying so; other garbage is
 //! closed. Every handshake is bounded by the TLS handshake timeout.
 
-pub mod certs;
-pub mod client;
-pub mod resolver;
-pub mod stream;
+pub(crate) mod certs;
+pub(crate) mod client;
+pub(crate) mod resolver;
+pub(crate) mod stream;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,16 +19,17 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 
-pub use certs::{CertError, CertSpec};
-pub use resolver::{CertSet, CertStore};
-pub use stream::TlsStream;
+pub(crate) use certs::CertError;
+pub use certs::CertSpec;
+pub(crate) use resolver::{CertSet, CertStore};
+pub(crate) use stream::TlsStream;
 
 /// TLS record type of a handshake: the first byte a TLS client sends.
 const HANDSHAKE_RECORD: u8 = 0x16;
 
 /// Why a downstream TLS connection did not come up.
 #[derive(Debug, thiserror::Error)]
-pub enum AcceptError {
+pub(crate) enum AcceptError {
     /// The client sent a plain HTTP request to the TLS port (answered 400).
     #[error("plain HTTP sent to the TLS port")]
     PlainHttp,
@@ -56,7 +57,7 @@ pub fn load_cert_set(specs: &[CertSpec]) -> Result<Arc<CertSet>, CertError> {
 
 /// The acceptor for the proxy listener: TLS 1.2 and 1.3, ALPN `http/1.1`
 /// (and `http/1.0`, which `curl --http1.0` offers alone), session tickets.
-pub fn acceptor(store: Arc<CertStore>) -> Result<TlsAcceptor, rustls::Error> {
+pub(crate) fn acceptor(store: Arc<CertStore>) -> Result<TlsAcceptor, rustls::Error> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
@@ -72,7 +73,7 @@ pub fn acceptor(store: Arc<CertStore>) -> Result<TlsAcceptor, rustls::Error> {
 }
 
 /// Run the server side of the handshake on `stream` within `timeout`.
-pub async fn accept(
+pub(crate) async fn accept(
     acceptor: &TlsAcceptor,
     mut stream: TcpStream,
     timeout: Duration,

@@ -51,7 +51,7 @@ fn sealed_len(len: usize) -> usize {
 }
 
 /// A TLS server connection on a TCP socket.
-pub struct TlsStream {
+pub(crate) struct TlsStream {
     /// The socket, read and written only through its readiness and
     /// `try_read` / `try_write`, so the stream adds no waiter of its own.
     io: TcpStream,
@@ -112,7 +112,7 @@ impl TlsStream {
     /// sent if the socket took it) or the client closed before finishing. The
     /// caller ([`crate::tls::accept`]) first checks that the client speaks TLS
     /// at all, and bounds the time this may take (`--tls-handshake-timeout`).
-    pub async fn accept(io: TcpStream, config: Arc<ServerConfig>) -> io::Result<Self> {
+    pub(crate) async fn accept(io: TcpStream, config: Arc<ServerConfig>) -> io::Result<Self> {
         let conn = UnbufferedServerConnection::new(config).map_err(invalid)?;
         let mut s = TlsStream {
             io,
@@ -129,17 +129,11 @@ impl TlsStream {
         Ok(s)
     }
 
-    /// The negotiated ALPN protocol.
+    /// The negotiated ALPN protocol (the tests check what was negotiated).
     /// `None` when the client offered no ALPN (or none matched).
-    pub fn alpn_protocol(&self) -> Option<&[u8]> {
+    #[cfg(test)]
+    fn alpn_protocol(&self) -> Option<&[u8]> {
         self.conn.alpn_protocol()
-    }
-
-    /// The underlying socket.
-    /// For the peer address and socket options; reading or writing it directly
-    /// would break the record stream.
-    pub fn get_ref(&self) -> &TcpStream {
-        &self.io
     }
 
     /// Drive the handshake: write what rustls queued, step, and read the socket

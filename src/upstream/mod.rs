@@ -29,8 +29,8 @@
 //! text, and becomes text only where `/status`, `/readyz` or a 503 body
 //! shows it.
 
-pub mod health;
-pub mod probe;
+pub(crate) mod health;
+pub(crate) mod probe;
 
 use std::borrow::Cow;
 use std::fmt;
@@ -188,7 +188,7 @@ impl Upstream {
 /// for that upstream ([`Upstream::record`]) and say whether to go on to the
 /// next one (only a WebSocket handshake that was not upgraded).
 #[derive(Debug)]
-pub struct Failover<'a> {
+pub(crate) struct Failover<'a> {
     /// The upstreams not yet tried, in the order they are tried.
     candidates: Cow<'a, [Arc<Upstream>]>,
     timeouts: &'a Timeouts,
@@ -199,7 +199,7 @@ impl<'a> Failover<'a> {
     /// Walk `via` for a plain request (which may take a pooled connection)
     /// or, with `websocket`, for a handshake (fresh connections only, and
     /// upstreams known not to forward upgrades last: [`websocket_order`]).
-    pub fn new(via: &'a [Arc<Upstream>], websocket: bool, timeouts: &'a Timeouts) -> Self {
+    pub(crate) fn new(via: &'a [Arc<Upstream>], websocket: bool, timeouts: &'a Timeouts) -> Self {
         let candidates = if websocket {
             Cow::Owned(websocket_order(via))
         } else {
@@ -213,7 +213,7 @@ impl<'a> Failover<'a> {
     }
 
     /// Connect to the first usable upstream left ([`connect_first`]).
-    pub async fn connect(&self) -> Result<(Arc<Upstream>, Conn), SelectError> {
+    pub(crate) async fn connect(&self) -> Result<(Arc<Upstream>, Conn), SelectError> {
         connect_first(&self.candidates, self.timeouts, !self.websocket).await
     }
 
@@ -221,7 +221,7 @@ impl<'a> Failover<'a> {
     /// to send the request to the next upstream (an upgrade not forwarded,
     /// with a usable upstream left after this one), else the result to
     /// answer the client with.
-    pub fn settle<B>(
+    pub(crate) fn settle<B>(
         &mut self,
         upstream: &Arc<Upstream>,
         result: Result<Response<B>, ForwardError>,
@@ -275,7 +275,7 @@ impl fmt::Display for DownReasons {
 /// client gets ([`crate::response`]): [`SelectError::Connect`] when a
 /// usable upstream refused (502, or 504 on a connect timeout),
 /// [`SelectError::NoneHealthy`] when all were down (503).
-pub async fn connect_first(
+pub(crate) async fn connect_first(
     via: &[Arc<Upstream>],
     timeouts: &Timeouts,
     reuse: bool,
@@ -331,7 +331,7 @@ pub async fn connect_first(
 /// forward upgrades ([`Health::websocket_put_last`]) after the others, so they
 /// are tried only when nothing else is left (and clear themselves if they
 /// work). Once a mark is a backoff old, its upstream is back in its place.
-pub fn websocket_order(via: &[Arc<Upstream>]) -> Vec<Arc<Upstream>> {
+pub(crate) fn websocket_order(via: &[Arc<Upstream>]) -> Vec<Arc<Upstream>> {
     let (broken, working): (Vec<_>, Vec<_>) = via
         .iter()
         .cloned()
@@ -349,7 +349,7 @@ fn names(via: &[Arc<Upstream>]) -> String {
 }
 
 /// Why each upstream of `via` is down, for 503 bodies and `/readyz`.
-pub fn down_reasons(via: &[Arc<Upstream>]) -> DownReasons {
+pub(crate) fn down_reasons(via: &[Arc<Upstream>]) -> DownReasons {
     DownReasons(
         via.iter()
             .map(|u| {

@@ -74,7 +74,7 @@ pub enum ProbeError {
 /// bounded by `spec.timeout`; a timeout counts as a failure. While a
 /// WebSocket mark is due, a re-test on its path follows the probe.
 /// `tracker` tracks the probe connections' hyper tasks.
-pub async fn probe_loop(
+pub(crate) async fn probe_loop(
     url: UpstreamUrl,
     tls: Option<Arc<ClientConfig>>,
     spec: HealthSpec,
@@ -121,10 +121,10 @@ pub async fn probe_loop(
 
 /// The `User-Agent` of every probe: a backend that counts connected agents
 /// (or logs handshakes) can tell shunt's probes from browsers.
-pub const PROBE_USER_AGENT: &str = concat!("shunt-health/", env!("CARGO_PKG_VERSION"));
+pub(crate) const PROBE_USER_AGENT: &str = concat!("shunt-health/", env!("CARGO_PKG_VERSION"));
 
 /// Sent with value `1` on every probe, for a backend that filters on a header.
-pub const PROBE_HEADER: &str = "x-shunt-probe";
+pub(crate) const PROBE_HEADER: &str = "x-shunt-probe";
 
 /// One probe.
 /// `tcp`: the connect is the check. `http`: `GET path` must answer 2xx or

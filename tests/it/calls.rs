@@ -76,7 +76,7 @@ async fn next_opcode(server: &mut BackendWs) -> OpCode {
 }
 
 /// Whether shunt, told to shut down, has stopped within `limit`.
-async fn stopped_within(running: ::shunt::app::Running, limit: Duration) -> bool {
+async fn stopped_within(running: ::shunt::Running, limit: Duration) -> bool {
     tokio::time::timeout(limit, running.stopped()).await.is_ok()
 }
 

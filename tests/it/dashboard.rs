@@ -653,7 +653,7 @@ async fn stub_answer(
     ticks: &AtomicU64,
 ) -> Response<BoxBody<Bytes, hyper::Error>> {
     let path = req.uri().path();
-    if let Some(asset) = ::shunt::admin::dashboard::asset(path) {
+    if let Some(asset) = ::shunt::testing::dashboard_asset(path) {
         return asset;
     }
     let (status, content_type, body) = if path == "/calls" {
@@ -674,7 +674,7 @@ async fn stub_answer(
             ),
         }
     };
-    let mut resp = Response::new(::shunt::body::full(body));
+    let mut resp = Response::new(::shunt::testing::full(body));
     *resp.status_mut() = status;
     if let Ok(v) = content_type.parse() {
         resp.headers_mut().insert(hyper::header::CONTENT_TYPE, v);

@@ -4,10 +4,10 @@
 //! search the same ground for longer; these run in every `cargo test`.
 
 use proptest::prelude::*;
-use shunt::forward::tunnel::frames::{
+use shunt::testing::frames::{
     FrameError, Header, MAX_CONTROL_PAYLOAD, MAX_HEADER, OP_CLOSE, Tracker, parse, write_header,
 };
-use shunt::router::normalize_path;
+use shunt::testing::normalize_path;
 
 /// How a frame's length is written: the shortest form, or a longer one
 /// (RFC 6455 asks for the shortest, but the tracker must follow any).

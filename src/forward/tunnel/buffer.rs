@@ -12,13 +12,13 @@
 use std::cell::RefCell;
 
 /// Size of the per-thread buffer.
-pub const BUFFER_SIZE: usize = 64 * 1024;
+pub(super) const BUFFER_SIZE: usize = 64 * 1024;
 
 thread_local! {
     static BUFFER: RefCell<Box<[u8]>> = RefCell::new(vec![0; BUFFER_SIZE].into_boxed_slice());
 }
 
 /// Run `f` with the worker thread's buffer; it must not be held across an `.await`.
-pub fn with_buffer<T>(f: impl FnOnce(&mut [u8]) -> T) -> T {
+pub(super) fn with_buffer<T>(f: impl FnOnce(&mut [u8]) -> T) -> T {
     BUFFER.with_borrow_mut(|buf| f(buf))
 }

@@ -15,9 +15,9 @@
 use super::frames::{self, MAX_CONTROL_FRAME, MAX_CONTROL_PAYLOAD};
 
 /// The payload of shunt's Ping starts with this; 8 bytes of send time follow.
-pub const PING_TAG: &[u8; 5] = b"shunt";
+pub(super) const PING_TAG: &[u8; 5] = b"shunt";
 /// The length of shunt's Ping payload, and so of the Pong that answers it.
-pub const PING_LEN: usize = PING_TAG.len() + 8;
+pub(super) const PING_LEN: usize = PING_TAG.len() + 8;
 
 /// The one table of WebSocket close codes shunt sends itself (RFC 6455
 /// §7.4.1; 1012 and 1014 from the IANA registry). Which leg gets which code
@@ -28,7 +28,7 @@ pub const PING_LEN: usize = PING_TAG.len() + 8;
 /// `/calls` records it as the endpoint's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u16)]
-pub enum CloseCode {
+pub(super) enum CloseCode {
     /// 1001 Going Away: shunt is closing the call and the leg should not
     /// expect it back (idle timeout; drain, towards the upstream; the
     /// downstream left, towards the upstream).
@@ -43,12 +43,12 @@ pub enum CloseCode {
 
 impl CloseCode {
     /// The code on the wire, and in `/calls` and metrics.
-    pub fn code(self) -> u16 {
+    pub(super) fn code(self) -> u16 {
         self as u16
     }
 
     /// The short reason shunt writes after the code.
-    pub fn reason(self) -> &'static str {
+    pub(super) fn reason(self) -> &'static str {
         match self {
             CloseCode::GoingAway => "going away",
             CloseCode::ServiceRestart => "service restart",
@@ -59,7 +59,7 @@ impl CloseCode {
 
 /// Append shunt's Ping, stamped with `sent_us` (µs since the call's start),
 /// to `out`; masked when `mask`.
-pub fn queue_ping(out: &mut Vec<u8>, sent_us: u64, mask: bool) {
+pub(super) fn queue_ping(out: &mut Vec<u8>, sent_us: u64, mask: bool) {
     let mut payload = [0; PING_LEN];
     payload[..PING_TAG.len()].copy_from_slice(PING_TAG);
     payload[PING_TAG.len()..].copy_from_slice(&sent_us.to_be_bytes());
@@ -67,7 +67,7 @@ pub fn queue_ping(out: &mut Vec<u8>, sent_us: u64, mask: bool) {
 }
 
 /// Append shunt's Close with `code` and its reason to `out`; masked when `mask`.
-pub fn queue_close(out: &mut Vec<u8>, code: CloseCode, mask: bool) {
+pub(super) fn queue_close(out: &mut Vec<u8>, code: CloseCode, mask: bool) {
     let mut payload = [0; MAX_CONTROL_PAYLOAD];
     let n = frames::close_payload(code.code(), code.reason(), &mut payload);
     queue_control(out, frames::OP_CLOSE, &payload[..n], mask);
@@ -84,7 +84,7 @@ fn queue_control(out: &mut Vec<u8>, opcode: u8, payload: &[u8], mask: bool) {
 /// of a frame that may be shunt's Pong: FIN and Pong, a payload of
 /// [`PING_LEN`], its first payload bytes (unmasked, once the key is there)
 /// matching [`PING_TAG`]. At most 18 bytes (a masked Pong is 19).
-pub fn split_shunt_pong(bytes: &[u8]) -> bool {
+pub(super) fn split_shunt_pong(bytes: &[u8]) -> bool {
     if bytes.first() != Some(&(0x80 | frames::OP_PONG)) {
         return false;
     }
@@ -109,7 +109,7 @@ pub fn split_shunt_pong(bytes: &[u8]) -> bool {
 }
 
 /// The send time in a Pong that answers shunt's Ping, if it is one.
-pub fn shunt_pong(payload: &[u8], mask: Option<[u8; 4]>) -> Option<u64> {
+pub(super) fn shunt_pong(payload: &[u8], mask: Option<[u8; 4]>) -> Option<u64> {
     if payload.len() != PING_LEN {
         return None;
     }

@@ -23,10 +23,13 @@ pub const MAX_CONTROL_PAYLOAD: usize = 125;
 pub const MAX_CONTROL_FRAME: usize = 2 + 4 + MAX_CONTROL_PAYLOAD;
 
 /// Continuation frame.
+#[cfg(any(test, feature = "test-util"))]
 pub const OP_CONTINUATION: u8 = 0x0;
 /// Text frame.
+#[cfg(any(test, feature = "test-util"))]
 pub const OP_TEXT: u8 = 0x1;
 /// Binary frame.
+#[cfg(any(test, feature = "test-util"))]
 pub const OP_BINARY: u8 = 0x2;
 /// Close frame.
 pub const OP_CLOSE: u8 = 0x8;

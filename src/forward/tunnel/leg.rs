@@ -13,7 +13,7 @@ use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
 
 /// Reads, writes and half-closes of one tunnel leg, polled by hand.
-pub trait Leg {
+pub(super) trait Leg {
     /// Read into `buf`; `Ok(0)` is end of stream.
     fn poll_recv(&mut self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>>;
     /// Write from `buf`; returns how much was taken.
@@ -70,12 +70,12 @@ impl Leg for TcpStream {
 /// a tunnel with a TLS leg holds its downstream that way, whether it is a
 /// plain socket beside a TLS upstream or hyper's `Upgraded` around a TLS
 /// downstream. Implemented for every type that meets the bounds.
-pub trait IoStream: AsyncRead + AsyncWrite + Unpin + Send {}
+pub(super) trait IoStream: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> IoStream for T {}
 
 /// An async stream as a [`Leg`].
 #[derive(Debug)]
-pub struct Stream<T>(pub T);
+pub(super) struct Stream<T>(pub T);
 
 impl<T: AsyncRead + AsyncWrite + Unpin> Leg for Stream<T> {
     fn poll_recv(&mut self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
@@ -111,7 +111,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Leg for Stream<T> {
 /// socket is drained (or full), so readiness is cleared at once instead of
 /// after one more syscall that would return `EAGAIN`. (Clearing is safe: an
 /// event that arrived meanwhile has a newer tick and is kept.)
-pub fn partial_io(
+pub(super) fn partial_io(
     socket: &TcpStream,
     interest: Interest,
     wanted: usize,

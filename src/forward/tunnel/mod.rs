@@ -52,8 +52,8 @@ use tokio_util::task::TaskTracker;
 
 use crate::dial::UpstreamStream;
 use leg::{IoStream, Stream};
-pub use mode::Relay;
-pub use parts::{TunnelParts, TunnelTimers};
+pub(crate) use mode::Relay;
+pub(crate) use parts::{TunnelParts, TunnelTimers};
 use task::Tunnel;
 
 /// Per downstream connection: where a WebSocket handshake that the upstream
@@ -68,7 +68,7 @@ use task::Tunnel;
 /// slot is a `Mutex` only because the connection's future must be `Send`:
 /// it is never contended.
 #[derive(Debug, Default)]
-pub struct Handoff(Mutex<Option<Pending>>);
+pub(crate) struct Handoff(Mutex<Option<Pending>>);
 
 /// A tunnel whose upstream has answered 101, waiting for hyper to write
 /// that answer to the client and hand the downstream connection over.
@@ -87,7 +87,7 @@ impl Handoff {
     /// the upstream connection after its 101, with the bytes read past that
     /// head. A connection upgrades at most once (hyper serves nothing after
     /// a 101), so the slot is empty here.
-    pub fn park(
+    pub(crate) fn park(
         &self,
         downstream: OnUpgrade,
         upstream: (UpstreamStream, Bytes),
@@ -107,7 +107,7 @@ impl Handoff {
     /// After the connection's HTTP part has ended: if a handshake parked a
     /// tunnel, wait for the downstream upgrade, then spawn the tunnel on
     /// `tracker`, joined the way `relay` says; `shutdown` starts its drain.
-    pub async fn start(
+    pub(crate) async fn start(
         self,
         relay: &Arc<Relay>,
         shutdown: &CancellationToken,

@@ -8,14 +8,14 @@ use super::pipes::{self, PipePool};
 
 /// How this process joins tunnels, chosen once at start.
 #[derive(Debug)]
-pub struct Relay {
+pub(crate) struct Relay {
     /// `Some` when plain-TCP tunnels are spliced.
     pipes: Option<PipePool>,
 }
 
 impl Relay {
     /// Choose the path for `settings` (probing splice once) and log the choice.
-    pub fn start(settings: &TunnelSettings) -> Relay {
+    pub(crate) fn start(settings: &TunnelSettings) -> Relay {
         let splice = match settings.mode {
             TunnelMode::Copy => {
                 tracing::info!("tunnels: buffered copy (--tunnel-mode copy)");
@@ -42,12 +42,12 @@ impl Relay {
     }
 
     /// The pipe pool, if splicing.
-    pub fn pipes(&self) -> Option<&PipePool> {
+    pub(crate) fn pipes(&self) -> Option<&PipePool> {
         self.pipes.as_ref()
     }
 
     /// `{"mode": .., "pipes_in_use": .., "pipes_open": .., "pool_exhausted": ..}` for `/status`.
-    pub fn to_json(&self) -> serde_json::Value {
+    pub(crate) fn to_json(&self) -> serde_json::Value {
         match &self.pipes {
             Some(p) => serde_json::json!({
                 "mode": "splice",

@@ -8,15 +8,15 @@ use crate::policy::rate::TunnelSlot;
 use crate::stats::TunnelGuard;
 
 /// After one direction has closed, how long the other may go on.
-pub const HALF_CLOSE_LINGER: Duration = Duration::from_secs(30);
+pub(super) const HALF_CLOSE_LINGER: Duration = Duration::from_secs(30);
 
 /// How long shunt waits for a frame boundary before its Close, and then for
 /// the peer's Close, before it closes TCP.
-pub const CLOSE_WAIT: Duration = Duration::from_secs(1);
+pub(super) const CLOSE_WAIT: Duration = Duration::from_secs(1);
 
 /// Timers of one tunnel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TunnelTimers {
+pub(crate) struct TunnelTimers {
     /// Close after this long without a byte either way.
     pub idle: Duration,
     /// After shutdown begins, close after this long.
@@ -33,7 +33,7 @@ pub struct TunnelTimers {
 
 impl TunnelTimers {
     /// Only the idle and drain timeouts, no pings: a plain byte relay.
-    pub fn relay(idle: Duration, drain: Duration) -> Self {
+    pub(crate) fn relay(idle: Duration, drain: Duration) -> Self {
         TunnelTimers {
             idle,
             drain,
@@ -47,7 +47,7 @@ impl TunnelTimers {
 
 /// What one tunnel holds for its life besides its legs.
 #[derive(Debug)]
-pub struct TunnelParts {
+pub(crate) struct TunnelParts {
     /// Its place in `/status`.
     pub guard: TunnelGuard,
     /// Its place in `/calls`.

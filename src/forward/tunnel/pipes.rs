@@ -29,7 +29,7 @@ const IDLE_KEPT: usize = 64;
 
 /// One pipe and what is in it.
 #[derive(Debug)]
-pub struct Pipe {
+pub(crate) struct Pipe {
     /// Read end: spliced into the destination socket.
     pub read: OwnedFd,
     /// Write end: the source socket is spliced into it.
@@ -42,7 +42,7 @@ pub struct Pipe {
 
 /// The pool: idle pipes, and counters for `/status`.
 #[derive(Debug)]
-pub struct PipePool {
+pub(crate) struct PipePool {
     idle: Mutex<Vec<Pipe>>,
     size: usize,
     max: usize,
@@ -53,7 +53,7 @@ pub struct PipePool {
 
 impl PipePool {
     /// A pool of at most `max` pipes of `size` bytes each (the kernel may round it).
-    pub fn new(size: usize, max: usize) -> Self {
+    pub(crate) fn new(size: usize, max: usize) -> Self {
         PipePool {
             idle: Mutex::new(Vec::new()),
             size,
@@ -66,7 +66,7 @@ impl PipePool {
 
     /// Borrow a pipe; `None` if `max` are lent out already (or the kernel
     /// refused a new one): the caller copies this burst through a buffer.
-    pub fn take(&self) -> Option<Pipe> {
+    pub(crate) fn take(&self) -> Option<Pipe> {
         let reused = self.lock().pop();
         let pipe = match reused {
             Some(p) => p,
@@ -114,7 +114,7 @@ impl PipePool {
     }
 
     /// Give a pipe back: kept for reuse if empty, closed otherwise.
-    pub fn give(&self, pipe: Pipe) {
+    pub(crate) fn give(&self, pipe: Pipe) {
         self.in_use.fetch_sub(1, Ordering::Relaxed);
         if pipe.pending == 0 {
             let mut idle = self.lock();
@@ -133,17 +133,17 @@ impl PipePool {
     }
 
     /// Pipes lent to a tunnel right now.
-    pub fn in_use(&self) -> usize {
+    pub(crate) fn in_use(&self) -> usize {
         self.in_use.load(Ordering::Relaxed)
     }
 
     /// Pipes open (lent or kept idle).
-    pub fn open(&self) -> usize {
+    pub(crate) fn open(&self) -> usize {
         self.open.load(Ordering::Relaxed)
     }
 
     /// Times a burst found the pool exhausted and was copied instead.
-    pub fn exhausted(&self) -> usize {
+    pub(crate) fn exhausted(&self) -> usize {
         self.exhausted.load(Ordering::Relaxed)
     }
 }
@@ -152,7 +152,7 @@ const FLAGS: SpliceFlags = SpliceFlags::MOVE.union(SpliceFlags::NONBLOCK);
 
 /// Whether `splice(2)` works here: probed once per process (a socket pair,
 /// one byte through a pipe), then remembered.
-pub fn available() -> Result<(), String> {
+pub(super) fn available() -> Result<(), String> {
     static PROBED: OnceLock<Result<(), String>> = OnceLock::new();
     PROBED
         .get_or_init(|| probe().map_err(|e| e.to_string()))
@@ -180,13 +180,13 @@ fn probe() -> io::Result<()> {
 }
 
 /// Splice from a socket into an empty pipe, up to its capacity and `max`; `Ok(0)` is EOF.
-pub fn into_pipe(src: &TcpStream, pipe: &Pipe, max: usize) -> io::Result<usize> {
+pub(super) fn into_pipe(src: &TcpStream, pipe: &Pipe, max: usize) -> io::Result<usize> {
     let len = pipe.size.min(max.max(1));
     splice(src, None, &pipe.write, None, len, FLAGS).map_err(io::Error::from)
 }
 
 /// Splice what the pipe holds into a socket.
-pub fn out_of_pipe(pipe: &Pipe, dst: &TcpStream) -> io::Result<usize> {
+pub(super) fn out_of_pipe(pipe: &Pipe, dst: &TcpStream) -> io::Result<usize> {
     splice(&pipe.read, None, dst, None, pipe.pending, FLAGS).map_err(io::Error::from)
 }
 

@@ -3,7 +3,7 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::json;
-use shunt::policy::auth::sign_hs256;
+use shunt::testing::sign_hs256;
 
 use crate::security::prelude::*;
 
@@ -116,7 +116,7 @@ async fn token_file_is_reread_on_reload() {
 
 #[test]
 fn unreadable_or_empty_credential_files_are_named() {
-    let err = shunt::config::Config::from_args(["--token-file", "/nonexistent/tokens"])
+    let err = shunt::Config::from_args(["--token-file", "/nonexistent/tokens"])
         .unwrap_err()
         .to_string();
     assert!(
@@ -124,11 +124,11 @@ fn unreadable_or_empty_credential_files_are_named() {
         "{err}"
     );
     let empty = TempFile::new("empty", "\n  \n");
-    let err = shunt::config::Config::from_args(["--jwt-secret-file", empty.path()])
+    let err = shunt::Config::from_args(["--jwt-secret-file", empty.path()])
         .unwrap_err()
         .to_string();
     assert!(err.contains(empty.path()), "{err}");
-    let err = shunt::config::Config::from_args(["--auth", "token"])
+    let err = shunt::Config::from_args(["--auth", "token"])
         .unwrap_err()
         .to_string();
     assert!(err.contains("token file"), "{err}");

@@ -13,17 +13,17 @@ mod paths;
 
 /// What every security test file uses.
 mod prelude {
-    pub use crate::security::{
+    pub(super) use crate::security::{
         audio_open_rest_token, routes_config, start, start_with_backend, start_with_file,
     };
-    pub use crate::support::raw::*;
-    pub use crate::support::{IO_TIMEOUT, TempFile, echo_backend, eventually, logs};
+    pub(super) use crate::support::raw::*;
+    pub(super) use crate::support::{IO_TIMEOUT, TempFile, echo_backend, eventually, logs};
 }
 
 /// shunt in front of `backend` with `args`, its logs captured (tests check
 /// what it logs) and health probes rare, so the counters under test see the
 /// test's traffic only.
-pub async fn start(backend: &support::EchoBackend, args: &[&str]) -> support::Shunt {
+pub(crate) async fn start(backend: &support::EchoBackend, args: &[&str]) -> support::Shunt {
     support::capture_logs();
     support::shunt()
         .direct(backend.url())
@@ -35,7 +35,7 @@ pub async fn start(backend: &support::EchoBackend, args: &[&str]) -> support::Sh
 }
 
 /// An echo backend and [`start`] in front of it with `args`.
-pub async fn start_with_backend(args: &[&str]) -> (support::EchoBackend, support::Shunt) {
+pub(crate) async fn start_with_backend(args: &[&str]) -> (support::EchoBackend, support::Shunt) {
     let backend = support::echo_backend().spawn().await;
     let shunt = start(&backend, args).await;
     (backend, shunt)
@@ -44,7 +44,7 @@ pub async fn start_with_backend(args: &[&str]) -> (support::EchoBackend, support
 /// [`start_with_backend`] with a file holding `content` passed as `flag`
 /// (`--token-file`, `--jwt-secret-file`), then `args`. Keep the file alive
 /// as long as shunt.
-pub async fn start_with_file(
+pub(crate) async fn start_with_file(
     flag: &str,
     content: &str,
     args: &[&str],
@@ -59,7 +59,7 @@ pub async fn start_with_file(
 /// A config file `routes.toml`: `global` (top-level keys, one a line), then
 /// one `[[routes]]` table via `direct` per `(path, keys)`, with `keys` (more
 /// lines of the route) after its `via`.
-pub fn routes_config(global: &str, routes: &[(&str, &str)]) -> support::TempFile {
+pub(crate) fn routes_config(global: &str, routes: &[(&str, &str)]) -> support::TempFile {
     let mut toml = format!("{global}\n");
     for (path, keys) in routes {
         toml.push_str(&format!(
@@ -71,7 +71,7 @@ pub fn routes_config(global: &str, routes: &[(&str, &str)]) -> support::TempFile
 
 /// The layout of DESIGN.md's call center: `/frontend-audio` open, every
 /// other path behind the token `tk`. Keep the files alive as long as shunt.
-pub async fn audio_open_rest_token(
+pub(crate) async fn audio_open_rest_token(
     args: &[&str],
 ) -> (support::EchoBackend, [support::TempFile; 2], support::Shunt) {
     let backend = support::echo_backend().spawn().await;

@@ -134,7 +134,7 @@ async fn cors_preflight_answered_by_shunt() {
 
 #[test]
 fn cors_without_a_specific_list_is_refused() {
-    let err = shunt::config::Config::from_args(["--cors"])
+    let err = shunt::Config::from_args(["--cors"])
         .unwrap_err()
         .to_string();
     assert!(err.contains("allow_origin"), "{err}");

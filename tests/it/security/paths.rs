@@ -5,8 +5,8 @@
 
 use std::sync::Arc;
 
-use shunt::config::RouteSpec;
-use shunt::router::{Route, Router, normalize_path};
+use shunt::testing::RouteSpec;
+use shunt::testing::{Route, Router, normalize_path};
 
 use crate::security::prelude::*;
 

@@ -18,7 +18,7 @@ use super::eventually;
 
 /// Output of one run of the binary.
 #[derive(Debug)]
-pub struct Run {
+pub(crate) struct Run {
     pub code: Option<i32>,
     pub stdout: String,
     pub stderr: String,
@@ -26,7 +26,7 @@ pub struct Run {
 
 impl Run {
     /// Asserts the run succeeded; its stdout.
-    pub fn succeeded(&self) -> &str {
+    pub(crate) fn succeeded(&self) -> &str {
         assert_eq!(
             self.code,
             Some(0),
@@ -38,7 +38,7 @@ impl Run {
     }
 
     /// Asserts the run failed (it should have refused `what`); its stderr.
-    pub fn refused(&self, what: &str) -> &str {
+    pub(crate) fn refused(&self, what: &str) -> &str {
         assert_ne!(
             self.code,
             Some(0),
@@ -50,7 +50,7 @@ impl Run {
 
     /// The stdout line starting with `prefix` (e.g. `FAIL websocket /a via nginx:`),
     /// followed by its indented `fix:` lines; panics with the whole output if absent.
-    pub fn finding(&self, prefix: &str) -> String {
+    pub(crate) fn finding(&self, prefix: &str) -> String {
         let mut lines = self.stdout.lines().skip_while(|l| !l.starts_with(prefix));
         let Some(first) = lines.next() else {
             panic!(
@@ -67,12 +67,16 @@ impl Run {
 
 /// Runs `shunt ARGS` from the crate root with `SHUNT_*` variables cleared,
 /// bounded by `limit`.
-pub async fn run_shunt(args: &[&str], limit: Duration) -> Run {
+pub(crate) async fn run_shunt(args: &[&str], limit: Duration) -> Run {
     run_shunt_with_env(args, &[], limit).await
 }
 
 /// Like [`run_shunt`], with these environment variables set.
-pub async fn run_shunt_with_env(args: &[&str], env: &[(&str, &str)], limit: Duration) -> Run {
+pub(crate) async fn run_shunt_with_env(
+    args: &[&str],
+    env: &[(&str, &str)],
+    limit: Duration,
+) -> Run {
     run(
         shunt_command(Path::new(env!("CARGO_MANIFEST_DIR")), env),
         args,
@@ -82,18 +86,18 @@ pub async fn run_shunt_with_env(args: &[&str], env: &[(&str, &str)], limit: Dura
 }
 
 /// Like [`run_shunt`], in the working directory `dir` (for relative paths).
-pub async fn run_shunt_in(dir: &Path, args: &[&str], limit: Duration) -> Run {
+pub(crate) async fn run_shunt_in(dir: &Path, args: &[&str], limit: Duration) -> Run {
     run(shunt_command(dir, &[]), args, limit).await
 }
 
 /// `shunt` in `dir`, with `SHUNT_*` variables cleared and `env` set (the
 /// command every launcher here starts from).
-pub fn shunt_command(dir: &Path, env: &[(&str, &str)]) -> tokio::process::Command {
+pub(crate) fn shunt_command(dir: &Path, env: &[(&str, &str)]) -> tokio::process::Command {
     command(env!("CARGO_BIN_EXE_shunt"), dir, env)
 }
 
 /// `program` in `dir`, with `SHUNT_*` variables cleared and `env` set.
-pub fn command(program: &str, dir: &Path, env: &[(&str, &str)]) -> tokio::process::Command {
+pub(crate) fn command(program: &str, dir: &Path, env: &[(&str, &str)]) -> tokio::process::Command {
     let mut command = tokio::process::Command::new(program);
     for (name, _) in std::env::vars_os() {
         if name.to_string_lossy().starts_with("SHUNT_") {
@@ -127,14 +131,14 @@ async fn run(mut command: tokio::process::Command, args: &[&str], limit: Duratio
 }
 
 /// A data listener and an admin listener address on 127.0.0.1, free a moment ago.
-pub fn free_listen_admin() -> (SocketAddr, SocketAddr) {
+pub(crate) fn free_listen_admin() -> (SocketAddr, SocketAddr) {
     let on = |port| SocketAddr::from(([127, 0, 0, 1], port));
     (on(super::free_port()), on(super::free_port()))
 }
 
 /// Waits (10 s at most) until the admin listener's `/readyz` answers 200;
 /// panics with `output()` (what the child wrote) if it never does.
-pub async fn wait_ready(admin: SocketAddr, output: impl Fn() -> String) {
+pub(crate) async fn wait_ready(admin: SocketAddr, output: impl Fn() -> String) {
     let up = eventually(Duration::from_secs(10), async || {
         super::http_get(admin, "/readyz", &[])
             .await
@@ -150,16 +154,16 @@ pub async fn wait_ready(admin: SocketAddr, output: impl Fn() -> String) {
 
 /// What a child has written so far, collected by background tasks as it comes.
 #[derive(Clone, Default)]
-pub struct Collected(Arc<Mutex<Vec<u8>>>);
+pub(crate) struct Collected(Arc<Mutex<Vec<u8>>>);
 
 impl Collected {
     /// Everything so far, as bytes.
-    pub fn bytes(&self) -> Vec<u8> {
+    pub(crate) fn bytes(&self) -> Vec<u8> {
         self.0.lock().unwrap().clone()
     }
 
     /// Everything so far, as text.
-    pub fn text(&self) -> String {
+    pub(crate) fn text(&self) -> String {
         String::from_utf8_lossy(&self.bytes()).into_owned()
     }
 
@@ -181,7 +185,7 @@ impl Collected {
 /// Spawns `command ARGS` (killed on drop) with stderr collected, and stdout
 /// too (into the same [`Collected`]) when `with_stdout`, else discarded.
 /// Returns the child, its output and the collecting tasks (stderr's first).
-pub fn spawn_collecting<S: AsRef<std::ffi::OsStr>>(
+pub(crate) fn spawn_collecting<S: AsRef<std::ffi::OsStr>>(
     mut command: tokio::process::Command,
     args: &[S],
     with_stdout: bool,
@@ -210,7 +214,7 @@ pub fn spawn_collecting<S: AsRef<std::ffi::OsStr>>(
 }
 
 /// Sends SIGTERM to `child` (panics if it has exited or `kill` fails).
-pub fn sigterm(child: &tokio::process::Child) {
+pub(crate) fn sigterm(child: &tokio::process::Child) {
     let pid = child.id().expect("running").to_string();
     let sent = std::process::Command::new("kill")
         .args(["-TERM", &pid])

@@ -23,10 +23,10 @@ use tokio::sync::mpsc;
 use super::{BoxError, IO_TIMEOUT};
 
 /// The backend side of one WebSocket call.
-pub type BackendWs = WebSocket<TokioIo<Upgraded>>;
+pub(crate) type BackendWs = WebSocket<TokioIo<Upgraded>>;
 
 /// A backend that upgrades every request and hands the WebSocket over.
-pub struct WsBackend {
+pub(crate) struct WsBackend {
     pub addr: SocketAddr,
     accepted: mpsc::Receiver<BackendWs>,
     task: tokio::task::JoinHandle<()>,
@@ -34,17 +34,17 @@ pub struct WsBackend {
 
 impl WsBackend {
     /// Binds `127.0.0.1:0` and serves until dropped.
-    pub async fn spawn() -> WsBackend {
+    pub(crate) async fn spawn() -> WsBackend {
         WsBackend::spawn_negotiating(&[]).await.0
     }
 
     /// `http://ADDR`.
-    pub fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
 
     /// The next accepted WebSocket, bounded by [`IO_TIMEOUT`].
-    pub async fn accept(&mut self) -> BackendWs {
+    pub(crate) async fn accept(&mut self) -> BackendWs {
         tokio::time::timeout(IO_TIMEOUT, self.accepted.recv())
             .await
             .expect("no WebSocket reached the backend in time")
@@ -59,12 +59,12 @@ impl Drop for WsBackend {
 }
 
 /// A byte stream a [`RawWs`] can run over (TCP or TLS).
-pub trait RawIo: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+pub(crate) trait RawIo: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> RawIo for T {}
 
 /// Read frames on the backend side until a Close and return its code;
 /// panics if none comes within `limit`.
-pub async fn next_close(ws: &mut BackendWs, limit: Duration) -> u16 {
+pub(crate) async fn next_close(ws: &mut BackendWs, limit: Duration) -> u16 {
     let deadline = tokio::time::Instant::now() + limit;
     loop {
         let frame = tokio::time::timeout_at(deadline, ws.read_frame())
@@ -79,14 +79,14 @@ pub async fn next_close(ws: &mut BackendWs, limit: Duration) -> u16 {
 
 /// The backend side again as a WebSocket, after the test wrote raw bytes on
 /// its stream (auto-close off, as [`WsBackend`] hands it over).
-pub fn backend_ws(raw: TokioIo<Upgraded>) -> BackendWs {
+pub(crate) fn backend_ws(raw: TokioIo<Upgraded>) -> BackendWs {
     let mut ws = WebSocket::after_handshake(raw, fastwebsockets::Role::Server);
     ws.set_auto_close(false);
     ws
 }
 
 /// Read exactly `len` bytes from `raw` within `limit`; panics otherwise.
-pub async fn read_exactly(
+pub(crate) async fn read_exactly(
     raw: &mut (impl tokio::io::AsyncRead + Unpin),
     len: usize,
     limit: Duration,
@@ -100,7 +100,7 @@ pub async fn read_exactly(
 }
 
 /// A WebSocket client that writes and reads frames by hand over a raw socket.
-pub struct RawWs {
+pub(crate) struct RawWs {
     pub stream: Box<dyn RawIo>,
     /// Bytes read past the 101 head, not yet taken.
     pub pending: Vec<u8>,
@@ -108,7 +108,7 @@ pub struct RawWs {
 
 /// One frame as [`RawWs::read_frame`] returns it (unmasked payload).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RawFrame {
+pub(crate) struct RawFrame {
     pub fin: bool,
     pub rsv: u8,
     pub opcode: u8,
@@ -118,15 +118,15 @@ pub struct RawFrame {
 
 impl RawFrame {
     /// The code of a Close frame.
-    pub fn close_code(&self) -> Option<u16> {
+    pub(crate) fn close_code(&self) -> Option<u16> {
         (self.opcode == 8 && self.payload.len() >= 2)
             .then(|| u16::from_be_bytes([self.payload[0], self.payload[1]]))
     }
 }
 
 /// Encode one frame; masked with a fixed key when `mask` (client to server).
-pub fn encode(fin: bool, rsv: u8, opcode: u8, payload: &[u8], mask: bool) -> Vec<u8> {
-    use shunt::forward::tunnel::frames;
+pub(crate) fn encode(fin: bool, rsv: u8, opcode: u8, payload: &[u8], mask: bool) -> Vec<u8> {
+    use shunt::testing::frames;
     let key = [0x12, 0x34, 0x56, 0x78];
     let b0 = (u8::from(fin) << 7) | (rsv << 4) | opcode;
     let mut head = [0; frames::MAX_HEADER];
@@ -142,14 +142,14 @@ pub fn encode(fin: bool, rsv: u8, opcode: u8, payload: &[u8], mask: bool) -> Vec
 
 impl RawWs {
     /// Handshake on `addr` for `path`; the 101 head is read and checked.
-    pub async fn connect(addr: SocketAddr, path: &str) -> Result<RawWs, BoxError> {
+    pub(crate) async fn connect(addr: SocketAddr, path: &str) -> Result<RawWs, BoxError> {
         let stream = TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
         RawWs::handshake(Box::new(stream), path).await
     }
 
     /// Handshake over an open stream (TLS, say) for `path`.
-    pub async fn handshake(stream: Box<dyn RawIo>, path: &str) -> Result<RawWs, BoxError> {
+    pub(crate) async fn handshake(stream: Box<dyn RawIo>, path: &str) -> Result<RawWs, BoxError> {
         Ok(RawWs::handshake_with(stream, path, &[]).await?.0)
     }
 
@@ -191,7 +191,7 @@ impl RawWs {
     /// Write bytes as they are.
     /// Flushed: a TLS stream (tokio-rustls) may otherwise keep the last
     /// record in its buffer when the socket was full at the final write.
-    pub async fn send_raw(&mut self, bytes: &[u8]) -> Result<(), BoxError> {
+    pub(crate) async fn send_raw(&mut self, bytes: &[u8]) -> Result<(), BoxError> {
         tokio::time::timeout(IO_TIMEOUT, async {
             self.stream.write_all(bytes).await?;
             self.stream.flush().await
@@ -201,12 +201,17 @@ impl RawWs {
     }
 
     /// Write one masked frame.
-    pub async fn send(&mut self, fin: bool, opcode: u8, payload: &[u8]) -> Result<(), BoxError> {
+    pub(crate) async fn send(
+        &mut self,
+        fin: bool,
+        opcode: u8,
+        payload: &[u8],
+    ) -> Result<(), BoxError> {
         self.send_raw(&encode(fin, 0, opcode, payload, true)).await
     }
 
     /// Write a masked Close with `code` (answering one, as a browser does).
-    pub async fn send_close(&mut self, code: u16) -> Result<(), BoxError> {
+    pub(crate) async fn send_close(&mut self, code: u16) -> Result<(), BoxError> {
         self.send(true, 8, &code.to_be_bytes()).await
     }
 
@@ -226,7 +231,7 @@ impl RawWs {
     }
 
     /// Read one frame, bounded by `limit`.
-    pub async fn read_frame(&mut self, limit: Duration) -> Result<RawFrame, BoxError> {
+    pub(crate) async fn read_frame(&mut self, limit: Duration) -> Result<RawFrame, BoxError> {
         self.fill(2, limit).await?;
         let b1 = self.pending[1];
         let ext = match b1 & 0x7F {
@@ -263,7 +268,7 @@ impl RawWs {
 
     /// Read frames until a Close, answering Pings as a browser does;
     /// returns the frames before it (Pings included) and the Close.
-    pub async fn read_until_close(
+    pub(crate) async fn read_until_close(
         &mut self,
         limit: Duration,
     ) -> Result<(Vec<RawFrame>, RawFrame), BoxError> {
@@ -279,7 +284,7 @@ impl RawWs {
 
     /// Whether the peer has closed the socket (EOF or reset) within `limit`,
     /// discarding anything that arrives first.
-    pub async fn closed_within(&mut self, limit: Duration) -> bool {
+    pub(crate) async fn closed_within(&mut self, limit: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + limit;
         loop {
             let mut chunk = [0; 4096];
@@ -293,13 +298,13 @@ impl RawWs {
 }
 
 /// The upgrade requests' headers a [`WsBackend::spawn_negotiating`] backend saw.
-pub type SeenHeaders = Arc<Mutex<Vec<hyper::HeaderMap>>>;
+pub(crate) type SeenHeaders = Arc<Mutex<Vec<hyper::HeaderMap>>>;
 
 impl WsBackend {
     /// Like [`WsBackend::spawn`], but it records every upgrade request's
     /// headers and answers each 101 with `extra` headers too (the extension
     /// and subprotocol it "negotiated"); `spawn` is this with none.
-    pub async fn spawn_negotiating(
+    pub(crate) async fn spawn_negotiating(
         extra: &[(&'static str, &'static str)],
     ) -> (WsBackend, SeenHeaders) {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -353,7 +358,7 @@ impl WsBackend {
 impl RawWs {
     /// Like [`RawWs::connect`], with `extra` request header lines
     /// (`"Sec-WebSocket-Protocol: audio.v1"`); also returns the 101 head.
-    pub async fn connect_with(
+    pub(crate) async fn connect_with(
         addr: SocketAddr,
         path: &str,
         extra: &[&str],
@@ -365,7 +370,7 @@ impl RawWs {
 
     /// Read frames until a Close, answering Pings as a browser does; each
     /// frame with the time it was read (the Close last).
-    pub async fn timed_frames_until_close(
+    pub(crate) async fn timed_frames_until_close(
         &mut self,
         limit: Duration,
     ) -> Result<Vec<(RawFrame, tokio::time::Instant)>, BoxError> {

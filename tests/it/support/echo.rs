@@ -44,9 +44,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 /// Largest WebSocket frame the backend accepts (the tests send 1 MiB).
-pub const MAX_MESSAGE_SIZE: usize = 64 << 20;
+pub(crate) const MAX_MESSAGE_SIZE: usize = 64 << 20;
 /// Largest request body the backend echoes.
-pub const MAX_BODY_SIZE: usize = 64 << 20;
+pub(crate) const MAX_BODY_SIZE: usize = 64 << 20;
 /// Longest `delay_ms` honoured.
 const MAX_DELAY: Duration = Duration::from_secs(10);
 /// How long `stop()` waits for connection tasks to finish.
@@ -54,7 +54,7 @@ const STOP_WAIT: Duration = Duration::from_secs(5);
 
 /// A running echo backend. `stop()` (or drop) closes the listener and every
 /// live connection, HTTP and WebSocket alike.
-pub struct EchoServer {
+pub(crate) struct EchoServer {
     addr: SocketAddr,
     name: Arc<str>,
     cancel: CancellationToken,
@@ -78,13 +78,13 @@ struct Ctx {
 
 impl EchoServer {
     /// Binds `addr` (port 0 picks a free port) and starts serving.
-    pub async fn bind(addr: SocketAddr, name: &str) -> io::Result<EchoServer> {
+    pub(crate) async fn bind(addr: SocketAddr, name: &str) -> io::Result<EchoServer> {
         let listener = TcpListener::bind(addr).await?;
         EchoServer::serve(listener, name)
     }
 
     /// Starts serving on an already bound listener.
-    pub fn serve(listener: TcpListener, name: &str) -> io::Result<EchoServer> {
+    pub(crate) fn serve(listener: TcpListener, name: &str) -> io::Result<EchoServer> {
         let addr = listener.local_addr()?;
         let name: Arc<str> = Arc::from(name);
         let cancel = CancellationToken::new();
@@ -114,40 +114,40 @@ impl EchoServer {
     }
 
     /// The bound address.
-    pub fn addr(&self) -> SocketAddr {
+    pub(crate) fn addr(&self) -> SocketAddr {
         self.addr
     }
 
     /// The name announced in `x-backend` and in the WebSocket hello.
-    pub fn name(&self) -> &str {
+    pub(crate) fn name(&self) -> &str {
         &self.name
     }
 
     /// How many WebSocket sessions are open right now.
-    pub fn active_websockets(&self) -> usize {
+    pub(crate) fn active_websockets(&self) -> usize {
         self.websockets.load(Ordering::SeqCst)
     }
 
     /// How many plain (non-upgrade) HTTP requests have arrived so far.
-    pub fn requests(&self) -> usize {
+    pub(crate) fn requests(&self) -> usize {
         self.requests.load(Ordering::SeqCst)
     }
 
     /// The request targets (path and query) that reached the backend, in order.
-    pub fn seen(&self) -> Vec<String> {
+    pub(crate) fn seen(&self) -> Vec<String> {
         self.seen.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Closes the listener and every live connection, and waits (bounded)
     /// until they are all gone, so the port refuses connections afterwards.
-    pub async fn stop(&self) {
+    pub(crate) async fn stop(&self) {
         self.cancel.cancel();
         self.tracker.close();
         let _ = tokio::time::timeout(STOP_WAIT, self.tracker.wait()).await;
     }
 
     /// Resolves once `stop()` has been called.
-    pub async fn stopped(&self) {
+    pub(crate) async fn stopped(&self) {
         self.cancel.cancelled().await;
     }
 }

@@ -6,7 +6,7 @@ use std::process::Command;
 
 /// The built example `name`, brought up to date first with
 /// `cargo build --example NAME` (a no-op after `cargo test` built it).
-pub fn example_binary(name: &str) -> PathBuf {
+pub(crate) fn example_binary(name: &str) -> PathBuf {
     let bin_dir = PathBuf::from(env!("CARGO_BIN_EXE_shunt"))
         .parent()
         .expect("the shunt binary has a directory")

@@ -5,11 +5,11 @@ use std::io::Write as _;
 use std::path::PathBuf;
 
 /// A temporary file with `content`, removed on drop.
-pub struct TempFile(pub PathBuf);
+pub(crate) struct TempFile(pub PathBuf);
 
 impl TempFile {
     /// A fresh file named after `name`, holding `content`.
-    pub fn new(name: &str, content: &str) -> TempFile {
+    pub(crate) fn new(name: &str, content: &str) -> TempFile {
         static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let path =
@@ -19,13 +19,13 @@ impl TempFile {
     }
 
     /// Replace the content of the file at `path`.
-    pub fn write(path: &PathBuf, content: &str) {
+    pub(crate) fn write(path: &PathBuf, content: &str) {
         let mut f = std::fs::File::create(path).unwrap();
         f.write_all(content.as_bytes()).unwrap();
     }
 
     /// The path, as the flags take it.
-    pub fn path(&self) -> &str {
+    pub(crate) fn path(&self) -> &str {
         self.0.to_str().unwrap()
     }
 }

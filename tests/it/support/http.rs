@@ -18,7 +18,7 @@ use super::{BoxError, IO_TIMEOUT};
 
 /// A response, fully read.
 #[derive(Debug, Clone)]
-pub struct HttpResponse {
+pub(crate) struct HttpResponse {
     pub status: StatusCode,
     pub headers: HeaderMap,
     pub body: Bytes,
@@ -26,7 +26,7 @@ pub struct HttpResponse {
 
 impl HttpResponse {
     /// The value of header `name`, or "".
-    pub fn header(&self, name: &str) -> &str {
+    pub(crate) fn header(&self, name: &str) -> &str {
         self.headers
             .get(name)
             .and_then(|v| v.to_str().ok())
@@ -34,12 +34,12 @@ impl HttpResponse {
     }
 
     /// The body as (lossy) UTF-8.
-    pub fn text(&self) -> String {
+    pub(crate) fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }
 
     /// The body parsed as JSON (the echo backend's request description).
-    pub fn json(&self) -> serde_json::Value {
+    pub(crate) fn json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.body)
             .unwrap_or_else(|e| panic!("body is not JSON ({e}): {:?}", self.text()))
     }
@@ -47,7 +47,7 @@ impl HttpResponse {
 
 /// The values the echo backend saw for request header `name` (from its
 /// JSON description).
-pub fn seen_header(description: &serde_json::Value, name: &str) -> Vec<String> {
+pub(crate) fn seen_header(description: &serde_json::Value, name: &str) -> Vec<String> {
     description["headers"][name]
         .as_array()
         .map(|values| {
@@ -61,13 +61,13 @@ pub fn seen_header(description: &serde_json::Value, name: &str) -> Vec<String> {
 
 /// A request body sent in `chunks` pieces with no length, so it goes out
 /// with `Transfer-Encoding: chunked` (streamed, not buffered).
-pub struct ChunkedBody {
+pub(crate) struct ChunkedBody {
     chunks: std::vec::IntoIter<Bytes>,
 }
 
 impl ChunkedBody {
     /// Splits `data` into pieces of `chunk_size` bytes.
-    pub fn new(data: &[u8], chunk_size: usize) -> ChunkedBody {
+    pub(crate) fn new(data: &[u8], chunk_size: usize) -> ChunkedBody {
         let chunks: Vec<Bytes> = data
             .chunks(chunk_size)
             .map(Bytes::copy_from_slice)
@@ -96,14 +96,14 @@ impl Body for ChunkedBody {
 
 /// One downstream HTTP/1.1 connection; several requests can go over it
 /// (keep-alive).
-pub struct HttpConn {
+pub(crate) struct HttpConn {
     addr: SocketAddr,
     sender: SendRequest<http_body_util::combinators::BoxBody<Bytes, BoxError>>,
 }
 
 impl HttpConn {
     /// Connects to `addr`.
-    pub async fn connect(addr: SocketAddr) -> Result<HttpConn, BoxError> {
+    pub(crate) async fn connect(addr: SocketAddr) -> Result<HttpConn, BoxError> {
         let stream = tokio::time::timeout(IO_TIMEOUT, TcpStream::connect(addr))
             .await
             .map_err(|_| format!("connect to {addr} timed out"))??;
@@ -115,13 +115,13 @@ impl HttpConn {
     }
 
     /// Whether the server has closed this connection.
-    pub fn is_closed(&self) -> bool {
+    pub(crate) fn is_closed(&self) -> bool {
         self.sender.is_closed()
     }
 
     /// Sends a request with `headers` (a `Host` of the proxy's address is
     /// added unless given) and reads the whole response.
-    pub async fn send<B>(
+    pub(crate) async fn send<B>(
         &mut self,
         method: Method,
         path: &str,
@@ -162,7 +162,7 @@ impl HttpConn {
     }
 
     /// GET `path` with `headers`.
-    pub async fn get(
+    pub(crate) async fn get(
         &mut self,
         path: &str,
         headers: &[(&str, &str)],
@@ -173,7 +173,7 @@ impl HttpConn {
 }
 
 /// GET on a new connection.
-pub async fn http_get(
+pub(crate) async fn http_get(
     addr: SocketAddr,
     path: &str,
     headers: &[(&str, &str)],
@@ -182,7 +182,7 @@ pub async fn http_get(
 }
 
 /// POST `body` (with a Content-Length) on a new connection.
-pub async fn http_post(
+pub(crate) async fn http_post(
     addr: SocketAddr,
     path: &str,
     body: impl Into<Bytes>,

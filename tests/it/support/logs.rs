@@ -20,7 +20,7 @@ impl std::io::Write for Capture {
 }
 
 /// Install the capturing subscriber once.
-pub fn capture_logs() {
+pub(crate) fn capture_logs() {
     LOGS.get_or_init(|| {
         let buf: Arc<Mutex<Vec<u8>>> = Arc::default();
         let sink = Capture(buf.clone());
@@ -35,7 +35,7 @@ pub fn capture_logs() {
 }
 
 /// The captured log text so far.
-pub fn logs() -> String {
+pub(crate) fn logs() -> String {
     capture_logs();
     String::from_utf8_lossy(&LOGS.get().unwrap().lock().unwrap()).into_owned()
 }

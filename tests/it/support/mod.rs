@@ -6,41 +6,43 @@
 //! A module of the one test crate (`tests/it`), so rustc reports a helper
 //! no test uses; `tests/allocations.rs` includes it too, with the allows.
 
-pub mod bin;
-pub mod calls;
-pub mod echo;
-pub mod examples;
-pub mod files;
-pub mod http;
-pub mod logs;
-pub mod nginx;
-pub mod raw;
-pub mod require;
-pub mod shunt;
-pub mod tls;
-pub mod ws;
+pub(crate) mod bin;
+pub(crate) mod calls;
+pub(crate) mod echo;
+pub(crate) mod examples;
+pub(crate) mod files;
+pub(crate) mod http;
+pub(crate) mod logs;
+pub(crate) mod nginx;
+pub(crate) mod raw;
+pub(crate) mod require;
+pub(crate) mod shunt;
+pub(crate) mod tls;
+pub(crate) mod ws;
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-pub use self::files::TempFile;
-pub use self::http::{ChunkedBody, HttpConn, HttpResponse, http_get, http_post, seen_header};
-pub use self::logs::{capture_logs, logs};
-pub use self::nginx::{Nginx, nginx};
-pub use self::require::{Part, require};
-pub use self::shunt::{Shunt, shunt};
-pub use self::ws::{Msg, RawResponse, Ws, raw_request, ws_connect};
+pub(crate) use self::files::TempFile;
+pub(crate) use self::http::{
+    ChunkedBody, HttpConn, HttpResponse, http_get, http_post, seen_header,
+};
+pub(crate) use self::logs::{capture_logs, logs};
+pub(crate) use self::nginx::{Nginx, nginx};
+pub(crate) use self::require::{Part, require};
+pub(crate) use self::shunt::{Shunt, shunt};
+pub(crate) use self::ws::{Msg, RawResponse, Ws, raw_request, ws_connect};
 
 /// Errors of the helpers: anything, with a message.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Bound on one network exchange (connect, handshake, request, message).
-pub const IO_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const IO_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The one polling helper: calls `check` every 20 ms until it returns true
 /// or `limit` has passed; returns whether it did. Tests wait on a state
 /// with it, never with a bare sleep.
-pub async fn eventually(limit: Duration, mut check: impl AsyncFnMut() -> bool) -> bool {
+pub(crate) async fn eventually(limit: Duration, mut check: impl AsyncFnMut() -> bool) -> bool {
     let deadline = tokio::time::Instant::now() + limit;
     loop {
         if check().await {
@@ -56,7 +58,7 @@ pub async fn eventually(limit: Duration, mut check: impl AsyncFnMut() -> bool) -
 /// [`eventually`] for a synchronous test: blocks the calling thread (never
 /// call it on an async worker) on a small runtime of its own while `check`
 /// is polled every 20 ms, at most `limit`; returns whether it turned true.
-pub fn eventually_blocking(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
+pub(crate) fn eventually_blocking(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
     tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .build()
@@ -66,14 +68,14 @@ pub fn eventually_blocking(limit: Duration, mut check: impl FnMut() -> bool) -> 
 
 /// A port on 127.0.0.1 that was free a moment ago (for a process that must
 /// be told its port up front, like nginx, or a restart on the same port).
-pub fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
     listener.local_addr().expect("local addr").port()
 }
 
 /// Inside an [`eventually`] check: remember `seen` as the last state (for the
 /// failure message) and answer "not yet".
-pub fn not_yet(last: &mut String, seen: impl std::fmt::Display) -> bool {
+pub(crate) fn not_yet(last: &mut String, seen: impl std::fmt::Display) -> bool {
     *last = seen.to_string();
     false
 }
@@ -82,7 +84,7 @@ pub fn not_yet(last: &mut String, seen: impl std::fmt::Display) -> bool {
 /// `direct-backend`, and shunt in front of it (`--direct` to it, then each
 /// `(flag, value)` of `flags`), ready. Keep the backend alive as long as the
 /// test needs it: dropping it stops it.
-pub async fn direct_shunt(flags: &[(&str, &str)]) -> (EchoBackend, Shunt) {
+pub(crate) async fn direct_shunt(flags: &[(&str, &str)]) -> (EchoBackend, Shunt) {
     let backend = echo_backend().name("direct-backend").spawn().await;
     let mut builder = shunt().direct(backend.url());
     for (flag, value) in flags {
@@ -94,12 +96,12 @@ pub async fn direct_shunt(flags: &[(&str, &str)]) -> (EchoBackend, Shunt) {
 
 /// Builder returned by [`echo_backend`].
 #[derive(Debug, Clone)]
-pub struct EchoBuilder {
+pub(crate) struct EchoBuilder {
     name: String,
 }
 
 /// Starts building an echo backend (named `backend` unless `.name(..)`).
-pub fn echo_backend() -> EchoBuilder {
+pub(crate) fn echo_backend() -> EchoBuilder {
     EchoBuilder {
         name: "backend".to_owned(),
     }
@@ -107,19 +109,19 @@ pub fn echo_backend() -> EchoBuilder {
 
 impl EchoBuilder {
     /// The name announced in `x-backend` and the WebSocket hello.
-    pub fn name(mut self, name: &str) -> Self {
+    pub(crate) fn name(mut self, name: &str) -> Self {
         self.name = name.to_owned();
         self
     }
 
     /// Binds `127.0.0.1:0` and starts serving.
-    pub async fn spawn(self) -> EchoBackend {
+    pub(crate) async fn spawn(self) -> EchoBackend {
         EchoBackend::spawn_on(SocketAddr::from(([127, 0, 0, 1], 0)), &self.name).await
     }
 }
 
 /// A running echo backend (see `echo.rs` for its behaviour).
-pub struct EchoBackend {
+pub(crate) struct EchoBackend {
     server: Option<echo::EchoServer>,
     addr: SocketAddr,
     name: String,
@@ -128,7 +130,7 @@ pub struct EchoBackend {
 impl EchoBackend {
     /// Binds `addr` (a port of 0 picks one; a given port is retried for a
     /// while in case it is still held) and starts serving.
-    pub async fn spawn_on(addr: SocketAddr, name: &str) -> EchoBackend {
+    pub(crate) async fn spawn_on(addr: SocketAddr, name: &str) -> EchoBackend {
         let (mut bound, mut last) = (None, String::new());
         eventually(Duration::from_secs(5), async || {
             match echo::EchoServer::bind(addr, name).await {
@@ -149,41 +151,41 @@ impl EchoBackend {
     }
 
     /// The bound address (stable across `stop`/`restart`).
-    pub fn addr(&self) -> SocketAddr {
+    pub(crate) fn addr(&self) -> SocketAddr {
         self.addr
     }
 
     /// `http://ADDR`.
-    pub fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
 
     /// How many WebSocket sessions the backend has open (0 when stopped).
-    pub fn active_websockets(&self) -> usize {
+    pub(crate) fn active_websockets(&self) -> usize {
         self.server.as_ref().map_or(0, |s| s.active_websockets())
     }
 
     /// How many plain HTTP requests the backend has received (since its
     /// last start).
-    pub fn requests(&self) -> usize {
+    pub(crate) fn requests(&self) -> usize {
         self.server.as_ref().map_or(0, |s| s.requests())
     }
 
     /// The request targets that reached the backend since its last start.
-    pub fn seen(&self) -> Vec<String> {
+    pub(crate) fn seen(&self) -> Vec<String> {
         self.server.as_ref().map_or_else(Vec::new, |s| s.seen())
     }
 
     /// Closes the listener and every live connection: the port refuses
     /// connections afterwards.
-    pub async fn stop(&mut self) {
+    pub(crate) async fn stop(&mut self) {
         if let Some(server) = self.server.take() {
             server.stop().await;
         }
     }
 
     /// Serves again on the same address after `stop`.
-    pub async fn restart(&mut self) {
+    pub(crate) async fn restart(&mut self) {
         self.stop().await;
         let again = EchoBackend::spawn_on(self.addr, &self.name).await;
         *self = again;
@@ -194,7 +196,7 @@ impl EchoBackend {
 /// mode's `shunt run` in front of `direct` with a short drain
 /// (`--drain-timeout 500ms`) and fast probes (`--health-interval 100ms`);
 /// add flags, then [`shunt::ShuntBuilder::spawn_process_ready`].
-pub fn draining_child(direct: &str) -> shunt::ShuntBuilder {
+pub(crate) fn draining_child(direct: &str) -> shunt::ShuntBuilder {
     self::shunt::shunt()
         .direct(direct)
         .arg("--drain-timeout", "500ms")
@@ -204,7 +206,7 @@ pub fn draining_child(direct: &str) -> shunt::ShuntBuilder {
 /// DESIGN.md's two upstreams: an echo backend named `direct_name` reached
 /// directly, and one named `nginx_name` behind a real nginx (returned too).
 /// `None` when nginx is missing and not required (see [`nginx::NginxBuilder::spawn`]).
-pub async fn direct_and_nginx(
+pub(crate) async fn direct_and_nginx(
     direct_name: &str,
     nginx_name: &str,
 ) -> Option<(EchoBackend, EchoBackend, Nginx)> {
@@ -216,7 +218,7 @@ pub async fn direct_and_nginx(
 
 /// [`direct_and_nginx`], then shunt in front of both (`--direct`, `--nginx`
 /// and `flags`), ready. `None` when nginx is missing and not required.
-pub async fn shunt_with_nginx(
+pub(crate) async fn shunt_with_nginx(
     (direct_name, nginx_name): (&str, &str),
     flags: &[&str],
 ) -> Option<(EchoBackend, EchoBackend, Nginx, Shunt)> {

@@ -20,20 +20,20 @@ const START_TIMEOUT: Duration = Duration::from_secs(10);
 const PORT_ATTEMPTS: usize = 5;
 
 /// Builder returned by [`super::nginx`].
-pub struct NginxBuilder {
+pub(crate) struct NginxBuilder {
     upstream: SocketAddr,
     upgrade_headers: bool,
 }
 
 /// A running nginx; killed (and waited for) on drop.
-pub struct Nginx {
+pub(crate) struct Nginx {
     child: Child,
     addr: SocketAddr,
     dir: PathBuf,
 }
 
 /// Starts building an nginx that proxies `location /` to `upstream`.
-pub fn nginx(upstream: SocketAddr) -> NginxBuilder {
+pub(crate) fn nginx(upstream: SocketAddr) -> NginxBuilder {
     NginxBuilder {
         upstream,
         upgrade_headers: true,
@@ -43,7 +43,7 @@ pub fn nginx(upstream: SocketAddr) -> NginxBuilder {
 impl NginxBuilder {
     /// Leaves out `proxy_http_version 1.1` and the `Upgrade`/`Connection`
     /// headers: the misconfigured nginx of the original outage.
-    pub fn without_upgrade_headers(mut self) -> Self {
+    pub(crate) fn without_upgrade_headers(mut self) -> Self {
         self.upgrade_headers = false;
         self
     }
@@ -51,7 +51,7 @@ impl NginxBuilder {
     /// Starts nginx. Returns `None` (after a visible skip line) when nginx is
     /// not installed, unless it is required here (see [`super::require`]).
     /// Async: waiting for nginx to accept must not block a runtime worker.
-    pub async fn spawn(self) -> Option<Nginx> {
+    pub(crate) async fn spawn(self) -> Option<Nginx> {
         let binary = nginx_binary()?;
         let dir = temp_dir();
         let mut last_error = String::new();
@@ -70,12 +70,12 @@ impl NginxBuilder {
 
 impl Nginx {
     /// `http://ADDR`.
-    pub fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
 
     /// nginx's error log so far (for failure messages).
-    pub fn error_log(&self) -> String {
+    pub(crate) fn error_log(&self) -> String {
         std::fs::read_to_string(self.dir.join("error.log")).unwrap_or_default()
     }
 }
@@ -90,7 +90,7 @@ impl Drop for Nginx {
 
 /// The nginx binary, or `None` (after a visible skip line) when it is not
 /// installed; fails instead where nginx is required (see [`super::require`]).
-pub fn nginx_binary() -> Option<PathBuf> {
+pub(crate) fn nginx_binary() -> Option<PathBuf> {
     super::require(
         Part::Nginx,
         find_nginx().ok_or_else(|| "nginx not found on PATH or at /usr/sbin/nginx".to_owned()),

@@ -12,7 +12,7 @@ use tokio::net::{TcpSocket, TcpStream};
 use super::IO_TIMEOUT;
 
 /// Connect to `addr` from loopback source address `from` (e.g. 127.0.0.2).
-pub async fn connect_from(addr: SocketAddr, from: &str) -> TcpStream {
+pub(crate) async fn connect_from(addr: SocketAddr, from: &str) -> TcpStream {
     let ip: IpAddr = from.parse().unwrap();
     let socket = TcpSocket::new_v4().unwrap();
     socket.bind(SocketAddr::new(ip, 0)).unwrap();
@@ -24,7 +24,7 @@ pub async fn connect_from(addr: SocketAddr, from: &str) -> TcpStream {
 
 /// What came back for a raw request, read to the end.
 #[derive(Debug)]
-pub struct Answer {
+pub(crate) struct Answer {
     /// `None` when the connection closed without a status line.
     pub status: Option<u16>,
     pub text: String,
@@ -32,7 +32,7 @@ pub struct Answer {
 
 impl Answer {
     /// The first value of header `name` (case-insensitive).
-    pub fn header(&self, name: &str) -> Option<String> {
+    pub(crate) fn header(&self, name: &str) -> Option<String> {
         let head = self.text.split("\r\n\r\n").next()?;
         head.lines().skip(1).find_map(|l| {
             let (k, v) = l.split_once(':')?;
@@ -43,13 +43,13 @@ impl Answer {
     }
 
     /// What followed the head.
-    pub fn body(&self) -> &str {
+    pub(crate) fn body(&self) -> &str {
         self.text.split_once("\r\n\r\n").map_or("", |(_, b)| b)
     }
 }
 
 /// Send `bytes` from `from` and read until the peer closes (or [`IO_TIMEOUT`]).
-pub async fn raw_from(addr: SocketAddr, from: &str, bytes: &[u8]) -> Answer {
+pub(crate) async fn raw_from(addr: SocketAddr, from: &str, bytes: &[u8]) -> Answer {
     let mut stream = connect_from(addr, from).await;
     let _ = stream.write_all(bytes).await;
     let mut buf = Vec::new();
@@ -58,12 +58,12 @@ pub async fn raw_from(addr: SocketAddr, from: &str, bytes: &[u8]) -> Answer {
 }
 
 /// [`raw_from`] 127.0.0.1.
-pub async fn raw(addr: SocketAddr, bytes: &[u8]) -> Answer {
+pub(crate) async fn raw(addr: SocketAddr, bytes: &[u8]) -> Answer {
     raw_from(addr, "127.0.0.1", bytes).await
 }
 
 /// The status (if any) and text of what came back.
-pub fn parse_answer(buf: &[u8]) -> Answer {
+pub(crate) fn parse_answer(buf: &[u8]) -> Answer {
     let text = String::from_utf8_lossy(buf).into_owned();
     let status = text
         .strip_prefix("HTTP/1.1 ")
@@ -73,7 +73,7 @@ pub fn parse_answer(buf: &[u8]) -> Answer {
 }
 
 /// `GET target` with `extra` header lines, `Connection: close`.
-pub fn get(target: &str, extra: &[&str]) -> Vec<u8> {
+pub(crate) fn get(target: &str, extra: &[&str]) -> Vec<u8> {
     let mut s = format!("GET {target} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
     for h in extra {
         s.push_str(h);
@@ -84,7 +84,7 @@ pub fn get(target: &str, extra: &[&str]) -> Vec<u8> {
 }
 
 /// A WebSocket handshake for `target` with `extra` header lines.
-pub fn ws_handshake(target: &str, extra: &[&str]) -> Vec<u8> {
+pub(crate) fn ws_handshake(target: &str, extra: &[&str]) -> Vec<u8> {
     let mut s = format!(
         "GET {target} HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
     );
@@ -98,7 +98,7 @@ pub fn ws_handshake(target: &str, extra: &[&str]) -> Vec<u8> {
 
 /// Send a WebSocket handshake from `from`; the status, and on 101 a client
 /// WebSocket ready to use.
-pub async fn ws_open(
+pub(crate) async fn ws_open(
     addr: SocketAddr,
     from: &str,
     target: &str,
@@ -136,7 +136,7 @@ pub async fn ws_open(
 }
 
 /// Send `msg` and expect it echoed, within [`IO_TIMEOUT`].
-pub async fn echo(ws: &mut WebSocket<TcpStream>, msg: &str) {
+pub(crate) async fn echo(ws: &mut WebSocket<TcpStream>, msg: &str) {
     ws.write_frame(Frame::text(Payload::Owned(msg.as_bytes().to_vec())))
         .await
         .unwrap();
@@ -149,7 +149,7 @@ pub async fn echo(ws: &mut WebSocket<TcpStream>, msg: &str) {
 
 /// Read an HTTP head byte by byte, so nothing past it (a frame, early tunnel
 /// bytes) is consumed; `None` if the peer closes first or it passes 64 KiB.
-pub async fn read_head(s: &mut TcpStream) -> Option<Vec<u8>> {
+pub(crate) async fn read_head(s: &mut TcpStream) -> Option<Vec<u8>> {
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
@@ -167,7 +167,7 @@ pub async fn read_head(s: &mut TcpStream) -> Option<Vec<u8>> {
 /// Connect to `addr` and upgrade `/ws`, sending `early` in the same write as
 /// the handshake; panics unless the answer is 101. The socket is then the
 /// client's end of a raw tunnel.
-pub async fn upgrade_with(addr: SocketAddr, early: &[u8]) -> TcpStream {
+pub(crate) async fn upgrade_with(addr: SocketAddr, early: &[u8]) -> TcpStream {
     let mut s = tokio::time::timeout(IO_TIMEOUT, TcpStream::connect(addr))
         .await
         .expect("connect in time")

@@ -16,7 +16,7 @@ use std::io::Write as _;
 
 /// A part of the environment some tests need.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Part {
+pub(crate) enum Part {
     /// A real nginx binary (the `nginx` upstream).
     Nginx,
     /// Network namespaces, veth pairs and iptables (root).
@@ -37,7 +37,7 @@ pub enum Part {
 
 impl Part {
     /// Every part, in `SHUNT_REQUIRE`'s spelling order.
-    pub const ALL: [Part; 8] = [
+    pub(crate) const ALL: [Part; 8] = [
         Part::Nginx,
         Part::Netns,
         Part::Browser,
@@ -49,7 +49,7 @@ impl Part {
     ];
 
     /// The name used in `SHUNT_REQUIRE`.
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Part::Nginx => "nginx",
             Part::Netns => "netns",
@@ -63,7 +63,7 @@ impl Part {
     }
 
     /// What to do so the part is there.
-    pub fn install(self) -> &'static str {
+    pub(crate) fn install(self) -> &'static str {
         match self {
             Part::Nginx => "apt-get install nginx-light (or nginx)",
             Part::Netns => "run the tests as root with iproute2 and iptables installed",
@@ -86,7 +86,7 @@ impl Part {
 
 /// Whether `part` is required, given the values of `CI` and `SHUNT_REQUIRE`
 /// (the decision alone, without reading the environment).
-pub fn required_by(part: Part, ci: Option<&str>, require: Option<&str>) -> bool {
+pub(crate) fn required_by(part: Part, ci: Option<&str>, require: Option<&str>) -> bool {
     if ci == Some("true") {
         return true;
     }
@@ -98,14 +98,14 @@ pub fn required_by(part: Part, ci: Option<&str>, require: Option<&str>) -> bool 
 }
 
 /// Whether `part` is required here (`CI=true`, or named in `SHUNT_REQUIRE`).
-pub fn required(part: Part) -> bool {
+pub(crate) fn required(part: Part) -> bool {
     let ci = std::env::var("CI").ok();
     let require = std::env::var("SHUNT_REQUIRE").ok();
     required_by(part, ci.as_deref(), require.as_deref())
 }
 
 /// The current test's name (libtest names each test's thread after it).
-pub fn test_name() -> String {
+pub(crate) fn test_name() -> String {
     std::thread::current()
         .name()
         .unwrap_or("<unnamed test>")
@@ -115,7 +115,7 @@ pub fn test_name() -> String {
 /// `part` is missing (`why` says how it showed): fails the test when the part
 /// is required, else writes `skipped: <test>: <part>: <why>` to stderr,
 /// uncaptured. The caller returns afterwards.
-pub fn missing(part: Part, why: impl std::fmt::Display) {
+pub(crate) fn missing(part: Part, why: impl std::fmt::Display) {
     let test = test_name();
     if required(part) {
         panic!(
@@ -134,13 +134,13 @@ pub fn missing(part: Part, why: impl std::fmt::Display) {
 
 /// Writes `skipped: <test>: <reason>` straight to the process's stderr (past
 /// libtest's capture of `eprintln!`).
-pub fn skipped(reason: &str) {
+pub(crate) fn skipped(reason: &str) {
     let line = format!("skipped: {}: {reason}\n", test_name());
     let _ = std::io::stderr().write_all(line.as_bytes());
 }
 
 /// `Ok` passes through; `Err(why)` is [`missing`] for `part` and gives `None`.
-pub fn require<T>(part: Part, found: Result<T, String>) -> Option<T> {
+pub(crate) fn require<T>(part: Part, found: Result<T, String>) -> Option<T> {
     match found {
         Ok(value) => Some(value),
         Err(why) => {

@@ -17,11 +17,11 @@ use super::http::http_get;
 use super::{BoxError, eventually, not_yet};
 
 /// How long `wait_ready` / `wait_upstream` poll before failing.
-pub const WAIT_LIMIT: Duration = Duration::from_secs(10);
+pub(crate) const WAIT_LIMIT: Duration = Duration::from_secs(10);
 
 /// Builder returned by [`super::shunt`].
 #[derive(Debug, Clone, Default)]
-pub struct ShuntBuilder {
+pub(crate) struct ShuntBuilder {
     args: Vec<(String, Option<String>)>,
     child: ChildOptions,
 }
@@ -37,36 +37,36 @@ struct ChildOptions {
 }
 
 /// A running in-process shunt. Dropping it begins a graceful shutdown.
-pub struct Shunt {
-    running: Option<shunt::app::Running>,
+pub(crate) struct Shunt {
+    running: Option<shunt::Running>,
     listen: SocketAddr,
     admin: SocketAddr,
 }
 
 /// Starts building a shunt.
-pub fn shunt() -> ShuntBuilder {
+pub(crate) fn shunt() -> ShuntBuilder {
     ShuntBuilder::default()
 }
 
 impl ShuntBuilder {
     /// `--direct URL`.
-    pub fn direct(self, url: impl Into<String>) -> Self {
+    pub(crate) fn direct(self, url: impl Into<String>) -> Self {
         self.arg("--direct", url)
     }
 
     /// `--nginx URL`.
-    pub fn nginx(self, url: impl Into<String>) -> Self {
+    pub(crate) fn nginx(self, url: impl Into<String>) -> Self {
         self.arg("--nginx", url)
     }
 
     /// `--route SPEC` (repeatable).
-    pub fn route(self, spec: impl Into<String>) -> Self {
+    pub(crate) fn route(self, spec: impl Into<String>) -> Self {
         self.arg("--route", spec)
     }
 
     /// Any flag with a value, e.g. `.arg("--fall", "1")`. A later value for
     /// the same single-valued flag replaces the earlier one (or the default).
-    pub fn arg(mut self, flag: &str, value: impl Into<String>) -> Self {
+    pub(crate) fn arg(mut self, flag: &str, value: impl Into<String>) -> Self {
         let value = value.into();
         if flag != "--route" {
             self.args.retain(|(f, _)| f != flag);
@@ -76,27 +76,27 @@ impl ShuntBuilder {
     }
 
     /// Serves TLS with this certificate chain and key.
-    pub fn tls(self, cert: &std::path::Path, key: &std::path::Path) -> Self {
+    pub(crate) fn tls(self, cert: &std::path::Path, key: &std::path::Path) -> Self {
         self.arg("--tls-cert", cert.to_str().expect("UTF-8 path"))
             .arg("--tls-key", key.to_str().expect("UTF-8 path"))
     }
 
     /// Appends command-line words as given (`&["--allow-ip", "a", "--allow-ip", "b"]`),
     /// repeated flags kept.
-    pub fn flags(mut self, argv: &[&str]) -> Self {
+    pub(crate) fn flags(mut self, argv: &[&str]) -> Self {
         self.args
             .extend(argv.iter().map(|word| ((*word).to_owned(), None)));
         self
     }
 
     /// Adds a flag that takes no value (e.g. `--no-watch`).
-    pub fn flag(mut self, flag: &str) -> Self {
+    pub(crate) fn flag(mut self, flag: &str) -> Self {
         self.args.push((flag.to_owned(), None));
         self
     }
 
     /// The command-line flags this builder stands for (defaults included).
-    pub fn args(&self) -> Vec<String> {
+    pub(crate) fn args(&self) -> Vec<String> {
         let mut args: Vec<(String, Option<String>)> = vec![
             ("--listen".into(), Some("127.0.0.1:0".into())),
             ("--admin".into(), Some("127.0.0.1:0".into())),
@@ -111,11 +111,11 @@ impl ShuntBuilder {
     }
 
     /// Parses the flags like the CLI and starts shunt.
-    pub async fn start(self) -> Shunt {
+    pub(crate) async fn start(self) -> Shunt {
         let args = self.args();
-        let config = shunt::config::Config::from_args(args.iter().map(String::as_str))
+        let config = shunt::Config::from_args(args.iter().map(String::as_str))
             .unwrap_or_else(|e| panic!("shunt config from {args:?}: {e}"));
-        let running = shunt::app::start(config)
+        let running = shunt::start(config)
             .await
             .unwrap_or_else(|e| panic!("shunt start with {args:?}: {e}"));
         let listen = running.listen_addr();
@@ -130,7 +130,7 @@ impl ShuntBuilder {
     }
 
     /// [`ShuntBuilder::start`], then [`Shunt::wait_ready`].
-    pub async fn start_ready(self) -> Shunt {
+    pub(crate) async fn start_ready(self) -> Shunt {
         let shunt = self.start().await;
         shunt.wait_ready().await;
         shunt
@@ -138,31 +138,31 @@ impl ShuntBuilder {
 
     /// Child mode: this environment variable set (`SHUNT_*` ones are
     /// cleared unless set here).
-    pub fn env(mut self, name: &str, value: &str) -> Self {
+    pub(crate) fn env(mut self, name: &str, value: &str) -> Self {
         self.child.env.push((name.to_owned(), value.to_owned()));
         self
     }
 
     /// Child mode: the working directory (the test's own by default).
-    pub fn dir(mut self, dir: &std::path::Path) -> Self {
+    pub(crate) fn dir(mut self, dir: &std::path::Path) -> Self {
         self.child.dir = Some(dir.to_owned());
         self
     }
 
     /// Child mode: collect stdout too, into the same log as stderr.
-    pub fn with_stdout(mut self) -> Self {
+    pub(crate) fn with_stdout(mut self) -> Self {
         self.child.with_stdout = true;
         self
     }
 
     /// Child mode: run under `ulimit -n LIMIT` (soft and hard open-files limit).
-    pub fn nofile_limit(mut self, limit: u32) -> Self {
+    pub(crate) fn nofile_limit(mut self, limit: u32) -> Self {
         self.child.nofile = Some(limit);
         self
     }
 
     /// Child mode: `shunt FLAGS` as a user types it, without the `run` word.
-    pub fn bare(mut self) -> Self {
+    pub(crate) fn bare(mut self) -> Self {
         self.child.bare = true;
         self
     }
@@ -172,7 +172,7 @@ impl ShuntBuilder {
     /// `L` and `A` are free ports unless `--listen`/`--admin` are given with
     /// `.arg`. Does not wait: see [`ShuntChild::wait_ready`] and
     /// [`ShuntChild::wait_for_log`].
-    pub fn spawn_process(self) -> ShuntChild {
+    pub(crate) fn spawn_process(self) -> ShuntChild {
         let given = |flag: &str| {
             self.args
                 .iter()
@@ -237,7 +237,7 @@ impl ShuntBuilder {
     }
 
     /// [`ShuntBuilder::spawn_process`], then [`ShuntChild::wait_ready`].
-    pub async fn spawn_process_ready(self) -> ShuntChild {
+    pub(crate) async fn spawn_process_ready(self) -> ShuntChild {
         let child = self.spawn_process();
         child.wait_ready().await;
         child
@@ -246,7 +246,7 @@ impl ShuntBuilder {
 
 /// The real `shunt` binary running as a child of the test, its stderr (and
 /// stdout, `with_stdout`) collected as it comes. Killed on drop.
-pub struct ShuntChild {
+pub(crate) struct ShuntChild {
     /// The process (for its pid, or a signal of the test's choosing).
     pub child: tokio::process::Child,
     listen: SocketAddr,
@@ -257,34 +257,34 @@ pub struct ShuntChild {
 
 impl ShuntChild {
     /// The proxy listener (as given: port 0 stays 0).
-    pub fn addr(&self) -> SocketAddr {
+    pub(crate) fn addr(&self) -> SocketAddr {
         self.listen
     }
 
     /// The admin listener; panics when it was given as `off`.
-    pub fn admin_addr(&self) -> SocketAddr {
+    pub(crate) fn admin_addr(&self) -> SocketAddr {
         self.admin.expect("the admin listener is on")
     }
 
     /// Everything the child wrote so far (stderr, and stdout `with_stdout`).
-    pub fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         self.output.text()
     }
 
     /// [`ShuntChild::log`] as bytes.
-    pub fn log_bytes(&self) -> Vec<u8> {
+    pub(crate) fn log_bytes(&self) -> Vec<u8> {
         self.output.bytes()
     }
 
     /// Waits (10 s at most) until `/readyz` answers 200; panics with the log
     /// if it never does.
-    pub async fn wait_ready(&self) {
+    pub(crate) async fn wait_ready(&self) {
         bin::wait_ready(self.admin_addr(), || self.log()).await;
     }
 
     /// Waits (up to 10 s) until the log contains `needle`; panics with the
     /// log so far if it does not.
-    pub async fn wait_for_log(&self, needle: &str) {
+    pub(crate) async fn wait_for_log(&self, needle: &str) {
         let limit = Duration::from_secs(10);
         let seen = eventually(limit, async || self.log().contains(needle)).await;
         assert!(
@@ -295,14 +295,14 @@ impl ShuntChild {
     }
 
     /// GET `path` on the admin listener, as JSON.
-    pub async fn admin_json(&self, path: &str) -> serde_json::Value {
+    pub(crate) async fn admin_json(&self, path: &str) -> serde_json::Value {
         let r = http_get(self.admin_addr(), path, &[]).await.expect("admin");
         serde_json::from_slice(&r.body).unwrap_or_else(|e| panic!("{path}: {e}"))
     }
 
     /// Sends SIGTERM and waits up to `limit` for the exit code; kills the
     /// child and answers `None` past it.
-    pub async fn terminate_within(&mut self, limit: Duration) -> Option<i32> {
+    pub(crate) async fn terminate_within(&mut self, limit: Duration) -> Option<i32> {
         bin::sigterm(&self.child);
         match tokio::time::timeout(limit, self.child.wait()).await {
             Ok(status) => status.ok().and_then(|s| s.code()),
@@ -314,13 +314,13 @@ impl ShuntChild {
     }
 
     /// Sends SIGTERM and waits (up to 10 s) for the exit code.
-    pub async fn terminate(self) -> Option<i32> {
+    pub(crate) async fn terminate(self) -> Option<i32> {
         self.stop().await.0
     }
 
     /// Sends SIGTERM, waits (up to 10 s) for the exit, then reads the output
     /// to its end: the exit code and everything the child wrote.
-    pub async fn stop(mut self) -> (Option<i32>, String) {
+    pub(crate) async fn stop(mut self) -> (Option<i32>, String) {
         bin::sigterm(&self.child);
         let code = tokio::time::timeout(Duration::from_secs(10), self.child.wait())
             .await
@@ -334,41 +334,41 @@ impl ShuntChild {
 
 impl Shunt {
     /// The proxy listener.
-    pub fn addr(&self) -> SocketAddr {
+    pub(crate) fn addr(&self) -> SocketAddr {
         self.listen
     }
 
     /// The admin listener.
-    pub fn admin_addr(&self) -> SocketAddr {
+    pub(crate) fn admin_addr(&self) -> SocketAddr {
         self.admin
     }
 
     /// `ws://LISTEN/path`.
-    pub fn ws_url(&self, path: &str) -> String {
+    pub(crate) fn ws_url(&self, path: &str) -> String {
         format!("ws://{}{path}", self.listen)
     }
 
     /// GET on the admin listener: status and body.
-    pub async fn admin_get(&self, path: &str) -> Result<(StatusCode, String), BoxError> {
+    pub(crate) async fn admin_get(&self, path: &str) -> Result<(StatusCode, String), BoxError> {
         let response = http_get(self.admin, path, &[]).await?;
         Ok((response.status, response.text()))
     }
 
     /// GET on the admin listener: status and body as JSON (panics when the
     /// request fails or the body is not JSON).
-    pub async fn admin_get_json(&self, path: &str) -> (StatusCode, serde_json::Value) {
+    pub(crate) async fn admin_get_json(&self, path: &str) -> (StatusCode, serde_json::Value) {
         let (status, body) = self.admin_get(path).await.expect("admin");
         let value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {e}: {body}"));
         (status, value)
     }
 
     /// GET on the admin listener, the body as JSON.
-    pub async fn admin_json(&self, path: &str) -> serde_json::Value {
+    pub(crate) async fn admin_json(&self, path: &str) -> serde_json::Value {
         self.admin_get_json(path).await.1
     }
 
     /// POSTs an empty body to the admin listener (e.g. `/reload`).
-    pub async fn admin_post(&self, path: &str) -> (u16, String) {
+    pub(crate) async fn admin_post(&self, path: &str) -> (u16, String) {
         let response = super::http_post(self.admin, path, bytes::Bytes::new())
             .await
             .unwrap_or_else(|e| panic!("POST {path}: {e}"));
@@ -376,7 +376,7 @@ impl Shunt {
     }
 
     /// `/status` parsed as JSON.
-    pub async fn status(&self) -> Result<serde_json::Value, BoxError> {
+    pub(crate) async fn status(&self) -> Result<serde_json::Value, BoxError> {
         let (code, body) = self.admin_get("/status").await?;
         if code != StatusCode::OK {
             return Err(format!("/status answered {code}: {body}").into());
@@ -385,7 +385,7 @@ impl Shunt {
     }
 
     /// Upstream `name`'s entry in `/status` (health, last_error, websocket, ...).
-    pub async fn upstream(&self, name: &str) -> Result<serde_json::Value, BoxError> {
+    pub(crate) async fn upstream(&self, name: &str) -> Result<serde_json::Value, BoxError> {
         let status = self.status().await?;
         let upstreams = status["upstreams"]
             .as_array()
@@ -398,13 +398,13 @@ impl Shunt {
     }
 
     /// The `health` of upstream `name` in `/status`.
-    pub async fn upstream_health(&self, name: &str) -> Result<String, BoxError> {
+    pub(crate) async fn upstream_health(&self, name: &str) -> Result<String, BoxError> {
         let upstream = self.upstream(name).await?;
         Ok(upstream["health"].as_str().unwrap_or_default().to_owned())
     }
 
     /// Polls `/readyz` until it answers 200 (bounded by [`WAIT_LIMIT`]).
-    pub async fn wait_ready(&self) {
+    pub(crate) async fn wait_ready(&self) {
         let mut last = String::new();
         let ready = eventually(WAIT_LIMIT, async || match self.admin_get("/readyz").await {
             Ok((StatusCode::OK, _)) => true,
@@ -420,7 +420,7 @@ impl Shunt {
 
     /// Polls `/status` until upstream `name` has health `health` ("up",
     /// "down", ...), bounded by [`WAIT_LIMIT`].
-    pub async fn wait_upstream(&self, name: &str, health: &str) {
+    pub(crate) async fn wait_upstream(&self, name: &str, health: &str) {
         let mut last = String::new();
         let reached = eventually(WAIT_LIMIT, async || {
             match self.upstream_health(name).await {
@@ -437,7 +437,7 @@ impl Shunt {
     }
 
     /// Begins a graceful shutdown (like SIGTERM).
-    pub fn shutdown(&self) {
+    pub(crate) fn shutdown(&self) {
         if let Some(running) = &self.running {
             running.shutdown();
         }
@@ -445,14 +445,14 @@ impl Shunt {
 
     /// Shuts down and resolves when everything has drained, bounded by
     /// `limit`; returns whether it finished in time.
-    pub async fn stop_within(mut self, limit: Duration) -> bool {
+    pub(crate) async fn stop_within(mut self, limit: Duration) -> bool {
         let running = self.running.take().expect("running until stopped");
         running.shutdown();
         tokio::time::timeout(limit, running.stopped()).await.is_ok()
     }
 
     /// Shuts down and waits for the drain, failing the test past 10 s.
-    pub async fn stop(self) {
+    pub(crate) async fn stop(self) {
         assert!(
             self.stop_within(Duration::from_secs(10)).await,
             "shunt did not stop within 10 s"
@@ -460,17 +460,17 @@ impl Shunt {
     }
 
     /// Reloads now (like SIGHUP); whether the reload was applied.
-    pub async fn reload(&self) -> bool {
+    pub(crate) async fn reload(&self) -> bool {
         let running = self.running.as_ref().expect("running until stopped");
         running
             .reloader()
-            .reload(shunt::reload::Trigger::Api, "test")
+            .reload(shunt::ReloadTrigger::Api, "test")
             .await
             .is_ok()
     }
 
     /// Takes the running handle (the caller then owns shutdown).
-    pub fn into_running(mut self) -> shunt::app::Running {
+    pub(crate) fn into_running(mut self) -> shunt::Running {
         self.running.take().expect("running until stopped")
     }
 }

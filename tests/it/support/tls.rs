@@ -19,7 +19,7 @@ use super::ws::Ws;
 use super::{BoxError, IO_TIMEOUT};
 
 /// A test CA that issues server certificates into a temporary directory.
-pub struct TestPki {
+pub(crate) struct TestPki {
     issuer: Issuer<'static, KeyPair>,
     ca_der: CertificateDer<'static>,
     pub dir: PathBuf,
@@ -27,7 +27,7 @@ pub struct TestPki {
 
 impl TestPki {
     /// A new CA and an empty directory for its certificates.
-    pub fn new() -> TestPki {
+    pub(crate) fn new() -> TestPki {
         let key = KeyPair::generate().unwrap();
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -50,12 +50,12 @@ impl TestPki {
     }
 
     /// The CA certificate file.
-    pub fn ca_file(&self) -> PathBuf {
+    pub(crate) fn ca_file(&self) -> PathBuf {
         self.dir.join("ca.crt")
     }
 
     /// Issue a certificate for `names` (CN = first name); returns (cert PEM, key PEM).
-    pub fn issue(&self, names: &[&str]) -> (String, String) {
+    pub(crate) fn issue(&self, names: &[&str]) -> (String, String) {
         let key = KeyPair::generate().unwrap();
         let mut params =
             CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
@@ -67,7 +67,7 @@ impl TestPki {
     }
 
     /// Issue into `<stem>.crt` / `<stem>.key` in the directory; returns their paths.
-    pub fn write(&self, stem: &str, names: &[&str]) -> (PathBuf, PathBuf) {
+    pub(crate) fn write(&self, stem: &str, names: &[&str]) -> (PathBuf, PathBuf) {
         let (cert, key) = self.issue(names);
         let (c, k) = (
             self.dir.join(format!("{stem}.crt")),
@@ -79,7 +79,7 @@ impl TestPki {
     }
 
     /// A rustls client config trusting only this CA.
-    pub fn client_config(&self) -> Arc<rustls::ClientConfig> {
+    pub(crate) fn client_config(&self) -> Arc<rustls::ClientConfig> {
         let mut roots = rustls::RootCertStore::empty();
         roots.add(self.ca_der.clone()).unwrap();
         let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -107,7 +107,7 @@ fn rand_suffix() -> u64 {
 }
 
 /// Write `text` to `path` atomically (temporary file + rename), as certbot does.
-pub fn atomic_write(path: &Path, text: &str) {
+pub(crate) fn atomic_write(path: &Path, text: &str) {
     let tmp = path.with_extension("tmp-rename");
     std::fs::write(&tmp, text).unwrap();
     std::fs::rename(&tmp, path).unwrap();
@@ -115,7 +115,7 @@ pub fn atomic_write(path: &Path, text: &str) {
 
 /// TLS handshake to `addr` with SNI `server_name`; returns the stream and the
 /// SHA-256 fingerprint (hex pairs, upper case) of the certificate presented.
-pub async fn tls_connect(
+pub(crate) async fn tls_connect(
     addr: SocketAddr,
     server_name: &str,
     config: Arc<rustls::ClientConfig>,
@@ -131,13 +131,13 @@ pub async fn tls_connect(
         .peer_certificates()
         .and_then(|c| c.first())
         .ok_or("no peer certificate")?;
-    let fp = shunt::tls::certs::fingerprint(leaf);
+    let fp = shunt::testing::fingerprint(leaf);
     Ok((tls, fp))
 }
 
 /// A `wss://` handshake through `addr` for `path`; returns the socket, the 101
 /// and the fingerprint of the certificate the server presented.
-pub async fn wss_connect(
+pub(crate) async fn wss_connect(
     addr: SocketAddr,
     server_name: &str,
     path: &str,
@@ -166,7 +166,7 @@ pub async fn wss_connect(
 /// A test CA with a certificate `stem` for `names` (its files returned too),
 /// an echo backend named `backend`, and a shunt builder serving that
 /// certificate in front of it.
-pub async fn tls_in_front(
+pub(crate) async fn tls_in_front(
     stem: &str,
     names: &[&str],
     backend: &str,

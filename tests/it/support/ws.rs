@@ -18,18 +18,18 @@ use tokio::net::TcpStream;
 use super::{BoxError, IO_TIMEOUT};
 
 /// The client side of a WebSocket through the proxy.
-pub type Ws = WebSocket<TokioIo<Upgraded>>;
+pub(crate) type Ws = WebSocket<TokioIo<Upgraded>>;
 
 /// One complete data message.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Msg {
+pub(crate) enum Msg {
     Text(String),
     Binary(Vec<u8>),
 }
 
 /// How a WebSocket ended, as seen by [`wait_closed`].
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Closed {
+pub(crate) enum Closed {
     /// A Close frame arrived (with its code, if any).
     CloseFrame(Option<u16>),
     /// The stream ended or failed without a Close frame.
@@ -39,7 +39,7 @@ pub enum Closed {
 /// Performs a WebSocket handshake on `addr` for `path`, with `extra_headers`
 /// added to the request. Fails (with the status in the error) on anything but
 /// a valid 101. Bounded by [`IO_TIMEOUT`].
-pub async fn ws_connect(
+pub(crate) async fn ws_connect(
     addr: SocketAddr,
     path: &str,
     extra_headers: &[(&str, &str)],
@@ -87,7 +87,7 @@ async fn ws_connect_inner(
 }
 
 /// The value of `name` in `response`'s headers, or "".
-pub fn header<'a>(response: &'a Response<Incoming>, name: &str) -> &'a str {
+pub(crate) fn header<'a>(response: &'a Response<Incoming>, name: &str) -> &'a str {
     response
         .headers()
         .get(name)
@@ -96,17 +96,17 @@ pub fn header<'a>(response: &'a Response<Incoming>, name: &str) -> &'a str {
 }
 
 /// Sends one text message.
-pub async fn send_text(ws: &mut Ws, text: &str) -> Result<(), BoxError> {
+pub(crate) async fn send_text(ws: &mut Ws, text: &str) -> Result<(), BoxError> {
     send_frame(ws, Frame::text(Payload::Owned(text.as_bytes().to_vec()))).await
 }
 
 /// Sends one binary message.
-pub async fn send_binary(ws: &mut Ws, data: &[u8]) -> Result<(), BoxError> {
+pub(crate) async fn send_binary(ws: &mut Ws, data: &[u8]) -> Result<(), BoxError> {
     send_frame(ws, Frame::binary(Payload::Owned(data.to_vec()))).await
 }
 
 /// Sends one frame, bounded by [`IO_TIMEOUT`].
-pub async fn send_frame(ws: &mut Ws, frame: Frame<'_>) -> Result<(), BoxError> {
+pub(crate) async fn send_frame(ws: &mut Ws, frame: Frame<'_>) -> Result<(), BoxError> {
     tokio::time::timeout(IO_TIMEOUT, ws.write_frame(frame))
         .await
         .map_err(|_| "WebSocket write timed out")??;
@@ -116,7 +116,11 @@ pub async fn send_frame(ws: &mut Ws, frame: Frame<'_>) -> Result<(), BoxError> {
 /// Sends `parts` as one fragmented message of kind `opcode` (Text or
 /// Binary): a first frame with fin=false, continuation frames, and a last
 /// continuation with fin=true.
-pub async fn send_fragmented(ws: &mut Ws, opcode: OpCode, parts: &[&[u8]]) -> Result<(), BoxError> {
+pub(crate) async fn send_fragmented(
+    ws: &mut Ws,
+    opcode: OpCode,
+    parts: &[&[u8]],
+) -> Result<(), BoxError> {
     assert!(
         parts.len() >= 2,
         "a fragmented message needs at least two frames"
@@ -134,7 +138,7 @@ pub async fn send_fragmented(ws: &mut Ws, opcode: OpCode, parts: &[&[u8]]) -> Re
 }
 
 /// Sends a Ping with `payload`.
-pub async fn send_ping(ws: &mut Ws, payload: &[u8]) -> Result<(), BoxError> {
+pub(crate) async fn send_ping(ws: &mut Ws, payload: &[u8]) -> Result<(), BoxError> {
     send_frame(
         ws,
         Frame::new(true, OpCode::Ping, None, Payload::Owned(payload.to_vec())),
@@ -144,7 +148,10 @@ pub async fn send_ping(ws: &mut Ws, payload: &[u8]) -> Result<(), BoxError> {
 
 /// Reads the next frame of any kind (pings are answered by auto_pong and not
 /// returned), bounded by `limit`.
-pub async fn recv_frame(ws: &mut Ws, limit: Duration) -> Result<(bool, OpCode, Vec<u8>), BoxError> {
+pub(crate) async fn recv_frame(
+    ws: &mut Ws,
+    limit: Duration,
+) -> Result<(bool, OpCode, Vec<u8>), BoxError> {
     let frame = tokio::time::timeout(limit, ws.read_frame())
         .await
         .map_err(|_| format!("no WebSocket frame within {limit:?}"))??;
@@ -153,12 +160,12 @@ pub async fn recv_frame(ws: &mut Ws, limit: Duration) -> Result<(bool, OpCode, V
 
 /// Reads the next complete data message (reassembling fragments, skipping
 /// pongs), bounded by [`IO_TIMEOUT`] overall. A Close is an error.
-pub async fn recv(ws: &mut Ws) -> Result<Msg, BoxError> {
+pub(crate) async fn recv(ws: &mut Ws) -> Result<Msg, BoxError> {
     recv_within(ws, IO_TIMEOUT).await
 }
 
 /// [`recv`] with an explicit bound.
-pub async fn recv_within(ws: &mut Ws, limit: Duration) -> Result<Msg, BoxError> {
+pub(crate) async fn recv_within(ws: &mut Ws, limit: Duration) -> Result<Msg, BoxError> {
     let deadline = tokio::time::Instant::now() + limit;
     let mut kind: Option<OpCode> = None;
     let mut data = Vec::new();
@@ -191,7 +198,7 @@ pub async fn recv_within(ws: &mut Ws, limit: Duration) -> Result<Msg, BoxError> 
 }
 
 /// Reads the next text message.
-pub async fn recv_text(ws: &mut Ws) -> Result<String, BoxError> {
+pub(crate) async fn recv_text(ws: &mut Ws) -> Result<String, BoxError> {
     match recv(ws).await? {
         Msg::Text(text) => Ok(text),
         Msg::Binary(data) => Err(format!("expected text, got {} binary bytes", data.len()).into()),
@@ -199,7 +206,7 @@ pub async fn recv_text(ws: &mut Ws) -> Result<String, BoxError> {
 }
 
 /// Reads the next binary message.
-pub async fn recv_binary(ws: &mut Ws) -> Result<Vec<u8>, BoxError> {
+pub(crate) async fn recv_binary(ws: &mut Ws) -> Result<Vec<u8>, BoxError> {
     match recv(ws).await? {
         Msg::Binary(data) => Ok(data),
         Msg::Text(text) => Err(format!("expected binary, got text {text:?}").into()),
@@ -208,7 +215,7 @@ pub async fn recv_binary(ws: &mut Ws) -> Result<Vec<u8>, BoxError> {
 
 /// Reads until the WebSocket ends (Close frame, EOF or error), discarding
 /// data; fails if it is still open after `limit`.
-pub async fn wait_closed(ws: &mut Ws, limit: Duration) -> Result<Closed, BoxError> {
+pub(crate) async fn wait_closed(ws: &mut Ws, limit: Duration) -> Result<Closed, BoxError> {
     let deadline = tokio::time::Instant::now() + limit;
     loop {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
@@ -236,7 +243,7 @@ fn describe_close(payload: &[u8]) -> String {
 
 /// Status line and headers of a response read off a raw socket.
 #[derive(Clone)]
-pub struct RawResponse {
+pub(crate) struct RawResponse {
     pub status: u16,
     pub headers: Vec<(String, String)>,
     /// Whatever body bytes arrived with the head (not necessarily all).
@@ -255,7 +262,7 @@ impl std::fmt::Debug for RawResponse {
 
 impl RawResponse {
     /// The first value of header `name` (case-insensitive).
-    pub fn header(&self, name: &str) -> Option<&str> {
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
@@ -266,7 +273,7 @@ impl RawResponse {
 /// Sends `request` verbatim on a new connection to `addr` and reads the
 /// response head. Reads while writing, so a server that answers early (and
 /// stops reading) is still heard. Bounded by [`IO_TIMEOUT`].
-pub async fn raw_request(addr: SocketAddr, request: &[u8]) -> Result<RawResponse, BoxError> {
+pub(crate) async fn raw_request(addr: SocketAddr, request: &[u8]) -> Result<RawResponse, BoxError> {
     tokio::time::timeout(IO_TIMEOUT, raw_request_inner(addr, request.to_vec()))
         .await
         .map_err(|_| format!("no response head from {addr} within {IO_TIMEOUT:?}"))?
@@ -326,7 +333,7 @@ async fn raw_request_inner(addr: SocketAddr, request: Vec<u8>) -> Result<RawResp
 
 /// A call on `path` through shunt at `addr` that must open, its hello read:
 /// the client WebSocket and the `x-shunt-route` it was answered with.
-pub async fn open_call(addr: SocketAddr, path: &str) -> (Ws, String) {
+pub(crate) async fn open_call(addr: SocketAddr, path: &str) -> (Ws, String) {
     let (mut socket, response) = super::ws_connect(addr, path, &[])
         .await
         .unwrap_or_else(|e| panic!("call on {path}: {e}"));
@@ -336,7 +343,7 @@ pub async fn open_call(addr: SocketAddr, path: &str) -> (Ws, String) {
 }
 
 /// `Sec-WebSocket-Accept` for `key`, computed by fastwebsockets itself.
-pub fn accept_key(key: &str) -> String {
+pub(crate) fn accept_key(key: &str) -> String {
     let mut request = hyper::Request::get("/")
         .header("sec-websocket-key", key)
         .header("sec-websocket-version", "13")

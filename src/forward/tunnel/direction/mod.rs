@@ -54,7 +54,7 @@ mod scan;
 
 /// shunt's own Close towards the destination.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CloseState {
+pub(super) enum CloseState {
     /// None asked for.
     None,
     /// Waiting for a frame boundary.
@@ -68,7 +68,7 @@ pub enum CloseState {
 
 /// What a direction ended with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Done {
+pub(super) enum Done {
     /// The source ended; the end was passed on (or nothing is forwarded any more).
     Eof,
     /// A tracked source ended without a Close: the tunnel decides what the
@@ -78,7 +78,7 @@ pub enum Done {
 
 /// Which side of a direction failed.
 #[derive(Debug)]
-pub enum Failed {
+pub(super) enum Failed {
     /// Reading the source.
     Src(io::Error),
     /// Writing the destination.
@@ -87,7 +87,7 @@ pub enum Failed {
 
 /// What one poll saw, for the tunnel's call state.
 #[derive(Debug, Default)]
-pub struct Report {
+pub(super) struct Report {
     /// Bytes came from the source (its leg is alive).
     pub read: bool,
     /// Bytes other than shunt's own Pong were forwarded (idle activity).
@@ -110,7 +110,7 @@ pub struct Report {
 
 /// What a direction writes its figures into.
 #[derive(Debug)]
-pub struct Ctx<'a> {
+pub(super) struct Ctx<'a> {
     /// The direction's live figures.
     pub stats: &'a DirStats,
     /// The route's gap histogram for this direction.
@@ -132,7 +132,7 @@ impl Ctx<'_> {
 /// State of one direction; the caller gives its pipe back ([`Direction::give_back`])
 /// when the tunnel ends.
 #[derive(Debug)]
-pub struct Direction {
+pub(super) struct Direction {
     /// A borrowed pipe, held only while a burst is in flight.
     pipe: Option<Pipe>,
     /// Bytes to write before anything else (a partial write's remainder,
@@ -167,7 +167,7 @@ pub struct Direction {
 impl Direction {
     /// A direction that first writes `first` (bytes read past the handshake),
     /// whose frames are followed unless `framing` says otherwise.
-    pub fn new(first: &[u8], framing: Framing) -> Self {
+    pub(super) fn new(first: &[u8], framing: Framing) -> Self {
         Direction {
             pipe: None,
             rest: first.to_vec(),
@@ -187,27 +187,27 @@ impl Direction {
     }
 
     /// Everything read has been written (nothing in `rest`, the pipe or a TLS buffer).
-    pub fn flushed(&self) -> bool {
+    pub(super) fn flushed(&self) -> bool {
         self.rest.is_empty() && !self.flush && self.pipe.as_ref().is_none_or(|p| p.pending == 0)
     }
 
     /// How this direction's frames are followed.
-    pub fn framing(&self) -> Framing {
+    pub(super) fn framing(&self) -> Framing {
         self.framing
     }
 
     /// shunt's Close towards the destination.
-    pub fn close_state(&self) -> CloseState {
+    pub(super) fn close_state(&self) -> CloseState {
         self.close
     }
 
     /// A Close has passed from the source.
-    pub fn close_seen(&self) -> bool {
+    pub(super) fn close_seen(&self) -> bool {
         self.frames.closed()
     }
 
     /// Whether shunt may write its own frames into this direction.
-    pub fn can_inject(&self) -> bool {
+    pub(super) fn can_inject(&self) -> bool {
         self.framing == Framing::Tracked
             && !self.frames.closed()
             && !self.discard
@@ -215,20 +215,20 @@ impl Direction {
     }
 
     /// Send shunt's Ping at the next frame boundary.
-    pub fn request_ping(&mut self) {
+    pub(super) fn request_ping(&mut self) {
         if self.can_inject() {
             self.ping = true;
         }
     }
 
     /// A Ping is waiting for a boundary.
-    pub fn ping_pending(&self) -> bool {
+    pub(super) fn ping_pending(&self) -> bool {
         self.ping
     }
 
     /// Send shunt's Close with `code` at the next frame boundary; if it
     /// cannot be sent at all, forward nothing more instead.
-    pub fn request_close(&mut self, code: CloseCode) {
+    pub(super) fn request_close(&mut self, code: CloseCode) {
         if self.close != CloseState::None {
             return;
         }
@@ -242,7 +242,7 @@ impl Direction {
     }
 
     /// No boundary came in time: give up on the Close, forward nothing more.
-    pub fn skip_close(&mut self) {
+    pub(super) fn skip_close(&mut self) {
         if let CloseState::Pending(_) = self.close {
             self.close = CloseState::Skipped;
         }
@@ -250,7 +250,7 @@ impl Direction {
     }
 
     /// The destination is gone: write nothing more to it.
-    pub fn drop_output(&mut self) {
+    pub(super) fn drop_output(&mut self) {
         self.skip_close();
         self.dst_gone = true;
         self.rest = Vec::new();
@@ -260,7 +260,7 @@ impl Direction {
     /// Move bytes `src` → `dst` until EOF, then half-close `dst` (or report
     /// [`Done::Lost`]); splices through pipes from `pool` if given and both
     /// legs are sockets. After a failure the failed side is not used again.
-    pub fn poll_relay<S: Leg, D: Leg>(
+    pub(super) fn poll_relay<S: Leg, D: Leg>(
         &mut self,
         cx: &mut Context<'_>,
         src: &mut S,
@@ -406,7 +406,7 @@ impl Direction {
 
     /// Give the pipe (if any) back to `pool`; the pool closes it if it still
     /// holds bytes (a tunnel that ended mid-burst).
-    pub fn give_back(&mut self, pool: Option<&PipePool>) {
+    pub(super) fn give_back(&mut self, pool: Option<&PipePool>) {
         if let (Some(pool), Some(pipe)) = (pool, self.pipe.take()) {
             pool.give(pipe);
         }

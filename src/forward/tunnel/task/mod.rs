@@ -36,7 +36,7 @@ use crate::policy::rate::TunnelSlot;
 use crate::stats::TunnelGuard;
 use close::Why;
 use deadlines::{Ms, ms};
-pub use outcome::{Ending, Loss, Side};
+pub(super) use outcome::{Ending, Loss, Side};
 
 mod close;
 mod deadlines;
@@ -50,7 +50,7 @@ const MAX_ROUNDS: usize = 16;
 
 /// Everything a tunnel holds.
 #[derive(Debug)]
-pub struct Tunnel<D, U> {
+pub(super) struct Tunnel<D, U> {
     /// The downstream leg: index 0 of the per-leg arrays
     /// ([`Side::Downstream`]), the source of [`TO_UPSTREAM`].
     downstream: D,
@@ -121,7 +121,7 @@ pub struct Tunnel<D, U> {
 impl<D: Leg, U: Leg> Tunnel<D, U> {
     /// Join two legs, each with the bytes hyper read past its handshake
     /// (written to the other side first).
-    pub fn new(
+    pub(super) fn new(
         (downstream, downstream_early): (D, &[u8]),
         (upstream, upstream_early): (U, &[u8]),
         parts: TunnelParts,
@@ -185,7 +185,7 @@ impl<D: Leg, U: Leg> Tunnel<D, U> {
     /// Relay until the tunnel ends; record it in `/status` and `/calls`.
     // Not an `async fn`: its argument would be stored twice in the future
     // (once as the argument, once as the local), doubling an idle tunnel's size.
-    pub fn run(self, shutdown: CancellationToken) -> impl Future<Output = Ending> + Send
+    pub(super) fn run(self, shutdown: CancellationToken) -> impl Future<Output = Ending> + Send
     where
         D: Send,
         U: Send,

@@ -12,7 +12,7 @@ use crate::forward::tunnel::leg::Leg;
 
 /// A tunnel leg.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Side {
+pub(crate) enum Side {
     /// The downstream leg (the client that connected to shunt).
     Downstream,
     /// The upstream leg.
@@ -21,7 +21,7 @@ pub enum Side {
 
 impl Side {
     /// The leg's name in logs: `client` or `backend`, as in `/calls`.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Side::Downstream => "client",
             Side::Upstream => "backend",
@@ -30,7 +30,7 @@ impl Side {
 
     /// The leg's index (0 downstream, 1 upstream), which is also the index of
     /// the direction its bytes come in on.
-    pub fn index(self) -> usize {
+    pub(crate) fn index(self) -> usize {
         match self {
             Side::Downstream => 0,
             Side::Upstream => 1,
@@ -38,7 +38,7 @@ impl Side {
     }
 
     /// The leg of index `i`.
-    pub fn of(i: usize) -> Side {
+    pub(crate) fn of(i: usize) -> Side {
         if i == 0 {
             Side::Downstream
         } else {
@@ -49,7 +49,7 @@ impl Side {
 
 /// How a leg was lost.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Loss {
+pub(crate) enum Loss {
     /// End of stream without a Close frame.
     Eof,
     /// A read or write failed (a reset, usually).
@@ -60,7 +60,7 @@ pub enum Loss {
 
 /// Why a tunnel ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Ending {
+pub(crate) enum Ending {
     /// Both sides closed.
     Closed,
     /// One side closed and the other did not follow within the linger.
