@@ -87,7 +87,7 @@ impl Snapshot {
                     spec.clone(),
                     probed,
                     old.map(|o| o.health.clone()),
-                    old.map(|o| Arc::new(o.websocket_checks.carried())),
+                    old.map(|o| o.websocket_checks.clone()),
                     shutdown.token(),
                     shutdown.tracker(),
                 )

@@ -78,9 +78,9 @@ pub enum ProbeError {
 /// removes or changes it) or at shutdown. Each probe, connect included, is
 /// bounded by `spec.timeout`; a timeout counts as a failure. While a
 /// WebSocket mark is due, a re-test on its path follows the probe.
-/// Between probes, every `spec.ws_check_interval` (and at once when a
-/// route is added to `checks`), the WebSocket check
-/// ([`check_websocket_paths`]) handshakes on each path of `checks`.
+/// Between probes, every `spec.ws_check_interval` (the first right after
+/// the first probe), the WebSocket check ([`check_websocket_paths`])
+/// handshakes on each path of `checks` as it is then.
 /// `tracker` tracks the probe connections' hyper tasks.
 pub(crate) async fn probe_loop(
     url: UpstreamUrl,
@@ -149,13 +149,11 @@ pub(crate) async fn probe_loop(
                 None => next_probe,
             };
             tokio::select! {
-                () = tokio::time::sleep_until(wake) => {
-                    if Instant::now() >= next_probe {
-                        break;
-                    }
-                }
-                () = checks.added(), if spec.ws_check_interval.is_some() => ws_due = Instant::now(),
+                () = tokio::time::sleep_until(wake) => {}
                 () = stop.cancelled() => return,
+            }
+            if Instant::now() >= next_probe {
+                break;
             }
         }
     }

@@ -17,8 +17,6 @@
 
 use std::sync::{Mutex, MutexGuard};
 
-use tokio::sync::Notify;
-
 /// One route to check through the upstream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Check {
@@ -35,9 +33,6 @@ struct Check {
 pub(crate) struct WebSocketChecks {
     /// Held only to read or change the list, never across an `.await`.
     checks: Mutex<Vec<Check>>,
-    /// Wakes the probe loop when a route is learned, so the new path is
-    /// checked now rather than an interval later.
-    added: Notify,
 }
 
 /// The routes that share one path: one handshake answers for all of them.
@@ -62,7 +57,6 @@ impl WebSocketChecks {
     /// dropped; the others stay.
     pub(crate) fn configure(&self, declared: &[(String, String)], routes: &[String]) {
         let mut checks = self.lock();
-        let before = checks.clone();
         checks.retain(|c| c.learned && routes.contains(&c.route));
         for (route, path) in declared {
             if !checks.iter().any(|c| &c.route == route) {
@@ -73,39 +67,25 @@ impl WebSocketChecks {
                 });
             }
         }
-        let new = checks.iter().any(|c| !before.contains(c));
-        drop(checks);
-        if new {
-            self.added.notify_one();
-        }
     }
 
-    /// A copy of the list for the upstream that replaces this one (an https
-    /// upstream is rebuilt at each reload): its own, so the probe loop
-    /// that is stopping cannot take the new one's wake-up.
-    pub(crate) fn carried(&self) -> WebSocketChecks {
-        WebSocketChecks {
-            checks: Mutex::new(self.lock().clone()),
-            added: Notify::new(),
-        }
-    }
-
-    /// A 101 came through route `route` on `path`: from now on the route is
-    /// checked on that path. A route already on the list keeps its path.
-    /// Called for every WebSocket handshake a route's upstream upgrades, so
-    /// the common case (already known) is one short scan.
+    /// A 101 came through route `route` on `path`: from the next check on,
+    /// the route is checked on that path. A route already on the list keeps
+    /// its path. Called for every WebSocket handshake a route's upstream
+    /// upgrades, so the common case (already known) is one short scan.
+    ///
+    /// Not checked at once: the call that taught it has just started on
+    /// one of these upstreams, and a backend that counts its sessions
+    /// should see the check at its usual rate, not with every new route.
     pub(crate) fn learn(&self, route: &str, path: &str) {
         let mut checks = self.lock();
-        if checks.iter().any(|c| c.route == route) {
-            return;
+        if !checks.iter().any(|c| c.route == route) {
+            checks.push(Check {
+                route: route.to_owned(),
+                path: path.to_owned(),
+                learned: true,
+            });
         }
-        checks.push(Check {
-            route: route.to_owned(),
-            path: path.to_owned(),
-            learned: true,
-        });
-        drop(checks);
-        self.added.notify_one();
     }
 
     /// What to check now, one entry per path, minus `skip` (the path the
@@ -122,12 +102,6 @@ impl WebSocketChecks {
             }
         }
         out
-    }
-
-    /// Resolves once a route was added since the last call (at once if one
-    /// was added while nobody waited).
-    pub(crate) async fn added(&self) {
-        self.added.notified().await;
     }
 }
 
@@ -198,18 +172,5 @@ mod tests {
                 routes: labels(&["/kept"]),
             }]
         );
-    }
-
-    /// Learning a new route wakes the probe loop; learning a known one does not.
-    #[tokio::test(start_paused = true)]
-    async fn learning_a_new_route_wakes_the_probe_loop_once() {
-        let checks = WebSocketChecks::default();
-        checks.learn("/a", "/a");
-        tokio::time::timeout(std::time::Duration::from_secs(1), checks.added())
-            .await
-            .unwrap_or_else(|_| panic!("a new route did not wake the loop"));
-        checks.learn("/a", "/a");
-        let woke = tokio::time::timeout(std::time::Duration::from_secs(1), checks.added()).await;
-        assert!(woke.is_err(), "a known route woke the loop");
     }
 }
