@@ -90,6 +90,9 @@ pub struct RunArgs {
     /// Health probe kind: tcp, http:PATH or ws:PATH [default: tcp].
     #[arg(long, env = "SHUNT_HEALTH_CHECK", value_name = "KIND")]
     pub health_check: Option<String>,
+    /// Interval between WebSocket checks of the upstreams of WebSocket routes; 0s turns them off [default: 30s].
+    #[arg(long, env = "SHUNT_WS_CHECK_INTERVAL", value_name = "DURATION")]
+    pub ws_check_interval: Option<String>,
     /// Consecutive successful probes to mark an upstream up [default: 1].
     #[arg(long, env = "SHUNT_RISE", value_name = "N")]
     pub rise: Option<u32>,

@@ -81,11 +81,13 @@ impl Snapshot {
             let upstream = match old {
                 // A plain upstream that did not change is kept whole, probe task included.
                 Some(old) if spec.url.scheme == Scheme::Http => old.clone(),
-                // An https one is rebuilt (its CA file may have changed) but keeps its health.
+                // An https one is rebuilt (its CA file may have changed) but
+                // keeps its health and the WebSocket routes it learned.
                 _ => Upstream::start(
                     spec.clone(),
                     probed,
                     old.map(|o| o.health.clone()),
+                    old.map(|o| o.websocket_checks.clone()),
                     shutdown.token(),
                     shutdown.tracker(),
                 )
@@ -96,6 +98,7 @@ impl Snapshot {
             };
             upstreams.insert(spec.name.clone(), upstream);
         }
+        set_websocket_checks(&config, &upstreams);
         let routes = config
             .routes
             .iter()
@@ -156,6 +159,23 @@ impl Snapshot {
     /// The configuration it was built from.
     pub fn config(&self) -> &Arc<Config> {
         &self.config
+    }
+}
+
+/// Tell each upstream which routes through it to WebSocket-check: those
+/// declared `websocket = true` from the start (on the route's path); what
+/// it learned from 101s stays for the routes that still go through it.
+/// Runs once nothing else in the build can fail, since a kept upstream is
+/// shared with the snapshot still serving.
+fn set_websocket_checks(config: &Config, upstreams: &BTreeMap<UpstreamName, Arc<Upstream>>) {
+    for (name, upstream) in upstreams {
+        let through = || config.routes.iter().filter(move |r| r.via.contains(name));
+        let declared: Vec<(String, String)> = through()
+            .filter(|r| r.websocket)
+            .map(|r| (r.label(), r.path.clone()))
+            .collect();
+        let labels: Vec<String> = through().map(|r| r.label()).collect();
+        upstream.websocket_checks.configure(&declared, &labels);
     }
 }
 

@@ -323,7 +323,7 @@ async fn exchange_with_failover(
         };
         let req = Request::from_parts(head, body);
         let result = forward::forward(req, conn, exchange, ctx.forwarding(), handoff).await;
-        if let Some(result) = failover.settle(&upstream, result, &route.label) {
+        if let Some(result) = failover.settle(&upstream, result, &route.label, path) {
             return result.map_err(ProxyError::from);
         }
     }

@@ -177,6 +177,7 @@ mod tests {
                             via: vec![],
                             policy: Default::default(),
                             calls: Default::default(),
+                            websocket: false,
                         },
                         label: format!("{}{}", host.unwrap_or(""), path),
                         via: vec![],

@@ -58,6 +58,8 @@ pub(super) struct Overrides {
     pub health_interval: Option<Duration>,
     /// `--health-timeout`.
     pub health_timeout: Option<Duration>,
+    /// `--ws-check-interval` (`0s`: off).
+    pub ws_check_interval: Option<Duration>,
     /// `--rise` (checked to be at least 1 in the merge).
     pub rise: Option<u32>,
     /// `--fall` (checked to be at least 1 in the merge).
@@ -172,6 +174,7 @@ impl Overrides {
                 .transpose()?,
             health_interval: duration("health-interval", &a.health_interval)?,
             health_timeout: duration("health-timeout", &a.health_timeout)?,
+            ws_check_interval: duration("ws-check-interval", &a.ws_check_interval)?,
             rise: a.rise,
             fall: a.fall,
             max_header_bytes: a.max_header_bytes,

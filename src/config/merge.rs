@@ -230,7 +230,9 @@ impl Merge<'_> {
     ///
     /// Precedence, per field: the upstream's own table, then the flag, then the
     /// file's `[health]`, then the default (`tcp`, every 2 s, 1 s timeout, rise
-    /// and fall 1). A zero interval or a zero rise/fall count is refused here.
+    /// and fall 1, a WebSocket check every 30 s). A zero interval or a zero
+    /// rise/fall count is refused here; a zero `ws_check_interval` turns the
+    /// WebSocket check off.
     fn health(&self, own: &RawHealth, upstream: &str) -> Result<HealthSpec, ConfigError> {
         let a = self.flags;
         let g = &self.file.health;
@@ -279,6 +281,21 @@ impl Merge<'_> {
                 parse_duration(&field, &v)?
             }
         };
+        // Longer than the probe's on purpose: each check opens a real
+        // WebSocket session on the backend, which may count its agents.
+        let ws_check_interval = match (&own.ws_check_interval, a.ws_check_interval) {
+            (None, Some(flag)) => flag,
+            _ => {
+                let (field, v) = text(
+                    &own.ws_check_interval,
+                    &g.ws_check_interval,
+                    "ws_check_interval",
+                    "ws-check-interval",
+                    "30s",
+                );
+                parse_duration(&field, &v)?
+            }
+        };
         let count = |own: Option<u32>, flag: Option<u32>, global: Option<u32>, name: &str| {
             let n = own.or(flag).or(global).unwrap_or(1);
             if n == 0 {
@@ -297,6 +314,7 @@ impl Merge<'_> {
             timeout,
             rise: count(own.rise, a.rise, g.rise, "rise")?,
             fall: count(own.fall, a.fall, g.fall, "fall")?,
+            ws_check_interval: (!ws_check_interval.is_zero()).then_some(ws_check_interval),
         })
     }
 
@@ -382,6 +400,7 @@ impl Merge<'_> {
                 host,
                 path,
                 via: parse_via(&field, r.via.iter().map(String::as_str))?,
+                websocket: r.websocket.unwrap_or(false),
             };
             if routes
                 .iter()
@@ -395,16 +414,17 @@ impl Merge<'_> {
         }
         for flag in &self.flags.routes {
             let mut route = flag.clone();
-            // A flag replaces a file route's upstreams; the file's policy and call settings stay.
-            (route.policy, route.calls) = match routes
+            // A flag replaces a file route's upstreams; the file's policy,
+            // call settings and `websocket` stay.
+            (route.policy, route.calls, route.websocket) = match routes
                 .iter()
                 .position(|o| o.host == route.host && o.path == route.path)
             {
                 Some(i) => {
                     let old = routes.remove(i);
-                    (old.policy, old.calls)
+                    (old.policy, old.calls, old.websocket)
                 }
-                None => (defaults.route_policy(&route.label())?, call_defaults),
+                None => (defaults.route_policy(&route.label())?, call_defaults, false),
             };
             routes.push(route);
         }

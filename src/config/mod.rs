@@ -272,9 +272,13 @@ impl Config {
         for u in &self.upstreams {
             let h = &u.health;
             let used = self.routes.iter().any(|r| r.via.contains(&u.name));
+            let ws_check = h.ws_check_interval.map_or_else(
+                || "off".to_owned(),
+                |d| humantime::format_duration(d).to_string(),
+            );
             writeln!(
                 out,
-                "  {:<12} {:<28} check {} every {} timeout {} rise {} fall {}{}",
+                "  {:<12} {:<28} check {} every {} timeout {} rise {} fall {}, ws check {}{}",
                 u.name.0,
                 u.url.to_string(),
                 h.check,
@@ -282,6 +286,7 @@ impl Config {
                 humantime::format_duration(h.timeout),
                 h.rise,
                 h.fall,
+                ws_check,
                 if used {
                     ""
                 } else {
@@ -298,7 +303,8 @@ impl Config {
         routes.sort_by_key(|r| std::cmp::Reverse(r.specificity()));
         for r in routes {
             let via: Vec<_> = r.via.iter().map(|n| n.0.as_str()).collect();
-            writeln!(out, "  {:<28} -> {}", r.label(), via.join(", "))?;
+            let websocket = if r.websocket { "  (websocket)" } else { "" };
+            writeln!(out, "  {:<28} -> {}{websocket}", r.label(), via.join(", "))?;
             let p = &r.policy;
             writeln!(
                 out,
@@ -568,5 +574,62 @@ mod tests {
     fn admin_off() {
         let c = Config::from_args(["--admin", "off"]).unwrap();
         assert!(c.admin.is_none());
+    }
+
+    /// `ws_check_interval`: 30 s by default; an upstream's own table over
+    /// the flag over the file's `[health]`; `0` turns it off. A route's
+    /// `websocket = true` stays when a `--route` flag replaces its upstreams.
+    #[test]
+    fn ws_check_interval_and_a_websocket_route() {
+        let ws_check = |c: &Config, name: &str| {
+            c.upstreams
+                .iter()
+                .find(|u| u.name.0 == name)
+                .map(|u| u.health.ws_check_interval)
+        };
+        let websocket = |c: &Config, path: &str| {
+            c.routes
+                .iter()
+                .find(|r| r.path == path)
+                .map(|r| r.websocket)
+        };
+        let c = Config::from_args(Vec::<String>::new()).unwrap();
+        assert_eq!(ws_check(&c, "direct"), Some(Some(Duration::from_secs(30))));
+        assert_eq!(websocket(&c, "/"), Some(false));
+
+        let dir = std::env::temp_dir().join(format!("shunt-ws-check-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("t.toml");
+        std::fs::write(
+            &file,
+            "[health]\nws_check_interval = \"10s\"\n\
+             [upstreams.nginx]\nurl = \"http://127.0.0.1:81\"\nhealth = { ws_check_interval = 0 }\n\
+             [[routes]]\npath = \"/a\"\nvia = [\"direct\", \"nginx\"]\nwebsocket = true\n\
+             [[routes]]\npath = \"/\"\nvia = [\"nginx\"]\n",
+        )
+        .unwrap();
+        let path = file.to_str().unwrap();
+        let from_file = Config::from_args(["--config", path]);
+        let flagged = Config::from_args([
+            "--config",
+            path,
+            "--ws-check-interval",
+            "5s",
+            "--route",
+            "/a=nginx",
+        ]);
+        let zero = Config::from_args(["--ws-check-interval", "0s"]);
+        std::fs::remove_dir_all(&dir).unwrap();
+
+        let c = from_file.unwrap();
+        assert_eq!(ws_check(&c, "direct"), Some(Some(Duration::from_secs(10))));
+        assert_eq!(ws_check(&c, "nginx"), Some(None), "0 turns it off");
+        assert_eq!(websocket(&c, "/a"), Some(true));
+        assert_eq!(websocket(&c, "/"), Some(false));
+        let c = flagged.unwrap();
+        assert_eq!(ws_check(&c, "direct"), Some(Some(Duration::from_secs(5))));
+        assert_eq!(ws_check(&c, "nginx"), Some(None), "its own table wins");
+        assert_eq!(websocket(&c, "/a"), Some(true), "kept under --route");
+        assert_eq!(ws_check(&zero.unwrap(), "direct"), Some(None));
     }
 }

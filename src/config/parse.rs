@@ -177,6 +177,7 @@ pub(super) fn parse_route_flag(text: &str) -> Result<RouteSpec, ConfigError> {
         via: parse_via(field, via.split(','))?,
         policy: RoutePolicy::default(),
         calls: super::CallSpec::default(),
+        websocket: false,
     })
 }
 

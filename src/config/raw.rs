@@ -123,7 +123,8 @@ pub(crate) struct RawUpstream {
     pub health: RawHealth,
 }
 
-/// `health = { check, interval, timeout, rise, fall }`, every key optional.
+/// `health = { check, interval, timeout, rise, fall, ws_check_interval }`,
+/// every key optional.
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawHealth {
@@ -139,6 +140,10 @@ pub(crate) struct RawHealth {
     pub rise: Option<u32>,
     /// Failures that take an up upstream down (as `--fall`).
     pub fall: Option<u32>,
+    /// Time between WebSocket checks on the paths of its WebSocket routes
+    /// (as `--ws-check-interval`; `0` turns them off).
+    #[serde(default, deserialize_with = "duration")]
+    pub ws_check_interval: Option<String>,
 }
 
 /// `[[routes]]`.
@@ -178,6 +183,10 @@ pub(crate) struct RawRoute {
     pub ping_timeout: Option<String>,
     /// `false`: a pure byte relay on this route (no frames tracked).
     pub frames: Option<bool>,
+    /// `true`: the route carries WebSocket, so its upstreams get the
+    /// WebSocket check from the start, before any call (default `false`:
+    /// learned from the first 101).
+    pub websocket: Option<bool>,
 }
 
 /// `[tls]`: one certificate (`cert`, `key`) and/or several (`[[tls.certs]]`).

@@ -108,6 +108,9 @@ pub struct HealthSpec {
     pub rise: u32,
     /// Consecutive failures that take an up upstream down (at least 1).
     pub fall: u32,
+    /// Time between WebSocket checks of the upstream on the paths of the
+    /// routes that carry WebSocket through it; `None` when turned off (`0s`).
+    pub ws_check_interval: Option<Duration>,
 }
 
 /// One named upstream.
@@ -145,6 +148,9 @@ pub struct RouteSpec {
     pub policy: RoutePolicy,
     /// Call-layer settings, with the global defaults applied.
     pub calls: CallSpec,
+    /// Declared to carry WebSocket (`websocket = true`): its upstreams are
+    /// WebSocket-checked from the start, not only once a 101 was seen.
+    pub websocket: bool,
 }
 
 impl RouteSpec {
@@ -218,6 +224,7 @@ impl RouteSpec {
                     via: via(&["direct", "nginx"]),
                     policy: RoutePolicy::default(),
                     calls: CallSpec::default(),
+                    websocket: false,
                 },
                 RouteSpec {
                     host: None,
@@ -225,6 +232,7 @@ impl RouteSpec {
                     via: via(&["nginx", "direct"]),
                     policy: RoutePolicy::default(),
                     calls: CallSpec::default(),
+                    websocket: false,
                 },
             ]
         } else {
@@ -234,6 +242,7 @@ impl RouteSpec {
                 via: via(&["direct"]),
                 policy: RoutePolicy::default(),
                 calls: CallSpec::default(),
+                websocket: false,
             }]
         }
     }

@@ -568,7 +568,7 @@ fn refused(ctx: &Context, check: &str, target: &str, answer: Answer<'_>) -> Find
                     "{url}: shunt forwarded to `{up}`, where nginx answered {answered} instead of 101: nginx does not forward WebSocket upgrades on {}",
                     ctx.url.path()
                 ),
-                nginx_fix(ctx.url.path(), &ctx.backend_url()),
+                nginx_fix(ctx.url.path()),
             )
         }
         (
@@ -594,7 +594,7 @@ fn refused(ctx: &Context, check: &str, target: &str, answer: Answer<'_>) -> Find
                     "{url}: shunt forwarded to `{up}`, where nginx answered {status} instead of 101: nginx does not forward WebSocket upgrades on {}",
                     ctx.url.path()
                 ),
-                nginx_fix(ctx.url.path(), &ctx.backend_url()),
+                nginx_fix(ctx.url.path()),
             )
         }
         (None, Some(up)) if status == StatusCode::FORBIDDEN => Finding::fail(

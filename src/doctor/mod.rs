@@ -34,7 +34,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::cli::{DoctorArgs, RunArgs};
-use crate::config::{Config, ConfigError, RouteSpec, UpstreamName, parse_duration};
+use crate::config::{Config, ConfigError, RouteSpec, parse_duration};
 use crate::policy::auth::AuthMode;
 pub(crate) use public_url::{PublicUrl, UrlError};
 
@@ -307,13 +307,6 @@ impl Context {
             Some(r) if r == route => self.url.path().to_owned(),
             _ => route.path.clone(),
         }
-    }
-
-    /// The `direct` upstream's URL (the backend), for fixes that name it.
-    pub(crate) fn backend_url(&self) -> String {
-        self.config
-            .upstream(&UpstreamName("direct".into()))
-            .map_or_else(|| "http://127.0.0.1:5006".to_owned(), |u| u.url.to_string())
     }
 
     /// `text` with the token replaced by [`TOKEN_MARK`] (see [`redact`]).

@@ -197,7 +197,7 @@ fn diagnose(ctx: &Context, route: &RouteSpec, u: &UpstreamSpec, path: &str, a: &
                 "{what}: nginx answered {status} in {took} instead of 101: nginx does not forward WebSocket upgrades on {}",
                 route.path
             ),
-            nginx_fix(&route.path, &ctx.backend_url()),
+            nginx_fix(&route.path),
         ),
         StatusCode::NOT_FOUND => Finding::fail(
             check,
@@ -225,16 +225,22 @@ fn diagnose(ctx: &Context, route: &RouteSpec, u: &UpstreamSpec, path: &str, a: &
     }
 }
 
-/// The nginx lines that forward WebSocket upgrades on `path` to `backend`.
+/// What [`nginx_fix`] shows in place of the `proxy_pass` address.
+pub(crate) const NGINX_FIX_PROXY_PASS: &str = "<the address this location already forwards to>";
+
+/// The nginx lines that forward WebSocket upgrades on `path`.
 ///
 /// nginx speaks HTTP/1.0 to upstreams and drops hop-by-hop headers unless
 /// told otherwise, so `Upgrade` and `Connection` never reach the backend:
 /// `proxy_http_version 1.1` and the two `proxy_set_header` lines restore
 /// them, and the `map` sends `Connection: close` for plain requests. The
 /// long `proxy_read_timeout` keeps a quiet call from being cut at nginx's
-/// 60 s default. `backend` is the `direct` upstream's URL, the usual target
-/// of that nginx; the person applying the fix knows if it is another.
-pub(crate) fn nginx_fix(path: &str, backend: &str) -> String {
+/// 60 s default.
+///
+/// The `proxy_pass` line is a marked placeholder, never an address: only
+/// nginx's own config knows where that location forwards (another host,
+/// another pod, a unix socket), and shunt's `direct` URL is often not it.
+pub(crate) fn nginx_fix(path: &str) -> String {
     format!(
         "add to nginx's config, then `nginx -t && nginx -s reload`:\n\
          # in the http {{ }} block\n\
@@ -244,7 +250,8 @@ pub(crate) fn nginx_fix(path: &str, backend: &str) -> String {
          }}\n\
          # in the server {{ }} block\n\
          location {path} {{\n\
-         \x20   proxy_pass {backend};\n\
+         \x20   # keep the proxy_pass this location already has: the next line only marks its place\n\
+         \x20   proxy_pass {NGINX_FIX_PROXY_PASS};\n\
          \x20   proxy_http_version 1.1;\n\
          \x20   proxy_set_header Upgrade $http_upgrade;\n\
          \x20   proxy_set_header Connection $connection_upgrade;\n\
@@ -256,18 +263,22 @@ pub(crate) fn nginx_fix(path: &str, backend: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    /// Every line of the fix, and a `proxy_pass` that is a placeholder
+    /// saying to keep the location's own, never an address.
     #[test]
     fn the_nginx_fix_has_every_line() {
-        let fix = super::nginx_fix("/frontend-audio", "http://127.0.0.1:5006");
+        let fix = super::nginx_fix("/frontend-audio");
         for line in [
             "map $http_upgrade $connection_upgrade {",
             "location /frontend-audio {",
-            "proxy_pass http://127.0.0.1:5006;",
+            "# keep the proxy_pass this location already has",
+            "proxy_pass <the address this location already forwards to>;",
             "proxy_http_version 1.1;",
             "proxy_set_header Upgrade $http_upgrade;",
             "proxy_set_header Connection $connection_upgrade;",
         ] {
             assert!(fix.contains(line), "{line} missing from\n{fix}");
         }
+        assert!(!fix.contains("http://"), "an address is pasted:\n{fix}");
     }
 }

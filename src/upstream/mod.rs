@@ -24,6 +24,12 @@
 //! upgrade it did not forward, no answer in time) is upstream knowledge, so
 //! it is recorded here too ([`Upstream::record`]), not by the caller.
 
+//! Before an upstream is needed for WebSocket, its probe loop checks it on
+//! the paths of the routes that carry WebSocket through it
+//! ([`websocket_check`]): a fallback that would not forward upgrades makes
+//! its route `degraded` while the primary still serves. [`Failover`] tells
+//! every upstream of a route when a 101 shows the route carries WebSocket.
+//!
 //! Errors: selection's own is [`SelectError`]; what a failure meant for an
 //! upstream's health is kept as a typed [`health::HealthReason`], never as
 //! text, and becomes text only where `/status`, `/readyz` or a 503 body
@@ -31,6 +37,7 @@
 
 pub(crate) mod health;
 pub(crate) mod probe;
+pub(crate) mod websocket_check;
 
 use std::borrow::Cow;
 use std::fmt;
@@ -48,6 +55,7 @@ use crate::error_chain::ErrorChain;
 use crate::forward::ForwardError;
 use crate::tls::client::{ClientTlsError, client_config};
 use health::{Health, HealthReason, State};
+use websocket_check::WebSocketChecks;
 
 /// One named upstream with its live health.
 #[derive(Debug)]
@@ -68,6 +76,10 @@ pub struct Upstream {
     /// Its name as the `x-shunt-route` value of every response it serves:
     /// made once; each response shares it.
     pub route_header: HeaderValue,
+    /// The routes whose paths its probe loop WebSocket-checks: set by each
+    /// snapshot build, added to on a route's first 101, and kept with the
+    /// upstream across reloads.
+    pub(crate) websocket_checks: Arc<WebSocketChecks>,
     /// Cancels the probe loop when the upstream is dropped.
     ///
     /// So the probe task lives exactly as long as some snapshot still holds
@@ -78,15 +90,17 @@ pub struct Upstream {
 
 impl Upstream {
     /// Create the upstream; if `probed`, start its probe loop on `tracker`.
-    /// `health` carries over the record of an unchanged upstream across a reload.
+    /// `health` and `websocket_checks` carry over the record and the
+    /// WebSocket routes of an unchanged upstream across a reload.
     ///
     /// Fails only for an `https` upstream whose TLS client cannot be built:
     /// its CA file is unreadable or holds no certificate, or there is no CA
     /// file and no system roots to trust.
-    pub fn start(
+    pub(crate) fn start(
         spec: UpstreamSpec,
         probed: bool,
         health: Option<Arc<Health>>,
+        websocket_checks: Option<Arc<WebSocketChecks>>,
         root: &CancellationToken,
         tracker: &TaskTracker,
     ) -> Result<Arc<Self>, ClientTlsError> {
@@ -96,6 +110,7 @@ impl Upstream {
         };
         let health = health
             .unwrap_or_else(|| Arc::new(Health::new(spec.name.clone(), &spec.health, probed)));
+        let websocket_checks = websocket_checks.unwrap_or_default();
         let probe = probed.then(|| {
             let stop = root.child_token();
             tracker.spawn(probe::probe_loop(
@@ -103,6 +118,7 @@ impl Upstream {
                 tls.clone(),
                 spec.health.clone(),
                 health.clone(),
+                websocket_checks.clone(),
                 stop.clone(),
                 tracker.clone(),
             ));
@@ -114,6 +130,7 @@ impl Upstream {
         Ok(Arc::new(Upstream {
             authority: spec.url.authority(),
             route_header,
+            websocket_checks,
             spec,
             health,
             probed,
@@ -189,6 +206,8 @@ impl Upstream {
 /// next one (only a WebSocket handshake that was not upgraded).
 #[derive(Debug)]
 pub(crate) struct Failover<'a> {
+    /// Every upstream of the route, in route order: each learns of a 101.
+    via: &'a [Arc<Upstream>],
     /// The upstreams not yet tried, in the order they are tried.
     candidates: Cow<'a, [Arc<Upstream>]>,
     timeouts: &'a Timeouts,
@@ -206,6 +225,7 @@ impl<'a> Failover<'a> {
             Cow::Borrowed(via)
         };
         Failover {
+            via,
             candidates,
             timeouts,
             websocket,
@@ -217,18 +237,27 @@ impl<'a> Failover<'a> {
         connect_first(&self.candidates, self.timeouts, !self.websocket).await
     }
 
-    /// Record what the exchange with `upstream` meant for it, then: `None`
-    /// to send the request to the next upstream (an upgrade not forwarded,
-    /// with a usable upstream left after this one), else the result to
-    /// answer the client with.
+    /// Record what the exchange with `upstream` on route `route` (its
+    /// label) for `path` meant for it, then: `None` to send the request to
+    /// the next upstream (an upgrade not forwarded, with a usable upstream
+    /// left after this one), else the result to answer the client with.
+    ///
+    /// A 101 also shows that the route carries WebSocket: from then on
+    /// every upstream of the route is WebSocket-checked on `path`.
     pub(crate) fn settle<B>(
         &mut self,
         upstream: &Arc<Upstream>,
         result: Result<Response<B>, ForwardError>,
         route: &str,
+        path: &str,
     ) -> Option<Result<Response<B>, ForwardError>> {
         let outcome = result.as_ref().map(Response::status);
         upstream.record(outcome, self.websocket, route);
+        if self.websocket && matches!(outcome, Ok(StatusCode::SWITCHING_PROTOCOLS)) {
+            for u in self.via {
+                u.websocket_checks.learn(route, path);
+            }
+        }
         if !matches!(result, Err(ForwardError::UpgradeNotForwarded { .. })) {
             return Some(result);
         }
@@ -382,12 +411,13 @@ mod tests {
                 timeout: Duration::from_secs(1),
                 rise: 1,
                 fall: 1,
+                ws_check_interval: None,
             },
             ca: None,
         };
         // Not probed: no task, the test drives the health record itself.
         let root = CancellationToken::new();
-        Upstream::start(spec, false, None, &root, &TaskTracker::new())
+        Upstream::start(spec, false, None, None, &root, &TaskTracker::new())
             .unwrap_or_else(|e| panic!("upstream {name}: {e}"))
     }
 
@@ -446,15 +476,19 @@ mod tests {
     }
 
     /// An upgrade the first upstream did not forward marks it and goes on to
-    /// the next; the last one's refusal is the answer. A 101 clears the mark.
+    /// the next; the last one's refusal is the answer. A 101 clears the mark
+    /// and makes every upstream of the route WebSocket-checked on its path.
     #[tokio::test(start_paused = true)]
     async fn failover_moves_on_after_an_upgrade_not_forwarded() {
         let via = [upstream("nginx"), upstream("direct")];
         let t = timeouts();
         let mut walk = Failover::new(&via, true, &t);
-        assert!(walk.settle(&via[0], not_upgraded("nginx"), "/a").is_none());
+        assert!(
+            walk.settle(&via[0], not_upgraded("nginx"), "/a", "/a")
+                .is_none()
+        );
         assert!(via[0].health.websocket_failed_on("/a"));
-        let last = walk.settle(&via[1], not_upgraded("direct"), "/a");
+        let last = walk.settle(&via[1], not_upgraded("direct"), "/a", "/a");
         assert!(matches!(
             last,
             Some(Err(ForwardError::UpgradeNotForwarded { .. }))
@@ -464,11 +498,29 @@ mod tests {
             .body(())
             .unwrap_or_else(|e| panic!("{e}"));
         let mut walk = Failover::new(&via, true, &t);
+        assert!(
+            via.iter().all(|u| u.websocket_checks.due(None).is_empty()),
+            "an upgrade not forwarded does not show the route carries WebSocket"
+        );
         assert!(matches!(
-            walk.settle(&via[0], Ok(switched), "/a"),
+            walk.settle(&via[0], Ok(switched), "/a", "/a/room"),
             Some(Ok(_))
         ));
         assert!(!via[0].health.websocket_failed_on("/a"));
+        // The 101 shows the route carries WebSocket: every upstream of it is
+        // checked from now on, on the path that upgraded.
+        for u in &via {
+            let due = u.websocket_checks.due(None);
+            assert_eq!(
+                due,
+                [websocket_check::PathCheck {
+                    path: "/a/room".into(),
+                    routes: vec!["/a".into()],
+                }],
+                "{}",
+                u.name()
+            );
+        }
     }
 
     /// No answer within the response timeout counts against the upstream and
@@ -483,7 +535,7 @@ mod tests {
             after: Duration::from_secs(1),
         });
         assert!(matches!(
-            walk.settle(&via[0], timeout, "/a"),
+            walk.settle(&via[0], timeout, "/a", "/a"),
             Some(Err(ForwardError::Timeout { .. }))
         ));
         let v = via[0].health.view();

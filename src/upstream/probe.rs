@@ -1,5 +1,7 @@
 //! The active health probe of one upstream: the loop that probes it every
-//! interval, and one probe of each kind (`tcp`, `http`, `ws`).
+//! interval, and one probe of each kind (`tcp`, `http`, `ws`). The same loop
+//! runs the WebSocket check of [`super::websocket_check`] every
+//! `ws_check_interval`, whatever the probe's kind.
 //!
 //! Results go to the upstream's [`Health`] record; a failure is a typed
 //! [`ProbeError`], kept as the record's [`HealthReason`], whose `Display`
@@ -12,13 +14,16 @@ use fastwebsockets::{Frame, OpCode, Role, WebSocket};
 use http::{Request, StatusCode, header};
 use hyper_util::rt::TokioIo;
 use rustls::ClientConfig;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::health::{Health, HealthReason};
+use super::websocket_check::{PathCheck, WebSocketChecks};
 use crate::config::{HealthSpec, ProbeKind, UpstreamUrl};
 use crate::dial::probe::{SendError, send, ws_upgrade};
 use crate::dial::{ConnectError, connect};
+use crate::forward::UpgradeNotForwarded;
 
 /// Why one probe failed. Upstream's by definition: the probe is shunt's own
 /// request. Each message names the request, as logs and `/status` show it.
@@ -73,18 +78,33 @@ pub enum ProbeError {
 /// removes or changes it) or at shutdown. Each probe, connect included, is
 /// bounded by `spec.timeout`; a timeout counts as a failure. While a
 /// WebSocket mark is due, a re-test on its path follows the probe.
+/// Between probes, every `spec.ws_check_interval` (the first right after
+/// the first probe), the WebSocket check ([`check_websocket_paths`])
+/// handshakes on each path of `checks` as it is then.
 /// `tracker` tracks the probe connections' hyper tasks.
 pub(crate) async fn probe_loop(
     url: UpstreamUrl,
     tls: Option<Arc<ClientConfig>>,
     spec: HealthSpec,
     health: Arc<Health>,
+    checks: Arc<WebSocketChecks>,
     stop: CancellationToken,
     tracker: TaskTracker,
 ) {
+    let prober = Prober {
+        url,
+        tls,
+        spec,
+        tracker,
+        stop,
+    };
+    let spec = &prober.spec;
+    let stop = &prober.stop;
+    // The first WebSocket check follows the first probe.
+    let mut ws_due = Instant::now();
     loop {
         let result = tokio::select! {
-            r = tokio::time::timeout(spec.timeout, probe(&url, tls.as_ref(), &spec, &tracker, &stop)) => r,
+            r = prober.probe(spec) => r,
             () = stop.cancelled() => return,
         };
         match result {
@@ -103,7 +123,7 @@ pub(crate) async fn probe_loop(
                 ..spec.clone()
             };
             let result = tokio::select! {
-                r = tokio::time::timeout(spec.timeout, probe(&url, tls.as_ref(), &retest, &tracker, &stop)) => r,
+                r = prober.probe(&retest) => r,
                 () = stop.cancelled() => return,
             };
             match result {
@@ -112,10 +132,132 @@ pub(crate) async fn probe_loop(
                 Err(_) => health.websocket_retest_failed(&HealthReason::ProbeTimeout(spec.timeout)),
             }
         }
-        tokio::select! {
-            () = tokio::time::sleep(spec.interval) => {}
-            () = stop.cancelled() => return,
+        let next_probe = Instant::now() + spec.interval;
+        loop {
+            if let Some(every) = spec.ws_check_interval
+                && Instant::now() >= ws_due
+            {
+                let due = checks.due(own_websocket_path(spec));
+                tokio::select! {
+                    () = check_websocket_paths(&prober, &health, due) => {}
+                    () = stop.cancelled() => return,
+                }
+                ws_due = Instant::now() + every;
+            }
+            let wake = match spec.ws_check_interval {
+                Some(_) => next_probe.min(ws_due),
+                None => next_probe,
+            };
+            tokio::select! {
+                () = tokio::time::sleep_until(wake) => {}
+                () = stop.cancelled() => return,
+            }
+            if Instant::now() >= next_probe {
+                break;
+            }
         }
+    }
+}
+
+/// What every probe of one upstream needs besides its kind.
+struct Prober {
+    url: UpstreamUrl,
+    tls: Option<Arc<ClientConfig>>,
+    spec: HealthSpec,
+    tracker: TaskTracker,
+    stop: CancellationToken,
+}
+
+impl Prober {
+    /// One probe of `kind` (the upstream's own, a re-test or a check),
+    /// bounded by the health timeout.
+    async fn probe(
+        &self,
+        kind: &HealthSpec,
+    ) -> Result<Result<(), ProbeError>, tokio::time::error::Elapsed> {
+        tokio::time::timeout(
+            self.spec.timeout,
+            probe(
+                &self.url,
+                self.tls.as_ref(),
+                kind,
+                &self.tracker,
+                &self.stop,
+            ),
+        )
+        .await
+    }
+}
+
+/// The path the upstream's own probe already handshakes on every interval
+/// (`ws:PATH`): the WebSocket check leaves it out.
+fn own_websocket_path(spec: &HealthSpec) -> Option<&str> {
+    match &spec.check {
+        ProbeKind::Ws(path) => Some(path),
+        ProbeKind::Tcp | ProbeKind::Http(_) => None,
+    }
+}
+
+/// What one WebSocket check says about the upstream.
+#[derive(Debug)]
+enum Verdict {
+    /// It answered 101: it forwards upgrades on that path.
+    Upgrades,
+    /// It answered the handshake, with `status` instead of 101 (not a 4xx):
+    /// what a real upgrade through it would have got too.
+    NotForwarded(StatusCode),
+    /// Nothing to say about upgrades: unreachable, no answer in time (the
+    /// state probe judges those), or a 4xx (a deliberate refusal, relayed
+    /// as is to a real upgrade too).
+    Unknown(HealthReason),
+}
+
+/// One WebSocket check: a handshake on `path` and a Close, bounded by the
+/// health timeout, with the probe's `User-Agent` and `X-Shunt-Probe`.
+async fn check_websocket(prober: &Prober, path: &str) -> Verdict {
+    let kind = HealthSpec {
+        check: ProbeKind::Ws(path.to_owned()),
+        ..prober.spec.clone()
+    };
+    match prober.probe(&kind).await {
+        // A peer that drops the socket right after its 101 did upgrade.
+        Ok(Ok(()) | Err(ProbeError::Close { .. })) => Verdict::Upgrades,
+        Ok(Err(ProbeError::NotUpgraded { status, .. })) if !status.is_client_error() => {
+            Verdict::NotForwarded(status)
+        }
+        Ok(Err(e)) => Verdict::Unknown(HealthReason::Probe(Arc::new(e))),
+        Err(_) => Verdict::Unknown(HealthReason::ProbeTimeout(prober.spec.timeout)),
+    }
+}
+
+/// Check each of `due` and record what it says, exactly as a real upgrade
+/// through the upstream would: a path answered without upgrading marks the
+/// upstream for each route checked on it ([`Health::record_websocket_failure`],
+/// so those routes are `degraded` in `/readyz` now, while another upstream
+/// still serves them); when every path checked upgrades, the mark is cleared.
+async fn check_websocket_paths(prober: &Prober, health: &Health, due: Vec<PathCheck>) {
+    let (mut upgraded, mut failed) = (false, false);
+    for PathCheck { path, routes } in due {
+        match check_websocket(prober, &path).await {
+            Verdict::Upgrades => upgraded = true,
+            Verdict::NotForwarded(status) => {
+                failed = true;
+                let reason = UpgradeNotForwarded {
+                    upstream: health.name().clone(),
+                    status,
+                    path,
+                };
+                for route in &routes {
+                    health.record_websocket_failure(&reason, route);
+                }
+            }
+            Verdict::Unknown(why) => {
+                tracing::debug!(upstream = %health.name(), path = %path, why = %why, "WebSocket check inconclusive");
+            }
+        }
+    }
+    if upgraded && !failed {
+        health.record_websocket_success();
     }
 }
 

@@ -140,13 +140,20 @@ async fn nginx_without_upgrade_headers_fails_with_the_location_block() {
         "fix: add to nginx's config",
         "map $http_upgrade $connection_upgrade {",
         "location /frontend-audio {",
-        &format!("proxy_pass {direct};"),
+        "# keep the proxy_pass this location already has",
+        "proxy_pass <the address this location already forwards to>;",
         "proxy_http_version 1.1;",
         "proxy_set_header Upgrade $http_upgrade;",
         "proxy_set_header Connection $connection_upgrade;",
     ] {
         assert!(fail.contains(line), "{line:?} missing from:\n{fail}");
     }
+    // nginx may front another address or run in another pod: shunt's
+    // `direct` URL is never pasted as the location's proxy_pass.
+    assert!(
+        !fail.contains(&format!("proxy_pass {direct}")),
+        "the direct URL is pasted as proxy_pass:\n{fail}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -731,6 +738,14 @@ async fn end_to_end_through_shunt_to_a_misconfigured_nginx_prints_the_location_b
         "shunt forwarded to `nginx`, where nginx answered 200 OK instead of 101",
     );
     has(&fail, "proxy_set_header Upgrade $http_upgrade;");
+    has(
+        &fail,
+        "proxy_pass <the address this location already forwards to>;",
+    );
+    assert!(
+        !fail.contains(&format!("proxy_pass {direct}")),
+        "the direct URL is pasted as proxy_pass:\n{fail}"
+    );
 }
 
 /// Asserts the token `s3cret` is nowhere in what doctor printed.

@@ -2,7 +2,9 @@
 //! nginx in front of a separate backend (`via-nginx`). When the direct
 //! backend dies, handshakes go via nginx at once (connect-failure fallback,
 //! before any health probe notices); when it comes back, they go direct
-//! again; readiness names the route when nothing can serve it.
+//! again; readiness names the route when nothing can serve it. A fallback
+//! that would not forward upgrades is `degraded` before it is needed (the
+//! WebSocket check).
 
 use crate::support;
 
@@ -13,7 +15,8 @@ use support::raw::ws_handshake;
 use support::shunt::ShuntBuilder;
 use support::ws;
 use support::{
-    direct_and_nginx, eventually, not_yet, raw_request, shunt, shunt_with_nginx, ws_connect,
+    EchoBackend, direct_and_nginx, echo_backend, eventually, not_yet, raw_request, shunt,
+    shunt_with_nginx, ws_connect,
 };
 
 /// Handshake on `/frontend-audio`; returns (`x-shunt-route`, hello text).
@@ -329,4 +332,170 @@ async fn readyz_is_503_while_the_first_probe_is_pending() {
         "liveness does not depend on upstreams: {body}"
     );
     task.abort();
+}
+
+/// `direct` = an echo backend, `nginx` = a real nginx *without* the upgrade
+/// headers (the original outage) in front of another echo backend
+/// (`via-nginx`): plain GETs through it work, upgrades get a 200 page.
+/// `None` when nginx is missing and not required.
+async fn direct_and_broken_nginx() -> Option<(EchoBackend, EchoBackend, support::Nginx)> {
+    let direct = echo_backend().name("direct").spawn().await;
+    let via_nginx = echo_backend().name("via-nginx").spawn().await;
+    let nginx = support::nginx(via_nginx.addr())
+        .without_upgrade_headers()
+        .spawn()
+        .await?;
+    Some((direct, via_nginx, nginx))
+}
+
+/// The `degraded` entries of a 200 `/readyz` (none when absent); panics on
+/// a 503, since `direct` serves every route in these tests.
+async fn degraded(shunt: &support::Shunt) -> Vec<serde_json::Value> {
+    let (code, body) = shunt.admin_get_json("/readyz").await;
+    assert_eq!(code, StatusCode::OK, "direct still serves: {body}");
+    assert_eq!(body["ready"], true, "{body}");
+    body["degraded"].as_array().cloned().unwrap_or_default()
+}
+
+/// Waits (bounded) until `/readyz` lists `route` as degraded through
+/// `upstream`, and returns that entry's reason.
+async fn wait_degraded(shunt: &support::Shunt, route: &str, upstream: &str) -> String {
+    let mut last = String::new();
+    let mut reason = None;
+    let listed = eventually(Duration::from_secs(10), async || {
+        let entries = degraded(shunt).await;
+        reason = entries
+            .iter()
+            .find(|e| e["route"] == route && e["upstream"] == upstream)
+            .and_then(|e| e["reason"].as_str().map(str::to_owned));
+        reason.is_some() || not_yet(&mut last, format!("{entries:?}"))
+    })
+    .await;
+    assert!(
+        listed,
+        "/readyz did not list {route} as degraded via {upstream} within 10 s; last: {last}"
+    );
+    reason.unwrap_or_default()
+}
+
+/// Waits (bounded) until `via_nginx` has seen `more` plain requests beyond
+/// what it had seen so far: the `http:/` probes of nginx, one per health
+/// interval (100 ms in the harness), so this proves time for that many
+/// probes passed, without a bare sleep.
+async fn wait_for_probes(via_nginx: &EchoBackend, more: usize) {
+    let target = via_nginx.requests() + more;
+    let probed = eventually(Duration::from_secs(10), async || {
+        via_nginx.requests() >= target
+    })
+    .await;
+    assert!(
+        probed,
+        "nginx was probed {} times, not {target}, within 10 s",
+        via_nginx.requests()
+    );
+}
+
+/// The reason names the path, the status nginx answered and the fix.
+fn assert_names_the_broken_upgrade(reason: &str) {
+    for part in [
+        "nginx answered 200 to a WebSocket upgrade on /frontend-audio",
+        "it does not forward upgrades",
+    ] {
+        assert!(reason.contains(part), "{part:?} missing from {reason:?}");
+    }
+}
+
+/// Issue 19, item 2: a fallback probed with `http:` that cannot carry
+/// upgrades is `degraded` as soon as the route is seen carrying WebSocket,
+/// while direct is still up and serving, not once direct is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fallback_that_does_not_forward_upgrades_is_degraded_before_it_is_needed() {
+    let Some((direct, via_nginx, nginx)) = direct_and_broken_nginx().await else {
+        return;
+    };
+    let shunt = shunt()
+        .direct(direct.url())
+        .nginx(nginx.url())
+        .route("/frontend-audio=direct,nginx")
+        .arg("--health-check", "http:/")
+        .arg("--ws-check-interval", "200ms")
+        .start_ready()
+        .await;
+    // Nothing says yet that the route carries WebSocket: no check, no mark
+    // (four probes at 100 ms: two check intervals).
+    wait_for_probes(&via_nginx, 4).await;
+    assert_eq!(degraded(&shunt).await, Vec::<serde_json::Value>::new());
+
+    // One call, through direct: the route carries WebSocket.
+    assert_eq!(
+        handshake(shunt.addr()).await.expect("call through direct"),
+        ("direct".to_owned(), "hello from direct".to_owned())
+    );
+    let reason = wait_degraded(&shunt, "/frontend-audio", "nginx").await;
+    assert_names_the_broken_upgrade(&reason);
+
+    // Direct is still up and serves; the dashboard's source shows nginx broken.
+    assert_eq!(shunt.upstream_health("direct").await.unwrap(), "up");
+    assert_eq!(shunt.upstream_health("nginx").await.unwrap(), "up");
+    let nginx_status = shunt.upstream("nginx").await.unwrap();
+    assert_eq!(nginx_status["websocket"], "broken", "{nginx_status}");
+    assert_names_the_broken_upgrade(nginx_status["websocket_error"].as_str().unwrap_or_default());
+    let direct_status = shunt.upstream("direct").await.unwrap();
+    assert_eq!(direct_status["websocket"], "ok", "{direct_status}");
+    assert_eq!(
+        handshake(shunt.addr()).await.expect("second call").0,
+        "direct"
+    );
+}
+
+/// With `websocket = true` on the route, its upstreams are checked from the
+/// start: degraded without a single call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_declared_websocket_is_checked_without_a_call() {
+    let Some((direct, _via_nginx, nginx)) = direct_and_broken_nginx().await else {
+        return;
+    };
+    let config = support::TempFile::new(
+        "ws-check.toml",
+        "[[routes]]\npath = \"/frontend-audio\"\nvia = [\"direct\", \"nginx\"]\nwebsocket = true\n",
+    );
+    let shunt = shunt()
+        .direct(direct.url())
+        .nginx(nginx.url())
+        .arg("--config", config.path())
+        .arg("--health-check", "tcp")
+        .arg("--ws-check-interval", "200ms")
+        .start_ready()
+        .await;
+    let reason = wait_degraded(&shunt, "/frontend-audio", "nginx").await;
+    assert_names_the_broken_upgrade(&reason);
+    assert_eq!(shunt.upstream_health("direct").await.unwrap(), "up");
+}
+
+/// `--ws-check-interval 0s` turns the check off: after a call and many
+/// probes (each 100 ms, so several 200 ms check intervals), nothing is degraded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zero_ws_check_interval_turns_the_check_off() {
+    let Some((direct, via_nginx, nginx)) = direct_and_broken_nginx().await else {
+        return;
+    };
+    let shunt = shunt()
+        .direct(direct.url())
+        .nginx(nginx.url())
+        .route("/frontend-audio=direct,nginx")
+        .arg("--health-check", "http:/")
+        .arg("--ws-check-interval", "0s")
+        .start_ready()
+        .await;
+    assert_eq!(
+        handshake(shunt.addr())
+            .await
+            .expect("call through direct")
+            .0,
+        "direct"
+    );
+    wait_for_probes(&via_nginx, 8).await;
+    assert_eq!(degraded(&shunt).await, Vec::<serde_json::Value>::new());
+    let nginx_status = shunt.upstream("nginx").await.unwrap();
+    assert_eq!(nginx_status["websocket"], "ok", "{nginx_status}");
 }

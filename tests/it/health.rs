@@ -1,4 +1,5 @@
-//! Active health probes against upstreams that accept TCP but fail the check.
+//! Active health probes against upstreams that accept TCP but fail the
+//! check, and the WebSocket check that runs whatever the probe kind.
 
 use crate::support;
 
@@ -119,4 +120,82 @@ async fn probes_send_their_user_agent_and_the_probe_header() {
         assert!(head.contains("x-shunt-probe: 1\r\n"), "{check}: {head}");
         task.abort();
     }
+}
+
+/// The WebSocket check of a route declared `websocket = true` is a real
+/// handshake on the route's path, sent even though the upstream's probe is
+/// `tcp`, and names itself like every probe (`User-Agent:
+/// shunt-health/VERSION`, `X-Shunt-Probe: 1`). An upstream that answers it
+/// 200 makes the route degraded while `direct` serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_websocket_check_handshakes_on_the_route_path_whatever_the_probe_kind() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let heads = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let seen = heads.clone();
+    let task = tokio::spawn(async move {
+        for _ in 0..1_000 {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            let mut buf = vec![0u8; 4096];
+            let n = s.read(&mut buf).await.unwrap_or(0);
+            if n > 0 {
+                seen.lock()
+                    .unwrap()
+                    .push(String::from_utf8_lossy(&buf[..n]).to_lowercase());
+            }
+            let _ = s
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                .await;
+        }
+    });
+    let direct = support::echo_backend().name("direct").spawn().await;
+    let config = support::TempFile::new(
+        "ws-check-declared.toml",
+        "[[routes]]\npath = \"/frontend-audio\"\nvia = [\"direct\", \"nginx\"]\nwebsocket = true\n",
+    );
+    let proxy = shunt()
+        .direct(direct.url())
+        .nginx(format!("http://{addr}"))
+        .arg("--config", config.path())
+        .arg("--health-check", "tcp")
+        .arg("--ws-check-interval", "200ms")
+        .start_ready()
+        .await;
+    let checked = support::eventually(std::time::Duration::from_secs(10), async || {
+        !heads.lock().unwrap().is_empty()
+    })
+    .await;
+    assert!(
+        checked,
+        "no WebSocket check reached the tcp-probed upstream"
+    );
+    let head = heads.lock().unwrap()[0].clone();
+    let agent = format!("user-agent: shunt-health/{}\r\n", env!("CARGO_PKG_VERSION"));
+    for line in [
+        "get /frontend-audio http/1.1\r\n",
+        "upgrade: websocket\r\n",
+        "sec-websocket-version: 13\r\n",
+        agent.as_str(),
+        "x-shunt-probe: 1\r\n",
+    ] {
+        assert!(head.contains(line), "{line:?} missing from {head}");
+    }
+    let degraded = support::eventually(std::time::Duration::from_secs(10), async || {
+        let (code, body) = proxy.admin_get_json("/readyz").await;
+        code == 200
+            && body["degraded"].as_array().is_some_and(|d| {
+                d.iter().any(|e| {
+                    e["route"] == "/frontend-audio"
+                        && e["upstream"] == "nginx"
+                        && e["reason"].as_str().is_some_and(|r| {
+                            r.contains("answered 200 to a WebSocket upgrade on /frontend-audio")
+                        })
+                })
+            })
+    })
+    .await;
+    assert!(degraded, "{:?}", proxy.admin_get("/readyz").await);
+    task.abort();
 }

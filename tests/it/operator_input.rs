@@ -17,6 +17,7 @@ const DURATION_FLAGS: &[&str] = &[
     "--response-timeout",
     "--health-interval",
     "--health-timeout",
+    "--ws-check-interval",
     "--header-timeout",
     "--idle-timeout",
     "--drain-timeout",

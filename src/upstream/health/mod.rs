@@ -167,6 +167,11 @@ impl Health {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The upstream's name, for what its probes report.
+    pub(crate) fn name(&self) -> &UpstreamName {
+        &self.name
+    }
+
     /// Current state.
     pub fn state(&self) -> State {
         self.lock().state
@@ -257,6 +262,7 @@ mod tests {
             timeout: Duration::from_secs(1),
             rise,
             fall,
+            ws_check_interval: None,
         };
         Health::new(UpstreamName("t".into()), &spec, true)
     }

@@ -7,6 +7,8 @@
 //! the upstream in its normal order again, and the probe loop re-tests it with
 //! a WebSocket handshake on the path that failed, once per interval. An
 //! upgrade, `ws:` probe or re-test through it that succeeds clears the mark.
+//! The WebSocket check ([`crate::upstream::websocket_check`]) sets and clears
+//! it the same way, before any real upgrade has needed the upstream.
 //!
 //! The mark's reason is the typed [`UpgradeNotForwarded`] the forward stage
 //! returned; its `Display` is what the warning, `/status`'s
@@ -101,7 +103,8 @@ impl Health {
         }
     }
 
-    /// An upgrade, a `ws:` probe or a re-test through it succeeded: WebSocket works again.
+    /// An upgrade, a `ws:` probe, a re-test or the WebSocket checks through
+    /// it succeeded: WebSocket works again.
     pub fn record_websocket_success(&self) {
         let mut i = self.lock();
         if i.websocket.take().is_some() {
@@ -126,6 +129,7 @@ mod tests {
             timeout: Duration::from_secs(1),
             rise,
             fall,
+            ws_check_interval: None,
         };
         Health::new(UpstreamName("t".into()), &spec, true)
     }

@@ -90,6 +90,7 @@ fn normalization_is_idempotent_and_routing_sound() {
                         via: vec![],
                         policy: Default::default(),
                         calls: Default::default(),
+                        websocket: false,
                     },
                     label: (*p).to_owned(),
                     via: vec![],
