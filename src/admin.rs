@@ -291,7 +291,7 @@ fn metrics(handles: &Handles, reloader: &Reloader) -> Response<Body> {
         let _ = writeln!(
             out,
             "shunt_upstream_up{{upstream=\"{}\"}} {up}",
-            crate::stats::escape(&u.name().0)
+            crate::prometheus::escape(&u.name().0)
         );
     }
     let _ = writeln!(

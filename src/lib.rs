@@ -11,15 +11,23 @@
 //! `listener → connection → proxy → upgrade → router → upstream → forward →
 //! tunnel`. A stage reaches only *down* the flow or into side modules, never
 //! back up (`forward` names no `upstream`, `upgrade` or `proxy` item), and no
-//! two modules import each other, directly or round a circle. A side module
-//! may use a stage (`app` wires them all, `admin` reads upstream health), as
-//! long as that stage does not import it back. That is why shared types sit
-//! low: the upstream stream, the pool and [`dial::Conn`] in [`dial`] (selection
+//! two modules import each other, directly or round a circle. Side modules
+//! are called by the flow and do not call back into it, with these
+//! exceptions, each one-way (the stage never imports the side module back):
+//! `app` wires every stage; `live` builds the router and the upstreams a
+//! snapshot holds; `admin` reads routes and upstream health for `/status` and
+//! `/readyz`, and serves its own listener with `listener`'s accept loop.
+//! `doctor` imports no stage: it checks the running shunt as a client would,
+//! through `dial` and `config`. That is why shared types sit low: the upstream stream, the pool and `dial::Conn` in `dial` (selection
 //! dials, forward sends, the tunnel splices), and the response body type in
-//! the leaf [`body`]. Each stage's error lives with the stage that produces it
-//! ([`upgrade::UpgradeError`], [`upstream::SelectError`], [`forward::ForwardError`],
-//! [`policy::Denied`]); [`response`] sits just below `proxy` and `connection`,
+//! the leaf `body`. Each stage's error lives with the stage that produces it
+//! (`upgrade::UpgradeError`, `upstream::SelectError`, `forward::ForwardError`,
+//! `policy::Denied`); `response` sits just below `proxy` and `connection`,
 //! imports them all, and is the one place they become status codes.
+//!
+//! The crate is closed: every module is private. The `shunt` binary uses
+//! the facade re-exported below; tests, examples and fuzz targets reach a
+//! few internals through `testing` (feature `test-util`).
 //!
 //! ```text
 //! client ─▶ listener ─▶ connection: admission (checkpoint: IP lists, caps) ─▶ tls? ─▶ hyper http1
@@ -27,69 +35,71 @@
 //!        ─▶ checkpoint (form, IP, rate, Origin, auth) ─▶ upstream (first healthy; connect fallback)
 //!        ─▶ forward: request rewrite ─▶ plain HTTP ─or─ 101 ─▶ forward::tunnel
 //! side:  app (wiring), cli, workers, config, live, reload, watch, upstream::{health, probe},
-//!        tls certificates, handles, policy, dial (upstream streams, pool), percent, headers,
-//!        body, error_chain, response, admin, stats, calls, prometheus, keepalive, fdlimit, telemetry,
-//!        certgen, doctor (run on demand)
+//!        tls certificates, handles, shutdown, policy, dial (upstream streams, pool, probe client),
+//!        percent, procnet, headers, body, error_chain, response, admin, stats, calls, prometheus,
+//!        keepalive, fdlimit, telemetry (with the rate-limited refusal log), certgen,
+//!        doctor (run on demand)
 //! ```
 //!
 //! The flow, top to bottom:
 //!
-//! - [`listener`]: bind, and the accept loop that never dies on transient errors.
-//! - [`connection`]: the accept stage: admission, refusal, TLS or plain, hyper's HTTP/1.1;
-//!   it lends each request a [`forward::tunnel::Handoff`] and starts the tunnel a 101
+//! - `listener`: bind, and the accept loop that never dies on transient errors.
+//! - `connection`: the accept stage: admission, refusal, TLS or plain, hyper's HTTP/1.1;
+//!   it lends each request a `forward::tunnel::Handoff` and starts the tunnel a 101
 //!   left there once hyper lets go of the connection.
-//! - [`tls`]: TLS termination for the listener (certificates, SNI, hot reload) and the
+//! - `tls`: TLS termination for the listener (certificates, SNI, hot reload) and the
 //!   client side for https upstreams.
-//! - [`downstream`]: who the client is, as every later stage sees it.
-//! - [`proxy`]: one request, top-down, ending in one access-log line.
-//! - [`upgrade`]: is this a valid WebSocket handshake (RFC 6455)?
-//! - [`router`]: path normalization and host + longest-prefix matching.
-//! - [`checkpoint`]: the security checkpoint, per connection and per request, over
-//!   the route's [`policy`] values.
-//! - [`upstream`]: upstreams, selection with connect-error fallback, the failover of
+//! - `downstream`: who the client is, as every later stage sees it.
+//! - `proxy`: one request, top-down, ending in one access-log line.
+//! - `upgrade`: is this a valid WebSocket handshake (RFC 6455)?
+//! - `router`: path normalization and host + longest-prefix matching.
+//! - `checkpoint`: the security checkpoint, per connection and per request, over
+//!   the route's `policy` values.
+//! - `upstream`: upstreams, selection with connect-error fallback, the failover of
 //!   a handshake that was not upgraded, health (probes, rise/fall) and what each
 //!   exchange means for it.
-//! - [`forward`]: what the upstream is sent ([`forward::request`], [`headers`]),
+//! - `forward`: what the upstream is sent (`forward::request`, `headers`),
 //!   the exchange, the WebSocket handshake written to the upstream by hand
-//!   ([`forward::handshake`]), and the tunnel after a 101 ([`forward::tunnel`]:
+//!   (`forward::handshake`), and the tunnel after a 101 (`forward::tunnel`:
 //!   the tunnel task with its close policy, deadlines and outcome; each direction's
 //!   copy, bulk and scan paths; shunt's own control frames and close codes; pipes).
 //!
 //! Beside the flow:
 //!
-//! - [`app`]: wiring, startup and shutdown; owns the root token, the tracker and the relay.
-//! - [`cli`]: flags (with `SHUNT_*` twins) and subcommands.
-//! - [`workers`]: `--workers`: a current-thread runtime per core, each running
-//!   [`listener`]'s accept loop on the one shared listening socket.
-//! - [`config`]: flags + TOML file → a validated [`config::Config`].
-//! - [`live`]: the hot-swappable [`live::Snapshot`] (router, upstreams, timeouts).
-//! - [`reload`]: rebuild and swap the snapshot, all or nothing.
-//! - [`watch`]: reload when the config, certificate or secret files change on disk.
-//! - [`handles`]: the handles every connection shares, one per role (shutdown, snapshot,
+//! - `app`: wiring, startup and shutdown; owns the root token, the tracker and the relay.
+//! - `cli`: flags (with `SHUNT_*` twins) and subcommands.
+//! - `workers`: `--workers`: a current-thread runtime per core, each running
+//!   `listener`'s accept loop on the one shared listening socket.
+//! - `config`: flags + TOML file → a validated `config::Config`.
+//! - `live`: the hot-swappable `live::Snapshot` (router, upstreams, timeouts).
+//! - `reload`: rebuild and swap the snapshot, all or nothing.
+//! - `watch`: reload when the config, certificate or secret files change on disk.
+//! - `handles`: the handles every connection shares, one per role (shutdown, snapshot,
 //!   counters, the per-client gate); each stage is given only those it uses.
-//! - [`shutdown`]: the root cancellation token and the task tracker, as one handle.
-//! - [`policy`]: the security values the config parses (IP lists, authentication,
+//! - `shutdown`: the root cancellation token and the task tracker, as one handle.
+//! - `policy`: the security values the config parses (IP lists, authentication,
 //!   Origin rules, rate and connection limits) and their refusals.
-//! - [`dial`]: connections to upstreams: TCP or TLS, hyper's client handshake, the
-//!   keep-alive pool ([`dial::pool`]), and the one-request probe client ([`dial::probe`]);
+//! - `dial`: connections to upstreams: TCP or TLS, hyper's client handshake, the
+//!   keep-alive pool (`dial::pool`), and the one-request probe client (`dial::probe`);
 //!   used by selection, forward, the tunnel, health probes and the doctor.
-//! - [`percent`]: the one percent-decoder (paths and query parameters).
-//! - [`procnet`]: listening sockets and the processes holding them, from `/proc`.
-//! - [`headers`]: header token lists, hop-by-hop removal, `X-Forwarded-*`, `x-shunt-route`;
+//! - `percent`: the one percent-decoder (paths and query parameters).
+//! - `procnet`: listening sockets and the processes holding them, from `/proc`.
+//! - `headers`: header token lists, hop-by-hop removal, `X-Forwarded-*`, `x-shunt-route`;
 //!   shared by `upgrade`, `forward` and `doctor`, so no stage imports a later one for them.
-//! - [`body`]: the response body type and its builders (a leaf every stage can use).
-//! - [`error_chain`]: how an error and its causes are printed where it is reported.
-//! - [`response`]: the one place the stages' errors become status codes, bodies and
+//! - `body`: the response body type and its builders (a leaf every stage can use).
+//! - `error_chain`: how an error and its causes are printed where it is reported.
+//! - `response`: the one place the stages' errors become status codes, bodies and
 //!   `x-shunt-error` codes.
-//! - [`doctor`]: `shunt doctor`, the troubleshooting checklist, run on demand.
-//! - [`admin`]: `/healthz`, `/readyz`, `/status`, `/metrics`, `/calls`, `POST /reload`.
-//! - [`stats`]: counters for `/status` and `/metrics`.
-//! - [`calls`]: the live calls (WebSocket tunnels) for `/calls`, and their metrics.
-//! - [`prometheus`]: label escaping for the `/metrics` text, shared by stats and calls.
-//! - [`keepalive`]: TCP keepalive on both legs (`--tcp-keepalive`), for peers gone without a FIN.
-//! - [`fdlimit`]: the open-files limit, raised at start, and whether `--max-conns` fits.
-//! - [`telemetry`]: log output.
-//! - [`certgen`]: development certificates (`shunt cert`).
+//! - `doctor`: `shunt doctor`, the troubleshooting checklist, run on demand.
+//! - `admin`: `/healthz`, `/readyz`, `/status`, `/metrics`, `/calls`, `POST /reload`.
+//! - `stats`: counters for `/status` and `/metrics`.
+//! - `calls`: the live calls (WebSocket tunnels) for `/calls`, and their metrics.
+//! - `prometheus`: label escaping for the `/metrics` text, shared by stats and calls.
+//! - `keepalive`: TCP keepalive on both legs (`--tcp-keepalive`), for peers gone without a FIN.
+//! - `fdlimit`: the open-files limit, raised at start, and whether `--max-conns` fits.
+//! - `telemetry`: log output, the batched access lines, and the rate-limited log of
+//!   refused connections (one line per reason per second).
+//! - `certgen`: development certificates (`shunt cert`).
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]

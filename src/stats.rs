@@ -11,6 +11,7 @@
 //! upstream when its guard drops, so the totals are exact without the tunnel
 //! touching a shared counter per read.
 
+use crate::prometheus::escape;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -193,10 +194,6 @@ impl Stats {
         }
     }
 }
-
-/// Prometheus label escaping, kept at its old path for callers
-/// (it lives in the leaf module [`crate::prometheus`]).
-pub(crate) use crate::prometheus::escape;
 
 /// Holds one tunnel in the gauge; dropping it records the close and its bytes.
 #[derive(Debug)]

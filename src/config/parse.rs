@@ -302,7 +302,7 @@ pub fn parse_addr(field: &str, text: &str) -> Result<SocketAddr, ConfigError> {
 /// mistakes (`100000000h`), and a deadline `now + d` must never overflow.
 pub(crate) const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 
-/// `500ms`, `2s`, `1h`, `1m 30s`; a bare number is seconds; at most [`MAX_DURATION`].
+/// `500ms`, `2s`, `1h`, `1m 30s`; a bare number is seconds; at most 365 days (`MAX_DURATION`).
 ///
 /// `0s` is accepted here; a setting for which zero makes no sense (the
 /// health interval) refuses it where it is merged.

@@ -53,7 +53,7 @@ impl CertSet {
             let _ = writeln!(
                 out,
                 "shunt_certificate_expiry_seconds{{name=\"{}\"}} {left:.0}",
-                crate::stats::escape(name)
+                crate::prometheus::escape(name)
             );
         }
     }
