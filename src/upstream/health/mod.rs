@@ -254,8 +254,9 @@ mod tests {
         HealthReason::NoResponse(Duration::from_millis(n))
     }
 
-    /// A probed record with a 1 s interval (which is also the WebSocket backoff).
-    fn health(rise: u32, fall: u32) -> Health {
+    /// A probed record with a 1 s interval (which is also the WebSocket
+    /// backoff); the WebSocket mark's tests use it too.
+    pub(super) fn health(rise: u32, fall: u32) -> Health {
         let spec = HealthSpec {
             check: ProbeKind::Tcp,
             interval: Duration::from_secs(1),

@@ -116,23 +116,12 @@ impl Health {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{HealthSpec, ProbeKind, UpstreamName};
+    use crate::config::UpstreamName;
     use crate::upstream::health::State;
     use http::StatusCode;
     use std::time::Duration;
 
-    /// A probed record with a 1 s interval (which is also the WebSocket backoff).
-    fn health(rise: u32, fall: u32) -> Health {
-        let spec = HealthSpec {
-            check: ProbeKind::Tcp,
-            interval: Duration::from_secs(1),
-            timeout: Duration::from_secs(1),
-            rise,
-            fall,
-            ws_check_interval: None,
-        };
-        Health::new(UpstreamName("t".into()), &spec, true)
-    }
+    use crate::upstream::health::tests::health;
 
     /// `upstream` answered `status` to an upgrade on `path`.
     fn not_forwarded(upstream: &str, status: u16, path: &str) -> UpgradeNotForwarded {
