@@ -41,6 +41,7 @@ mod log_flood;
 mod netns;
 mod operator_input;
 mod properties;
+mod readme;
 mod recovery;
 mod reload;
 mod security;
