@@ -46,12 +46,21 @@ pub(crate) async fn exchange<B>(
     req: &Request<B>,
     mut stream: UpstreamStream,
 ) -> Result<Answer, HandshakeError> {
-    stream.write_all(&encode_head(req)).await?;
-    stream.flush().await?;
+    let sent = async {
+        stream.write_all(&encode_head(req)).await?;
+        stream.flush().await
+    };
+    sent.await.map_err(|e| HandshakeError::Dropped(Some(e)))?;
     let mut buf = BytesMut::with_capacity(4096);
     let (head, used) = loop {
-        if stream.read_buf(&mut buf).await? == 0 {
-            return Err(HandshakeError::Closed);
+        // Nothing of an answer yet: a reset or close now is `Dropped`.
+        let read = stream.read_buf(&mut buf).await;
+        match read {
+            Ok(0) if buf.is_empty() => return Err(HandshakeError::Dropped(None)),
+            Ok(0) => return Err(HandshakeError::Closed),
+            Err(e) if buf.is_empty() => return Err(HandshakeError::Dropped(Some(e))),
+            Err(e) => return Err(e.into()),
+            Ok(_) => {}
         }
         if let Some(parsed) = parse_head(&buf)? {
             break parsed;
@@ -230,6 +239,11 @@ fn find_crlf(buf: &[u8]) -> Option<usize> {
 /// whoever reports the error ([`crate::error_chain`]).
 #[derive(Debug, thiserror::Error)]
 pub enum HandshakeError {
+    /// The upstream closed or reset the connection before any byte of an
+    /// answer (a backend going down, or restarting, after accepting): the
+    /// handshake (a GET without a body) can go to the route's next upstream.
+    #[error("the connection was closed before any answer to the WebSocket handshake")]
+    Dropped(#[source] Option<std::io::Error>),
     /// Writing the request or reading the answer failed.
     #[error("connection failed during the WebSocket handshake")]
     Io(#[from] std::io::Error),

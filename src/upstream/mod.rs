@@ -195,6 +195,9 @@ impl Upstream {
             Err(ForwardError::Timeout { after, .. }) => {
                 self.health.record_failure(HealthReason::NoResponse(*after));
             }
+            Err(e) if dropped_before_answering(e) => {
+                self.health.record_failure(HealthReason::Dropped);
+            }
             Err(_) => {}
         }
     }
@@ -203,7 +206,8 @@ impl Upstream {
 /// One request's walk over its route's upstreams: connect to the first
 /// usable one ([`connect_first`]); after the exchange, record what it meant
 /// for that upstream ([`Upstream::record`]) and say whether to go on to the
-/// next one (only a WebSocket handshake that was not upgraded).
+/// next one (only a WebSocket handshake: one the upstream did not upgrade,
+/// or whose connection it dropped before answering).
 #[derive(Debug)]
 pub(crate) struct Failover<'a> {
     /// Every upstream of the route, in route order: each learns of a 101.
@@ -239,8 +243,9 @@ impl<'a> Failover<'a> {
 
     /// Record what the exchange with `upstream` on route `route` (its
     /// label) for `path` meant for it, then: `None` to send the request to
-    /// the next upstream (an upgrade not forwarded, with a usable upstream
-    /// left after this one), else the result to answer the client with.
+    /// the next upstream (an upgrade not forwarded, or a handshake whose
+    /// connection was dropped before any answer, with a usable upstream left
+    /// after this one), else the result to answer the client with.
     ///
     /// A 101 also shows that the route carries WebSocket: from then on
     /// every upstream of the route is WebSocket-checked on `path`.
@@ -258,7 +263,12 @@ impl<'a> Failover<'a> {
                 u.websocket_checks.learn(route, path);
             }
         }
-        if !matches!(result, Err(ForwardError::UpgradeNotForwarded { .. })) {
+        let again = match &result {
+            Err(ForwardError::UpgradeNotForwarded { .. }) => true,
+            Err(e) => self.websocket && dropped_before_answering(e),
+            Ok(_) => false,
+        };
+        if !again {
             return Some(result);
         }
         // A WebSocket handshake is a GET without a body: safe to send again.
@@ -272,6 +282,20 @@ impl<'a> Failover<'a> {
         }
         None
     }
+}
+
+/// Whether the upstream accepted the connection, then closed or reset it
+/// before any answer to a WebSocket handshake: like a refused connect, the
+/// upstream is marked down and the route's next one is tried (a dying or
+/// restarting backend; nginx retries the same way).
+fn dropped_before_answering(e: &ForwardError) -> bool {
+    matches!(
+        e,
+        ForwardError::Handshake {
+            source: crate::forward::handshake::HandshakeError::Dropped(_),
+            ..
+        }
+    )
 }
 
 /// Why each upstream of a route is down, in route order: its last failure,

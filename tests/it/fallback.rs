@@ -499,3 +499,54 @@ async fn a_zero_ws_check_interval_turns_the_check_off() {
     let nginx_status = shunt.upstream("nginx").await.unwrap();
     assert_eq!(nginx_status["websocket"], "ok", "{nginx_status}");
 }
+
+/// A backend that accepts each connection, reads the handshake and resets it
+/// (SO_LINGER 0) before answering: a backend dying or restarting under a
+/// reconnect storm.
+async fn accept_and_reset() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        // Bounded: the test ends long before this many connections.
+        for _ in 0..1_000 {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            let mut buf = [0u8; 4096];
+            let _ = tokio::io::AsyncReadExt::read(&mut s, &mut buf).await;
+            let _ = socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO));
+            drop(s);
+        }
+    });
+    (addr, task)
+}
+
+/// An upstream that accepts the connection and then resets it before
+/// answering the upgrade is treated like a refused connect: the same
+/// handshake goes to the route's next upstream (the client gets its 101,
+/// never a 502) and the upstream is marked down, naming why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_that_resets_before_answering_a_handshake_falls_back() {
+    let (dying, _task) = accept_and_reset().await;
+    let fallback = echo_backend().name("fallback").spawn().await;
+    let shunt = shunt()
+        .direct(format!("http://{dying}"))
+        .nginx(fallback.url())
+        .route("/frontend-audio=direct,nginx")
+        .arg("--health-interval", "1h")
+        .start()
+        .await;
+    for _ in 0..3 {
+        let (route, hello) = handshake(shunt.addr()).await.expect("a 101, not a 502");
+        assert_eq!(route, "nginx");
+        assert_eq!(hello, "hello from fallback");
+    }
+    let direct = shunt.upstream("direct").await.unwrap();
+    assert_eq!(direct["health"], "down", "{direct}");
+    assert!(
+        direct["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("closed the connection before answering")),
+        "{direct}"
+    );
+}

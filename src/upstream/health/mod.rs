@@ -45,6 +45,9 @@ pub enum HealthReason {
     Connect(Arc<ConnectError>),
     /// A real request got no response head within the response timeout.
     NoResponse(Duration),
+    /// It accepted a WebSocket handshake's connection, then closed or reset
+    /// it before answering.
+    Dropped,
     /// A WebSocket upgrade through it was answered, but not with 101 or a 4xx.
     WebSocket(UpgradeNotForwarded),
 }
@@ -58,6 +61,9 @@ impl fmt::Display for HealthReason {
             }
             HealthReason::Connect(e) => write!(f, "{}", ErrorChain(&**e)),
             HealthReason::NoResponse(after) => write!(f, "no response within {after:?}"),
+            HealthReason::Dropped => {
+                f.write_str("closed the connection before answering a WebSocket handshake")
+            }
             HealthReason::WebSocket(e) => write!(f, "{e}"),
         }
     }
