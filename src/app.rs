@@ -80,7 +80,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
 
 /// Like [`start`], but the proxy listener's connections are served by
 /// `workers` threads, each with its own current-thread runtime, all
-/// accepting on one listening socket (`--workers`); probes, admin and the
+/// accepting on its own `SO_REUSEPORT` listener (`--workers`); probes, admin and the
 /// file watcher stay on the caller's runtime.
 pub async fn start_workers(config: Config, workers: usize) -> Result<Running, StartError> {
     start_on(config, Some(workers.max(1))).await

@@ -152,7 +152,7 @@ pub struct RunArgs {
     #[arg(long, env = "SHUNT_NO_WATCH")]
     pub no_watch: bool,
     /// Worker threads serving the proxy listener, each with its own runtime,
-    /// all accepting on one listening socket [default: the CPUs this process may use].
+    /// each with its own SO_REUSEPORT listener [default: the CPUs this process may use].
     #[arg(long, env = "SHUNT_WORKERS", value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     pub workers: Option<u16>,
     // --- security policy (src/policy/) ---

@@ -69,7 +69,8 @@
 //! - `app`: wiring, startup and shutdown; owns the root token, the tracker and the relay.
 //! - `cli`: flags (with `SHUNT_*` twins) and subcommands.
 //! - `workers`: `--workers`: a current-thread runtime per core, each running
-//!   `listener`'s accept loop on the one shared listening socket.
+//!   `listener`'s accept loop on its own `SO_REUSEPORT` listener, once no other
+//!   process holds the port.
 //! - `config`: flags + TOML file → a validated `config::Config`.
 //! - `live`: the hot-swappable `live::Snapshot` (router, upstreams, timeouts).
 //! - `reload`: rebuild and swap the snapshot, all or nothing.

@@ -82,22 +82,23 @@ const BACKLOG: i32 = 1024;
 /// A listening socket on `addr` as `TcpListener::bind` makes it
 /// (`SO_REUSEADDR`, non-blocking), but with `IPV6_V6ONLY` off for IPv6.
 fn bind_dual_stack(addr: SocketAddr) -> io::Result<TcpListener> {
-    TcpListener::from_std(socket(addr)?)
+    TcpListener::from_std(socket(addr, false)?)
 }
 
 /// A non-blocking listening socket on `addr` (`SO_REUSEADDR`, `IPV6_V6ONLY`
-/// off for IPv6); not yet registered with any runtime.
-///
-/// Never `SO_REUSEPORT`: with it, any process of the same user could bind
-/// the same port and silently take a share of the connections. The workers
-/// share this one socket instead ([`crate::workers`]).
-pub(crate) fn socket(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+/// off for IPv6), with `SO_REUSEPORT` when `reuse_port` (one per worker,
+/// [`crate::workers`], which first makes sure no other process holds the
+/// port); not yet registered with any runtime.
+pub(crate) fn socket(addr: SocketAddr, reuse_port: bool) -> io::Result<std::net::TcpListener> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     if addr.is_ipv6() {
         socket.set_only_v6(false)?;
     }
     socket.set_reuse_address(true)?;
+    if reuse_port {
+        socket.set_reuse_port(true)?;
+    }
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     socket.listen(BACKLOG)?;

@@ -183,7 +183,7 @@ async fn proxy_port(
 }
 
 /// The processes holding `listen`, listed, when there is more than one:
-/// a port shared through `SO_REUSEPORT` (shunt itself never sets it, but an
+/// a port shared through `SO_REUSEPORT` (shunt refuses to start on a held port, but an
 /// older shunt or another program may have). `None` when one process or
 /// none is visible, or `/proc` is not read within `--timeout`.
 async fn shared_port(ctx: &Context, listen: SocketAddr) -> Option<String> {

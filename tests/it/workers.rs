@@ -1,5 +1,5 @@
 //! `--workers`: the binary serves the proxy listener from several worker
-//! threads (one runtime each, one shared listening socket) that share the
+//! threads (one runtime and SO_REUSEPORT listener each) that share the
 //! counters, and drains and exits as with one.
 
 use crate::support;
@@ -87,8 +87,8 @@ async fn zero_workers_is_refused() {
     assert!(stderr.contains("--workers"), "{stderr}");
 }
 
-/// A second shunt can never join the port of a running one (no
-/// `SO_REUSEPORT`): its start fails with exit 2, naming the holder, and
+/// A second shunt cannot join the port of a running one through
+/// `SO_REUSEPORT`: its start fails with exit 2, naming the holder, and
 /// every request keeps reaching the first.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_shunt_cannot_bind_a_held_port_and_names_the_holder() {
