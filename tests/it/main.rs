@@ -48,6 +48,5 @@ mod security;
 mod shutdown;
 mod slow_client;
 mod tls;
-mod tunnel;
 mod websocket;
 mod workers;

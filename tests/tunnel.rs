@@ -7,6 +7,12 @@
 //! The upstream here is a hand-written TCP server that answers any request
 //! with `101 Switching Protocols` and then hands its socket to the test, so
 //! every byte on both legs is under the test's control.
+//!
+//! Its own test binary, not a module of `tests/it`: inside the one crate,
+//! `small_fragmented_writes_arrive_in_order` saw its client connection reset
+//! mid-stream in 3 of 7 full runs, and never alone (40+ runs); the
+//! interference with the other tests in that process is not found yet. In
+//! a process of its own it passes.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -17,7 +23,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
-use crate::support;
+#[path = "it/support/mod.rs"]
+#[allow(dead_code, unused_imports)]
+mod support;
 
 use support::raw::{read_head, upgrade_with};
 use support::{Shunt, eventually, shunt};
