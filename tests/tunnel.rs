@@ -264,7 +264,7 @@ async fn small_fragmented_writes_arrive_in_order() {
         let upstream = raw_upstream(b"", Then::Echo).await;
         // Raw bytes, not WebSocket frames: the byte relay, as in the idle
         // test. (With frames followed, these bytes sometimes ended in a reset
-        // mid-stream in CI: under investigation, see the CHANGELOG's note.)
+        // mid-stream in CI: being investigated.)
         let shunt = start_shunt(upstream.addr, mode, &["--frames", "off"]).await;
         let mut client = upgrade_with(shunt.addr(), b"").await;
         // Ping-pong single bytes and small frames: each must come back alone.
