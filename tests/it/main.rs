@@ -19,6 +19,7 @@
 mod support;
 
 mod access_log;
+mod acme;
 mod admin;
 mod audio_client;
 mod calls;
@@ -37,10 +38,13 @@ mod handshake;
 mod harness;
 mod health;
 mod http;
+mod jwks;
 mod log_flood;
 mod netns;
 mod operator_input;
 mod properties;
+mod proxy_protocol;
+mod reattach;
 mod readme;
 mod recovery;
 mod reload;

@@ -1,6 +1,7 @@
 //! The one convention for parts of the test environment that a test needs
 //! but `cargo` cannot install: nginx, network namespaces, the browser,
-//! tc netem, node, openssl, IPv6 loopback.
+//! tc netem, node, openssl, IPv6 loopback, HAProxy, nginx's stream module,
+//! pebble (an ACME server) and Python with PyJWT and websockets.
 //!
 //! A test that finds its part missing calls [`missing`]. Whether that is a
 //! skip or a failure is decided by the environment:
@@ -33,11 +34,19 @@ pub(crate) enum Part {
     Ipv6,
     /// podman with runc, mmdebstrap, podman-compose and containers.conf's limits.
     Podman,
+    /// A real HAProxy (`haproxy`), a PROXY protocol sender.
+    Haproxy,
+    /// nginx with its stream module (`ngx_stream_module.so`).
+    NginxStream,
+    /// Debian's pebble and pebble-challtestsrv: a real ACME server.
+    Pebble,
+    /// python3 with PyJWT, cryptography and websockets: an outside token minter and client.
+    Python,
 }
 
 impl Part {
     /// Every part, in `SHUNT_REQUIRE`'s spelling order.
-    pub(crate) const ALL: [Part; 8] = [
+    pub(crate) const ALL: [Part; 12] = [
         Part::Nginx,
         Part::Netns,
         Part::Browser,
@@ -46,6 +55,10 @@ impl Part {
         Part::Openssl,
         Part::Ipv6,
         Part::Podman,
+        Part::Haproxy,
+        Part::NginxStream,
+        Part::Pebble,
+        Part::Python,
     ];
 
     /// The name used in `SHUNT_REQUIRE`.
@@ -59,6 +72,10 @@ impl Part {
             Part::Openssl => "openssl",
             Part::Ipv6 => "ipv6",
             Part::Podman => "podman",
+            Part::Haproxy => "haproxy",
+            Part::NginxStream => "nginx-stream",
+            Part::Pebble => "pebble",
+            Part::Python => "python",
         }
     }
 
@@ -80,6 +97,10 @@ impl Part {
                 "apt-get install -y podman runc mmdebstrap && pip install podman-compose, \
                  and the containers.conf that .ci/run writes"
             }
+            Part::Haproxy => "apt-get install haproxy",
+            Part::NginxStream => "apt-get install libnginx-mod-stream",
+            Part::Pebble => "apt-get install pebble",
+            Part::Python => "python3 -m pip install pyjwt cryptography websockets",
         }
     }
 }

@@ -1,0 +1,1 @@
+//! ACME against a real pebble, the HTTP-01 listener, post-quantum key exchange and HSTS (issue 22).

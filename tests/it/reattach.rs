@@ -1,0 +1,1 @@
+//! Reattaching a live call to a new backend connection (issue 25).
