@@ -167,7 +167,6 @@ pub(crate) async fn read_head(s: &mut TcpStream) -> Option<Vec<u8>> {
 /// Connect to `addr` and upgrade `/ws`, sending `early` in the same write as
 /// the handshake; panics unless the answer is 101. The socket is then the
 /// client's end of a raw tunnel.
-#[allow(dead_code)] // used by tests/tunnel.rs, a test binary of its own
 pub(crate) async fn upgrade_with(addr: SocketAddr, early: &[u8]) -> TcpStream {
     let mut s = tokio::time::timeout(IO_TIMEOUT, TcpStream::connect(addr))
         .await
