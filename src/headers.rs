@@ -135,8 +135,11 @@ pub(crate) fn prepare_request(
         Some(host) => {
             headers.insert(X_FORWARDED_HOST, host);
         }
-        // HTTP/1.0 without Host: name the upstream, as a client would.
+        // HTTP/1.0 without Host: name the upstream, as a client would, and
+        // pass no X-Forwarded-Host (shunt has none; a client's copy would be
+        // a claim no one checked).
         None => {
+            headers.remove(X_FORWARDED_HOST);
             if let Ok(v) = HeaderValue::from_str(authority) {
                 headers.insert(header::HOST, v);
             }
@@ -237,7 +240,8 @@ mod tests {
         assert_eq!(h["x-forwarded-proto"], "https");
         assert_eq!(h["x-forwarded-host"], "calls.example.com");
         assert_eq!(h["host"], "calls.example.com");
-        let mut h = HeaderMap::new();
+        // HTTP/1.0 without Host: the client's X-Forwarded-Host does not pass.
+        let mut h = map(&[("x-forwarded-host", "forged.example")]);
         prepare_request(
             &mut h,
             false,
@@ -247,5 +251,6 @@ mod tests {
         );
         assert_eq!(h["host"], "127.0.0.1:5006");
         assert_eq!(h["x-forwarded-for"], "::1");
+        assert!(!h.contains_key("x-forwarded-host"));
     }
 }
