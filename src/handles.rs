@@ -6,7 +6,7 @@
 //! - [`Live`]: the hot-swappable snapshot (router, upstreams, policy, timeouts).
 //! - The counters ([`Stats`], with the live calls): they outlive reloads.
 //! - The policy's per-client [`Gate`] (rates, connection caps), kept across reloads.
-//! - The listener's certificate store and the start time.
+//! - The listener's certificate store, the JWKS URL's keys ([`Jwks`]) and the start time.
 //!
 //! [`Handles`] holds one of each for the wiring (`app`, `admin`, `reload`,
 //! `watch`); a stage is given only the handles it uses, so `forward` gets
@@ -25,6 +25,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
+use crate::jwks::Jwks;
 use crate::live::Live;
 use crate::policy::rate::Gate;
 use crate::shutdown::Shutdown;
@@ -40,6 +41,7 @@ pub struct Handles {
     shutdown: Shutdown,
     started: Instant,
     certs: Option<Arc<CertStore>>,
+    jwks: Arc<Jwks>,
     draining: AtomicBool,
 }
 
@@ -53,6 +55,7 @@ impl Handles {
             shutdown,
             started: Instant::now(),
             certs,
+            jwks: Arc::default(),
             draining: AtomicBool::new(false),
         })
     }
@@ -85,6 +88,11 @@ impl Handles {
     /// Certificates served by the TLS listener; `None` without TLS.
     pub fn certs(&self) -> Option<&Arc<CertStore>> {
         self.certs.as_ref()
+    }
+
+    /// The keys of the JWKS URL and their fetch state; outlive reloads.
+    pub(crate) fn jwks(&self) -> &Arc<Jwks> {
+        &self.jwks
     }
 
     /// Mark the process as draining (readiness turns 503) and cancel the root token.

@@ -35,7 +35,7 @@
 //!        ─▶ checkpoint (form, IP, rate, Origin, auth) ─▶ upstream (first healthy; connect fallback)
 //!        ─▶ forward: request rewrite ─▶ plain HTTP ─or─ 101 ─▶ forward::tunnel
 //! side:  app (wiring), cli, workers, config, live, reload, watch, upstream::{health, probe},
-//!        tls certificates, handles, shutdown, policy, dial (upstream streams, pool, probe client),
+//!        tls certificates, handles, shutdown, policy, jwks, dial (upstream streams, pool, probe client),
 //!        percent, procnet, headers, body, error_chain, response, admin, stats, calls, prometheus,
 //!        keepalive, fdlimit, telemetry (with the rate-limited refusal log), certgen,
 //!        doctor (run on demand)
@@ -83,6 +83,8 @@
 //! - `dial`: connections to upstreams: TCP or TLS, hyper's client handshake, the
 //!   keep-alive pool (`dial::pool`), and the one-request probe client (`dial::probe`);
 //!   used by selection, forward, the tunnel, health probes and the doctor.
+//! - `jwks`: the identity provider's keys from `--jwt-jwks-url`, fetched and refreshed
+//!   in the background; the last good set kept across failures and reloads.
 //! - `percent`: the one percent-decoder (paths and query parameters).
 //! - `procnet`: listening sockets and the processes holding them, from `/proc`.
 //! - `headers`: header token lists, hop-by-hop removal, `X-Forwarded-*`, `x-shunt-route`;
@@ -136,7 +138,8 @@ pub mod testing {
     pub use crate::body::full;
     pub use crate::config::RouteSpec;
     pub use crate::forward::tunnel::frames;
-    pub use crate::policy::auth::{JwtVerifier, sign_hs256};
+    pub use crate::policy::jwt::{JwtVerifier, Remote, sign_hs256};
+    pub use crate::policy::keys::KeySet;
     pub use crate::router::{Route, Router, normalize_path};
     pub use crate::tls::CertSpec;
     pub use crate::tls::certs::{fingerprint, load as load_certs};
@@ -161,6 +164,7 @@ mod fdlimit;
 mod forward;
 mod handles;
 mod headers;
+mod jwks;
 mod keepalive;
 
 mod listener;

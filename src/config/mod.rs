@@ -49,8 +49,8 @@ use raw::RawConfig;
 
 pub use parse::{parse_addr, parse_duration};
 pub(crate) use spec::{
-    CallSpec, GlobalPolicy, HealthSpec, LogFormat, ProbeKind, RoutePolicy, Timeouts, TlsSpec,
-    TunnelMode, TunnelSettings, UpstreamName, UpstreamSpec, UpstreamUrl,
+    CallSpec, GlobalPolicy, HealthSpec, JwksSettings, LogFormat, ProbeKind, RoutePolicy, Timeouts,
+    TlsSpec, TunnelMode, TunnelSettings, UpstreamName, UpstreamSpec, UpstreamUrl,
 };
 pub use spec::{RouteSpec, Scheme};
 
@@ -331,11 +331,10 @@ impl Config {
             join(&g.ip.allow),
             join(&g.ip.deny),
             g.credentials.tokens.as_ref().map_or(0, |t| t.len()),
-            if g.credentials.jwt.is_some() {
-                "on"
-            } else {
-                "off"
-            },
+            g.credentials
+                .jwt
+                .as_ref()
+                .map_or_else(|| "off".to_owned(), |v| describe_jwt(v, g.jwks.as_ref())),
             limit(g.limits.rate.map(|r| r.to_string())),
             g.limits.burst,
             limit(g.limits.max_conns_per_ip.map(|n| n.to_string())),
@@ -401,6 +400,21 @@ fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
         .next()
         .map_or(1, |l| l.chars().count() + 1);
     (line, column)
+}
+
+/// What `shunt check` says of the JWT verifier: its secret, keys and JWKS URL.
+fn describe_jwt(v: &crate::policy::auth::JwtVerifier, jwks: Option<&JwksSettings>) -> String {
+    let mut parts = Vec::new();
+    if v.has_secret() {
+        parts.push("HS256 secret".to_owned());
+    }
+    if !v.keys().is_empty() {
+        parts.push(format!("{} public keys", v.keys().len()));
+    }
+    if let Some(j) = jwks {
+        parts.push(format!("JWKS {} (refresh {:?})", j.url.text, j.refresh));
+    }
+    parts.join(" + ")
 }
 
 /// toml's message, with an unknown key's list of every valid key replaced

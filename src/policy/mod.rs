@@ -10,7 +10,10 @@
 //! 401/403/405/429 answers.
 
 pub(crate) mod auth;
+pub(crate) mod credential;
 pub(crate) mod ip;
+pub(crate) mod jwt;
+pub(crate) mod keys;
 pub(crate) mod origin;
 pub(crate) mod rate;
 pub(crate) mod target;
