@@ -34,6 +34,7 @@ use std::sync::Arc;
 use http::{HeaderValue, Method, Request};
 
 use crate::config::{GlobalPolicy, RoutePolicy};
+use crate::downstream::ClientCert;
 use crate::policy::auth::{Identity, Remote};
 use crate::policy::rate::{ConnPermit, Gate, TunnelSlot};
 use crate::policy::{Denied, auth, origin};
@@ -92,12 +93,14 @@ pub(crate) fn check<B>(
         });
     }
     let presented = auth::presented(req.headers(), req.uri().query(), &global.sources);
+    let client_cert = req.extensions().get::<Arc<ClientCert>>().is_some();
     let identity = auth::authenticate(
         route.auth,
         &global.credentials,
         &global.sources,
         presented.as_ref(),
         remote,
+        client_cert,
     )?;
     let tunnel = if websocket {
         Some(gate.open_tunnel(&global.limits, peer)?)

@@ -142,6 +142,9 @@ pub struct RunArgs {
         requires = "tls_cert"
     )]
     pub tls_key: Option<PathBuf>,
+    /// PEM CA file: ask TLS clients for a certificate signed by it (optional at the TLS level; `auth = "mtls"` routes require one); re-read on reload.
+    #[arg(long, env = "SHUNT_TLS_CLIENT_CA", value_name = "FILE")]
+    pub tls_client_ca: Option<PathBuf>,
     /// Time a client has to complete the TLS handshake [default: 10s].
     #[arg(long, env = "SHUNT_TLS_HANDSHAKE_TIMEOUT", value_name = "DURATION")]
     pub tls_handshake_timeout: Option<String>,
@@ -172,7 +175,7 @@ pub struct RunArgs {
         value_delimiter = ','
     )]
     pub deny_ip: Vec<String>,
-    /// Default authentication of routes: none, token or jwt [default: jwt with --jwt-secret-file, else token with --token-file, else none].
+    /// Default authentication of routes: none, token, jwt or mtls [default: jwt with --jwt-secret-file, else token with --token-file, else none].
     #[arg(long, env = "SHUNT_AUTH", value_name = "MODE")]
     pub auth: Option<String>,
     /// File of accepted bearer tokens, one per line, `#` comments; re-read on reload.

@@ -31,6 +31,7 @@ use crate::policy::rate::Gate;
 use crate::shutdown::Shutdown;
 use crate::stats::Stats;
 use crate::tls::CertStore;
+use crate::tls::client_auth::ClientAuth;
 
 /// One handle per role, shared by every listener, connection and request.
 #[derive(Debug)]
@@ -41,13 +42,19 @@ pub struct Handles {
     shutdown: Shutdown,
     started: Instant,
     certs: Option<Arc<CertStore>>,
+    client_auth: Option<Arc<ClientAuth>>,
     jwks: Arc<Jwks>,
     draining: AtomicBool,
 }
 
 impl Handles {
     /// Wrap a first snapshot.
-    pub fn new(live: Live, certs: Option<Arc<CertStore>>, shutdown: Shutdown) -> Arc<Self> {
+    pub fn new(
+        live: Live,
+        certs: Option<Arc<CertStore>>,
+        client_auth: Option<Arc<ClientAuth>>,
+        shutdown: Shutdown,
+    ) -> Arc<Self> {
         Arc::new(Handles {
             live,
             stats: Arc::default(),
@@ -55,6 +62,7 @@ impl Handles {
             shutdown,
             started: Instant::now(),
             certs,
+            client_auth,
             jwks: Arc::default(),
             draining: AtomicBool::new(false),
         })
@@ -88,6 +96,11 @@ impl Handles {
     /// Certificates served by the TLS listener; `None` without TLS.
     pub fn certs(&self) -> Option<&Arc<CertStore>> {
         self.certs.as_ref()
+    }
+
+    /// The listener's client-certificate verifier (`[tls] client_ca`), if any.
+    pub(crate) fn client_auth(&self) -> Option<&Arc<ClientAuth>> {
+        self.client_auth.as_ref()
     }
 
     /// The keys of the JWKS URL and their fetch state; outlive reloads.

@@ -35,7 +35,7 @@ use hyper::body::Incoming;
 
 use crate::body::Body;
 use crate::checkpoint;
-use crate::downstream::Downstream;
+use crate::downstream::{ClientCert, Downstream};
 use crate::error_chain::ErrorChain;
 use crate::forward::tunnel::{Handoff, Relay};
 use crate::forward::{self, Exchange};
@@ -363,6 +363,9 @@ async fn exchange_with_failover(
         identity.claims.as_ref(),
         &policy.forward_claims,
     );
+    if policy.forward_client_cert {
+        forward_client_cert(&mut parts);
+    }
     let mut body = Some(body.boxed());
     loop {
         let (upstream, conn) = failover
@@ -415,6 +418,23 @@ async fn exchange_with_failover(
                 select_subprotocol(&mut resp, marker);
             }
             return Ok(resp);
+        }
+    }
+}
+
+/// `x-client-cert-subject` and `x-client-cert-sha256` from the verified TLS
+/// client certificate; the client's own copies are removed first.
+fn forward_client_cert(parts: &mut http::request::Parts) {
+    const SUBJECT: header::HeaderName = header::HeaderName::from_static("x-client-cert-subject");
+    const SHA256: header::HeaderName = header::HeaderName::from_static("x-client-cert-sha256");
+    parts.headers.remove(SUBJECT);
+    parts.headers.remove(SHA256);
+    let Some(cert) = parts.extensions.get::<Arc<ClientCert>>() else {
+        return;
+    };
+    for (name, value) in [(SUBJECT, &cert.subject), (SHA256, &cert.sha256)] {
+        if let Ok(v) = HeaderValue::from_str(value) {
+            parts.headers.insert(name, v);
         }
     }
 }

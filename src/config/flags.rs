@@ -74,6 +74,8 @@ pub(super) struct Overrides {
     pub tls_cert: Option<PathBuf>,
     /// `--tls-key`.
     pub tls_key: Option<PathBuf>,
+    /// `--tls-client-ca`.
+    pub tls_client_ca: Option<PathBuf>,
     /// `--tls-handshake-timeout`.
     pub tls_handshake_timeout: Option<Duration>,
     /// `--upstream-ca`.
@@ -203,6 +205,7 @@ impl Overrides {
                 .transpose()?,
             tls_cert: a.tls_cert.clone(),
             tls_key: a.tls_key.clone(),
+            tls_client_ca: a.tls_client_ca.clone(),
             tls_handshake_timeout: duration("tls-handshake-timeout", &a.tls_handshake_timeout)?,
             upstream_ca: a.upstream_ca.clone(),
             watch: !a.no_watch,

@@ -222,6 +222,7 @@ impl Config {
             files.push(c.cert.clone());
             files.push(c.key.clone());
         }
+        files.extend(self.tls.iter().filter_map(|t| t.client_ca.clone()));
         files.extend(self.upstreams.iter().filter_map(|u| u.ca.clone()));
         files.extend(self.policy.files.iter().cloned());
         files.sort();

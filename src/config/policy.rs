@@ -45,9 +45,17 @@ pub(super) struct RouteDefaults {
     has_jwt: bool,
     /// The global `forward_claims`.
     forward_claims: Vec<ClaimHeader>,
+    /// A client CA is configured: a route may use `auth = "mtls"`.
+    has_client_ca: bool,
 }
 
 impl RouteDefaults {
+    /// Whether `[tls] client_ca` is set (known once the TLS settings are merged).
+    pub(super) fn with_client_ca(mut self, has_client_ca: bool) -> Self {
+        self.has_client_ca = has_client_ca;
+        self
+    }
+
     /// The policy of a route that sets nothing itself (`--route` and default routes).
     pub(super) fn route_policy(&self, label: &str) -> Result<RoutePolicy, ConfigError> {
         let policy = RoutePolicy {
@@ -60,6 +68,7 @@ impl RouteDefaults {
             allow_absolute_form: false,
             forward_credential: false,
             forward_claims: self.forward_claims.clone(),
+            forward_client_cert: false,
         };
         self.validate(label, &policy)?;
         Ok(policy)
@@ -76,6 +85,11 @@ impl RouteDefaults {
                 &field,
                 "token",
                 "no token file: set --token-file or `token_file`",
+            )),
+            AuthMode::Mtls if !self.has_client_ca => Err(ConfigError::invalid(
+                &field,
+                "mtls",
+                "no client CA: set --tls-client-ca or `client_ca` in [tls] (with a TLS certificate)",
             )),
             AuthMode::Jwt if !self.has_jwt => Err(ConfigError::invalid(
                 &field,
@@ -130,6 +144,7 @@ pub(super) fn global(
             Some(map) => claim_headers("`forward_claims` in the config file", map)?,
             None => Vec::new(),
         },
+        has_client_ca: false,
     };
     // The secret files are watched: a change on disk reloads them.
     let files = token_file
@@ -464,6 +479,7 @@ pub(super) fn route(
             Some(map) => claim_headers(&field("forward_claims"), map)?,
             None => defaults.forward_claims.clone(),
         },
+        forward_client_cert: r.forward_client_cert.unwrap_or(false),
     };
     defaults.validate(label, &policy)?;
     Ok(policy)

@@ -199,6 +199,8 @@ pub(crate) struct RawRoute {
     pub allow_absolute_form: Option<bool>,
     /// `true`: the accepted credential is forwarded too (off by default).
     pub forward_credential: Option<bool>,
+    /// `true`: the client certificate's subject and SHA-256 go to the upstream.
+    pub forward_client_cert: Option<bool>,
     /// Claims of the verified JWT passed as request headers, over the global table.
     pub forward_claims: Option<BTreeMap<String, String>>,
     /// This route's ping interval, over the global one (`0`: no pings).
@@ -229,6 +231,8 @@ pub(crate) struct RawTls {
     /// More certificates, picked by SNI.
     #[serde(default)]
     pub certs: Vec<RawCert>,
+    /// CA whose client certificates are asked for (as `--tls-client-ca`).
+    pub client_ca: Option<String>,
 }
 
 /// `[[tls.certs]]`: a certificate for the SNI names listed (default: its own names).

@@ -134,6 +134,8 @@ pub struct TlsSpec {
     pub certs: Vec<CertSpec>,
     /// Bound on one downstream TLS handshake, so a silent client cannot hold a slot.
     pub handshake_timeout: Duration,
+    /// CA file of client certificates (`--tls-client-ca`), if asked for.
+    pub client_ca: Option<PathBuf>,
 }
 
 /// One route: an optional host, a path prefix, upstreams in order of preference.
@@ -353,4 +355,6 @@ pub struct RoutePolicy {
     pub forward_credential: bool,
     /// Verified claims passed as request headers (`forward_claims`).
     pub forward_claims: Vec<ClaimHeader>,
+    /// Pass the client certificate's subject and fingerprint (`forward_client_cert`).
+    pub forward_client_cert: bool,
 }

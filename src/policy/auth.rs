@@ -29,6 +29,8 @@ pub enum AuthMode {
     Token,
     /// A JWT: HS256 with `--jwt-secret-file`, or signed by a public key.
     Jwt,
+    /// A TLS client certificate signed by `--tls-client-ca`.
+    Mtls,
 }
 
 impl AuthMode {
@@ -38,6 +40,7 @@ impl AuthMode {
             "none" => Some(AuthMode::None),
             "token" => Some(AuthMode::Token),
             "jwt" => Some(AuthMode::Jwt),
+            "mtls" => Some(AuthMode::Mtls),
             _ => None,
         }
     }
@@ -49,6 +52,7 @@ impl fmt::Display for AuthMode {
             AuthMode::None => "none",
             AuthMode::Token => "token",
             AuthMode::Jwt => "jwt",
+            AuthMode::Mtls => "mtls",
         })
     }
 }
@@ -178,12 +182,15 @@ pub enum AuthError {
     /// A JWT that does not verify.
     #[error("the JWT is not valid")]
     Jwt(#[from] JwtError),
+    /// An `auth = "mtls"` route reached without a client certificate.
+    #[error("this route needs a TLS client certificate signed by the configured CA")]
+    NoClientCert,
 }
 
 impl AuthError {
     /// Whether the client sent something (RFC 6750 `error="invalid_token"`).
     pub fn is_invalid_token(&self) -> bool {
-        !matches!(self, AuthError::Missing { .. })
+        !matches!(self, AuthError::Missing { .. } | AuthError::NoClientCert)
     }
 
     /// Whether the fault is shunt's, not the client's: the JWKS is not loaded (503).
@@ -195,6 +202,7 @@ impl AuthError {
     pub fn reason(&self) -> &'static str {
         match self {
             AuthError::Missing { .. } => "missing",
+            AuthError::NoClientCert => "no_client_cert",
             AuthError::UnknownToken => "invalid",
             AuthError::Jwt(e) => match e {
                 JwtError::Expired => "expired",
@@ -238,16 +246,21 @@ impl Identity {
     }
 }
 
-/// Check `presented` under `mode`; `remote` is the JWKS URL's key set.
+/// Check `presented` under `mode`; `remote` is the JWKS URL's key set,
+/// `client_cert` whether the TLS client showed a certificate the CA signed.
 pub(crate) fn authenticate(
     mode: AuthMode,
     credentials: &Credentials,
     sources: &TokenSources,
     presented: Option<&Presented<'_>>,
     remote: Remote<'_>,
+    client_cert: bool,
 ) -> Result<Identity, AuthError> {
-    if mode == AuthMode::None {
-        return Ok(Identity::default());
+    match mode {
+        AuthMode::None => return Ok(Identity::default()),
+        AuthMode::Mtls if client_cert => return Ok(Identity::default()),
+        AuthMode::Mtls => return Err(AuthError::NoClientCert),
+        _ => {}
     }
     let Some(presented) = presented.filter(|p| !p.value.is_empty()) else {
         return Err(AuthError::Missing {
@@ -258,7 +271,7 @@ pub(crate) fn authenticate(
     let via = Some(presented.via);
     let value = presented.value.as_ref();
     match mode {
-        AuthMode::None => Ok(Identity::default()),
+        AuthMode::None | AuthMode::Mtls => Ok(Identity::default()),
         // Validation guarantees the file of the mode is configured; fail closed anyway.
         AuthMode::Token => match &credentials.tokens {
             Some(set) if set.contains(value) => Ok(Identity { claims: None, via }),
@@ -401,7 +414,7 @@ mod tests {
             via: Via::Query,
         };
         let auth = |mode, presented: Option<&Presented<'_>>| {
-            authenticate(mode, &creds, &s, presented, Remote::None)
+            authenticate(mode, &creds, &s, presented, Remote::None, false)
         };
         assert_eq!(auth(AuthMode::None, None), Ok(Identity::default()));
         let missing = auth(AuthMode::Token, None).unwrap_err();
@@ -414,6 +427,11 @@ mod tests {
         assert_eq!(
             auth(AuthMode::Token, Some(&p("alpha"))).unwrap().via,
             Some(Via::Query)
+        );
+        assert_eq!(auth(AuthMode::Mtls, None), Err(AuthError::NoClientCert));
+        assert_eq!(
+            authenticate(AuthMode::Mtls, &creds, &s, None, Remote::None, true),
+            Ok(Identity::default())
         );
         // JWT mode without a verifier fails closed.
         assert!(auth(AuthMode::Jwt, Some(&p("x.y.z"))).is_err());

@@ -14,6 +14,8 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+mod mtls;
+
 use crate::support::raw::{get, raw, ws_open};
 use crate::support::{self, IO_TIMEOUT, Part, TempFile, eventually};
 
