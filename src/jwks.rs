@@ -31,6 +31,8 @@ use http_body_util::{BodyExt, Limited};
 use rustls::ClientConfig;
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::config::{JwksSettings, Scheme};
 use crate::dial::{self, ConnectError, probe};
@@ -74,10 +76,13 @@ pub(crate) enum FetchError {
 }
 
 /// What a fetch brought back.
-struct Fetched {
-    keys: KeySet,
-    skipped: Vec<String>,
-    max_age: Option<Duration>,
+pub(crate) struct Fetched {
+    /// The usable keys.
+    pub keys: KeySet,
+    /// The keys left out, and why.
+    pub skipped: Vec<String>,
+    /// `Cache-Control: max-age`, if any.
+    pub max_age: Option<Duration>,
 }
 
 /// What `/status` shows, and what the request path needs on a miss.
@@ -285,7 +290,7 @@ pub(crate) async fn run(
             return;
         };
         jwks.switch_to(&s.url.text);
-        let attempt = fetch(s, &mut tls, &current, &shutdown);
+        let attempt = fetch(s, &mut tls, &current, shutdown.tracker(), shutdown.token());
         let result = tokio::select! {
             r = attempt => r,
             () = shutdown.token().cancelled() => return,
@@ -315,11 +320,14 @@ pub(crate) async fn run(
 
 /// One GET of the JWKS: connect (bounded by the connect timeout), the
 /// answer and its body (bounded by the response timeout and [`MAX_BODY`]).
-async fn fetch(
+/// `tls` caches the client configuration (system roots) between fetches;
+/// `shunt doctor` calls this once.
+pub(crate) async fn fetch(
     s: &JwksSettings,
     tls: &mut Option<Arc<ClientConfig>>,
     timeouts: &Settings,
-    shutdown: &Shutdown,
+    tracker: &TaskTracker,
+    stop: &CancellationToken,
 ) -> Result<Fetched, FetchError> {
     let server = &s.url.server;
     let tls_config = match server.scheme {
@@ -345,12 +353,8 @@ async fn fetch(
         );
     let exchange = async {
         let resp = match stream {
-            dial::UpstreamStream::Plain(s) => {
-                probe::send(s, request, shutdown.tracker(), shutdown.token()).await
-            }
-            dial::UpstreamStream::Tls(s) => {
-                probe::send(s, request, shutdown.tracker(), shutdown.token()).await
-            }
+            dial::UpstreamStream::Plain(s) => probe::send(s, request, tracker, stop).await,
+            dial::UpstreamStream::Tls(s) => probe::send(s, request, tracker, stop).await,
         }
         .map_err(FetchError::Send)?;
         if resp.status() != StatusCode::OK {

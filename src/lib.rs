@@ -18,7 +18,7 @@
 //! snapshot holds; `admin` reads routes and upstream health for `/status` and
 //! `/readyz`, and serves its own listener with `listener`'s accept loop.
 //! `doctor` imports no stage: it checks the running shunt as a client would,
-//! through `dial` and `config`. That is why shared types sit low: the upstream stream, the pool and `dial::Conn` in `dial` (selection
+//! through `dial` and `config` (and fetches the JWKS through `jwks`). That is why shared types sit low: the upstream stream, the pool and `dial::Conn` in `dial` (selection
 //! dials, forward sends, the tunnel splices), and the response body type in
 //! the leaf `body`. Each stage's error lives with the stage that produces it
 //! (`upgrade::UpgradeError`, `upstream::SelectError`, `forward::ForwardError`,

@@ -851,3 +851,72 @@ async fn accepted_credentials_are_stripped_unless_forward_credential() {
     );
     shunt.stop().await;
 }
+
+/// `shunt doctor` (the real binary) with the JWKS URL and `--token`.
+async fn doctor(url: &str, backend: &str, token: &str) -> support::bin::Run {
+    support::bin::run_shunt(
+        &[
+            "doctor",
+            "--timeout",
+            "3s",
+            "--direct",
+            backend,
+            "--listen",
+            "127.0.0.1:1",
+            "--jwt-jwks-url",
+            url,
+            "--jwt-jwks-insecure-http",
+            "--jwt-issuer",
+            ISSUER,
+            "--jwt-audience",
+            AUDIENCE,
+            "--token",
+            token,
+        ],
+        Duration::from_secs(30),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn doctor_reports_the_jwks_keys_and_why_a_token_fails() {
+    let Some(m) = Minted::new() else { return };
+    let idp = Idp::start(Mode::Serve(m.jwks(&["rsa", "ed"]))).await;
+    let backend = support::echo_backend().spawn().await;
+    let url = idp.url();
+    let good = m.token("rs256");
+    let run = doctor(&url, &backend.url(), &good).await;
+    let out = format!("{}{}", run.stdout, run.stderr);
+    assert!(
+        out.contains(&format!("ok   jwks {url}: 2 keys: rsa RSA (RS256")),
+        "{out}"
+    );
+    assert!(out.contains("ed Ed25519 (EdDSA)"), "{out}");
+    assert!(
+        out.contains("ok   jwt --token: the token verifies (sub alice)"),
+        "{out}"
+    );
+    assert!(!out.contains(&good), "the token is never printed");
+    for (case, why) in [
+        ("expired", "expired"),
+        ("wrong_aud", "wrong audience"),
+        ("unknown_kid", "no key for this token"),
+    ] {
+        let token = m.token(case);
+        let run = doctor(&url, &backend.url(), &token).await;
+        let out = format!("{}{}", run.stdout, run.stderr);
+        assert!(
+            out.contains("FAIL jwt --token: the token does not verify"),
+            "{out}"
+        );
+        assert!(out.contains(why), "{case}: {out}");
+        assert!(!out.contains(&token), "the token is never printed");
+    }
+    idp.set(Mode::Status(500));
+    let run = doctor(&url, &backend.url(), &good).await;
+    assert!(
+        run.stdout.contains("FAIL jwks") && run.stdout.contains("HTTP 500"),
+        "{}",
+        run.stdout
+    );
+}
