@@ -176,22 +176,7 @@ async fn start_on(config: Config, workers: Option<usize>) -> Result<Running, Sta
         .spawn(crate::telemetry::refusals::flush(
             handles.shutdown().token().clone(),
         ));
-    if handles.live().load().config().policy.jwks.is_some() {
-        let live = handles.clone();
-        let settings = move || {
-            let snapshot = live.live().load();
-            crate::jwks::Settings {
-                jwks: snapshot.config().policy.jwks.clone(),
-                connect_timeout: snapshot.timeouts().connect,
-                response_timeout: snapshot.timeouts().response,
-            }
-        };
-        handles.shutdown().tracker().spawn(crate::jwks::run(
-            handles.jwks().clone(),
-            settings,
-            handles.shutdown().clone(),
-        ));
-    }
+    handles.start_jwks_fetcher();
     let admin_stop = CancellationToken::new();
     let admin_tracker = TaskTracker::new();
 

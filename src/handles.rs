@@ -108,6 +108,30 @@ impl Handles {
         &self.jwks
     }
 
+    /// Start the JWKS fetcher ([`crate::jwks::run`]) on the tracker when the
+    /// live configuration names a JWKS URL and no fetcher runs: at start, and
+    /// after a reload that adds the URL. It reads the URL and timeouts from
+    /// the live snapshot before each fetch.
+    pub(crate) fn start_jwks_fetcher(self: &Arc<Self>) {
+        if self.live.load().config().policy.jwks.is_none() || !self.jwks.claim_fetcher() {
+            return;
+        }
+        let handles = self.clone();
+        let settings = move || {
+            let snapshot = handles.live().load();
+            crate::jwks::Settings {
+                jwks: snapshot.config().policy.jwks.clone(),
+                connect_timeout: snapshot.timeouts().connect,
+                response_timeout: snapshot.timeouts().response,
+            }
+        };
+        self.shutdown.tracker().spawn(crate::jwks::run(
+            self.jwks.clone(),
+            settings,
+            self.shutdown.clone(),
+        ));
+    }
+
     /// Mark the process as draining (readiness turns 503) and cancel the root token.
     pub fn begin_shutdown(&self) {
         self.draining.store(true, Ordering::SeqCst);

@@ -104,6 +104,7 @@ pub(crate) struct Jwks {
     fetched: watch::Sender<u64>,
     failures: AtomicU64,
     last_kid_refresh: Mutex<Option<Instant>>,
+    running: std::sync::atomic::AtomicBool,
 }
 
 impl Default for Jwks {
@@ -115,6 +116,7 @@ impl Default for Jwks {
             fetched: watch::channel(0).0,
             failures: AtomicU64::new(0),
             last_kid_refresh: Mutex::new(None),
+            running: std::sync::atomic::AtomicBool::new(false),
         }
     }
 }
@@ -161,6 +163,12 @@ impl Jwks {
             Some(e) => format!("JWKS {url}: {e}"),
             None => format!("JWKS {url}: not fetched yet"),
         }
+    }
+
+    /// Claim the fetcher's slot: `true` if no fetch loop runs (the caller
+    /// then starts [`run`]), `false` if one already does.
+    pub(crate) fn claim_fetcher(&self) -> bool {
+        !self.running.swap(true, Ordering::SeqCst)
     }
 
     /// Whether a key set is loaded.
@@ -282,6 +290,15 @@ pub(crate) async fn run(
     settings: impl Fn() -> Settings + Send + 'static,
     shutdown: Shutdown,
 ) {
+    /// Frees the fetcher's slot however the loop ends, so a reload that
+    /// names a URL again starts a new one.
+    struct Release<'a>(&'a Jwks);
+    impl Drop for Release<'_> {
+        fn drop(&mut self) {
+            self.0.running.store(false, Ordering::SeqCst);
+        }
+    }
+    let _release = Release(&jwks);
     let mut backoff = Duration::from_secs(1);
     let mut tls: Option<Arc<ClientConfig>> = None;
     loop {

@@ -187,6 +187,8 @@ impl Reloader {
             "restart_required": restart_required,
         });
         self.handles.live().store(Arc::new(new));
+        // A JWKS URL named for the first time gets its fetcher now.
+        self.handles.start_jwks_fetcher();
         Ok(report)
     }
 

@@ -920,3 +920,51 @@ async fn doctor_reports_the_jwks_keys_and_why_a_token_fails() {
         run.stdout
     );
 }
+
+#[tokio::test]
+async fn the_jwks_file_and_a_new_jwks_url_take_effect_on_reload() {
+    let Some(m) = Minted::new() else { return };
+    let jwks = TempFile::new("jwks.json", &m.jwks(&["rsa"]));
+    let backend = support::echo_backend().spawn().await;
+    let config = TempFile::new(
+        "shunt.toml",
+        &format!("auth = \"jwt\"\njwt_jwks_file = \"{}\"\n", jwks.path()),
+    );
+    support::capture_logs();
+    let shunt = support::shunt()
+        .direct(backend.url())
+        .arg("--health-interval", "60s")
+        .arg("--config", config.path())
+        .flag("--no-watch")
+        .start()
+        .await;
+    let a = shunt.addr();
+    assert_eq!(bearer(a, "/", &m.token("rs256")).await.status, Some(200));
+    assert_eq!(bearer(a, "/", &m.token("rsa2")).await.status, Some(401));
+    TempFile::write(&jwks.0, &m.jwks(&["rsa2"]));
+    assert!(shunt.reload().await);
+    assert_eq!(bearer(a, "/", &m.token("rsa2")).await.status, Some(200));
+    assert_eq!(bearer(a, "/", &m.token("rs256")).await.status, Some(401));
+
+    // A JWKS URL named by a reload starts being fetched.
+    let idp = Idp::start(Mode::Serve(m.jwks(&["ec256"]))).await;
+    TempFile::write(
+        &config.0,
+        &format!(
+            "auth = \"jwt\"\njwt_jwks_url = \"{}\"\njwt_jwks_insecure_http = true\n",
+            idp.url()
+        ),
+    );
+    assert!(shunt.reload().await);
+    let token = m.token("es256");
+    assert!(
+        eventually(Duration::from_secs(5), async || bearer(a, "/", &token)
+            .await
+            .status
+            == Some(200))
+        .await
+    );
+    assert!(idp.fetches() >= 1);
+    assert_eq!(bearer(a, "/", &m.token("rsa2")).await.status, Some(401));
+    shunt.stop().await;
+}
