@@ -968,3 +968,76 @@ async fn the_jwks_file_and_a_new_jwks_url_take_effect_on_reload() {
     assert_eq!(bearer(a, "/", &m.token("rsa2")).await.status, Some(401));
     shunt.stop().await;
 }
+
+/// Whether headless Chromium can be driven (see `tests/it/dashboard.rs`);
+/// a visible skip, or a failure where the browser is required.
+fn browser_available() -> bool {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+    let chromium = std::env::var_os("CHROMIUM")
+        .map_or_else(|| "/usr/bin/chromium".into(), std::path::PathBuf::from);
+    let missing = if !chromium.is_file() {
+        Some(format!(
+            "{} not found (apt-get install chromium)",
+            chromium.display()
+        ))
+    } else if !dir.join("node_modules/playwright-core").is_dir() {
+        Some("tests/browser/node_modules missing (run npm ci in tests/browser)".to_owned())
+    } else {
+        None
+    };
+    support::require(Part::Browser, missing.map_or(Ok(()), Err)).is_some()
+}
+
+#[tokio::test]
+async fn chromium_sends_the_token_as_a_subprotocol_and_the_backend_never_sees_it() {
+    if !browser_available() {
+        return;
+    }
+    let Some(m) = Minted::new() else { return };
+    let jwks = TempFile::new("jwks.json", &m.jwks(&["ec256"]));
+    let backend = WsRecorder::start().await;
+    let shunt = support::shunt()
+        .direct(format!("http://{}", backend.addr))
+        .arg("--health-interval", "60s")
+        .arg("--drain-timeout", "1s")
+        .arg("--jwt-jwks-file", jwks.path())
+        .arg("--token-subprotocol", "bearer")
+        .arg("--route", "/audio=direct")
+        .start()
+        .await;
+    let token = m.token("es256");
+    let plan = json!({"url": format!("ws://{}/audio", shunt.addr()), "token": token});
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+    let out = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::process::Command::new("node")
+            .arg("subprotocol.js")
+            .arg(plan.to_string())
+            .current_dir(dir)
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("the browser script ends in time")
+    .expect("node runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let result: Value = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("RESULT "))
+        .and_then(|r| serde_json::from_str(r).ok())
+        .unwrap_or_else(|| panic!("no RESULT: {stdout}"));
+    assert_eq!(result, json!({"protocol": "bearer", "message": "ok"}));
+    let heads = backend.heads();
+    let head = heads.last().expect("the backend saw the handshake");
+    assert!(!head.contains(&token), "the backend saw the token: {head}");
+    assert!(
+        !head.to_ascii_lowercase().contains("sec-websocket-protocol"),
+        "{head}"
+    );
+    shunt.stop().await;
+}
