@@ -79,7 +79,8 @@
 //!   counters, the per-client gate); each stage is given only those it uses.
 //! - `shutdown`: the root cancellation token and the task tracker, as one handle.
 //! - `policy`: the security values the config parses (IP lists, authentication,
-//!   Origin rules, rate and connection limits) and their refusals.
+//!   JWTs and their keys, what is forwarded of a credential, Origin rules, rate
+//!   and connection limits) and their refusals.
 //! - `dial`: connections to upstreams: TCP or TLS, hyper's client handshake, the
 //!   keep-alive pool (`dial::pool`), and the one-request probe client (`dial::probe`);
 //!   used by selection, forward, the tunnel, health probes and the doctor.

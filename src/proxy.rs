@@ -218,8 +218,9 @@ async fn check_with_fresh_keys<'a>(
 ) -> Result<Checked<'a>, ProxyError> {
     let jwks = ctx.handles.jwks();
     let settings = snapshot.config().policy.jwks.as_ref();
-    let view = jwks.view();
-    let remote = view.remote(settings.is_some());
+    // Only with a JWKS URL: a request on any other configuration reads nothing.
+    let view = settings.map(|_| jwks.view());
+    let remote = view.as_ref().map_or(Remote::None, |v| v.remote(true));
     let first = check_request(
         req,
         downstream,
@@ -336,7 +337,10 @@ async fn exchange_with_failover(
     let global = &snapshot.config().policy;
     let policy = &route.spec.policy;
     // A credential meant for shunt is not passed on (unless the route says so).
-    let strip = policy.auth != policy::auth::AuthMode::None && !policy.forward_credential;
+    let strip = matches!(
+        policy.auth,
+        policy::auth::AuthMode::Token | policy::auth::AuthMode::Jwt
+    ) && !policy.forward_credential;
     let strip_param = strip.then_some(global.sources.query.as_str());
     // A browser offering only `bearer, <token>` needs `bearer` selected back.
     let select_marker = (identity.via == Some(Via::Subprotocol))

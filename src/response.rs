@@ -71,6 +71,7 @@ pub enum ProxyError {
 /// | unsupported `Sec-WebSocket-Version` | 426 (with the version to use) |
 /// | no route | 404 |
 /// | refused by policy | see [`Denied`]'s mapping (401, 403, 405, 429, 400) |
+/// | `auth = "jwt"` while the JWKS URL's keys were never loaded | 503 |
 /// | every upstream of the route down | 503 |
 /// | connect or response timeout | 504 |
 /// | any other upstream failure | 502 |
