@@ -318,6 +318,20 @@ impl Config {
                 p.ip.allow.len(),
                 p.ip.deny.len(),
             )?;
+            let mut forwards: Vec<String> = p
+                .forward_claims
+                .iter()
+                .map(|c| format!("{} as {}", c.claim, c.header))
+                .collect();
+            if p.forward_credential {
+                forwards.push("the credential".into());
+            }
+            if p.forward_client_cert {
+                forwards.push("the client certificate".into());
+            }
+            if !forwards.is_empty() {
+                writeln!(out, "  {:<28}    forwards: {}", "", forwards.join(", "))?;
+            }
             writeln!(out, "  {:<28}    calls: {}", "", r.calls)?;
         }
         Ok(())
@@ -413,7 +427,11 @@ fn describe_jwt(v: &crate::policy::auth::JwtVerifier, jwks: Option<&JwksSettings
         parts.push(format!("{} public keys", v.keys().len()));
     }
     if let Some(j) = jwks {
-        parts.push(format!("JWKS {} (refresh {:?})", j.url.text, j.refresh));
+        parts.push(format!(
+            "JWKS {} (refresh {})",
+            j.url.text,
+            humantime::format_duration(j.refresh)
+        ));
     }
     parts.join(" + ")
 }
