@@ -207,7 +207,8 @@ async fn proxy(
 /// has wakes the JWKS fetcher (at most once per `jwt_jwks_min_refresh`)
 /// and, when it did, is checked again once the fetch is done (bounded by
 /// the connect and response timeouts), so a key rotated in at the provider
-/// works from its first token.
+/// works from its first token. That second check takes a second rate token:
+/// it happens at most once per `jwt_jwks_min_refresh` for the whole process.
 async fn check_with_fresh_keys<'a>(
     req: &Request<Incoming>,
     downstream: Downstream,
