@@ -12,8 +12,9 @@
 //!
 //! The endpoints answer different questions. `/healthz` says the process is
 //! alive (a liveness probe that must not fail because an upstream is down);
-//! `/readyz` says every route has an upstream to go to, and when not, names
-//! the route and why, so an operator (or `shunt healthcheck`) reads the cause
+//! `/readyz` says every route has an upstream to go to (and, for a route
+//! with `auth = "jwt"` and a JWKS URL, keys to check tokens with), and when
+//! not, names the route and why, so an operator (or `shunt healthcheck`) reads the cause
 //! instead of guessing (a route that still works but has lost a fallback, an
 //! upstream down or one that does not forward WebSocket upgrades, is listed
 //! under `degraded` of a 200); `/status` is the whole picture in JSON; `/metrics` the
@@ -185,6 +186,15 @@ fn readyz(handles: &Handles) -> Response<Body> {
             let up = |u: &&Arc<crate::upstream::Upstream>| u.health.state() == State::Up;
             let carries_ws =
                 |u: &&Arc<crate::upstream::Upstream>| u.health.websocket_error().is_none();
+            let jwks_missing = r.spec.policy.auth == crate::policy::auth::AuthMode::Jwt
+                && snapshot.config().policy.jwks.is_some()
+                && !handles.jwks().loaded();
+            if jwks_missing {
+                return Some(json!({
+                    "route": r.label,
+                    "reason": format!("auth = \"jwt\" cannot verify tokens: {}", handles.jwks().unavailable()),
+                }));
+            }
             let reason = if !r.via.iter().any(|u| up(&u)) {
                 "no healthy upstream"
             } else if carries_websocket(r) && !r.via.iter().any(|u| up(&u) && carries_ws(&u)) {
@@ -272,6 +282,12 @@ fn status(handles: &Handles, reloader: &Reloader, tunnel: &TunnelStatus) -> serd
         "calls": handles.stats().calls.status_json(),
         "requests": requests,
         "upgrades": upgrades,
+        "jwks": snapshot
+            .config()
+            .policy
+            .jwks
+            .is_some()
+            .then(|| handles.jwks().to_json()),
     })
 }
 
@@ -282,6 +298,9 @@ fn metrics(handles: &Handles, reloader: &Reloader) -> Response<Body> {
     handles.stats().to_prometheus(&mut out);
     handles.stats().calls.to_prometheus(&mut out);
     let snapshot = handles.live().load();
+    if snapshot.config().policy.jwks.is_some() {
+        handles.jwks().to_prometheus(&mut out);
+    }
     let _ = writeln!(
         out,
         "# HELP shunt_upstream_up Whether the upstream is healthy (1), down or not yet probed (0).\n# TYPE shunt_upstream_up gauge"

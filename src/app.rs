@@ -106,13 +106,25 @@ async fn start_on(config: Config, workers: Option<usize>) -> Result<Running, Sta
     let shutdown = Shutdown::new(shutdown, tracker);
     let snapshot = Snapshot::build(config, None, &shutdown)?;
     let certs = snapshot.certs().cloned().map(CertStore::new);
-    let acceptor = certs.clone().map(crate::tls::acceptor).transpose()?;
+    let (acceptor, client_auth) = match certs.clone() {
+        Some(store) => {
+            let (acceptor, client_auth) =
+                crate::tls::acceptor(store, snapshot.client_ca().cloned())?;
+            (Some(acceptor), client_auth)
+        }
+        None => (None, None),
+    };
     if let Some(set) = snapshot.certs() {
         for warning in set.warnings() {
             tracing::warn!("{warning}");
         }
     }
-    let handles = Handles::new(ArcSwap::from_pointee(snapshot), certs, shutdown);
+    let handles = Handles::new(
+        ArcSwap::from_pointee(snapshot),
+        certs,
+        client_auth,
+        shutdown,
+    );
     let reloader = Reloader::new(handles.clone());
 
     let listen_addr = match &proxy_listener {
@@ -164,6 +176,7 @@ async fn start_on(config: Config, workers: Option<usize>) -> Result<Running, Sta
         .spawn(crate::telemetry::refusals::flush(
             handles.shutdown().token().clone(),
         ));
+    handles.start_jwks_fetcher();
     let admin_stop = CancellationToken::new();
     let admin_tracker = TaskTracker::new();
 

@@ -376,6 +376,8 @@ pub struct CallInfo {
     pub host: Option<String>,
     /// Path and query, the token parameter redacted as in the access log.
     pub path: String,
+    /// The verified token's `sub` claim, if any.
+    pub user: Option<String>,
     /// Route label.
     pub route: String,
     /// Upstream name.
@@ -397,8 +399,12 @@ pub struct Call {
     /// The request's `Host`, as in [`CallInfo::host`]; a boxed `str` (two
     /// words, not three) since it never changes.
     host: Option<Box<str>>,
-    /// Path and query with the token redacted, as in [`CallInfo::path`].
-    path: Box<str>,
+    /// Path and query with the token redacted, as in [`CallInfo::path`],
+    /// followed by the caller's `sub` claim ([`CallInfo::user`]): one box,
+    /// since most calls have no user and every byte here is per call.
+    path_and_user: Box<str>,
+    /// Where the path ends in `path_and_user` (`u32::MAX`: no user).
+    path_len: u32,
     /// The upstream's name, shared by every call through it (the registry
     /// keeps one copy per name).
     upstream: Arc<str>,
@@ -422,6 +428,22 @@ impl Call {
         &self.metrics.route
     }
 
+    /// Path and query, the token redacted.
+    pub fn path(&self) -> &str {
+        match self.path_len {
+            u32::MAX => &self.path_and_user,
+            n => self.path_and_user.get(..n as usize).unwrap_or_default(),
+        }
+    }
+
+    /// The caller's `sub` claim, if the call was authenticated by a JWT with one.
+    pub fn user(&self) -> Option<&str> {
+        match self.path_len {
+            u32::MAX => None,
+            n => self.path_and_user.get(n as usize..),
+        }
+    }
+
     /// The upstream's name.
     pub fn upstream(&self) -> &str {
         &self.upstream
@@ -443,7 +465,8 @@ impl Call {
             "id": self.id,
             "client": self.client.to_string(),
             "host": self.host,
-            "path": self.path,
+            "path": self.path(),
+            "user": self.user(),
             "route": self.route(),
             "upstream": self.upstream(),
             "generation": self.generation,
@@ -617,7 +640,15 @@ impl CallRegistry {
             id,
             client: info.client,
             host: info.host.map(String::into_boxed_str),
-            path: info.path.into_boxed_str(),
+            path_len: if info.user.is_some() {
+                u32::try_from(info.path.len()).unwrap_or(u32::MAX)
+            } else {
+                u32::MAX
+            },
+            path_and_user: match info.user {
+                Some(user) => format!("{}{user}", info.path).into_boxed_str(),
+                None => info.path.into_boxed_str(),
+            },
             upstream,
             generation: info.generation,
             frames: info.frames,
@@ -826,6 +857,7 @@ mod tests {
 
     fn info() -> CallInfo {
         CallInfo {
+            user: None,
             client: "127.0.0.1:5555".parse().unwrap(),
             host: Some("example.test".into()),
             path: "/audio?token=REDACTED".into(),
@@ -834,6 +866,21 @@ mod tests {
             generation: 1,
             frames: true,
         }
+    }
+
+    #[test]
+    fn path_and_user_share_one_box() {
+        let registry = Arc::new(CallRegistry::default());
+        let plain = registry.open(info());
+        assert_eq!(plain.call.path(), "/audio?token=REDACTED");
+        assert_eq!(plain.call.user(), None);
+        let with_user = registry.open(CallInfo {
+            user: Some("alice".into()),
+            ..info()
+        });
+        assert_eq!(with_user.call.path(), "/audio?token=REDACTED");
+        assert_eq!(with_user.call.user(), Some("alice"));
+        assert_eq!(with_user.call.to_json()["user"], "alice");
     }
 
     #[test]

@@ -34,6 +34,8 @@ use std::sync::Arc;
 use http::{HeaderValue, Method, Request};
 
 use crate::config::{GlobalPolicy, RoutePolicy};
+use crate::downstream::ClientCert;
+use crate::policy::auth::{Identity, Remote};
 use crate::policy::rate::{ConnPermit, Gate, TunnelSlot};
 use crate::policy::{Denied, auth, origin};
 
@@ -46,6 +48,8 @@ pub(crate) struct Admission {
     pub preflight: bool,
     /// Held by the tunnel for its life (WebSocket handshakes).
     pub tunnel: Option<TunnelSlot>,
+    /// Who the caller is: the verified claims, where the credential was.
+    pub identity: Identity,
 }
 
 /// The accept-time checkpoint: global IP lists, then `--max-conns`.
@@ -69,6 +73,7 @@ pub(crate) fn check<B>(
     global: &GlobalPolicy,
     peer: IpAddr,
     gate: &Arc<Gate>,
+    remote: Remote<'_>,
 ) -> Result<Admission, Denied> {
     check_form(req, route)?;
     route
@@ -84,14 +89,18 @@ pub(crate) fn check<B>(
             cors_origin,
             preflight: true,
             tunnel: None,
+            identity: Identity::default(),
         });
     }
     let presented = auth::presented(req.headers(), req.uri().query(), &global.sources);
-    auth::authenticate(
+    let client_cert = req.extensions().get::<Arc<ClientCert>>().is_some();
+    let identity = auth::authenticate(
         route.auth,
         &global.credentials,
         &global.sources,
-        presented.as_deref(),
+        presented.as_ref(),
+        remote,
+        client_cert,
     )?;
     let tunnel = if websocket {
         Some(gate.open_tunnel(&global.limits, peer)?)
@@ -102,6 +111,7 @@ pub(crate) fn check<B>(
         cors_origin,
         preflight: false,
         tunnel,
+        identity,
     })
 }
 
@@ -181,25 +191,25 @@ mod tests {
         let peer: IpAddr = "127.0.0.2".parse().unwrap();
         let missing_origin = ws("/ws?token=good").body(()).unwrap();
         assert_eq!(
-            check(&missing_origin, true, &route, &g, peer, &gate).unwrap_err(),
+            check(&missing_origin, true, &route, &g, peer, &gate, Remote::None).unwrap_err(),
             Denied::Origin(OriginRefusal::Missing)
         );
         // A plain request without Origin is not held to require_origin.
         let plain = Request::get("/ws?token=good").body(()).unwrap();
-        assert!(check(&plain, false, &route, &g, peer, &gate).is_ok());
+        assert!(check(&plain, false, &route, &g, peer, &gate, Remote::None).is_ok());
         let no_token = ws("/ws")
             .header("origin", "https://app.example.com")
             .body(())
             .unwrap();
         assert!(matches!(
-            check(&no_token, true, &route, &g, peer, &gate),
+            check(&no_token, true, &route, &g, peer, &gate, Remote::None),
             Err(Denied::Auth(AuthError::Missing { .. }))
         ));
         let good = ws("/ws?token=good")
             .header("origin", "https://app.example.com")
             .body(())
             .unwrap();
-        let a = check(&good, true, &route, &g, peer, &gate).unwrap();
+        let a = check(&good, true, &route, &g, peer, &gate, Remote::None).unwrap();
         assert!(a.tunnel.is_some() && a.cors_origin.is_none());
         assert_eq!(gate.open(), 1);
         drop(a);
@@ -222,7 +232,7 @@ mod tests {
             .header("access-control-request-method", "POST")
             .body(())
             .unwrap();
-        let a = check(&pre, false, &route, &g, peer, &gate).unwrap();
+        let a = check(&pre, false, &route, &g, peer, &gate, Remote::None).unwrap();
         assert!(a.preflight && a.cors_origin.is_some());
         let evil = Request::options("/api")
             .header("origin", "https://evil.example.com")
@@ -230,7 +240,7 @@ mod tests {
             .body(())
             .unwrap();
         assert!(matches!(
-            check(&evil, false, &route, &g, peer, &gate),
+            check(&evil, false, &route, &g, peer, &gate, Remote::None),
             Err(Denied::Origin(_))
         ));
     }
@@ -247,9 +257,28 @@ mod tests {
         };
         let req = Request::get("/").body(()).unwrap();
         let g = GlobalPolicy::default();
-        assert!(check(&req, false, &route, &g, "127.0.0.2".parse().unwrap(), &gate).is_ok());
+        assert!(
+            check(
+                &req,
+                false,
+                &route,
+                &g,
+                "127.0.0.2".parse().unwrap(),
+                &gate,
+                Remote::None
+            )
+            .is_ok()
+        );
         assert!(matches!(
-            check(&req, false, &route, &g, "127.0.0.3".parse().unwrap(), &gate),
+            check(
+                &req,
+                false,
+                &route,
+                &g,
+                "127.0.0.3".parse().unwrap(),
+                &gate,
+                Remote::None
+            ),
             Err(Denied::Ip { .. })
         ));
     }

@@ -142,6 +142,9 @@ pub struct RunArgs {
         requires = "tls_cert"
     )]
     pub tls_key: Option<PathBuf>,
+    /// PEM CA file: ask TLS clients for a certificate signed by it (optional at the TLS level; `auth = "mtls"` routes require one); re-read on reload.
+    #[arg(long, env = "SHUNT_TLS_CLIENT_CA", value_name = "FILE")]
+    pub tls_client_ca: Option<PathBuf>,
     /// Time a client has to complete the TLS handshake [default: 10s].
     #[arg(long, env = "SHUNT_TLS_HANDSHAKE_TIMEOUT", value_name = "DURATION")]
     pub tls_handshake_timeout: Option<String>,
@@ -172,7 +175,7 @@ pub struct RunArgs {
         value_delimiter = ','
     )]
     pub deny_ip: Vec<String>,
-    /// Default authentication of routes: none, token or jwt [default: jwt with --jwt-secret-file, else token with --token-file, else none].
+    /// Default authentication of routes: none, token, jwt or mtls [default: jwt with --jwt-secret-file, else token with --token-file, else none].
     #[arg(long, env = "SHUNT_AUTH", value_name = "MODE")]
     pub auth: Option<String>,
     /// File of accepted bearer tokens, one per line, `#` comments; re-read on reload.
@@ -181,12 +184,48 @@ pub struct RunArgs {
     /// File holding the HS256 secret JWTs are signed with; re-read on reload.
     #[arg(long, env = "SHUNT_JWT_SECRET_FILE", value_name = "FILE")]
     pub jwt_secret_file: Option<PathBuf>,
-    /// Required `iss` claim of JWTs.
-    #[arg(long, env = "SHUNT_JWT_ISSUER", value_name = "ISS")]
-    pub jwt_issuer: Option<String>,
-    /// Required `aud` claim of JWTs.
-    #[arg(long, env = "SHUNT_JWT_AUDIENCE", value_name = "AUD")]
-    pub jwt_audience: Option<String>,
+    /// PEM public keys or certificates JWTs may be signed with (RSA, EC P-256/P-384, Ed25519); re-read on reload.
+    #[arg(long, env = "SHUNT_JWT_PUBLIC_KEY_FILE", value_name = "FILE")]
+    pub jwt_public_key_file: Option<PathBuf>,
+    /// JWKS document on disk whose keys JWTs may be signed with; re-read on reload.
+    #[arg(long, env = "SHUNT_JWT_JWKS_FILE", value_name = "FILE")]
+    pub jwt_jwks_file: Option<PathBuf>,
+    /// https:// URL of the identity provider's JWKS, fetched at start and refreshed.
+    #[arg(long, env = "SHUNT_JWT_JWKS_URL", value_name = "URL")]
+    pub jwt_jwks_url: Option<String>,
+    /// Allow an http:// --jwt-jwks-url (a loopback identity provider in tests).
+    #[arg(long, env = "SHUNT_JWT_JWKS_INSECURE_HTTP", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub jwt_jwks_insecure_http: Option<bool>,
+    /// Time between JWKS refreshes, at least 1s; a longer Cache-Control max-age wins [default: 10m].
+    #[arg(long, env = "SHUNT_JWT_JWKS_REFRESH", value_name = "DURATION")]
+    pub jwt_jwks_refresh: Option<String>,
+    /// Least time between two JWKS refreshes caused by an unknown `kid` [default: 30s].
+    #[arg(long, env = "SHUNT_JWT_JWKS_MIN_REFRESH", value_name = "DURATION")]
+    pub jwt_jwks_min_refresh: Option<String>,
+    /// Accepted JWT algorithms (comma-separated) [default: every one the configured keys allow].
+    #[arg(
+        long = "jwt-algorithms",
+        env = "SHUNT_JWT_ALGORITHMS",
+        value_name = "ALG",
+        value_delimiter = ','
+    )]
+    pub jwt_algorithms: Vec<String>,
+    /// Accepted `iss` claim of JWTs (repeatable, comma-separated: any one matches).
+    #[arg(
+        long = "jwt-issuer",
+        env = "SHUNT_JWT_ISSUER",
+        value_name = "ISS",
+        value_delimiter = ','
+    )]
+    pub jwt_issuer: Vec<String>,
+    /// Accepted `aud` claim of JWTs (repeatable, comma-separated: a string or any member of an array matches).
+    #[arg(
+        long = "jwt-audience",
+        env = "SHUNT_JWT_AUDIENCE",
+        value_name = "AUD",
+        value_delimiter = ','
+    )]
+    pub jwt_audience: Vec<String>,
     /// Clock-skew allowance for JWT `exp` and `nbf` [default: 30s].
     #[arg(long, env = "SHUNT_JWT_LEEWAY", value_name = "DURATION")]
     pub jwt_leeway: Option<String>,
@@ -196,6 +235,9 @@ pub struct RunArgs {
     /// Cookie a token may be sent in [default: shunt_token].
     #[arg(long, env = "SHUNT_TOKEN_COOKIE", value_name = "NAME")]
     pub token_cookie: Option<String>,
+    /// Accept the token in `Sec-WebSocket-Protocol: NAME, <token>` (e.g. bearer) [default: off].
+    #[arg(long, env = "SHUNT_TOKEN_SUBPROTOCOL", value_name = "NAME")]
+    pub token_subprotocol: Option<String>,
     /// Allowed Origins: `scheme://host[:port]`, `https://*.example.com` or `*`.
     #[arg(
         help = "Allowed Origin: scheme://host[:port], https://*.example.com or * (repeatable, comma-separated)",

@@ -35,7 +35,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 
-use crate::downstream::Downstream;
+use crate::downstream::{ClientCert, Downstream};
 use crate::error_chain::ErrorChain;
 use crate::forward::tunnel::Handoff;
 use crate::proxy::{self, Context};
@@ -71,7 +71,7 @@ pub(crate) fn accept(
             Ok(permit) => {
                 match tls {
                     Some(acceptor) => serve_tls(stream, peer, &acceptor, ctx).await,
-                    None => serve(stream, Downstream { peer, tls: false }, ctx).await,
+                    None => serve(stream, Downstream { peer, tls: false }, None, ctx).await,
                 }
                 drop(permit);
             }
@@ -103,7 +103,12 @@ async fn serve_tls(stream: TcpStream, peer: SocketAddr, acceptor: &TlsAcceptor, 
         .as_ref()
         .map_or(DEFAULT_TLS_HANDSHAKE_TIMEOUT, |t| t.handshake_timeout);
     match crate::tls::accept(acceptor, stream, timeout).await {
-        Ok(tls) => serve(tls, Downstream { peer, tls: true }, ctx).await,
+        Ok(tls) => {
+            let cert = tls
+                .peer_certificate()
+                .map(|der| Arc::new(ClientCert::from_der(der)));
+            serve(tls, Downstream { peer, tls: true }, cert, ctx).await
+        }
         Err(e) => refusals::refused(Reason::TlsHandshake, peer, &ErrorChain(&e)),
     }
 }
@@ -138,8 +143,13 @@ async fn refuse(mut stream: TcpStream, answer: Option<Vec<u8>>) {
 const MAX_HEADERS: usize = 100;
 
 /// Serve HTTP/1.1 on `io` until the client leaves, the connection upgrades, or shutdown.
-pub(crate) async fn serve<IO>(io: IO, downstream: Downstream, ctx: Arc<Context>)
-where
+/// `client_cert` (a verified TLS client certificate) goes with each request.
+pub(crate) async fn serve<IO>(
+    io: IO,
+    downstream: Downstream,
+    client_cert: Option<Arc<ClientCert>>,
+    ctx: Arc<Context>,
+) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let snapshot = ctx.handles().live().load();
@@ -159,7 +169,12 @@ where
     let handoff = Handoff::default();
     let service = {
         let (ctx, handoff) = (&ctx, &handoff);
-        service_fn(move |req| proxy::handle(req, downstream, ctx.clone(), handoff))
+        service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+            if let Some(cert) = &client_cert {
+                req.extensions_mut().insert(cert.clone());
+            }
+            proxy::handle(req, downstream, ctx.clone(), handoff)
+        })
     };
     let conn = builder
         .serve_connection(TokioIo::new(io), service)

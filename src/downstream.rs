@@ -6,6 +6,30 @@
 
 use std::net::SocketAddr;
 
+/// The TLS client's certificate, verified by `[tls] client_ca`: carried
+/// as an extension of each request of its connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ClientCert {
+    /// The subject's distinguished name (`CN=alice, O=Example`).
+    pub subject: String,
+    /// SHA-256 of the certificate's DER, as colon-separated hex.
+    pub sha256: String,
+}
+
+impl ClientCert {
+    /// The subject and fingerprint of a DER certificate.
+    pub(crate) fn from_der(der: &[u8]) -> ClientCert {
+        use x509_parser::prelude::FromDer;
+        let subject = x509_parser::certificate::X509Certificate::from_der(der)
+            .map(|(_, c)| c.subject().to_string())
+            .unwrap_or_default();
+        ClientCert {
+            subject,
+            sha256: crate::tls::certs::fingerprint(der),
+        }
+    }
+}
+
 /// Who is on the downstream side of a connection.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Downstream {

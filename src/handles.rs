@@ -6,7 +6,7 @@
 //! - [`Live`]: the hot-swappable snapshot (router, upstreams, policy, timeouts).
 //! - The counters ([`Stats`], with the live calls): they outlive reloads.
 //! - The policy's per-client [`Gate`] (rates, connection caps), kept across reloads.
-//! - The listener's certificate store and the start time.
+//! - The listener's certificate store, the JWKS URL's keys ([`Jwks`]) and the start time.
 //!
 //! [`Handles`] holds one of each for the wiring (`app`, `admin`, `reload`,
 //! `watch`); a stage is given only the handles it uses, so `forward` gets
@@ -25,11 +25,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
+use crate::jwks::Jwks;
 use crate::live::Live;
 use crate::policy::rate::Gate;
 use crate::shutdown::Shutdown;
 use crate::stats::Stats;
 use crate::tls::CertStore;
+use crate::tls::client_auth::ClientAuth;
 
 /// One handle per role, shared by every listener, connection and request.
 #[derive(Debug)]
@@ -40,12 +42,19 @@ pub struct Handles {
     shutdown: Shutdown,
     started: Instant,
     certs: Option<Arc<CertStore>>,
+    client_auth: Option<Arc<ClientAuth>>,
+    jwks: Arc<Jwks>,
     draining: AtomicBool,
 }
 
 impl Handles {
     /// Wrap a first snapshot.
-    pub fn new(live: Live, certs: Option<Arc<CertStore>>, shutdown: Shutdown) -> Arc<Self> {
+    pub fn new(
+        live: Live,
+        certs: Option<Arc<CertStore>>,
+        client_auth: Option<Arc<ClientAuth>>,
+        shutdown: Shutdown,
+    ) -> Arc<Self> {
         Arc::new(Handles {
             live,
             stats: Arc::default(),
@@ -53,6 +62,8 @@ impl Handles {
             shutdown,
             started: Instant::now(),
             certs,
+            client_auth,
+            jwks: Arc::default(),
             draining: AtomicBool::new(false),
         })
     }
@@ -85,6 +96,40 @@ impl Handles {
     /// Certificates served by the TLS listener; `None` without TLS.
     pub fn certs(&self) -> Option<&Arc<CertStore>> {
         self.certs.as_ref()
+    }
+
+    /// The listener's client-certificate verifier (`[tls] client_ca`), if any.
+    pub(crate) fn client_auth(&self) -> Option<&Arc<ClientAuth>> {
+        self.client_auth.as_ref()
+    }
+
+    /// The keys of the JWKS URL and their fetch state; outlive reloads.
+    pub(crate) fn jwks(&self) -> &Arc<Jwks> {
+        &self.jwks
+    }
+
+    /// Start the JWKS fetcher ([`crate::jwks::run`]) on the tracker when the
+    /// live configuration names a JWKS URL and no fetcher runs: at start, and
+    /// after a reload that adds the URL. It reads the URL and timeouts from
+    /// the live snapshot before each fetch.
+    pub(crate) fn start_jwks_fetcher(self: &Arc<Self>) {
+        if self.live.load().config().policy.jwks.is_none() || !self.jwks.claim_fetcher() {
+            return;
+        }
+        let handles = self.clone();
+        let settings = move || {
+            let snapshot = handles.live().load();
+            crate::jwks::Settings {
+                jwks: snapshot.config().policy.jwks.clone(),
+                connect_timeout: snapshot.timeouts().connect,
+                response_timeout: snapshot.timeouts().response,
+            }
+        };
+        self.shutdown.tracker().spawn(crate::jwks::run(
+            self.jwks.clone(),
+            settings,
+            self.shutdown.clone(),
+        ));
     }
 
     /// Mark the process as draining (readiness turns 503) and cancel the root token.

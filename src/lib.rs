@@ -18,7 +18,7 @@
 //! snapshot holds; `admin` reads routes and upstream health for `/status` and
 //! `/readyz`, and serves its own listener with `listener`'s accept loop.
 //! `doctor` imports no stage: it checks the running shunt as a client would,
-//! through `dial` and `config`. That is why shared types sit low: the upstream stream, the pool and `dial::Conn` in `dial` (selection
+//! through `dial` and `config` (and fetches the JWKS through `jwks`). That is why shared types sit low: the upstream stream, the pool and `dial::Conn` in `dial` (selection
 //! dials, forward sends, the tunnel splices), and the response body type in
 //! the leaf `body`. Each stage's error lives with the stage that produces it
 //! (`upgrade::UpgradeError`, `upstream::SelectError`, `forward::ForwardError`,
@@ -35,7 +35,7 @@
 //!        ─▶ checkpoint (form, IP, rate, Origin, auth) ─▶ upstream (first healthy; connect fallback)
 //!        ─▶ forward: request rewrite ─▶ plain HTTP ─or─ 101 ─▶ forward::tunnel
 //! side:  app (wiring), cli, workers, config, live, reload, watch, upstream::{health, probe},
-//!        tls certificates, handles, shutdown, policy, dial (upstream streams, pool, probe client),
+//!        tls certificates, handles, shutdown, policy, jwks, dial (upstream streams, pool, probe client),
 //!        percent, procnet, headers, body, error_chain, response, admin, stats, calls, prometheus,
 //!        keepalive, fdlimit, telemetry (with the rate-limited refusal log), certgen,
 //!        doctor (run on demand)
@@ -79,10 +79,13 @@
 //!   counters, the per-client gate); each stage is given only those it uses.
 //! - `shutdown`: the root cancellation token and the task tracker, as one handle.
 //! - `policy`: the security values the config parses (IP lists, authentication,
-//!   Origin rules, rate and connection limits) and their refusals.
+//!   JWTs and their keys, what is forwarded of a credential, Origin rules, rate
+//!   and connection limits) and their refusals.
 //! - `dial`: connections to upstreams: TCP or TLS, hyper's client handshake, the
 //!   keep-alive pool (`dial::pool`), and the one-request probe client (`dial::probe`);
 //!   used by selection, forward, the tunnel, health probes and the doctor.
+//! - `jwks`: the identity provider's keys from `--jwt-jwks-url`, fetched and refreshed
+//!   in the background; the last good set kept across failures and reloads.
 //! - `percent`: the one percent-decoder (paths and query parameters).
 //! - `procnet`: listening sockets and the processes holding them, from `/proc`.
 //! - `headers`: header token lists, hop-by-hop removal, `X-Forwarded-*`, `x-shunt-route`;
@@ -136,7 +139,8 @@ pub mod testing {
     pub use crate::body::full;
     pub use crate::config::RouteSpec;
     pub use crate::forward::tunnel::frames;
-    pub use crate::policy::auth::{JwtVerifier, sign_hs256};
+    pub use crate::policy::jwt::{JwtVerifier, Remote, sign_hs256};
+    pub use crate::policy::keys::KeySet;
     pub use crate::router::{Route, Router, normalize_path};
     pub use crate::tls::CertSpec;
     pub use crate::tls::certs::{fingerprint, load as load_certs};
@@ -161,6 +165,7 @@ mod fdlimit;
 mod forward;
 mod handles;
 mod headers;
+mod jwks;
 mod keepalive;
 
 mod listener;

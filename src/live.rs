@@ -39,6 +39,8 @@ pub struct Snapshot {
     max_header_bytes: usize,
     /// Certificates of the TLS listener, if TLS is configured.
     certs: Option<Arc<CertSet>>,
+    /// The CA of client certificates (`[tls] client_ca`), read from its file.
+    client_ca: Option<Arc<rustls::RootCertStore>>,
     /// The configuration it was built from.
     config: Arc<Config>,
 }
@@ -49,6 +51,9 @@ pub enum BuildError {
     /// A certificate or key could not be loaded.
     #[error("certificate")]
     Cert(#[from] CertError),
+    /// The client CA file could not be loaded.
+    #[error(transparent)]
+    ClientCa(#[from] crate::tls::client_auth::ClientCaError),
     /// An https upstream's client TLS could not be set up.
     #[error("upstream {upstream}")]
     UpstreamTls {
@@ -69,6 +74,10 @@ impl Snapshot {
     ) -> Result<Snapshot, BuildError> {
         let certs = match &config.tls {
             Some(tls) => Some(crate::tls::load_cert_set(&tls.certs)?),
+            None => None,
+        };
+        let client_ca = match config.tls.as_ref().and_then(|t| t.client_ca.as_ref()) {
+            Some(path) => Some(crate::tls::client_auth::load_roots(path)?),
             None => None,
         };
         let used = |name: &UpstreamName| config.routes.iter().any(|r| r.via.contains(name));
@@ -122,6 +131,7 @@ impl Snapshot {
             timeouts: config.timeouts,
             max_header_bytes: config.max_header_bytes,
             certs,
+            client_ca,
             config: Arc::new(config),
         })
     }
@@ -154,6 +164,11 @@ impl Snapshot {
     /// Certificates of the TLS listener, if TLS is configured.
     pub fn certs(&self) -> Option<&Arc<CertSet>> {
         self.certs.as_ref()
+    }
+
+    /// The client CA's trust anchors, if `[tls] client_ca` is set.
+    pub(crate) fn client_ca(&self) -> Option<&Arc<rustls::RootCertStore>> {
+        self.client_ca.as_ref()
     }
 
     /// The configuration it was built from.

@@ -35,13 +35,15 @@ use hyper::body::Incoming;
 
 use crate::body::Body;
 use crate::checkpoint;
-use crate::downstream::Downstream;
+use crate::downstream::{ClientCert, Downstream};
 use crate::error_chain::ErrorChain;
 use crate::forward::tunnel::{Handoff, Relay};
 use crate::forward::{self, Exchange};
 use crate::handles::Handles;
 use crate::live::Snapshot;
 use crate::policy;
+use crate::policy::auth::{AuthError, Identity, JwtError, Remote, Via};
+use crate::policy::credential;
 use crate::policy::rate::{Gate, TunnelSlot};
 use crate::response::{self, ProxyError};
 use crate::router::{Route, normalize_path};
@@ -91,6 +93,8 @@ struct Trace {
     /// The upstream last connected to; after a retried handshake, the one
     /// that answered.
     upstream: Option<Arc<upstream::Upstream>>,
+    /// The verified token's `sub` claim (`user=`), once authenticated.
+    user: Option<String>,
 }
 
 /// Serve one downstream request.
@@ -122,6 +126,10 @@ pub(crate) async fn handle(
     let resp = match proxy(req, downstream, &ctx, &mut trace, &uri, &path, handoff).await {
         Ok(resp) => resp,
         Err(e @ ProxyError::Denied(_)) => {
+            if let ProxyError::Denied(policy::Denied::Auth(a)) = &e {
+                let route = trace.route.as_ref().map_or("-", |r| r.label.as_str());
+                ctx.handles.stats().auth_failure(route, a.reason());
+            }
             tracing::info!(peer = %downstream.peer, path = %path, reason = %ErrorChain(&e), "request refused by policy");
             response::error_response(&e)
         }
@@ -139,6 +147,7 @@ pub(crate) async fn handle(
         status = resp.status().as_u16(),
         route = %trace.route.as_ref().map_or("-", |r| r.label.as_str()),
         upstream = %trace.upstream.as_ref().map_or("-", |u| u.name().0.as_str()),
+        user = %trace.user.as_deref().unwrap_or("-"),
         websocket = upgrade,
         ms = started.elapsed().as_millis() as u64,
         "request"
@@ -163,6 +172,8 @@ struct Checked<'a> {
     slot: Option<TunnelSlot>,
     /// Who the client is (for `X-Forwarded-*` and `/calls`).
     downstream: Downstream,
+    /// Who the caller is, once authenticated (claims, where the credential was).
+    identity: Identity,
 }
 
 /// The request's steps, in order; each one that refuses returns the error
@@ -181,7 +192,8 @@ async fn proxy(
     handoff: &Handoff,
 ) -> Result<Response<Body>, ProxyError> {
     let snapshot = ctx.handles.live().load_full();
-    let mut checked = check_request(&req, downstream, &snapshot, ctx.handles.gate(), uri, trace)?;
+    let mut checked = check_with_fresh_keys(&req, downstream, ctx, &snapshot, uri, trace).await?;
+    trace.user = checked.identity.user().map(str::to_owned);
     if checked.preflight {
         return Ok(answer_preflight(checked.cors_origin.as_ref(), &req));
     }
@@ -189,6 +201,63 @@ async fn proxy(
         exchange_with_failover(req, ctx, &snapshot, &mut checked, trace, target, handoff).await?;
     decorate_cors(&mut resp, checked.cors_origin.as_ref());
     Ok(resp)
+}
+
+/// [`check_request`] with the JWKS URL's keys; a token whose `kid` no key
+/// has wakes the JWKS fetcher (at most once per `jwt_jwks_min_refresh`)
+/// and, when it did, is checked again once the fetch is done (bounded by
+/// the connect and response timeouts), so a key rotated in at the provider
+/// works from its first token. That second check takes a second rate token:
+/// it happens at most once per `jwt_jwks_min_refresh` for the whole process.
+async fn check_with_fresh_keys<'a>(
+    req: &Request<Incoming>,
+    downstream: Downstream,
+    ctx: &Context,
+    snapshot: &'a Snapshot,
+    uri: &'a Uri,
+    trace: &mut Trace,
+) -> Result<Checked<'a>, ProxyError> {
+    let jwks = ctx.handles.jwks();
+    let settings = snapshot.config().policy.jwks.as_ref();
+    // Only with a JWKS URL: a request on any other configuration reads nothing.
+    let view = settings.map(|_| jwks.view());
+    let remote = view.as_ref().map_or(Remote::None, |v| v.remote(true));
+    let first = check_request(
+        req,
+        downstream,
+        snapshot,
+        ctx.handles.gate(),
+        uri,
+        trace,
+        remote,
+    );
+    let (
+        Err(ProxyError::Denied(policy::Denied::Auth(AuthError::Jwt(JwtError::UnknownKey)))),
+        Some(settings),
+    ) = (&first, settings)
+    else {
+        return first;
+    };
+    let Some(mut fetched) = jwks.refresh_for_unknown_kid(settings.min_refresh) else {
+        return first;
+    };
+    let bound = snapshot.timeouts().connect + snapshot.timeouts().response;
+    if tokio::time::timeout(bound, fetched.changed())
+        .await
+        .is_err()
+    {
+        return first;
+    }
+    let view = jwks.view();
+    check_request(
+        req,
+        downstream,
+        snapshot,
+        ctx.handles.gate(),
+        uri,
+        trace,
+        view.remote(true),
+    )
 }
 
 /// Classify the request (a malformed handshake is refused whatever the
@@ -201,6 +270,7 @@ fn check_request<'a>(
     gate: &Arc<Gate>,
     uri: &'a Uri,
     trace: &mut Trace,
+    remote: Remote<'_>,
 ) -> Result<Checked<'a>, ProxyError> {
     let kind: Kind = upgrade::classify(req)?;
     let path = normalize_path(uri.path());
@@ -220,6 +290,7 @@ fn check_request<'a>(
         &snapshot.config().policy,
         downstream.peer.ip(),
         gate,
+        remote,
     )?;
     Ok(Checked {
         websocket,
@@ -229,6 +300,7 @@ fn check_request<'a>(
         preflight: admission.preflight,
         slot: admission.tunnel,
         downstream,
+        identity: admission.identity,
     })
 }
 
@@ -259,13 +331,23 @@ async fn exchange_with_failover(
         route,
         slot,
         downstream,
+        identity,
         ..
     } = checked;
     let (websocket, downstream) = (*websocket, *downstream);
     let global = &snapshot.config().policy;
-    // A token meant for shunt is not passed on.
-    let strip_param = (route.spec.policy.auth != policy::auth::AuthMode::None)
-        .then_some(global.sources.query.as_str());
+    let policy = &route.spec.policy;
+    // A credential meant for shunt is not passed on (unless the route says so).
+    let strip = matches!(
+        policy.auth,
+        policy::auth::AuthMode::Token | policy::auth::AuthMode::Jwt
+    ) && !policy.forward_credential;
+    let strip_param = strip.then_some(global.sources.query.as_str());
+    // A browser offering only `bearer, <token>` needs `bearer` selected back.
+    let select_marker = (identity.via == Some(Via::Subprotocol))
+        .then_some(global.sources.subprotocol.as_deref())
+        .flatten()
+        .filter(|marker| credential::other_subprotocols(req.headers(), marker).is_empty());
     // What `/calls` shows of a WebSocket call: the client's Host and the redacted target.
     let host_header = websocket
         .then(|| {
@@ -278,6 +360,17 @@ async fn exchange_with_failover(
         .flatten();
     let mut failover = Failover::new(&route.via, websocket, snapshot.timeouts());
     let (mut parts, body) = req.into_parts();
+    if strip {
+        credential::strip_credentials(&mut parts.headers, &global.sources);
+    }
+    credential::forward_claims(
+        &mut parts.headers,
+        identity.claims.as_ref(),
+        &policy.forward_claims,
+    );
+    if policy.forward_client_cert {
+        forward_client_cert(&mut parts);
+    }
     let mut body = Some(body.boxed());
     loop {
         let (upstream, conn) = failover
@@ -311,6 +404,7 @@ async fn exchange_with_failover(
             call: forward::CallMeta {
                 host: host_header.clone(),
                 target,
+                user: identity.user(),
                 generation: snapshot.generation(),
                 spec: route.spec.calls,
             },
@@ -324,8 +418,41 @@ async fn exchange_with_failover(
         let req = Request::from_parts(head, body);
         let result = forward::forward(req, conn, exchange, ctx.forwarding(), handoff).await;
         if let Some(result) = failover.settle(&upstream, result, &route.label, path) {
-            return result.map_err(ProxyError::from);
+            let mut resp = result.map_err(ProxyError::from)?;
+            if let Some(marker) = select_marker {
+                select_subprotocol(&mut resp, marker);
+            }
+            return Ok(resp);
         }
+    }
+}
+
+/// `x-client-cert-subject` and `x-client-cert-sha256` from the verified TLS
+/// client certificate; the client's own copies are removed first.
+fn forward_client_cert(parts: &mut http::request::Parts) {
+    const SUBJECT: header::HeaderName = header::HeaderName::from_static("x-client-cert-subject");
+    const SHA256: header::HeaderName = header::HeaderName::from_static("x-client-cert-sha256");
+    parts.headers.remove(SUBJECT);
+    parts.headers.remove(SHA256);
+    let Some(cert) = parts.extensions.get::<Arc<ClientCert>>() else {
+        return;
+    };
+    for (name, value) in [(SUBJECT, &cert.subject), (SHA256, &cert.sha256)] {
+        if let Ok(v) = HeaderValue::from_str(value) {
+            parts.headers.insert(name, v);
+        }
+    }
+}
+
+/// A 101 to a client that offered only `bearer, <token>` selects `bearer`
+/// when the upstream selected nothing: a browser fails a handshake whose
+/// server selects no protocol it offered.
+fn select_subprotocol(resp: &mut Response<Body>, marker: &str) {
+    if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS
+        && !resp.headers().contains_key(header::SEC_WEBSOCKET_PROTOCOL)
+        && let Ok(v) = HeaderValue::from_str(marker)
+    {
+        resp.headers_mut().insert(header::SEC_WEBSOCKET_PROTOCOL, v);
     }
 }
 

@@ -59,6 +59,7 @@ struct Started {
     admin: Option<std::net::SocketAddr>,
     log_format: crate::config::LogFormat,
     tls: bool,
+    client_ca: bool,
 }
 
 impl Started {
@@ -68,6 +69,7 @@ impl Started {
             admin: config.admin,
             log_format: config.log_format,
             tls,
+            client_ca: config.tls.as_ref().is_some_and(|t| t.client_ca.is_some()),
         }
     }
 }
@@ -157,6 +159,12 @@ impl Reloader {
             }
             store.store(set.clone());
         }
+        // The client CA file is re-read with the certificates; new handshakes use it.
+        if let (Some(auth), Some(roots)) = (self.handles.client_auth(), new.client_ca())
+            && let Err(e) = auth.store(roots.clone())
+        {
+            tracing::warn!(error = %e, "the client CA could not be used; the previous one stays");
+        }
         let restart_required = restart_only_changes(
             &self.started,
             &Started::of(new.config(), new.certs().is_some()),
@@ -179,6 +187,8 @@ impl Reloader {
             "restart_required": restart_required,
         });
         self.handles.live().store(Arc::new(new));
+        // A JWKS URL named for the first time gets its fetcher now.
+        self.handles.start_jwks_fetcher();
         Ok(report)
     }
 
@@ -255,6 +265,9 @@ fn restart_only_changes(running: &Started, new: &Started) -> Vec<&'static str> {
     }
     if running.tls != new.tls {
         fields.push("tls");
+    }
+    if running.client_ca != new.client_ca {
+        fields.push("tls.client_ca");
     }
     fields
 }

@@ -71,6 +71,7 @@ pub enum ProxyError {
 /// | unsupported `Sec-WebSocket-Version` | 426 (with the version to use) |
 /// | no route | 404 |
 /// | refused by policy | see [`Denied`]'s mapping (401, 403, 405, 429, 400) |
+/// | `auth = "jwt"` while the JWKS URL's keys were never loaded | 503 |
 /// | every upstream of the route down | 503 |
 /// | connect or response timeout | 504 |
 /// | any other upstream failure | 502 |
@@ -109,6 +110,8 @@ impl From<&Denied> for StatusCode {
     fn from(d: &Denied) -> Self {
         match d {
             Denied::Ip { .. } | Denied::Origin(_) => StatusCode::FORBIDDEN,
+            // The JWKS URL's keys are not loaded: shunt's fault, never open.
+            Denied::Auth(e) if e.keys_unavailable() => StatusCode::SERVICE_UNAVAILABLE,
             Denied::Auth(_) => StatusCode::UNAUTHORIZED,
             Denied::Limit(_) => StatusCode::TOO_MANY_REQUESTS,
             Denied::Method { .. } => StatusCode::METHOD_NOT_ALLOWED,
@@ -169,6 +172,7 @@ pub(crate) fn denied_code(d: &Denied) -> &'static str {
     match d {
         Denied::Ip { .. } => "ip_denied",
         Denied::Origin(_) => "origin_denied",
+        Denied::Auth(e) if e.keys_unavailable() => "jwks_unavailable",
         Denied::Auth(_) => "unauthorized",
         Denied::Limit(LimitExceeded::Rate { .. }) => "rate_limited",
         Denied::Limit(LimitExceeded::TunnelsPerIp { .. }) => "tunnel_limit",
@@ -183,6 +187,7 @@ pub(crate) fn denied_code(d: &Denied) -> &'static str {
 /// (RFC 6750) on 401, `Retry-After` on 429.
 fn denied_headers(d: &Denied) -> Vec<(header::HeaderName, HeaderValue)> {
     match d {
+        Denied::Auth(e) if e.keys_unavailable() => Vec::new(),
         Denied::Auth(e) => {
             let value = if e.is_invalid_token() {
                 format!(

@@ -27,6 +27,8 @@ pub struct Stats {
     requests: ByClass,
     upgrades: ByClass,
     tunnels: Mutex<BTreeMap<(String, UpstreamName), Arc<TunnelCounts>>>,
+    /// Refused authentications by route and reason (`shunt_auth_failures_total`).
+    auth_failures: Mutex<BTreeMap<(String, &'static str), u64>>,
     /// Live calls (WebSocket tunnels) and their metrics, for `/calls`.
     pub calls: Arc<CallRegistry>,
 }
@@ -69,6 +71,15 @@ pub(crate) struct TunnelCounts {
 }
 
 impl Stats {
+    /// Count one refused authentication on `route` for `reason`.
+    pub fn auth_failure(&self, route: &str, reason: &'static str) {
+        let mut map = self
+            .auth_failures
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *map.entry((route.to_owned(), reason)).or_default() += 1;
+    }
+
     /// Count one answered request; `upgrade` for WebSocket handshakes.
     pub fn record(&self, status: StatusCode, upgrade: bool) {
         if upgrade {
@@ -159,6 +170,22 @@ impl Stats {
             for (i, n) in by.counts().iter().enumerate() {
                 let _ = writeln!(out, "{name}{{class=\"{}xx\"}} {n}", i + 1);
             }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP shunt_auth_failures_total Refused authentications by route and reason.\n# TYPE shunt_auth_failures_total counter"
+        );
+        for ((route, reason), n) in self
+            .auth_failures
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+        {
+            let _ = writeln!(
+                out,
+                "shunt_auth_failures_total{{route=\"{}\",reason=\"{reason}\"}} {n}",
+                escape(route)
+            );
         }
         let tunnels = self.lock_tunnels();
         let _ = writeln!(

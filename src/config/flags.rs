@@ -14,13 +14,15 @@ use std::time::Duration;
 
 use super::ConfigError;
 use super::parse::{
-    cidrs, origins, parse_addr, parse_admin, parse_auth, parse_duration, parse_keepalive,
-    parse_log_format, parse_rate, parse_route_flag, parse_tunnel_settings, token_name,
+    algorithms, cidrs, origins, parse_addr, parse_admin, parse_auth, parse_duration,
+    parse_keepalive, parse_log_format, parse_rate, parse_route_flag, parse_tunnel_settings,
+    token_name,
 };
 use super::spec::{LogFormat, ProbeKind, RouteSpec, TunnelSettings, UpstreamUrl};
 use crate::cli::RunArgs;
 use crate::policy::auth::AuthMode;
 use crate::policy::ip::IpNet;
+use crate::policy::keys::Alg;
 use crate::policy::origin::OriginRule;
 use crate::policy::rate::Rate;
 
@@ -72,6 +74,8 @@ pub(super) struct Overrides {
     pub tls_cert: Option<PathBuf>,
     /// `--tls-key`.
     pub tls_key: Option<PathBuf>,
+    /// `--tls-client-ca`.
+    pub tls_client_ca: Option<PathBuf>,
     /// `--tls-handshake-timeout`.
     pub tls_handshake_timeout: Option<Duration>,
     /// `--upstream-ca`.
@@ -88,16 +92,32 @@ pub(super) struct Overrides {
     pub token_file: Option<PathBuf>,
     /// `--jwt-secret-file`.
     pub jwt_secret_file: Option<PathBuf>,
-    /// `--jwt-issuer`.
-    pub jwt_issuer: Option<String>,
-    /// `--jwt-audience`.
-    pub jwt_audience: Option<String>,
+    /// `--jwt-public-key-file`.
+    pub jwt_public_key_file: Option<PathBuf>,
+    /// `--jwt-jwks-file`.
+    pub jwt_jwks_file: Option<PathBuf>,
+    /// `--jwt-jwks-url` (checked in the merge, with `--jwt-jwks-insecure-http`).
+    pub jwt_jwks_url: Option<String>,
+    /// `--jwt-jwks-insecure-http`.
+    pub jwt_jwks_insecure_http: Option<bool>,
+    /// `--jwt-jwks-refresh` (checked to be at least 1s in the merge).
+    pub jwt_jwks_refresh: Option<Duration>,
+    /// `--jwt-jwks-min-refresh`.
+    pub jwt_jwks_min_refresh: Option<Duration>,
+    /// `--jwt-algorithms`, if given (it then replaces the file's list).
+    pub jwt_algorithms: Option<Vec<Alg>>,
+    /// `--jwt-issuer`, if given (it then replaces the file's list).
+    pub jwt_issuer: Option<Vec<String>>,
+    /// `--jwt-audience`, if given (it then replaces the file's list).
+    pub jwt_audience: Option<Vec<String>>,
     /// `--jwt-leeway`.
     pub jwt_leeway: Option<Duration>,
     /// `--token-query`.
     pub token_query: Option<String>,
     /// `--token-cookie`.
     pub token_cookie: Option<String>,
+    /// `--token-subprotocol`.
+    pub token_subprotocol: Option<String>,
     /// `--allow-origin`, if given (it then replaces the file's list).
     pub allow_origin: Option<Vec<OriginRule>>,
     /// `--require-origin`.
@@ -185,6 +205,7 @@ impl Overrides {
                 .transpose()?,
             tls_cert: a.tls_cert.clone(),
             tls_key: a.tls_key.clone(),
+            tls_client_ca: a.tls_client_ca.clone(),
             tls_handshake_timeout: duration("tls-handshake-timeout", &a.tls_handshake_timeout)?,
             upstream_ca: a.upstream_ca.clone(),
             watch: !a.no_watch,
@@ -201,8 +222,17 @@ impl Overrides {
                 .transpose()?,
             token_file: a.token_file.clone(),
             jwt_secret_file: a.jwt_secret_file.clone(),
-            jwt_issuer: a.jwt_issuer.clone(),
-            jwt_audience: a.jwt_audience.clone(),
+            jwt_public_key_file: a.jwt_public_key_file.clone(),
+            jwt_jwks_file: a.jwt_jwks_file.clone(),
+            jwt_jwks_url: a.jwt_jwks_url.clone(),
+            jwt_jwks_insecure_http: a.jwt_jwks_insecure_http,
+            jwt_jwks_refresh: duration("jwt-jwks-refresh", &a.jwt_jwks_refresh)?,
+            jwt_jwks_min_refresh: duration("jwt-jwks-min-refresh", &a.jwt_jwks_min_refresh)?,
+            jwt_algorithms: given(&a.jwt_algorithms)
+                .map(|l| algorithms("--jwt-algorithms", l))
+                .transpose()?,
+            jwt_issuer: given(&a.jwt_issuer).map(<[String]>::to_vec),
+            jwt_audience: given(&a.jwt_audience).map(<[String]>::to_vec),
             jwt_leeway: duration("jwt-leeway", &a.jwt_leeway)?,
             token_query: a
                 .token_query
@@ -213,6 +243,11 @@ impl Overrides {
                 .token_cookie
                 .clone()
                 .map(|c| token_name("--token-cookie / `token_cookie`", c))
+                .transpose()?,
+            token_subprotocol: a
+                .token_subprotocol
+                .clone()
+                .map(|c| token_name("--token-subprotocol / `token_subprotocol`", c))
                 .transpose()?,
             allow_origin: given(&a.allow_origin)
                 .map(|l| origins(("--allow-origin".into(), l)))

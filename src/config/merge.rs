@@ -123,10 +123,12 @@ impl Merge<'_> {
             "pretty",
             parse_log_format,
         )?;
+        let tls = self.tls()?;
         let (policy, route_defaults) = policy::global(a, f, self.base)?;
+        let route_defaults =
+            route_defaults.with_client_ca(tls.as_ref().is_some_and(|t| t.client_ca.is_some()));
         let upstreams = self.upstreams()?;
         let routes = self.routes(&upstreams, &route_defaults)?;
-        let tls = self.tls()?;
         Ok(Config {
             listen,
             admin,
@@ -220,9 +222,18 @@ impl Merge<'_> {
                 ));
             }
         };
+        let client_ca = match (
+            &self.flags.tls_client_ca,
+            raw.and_then(|t| t.client_ca.as_ref()),
+        ) {
+            (Some(p), _) => Some(p.clone()),
+            (None, Some(p)) => Some(self.file_path(p)),
+            (None, None) => None,
+        };
         Ok(Some(TlsSpec {
             certs,
             handshake_timeout,
+            client_ca,
         }))
     }
 

@@ -49,8 +49,8 @@ use raw::RawConfig;
 
 pub use parse::{parse_addr, parse_duration};
 pub(crate) use spec::{
-    CallSpec, GlobalPolicy, HealthSpec, LogFormat, ProbeKind, RoutePolicy, Timeouts, TlsSpec,
-    TunnelMode, TunnelSettings, UpstreamName, UpstreamSpec, UpstreamUrl,
+    CallSpec, GlobalPolicy, HealthSpec, JwksSettings, LogFormat, ProbeKind, RoutePolicy, Timeouts,
+    TlsSpec, TunnelMode, TunnelSettings, UpstreamName, UpstreamSpec, UpstreamUrl,
 };
 pub use spec::{RouteSpec, Scheme};
 
@@ -222,6 +222,7 @@ impl Config {
             files.push(c.cert.clone());
             files.push(c.key.clone());
         }
+        files.extend(self.tls.iter().filter_map(|t| t.client_ca.clone()));
         files.extend(self.upstreams.iter().filter_map(|u| u.ca.clone()));
         files.extend(self.policy.files.iter().cloned());
         files.sort();
@@ -317,6 +318,20 @@ impl Config {
                 p.ip.allow.len(),
                 p.ip.deny.len(),
             )?;
+            let mut forwards: Vec<String> = p
+                .forward_claims
+                .iter()
+                .map(|c| format!("{} as {}", c.claim, c.header))
+                .collect();
+            if p.forward_credential {
+                forwards.push("the credential".into());
+            }
+            if p.forward_client_cert {
+                forwards.push("the client certificate".into());
+            }
+            if !forwards.is_empty() {
+                writeln!(out, "  {:<28}    forwards: {}", "", forwards.join(", "))?;
+            }
             writeln!(out, "  {:<28}    calls: {}", "", r.calls)?;
         }
         Ok(())
@@ -331,11 +346,10 @@ impl Config {
             join(&g.ip.allow),
             join(&g.ip.deny),
             g.credentials.tokens.as_ref().map_or(0, |t| t.len()),
-            if g.credentials.jwt.is_some() {
-                "on"
-            } else {
-                "off"
-            },
+            g.credentials
+                .jwt
+                .as_ref()
+                .map_or_else(|| "off".to_owned(), |v| describe_jwt(v, g.jwks.as_ref())),
             limit(g.limits.rate.map(|r| r.to_string())),
             g.limits.burst,
             limit(g.limits.max_conns_per_ip.map(|n| n.to_string())),
@@ -401,6 +415,25 @@ fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
         .next()
         .map_or(1, |l| l.chars().count() + 1);
     (line, column)
+}
+
+/// What `shunt check` says of the JWT verifier: its secret, keys and JWKS URL.
+fn describe_jwt(v: &crate::policy::auth::JwtVerifier, jwks: Option<&JwksSettings>) -> String {
+    let mut parts = Vec::new();
+    if v.has_secret() {
+        parts.push("HS256 secret".to_owned());
+    }
+    if !v.keys().is_empty() {
+        parts.push(format!("{} public keys", v.keys().len()));
+    }
+    if let Some(j) = jwks {
+        parts.push(format!(
+            "JWKS {} (refresh {})",
+            j.url.text,
+            humantime::format_duration(j.refresh)
+        ));
+    }
+    parts.join(" + ")
 }
 
 /// toml's message, with an unknown key's list of every valid key replaced

@@ -19,12 +19,13 @@ use http::Uri;
 
 use super::ConfigError;
 use super::spec::{
-    LogFormat, ProbeKind, RoutePolicy, RouteSpec, Scheme, TunnelMode, TunnelSettings, UpstreamName,
-    UpstreamUrl,
+    ClaimHeader, JwksUrl, LogFormat, ProbeKind, RoutePolicy, RouteSpec, Scheme, TunnelMode,
+    TunnelSettings, UpstreamName, UpstreamUrl,
 };
 use crate::cli::RunArgs;
 use crate::policy::auth::AuthMode;
 use crate::policy::ip::IpNet;
+use crate::policy::keys::Alg;
 use crate::policy::origin::OriginRule;
 use crate::policy::rate::Rate;
 
@@ -91,6 +92,102 @@ impl UpstreamUrl {
             port,
         })
     }
+}
+
+impl JwksUrl {
+    /// Parse the JWKS URL: `https://host[:port]/path`; `http://` only with
+    /// `insecure_http` (a loopback identity provider in tests).
+    pub fn parse(field: &str, text: &str, insecure_http: bool) -> Result<Self, ConfigError> {
+        let uri: Uri = text
+            .parse()
+            .map_err(|e| ConfigError::invalid(field, text, e))?;
+        let base = match (uri.scheme_str(), uri.authority()) {
+            (Some(scheme), Some(authority)) => format!("{scheme}://{authority}"),
+            _ => {
+                return Err(ConfigError::invalid(
+                    field,
+                    text,
+                    "expected a URL like https://idp.example.com/.well-known/jwks.json",
+                ));
+            }
+        };
+        let server = UpstreamUrl::parse(field, &base)?;
+        if server.scheme == Scheme::Http && !insecure_http {
+            return Err(ConfigError::invalid(
+                field,
+                text,
+                "the JWKS must be fetched over https:// (set `jwt_jwks_insecure_http = true` to allow http:// for a test identity provider)",
+            ));
+        }
+        let path = uri
+            .path_and_query()
+            .map_or("/", |pq| pq.as_str())
+            .to_owned();
+        Ok(JwksUrl {
+            text: text.to_owned(),
+            server,
+            path: if path.is_empty() { "/".into() } else { path },
+        })
+    }
+}
+
+/// JWT algorithm names (`RS256`, `ES256`, `EdDSA`, ...); `none` is refused.
+pub(super) fn algorithms(field: &str, list: &[String]) -> Result<Vec<Alg>, ConfigError> {
+    list.iter()
+        .map(|name| {
+            Alg::parse(name.trim()).ok_or_else(|| {
+                ConfigError::invalid(
+                    field,
+                    name,
+                    "not an accepted algorithm (HS256, RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA)",
+                )
+            })
+        })
+        .collect()
+}
+
+/// `forward_claims = { claim = "header-name" }`: each header name must be
+/// valid and not one shunt sets or removes itself.
+pub(super) fn claim_headers(
+    field: &str,
+    map: &std::collections::BTreeMap<String, String>,
+) -> Result<Vec<ClaimHeader>, ConfigError> {
+    map.iter()
+        .map(|(claim, name)| {
+            let header = http::HeaderName::from_bytes(name.trim().as_bytes())
+                .map_err(|_| ConfigError::invalid(field, name, "not a valid header name"))?;
+            const RESERVED: [&str; 13] = [
+                "host",
+                "connection",
+                "upgrade",
+                "keep-alive",
+                "te",
+                "trailer",
+                "transfer-encoding",
+                "content-length",
+                "authorization",
+                "cookie",
+                "x-real-ip",
+                "x-shunt-route",
+                "proxy-authorization",
+            ];
+            let n = header.as_str();
+            if RESERVED.contains(&n)
+                || n.starts_with("x-forwarded-")
+                || n.starts_with("sec-websocket-")
+            {
+                return Err(ConfigError::invalid(
+                    field,
+                    name,
+                    "this header is set or removed by shunt itself; choose another name (e.g. x-user-id)",
+                ));
+            }
+            Ok(ClaimHeader {
+                claim: claim.clone(),
+                header,
+            })
+        })
+        .collect()
 }
 
 impl ProbeKind {

@@ -14,12 +14,14 @@ use std::time::Duration;
 use super::ConfigError;
 use super::flags::Overrides;
 use super::parse::{
-    cidrs, field_name, origins, parse_auth, parse_duration, parse_rate, token_name,
+    algorithms, cidrs, claim_headers, field_name, origins, parse_auth, parse_duration, parse_rate,
+    token_name,
 };
 use super::raw::{RawConfig, RawRoute};
-use super::spec::{GlobalPolicy, RoutePolicy};
+use super::spec::{ClaimHeader, GlobalPolicy, JwksSettings, JwksUrl, RoutePolicy};
 use crate::policy::auth::{AuthMode, Credentials, JwtVerifier, TokenSet, TokenSources};
 use crate::policy::ip::IpRules;
+use crate::policy::keys::KeySet;
 use crate::policy::origin::OriginRule;
 use crate::policy::rate::RateLimits;
 
@@ -39,11 +41,21 @@ pub(super) struct RouteDefaults {
     cors: bool,
     /// A token file was read: a route may use `auth = "token"`.
     has_tokens: bool,
-    /// A JWT secret was read: a route may use `auth = "jwt"`.
+    /// A JWT secret or key source is configured: a route may use `auth = "jwt"`.
     has_jwt: bool,
+    /// The global `forward_claims`.
+    forward_claims: Vec<ClaimHeader>,
+    /// A client CA is configured: a route may use `auth = "mtls"`.
+    has_client_ca: bool,
 }
 
 impl RouteDefaults {
+    /// Whether `[tls] client_ca` is set (known once the TLS settings are merged).
+    pub(super) fn with_client_ca(mut self, has_client_ca: bool) -> Self {
+        self.has_client_ca = has_client_ca;
+        self
+    }
+
     /// The policy of a route that sets nothing itself (`--route` and default routes).
     pub(super) fn route_policy(&self, label: &str) -> Result<RoutePolicy, ConfigError> {
         let policy = RoutePolicy {
@@ -54,6 +66,9 @@ impl RouteDefaults {
             cors: self.cors,
             allow_connect: false,
             allow_absolute_form: false,
+            forward_credential: false,
+            forward_claims: self.forward_claims.clone(),
+            forward_client_cert: false,
         };
         self.validate(label, &policy)?;
         Ok(policy)
@@ -71,10 +86,15 @@ impl RouteDefaults {
                 "token",
                 "no token file: set --token-file or `token_file`",
             )),
+            AuthMode::Mtls if !self.has_client_ca => Err(ConfigError::invalid(
+                &field,
+                "mtls",
+                "no client CA: set --tls-client-ca or `client_ca` in [tls] (with a TLS certificate)",
+            )),
             AuthMode::Jwt if !self.has_jwt => Err(ConfigError::invalid(
                 &field,
                 "jwt",
-                "no JWT secret: set --jwt-secret-file or `jwt_secret_file`",
+                "no JWT key: set --jwt-secret-file, --jwt-public-key-file, --jwt-jwks-file or --jwt-jwks-url",
             )),
             _ if p.cors && p.origins.iter().all(|o| *o == OriginRule::Any) => {
                 Err(ConfigError::invalid(
@@ -111,14 +131,8 @@ pub(super) fn global(
         base,
     );
     let tokens = token_set(token_file.as_ref())?;
-    let jwt_file = path(
-        &a.jwt_secret_file,
-        &f.jwt_secret_file,
-        "jwt-secret-file",
-        "jwt_secret_file",
-        base,
-    );
-    let jwt = jwt_verifier(a, f, jwt_file.as_ref())?;
+    let key_sources = KeySources::read(a, f, base)?;
+    let jwt = jwt_verifier(a, f, &key_sources)?;
     let defaults = RouteDefaults {
         auth: default_auth(a, f, jwt.is_some(), tokens.is_some())?,
         origins: flag_or_file(&a.allow_origin, &f.allow_origin, "allow_origin", origins)?,
@@ -126,18 +140,25 @@ pub(super) fn global(
         cors: a.cors.or(f.cors).unwrap_or(false),
         has_tokens: tokens.is_some(),
         has_jwt: jwt.is_some(),
+        forward_claims: match &f.forward_claims {
+            Some(map) => claim_headers("`forward_claims` in the config file", map)?,
+            None => Vec::new(),
+        },
+        has_client_ca: false,
     };
     // The secret files are watched: a change on disk reloads them.
     let files = token_file
         .iter()
-        .chain(&jwt_file)
-        .map(|(_, p)| p.clone())
+        .map(|(_, p)| p)
+        .chain(key_sources.files())
+        .cloned()
         .collect();
     let policy = GlobalPolicy {
         files,
         ip,
         credentials: Credentials { tokens, jwt },
         sources: token_sources(a, f)?,
+        jwks: key_sources.jwks,
         limits: limits(a, f)?,
     };
     Ok((policy, defaults))
@@ -154,36 +175,174 @@ fn token_set(file: Option<&(String, PathBuf)>) -> Result<Option<Arc<TokenSet>>, 
     Ok(Some(Arc::new(set)))
 }
 
-/// The JWT verifier (`--jwt-secret-file` and its issuer, audience and
-/// leeway), if a secret file is named; it must not be empty.
+/// The files and URL JWT keys come from, as named by flags or the file.
+struct KeySources {
+    secret: Option<(String, PathBuf)>,
+    public_keys: Option<(String, PathBuf)>,
+    jwks_file: Option<(String, PathBuf)>,
+    jwks: Option<JwksSettings>,
+}
+
+impl KeySources {
+    fn read(a: &Overrides, f: &RawConfig, base: &Path) -> Result<KeySources, ConfigError> {
+        let insecure = a
+            .jwt_jwks_insecure_http
+            .or(f.jwt_jwks_insecure_http)
+            .unwrap_or(false);
+        let url = match (&a.jwt_jwks_url, &f.jwt_jwks_url) {
+            (Some(u), _) => Some(JwksUrl::parse("--jwt-jwks-url", u, insecure)?),
+            (None, Some(u)) => Some(JwksUrl::parse(
+                "`jwt_jwks_url` in the config file",
+                u,
+                insecure,
+            )?),
+            (None, None) => None,
+        };
+        let refresh = duration_setting(
+            a.jwt_jwks_refresh,
+            &f.jwt_jwks_refresh,
+            "jwt_jwks_refresh",
+            Duration::from_secs(600),
+        )?;
+        if refresh < Duration::from_secs(1) {
+            return Err(ConfigError::invalid(
+                "--jwt-jwks-refresh / `jwt_jwks_refresh`",
+                format!("{refresh:?}"),
+                "must be at least 1s",
+            ));
+        }
+        let min_refresh = duration_setting(
+            a.jwt_jwks_min_refresh,
+            &f.jwt_jwks_min_refresh,
+            "jwt_jwks_min_refresh",
+            Duration::from_secs(30),
+        )?;
+        Ok(KeySources {
+            secret: path(
+                &a.jwt_secret_file,
+                &f.jwt_secret_file,
+                "jwt-secret-file",
+                "jwt_secret_file",
+                base,
+            ),
+            public_keys: path(
+                &a.jwt_public_key_file,
+                &f.jwt_public_key_file,
+                "jwt-public-key-file",
+                "jwt_public_key_file",
+                base,
+            ),
+            jwks_file: path(
+                &a.jwt_jwks_file,
+                &f.jwt_jwks_file,
+                "jwt-jwks-file",
+                "jwt_jwks_file",
+                base,
+            ),
+            jwks: url.map(|url| JwksSettings {
+                url,
+                refresh,
+                min_refresh,
+            }),
+        })
+    }
+
+    /// The files to watch.
+    fn files(&self) -> impl Iterator<Item = &PathBuf> {
+        [&self.secret, &self.public_keys, &self.jwks_file]
+            .into_iter()
+            .flatten()
+            .map(|(_, p)| p)
+    }
+}
+
+/// A duration from its flag, else its file key, else `default`.
+fn duration_setting(
+    flag: Option<Duration>,
+    file: &Option<String>,
+    key: &str,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
+    match (flag, file) {
+        (Some(d), _) => Ok(d),
+        (None, Some(v)) => parse_duration(&format!("`{key}` in the config file"), v),
+        (None, None) => Ok(default),
+    }
+}
+
+/// The JWT verifier: the HS256 secret, the public keys of the PEM and JWKS
+/// files, whether a JWKS URL adds keys, the accepted algorithms, issuers,
+/// audiences and leeway. `None` when no key source is configured.
 fn jwt_verifier(
     a: &Overrides,
     f: &RawConfig,
-    file: Option<&(String, PathBuf)>,
+    sources: &KeySources,
 ) -> Result<Option<Arc<JwtVerifier>>, ConfigError> {
-    let leeway = match (a.jwt_leeway, &f.jwt_leeway) {
-        (Some(d), _) => d,
-        (None, Some(v)) => parse_duration("`jwt_leeway` in the config file", v)?,
-        (None, None) => Duration::from_secs(30),
+    let leeway = duration_setting(
+        a.jwt_leeway,
+        &f.jwt_leeway,
+        "jwt_leeway",
+        Duration::from_secs(30),
+    )?;
+    let algorithms = match (&a.jwt_algorithms, &f.jwt_algorithms) {
+        (Some(list), _) => Some(list.clone()),
+        (None, Some(list)) => Some(algorithms("`jwt_algorithms` in the config file", list)?),
+        (None, None) => None,
     };
-    let Some((field, p)) = file else {
+    if sources.secret.is_none()
+        && sources.public_keys.is_none()
+        && sources.jwks_file.is_none()
+        && sources.jwks.is_none()
+    {
         return Ok(None);
-    };
-    let secret = read_secret(field, p)?;
-    let secret = secret.trim();
-    if secret.is_empty() {
-        return Err(ConfigError::invalid(
-            field,
-            p.display(),
-            "the file is empty",
-        ));
     }
-    Ok(Some(Arc::new(JwtVerifier::new(
-        secret.as_bytes(),
-        a.jwt_issuer.clone().or_else(|| f.jwt_issuer.clone()),
-        a.jwt_audience.clone().or_else(|| f.jwt_audience.clone()),
-        leeway,
-    ))))
+    let secret = match &sources.secret {
+        Some((field, p)) => {
+            let secret = read_secret(field, p)?;
+            let secret = secret.trim().to_owned();
+            if secret.is_empty() {
+                return Err(ConfigError::invalid(
+                    field,
+                    p.display(),
+                    "the file is empty",
+                ));
+            }
+            Some(secret)
+        }
+        None => None,
+    };
+    let mut keys = KeySet::default();
+    if let Some((field, p)) = &sources.public_keys {
+        let text = read_bytes(field, p)?;
+        let set =
+            KeySet::from_pem(&text).map_err(|e| ConfigError::invalid(field, p.display(), e))?;
+        keys = keys.merged(&set);
+    }
+    if let Some((field, p)) = &sources.jwks_file {
+        let text = read_bytes(field, p)?;
+        let (set, skipped) =
+            KeySet::from_jwks(&text).map_err(|e| ConfigError::invalid(field, p.display(), e))?;
+        for s in skipped {
+            tracing::warn!(file = %p.display(), "JWKS {s}");
+        }
+        keys = keys.merged(&set);
+    }
+    let verifier = JwtVerifier::keyless(leeway)
+        .with_secret(secret.as_deref().map(str::as_bytes))
+        .with_keys(keys)
+        .with_remote(sources.jwks.is_some())
+        .with_algorithms(algorithms)
+        .with_issuers(
+            a.jwt_issuer
+                .clone()
+                .unwrap_or_else(|| f.jwt_issuer.to_vec()),
+        )
+        .with_audiences(
+            a.jwt_audience
+                .clone()
+                .unwrap_or_else(|| f.jwt_audience.to_vec()),
+        );
+    Ok(Some(Arc::new(verifier)))
 }
 
 /// Where a token is looked for: the query parameter and cookie names.
@@ -201,6 +360,14 @@ fn token_sources(a: &Overrides, f: &RawConfig) -> Result<TokenSources, ConfigErr
         }
         (None, None) => {}
     }
+    sources.subprotocol = match (&a.token_subprotocol, &f.token_subprotocol) {
+        (Some(p), _) => Some(p.clone()),
+        (None, Some(p)) => Some(token_name(
+            "--token-subprotocol / `token_subprotocol`",
+            p.clone(),
+        )?),
+        (None, None) => None,
+    };
     Ok(sources)
 }
 
@@ -307,6 +474,12 @@ pub(super) fn route(
         cors: r.cors.unwrap_or(defaults.cors),
         allow_connect: r.allow_connect.unwrap_or(false),
         allow_absolute_form: r.allow_absolute_form.unwrap_or(false),
+        forward_credential: r.forward_credential.unwrap_or(false),
+        forward_claims: match &r.forward_claims {
+            Some(map) => claim_headers(&field("forward_claims"), map)?,
+            None => defaults.forward_claims.clone(),
+        },
+        forward_client_cert: r.forward_client_cert.unwrap_or(false),
     };
     defaults.validate(label, &policy)?;
     Ok(policy)
@@ -339,6 +512,13 @@ fn path(
         (None, Some(p)) => Some((field_name(false, flag_name, key), base.join(p))),
         (None, None) => None,
     }
+}
+
+/// Read a key file; the error names the setting.
+fn read_bytes(field: &str, path: &Path) -> Result<Vec<u8>, ConfigError> {
+    std::fs::read(path).map_err(|e| {
+        ConfigError::invalid(field, path.display(), format!("cannot read the file: {e}"))
+    })
 }
 
 /// Read a token or JWT secret file; the error names the setting, never the content.

@@ -70,10 +70,28 @@ pub(crate) struct RawConfig {
     pub token_file: Option<String>,
     /// `jwt_secret_file`: as `--jwt-secret-file`.
     pub jwt_secret_file: Option<String>,
-    /// `jwt_issuer`: as `--jwt-issuer`.
-    pub jwt_issuer: Option<String>,
-    /// `jwt_audience`: as `--jwt-audience`.
-    pub jwt_audience: Option<String>,
+    /// `jwt_public_key_file`: as `--jwt-public-key-file`.
+    pub jwt_public_key_file: Option<String>,
+    /// `jwt_jwks_file`: as `--jwt-jwks-file`.
+    pub jwt_jwks_file: Option<String>,
+    /// `jwt_jwks_url`: as `--jwt-jwks-url`.
+    pub jwt_jwks_url: Option<String>,
+    /// `jwt_jwks_insecure_http`: as `--jwt-jwks-insecure-http`.
+    pub jwt_jwks_insecure_http: Option<bool>,
+    /// `jwt_jwks_refresh`: as `--jwt-jwks-refresh`.
+    #[serde(default, deserialize_with = "duration")]
+    pub jwt_jwks_refresh: Option<String>,
+    /// `jwt_jwks_min_refresh`: as `--jwt-jwks-min-refresh`.
+    #[serde(default, deserialize_with = "duration")]
+    pub jwt_jwks_min_refresh: Option<String>,
+    /// `jwt_algorithms`: as `--jwt-algorithms`.
+    pub jwt_algorithms: Option<Vec<String>>,
+    /// `jwt_issuer`: as `--jwt-issuer` (a string or a list).
+    #[serde(default)]
+    pub jwt_issuer: OneOrMany,
+    /// `jwt_audience`: as `--jwt-audience` (a string or a list).
+    #[serde(default)]
+    pub jwt_audience: OneOrMany,
     /// `jwt_leeway`: as `--jwt-leeway`.
     #[serde(default, deserialize_with = "duration")]
     pub jwt_leeway: Option<String>,
@@ -81,6 +99,10 @@ pub(crate) struct RawConfig {
     pub token_query: Option<String>,
     /// `token_cookie`: as `--token-cookie`.
     pub token_cookie: Option<String>,
+    /// `token_subprotocol`: as `--token-subprotocol`.
+    pub token_subprotocol: Option<String>,
+    /// `forward_claims = { sub = "x-user-id" }`: default of routes.
+    pub forward_claims: Option<BTreeMap<String, String>>,
     /// `allow_origin`: as `--allow-origin`.
     #[serde(default)]
     pub allow_origin: Vec<String>,
@@ -175,6 +197,12 @@ pub(crate) struct RawRoute {
     pub allow_connect: Option<bool>,
     /// Accept absolute-form targets on this route (off by default).
     pub allow_absolute_form: Option<bool>,
+    /// `true`: the accepted credential is forwarded too (off by default).
+    pub forward_credential: Option<bool>,
+    /// `true`: the client certificate's subject and SHA-256 go to the upstream.
+    pub forward_client_cert: Option<bool>,
+    /// Claims of the verified JWT passed as request headers, over the global table.
+    pub forward_claims: Option<BTreeMap<String, String>>,
     /// This route's ping interval, over the global one (`0`: no pings).
     #[serde(default, deserialize_with = "duration")]
     pub ping_interval: Option<String>,
@@ -203,6 +231,8 @@ pub(crate) struct RawTls {
     /// More certificates, picked by SNI.
     #[serde(default)]
     pub certs: Vec<RawCert>,
+    /// CA whose client certificates are asked for (as `--tls-client-ca`).
+    pub client_ca: Option<String>,
 }
 
 /// `[[tls.certs]]`: a certificate for the SNI names listed (default: its own names).
@@ -216,6 +246,30 @@ pub(crate) struct RawCert {
     /// SNI names it serves; its own DNS names when empty.
     #[serde(default)]
     pub names: Vec<String>,
+}
+
+/// A key that takes one string or a list of them.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum OneOrMany {
+    /// Not set.
+    #[default]
+    None,
+    /// One value.
+    One(String),
+    /// Several.
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    /// The values, in order.
+    pub(crate) fn to_vec(&self) -> Vec<String> {
+        match self {
+            OneOrMany::None => Vec::new(),
+            OneOrMany::One(v) => vec![v.clone()],
+            OneOrMany::Many(v) => v.clone(),
+        }
+    }
 }
 
 /// A duration key: a string (parsed later with the flags' rule) or an

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::policy::auth::{AuthMode, Credentials, TokenSources};
+pub(crate) use crate::policy::credential::ClaimHeader;
 use crate::policy::ip::IpRules;
 use crate::policy::origin::OriginRule;
 use crate::policy::rate::RateLimits;
@@ -133,6 +134,8 @@ pub struct TlsSpec {
     pub certs: Vec<CertSpec>,
     /// Bound on one downstream TLS handshake, so a silent client cannot hold a slot.
     pub handshake_timeout: Duration,
+    /// CA file of client certificates (`--tls-client-ca`), if asked for.
+    pub client_ca: Option<PathBuf>,
 }
 
 /// One route: an optional host, a path prefix, upstreams in order of preference.
@@ -292,6 +295,28 @@ impl Default for CallSpec {
     }
 }
 
+/// Where the identity provider's JWKS is fetched from (`--jwt-jwks-url`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JwksUrl {
+    /// The URL as written (shown in `/status` and logs).
+    pub text: String,
+    /// The server to connect to.
+    pub server: UpstreamUrl,
+    /// Path and query sent.
+    pub path: String,
+}
+
+/// The JWKS URL and how it is refreshed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JwksSettings {
+    /// Where.
+    pub url: JwksUrl,
+    /// Time between refreshes (`jwt_jwks_refresh`); a longer `max-age` wins.
+    pub refresh: Duration,
+    /// Least time between refreshes an unknown `kid` causes (`jwt_jwks_min_refresh`).
+    pub min_refresh: Duration,
+}
+
 /// Settings that apply to the whole listener.
 #[derive(Debug, Clone, Default)]
 pub struct GlobalPolicy {
@@ -303,6 +328,8 @@ pub struct GlobalPolicy {
     pub credentials: Credentials,
     /// Where a token is looked for (query parameter and cookie names).
     pub sources: TokenSources,
+    /// The JWKS URL, if one is configured.
+    pub jwks: Option<JwksSettings>,
     /// Per-client rate, connection caps.
     pub limits: RateLimits,
 }
@@ -324,4 +351,10 @@ pub struct RoutePolicy {
     pub allow_connect: bool,
     /// Accept absolute-form targets (`GET http://host/path`).
     pub allow_absolute_form: bool,
+    /// Forward the accepted credential too (`forward_credential`).
+    pub forward_credential: bool,
+    /// Verified claims passed as request headers (`forward_claims`).
+    pub forward_claims: Vec<ClaimHeader>,
+    /// Pass the client certificate's subject and fingerprint (`forward_client_cert`).
+    pub forward_client_cert: bool,
 }

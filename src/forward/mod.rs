@@ -132,6 +132,8 @@ pub(crate) struct CallMeta<'a> {
     pub host: Option<String>,
     /// Path and query as the access log shows them (token redacted).
     pub target: &'a str,
+    /// The verified token's `sub` claim, if any.
+    pub user: Option<&'a str>,
     /// Configuration generation.
     pub generation: u64,
     /// The route's call-layer settings.

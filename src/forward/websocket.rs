@@ -67,6 +67,7 @@ pub(super) async fn forward(
                 client: downstream.peer,
                 host: call.host,
                 path: call.target.to_owned(),
+                user: call.user.map(str::to_owned),
                 route: route.to_owned(),
                 upstream: name.0.clone(),
                 generation: call.generation,

@@ -1,24 +1,22 @@
-//! Authentication of a request: static bearer tokens or HS256 JWTs.
+//! Authentication of a request: static bearer tokens or JWTs.
 //!
 //! Browsers cannot set headers on a WebSocket, so the credential is taken from
-//! `Authorization: Bearer`, else from a query parameter, else from a cookie
+//! `Authorization: Bearer`, else from `Sec-WebSocket-Protocol: bearer, <token>`
+//! (with `token_subprotocol`), else from a query parameter, else from a cookie
 //! ([`TokenSources`]). Static tokens are kept only as HMAC tags under a
 //! per-process random key and compared with `ring::hmac::verify`, in constant
-//! time whatever the length. JWTs are HS256 only (`alg` is pinned, so `none`
-//! and algorithm confusion are refused); `exp` is required, `nbf`, `iss` and
-//! `aud` checked, with a small clock-skew allowance. No error message ever
-//! contains the credential.
+//! time whatever the length. JWTs are verified by [`super::jwt`]. No error
+//! message ever contains the credential.
 
 use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
-use base64::Engine;
 use http::{HeaderMap, header};
 use ring::hmac;
-use serde::Deserialize;
 
+pub(crate) use super::jwt::{Claims, JwtError, JwtVerifier, Remote};
 use super::target::query_param;
 
 /// How a route authenticates requests.
@@ -29,8 +27,10 @@ pub enum AuthMode {
     None,
     /// A token from `--token-file`.
     Token,
-    /// An HS256 JWT signed with `--jwt-secret-file`.
+    /// A JWT: HS256 with `--jwt-secret-file`, or signed by a public key.
     Jwt,
+    /// A TLS client certificate signed by `--tls-client-ca`.
+    Mtls,
 }
 
 impl AuthMode {
@@ -40,6 +40,7 @@ impl AuthMode {
             "none" => Some(AuthMode::None),
             "token" => Some(AuthMode::Token),
             "jwt" => Some(AuthMode::Jwt),
+            "mtls" => Some(AuthMode::Mtls),
             _ => None,
         }
     }
@@ -51,6 +52,7 @@ impl fmt::Display for AuthMode {
             AuthMode::None => "none",
             AuthMode::Token => "token",
             AuthMode::Jwt => "jwt",
+            AuthMode::Mtls => "mtls",
         })
     }
 }
@@ -62,6 +64,9 @@ pub struct TokenSources {
     pub query: String,
     /// Cookie name (`shunt_token` by default).
     pub cookie: String,
+    /// `token_subprotocol`: the `Sec-WebSocket-Protocol` value that
+    /// announces a token as the next value (`bearer`); off by default.
+    pub subprotocol: Option<String>,
 }
 
 impl Default for TokenSources {
@@ -69,31 +74,82 @@ impl Default for TokenSources {
         TokenSources {
             query: "token".into(),
             cookie: "shunt_token".into(),
+            subprotocol: None,
         }
     }
 }
 
-/// The credential a request presents: bearer header, then query, then cookie.
+/// Where a presented credential was found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Via {
+    /// `Authorization: Bearer`.
+    Bearer,
+    /// `Sec-WebSocket-Protocol: bearer, <token>`.
+    Subprotocol,
+    /// The query parameter.
+    Query,
+    /// The cookie.
+    Cookie,
+}
+
+/// A credential as the request presents it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Presented<'a> {
+    /// The credential itself (never logged).
+    pub value: Cow<'a, str>,
+    /// Where it was found.
+    pub via: Via,
+}
+
+/// The values of a comma-separated header (`Sec-WebSocket-Protocol`), trimmed.
+pub(crate) fn list_values<'a>(
+    headers: &'a HeaderMap,
+    name: &header::HeaderName,
+) -> impl Iterator<Item = &'a str> + 'a {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+}
+
+/// The token offered after `marker` in `Sec-WebSocket-Protocol`.
+pub(crate) fn subprotocol_token<'a>(headers: &'a HeaderMap, marker: &str) -> Option<&'a str> {
+    let mut values = list_values(headers, &header::SEC_WEBSOCKET_PROTOCOL);
+    values.find(|v| *v == marker)?;
+    values.next()
+}
+
+/// The credential a request presents: bearer header, then the subprotocol
+/// (when configured), then query, then cookie.
 pub(crate) fn presented<'a>(
     headers: &'a HeaderMap,
     query: Option<&'a str>,
     sources: &TokenSources,
-) -> Option<Cow<'a, str>> {
+) -> Option<Presented<'a>> {
+    let found = |value: Cow<'a, str>, via| Some(Presented { value, via });
     let bearer = headers
         .get_all(header::AUTHORIZATION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .find_map(|v| {
             let (scheme, rest) = v.trim().split_once(' ')?;
-            scheme
-                .eq_ignore_ascii_case("bearer")
-                .then(|| Cow::Borrowed(rest.trim()))
+            scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
         });
-    if bearer.is_some() {
-        return bearer;
+    if let Some(v) = bearer {
+        return found(Cow::Borrowed(v), Via::Bearer);
+    }
+    if let Some(v) = sources
+        .subprotocol
+        .as_deref()
+        .and_then(|marker| subprotocol_token(headers, marker))
+    {
+        return found(Cow::Borrowed(v), Via::Subprotocol);
     }
     if let Some(v) = query.and_then(|q| query_param(q, &sources.query)) {
-        return Some(v);
+        return found(v, Via::Query);
     }
     headers
         .get_all(header::COOKIE)
@@ -104,6 +160,7 @@ pub(crate) fn presented<'a>(
             let (k, v) = pair.trim().split_once('=')?;
             (k.trim() == sources.cookie).then(|| Cow::Borrowed(v.trim().trim_matches('"')))
         })
+        .and_then(|v| found(v, Via::Cookie))
 }
 
 /// Why a request was not authenticated. Never carries the credential.
@@ -125,12 +182,42 @@ pub enum AuthError {
     /// A JWT that does not verify.
     #[error("the JWT is not valid")]
     Jwt(#[from] JwtError),
+    /// An `auth = "mtls"` route reached without a client certificate.
+    #[error("this route needs a TLS client certificate signed by the configured CA")]
+    NoClientCert,
 }
 
 impl AuthError {
     /// Whether the client sent something (RFC 6750 `error="invalid_token"`).
     pub fn is_invalid_token(&self) -> bool {
-        !matches!(self, AuthError::Missing { .. })
+        !matches!(self, AuthError::Missing { .. } | AuthError::NoClientCert)
+    }
+
+    /// Whether the fault is shunt's, not the client's: the JWKS is not loaded (503).
+    pub fn keys_unavailable(&self) -> bool {
+        matches!(self, AuthError::Jwt(JwtError::KeysUnavailable(_)))
+    }
+
+    /// The `reason` label of `shunt_auth_failures_total`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            AuthError::Missing { .. } => "missing",
+            AuthError::NoClientCert => "no_client_cert",
+            AuthError::UnknownToken => "invalid",
+            AuthError::Jwt(e) => match e {
+                JwtError::Expired => "expired",
+                JwtError::Audience => "wrong_audience",
+                JwtError::Issuer => "wrong_issuer",
+                JwtError::UnknownKey => "unknown_key",
+                JwtError::KeysUnavailable(_) => "jwks_unavailable",
+                JwtError::Malformed
+                | JwtError::Algorithm(_)
+                | JwtError::Signature
+                | JwtError::Claims
+                | JwtError::MissingExp
+                | JwtError::NotYetValid => "invalid",
+            },
+        }
     }
 }
 
@@ -139,35 +226,62 @@ impl AuthError {
 pub struct Credentials {
     /// The static tokens (`--token-file`), if any.
     pub tokens: Option<Arc<TokenSet>>,
-    /// The JWT verifier (`--jwt-secret-file`), if any.
+    /// The JWT verifier (secret, public keys, JWKS), if any.
     pub jwt: Option<Arc<JwtVerifier>>,
 }
 
-/// Check `presented` under `mode`.
+/// Who an accepted request comes from.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct Identity {
+    /// The verified claims (JWTs).
+    pub claims: Option<Claims>,
+    /// Where the accepted credential was found (`None`: no credential needed).
+    pub via: Option<Via>,
+}
+
+impl Identity {
+    /// The `sub` claim, for `user=` in the logs and `/calls`.
+    pub(crate) fn user(&self) -> Option<&str> {
+        self.claims.as_ref().and_then(Claims::sub)
+    }
+}
+
+/// Check `presented` under `mode`; `remote` is the JWKS URL's key set,
+/// `client_cert` whether the TLS client showed a certificate the CA signed.
 pub(crate) fn authenticate(
     mode: AuthMode,
     credentials: &Credentials,
     sources: &TokenSources,
-    presented: Option<&str>,
-) -> Result<(), AuthError> {
-    if mode == AuthMode::None {
-        return Ok(());
+    presented: Option<&Presented<'_>>,
+    remote: Remote<'_>,
+    client_cert: bool,
+) -> Result<Identity, AuthError> {
+    match mode {
+        AuthMode::None => return Ok(Identity::default()),
+        AuthMode::Mtls if client_cert => return Ok(Identity::default()),
+        AuthMode::Mtls => return Err(AuthError::NoClientCert),
+        _ => {}
     }
-    let Some(presented) = presented.filter(|p| !p.is_empty()) else {
+    let Some(presented) = presented.filter(|p| !p.value.is_empty()) else {
         return Err(AuthError::Missing {
             query: sources.query.clone(),
             cookie: sources.cookie.clone(),
         });
     };
+    let via = Some(presented.via);
+    let value = presented.value.as_ref();
     match mode {
-        AuthMode::None => Ok(()),
+        AuthMode::None | AuthMode::Mtls => Ok(Identity::default()),
         // Validation guarantees the file of the mode is configured; fail closed anyway.
         AuthMode::Token => match &credentials.tokens {
-            Some(set) if set.contains(presented) => Ok(()),
+            Some(set) if set.contains(value) => Ok(Identity { claims: None, via }),
             _ => Err(AuthError::UnknownToken),
         },
         AuthMode::Jwt => match &credentials.jwt {
-            Some(v) => Ok(v.verify(presented, SystemTime::now())?),
+            Some(v) => Ok(Identity {
+                claims: Some(v.verify_with(value, SystemTime::now(), remote)?),
+                via,
+            }),
             None => Err(AuthError::Jwt(JwtError::Malformed)),
         },
     }
@@ -219,191 +333,9 @@ impl TokenSet {
     }
 }
 
-/// Why a JWT was refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum JwtError {
-    /// Not three base64url parts of JSON.
-    #[error("not a JWT (expected three base64url parts)")]
-    Malformed,
-    /// An `alg` other than HS256 (`none` included).
-    #[error("only alg HS256 is accepted")]
-    Algorithm,
-    /// The signature does not match the secret.
-    #[error("bad signature")]
-    Signature,
-    /// The claims are not a JSON object of the expected types.
-    #[error("the claims are not a JSON object")]
-    Claims,
-    /// No `exp`: a token that never expires is refused.
-    #[error("no `exp` claim")]
-    MissingExp,
-    /// `exp` is past (beyond the leeway).
-    #[error("expired")]
-    Expired,
-    /// `nbf` is in the future (beyond the leeway).
-    #[error("not valid yet (`nbf`)")]
-    NotYetValid,
-    /// `iss` is not the configured issuer.
-    #[error("wrong issuer (`iss`)")]
-    Issuer,
-    /// `aud` does not name the configured audience.
-    #[error("wrong audience (`aud`)")]
-    Audience,
-}
-
-/// HS256 verification with the configured secret and claim expectations.
-#[derive(Clone)]
-pub struct JwtVerifier {
-    key: hmac::Key,
-    /// Required `iss`, if set.
-    pub issuer: Option<String>,
-    /// Required `aud`, if set.
-    pub audience: Option<String>,
-    /// Clock-skew allowance for `exp` and `nbf`.
-    pub leeway: Duration,
-}
-
-impl fmt::Debug for JwtVerifier {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("JwtVerifier")
-            .field("issuer", &self.issuer)
-            .field("audience", &self.audience)
-            .field("leeway", &self.leeway)
-            .finish_non_exhaustive()
-    }
-}
-
-#[derive(Deserialize)]
-struct JwtHeader {
-    alg: String,
-}
-
-#[derive(Deserialize)]
-struct Claims {
-    exp: Option<f64>,
-    nbf: Option<f64>,
-    iss: Option<String>,
-    aud: Option<Audience>,
-}
-
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum Audience {
-    One(String),
-    Many(Vec<String>),
-}
-
-/// base64url, as JWTs are encoded (RFC 7515 §2); padding is accepted but not
-/// required, since the RFC omits it and some issuers add it anyway.
-const B64: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::new(
-    &base64::alphabet::URL_SAFE,
-    base64::engine::GeneralPurposeConfig::new()
-        .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
-);
-
-impl JwtVerifier {
-    /// A verifier for `secret` (the HS256 key bytes).
-    pub fn new(
-        secret: &[u8],
-        issuer: Option<String>,
-        audience: Option<String>,
-        leeway: Duration,
-    ) -> Self {
-        JwtVerifier {
-            key: hmac::Key::new(hmac::HMAC_SHA256, secret),
-            issuer,
-            audience,
-            leeway,
-        }
-    }
-
-    /// Verify `token` at `now`: signature first, then the claims.
-    pub fn verify(&self, token: &str, now: SystemTime) -> Result<(), JwtError> {
-        let mut parts = token.split('.');
-        let (Some(h), Some(p), Some(s), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
-            return Err(JwtError::Malformed);
-        };
-        let header: JwtHeader = B64
-            .decode(h)
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .ok_or(JwtError::Malformed)?;
-        if header.alg != "HS256" {
-            return Err(JwtError::Algorithm);
-        }
-        let signature = B64.decode(s).map_err(|_| JwtError::Malformed)?;
-        let signed_len = h.len() + 1 + p.len();
-        hmac::verify(&self.key, &token.as_bytes()[..signed_len], &signature)
-            .map_err(|_| JwtError::Signature)?;
-        let claims: Claims = B64
-            .decode(p)
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .ok_or(JwtError::Claims)?;
-        let now = now
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_secs_f64();
-        let leeway = self.leeway.as_secs_f64();
-        let exp = claims.exp.ok_or(JwtError::MissingExp)?;
-        if now > exp + leeway {
-            return Err(JwtError::Expired);
-        }
-        if claims.nbf.is_some_and(|nbf| now + leeway < nbf) {
-            return Err(JwtError::NotYetValid);
-        }
-        if let Some(want) = &self.issuer
-            && claims.iss.as_ref() != Some(want)
-        {
-            return Err(JwtError::Issuer);
-        }
-        if let Some(want) = &self.audience {
-            let ok = match &claims.aud {
-                Some(Audience::One(a)) => a == want,
-                Some(Audience::Many(list)) => list.contains(want),
-                None => false,
-            };
-            if !ok {
-                return Err(JwtError::Audience);
-            }
-        }
-        Ok(())
-    }
-}
-
-/// Sign `claims` (a JSON object) as an HS256 JWT; for tests and tooling.
-#[cfg(any(test, feature = "test-util"))]
-pub fn sign_hs256(secret: &[u8], claims: &serde_json::Value) -> String {
-    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    let header = b64.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
-    let payload = b64.encode(claims.to_string());
-    let signing_input = format!("{header}.{payload}");
-    let key = hmac::Key::new(hmac::HMAC_SHA256, secret);
-    let sig = b64.encode(hmac::sign(&key, signing_input.as_bytes()).as_ref());
-    format!("{signing_input}.{sig}")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
-
-    const SECRET: &[u8] = b"test-secret";
-
-    fn at(secs: u64) -> SystemTime {
-        UNIX_EPOCH + Duration::from_secs(secs)
-    }
-
-    fn verifier() -> JwtVerifier {
-        JwtVerifier::new(
-            SECRET,
-            Some("issuer".into()),
-            Some("shunt".into()),
-            Duration::from_secs(30),
-        )
-    }
 
     #[test]
     fn tokens_compare_whole() {
@@ -419,98 +351,55 @@ mod tests {
         assert!(!format!("{set:?}").contains("alpha"));
     }
 
-    #[test]
-    fn jwt_valid_and_claims() {
-        let v = verifier();
-        let good = json!({"exp": 2000, "nbf": 1000, "iss": "issuer", "aud": "shunt"});
-        assert_eq!(v.verify(&sign_hs256(SECRET, &good), at(1500)), Ok(()));
-        let many = json!({"exp": 2000, "iss": "issuer", "aud": ["x", "shunt"]});
-        assert_eq!(v.verify(&sign_hs256(SECRET, &many), at(1500)), Ok(()));
-        // Skew allowance on both ends.
-        assert_eq!(v.verify(&sign_hs256(SECRET, &good), at(2020)), Ok(()));
-        assert_eq!(v.verify(&sign_hs256(SECRET, &good), at(980)), Ok(()));
-        assert_eq!(
-            v.verify(&sign_hs256(SECRET, &good), at(2031)),
-            Err(JwtError::Expired)
-        );
-        assert_eq!(
-            v.verify(&sign_hs256(SECRET, &good), at(900)),
-            Err(JwtError::NotYetValid)
-        );
-        let no_exp = json!({"iss": "issuer", "aud": "shunt"});
-        assert_eq!(
-            v.verify(&sign_hs256(SECRET, &no_exp), at(1500)),
-            Err(JwtError::MissingExp)
-        );
-        let wrong_iss = json!({"exp": 2000, "iss": "other", "aud": "shunt"});
-        assert_eq!(
-            v.verify(&sign_hs256(SECRET, &wrong_iss), at(1500)),
-            Err(JwtError::Issuer)
-        );
-        let wrong_aud = json!({"exp": 2000, "iss": "issuer", "aud": ["x"]});
-        assert_eq!(
-            v.verify(&sign_hs256(SECRET, &wrong_aud), at(1500)),
-            Err(JwtError::Audience)
-        );
-    }
-
-    #[test]
-    fn jwt_tampering() {
-        let v = verifier();
-        let good = sign_hs256(
-            SECRET,
-            &json!({"exp": 2000, "iss": "issuer", "aud": "shunt"}),
-        );
-        assert_eq!(
-            v.verify(&sign_hs256(b"other", &json!({"exp": 2000})), at(1500)),
-            Err(JwtError::Signature)
-        );
-        // Payload swapped, signature kept.
-        let parts: Vec<&str> = good.split('.').collect();
-        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-        let forged =
-            b64.encode(json!({"exp": 9999999999u64, "iss": "issuer", "aud": "shunt"}).to_string());
-        let tampered = format!("{}.{}.{}", parts[0], forged, parts[2]);
-        assert_eq!(v.verify(&tampered, at(1500)), Err(JwtError::Signature));
-        // alg none.
-        let none = format!("{}.{}.", b64.encode(br#"{"alg":"none"}"#), parts[1]);
-        assert_eq!(v.verify(&none, at(1500)), Err(JwtError::Algorithm));
-        let hs512 = format!(
-            "{}.{}.{}",
-            b64.encode(br#"{"alg":"HS512"}"#),
-            parts[1],
-            parts[2]
-        );
-        assert_eq!(v.verify(&hs512, at(1500)), Err(JwtError::Algorithm));
-        assert_eq!(v.verify("abc", at(1500)), Err(JwtError::Malformed));
-        assert_eq!(v.verify("a.b.c.d", at(1500)), Err(JwtError::Malformed));
-        assert_eq!(v.verify("!!.??.**", at(1500)), Err(JwtError::Malformed));
+    fn value<'a>(p: Option<Presented<'a>>) -> Option<(String, Via)> {
+        p.map(|p| (p.value.into_owned(), p.via))
     }
 
     #[test]
     fn credential_sources() {
-        let sources = TokenSources::default();
+        let mut sources = TokenSources::default();
         let mut h = HeaderMap::new();
         assert_eq!(presented(&h, None, &sources), None);
         h.insert(
             header::COOKIE,
             "a=1; shunt_token=fromcookie".parse().unwrap(),
         );
-        assert_eq!(presented(&h, None, &sources).as_deref(), Some("fromcookie"));
         assert_eq!(
-            presented(&h, Some("x=1&token=fromquery"), &sources).as_deref(),
-            Some("fromquery")
+            value(presented(&h, None, &sources)),
+            Some(("fromcookie".into(), Via::Cookie))
+        );
+        assert_eq!(
+            value(presented(&h, Some("x=1&token=fromquery"), &sources)),
+            Some(("fromquery".into(), Via::Query))
+        );
+        h.insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            "chat, bearer, fromproto".parse().unwrap(),
+        );
+        // Off by default.
+        assert_eq!(
+            value(presented(&h, Some("token=q"), &sources)),
+            Some(("q".into(), Via::Query))
+        );
+        sources.subprotocol = Some("bearer".into());
+        assert_eq!(
+            value(presented(&h, Some("token=q"), &sources)),
+            Some(("fromproto".into(), Via::Subprotocol))
         );
         h.insert(header::AUTHORIZATION, "bearer fromheader".parse().unwrap());
         assert_eq!(
-            presented(&h, Some("token=fromquery"), &sources).as_deref(),
-            Some("fromheader")
+            value(presented(&h, Some("token=fromquery"), &sources)),
+            Some(("fromheader".into(), Via::Bearer))
         );
         h.insert(header::AUTHORIZATION, "Basic dXNlcjpwYXNz".parse().unwrap());
+        h.remove(header::SEC_WEBSOCKET_PROTOCOL);
         assert_eq!(
-            presented(&h, Some("token=q"), &sources).as_deref(),
-            Some("q")
+            value(presented(&h, Some("token=q"), &sources)),
+            Some(("q".into(), Via::Query))
         );
+        // `bearer` as the last value carries no token.
+        h.insert(header::SEC_WEBSOCKET_PROTOCOL, "bearer".parse().unwrap());
+        assert_eq!(subprotocol_token(&h, "bearer"), None);
     }
 
     #[test]
@@ -520,22 +409,33 @@ mod tests {
             jwt: None,
         };
         let s = TokenSources::default();
-        assert_eq!(authenticate(AuthMode::None, &creds, &s, None), Ok(()));
-        assert!(matches!(
-            authenticate(AuthMode::Token, &creds, &s, None),
-            Err(AuthError::Missing { .. })
-        ));
+        let p = |v: &'static str| Presented {
+            value: Cow::Borrowed(v),
+            via: Via::Query,
+        };
+        let auth = |mode, presented: Option<&Presented<'_>>| {
+            authenticate(mode, &creds, &s, presented, Remote::None, false)
+        };
+        assert_eq!(auth(AuthMode::None, None), Ok(Identity::default()));
+        let missing = auth(AuthMode::Token, None).unwrap_err();
+        assert!(matches!(missing, AuthError::Missing { .. }));
+        assert_eq!(missing.reason(), "missing");
         assert_eq!(
-            authenticate(AuthMode::Token, &creds, &s, Some("beta")),
+            auth(AuthMode::Token, Some(&p("beta"))),
             Err(AuthError::UnknownToken)
         );
         assert_eq!(
-            authenticate(AuthMode::Token, &creds, &s, Some("alpha")),
-            Ok(())
+            auth(AuthMode::Token, Some(&p("alpha"))).unwrap().via,
+            Some(Via::Query)
+        );
+        assert_eq!(auth(AuthMode::Mtls, None), Err(AuthError::NoClientCert));
+        assert_eq!(
+            authenticate(AuthMode::Mtls, &creds, &s, None, Remote::None, true),
+            Ok(Identity::default())
         );
         // JWT mode without a verifier fails closed.
-        assert!(authenticate(AuthMode::Jwt, &creds, &s, Some("x.y.z")).is_err());
-        let msg = authenticate(AuthMode::Token, &creds, &s, Some("sekrit"))
+        assert!(auth(AuthMode::Jwt, Some(&p("x.y.z"))).is_err());
+        let msg = auth(AuthMode::Token, Some(&p("sekrit")))
             .unwrap_err()
             .to_string();
         assert!(!msg.contains("sekrit"));

@@ -1,5 +1,7 @@
-//! Security policy values: IP lists, authentication, Origin rules, rates and
-//! connection caps, and the refusals they produce.
+//! Security policy values: IP lists, authentication (tokens, JWTs and their
+//! keys: `auth`, `jwt`, `keys`; what is forwarded of an accepted credential:
+//! `credential`), Origin rules, rates and connection caps, and the refusals
+//! they produce.
 //!
 //! These are the value types the configuration parses ([`crate::config`]
 //! builds them into its `GlobalPolicy` and `RoutePolicy`), each with the
@@ -10,7 +12,10 @@
 //! 401/403/405/429 answers.
 
 pub(crate) mod auth;
+pub(crate) mod credential;
 pub(crate) mod ip;
+pub(crate) mod jwt;
+pub(crate) mod keys;
 pub(crate) mod origin;
 pub(crate) mod rate;
 pub(crate) mod target;

@@ -8,6 +8,7 @@
 
 pub(crate) mod certs;
 pub(crate) mod client;
+pub(crate) mod client_auth;
 pub(crate) mod resolver;
 pub(crate) mod stream;
 
@@ -57,19 +58,31 @@ pub fn load_cert_set(specs: &[CertSpec]) -> Result<Arc<CertSet>, CertError> {
 
 /// The acceptor for the proxy listener: TLS 1.2 and 1.3, ALPN `http/1.1`
 /// (and `http/1.0`, which `curl --http1.0` offers alone), session tickets.
-pub(crate) fn acceptor(store: Arc<CertStore>) -> Result<TlsAcceptor, rustls::Error> {
+///
+/// With `client_ca` (`[tls] client_ca`), clients are asked for a certificate
+/// signed by it ([`client_auth`]); the verifier is returned too, for reloads.
+pub(crate) fn acceptor(
+    store: Arc<CertStore>,
+    client_ca: Option<Arc<rustls::RootCertStore>>,
+) -> Result<(TlsAcceptor, Option<Arc<client_auth::ClientAuth>>), rustls::Error> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
-        .with_cert_resolver(store);
+    let client_auth = client_ca
+        .map(|roots| client_auth::ClientAuth::new(roots, provider.clone()))
+        .transpose()?;
+    let builder =
+        ServerConfig::builder_with_provider(provider).with_safe_default_protocol_versions()?;
+    let builder = match &client_auth {
+        Some(verifier) => builder.with_client_cert_verifier(verifier.clone()),
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_cert_resolver(store);
     config.alpn_protocols = vec![b"http/1.1".to_vec(), b"http/1.0".to_vec()];
     // Stateless session tickets (keys rotate every few hours): a returning
     // client resumes without a certificate signature, and the server keeps
     // no per-session state. Tickets are per process: a restart or another
     // replica just means a full handshake.
     config.ticketer = rustls::crypto::ring::Ticketer::new()?;
-    Ok(TlsAcceptor::from(Arc::new(config)))
+    Ok((TlsAcceptor::from(Arc::new(config)), client_auth))
 }
 
 /// Run the server side of the handshake on `stream` within `timeout`.

@@ -104,6 +104,15 @@ enum Next {
 }
 
 impl TlsStream {
+    /// The client's certificate (the end entity), if it sent one the
+    /// listener's client CA verified.
+    pub(crate) fn peer_certificate(&self) -> Option<&[u8]> {
+        self.conn
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+            .map(|c| c.as_ref())
+    }
+
     /// Run the server side of the handshake on `io` with `config`.
     ///
     /// `config` is the listener's current `ServerConfig` (its resolver picks

@@ -77,6 +77,7 @@ fn guards(frames: bool) -> (TunnelGuard, CallGuard, Arc<CallRegistry>) {
     let registry = Arc::new(CallRegistry::default());
     let guard = stats.open_tunnel("/t", &UpstreamName("direct".into()));
     let call = registry.open(CallInfo {
+        user: None,
         client: "127.0.0.1:1".parse().unwrap(),
         host: None,
         path: "/t".into(),
