@@ -137,6 +137,10 @@ pub mod testing {
     pub use crate::config::RouteSpec;
     pub use crate::forward::tunnel::frames;
     pub use crate::policy::auth::{JwtVerifier, sign_hs256};
+    pub use crate::proxy_header::{
+        Header as ProxyHeader, Parsed as ProxyParsed, Versions as ProxyVersions,
+        parse as parse_proxy_header,
+    };
     pub use crate::router::{Route, Router, normalize_path};
     pub use crate::tls::CertSpec;
     pub use crate::tls::certs::{fingerprint, load as load_certs};
@@ -170,6 +174,7 @@ mod policy;
 mod procnet;
 mod prometheus;
 mod proxy;
+mod proxy_header;
 mod reload;
 mod response;
 mod router;
