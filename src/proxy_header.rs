@@ -73,7 +73,7 @@ impl Versions {
 
 /// Which version shunt sends to an upstream (`send_proxy_protocol`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Version {
+pub enum Version {
     /// The text form.
     V1,
     /// The binary form.

@@ -20,6 +20,7 @@ use http::StatusCode;
 
 use crate::calls::CallRegistry;
 use crate::config::UpstreamName;
+use crate::telemetry::refusals::Reason;
 
 /// Process-wide counters.
 #[derive(Debug, Default)]
@@ -27,6 +28,7 @@ pub struct Stats {
     requests: ByClass,
     upgrades: ByClass,
     tunnels: Mutex<BTreeMap<(String, UpstreamName), Arc<TunnelCounts>>>,
+    refused: [AtomicU64; Reason::ALL.len()],
     /// Live calls (WebSocket tunnels) and their metrics, for `/calls`.
     pub calls: Arc<CallRegistry>,
 }
@@ -76,6 +78,11 @@ impl Stats {
         } else {
             self.requests.add(status);
         }
+    }
+
+    /// Count a connection refused or closed before it carried a request.
+    pub(crate) fn refused(&self, reason: Reason) {
+        self.refused[reason.index()].fetch_add(1, Ordering::Relaxed);
     }
 
     /// Count a tunnel as open until the returned guard is dropped.
@@ -159,6 +166,18 @@ impl Stats {
             for (i, n) in by.counts().iter().enumerate() {
                 let _ = writeln!(out, "{name}{{class=\"{}xx\"}} {n}", i + 1);
             }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP shunt_connections_refused_total Connections refused or closed before a request, by reason.\n# TYPE shunt_connections_refused_total counter"
+        );
+        for reason in Reason::ALL {
+            let n = self.refused[reason.index()].load(Ordering::Relaxed);
+            let _ = writeln!(
+                out,
+                "shunt_connections_refused_total{{reason=\"{}\"}} {n}",
+                reason.as_str()
+            );
         }
         let tunnels = self.lock_tunnels();
         let _ = writeln!(

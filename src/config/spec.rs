@@ -9,9 +9,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::policy::auth::{AuthMode, Credentials, TokenSources};
+use crate::policy::balancer::Balancers;
 use crate::policy::ip::IpRules;
 use crate::policy::origin::OriginRule;
 use crate::policy::rate::RateLimits;
+use crate::proxy_header::Version;
 use crate::tls::CertSpec;
 
 /// The name of an upstream, as routes refer to it (`direct`, `nginx`, ...).
@@ -124,6 +126,8 @@ pub struct UpstreamSpec {
     pub health: HealthSpec,
     /// CA file trusted for an `https` upstream; `None` means the system roots.
     pub ca: Option<PathBuf>,
+    /// `send_proxy_protocol`: a PROXY header first on each connection to it.
+    pub send_proxy_protocol: Option<Version>,
 }
 
 /// TLS on the proxy listener.
@@ -305,6 +309,8 @@ pub struct GlobalPolicy {
     pub sources: TokenSources,
     /// Per-client rate, connection caps.
     pub limits: RateLimits,
+    /// Load balancers in front: PROXY protocol and trusted forwarding headers.
+    pub balancers: Balancers,
 }
 
 /// One route's policy, with the global defaults already applied.

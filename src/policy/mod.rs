@@ -10,6 +10,7 @@
 //! 401/403/405/429 answers.
 
 pub(crate) mod auth;
+pub(crate) mod balancer;
 pub(crate) mod ip;
 pub(crate) mod origin;
 pub(crate) mod rate;

@@ -438,6 +438,7 @@ mod tests {
                 ws_check_interval: None,
             },
             ca: None,
+            send_proxy_protocol: None,
         };
         // Not probed: no task, the test drives the health record itself.
         let root = CancellationToken::new();

@@ -1,0 +1,1 @@
+//! Real balancers in front of shunt.

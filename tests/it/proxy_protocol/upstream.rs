@@ -1,0 +1,1 @@
+//! `send_proxy_protocol` towards upstreams.
