@@ -75,12 +75,16 @@ pub(crate) fn accept(
         (arrival, snapshot.timeouts().header, admitted)
     };
     let (ctx, tls) = (ctx.clone(), tls.cloned());
+    // The listener's address, for a PROXY header towards an upstream.
+    let local = stream
+        .local_addr()
+        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
     async move {
         let (downstream, admitted) = match (arrival, admitted) {
-            (_, Some(admitted)) => (Downstream::direct(peer, false), admitted),
+            (_, Some(admitted)) => (Downstream::direct(peer, local), admitted),
             (Arrival::Header(versions), None) => {
                 let Some(downstream) =
-                    receive(&mut stream, peer, versions, header_timeout, &ctx).await
+                    receive(&mut stream, (peer, local), versions, header_timeout, &ctx).await
                 else {
                     return;
                 };
@@ -135,19 +139,21 @@ pub(crate) fn accept(
 /// refused (no header, a broken one): it is closed.
 async fn receive(
     stream: &mut TcpStream,
-    peer: SocketAddr,
+    (peer, local): (SocketAddr, SocketAddr),
     versions: Versions,
     timeout: Duration,
     ctx: &Context,
 ) -> Option<Downstream> {
     match crate::proxy_header::read(stream, versions, timeout).await {
-        Ok(Header::Proxied { source, .. }) => Some(Downstream {
-            peer: source,
+        Ok(Header::Proxied {
+            source,
+            destination,
+        }) => Some(Downstream {
             via: Some(peer),
-            ..Downstream::direct(source, false)
+            ..Downstream::direct(source, destination)
         }),
         // The balancer's own connection (a health check): served as its own.
-        Ok(Header::Local) => Some(Downstream::direct(peer, false)),
+        Ok(Header::Local) => Some(Downstream::direct(peer, local)),
         Err(e) => {
             let reason = if e.is_missing() {
                 Reason::ProxyMissing

@@ -26,18 +26,23 @@ pub(crate) struct Downstream {
     /// the global IP lists then run per request, and `X-Forwarded-For`
     /// already lists the client.
     pub from_headers: bool,
+    /// The address the client connected to: shunt's listener, or the
+    /// balancer's front as its PROXY header says (sent on in a PROXY
+    /// header to an upstream with `send_proxy_protocol`).
+    pub local: SocketAddr,
     /// Whether the connection is TLS (sets `X-Forwarded-Proto`).
     pub tls: bool,
 }
 
 impl Downstream {
-    /// A connection whose peer is the client.
-    pub(crate) fn direct(peer: SocketAddr, tls: bool) -> Downstream {
+    /// A connection whose peer is the client, to `local`.
+    pub(crate) fn direct(peer: SocketAddr, local: SocketAddr) -> Downstream {
         Downstream {
             peer,
             via: None,
             from_headers: false,
-            tls,
+            local,
+            tls: false,
         }
     }
 
@@ -63,6 +68,7 @@ impl Downstream {
             peer: SocketAddr::new(client, 0),
             via: Some(self.peer),
             from_headers: true,
+            local: self.local,
             tls: self.tls,
         }
     }

@@ -284,7 +284,8 @@ async fn exchange_with_failover(
                 .map(str::to_owned)
         })
         .flatten();
-    let mut failover = Failover::new(&route.via, websocket, snapshot.timeouts());
+    let mut failover = Failover::new(&route.via, websocket, snapshot.timeouts())
+        .for_client(downstream.peer, downstream.local);
     let (mut parts, body) = req.into_parts();
     let mut body = Some(body.boxed());
     loop {

@@ -414,6 +414,15 @@ async fn consume(stream: &mut TcpStream, n: usize) -> Result<(), HeaderError> {
         .map_err(|e| HeaderError::Io(e.kind()))
 }
 
+/// The header of `version` for `addrs` (`None`: a health probe's `LOCAL` /
+/// `PROXY UNKNOWN`).
+pub(crate) fn encode(version: Version, addrs: Option<(SocketAddr, SocketAddr)>) -> Vec<u8> {
+    match version {
+        Version::V1 => encode_v1(addrs),
+        Version::V2 => encode_v2(addrs),
+    }
+}
+
 /// The v1 line shunt sends to an upstream for the client `source`, which
 /// connected to `destination`; `None` sends `PROXY UNKNOWN` (health probes).
 /// An IPv4 address beside an IPv6 one is sent IPv4-mapped, as TCP6.

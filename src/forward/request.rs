@@ -172,7 +172,10 @@ mod tests {
             routed_path: "/b",
             strip_param: Some("token"),
             websocket: false,
-            downstream: Downstream::direct("127.0.0.1:1".parse().unwrap(), false),
+            downstream: Downstream::direct(
+                "127.0.0.1:1".parse().unwrap(),
+                "127.0.0.1:8080".parse().unwrap(),
+            ),
             upstream_authority: "127.0.0.1:5006",
         };
         prepare(&mut req, &rewrite);
