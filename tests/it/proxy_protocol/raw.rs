@@ -169,3 +169,57 @@ async fn a_header_that_never_finishes_is_closed_at_the_header_timeout() {
     assert!(took >= Duration::from_millis(900), "closed after {took:?}");
     wait_refused(&s, "proxy_malformed", 1).await;
 }
+
+/// 500 connections from a trusted source without a header: a line a
+/// second at most, and the counts add up to every refusal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_hundred_missing_headers_take_a_line_a_second() {
+    const MESSAGE: &str = "a trusted proxy sent no PROXY protocol header";
+    let backend = echo_backend().spawn().await;
+    let served = shunt()
+        .flags(&["--direct", &backend.url()])
+        .flags(&["--proxy-protocol", "v2", "--trusted-proxy", "127.0.0.1"])
+        .spawn_process_ready()
+        .await;
+    let started = Instant::now();
+    for _ in 0..500 {
+        let mut c = tokio::net::TcpStream::connect(served.addr()).await.unwrap();
+        let _ = c.write_all(GET).await;
+        let mut sink = [0u8; 512];
+        let _ = tokio::time::timeout(Duration::from_secs(5), async {
+            while c.read(&mut sink).await.is_ok_and(|n| n > 0) {}
+        })
+        .await;
+    }
+    let secs = started.elapsed().as_secs() + 1;
+    let accounted = |log: &str| {
+        let lines: Vec<&str> = log.lines().filter(|l| l.contains(MESSAGE)).collect();
+        let counted: u64 = lines
+            .iter()
+            .map(|l| match l.split("suppressed=").nth(1) {
+                Some(rest) => rest
+                    .split(|c: char| !c.is_ascii_digit())
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .expect("a count after suppressed="),
+                None => 1,
+            })
+            .sum();
+        (lines.len() as u64, counted)
+    };
+    let complete = crate::support::eventually(Duration::from_secs(10), async || {
+        accounted(&served.log()).1 >= 500
+    })
+    .await;
+    let log = served.log();
+    let (lines, counted) = accounted(&log);
+    assert!(
+        complete && counted == 500,
+        "{counted} of 500 accounted for:\n{log}"
+    );
+    assert!(
+        lines <= secs + 2,
+        "{lines} lines for 500 refusals in {secs}s:\n{log}"
+    );
+    assert!(log.contains("reason=proxy_missing"), "{log}");
+}
