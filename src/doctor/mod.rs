@@ -14,9 +14,12 @@
 //!   bound on all interfaces (`/proc/net/tcp{,6}`).
 //! - [`firewall`]: ufw / nft / iptables, when present and readable.
 //! - [`tls`]: the listener's certificates (key, chain, expiry, names, trust).
+//! - [`balancer`]: the PROXY protocol and trusted forwarding headers, and
+//!   whether the running shunt saw trusted sources send no header.
 //! - [`end_to_end`]: a handshake through shunt itself, `x-shunt-route`, and
 //!   640-byte round trips.
 
+pub(crate) mod balancer;
 pub(crate) mod end_to_end;
 pub(crate) mod firewall;
 pub(crate) mod listeners;
@@ -410,6 +413,7 @@ pub async fn run(args: &RunArgs, options: Options) -> Report {
     let running = listeners::check(&ctx, &mut report).await;
     firewall::check(&ctx, &mut report).await;
     tls::check(&ctx, &mut report);
+    balancer::check(&ctx, &mut report).await;
     let served = end_to_end::check(&ctx, running, &mut report).await;
     front_end(&ctx, served.as_ref(), &mut report);
     // A safety net under the checks' own care: no line may carry the token.

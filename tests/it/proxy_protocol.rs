@@ -9,6 +9,7 @@
 //! - `upstream`: `send_proxy_protocol` towards an nginx that reads it.
 
 mod balancers;
+mod doctor;
 mod forwarded_for;
 mod raw;
 mod upstream;
