@@ -1,6 +1,10 @@
 //! The accept stage: one downstream connection from accept to its end.
 //!
-//! [`accept`] runs, in order: admission (the global IP lists and the
+//! [`accept`] runs, in order: with `proxy_protocol` on, the PROXY header of
+//! a source in `trusted_proxies` (read before anything else, within the
+//! header timeout; any other source is closed unread, unless listed in
+//! `proxy_protocol_optional_from`), whose address is then the client;
+//! admission (the global IP lists and the
 //! connection caps, via [`crate::checkpoint::admit_connection`], before a byte is
 //! read or a TLS handshake starts), the refusal of a connection that is not
 //! admitted (a short plain-HTTP answer, or a bare close on a TLS listener),
