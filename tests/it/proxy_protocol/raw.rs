@@ -223,3 +223,36 @@ async fn five_hundred_missing_headers_take_a_line_a_second() {
     );
     assert!(log.contains("reason=proxy_missing"), "{log}");
 }
+
+/// The reverse of the case above: a v2 header carrying IPv4 to a listener
+/// on `[::1]`, from a balancer on `::1`.
+#[tokio::test]
+async fn a_v2_header_carrying_ipv4_works_on_an_ipv6_listener() {
+    if std::net::TcpListener::bind((std::net::Ipv6Addr::LOCALHOST, 0)).is_err() {
+        crate::support::require::missing(
+            crate::support::Part::Ipv6,
+            "no IPv6 loopback (::1) to listen on",
+        );
+        return;
+    }
+    let backend = echo_backend().spawn().await;
+    let s = shunt()
+        .direct(backend.url())
+        .arg("--listen", "[::1]:0")
+        .arg("--proxy-protocol", "v2")
+        .arg("--trusted-proxy", "::1")
+        .start_ready()
+        .await;
+    let mut c = tokio::net::TcpStream::connect(s.addr()).await.unwrap();
+    c.write_all(&v2(addr("203.0.113.7:4000"), addr("192.0.2.1:443"), &[]))
+        .await
+        .unwrap();
+    c.write_all(GET).await.unwrap();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut buf)).await;
+    let a = crate::support::raw::parse_answer(&buf);
+    assert_eq!(
+        seen_client(&a),
+        ("203.0.113.7".into(), "203.0.113.7".into())
+    );
+}
