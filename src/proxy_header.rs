@@ -229,6 +229,12 @@ fn parse_v1(buf: &[u8]) -> Result<Parsed, HeaderError> {
     let line = window[..lf]
         .strip_suffix(b"\r")
         .ok_or(HeaderError::V1Syntax)?;
+    // A CR inside the line is refused here as it is while the line is
+    // incomplete, so the verdict never depends on how the bytes arrived
+    // (even after UNKNOWN, whose rest is otherwise ignored).
+    if line.contains(&b'\r') {
+        return Err(HeaderError::V1Syntax);
+    }
     let text = std::str::from_utf8(line).map_err(|_| HeaderError::V1Syntax)?;
     let header = v1_fields(text)?;
     Ok(Parsed::Complete {
@@ -557,6 +563,8 @@ mod tests {
             b"PROXY TCP4 10.0.0.1 10.0.0.2 1 80\n",
             b"PROXY TCP4 10.0.0.1\r10.0.0.2 1 80\r\n",
             b"PROXY  TCP4 10.0.0.1 10.0.0.2 1 80\r\n",
+            // Found by the fuzz target: a CR inside an UNKNOWN line.
+            b"PROXY UNKNOWN :: 553 516\r\x0e\r\n",
         ] {
             assert_eq!(
                 parse(bad, Versions::Any),
@@ -733,6 +741,20 @@ mod tests {
                 if let Ok(Parsed::Incomplete) = parse(&bytes, versions) {
                     proptest::prop_assert!(bytes.len() < MAX_HEADER);
                 }
+            }
+        }
+
+        #[test]
+        fn an_error_stays_an_error_as_bytes_arrive(
+            words in proptest::collection::vec(proptest::sample::select(vec![
+                "UNKNOWN ", "TCP4 ", "1.2.3.4 ", "\r", "\n", "x",
+            ]), 0..8),
+            tail in proptest::collection::vec(proptest::sample::select(vec!["\r\n", "x"]), 0..3),
+        ) {
+            let mut bytes = format!("PROXY {}", words.concat()).into_bytes();
+            if parse(&bytes, Versions::Any).is_err() {
+                bytes.extend_from_slice(tail.concat().as_bytes());
+                proptest::prop_assert!(parse(&bytes, Versions::Any).is_err());
             }
         }
 
