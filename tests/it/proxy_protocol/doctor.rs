@@ -60,3 +60,29 @@ async fn doctor_reports_the_setting_and_a_balancer_sending_no_header() {
     // End to end through shunt, with a LOCAL header the doctor sent.
     out.finding("ok   end to end:");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_warns_about_trust_forwarded_for_without_trusted_proxies() {
+    let backend = echo_backend().spawn().await;
+    let direct = backend.url();
+    let args = [
+        "doctor",
+        "--timeout",
+        "3s",
+        "--listen",
+        "0.0.0.0:0",
+        "--admin",
+        "off",
+        "--direct",
+        &direct,
+        "--trust-forwarded-for",
+    ];
+    let out = run_shunt(&args, Duration::from_secs(30)).await;
+    let warn = out.finding("warn load balancer:");
+    assert!(
+        warn.contains("trust_forwarded_for is on but trusted_proxies is empty")
+            && warn.contains("reachable from outside")
+            && warn.contains("--trusted-proxy"),
+        "{warn}"
+    );
+}
