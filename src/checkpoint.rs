@@ -4,6 +4,9 @@
 //!
 //! - [`admit_connection`], at accept: the global IP lists and `--max-conns`.
 //!   A refused connection never reaches hyper (nor, with TLS, the handshake).
+//!   Behind a PROXY protocol balancer the lists judge the address its header
+//!   carried; behind a trusted L7 balancer (`trust_forwarded_for`) they wait
+//!   for each request ([`admit_forwarded`]).
 //! - [`check`], per request, after the handshake is classified and the route
 //!   chosen on the normalized path: request form ([`check_form`]), the
 //!   route's IP lists ([`crate::policy::ip`]), the per-client rate
@@ -58,11 +61,25 @@ pub(crate) fn admit_connection(
     gate: &Arc<Gate>,
     peer: SocketAddr,
 ) -> Result<ConnPermit, Denied> {
+    // A trusted L7 balancer names its clients in each request: the IP
+    // lists judge those ([`admit_forwarded`]), not the balancer.
+    if !global.balancers.forwards_for(peer.ip()) {
+        global
+            .ip
+            .check(peer.ip())
+            .map_err(|reason| Denied::Ip { reason })?;
+    }
+    Ok(gate.admit_connection(&global.limits)?)
+}
+
+/// The global IP lists, for a client a trusted balancer named in the
+/// request's forwarding headers (`trust_forwarded_for`): checked per
+/// request, so a refusal is a 403 rather than a closed connection.
+pub(crate) fn admit_forwarded(global: &GlobalPolicy, client: IpAddr) -> Result<(), Denied> {
     global
         .ip
-        .check(peer.ip())
-        .map_err(|reason| Denied::Ip { reason })?;
-    Ok(gate.admit_connection(&global.limits)?)
+        .check(client)
+        .map_err(|reason| Denied::Ip { reason })
 }
 
 /// The per-request checkpoint, for the route chosen on the normalized path.

@@ -268,6 +268,28 @@ pub struct RunArgs {
     /// Most client addresses the rate limiter remembers [default: 65536].
     #[arg(long, env = "SHUNT_MAX_TRACKED_IPS", value_name = "N")]
     pub max_tracked_ips: Option<usize>,
+    /// Read a PROXY protocol header (v1, v2 or any) first on connections from --trusted-proxy addresses [default: off].
+    #[arg(long, env = "SHUNT_PROXY_PROTOCOL", value_name = "VERSION")]
+    pub proxy_protocol: Option<String>,
+    /// A load balancer's address (CIDR or address; repeatable, comma-separated): it may send a PROXY header or X-Forwarded-For.
+    #[arg(
+        long = "trusted-proxy",
+        env = "SHUNT_TRUSTED_PROXY",
+        value_name = "CIDR",
+        value_delimiter = ','
+    )]
+    pub trusted_proxies: Vec<String>,
+    /// Sources outside --trusted-proxy served without a PROXY header, e.g. a health checker (repeatable, comma-separated).
+    #[arg(
+        long = "proxy-protocol-optional-from",
+        env = "SHUNT_PROXY_PROTOCOL_OPTIONAL_FROM",
+        value_name = "CIDR",
+        value_delimiter = ','
+    )]
+    pub proxy_protocol_optional_from: Vec<String>,
+    /// Take the client address from X-Forwarded-For / Forwarded of requests from --trusted-proxy peers (right-most untrusted hop).
+    #[arg(long, env = "SHUNT_TRUST_FORWARDED_FOR", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub trust_forwarded_for: Option<bool>,
     // --- end security policy ---
     /// How tunnels move bytes: auto (splice between plain TCP legs if the kernel allows), splice or copy [default: auto].
     #[arg(long, env = "SHUNT_TUNNEL_MODE", value_name = "MODE")]

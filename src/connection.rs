@@ -1,6 +1,10 @@
 //! The accept stage: one downstream connection from accept to its end.
 //!
-//! [`accept`] runs, in order: admission (the global IP lists and the
+//! [`accept`] runs, in order: with `proxy_protocol` on, the PROXY header of
+//! a source in `trusted_proxies` (read before anything else, within the
+//! header timeout; any other source is closed unread, unless listed in
+//! `proxy_protocol_optional_from`), whose address is then the client;
+//! admission (the global IP lists and the
 //! connection caps, via [`crate::checkpoint::admit_connection`], before a byte is
 //! read or a TLS handshake starts), the refusal of a connection that is not
 //! admitted (a short plain-HTTP answer, or a bare close on a TLS listener),
@@ -38,7 +42,9 @@ use tokio_rustls::TlsAcceptor;
 use crate::downstream::{ClientCert, Downstream};
 use crate::error_chain::ErrorChain;
 use crate::forward::tunnel::Handoff;
+use crate::policy::balancer::Arrival;
 use crate::proxy::{self, Context};
+use crate::proxy_header::{Header, Versions};
 use crate::telemetry::refusals::{self, Reason};
 
 /// The TLS handshake timeout when the snapshot has no TLS settings (it
@@ -49,29 +55,69 @@ const DEFAULT_TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 ///
 /// Admission runs here, synchronously in the accept loop, so the connection
 /// caps count this connection before the next one is accepted; the returned
-/// future (run on its own tracked task) does the rest.
+/// future (run on its own tracked task) does the rest. Behind a load
+/// balancer speaking PROXY protocol, admission waits for the header, which
+/// names the client the IP lists judge ([`receive`]); a source that may
+/// not send one is closed without a byte read.
 pub(crate) fn accept(
-    stream: TcpStream,
+    mut stream: TcpStream,
     peer: SocketAddr,
     ctx: &Arc<Context>,
     tls: Option<&TlsAcceptor>,
 ) -> impl Future<Output = ()> + Send + use<> {
-    let admitted = {
+    let (arrival, header_timeout, admitted) = {
         let snapshot = ctx.handles().live().load();
         if let Some(idle) = snapshot.timeouts().keepalive
             && let Err(e) = crate::keepalive::apply(&stream, idle)
         {
             tracing::debug!(peer = %peer, error = %e, "cannot set TCP keepalive");
         }
-        crate::checkpoint::admit_connection(&snapshot.config().policy, ctx.handles().gate(), peer)
+        let policy = &snapshot.config().policy;
+        let arrival = policy.balancers.arrival(peer.ip());
+        let admitted = (arrival == Arrival::Plain)
+            .then(|| crate::checkpoint::admit_connection(policy, ctx.handles().gate(), peer));
+        (arrival, snapshot.timeouts().header, admitted)
     };
     let (ctx, tls) = (ctx.clone(), tls.cloned());
+    // The listener's address, for a PROXY header towards an upstream.
+    let local = stream
+        .local_addr()
+        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
     async move {
+        let (downstream, admitted) = match (arrival, admitted) {
+            (_, Some(admitted)) => (Downstream::direct(peer, local), admitted),
+            (Arrival::Header(versions), None) => {
+                let Some(downstream) =
+                    receive(&mut stream, (peer, local), versions, header_timeout, &ctx).await
+                else {
+                    return;
+                };
+                let admitted = {
+                    let snapshot = ctx.handles().live().load();
+                    let policy = &snapshot.config().policy;
+                    crate::checkpoint::admit_connection(
+                        policy,
+                        ctx.handles().gate(),
+                        downstream.peer,
+                    )
+                };
+                (downstream, admitted)
+            }
+            _ => {
+                refused(
+                    &ctx,
+                    Reason::ProxyUntrusted,
+                    peer,
+                    &"not in trusted_proxies",
+                );
+                return;
+            }
+        };
         match admitted {
             Ok(permit) => {
                 match tls {
-                    Some(acceptor) => serve_tls(stream, peer, &acceptor, ctx).await,
-                    None => serve(stream, Downstream { peer, tls: false }, None, ctx).await,
+                    Some(acceptor) => serve_tls(stream, downstream, &acceptor, ctx).await,
+                    None => serve(stream, downstream, None, ctx).await,
                 }
                 drop(permit);
             }
@@ -80,7 +126,7 @@ pub(crate) fn accept(
                     crate::policy::Denied::Ip { .. } => Reason::AcceptIp,
                     _ => Reason::AcceptLimit,
                 };
-                refusals::refused(reason, peer, &ErrorChain(&denied));
+                refused(&ctx, reason, downstream.peer, &ErrorChain(&denied));
                 // Plain HTTP gets a short answer; a TLS listener just closes.
                 let permit = ctx.handles().gate().refusal_permit();
                 let answer = (permit.is_some() && tls.is_none())
@@ -92,8 +138,52 @@ pub(crate) fn accept(
     }
 }
 
+/// Read the PROXY header a trusted balancer (`peer`) sends first, within
+/// the header timeout: who the client is. `None` when the connection was
+/// refused (no header, a broken one): it is closed.
+async fn receive(
+    stream: &mut TcpStream,
+    (peer, local): (SocketAddr, SocketAddr),
+    versions: Versions,
+    timeout: Duration,
+    ctx: &Context,
+) -> Option<Downstream> {
+    match crate::proxy_header::read(stream, versions, timeout).await {
+        Ok(Header::Proxied {
+            source,
+            destination,
+        }) => Some(Downstream {
+            via: Some(peer),
+            ..Downstream::direct(source, destination)
+        }),
+        // The balancer's own connection (a health check): served as its own.
+        Ok(Header::Local) => Some(Downstream::direct(peer, local)),
+        Err(e) => {
+            let reason = if e.is_missing() {
+                Reason::ProxyMissing
+            } else {
+                Reason::ProxyMalformed
+            };
+            refused(ctx, reason, peer, &e);
+            None
+        }
+    }
+}
+
+/// Count a connection refused for `reason` (`shunt_connections_refused_total`)
+/// and log it, rate-limited.
+fn refused(ctx: &Context, reason: Reason, peer: SocketAddr, detail: &dyn std::fmt::Display) {
+    ctx.handles().stats().refused(reason);
+    refusals::refused(reason, peer, detail);
+}
+
 /// The TLS handshake (bounded by the TLS handshake timeout), then HTTP.
-async fn serve_tls(stream: TcpStream, peer: SocketAddr, acceptor: &TlsAcceptor, ctx: Arc<Context>) {
+async fn serve_tls(
+    stream: TcpStream,
+    downstream: Downstream,
+    acceptor: &TlsAcceptor,
+    ctx: Arc<Context>,
+) {
     let timeout = ctx
         .handles()
         .live()
@@ -107,9 +197,13 @@ async fn serve_tls(stream: TcpStream, peer: SocketAddr, acceptor: &TlsAcceptor, 
             let cert = tls
                 .peer_certificate()
                 .map(|der| Arc::new(ClientCert::from_der(der)));
-            serve(tls, Downstream { peer, tls: true }, cert, ctx).await
+            let downstream = Downstream {
+                tls: true,
+                ..downstream
+            };
+            serve(tls, downstream, cert, ctx).await;
         }
-        Err(e) => refusals::refused(Reason::TlsHandshake, peer, &ErrorChain(&e)),
+        Err(e) => refused(&ctx, Reason::TlsHandshake, downstream.peer, &ErrorChain(&e)),
     }
 }
 
@@ -200,18 +294,18 @@ pub(crate) async fn serve<IO>(
         .start(ctx.relay(), lifetime.token(), lifetime.tracker())
         .await;
     if let Some(Err(e)) = result {
-        log_connection_error(&e, downstream);
+        log_connection_error(&ctx, &e, downstream);
     }
 }
 
 /// Log a connection's end once, at the task boundary; client disconnects are
 /// routine. Timeouts and malformed heads go through the rate-limited
 /// [`refusals`] log: a flood of them writes a line a second.
-fn log_connection_error(e: &hyper::Error, downstream: Downstream) {
+fn log_connection_error(ctx: &Context, e: &hyper::Error, downstream: Downstream) {
     if e.is_timeout() {
-        refusals::refused(Reason::HeaderTimeout, downstream.peer, e);
+        refused(ctx, Reason::HeaderTimeout, downstream.peer, e);
     } else if e.is_parse() || e.is_parse_too_large() {
-        refusals::refused(Reason::MalformedRequest, downstream.peer, e);
+        refused(ctx, Reason::MalformedRequest, downstream.peer, e);
     } else {
         tracing::debug!(peer = %downstream.peer, error = %e, "connection ended with an error");
     }

@@ -101,30 +101,26 @@ pub(crate) fn strip_hop_headers(headers: &mut HeaderMap, upgrade: bool) {
 const MAX_IP_TEXT: usize = 48;
 
 /// Rewrite a request's headers for the upstream; `authority` (`host:port`)
-/// is the `Host` of a request that had none.
+/// is the `Host` of a request that had none. `client` is who the request
+/// is from (`X-Real-IP`), `hop` the address this hop appends to
+/// `X-Forwarded-For` (the client itself, or the L7 balancer that already
+/// listed it).
 pub(crate) fn prepare_request(
     headers: &mut HeaderMap,
     upgrade: bool,
-    peer: IpAddr,
+    (client, hop): (IpAddr, IpAddr),
     tls: bool,
     authority: &str,
 ) {
     strip_hop_headers(headers, upgrade);
-    // The peer's address as text, on the stack: the two header values below
-    // are the only copies made of it.
+    // The addresses as text, on the stack: the two header values below
+    // are the only copies made of them.
     let mut text = [0; MAX_IP_TEXT];
-    let mut cursor = &mut text[..];
-    let peer_text = match write!(cursor, "{peer}") {
-        Ok(()) => {
-            let len = MAX_IP_TEXT - cursor.len();
-            &text[..len]
-        }
-        Err(_) => &[][..],
-    };
-    if let Some(v) = forwarded_for(headers, peer_text) {
+    let mut hop_text = [0; MAX_IP_TEXT];
+    if let Some(v) = forwarded_for(headers, ip_text(hop, &mut hop_text)) {
         headers.insert(X_FORWARDED_FOR, v);
     }
-    if let Ok(v) = HeaderValue::from_bytes(peer_text) {
+    if let Ok(v) = HeaderValue::from_bytes(ip_text(client, &mut text)) {
         headers.insert(X_REAL_IP, v);
     }
     headers.insert(
@@ -144,6 +140,18 @@ pub(crate) fn prepare_request(
                 headers.insert(header::HOST, v);
             }
         }
+    }
+}
+
+/// `ip` written into `buf`, as the bytes written (empty if it did not fit).
+fn ip_text(ip: IpAddr, buf: &mut [u8; MAX_IP_TEXT]) -> &[u8] {
+    let mut cursor = &mut buf[..];
+    match write!(cursor, "{ip}") {
+        Ok(()) => {
+            let len = MAX_IP_TEXT - cursor.len();
+            &buf[..len]
+        }
+        Err(_) => &[],
     }
 }
 
@@ -231,7 +239,7 @@ mod tests {
         prepare_request(
             &mut h,
             false,
-            "127.0.0.2".parse().unwrap(),
+            ("127.0.0.2".parse().unwrap(), "127.0.0.2".parse().unwrap()),
             true,
             "127.0.0.1:5006",
         );
@@ -245,12 +253,23 @@ mod tests {
         prepare_request(
             &mut h,
             false,
-            "::1".parse().unwrap(),
+            ("::1".parse().unwrap(), "::1".parse().unwrap()),
             false,
             "127.0.0.1:5006",
         );
         assert_eq!(h["host"], "127.0.0.1:5006");
         assert_eq!(h["x-forwarded-for"], "::1");
         assert!(!h.contains_key("x-forwarded-host"));
+        // Through a trusted L7 balancer: the client is X-Real-IP, the balancer the hop.
+        let mut h = map(&[("x-forwarded-for", "6.6.6.6, 203.0.113.7")]);
+        prepare_request(
+            &mut h,
+            false,
+            ("203.0.113.7".parse().unwrap(), "10.0.0.1".parse().unwrap()),
+            false,
+            "127.0.0.1:5006",
+        );
+        assert_eq!(h["x-forwarded-for"], "6.6.6.6, 203.0.113.7, 10.0.0.1");
+        assert_eq!(h["x-real-ip"], "203.0.113.7");
     }
 }

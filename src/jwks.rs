@@ -358,7 +358,7 @@ pub(crate) async fn fetch(
             }
         },
     };
-    let stream = dial::connect(server, tls_config.as_ref(), timeouts.connect_timeout)
+    let stream = dial::connect(server, tls_config.as_ref(), timeouts.connect_timeout, None)
         .await
         .map_err(FetchError::Connect)?;
     let request = http::Request::get(s.url.path.as_str())

@@ -30,13 +30,15 @@
 //! few internals through `testing` (feature `test-util`).
 //!
 //! ```text
-//! client ─▶ listener ─▶ connection: admission (checkpoint: IP lists, caps) ─▶ tls? ─▶ hyper http1
+//! client ─▶ listener ─▶ connection: PROXY header? (proxy_header, from trusted_proxies)
+//!        ─▶ admission (checkpoint: IP lists, caps) ─▶ tls? ─▶ hyper http1
 //!        ─▶ proxy ─▶ upgrade (a valid WebSocket handshake?) ─▶ router (host + longest prefix)
 //!        ─▶ checkpoint (form, IP, rate, Origin, auth) ─▶ upstream (first healthy; connect fallback)
 //!        ─▶ forward: request rewrite ─▶ plain HTTP ─or─ 101 ─▶ forward::tunnel
 //! side:  app (wiring), cli, workers, config, live, reload, watch, upstream::{health, probe},
 //!        tls certificates, handles, shutdown, policy, jwks, dial (upstream streams, pool, probe client),
-//!        percent, procnet, headers, body, error_chain, response, admin, stats, calls, prometheus,
+//!        percent, procnet, proxy_header, headers, body, error_chain, response, admin, stats,
+//!        calls, prometheus,
 //!        keepalive, fdlimit, telemetry (with the rate-limited refusal log), certgen,
 //!        doctor (run on demand)
 //! ```
@@ -44,7 +46,8 @@
 //! The flow, top to bottom:
 //!
 //! - `listener`: bind, and the accept loop that never dies on transient errors.
-//! - `connection`: the accept stage: admission, refusal, TLS or plain, hyper's HTTP/1.1;
+//! - `connection`: the accept stage: the PROXY header of a trusted balancer, admission,
+//!   refusal, TLS or plain, hyper's HTTP/1.1;
 //!   it lends each request a `forward::tunnel::Handoff` and starts the tunnel a 101
 //!   left there once hyper lets go of the connection.
 //! - `tls`: TLS termination for the listener (certificates, SNI, hot reload) and the
@@ -80,7 +83,8 @@
 //! - `shutdown`: the root cancellation token and the task tracker, as one handle.
 //! - `policy`: the security values the config parses (IP lists, authentication,
 //!   JWTs and their keys, what is forwarded of a credential, Origin rules, rate
-//!   and connection limits) and their refusals.
+//!   and connection limits, the load balancers trusted to name the client) and
+//!   their refusals.
 //! - `dial`: connections to upstreams: TCP or TLS, hyper's client handshake, the
 //!   keep-alive pool (`dial::pool`), and the one-request probe client (`dial::probe`);
 //!   used by selection, forward, the tunnel, health probes and the doctor.
@@ -88,6 +92,8 @@
 //!   in the background; the last good set kept across failures and reloads.
 //! - `percent`: the one percent-decoder (paths and query parameters).
 //! - `procnet`: listening sockets and the processes holding them, from `/proc`.
+//! - `proxy_header`: the PROXY protocol header (v1, v2): the pure, bounded parser,
+//!   reading exactly the header off a socket, and writing one towards an upstream.
 //! - `headers`: header token lists, hop-by-hop removal, `X-Forwarded-*`, `x-shunt-route`;
 //!   shared by `upgrade`, `forward` and `doctor`, so no stage imports a later one for them.
 //! - `body`: the response body type and its builders (a leaf every stage can use).
@@ -141,6 +147,10 @@ pub mod testing {
     pub use crate::forward::tunnel::frames;
     pub use crate::policy::jwt::{JwtVerifier, Remote, sign_hs256};
     pub use crate::policy::keys::KeySet;
+    pub use crate::proxy_header::{
+        Header as ProxyHeader, Parsed as ProxyParsed, Versions as ProxyVersions,
+        parse as parse_proxy_header,
+    };
     pub use crate::router::{Route, Router, normalize_path};
     pub use crate::tls::CertSpec;
     pub use crate::tls::certs::{fingerprint, load as load_certs};
@@ -175,6 +185,7 @@ mod policy;
 mod procnet;
 mod prometheus;
 mod proxy;
+mod proxy_header;
 mod reload;
 mod response;
 mod router;

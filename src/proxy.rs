@@ -116,9 +116,13 @@ pub(crate) async fn handle(
     // The target shares the request head's bytes: keeping it for the log copies nothing.
     let uri = req.uri().clone();
     // Path and query, the token parameter redacted: a token never reaches a log line.
-    let path = {
+    let (path, downstream) = {
         let snapshot = ctx.handles.live().load();
-        policy::target::loggable_target(&uri, &snapshot.config().policy.sources.query)
+        let policy = &snapshot.config().policy;
+        (
+            policy::target::loggable_target(&uri, &policy.sources.query),
+            downstream.for_request(req.headers(), &policy.balancers),
+        )
     };
     let upgrade = req.version() >= http::Version::HTTP_11
         && crate::headers::has_token(req.headers(), header::UPGRADE, "websocket");
@@ -142,6 +146,7 @@ pub(crate) async fn handle(
     tracing::info!(
         target: crate::telemetry::ACCESS_TARGET,
         peer = %downstream.peer,
+        via = %downstream.via_text(),
         method = %method,
         path = %path,
         status = resp.status().as_u16(),
@@ -282,6 +287,9 @@ fn check_request<'a>(
             path: path.to_string(),
         })?;
     trace.route = Some(route.clone());
+    if downstream.from_headers {
+        checkpoint::admit_forwarded(&snapshot.config().policy, downstream.peer.ip())?;
+    }
     let websocket = kind == Kind::WebSocket;
     let admission = checkpoint::check(
         req,
@@ -358,7 +366,8 @@ async fn exchange_with_failover(
                 .map(str::to_owned)
         })
         .flatten();
-    let mut failover = Failover::new(&route.via, websocket, snapshot.timeouts());
+    let mut failover = Failover::new(&route.via, websocket, snapshot.timeouts())
+        .for_client(downstream.peer, downstream.local);
     let (mut parts, body) = req.into_parts();
     if strip {
         credential::strip_credentials(&mut parts.headers, &global.sources);

@@ -20,6 +20,7 @@ use http::StatusCode;
 
 use crate::calls::CallRegistry;
 use crate::config::UpstreamName;
+use crate::telemetry::refusals::Reason;
 
 /// Process-wide counters.
 #[derive(Debug, Default)]
@@ -29,6 +30,7 @@ pub struct Stats {
     tunnels: Mutex<BTreeMap<(String, UpstreamName), Arc<TunnelCounts>>>,
     /// Refused authentications by route and reason (`shunt_auth_failures_total`).
     auth_failures: Mutex<BTreeMap<(String, &'static str), u64>>,
+    refused: [AtomicU64; Reason::ALL.len()],
     /// Live calls (WebSocket tunnels) and their metrics, for `/calls`.
     pub calls: Arc<CallRegistry>,
 }
@@ -87,6 +89,11 @@ impl Stats {
         } else {
             self.requests.add(status);
         }
+    }
+
+    /// Count a connection refused or closed before it carried a request.
+    pub(crate) fn refused(&self, reason: Reason) {
+        self.refused[reason.index()].fetch_add(1, Ordering::Relaxed);
     }
 
     /// Count a tunnel as open until the returned guard is dropped.
@@ -185,6 +192,18 @@ impl Stats {
                 out,
                 "shunt_auth_failures_total{{route=\"{}\",reason=\"{reason}\"}} {n}",
                 escape(route)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP shunt_connections_refused_total Connections refused or closed before a request, by reason.\n# TYPE shunt_connections_refused_total counter"
+        );
+        for reason in Reason::ALL {
+            let n = self.refused[reason.index()].load(Ordering::Relaxed);
+            let _ = writeln!(
+                out,
+                "shunt_connections_refused_total{{reason=\"{}\"}} {n}",
+                reason.as_str()
             );
         }
         let tunnels = self.lock_tunnels();

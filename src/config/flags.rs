@@ -15,8 +15,8 @@ use std::time::Duration;
 use super::ConfigError;
 use super::parse::{
     algorithms, cidrs, origins, parse_addr, parse_admin, parse_auth, parse_duration,
-    parse_keepalive, parse_log_format, parse_rate, parse_route_flag, parse_tunnel_settings,
-    token_name,
+    parse_keepalive, parse_log_format, parse_proxy_versions, parse_rate, parse_route_flag,
+    parse_tunnel_settings, token_name,
 };
 use super::spec::{LogFormat, ProbeKind, RouteSpec, TunnelSettings, UpstreamUrl};
 use crate::cli::RunArgs;
@@ -25,6 +25,7 @@ use crate::policy::ip::IpNet;
 use crate::policy::keys::Alg;
 use crate::policy::origin::OriginRule;
 use crate::policy::rate::Rate;
+use crate::proxy_header::Versions;
 
 /// Every run flag, typed; `None` (or an empty list) where the flag was not
 /// given, so the file or the default decides.
@@ -134,6 +135,14 @@ pub(super) struct Overrides {
     pub max_conns: Option<usize>,
     /// `--max-tracked-ips` (checked to be at least 1 in the merge).
     pub max_tracked_ips: Option<usize>,
+    /// `--proxy-protocol`.
+    pub proxy_protocol: Option<Versions>,
+    /// `--trusted-proxy`, if given (it then replaces the file's list).
+    pub trusted_proxies: Option<Vec<IpNet>>,
+    /// `--proxy-protocol-optional-from`, if given (it then replaces the file's list).
+    pub proxy_protocol_optional_from: Option<Vec<IpNet>>,
+    /// `--trust-forwarded-for`.
+    pub trust_forwarded_for: Option<bool>,
     /// `--tunnel-mode`, `--pipe-size`, `--max-pipes` (flags only, with their defaults).
     pub tunnel: TunnelSettings,
     /// `--frames`, `--ping-interval`, `--ping-timeout`, `--stall-after`.
@@ -263,6 +272,18 @@ impl Overrides {
             max_conns_per_ip: a.max_conns_per_ip,
             max_conns: a.max_conns,
             max_tracked_ips: a.max_tracked_ips,
+            proxy_protocol: a
+                .proxy_protocol
+                .as_deref()
+                .map(|v| parse_proxy_versions("--proxy-protocol", v))
+                .transpose()?,
+            trusted_proxies: given(&a.trusted_proxies)
+                .map(|l| cidrs(("--trusted-proxy".into(), l)))
+                .transpose()?,
+            proxy_protocol_optional_from: given(&a.proxy_protocol_optional_from)
+                .map(|l| cidrs(("--proxy-protocol-optional-from".into(), l)))
+                .transpose()?,
+            trust_forwarded_for: a.trust_forwarded_for,
             tunnel: parse_tunnel_settings(a)?,
             calls: super::calls::CallFlags::parse(a)?,
             tcp_keepalive: parse_keepalive(a.tcp_keepalive.as_deref())?,

@@ -21,7 +21,7 @@ use std::time::Duration;
 use super::flags::Overrides;
 use super::parse::{
     check_name, field_name, parse_addr, parse_admin, parse_duration, parse_host, parse_log_format,
-    parse_path, parse_via,
+    parse_path, parse_proxy_version, parse_via,
 };
 use super::raw::{RawConfig, RawHealth};
 use super::spec::{
@@ -29,6 +29,7 @@ use super::spec::{
     UpstreamUrl,
 };
 use super::{Config, ConfigError, calls, policy};
+use crate::proxy_header::Version;
 use crate::tls::CertSpec;
 
 /// Loopback by default: exposing the port is a decision, not an accident.
@@ -375,10 +376,21 @@ impl Merge<'_> {
                         .flatten(),
                     url,
                     health: self.health(&health, &name)?,
+                    send_proxy_protocol: self.send_proxy_protocol(&name)?,
                     name: UpstreamName(name),
                 })
             })
             .collect()
+    }
+
+    /// `send_proxy_protocol` of the file's upstream `name`, if it sets one.
+    fn send_proxy_protocol(&self, name: &str) -> Result<Option<Version>, ConfigError> {
+        self.file
+            .upstreams
+            .get(name)
+            .and_then(|u| u.send_proxy_protocol.as_deref())
+            .map(|v| parse_proxy_version(&format!("`send_proxy_protocol` of upstream {name}"), v))
+            .transpose()
     }
 
     /// The file's routes in order, then the `--route` flags (a flag for the

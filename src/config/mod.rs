@@ -279,7 +279,7 @@ impl Config {
             );
             writeln!(
                 out,
-                "  {:<12} {:<28} check {} every {} timeout {} rise {} fall {}, ws check {}{}",
+                "  {:<12} {:<28} check {} every {} timeout {} rise {} fall {}, ws check {}{}{}",
                 u.name.0,
                 u.url.to_string(),
                 h.check,
@@ -288,6 +288,9 @@ impl Config {
                 h.rise,
                 h.fall,
                 ws_check,
+                u.send_proxy_protocol
+                    .map(|v| format!(", sends PROXY {}", v.as_str()))
+                    .unwrap_or_default(),
                 if used {
                     ""
                 } else {
@@ -354,6 +357,15 @@ impl Config {
             g.limits.burst,
             limit(g.limits.max_conns_per_ip.map(|n| n.to_string())),
             limit(g.limits.max_conns.map(|n| n.to_string())),
+        )?;
+        let b = &g.balancers;
+        writeln!(
+            out,
+            "load balancers: proxy_protocol {}; trusted_proxies [{}]; proxy_protocol_optional_from [{}]; trust_forwarded_for {}",
+            b.proxy_protocol.map_or("off", |v| v.as_str()),
+            join(&b.trusted),
+            join(&b.optional_from),
+            if b.trust_forwarded_for { "on" } else { "off" },
         )
     }
 }
@@ -601,6 +613,33 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("elsewhere") && err.contains("/a"), "{err}");
+    }
+
+    #[test]
+    fn proxy_protocol_needs_trusted_proxies() {
+        let err = Config::from_args(["--proxy-protocol", "v2"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("--proxy-protocol") && err.contains("trusted_proxies"),
+            "{err}"
+        );
+        let err = Config::from_args(["--proxy-protocol", "v3", "--trusted-proxy", "10.0.0.1"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("expected v1, v2 or any"), "{err}");
+        let c = Config::from_args([
+            "--proxy-protocol",
+            "any",
+            "--trusted-proxy",
+            "10.0.0.0/8,192.0.2.1",
+            "--trust-forwarded-for",
+        ])
+        .unwrap();
+        let b = &c.policy.balancers;
+        assert_eq!(b.trusted.len(), 2);
+        assert!(b.trust_forwarded_for);
+        assert!(c.describe(None).contains("proxy_protocol any"));
     }
 
     #[test]

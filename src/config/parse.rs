@@ -12,6 +12,7 @@
 //! segment prefixes: no query, fragment or dot segment, which could never
 //! match a normalized request path.
 
+use crate::proxy_header::{Version, Versions};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -437,6 +438,16 @@ pub(super) fn parse_log_format(field: &str, v: &str) -> Result<LogFormat, Config
         "json" => Ok(LogFormat::Json),
         _ => Err(ConfigError::invalid(field, v, "expected pretty or json")),
     }
+}
+
+/// `v1`, `v2` or `any`: the PROXY protocol versions the listener accepts.
+pub(super) fn parse_proxy_versions(field: &str, v: &str) -> Result<Versions, ConfigError> {
+    Versions::parse(v).ok_or_else(|| ConfigError::invalid(field, v, "expected v1, v2 or any"))
+}
+
+/// `v1` or `v2`: the PROXY protocol version sent to an upstream.
+pub(super) fn parse_proxy_version(field: &str, v: &str) -> Result<Version, ConfigError> {
+    Version::parse(v).ok_or_else(|| ConfigError::invalid(field, v, "expected v1 or v2"))
 }
 
 /// `N/s` or `N/m`: a per-client request rate.

@@ -14,12 +14,13 @@ use std::time::Duration;
 use super::ConfigError;
 use super::flags::Overrides;
 use super::parse::{
-    algorithms, cidrs, claim_headers, field_name, origins, parse_auth, parse_duration, parse_rate,
-    token_name,
+    algorithms, cidrs, claim_headers, field_name, origins, parse_auth, parse_duration,
+    parse_proxy_versions, parse_rate, token_name,
 };
 use super::raw::{RawConfig, RawRoute};
 use super::spec::{ClaimHeader, GlobalPolicy, JwksSettings, JwksUrl, RoutePolicy};
 use crate::policy::auth::{AuthMode, Credentials, JwtVerifier, TokenSet, TokenSources};
+use crate::policy::balancer::Balancers;
 use crate::policy::ip::IpRules;
 use crate::policy::keys::KeySet;
 use crate::policy::origin::OriginRule;
@@ -160,6 +161,7 @@ pub(super) fn global(
         sources: token_sources(a, f)?,
         jwks: key_sources.jwks,
         limits: limits(a, f)?,
+        balancers: balancers(a, f)?,
     };
     Ok((policy, defaults))
 }
@@ -441,6 +443,53 @@ fn limits(a: &Overrides, f: &RawConfig) -> Result<RateLimits, ConfigError> {
             a.max_tracked_ips.is_some(),
         )?
         .unwrap_or(RateLimits::default().max_tracked_ips),
+    })
+}
+
+/// The load balancers in front: `proxy_protocol` needs `trusted_proxies`
+/// (the addresses a header is believed from), or it would refuse every
+/// connection.
+fn balancers(a: &Overrides, f: &RawConfig) -> Result<Balancers, ConfigError> {
+    let proxy_protocol = match (a.proxy_protocol, &f.proxy_protocol) {
+        (Some(v), _) => Some(v),
+        (None, Some(v)) => Some(parse_proxy_versions(
+            "`proxy_protocol` in the config file",
+            v,
+        )?),
+        (None, None) => None,
+    };
+    let trusted = flag_or_file(
+        &a.trusted_proxies,
+        &f.trusted_proxies,
+        "trusted_proxies",
+        cidrs,
+    )?;
+    if let Some(v) = proxy_protocol
+        && trusted.is_empty()
+    {
+        return Err(ConfigError::invalid(
+            &field_name(
+                a.proxy_protocol.is_some(),
+                "proxy-protocol",
+                "proxy_protocol",
+            ),
+            v.as_str(),
+            "the PROXY protocol needs trusted_proxies (--trusted-proxy): the load balancers' addresses, the only sources whose header is believed",
+        ));
+    }
+    Ok(Balancers {
+        proxy_protocol,
+        trusted,
+        optional_from: flag_or_file(
+            &a.proxy_protocol_optional_from,
+            &f.proxy_protocol_optional_from,
+            "proxy_protocol_optional_from",
+            cidrs,
+        )?,
+        trust_forwarded_for: a
+            .trust_forwarded_for
+            .or(f.trust_forwarded_for)
+            .unwrap_or(false),
     })
 }
 

@@ -120,6 +120,16 @@ pub(crate) struct RawConfig {
     pub max_conns: Option<usize>,
     /// `max_tracked_ips`: as `--max-tracked-ips`.
     pub max_tracked_ips: Option<usize>,
+    /// `proxy_protocol`: as `--proxy-protocol` (`v1`, `v2` or `any`).
+    pub proxy_protocol: Option<String>,
+    /// `trusted_proxies`: as `--trusted-proxy`.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
+    /// `proxy_protocol_optional_from`: as `--proxy-protocol-optional-from`.
+    #[serde(default)]
+    pub proxy_protocol_optional_from: Vec<String>,
+    /// `trust_forwarded_for`: as `--trust-forwarded-for`.
+    pub trust_forwarded_for: Option<bool>,
     // --- end security policy ---
     /// Health-check defaults for every upstream.
     #[serde(default)]
@@ -143,6 +153,8 @@ pub(crate) struct RawUpstream {
     /// `health = {...}`: this upstream's own probe settings, over flags and `[health]`.
     #[serde(default)]
     pub health: RawHealth,
+    /// `send_proxy_protocol`: `v1` or `v2`, a PROXY header first on each connection.
+    pub send_proxy_protocol: Option<String>,
 }
 
 /// `health = { check, interval, timeout, rise, fall, ws_check_interval }`,

@@ -9,10 +9,12 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::policy::auth::{AuthMode, Credentials, TokenSources};
+use crate::policy::balancer::Balancers;
 pub(crate) use crate::policy::credential::ClaimHeader;
 use crate::policy::ip::IpRules;
 use crate::policy::origin::OriginRule;
 use crate::policy::rate::RateLimits;
+use crate::proxy_header::Version;
 use crate::tls::CertSpec;
 
 /// The name of an upstream, as routes refer to it (`direct`, `nginx`, ...).
@@ -125,6 +127,8 @@ pub struct UpstreamSpec {
     pub health: HealthSpec,
     /// CA file trusted for an `https` upstream; `None` means the system roots.
     pub ca: Option<PathBuf>,
+    /// `send_proxy_protocol`: a PROXY header first on each connection to it.
+    pub send_proxy_protocol: Option<Version>,
 }
 
 /// TLS on the proxy listener.
@@ -332,6 +336,8 @@ pub struct GlobalPolicy {
     pub jwks: Option<JwksSettings>,
     /// Per-client rate, connection caps.
     pub limits: RateLimits,
+    /// Load balancers in front: PROXY protocol and trusted forwarding headers.
+    pub balancers: Balancers,
 }
 
 /// One route's policy, with the global defaults already applied.

@@ -33,7 +33,7 @@ use std::time::Duration;
 use hyper::client::conn::http1::SendRequest;
 use rustls::ClientConfig;
 use rustls::pki_types::ServerName;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
@@ -105,18 +105,24 @@ pub(crate) enum Conn {
     Pooled(pool::Sender),
 }
 
-/// Connect to `url` with `TCP_NODELAY` set; with `tls`, run the TLS handshake
-/// too. `timeout` bounds both.
+/// Connect to `url` with `TCP_NODELAY` set; write `proxy_header` first
+/// when the upstream wants a PROXY protocol header (before TLS, as the
+/// specification has it); with `tls`, run the TLS handshake too.
+/// `timeout` bounds all of it.
 pub(crate) async fn connect(
     url: &UpstreamUrl,
     tls: Option<&Arc<ClientConfig>>,
     timeout: Duration,
+    proxy_header: Option<&[u8]>,
 ) -> Result<UpstreamStream, ConnectError> {
     let attempt = async {
-        let stream = TcpStream::connect((url.host.as_str(), url.port))
+        let mut stream = TcpStream::connect((url.host.as_str(), url.port))
             .await
             .map_err(ConnectError::Io)?;
         stream.set_nodelay(true).map_err(ConnectError::Io)?;
+        if let Some(header) = proxy_header {
+            stream.write_all(header).await.map_err(ConnectError::Io)?;
+        }
         let Some(tls) = tls else {
             return Ok(UpstreamStream::Plain(stream));
         };

@@ -366,13 +366,36 @@ async fn dial_first(
     let mut last = String::from("no address to dial");
     for &addr in addrs {
         match TcpStream::connect(addr).await {
-            Ok(tcp) => {
+            Ok(mut tcp) => {
+                if addr == super::dial_addr(ctx.config.listen) {
+                    local_header(ctx, &mut tcp).await.map_err(Dial::Handshake)?;
+                }
                 return handshake(ctx, tcp, tls, key).await.map_err(Dial::Handshake);
             }
             Err(e) => last = format!("connect to {addr}: {e}"),
         }
     }
     Err(Dial::Connect(last))
+}
+
+/// Dialing shunt's listener straight from an address in `trusted_proxies`
+/// with the PROXY protocol on: say so first as a balancer's own health
+/// check does (v2 `LOCAL`, or v1 `PROXY UNKNOWN`), or shunt would close the
+/// connection for the missing header.
+async fn local_header(ctx: &Context, tcp: &mut TcpStream) -> Result<(), String> {
+    use crate::policy::balancer::Arrival;
+    use crate::proxy_header::{Version, Versions, encode};
+    let Ok(local) = tcp.local_addr() else {
+        return Ok(());
+    };
+    let version = match ctx.config.policy.balancers.arrival(local.ip()) {
+        Arrival::Header(Versions::V1) => Version::V1,
+        Arrival::Header(Versions::V2 | Versions::Any) => Version::V2,
+        Arrival::Plain | Arrival::Untrusted => return Ok(()),
+    };
+    tokio::io::AsyncWriteExt::write_all(tcp, &encode(version, None))
+        .await
+        .map_err(|e| format!("sending the PROXY header: {e}"))
 }
 
 /// Send the handshake on `tcp` as a browser would: TLS (when `tls`) with

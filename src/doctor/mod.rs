@@ -15,9 +15,12 @@
 //! - [`firewall`]: ufw / nft / iptables, when present and readable.
 //! - [`tls`]: the listener's certificates (key, chain, expiry, names, trust).
 //! - [`jwt`]: the JWKS URL's keys (ids and algorithms), and whether `--token` verifies.
+//! - [`balancer`]: the PROXY protocol and trusted forwarding headers, and
+//!   whether the running shunt saw trusted sources send no header.
 //! - [`end_to_end`]: a handshake through shunt itself, `x-shunt-route`, and
 //!   640-byte round trips.
 
+pub(crate) mod balancer;
 pub(crate) mod end_to_end;
 pub(crate) mod firewall;
 pub(crate) mod jwt;
@@ -413,6 +416,7 @@ pub async fn run(args: &RunArgs, options: Options) -> Report {
     firewall::check(&ctx, &mut report).await;
     tls::check(&ctx, &mut report);
     jwt::check(&ctx, &mut report).await;
+    balancer::check(&ctx, &mut report).await;
     let served = end_to_end::check(&ctx, running, &mut report).await;
     front_end(&ctx, served.as_ref(), &mut report);
     // A safety net under the checks' own care: no line may carry the token.

@@ -37,7 +37,10 @@ pub(crate) fn client_tls(u: &UpstreamSpec) -> Result<Option<Arc<ClientConfig>>, 
 /// TLS for `https`), with `--timeout` as its connect bound.
 pub(crate) async fn open(ctx: &Context, u: &UpstreamSpec) -> Result<UpstreamStream, String> {
     let tls = client_tls(u)?;
-    connect(&u.url, tls.as_ref(), ctx.timeout)
+    let header = u
+        .send_proxy_protocol
+        .map(|v| crate::proxy_header::encode(v, None));
+    connect(&u.url, tls.as_ref(), ctx.timeout, header.as_deref())
         .await
         .map_err(|e| chain(&e))
 }

@@ -76,9 +76,10 @@ impl Target<'_> {
     }
 
     /// Dial the upstream anew (a pooled connection turned out closed, or an
-    /// upgrade was handed a pooled one).
+    /// upgrade was handed a pooled one). Without a PROXY header: an upstream
+    /// with `send_proxy_protocol` has no pool, so it never gets here.
     async fn reconnect(&self, timeout: Duration) -> Result<UpstreamStream, ForwardError> {
-        dial::connect(self.url, self.tls, timeout)
+        dial::connect(self.url, self.tls, timeout, None)
             .await
             .map_err(|source| ForwardError::Reconnect {
                 upstream: self.name.clone(),

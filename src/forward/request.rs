@@ -50,7 +50,7 @@ pub(crate) fn prepare<B>(req: &mut Request<B>, rewrite: &Rewrite<'_>) {
     headers::prepare_request(
         req.headers_mut(),
         rewrite.websocket,
-        rewrite.downstream.peer.ip(),
+        (rewrite.downstream.peer.ip(), rewrite.downstream.hop()),
         rewrite.downstream.tls,
         rewrite.upstream_authority,
     );
@@ -172,10 +172,10 @@ mod tests {
             routed_path: "/b",
             strip_param: Some("token"),
             websocket: false,
-            downstream: Downstream {
-                peer: "127.0.0.1:1".parse().unwrap(),
-                tls: false,
-            },
+            downstream: Downstream::direct(
+                "127.0.0.1:1".parse().unwrap(),
+                "127.0.0.1:8080".parse().unwrap(),
+            ),
             upstream_authority: "127.0.0.1:5006",
         };
         prepare(&mut req, &rewrite);

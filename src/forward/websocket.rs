@@ -65,6 +65,7 @@ pub(super) async fn forward(
             guard: counters.open_tunnel(route, name),
             call: counters.calls.open(CallInfo {
                 client: downstream.peer,
+                via: downstream.via,
                 host: call.host,
                 path: call.target.to_owned(),
                 user: call.user.map(str::to_owned),

@@ -12,6 +12,7 @@
 //! 401/403/405/429 answers.
 
 pub(crate) mod auth;
+pub(crate) mod balancer;
 pub(crate) mod credential;
 pub(crate) mod ip;
 pub(crate) mod jwt;

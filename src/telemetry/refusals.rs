@@ -40,16 +40,26 @@ pub(crate) enum Reason {
     HeaderTimeout,
     /// A request head that does not parse or is too large.
     MalformedRequest,
+    /// PROXY protocol is on and the source is not in `trusted_proxies`
+    /// (nor `proxy_protocol_optional_from`): closed without reading.
+    ProxyUntrusted,
+    /// A trusted proxy's connection that does not start with a PROXY header.
+    ProxyMissing,
+    /// A PROXY header that is malformed, too long, of the wrong version or unfinished.
+    ProxyMalformed,
 }
 
 impl Reason {
     /// Every reason, in the order of [`Limiter`]'s slots.
-    const ALL: [Reason; 5] = [
+    pub(crate) const ALL: [Reason; 8] = [
         Reason::AcceptIp,
         Reason::AcceptLimit,
         Reason::TlsHandshake,
         Reason::HeaderTimeout,
         Reason::MalformedRequest,
+        Reason::ProxyUntrusted,
+        Reason::ProxyMissing,
+        Reason::ProxyMalformed,
     ];
 
     /// The `reason` field of the log line.
@@ -60,6 +70,9 @@ impl Reason {
             Reason::TlsHandshake => "tls_handshake",
             Reason::HeaderTimeout => "header_timeout",
             Reason::MalformedRequest => "malformed_request",
+            Reason::ProxyUntrusted => "proxy_untrusted",
+            Reason::ProxyMissing => "proxy_missing",
+            Reason::ProxyMalformed => "proxy_malformed",
         }
     }
 
@@ -70,11 +83,18 @@ impl Reason {
             Reason::TlsHandshake => "TLS connection refused",
             Reason::HeaderTimeout => "closed a connection that did not send a request head in time",
             Reason::MalformedRequest => "closed a connection after a malformed request",
+            Reason::ProxyUntrusted => {
+                "connection refused: PROXY protocol is on and the source is not in trusted_proxies"
+            }
+            Reason::ProxyMissing => {
+                "connection refused: a trusted proxy sent no PROXY protocol header (is the balancer configured to send one?)"
+            }
+            Reason::ProxyMalformed => "connection refused: broken PROXY protocol header",
         }
     }
 
     /// The slot index of this reason.
-    fn index(self) -> usize {
+    pub(crate) fn index(self) -> usize {
         self as usize
     }
 }
@@ -189,7 +209,11 @@ pub(crate) fn refused(reason: Reason, peer: SocketAddr, detail: &dyn Display) {
 fn write_line(reason: Reason, peer: SocketAddr, detail: &dyn Display) {
     let (r, message) = (reason.as_str(), reason.message());
     match reason {
-        Reason::AcceptIp | Reason::AcceptLimit => {
+        Reason::AcceptIp
+        | Reason::AcceptLimit
+        | Reason::ProxyUntrusted
+        | Reason::ProxyMissing
+        | Reason::ProxyMalformed => {
             tracing::warn!(target: TARGET, %peer, reason = %r, detail = %detail, "{message}");
         }
         Reason::TlsHandshake | Reason::MalformedRequest => {
@@ -203,7 +227,11 @@ fn write_line(reason: Reason, peer: SocketAddr, detail: &dyn Display) {
 fn write_summary(reason: Reason, suppressed: u64) {
     let (r, message) = (reason.as_str(), reason.message());
     match reason {
-        Reason::AcceptIp | Reason::AcceptLimit => tracing::warn!(
+        Reason::AcceptIp
+        | Reason::AcceptLimit
+        | Reason::ProxyUntrusted
+        | Reason::ProxyMissing
+        | Reason::ProxyMalformed => tracing::warn!(
             target: TARGET,
             reason = %r,
             suppressed,

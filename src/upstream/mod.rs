@@ -41,6 +41,7 @@ pub(crate) mod websocket_check;
 
 use std::borrow::Cow;
 use std::fmt;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use http::{HeaderValue, Response, StatusCode};
@@ -114,9 +115,8 @@ impl Upstream {
         let probe = probed.then(|| {
             let stop = root.child_token();
             tracker.spawn(probe::probe_loop(
-                spec.url.clone(),
+                spec.clone(),
                 tls.clone(),
-                spec.health.clone(),
                 health.clone(),
                 websocket_checks.clone(),
                 stop.clone(),
@@ -127,6 +127,11 @@ impl Upstream {
         // A name is letters, digits, `-`, `_` or `.` (`config::parse`): always a valid value.
         let route_header = HeaderValue::from_str(&spec.name.0)
             .unwrap_or_else(|_| HeaderValue::from_static("upstream"));
+        // A PROXY header names one client: no connection is kept for another.
+        let pool = Arc::new(match spec.send_proxy_protocol {
+            Some(_) => ConnPool::new(0, std::time::Duration::ZERO),
+            None => ConnPool::default(),
+        });
         Ok(Arc::new(Upstream {
             authority: spec.url.authority(),
             route_header,
@@ -135,7 +140,7 @@ impl Upstream {
             health,
             probed,
             tls,
-            pool: Arc::default(),
+            pool,
             _probe: probe,
         }))
     }
@@ -216,6 +221,9 @@ pub(crate) struct Failover<'a> {
     candidates: Cow<'a, [Arc<Upstream>]>,
     timeouts: &'a Timeouts,
     websocket: bool,
+    /// The client and the address it reached, for an upstream that wants a
+    /// PROXY header (`send_proxy_protocol`).
+    client: Option<(SocketAddr, SocketAddr)>,
 }
 
 impl<'a> Failover<'a> {
@@ -233,12 +241,28 @@ impl<'a> Failover<'a> {
             candidates,
             timeouts,
             websocket,
+            client: None,
+        }
+    }
+
+    /// The client (`source`, and the address it connected to) that a
+    /// PROXY header names to an upstream with `send_proxy_protocol`.
+    pub(crate) fn for_client(self, source: SocketAddr, destination: SocketAddr) -> Self {
+        Failover {
+            client: Some((source, destination)),
+            ..self
         }
     }
 
     /// Connect to the first usable upstream left ([`connect_first`]).
     pub(crate) async fn connect(&self) -> Result<(Arc<Upstream>, Conn), SelectError> {
-        connect_first(&self.candidates, self.timeouts, !self.websocket).await
+        connect_first(
+            &self.candidates,
+            self.timeouts,
+            !self.websocket,
+            self.client,
+        )
+        .await
     }
 
     /// Record what the exchange with `upstream` on route `route` (its
@@ -321,7 +345,10 @@ impl fmt::Display for DownReasons {
 
 /// Connect to the first usable upstream of `via`, in order; a failed connect
 /// marks that upstream and falls through to the next. With `reuse` (plain
-/// requests, never upgrades), an idle pooled connection is taken first.
+/// requests, never upgrades), an idle pooled connection is taken first. An
+/// upstream with `send_proxy_protocol` gets a PROXY header naming `client`
+/// first on each connection, and has no pool: a connection opened for one
+/// client is never reused for another.
 ///
 /// Who calls it: [`Failover::connect`] for every request (with `reuse` for
 /// plain HTTP), after [`websocket_order`] for an upgrade. The error becomes what the
@@ -332,6 +359,7 @@ pub(crate) async fn connect_first(
     via: &[Arc<Upstream>],
     timeouts: &Timeouts,
     reuse: bool,
+    client: Option<(SocketAddr, SocketAddr)>,
 ) -> Result<(Arc<Upstream>, Conn), SelectError> {
     let panic = !via.iter().any(|u| u.is_usable());
     if panic && !via.is_empty() {
@@ -345,9 +373,17 @@ pub(crate) async fn connect_first(
         if let Some(sender) = reuse.then(|| upstream.pool.take()).flatten() {
             return Ok((upstream.clone(), Conn::Pooled(sender)));
         }
-        match crate::dial::connect(&upstream.spec.url, upstream.tls.as_ref(), timeouts.connect)
-            .await
-        {
+        let header = upstream
+            .spec
+            .send_proxy_protocol
+            .map(|v| crate::proxy_header::encode(v, client));
+        let dialed = crate::dial::connect(
+            &upstream.spec.url,
+            upstream.tls.as_ref(),
+            timeouts.connect,
+            header.as_deref(),
+        );
+        match dialed.await {
             Ok(stream) => {
                 if let Some(idle) = timeouts.keepalive
                     && let Err(e) = crate::keepalive::apply(stream.tcp(), idle)
@@ -438,6 +474,7 @@ mod tests {
                 ws_check_interval: None,
             },
             ca: None,
+            send_proxy_protocol: None,
         };
         // Not probed: no task, the test drives the health record itself.
         let root = CancellationToken::new();

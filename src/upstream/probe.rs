@@ -20,7 +20,7 @@ use tokio_util::task::TaskTracker;
 
 use super::health::{Health, HealthReason};
 use super::websocket_check::{PathCheck, WebSocketChecks};
-use crate::config::{HealthSpec, ProbeKind, UpstreamUrl};
+use crate::config::{HealthSpec, ProbeKind, UpstreamSpec, UpstreamUrl};
 use crate::dial::probe::{SendError, send, ws_upgrade};
 use crate::dial::{ConnectError, connect};
 use crate::forward::UpgradeNotForwarded;
@@ -83,18 +83,22 @@ pub enum ProbeError {
 /// handshakes on each path of `checks` as it is then.
 /// `tracker` tracks the probe connections' hyper tasks.
 pub(crate) async fn probe_loop(
-    url: UpstreamUrl,
+    upstream: UpstreamSpec,
     tls: Option<Arc<ClientConfig>>,
-    spec: HealthSpec,
     health: Arc<Health>,
     checks: Arc<WebSocketChecks>,
     stop: CancellationToken,
     tracker: TaskTracker,
 ) {
+    // An upstream that wants a PROXY header gets one that names no client.
+    let proxy_header = upstream
+        .send_proxy_protocol
+        .map(|v| crate::proxy_header::encode(v, None));
     let prober = Prober {
-        url,
+        url: upstream.url,
         tls,
-        spec,
+        spec: upstream.health,
+        proxy_header,
         tracker,
         stop,
     };
@@ -164,6 +168,8 @@ struct Prober {
     url: UpstreamUrl,
     tls: Option<Arc<ClientConfig>>,
     spec: HealthSpec,
+    /// `LOCAL` (v2) or `PROXY UNKNOWN` (v1), for `send_proxy_protocol`.
+    proxy_header: Option<Vec<u8>>,
     tracker: TaskTracker,
     stop: CancellationToken,
 }
@@ -180,6 +186,7 @@ impl Prober {
             probe(
                 &self.url,
                 self.tls.as_ref(),
+                self.proxy_header.as_deref(),
                 kind,
                 &self.tracker,
                 &self.stop,
@@ -276,11 +283,12 @@ pub(crate) const PROBE_HEADER: &str = "x-shunt-probe";
 async fn probe(
     url: &UpstreamUrl,
     tls: Option<&Arc<ClientConfig>>,
+    proxy_header: Option<&[u8]>,
     spec: &HealthSpec,
     tracker: &TaskTracker,
     stop: &CancellationToken,
 ) -> Result<(), ProbeError> {
-    let stream = connect(url, tls, spec.timeout).await?;
+    let stream = connect(url, tls, spec.timeout, proxy_header).await?;
     let request = |path: &str| {
         Request::get(path)
             .header(header::HOST, url.authority())
