@@ -35,6 +35,7 @@ use hyper::body::Incoming;
 
 use crate::body::Body;
 use crate::checkpoint;
+use crate::config::BackendLoss;
 use crate::downstream::Downstream;
 use crate::error_chain::ErrorChain;
 use crate::forward::tunnel::{Handoff, Relay};
@@ -276,6 +277,20 @@ async fn exchange_with_failover(
                 .map(str::to_owned)
         })
         .flatten();
+    // A reattachable call's new backend leg goes to the route's upstreams in order.
+    let reattach_to: Option<Arc<[forward::reattach::Candidate]>> = (websocket
+        && matches!(route.spec.calls.backend_loss, BackendLoss::Reattach(_)))
+    .then(|| {
+        route
+            .via
+            .iter()
+            .map(|u| forward::reattach::Candidate {
+                name: u.name().clone(),
+                url: u.spec.url.clone(),
+                tls: u.tls.clone(),
+            })
+            .collect()
+    });
     let mut failover = Failover::new(&route.via, websocket, snapshot.timeouts());
     let (mut parts, body) = req.into_parts();
     let mut body = Some(body.boxed());
@@ -314,6 +329,7 @@ async fn exchange_with_failover(
                 generation: snapshot.generation(),
                 spec: route.spec.calls,
             },
+            reattach_to: reattach_to.as_ref(),
         };
         // Only a WebSocket handshake can be sent again; a plain request takes the head itself.
         let head = if websocket {
