@@ -423,6 +423,8 @@ pub struct CallReattach {
     pub gap_ms: AtomicU64,
     /// Client messages cut by a backend loss whose rest was dropped.
     pub dropped_messages: AtomicU64,
+    /// A new backend leg is being dialed now (the gap).
+    pub reattaching: AtomicBool,
     /// The upstream the call runs over now.
     upstream: Mutex<Arc<str>>,
 }
@@ -480,6 +482,9 @@ impl Call {
     /// count, its gap, and the upstream it now runs over).
     pub fn record_reattach(&self, result: ReattachResult, gap: Duration, upstream: Option<&str>) {
         self.metrics.reattach[result as usize].fetch_add(1, Ordering::Relaxed);
+        if let Some(r) = &self.reattach {
+            r.reattaching.store(false, Ordering::Relaxed);
+        }
         if result != ReattachResult::Ok {
             return;
         }
@@ -524,6 +529,10 @@ impl Call {
             "route": self.route(),
             "upstream": &*self.current_upstream(),
             "reattached": self.reattached(),
+            "reattaching": self
+                .reattach
+                .as_ref()
+                .is_some_and(|r| r.reattaching.load(Ordering::Relaxed)),
             "generation": self.generation,
             "started": humantime::format_rfc3339_millis(started_at).to_string(),
             "age_seconds": round3(age.as_secs_f64()),
@@ -707,6 +716,7 @@ impl CallRegistry {
                     count: AtomicU32::new(0),
                     gap_ms: AtomicU64::new(0),
                     dropped_messages: AtomicU64::new(0),
+                    reattaching: AtomicBool::new(false),
                     upstream: Mutex::new(upstream.clone()),
                 })
             }),

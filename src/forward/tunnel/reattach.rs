@@ -294,6 +294,9 @@ impl Reattaching {
         self.inbox = Vec::new();
         self.stash = Vec::new();
         self.stashing = false;
+        if let Some(r) = &self.call.reattach {
+            r.reattaching.store(true, Relaxed);
+        }
         self.mode = Mode::Replacing {
             replacement: replacement(self.plan.redial.clone(), self.plan.spec.within, attempt),
             since: Instant::now(),
@@ -448,6 +451,8 @@ impl Reattaching {
         if self.recording() {
             self.recorded += 1;
             self.preamble_whole = self.preamble.len();
+            // Recorded as it went out: this connection has it already.
+            self.replayed = self.preamble_whole;
             if self.preamble.len() > self.plan.spec.replay_bytes as usize {
                 let limit = self.plan.spec.replay_bytes;
                 self.turn_off(&format!(
@@ -692,6 +697,9 @@ impl Leg for Reattaching {
         if let Mode::Replacing { .. } = self.mode {
             // The client left during the gap: nothing to reattach for.
             self.mode = Mode::GaveUp;
+            if let Some(r) = &self.call.reattach {
+                r.reattaching.store(false, Relaxed);
+            }
             return Poll::Ready(());
         }
         match self.stream.as_mut() {
