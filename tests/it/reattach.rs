@@ -402,3 +402,142 @@ async fn another_subprotocol_on_the_new_101_gives_up() {
     assert_eq!(client_close(&mut client).await, Some(1014));
     wait_total(&shunt, "gave_up", 1).await;
 }
+
+// ---- a real browser --------------------------------------------------------------
+
+/// tests/browser: playwright-core, the `ws` package and the scripts.
+fn browser_dir() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser")
+}
+
+fn chromium() -> std::path::PathBuf {
+    std::env::var_os("CHROMIUM").map_or_else(
+        || std::path::PathBuf::from("/usr/bin/chromium"),
+        std::path::PathBuf::from,
+    )
+}
+
+/// Whether chromium, node and tests/browser's packages are there; a visible
+/// skip when not, or a failure where the browser is required.
+fn browser_available() -> bool {
+    let node = std::process::Command::new("node")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    let missing = if !chromium().is_file() {
+        Some(format!(
+            "{} not found (apt-get install chromium)",
+            chromium().display()
+        ))
+    } else if !node {
+        Some("node not found (apt-get install nodejs)".to_owned())
+    } else if !browser_dir().join("node_modules/playwright-core").is_dir()
+        || !browser_dir().join("node_modules/ws").is_dir()
+    {
+        Some("tests/browser/node_modules missing (run npm ci in tests/browser)".to_owned())
+    } else {
+        None
+    };
+    support::require(support::Part::Browser, missing.map_or(Ok(()), Err)).is_some()
+}
+
+/// The Node `ws` backend (tests/browser/ws_backend.js), generation `generation`
+/// on `port`; killed on drop.
+struct NodeBackend(tokio::process::Child);
+
+impl NodeBackend {
+    /// Starts it and waits (bounded) until it listens; the port of a killed
+    /// one may take a moment to be free again.
+    async fn start(port: u16, generation: u32) -> NodeBackend {
+        use tokio::io::AsyncBufReadExt;
+        for _ in 0..20 {
+            let mut child = tokio::process::Command::new("node")
+                .arg("ws_backend.js")
+                .arg(port.to_string())
+                .arg(generation.to_string())
+                .current_dir(browser_dir())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::null())
+                .kill_on_drop(true)
+                .spawn()
+                .expect("start node");
+            let mut lines = tokio::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+            let listening = tokio::time::timeout(LIMIT, lines.next_line()).await;
+            if let Ok(Ok(Some(line))) = listening
+                && line == "LISTENING"
+            {
+                return NodeBackend(child);
+            }
+            let _ = child.kill().await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("the node backend did not listen on {port}");
+    }
+
+    /// SIGKILL: every connection it held is lost without a Close.
+    async fn kill(mut self) {
+        let _ = self.0.kill().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_call_survives_three_backend_restarts() {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+    if !browser_available() {
+        return;
+    }
+    let port = support::free_port();
+    let mut backend = NodeBackend::start(port, 1).await;
+    let (shunt, _config) = start(&[("direct", format!("http://127.0.0.1:{port}"))], "").await;
+    let plan = serde_json::json!({
+        "url": format!("ws://{}/call", shunt.addr()),
+        "restarts": 3,
+    });
+    let mut child = tokio::process::Command::new("node")
+        .arg("reattach.js")
+        .arg(plan.to_string())
+        .env("CHROMIUM", chromium())
+        .current_dir(browser_dir())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start node");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let mut stderr = child.stderr.take().expect("stderr");
+    let mut output = String::new();
+    let mut generation = 1;
+    let drive = async {
+        while let Some(line) = lines.next_line().await.expect("the script's output") {
+            output.push_str(&line);
+            output.push('\n');
+            if line.starts_with("STEP restart") {
+                backend.kill().await;
+                generation += 1;
+                backend = NodeBackend::start(port, generation).await;
+                stdin.write_all(b"ok\n").await.expect("answer the script");
+                stdin.flush().await.expect("answer the script");
+            }
+        }
+        let mut err = String::new();
+        stderr
+            .read_to_string(&mut err)
+            .await
+            .expect("the script's errors");
+        (child.wait().await.expect("wait for node"), err)
+    };
+    let (status, err) = tokio::time::timeout(Duration::from_secs(90), drive)
+        .await
+        .expect("the browser script ran over 90 s");
+    println!("{output}");
+    assert!(
+        status.success(),
+        "the browser script failed ({status}):\n{err}\n{output}"
+    );
+    assert!(output.contains("PASS onclose never fired"), "{output}");
+    assert_eq!(generation, 4);
+    assert_eq!(reattach_total(&shunt, "ok").await, 3);
+    assert_eq!(reattach_total(&shunt, "gave_up").await, 0);
+}
