@@ -97,7 +97,11 @@ async function main() {
   }
 }
 
-main().catch((e) => {
-  console.error('FAIL ' + e.message);
-  process.exit(1);
-});
+// Exits explicitly: the stdin reader would keep node running.
+main().then(
+  () => process.exit(0),
+  (e) => {
+    console.error('FAIL ' + e.message);
+    process.exit(1);
+  }
+);
