@@ -26,7 +26,9 @@
 //! the call honest: Pings to a silent leg and a Close with a code that says
 //! why when shunt ends a call (`control`), per-direction frame figures and
 //! stalls in the [`crate::calls`] registry. `parts` holds what a tunnel
-//! keeps for its life. A reload never touches a tunnel: it holds its own
+//! keeps for its life. On a route with `backend_loss = "reattach"` the
+//! upstream leg is a `reattach::Reattaching`, which replaces a lost backend
+//! connection under the live call (always the buffered path). A reload never touches a tunnel: it holds its own
 //! connections.
 
 mod buffer;
