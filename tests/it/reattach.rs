@@ -23,6 +23,15 @@ const LIMIT: Duration = Duration::from_secs(5);
 /// shunt with one route `/call` over `upstreams` (name, URL) in that order,
 /// `backend_loss = "reattach"` and the `extra` route keys.
 async fn start(upstreams: &[(&str, String)], extra: &str) -> (support::Shunt, TempFile) {
+    start_with(upstreams, extra, &[]).await
+}
+
+/// [`start`] with extra flags.
+async fn start_with(
+    upstreams: &[(&str, String)],
+    extra: &str,
+    flags: &[(&str, &str)],
+) -> (support::Shunt, TempFile) {
     let mut text = String::new();
     for (name, url) in upstreams {
         text += &format!("[upstreams.{name}]\nurl = \"{url}\"\n");
@@ -33,8 +42,11 @@ async fn start(upstreams: &[(&str, String)], extra: &str) -> (support::Shunt, Te
         via.join(", ")
     );
     let file = TempFile::new("reattach.toml", &text);
-    let shunt = shunt().arg("--config", file.path()).start_ready().await;
-    (shunt, file)
+    let mut builder = shunt().arg("--config", file.path());
+    for (flag, value) in flags {
+        builder = builder.arg(flag, *value);
+    }
+    (builder.start_ready().await, file)
 }
 
 /// The next data message the backend reads, as text (control frames skipped).
@@ -401,6 +413,35 @@ async fn another_subprotocol_on_the_new_101_gives_up() {
     let _refused = other.accept().await;
     assert_eq!(client_close(&mut client).await, Some(1014));
     wait_total(&shunt, "gave_up", 1).await;
+}
+
+#[tokio::test]
+async fn drain_closes_a_reattachable_call_as_before() {
+    let (mut backend, seen) = WsBackend::spawn_negotiating(&[]).await;
+    let (shunt, _config) = start_with(
+        &[("direct", backend.url())],
+        "",
+        &[("--drain-timeout", "300ms")],
+    )
+    .await;
+    let mut client = RawWs::connect(shunt.addr(), "/call").await.unwrap();
+    let mut ws = backend.accept().await;
+    shunt.shutdown();
+    assert_eq!(
+        client_close(&mut client).await,
+        Some(1012),
+        "service restart"
+    );
+    client.send_close(1012).await.unwrap();
+    assert_eq!(
+        support::calls::next_close(&mut ws, LIMIT).await,
+        1001,
+        "going away"
+    );
+    // The backend answers with 1001 too: an answer, not a reason to reattach.
+    ws.write_frame(Frame::close(1001, b"")).await.unwrap();
+    assert!(shunt.stop_within(LIMIT).await, "shunt stopped");
+    assert_eq!(seen.lock().unwrap().len(), 1, "no second handshake");
 }
 
 // ---- a real browser --------------------------------------------------------------
