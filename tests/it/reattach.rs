@@ -416,6 +416,39 @@ async fn another_subprotocol_on_the_new_101_gives_up() {
 }
 
 #[tokio::test]
+async fn a_backend_that_stops_answering_pings_is_replaced() {
+    let mut backend = WsBackend::spawn().await;
+    let (shunt, _config) = start(
+        &[("direct", backend.url())],
+        "ping_interval = \"200ms\"\nping_timeout = \"300ms\"",
+    )
+    .await;
+    let mut client = RawWs::connect(shunt.addr(), "/call").await.unwrap();
+    client.send(true, 1, b"subscribe").await.unwrap();
+    // This connection is never read again: shunt's Pings to it go unanswered.
+    let mut silent = backend.accept().await;
+    assert_eq!(backend_text(&mut silent).await, "subscribe");
+    // The client answers shunt's Pings meanwhile, so only the backend leg is silent.
+    let accept = backend.accept();
+    tokio::pin!(accept);
+    let mut ws = loop {
+        tokio::select! {
+            ws = &mut accept => break ws,
+            f = client.read_frame(LIMIT) => {
+                let f = f.expect("the client leg stays open");
+                assert_eq!(f.opcode, 9, "only shunt's Pings reach the client: {f:?}");
+                client.send(true, 10, &f.payload).await.unwrap();
+            }
+        }
+    };
+    assert_eq!(backend_text(&mut ws).await, "subscribe");
+    backend_send(&mut ws, "fresh").await;
+    assert_eq!(client_text(&mut client).await, "fresh");
+    assert_eq!(the_call(&shunt).await["reattached"], 1);
+    drop(silent);
+}
+
+#[tokio::test]
 async fn drain_closes_a_reattachable_call_as_before() {
     let (mut backend, seen) = WsBackend::spawn_negotiating(&[]).await;
     let (shunt, _config) = start_with(
