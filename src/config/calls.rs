@@ -130,16 +130,16 @@ fn backend_loss(
         }
     };
     let given = [
-        ("reattach_within", r.reattach_within.is_some()),
-        ("replay_messages", r.replay_messages.is_some()),
-        ("replay_bytes", r.replay_bytes.is_some()),
-        ("reattach_buffer", r.reattach_buffer.is_some()),
+        ("reattach_within", r.reattach_within.clone()),
+        ("replay_messages", r.replay_messages.map(|n| n.to_string())),
+        ("replay_bytes", r.replay_bytes.clone()),
+        ("reattach_buffer", r.reattach_buffer.clone()),
     ];
     if !reattach {
-        if let Some((name, _)) = given.iter().find(|(_, set)| *set) {
+        if let Some((name, Some(value))) = given.iter().find(|(_, v)| v.is_some()) {
             return Err(ConfigError::invalid(
                 &key(name),
-                "set",
+                value,
                 "applies only with backend_loss = \"reattach\"",
             ));
         }
