@@ -551,10 +551,12 @@ fn replacement(redial: Redial, within: Duration, attempt: u32) -> Replacement {
                 Ok(Err(RedialError::Unavailable(e))) => last = e,
                 Err(_) => break,
             }
-            if Instant::now() + backoff >= deadline {
+            // Keep trying up to the deadline: the last wait is cut to it.
+            let now = Instant::now();
+            if now >= deadline {
                 break;
             }
-            tokio::time::sleep(backoff).await;
+            tokio::time::sleep(backoff.min(deadline - now)).await;
             backoff = (backoff * 2).min(MAX_BACKOFF);
         }
         Err(format!(
