@@ -19,6 +19,15 @@
 //! panics in shunt's log, a cut call that never came back, a reading client
 //! cut by a backend death without Close 1014 or not back through nginx).
 //!
+//! With `--backend-loss reattach`, the calls go to `/frontend-audio`, a
+//! route with `backend_loss = "reattach"`: a backend death must then reach
+//! no client as a Close; the call moves to a new backend connection (the
+//! client sees the new backend's hello mid-session), the echoes in flight at
+//! the death are counted as lost, and every hole in a call's echoes longer
+//! than 100 ms is measured. `--backend-loss both` runs half the calls on each
+//! route in the same run, for the audio gap of reattach beside today's
+//! reconnect-by-1014.
+//!
 //! ```text
 //! cargo build --release --bin shunt --example echo_backend --example soak
 //! target/release/examples/soak --shunt target/release/shunt \
@@ -72,6 +81,11 @@ struct Args {
     /// Frames per second per call and direction.
     #[arg(long, default_value_t = 50)]
     fps: u64,
+    /// `close` (every call on `/audio`, today's 1014), `reattach` (every
+    /// call on `/frontend-audio` with `backend_loss = "reattach"`) or `both`
+    /// (half on each, in blocks of 20 calls).
+    #[arg(long, default_value = "close", value_parser = ["close", "reattach", "both"])]
+    backend_loss: String,
 }
 
 type Ws = WebSocket<TokioIo<hyper::upgrade::Upgraded>>;
@@ -99,6 +113,15 @@ struct Totals {
     never_back: u64,
     shunt_5xx: u64,
     connect_errors: u64,
+    /// Per route (0 close, 1 reattach): the hole in a reading call's echoes
+    /// across a backend death (last echo before it to first echo after), in ms.
+    death_gaps_ms: [Vec<u64>; 2],
+    /// Reattach route: sessions of reading clients that saw a Close or were cut, by code.
+    reattach_closes: BTreeMap<String, u64>,
+    /// Reattach route: a new backend's hello in the middle of a session.
+    reattach_moves: u64,
+    /// Reattach route: echoes lost at a move (in flight at the backend's death).
+    reattach_lost: u64,
 }
 
 fn port() -> u16 {
@@ -166,12 +189,32 @@ async fn soak(
         .stderr(Stdio::null())
         .kill_on_drop(true)
         .spawn()?;
-    let mut shunt = tokio::process::Command::new(&args.shunt)
+    let mut command = tokio::process::Command::new(&args.shunt);
+    command
         .args(["--listen", &format!("127.0.0.1:{p_shunt}")])
         .args(["--admin", &format!("127.0.0.1:{p_admin}")])
-        .args(["--direct", &format!("http://127.0.0.1:{p_direct}")])
-        .args(["--nginx", &format!("http://127.0.0.1:{p_nginx}")])
-        .args(["--route", "/=direct,nginx", "--health-interval", "1s"])
+        .args(["--health-interval", "1s"]);
+    if args.backend_loss == "close" {
+        command
+            .args(["--direct", &format!("http://127.0.0.1:{p_direct}")])
+            .args(["--nginx", &format!("http://127.0.0.1:{p_nginx}")])
+            .args(["--route", "/=direct,nginx"]);
+    } else {
+        // The echo backend needs no preamble: nothing is replayed.
+        let config = dir.join("shunt.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[upstreams.direct]\nurl = \"http://127.0.0.1:{p_direct}\"\n\
+                 [upstreams.nginx]\nurl = \"http://127.0.0.1:{p_nginx}\"\n\
+                 [[routes]]\npath = \"/frontend-audio\"\nvia = [\"direct\", \"nginx\"]\n\
+                 backend_loss = \"reattach\"\nreplay_messages = 0\n\
+                 [[routes]]\npath = \"/\"\nvia = [\"direct\", \"nginx\"]\n"
+            ),
+        )?;
+        command.args(["--config", &config.display().to_string()]);
+    }
+    let mut shunt = command
         .args(["--tls-cert", &cert_path.display().to_string()])
         .args(["--tls-key", &key_path.display().to_string()])
         .stdout(Stdio::null())
@@ -208,8 +251,13 @@ async fn soak(
             _ => Kind::Normal,
         };
         let (connector, totals, stop) = (connector.clone(), totals.clone(), stop.clone());
+        let reattach = match args.backend_loss.as_str() {
+            "close" => false,
+            "reattach" => true,
+            _ => (i / 20) % 2 == 0,
+        };
         tasks.spawn(call(
-            i, kind, p_shunt, connector, args.fps, secs, totals, stop,
+            i, kind, p_shunt, reattach, connector, args.fps, secs, totals, stop,
         ));
         // Ramp up over about two seconds.
         if i % 50 == 49 {
@@ -258,6 +306,18 @@ async fn soak(
     }
     stop.store(true, Ordering::Relaxed);
     while tasks.join_next().await.is_some() {}
+    // shunt's own count of reattaches, before it stops.
+    let reattach_metrics = admin_get(p_admin, "/metrics")
+        .await
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| {
+            l.starts_with("shunt_call_reattach_total")
+                || l.starts_with("shunt_call_reattach_gap_seconds_sum")
+                || l.starts_with("shunt_call_reattach_gap_seconds_count")
+        })
+        .map(str::to_owned)
+        .collect::<Vec<_>>();
     // SIGTERM, not SIGKILL: nginx's master stops its workers only when it
     // is asked to (a killed master leaves them running, orphaned).
     if let Some(pid) = nginx.id() {
@@ -331,6 +391,47 @@ async fn soak(
     println!("| RSS first / last / max (KiB) | {rss_first} / {rss_last} / {rss_max} |");
     println!("| fds first / last / max | {fds_first} / {fds_last} / {fds_max} |");
     println!("| panics | {panics} |");
+    println!("| backend_loss | {} |", args.backend_loss);
+    for (route, gaps) in [
+        "close (/audio): reconnect by 1014",
+        "reattach (/frontend-audio)",
+    ]
+    .iter()
+    .zip(&t.death_gaps_ms)
+    {
+        let mut h = gaps.clone();
+        h.sort_unstable();
+        let at = |p: usize| {
+            h.get(h.len().saturating_sub(1) * p / 100)
+                .copied()
+                .unwrap_or(0)
+        };
+        println!(
+            "| audio gap at a backend death, {route}: calls, p50 / p99 / max | {}, {} / {} / {} ms |",
+            h.len(),
+            at(50),
+            at(99),
+            h.last().copied().unwrap_or(0)
+        );
+    }
+    if args.backend_loss != "close" {
+        println!(
+            "| reattach route: reading calls that saw a Close (must be 0) | {} {:?} |",
+            t.reattach_closes.values().sum::<u64>(),
+            t.reattach_closes
+        );
+        println!(
+            "| reattach route: backend changes seen mid-call | {} |",
+            t.reattach_moves
+        );
+        println!(
+            "| reattach route: echoes lost at a change (in flight at the death) | {} |",
+            t.reattach_lost
+        );
+        for line in &reattach_metrics {
+            println!("| {line} | |");
+        }
+    }
     // Every reading client cut by a backend death got 1014 and came back through nginx.
     let told = t.death_close_codes.get("1014").copied().unwrap_or(0);
     let via_nginx = t
@@ -339,8 +440,16 @@ async fn soak(
         .copied()
         .unwrap_or(0);
     let untold = t.death_cuts - told + (t.death_reconnect_ms.len() as u64 - via_nginx);
-    let failed =
-        t.lost + t.duplicated + t.reordered + t.shunt_5xx + panics + t.never_back + untold > 0;
+    let reattach_closed: u64 = t.reattach_closes.values().sum();
+    let failed = t.lost
+        + t.duplicated
+        + t.reordered
+        + t.shunt_5xx
+        + panics
+        + t.never_back
+        + untold
+        + reattach_closed
+        > 0;
     println!("| verdict | {} |", if failed { "FAIL" } else { "PASS" });
     Ok(failed)
 }
@@ -367,6 +476,7 @@ async fn call(
     id: usize,
     kind: Kind,
     port: u16,
+    reattach: bool,
     connector: TlsConnector,
     fps: u64,
     secs: u64,
@@ -378,8 +488,15 @@ async fn call(
     let mut cut_at: Option<Instant> = None;
     let vanish_after = Duration::from_millis(1000 + (id as u64 * 7919) % (secs.max(2) * 500));
     let begun = Instant::now();
+    let path = if reattach {
+        "/frontend-audio"
+    } else {
+        "/audio"
+    };
+    // The last echo this call received (across sessions: a hole spans a reconnect).
+    let mut last_echo: Option<Instant> = None;
     while !stop.load(Ordering::Relaxed) {
-        let (mut ws, via) = match open(port, &connector).await {
+        let (mut ws, mut via) = match open(port, &connector, path).await {
             Ok(opened) => opened,
             Err(Open::Status(code)) => {
                 {
@@ -398,6 +515,7 @@ async fn call(
                 continue;
             }
         };
+        let reconnected = cut_at.is_some();
         if let Some(at) = cut_at.take() {
             let mut t = lock(&totals);
             t.death_reconnect_ms.push(at.elapsed().as_millis() as u64);
@@ -406,6 +524,10 @@ async fn call(
         let mut seq = 0u64;
         let mut expect = 0u64;
         let (mut dup, mut reord) = (0u64, 0u64);
+        // A new backend greeted mid-session: the next gap in the echoes is a loss.
+        let mut moved = false;
+        // This session follows a cut by a backend death: its first echo ends the hole.
+        let mut after_cut = reconnected;
         let mut tick = tokio::time::interval(period);
         let outcome = loop {
             if stop.load(Ordering::Relaxed) {
@@ -425,10 +547,35 @@ async fn call(
                 }
                 r = ws.read_frame(), if kind != Kind::NotReading => match r {
                     Ok(f) if f.opcode == OpCode::Binary && f.payload.len() >= 8 => {
+                        let now = Instant::now();
+                        if (moved || after_cut) && let Some(last) = last_echo {
+                            let gap = (now - last).as_millis() as u64;
+                            lock(&totals).death_gaps_ms[usize::from(reattach)].push(gap);
+                        }
+                        after_cut = false;
+                        last_echo = Some(now);
                         let mut n = [0u8; 8];
                         n.copy_from_slice(&f.payload[..8]);
                         let n = u64::from_be_bytes(n);
-                        if n == expect { expect += 1 } else if n < expect { dup += 1 } else { reord += 1; expect = n + 1 }
+                        if n == expect {
+                            expect += 1
+                        } else if n < expect {
+                            dup += 1
+                        } else if moved {
+                            lock(&totals).reattach_lost += n - expect;
+                            expect = n + 1
+                        } else {
+                            reord += 1;
+                            expect = n + 1
+                        }
+                        moved = false;
+                    }
+                    Ok(f) if f.opcode == OpCode::Text && reattach => {
+                        // The new backend connection's greeting: the call moved.
+                        let hello = String::from_utf8_lossy(&f.payload);
+                        via = hello.strip_prefix("hello from ").unwrap_or(&hello).to_owned();
+                        moved = true;
+                        lock(&totals).reattach_moves += 1;
                     }
                     Ok(f) if f.opcode == OpCode::Close => {
                         break Outcome::Cut(answer_close(&mut ws, &f.payload).await.ok_or_else(|| "Close without a code".to_owned()));
@@ -484,6 +631,9 @@ async fn call(
             Outcome::Cut(code) => {
                 let mut t = lock(&totals);
                 let key = code.map_or_else(|why| why, |c| c.to_string());
+                if reattach && kind == Kind::Normal {
+                    *t.reattach_closes.entry(key.clone()).or_default() += 1;
+                }
                 // Only a SIGKILL ends the `direct` backend's sessions.
                 if via != "direct" {
                     t.other_cuts += 1;
@@ -537,7 +687,7 @@ fn lock(t: &Mutex<Totals>) -> std::sync::MutexGuard<'_, Totals> {
 
 /// A session: TLS, the upgrade, then the backend's hello; returns the socket
 /// and the name the backend greeted with (`direct` or `via-nginx`).
-async fn open(port: u16, connector: &TlsConnector) -> Result<(Ws, String), Open> {
+async fn open(port: u16, connector: &TlsConnector, path: &str) -> Result<(Ws, String), Open> {
     let tcp = TcpStream::connect(("127.0.0.1", port))
         .await
         .map_err(|_| Open::Io)?;
@@ -547,7 +697,7 @@ async fn open(port: u16, connector: &TlsConnector) -> Result<(Ws, String), Open>
         .await
         .map_err(|_| Open::Io)?
         .map_err(|_| Open::Io)?;
-    let req = Request::get("/audio")
+    let req = Request::get(path)
         .header(header::HOST, format!("localhost:{port}"))
         .header(header::UPGRADE, "websocket")
         .header(header::CONNECTION, "upgrade")
@@ -591,6 +741,18 @@ async fn admin_post(port: u16, path: &str) -> std::io::Result<()> {
     let mut sink = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut sink)).await;
     Ok(())
+}
+
+/// A GET on the admin listener: the response, head and body.
+async fn admin_get(port: u16, path: &str) -> std::io::Result<String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).await?;
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await?;
+    let mut body = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut body)).await;
+    Ok(String::from_utf8_lossy(&body).into_owned())
 }
 
 async fn wait_listening(port: u16) -> Result<(), Box<dyn std::error::Error>> {

@@ -44,6 +44,25 @@ pub(crate) const DURATION_BUCKETS: &[f64] = &[
     1.0, 10.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0,
 ];
 
+/// Bucket bounds of `shunt_call_reattach_gap_seconds`.
+pub(crate) const REATTACH_BUCKETS: &[f64] =
+    &[0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+
+/// What one reattach came to (`result` of `shunt_call_reattach_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReattachResult {
+    /// The call goes on over a new backend connection.
+    Ok = 0,
+    /// No new backend connection in time, or one that could not continue the call: 1014.
+    GaveUp = 1,
+    /// The call cannot be reattached (compression with context takeover, a preamble
+    /// over `replay_bytes`): counted once per call, when that is known.
+    NotReattachable = 2,
+}
+
+/// The `result` label values, by [`ReattachResult`] as an index.
+const REATTACH_RESULTS: [&str; 3] = ["ok", "gave_up", "not_reattachable"];
+
 /// How a direction's frames are followed (`framing` in `/calls`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
@@ -172,6 +191,10 @@ pub struct RouteCalls {
     pub rtt: [Histogram; 2],
     /// Stalls begun.
     pub stalls: AtomicU64,
+    /// Reattaches by [`ReattachResult`].
+    pub reattach: [AtomicU64; 3],
+    /// How long the client waited for each successful reattach.
+    pub reattach_gap: Histogram,
 }
 
 impl RouteCalls {
@@ -184,6 +207,8 @@ impl RouteCalls {
             gaps: [Histogram::new(GAP_BUCKETS), Histogram::new(GAP_BUCKETS)],
             rtt: [Histogram::new(RTT_BUCKETS), Histogram::new(RTT_BUCKETS)],
             stalls: AtomicU64::new(0),
+            reattach: Default::default(),
+            reattach_gap: Histogram::new(REATTACH_BUCKETS),
         }
     }
 }
@@ -388,6 +413,24 @@ pub struct CallInfo {
     pub generation: u64,
     /// Whether frames are tracked on this route.
     pub frames: bool,
+    /// The route says `backend_loss = "reattach"`: the call keeps reattach figures.
+    pub reattach: bool,
+}
+
+/// A reattachable call's figures: how often its backend leg was replaced,
+/// the gaps, and the upstream it runs over now.
+#[derive(Debug)]
+pub struct CallReattach {
+    /// Successful reattaches.
+    pub count: AtomicU32,
+    /// Their gaps added up, in milliseconds.
+    pub gap_ms: AtomicU64,
+    /// Client messages cut by a backend loss whose rest was dropped.
+    pub dropped_messages: AtomicU64,
+    /// A new backend leg is being dialed now (the gap).
+    pub reattaching: AtomicBool,
+    /// The upstream the call runs over now.
+    upstream: Mutex<Arc<str>>,
 }
 
 /// One live call: what it is and its live figures (kept small: there is
@@ -412,8 +455,9 @@ pub struct Call {
     /// The upstream's name, shared by every call through it (the registry
     /// keeps one copy per name).
     upstream: Arc<str>,
-    /// Configuration generation the call was opened under.
-    pub generation: u64,
+    /// Configuration generation the call was opened under (a `u32`, beside
+    /// `frames`, keeps the entry small; past 4 billion reloads it saturates).
+    pub generation: u32,
     /// Whether frames are tracked on this call.
     pub frames: bool,
     /// When it started (the clock of its timers).
@@ -424,9 +468,47 @@ pub struct Call {
     pub legs: [LegStats; 2],
     /// The route's metrics.
     pub metrics: Arc<RouteCalls>,
+    /// On a `backend_loss = "reattach"` route: its reattach figures.
+    pub reattach: Option<Box<CallReattach>>,
 }
 
 impl Call {
+    /// The upstream the call runs over now: the first one, unless a reattach moved it.
+    pub fn current_upstream(&self) -> Arc<str> {
+        match &self.reattach {
+            Some(r) => lock(&r.upstream).clone(),
+            None => self.upstream.clone(),
+        }
+    }
+
+    /// Successful reattaches so far.
+    pub fn reattached(&self) -> u32 {
+        self.reattach
+            .as_ref()
+            .map_or(0, |r| r.count.load(Ordering::Relaxed))
+    }
+
+    /// Count one reattach result on the route (and, for `ok`, the call's
+    /// count, its gap, and the upstream it now runs over).
+    pub fn record_reattach(&self, result: ReattachResult, gap: Duration, upstream: Option<&str>) {
+        self.metrics.reattach[result as usize].fetch_add(1, Ordering::Relaxed);
+        if let Some(r) = &self.reattach {
+            r.reattaching.store(false, Ordering::Relaxed);
+        }
+        if result != ReattachResult::Ok {
+            return;
+        }
+        self.metrics.reattach_gap.observe(gap);
+        if let Some(r) = &self.reattach {
+            r.count.fetch_add(1, Ordering::Relaxed);
+            r.gap_ms
+                .fetch_add(gap.as_millis() as u64, Ordering::Relaxed);
+            if let Some(name) = upstream {
+                *lock(&r.upstream) = name.into();
+            }
+        }
+    }
+
     /// The route's label.
     pub fn route(&self) -> &str {
         &self.metrics.route
@@ -473,7 +555,12 @@ impl Call {
             "path": self.path(),
             "user": self.user(),
             "route": self.route(),
-            "upstream": self.upstream(),
+            "upstream": &*self.current_upstream(),
+            "reattached": self.reattached(),
+            "reattaching": self
+                .reattach
+                .as_ref()
+                .is_some_and(|r| r.reattaching.load(Ordering::Relaxed)),
             "generation": self.generation,
             "started": humantime::format_rfc3339_millis(started_at).to_string(),
             "age_seconds": round3(age.as_secs_f64()),
@@ -655,13 +742,22 @@ impl CallRegistry {
                 Some(user) => format!("{}{user}", info.path).into_boxed_str(),
                 None => info.path.into_boxed_str(),
             },
-            upstream,
-            generation: info.generation,
+            generation: u32::try_from(info.generation).unwrap_or(u32::MAX),
             frames: info.frames,
             started: Instant::now(),
             dirs: Default::default(),
             legs: Default::default(),
             metrics,
+            reattach: info.reattach.then(|| {
+                Box::new(CallReattach {
+                    count: AtomicU32::new(0),
+                    gap_ms: AtomicU64::new(0),
+                    dropped_messages: AtomicU64::new(0),
+                    reattaching: AtomicBool::new(false),
+                    upstream: Mutex::new(upstream.clone()),
+                })
+            }),
+            upstream,
         });
         for d in &call.dirs {
             d.framing.store(framing as u8, Ordering::Relaxed);
@@ -732,6 +828,12 @@ impl CallRegistry {
             .values()
             .map(|r| r.stalls.load(Ordering::Relaxed))
             .sum();
+        let mut reattach = [0u64; 3];
+        for r in lock(&self.routes).values() {
+            for (sum, n) in reattach.iter_mut().zip(&r.reattach) {
+                *sum += n.load(Ordering::Relaxed);
+            }
+        }
         let closes: Vec<Value> = lock(&self.closes)
             .iter()
             .map(|((route, by, code), n)| {
@@ -748,6 +850,11 @@ impl CallRegistry {
             "active": active,
             "stalled": stalled,
             "stalls_total": stalls_total,
+            "reattach": {
+                "ok": reattach[0],
+                "gave_up": reattach[1],
+                "not_reattachable": reattach[2],
+            },
             "closes": closes,
         })
     }
@@ -816,6 +923,29 @@ impl CallRegistry {
         }
         let _ = writeln!(
             out,
+            "# HELP shunt_call_reattach_total Backend legs replaced under live calls, by route and result.\n# TYPE shunt_call_reattach_total counter"
+        );
+        for r in &routes {
+            for (result, n) in REATTACH_RESULTS.iter().zip(&r.reattach) {
+                let _ = writeln!(
+                    out,
+                    "shunt_call_reattach_total{{route=\"{}\",result=\"{result}\"}} {}",
+                    escape(&r.route),
+                    n.load(Ordering::Relaxed)
+                );
+            }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP shunt_call_reattach_gap_seconds How long a call waited for its new backend leg.\n# TYPE shunt_call_reattach_gap_seconds histogram"
+        );
+        for r in &routes {
+            let labels = format!("route=\"{}\"", escape(&r.route));
+            r.reattach_gap
+                .write(out, "shunt_call_reattach_gap_seconds", &labels);
+        }
+        let _ = writeln!(
+            out,
             "# HELP shunt_tunnel_closes_total Ended calls by route, who closed, and close code.\n# TYPE shunt_tunnel_closes_total counter"
         );
         for ((route, by, code), n) in lock(&self.closes).iter() {
@@ -872,6 +1002,7 @@ mod tests {
             upstream: "direct".into(),
             generation: 1,
             frames: true,
+            reattach: false,
         }
     }
 

@@ -65,7 +65,9 @@
 //!   the exchange, the WebSocket handshake written to the upstream by hand
 //!   (`forward::handshake`), and the tunnel after a 101 (`forward::tunnel`:
 //!   the tunnel task with its close policy, deadlines and outcome; each direction's
-//!   copy, bulk and scan paths; shunt's own control frames and close codes; pipes).
+//!   copy, bulk and scan paths; shunt's own control frames and close codes; pipes;
+//!   the reattaching upstream leg of `backend_loss = "reattach"`, which redials
+//!   through `forward::reattach`).
 //!
 //! Beside the flow:
 //!

@@ -35,6 +35,7 @@ use hyper::body::Incoming;
 
 use crate::body::Body;
 use crate::checkpoint;
+use crate::config::BackendLoss;
 use crate::downstream::{ClientCert, Downstream};
 use crate::error_chain::ErrorChain;
 use crate::forward::tunnel::{Handoff, Relay};
@@ -366,6 +367,24 @@ async fn exchange_with_failover(
                 .map(str::to_owned)
         })
         .flatten();
+    // A reattachable call's new backend leg goes to the route's upstreams in order.
+    let reattach_to: Option<Arc<[forward::reattach::Candidate]>> = (websocket
+        && matches!(route.spec.calls.backend_loss, BackendLoss::Reattach(_)))
+    .then(|| {
+        route
+            .via
+            .iter()
+            .map(|u| forward::reattach::Candidate {
+                name: u.name().clone(),
+                url: u.spec.url.clone(),
+                tls: u.tls.clone(),
+                proxy_header: u.spec.send_proxy_protocol.map(|v| {
+                    crate::proxy_header::encode(v, Some((downstream.peer, downstream.local)))
+                        .into_boxed_slice()
+                }),
+            })
+            .collect()
+    });
     let mut failover = Failover::new(&route.via, websocket, snapshot.timeouts())
         .for_client(downstream.peer, downstream.local);
     let (mut parts, body) = req.into_parts();
@@ -417,6 +436,7 @@ async fn exchange_with_failover(
                 generation: snapshot.generation(),
                 spec: route.spec.calls,
             },
+            reattach_to: reattach_to.as_ref(),
         };
         // Only a WebSocket handshake can be sent again; a plain request takes the head itself.
         let head = if websocket {

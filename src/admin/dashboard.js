@@ -367,7 +367,7 @@
       isStalled ? 'stalled' : null,
       td('Client', 'client mono', c.client),
       routeCell,
-      td('Upstream', 'upstream', upstreamBadge(c.upstream)),
+      td('Upstream', 'upstream', upstreamBadge(c.upstream), reattachNote(c)),
       td('Age', 'num', duration(c.age_seconds)),
       td('Frames/s ↑', up.stalled ? 'num bad' : 'num', rate(up.frames_per_second) + framingNote(up)),
       td('Frames/s ↓', down.stalled ? 'num bad' : 'num', rate(down.frames_per_second) + framingNote(down)),
@@ -380,6 +380,13 @@
     row.setAttribute('data-call', String(c.id));
     row.setAttribute('data-upstream', String(c.upstream));
     return row;
+  }
+
+  // A reattachable call's reattaches (and its gap now), beside its upstream.
+  function reattachNote(c) {
+    if (c.reattaching) return titled(el('span', 'small bad', ' reattaching'), 'the backend leg is being replaced');
+    if (!c.reattached) return null;
+    return titled(el('span', 'small', ' ↻' + c.reattached), 'reattached to a new backend connection ' + c.reattached + ' time(s)');
   }
 
   function renderCalls() {
@@ -461,7 +468,12 @@
     const c = status.calls;
     summary.hidden = !c;
     if (c) {
-      summary.textContent = c.active + ' live, ' + c.stalled + ' stalled now, ' + c.stalls_total + ' stalls since start';
+      let text = c.active + ' live, ' + c.stalled + ' stalled now, ' + c.stalls_total + ' stalls since start';
+      const r = c.reattach;
+      if (r && (r.ok || r.gave_up || r.not_reattachable)) {
+        text += '; reattached ' + r.ok + ', gave up ' + r.gave_up + ', not reattachable ' + r.not_reattachable;
+      }
+      summary.textContent = text;
       summary.className = c.stalled > 0 ? 'small bad' : 'small';
     }
   }

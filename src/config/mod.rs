@@ -49,8 +49,9 @@ use raw::RawConfig;
 
 pub use parse::{parse_addr, parse_duration};
 pub(crate) use spec::{
-    CallSpec, GlobalPolicy, HealthSpec, JwksSettings, LogFormat, ProbeKind, RoutePolicy, Timeouts,
-    TlsSpec, TunnelMode, TunnelSettings, UpstreamName, UpstreamSpec, UpstreamUrl,
+    BackendLoss, CallSpec, GlobalPolicy, HealthSpec, JwksSettings, LogFormat, ProbeKind,
+    ReattachSpec, RoutePolicy, Timeouts, TlsSpec, TunnelMode, TunnelSettings, UpstreamName,
+    UpstreamSpec, UpstreamUrl,
 };
 pub use spec::{RouteSpec, Scheme};
 

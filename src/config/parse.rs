@@ -422,6 +422,35 @@ pub fn parse_duration(field: &str, text: &str) -> Result<Duration, ConfigError> 
     Ok(d)
 }
 
+/// A size in bytes: a bare number, or a number with `B`, `KiB` or `MiB`
+/// (`64 KiB`, `1MiB`); at most 1 GiB.
+pub(crate) fn parse_size(field: &str, text: &str) -> Result<u64, ConfigError> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let unit = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1024,
+        "MiB" => 1024 * 1024,
+        _ => {
+            return Err(ConfigError::invalid(
+                field,
+                text,
+                "expected bytes, or a number with B, KiB or MiB (examples: 65536, \"64 KiB\")",
+            ));
+        }
+    };
+    let n = number
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(unit))
+        .filter(|n| *n <= 1 << 30)
+        .ok_or_else(|| {
+            ConfigError::invalid(field, text, "must be a number of bytes up to 1 GiB")
+        })?;
+    Ok(n)
+}
+
 /// The admin address, or `off` (no admin listener).
 pub(super) fn parse_admin(field: &str, v: &str) -> Result<Option<SocketAddr>, ConfigError> {
     if v.eq_ignore_ascii_case("off") {

@@ -227,6 +227,20 @@ pub(crate) struct RawRoute {
     /// WebSocket check from the start, before any call (default `false`:
     /// learned from the first 101).
     pub websocket: Option<bool>,
+    // --- backend loss (forward/tunnel/reattach.rs) ---
+    /// `close` (default: 1014 to the client) or `reattach`.
+    pub backend_loss: Option<String>,
+    /// How long a reattach keeps trying (default 10s).
+    #[serde(default, deserialize_with = "duration")]
+    pub reattach_within: Option<String>,
+    /// How many first client messages are replayed to each new backend connection (default 1).
+    pub replay_messages: Option<u32>,
+    /// Most bytes of those messages (default 64 KiB).
+    #[serde(default, deserialize_with = "size")]
+    pub replay_bytes: Option<String>,
+    /// Most client bytes held while the backend leg is replaced (default 256 KiB).
+    #[serde(default, deserialize_with = "size")]
+    pub reattach_buffer: Option<String>,
 }
 
 /// `[tls]`: one certificate (`cert`, `key`) and/or several (`[[tls.certs]]`).
@@ -293,6 +307,29 @@ fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error>
         type Value = Option<String>;
         fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
             f.write_str("a duration: whole seconds (5) or a string with a unit (\"500ms\", \"2s\", \"1m 30s\")")
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+            Ok(Some(v.to_owned()))
+        }
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Self::Value, E> {
+            Ok(Some(v.to_string()))
+        }
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Self::Value, E> {
+            u64::try_from(v)
+                .map(|v| Some(v.to_string()))
+                .map_err(|_| E::invalid_value(serde::de::Unexpected::Signed(v), &self))
+        }
+    }
+    d.deserialize_any(Text)
+}
+
+/// A size: an integer number of bytes (`65536`) or a string with a unit (`"64 KiB"`).
+fn size<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    struct Text;
+    impl serde::de::Visitor<'_> for Text {
+        type Value = Option<String>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a size: bytes (65536) or a string with a unit (\"64 KiB\", \"1 MiB\")")
         }
         fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
             Ok(Some(v.to_owned()))

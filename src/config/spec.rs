@@ -266,6 +266,43 @@ pub struct CallSpec {
     pub ping_timeout: Duration,
     /// A streaming direction silent this long is stalled.
     pub stall_after: Duration,
+    /// What a lost backend leg means for the call (`backend_loss`).
+    pub backend_loss: BackendLoss,
+}
+
+/// `backend_loss`: what shunt does when a call's backend leg is lost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BackendLoss {
+    /// Close the client leg with 1014 (the default).
+    #[default]
+    Close,
+    /// Keep the client leg open and reattach it to a new backend connection.
+    Reattach(ReattachSpec),
+}
+
+/// The settings of `backend_loss = "reattach"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReattachSpec {
+    /// How long shunt keeps trying before it gives up with 1014 (`reattach_within`).
+    pub within: Duration,
+    /// How many first complete client messages are replayed (`replay_messages`).
+    pub replay_messages: u32,
+    /// Most bytes of those messages; a larger preamble makes the call not
+    /// reattachable (`replay_bytes`).
+    pub replay_bytes: u32,
+    /// Most client bytes held while the backend leg is replaced (`reattach_buffer`).
+    pub buffer: u32,
+}
+
+impl Default for ReattachSpec {
+    fn default() -> Self {
+        ReattachSpec {
+            within: Duration::from_secs(10),
+            replay_messages: 1,
+            replay_bytes: 64 * 1024,
+            buffer: 256 * 1024,
+        }
+    }
 }
 
 impl std::fmt::Display for CallSpec {
@@ -284,7 +321,18 @@ impl std::fmt::Display for CallSpec {
             )?,
             None => f.write_str("frames on, pings off")?,
         }
-        write!(f, ", stall {}", d(self.stall_after))
+        write!(f, ", stall {}", d(self.stall_after))?;
+        if let BackendLoss::Reattach(r) = self.backend_loss {
+            write!(
+                f,
+                ", reattach within {} (replay {} message(s), {} B; buffer {} B)",
+                d(r.within),
+                r.replay_messages,
+                r.replay_bytes,
+                r.buffer
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -295,6 +343,7 @@ impl Default for CallSpec {
             ping_interval: Some(Duration::from_secs(20)),
             ping_timeout: Duration::from_secs(10),
             stall_after: Duration::from_secs(2),
+            backend_loss: BackendLoss::Close,
         }
     }
 }

@@ -23,6 +23,7 @@
 
 pub(crate) mod error;
 pub(crate) mod handshake;
+pub(crate) mod reattach;
 // `http` shadows the crate of that name in this file only (hence `::http` below).
 mod http;
 pub(crate) mod request;
@@ -111,6 +112,9 @@ pub(crate) struct Exchange<'a> {
     pub timeouts: &'a Timeouts,
     /// What a WebSocket call is listed with in `/calls`, and its route's call settings.
     pub call: CallMeta<'a>,
+    /// On a `backend_loss = "reattach"` route: its upstreams in order, for a
+    /// call's new backend leg.
+    pub reattach_to: Option<&'a Arc<[reattach::Candidate]>>,
 }
 
 impl Exchange<'_> {

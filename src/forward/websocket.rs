@@ -15,7 +15,7 @@ use super::tunnel::Handoff;
 use super::{Exchange, Target, handshake, response_timeout, tunnel, upgrade_answered};
 use crate::body::{self, Body};
 use crate::calls::CallInfo;
-use crate::config::{CallSpec, Timeouts};
+use crate::config::{BackendLoss, CallSpec, Timeouts};
 use crate::dial::Conn;
 use crate::forward::{ForwardError, UpgradeNotForwarded};
 use crate::headers;
@@ -32,6 +32,8 @@ pub(super) async fn forward(
 ) -> Result<Response<Body>, ForwardError> {
     let downstream_upgrade = hyper::upgrade::on(&mut req);
     super::request::prepare(&mut req, &exchange.rewrite());
+    // Only shunt says that a handshake is a reattach.
+    req.headers_mut().remove(super::reattach::X_SHUNT_REATTACH);
     let Exchange {
         route,
         routed_path,
@@ -40,6 +42,7 @@ pub(super) async fn forward(
         downstream,
         timeouts,
         call,
+        reattach_to,
         ..
     } = exchange;
     let name = upstream.name();
@@ -61,21 +64,31 @@ pub(super) async fn forward(
     let switching = status == StatusCode::SWITCHING_PROTOCOLS;
     let mut head = answer.head;
     let body = if switching {
+        let reattach = match (call.spec.backend_loss, reattach_to) {
+            (BackendLoss::Reattach(spec), Some(to)) => Some((spec, to)),
+            _ => None,
+        };
+        let call_guard = counters.calls.open(CallInfo {
+            client: downstream.peer,
+            via: downstream.via,
+            host: call.host,
+            path: call.target.to_owned(),
+            user: call.user.map(str::to_owned),
+            route: route.to_owned(),
+            upstream: name.0.clone(),
+            generation: call.generation,
+            frames: call.spec.frames,
+            reattach: reattach.is_some(),
+        });
+        let reattach = reattach.and_then(|(spec, to)| {
+            super::reattach::plan(spec, &req, &head.headers, to, timeouts, &call_guard.call)
+        });
         let parts = tunnel::TunnelParts {
             guard: counters.open_tunnel(route, name),
-            call: counters.calls.open(CallInfo {
-                client: downstream.peer,
-                via: downstream.via,
-                host: call.host,
-                path: call.target.to_owned(),
-                user: call.user.map(str::to_owned),
-                route: route.to_owned(),
-                upstream: name.0.clone(),
-                generation: call.generation,
-                frames: call.spec.frames,
-            }),
+            call: call_guard,
             slot: slot.take(),
             timers: tunnel_timers(timeouts, &call.spec),
+            reattach,
         };
         // The connection starts it once hyper has written the 101.
         handoff.park(downstream_upgrade, (answer.stream, answer.bytes), parts);

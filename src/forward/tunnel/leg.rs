@@ -25,6 +25,12 @@ pub(super) trait Leg {
     fn poll_half_close(&mut self, cx: &mut Context<'_>) -> Poll<()>;
     /// The bare socket, when this leg is plain TCP (it can be spliced).
     fn socket(&self) -> Option<&TcpStream>;
+    /// The leg did not answer shunt's Ping in time: whether it replaces its
+    /// connection (a reattachable upstream, [`super::reattach`]) instead of
+    /// being lost. Asked only on a ping timeout, never per byte.
+    fn replace_silent(&mut self) -> bool {
+        false
+    }
 }
 
 impl Leg for TcpStream {

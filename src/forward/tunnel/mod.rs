@@ -26,7 +26,9 @@
 //! the call honest: Pings to a silent leg and a Close with a code that says
 //! why when shunt ends a call (`control`), per-direction frame figures and
 //! stalls in the [`crate::calls`] registry. `parts` holds what a tunnel
-//! keeps for its life. A reload never touches a tunnel: it holds its own
+//! keeps for its life. On a route with `backend_loss = "reattach"` the
+//! upstream leg is a `reattach::Reattaching`, which replaces a lost backend
+//! connection under the live call (always the buffered path). A reload never touches a tunnel: it holds its own
 //! connections.
 
 mod buffer;
@@ -37,6 +39,7 @@ mod leg;
 mod mode;
 mod parts;
 mod pipes;
+mod reattach;
 mod task;
 #[cfg(test)]
 mod tests;
@@ -54,6 +57,8 @@ use crate::dial::UpstreamStream;
 use leg::{IoStream, Stream};
 pub(crate) use mode::Relay;
 pub(crate) use parts::{TunnelParts, TunnelTimers};
+use reattach::Reattaching;
+pub(crate) use reattach::{ReattachPlan, Redial, RedialError, Redialed};
 use task::Tunnel;
 
 /// Per downstream connection: where a WebSocket handshake that the upstream
@@ -129,7 +134,7 @@ impl Pending {
         let Pending {
             downstream,
             upstream,
-            parts,
+            mut parts,
         } = self;
         let downstream = match downstream.await {
             Ok(upgraded) => upgraded,
@@ -141,6 +146,18 @@ impl Pending {
         // The task is the tunnel's `run` future itself: wrapping it in
         // another `async` block would store the tunnel twice (once captured,
         // once inside the awaited future), doubling an idle call's task.
+        if let Some(plan) = parts.reattach.take() {
+            // A reattachable call: always the buffered path, its upstream
+            // leg able to become any new upstream stream.
+            let (d, d_early) = buffered(downstream);
+            let (u, u_early) = upstream;
+            let call = parts.call.call.clone();
+            let u = Reattaching::new(u, u_early, plan, call);
+            let tunnel = Tunnel::new((Stream(d), &d_early), (u, &[]), parts, relay);
+            drop(d_early);
+            tracker.spawn(tunnel.run(shutdown));
+            return;
+        }
         match unwrap_plain(downstream, upstream) {
             Unwrapped::Plain(d, d_early, u, u_early) => {
                 let tunnel = Tunnel::new((d, &d_early), (u, &u_early), parts, relay);
@@ -185,6 +202,15 @@ fn unwrap_plain(downstream: Upgraded, upstream: (UpstreamStream, Bytes)) -> Unwr
             upstream,
             u_early,
         ),
+    }
+}
+
+/// The downstream leg as a stream to relay through buffers, with the bytes
+/// read past its handshake.
+fn buffered(downstream: Upgraded) -> (Box<dyn IoStream>, Bytes) {
+    match downstream.downcast::<PlainIo>() {
+        Ok(d) => (Box::new(d.io.into_inner()), d.read_buf),
+        Err(downstream) => (Box::new(TokioIo::new(downstream)), Bytes::new()),
     }
 }
 

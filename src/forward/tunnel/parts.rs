@@ -56,4 +56,7 @@ pub(crate) struct TunnelParts {
     pub slot: Option<TunnelSlot>,
     /// Its timers.
     pub timers: TunnelTimers,
+    /// On a `backend_loss = "reattach"` route, a call that can be reattached:
+    /// how to replace its backend leg.
+    pub reattach: Option<Box<super::ReattachPlan>>,
 }

@@ -52,6 +52,7 @@ where
         call,
         slot: None,
         timers,
+        reattach: None,
     };
     Tunnel::new(
         (Stream(downstream), to_upstream_first),
@@ -86,6 +87,7 @@ fn guards(frames: bool) -> (TunnelGuard, CallGuard, Arc<CallRegistry>) {
         upstream: "direct".into(),
         generation: 1,
         frames,
+        reattach: false,
     });
     (guard, call, registry)
 }
@@ -553,6 +555,7 @@ async fn the_tunnel_task_stores_the_tunnel_once() {
         call,
         slot: None,
         timers: timers(),
+        reattach: None,
     };
     let tunnel = Tunnel::new((client, &[]), (server, &[]), parts, copy_only());
     let tunnel_size = size_of_val(&tunnel);

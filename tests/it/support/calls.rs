@@ -308,6 +308,34 @@ impl WsBackend {
         extra: &[(&'static str, &'static str)],
     ) -> (WsBackend, SeenHeaders) {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        WsBackend::serve(listener, extra)
+    }
+
+    /// [`WsBackend::spawn_negotiating`] on `addr`: a backend restarted on the
+    /// port of one that was dropped (binding is retried for up to 5 s while
+    /// the old listener goes away).
+    pub(crate) async fn spawn_on(
+        addr: SocketAddr,
+        extra: &[(&'static str, &'static str)],
+    ) -> (WsBackend, SeenHeaders) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        let listener = loop {
+            match TcpListener::bind(addr).await {
+                Ok(l) => break l,
+                Err(e) if tokio::time::Instant::now() >= deadline => {
+                    panic!("bind {addr} again: {e}")
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        };
+        WsBackend::serve(listener, extra)
+    }
+
+    /// Serve WebSocket upgrades on `listener` (see [`WsBackend::spawn_negotiating`]).
+    fn serve(
+        listener: TcpListener,
+        extra: &[(&'static str, &'static str)],
+    ) -> (WsBackend, SeenHeaders) {
         let addr = listener.local_addr().expect("addr");
         let (tx, accepted) = mpsc::channel(64);
         let seen = SeenHeaders::default();

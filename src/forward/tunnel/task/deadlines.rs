@@ -95,6 +95,13 @@ impl<D: Leg, U: Leg> Tunnel<D, U> {
                     let sent = self.ping_out[l] - 1;
                     if sent.saturating_add(self.timers.ping_timeout) <= now {
                         let side = Side::of(l);
+                        if side == Side::Upstream && self.upstream.replace_silent() {
+                            // A reattachable backend leg is being replaced: its
+                            // silence is the gap, not a loss.
+                            self.ping_out[l] = 0;
+                            self.last_rx[l] = now;
+                            continue;
+                        }
                         if let Some(e) = self.leg_lost(side, Loss::PingTimeout) {
                             return Some(e);
                         }

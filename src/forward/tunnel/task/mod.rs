@@ -132,6 +132,7 @@ impl<D: Leg, U: Leg> Tunnel<D, U> {
             call,
             slot,
             timers,
+            reattach: _,
         } = parts;
         let framing = if call.call.frames {
             Framing::Tracked

@@ -94,10 +94,19 @@ impl<D: Leg, U: Leg> Tunnel<D, U> {
             (g > 0).then(|| f64::from(g - 1) / 1000.0)
         };
         let stalls: u32 = call.dirs.iter().map(|d| d.stalls.load(Relaxed)).sum();
+        // A reattachable call: its reattaches, their total gap, the client
+        // messages cut by a loss (absent on other routes).
+        let reattach = call.reattach.as_ref().map(|r| {
+            (
+                r.count.load(Relaxed),
+                r.gap_ms.load(Relaxed) as f64 / 1000.0,
+                r.dropped_messages.load(Relaxed),
+            )
+        });
         tracing::info!(
             tunnel = call.id,
             route = call.route(),
-            upstream = call.upstream(),
+            upstream = &*call.current_upstream(),
             peer = %call.client,
             // Milliseconds are the log's precision (not 2.9712608940000003).
             duration_s = call.started.elapsed().as_millis() as f64 / 1000.0,
@@ -111,6 +120,9 @@ impl<D: Leg, U: Leg> Tunnel<D, U> {
             largest_gap_to_backend_s = gap(TO_UPSTREAM),
             largest_gap_to_client_s = gap(TO_DOWNSTREAM),
             stalls,
+            reattached = reattach.map(|r| r.0),
+            reattach_gap_s = reattach.map(|r| r.1),
+            reattach_dropped_messages = reattach.map(|r| r.2),
             "call ended"
         );
     }
