@@ -272,6 +272,9 @@ fn status(handles: &Handles, reloader: &Reloader, tunnel: &TunnelStatus) -> serd
         "calls": handles.stats().calls.status_json(),
         "requests": requests,
         "upgrades": upgrades,
+        "tls": {
+            "groups": handles.stats().tls_groups.to_json(),
+        },
     })
 }
 
@@ -281,6 +284,7 @@ fn metrics(handles: &Handles, reloader: &Reloader) -> Response<Body> {
     let mut out = String::new();
     handles.stats().to_prometheus(&mut out);
     handles.stats().calls.to_prometheus(&mut out);
+    handles.stats().tls_groups.to_prometheus(&mut out);
     let snapshot = handles.live().load();
     let _ = writeln!(
         out,

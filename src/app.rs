@@ -106,7 +106,11 @@ async fn start_on(config: Config, workers: Option<usize>) -> Result<Running, Sta
     let shutdown = Shutdown::new(shutdown, tracker);
     let snapshot = Snapshot::build(config, None, &shutdown)?;
     let certs = snapshot.certs().cloned().map(CertStore::new);
-    let acceptor = certs.clone().map(crate::tls::acceptor).transpose()?;
+    let groups = snapshot.config().tls_groups.clone();
+    let acceptor = certs
+        .clone()
+        .map(|store| crate::tls::acceptor(store, &groups))
+        .transpose()?;
     if let Some(set) = snapshot.certs() {
         for warning in set.warnings() {
             tracing::warn!("{warning}");

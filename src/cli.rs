@@ -145,6 +145,20 @@ pub struct RunArgs {
     /// Time a client has to complete the TLS handshake [default: 10s].
     #[arg(long, env = "SHUNT_TLS_HANDSHAKE_TIMEOUT", value_name = "DURATION")]
     pub tls_handshake_timeout: Option<String>,
+    /// Key exchange groups the TLS listener offers, in order, comma-separated
+    /// (case-insensitive): X25519MLKEM768, X25519, secp256r1, secp384r1
+    /// [default: all four, post-quantum first].
+    #[arg(
+        long,
+        env = "SHUNT_TLS_GROUPS",
+        value_name = "GROUPS",
+        value_delimiter = ','
+    )]
+    pub tls_groups: Vec<String>,
+    /// Strict-Transport-Security value added to HTTP responses on the TLS
+    /// listener (not to a 101), e.g. "max-age=31536000" [default: off].
+    #[arg(long, env = "SHUNT_HSTS", value_name = "VALUE")]
+    pub hsts: Option<String>,
     /// PEM CA file trusted for https:// upstreams [default: the system roots].
     #[arg(long, env = "SHUNT_UPSTREAM_CA", value_name = "FILE")]
     pub upstream_ca: Option<PathBuf>,

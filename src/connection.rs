@@ -103,7 +103,20 @@ async fn serve_tls(stream: TcpStream, peer: SocketAddr, acceptor: &TlsAcceptor, 
         .as_ref()
         .map_or(DEFAULT_TLS_HANDSHAKE_TIMEOUT, |t| t.handshake_timeout);
     match crate::tls::accept(acceptor, stream, timeout).await {
-        Ok(tls) => serve(tls, Downstream { peer, tls: true }, ctx).await,
+        Ok(tls) => {
+            let group = tls.key_exchange_group();
+            if let Some(g) = group {
+                ctx.handles().stats().tls_groups.record(g);
+            }
+            tracing::debug!(
+                target: crate::telemetry::ACCESS_TARGET,
+                peer = %peer,
+                version = ?tls.protocol_version(),
+                group = group.map_or("-", crate::tls::groups::name_of),
+                "tls handshake"
+            );
+            serve(tls, Downstream { peer, tls: true }, ctx).await;
+        }
         Err(e) => refusals::refused(Reason::TlsHandshake, peer, &ErrorChain(&e)),
     }
 }

@@ -112,14 +112,20 @@ pub(crate) async fn handle(
     // The target shares the request head's bytes: keeping it for the log copies nothing.
     let uri = req.uri().clone();
     // Path and query, the token parameter redacted: a token never reaches a log line.
-    let path = {
+    // `--hsts`: only on the TLS listener (a header on plain HTTP means nothing).
+    let (path, hsts) = {
         let snapshot = ctx.handles.live().load();
-        policy::target::loggable_target(&uri, &snapshot.config().policy.sources.query)
+        let path = policy::target::loggable_target(&uri, &snapshot.config().policy.sources.query);
+        let hsts = downstream
+            .tls
+            .then(|| snapshot.config().hsts.clone())
+            .flatten();
+        (path, hsts)
     };
     let upgrade = req.version() >= http::Version::HTTP_11
         && crate::headers::has_token(req.headers(), header::UPGRADE, "websocket");
     let mut trace = Trace::default();
-    let resp = match proxy(req, downstream, &ctx, &mut trace, &uri, &path, handoff).await {
+    let mut resp = match proxy(req, downstream, &ctx, &mut trace, &uri, &path, handoff).await {
         Ok(resp) => resp,
         Err(e @ ProxyError::Denied(_)) => {
             tracing::info!(peer = %downstream.peer, path = %path, reason = %ErrorChain(&e), "request refused by policy");
@@ -130,6 +136,9 @@ pub(crate) async fn handle(
             response::error_response(&e)
         }
     };
+    if let Some(value) = hsts {
+        add_hsts(&mut resp, value);
+    }
     ctx.handles.stats().record(resp.status(), upgrade);
     tracing::info!(
         target: crate::telemetry::ACCESS_TARGET,
@@ -144,6 +153,16 @@ pub(crate) async fn handle(
         "request"
     );
     Ok(resp)
+}
+
+/// `Strict-Transport-Security` on an HTTP answer of the TLS listener, unless
+/// the upstream set its own; never on a 101 (the tunnel is not HTTP).
+fn add_hsts(resp: &mut Response<Body>, value: HeaderValue) {
+    if resp.status() != http::StatusCode::SWITCHING_PROTOCOLS {
+        resp.headers_mut()
+            .entry(header::STRICT_TRANSPORT_SECURITY)
+            .or_insert(value);
+    }
 }
 
 /// What [`check_request`] found out about a request that may go on.

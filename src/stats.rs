@@ -20,6 +20,7 @@ use http::StatusCode;
 
 use crate::calls::CallRegistry;
 use crate::config::UpstreamName;
+use crate::tls::groups::GroupCounts;
 
 /// Process-wide counters.
 #[derive(Debug, Default)]
@@ -29,6 +30,8 @@ pub struct Stats {
     tunnels: Mutex<BTreeMap<(String, UpstreamName), Arc<TunnelCounts>>>,
     /// Live calls (WebSocket tunnels) and their metrics, for `/calls`.
     pub calls: Arc<CallRegistry>,
+    /// TLS handshakes on the listener per negotiated key exchange group.
+    pub tls_groups: GroupCounts,
 }
 
 /// Counts of one kind of exchange by status class (1xx..5xx).

@@ -14,8 +14,9 @@ use std::time::Duration;
 
 use super::ConfigError;
 use super::parse::{
-    cidrs, origins, parse_addr, parse_admin, parse_auth, parse_duration, parse_keepalive,
-    parse_log_format, parse_rate, parse_route_flag, parse_tunnel_settings, token_name,
+    cidrs, origins, parse_addr, parse_admin, parse_auth, parse_duration, parse_hsts,
+    parse_keepalive, parse_log_format, parse_rate, parse_route_flag, parse_tls_groups,
+    parse_tunnel_settings, token_name,
 };
 use super::spec::{LogFormat, ProbeKind, RouteSpec, TunnelSettings, UpstreamUrl};
 use crate::cli::RunArgs;
@@ -23,6 +24,8 @@ use crate::policy::auth::AuthMode;
 use crate::policy::ip::IpNet;
 use crate::policy::origin::OriginRule;
 use crate::policy::rate::Rate;
+use crate::tls::KxGroup;
+use http::HeaderValue;
 
 /// Every run flag, typed; `None` (or an empty list) where the flag was not
 /// given, so the file or the default decides.
@@ -74,6 +77,10 @@ pub(super) struct Overrides {
     pub tls_key: Option<PathBuf>,
     /// `--tls-handshake-timeout`.
     pub tls_handshake_timeout: Option<Duration>,
+    /// `--tls-groups`, if given (it then replaces the file's list).
+    pub tls_groups: Option<Vec<KxGroup>>,
+    /// `--hsts`.
+    pub hsts: Option<HeaderValue>,
     /// `--upstream-ca`.
     pub upstream_ca: Option<PathBuf>,
     /// Not `--no-watch`.
@@ -186,6 +193,14 @@ impl Overrides {
             tls_cert: a.tls_cert.clone(),
             tls_key: a.tls_key.clone(),
             tls_handshake_timeout: duration("tls-handshake-timeout", &a.tls_handshake_timeout)?,
+            tls_groups: given(&a.tls_groups)
+                .map(|l| parse_tls_groups("--tls-groups", l))
+                .transpose()?,
+            hsts: a
+                .hsts
+                .as_deref()
+                .map(|v| parse_hsts("--hsts", v))
+                .transpose()?,
             upstream_ca: a.upstream_ca.clone(),
             watch: !a.no_watch,
             allow_ip: given(&a.allow_ip)

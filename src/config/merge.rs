@@ -20,8 +20,8 @@ use std::time::Duration;
 
 use super::flags::Overrides;
 use super::parse::{
-    check_name, field_name, parse_addr, parse_admin, parse_duration, parse_host, parse_log_format,
-    parse_path, parse_via,
+    check_name, field_name, parse_addr, parse_admin, parse_duration, parse_host, parse_hsts,
+    parse_log_format, parse_path, parse_tls_groups, parse_via,
 };
 use super::raw::{RawConfig, RawHealth};
 use super::spec::{
@@ -127,6 +127,16 @@ impl Merge<'_> {
         let upstreams = self.upstreams()?;
         let routes = self.routes(&upstreams, &route_defaults)?;
         let tls = self.tls()?;
+        let tls_groups = match (&a.tls_groups, &f.tls_groups) {
+            (Some(flag), _) => flag.clone(),
+            (None, Some(list)) => parse_tls_groups("`tls_groups` in the config file", list)?,
+            (None, None) => Vec::new(),
+        };
+        let hsts = match (&a.hsts, &f.hsts) {
+            (Some(flag), _) => Some(flag.clone()),
+            (None, Some(v)) => Some(parse_hsts("`hsts` in the config file", v)?),
+            (None, None) => None,
+        };
         Ok(Config {
             listen,
             admin,
@@ -138,6 +148,8 @@ impl Merge<'_> {
             upstreams,
             routes,
             tls,
+            tls_groups,
+            hsts,
             file: a.config.clone(),
             policy,
             watch: a.watch,

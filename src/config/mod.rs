@@ -149,6 +149,11 @@ pub struct Config {
     pub routes: Vec<RouteSpec>,
     /// TLS on the proxy listener, if configured.
     pub tls: Option<TlsSpec>,
+    /// Key exchange groups the TLS listener offers, in order (`--tls-groups`);
+    /// empty: all, post-quantum first. Fixed at start.
+    pub tls_groups: Vec<crate::tls::KxGroup>,
+    /// `Strict-Transport-Security` added on the TLS listener (`--hsts`); `None`: off.
+    pub hsts: Option<http::HeaderValue>,
     /// The config file, if any.
     pub file: Option<PathBuf>,
     /// Global security settings (IP lists, credentials, limits).

@@ -15,7 +15,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use http::Uri;
+use http::{HeaderValue, Uri};
 
 use super::ConfigError;
 use super::spec::{
@@ -27,6 +27,7 @@ use crate::policy::auth::AuthMode;
 use crate::policy::ip::IpNet;
 use crate::policy::origin::OriginRule;
 use crate::policy::rate::Rate;
+use crate::tls::KxGroup;
 
 impl UpstreamUrl {
     /// Parse `http://host[:port][/]`; a path other than `/` is refused, since
@@ -464,4 +465,52 @@ pub(super) fn token_name(field: &str, v: String) -> Result<String, ConfigError> 
             "use letters, digits, '_', '-' or '.'",
         ))
     }
+}
+
+/// `--tls-groups` / `tls_groups`: key exchange group names as rustls spells
+/// them (case-insensitive), in order of preference; no duplicates, not empty.
+pub(super) fn parse_tls_groups(field: &str, items: &[String]) -> Result<Vec<KxGroup>, ConfigError> {
+    let known = || {
+        KxGroup::ALL
+            .iter()
+            .map(|g| g.name())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let groups = parse_list((field.to_owned(), items), |s| {
+        KxGroup::parse(s).ok_or_else(|| format!("unknown key exchange group; known: {}", known()))
+    })?;
+    if groups.is_empty() {
+        return Err(ConfigError::invalid(
+            field,
+            "",
+            format!("name at least one group: {}", known()),
+        ));
+    }
+    for (i, g) in groups.iter().enumerate() {
+        if groups[..i].contains(g) {
+            return Err(ConfigError::invalid(field, g, "named twice"));
+        }
+    }
+    Ok(groups)
+}
+
+/// `--hsts` / `hsts`: a `Strict-Transport-Security` value with a
+/// `max-age=SECONDS` directive (`includeSubDomains` and `preload` may follow).
+pub(super) fn parse_hsts(field: &str, v: &str) -> Result<HeaderValue, ConfigError> {
+    let has_max_age = v.split(';').any(|d| {
+        d.trim().split_once('=').is_some_and(|(k, n)| {
+            k.trim().eq_ignore_ascii_case("max-age")
+                && n.trim().trim_matches('"').parse::<u64>().is_ok()
+        })
+    });
+    if !has_max_age {
+        return Err(ConfigError::invalid(
+            field,
+            v,
+            "expected a Strict-Transport-Security value with max-age=SECONDS, e.g. \"max-age=31536000\"",
+        ));
+    }
+    HeaderValue::from_str(v.trim())
+        .map_err(|_| ConfigError::invalid(field, v, "not a valid header value"))
 }

@@ -55,6 +55,10 @@ pub(crate) struct RawConfig {
     pub log_format: Option<String>,
     /// CA file trusted for https upstreams (relative paths: to the config file).
     pub upstream_ca: Option<String>,
+    /// `tls_groups`: as `--tls-groups`.
+    pub tls_groups: Option<Vec<String>>,
+    /// `hsts`: as `--hsts`.
+    pub hsts: Option<String>,
     /// `tls`: as `--tls`.
     pub tls: Option<RawTls>,
     // --- security policy (policy/) ---

@@ -75,7 +75,7 @@ pub(crate) fn check(ctx: &Context, report: &mut Report) {
             ),
         ));
     }
-    let provider = rustls::crypto::ring::default_provider();
+    let provider = rustls::crypto::aws_lc_rs::default_provider();
     let mut served = Vec::new();
     for spec in &tls.certs {
         if let Some(s) = key(spec, &provider, report) {

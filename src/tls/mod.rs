@@ -8,6 +8,7 @@
 
 pub(crate) mod certs;
 pub(crate) mod client;
+pub(crate) mod groups;
 pub(crate) mod resolver;
 pub(crate) mod stream;
 
@@ -21,6 +22,7 @@ use tokio_rustls::TlsAcceptor;
 
 pub(crate) use certs::CertError;
 pub use certs::CertSpec;
+pub(crate) use groups::KxGroup;
 pub(crate) use resolver::{CertSet, CertStore};
 pub(crate) use stream::TlsStream;
 
@@ -46,7 +48,7 @@ pub(crate) enum AcceptError {
 
 /// Load every configured certificate; all must load.
 pub fn load_cert_set(specs: &[CertSpec]) -> Result<Arc<CertSet>, CertError> {
-    let provider = rustls::crypto::ring::default_provider();
+    let provider = groups::provider(&[]);
     let loaded = specs
         .iter()
         .map(|s| certs::load(s, &provider))
@@ -56,9 +58,13 @@ pub fn load_cert_set(specs: &[CertSpec]) -> Result<Arc<CertSet>, CertError> {
 }
 
 /// The acceptor for the proxy listener: TLS 1.2 and 1.3, ALPN `http/1.1`
-/// (and `http/1.0`, which `curl --http1.0` offers alone), session tickets.
-pub(crate) fn acceptor(store: Arc<CertStore>) -> Result<TlsAcceptor, rustls::Error> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+/// (and `http/1.0`, which `curl --http1.0` offers alone), session tickets,
+/// the key exchange `groups` in that order (empty: every group, post-quantum first).
+pub(crate) fn acceptor(
+    store: Arc<CertStore>,
+    groups: &[KxGroup],
+) -> Result<TlsAcceptor, rustls::Error> {
+    let provider = groups::provider(groups);
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
@@ -68,7 +74,7 @@ pub(crate) fn acceptor(store: Arc<CertStore>) -> Result<TlsAcceptor, rustls::Err
     // client resumes without a certificate signature, and the server keeps
     // no per-session state. Tickets are per process: a restart or another
     // replica just means a full handshake.
-    config.ticketer = rustls::crypto::ring::Ticketer::new()?;
+    config.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()?;
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 

@@ -1,1 +1,4 @@
 //! ACME against a real pebble, the HTTP-01 listener, post-quantum key exchange and HSTS (issue 22).
+
+mod hsts;
+mod post_quantum;

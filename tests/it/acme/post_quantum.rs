@@ -1,0 +1,152 @@
+//! Post-quantum key exchange: a client offering only X25519MLKEM768 gets a
+//! handshake, `/status` counts it per group, and `--tls-groups` restricts
+//! what the listener accepts.
+
+use std::sync::Arc;
+
+use rustls::crypto::SupportedKxGroup;
+use rustls::crypto::aws_lc_rs::kx_group;
+use rustls::pki_types::pem::PemObject;
+
+use crate::support::tls::{TestPki, tls_in_front, wss_connect};
+use crate::support::ws::recv;
+
+/// A client trusting `pki` that offers only `groups`.
+fn client_offering(
+    pki: &TestPki,
+    groups: &[&'static dyn SupportedKxGroup],
+) -> Arc<rustls::ClientConfig> {
+    let mut provider = rustls::crypto::aws_lc_rs::default_provider();
+    provider.kx_groups = groups.to_vec();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add_parsable_certificates(
+        rustls::pki_types::CertificateDer::pem_file_iter(pki.ca_file())
+            .unwrap()
+            .map(Result::unwrap),
+    );
+    Arc::new(
+        rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    )
+}
+
+/// A wss:// call with a client offering only `groups`; returns the group
+/// the client saw negotiated.
+async fn call_with(
+    addr: std::net::SocketAddr,
+    pki: &TestPki,
+    groups: &[&'static dyn SupportedKxGroup],
+) -> Result<rustls::NamedGroup, crate::support::BoxError> {
+    let (tls, _) =
+        crate::support::tls::tls_connect(addr, "localhost", client_offering(pki, groups)).await?;
+    let group = tls
+        .get_ref()
+        .1
+        .negotiated_key_exchange_group()
+        .ok_or("no group negotiated")?
+        .name();
+    drop(tls);
+    let (mut ws, resp, _) = wss_connect(
+        addr,
+        "localhost",
+        "/frontend-audio",
+        client_offering(pki, groups),
+    )
+    .await?;
+    assert_eq!(resp.status(), 101);
+    let hello = recv(&mut ws).await?;
+    assert!(format!("{hello:?}").contains("hello from"), "{hello:?}");
+    Ok(group)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_offering_only_x25519mlkem768_gets_it_and_status_counts_it() {
+    let (pki, _, _backend, proxy) = tls_in_front("server", &["localhost"], "pq-backend").await;
+    let proxy = proxy.start().await;
+
+    let group = call_with(proxy.addr(), &pki, &[kx_group::X25519MLKEM768])
+        .await
+        .expect("a post-quantum-only client completes the handshake and the call");
+    assert_eq!(group, rustls::NamedGroup::X25519MLKEM768);
+    let status = proxy.status().await.unwrap();
+    assert_eq!(
+        status["tls"]["groups"]["X25519MLKEM768"], 2,
+        "two handshakes with the hybrid group: {}",
+        status["tls"]
+    );
+    assert_eq!(status["tls"]["groups"]["X25519"], 0);
+
+    let group = call_with(proxy.addr(), &pki, &[kx_group::X25519])
+        .await
+        .expect("a client offering only X25519 still works");
+    assert_eq!(group, rustls::NamedGroup::X25519);
+    let status = proxy.status().await.unwrap();
+    assert_eq!(status["tls"]["groups"]["X25519"], 2, "{}", status["tls"]);
+
+    // A client offering what browsers offer (the hybrid group first, with its
+    // key share, then X25519) gets the hybrid group.
+    let group = call_with(
+        proxy.addr(),
+        &pki,
+        &[
+            kx_group::X25519MLKEM768,
+            kx_group::X25519,
+            kx_group::SECP256R1,
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(group, rustls::NamedGroup::X25519MLKEM768);
+
+    let metrics = proxy.admin_get("/metrics").await.unwrap().1;
+    assert!(
+        metrics.contains("shunt_tls_handshakes_total{group=\"X25519MLKEM768\"} 4"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_groups_restricts_the_listener() {
+    let (pki, _, _backend, proxy) = tls_in_front("server", &["localhost"], "pq-backend").await;
+    let proxy = proxy.arg("--tls-groups", "x25519,SECP384R1").start().await;
+    assert!(
+        call_with(proxy.addr(), &pki, &[kx_group::X25519MLKEM768])
+            .await
+            .is_err(),
+        "X25519MLKEM768 is not offered by a listener restricted to X25519 and secp384r1"
+    );
+    assert_eq!(
+        call_with(
+            proxy.addr(),
+            &pki,
+            &[kx_group::SECP384R1, kx_group::X25519MLKEM768]
+        )
+        .await
+        .unwrap(),
+        rustls::NamedGroup::secp384r1
+    );
+}
+
+#[test]
+fn an_unknown_tls_group_is_a_clear_error() {
+    let e = shunt::Config::from_args(["--tls-groups", "X25519,X448"])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("--tls-groups") && e.contains("X448") && e.contains("X25519MLKEM768"),
+        "{e}"
+    );
+    let file = crate::support::TempFile::new("groups.toml", "tls_groups = [\"secp521r1\"]\n");
+    let e = shunt::Config::from_args(["--config", file.path()])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("tls_groups") && e.contains("secp521r1"), "{e}");
+    let file = crate::support::TempFile::new(
+        "groups-ok.toml",
+        "tls_groups = [\"X25519\", \"x25519mlkem768\"]\n",
+    );
+    shunt::Config::from_args(["--config", file.path()]).expect("known names in any case");
+}
