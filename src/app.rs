@@ -24,7 +24,9 @@ use arc_swap::ArcSwap;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::Config;
+use crate::acme::challenge::Http01Tokens;
+use crate::acme::{Acme, AcmeStatus};
+use crate::config::{AcmeChallenge, Config};
 use crate::handles::Handles;
 use crate::live::{BuildError, Snapshot};
 use crate::reload::Reloader;
@@ -49,6 +51,9 @@ pub enum StartError {
     /// rustls refused the server configuration.
     #[error("TLS setup")]
     Tls(#[from] rustls::Error),
+    /// The ACME state directory cannot be used.
+    #[error(transparent)]
+    Acme(#[from] crate::acme::store::StoreError),
 }
 
 /// A started proxy.
@@ -56,6 +61,7 @@ pub enum StartError {
 pub struct Running {
     listen_addr: SocketAddr,
     admin_addr: Option<SocketAddr>,
+    http_addr: Option<SocketAddr>,
     handles: Arc<Handles>,
     reloader: Arc<Reloader>,
     /// Stops the admin API, which outlives the drain (see [`crate::admin::run`]).
@@ -95,6 +101,10 @@ async fn start_on(config: Config, workers: Option<usize>) -> Result<Running, Sta
         None => Proxy::InRuntime(crate::listener::bind(listen, "proxy").await?),
         Some(n) => Proxy::Workers(crate::workers::bind(listen, n)?),
     };
+    let http_listener = match config.http_listen {
+        Some(addr) => Some(crate::listener::bind(addr, "http").await?),
+        None => None,
+    };
     let admin_listener = match admin {
         Some(addr) => Some(crate::listener::bind(addr, "admin").await?),
         None => None,
@@ -105,18 +115,39 @@ async fn start_on(config: Config, workers: Option<usize>) -> Result<Running, Sta
     let relay = Arc::new(crate::forward::tunnel::Relay::start(&config.tunnel));
     let shutdown = Shutdown::new(shutdown, tracker);
     let snapshot = Snapshot::build(config, None, &shutdown)?;
-    let certs = snapshot.certs().cloned().map(CertStore::new);
+    // TLS is on with file certificates, ACME, or both.
+    let acme = snapshot.config().acme.clone();
+    let certs = (snapshot.certs().is_some() || acme.is_some())
+        .then(|| CertStore::new(snapshot.certs().cloned()));
     let groups = snapshot.config().tls_groups.clone();
+    let tls_alpn = acme
+        .as_ref()
+        .is_some_and(|a| a.challenge == AcmeChallenge::TlsAlpn01);
     let acceptor = certs
         .clone()
-        .map(|store| crate::tls::acceptor(store, &groups))
+        .map(|store| crate::tls::acceptor(store, &groups, tls_alpn))
         .transpose()?;
     if let Some(set) = snapshot.certs() {
         for warning in set.warnings() {
             tracing::warn!("{warning}");
         }
     }
-    let handles = Handles::new(ArcSwap::from_pointee(snapshot), certs, shutdown);
+    let tokens = Arc::new(Http01Tokens::default());
+    let acme_task = match (acme, &certs) {
+        (Some(spec), Some(store)) => {
+            let status = Arc::new(AcmeStatus::default());
+            let task = Acme::new(spec, store.clone(), tokens.clone(), status.clone())?;
+            Some((task, status))
+        }
+        _ => None,
+    };
+    let acme_status = acme_task.as_ref().map(|(_, s)| s.clone());
+    let handles = Handles::new(
+        ArcSwap::from_pointee(snapshot),
+        certs,
+        acme_status,
+        shutdown,
+    );
     let reloader = Reloader::new(handles.clone());
 
     let listen_addr = match &proxy_listener {
@@ -162,6 +193,34 @@ async fn start_on(config: Config, workers: Option<usize>) -> Result<Running, Sta
             n
         }
     };
+    if let Some((task, _)) = acme_task {
+        handles
+            .shutdown()
+            .tracker()
+            .spawn(task.run(handles.shutdown().token().clone()));
+    }
+    let http_addr = match http_listener {
+        Some(listener) => {
+            let addr = listener.local_addr().map_err(StartError::LocalAddr)?;
+            let port = crate::http_port::HttpPort {
+                tokens,
+                https_port: handles
+                    .live()
+                    .load()
+                    .config()
+                    .https_port
+                    .unwrap_or(listen_addr.port()),
+                stop: handles.shutdown().token().clone(),
+            };
+            handles.shutdown().tracker().spawn(crate::http_port::run(
+                listener,
+                port,
+                handles.shutdown().tracker().clone(),
+            ));
+            Some(addr)
+        }
+        None => None,
+    };
     handles
         .shutdown()
         .tracker()
@@ -194,6 +253,7 @@ async fn start_on(config: Config, workers: Option<usize>) -> Result<Running, Sta
     Ok(Running {
         listen_addr,
         admin_addr,
+        http_addr,
         handles,
         reloader,
         admin_stop,
@@ -210,6 +270,11 @@ impl Running {
     /// The admin listener's bound address, unless it is off.
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.admin_addr
+    }
+
+    /// The HTTP port's bound address (`--http-listen`), if it is on.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_addr
     }
 
     /// The reloader (SIGHUP and file watching call it).

@@ -115,6 +115,13 @@ async fn serve_tls(stream: TcpStream, peer: SocketAddr, acceptor: &TlsAcceptor, 
                 group = group.map_or("-", crate::tls::groups::name_of),
                 "tls handshake"
             );
+            if tls.alpn_protocol() == Some(crate::tls::ACME_TLS_ALPN) {
+                // A TLS-ALPN-01 validation: the handshake was the answer; never HTTP.
+                let mut tls = tls;
+                let _ = tokio::time::timeout(timeout, tls.shutdown()).await;
+                tracing::debug!(peer = %peer, "answered an ACME tls-alpn-01 validation");
+                return;
+            }
             serve(tls, Downstream { peer, tls: true }, ctx).await;
         }
         Err(e) => refusals::refused(Reason::TlsHandshake, peer, &ErrorChain(&e)),

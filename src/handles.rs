@@ -25,6 +25,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
+use crate::acme::AcmeStatus;
 use crate::live::Live;
 use crate::policy::rate::Gate;
 use crate::shutdown::Shutdown;
@@ -40,12 +41,18 @@ pub struct Handles {
     shutdown: Shutdown,
     started: Instant,
     certs: Option<Arc<CertStore>>,
+    acme: Option<Arc<AcmeStatus>>,
     draining: AtomicBool,
 }
 
 impl Handles {
     /// Wrap a first snapshot.
-    pub fn new(live: Live, certs: Option<Arc<CertStore>>, shutdown: Shutdown) -> Arc<Self> {
+    pub fn new(
+        live: Live,
+        certs: Option<Arc<CertStore>>,
+        acme: Option<Arc<AcmeStatus>>,
+        shutdown: Shutdown,
+    ) -> Arc<Self> {
         Arc::new(Handles {
             live,
             stats: Arc::default(),
@@ -53,6 +60,7 @@ impl Handles {
             shutdown,
             started: Instant::now(),
             certs,
+            acme,
             draining: AtomicBool::new(false),
         })
     }
@@ -82,7 +90,12 @@ impl Handles {
         self.started
     }
 
-    /// Certificates served by the TLS listener; `None` without TLS.
+    /// What the ACME task reports; `None` without `[acme]`.
+    pub fn acme(&self) -> Option<&Arc<AcmeStatus>> {
+        self.acme.as_ref()
+    }
+
+    /// The listener's certificate store (file and ACME certificates), if TLS is on.
     pub fn certs(&self) -> Option<&Arc<CertStore>> {
         self.certs.as_ref()
     }

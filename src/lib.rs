@@ -132,6 +132,7 @@ pub use workers::default_count as default_worker_count;
 /// certificate loading, the JWT verifier and the dashboard's assets.
 #[cfg(feature = "test-util")]
 pub mod testing {
+    pub use crate::acme::set_retry_min as set_acme_retry_min;
     pub use crate::admin::dashboard::asset as dashboard_asset;
     pub use crate::body::full;
     pub use crate::config::RouteSpec;
@@ -144,6 +145,7 @@ pub mod testing {
     pub use crate::upgrade::classify;
 }
 
+mod acme;
 mod admin;
 mod app;
 mod body;
@@ -161,8 +163,8 @@ mod fdlimit;
 mod forward;
 mod handles;
 mod headers;
+mod http_port;
 mod keepalive;
-
 mod listener;
 mod live;
 mod percent;

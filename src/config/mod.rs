@@ -49,8 +49,8 @@ use raw::RawConfig;
 
 pub use parse::{parse_addr, parse_duration};
 pub(crate) use spec::{
-    CallSpec, GlobalPolicy, HealthSpec, LogFormat, ProbeKind, RoutePolicy, Timeouts, TlsSpec,
-    TunnelMode, TunnelSettings, UpstreamName, UpstreamSpec, UpstreamUrl,
+    AcmeChallenge, AcmeSpec, CallSpec, GlobalPolicy, HealthSpec, LogFormat, ProbeKind, RoutePolicy,
+    Timeouts, TlsSpec, TunnelMode, TunnelSettings, UpstreamName, UpstreamSpec, UpstreamUrl,
 };
 pub use spec::{RouteSpec, Scheme};
 
@@ -154,6 +154,12 @@ pub struct Config {
     pub tls_groups: Vec<crate::tls::KxGroup>,
     /// `Strict-Transport-Security` added on the TLS listener (`--hsts`); `None`: off.
     pub hsts: Option<http::HeaderValue>,
+    /// `[acme]`: a certificate shunt orders and renews itself; fixed at start.
+    pub acme: Option<AcmeSpec>,
+    /// The plain listener for HTTP-01 and the redirect to https (`--http-listen`).
+    pub http_listen: Option<SocketAddr>,
+    /// The port that listener redirects to (`--https-port`); `None`: the listener's.
+    pub https_port: Option<u16>,
     /// The config file, if any.
     pub file: Option<PathBuf>,
     /// Global security settings (IP lists, credentials, limits).

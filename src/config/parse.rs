@@ -19,8 +19,8 @@ use http::{HeaderValue, Uri};
 
 use super::ConfigError;
 use super::spec::{
-    LogFormat, ProbeKind, RoutePolicy, RouteSpec, Scheme, TunnelMode, TunnelSettings, UpstreamName,
-    UpstreamUrl,
+    AcmeChallenge, LogFormat, ProbeKind, RoutePolicy, RouteSpec, Scheme, TunnelMode,
+    TunnelSettings, UpstreamName, UpstreamUrl,
 };
 use crate::cli::RunArgs;
 use crate::policy::auth::AuthMode;
@@ -464,6 +464,40 @@ pub(super) fn token_name(field: &str, v: String) -> Result<String, ConfigError> 
             v,
             "use letters, digits, '_', '-' or '.'",
         ))
+    }
+}
+
+/// Let's Encrypt's production directory, the default.
+const LETSENCRYPT: &str = "https://acme-v02.api.letsencrypt.org/directory";
+/// Let's Encrypt's staging directory.
+const LETSENCRYPT_STAGING: &str = "https://acme-staging-v02.api.letsencrypt.org/directory";
+
+/// An ACME directory: `letsencrypt` (the default), `letsencrypt-staging` or an https:// URL.
+pub(super) fn parse_acme_directory(field: &str, v: &str) -> Result<String, ConfigError> {
+    match v.trim() {
+        "" | "letsencrypt" => Ok(LETSENCRYPT.to_owned()),
+        "letsencrypt-staging" => Ok(LETSENCRYPT_STAGING.to_owned()),
+        url => match url.parse::<Uri>() {
+            Ok(u) if u.scheme_str() == Some("https") && u.host().is_some() => Ok(url.to_owned()),
+            _ => Err(ConfigError::invalid(
+                field,
+                v,
+                "expected an https:// directory URL, letsencrypt or letsencrypt-staging",
+            )),
+        },
+    }
+}
+
+/// `tls-alpn-01` or `http-01`.
+pub(super) fn parse_acme_challenge(field: &str, v: &str) -> Result<AcmeChallenge, ConfigError> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "tls-alpn-01" => Ok(AcmeChallenge::TlsAlpn01),
+        "http-01" => Ok(AcmeChallenge::Http01),
+        _ => Err(ConfigError::invalid(
+            field,
+            v,
+            "expected tls-alpn-01 or http-01",
+        )),
     }
 }
 

@@ -59,6 +59,12 @@ pub(crate) struct RawConfig {
     pub tls_groups: Option<Vec<String>>,
     /// `hsts`: as `--hsts`.
     pub hsts: Option<String>,
+    /// `http_listen`: as `--http-listen`.
+    pub http_listen: Option<String>,
+    /// `https_port`: as `--https-port`.
+    pub https_port: Option<u16>,
+    /// `[acme]`: certificates ordered and renewed by shunt.
+    pub acme: Option<RawAcme>,
     /// `tls`: as `--tls`.
     pub tls: Option<RawTls>,
     // --- security policy (policy/) ---
@@ -207,6 +213,25 @@ pub(crate) struct RawTls {
     /// More certificates, picked by SNI.
     #[serde(default)]
     pub certs: Vec<RawCert>,
+}
+
+/// `[acme]`: one certificate for `domains`, from an ACME CA.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawAcme {
+    /// The names of the certificate (as `--acme-domain`).
+    #[serde(default)]
+    pub domains: Vec<String>,
+    /// Contact e-mail (as `--acme-email`).
+    pub email: Option<String>,
+    /// Directory URL or shorthand (as `--acme-directory`).
+    pub directory: Option<String>,
+    /// `tls-alpn-01` or `http-01` (as `--acme-challenge`).
+    pub challenge: Option<String>,
+    /// Account key and certificates (as `--acme-state-dir`).
+    pub state_dir: Option<String>,
+    /// CA trusted for the ACME server (as `--acme-ca-file`).
+    pub ca_file: Option<String>,
 }
 
 /// `[[tls.certs]]`: a certificate for the SNI names listed (default: its own names).

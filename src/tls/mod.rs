@@ -23,7 +23,7 @@ use tokio_rustls::TlsAcceptor;
 pub(crate) use certs::CertError;
 pub use certs::CertSpec;
 pub(crate) use groups::KxGroup;
-pub(crate) use resolver::{CertSet, CertStore};
+pub(crate) use resolver::{ACME_TLS_ALPN, CertSet, CertStore};
 pub(crate) use stream::TlsStream;
 
 /// TLS record type of a handshake: the first byte a TLS client sends.
@@ -60,9 +60,12 @@ pub fn load_cert_set(specs: &[CertSpec]) -> Result<Arc<CertSet>, CertError> {
 /// The acceptor for the proxy listener: TLS 1.2 and 1.3, ALPN `http/1.1`
 /// (and `http/1.0`, which `curl --http1.0` offers alone), session tickets,
 /// the key exchange `groups` in that order (empty: every group, post-quantum first).
+/// With `acme_tls_alpn`, `acme-tls/1` comes first, so a validation that offers
+/// it negotiates it (and the resolver gives it the challenge certificate).
 pub(crate) fn acceptor(
     store: Arc<CertStore>,
     groups: &[KxGroup],
+    acme_tls_alpn: bool,
 ) -> Result<TlsAcceptor, rustls::Error> {
     let provider = groups::provider(groups);
     let mut config = ServerConfig::builder_with_provider(provider)
@@ -70,6 +73,9 @@ pub(crate) fn acceptor(
         .with_no_client_auth()
         .with_cert_resolver(store);
     config.alpn_protocols = vec![b"http/1.1".to_vec(), b"http/1.0".to_vec()];
+    if acme_tls_alpn {
+        config.alpn_protocols.insert(0, ACME_TLS_ALPN.to_vec());
+    }
     // Stateless session tickets (keys rotate every few hours): a returning
     // client resumes without a certificate signature, and the server keeps
     // no per-session state. Tickets are per process: a restart or another

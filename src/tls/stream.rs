@@ -131,10 +131,6 @@ impl TlsStream {
 
     /// The negotiated ALPN protocol (`acme-tls/1` marks an ACME validation).
     /// `None` when the client offered no ALPN (or none matched).
-    #[cfg_attr(
-        not(test),
-        expect(dead_code, reason = "the ACME challenge check uses it next")
-    )]
     pub(crate) fn alpn_protocol(&self) -> Option<&[u8]> {
         self.conn.alpn_protocol()
     }

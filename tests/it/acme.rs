@@ -1,4 +1,5 @@
 //! ACME against a real pebble, the HTTP-01 listener, post-quantum key exchange and HSTS (issue 22).
 
 mod hsts;
+mod pebble;
 mod post_quantum;
