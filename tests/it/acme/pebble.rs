@@ -347,3 +347,47 @@ async fn renewal_waits_out_a_ca_outage_and_swaps_under_a_live_call() {
             .is_some_and(|n| n == 1.0)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn file_and_acme_certificates_combine_by_sni() {
+    let (tls_port, http_port) = (free_port(), free_port());
+    let Some(pebble) = Pebble::start(http_port, tls_port).await else {
+        return;
+    };
+    let files = TestPki::new();
+    let (cert, key) = files.write("files", &["files.example.com"]);
+    let backend = support::echo_backend().name("acme-backend").spawn().await;
+    let state = pebble.dir().join("state-combined");
+    let proxy = acme_shunt(&pebble, &backend, tls_port, &state, DOMAIN)
+        .tls(&cert, &key)
+        .start()
+        .await;
+    let acme = wait_issued(&proxy, None).await;
+    let status = proxy.status().await.unwrap();
+    let sources: Vec<_> = status["certificates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["source"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(sources, ["file", "acme"]);
+    let file_fp = status["certificates"][0]["sha256"].as_str().unwrap().to_owned();
+
+    let any = ::shunt::testing::unverified_config().unwrap();
+    let tls = crate::support::tls::tls_connect;
+    let (_, fp) = tls(proxy.addr(), "files.example.com", files.client_config())
+        .await
+        .unwrap();
+    assert_eq!(fp, file_fp, "a name the file certificate covers gets it");
+    let (_, fp) = tls(proxy.addr(), DOMAIN, pebble.client_config().await)
+        .await
+        .unwrap();
+    assert_eq!(fp, acme, "the ACME name gets the ACME certificate");
+    let (_, fp) = tls(proxy.addr(), "other.example.com", any.clone())
+        .await
+        .unwrap();
+    assert_eq!(fp, acme, "another name gets the ACME certificate");
+    // An IP address as the server name: rustls sends no SNI.
+    let (_, fp) = tls(proxy.addr(), "127.0.0.1", any).await.unwrap();
+    assert_eq!(fp, acme, "no SNI gets the ACME certificate");
+}
