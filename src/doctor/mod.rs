@@ -14,9 +14,12 @@
 //!   bound on all interfaces (`/proc/net/tcp{,6}`).
 //! - [`firewall`]: ufw / nft / iptables, when present and readable.
 //! - [`tls`]: the listener's certificates (key, chain, expiry, names, trust).
+//! - [`acme`]: with `[acme]`, each domain resolves, the challenge port
+//!   answers, and the stored certificate's validity and renewal time.
 //! - [`end_to_end`]: a handshake through shunt itself, `x-shunt-route`, and
 //!   640-byte round trips.
 
+pub(crate) mod acme;
 pub(crate) mod end_to_end;
 pub(crate) mod firewall;
 pub(crate) mod listeners;
@@ -410,6 +413,7 @@ pub async fn run(args: &RunArgs, options: Options) -> Report {
     let running = listeners::check(&ctx, &mut report).await;
     firewall::check(&ctx, &mut report).await;
     tls::check(&ctx, &mut report);
+    acme::check(&ctx, &mut report).await;
     let served = end_to_end::check(&ctx, running, &mut report).await;
     front_end(&ctx, served.as_ref(), &mut report);
     // A safety net under the checks' own care: no line may carry the token.
@@ -483,7 +487,7 @@ fn default_url(config: &Config) -> PublicUrl {
         .or(config.routes.first())
         .map_or_else(|| "/".to_owned(), |r| r.path.clone());
     PublicUrl {
-        secure: config.tls.is_some(),
+        secure: config.tls.is_some() || config.acme.is_some(),
         host: addr.ip().to_string(),
         port: addr.port(),
         path_and_query: path,

@@ -47,6 +47,13 @@ struct Served {
 /// Files and the system store only: nothing here waits on the network.
 pub(crate) fn check(ctx: &Context, report: &mut Report) {
     let Some(tls) = &ctx.config.tls else {
+        if ctx.config.acme.is_some() {
+            report.push(Finding::ok(
+                "tls",
+                "certificates from ACME only (the acme checks follow)",
+            ));
+            return;
+        }
         if ctx.url.secure {
             report.push(Finding::warn(
                 "tls",

@@ -269,7 +269,7 @@ async fn a_rejected_challenge_names_the_domain_and_the_challenge() {
 }
 
 /// Days since 1970-01-01 → (year, month, day) (Howard Hinnant's civil_from_days).
-fn civil(days: i64) -> (i32, u8, u8) {
+pub(super) fn civil(days: i64) -> (i32, u8, u8) {
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z.rem_euclid(146_097);
@@ -371,7 +371,10 @@ async fn file_and_acme_certificates_combine_by_sni() {
         .map(|c| c["source"].as_str().unwrap().to_owned())
         .collect();
     assert_eq!(sources, ["file", "acme"]);
-    let file_fp = status["certificates"][0]["sha256"].as_str().unwrap().to_owned();
+    let file_fp = status["certificates"][0]["sha256"]
+        .as_str()
+        .unwrap()
+        .to_owned();
 
     let any = ::shunt::testing::unverified_config().unwrap();
     let tls = crate::support::tls::tls_connect;
