@@ -150,3 +150,60 @@ fn an_unknown_tls_group_is_a_clear_error() {
     );
     shunt::Config::from_args(["--config", file.path()]).expect("known names in any case");
 }
+
+/// Headless Chromium, which offers X25519MLKEM768 first by default, opens a
+/// wss:// call through shunt; `/status` shows the hybrid group negotiated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_negotiates_x25519mlkem768() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+    let chromium = std::env::var_os("CHROMIUM")
+        .map_or_else(|| "/usr/bin/chromium".into(), std::path::PathBuf::from);
+    let missing = if !chromium.is_file() {
+        Some(format!(
+            "{} not found (apt-get install chromium)",
+            chromium.display()
+        ))
+    } else if !dir.join("node_modules/playwright-core").is_dir() {
+        Some("tests/browser/node_modules missing (run npm ci in tests/browser)".to_owned())
+    } else {
+        None
+    };
+    if crate::support::require(crate::support::Part::Browser, missing.map_or(Ok(()), Err)).is_none()
+    {
+        return;
+    }
+    let (_pki, _, _backend, proxy) = tls_in_front("server", &["localhost"], "pq-backend").await;
+    let proxy = proxy.start_ready().await;
+    let port = proxy.addr().port();
+    let plan = serde_json::json!({
+        "url": format!("https://localhost:{port}/"),
+        "ws": format!("wss://localhost:{port}/frontend-audio"),
+    });
+    let out = tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        tokio::process::Command::new("node")
+            .arg("wss.js")
+            .arg(plan.to_string())
+            .env("CHROMIUM", &chromium)
+            .current_dir(&dir)
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("chromium within 60 s")
+    .expect("run node");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("hello from pq-backend"), "{stdout}");
+    let status = proxy.status().await.unwrap();
+    let groups = &status["tls"]["groups"];
+    assert!(
+        groups["X25519MLKEM768"].as_u64().unwrap_or(0) >= 1,
+        "chromium negotiated X25519MLKEM768: {groups}"
+    );
+    assert_eq!(groups["X25519"], 0, "{groups}");
+}
