@@ -394,3 +394,68 @@ async fn file_and_acme_certificates_combine_by_sni() {
     let (_, fp) = tls(proxy.addr(), "127.0.0.1", any).await.unwrap();
     assert_eq!(fp, acme, "no SNI gets the ACME certificate");
 }
+
+/// The dashboard's certificate card shows the ACME certificate: its source,
+/// days left, and the error of a failed order (headless Chromium).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_card_shows_acme_state() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+    let chromium = std::env::var_os("CHROMIUM")
+        .map_or_else(|| "/usr/bin/chromium".into(), std::path::PathBuf::from);
+    let missing = (!chromium.is_file() || !dir.join("node_modules/playwright-core").is_dir())
+        .then(|| "chromium or tests/browser/node_modules missing (apt-get install chromium; npm ci in tests/browser)".to_owned());
+    if support::require(support::Part::Browser, missing.map_or(Ok(()), Err)).is_none() {
+        return;
+    }
+    let (tls_port, http_port) = (free_port(), free_port());
+    let Some(pebble) = Pebble::start(http_port, tls_port).await else {
+        return;
+    };
+    let backend = support::echo_backend().name("acme-backend").spawn().await;
+    let proxy = acme_shunt(
+        &pebble,
+        &backend,
+        tls_port,
+        &pebble.dir().join("state-card"),
+        DOMAIN,
+    )
+    .start()
+    .await;
+    wait_issued(&proxy, None).await;
+    let entry = acme_entry(&proxy).await;
+    let not_after = humantime::parse_rfc3339(entry["not_after"].as_str().unwrap()).unwrap();
+    let days = not_after
+        .duration_since(SystemTime::now())
+        .unwrap()
+        .as_secs()
+        / 86400;
+    let out_dir = std::env::temp_dir().join(format!("shunt-acme-card-{}", std::process::id()));
+    let plan = serde_json::json!({
+        "url": format!("http://{}/", proxy.admin_addr()),
+        "out_dir": out_dir,
+        "steps": [
+            {"check": "certificate", "cert": DOMAIN, "days": days, "red": false,
+             "source": "ACME (tls-alpn-01)", "error": "—"},
+        ],
+    });
+    let out = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::process::Command::new("node")
+            .arg("dashboard.js")
+            .arg(plan.to_string())
+            .env("CHROMIUM", &chromium)
+            .current_dir(&dir)
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("chromium within 60 s")
+    .expect("run node");
+    let _ = std::fs::remove_dir_all(&out_dir);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
