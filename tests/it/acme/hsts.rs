@@ -79,3 +79,58 @@ fn a_bad_hsts_value_is_a_clear_error() {
         .to_string();
     assert!(e.contains("`hsts`"), "{e}");
 }
+
+/// A reload applies a new `hsts` at once; `tls_groups` and `[acme]` need a
+/// restart, and the reload says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_applies_hsts_and_flags_tls_groups_and_acme_for_a_restart() {
+    let (pki, (cert, key), backend, _) =
+        tls_in_front("server", &["localhost"], "hsts-backend").await;
+    let file = |extra: &str| {
+        format!(
+            "{extra}\n[tls]\ncert = \"{}\"\nkey = \"{}\"\n[upstreams.direct]\nurl = \"{}\"\n",
+            cert.display(),
+            key.display(),
+            backend.url()
+        )
+    };
+    let config = pki.dir.join("shunt.toml");
+    std::fs::write(&config, file("hsts = \"max-age=60\"")).unwrap();
+    let proxy = crate::support::shunt()
+        .arg("--config", config.to_str().unwrap())
+        .flag("--no-watch")
+        .start_ready()
+        .await;
+    let answer = https_get(proxy.addr(), pki.client_config(), "/page").await;
+    assert!(
+        answer.contains("strict-transport-security: max-age=60"),
+        "{answer}"
+    );
+
+    let acme_dir = pki.dir.join("acme");
+    std::fs::write(
+        &config,
+        file(&format!(
+            "hsts = \"max-age=120\"\ntls_groups = [\"X25519\"]\n[acme]\ndomains = [\"calls.example.com\"]\nstate_dir = \"{}\"",
+            acme_dir.display()
+        )),
+    )
+    .unwrap();
+    assert!(proxy.reload().await);
+    let answer = https_get(proxy.addr(), pki.client_config(), "/page").await;
+    assert!(
+        answer.contains("strict-transport-security: max-age=120"),
+        "{answer}"
+    );
+    let status = proxy.status().await.unwrap();
+    let pending: Vec<&str> = status["restart_required"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v.as_str())
+        .collect();
+    assert!(
+        pending.contains(&"tls_groups") && pending.contains(&"acme") && !pending.contains(&"tls"),
+        "{pending:?}"
+    );
+}
