@@ -106,6 +106,24 @@ async fn a_client_offering_only_x25519mlkem768_gets_it_and_status_counts_it() {
         metrics.contains("shunt_tls_handshakes_total{group=\"X25519MLKEM768\"} 4"),
         "{metrics}"
     );
+
+    // The debug-level access log names the group of each handshake.
+    crate::support::capture_logs();
+    let (tls, _) = crate::support::tls::tls_connect(
+        proxy.addr(),
+        "localhost",
+        client_offering(&pki, &[kx_group::X25519MLKEM768]),
+    )
+    .await
+    .unwrap();
+    let peer = format!("peer={}", tls.get_ref().0.local_addr().unwrap());
+    let logged = crate::support::eventually(std::time::Duration::from_secs(5), async || {
+        crate::support::logs().lines().any(|l| {
+            l.contains("tls handshake") && l.contains(&peer) && l.contains("X25519MLKEM768")
+        })
+    })
+    .await;
+    assert!(logged, "no `tls handshake` line for {peer} with its group");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
