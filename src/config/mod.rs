@@ -265,6 +265,7 @@ impl Config {
         if let Some(set) = certs {
             write_certs(out, set)?;
         }
+        self.write_tls_extras(out)?;
         self.write_security(out)?;
         let t = &self.timeouts;
         writeln!(
@@ -276,6 +277,34 @@ impl Config {
             humantime::format_duration(t.idle),
             humantime::format_duration(t.drain),
         )
+    }
+
+    /// ACME, the HTTP port, key exchange groups and HSTS, when set.
+    fn write_tls_extras(&self, out: &mut String) -> fmt::Result {
+        if let Some(a) = &self.acme {
+            writeln!(
+                out,
+                "acme    {} via {} from {} (state {})",
+                a.domains.join(", "),
+                a.challenge.name(),
+                a.directory,
+                a.state_dir.display()
+            )?;
+        }
+        if let Some(addr) = self.http_listen {
+            let port = self.https_port.unwrap_or(self.listen.port());
+            writeln!(
+                out,
+                "http    {addr} (ACME http-01, 308 to https port {port})"
+            )?;
+        }
+        if !self.tls_groups.is_empty() {
+            writeln!(out, "tls groups {}", join(&self.tls_groups))?;
+        }
+        if let Some(h) = &self.hsts {
+            writeln!(out, "hsts    {}", String::from_utf8_lossy(h.as_bytes()))?;
+        }
+        Ok(())
     }
 
     fn write_upstreams(&self, out: &mut String) -> fmt::Result {

@@ -1,5 +1,6 @@
 //! ACME against a real pebble, the HTTP-01 listener, post-quantum key exchange and HSTS (issue 22).
 
+mod config;
 mod doctor;
 mod hsts;
 mod pebble;
