@@ -38,6 +38,7 @@
 //!        tls certificates, handles, shutdown, policy, dial (upstream streams, pool, probe client),
 //!        percent, procnet, headers, body, error_chain, response, admin, stats, calls, prometheus,
 //!        keepalive, fdlimit, telemetry (with the rate-limited refusal log), certgen,
+//!        acme (certificates ordered and renewed, into the tls store), http_port,
 //!        doctor (run on demand)
 //! ```
 //!
@@ -47,8 +48,9 @@
 //! - `connection`: the accept stage: admission, refusal, TLS or plain, hyper's HTTP/1.1;
 //!   it lends each request a `forward::tunnel::Handoff` and starts the tunnel a 101
 //!   left there once hyper lets go of the connection.
-//! - `tls`: TLS termination for the listener (certificates, SNI, hot reload) and the
-//!   client side for https upstreams.
+//! - `tls`: TLS termination for the listener (certificates, SNI, hot reload, the
+//!   ACME certificate and TLS-ALPN-01 answers, key exchange groups: aws-lc-rs with
+//!   X25519MLKEM768 first) and the client side for https upstreams.
 //! - `downstream`: who the client is, as every later stage sees it.
 //! - `proxy`: one request, top-down, ending in one access-log line.
 //! - `upgrade`: is this a valid WebSocket handshake (RFC 6455)?
@@ -101,6 +103,10 @@
 //! - `telemetry`: log output, the batched access lines, and the rate-limited log of
 //!   refused connections (one line per reason per second).
 //! - `certgen`: development certificates (`shunt cert`).
+//! - `acme`: `[acme]`: one certificate ordered from an ACME CA (instant-acme), kept in
+//!   `state_dir`, renewed by a task on the root tracker and swapped into `tls`'s store;
+//!   its challenge answers (TLS-ALPN-01 through the store, HTTP-01 through `http_port`).
+//! - `http_port`: `--http-listen`: ACME HTTP-01 answers and a 308 to https://, no proxying.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]

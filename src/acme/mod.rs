@@ -40,6 +40,9 @@ use challenge::Http01Tokens;
 use order::{Answers, OrderError};
 use store::StateDir;
 
+/// Bound on one whole order (account, validation, issuance): a CA that
+/// accepts connections and never answers must not hold the task forever.
+const ORDER_LIMIT: Duration = Duration::from_secs(300);
 /// The longest wait between two attempts (and after a `rateLimited` problem).
 pub(crate) const RETRY_MAX: Duration = Duration::from_secs(3600);
 /// The first wait after a failure, in milliseconds (60 s; tests shorten it).
@@ -180,7 +183,9 @@ impl Acme {
             }
             self.status.lock().renewal_at = None;
             let result = tokio::select! {
-                r = self.order_once(&mut account, current.as_deref()) => r,
+                r = tokio::time::timeout(ORDER_LIMIT, self.order_once(&mut account, current.as_deref())) => {
+                    r.unwrap_or(Err(AcmeError::Timeout(ORDER_LIMIT)))
+                }
                 () = stop.cancelled() => return,
             };
             match result {
@@ -330,6 +335,9 @@ pub(crate) enum AcmeError {
     /// The issued certificate does not load.
     #[error("the issued certificate")]
     Certificate(#[from] crate::tls::CertError),
+    /// The CA did not finish in time.
+    #[error("the order did not finish within {0:?}")]
+    Timeout(Duration),
 }
 
 impl AcmeError {
