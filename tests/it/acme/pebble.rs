@@ -332,12 +332,38 @@ async fn renewal_waits_out_a_ca_outage_and_swaps_under_a_live_call() {
     assert_eq!(served, old);
     echo(&mut live, "before the renewal").await;
 
+    // The live call keeps sending numbered messages through the swap; each
+    // must come back, in order.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let talking = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && n < 100_000 {
+                let text = format!("seq {n}");
+                send_text(&mut live, &text).await?;
+                let back = format!("{:?}", recv(&mut live).await?);
+                if !back.contains(&format!("{text}\"")) {
+                    return Err(format!("sent {text}, got {back}").into());
+                }
+                n += 1;
+            }
+            Ok::<_, crate::support::BoxError>((live, n))
+        })
+    };
+
     // The CA comes back: the next retry renews; new handshakes get the new one.
     pebble.restart().await;
     let new = wait_issued(&proxy, Some(&old)).await;
     let (mut fresh, served) = call(proxy.addr(), pebble.client_config().await).await;
     assert_eq!(served, new);
     echo(&mut fresh, "after the renewal").await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut live, sent) = talking
+        .await
+        .unwrap()
+        .expect("every message of the live call came back, in order, across the swap");
+    assert!(sent > 0, "the live call talked during the renewal");
     echo(&mut live, "the old call is still up").await;
     let entry = acme_entry(&proxy).await;
     assert!(entry["last_error"].is_null(), "{entry}");
