@@ -5,7 +5,8 @@
 //! read or a TLS handshake starts), the refusal of a connection that is not
 //! admitted (a short plain-HTTP answer, or a bare close on a TLS listener),
 //! the TLS handshake when the listener has TLS, then hyper's HTTP/1.1 server
-//! ([`serve`]) with upgrades enabled.
+//! ([`serve`]) with upgrades enabled. A handshake that negotiated
+//! `acme-tls/1` is an ACME TLS-ALPN-01 validation: it ends there, no HTTP.
 //!
 //! [`serve`] sets the header read timeout (with a timer, without which hyper
 //! silently disables it) and the head size limit (hyper answers 431 past it).
