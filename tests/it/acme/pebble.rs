@@ -302,6 +302,7 @@ async fn renewal_waits_out_a_ca_outage_and_swaps_under_a_live_call() {
     std::fs::write(state.join("key.pem"), key).unwrap();
 
     pebble.stop().await;
+    support::capture_logs();
     let backend = support::echo_backend().name("acme-backend").spawn().await;
     let proxy = acme_shunt(&pebble, &backend, tls_port, &state, DOMAIN)
         .start()
@@ -331,6 +332,22 @@ async fn renewal_waits_out_a_ca_outage_and_swaps_under_a_live_call() {
     let (mut live, served) = call(proxy.addr(), old_pki.client_config()).await;
     assert_eq!(served, old);
     echo(&mut live, "before the renewal").await;
+    // Retried with backoff, logged once: the same failure is one WARN line.
+    let retried = eventually(ISSUE_LIMIT, async || {
+        metric(&proxy, "shunt_acme_orders_total{result=\"failed\"}")
+            .await
+            .is_some_and(|n| n >= 3.0)
+    })
+    .await;
+    assert!(retried, "three failed attempts while the CA is down");
+    let warned = support::logs()
+        .lines()
+        .filter(|l| {
+            l.contains("WARN")
+                && l.contains("ACME order for calls.example.com (tls-alpn-01) failed")
+        })
+        .count();
+    assert_eq!(warned, 1, "one warning for one state:\n{}", support::logs());
 
     // The live call keeps sending numbered messages through the swap; each
     // must come back, in order.
