@@ -43,6 +43,8 @@ use store::StateDir;
 /// Bound on one whole order (account, validation, issuance): a CA that
 /// accepts connections and never answers must not hold the task forever.
 const ORDER_LIMIT: Duration = Duration::from_secs(300);
+/// Bound on restoring the account, and on asking for the ARI window.
+const ACCOUNT_LIMIT: Duration = Duration::from_secs(30);
 /// The longest wait between two attempts (and after a `rateLimited` problem).
 pub(crate) const RETRY_MAX: Duration = Duration::from_secs(3600);
 /// The first wait after a failure, in milliseconds (60 s; tests shorten it).
@@ -167,7 +169,19 @@ impl Acme {
         loop {
             let current = self.answers.certs.acme();
             if let Some(cert) = &current {
-                let due = self.renewal_time(account.as_ref(), cert).await;
+                // ARI needs the account; a CA that is down just means the
+                // two-thirds rule this time.
+                if account.is_none() {
+                    let restore = tokio::time::timeout(
+                        ACCOUNT_LIMIT,
+                        order::account(&self.spec, &self.state),
+                    );
+                    tokio::select! {
+                        r = restore => if let Ok(Ok(a)) = r { account = Some(a) },
+                        () = stop.cancelled() => return,
+                    }
+                }
+                let due = renewal_time(account.as_ref(), cert).await;
                 self.status.lock().renewal_at = Some(due);
                 let wait = due.duration_since(SystemTime::now()).unwrap_or_default();
                 // Sleep in steps of at most an hour, so a clock change or an
@@ -273,21 +287,22 @@ impl Acme {
         state.last_error = Some(message);
         state.renewal_at = Some(SystemTime::now() + retry_in);
     }
+}
 
-    /// When to renew `cert`: a random time in the CA's ARI window if it has
-    /// one, else two thirds into the lifetime.
-    async fn renewal_time(&self, account: Option<&Account>, cert: &LoadedCert) -> SystemTime {
-        if let (Some(account), Some(id)) = (account, ari_id(cert))
-            && let Ok((info, _)) = account.renewal_info(&id).await
-        {
-            let at = |t: i64| SystemTime::UNIX_EPOCH + Duration::from_secs(t.max(0) as u64);
-            let start = at(info.suggested_window.start.unix_timestamp());
-            let end = at(info.suggested_window.end.unix_timestamp());
-            let span = end.duration_since(start).unwrap_or_default();
-            return start + span.mul_f64(random_fraction());
-        }
-        two_thirds(cert.info.not_before, cert.info.not_after)
+/// When to renew `cert`: a random time in the CA's ARI window if it has
+/// one (and the account is at hand), else two thirds into the lifetime.
+async fn renewal_time(account: Option<&Account>, cert: &LoadedCert) -> SystemTime {
+    if let (Some(account), Some(id)) = (account, ari_id(cert))
+        && let Ok(Ok((info, _))) =
+            tokio::time::timeout(ACCOUNT_LIMIT, account.renewal_info(&id)).await
+    {
+        let at = |t: i64| SystemTime::UNIX_EPOCH + Duration::from_secs(t.max(0) as u64);
+        let start = at(info.suggested_window.start.unix_timestamp());
+        let end = at(info.suggested_window.end.unix_timestamp());
+        let span = end.duration_since(start).unwrap_or_default();
+        return start + span.mul_f64(random_fraction());
     }
+    two_thirds(cert.info.not_before, cert.info.not_after)
 }
 
 /// Two thirds of the way from `not_before` to `not_after`.
@@ -360,6 +375,105 @@ mod tests {
             let base = base as f64;
             assert!(d >= base * 0.8 && d <= base * 1.2, "{failures}: {d}");
         }
+    }
+
+    /// A CA that answers only its directory (with `renewalInfo`) and ARI
+    /// lookups, with a window 10 to 11 days from now.
+    struct AriCa;
+
+    impl instant_acme::HttpClient for AriCa {
+        fn request(
+            &self,
+            req: http::Request<instant_acme::BodyWrapper<bytes::Bytes>>,
+        ) -> std::pin::Pin<
+            Box<
+                dyn std::future::Future<
+                        Output = Result<instant_acme::BytesResponse, instant_acme::Error>,
+                    > + Send,
+            >,
+        > {
+            let path = req.uri().path().to_owned();
+            Box::pin(async move {
+                let day = Duration::from_secs(86400);
+                let now = SystemTime::now();
+                let t = |d| humantime::format_rfc3339_seconds(now + d).to_string();
+                let body = if path == "/dir" {
+                    serde_json::json!({
+                        "newNonce": "https://ca.test/nonce",
+                        "newAccount": "https://ca.test/account",
+                        "newOrder": "https://ca.test/order",
+                        "renewalInfo": "https://ca.test/ari",
+                    })
+                } else {
+                    assert!(path.starts_with("/ari/"), "{path}");
+                    serde_json::json!({"suggestedWindow": {"start": t(day * 10), "end": t(day * 11)}})
+                };
+                let resp = http::Response::builder()
+                    .status(200)
+                    .header("retry-after", "21600")
+                    .body(http_body_util::Full::new(bytes::Bytes::from(
+                        body.to_string(),
+                    )))
+                    .unwrap();
+                Ok(instant_acme::BytesResponse::from(resp))
+            })
+        }
+    }
+
+    /// A leaf with an Authority Key Identifier (what ARI names it by), valid
+    /// for 90 days from 80 days ago, loaded as the resolver would.
+    fn leaf_with_aki(dir: &std::path::Path) -> LoadedCert {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let issuer = Issuer::new(ca, ca_key);
+        let key = KeyPair::generate().unwrap();
+        let mut leaf = CertificateParams::new(vec!["calls.example.com".to_owned()]).unwrap();
+        leaf.use_authority_key_identifier_extension = true;
+        let day = Duration::from_secs(86400);
+        leaf.not_before = (SystemTime::now() - day * 80).into();
+        leaf.not_after = (SystemTime::now() + day * 10).into();
+        let cert = leaf.signed_by(&key, &issuer).unwrap();
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::write(dir.join("cert.pem"), cert.pem()).unwrap();
+        std::fs::write(dir.join("key.pem"), key.serialize_pem()).unwrap();
+        let spec = CertSpec {
+            cert: dir.join("cert.pem"),
+            key: dir.join("key.pem"),
+            names: vec![],
+        };
+        crate::tls::certs::load(&spec, &crate::tls::groups::provider(&[])).unwrap()
+    }
+
+    #[tokio::test]
+    async fn renewal_follows_the_ari_window_when_the_ca_has_one() {
+        use base64::Engine;
+        let dir = std::env::temp_dir().join(format!("shunt-ari-{}", std::process::id()));
+        let cert = leaf_with_aki(&dir);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let credentials: instant_acme::AccountCredentials = serde_json::from_value(serde_json::json!({
+            "id": "https://ca.test/account/1",
+            "key_pkcs8": base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(key.serialize_der()),
+            "directory": "https://ca.test/dir",
+        }))
+        .unwrap();
+        let account = Account::builder_with_http(Box::new(AriCa))
+            .from_credentials(credentials)
+            .await
+            .unwrap();
+        let day = Duration::from_secs(86400);
+        let now = SystemTime::now();
+        let at = renewal_time(Some(&account), &cert).await;
+        assert!(
+            at >= now + day * 10 - Duration::from_secs(5)
+                && at <= now + day * 11 + Duration::from_secs(5),
+            "inside the window: {at:?}"
+        );
+        // Without the CA (or without ARI): two thirds into the lifetime, 20 days ago.
+        let at = renewal_time(None, &cert).await;
+        assert!(at < now - day * 19 && at > now - day * 21, "{at:?}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
