@@ -54,6 +54,15 @@ pub enum StartError {
     /// The ACME state directory cannot be used.
     #[error(transparent)]
     Acme(#[from] crate::acme::store::StoreError),
+    /// `--acme-ca-file` does not hold a PEM certificate.
+    #[error("--acme-ca-file {}", path.display())]
+    AcmeCa {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What the PEM reader found.
+        #[source]
+        source: rustls::pki_types::pem::Error,
+    },
 }
 
 /// A started proxy.
@@ -135,6 +144,15 @@ async fn start_on(config: Config, workers: Option<usize>) -> Result<Running, Sta
     let tokens = Arc::new(Http01Tokens::default());
     let acme_task = match (acme, &certs) {
         (Some(spec), Some(store)) => {
+            if let Some(ca) = &spec.ca_file {
+                use rustls::pki_types::pem::PemObject;
+                rustls::pki_types::CertificateDer::from_pem_file(ca).map_err(|source| {
+                    StartError::AcmeCa {
+                        path: ca.clone(),
+                        source,
+                    }
+                })?;
+            }
             let status = Arc::new(AcmeStatus::default());
             let task = Acme::new(spec, store.clone(), tokens.clone(), status.clone())?;
             Some((task, status))

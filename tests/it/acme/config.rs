@@ -65,3 +65,28 @@ fn acme_settings_are_checked_where_they_are_given() {
     );
     assert!(report.contains("308 to https port 443"), "{report}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acme_ca_file_that_does_not_load_fails_the_start() {
+    let dir = crate::support::TempFile::new("acme-ca.pem", "not a certificate\n");
+    let state = std::env::temp_dir().join(format!("shunt-acme-ca-state-{}", std::process::id()));
+    let config = shunt::Config::from_args([
+        "--listen",
+        "127.0.0.1:0",
+        "--admin",
+        "off",
+        "--acme-domain",
+        "calls.example.com",
+        "--acme-ca-file",
+        dir.path(),
+        "--acme-state-dir",
+        state.to_str().unwrap(),
+    ])
+    .unwrap();
+    let e = shunt::start(config).await.unwrap_err().to_string();
+    assert!(
+        e.contains("--acme-ca-file") && e.contains("acme-ca.pem"),
+        "{e}"
+    );
+    let _ = std::fs::remove_dir_all(&state);
+}
