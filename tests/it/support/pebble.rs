@@ -34,7 +34,7 @@ pub(crate) struct Pebble {
     challtestsrv: tokio::process::Child,
     /// Everything pebble wrote, across restarts.
     pub output: Collected,
-    /// The leaf certificates seen issued so far, by counting pebble's log.
+    /// Pebble's output of each start, in order (for [`Pebble::orders`]).
     outputs: Vec<Collected>,
 }
 
