@@ -98,7 +98,7 @@ impl Target {
             for cert in CertificateDer::pem_file_iter(ca).expect("read --ca") {
                 roots.add(cert.expect("CA PEM")).expect("add CA");
             }
-            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
             let config = rustls::ClientConfig::builder_with_provider(provider)
                 .with_safe_default_protocol_versions()
                 .expect("TLS versions")

@@ -163,7 +163,7 @@ async fn soak(
     swap_cert(&issuer, &cert_path, &key_path)?;
     let mut roots = rustls::RootCertStore::empty();
     roots.add(ca_cert.der().clone())?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let client_tls = Arc::new(
         rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()?

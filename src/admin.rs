@@ -274,7 +274,7 @@ fn status(handles: &Handles, reloader: &Reloader, tunnel: &TunnelStatus) -> serd
         "last_reload": reloader.last_json(),
         "restart_required": reloader.restart_required(),
         "upstreams": upstreams_json(&snapshot),
-        "certificates": certificates_json(&snapshot),
+        "certificates": certificates_json(&snapshot, handles),
         "routes": routes_json(&snapshot),
         "tunnels": tunnels,
         "active_tunnels": handles.stats().active_tunnels(),
@@ -288,6 +288,9 @@ fn status(handles: &Handles, reloader: &Reloader, tunnel: &TunnelStatus) -> serd
             .jwks
             .is_some()
             .then(|| handles.jwks().to_json()),
+        "tls": {
+            "groups": handles.stats().tls_groups.to_json(),
+        },
     })
 }
 
@@ -297,6 +300,7 @@ fn metrics(handles: &Handles, reloader: &Reloader) -> Response<Body> {
     let mut out = String::new();
     handles.stats().to_prometheus(&mut out);
     handles.stats().calls.to_prometheus(&mut out);
+    handles.stats().tls_groups.to_prometheus(&mut out);
     let snapshot = handles.live().load();
     if snapshot.config().policy.jwks.is_some() {
         handles.jwks().to_prometheus(&mut out);
@@ -324,8 +328,19 @@ fn metrics(handles: &Handles, reloader: &Reloader) -> Response<Body> {
         crate::telemetry::dropped_lines()
     );
     reloader.to_prometheus(&mut out);
+    let now = std::time::SystemTime::now();
+    let acme = handles.certs().and_then(|store| store.acme());
+    if snapshot.certs().is_some() || acme.is_some() {
+        crate::tls::resolver::expiry_header(&mut out);
+    }
     if let Some(set) = snapshot.certs() {
-        set.expiry_to_prometheus(&mut out, std::time::SystemTime::now());
+        set.expiry_to_prometheus(&mut out, now);
+    }
+    if let Some(cert) = &acme {
+        crate::tls::resolver::expiry_line(&mut out, cert, "acme", now);
+    }
+    if let Some(acme) = handles.acme() {
+        acme.to_prometheus(&mut out);
     }
     let mut resp = text(StatusCode::OK, out);
     resp.headers_mut().insert(
@@ -399,25 +414,49 @@ fn upstreams_json(snapshot: &Snapshot) -> serde_json::Value {
         .collect()
 }
 
-/// Each certificate served: names, expiry and fingerprint.
-fn certificates_json(snapshot: &Snapshot) -> serde_json::Value {
-    let Some(set) = snapshot.certs() else {
-        return serde_json::Value::Array(vec![]);
-    };
-    set.certs()
+/// Each certificate served: names, where it comes from (`file` or
+/// `acme`), expiry, when ACME renews it and its last error, fingerprint.
+/// With ACME on and no certificate yet, the ACME entry is there with
+/// `not_after: null` and the error that keeps it from being issued.
+fn certificates_json(snapshot: &Snapshot, handles: &Handles) -> serde_json::Value {
+    let time = |t: std::time::SystemTime| humantime::format_rfc3339_seconds(t).to_string();
+    let mut out: Vec<serde_json::Value> = snapshot
+        .certs()
+        .map(|set| set.certs())
+        .unwrap_or_default()
         .iter()
         .map(|c| {
             json!({
+                "source": "file",
                 "subject": c.info.subject,
                 "sans": c.info.sans,
                 "names": c.names,
-                "not_after": humantime::format_rfc3339_seconds(c.info.not_after).to_string(),
+                "not_after": time(c.info.not_after),
+                "renewal_at": null,
+                "last_error": null,
                 "sha256": c.info.fingerprint,
                 "cert_file": c.info.cert_file.display().to_string(),
                 "key_file": c.info.key_file.display().to_string(),
             })
         })
-        .collect()
+        .collect();
+    if let (Some(acme), Some(spec)) = (handles.acme(), snapshot.config().acme.as_ref()) {
+        let cert = handles.certs().and_then(|s| s.acme());
+        out.push(json!({
+            "source": "acme",
+            "subject": cert.as_ref().map(|c| c.info.subject.clone()),
+            "sans": cert.as_ref().map_or_else(Vec::new, |c| c.info.sans.clone()),
+            "names": spec.domains,
+            "challenge": spec.challenge.name(),
+            "not_after": cert.as_ref().map(|c| time(c.info.not_after)),
+            "renewal_at": acme.renewal_at().map(time),
+            "last_error": acme.last_error(),
+            "sha256": cert.as_ref().map(|c| c.info.fingerprint.clone()),
+            "cert_file": cert.as_ref().map(|c| c.info.cert_file.display().to_string()),
+            "key_file": cert.as_ref().map(|c| c.info.key_file.display().to_string()),
+        }));
+    }
+    out.into()
 }
 
 /// Each route and the upstream a request would go to now.

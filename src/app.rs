@@ -24,7 +24,9 @@ use arc_swap::ArcSwap;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::Config;
+use crate::acme::challenge::Http01Tokens;
+use crate::acme::{Acme, AcmeStatus};
+use crate::config::{AcmeChallenge, Config};
 use crate::handles::Handles;
 use crate::live::{BuildError, Snapshot};
 use crate::reload::Reloader;
@@ -49,6 +51,18 @@ pub enum StartError {
     /// rustls refused the server configuration.
     #[error("TLS setup")]
     Tls(#[from] rustls::Error),
+    /// The ACME state directory cannot be used.
+    #[error(transparent)]
+    Acme(#[from] crate::acme::store::StoreError),
+    /// `--acme-ca-file` does not hold a PEM certificate.
+    #[error("--acme-ca-file {}", path.display())]
+    AcmeCa {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What the PEM reader found.
+        #[source]
+        source: rustls::pki_types::pem::Error,
+    },
 }
 
 /// A started proxy.
@@ -56,6 +70,7 @@ pub enum StartError {
 pub struct Running {
     listen_addr: SocketAddr,
     admin_addr: Option<SocketAddr>,
+    http_addr: Option<SocketAddr>,
     handles: Arc<Handles>,
     reloader: Arc<Reloader>,
     /// Stops the admin API, which outlives the drain (see [`crate::admin::run`]).
@@ -95,6 +110,10 @@ async fn start_on(config: Config, workers: Option<usize>) -> Result<Running, Sta
         None => Proxy::InRuntime(crate::listener::bind(listen, "proxy").await?),
         Some(n) => Proxy::Workers(crate::workers::bind(listen, n)?),
     };
+    let http_listener = match config.http_listen {
+        Some(addr) => Some(crate::listener::bind(addr, "http").await?),
+        None => None,
+    };
     let admin_listener = match admin {
         Some(addr) => Some(crate::listener::bind(addr, "admin").await?),
         None => None,
@@ -105,11 +124,18 @@ async fn start_on(config: Config, workers: Option<usize>) -> Result<Running, Sta
     let relay = Arc::new(crate::forward::tunnel::Relay::start(&config.tunnel));
     let shutdown = Shutdown::new(shutdown, tracker);
     let snapshot = Snapshot::build(config, None, &shutdown)?;
-    let certs = snapshot.certs().cloned().map(CertStore::new);
+    // TLS is on with file certificates, ACME, or both.
+    let acme = snapshot.config().acme.clone();
+    let certs = (snapshot.certs().is_some() || acme.is_some())
+        .then(|| CertStore::new(snapshot.certs().cloned()));
+    let groups = snapshot.config().tls_groups.clone();
+    let tls_alpn = acme
+        .as_ref()
+        .is_some_and(|a| a.challenge == AcmeChallenge::TlsAlpn01);
     let (acceptor, client_auth) = match certs.clone() {
         Some(store) => {
             let (acceptor, client_auth) =
-                crate::tls::acceptor(store, snapshot.client_ca().cloned())?;
+                crate::tls::acceptor(store, &groups, tls_alpn, snapshot.client_ca().cloned())?;
             (Some(acceptor), client_auth)
         }
         None => (None, None),
@@ -119,10 +145,30 @@ async fn start_on(config: Config, workers: Option<usize>) -> Result<Running, Sta
             tracing::warn!("{warning}");
         }
     }
+    let tokens = Arc::new(Http01Tokens::default());
+    let acme_task = match (acme, &certs) {
+        (Some(spec), Some(store)) => {
+            if let Some(ca) = &spec.ca_file {
+                use rustls::pki_types::pem::PemObject;
+                rustls::pki_types::CertificateDer::from_pem_file(ca).map_err(|source| {
+                    StartError::AcmeCa {
+                        path: ca.clone(),
+                        source,
+                    }
+                })?;
+            }
+            let status = Arc::new(AcmeStatus::default());
+            let task = Acme::new(spec, store.clone(), tokens.clone(), status.clone())?;
+            Some((task, status))
+        }
+        _ => None,
+    };
+    let acme_status = acme_task.as_ref().map(|(_, s)| s.clone());
     let handles = Handles::new(
         ArcSwap::from_pointee(snapshot),
         certs,
         client_auth,
+        acme_status,
         shutdown,
     );
     let reloader = Reloader::new(handles.clone());
@@ -170,6 +216,34 @@ async fn start_on(config: Config, workers: Option<usize>) -> Result<Running, Sta
             n
         }
     };
+    if let Some((task, _)) = acme_task {
+        handles
+            .shutdown()
+            .tracker()
+            .spawn(task.run(handles.shutdown().token().clone()));
+    }
+    let http_addr = match http_listener {
+        Some(listener) => {
+            let addr = listener.local_addr().map_err(StartError::LocalAddr)?;
+            let port = crate::http_port::HttpPort {
+                tokens,
+                https_port: handles
+                    .live()
+                    .load()
+                    .config()
+                    .https_port
+                    .unwrap_or(listen_addr.port()),
+                stop: handles.shutdown().token().clone(),
+            };
+            handles.shutdown().tracker().spawn(crate::http_port::run(
+                listener,
+                port,
+                handles.shutdown().tracker().clone(),
+            ));
+            Some(addr)
+        }
+        None => None,
+    };
     handles
         .shutdown()
         .tracker()
@@ -203,6 +277,7 @@ async fn start_on(config: Config, workers: Option<usize>) -> Result<Running, Sta
     Ok(Running {
         listen_addr,
         admin_addr,
+        http_addr,
         handles,
         reloader,
         admin_stop,
@@ -219,6 +294,11 @@ impl Running {
     /// The admin listener's bound address, unless it is off.
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.admin_addr
+    }
+
+    /// The HTTP port's bound address (`--http-listen`), if it is on.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_addr
     }
 
     /// The reloader (SIGHUP and file watching call it).

@@ -190,7 +190,7 @@ mod tests {
             names: vec![],
         };
         let loaded =
-            crate::tls::certs::load(&spec, &rustls::crypto::ring::default_provider()).unwrap();
+            crate::tls::certs::load(&spec, &rustls::crypto::aws_lc_rs::default_provider()).unwrap();
         assert_eq!(
             loaded.info.sans,
             vec!["localhost".to_string(), "127.0.0.1".to_string()]

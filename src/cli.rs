@@ -148,6 +148,54 @@ pub struct RunArgs {
     /// Time a client has to complete the TLS handshake [default: 10s].
     #[arg(long, env = "SHUNT_TLS_HANDSHAKE_TIMEOUT", value_name = "DURATION")]
     pub tls_handshake_timeout: Option<String>,
+    /// Key exchange groups the TLS listener offers, in order, comma-separated
+    /// (case-insensitive): X25519MLKEM768, X25519, secp256r1, secp384r1
+    /// [default: all four, post-quantum first].
+    #[arg(
+        long,
+        env = "SHUNT_TLS_GROUPS",
+        value_name = "GROUPS",
+        value_delimiter = ','
+    )]
+    pub tls_groups: Vec<String>,
+    /// ACME: a name of the one certificate shunt orders and renews itself
+    /// (repeatable; turns ACME on).
+    #[arg(
+        long = "acme-domain",
+        env = "SHUNT_ACME_DOMAIN",
+        value_name = "NAME",
+        value_delimiter = ','
+    )]
+    pub acme_domains: Vec<String>,
+    /// ACME: contact e-mail given to the CA.
+    #[arg(long, env = "SHUNT_ACME_EMAIL", value_name = "EMAIL")]
+    pub acme_email: Option<String>,
+    /// ACME: the CA's directory URL, or `letsencrypt` / `letsencrypt-staging`
+    /// [default: letsencrypt].
+    #[arg(long, env = "SHUNT_ACME_DIRECTORY", value_name = "URL")]
+    pub acme_directory: Option<String>,
+    /// ACME: the challenge answered, `tls-alpn-01` (on the listener) or
+    /// `http-01` (on --http-listen) [default: tls-alpn-01].
+    #[arg(long, env = "SHUNT_ACME_CHALLENGE", value_name = "TYPE")]
+    pub acme_challenge: Option<String>,
+    /// ACME: where the account key and certificates are kept
+    /// [default: /var/lib/shunt/acme].
+    #[arg(long, env = "SHUNT_ACME_STATE_DIR", value_name = "DIR")]
+    pub acme_state_dir: Option<PathBuf>,
+    /// ACME: PEM CA file trusted for the ACME server (a private CA, tests) [default: the system roots].
+    #[arg(long, env = "SHUNT_ACME_CA_FILE", value_name = "FILE")]
+    pub acme_ca_file: Option<PathBuf>,
+    /// A plain HTTP listener that answers ACME HTTP-01 challenges and
+    /// redirects everything else to https:// (308) [default: off].
+    #[arg(long, env = "SHUNT_HTTP_LISTEN", value_name = "ADDR")]
+    pub http_listen: Option<String>,
+    /// The port --http-listen redirects to [default: the listener's].
+    #[arg(long, env = "SHUNT_HTTPS_PORT", value_name = "PORT")]
+    pub https_port: Option<u16>,
+    /// Strict-Transport-Security value added to HTTP responses on the TLS
+    /// listener (not to a 101), e.g. "max-age=31536000" [default: off].
+    #[arg(long, env = "SHUNT_HSTS", value_name = "VALUE")]
+    pub hsts: Option<String>,
     /// PEM CA file trusted for https:// upstreams [default: the system roots].
     #[arg(long, env = "SHUNT_UPSTREAM_CA", value_name = "FILE")]
     pub upstream_ca: Option<PathBuf>,

@@ -9,7 +9,8 @@
 //! read or a TLS handshake starts), the refusal of a connection that is not
 //! admitted (a short plain-HTTP answer, or a bare close on a TLS listener),
 //! the TLS handshake when the listener has TLS, then hyper's HTTP/1.1 server
-//! ([`serve`]) with upgrades enabled.
+//! ([`serve`]) with upgrades enabled. A handshake that negotiated
+//! `acme-tls/1` is an ACME TLS-ALPN-01 validation: it ends there, no HTTP.
 //!
 //! [`serve`] sets the header read timeout (with a timer, without which hyper
 //! silently disables it) and the head size limit (hyper answers 431 past it).
@@ -194,6 +195,24 @@ async fn serve_tls(
         .map_or(DEFAULT_TLS_HANDSHAKE_TIMEOUT, |t| t.handshake_timeout);
     match crate::tls::accept(acceptor, stream, timeout).await {
         Ok(tls) => {
+            let group = tls.key_exchange_group();
+            if let Some(g) = group {
+                ctx.handles().stats().tls_groups.record(g);
+            }
+            tracing::debug!(
+                target: crate::telemetry::ACCESS_TARGET,
+                peer = %downstream.peer,
+                version = ?tls.protocol_version(),
+                group = group.map_or("-", crate::tls::groups::name_of),
+                "tls handshake"
+            );
+            if tls.alpn_protocol() == Some(crate::tls::ACME_TLS_ALPN) {
+                // A TLS-ALPN-01 validation: the handshake was the answer; never HTTP.
+                let mut tls = tls;
+                let _ = tokio::time::timeout(timeout, tls.shutdown()).await;
+                tracing::debug!(peer = %downstream.peer, "answered an ACME tls-alpn-01 validation");
+                return;
+            }
             let cert = tls
                 .peer_certificate()
                 .map(|der| Arc::new(ClientCert::from_der(der)));

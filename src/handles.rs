@@ -25,6 +25,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
+use crate::acme::AcmeStatus;
 use crate::jwks::Jwks;
 use crate::live::Live;
 use crate::policy::rate::Gate;
@@ -44,6 +45,7 @@ pub struct Handles {
     certs: Option<Arc<CertStore>>,
     client_auth: Option<Arc<ClientAuth>>,
     jwks: Arc<Jwks>,
+    acme: Option<Arc<AcmeStatus>>,
     draining: AtomicBool,
 }
 
@@ -53,6 +55,7 @@ impl Handles {
         live: Live,
         certs: Option<Arc<CertStore>>,
         client_auth: Option<Arc<ClientAuth>>,
+        acme: Option<Arc<AcmeStatus>>,
         shutdown: Shutdown,
     ) -> Arc<Self> {
         Arc::new(Handles {
@@ -64,6 +67,7 @@ impl Handles {
             certs,
             client_auth,
             jwks: Arc::default(),
+            acme,
             draining: AtomicBool::new(false),
         })
     }
@@ -93,7 +97,12 @@ impl Handles {
         self.started
     }
 
-    /// Certificates served by the TLS listener; `None` without TLS.
+    /// What the ACME task reports; `None` without `[acme]`.
+    pub fn acme(&self) -> Option<&Arc<AcmeStatus>> {
+        self.acme.as_ref()
+    }
+
+    /// The listener's certificate store (file and ACME certificates), if TLS is on.
     pub fn certs(&self) -> Option<&Arc<CertStore>> {
         self.certs.as_ref()
     }

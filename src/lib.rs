@@ -40,6 +40,7 @@
 //!        percent, procnet, proxy_header, headers, body, error_chain, response, admin, stats,
 //!        calls, prometheus,
 //!        keepalive, fdlimit, telemetry (with the rate-limited refusal log), certgen,
+//!        acme (certificates ordered and renewed, into the tls store), http_port,
 //!        doctor (run on demand)
 //! ```
 //!
@@ -50,8 +51,9 @@
 //!   refusal, TLS or plain, hyper's HTTP/1.1;
 //!   it lends each request a `forward::tunnel::Handoff` and starts the tunnel a 101
 //!   left there once hyper lets go of the connection.
-//! - `tls`: TLS termination for the listener (certificates, SNI, hot reload) and the
-//!   client side for https upstreams.
+//! - `tls`: TLS termination for the listener (certificates, SNI, hot reload, the
+//!   ACME certificate and TLS-ALPN-01 answers, key exchange groups: aws-lc-rs with
+//!   X25519MLKEM768 first) and the client side for https upstreams.
 //! - `downstream`: who the client is, as every later stage sees it.
 //! - `proxy`: one request, top-down, ending in one access-log line.
 //! - `upgrade`: is this a valid WebSocket handshake (RFC 6455)?
@@ -112,6 +114,10 @@
 //! - `telemetry`: log output, the batched access lines, and the rate-limited log of
 //!   refused connections (one line per reason per second).
 //! - `certgen`: development certificates (`shunt cert`).
+//! - `acme`: `[acme]`: one certificate ordered from an ACME CA (instant-acme), kept in
+//!   `state_dir`, renewed by a task on the root tracker and swapped into `tls`'s store;
+//!   its challenge answers (TLS-ALPN-01 through the store, HTTP-01 through `http_port`).
+//! - `http_port`: `--http-listen`: ACME HTTP-01 answers and a 308 to https://, no proxying.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -143,6 +149,7 @@ pub use workers::default_count as default_worker_count;
 /// certificate loading, the JWT verifier and the dashboard's assets.
 #[cfg(feature = "test-util")]
 pub mod testing {
+    pub use crate::acme::set_retry_min as set_acme_retry_min;
     pub use crate::admin::dashboard::asset as dashboard_asset;
     pub use crate::body::full;
     pub use crate::config::RouteSpec;
@@ -160,6 +167,7 @@ pub mod testing {
     pub use crate::upgrade::classify;
 }
 
+mod acme;
 mod admin;
 mod app;
 mod body;
@@ -177,9 +185,9 @@ mod fdlimit;
 mod forward;
 mod handles;
 mod headers;
+mod http_port;
 mod jwks;
 mod keepalive;
-
 mod listener;
 mod live;
 mod percent;

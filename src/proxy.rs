@@ -117,18 +117,24 @@ pub(crate) async fn handle(
     // The target shares the request head's bytes: keeping it for the log copies nothing.
     let uri = req.uri().clone();
     // Path and query, the token parameter redacted: a token never reaches a log line.
-    let (path, downstream) = {
+    // `--hsts`: only on the TLS listener (a header on plain HTTP means nothing).
+    let (path, downstream, hsts) = {
         let snapshot = ctx.handles.live().load();
         let policy = &snapshot.config().policy;
+        let hsts = downstream
+            .tls
+            .then(|| snapshot.config().hsts.clone())
+            .flatten();
         (
             policy::target::loggable_target(&uri, &policy.sources.query),
             downstream.for_request(req.headers(), &policy.balancers),
+            hsts,
         )
     };
     let upgrade = req.version() >= http::Version::HTTP_11
         && crate::headers::has_token(req.headers(), header::UPGRADE, "websocket");
     let mut trace = Trace::default();
-    let resp = match proxy(req, downstream, &ctx, &mut trace, &uri, &path, handoff).await {
+    let mut resp = match proxy(req, downstream, &ctx, &mut trace, &uri, &path, handoff).await {
         Ok(resp) => resp,
         Err(e @ ProxyError::Denied(_)) => {
             if let ProxyError::Denied(policy::Denied::Auth(a)) = &e {
@@ -143,6 +149,9 @@ pub(crate) async fn handle(
             response::error_response(&e)
         }
     };
+    if let Some(value) = hsts {
+        add_hsts(&mut resp, value);
+    }
     ctx.handles.stats().record(resp.status(), upgrade);
     tracing::info!(
         target: crate::telemetry::ACCESS_TARGET,
@@ -159,6 +168,16 @@ pub(crate) async fn handle(
         "request"
     );
     Ok(resp)
+}
+
+/// `Strict-Transport-Security` on an HTTP answer of the TLS listener, unless
+/// the upstream set its own; never on a 101 (the tunnel is not HTTP).
+fn add_hsts(resp: &mut Response<Body>, value: HeaderValue) {
+    if resp.status() != http::StatusCode::SWITCHING_PROTOCOLS {
+        resp.headers_mut()
+            .entry(header::STRICT_TRANSPORT_SECURITY)
+            .or_insert(value);
+    }
 }
 
 /// What [`check_request`] found out about a request that may go on.

@@ -60,16 +60,26 @@ struct Started {
     log_format: crate::config::LogFormat,
     tls: bool,
     client_ca: bool,
+    tls_groups: Vec<crate::tls::KxGroup>,
+    acme: Option<crate::config::AcmeSpec>,
+    http_listen: Option<std::net::SocketAddr>,
+    https_port: Option<u16>,
 }
 
 impl Started {
-    fn of(config: &Config, tls: bool) -> Self {
+    /// `file_certs`: whether the snapshot has file certificates; TLS is on
+    /// with them or with ACME.
+    fn of(config: &Config, file_certs: bool) -> Self {
         Started {
             listen: config.listen,
             admin: config.admin,
             log_format: config.log_format,
-            tls,
+            tls: file_certs || config.acme.is_some(),
             client_ca: config.tls.as_ref().is_some_and(|t| t.client_ca.is_some()),
+            tls_groups: config.tls_groups.clone(),
+            acme: config.acme.clone(),
+            http_listen: config.http_listen,
+            https_port: config.https_port,
         }
     }
 }
@@ -268,6 +278,18 @@ fn restart_only_changes(running: &Started, new: &Started) -> Vec<&'static str> {
     }
     if running.client_ca != new.client_ca {
         fields.push("tls.client_ca");
+    }
+    if running.tls_groups != new.tls_groups {
+        fields.push("tls_groups");
+    }
+    if running.acme != new.acme {
+        fields.push("acme");
+    }
+    if running.http_listen != new.http_listen {
+        fields.push("http_listen");
+    }
+    if running.https_port != new.https_port {
+        fields.push("https_port");
     }
     fields
 }

@@ -20,6 +20,6 @@ fuzz_target!(|data: &[u8]| {
     if std::fs::write(&spec.cert, cert).is_err() || std::fs::write(&spec.key, key).is_err() {
         return;
     }
-    let provider = rustls::crypto::ring::default_provider();
+    let provider = rustls::crypto::aws_lc_rs::default_provider();
     let _ = shunt::testing::load_certs(&spec, &provider);
 });

@@ -536,20 +536,25 @@
     );
   }
 
+  // One row per certificate: file certificates, then the ACME one (`source`),
+  // with when ACME renews it and why the last order failed, if it did.
   function renderCertificates(status) {
     const rows = (status.certificates || []).map((c) => {
-      const days = Math.floor((Date.parse(c.not_after) - Date.now()) / 86400000);
+      const days = c.not_after ? Math.floor((Date.parse(c.not_after) - Date.now()) / 86400000) : NaN;
       const names = (c.names && c.names.length ? c.names : c.sans) || [];
       const row = el(
         'tr',
         days < CERT_WARN_DAYS ? 'expiring' : null,
-        td('Names', 'err', titled(el('span', null, names.join(', ') || c.subject), c.subject)),
-        td('Expires', 'num', String(c.not_after).slice(0, 10)),
-        td('Days left', 'num days', isFinite(days) ? String(days) : '—')
+        td('Names', 'err', titled(el('span', null, names.join(', ') || c.subject || ''), c.subject || '')),
+        td('Expires', 'num', c.not_after ? String(c.not_after).slice(0, 10) : 'not issued yet'),
+        td('Days left', 'num days', isFinite(days) ? String(days) : '—'),
+        td('Source', 'source', c.source === 'acme' ? 'ACME (' + (c.challenge || '') + ')' : 'file'),
+        td('Renews', 'num renews', c.renewal_at ? String(c.renewal_at).replace('T', ' ').slice(0, 16) : '—'),
+        td('Last error', c.last_error ? 'bad err last-error' : 'muted last-error', c.last_error || '—')
       );
       return row;
     });
-    setRows('certificates', rows, 3, 'No TLS listener.');
+    setRows('certificates', rows, 6, 'No TLS listener.');
   }
 
   // ---- refresh loop -------------------------------------------------------------

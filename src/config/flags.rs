@@ -14,11 +14,12 @@ use std::time::Duration;
 
 use super::ConfigError;
 use super::parse::{
-    algorithms, cidrs, origins, parse_addr, parse_admin, parse_auth, parse_duration,
-    parse_keepalive, parse_log_format, parse_proxy_versions, parse_rate, parse_route_flag,
+    algorithms, cidrs, origins, parse_acme_challenge, parse_acme_directory, parse_addr,
+    parse_admin, parse_auth, parse_duration, parse_host, parse_hsts, parse_keepalive,
+    parse_log_format, parse_proxy_versions, parse_rate, parse_route_flag, parse_tls_groups,
     parse_tunnel_settings, token_name,
 };
-use super::spec::{LogFormat, ProbeKind, RouteSpec, TunnelSettings, UpstreamUrl};
+use super::spec::{AcmeChallenge, LogFormat, ProbeKind, RouteSpec, TunnelSettings, UpstreamUrl};
 use crate::cli::RunArgs;
 use crate::policy::auth::AuthMode;
 use crate::policy::ip::IpNet;
@@ -26,6 +27,8 @@ use crate::policy::keys::Alg;
 use crate::policy::origin::OriginRule;
 use crate::policy::rate::Rate;
 use crate::proxy_header::Versions;
+use crate::tls::KxGroup;
+use http::HeaderValue;
 
 /// Every run flag, typed; `None` (or an empty list) where the flag was not
 /// given, so the file or the default decides.
@@ -79,6 +82,26 @@ pub(super) struct Overrides {
     pub tls_client_ca: Option<PathBuf>,
     /// `--tls-handshake-timeout`.
     pub tls_handshake_timeout: Option<Duration>,
+    /// `--tls-groups`, if given (it then replaces the file's list).
+    pub tls_groups: Option<Vec<KxGroup>>,
+    /// `--hsts`.
+    pub hsts: Option<HeaderValue>,
+    /// `--acme-domain` (each), if given (they then replace the file's `domains`).
+    pub acme_domains: Option<Vec<String>>,
+    /// `--acme-email`.
+    pub acme_email: Option<String>,
+    /// `--acme-directory`.
+    pub acme_directory: Option<String>,
+    /// `--acme-challenge`.
+    pub acme_challenge: Option<AcmeChallenge>,
+    /// `--acme-state-dir`.
+    pub acme_state_dir: Option<PathBuf>,
+    /// `--acme-ca-file`.
+    pub acme_ca_file: Option<PathBuf>,
+    /// `--http-listen`.
+    pub http_listen: Option<SocketAddr>,
+    /// `--https-port`.
+    pub https_port: Option<u16>,
     /// `--upstream-ca`.
     pub upstream_ca: Option<PathBuf>,
     /// Not `--no-watch`.
@@ -216,6 +239,40 @@ impl Overrides {
             tls_key: a.tls_key.clone(),
             tls_client_ca: a.tls_client_ca.clone(),
             tls_handshake_timeout: duration("tls-handshake-timeout", &a.tls_handshake_timeout)?,
+            tls_groups: given(&a.tls_groups)
+                .map(|l| parse_tls_groups("--tls-groups", l))
+                .transpose()?,
+            hsts: a
+                .hsts
+                .as_deref()
+                .map(|v| parse_hsts("--hsts", v))
+                .transpose()?,
+            acme_domains: given(&a.acme_domains)
+                .map(|l| {
+                    l.iter()
+                        .map(|d| parse_host("--acme-domain", d))
+                        .collect::<Result<Vec<_>, _>>()
+                })
+                .transpose()?,
+            acme_email: a.acme_email.clone(),
+            acme_directory: a
+                .acme_directory
+                .as_deref()
+                .map(|v| parse_acme_directory("--acme-directory", v))
+                .transpose()?,
+            acme_challenge: a
+                .acme_challenge
+                .as_deref()
+                .map(|v| parse_acme_challenge("--acme-challenge", v))
+                .transpose()?,
+            acme_state_dir: a.acme_state_dir.clone(),
+            acme_ca_file: a.acme_ca_file.clone(),
+            http_listen: a
+                .http_listen
+                .as_deref()
+                .map(|v| parse_addr("--http-listen", v))
+                .transpose()?,
+            https_port: a.https_port,
             upstream_ca: a.upstream_ca.clone(),
             watch: !a.no_watch,
             allow_ip: given(&a.allow_ip)

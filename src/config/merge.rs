@@ -20,13 +20,14 @@ use std::time::Duration;
 
 use super::flags::Overrides;
 use super::parse::{
-    check_name, field_name, parse_addr, parse_admin, parse_duration, parse_host, parse_log_format,
-    parse_path, parse_proxy_version, parse_via,
+    check_name, field_name, parse_acme_challenge, parse_acme_directory, parse_addr, parse_admin,
+    parse_duration, parse_host, parse_hsts, parse_log_format, parse_path, parse_proxy_version,
+    parse_tls_groups, parse_via,
 };
 use super::raw::{RawConfig, RawHealth};
 use super::spec::{
-    HealthSpec, ProbeKind, RouteSpec, Scheme, Timeouts, TlsSpec, UpstreamName, UpstreamSpec,
-    UpstreamUrl,
+    AcmeChallenge, AcmeSpec, HealthSpec, ProbeKind, RouteSpec, Scheme, Timeouts, TlsSpec,
+    UpstreamName, UpstreamSpec, UpstreamUrl,
 };
 use super::{Config, ConfigError, calls, policy};
 use crate::proxy_header::Version;
@@ -38,6 +39,8 @@ const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 const DEFAULT_ADMIN: &str = "127.0.0.1:9901";
 /// The call backend of DESIGN.md.
 const DEFAULT_DIRECT: &str = "http://127.0.0.1:5006";
+/// Where ACME keeps its account and certificates unless told otherwise.
+const DEFAULT_ACME_STATE_DIR: &str = "/var/lib/shunt/acme";
 /// hyper refuses a read buffer smaller than this.
 const MIN_HEADER_BYTES: usize = 8192;
 /// More than 1 MiB of request head per connection is a mistake, and memory an attacker could ask for.
@@ -130,6 +133,40 @@ impl Merge<'_> {
             route_defaults.with_client_ca(tls.as_ref().is_some_and(|t| t.client_ca.is_some()));
         let upstreams = self.upstreams()?;
         let routes = self.routes(&upstreams, &route_defaults)?;
+        let tls_groups = match (&a.tls_groups, &f.tls_groups) {
+            (Some(flag), _) => flag.clone(),
+            (None, Some(list)) => parse_tls_groups("`tls_groups` in the config file", list)?,
+            (None, None) => Vec::new(),
+        };
+        let hsts = match (&a.hsts, &f.hsts) {
+            (Some(flag), _) => Some(flag.clone()),
+            (None, Some(v)) => Some(parse_hsts("`hsts` in the config file", v)?),
+            (None, None) => None,
+        };
+        let acme = self.acme()?;
+        let http_listen = match (a.http_listen, &f.http_listen) {
+            (Some(addr), _) => Some(addr),
+            (None, Some(v)) => Some(parse_addr("`http_listen` in the config file", v)?),
+            (None, None) => None,
+        };
+        let https_port = a.https_port.or(f.https_port);
+        if https_port == Some(0) {
+            return Err(ConfigError::invalid(
+                "--https-port / `https_port`",
+                0,
+                "must be a port between 1 and 65535",
+            ));
+        }
+        if let Some(acme) = &acme
+            && acme.challenge == AcmeChallenge::Http01
+            && http_listen.is_none()
+        {
+            return Err(ConfigError::invalid(
+                "--acme-challenge / `challenge` of [acme]",
+                "http-01",
+                "HTTP-01 is answered on --http-listen / `http_listen`: give it (e.g. 0.0.0.0:80)",
+            ));
+        }
         Ok(Config {
             listen,
             admin,
@@ -141,6 +178,11 @@ impl Merge<'_> {
             upstreams,
             routes,
             tls,
+            tls_groups,
+            hsts,
+            acme,
+            http_listen,
+            https_port,
             file: a.config.clone(),
             policy,
             watch: a.watch,
@@ -235,6 +277,74 @@ impl Merge<'_> {
             certs,
             handshake_timeout,
             client_ca,
+        }))
+    }
+
+    /// `[acme]` and the `--acme-*` flags: `None` unless a domain is named.
+    /// The directory defaults to Let's Encrypt, the challenge to TLS-ALPN-01,
+    /// the state directory to `/var/lib/shunt/acme`.
+    fn acme(&self) -> Result<Option<AcmeSpec>, ConfigError> {
+        let a = self.flags;
+        let raw = self.file.acme.as_ref();
+        let domains = match (&a.acme_domains, raw) {
+            (Some(flag), _) => flag.clone(),
+            (None, Some(r)) => r
+                .domains
+                .iter()
+                .map(|d| parse_host("`domains` of [acme]", d))
+                .collect::<Result<_, _>>()?,
+            (None, None) => Vec::new(),
+        };
+        if domains.is_empty() {
+            if raw.is_some() {
+                return Err(ConfigError::invalid(
+                    "[acme] in the config file",
+                    "",
+                    "name the certificate's `domains` (at least one)",
+                ));
+            }
+            return Ok(None);
+        }
+        if let Some(d) = domains
+            .iter()
+            .find(|d| d.parse::<std::net::IpAddr>().is_ok())
+        {
+            return Err(ConfigError::invalid(
+                "--acme-domain / `domains` of [acme]",
+                d,
+                "ACME certificates here are for DNS names, not IP addresses",
+            ));
+        }
+        let directory = match (&a.acme_directory, raw.and_then(|r| r.directory.as_ref())) {
+            (Some(d), _) => d.clone(),
+            (None, Some(d)) => parse_acme_directory("`directory` of [acme]", d)?,
+            (None, None) => parse_acme_directory("default of --acme-directory", "letsencrypt")?,
+        };
+        let challenge = match (a.acme_challenge, raw.and_then(|r| r.challenge.as_ref())) {
+            (Some(c), _) => c,
+            (None, Some(c)) => parse_acme_challenge("`challenge` of [acme]", c)?,
+            (None, None) => AcmeChallenge::TlsAlpn01,
+        };
+        let state_dir = match (&a.acme_state_dir, raw.and_then(|r| r.state_dir.as_ref())) {
+            (Some(d), _) => d.clone(),
+            (None, Some(d)) => self.file_path(d),
+            (None, None) => PathBuf::from(DEFAULT_ACME_STATE_DIR),
+        };
+        let ca_file = match (&a.acme_ca_file, raw.and_then(|r| r.ca_file.as_ref())) {
+            (Some(f), _) => Some(f.clone()),
+            (None, Some(f)) => Some(self.file_path(f)),
+            (None, None) => None,
+        };
+        Ok(Some(AcmeSpec {
+            domains,
+            email: a
+                .acme_email
+                .clone()
+                .or_else(|| raw.and_then(|r| r.email.clone())),
+            directory,
+            challenge,
+            state_dir,
+            ca_file,
         }))
     }
 

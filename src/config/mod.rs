@@ -49,9 +49,9 @@ use raw::RawConfig;
 
 pub use parse::{parse_addr, parse_duration};
 pub(crate) use spec::{
-    BackendLoss, CallSpec, GlobalPolicy, HealthSpec, JwksSettings, LogFormat, ProbeKind,
-    ReattachSpec, RoutePolicy, Timeouts, TlsSpec, TunnelMode, TunnelSettings, UpstreamName,
-    UpstreamSpec, UpstreamUrl,
+    AcmeChallenge, AcmeSpec, BackendLoss, CallSpec, GlobalPolicy, HealthSpec, JwksSettings,
+    LogFormat, ProbeKind, ReattachSpec, RoutePolicy, Timeouts, TlsSpec, TunnelMode, TunnelSettings,
+    UpstreamName, UpstreamSpec, UpstreamUrl,
 };
 pub use spec::{RouteSpec, Scheme};
 
@@ -150,6 +150,17 @@ pub struct Config {
     pub routes: Vec<RouteSpec>,
     /// TLS on the proxy listener, if configured.
     pub tls: Option<TlsSpec>,
+    /// Key exchange groups the TLS listener offers, in order (`--tls-groups`);
+    /// empty: all, post-quantum first. Fixed at start.
+    pub tls_groups: Vec<crate::tls::KxGroup>,
+    /// `Strict-Transport-Security` added on the TLS listener (`--hsts`); `None`: off.
+    pub hsts: Option<http::HeaderValue>,
+    /// `[acme]`: a certificate shunt orders and renews itself; fixed at start.
+    pub acme: Option<AcmeSpec>,
+    /// The plain listener for HTTP-01 and the redirect to https (`--http-listen`).
+    pub http_listen: Option<SocketAddr>,
+    /// The port that listener redirects to (`--https-port`); `None`: the listener's.
+    pub https_port: Option<u16>,
     /// The config file, if any.
     pub file: Option<PathBuf>,
     /// Global security settings (IP lists, credentials, limits).
@@ -256,6 +267,7 @@ impl Config {
         if let Some(set) = certs {
             write_certs(out, set)?;
         }
+        self.write_tls_extras(out)?;
         self.write_security(out)?;
         let t = &self.timeouts;
         writeln!(
@@ -267,6 +279,34 @@ impl Config {
             humantime::format_duration(t.idle),
             humantime::format_duration(t.drain),
         )
+    }
+
+    /// ACME, the HTTP port, key exchange groups and HSTS, when set.
+    fn write_tls_extras(&self, out: &mut String) -> fmt::Result {
+        if let Some(a) = &self.acme {
+            writeln!(
+                out,
+                "acme    {} via {} from {} (state {})",
+                a.domains.join(", "),
+                a.challenge.name(),
+                a.directory,
+                a.state_dir.display()
+            )?;
+        }
+        if let Some(addr) = self.http_listen {
+            let port = self.https_port.unwrap_or(self.listen.port());
+            writeln!(
+                out,
+                "http    {addr} (ACME http-01, 308 to https port {port})"
+            )?;
+        }
+        if !self.tls_groups.is_empty() {
+            writeln!(out, "tls groups {}", join(&self.tls_groups))?;
+        }
+        if let Some(h) = &self.hsts {
+            writeln!(out, "hsts    {}", String::from_utf8_lossy(h.as_bytes()))?;
+        }
+        Ok(())
     }
 
     fn write_upstreams(&self, out: &mut String) -> fmt::Result {

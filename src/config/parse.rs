@@ -16,12 +16,12 @@ use crate::proxy_header::{Version, Versions};
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use http::Uri;
+use http::{HeaderValue, Uri};
 
 use super::ConfigError;
 use super::spec::{
-    ClaimHeader, JwksUrl, LogFormat, ProbeKind, RoutePolicy, RouteSpec, Scheme, TunnelMode,
-    TunnelSettings, UpstreamName, UpstreamUrl,
+    AcmeChallenge, ClaimHeader, JwksUrl, LogFormat, ProbeKind, RoutePolicy, RouteSpec, Scheme,
+    TunnelMode, TunnelSettings, UpstreamName, UpstreamUrl,
 };
 use crate::cli::RunArgs;
 use crate::policy::auth::AuthMode;
@@ -29,6 +29,7 @@ use crate::policy::ip::IpNet;
 use crate::policy::keys::Alg;
 use crate::policy::origin::OriginRule;
 use crate::policy::rate::Rate;
+use crate::tls::KxGroup;
 
 impl UpstreamUrl {
     /// Parse `http://host[:port][/]`; a path other than `/` is refused, since
@@ -601,4 +602,86 @@ pub(super) fn token_name(field: &str, v: String) -> Result<String, ConfigError> 
             "use letters, digits, '_', '-' or '.'",
         ))
     }
+}
+
+/// Let's Encrypt's production directory, the default.
+const LETSENCRYPT: &str = "https://acme-v02.api.letsencrypt.org/directory";
+/// Let's Encrypt's staging directory.
+const LETSENCRYPT_STAGING: &str = "https://acme-staging-v02.api.letsencrypt.org/directory";
+
+/// An ACME directory: `letsencrypt` (the default), `letsencrypt-staging` or an https:// URL.
+pub(super) fn parse_acme_directory(field: &str, v: &str) -> Result<String, ConfigError> {
+    match v.trim() {
+        "" | "letsencrypt" => Ok(LETSENCRYPT.to_owned()),
+        "letsencrypt-staging" => Ok(LETSENCRYPT_STAGING.to_owned()),
+        url => match url.parse::<Uri>() {
+            Ok(u) if u.scheme_str() == Some("https") && u.host().is_some() => Ok(url.to_owned()),
+            _ => Err(ConfigError::invalid(
+                field,
+                v,
+                "expected an https:// directory URL, letsencrypt or letsencrypt-staging",
+            )),
+        },
+    }
+}
+
+/// `tls-alpn-01` or `http-01`.
+pub(super) fn parse_acme_challenge(field: &str, v: &str) -> Result<AcmeChallenge, ConfigError> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "tls-alpn-01" => Ok(AcmeChallenge::TlsAlpn01),
+        "http-01" => Ok(AcmeChallenge::Http01),
+        _ => Err(ConfigError::invalid(
+            field,
+            v,
+            "expected tls-alpn-01 or http-01",
+        )),
+    }
+}
+
+/// `--tls-groups` / `tls_groups`: key exchange group names as rustls spells
+/// them (case-insensitive), in order of preference; no duplicates, not empty.
+pub(super) fn parse_tls_groups(field: &str, items: &[String]) -> Result<Vec<KxGroup>, ConfigError> {
+    let known = || {
+        KxGroup::ALL
+            .iter()
+            .map(|g| g.name())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let groups = parse_list((field.to_owned(), items), |s| {
+        KxGroup::parse(s).ok_or_else(|| format!("unknown key exchange group; known: {}", known()))
+    })?;
+    if groups.is_empty() {
+        return Err(ConfigError::invalid(
+            field,
+            "",
+            format!("name at least one group: {}", known()),
+        ));
+    }
+    for (i, g) in groups.iter().enumerate() {
+        if groups[..i].contains(g) {
+            return Err(ConfigError::invalid(field, g, "named twice"));
+        }
+    }
+    Ok(groups)
+}
+
+/// `--hsts` / `hsts`: a `Strict-Transport-Security` value with a
+/// `max-age=SECONDS` directive (`includeSubDomains` and `preload` may follow).
+pub(super) fn parse_hsts(field: &str, v: &str) -> Result<HeaderValue, ConfigError> {
+    let has_max_age = v.split(';').any(|d| {
+        d.trim().split_once('=').is_some_and(|(k, n)| {
+            k.trim().eq_ignore_ascii_case("max-age")
+                && n.trim().trim_matches('"').parse::<u64>().is_ok()
+        })
+    });
+    if !has_max_age {
+        return Err(ConfigError::invalid(
+            field,
+            v,
+            "expected a Strict-Transport-Security value with max-age=SECONDS, e.g. \"max-age=31536000\"",
+        ));
+    }
+    HeaderValue::from_str(v.trim())
+        .map_err(|_| ConfigError::invalid(field, v, "not a valid header value"))
 }

@@ -55,6 +55,16 @@ pub(crate) struct RawConfig {
     pub log_format: Option<String>,
     /// CA file trusted for https upstreams (relative paths: to the config file).
     pub upstream_ca: Option<String>,
+    /// `tls_groups`: as `--tls-groups`.
+    pub tls_groups: Option<Vec<String>>,
+    /// `hsts`: as `--hsts`.
+    pub hsts: Option<String>,
+    /// `http_listen`: as `--http-listen`.
+    pub http_listen: Option<String>,
+    /// `https_port`: as `--https-port`.
+    pub https_port: Option<u16>,
+    /// `[acme]`: certificates ordered and renewed by shunt.
+    pub acme: Option<RawAcme>,
     /// `tls`: as `--tls`.
     pub tls: Option<RawTls>,
     // --- security policy (policy/) ---
@@ -259,6 +269,25 @@ pub(crate) struct RawTls {
     pub certs: Vec<RawCert>,
     /// CA whose client certificates are asked for (as `--tls-client-ca`).
     pub client_ca: Option<String>,
+}
+
+/// `[acme]`: one certificate for `domains`, from an ACME CA.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawAcme {
+    /// The names of the certificate (as `--acme-domain`).
+    #[serde(default)]
+    pub domains: Vec<String>,
+    /// Contact e-mail (as `--acme-email`).
+    pub email: Option<String>,
+    /// Directory URL or shorthand (as `--acme-directory`).
+    pub directory: Option<String>,
+    /// `tls-alpn-01` or `http-01` (as `--acme-challenge`).
+    pub challenge: Option<String>,
+    /// Account key and certificates (as `--acme-state-dir`).
+    pub state_dir: Option<String>,
+    /// CA trusted for the ACME server (as `--acme-ca-file`).
+    pub ca_file: Option<String>,
 }
 
 /// `[[tls.certs]]`: a certificate for the SNI names listed (default: its own names).

@@ -142,6 +142,42 @@ pub struct TlsSpec {
     pub client_ca: Option<PathBuf>,
 }
 
+/// The ACME challenge shunt answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AcmeChallenge {
+    /// RFC 8737, on the TLS listener (ALPN `acme-tls/1`).
+    TlsAlpn01,
+    /// RFC 8555 8.3, on `--http-listen`.
+    Http01,
+}
+
+impl AcmeChallenge {
+    /// `tls-alpn-01` or `http-01`, as the config and the CA spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            AcmeChallenge::TlsAlpn01 => "tls-alpn-01",
+            AcmeChallenge::Http01 => "http-01",
+        }
+    }
+}
+
+/// `[acme]`: one certificate that shunt orders and renews itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AcmeSpec {
+    /// The certificate's names, lower case, at least one.
+    pub domains: Vec<String>,
+    /// Contact e-mail given to the CA.
+    pub email: Option<String>,
+    /// The CA's directory URL.
+    pub directory: String,
+    /// The challenge answered.
+    pub challenge: AcmeChallenge,
+    /// Account key, certificate and key, files 0600.
+    pub state_dir: PathBuf,
+    /// CA trusted for the ACME server; `None`: the system roots.
+    pub ca_file: Option<PathBuf>,
+}
+
 /// One route: an optional host, a path prefix, upstreams in order of preference.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RouteSpec {

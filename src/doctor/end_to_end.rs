@@ -226,7 +226,7 @@ async fn shunt_101(
     let tls = if public {
         ctx.url.secure
     } else {
-        ctx.config.tls.is_some()
+        ctx.config.tls.is_some() || ctx.config.acme.is_some()
     };
     let answer = match tokio::time::timeout(ctx.timeout, dial_first(ctx, addrs, tls, &key)).await {
         Ok(Ok(resp)) => resp,

@@ -17,9 +17,12 @@
 //! - [`jwt`]: the JWKS URL's keys (ids and algorithms), and whether `--token` verifies.
 //! - [`balancer`]: the PROXY protocol and trusted forwarding headers, and
 //!   whether the running shunt saw trusted sources send no header.
+//! - [`acme`]: with `[acme]`, each domain resolves, the challenge port
+//!   answers, and the stored certificate's validity and renewal time.
 //! - [`end_to_end`]: a handshake through shunt itself, `x-shunt-route`, and
 //!   640-byte round trips.
 
+pub(crate) mod acme;
 pub(crate) mod balancer;
 pub(crate) mod end_to_end;
 pub(crate) mod firewall;
@@ -417,6 +420,7 @@ pub async fn run(args: &RunArgs, options: Options) -> Report {
     tls::check(&ctx, &mut report);
     jwt::check(&ctx, &mut report).await;
     balancer::check(&ctx, &mut report).await;
+    acme::check(&ctx, &mut report).await;
     let served = end_to_end::check(&ctx, running, &mut report).await;
     front_end(&ctx, served.as_ref(), &mut report);
     // A safety net under the checks' own care: no line may carry the token.
@@ -490,7 +494,7 @@ fn default_url(config: &Config) -> PublicUrl {
         .or(config.routes.first())
         .map_or_else(|| "/".to_owned(), |r| r.path.clone());
     PublicUrl {
-        secure: config.tls.is_some(),
+        secure: config.tls.is_some() || config.acme.is_some(),
         host: addr.ip().to_string(),
         port: addr.port(),
         path_and_query: path,

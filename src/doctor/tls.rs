@@ -47,6 +47,13 @@ struct Served {
 /// Files and the system store only: nothing here waits on the network.
 pub(crate) fn check(ctx: &Context, report: &mut Report) {
     let Some(tls) = &ctx.config.tls else {
+        if ctx.config.acme.is_some() {
+            report.push(Finding::ok(
+                "tls",
+                "certificates from ACME only (the acme checks follow)",
+            ));
+            return;
+        }
         if ctx.url.secure {
             report.push(Finding::warn(
                 "tls",
@@ -75,7 +82,7 @@ pub(crate) fn check(ctx: &Context, report: &mut Report) {
             ),
         ));
     }
-    let provider = rustls::crypto::ring::default_provider();
+    let provider = rustls::crypto::aws_lc_rs::default_provider();
     let mut served = Vec::new();
     for spec in &tls.certs {
         if let Some(s) = key(spec, &provider, report) {

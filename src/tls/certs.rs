@@ -77,6 +77,8 @@ pub struct CertInfo {
     pub subject: String,
     /// DNS names and IP addresses of the leaf.
     pub sans: Vec<String>,
+    /// Start of validity (ACME renews at two thirds of the lifetime).
+    pub not_before: SystemTime,
     /// End of validity: `/status` shows it so renewals are not missed.
     pub not_after: SystemTime,
     /// SHA-256 of the leaf's DER, upper-case hex pairs joined by `:`.
@@ -162,11 +164,14 @@ fn describe(leaf: &CertificateDer<'_>, spec: &CertSpec) -> Result<CertInfo, Cert
             }
         }
     }
+    let not_before_secs = cert.validity().not_before.timestamp();
+    let not_before = SystemTime::UNIX_EPOCH + Duration::from_secs(not_before_secs.max(0) as u64);
     let not_after_secs = cert.validity().not_after.timestamp();
     let not_after = SystemTime::UNIX_EPOCH + Duration::from_secs(not_after_secs.max(0) as u64);
     Ok(CertInfo {
         subject: cert.subject().to_string(),
         sans,
+        not_before,
         not_after,
         fingerprint: fingerprint(leaf),
         cert_file: spec.cert.clone(),

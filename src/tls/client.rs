@@ -67,7 +67,7 @@ pub fn client_config(ca: Option<&Path>) -> Result<Arc<ClientConfig>, ClientTlsEr
             }
         }
     }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = super::groups::provider(&[]);
     let mut config = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_root_certificates(roots)
@@ -80,7 +80,7 @@ pub fn client_config(ca: Option<&Path>) -> Result<Arc<ClientConfig>, ClientTlsEr
 /// for `shunt doctor`'s end-to-end check, which judges the certificate in a
 /// check of its own, and `audio_client --insecure`. Never used for upstreams.
 pub fn unverified_config() -> Result<Arc<ClientConfig>, rustls::Error> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = super::groups::provider(&[]);
     let mut config = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()?
         .dangerous()

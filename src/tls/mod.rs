@@ -9,6 +9,7 @@
 pub(crate) mod certs;
 pub(crate) mod client;
 pub(crate) mod client_auth;
+pub(crate) mod groups;
 pub(crate) mod resolver;
 pub(crate) mod stream;
 
@@ -22,7 +23,8 @@ use tokio_rustls::TlsAcceptor;
 
 pub(crate) use certs::CertError;
 pub use certs::CertSpec;
-pub(crate) use resolver::{CertSet, CertStore};
+pub(crate) use groups::KxGroup;
+pub(crate) use resolver::{ACME_TLS_ALPN, CertSet, CertStore};
 pub(crate) use stream::TlsStream;
 
 /// TLS record type of a handshake: the first byte a TLS client sends.
@@ -47,7 +49,7 @@ pub(crate) enum AcceptError {
 
 /// Load every configured certificate; all must load.
 pub fn load_cert_set(specs: &[CertSpec]) -> Result<Arc<CertSet>, CertError> {
-    let provider = rustls::crypto::ring::default_provider();
+    let provider = groups::provider(&[]);
     let loaded = specs
         .iter()
         .map(|s| certs::load(s, &provider))
@@ -57,15 +59,20 @@ pub fn load_cert_set(specs: &[CertSpec]) -> Result<Arc<CertSet>, CertError> {
 }
 
 /// The acceptor for the proxy listener: TLS 1.2 and 1.3, ALPN `http/1.1`
-/// (and `http/1.0`, which `curl --http1.0` offers alone), session tickets.
+/// (and `http/1.0`, which `curl --http1.0` offers alone), session tickets,
+/// the key exchange `groups` in that order (empty: every group, post-quantum first).
+/// With `acme_tls_alpn`, `acme-tls/1` comes first, so a validation that offers
+/// it negotiates it (and the resolver gives it the challenge certificate).
 ///
 /// With `client_ca` (`[tls] client_ca`), clients are asked for a certificate
 /// signed by it ([`client_auth`]); the verifier is returned too, for reloads.
 pub(crate) fn acceptor(
     store: Arc<CertStore>,
+    groups: &[KxGroup],
+    acme_tls_alpn: bool,
     client_ca: Option<Arc<rustls::RootCertStore>>,
 ) -> Result<(TlsAcceptor, Option<Arc<client_auth::ClientAuth>>), rustls::Error> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = groups::provider(groups);
     let client_auth = client_ca
         .map(|roots| client_auth::ClientAuth::new(roots, provider.clone()))
         .transpose()?;
@@ -77,11 +84,14 @@ pub(crate) fn acceptor(
     };
     let mut config = builder.with_cert_resolver(store);
     config.alpn_protocols = vec![b"http/1.1".to_vec(), b"http/1.0".to_vec()];
+    if acme_tls_alpn {
+        config.alpn_protocols.insert(0, ACME_TLS_ALPN.to_vec());
+    }
     // Stateless session tickets (keys rotate every few hours): a returning
     // client resumes without a certificate signature, and the server keeps
     // no per-session state. Tickets are per process: a restart or another
     // replica just means a full handshake.
-    config.ticketer = rustls::crypto::ring::Ticketer::new()?;
+    config.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()?;
     Ok((TlsAcceptor::from(Arc::new(config)), client_auth))
 }
 

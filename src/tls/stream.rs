@@ -138,11 +138,20 @@ impl TlsStream {
         Ok(s)
     }
 
-    /// The negotiated ALPN protocol (the tests check what was negotiated).
+    /// The negotiated ALPN protocol (`acme-tls/1` marks an ACME validation).
     /// `None` when the client offered no ALPN (or none matched).
-    #[cfg(test)]
-    fn alpn_protocol(&self) -> Option<&[u8]> {
+    pub(crate) fn alpn_protocol(&self) -> Option<&[u8]> {
         self.conn.alpn_protocol()
+    }
+
+    /// The key exchange group the handshake negotiated (`/status`, the debug log).
+    pub(crate) fn key_exchange_group(&self) -> Option<rustls::NamedGroup> {
+        self.conn.negotiated_key_exchange_group().map(|g| g.name())
+    }
+
+    /// The TLS version negotiated.
+    pub(crate) fn protocol_version(&self) -> Option<rustls::ProtocolVersion> {
+        self.conn.protocol_version()
     }
 
     /// Drive the handshake: write what rustls queued, step, and read the socket
@@ -545,7 +554,7 @@ mod tests {
         version: &'static rustls::SupportedProtocolVersion,
     ) -> (Arc<ServerConfig>, Arc<rustls::ClientConfig>) {
         let dev = crate::certgen::generate(&["localhost".into()]).unwrap();
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let chain = vec![CertificateDer::from_pem_slice(dev.server_cert.as_bytes()).unwrap()];
         let key = PrivateKeyDer::from_pem_slice(dev.server_key.as_bytes()).unwrap();
         let mut server = ServerConfig::builder_with_provider(provider.clone())

@@ -17,7 +17,9 @@
 //                                             the route and upstream display reach that state
 //   {"check": "readiness", "badge": "degraded", "contains": ["..."]}  the header badge and readiness note
 //   {"check": "certificate", "cert": "localhost", "days": 9, "red": true}
-//                                             the certificate row shows the days left, red under 14
+//                                             the certificate row shows the days left, red under 14;
+//                                             optional "source" and "error": text its Source and
+//                                             Last error cells contain
 //   {"check": "narrow", "width": 420}         no horizontal page scroll at that width
 //   {"screenshot": "file.png", "width": 1280} a full-page screenshot under out_dir
 //   {"refreshes": N}                          waits until the page has refreshed N more times
@@ -200,10 +202,13 @@ const checks = {
             names: tr.cells[0] ? tr.cells[0].textContent : '',
             days: tr.querySelector('.days') ? tr.querySelector('.days').textContent : null,
             red: tr.classList.contains('expiring') && getComputedStyle(tr).color === 'rgb(179, 38, 30)',
+            source: tr.querySelector('.source') ? tr.querySelector('.source').textContent : '',
+            error: tr.querySelector('.last-error') ? tr.querySelector('.last-error').textContent : '',
           }))
         ).then((rows) => {
           const row = rows.find((x) => x.names.includes(step.cert));
-          return { ok: !!row && row.days === String(step.days) && row.red === step.red, row: row, rows: rows };
+          const extra = (r) => (!step.source || r.source.includes(step.source)) && (!step.error || r.error.includes(step.error));
+          return { ok: !!row && row.days === String(step.days) && row.red === step.red && extra(row), row: row, rows: rows };
         }),
       10000,
       'certificate ' + step.cert + ' with ' + step.days + ' days left'

@@ -345,7 +345,7 @@ async fn a_pending_restart_stays_reported_after_the_watcher_applied_it() {
 }
 
 /// `shunt_reloads_total{result, trigger}` and `shunt_last_reload_success`
-/// follow reloads; `shunt_certificate_expiry_seconds{name}` counts down to
+/// follow reloads; `shunt_certificate_expiry_seconds{name, source}` counts down to
 /// the served certificate's `not_after`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reloads_and_certificate_expiry_are_metrics() {
@@ -363,7 +363,9 @@ async fn reloads_and_certificate_expiry_are_metrics() {
     assert!(m.lines().any(|l| l == "shunt_last_reload_success 1"), "{m}");
     let expiry: f64 = m
         .lines()
-        .find_map(|l| l.strip_prefix("shunt_certificate_expiry_seconds{name=\"localhost\"} "))
+        .find_map(|l| {
+            l.strip_prefix("shunt_certificate_expiry_seconds{name=\"localhost\",source=\"file\"} ")
+        })
         .unwrap_or_else(|| panic!("no expiry for localhost in\n{m}"))
         .parse()
         .unwrap();

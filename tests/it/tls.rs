@@ -472,7 +472,7 @@ async fn rsa_ecdsa_and_ed25519_keys_in_every_pem_form() {
         for der in rustls::pki_types::CertificateDer::pem_slice_iter(&pem) {
             roots.add(der.unwrap()).unwrap();
         }
-        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let client = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .unwrap()

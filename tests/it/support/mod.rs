@@ -14,6 +14,7 @@ pub(crate) mod files;
 pub(crate) mod http;
 pub(crate) mod logs;
 pub(crate) mod nginx;
+pub(crate) mod pebble;
 pub(crate) mod raw;
 pub(crate) mod require;
 pub(crate) mod shunt;

@@ -66,6 +66,26 @@ impl TestPki {
         (cert.pem(), key.serialize_pem())
     }
 
+    /// Like [`TestPki::issue`], valid from `not_before` to `not_after`
+    /// (year, month, day; midnight UTC).
+    pub(crate) fn issue_dated(
+        &self,
+        names: &[&str],
+        not_before: (i32, u8, u8),
+        not_after: (i32, u8, u8),
+    ) -> (String, String) {
+        let key = KeyPair::generate().unwrap();
+        let mut params =
+            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        params.distinguished_name.push(DnType::CommonName, names[0]);
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.not_before = rcgen::date_time_ymd(not_before.0, not_before.1, not_before.2);
+        params.not_after = rcgen::date_time_ymd(not_after.0, not_after.1, not_after.2);
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+
     /// Issue into `<stem>.crt` / `<stem>.key` in the directory; returns their paths.
     pub(crate) fn write(&self, stem: &str, names: &[&str]) -> (PathBuf, PathBuf) {
         let (cert, key) = self.issue(names);
@@ -82,7 +102,7 @@ impl TestPki {
     pub(crate) fn client_config(&self) -> Arc<rustls::ClientConfig> {
         let mut roots = rustls::RootCertStore::empty();
         roots.add(self.ca_der.clone()).unwrap();
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         Arc::new(
             rustls::ClientConfig::builder_with_provider(provider)
                 .with_safe_default_protocol_versions()
