@@ -71,10 +71,12 @@ fn the_readme_has_contents_and_the_operator_order() {
             "Contents links #{target}, which no heading has"
         );
     }
-    // Troubleshooting is not buried under benchmark history.
+    // Troubleshooting is not buried under benchmark history (the operator
+    // sections before it grew with certificates, identity providers, load
+    // balancers and reattach; history lives in docs/).
     let line = |title: &str| readme.lines().position(|l| l == title).unwrap();
     assert!(
-        line("## Troubleshooting") < 1000,
+        line("## Troubleshooting") < 1300,
         "Troubleshooting starts at line {}",
         line("## Troubleshooting")
     );
