@@ -370,10 +370,8 @@ fn round3(v: f64) -> f64 {
 /// What a call is, fixed when it opens.
 #[derive(Debug, Clone)]
 pub struct CallInfo {
-    /// The client's address (behind a trusted balancer, the one it named).
+    /// The client's address.
     pub client: SocketAddr,
-    /// The trusted balancer the call came through, if any.
-    pub via: Option<SocketAddr>,
     /// The request's `Host` header.
     pub host: Option<String>,
     /// Path and query, the token parameter redacted as in the access log.
@@ -396,8 +394,6 @@ pub struct Call {
     pub id: u64,
     /// The client's address.
     pub client: SocketAddr,
-    /// The trusted balancer the call came through, if any.
-    pub via: Option<SocketAddr>,
     /// The request's `Host`, as in [`CallInfo::host`]; a boxed `str` (two
     /// words, not three) since it never changes.
     host: Option<Box<str>>,
@@ -446,7 +442,6 @@ impl Call {
         json!({
             "id": self.id,
             "client": self.client.to_string(),
-            "via": self.via.map(|v| v.to_string()),
             "host": self.host,
             "path": self.path,
             "route": self.route(),
@@ -621,7 +616,6 @@ impl CallRegistry {
         let call = Arc::new(Call {
             id,
             client: info.client,
-            via: info.via,
             host: info.host.map(String::into_boxed_str),
             path: info.path.into_boxed_str(),
             upstream,
@@ -833,7 +827,6 @@ mod tests {
     fn info() -> CallInfo {
         CallInfo {
             client: "127.0.0.1:5555".parse().unwrap(),
-            via: None,
             host: Some("example.test".into()),
             path: "/audio?token=REDACTED".into(),
             route: "/audio".into(),

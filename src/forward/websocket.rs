@@ -65,7 +65,6 @@ pub(super) async fn forward(
             guard: counters.open_tunnel(route, name),
             call: counters.calls.open(CallInfo {
                 client: downstream.peer,
-                via: downstream.via,
                 host: call.host,
                 path: call.target.to_owned(),
                 route: route.to_owned(),

@@ -78,7 +78,6 @@ fn guards(frames: bool) -> (TunnelGuard, CallGuard, Arc<CallRegistry>) {
     let guard = stats.open_tunnel("/t", &UpstreamName("direct".into()));
     let call = registry.open(CallInfo {
         client: "127.0.0.1:1".parse().unwrap(),
-        via: None,
         host: None,
         path: "/t".into(),
         route: "/t".into(),
