@@ -395,10 +395,8 @@ fn round3(v: f64) -> f64 {
 /// What a call is, fixed when it opens.
 #[derive(Debug, Clone)]
 pub struct CallInfo {
-    /// The client's address (behind a trusted balancer, the one it named).
+    /// The client's address.
     pub client: SocketAddr,
-    /// The trusted balancer the call came through, if any.
-    pub via: Option<SocketAddr>,
     /// The request's `Host` header.
     pub host: Option<String>,
     /// Path and query, the token parameter redacted as in the access log.
@@ -441,8 +439,6 @@ pub struct Call {
     pub id: u64,
     /// The client's address.
     pub client: SocketAddr,
-    /// The trusted balancer the call came through, if any.
-    pub via: Option<SocketAddr>,
     /// The request's `Host`, as in [`CallInfo::host`]; a boxed `str` (two
     /// words, not three) since it never changes.
     host: Option<Box<str>>,
@@ -550,7 +546,6 @@ impl Call {
         json!({
             "id": self.id,
             "client": self.client.to_string(),
-            "via": self.via.map(|v| v.to_string()),
             "host": self.host,
             "path": self.path(),
             "user": self.user(),
@@ -731,7 +726,6 @@ impl CallRegistry {
         let call = Arc::new(Call {
             id,
             client: info.client,
-            via: info.via,
             host: info.host.map(String::into_boxed_str),
             path_len: if info.user.is_some() {
                 u32::try_from(info.path.len()).unwrap_or(u32::MAX)
@@ -995,7 +989,6 @@ mod tests {
         CallInfo {
             user: None,
             client: "127.0.0.1:5555".parse().unwrap(),
-            via: None,
             host: Some("example.test".into()),
             path: "/audio?token=REDACTED".into(),
             route: "/audio".into(),

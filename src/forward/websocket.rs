@@ -70,7 +70,6 @@ pub(super) async fn forward(
         };
         let call_guard = counters.calls.open(CallInfo {
             client: downstream.peer,
-            via: downstream.via,
             host: call.host,
             path: call.target.to_owned(),
             user: call.user.map(str::to_owned),

@@ -80,7 +80,6 @@ fn guards(frames: bool) -> (TunnelGuard, CallGuard, Arc<CallRegistry>) {
     let call = registry.open(CallInfo {
         user: None,
         client: "127.0.0.1:1".parse().unwrap(),
-        via: None,
         host: None,
         path: "/t".into(),
         route: "/t".into(),

@@ -247,11 +247,6 @@ async fn real_addresses_through(kind: Kind, versions: &str) {
         clients.len() == 1 && clients[0].starts_with("127.0.0.2:"),
         "{kind:?}: /calls shows the real client: {calls}"
     );
-    let via = calls["calls"][0]["via"].as_str().unwrap_or_default();
-    assert!(
-        via.starts_with("127.0.0.1:"),
-        "{kind:?}: via the balancer: {calls}"
-    );
     drop(ws);
 }
 

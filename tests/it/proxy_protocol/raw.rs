@@ -256,3 +256,37 @@ async fn a_v2_header_carrying_ipv4_works_on_an_ipv6_listener() {
         ("203.0.113.7".into(), "203.0.113.7".into())
     );
 }
+
+/// A reload turns the PROXY protocol on (and a bad one is refused, the old
+/// settings kept): the next connection is read with the new settings.
+#[tokio::test]
+async fn a_reload_turns_the_proxy_protocol_on() {
+    let backend = echo_backend().spawn().await;
+    let plain = format!("[upstreams.direct]\nurl = \"{}\"\n", backend.url());
+    let file = crate::support::TempFile::new("pp-reload.toml", &plain);
+    let s = shunt()
+        .arg("--config", file.path())
+        .flag("--no-watch")
+        .start_ready()
+        .await;
+    let a = send(s.addr(), "127.0.0.1", b"", false, GET).await;
+    assert_eq!(seen_client(&a).0, "127.0.0.1");
+    // Without trusted_proxies: refused, nothing changes.
+    crate::support::TempFile::write(&file.0, &format!("proxy_protocol = \"v2\"\n{plain}"));
+    assert!(
+        !s.reload().await,
+        "proxy_protocol without trusted_proxies must not load"
+    );
+    let a = send(s.addr(), "127.0.0.1", b"", false, GET).await;
+    assert_eq!(seen_client(&a).0, "127.0.0.1");
+    crate::support::TempFile::write(
+        &file.0,
+        &format!("proxy_protocol = \"v2\"\ntrusted_proxies = [\"127.0.0.1\"]\n{plain}"),
+    );
+    assert!(s.reload().await);
+    let a = send(s.addr(), "127.0.0.1", b"", false, GET).await;
+    assert_eq!(a.status, None, "no header after the reload: {}", a.text);
+    let h = v2(addr("203.0.113.7:1"), s.addr(), &[]);
+    let a = send(s.addr(), "127.0.0.1", &h, false, GET).await;
+    assert_eq!(seen_client(&a).0, "203.0.113.7");
+}
