@@ -315,14 +315,14 @@ pub(crate) async fn run(
         let wait = match result {
             Ok(fetched) => {
                 backoff = Duration::from_secs(1);
-                let max_age = fetched.max_age.unwrap_or_default();
+                let wait = next_refresh(s.refresh, fetched.max_age);
                 jwks.succeeded(&s.url.text, fetched);
-                s.refresh.max(max_age)
+                wait
             }
             Err(e) => {
                 jwks.failed(&s.url.text, &e);
-                let wait = backoff.min(s.refresh);
-                backoff = (backoff * 2).min(MAX_BACKOFF);
+                let (wait, next) = retry_after(backoff, s.refresh);
+                backoff = next;
                 wait
             }
         };
@@ -333,6 +333,18 @@ pub(crate) async fn run(
             () = shutdown.token().cancelled() => return,
         }
     }
+}
+
+/// When to fetch again after a success: the refresh interval, or the
+/// answer's `max-age` when that is longer.
+fn next_refresh(refresh: Duration, max_age: Option<Duration>) -> Duration {
+    refresh.max(max_age.unwrap_or_default())
+}
+
+/// After a failure: wait `backoff` (never beyond the refresh interval), and
+/// double it for the next failure, up to [`MAX_BACKOFF`].
+fn retry_after(backoff: Duration, refresh: Duration) -> (Duration, Duration) {
+    (backoff.min(refresh), (backoff * 2).min(MAX_BACKOFF))
 }
 
 /// One GET of the JWKS: connect (bounded by the connect timeout), the
@@ -427,6 +439,23 @@ mod tests {
         assert_eq!(max_age(&h), Some(Duration::from_secs(3600)));
         h.insert(header::CACHE_CONTROL, "no-cache".parse().unwrap());
         assert_eq!(max_age(&h), None);
+    }
+
+    #[test]
+    fn refresh_and_backoff() {
+        let s = Duration::from_secs;
+        assert_eq!(next_refresh(s(600), None), s(600));
+        assert_eq!(next_refresh(s(600), Some(s(3600))), s(3600));
+        assert_eq!(next_refresh(s(600), Some(s(60))), s(600));
+        let mut backoff = s(1);
+        let mut waits = Vec::new();
+        for _ in 0..9 {
+            let (wait, next) = retry_after(backoff, s(600));
+            waits.push(wait.as_secs());
+            backoff = next;
+        }
+        assert_eq!(waits, [1, 2, 4, 8, 16, 32, 60, 60, 60]);
+        assert_eq!(retry_after(s(8), s(5)).0, s(5));
     }
 
     #[tokio::test(start_paused = true)]

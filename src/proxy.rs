@@ -43,7 +43,7 @@ use crate::forward::{self, Exchange};
 use crate::handles::Handles;
 use crate::live::Snapshot;
 use crate::policy;
-use crate::policy::auth::{AuthError, Identity, JwtError, Remote, Via};
+use crate::policy::auth::{AuthError, Identity, JwtError, Remote};
 use crate::policy::credential;
 use crate::policy::rate::{Gate, TunnelSlot};
 use crate::response::{self, ProxyError};
@@ -371,10 +371,13 @@ async fn exchange_with_failover(
         policy::auth::AuthMode::Token | policy::auth::AuthMode::Jwt
     ) && !policy.forward_credential;
     let strip_param = strip.then_some(global.sources.query.as_str());
-    // A browser offering only `bearer, <token>` needs `bearer` selected back.
-    let select_marker = (identity.via == Some(Via::Subprotocol))
-        .then_some(global.sources.subprotocol.as_deref())
-        .flatten()
+    // A browser offering only `bearer, <token>` needs `bearer` selected back
+    // (whether that token or another credential was the one accepted).
+    let select_marker = global
+        .sources
+        .subprotocol
+        .as_deref()
+        .filter(|marker| policy::auth::subprotocol_token(req.headers(), marker).is_some())
         .filter(|marker| credential::other_subprotocols(req.headers(), marker).is_empty());
     // What `/calls` shows of a WebSocket call: the client's Host and the redacted target.
     let host_header = websocket
