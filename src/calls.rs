@@ -454,8 +454,6 @@ pub struct Call {
     /// Configuration generation the call was opened under (a `u32`, beside
     /// `frames`, keeps the entry small; past 4 billion reloads it saturates).
     pub generation: u32,
-    /// Whether frames are tracked on this call.
-    pub frames: bool,
     /// When it started (the clock of its timers).
     pub started: Instant,
     /// Per direction: [`TO_UPSTREAM`], [`TO_DOWNSTREAM`].
@@ -469,6 +467,13 @@ pub struct Call {
 }
 
 impl Call {
+    /// Whether frames are tracked on this call: a call opened with tracking
+    /// off is [`Framing::Off`] for good, and a tracked one never becomes it
+    /// (derived, not stored: every byte of a call entry is per call).
+    pub fn frames(&self) -> bool {
+        self.dirs[0].framing.load(Ordering::Relaxed) != Framing::Off as u8
+    }
+
     /// The upstream the call runs over now: the first one, unless a reattach moved it.
     pub fn current_upstream(&self) -> Arc<str> {
         match &self.reattach {
@@ -559,14 +564,14 @@ impl Call {
             "generation": self.generation,
             "started": humantime::format_rfc3339_millis(started_at).to_string(),
             "age_seconds": round3(age.as_secs_f64()),
-            "frames": self.frames,
+            "frames": self.frames(),
             "directions": {
                 "to_backend": self.dirs[TO_UPSTREAM].to_json(now_ms),
                 "to_client": self.dirs[TO_DOWNSTREAM].to_json(now_ms),
             },
             "legs": {
-                "client": self.legs[0].to_json(self.frames),
-                "backend": self.legs[1].to_json(self.frames),
+                "client": self.legs[0].to_json(self.frames()),
+                "backend": self.legs[1].to_json(self.frames()),
             },
         })
     }
@@ -737,7 +742,6 @@ impl CallRegistry {
                 None => info.path.into_boxed_str(),
             },
             generation: u32::try_from(info.generation).unwrap_or(u32::MAX),
-            frames: info.frames,
             started: Instant::now(),
             dirs: Default::default(),
             legs: Default::default(),

@@ -134,7 +134,7 @@ impl<D: Leg, U: Leg> Tunnel<D, U> {
             timers,
             reattach: _,
         } = parts;
-        let framing = if call.call.frames {
+        let framing = if call.call.frames() {
             Framing::Tracked
         } else {
             Framing::Off
