@@ -270,11 +270,16 @@ async fn soak(
     let mut samples = Vec::new();
     let mut tick = 0u64;
     let mut restart_at: Option<u64> = None;
+    // POST /reload answers: applied (200), refused (anything else).
+    let mut reloads = [0u64; 2];
     while start.elapsed() < Duration::from_secs(secs) {
         tokio::time::sleep(Duration::from_secs(1)).await;
         tick += 1;
         if tick.is_multiple_of(5) {
-            let _ = admin_post(p_admin, "/reload").await;
+            let applied = admin_post(p_admin, "/reload")
+                .await
+                .is_ok_and(|head| head.starts_with("HTTP/1.1 200"));
+            reloads[usize::from(!applied)] += 1;
         }
         if tick.is_multiple_of(10) {
             let (rss, fds) = sample(shunt_pid);
@@ -391,6 +396,10 @@ async fn soak(
     println!("| RSS first / last / max (KiB) | {rss_first} / {rss_last} / {rss_max} |");
     println!("| fds first / last / max | {fds_first} / {fds_last} / {fds_max} |");
     println!("| panics | {panics} |");
+    println!(
+        "| shunt POST /reload: applied / refused (must be 0) | {} / {} |",
+        reloads[0], reloads[1]
+    );
     println!("| backend_loss | {} |", args.backend_loss);
     for (route, gaps) in [
         "close (/audio): reconnect by 1014",
@@ -449,6 +458,7 @@ async fn soak(
         + t.never_back
         + untold
         + reattach_closed
+        + reloads[1]
         > 0;
     println!("| verdict | {} |", if failed { "FAIL" } else { "PASS" });
     Ok(failed)
@@ -729,18 +739,19 @@ async fn open(port: u16, connector: &TlsConnector, path: &str) -> Result<(Ws, St
     }
 }
 
-async fn admin_post(port: u16, path: &str) -> std::io::Result<()> {
+async fn admin_post(port: u16, path: &str) -> std::io::Result<String> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).await?;
+    // `Host: localhost`: the admin listener refuses other names (DNS rebinding).
     s.write_all(
         format!(
-            "POST {path} HTTP/1.1\r\nHost: admin\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            "POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
         )
         .as_bytes(),
     )
     .await?;
-    let mut sink = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut sink)).await;
-    Ok(())
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut answer)).await;
+    Ok(String::from_utf8_lossy(&answer).into_owned())
 }
 
 /// A GET on the admin listener: the response, head and body.
