@@ -327,50 +327,40 @@ impl OneOrMany {
     }
 }
 
-/// A duration key: a string (parsed later with the flags' rule) or an
-/// integer number of seconds, kept as its text. A fraction or a negative
-/// number is refused with the forms that work.
-fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
-    struct Text;
-    impl serde::de::Visitor<'_> for Text {
-        type Value = Option<String>;
-        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.write_str("a duration: whole seconds (5) or a string with a unit (\"500ms\", \"2s\", \"1m 30s\")")
-        }
-        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
-            Ok(Some(v.to_owned()))
-        }
-        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Self::Value, E> {
-            Ok(Some(v.to_string()))
-        }
-        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Self::Value, E> {
-            u64::try_from(v)
-                .map(|v| Some(v.to_string()))
-                .map_err(|_| E::invalid_value(serde::de::Unexpected::Signed(v), &self))
-        }
+/// A key given as a string or as a whole number, kept as text for the
+/// flags' parser; a fraction or a negative number is refused with `forms`,
+/// the forms that work.
+struct NumberOrText(&'static str);
+
+impl serde::de::Visitor<'_> for NumberOrText {
+    type Value = Option<String>;
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0)
     }
-    d.deserialize_any(Text)
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(Some(v.to_owned()))
+    }
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Self::Value, E> {
+        Ok(Some(v.to_string()))
+    }
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Self::Value, E> {
+        u64::try_from(v)
+            .map(|v| Some(v.to_string()))
+            .map_err(|_| E::invalid_value(serde::de::Unexpected::Signed(v), &self))
+    }
+}
+
+/// A duration key: a string (parsed later with the flags' rule) or an
+/// integer number of seconds, kept as its text.
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    d.deserialize_any(NumberOrText(
+        "a duration: whole seconds (5) or a string with a unit (\"500ms\", \"2s\", \"1m 30s\")",
+    ))
 }
 
 /// A size: an integer number of bytes (`65536`) or a string with a unit (`"64 KiB"`).
 fn size<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
-    struct Text;
-    impl serde::de::Visitor<'_> for Text {
-        type Value = Option<String>;
-        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.write_str("a size: bytes (65536) or a string with a unit (\"64 KiB\", \"1 MiB\")")
-        }
-        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
-            Ok(Some(v.to_owned()))
-        }
-        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Self::Value, E> {
-            Ok(Some(v.to_string()))
-        }
-        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Self::Value, E> {
-            u64::try_from(v)
-                .map(|v| Some(v.to_string()))
-                .map_err(|_| E::invalid_value(serde::de::Unexpected::Signed(v), &self))
-        }
-    }
-    d.deserialize_any(Text)
+    d.deserialize_any(NumberOrText(
+        "a size: bytes (65536) or a string with a unit (\"64 KiB\", \"1 MiB\")",
+    ))
 }

@@ -142,18 +142,8 @@ pub(crate) fn forward_claims(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::headers::tests::map as headers;
     use serde_json::json;
-
-    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (k, v) in pairs {
-            h.append(
-                HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                v.parse().unwrap(),
-            );
-        }
-        h
-    }
 
     #[test]
     fn credentials_are_stripped() {
