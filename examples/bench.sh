@@ -513,7 +513,8 @@ if storms:
     print("| reconnect storm | nginx alone | shunt | shunt/nginx |")
     print("|---|---:|---:|---:|")
     summary["storm"] = {}
-    for key, name in [("calls", "calls"), ("back", "calls back"), ("back_p50_ms", "50 % back (ms)"),
+    for key, name in [("calls", "calls"), ("back", "calls back"), ("cut_first_ms", "first call cut (ms)"),
+                      ("cut_all_ms", "every call cut (ms)"), ("back_first_ms", "first call back (ms)"), ("back_p50_ms", "50 % back (ms)"),
                       ("back_p99_ms", "99 % back (ms)"), ("back_all_ms", "100 % back (ms)"),
                       ("failed", "failed reconnects"), ("tls_full", "full TLS handshakes"),
                       ("tls_resumed", "resumed TLS handshakes"), ("proxy_cpu_us", "proxy CPU during the storm (µs)"),

@@ -9,7 +9,8 @@
 //! Each call is its own client with its own TLS session store, like 1,000
 //! browsers: a call that got a session ticket before the cut may resume.
 //!
-//! Prints one JSON line: the time from the kill until 50 %, 99 % and 100 %
+//! Prints one JSON line: the time from the kill until the first and the
+//! last call is cut, until the first call is back, and until 50 %, 99 % and 100 %
 //! of the calls carry audio again (a call is back at its first echo on the
 //! new connection), the close codes seen, reconnect attempts that failed
 //! (TCP, TLS, an HTTP status other than 101, or no echo), the storm's full
@@ -130,6 +131,8 @@ struct Totals {
     killed_at: Mutex<Option<Instant>>,
     /// Milliseconds from the kill to each call's first echo after its cut.
     back_ms: Mutex<Vec<u64>>,
+    /// Milliseconds from the kill to each call's cut (its Close, or the end of its connection).
+    cut_ms: Mutex<Vec<u64>>,
     /// How the cut sessions ended: a Close code, or `1006` (no Close).
     closes: Mutex<BTreeMap<String, u64>>,
     /// Reconnects that failed, by why.
@@ -225,9 +228,10 @@ async fn call(
     let tls = target.client();
     let frame = vec![0x5a_u8; size];
     let mut cut = false;
+    let mut back = false;
     let mut first = true;
     while !stop.load(Ordering::Relaxed) {
-        let mut ws = match open(&target, tls.as_ref(), &t).await {
+        let ws = match open(&target, tls.as_ref(), &t).await {
             Ok(ws) => ws,
             Err(why) => {
                 if lock(&t.killed_at).is_some() {
@@ -237,19 +241,32 @@ async fn call(
                 continue;
             }
         };
-        let mut tick = tokio::time::interval(period);
-        let mut echoed = false;
-        let ended = loop {
-            if stop.load(Ordering::Relaxed) {
-                return;
-            }
-            tokio::select! {
-                _ = tick.tick() => {
-                    if ws.write_frame(Frame::binary(Payload::Borrowed(&frame))).await.is_err() {
-                        break "1006".to_owned();
-                    }
+        // Split, so that no read is ever cancelled halfway through a frame:
+        // the sender ticks on its own and stops when the receiver ends.
+        let (mut rx, mut tx) = ws.split(tokio::io::split);
+        let done = tokio_util::sync::CancellationToken::new();
+        let sender = async {
+            let mut tick = tokio::time::interval(period);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    () = done.cancelled() => break,
                 }
-                r = ws.read_frame() => match r {
+                let write = tx.write_frame(Frame::binary(Payload::Borrowed(&frame)));
+                if !matches!(
+                    tokio::time::timeout(Duration::from_secs(1), write).await,
+                    Ok(Ok(()))
+                ) {
+                    break;
+                }
+            }
+        };
+        let mut echoed = false;
+        let receiver = async {
+            // Obligations are not sent by the reader: the Close is answered below.
+            let mut ignore = |_: Frame<'_>| async { Ok::<(), fastwebsockets::WebSocketError>(()) };
+            let ended = loop {
+                match rx.read_frame(&mut ignore).await {
                     Ok(f) if f.opcode == OpCode::Binary => {
                         if !echoed {
                             echoed = true;
@@ -259,7 +276,9 @@ async fn call(
                                 t.ready.fetch_add(1, Ordering::Relaxed);
                             } else if cut {
                                 cut = false;
-                                if let Some(at) = *lock(&t.killed_at) {
+                                // A call counts once: its first return after the kill.
+                                if let (Some(at), false) = (*lock(&t.killed_at), back) {
+                                    back = true;
                                     lock(&t.back_ms).push(at.elapsed().as_millis() as u64);
                                 }
                             }
@@ -267,20 +286,35 @@ async fn call(
                     }
                     Ok(f) if f.opcode == OpCode::Close => {
                         let p = &f.payload;
-                        let code = if p.len() >= 2 { u16::from_be_bytes([p[0], p[1]]) } else { 1005 };
-                        let reply = Frame::close_raw(Payload::Owned(p.get(..2).unwrap_or(&[]).to_vec()));
-                        let _ = tokio::time::timeout(Duration::from_secs(1), ws.write_frame(reply)).await;
-                        break code.to_string();
+                        break if p.len() >= 2 {
+                            Some(u16::from_be_bytes([p[0], p[1]]))
+                        } else {
+                            Some(1005)
+                        };
                     }
                     Ok(_) => {}
-                    Err(_) => break "1006".to_owned(),
-                },
-            }
+                    Err(_) => break None,
+                }
+            };
+            done.cancel();
+            ended
         };
-        if lock(&t.killed_at).is_some() && echoed {
+        let ((), code) = tokio::join!(sender, receiver);
+        if let Some(code) = code {
+            // Answer the Close with its code, as a browser does.
+            let reply = Frame::close_raw(Payload::Owned(code.to_be_bytes().to_vec()));
+            let _ = tokio::time::timeout(Duration::from_secs(1), tx.write_frame(reply)).await;
+        }
+        let ended = code.map_or_else(|| "1006".to_owned(), |c| c.to_string());
+        if stop.load(Ordering::Relaxed) {
+            return;
+        }
+        let killed_at = *lock(&t.killed_at);
+        if let (Some(at), true) = (killed_at, echoed) {
+            lock(&t.cut_ms).push(at.elapsed().as_millis() as u64);
             *lock(&t.closes).entry(ended).or_default() += 1;
             cut = true;
-        } else if !echoed && lock(&t.killed_at).is_some() {
+        } else if !echoed && killed_at.is_some() {
             // Upgraded but cut before any echo: a failed reconnect.
             *lock(&t.failed).entry("no echo".to_owned()).or_default() += 1;
         }
@@ -372,12 +406,17 @@ async fn main() {
 
     let mut back = lock(&t.back_ms).clone();
     back.sort_unstable();
+    let mut cut = lock(&t.cut_ms).clone();
+    cut.sort_unstable();
     let failed: u64 = lock(&t.failed).values().sum();
     let report = serde_json::json!({
         "label": args.label,
         "calls": args.calls,
         "back": back.len(),
         "never_back": args.calls - back.len(),
+        "cut_first_ms": cut.first(),
+        "cut_all_ms": by_share(&cut, args.calls, 1.0),
+        "back_first_ms": back.first(),
         "back_p50_ms": by_share(&back, args.calls, 0.50),
         "back_p99_ms": by_share(&back, args.calls, 0.99),
         "back_all_ms": by_share(&back, args.calls, 1.0),
