@@ -5,7 +5,8 @@
 #   QUICK=1 examples/bench.sh         # reduced sizes (about 2 minutes)
 #   ROUNDS=3 examples/bench.sh        # repeat every mode 3 times (interleaved); the table shows medians
 #   BACKEND=path/to/echo_backend examples/bench.sh   # another WebSocket echo backend (takes ADDR as $1)
-#   MODES="flood handshakes" examples/bench.sh        # only these modes (idle rtt100 rtt1000 flood handshakes http)
+#   MODES="flood handshakes" examples/bench.sh        # only these modes (idle rtt100 rtt1000 flood handshakes http storm)
+#   STORM_CALLS=1000 examples/bench.sh # calls in the reconnect storm (QUICK: 200)
 #   TLS_KEY=ec examples/bench.sh      # ECDSA P-256 certificates for the TLS rows instead of RSA 2048
 #   FRAMES_OFF=0 examples/bench.sh    # skip the shunt --frames off targets (the call layer's cost baseline)
 #
@@ -20,6 +21,15 @@
 # default info access log, and with RUST_LOG=warn); the raw results go to $OUT/results.jsonl and the
 # table to $OUT/table.md. TLS rows run when shunt has --tls-cert/--tls-key;
 # otherwise they print "n/a (TLS not available)".
+#
+# The storm mode (examples/storm.rs) holds STORM_CALLS wss calls at audio
+# cadence through shunt (route direct first, nginx as the fallback, each in
+# front of its own echo backend), SIGKILLs the direct backend so every call
+# gets Close 1014, and lets every call reconnect at once; then the same storm
+# through nginx alone in front of the two backends (the second one `backup`),
+# where the calls see 1006. It reports the time until 50/99/100 % of the
+# calls carry audio again, failed reconnects, full and resumed TLS
+# handshakes, and the proxy's and the client's CPU during the storm.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,7 +38,9 @@ mkdir -p "$OUT"
 TARGET_DIR=${CARGO_TARGET_DIR:-target}
 if [[ -n "${QUICK:-}" ]]; then
   IDLE_N=${IDLE_N:-2000}; HOLD=${HOLD:-2}; SECS=${SECS:-4}; RTT_BIG=${RTT_BIG:-1000}; HS_C=${HS_C:-32}
+  STORM_CALLS=${STORM_CALLS:-200}
 else
+  STORM_CALLS=${STORM_CALLS:-1000}
   # 9,000, not 10,000: shunt holds 2 descriptors per tunnel and the hard limit here is 20,000.
   IDLE_N=${IDLE_N:-9000}; HOLD=${HOLD:-3}; SECS=${SECS:-10}; RTT_BIG=${RTT_BIG:-1000}; HS_C=${HS_C:-32}
 fi
@@ -37,6 +49,8 @@ P_BACKEND=${P_BACKEND:-19100}; P_NGINX=19101; P_SHUNT=19102; P_ADMIN=19103; P_NG
 P_HAPROXY=19105; P_ORIGIN=19120; P_NGINX_HTTP=19121; P_HAPROXY_HTTP=19122; P_SHUNT_HTTP=19123; P_SHUNT_HTTP_WARN=19124
 # The same shunt with the call layer off (--frames off): today's pure byte relay, measured in the same run.
 P_SHUNT_OFF=19104; P_SHUNT_TLS_OFF=19114; FRAMES_OFF=${FRAMES_OFF:-1}
+# The reconnect storm: backend A (direct, killed), backend B behind nginx, shunt, nginx alone.
+P_STORM_A=19130; P_STORM_B=19131; P_STORM_FALLBACK=19132; P_STORM_SHUNT=19133; P_STORM_NGINX=19134
 
 # The system tools needed; installed on a fresh Debian machine.
 export PATH="$PATH:/usr/sbin:/sbin"
@@ -53,9 +67,10 @@ done
 
 ulimit -n "$(ulimit -Hn)"
 echo "# building (release)" >&2
-cargo build --release --quiet --bin shunt --example loadgen --example bench_backend
+cargo build --release --quiet --bin shunt --example loadgen --example bench_backend --example storm
 SHUNT=$TARGET_DIR/release/shunt
 LOADGEN=$TARGET_DIR/release/examples/loadgen
+STORM=$TARGET_DIR/release/examples/storm
 BACKEND=${BACKEND:-$TARGET_DIR/release/examples/bench_backend}
 CLK_TCK=$(getconf CLK_TCK)
 
@@ -64,6 +79,7 @@ cleanup() {
   for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
   if [[ -f "$OUT/nginx/nginx.pid" ]]; then kill "$(cat "$OUT/nginx/nginx.pid")" 2>/dev/null || true; fi
   if [[ -f "$OUT/origin/nginx.pid" ]]; then kill "$(cat "$OUT/origin/nginx.pid")" 2>/dev/null || true; fi
+  if [[ -f "$OUT/storm/nginx.pid" ]]; then kill "$(cat "$OUT/storm/nginx.pid")" 2>/dev/null || true; fi
   wait 2>/dev/null || true
 }
 trap cleanup EXIT INT TERM
@@ -315,13 +331,77 @@ PY
   echo "  http $target: $(tail -n 1 "$RESULTS")" >&2
 }
 
+# ---- the reconnect storm ----
+STORM_SCHEME=ws; STORM_TLS_ARGS=(); STORM_CA=(); STORM_SSL=""
+if [[ $TLS == 1 ]]; then
+  STORM_SCHEME=wss; STORM_TLS_ARGS=(--tls-cert "$OUT/cert.pem" --tls-key "$OUT/key.pem"); STORM_CA=(--ca "$OUT/ca.pem")
+  STORM_SSL="ssl; ssl_certificate $OUT/cert.pem; ssl_certificate_key $OUT/key.pem; ssl_session_cache shared:storm:10m"
+fi
+storm_setup() { # backend B and the storm's nginx: shunt's fallback (plain, to B) and nginx alone (A, then B as backup)
+  [[ -n ${STORM_NGINX_MASTER:-} ]] && return 0
+  "$BACKEND" "127.0.0.1:$P_STORM_B" 2>"$OUT/storm-b.log" & PIDS+=($!)
+  mkdir -p "$OUT/storm/logs"
+  cat > "$OUT/storm/nginx.conf" <<EOF
+daemon off;
+user root;
+worker_processes auto;
+worker_rlimit_nofile 20000;
+pid $OUT/storm/nginx.pid;
+error_log $OUT/storm/logs/error.log warn;
+events { worker_connections 19000; }
+http {
+  access_log off;
+  client_body_temp_path $OUT/storm/body;
+  proxy_temp_path $OUT/storm/proxy;
+  fastcgi_temp_path $OUT/storm/fastcgi;
+  uwsgi_temp_path $OUT/storm/uwsgi;
+  scgi_temp_path $OUT/storm/scgi;
+  map \$http_upgrade \$connection_upgrade { default upgrade; '' close; }
+  upstream fallback { server 127.0.0.1:$P_STORM_B; }
+  upstream alone { server 127.0.0.1:$P_STORM_A; server 127.0.0.1:$P_STORM_B backup; }
+  server { listen 127.0.0.1:$P_STORM_FALLBACK; location / { proxy_pass http://fallback; proxy_http_version 1.1;
+    proxy_set_header Upgrade \$http_upgrade; proxy_set_header Connection \$connection_upgrade; proxy_read_timeout 3600s; } }
+  server { listen 127.0.0.1:$P_STORM_NGINX $STORM_SSL; location / { proxy_pass http://alone; proxy_http_version 1.1;
+    proxy_set_header Upgrade \$http_upgrade; proxy_set_header Connection \$connection_upgrade; proxy_read_timeout 3600s; } }
+}
+EOF
+  /usr/sbin/nginx -p "$OUT/storm" -c "$OUT/storm/nginx.conf" 2>"$OUT/storm/stderr.log" & PIDS+=($!)
+  STORM_NGINX_MASTER=$!
+  wait_port "$P_STORM_B"; wait_port "$P_STORM_FALLBACK"; wait_port "$P_STORM_NGINX"
+}
+run_storm() { # target: shunt-storm or nginx-storm
+  local target=$1 url pids shunt_pid=""
+  storm_setup
+  "$BACKEND" "127.0.0.1:$P_STORM_A" 2>>"$OUT/storm-a.log" &
+  local a_pid=$!
+  wait_port "$P_STORM_A"
+  if [[ $target == shunt-storm ]]; then
+    RUST_LOG=warn "$SHUNT" --listen "127.0.0.1:$P_STORM_SHUNT" --admin off --direct "http://127.0.0.1:$P_STORM_A" \
+      --nginx "http://127.0.0.1:$P_STORM_FALLBACK" --route /bench=direct,nginx "${STORM_TLS_ARGS[@]}" 2>>"$OUT/shunt-storm.log" &
+    shunt_pid=$!
+    wait_port "$P_STORM_SHUNT"
+    url="$STORM_SCHEME://127.0.0.1:$P_STORM_SHUNT/bench"; pids=$shunt_pid
+  else
+    url="$STORM_SCHEME://127.0.0.1:$P_STORM_NGINX/bench"
+    pids="$STORM_NGINX_MASTER,$(pgrep -P "$STORM_NGINX_MASTER" | paste -sd, -)"
+  fi
+  local line
+  line=$(timeout 300 "$STORM" --url "$url" "${STORM_CA[@]}" --calls "$STORM_CALLS" --kill "$a_pid" \
+    --proxy-pid "$pids" --clk-tck "$CLK_TCK" --label "$target" 2>>"$OUT/storm.log" | tail -n 1) || true
+  wait "$a_pid" 2>/dev/null || true
+  if [[ -n $shunt_pid ]]; then kill "$shunt_pid" 2>/dev/null || true; wait "$shunt_pid" 2>/dev/null || true; fi
+  [[ -z $line ]] && line='{"error": "the storm client gave no result (see storm.log)"}'
+  echo "$line" | python3 -c "import json,sys; d=json.loads(sys.stdin.read()); d.update(case='storm', target='$target', round=$ROUND); print(json.dumps(d))" >> "$RESULTS"
+  echo "  storm $target: $(tail -n 1 "$RESULTS")" >&2
+}
+
 PLAIN=(direct nginx haproxy shunt)
 [[ $FRAMES_OFF == 1 ]] && PLAIN+=(shunt-off)
 TLS_TARGETS=()
 [[ $TLS == 1 ]] && TLS_TARGETS=(nginx-tls shunt-tls)
 [[ $TLS == 1 && $FRAMES_OFF == 1 ]] && TLS_TARGETS+=(shunt-tls-off)
 
-MODES=${MODES:-idle rtt100 rtt1000 flood handshakes http}
+MODES=${MODES:-idle rtt100 rtt1000 flood handshakes http storm}
 want() { [[ " $MODES " == *" $1 "* ]]; }
 for ROUND in $(seq 1 "$ROUNDS"); do
   echo "# round $ROUND of $ROUNDS" >&2
@@ -337,6 +417,8 @@ for ROUND in $(seq 1 "$ROUNDS"); do
   want handshakes && for t in "${PLAIN[@]}" "${TLS_TARGETS[@]}"; do run handshakes "$t" --mode handshakes --conns "$HS_C" --size 640 --duration "$SECS"; done
   echo "# http: wrk, 64 keep-alive connections, small response from an nginx origin, ${SECS}s" >&2
   want http && for t in direct nginx haproxy shunt shunt-warn; do run_http "$t"; done
+  echo "# storm: $STORM_CALLS $STORM_SCHEME calls, 640 B every 20 ms; the direct backend killed, every call reconnects at once" >&2
+  want storm && for t in shunt-storm nginx-storm; do run_storm "$t"; done
 done
 
 python3 - "$RESULTS" "$TLS" "$OUT/summary.json" > "$OUT/table.md" <<'PY'
@@ -423,6 +505,26 @@ for case, name, f, _ in metrics:
     summary["tls"][name] = {"nginx": n, "shunt": s, "ratio": None if not n or s is None else s / n,
                             "frames_off": o, "frames_ratio": None if not o or s is None else s / o}
     print(f"| {name} | {fmt(n)} | {fmt(s)} | {ratio(s, n)} | {fmt(o)} | {ratio(s, o)} |")
+storms = [x for x in rows if x["case"] == "storm"]
+if storms:
+    def sget(target, key):
+        return get("storm", target, lambda x: x.get(key))
+    print()
+    print("| reconnect storm | nginx alone | shunt | shunt/nginx |")
+    print("|---|---:|---:|---:|")
+    summary["storm"] = {}
+    for key, name in [("calls", "calls"), ("back", "calls back"), ("cut_first_ms", "first call cut (ms)"),
+                      ("cut_all_ms", "every call cut (ms)"), ("back_first_ms", "first call back (ms)"), ("back_p50_ms", "50 % back (ms)"),
+                      ("back_p99_ms", "99 % back (ms)"), ("back_all_ms", "100 % back (ms)"),
+                      ("failed", "failed reconnects"), ("tls_full", "full TLS handshakes"),
+                      ("tls_resumed", "resumed TLS handshakes"), ("proxy_cpu_us", "proxy CPU during the storm (µs)"),
+                      ("client_cpu_us", "client CPU during the storm (µs)")]:
+        n, s = sget("nginx-storm", key), sget("shunt-storm", key)
+        summary["storm"][key] = {"nginx": n, "shunt": s}
+        ratio_ok = key not in ("calls", "back", "failed", "tls_full", "tls_resumed")
+        print(f"| {name} | {fmt(n)} | {fmt(s)} | {ratio(s, n) if ratio_ok else ''} |")
+    for x in storms:
+        print(f"Storm {x['target']} round {x['round']}: closes {x.get('closes')}, failed {x.get('failed_by')}" + (f", error: {x['error']}" if x.get("error") else ""))
 json.dump(summary, open(sys.argv[3], "w"), indent=1)
 errs = [x for x in rows if x.get("connect_errors") or x.get("failures") or x.get("dead_after_hold")]
 if errs:

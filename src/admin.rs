@@ -289,7 +289,8 @@ fn status(handles: &Handles, reloader: &Reloader, tunnel: &TunnelStatus) -> serd
             .is_some()
             .then(|| handles.jwks().to_json()),
         "tls": {
-            "groups": handles.stats().tls_groups.to_json(),
+            "groups": handles.stats().tls_handshakes.groups_json(),
+            "handshakes": handles.stats().tls_handshakes.kinds_json(),
         },
     })
 }
@@ -300,7 +301,7 @@ fn metrics(handles: &Handles, reloader: &Reloader) -> Response<Body> {
     let mut out = String::new();
     handles.stats().to_prometheus(&mut out);
     handles.stats().calls.to_prometheus(&mut out);
-    handles.stats().tls_groups.to_prometheus(&mut out);
+    handles.stats().tls_handshakes.to_prometheus(&mut out);
     let snapshot = handles.live().load();
     if snapshot.config().policy.jwks.is_some() {
         handles.jwks().to_prometheus(&mut out);

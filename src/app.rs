@@ -129,13 +129,19 @@ async fn start_on(config: Config, workers: Option<usize>) -> Result<Running, Sta
     let certs = (snapshot.certs().is_some() || acme.is_some())
         .then(|| CertStore::new(snapshot.certs().cloned()));
     let groups = snapshot.config().tls_groups.clone();
+    let ticket_rotation = snapshot.config().tls_ticket_rotation;
     let tls_alpn = acme
         .as_ref()
         .is_some_and(|a| a.challenge == AcmeChallenge::TlsAlpn01);
     let (acceptor, client_auth) = match certs.clone() {
         Some(store) => {
-            let (acceptor, client_auth) =
-                crate::tls::acceptor(store, &groups, tls_alpn, snapshot.client_ca().cloned())?;
+            let (acceptor, client_auth) = crate::tls::acceptor(
+                store,
+                &groups,
+                ticket_rotation,
+                tls_alpn,
+                snapshot.client_ca().cloned(),
+            )?;
             (Some(acceptor), client_auth)
         }
         None => (None, None),

@@ -158,6 +158,10 @@ pub struct RunArgs {
         value_delimiter = ','
     )]
     pub tls_groups: Vec<String>,
+    /// How often the TLS session-ticket keys rotate (a ticket resumes for twice
+    /// this; between 1m and 6h) [default: 6h].
+    #[arg(long, env = "SHUNT_TLS_TICKET_ROTATION", value_name = "DURATION")]
+    pub tls_ticket_rotation: Option<String>,
     /// ACME: a name of the one certificate shunt orders and renews itself
     /// (repeatable; turns ACME on).
     #[arg(

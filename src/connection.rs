@@ -196,14 +196,14 @@ async fn serve_tls(
     match crate::tls::accept(acceptor, stream, timeout).await {
         Ok(tls) => {
             let group = tls.key_exchange_group();
-            if let Some(g) = group {
-                ctx.handles().stats().tls_groups.record(g);
-            }
+            let resumed = tls.resumed();
+            ctx.handles().stats().tls_handshakes.record(group, resumed);
             tracing::debug!(
                 target: crate::telemetry::ACCESS_TARGET,
                 peer = %downstream.peer,
                 version = ?tls.protocol_version(),
                 group = group.map_or("-", crate::tls::groups::name_of),
+                resumed,
                 "tls handshake"
             );
             if tls.alpn_protocol() == Some(crate::tls::ACME_TLS_ALPN) {

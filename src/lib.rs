@@ -51,7 +51,8 @@
 //!   refusal, TLS or plain, hyper's HTTP/1.1;
 //!   it lends each request a `forward::tunnel::Handoff` and starts the tunnel a 101
 //!   left there once hyper lets go of the connection.
-//! - `tls`: TLS termination for the listener (certificates, SNI, hot reload, the
+//! - `tls`: TLS termination for the listener (certificates, SNI, hot reload, session
+//!   tickets (`tls::tickets`), the
 //!   ACME certificate and TLS-ALPN-01 answers, key exchange groups: aws-lc-rs with
 //!   X25519MLKEM768 first) and the client side for https upstreams.
 //! - `downstream`: who the client is, as every later stage sees it.

@@ -61,6 +61,7 @@ struct Started {
     tls: bool,
     client_ca: bool,
     tls_groups: Vec<crate::tls::KxGroup>,
+    tls_ticket_rotation: std::time::Duration,
     acme: Option<crate::config::AcmeSpec>,
     http_listen: Option<std::net::SocketAddr>,
     https_port: Option<u16>,
@@ -77,6 +78,7 @@ impl Started {
             tls: file_certs || config.acme.is_some(),
             client_ca: config.tls.as_ref().is_some_and(|t| t.client_ca.is_some()),
             tls_groups: config.tls_groups.clone(),
+            tls_ticket_rotation: config.tls_ticket_rotation,
             acme: config.acme.clone(),
             http_listen: config.http_listen,
             https_port: config.https_port,
@@ -281,6 +283,9 @@ fn restart_only_changes(running: &Started, new: &Started) -> Vec<&'static str> {
     }
     if running.tls_groups != new.tls_groups {
         fields.push("tls_groups");
+    }
+    if running.tls_ticket_rotation != new.tls_ticket_rotation {
+        fields.push("tls_ticket_rotation");
     }
     if running.acme != new.acme {
         fields.push("acme");

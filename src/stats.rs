@@ -21,7 +21,7 @@ use http::StatusCode;
 use crate::calls::CallRegistry;
 use crate::config::UpstreamName;
 use crate::telemetry::refusals::Reason;
-use crate::tls::groups::GroupCounts;
+use crate::tls::groups::HandshakeCounts;
 
 /// Process-wide counters.
 #[derive(Debug, Default)]
@@ -34,8 +34,8 @@ pub struct Stats {
     refused: [AtomicU64; Reason::ALL.len()],
     /// Live calls (WebSocket tunnels) and their metrics, for `/calls`.
     pub calls: Arc<CallRegistry>,
-    /// TLS handshakes on the listener per negotiated key exchange group.
-    pub tls_groups: GroupCounts,
+    /// TLS handshakes on the listener per negotiated key exchange group and kind.
+    pub tls_handshakes: HandshakeCounts,
 }
 
 /// Counts of one kind of exchange by status class (1xx..5xx).

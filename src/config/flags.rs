@@ -84,6 +84,8 @@ pub(super) struct Overrides {
     pub tls_handshake_timeout: Option<Duration>,
     /// `--tls-groups`, if given (it then replaces the file's list).
     pub tls_groups: Option<Vec<KxGroup>>,
+    /// `--tls-ticket-rotation`.
+    pub tls_ticket_rotation: Option<Duration>,
     /// `--hsts`.
     pub hsts: Option<HeaderValue>,
     /// `--acme-domain` (each), if given (they then replace the file's `domains`).
@@ -242,6 +244,7 @@ impl Overrides {
             tls_groups: given(&a.tls_groups)
                 .map(|l| parse_tls_groups("--tls-groups", l))
                 .transpose()?,
+            tls_ticket_rotation: duration("tls-ticket-rotation", &a.tls_ticket_rotation)?,
             hsts: a
                 .hsts
                 .as_deref()

@@ -138,6 +138,7 @@ impl Merge<'_> {
             (None, Some(list)) => parse_tls_groups("`tls_groups` in the config file", list)?,
             (None, None) => Vec::new(),
         };
+        let tls_ticket_rotation = self.tls_ticket_rotation()?;
         let hsts = match (&a.hsts, &f.hsts) {
             (Some(flag), _) => Some(flag.clone()),
             (None, Some(v)) => Some(parse_hsts("`hsts` in the config file", v)?),
@@ -179,6 +180,7 @@ impl Merge<'_> {
             routes,
             tls,
             tls_groups,
+            tls_ticket_rotation,
             hsts,
             acme,
             http_listen,
@@ -278,6 +280,26 @@ impl Merge<'_> {
             handshake_timeout,
             client_ca,
         }))
+    }
+
+    /// `--tls-ticket-rotation` / `tls_ticket_rotation`, default 6 h, between
+    /// 1 minute and 6 hours ([`crate::tls::tickets`] says why).
+    fn tls_ticket_rotation(&self) -> Result<Duration, ConfigError> {
+        use crate::tls::tickets::{MAX_ROTATION, MIN_ROTATION};
+        let d = duration(
+            self.flags.tls_ticket_rotation,
+            &self.file.tls_ticket_rotation,
+            "tls-ticket-rotation",
+            "6h",
+        )?;
+        if !(MIN_ROTATION..=MAX_ROTATION).contains(&d) {
+            return Err(ConfigError::invalid(
+                "--tls-ticket-rotation / `tls_ticket_rotation`",
+                humantime::format_duration(d),
+                "must be between 1m and 6h",
+            ));
+        }
+        Ok(d)
     }
 
     /// `[acme]` and the `--acme-*` flags: `None` unless a domain is named.

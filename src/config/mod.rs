@@ -153,6 +153,8 @@ pub struct Config {
     /// Key exchange groups the TLS listener offers, in order (`--tls-groups`);
     /// empty: all, post-quantum first. Fixed at start.
     pub tls_groups: Vec<crate::tls::KxGroup>,
+    /// How often the session-ticket keys rotate (`--tls-ticket-rotation`). Fixed at start.
+    pub tls_ticket_rotation: std::time::Duration,
     /// `Strict-Transport-Security` added on the TLS listener (`--hsts`); `None`: off.
     pub hsts: Option<http::HeaderValue>,
     /// `[acme]`: a certificate shunt orders and renews itself; fixed at start.

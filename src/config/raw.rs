@@ -57,6 +57,9 @@ pub(crate) struct RawConfig {
     pub upstream_ca: Option<String>,
     /// `tls_groups`: as `--tls-groups`.
     pub tls_groups: Option<Vec<String>>,
+    /// `tls_ticket_rotation`: as `--tls-ticket-rotation`.
+    #[serde(default, deserialize_with = "duration")]
+    pub tls_ticket_rotation: Option<String>,
     /// `hsts`: as `--hsts`.
     pub hsts: Option<String>,
     /// `http_listen`: as `--http-listen`.

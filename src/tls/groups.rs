@@ -6,8 +6,8 @@
 //! first. The listener prefers, in order, X25519MLKEM768, X25519, secp256r1
 //! and secp384r1; `--tls-groups` / `tls_groups` keeps a subset, in the
 //! order given. The upstream TLS client, the doctor and the ACME client use
-//! the same provider. [`GroupCounts`] counts the handshakes per negotiated
-//! group for `/status` and `/metrics`.
+//! the same provider. [`HandshakeCounts`] counts the handshakes per negotiated
+//! group and kind (full or resumed) for `/status` and `/metrics`.
 
 use std::fmt;
 use std::sync::Arc;
@@ -40,7 +40,7 @@ impl KxGroup {
     ];
 
     /// The name as rustls spells it (and `tls_groups` takes it).
-    pub(crate) fn name(self) -> &'static str {
+    pub(crate) const fn name(self) -> &'static str {
         match self {
             KxGroup::X25519Mlkem768 => "X25519MLKEM768",
             KxGroup::X25519 => "X25519",
@@ -98,45 +98,86 @@ pub(crate) fn name_of(group: NamedGroup) -> &'static str {
 }
 
 /// Handshakes completed on the listener, per negotiated group (TLS 1.2
-/// and 1.3 alike); `other` for a group outside [`KxGroup::ALL`].
+/// and 1.3 alike; `other` for a group outside [`KxGroup::ALL`], `none` for a
+/// TLS 1.2 resumption, which exchanges no key) and per kind: `full`, or
+/// `resumed` from a session ticket or the session cache.
 #[derive(Debug, Default)]
-pub struct GroupCounts([AtomicU64; KxGroup::ALL.len() + 1]);
+pub struct HandshakeCounts([[AtomicU64; 2]; KxGroup::ALL.len() + 2]);
 
-impl GroupCounts {
-    /// Count one handshake that negotiated `group`.
-    pub(crate) fn record(&self, group: NamedGroup) {
-        let i = KxGroup::ALL
-            .iter()
-            .position(|g| g.named() == group)
-            .unwrap_or(KxGroup::ALL.len());
-        self.0[i].fetch_add(1, Ordering::Relaxed);
+/// The `group` labels, in the order of [`HandshakeCounts`]' rows.
+const GROUP_LABELS: [&str; KxGroup::ALL.len() + 2] = [
+    KxGroup::ALL[0].name(),
+    KxGroup::ALL[1].name(),
+    KxGroup::ALL[2].name(),
+    KxGroup::ALL[3].name(),
+    "other",
+    "none",
+];
+
+/// The `kind` labels: index 0 full, 1 resumed.
+const KINDS: [&str; 2] = ["full", "resumed"];
+
+impl HandshakeCounts {
+    /// Count one handshake that negotiated `group` (`None`: no key
+    /// exchange), `resumed` or full.
+    pub(crate) fn record(&self, group: Option<NamedGroup>, resumed: bool) {
+        let row = match group {
+            Some(group) => KxGroup::ALL
+                .iter()
+                .position(|g| g.named() == group)
+                .unwrap_or(KxGroup::ALL.len()),
+            None => KxGroup::ALL.len() + 1,
+        };
+        self.0[row][usize::from(resumed)].fetch_add(1, Ordering::Relaxed);
     }
 
-    fn named(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
-        KxGroup::ALL
-            .iter()
-            .map(|g| g.name())
-            .chain(["other"])
-            .zip(self.0.iter().map(|c| c.load(Ordering::Relaxed)))
+    fn count(&self, row: usize, kind: usize) -> u64 {
+        self.0[row][kind].load(Ordering::Relaxed)
     }
 
-    /// `{"X25519MLKEM768": 3, "X25519": 1, ...}` for `/status`.
-    pub(crate) fn to_json(&self) -> serde_json::Value {
-        self.named()
-            .map(|(name, n)| (name.to_owned(), n.into()))
+    /// `{"X25519MLKEM768": 3, "X25519": 1, ...}` (both kinds) for `/status`.
+    pub(crate) fn groups_json(&self) -> serde_json::Value {
+        GROUP_LABELS
+            .iter()
+            .enumerate()
+            .map(|(row, name)| {
+                let n = self.count(row, 0) + self.count(row, 1);
+                ((*name).to_owned(), n.into())
+            })
             .collect::<serde_json::Map<_, _>>()
             .into()
     }
 
-    /// `shunt_tls_handshakes_total{group}` for `/metrics`.
+    /// `{"full": 3, "resumed": 5}` (every group) for `/status`.
+    pub(crate) fn kinds_json(&self) -> serde_json::Value {
+        KINDS
+            .iter()
+            .enumerate()
+            .map(|(kind, name)| {
+                let n: u64 = (0..GROUP_LABELS.len())
+                    .map(|row| self.count(row, kind))
+                    .sum();
+                ((*name).to_owned(), n.into())
+            })
+            .collect::<serde_json::Map<_, _>>()
+            .into()
+    }
+
+    /// `shunt_tls_handshakes_total{group, kind}` for `/metrics`.
     pub(crate) fn to_prometheus(&self, out: &mut String) {
         use std::fmt::Write;
         let _ = writeln!(
             out,
-            "# HELP shunt_tls_handshakes_total TLS handshakes completed on the listener, by negotiated key exchange group.\n# TYPE shunt_tls_handshakes_total counter"
+            "# HELP shunt_tls_handshakes_total TLS handshakes completed on the listener, by negotiated key exchange group and kind (full or resumed).\n# TYPE shunt_tls_handshakes_total counter"
         );
-        for (name, n) in self.named() {
-            let _ = writeln!(out, "shunt_tls_handshakes_total{{group=\"{name}\"}} {n}");
+        for (row, group) in GROUP_LABELS.iter().enumerate() {
+            for (kind, name) in KINDS.iter().enumerate() {
+                let n = self.count(row, kind);
+                let _ = writeln!(
+                    out,
+                    "shunt_tls_handshakes_total{{group=\"{group}\",kind=\"{name}\"}} {n}"
+                );
+            }
         }
     }
 }
@@ -169,14 +210,24 @@ mod tests {
     }
 
     #[test]
-    fn counts_by_group() {
-        let c = GroupCounts::default();
-        c.record(NamedGroup::X25519);
-        c.record(NamedGroup::X25519);
-        c.record(NamedGroup::FFDHE2048);
-        let j = c.to_json();
+    fn counts_by_group_and_kind() {
+        let c = HandshakeCounts::default();
+        c.record(Some(NamedGroup::X25519), false);
+        c.record(Some(NamedGroup::X25519), true);
+        c.record(Some(NamedGroup::FFDHE2048), false);
+        c.record(None, true);
+        let j = c.groups_json();
         assert_eq!(j["X25519"], 2);
         assert_eq!(j["other"], 1);
+        assert_eq!(j["none"], 1);
         assert_eq!(j["X25519MLKEM768"], 0);
+        let k = c.kinds_json();
+        assert_eq!(k["full"], 2);
+        assert_eq!(k["resumed"], 2);
+        let mut text = String::new();
+        c.to_prometheus(&mut text);
+        assert!(text.contains("shunt_tls_handshakes_total{group=\"X25519\",kind=\"resumed\"} 1\n"));
+        assert!(text.contains("shunt_tls_handshakes_total{group=\"none\",kind=\"resumed\"} 1\n"));
+        assert!(text.contains("shunt_tls_handshakes_total{group=\"secp256r1\",kind=\"full\"} 0\n"));
     }
 }

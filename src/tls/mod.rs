@@ -12,6 +12,7 @@ pub(crate) mod client_auth;
 pub(crate) mod groups;
 pub(crate) mod resolver;
 pub(crate) mod stream;
+pub(crate) mod tickets;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -60,7 +61,8 @@ pub fn load_cert_set(specs: &[CertSpec]) -> Result<Arc<CertSet>, CertError> {
 
 /// The acceptor for the proxy listener: TLS 1.2 and 1.3, ALPN `http/1.1`
 /// (and `http/1.0`, which `curl --http1.0` offers alone), session tickets,
-/// the key exchange `groups` in that order (empty: every group, post-quantum first).
+/// the key exchange `groups` in that order (empty: every group, post-quantum first),
+/// ticket keys rotated every `ticket_rotation` ([`tickets`]).
 /// With `acme_tls_alpn`, `acme-tls/1` comes first, so a validation that offers
 /// it negotiates it (and the resolver gives it the challenge certificate).
 ///
@@ -69,6 +71,7 @@ pub fn load_cert_set(specs: &[CertSpec]) -> Result<Arc<CertSet>, CertError> {
 pub(crate) fn acceptor(
     store: Arc<CertStore>,
     groups: &[KxGroup],
+    ticket_rotation: Duration,
     acme_tls_alpn: bool,
     client_ca: Option<Arc<rustls::RootCertStore>>,
 ) -> Result<(TlsAcceptor, Option<Arc<client_auth::ClientAuth>>), rustls::Error> {
@@ -87,11 +90,13 @@ pub(crate) fn acceptor(
     if acme_tls_alpn {
         config.alpn_protocols.insert(0, ACME_TLS_ALPN.to_vec());
     }
-    // Stateless session tickets (keys rotate every few hours): a returning
-    // client resumes without a certificate signature, and the server keeps
-    // no per-session state. Tickets are per process: a restart or another
-    // replica just means a full handshake.
-    config.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()?;
+    // Stateless session tickets: a returning client resumes without a
+    // certificate signature, and the server keeps no per-session state.
+    // This config, and so its ticketer, lives as long as the process:
+    // reloads swap the certificates and the client CA under it. The default
+    // `session_storage` (an in-memory cache) stays for TLS 1.2 clients that
+    // resume by session ID.
+    config.ticketer = tickets::ticketer(ticket_rotation)?;
     Ok((TlsAcceptor::from(Arc::new(config)), client_auth))
 }
 

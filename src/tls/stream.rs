@@ -144,6 +144,12 @@ impl TlsStream {
         self.conn.alpn_protocol()
     }
 
+    /// Whether the handshake resumed a session (a ticket or the session
+    /// cache) rather than running in full.
+    pub(crate) fn resumed(&self) -> bool {
+        self.conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed)
+    }
+
     /// The key exchange group the handshake negotiated (`/status`, the debug log).
     pub(crate) fn key_exchange_group(&self) -> Option<rustls::NamedGroup> {
         self.conn.negotiated_key_exchange_group().map(|g| g.name())

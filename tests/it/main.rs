@@ -52,6 +52,7 @@ mod security;
 mod shutdown;
 mod slow_client;
 mod tls;
+mod tls_resumption;
 mod tunnel;
 mod websocket;
 mod workers;

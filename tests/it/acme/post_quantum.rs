@@ -103,7 +103,7 @@ async fn a_client_offering_only_x25519mlkem768_gets_it_and_status_counts_it() {
 
     let metrics = proxy.admin_get("/metrics").await.unwrap().1;
     assert!(
-        metrics.contains("shunt_tls_handshakes_total{group=\"X25519MLKEM768\"} 4"),
+        metrics.contains("shunt_tls_handshakes_total{group=\"X25519MLKEM768\",kind=\"full\"} 4"),
         "{metrics}"
     );
 
