@@ -83,7 +83,9 @@ pub(crate) fn log(line: &Access<'_>) {
         Some(direct) => {
             let now = SystemTime::now();
             // A full queue drops and counts; nothing else can fail.
-            let _ = direct.batcher.push(|buf| write(buf, direct.form, now, line));
+            let _ = direct
+                .batcher
+                .push(|buf| write(buf, direct.form, now, line));
         }
         None => event(line),
     }
@@ -163,7 +165,11 @@ fn json(buf: &mut Vec<u8>, now: SystemTime, l: &Access<'_>) -> std::io::Result<(
         serde_json::to_writer(&mut *buf, value)?;
     }
     write!(buf, ",\"status\":{}", l.status)?;
-    let strings = [("route", l.route), ("upstream", l.upstream), ("user", l.user)];
+    let strings = [
+        ("route", l.route),
+        ("upstream", l.upstream),
+        ("user", l.user),
+    ];
     for (key, value) in strings {
         write!(buf, ",\"{key}\":")?;
         serde_json::to_writer(&mut *buf, value)?;

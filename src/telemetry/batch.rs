@@ -199,10 +199,7 @@ impl<W: Write + Clone + Send + Sync + 'static> Batcher<W> {
     /// Run `line` on this thread's buffer and take the buffer when it is
     /// full; `None` (with `line` left in place) while the thread is being
     /// torn down.
-    fn append(
-        &self,
-        line: &mut Option<impl FnOnce(&mut Vec<u8>)>,
-    ) -> Option<Option<Pending>> {
+    fn append(&self, line: &mut Option<impl FnOnce(&mut Vec<u8>)>) -> Option<Option<Pending>> {
         let shared = &self.shared;
         MINE.try_with(|mine| {
             let mut mine = mine.borrow_mut();
