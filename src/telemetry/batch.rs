@@ -188,7 +188,12 @@ impl<W: Write + Clone + Send + Sync + 'static> Batcher<W> {
                 return shared.out.clone().write_all(&through);
             }
             Some(Some(batch)) => shared.send(batch),
-            Some(None) if !shared.pending.swap(true, Ordering::AcqRel) => {
+            // Read first: a set flag (the common case) costs no write to
+            // the line the other threads share.
+            Some(None)
+                if !shared.pending.load(Ordering::Acquire)
+                    && !shared.pending.swap(true, Ordering::AcqRel) =>
+            {
                 self.flusher.unpark();
             }
             Some(None) => {}
