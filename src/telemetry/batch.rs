@@ -144,15 +144,17 @@ impl<W: Write + Clone> Shared<W> {
         self.pending.store(false, Ordering::Release);
         let mut buffers = lock(&self.buffers);
         for buffer in buffers.iter() {
-            let taken = std::mem::take(&mut *lock(buffer));
-            self.send(taken);
+            self.send(&mut lock(buffer));
         }
         // The thread's own list holds the other reference while it lives.
         buffers.retain(|b| Arc::strong_count(b) > 1);
     }
 
-    /// One batch to the queue as one message; counts its lines if dropped.
-    fn send(&self, batch: Pending) {
+    /// One batch to the queue as one message (the queue copies it), then
+    /// emptied in place: the buffer keeps its capacity, so a thread's lines
+    /// allocate nothing once it has grown. Counts the lines if dropped. The
+    /// queue is lossy, so this never waits while the buffer is locked.
+    fn send(&self, batch: &mut Pending) {
         if batch.lines == 0 {
             return;
         }
@@ -162,6 +164,8 @@ impl<W: Write + Clone> Shared<W> {
             self.dropped_extra
                 .fetch_add(batch.lines - 1, Ordering::Relaxed);
         }
+        batch.bytes.clear();
+        batch.lines = 0;
     }
 }
 
@@ -187,24 +191,25 @@ impl<W: Write + Clone + Send + Sync + 'static> Batcher<W> {
                 }
                 return shared.out.clone().write_all(&through);
             }
-            Some(Some(batch)) => shared.send(batch),
+            // Full, and sent already.
+            Some(true) => {}
             // Read first: a set flag (the common case) costs no write to
             // the line the other threads share.
-            Some(None)
+            Some(false)
                 if !shared.pending.load(Ordering::Acquire)
                     && !shared.pending.swap(true, Ordering::AcqRel) =>
             {
                 self.flusher.unpark();
             }
-            Some(None) => {}
+            Some(false) => {}
         }
         Ok(())
     }
 
-    /// Run `line` on this thread's buffer and take the buffer when it is
-    /// full; `None` (with `line` left in place) while the thread is being
-    /// torn down.
-    fn append(&self, line: &mut Option<impl FnOnce(&mut Vec<u8>)>) -> Option<Option<Pending>> {
+    /// Run `line` on this thread's buffer and send the buffer when it is
+    /// full (`Some(true)`); `None` (with `line` left in place) while the
+    /// thread is being torn down.
+    fn append(&self, line: &mut Option<impl FnOnce(&mut Vec<u8>)>) -> Option<bool> {
         let shared = &self.shared;
         MINE.try_with(|mine| {
             let mut mine = mine.borrow_mut();
@@ -222,7 +227,11 @@ impl<W: Write + Clone + Send + Sync + 'static> Batcher<W> {
                 line(&mut pending.bytes);
             }
             pending.lines += 1;
-            (pending.bytes.len() >= BATCH_BYTES).then(|| std::mem::take(&mut *pending))
+            let full = pending.bytes.len() >= BATCH_BYTES;
+            if full {
+                shared.send(&mut pending);
+            }
+            full
         })
         .ok()
     }
