@@ -68,7 +68,9 @@ pub(crate) enum Form {
 /// Where access lines go when shunt's own subscriber is installed.
 #[derive(Debug)]
 pub(crate) struct Direct {
+    /// The format `--log-format` chose.
     pub(crate) form: Form,
+    /// The per-thread batches of access lines.
     pub(crate) batcher: Arc<Batcher<NonBlocking>>,
 }
 
