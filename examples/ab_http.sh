@@ -1,16 +1,23 @@
 #!/usr/bin/env bash
-# Plain HTTP through two shunt binaries, A and B, alternating in one session:
-# requests/s, and shunt's CPU time and context switches per request (from
-# /proc), which stay readable on a busy machine where requests/s do not.
+# Plain HTTP through two (or more) shunt binaries, A, B, C, ..., alternating
+# in one session: requests/s, and shunt's CPU time and context switches per
+# request (from /proc), which stay readable on a busy machine where
+# requests/s do not.
 #
 #   examples/ab_http.sh OLD/shunt target/release/shunt [ROUNDS=3] [SECS=5]
 #   ENV_A=RUST_LOG=info ENV_B=RUST_LOG=warn examples/ab_http.sh BIN BIN   # the log's cost
+#   ENV_B=RUST_LOG=warn ENV_D=RUST_LOG=warn examples/ab_http.sh OLD OLD NEW NEW   # both builds' log cost
 #
+# The arguments are the binaries, one per side (up to 8), then ROUNDS and
+# SECS; ENV_A, ENV_B, ... set one environment variable for that side.
 # Starts a one-worker nginx origin (a small fixed response) on 127.0.0.1:19201
-# and the two shunts on 19202 (A) and 19203 (B), runs `wrk -t2 -c64` against
-# each in turn, and stops all three by PID. Needs nginx and wrk.
+# and the shunts on 19202 (A), 19203 (B), ..., runs `wrk -t2 -c64` against
+# each in turn, and stops them all by PID. Needs nginx and wrk.
 set -u
-A=$1; B=$2; ROUNDS=${3:-3}; SECS=${4:-5}
+BINS=(); while [ $# -gt 0 ] && ! [[ $1 =~ ^[0-9]+$ ]]; do BINS+=("$1"); shift; done
+ROUNDS=${1:-3}; SECS=${2:-5}
+[ ${#BINS[@]} -ge 2 ] && [ ${#BINS[@]} -le 8 ] || { echo "usage: $0 BIN_A BIN_B [BIN_C ...] [ROUNDS] [SECS]" >&2; exit 2; }
+SIDES=(A B C D E F G H)
 D=$(mktemp -d "${TMPDIR:-/tmp}/shunt-ab.XXXXXX"); mkdir -p $D/logs
 cat > $D/origin.conf <<C
 daemon off; worker_processes 1; pid $D/origin.pid; error_log $D/logs/error.log warn;
@@ -19,15 +26,18 @@ http { access_log off; client_body_temp_path $D/b; proxy_temp_path $D/p; fastcgi
   server { listen 127.0.0.1:19201; location / { return 200 "hello from the origin\n"; } } }
 C
 "${NGINX:-$(command -v nginx || echo /usr/sbin/nginx)}" -p $D -c $D/origin.conf & OP=$!
-env ${ENV_A:-X=1} "$A" --listen 127.0.0.1:19202 --admin off --direct http://127.0.0.1:19201 2>$D/a.log & AP=$!
-env ${ENV_B:-X=1} "$B" --listen 127.0.0.1:19203 --admin off --direct http://127.0.0.1:19201 2>$D/b.log & BP=$!
+PIDS=()
+for i in "${!BINS[@]}"; do
+  s=${SIDES[$i]}; envvar=ENV_$s
+  env ${!envvar:-X=1} "${BINS[$i]}" --listen 127.0.0.1:$((19202 + i)) --admin off --direct http://127.0.0.1:19201 2>$D/$s.log & PIDS+=($!)
+done
 sleep 1.5
 TCK=$(getconf CLK_TCK)
 cpu() { awk '{print $14+$15}' /proc/$1/stat; }
 cs() { cat /proc/$1/task/*/status | awk '/ctxt_switches/{s+=$2} END{print s}'; }
 for r in $(seq $ROUNDS); do
-  for side in A B; do
-    if [ $side = A ]; then pid=$AP; port=19202; else pid=$BP; port=19203; fi
+  for i in "${!BINS[@]}"; do
+    side=${SIDES[$i]}; pid=${PIDS[$i]}; port=$((19202 + i))
     c0=$(cpu $pid); s0=$(cs $pid)
     out=$(timeout 60 wrk -t2 -c64 -d${SECS}s http://127.0.0.1:$port/)
     c1=$(cpu $pid); s1=$(cs $pid)
@@ -37,5 +47,5 @@ for r in $(seq $ROUNDS); do
       'BEGIN{printf "round %d %s req/s %8.0f  cpu/req %6.2f us  ctxsw/req %5.3f\n", r, s, rps, c/t*1e6/n, x/n}'
   done
 done
-kill $AP $BP; kill -TERM $OP; wait $AP $BP $OP 2>/dev/null
+kill "${PIDS[@]}"; kill -TERM $OP; wait "${PIDS[@]}" $OP 2>/dev/null
 rm -rf "$D"

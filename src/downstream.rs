@@ -96,9 +96,4 @@ impl Downstream {
             tls: self.tls,
         }
     }
-
-    /// `via` for a log line: the balancer's address, or `-`.
-    pub(crate) fn via_text(&self) -> String {
-        self.via.map_or_else(|| "-".to_owned(), |v| v.to_string())
-    }
 }

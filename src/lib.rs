@@ -112,8 +112,8 @@
 //! - `prometheus`: label escaping for the `/metrics` text, shared by stats and calls.
 //! - `keepalive`: TCP keepalive on both legs (`--tcp-keepalive`), for peers gone without a FIN.
 //! - `fdlimit`: the open-files limit, raised at start, and whether `--max-conns` fits.
-//! - `telemetry`: log output, the batched access lines, and the rate-limited log of
-//!   refused connections (one line per reason per second).
+//! - `telemetry`: log output, the access lines (formatted straight into per-thread batches), and
+//!   the rate-limited log of refused connections (one line per reason per second).
 //! - `certgen`: development certificates (`shunt cert`).
 //! - `acme`: `[acme]`: one certificate ordered from an ACME CA (instant-acme), kept in
 //!   `state_dir`, renewed by a task on the root tracker and swapped into `tls`'s store;

@@ -48,6 +48,7 @@ use crate::policy::credential;
 use crate::policy::rate::{Gate, TunnelSlot};
 use crate::response::{self, ProxyError};
 use crate::router::{Route, normalize_path};
+use crate::telemetry::{self, access::Access};
 use crate::upgrade::{self, Kind};
 use crate::upstream::{self, Failover};
 
@@ -153,20 +154,18 @@ pub(crate) async fn handle(
         add_hsts(&mut resp, value);
     }
     ctx.handles.stats().record(resp.status(), upgrade);
-    tracing::info!(
-        target: crate::telemetry::ACCESS_TARGET,
-        peer = %downstream.peer,
-        via = %downstream.via_text(),
-        method = %method,
-        path = %path,
-        status = resp.status().as_u16(),
-        route = %trace.route.as_ref().map_or("-", |r| r.label.as_str()),
-        upstream = %trace.upstream.as_ref().map_or("-", |u| u.name().0.as_str()),
-        user = %trace.user.as_deref().unwrap_or("-"),
-        websocket = upgrade,
-        ms = started.elapsed().as_millis() as u64,
-        "request"
-    );
+    telemetry::access::log(&Access {
+        peer: downstream.peer,
+        via: downstream.via,
+        method: method.as_str(),
+        path: &path,
+        status: resp.status().as_u16(),
+        route: trace.route.as_ref().map_or("-", |r| r.label.as_str()),
+        upstream: trace.upstream.as_ref().map_or("-", |u| u.name().0.as_str()),
+        user: trace.user.as_deref().unwrap_or("-"),
+        websocket: upgrade,
+        ms: started.elapsed().as_millis() as u64,
+    });
     Ok(resp)
 }
 

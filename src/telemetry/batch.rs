@@ -144,15 +144,17 @@ impl<W: Write + Clone> Shared<W> {
         self.pending.store(false, Ordering::Release);
         let mut buffers = lock(&self.buffers);
         for buffer in buffers.iter() {
-            let taken = std::mem::take(&mut *lock(buffer));
-            self.send(taken);
+            self.send(&mut lock(buffer));
         }
         // The thread's own list holds the other reference while it lives.
         buffers.retain(|b| Arc::strong_count(b) > 1);
     }
 
-    /// One batch to the queue as one message; counts its lines if dropped.
-    fn send(&self, batch: Pending) {
+    /// One batch to the queue as one message (the queue copies it), then
+    /// emptied in place: the buffer keeps its capacity, so a thread's lines
+    /// allocate nothing once it has grown. Counts the lines if dropped. The
+    /// queue is lossy, so this never waits while the buffer is locked.
+    fn send(&self, batch: &mut Pending) {
         if batch.lines == 0 {
             return;
         }
@@ -162,21 +164,53 @@ impl<W: Write + Clone> Shared<W> {
             self.dropped_extra
                 .fetch_add(batch.lines - 1, Ordering::Relaxed);
         }
+        batch.bytes.clear();
+        batch.lines = 0;
     }
 }
 
-/// Appends one access line to the calling thread's buffer.
-#[derive(Debug)]
-pub(crate) struct BatchWriter<'a, W: Write + Clone + Send + Sync + 'static> {
-    batcher: &'a Batcher<W>,
-}
+impl<W: Write + Clone + Send + Sync + 'static> Batcher<W> {
+    /// Append one line, written by `line` straight into the calling thread's
+    /// buffer (registered on first use; nothing is copied or allocated once
+    /// the buffer has grown). A full buffer goes to the queue at once; once
+    /// stopped, or while the thread is being torn down, the line is written
+    /// through instead.
+    pub(crate) fn push(&self, line: impl FnOnce(&mut Vec<u8>)) -> io::Result<()> {
+        let shared = &self.shared;
+        let mut line = Some(line);
+        let appended = if shared.stopping.load(Ordering::Acquire) {
+            None
+        } else {
+            self.append(&mut line)
+        };
+        match appended {
+            None => {
+                let mut through = Vec::new();
+                if let Some(line) = line.take() {
+                    line(&mut through);
+                }
+                return shared.out.clone().write_all(&through);
+            }
+            // Full, and sent already.
+            Some(true) => {}
+            // Read first: a set flag (the common case) costs no write to
+            // the line the other threads share.
+            Some(false)
+                if !shared.pending.load(Ordering::Acquire)
+                    && !shared.pending.swap(true, Ordering::AcqRel) =>
+            {
+                self.flusher.unpark();
+            }
+            Some(false) => {}
+        }
+        Ok(())
+    }
 
-impl<W: Write + Clone + Send + Sync + 'static> BatchWriter<'_, W> {
-    /// Append `line` to this thread's buffer (registered on first use) and
-    /// take the buffer when it is full; `None` while the thread is being
-    /// torn down.
-    fn append(&self, line: &[u8]) -> Option<Option<Pending>> {
-        let shared = &self.batcher.shared;
+    /// Run `line` on this thread's buffer and send the buffer when it is
+    /// full (`Some(true)`); `None` (with `line` left in place) while the
+    /// thread is being torn down.
+    fn append(&self, line: &mut Option<impl FnOnce(&mut Vec<u8>)>) -> Option<bool> {
+        let shared = &self.shared;
         MINE.try_with(|mine| {
             let mut mine = mine.borrow_mut();
             let i = match mine.iter().position(|(id, _)| *id == shared.id) {
@@ -189,31 +223,29 @@ impl<W: Write + Clone + Send + Sync + 'static> BatchWriter<'_, W> {
                 }
             };
             let mut pending = lock(&mine[i].1);
-            pending.bytes.extend_from_slice(line);
+            if let Some(line) = line.take() {
+                line(&mut pending.bytes);
+            }
             pending.lines += 1;
-            (pending.bytes.len() >= BATCH_BYTES).then(|| std::mem::take(&mut *pending))
+            let full = pending.bytes.len() >= BATCH_BYTES;
+            if full {
+                shared.send(&mut pending);
+            }
+            full
         })
         .ok()
     }
 }
 
+/// Appends one access line to the calling thread's buffer.
+#[derive(Debug)]
+pub(crate) struct BatchWriter<'a, W: Write + Clone + Send + Sync + 'static> {
+    batcher: &'a Batcher<W>,
+}
+
 impl<W: Write + Clone + Send + Sync + 'static> Write for BatchWriter<'_, W> {
     fn write(&mut self, line: &[u8]) -> io::Result<usize> {
-        let shared = &self.batcher.shared;
-        let appended = if shared.stopping.load(Ordering::Acquire) {
-            None
-        } else {
-            self.append(line)
-        };
-        match appended {
-            // Stopped, or the thread is ending: write through.
-            None => return shared.out.clone().write(line),
-            Some(Some(batch)) => shared.send(batch),
-            Some(None) if !shared.pending.swap(true, Ordering::AcqRel) => {
-                self.batcher.flusher.unpark();
-            }
-            Some(None) => {}
-        }
+        self.batcher.push(|buf| buf.extend_from_slice(line))?;
         Ok(line.len())
     }
 

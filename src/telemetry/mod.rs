@@ -15,7 +15,8 @@
 //! one write per burst of lines.
 //! Access lines, one per request, are gathered per thread first and queued
 //! in batches ([`batch`]): under steady traffic a line per request woke the
-//! writer thread per request.
+//! writer thread per request. They are formatted straight into that batch,
+//! not through `tracing` ([`access`]), in the same form.
 //! When the queue is full, lines are dropped and counted
 //! ([`dropped_lines`], `shunt_log_lines_dropped_total` in `/metrics`) rather
 //! than slowing the proxy down. The [`LogGuard`] returned by [`init`] flushes
@@ -24,6 +25,7 @@
 //! Pretty lines are coloured only when stderr is a terminal and `NO_COLOR` is
 //! unset or empty (<https://no-color.org>): a file or journald gets no ANSI codes.
 
+pub(crate) mod access;
 pub(crate) mod batch;
 pub(crate) mod refusals;
 
@@ -56,6 +58,9 @@ static DROPPED: OnceLock<ErrorCounter> = OnceLock::new();
 
 /// The access-line batcher; set by [`init`].
 static ACCESS: OnceLock<Arc<Batcher<NonBlocking>>> = OnceLock::new();
+
+/// The direct access-line writer; set by [`init`] unless lines are coloured.
+static DIRECT: OnceLock<access::Direct> = OnceLock::new();
 
 /// Where each line goes: access lines to the batcher, the rest to the queue.
 struct Writers {
@@ -124,13 +129,14 @@ pub fn init(format: LogFormat) -> LogGuard {
         queue: writer,
         access: access.clone(),
     };
+    let ansi = colour(
+        std::io::stderr().is_terminal(),
+        std::env::var_os("NO_COLOR"),
+    );
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writers)
-        .with_ansi(colour(
-            std::io::stderr().is_terminal(),
-            std::env::var_os("NO_COLOR"),
-        ));
+        .with_ansi(ansi);
     let installed = match format {
         LogFormat::Pretty => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
@@ -139,6 +145,18 @@ pub fn init(format: LogFormat) -> LogGuard {
         return LogGuard { _worker: None };
     }
     let _ = DROPPED.set(counter);
+    let form = match format {
+        // A terminal's coloured lines keep to `tracing`: no throughput matters there.
+        LogFormat::Pretty if ansi => None,
+        LogFormat::Pretty => Some(access::Form::Pretty),
+        LogFormat::Json => Some(access::Form::Json),
+    };
+    if let Some(form) = form {
+        let _ = DIRECT.set(access::Direct {
+            form,
+            batcher: access.clone(),
+        });
+    }
     let _ = ACCESS.set(access);
     LogGuard {
         _worker: Some(guard),

@@ -114,3 +114,33 @@ async fn json_access_lines_carry_flat_fields() {
     want.sort();
     assert_eq!(paths, want);
 }
+
+/// `RUST_LOG` decides whether access lines are written, as for any other
+/// target: `warn`, or `shunt::access=off`, silences them (the process's own
+/// lines follow the rest of the filter); `warn,shunt::access=info` keeps them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rust_log_filters_access_lines() {
+    let backend = echo_backend().spawn().await;
+    for (filter, access, stopped) in [
+        ("warn", false, false),
+        ("info,shunt::access=off", false, true),
+        ("warn,shunt::access=info", true, false),
+    ] {
+        let served = shunt()
+            .env("RUST_LOG", filter)
+            .flags(&["--workers", "2", "--direct", &backend.url()])
+            .spawn_process_ready()
+            .await;
+        send_requests(served.addr(), "filtered").await;
+        let (code, stderr) = served.stop().await;
+        assert_eq!(code, Some(0), "{stderr}");
+        let lines = access_lines(&stderr);
+        let want = if access { REQUESTS } else { 0 };
+        assert_eq!(lines.len(), want, "RUST_LOG={filter}:\n{stderr}");
+        assert_eq!(
+            stderr.contains("stopped"),
+            stopped,
+            "RUST_LOG={filter}:\n{stderr}"
+        );
+    }
+}
