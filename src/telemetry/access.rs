@@ -140,7 +140,7 @@ fn pretty(buf: &mut Vec<u8>, now: SystemTime, l: &Access<'_>) -> std::io::Result
     address(buf, l.via)?;
     for (key, value) in [(&b" method="[..], l.method), (b" path=", l.path)] {
         buf.extend_from_slice(key);
-        buf.extend_from_slice(value.as_bytes());
+        text(buf, value);
     }
     buf.extend_from_slice(b" status=");
     number(buf, u64::from(l.status));
@@ -150,7 +150,7 @@ fn pretty(buf: &mut Vec<u8>, now: SystemTime, l: &Access<'_>) -> std::io::Result
         (b" user=", l.user),
     ] {
         buf.extend_from_slice(key);
-        buf.extend_from_slice(value.as_bytes());
+        text(buf, value);
     }
     buf.extend_from_slice(if l.websocket {
         b" websocket=true ms="
@@ -160,6 +160,24 @@ fn pretty(buf: &mut Vec<u8>, now: SystemTime, l: &Access<'_>) -> std::io::Result
     number(buf, l.ms);
     buf.push(b'\n');
     Ok(())
+}
+
+/// `value` as it is, except control characters, written escaped (`\n`,
+/// `\u{1}`): a JWT's `sub` or a path holding a newline cannot forge a line
+/// of its own. (tracing's fmt layer wrote them raw.)
+fn text(buf: &mut Vec<u8>, value: &str) {
+    if !value.chars().any(char::is_control) {
+        buf.extend_from_slice(value.as_bytes());
+        return;
+    }
+    for c in value.chars() {
+        if c.is_control() {
+            buf.extend(c.escape_default().map(|e| e as u8));
+        } else {
+            let mut utf8 = [0; 4];
+            buf.extend_from_slice(c.encode_utf8(&mut utf8).as_bytes());
+        }
+    }
 }
 
 fn json(buf: &mut Vec<u8>, now: SystemTime, l: &Access<'_>) -> std::io::Result<()> {
@@ -383,9 +401,25 @@ mod tests {
         };
         for line in [&plain, &odd, &wide] {
             for form in [Form::Pretty, Form::Json] {
+                if form == Form::Pretty && std::ptr::eq(line, &odd) {
+                    continue; // control characters: escaped here, raw in tracing
+                }
                 assert_eq!(ours(form, line, at), reference(form, line, at), "{form:?}");
             }
         }
+        // A control character cannot start a line of its own.
+        let forged = Access {
+            user: "alice\n2026-01-01T00:00:00.000000Z  INFO shunt::access: request peer=forged",
+            ..odd
+        };
+        let pretty = ours(Form::Pretty, &forged, at);
+        assert_eq!(pretty.matches('\n').count(), 1, "{pretty}");
+        assert!(pretty.ends_with('\n'), "{pretty}");
+        assert!(pretty.contains("user=alice\\n2026"), "{pretty}");
+        assert!(
+            pretty.contains("path=/a\"b\\c\\u{1}\\té\\u{7f}?token=REDACTED"),
+            "{pretty}"
+        );
         let json: serde_json::Value =
             serde_json::from_str(&ours(Form::Json, &odd, at)).expect("json");
         assert_eq!(json["path"], odd.path);
