@@ -490,7 +490,7 @@ async fn browser_shows_live_calls_and_follows_a_backend_kill() {
 
 /// Writes docs/dashboard.png: a few calls, one stalled, the direct path cut
 /// for new calls so /frontend-audio falls back to nginx. Run by hand:
-/// `cargo test --test dashboard docs_screenshot -- --ignored`.
+/// `cargo test --test it dashboard::docs_screenshot -- --ignored`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "writes docs/dashboard.png; run by hand with --ignored"]
 async fn docs_screenshot() {
