@@ -6,6 +6,7 @@
 #   ROUNDS=3 examples/bench.sh        # repeat every mode 3 times (interleaved); the table shows medians
 #   BACKEND=path/to/echo_backend examples/bench.sh   # another WebSocket echo backend (takes ADDR as $1)
 #   MODES="flood handshakes" examples/bench.sh        # only these modes (idle rtt100 rtt1000 flood handshakes http storm)
+#   SHUNT=/tmp/shunt-old examples/bench.sh          # another shunt build against the same clients (old/new in one session)
 #   STORM_CALLS=1000 examples/bench.sh # calls in the reconnect storm (QUICK: 200)
 #   TLS_KEY=ec examples/bench.sh      # ECDSA P-256 certificates for the TLS rows instead of RSA 2048
 #   FRAMES_OFF=0 examples/bench.sh    # skip the shunt --frames off targets (the call layer's cost baseline)
@@ -68,7 +69,7 @@ done
 ulimit -n "$(ulimit -Hn)"
 echo "# building (release)" >&2
 cargo build --release --quiet --bin shunt --example loadgen --example bench_backend --example storm
-SHUNT=$TARGET_DIR/release/shunt
+SHUNT=${SHUNT:-$TARGET_DIR/release/shunt}   # SHUNT=path: another build of shunt, same clients
 LOADGEN=$TARGET_DIR/release/examples/loadgen
 STORM=$TARGET_DIR/release/examples/storm
 BACKEND=${BACKEND:-$TARGET_DIR/release/examples/bench_backend}

@@ -32,8 +32,7 @@ use fastwebsockets::{Frame, OpCode, Payload, WebSocket, handshake};
 use http::{Request, header};
 use http_body_util::Empty;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
@@ -90,19 +89,10 @@ impl Target {
         };
         let (authority, path) = rest.find('/').map_or((rest, "/"), |i| rest.split_at(i));
         let (host, port) = authority.rsplit_once(':').expect("--url needs host:port");
+        // The same client TLS as shunt's own towards https upstreams.
         let tls = tls.then(|| {
-            let mut roots = rustls::RootCertStore::empty();
             let ca = args.ca.as_deref().expect("--ca is required for wss://");
-            for cert in CertificateDer::pem_file_iter(ca).expect("read --ca") {
-                roots.add(cert.expect("CA PEM")).expect("add CA");
-            }
-            let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-            let config = rustls::ClientConfig::builder_with_provider(provider)
-                .with_safe_default_protocol_versions()
-                .expect("TLS versions")
-                .with_root_certificates(roots)
-                .with_no_client_auth();
-            Arc::new(config)
+            shunt::client_config(Some(std::path::Path::new(ca))).expect("--ca: a CA certificate")
         });
         Target {
             host: host.to_owned(),
