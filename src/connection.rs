@@ -116,9 +116,12 @@ pub(crate) fn accept(
         };
         match admitted {
             Ok(permit) => {
+                // Boxed: the spawned task stays small (tokio copies a task's
+                // future in when it is spawned and its whole stage again when
+                // it ends), and the connection's state is built in place.
                 match tls {
-                    Some(acceptor) => serve_tls(stream, downstream, &acceptor, ctx).await,
-                    None => serve(stream, downstream, None, ctx).await,
+                    Some(acceptor) => Box::pin(serve_tls(stream, downstream, &acceptor, ctx)).await,
+                    None => Box::pin(serve(stream, downstream, None, ctx)).await,
                 }
                 drop(permit);
             }
@@ -286,7 +289,9 @@ pub(crate) async fn serve<IO>(
             if let Some(cert) = &client_cert {
                 req.extensions_mut().insert(cert.clone());
             }
-            proxy::handle(req, downstream, ctx.clone(), handoff)
+            // Boxed here, built in place: hyper would otherwise copy the
+            // request's whole state (tens of KiB) into its own slot.
+            Box::pin(proxy::handle(req, downstream, ctx.clone(), handoff))
         })
     };
     let conn = builder

@@ -128,8 +128,9 @@ pub(crate) async fn connect(
         };
         let name = ServerName::try_from(url.host.clone())
             .map_err(|_| ConnectError::ServerName(url.host.clone()))?;
-        let stream = TlsConnector::from(tls.clone())
-            .connect(name, stream)
+        // Boxed: a TLS client's state is large, and a plain upstream's
+        // connect should not carry (and copy) it.
+        let stream = Box::pin(TlsConnector::from(tls.clone()).connect(name, stream))
             .await
             .map_err(ConnectError::Tls)?;
         Ok(UpstreamStream::Tls(Box::new(stream)))

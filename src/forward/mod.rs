@@ -169,10 +169,20 @@ pub(crate) async fn forward(
     shared: Shared<'_>,
     handoff: &Handoff,
 ) -> Result<Response<Body>, ForwardError> {
+    // Each path boxed: a request's state holds only the path it takes
+    // (built in place), not the larger of the two, which every layer
+    // above would otherwise copy as it starts.
     if exchange.websocket {
-        websocket::forward(req, conn, exchange, shared.counters, handoff).await
+        Box::pin(websocket::forward(
+            req,
+            conn,
+            exchange,
+            shared.counters,
+            handoff,
+        ))
+        .await
     } else {
-        http::forward(req, conn, &exchange, shared.shutdown).await
+        Box::pin(http::forward(req, conn, &exchange, shared.shutdown)).await
     }
 }
 
