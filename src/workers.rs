@@ -94,18 +94,9 @@ where
             .spawn(move || {
                 runtime.block_on(async move {
                     match tokio::net::TcpListener::from_std(listener) {
-                        // The accept loop runs as a task, not as the `block_on`
-                        // future itself: waking the latter writes the runtime's
-                        // eventfd (a syscall and an extra epoll turn per accept),
-                        // waking a task only queues it.
                         Ok(listener) => {
-                            let accepting = tokio::spawn(crate::listener::accept_loop(
-                                listener,
-                                stop,
-                                tracker.clone(),
-                                serve,
-                            ));
-                            let _ = accepting.await;
+                            crate::listener::accept_loop(listener, stop, tracker.clone(), serve)
+                                .await;
                         }
                         Err(e) => tracing::error!(error = %e, worker = i, "worker cannot listen"),
                     }
