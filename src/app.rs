@@ -195,7 +195,9 @@ async fn start_on(config: Config, workers: Option<usize>) -> Result<Running, Sta
     let ctx = Arc::new(crate::proxy::Context::new(handles.clone(), relay.clone()));
     let serve = move || {
         let (ctx, acceptor) = (ctx.clone(), acceptor.clone());
-        move |stream, peer| crate::connection::accept(stream, peer, &ctx, acceptor.as_ref())
+        move |stream, peer| {
+            crate::connection::accept(stream, peer, listen_addr, &ctx, acceptor.as_ref())
+        }
     };
     let workers = match proxy_listener {
         Proxy::InRuntime(listener) => {

@@ -59,10 +59,13 @@ const DEFAULT_TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// future (run on its own tracked task) does the rest. Behind a load
 /// balancer speaking PROXY protocol, admission waits for the header, which
 /// names the client the IP lists judge ([`receive`]); a source that may
-/// not send one is closed without a byte read.
+/// not send one is closed without a byte read. `listener` is the address
+/// the listener is bound to: the connection's own address unless that is a
+/// wildcard (then the socket is asked, one `getsockname`).
 pub(crate) fn accept(
     mut stream: TcpStream,
     peer: SocketAddr,
+    listener: SocketAddr,
     ctx: &Arc<Context>,
     tls: Option<&TlsAcceptor>,
 ) -> impl Future<Output = ()> + Send + use<> {
@@ -81,9 +84,13 @@ pub(crate) fn accept(
     };
     let (ctx, tls) = (ctx.clone(), tls.cloned());
     // The listener's address, for a PROXY header towards an upstream.
-    let local = stream
-        .local_addr()
-        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+    let local = if listener.ip().is_unspecified() {
+        stream
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+    } else {
+        listener
+    };
     async move {
         let (downstream, admitted) = match (arrival, admitted) {
             (_, Some(admitted)) => (Downstream::direct(peer, local), admitted),
