@@ -614,6 +614,13 @@ if len(clients) > 1:
             summary["cross_check"][f"{name} ({c})"] = {"direct": d, "nginx": n, "haproxy": h, "shunt": s,
                 "ratio": None if not n or s is None else s / n, "ratio_haproxy": None if not h or s is None else s / h}
             print(f"| {name} | {c} | {fmt(d)} | {fmt(n)} | {fmt(h)} | {fmt(s)} | {ratio(s, n)} | {ratio(s, h)} | {per}; {per_h} |")
+        for c in clients if tls else []:
+            # The same over wss:// (full TLS handshakes): nginx-tls and shunt-tls.
+            k = cc(case, c)
+            n, s = get(k, "nginx-tls", f), get(k, "shunt-tls", f)
+            per = " ".join(f"{v:.2f}" for v in round_ratios(k, f, "shunt-tls", "nginx-tls"))
+            summary["cross_check"][f"TLS {name} ({c})"] = {"nginx": n, "shunt": s, "ratio": None if not n or s is None else s / n}
+            print(f"| TLS {name} | {c} | | {fmt(n)} | | {fmt(s)} | {ratio(s, n)} | | {per} |")
     print()
     print("Client CPU in the handshakes mode, % of one core (median): " + "; ".join(
         f"{c} " + ", ".join(f"{t} {fmt(get(cc('handshakes', c), t, lambda x: x['client_cpu_us'] / 1e4 / secs_of(x) if x.get('client_cpu_us') is not None and secs_of(x) else None))}"
