@@ -302,9 +302,8 @@ url_of() { # name
 RESULTS="$OUT/results.jsonl"
 : > "$RESULTS"
 tls_counts() { # target -> '{"full": N, "resumed": M}' from shunt-tls's /status, or null
-  if [[ $1 == shunt-tls ]] && command -v curl >/dev/null; then
-    curl -s --max-time 2 "http://127.0.0.1:$P_SHUNT_TLS_ADMIN/status" |
-      python3 -c "import json,sys; print(json.dumps(json.load(sys.stdin)['tls']['handshakes']))" 2>/dev/null || echo null
+  if [[ $1 == shunt-tls ]]; then
+    python3 -c "import json,urllib.request as u; print(json.dumps(json.load(u.urlopen('http://127.0.0.1:$P_SHUNT_TLS_ADMIN/status', timeout=2))['tls']['handshakes']))" 2>/dev/null || echo null
   else
     echo null
   fi
