@@ -122,6 +122,14 @@ wait_port() { # port
   echo "port $1 never opened" >&2; exit 1
 }
 
+# Every port must be free: with another bench.sh running, its processes would
+# answer in place of ours (its backend, nginx or shunt on the same port).
+for var in $(compgen -v P_); do
+  if (exec 3<>"/dev/tcp/127.0.0.1/${!var}") 2>/dev/null; then
+    echo "port ${!var} ($var) is in use: is another bench.sh running? Stop it first." >&2; exit 1
+  fi
+done
+
 # ---- TLS material (only used when shunt can terminate TLS) ----
 TLS=0
 if "$SHUNT" --help | grep -q -- '--tls-cert'; then TLS=1; fi
