@@ -615,6 +615,7 @@ if len(clients) > 1:
         for c in clients:
             k = cc(case, c)
             d, n, h, s = (get(k, t, f) for t in ("direct", "nginx", "haproxy", "shunt"))
+            if (d, n, h, s) == (None,) * 4: continue  # a mode not run
             if "CPU" in name: d = None
             per = " ".join(f"{v:.2f}" for v in round_ratios(k, f, "shunt", "nginx"))
             per_h = " ".join(f"{v:.2f}" for v in round_ratios(k, f, "shunt", "haproxy"))
@@ -625,6 +626,7 @@ if len(clients) > 1:
             # The same over wss:// (full TLS handshakes): nginx-tls and shunt-tls.
             k = cc(case, c)
             n, s = get(k, "nginx-tls", f), get(k, "shunt-tls", f)
+            if n is None and s is None: continue
             per = " ".join(f"{v:.2f}" for v in round_ratios(k, f, "shunt-tls", "nginx-tls"))
             summary["cross_check"][f"TLS {name} ({c})"] = {"nginx": n, "shunt": s, "ratio": None if not n or s is None else s / n}
             print(f"| TLS {name} | {c} | | {fmt(n)} | | {fmt(s)} | {ratio(s, n)} | | {per} |")
