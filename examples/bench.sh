@@ -10,13 +10,23 @@
 #   STORM_CALLS=1000 examples/bench.sh # calls in the reconnect storm (QUICK: 200)
 #   TLS_KEY=ec examples/bench.sh      # ECDSA P-256 certificates for the TLS rows instead of RSA 2048
 #   FRAMES_OFF=0 examples/bench.sh    # skip the shunt --frames off targets (the call layer's cost baseline)
+#   CLIENTS=loadgen examples/bench.sh # only shunt's own client (default "loadgen node": the independent
+#                                     # Node client examples/wsbench.js cross-checks handshakes, rtt100, tls-handshakes)
+#   NODE_PROCS=2 examples/bench.sh    # processes of the Node client (default: one per CPU)
 #
 # Starts a WebSocket echo backend, shunt, nginx (generated config:
 # worker_processes auto, proxy_http_version 1.1, Upgrade/Connection headers,
 # access_log off) and HAProxy (Debian's haproxy: mode http, one thread per
 # CPU, no log), runs every loadgen mode against direct, nginx, HAProxy and
 # shunt, reads each proxy's CPU time and RSS from /proc, and prints a
-# markdown table with shunt/nginx and shunt/HAProxy ratios. The http mode
+# markdown table with shunt/nginx and shunt/HAProxy ratios. The handshakes,
+# rtt100 and tls-handshakes modes run a second, independent client too
+# (examples/wsbench.js: Node.js and the `ws` package, no code shared with
+# loadgen), and the table shows both clients' figures and ratios side by
+# side. The tls-handshakes mode measures full handshakes (no session offered)
+# and resumed ones (each loop offers its last session) separately, both
+# proxies on TLS 1.3, and records the full/resumed counts shunt saw (/status).
+# The http mode
 # runs wrk (64 keep-alive connections, 2 threads) for a small response from
 # an nginx origin, directly and through each proxy (shunt twice: with its
 # default info access log, and with RUST_LOG=warn); the raw results go to $OUT/results.jsonl and the
@@ -50,6 +60,7 @@ P_BACKEND=${P_BACKEND:-19100}; P_NGINX=19101; P_SHUNT=19102; P_ADMIN=19103; P_NG
 P_HAPROXY=19105; P_ORIGIN=19120; P_NGINX_HTTP=19121; P_HAPROXY_HTTP=19122; P_SHUNT_HTTP=19123; P_SHUNT_HTTP_WARN=19124
 # The same shunt with the call layer off (--frames off): today's pure byte relay, measured in the same run.
 P_SHUNT_OFF=19104; P_SHUNT_TLS_OFF=19114; FRAMES_OFF=${FRAMES_OFF:-1}
+P_SHUNT_TLS_ADMIN=19113  # shunt-tls's /status: the full and resumed handshakes it counted
 # The reconnect storm: backend A (direct, killed), backend B behind nginx, shunt, nginx alone.
 P_STORM_A=19130; P_STORM_B=19131; P_STORM_FALLBACK=19132; P_STORM_SHUNT=19133; P_STORM_NGINX=19134
 
@@ -65,6 +76,24 @@ for tool in nginx haproxy wrk openssl python3; do
     fi
   fi
 done
+
+# The independent WebSocket client: Node.js with the `ws` package (tests/browser's).
+CLIENTS=${CLIENTS:-loadgen node}
+NODE_PROCS=${NODE_PROCS:-$(nproc)}
+if [[ " $CLIENTS " == *" node "* ]]; then
+  if ! command -v node >/dev/null 2>&1; then
+    if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
+      echo "# installing nodejs" >&2
+      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null
+    else
+      echo "bench.sh needs node for CLIENTS=node (e.g. sudo apt-get install -y nodejs npm), or CLIENTS=loadgen" >&2; exit 1
+    fi
+  fi
+  if [[ ! -d tests/browser/node_modules/ws ]]; then
+    echo "# npm ci in tests/browser (the ws package)" >&2
+    (cd tests/browser && npm ci --silent >/dev/null)
+  fi
+fi
 
 ulimit -n "$(ulimit -Hn)"
 echo "# building (release)" >&2
@@ -93,6 +122,14 @@ wait_port() { # port
   echo "port $1 never opened" >&2; exit 1
 }
 
+# Every port must be free: with another bench.sh running, its processes would
+# answer in place of ours (its backend, nginx or shunt on the same port).
+for var in $(compgen -v P_); do
+  if (exec 3<>"/dev/tcp/127.0.0.1/${!var}") 2>/dev/null; then
+    echo "port ${!var} ($var) is in use: is another bench.sh running? Stop it first." >&2; exit 1
+  fi
+done
+
 # ---- TLS material (only used when shunt can terminate TLS) ----
 TLS=0
 if "$SHUNT" --help | grep -q -- '--tls-cert'; then TLS=1; fi
@@ -112,7 +149,9 @@ wait_port "$P_BACKEND"
 mkdir -p "$OUT/nginx/logs"
 NGINX_TLS_SERVER=""
 if [[ $TLS == 1 ]]; then
-  NGINX_TLS_SERVER="server { listen 127.0.0.1:$P_NGINX_TLS ssl; ssl_certificate $OUT/cert.pem; ssl_certificate_key $OUT/key.pem; location / { include $OUT/nginx/ws.conf; } }"
+  # TLS 1.3 like shunt: nginx 1.22's default ssl_protocols stop at TLSv1.2, whose
+  # resumption skips the key exchange that TLS 1.3's (psk_dhe_ke) still makes.
+  NGINX_TLS_SERVER="server { listen 127.0.0.1:$P_NGINX_TLS ssl; ssl_protocols TLSv1.2 TLSv1.3; ssl_certificate $OUT/cert.pem; ssl_certificate_key $OUT/key.pem; location / { include $OUT/nginx/ws.conf; } }"
 fi
 cat > "$OUT/nginx/ws.conf" <<EOF
 proxy_pass http://backend;
@@ -204,7 +243,7 @@ RUST_LOG=warn "$SHUNT" "${SHUNT_ARGS[@]}" 2>"$OUT/shunt.log" & PIDS+=($!)
 SHUNT_PID=$!
 wait_port "$P_SHUNT"
 if [[ $TLS == 1 ]]; then
-  RUST_LOG=warn "$SHUNT" --listen "127.0.0.1:$P_SHUNT_TLS" --admin off --direct "http://127.0.0.1:$P_BACKEND" \
+  RUST_LOG=warn "$SHUNT" --listen "127.0.0.1:$P_SHUNT_TLS" --admin "127.0.0.1:$P_SHUNT_TLS_ADMIN" --direct "http://127.0.0.1:$P_BACKEND" \
     --tls-cert "$OUT/cert.pem" --tls-key "$OUT/key.pem" 2>"$OUT/shunt-tls.log" & PIDS+=($!)
   SHUNT_TLS_PID=$!
   wait_port "$P_SHUNT_TLS"
@@ -270,17 +309,49 @@ url_of() { # name
 
 RESULTS="$OUT/results.jsonl"
 : > "$RESULTS"
-run() { # case target loadgen-args...
+tls_counts() { # target -> '{"full": N, "resumed": M}' from shunt-tls's /status, or null
+  if [[ $1 == shunt-tls ]]; then
+    python3 -c "import json,urllib.request as u; print(json.dumps(json.load(u.urlopen('http://127.0.0.1:$P_SHUNT_TLS_ADMIN/status', timeout=2))['tls']['handshakes']))" 2>/dev/null || echo null
+  else
+    echo null
+  fi
+}
+run() { # case target client-args... (CLIENT=loadgen|node; node cases get "@node")
   local case=$1 target=$2; shift 2
+  local client=${CLIENT:-loadgen}
   local pids; pids=$(pids_of "$target")
   local extra=()
   [[ $target == *-tls* ]] && extra=(--ca "$OUT/ca.pem")
+  local tls0; tls0=$(tls_counts "$target")
   local cpu0=0; [[ -n $pids ]] && cpu0=$(cpu_us $pids)
-  local line
-  line=$(timeout 300 "$LOADGEN" --url "$(url_of "$target")" "${extra[@]}" --label "$case" "$@" 2>>"$OUT/loadgen.log" | tail -n 1)
+  # The client's own CPU (user + sys, its worker processes included) from bash's `time`.
+  local TIMEFORMAT='%3U %3S' times=() line
+  if [[ $client == node ]]; then
+    case="$case@node"
+    { time timeout 300 node examples/wsbench.js --url "$(url_of "$target")" "${extra[@]}" --label "$case" \
+      --procs "$NODE_PROCS" "$@" > "$OUT/client.out" 2>>"$OUT/wsbench.log" || true; } 2> "$OUT/client.time"
+  else
+    { time timeout 300 "$LOADGEN" --url "$(url_of "$target")" "${extra[@]}" --label "$case" "$@" \
+      > "$OUT/client.out" 2>>"$OUT/loadgen.log" || true; } 2> "$OUT/client.time"
+  fi
   local cpu=0; [[ -n $pids ]] && cpu=$(( $(cpu_us $pids) - cpu0 ))
-  echo "$line" | python3 -c "import json,sys; d=json.loads(sys.stdin.read()); d.update(case='$case', target='$target', round=$ROUND, proxy_cpu_us=$cpu if '$pids' else None); print(json.dumps(d))" >> "$RESULTS"
+  line=$(tail -n 1 "$OUT/client.out")
+  read -r -a times < "$OUT/client.time"
+  local client_cpu; client_cpu=$(python3 -c "print(round((${times[0]} + ${times[1]}) * 1e6))")
+  local tls1; tls1=$(tls_counts "$target")
+  [[ -z $line ]] && line="{\"error\": \"$client gave no result (see $OUT/*.log)\"}"
+  echo "$line" | python3 -c "
+import json,sys
+d=json.loads(sys.stdin.read())
+d.update(case='$case', target='$target', client='$client', round=$ROUND, proxy_cpu_us=$cpu if '$pids' else None, client_cpu_us=$client_cpu)
+a, b = json.loads('$tls0'), json.loads('$tls1')
+if a and b: d.update(server_full=b['full'] - a['full'], server_resumed=b['resumed'] - a['resumed'])
+print(json.dumps(d))" >> "$RESULTS"
   echo "  $case $target: $(tail -n 1 "$RESULTS")" >&2
+}
+with_clients() { # run-args...: run with each client of CLIENTS
+  local c
+  for c in $CLIENTS; do CLIENT=$c run "$@"; done
 }
 run_idle() { # case target
   local case=$1 target=$2
@@ -402,20 +473,29 @@ TLS_TARGETS=()
 [[ $TLS == 1 ]] && TLS_TARGETS=(nginx-tls shunt-tls)
 [[ $TLS == 1 && $FRAMES_OFF == 1 ]] && TLS_TARGETS+=(shunt-tls-off)
 
-MODES=${MODES:-idle rtt100 rtt1000 flood handshakes http storm}
+MODES=${MODES:-idle rtt100 rtt1000 flood handshakes tls-handshakes http storm}
 want() { [[ " $MODES " == *" $1 "* ]]; }
 for ROUND in $(seq 1 "$ROUNDS"); do
   echo "# round $ROUND of $ROUNDS" >&2
   echo "# idle: $IDLE_N held connections" >&2
   want idle && for t in "${PLAIN[@]}" "${TLS_TARGETS[@]}"; do run_idle idle "$t"; done
   echo "# rtt: 100 connections, 640 B every 20 ms, ${SECS}s" >&2
-  want rtt100 && for t in "${PLAIN[@]}" "${TLS_TARGETS[@]}"; do run rtt100 "$t" --mode rtt --conns 100 --size 640 --interval-ms 20 --duration "$SECS"; done
+  want rtt100 && for t in "${PLAIN[@]}" "${TLS_TARGETS[@]}"; do with_clients rtt100 "$t" --mode rtt --conns 100 --size 640 --interval-ms 20 --duration "$SECS"; done
   echo "# rtt: $RTT_BIG connections, 640 B every 20 ms, ${SECS}s" >&2
   want rtt1000 && for t in "${PLAIN[@]}" "${TLS_TARGETS[@]}"; do run rtt1000 "$t" --mode rtt --conns "$RTT_BIG" --size 640 --interval-ms 20 --duration "$SECS"; done
   echo "# flood: 8 connections x 16 KiB, 16 in flight, ${SECS}s" >&2
   want flood && for t in "${PLAIN[@]}" "${TLS_TARGETS[@]}"; do run flood "$t" --mode flood --conns 8 --size 16384 --inflight 16 --duration "$SECS"; done
   echo "# handshakes: $HS_C concurrent loops, ${SECS}s" >&2
-  want handshakes && for t in "${PLAIN[@]}" "${TLS_TARGETS[@]}"; do run handshakes "$t" --mode handshakes --conns "$HS_C" --size 640 --duration "$SECS"; done
+  want handshakes && for t in "${PLAIN[@]}" "${TLS_TARGETS[@]}"; do with_clients handshakes "$t" --mode handshakes --conns "$HS_C" --size 640 --duration "$SECS"; done
+  echo "# tls-handshakes: $HS_C concurrent wss loops, full (no session offered), then resumed (each loop offers its last session), ${SECS}s each" >&2
+  want tls-handshakes && for t in "${TLS_TARGETS[@]}"; do
+    CLIENT=loadgen run tls-full "$t" --mode handshakes --conns "$HS_C" --size 640 --duration "$SECS"
+    CLIENT=loadgen run tls-resumed "$t" --mode handshakes --conns "$HS_C" --size 640 --duration "$SECS" --tls-resume
+    if [[ " $CLIENTS " == *" node "* ]]; then
+      CLIENT=node run tls-full "$t" --mode handshakes --conns "$HS_C" --size 640 --duration "$SECS"
+      CLIENT=node run tls-resumed "$t" --mode handshakes --conns "$HS_C" --size 640 --duration "$SECS" --resume
+    fi
+  done
   echo "# http: wrk, 64 keep-alive connections, small response from an nginx origin, ${SECS}s" >&2
   want http && for t in direct nginx haproxy shunt shunt-warn; do run_http "$t"; done
   echo "# storm: $STORM_CALLS $STORM_SCHEME calls, 640 B every 20 ms; the direct backend killed, every call reconnects at once" >&2
@@ -431,7 +511,10 @@ for x in rows:
     r.setdefault((x["case"], x["target"]), []).append(x)
 def get(case, target, f):
     """The median over rounds of metric f."""
-    xs = [v for v in (f(x) for x in r.get((case, target), [])) if v is not None]
+    def safe(x):
+        try: return f(x)
+        except (KeyError, TypeError, ZeroDivisionError): return None  # a run that gave no result
+    xs = [v for v in (safe(x) for x in r.get((case, target), [])) if v is not None]
     return statistics.median(xs) if xs else None
 def round_ratios(case, f, num, den):
     """shunt/nginx within each round, in round order."""
@@ -506,6 +589,75 @@ for case, name, f, _ in metrics:
     summary["tls"][name] = {"nginx": n, "shunt": s, "ratio": None if not n or s is None else s / n,
                             "frames_off": o, "frames_ratio": None if not o or s is None else s / o}
     print(f"| {name} | {fmt(n)} | {fmt(s)} | {ratio(s, n)} | {fmt(o)} | {ratio(s, o)} |")
+# The cross-check: the same figures from shunt's own client (loadgen) and the
+# independent one (Node ws, examples/wsbench.js), each with its ratios, and
+# the client's own CPU as a share of one core (a client near its cores'
+# worth is the bottleneck, and the handshakes/s ratios shrink towards 1).
+secs_of = lambda x: x.get("seconds") or (x["handshakes"] / x["per_s"] if x.get("per_s") else None)
+cross = [
+    ("handshakes", "handshakes/s", lambda x: x["per_s"]),
+    ("handshakes", "handshake loop p99 (µs)", lambda x: x["p99_us"]),
+    ("handshakes", "proxy CPU per handshake (µs)", cpu_hs),
+    ("rtt100", "rtt 100 conns p50 (µs)", lambda x: x["p50_us"]),
+    ("rtt100", "rtt 100 conns p99 (µs)", lambda x: x["p99_us"]),
+]
+clients = [c for c in ("loadgen", "node") if any(x.get("client", "loadgen") == c and x["case"].split("@")[0] in ("handshakes", "rtt100") for x in rows)]
+def cc(case, c):
+    return case if c == "loadgen" else case + "@node"
+if len(clients) > 1:
+    summary["cross_check"] = {}
+    print()
+    print("Cross-check with an independent client: loadgen (shunt's Rust client) and node (examples/wsbench.js, Node.js + ws).")
+    print()
+    print("| metric | client | direct | nginx | HAProxy | shunt | shunt/nginx | shunt/HAProxy | per round (nginx; HAProxy) |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---|")
+    for case, name, f in cross:
+        for c in clients:
+            k = cc(case, c)
+            d, n, h, s = (get(k, t, f) for t in ("direct", "nginx", "haproxy", "shunt"))
+            if (d, n, h, s) == (None,) * 4: continue  # a mode not run
+            if "CPU" in name: d = None
+            per = " ".join(f"{v:.2f}" for v in round_ratios(k, f, "shunt", "nginx"))
+            per_h = " ".join(f"{v:.2f}" for v in round_ratios(k, f, "shunt", "haproxy"))
+            summary["cross_check"][f"{name} ({c})"] = {"direct": d, "nginx": n, "haproxy": h, "shunt": s,
+                "ratio": None if not n or s is None else s / n, "ratio_haproxy": None if not h or s is None else s / h}
+            print(f"| {name} | {c} | {fmt(d)} | {fmt(n)} | {fmt(h)} | {fmt(s)} | {ratio(s, n)} | {ratio(s, h)} | {per}; {per_h} |")
+        for c in clients if tls else []:
+            # The same over wss:// (full TLS handshakes): nginx-tls and shunt-tls.
+            k = cc(case, c)
+            n, s = get(k, "nginx-tls", f), get(k, "shunt-tls", f)
+            if n is None and s is None: continue
+            per = " ".join(f"{v:.2f}" for v in round_ratios(k, f, "shunt-tls", "nginx-tls"))
+            summary["cross_check"][f"TLS {name} ({c})"] = {"nginx": n, "shunt": s, "ratio": None if not n or s is None else s / n}
+            print(f"| TLS {name} | {c} | | {fmt(n)} | | {fmt(s)} | {ratio(s, n)} | | {per} |")
+    print()
+    print("Client CPU in the handshakes mode, % of one core (median): " + "; ".join(
+        f"{c} " + ", ".join(f"{t} {fmt(get(cc('handshakes', c), t, lambda x: x['client_cpu_us'] / 1e4 / secs_of(x) if x.get('client_cpu_us') is not None and secs_of(x) else None))}"
+                          for t in ("direct", "nginx", "haproxy", "shunt")) for c in clients))
+tls_cases = [c for c in ("tls-full", "tls-resumed", "tls-full@node", "tls-resumed@node") if any(x["case"] == c for x in rows)]
+if tls_cases:
+    summary["tls_handshakes"] = {}
+    print()
+    print("TLS handshakes, full (no session offered) and resumed (each loop offers its last session), both proxies on TLS 1.3.")
+    print("Resumed as seen: by the client (node: isSessionReused) and by shunt (/status tls.handshakes).")
+    print()
+    print("| TLS handshakes | client | nginx /s | shunt /s | shunt/nginx | nginx CPU/hs (µs) | shunt CPU/hs (µs) | shunt/nginx CPU | shunt --frames off /s | resumed seen by client (nginx; shunt) | shunt counted full/resumed |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---|---|")
+    for k in tls_cases:
+        kind, c = (k.split("@") + ["loadgen"])[:2]
+        ps = lambda x: x.get("per_s")
+        n, s, o = (get(k, t, ps) for t in ("nginx-tls", "shunt-tls", "shunt-tls-off"))
+        nc, sc = get(k, "nginx-tls", cpu_hs), get(k, "shunt-tls", cpu_hs)
+        seen = lambda t: get(k, t, lambda x: x.get("resumed_seen") / max(x["handshakes"], 1) if x.get("resumed_seen") is not None else None)
+        sf, sr = get(k, "shunt-tls", lambda x: x.get("server_full")), get(k, "shunt-tls", lambda x: x.get("server_resumed"))
+        summary["tls_handshakes"][k] = {"nginx": n, "shunt": s, "ratio": None if not n or s is None else s / n,
+            "nginx_cpu_us": nc, "shunt_cpu_us": sc, "frames_off": o, "shunt_server_full": sf, "shunt_server_resumed": sr}
+        seen_s = "n/a" if seen("shunt-tls") is None else f"{fmt(seen('nginx-tls'))}; {fmt(seen('shunt-tls'))}"
+        print(f"| {kind[4:]} | {c} | {fmt(n)} | {fmt(s)} | {ratio(s, n)} | {fmt(nc)} | {fmt(sc)} | {ratio(sc, nc)} | {fmt(o)} | {seen_s} | {fmt(sf)}/{fmt(sr)} |")
+    for c in ("", "@node"):
+        f_, r_ = get("tls-full" + c, "shunt-tls", lambda x: x.get("per_s")), get("tls-resumed" + c, "shunt-tls", lambda x: x.get("per_s"))
+        if f_ and r_:
+            print(f"shunt resumed/full handshakes/s ({'node' if c else 'loadgen'}): {r_ / f_:.2f}x")
 storms = [x for x in rows if x["case"] == "storm"]
 if storms:
     def sget(target, key):

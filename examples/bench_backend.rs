@@ -7,7 +7,7 @@
 use std::net::SocketAddr;
 
 use bytes::Bytes;
-use fastwebsockets::{OpCode, WebSocketError, upgrade};
+use fastwebsockets::{Frame, OpCode, WebSocketError, upgrade};
 use http::{Request, Response, StatusCode};
 use http_body_util::Empty;
 use hyper::body::Incoming;
@@ -68,7 +68,12 @@ async fn echo(fut: upgrade::UpgradeFut) -> Result<(), WebSocketError> {
         let frame = ws.read_frame().await?;
         match frame.opcode {
             OpCode::Close => return Ok(()),
-            OpCode::Text | OpCode::Binary | OpCode::Continuation => ws.write_frame(frame).await?,
+            // A fresh frame: the one read keeps the client's mask, and a server
+            // must not mask (RFC 6455 5.1; the Node `ws` client rejects it).
+            OpCode::Text | OpCode::Binary | OpCode::Continuation => {
+                ws.write_frame(Frame::new(frame.fin, frame.opcode, None, frame.payload))
+                    .await?
+            }
             _ => {}
         }
     }

@@ -5,7 +5,8 @@
 //!   for its echo; round-trip p50/p90/p99/p99.9/max in µs.
 //! - `flood`: N connections, W messages in flight each; messages/s and MB/s.
 //! - `handshakes`: C concurrent connect + upgrade + one message + close loops;
-//!   handshakes/s and p99 of one loop.
+//!   handshakes/s and p99 of one loop. Over `wss://` every TLS handshake is
+//!   full unless `--tls-resume`.
 //! - `idle`: open N connections (one message each, so every tunnel is fully
 //!   set up), print `{"event":"ready"}`, hold them for `--hold` seconds.
 //!
@@ -63,6 +64,10 @@ struct Args {
     /// PEM CA for wss://.
     #[arg(long)]
     ca: Option<String>,
+    /// wss://: offer the sessions earlier connections got (rustls' in-memory
+    /// client cache), so handshakes resume; without it every one is full.
+    #[arg(long)]
+    tls_resume: bool,
     /// A label copied into the JSON line.
     #[arg(long, default_value = "")]
     label: String,
@@ -99,11 +104,14 @@ impl Target {
                 roots.add(cert.expect("CA PEM")).expect("add CA");
             }
             let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-            let config = rustls::ClientConfig::builder_with_provider(provider)
+            let mut config = rustls::ClientConfig::builder_with_provider(provider)
                 .with_safe_default_protocol_versions()
                 .expect("TLS versions")
                 .with_root_certificates(roots)
                 .with_no_client_auth();
+            if !args.tls_resume {
+                config.resumption = rustls::client::Resumption::disabled();
+            }
             tokio_rustls::TlsConnector::from(Arc::new(config))
         });
         Target {

@@ -22,6 +22,7 @@ mod access_log;
 mod acme;
 mod admin;
 mod audio_client;
+mod bench_client;
 mod calls;
 mod cli;
 mod containers;
