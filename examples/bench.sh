@@ -83,6 +83,7 @@ cleanup() {
   if [[ -f "$OUT/nginx/nginx.pid" ]]; then kill "$(cat "$OUT/nginx/nginx.pid")" 2>/dev/null || true; fi
   if [[ -f "$OUT/origin/nginx.pid" ]]; then kill "$(cat "$OUT/origin/nginx.pid")" 2>/dev/null || true; fi
   if [[ -f "$OUT/storm/nginx.pid" ]]; then kill "$(cat "$OUT/storm/nginx.pid")" 2>/dev/null || true; fi
+  if [[ -n ${STORM_B:-} ]]; then kill "$STORM_B" 2>/dev/null || true; fi  # a storm cut short
   wait 2>/dev/null || true
 }
 trap cleanup EXIT INT TERM
