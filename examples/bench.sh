@@ -40,7 +40,9 @@
 # through nginx alone in front of the two backends (the second one `backup`),
 # where the calls see 1006. It reports the time until 50/99/100 % of the
 # calls carry audio again, failed reconnects, full and resumed TLS
-# handshakes, and the proxy's and the client's CPU during the storm.
+# handshakes, when 50/99 % of the calls had their new 101 (a slow handshake
+# or a slow first echo), and the CPU during the storm of the proxy, of the
+# fallback nginx behind shunt (not counted as shunt's), and of the client.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -110,6 +112,7 @@ cleanup() {
   if [[ -f "$OUT/nginx/nginx.pid" ]]; then kill "$(cat "$OUT/nginx/nginx.pid")" 2>/dev/null || true; fi
   if [[ -f "$OUT/origin/nginx.pid" ]]; then kill "$(cat "$OUT/origin/nginx.pid")" 2>/dev/null || true; fi
   if [[ -f "$OUT/storm/nginx.pid" ]]; then kill "$(cat "$OUT/storm/nginx.pid")" 2>/dev/null || true; fi
+  if [[ -n ${STORM_B:-} ]]; then kill "$STORM_B" 2>/dev/null || true; fi  # a storm cut short
   wait 2>/dev/null || true
 }
 trap cleanup EXIT INT TERM
@@ -409,9 +412,11 @@ if [[ $TLS == 1 ]]; then
   STORM_SCHEME=wss; STORM_TLS_ARGS=(--tls-cert "$OUT/cert.pem" --tls-key "$OUT/key.pem"); STORM_CA=(--ca "$OUT/ca.pem")
   STORM_SSL="ssl; ssl_certificate $OUT/cert.pem; ssl_certificate_key $OUT/key.pem; ssl_session_cache shared:storm:10m"
 fi
+# Fresh for every storm: an nginx that saw A refuse in an earlier storm would
+# still hold it failed (fail_timeout) and set the next storm's calls up on B.
 storm_setup() { # backend B and the storm's nginx: shunt's fallback (plain, to B) and nginx alone (A, then B as backup)
-  [[ -n ${STORM_NGINX_MASTER:-} ]] && return 0
-  "$BACKEND" "127.0.0.1:$P_STORM_B" 2>"$OUT/storm-b.log" & PIDS+=($!)
+  "$BACKEND" "127.0.0.1:$P_STORM_B" 2>>"$OUT/storm-b.log" &
+  STORM_B=$!
   mkdir -p "$OUT/storm/logs"
   cat > "$OUT/storm/nginx.conf" <<EOF
 daemon off;
@@ -437,12 +442,12 @@ http {
     proxy_set_header Upgrade \$http_upgrade; proxy_set_header Connection \$connection_upgrade; proxy_read_timeout 3600s; } }
 }
 EOF
-  /usr/sbin/nginx -p "$OUT/storm" -c "$OUT/storm/nginx.conf" 2>"$OUT/storm/stderr.log" & PIDS+=($!)
+  /usr/sbin/nginx -p "$OUT/storm" -c "$OUT/storm/nginx.conf" 2>>"$OUT/storm/stderr.log" &
   STORM_NGINX_MASTER=$!
   wait_port "$P_STORM_B"; wait_port "$P_STORM_FALLBACK"; wait_port "$P_STORM_NGINX"
 }
 run_storm() { # target: shunt-storm or nginx-storm
-  local target=$1 url pids shunt_pid=""
+  local target=$1 url pids shunt_pid="" fallback=()
   storm_setup
   "$BACKEND" "127.0.0.1:$P_STORM_A" 2>>"$OUT/storm-a.log" &
   local a_pid=$!
@@ -453,15 +458,17 @@ run_storm() { # target: shunt-storm or nginx-storm
     shunt_pid=$!
     wait_port "$P_STORM_SHUNT"
     url="$STORM_SCHEME://127.0.0.1:$P_STORM_SHUNT/bench"; pids=$shunt_pid
+    fallback=(--fallback-pid "$(pgrep -P "$STORM_NGINX_MASTER" | paste -sd, -)")
   else
     url="$STORM_SCHEME://127.0.0.1:$P_STORM_NGINX/bench"
     pids="$STORM_NGINX_MASTER,$(pgrep -P "$STORM_NGINX_MASTER" | paste -sd, -)"
   fi
   local line
   line=$(timeout 300 "$STORM" --url "$url" "${STORM_CA[@]}" --calls "$STORM_CALLS" --kill "$a_pid" \
-    --proxy-pid "$pids" --clk-tck "$CLK_TCK" --label "$target" 2>>"$OUT/storm.log" | tail -n 1) || true
+    --proxy-pid "$pids" "${fallback[@]}" --clk-tck "$CLK_TCK" --label "$target" 2>>"$OUT/storm.log" | tail -n 1) || true
   wait "$a_pid" 2>/dev/null || true
   if [[ -n $shunt_pid ]]; then kill "$shunt_pid" 2>/dev/null || true; wait "$shunt_pid" 2>/dev/null || true; fi
+  kill "$STORM_NGINX_MASTER" "$STORM_B" 2>/dev/null || true; wait "$STORM_NGINX_MASTER" "$STORM_B" 2>/dev/null || true
   [[ -z $line ]] && line='{"error": "the storm client gave no result (see storm.log)"}'
   echo "$line" | python3 -c "import json,sys; d=json.loads(sys.stdin.read()); d.update(case='storm', target='$target', round=$ROUND); print(json.dumps(d))" >> "$RESULTS"
   echo "  storm $target: $(tail -n 1 "$RESULTS")" >&2
@@ -667,14 +674,16 @@ if storms:
     print("|---|---:|---:|---:|")
     summary["storm"] = {}
     for key, name in [("calls", "calls"), ("back", "calls back"), ("cut_first_ms", "first call cut (ms)"),
-                      ("cut_all_ms", "every call cut (ms)"), ("back_first_ms", "first call back (ms)"), ("back_p50_ms", "50 % back (ms)"),
+                      ("cut_all_ms", "every call cut (ms)"), ("upgraded_p50_ms", "50 % upgraded again (ms)"),
+                      ("upgraded_p99_ms", "99 % upgraded again (ms)"), ("back_first_ms", "first call back (ms)"), ("back_p50_ms", "50 % back (ms)"),
                       ("back_p99_ms", "99 % back (ms)"), ("back_all_ms", "100 % back (ms)"),
                       ("failed", "failed reconnects"), ("tls_full", "full TLS handshakes"),
                       ("tls_resumed", "resumed TLS handshakes"), ("proxy_cpu_us", "proxy CPU during the storm (µs)"),
+                      ("fallback_cpu_us", "fallback nginx CPU during the storm (µs)"),
                       ("client_cpu_us", "client CPU during the storm (µs)")]:
         n, s = sget("nginx-storm", key), sget("shunt-storm", key)
         summary["storm"][key] = {"nginx": n, "shunt": s}
-        ratio_ok = key not in ("calls", "back", "failed", "tls_full", "tls_resumed")
+        ratio_ok = key not in ("calls", "back", "failed", "tls_full", "tls_resumed", "fallback_cpu_us")
         print(f"| {name} | {fmt(n)} | {fmt(s)} | {ratio(s, n) if ratio_ok else ''} |")
     for x in storms:
         print(f"Storm {x['target']} round {x['round']}: closes {x.get('closes')}, failed {x.get('failed_by')}" + (f", error: {x['error']}" if x.get("error") else ""))

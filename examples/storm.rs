@@ -12,10 +12,11 @@
 //! Prints one JSON line: the time from the kill until the first and the
 //! last call is cut, until the first call is back, and until 50 %, 99 % and 100 %
 //! of the calls carry audio again (a call is back at its first echo on the
-//! new connection), the close codes seen, reconnect attempts that failed
+//! new connection), until 50 % and 99 % had their new upgrade (101), the close codes seen, reconnect attempts that failed
 //! (TCP, TLS, an HTTP status other than 101, or no echo), the storm's full
 //! and resumed TLS handshakes, and the CPU time, from the kill until the
-//! last call is back, of the `--proxy-pid` processes and of this client.
+//! last call is back, of the `--proxy-pid` processes, of the `--fallback-pid`
+//! ones (the fallback nginx behind shunt) and of this client.
 //!
 //! ```text
 //! storm --url wss://127.0.0.1:19132/bench --ca ca.pem --calls 1000 \
@@ -59,6 +60,10 @@ struct Args {
     /// Processes whose CPU time the storm costs (the proxy), comma-separated.
     #[arg(long, value_delimiter = ',')]
     proxy_pid: Vec<u32>,
+    /// Processes on the path that are not the proxy measured (the fallback
+    /// nginx behind shunt), comma-separated: their CPU is reported apart.
+    #[arg(long, value_delimiter = ',')]
+    fallback_pid: Vec<u32>,
     /// Clock ticks per second of /proc/PID/stat (`getconf CLK_TCK`).
     #[arg(long, default_value_t = 100)]
     clk_tck: u64,
@@ -121,6 +126,9 @@ struct Totals {
     killed_at: Mutex<Option<Instant>>,
     /// Milliseconds from the kill to each call's first echo after its cut.
     back_ms: Mutex<Vec<u64>>,
+    /// Milliseconds from the kill to each cut call's first new upgrade (its
+    /// 101), to tell a slow handshake from a slow first echo.
+    upgraded_ms: Mutex<Vec<u64>>,
     /// Milliseconds from the kill to each call's cut (its Close, or the end of its connection).
     cut_ms: Mutex<Vec<u64>>,
     /// How the cut sessions ended: a Close code, or `1006` (no Close).
@@ -219,6 +227,7 @@ async fn call(
     let frame = vec![0x5a_u8; size];
     let mut cut = false;
     let mut back = false;
+    let mut upgraded = false;
     let mut first = true;
     while !stop.load(Ordering::Relaxed) {
         let ws = match open(&target, tls.as_ref(), &t).await {
@@ -231,6 +240,10 @@ async fn call(
                 continue;
             }
         };
+        if let (true, false, Some(at)) = (cut, upgraded, *lock(&t.killed_at)) {
+            upgraded = true;
+            lock(&t.upgraded_ms).push(at.elapsed().as_millis() as u64);
+        }
         // Split, so that no read is ever cancelled halfway through a frame:
         // the sender ticks on its own and stops when the receiver ends.
         let (mut rx, mut tx) = ws.split(tokio::io::split);
@@ -369,9 +382,10 @@ async fn main() {
     // A second of audio on every call (TLS 1.3 tickets arrive with the first reads).
     tokio::time::sleep(Duration::from_secs(1)).await;
 
-    let (proxy0, self0) = (
+    let (proxy0, self0, fallback0) = (
         cpu_us(&args.proxy_pid, args.clk_tck),
         cpu_us(&[std::process::id()], args.clk_tck),
+        cpu_us(&args.fallback_pid, args.clk_tck),
     );
     let killed = Instant::now();
     *lock(&t.killed_at) = Some(killed);
@@ -385,9 +399,10 @@ async fn main() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let storm = killed.elapsed();
-    let (proxy1, self1) = (
+    let (proxy1, self1, fallback1) = (
         cpu_us(&args.proxy_pid, args.clk_tck),
         cpu_us(&[std::process::id()], args.clk_tck),
+        cpu_us(&args.fallback_pid, args.clk_tck),
     );
     stop.store(true, Ordering::Relaxed);
     for task in tasks {
@@ -398,6 +413,8 @@ async fn main() {
     back.sort_unstable();
     let mut cut = lock(&t.cut_ms).clone();
     cut.sort_unstable();
+    let mut upgraded = lock(&t.upgraded_ms).clone();
+    upgraded.sort_unstable();
     let failed: u64 = lock(&t.failed).values().sum();
     let report = serde_json::json!({
         "label": args.label,
@@ -406,6 +423,8 @@ async fn main() {
         "never_back": args.calls - back.len(),
         "cut_first_ms": cut.first(),
         "cut_all_ms": by_share(&cut, args.calls, 1.0),
+        "upgraded_p50_ms": by_share(&upgraded, args.calls, 0.50),
+        "upgraded_p99_ms": by_share(&upgraded, args.calls, 0.99),
         "back_first_ms": back.first(),
         "back_p50_ms": by_share(&back, args.calls, 0.50),
         "back_p99_ms": by_share(&back, args.calls, 0.99),
@@ -418,6 +437,7 @@ async fn main() {
         "storm_ms": storm.as_millis() as u64,
         "proxy_cpu_us": proxy1.saturating_sub(proxy0),
         "client_cpu_us": self1.saturating_sub(self0),
+        "fallback_cpu_us": (!args.fallback_pid.is_empty()).then(|| fallback1.saturating_sub(fallback0)),
     });
     println!("{report}");
     std::process::exit(0);
