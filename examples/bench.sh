@@ -410,7 +410,7 @@ PY
 STORM_SCHEME=ws; STORM_TLS_ARGS=(); STORM_CA=(); STORM_SSL=""
 if [[ $TLS == 1 ]]; then
   STORM_SCHEME=wss; STORM_TLS_ARGS=(--tls-cert "$OUT/cert.pem" --tls-key "$OUT/key.pem"); STORM_CA=(--ca "$OUT/ca.pem")
-  STORM_SSL="ssl; ssl_certificate $OUT/cert.pem; ssl_certificate_key $OUT/key.pem; ssl_session_cache shared:storm:10m"
+  STORM_SSL="ssl; ssl_certificate $OUT/cert.pem; ssl_certificate_key $OUT/key.pem; ssl_protocols TLSv1.2 TLSv1.3; ssl_session_cache shared:storm:10m"
 fi
 # Fresh for every storm: an nginx that saw A refuse in an earlier storm would
 # still hold it failed (fail_timeout) and set the next storm's calls up on B.
