@@ -6,13 +6,12 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::process::Child;
 
 use super::{GET, seen_client};
-use crate::support::nginx::nginx_binary;
+use crate::support::nginx::{self, nginx_binary};
 use crate::support::raw::{Answer, raw_from};
-use crate::support::{TempFile, echo_backend, eventually, free_port, shunt};
+use crate::support::{TempFile, echo_backend, free_port, shunt};
 
 /// nginx reading PROXY headers, in front of `backend`; killed on drop.
 struct PpNginx {
@@ -35,21 +34,8 @@ async fn pp_nginx(backend: SocketAddr) -> Option<PpNginx> {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let dir = std::env::temp_dir().join(format!("shunt-pp-nginx-{}-{port}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let d = dir.display();
     let conf = format!(
-        r#"daemon off;
-master_process off;
-worker_processes 1;
-pid {d}/nginx.pid;
-error_log {d}/error.log info;
-events {{ worker_connections 256; }}
-http {{
-    access_log {d}/access.log;
-    client_body_temp_path {d}/client_body;
-    proxy_temp_path {d}/proxy;
-    fastcgi_temp_path {d}/fastcgi;
-    uwsgi_temp_path {d}/uwsgi;
-    scgi_temp_path {d}/scgi;
+        r#"{prelude}
     server {{
         listen {addr} proxy_protocol;
         location / {{
@@ -58,29 +44,16 @@ http {{
         }}
     }}
 }}
-"#
+"#,
+        prelude = nginx::prelude(&dir)
     );
-    std::fs::write(dir.join("nginx.conf"), conf).unwrap();
-    let child = Command::new(binary)
-        .arg("-p")
-        .arg(&dir)
-        .arg("-e")
-        .arg(dir.join("error.log"))
-        .arg("-c")
-        .arg(dir.join("nginx.conf"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn nginx");
-    let nginx = PpNginx { child, addr, dir };
-    let up = eventually(Duration::from_secs(10), async || {
-        tokio::net::TcpStream::connect(addr).await.is_ok()
-    })
-    .await;
-    let log = std::fs::read_to_string(nginx.dir.join("error.log")).unwrap_or_default();
-    assert!(up, "nginx with proxy_protocol did not start: {log}");
-    Some(nginx)
+    match nginx::start(&binary, &dir, addr, &conf).await {
+        Ok(child) => Some(PpNginx { child, addr, dir }),
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&dir);
+            panic!("nginx with proxy_protocol did not start: {e}");
+        }
+    }
 }
 
 /// What nginx said the PROXY header named.

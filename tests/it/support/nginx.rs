@@ -58,7 +58,8 @@ impl NginxBuilder {
         for _ in 0..PORT_ATTEMPTS {
             let port = super::free_port();
             let addr = SocketAddr::from(([127, 0, 0, 1], port));
-            match start(&binary, &dir, addr, self.upstream, self.upgrade_headers).await {
+            let conf = config(&dir, addr, self.upstream, self.upgrade_headers);
+            match start(&binary, &dir, addr, &conf).await {
                 Ok(child) => return Some(Nginx { child, addr, dir }),
                 Err(e) => last_error = e,
             }
@@ -123,13 +124,11 @@ fn temp_dir() -> PathBuf {
 
 /// A port that was free a moment ago (nginx may lose a race for it; the
 /// caller retries).
-fn config(dir: &Path, listen: SocketAddr, upstream: SocketAddr, upgrade_headers: bool) -> String {
+/// The start of a test nginx's configuration in `dir`: one foreground
+/// process, its pid, logs and temporary files in `dir`, and an open `http {`
+/// block (access log on) that the caller fills in and closes.
+pub(crate) fn prelude(dir: &Path) -> String {
     let d = dir.display();
-    let upgrade = if upgrade_headers {
-        "proxy_http_version 1.1;\n            proxy_set_header Upgrade $http_upgrade;\n            proxy_set_header Connection $connection_upgrade;"
-    } else {
-        ""
-    };
     format!(
         r#"daemon off;
 master_process off;
@@ -143,7 +142,19 @@ http {{
     proxy_temp_path {d}/proxy;
     fastcgi_temp_path {d}/fastcgi;
     uwsgi_temp_path {d}/uwsgi;
-    scgi_temp_path {d}/scgi;
+    scgi_temp_path {d}/scgi;"#
+    )
+}
+
+fn config(dir: &Path, listen: SocketAddr, upstream: SocketAddr, upgrade_headers: bool) -> String {
+    let prelude = prelude(dir);
+    let upgrade = if upgrade_headers {
+        "proxy_http_version 1.1;\n            proxy_set_header Upgrade $http_upgrade;\n            proxy_set_header Connection $connection_upgrade;"
+    } else {
+        ""
+    };
+    format!(
+        r#"{prelude}
     map $http_upgrade $connection_upgrade {{
         default upgrade;
         ''      close;
@@ -166,17 +177,16 @@ http {{
     )
 }
 
-/// Starts nginx on `listen` and waits until it accepts a connection.
-async fn start(
+/// Starts nginx with `config` (written to `dir/nginx.conf`) and waits until
+/// it accepts a connection on `listen`.
+pub(crate) async fn start(
     binary: &Path,
     dir: &Path,
     listen: SocketAddr,
-    upstream: SocketAddr,
-    upgrade_headers: bool,
+    config: &str,
 ) -> Result<Child, String> {
     let conf = dir.join("nginx.conf");
-    std::fs::write(&conf, config(dir, listen, upstream, upgrade_headers))
-        .map_err(|e| format!("write config: {e}"))?;
+    std::fs::write(&conf, config).map_err(|e| format!("write config: {e}"))?;
     let mut child = Command::new(binary)
         .arg("-p")
         .arg(dir)
