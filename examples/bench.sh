@@ -145,6 +145,28 @@ if [[ $TLS == 1 ]]; then
   openssl x509 -req -in "$OUT/leaf.csr" -CA "$OUT/ca.pem" -CAkey "$OUT/ca.key" -CAcreateserial -days 2 -extfile "$OUT/leaf.ext" -out "$OUT/cert.pem" 2>/dev/null
 fi
 
+# The start of a generated nginx configuration in DIR: foreground, no access
+# log, pid, error log and temporary files in DIR, and an open `http {` block
+# the caller fills in and closes.
+nginx_prelude() { # dir worker_processes worker_connections
+  cat <<EOF
+daemon off;
+user root;
+worker_processes $2;
+worker_rlimit_nofile 20000;
+pid $1/nginx.pid;
+error_log $1/logs/error.log warn;
+events { worker_connections $3; }
+http {
+  access_log off;
+  client_body_temp_path $1/body;
+  proxy_temp_path $1/proxy;
+  fastcgi_temp_path $1/fastcgi;
+  uwsgi_temp_path $1/uwsgi;
+  scgi_temp_path $1/scgi;
+EOF
+}
+
 # ---- backend, nginx, shunt ----
 "$BACKEND" "127.0.0.1:$P_BACKEND" 2>"$OUT/backend.log" & PIDS+=($!)
 wait_port "$P_BACKEND"
@@ -166,20 +188,7 @@ proxy_read_timeout 3600s;
 proxy_send_timeout 3600s;
 EOF
 cat > "$OUT/nginx/nginx.conf" <<EOF
-daemon off;
-user root;
-worker_processes auto;
-worker_rlimit_nofile 20000;
-pid $OUT/nginx/nginx.pid;
-error_log $OUT/nginx/logs/error.log warn;
-events { worker_connections 19000; }
-http {
-  access_log off;
-  client_body_temp_path $OUT/nginx/body;
-  proxy_temp_path $OUT/nginx/proxy;
-  fastcgi_temp_path $OUT/nginx/fastcgi;
-  uwsgi_temp_path $OUT/nginx/uwsgi;
-  scgi_temp_path $OUT/nginx/scgi;
+$(nginx_prelude "$OUT/nginx" auto 19000)
   upstream backend { server 127.0.0.1:$P_BACKEND; }
   server { listen 127.0.0.1:$P_NGINX; location / { include $OUT/nginx/ws.conf; } }
   upstream origin { server 127.0.0.1:$P_ORIGIN; keepalive 64; }
@@ -194,19 +203,7 @@ wait_port "$P_NGINX"
 # The plain-HTTP origin: its own nginx, one worker, a small fixed response.
 mkdir -p "$OUT/origin/logs"
 cat > "$OUT/origin/nginx.conf" <<EOF
-daemon off;
-user root;
-worker_processes 1;
-pid $OUT/origin/nginx.pid;
-error_log $OUT/origin/logs/error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  client_body_temp_path $OUT/origin/body;
-  proxy_temp_path $OUT/origin/proxy;
-  fastcgi_temp_path $OUT/origin/fastcgi;
-  uwsgi_temp_path $OUT/origin/uwsgi;
-  scgi_temp_path $OUT/origin/scgi;
+$(nginx_prelude "$OUT/origin" 1 4096)
   keepalive_requests 1000000;
   server { listen 127.0.0.1:$P_ORIGIN; location / { return 200 "hello from the origin\n"; } }
 }
@@ -437,20 +434,7 @@ storm_setup() { # backend B and the storm's nginx: shunt's fallback (plain, to B
   STORM_B=$!
   mkdir -p "$OUT/storm/logs"
   cat > "$OUT/storm/nginx.conf" <<EOF
-daemon off;
-user root;
-worker_processes auto;
-worker_rlimit_nofile 20000;
-pid $OUT/storm/nginx.pid;
-error_log $OUT/storm/logs/error.log warn;
-events { worker_connections 19000; }
-http {
-  access_log off;
-  client_body_temp_path $OUT/storm/body;
-  proxy_temp_path $OUT/storm/proxy;
-  fastcgi_temp_path $OUT/storm/fastcgi;
-  uwsgi_temp_path $OUT/storm/uwsgi;
-  scgi_temp_path $OUT/storm/scgi;
+$(nginx_prelude "$OUT/storm" auto 19000)
   map \$http_upgrade \$connection_upgrade { default upgrade; '' close; }
   upstream fallback { server 127.0.0.1:$P_STORM_B; }
   upstream alone { server 127.0.0.1:$P_STORM_A; server 127.0.0.1:$P_STORM_B backup; }
