@@ -38,7 +38,7 @@ use http::{HeaderValue, Method, Request};
 
 use crate::config::{GlobalPolicy, RoutePolicy};
 use crate::downstream::ClientCert;
-use crate::policy::auth::{Identity, Remote};
+use crate::policy::auth::{AuthMode, Identity, Remote};
 use crate::policy::rate::{ConnPermit, Gate, TunnelSlot};
 use crate::policy::{Denied, auth, origin};
 
@@ -109,7 +109,10 @@ pub(crate) fn check<B>(
             identity: Identity::default(),
         });
     }
-    let presented = auth::presented(req.headers(), req.uri().query(), &global.sources);
+    // Only a token or JWT route reads a credential out of the request.
+    let presented = matches!(route.auth, AuthMode::Token | AuthMode::Jwt)
+        .then(|| auth::presented(req.headers(), req.uri().query(), &global.sources))
+        .flatten();
     let client_cert = req.extensions().get::<Arc<ClientCert>>().is_some();
     let identity = auth::authenticate(
         route.auth,

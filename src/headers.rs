@@ -53,8 +53,12 @@ pub(crate) fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> b
     })
 }
 
-/// Headers that never cross the proxy, whatever `Connection` says.
-const HOP_BY_HOP: [HeaderName; 9] = [
+/// How many [`HOP_BY_HOP`] names there are.
+const HOP_COUNT: usize = 9;
+
+/// Headers that never cross the proxy, whatever `Connection` says
+/// (`Connection` first: [`strip_hop_headers`] reads it before removing it).
+static HOP_BY_HOP: [HeaderName; HOP_COUNT] = [
     header::CONNECTION,
     KEEP_ALIVE,
     PROXY_CONNECTION,
@@ -73,6 +77,29 @@ const HOP_BY_HOP: [HeaderName; 9] = [
 /// removed while going through it, and names are looked up as text rather
 /// than built into `HeaderName`s.
 pub(crate) fn strip_hop_headers(headers: &mut HeaderMap, upgrade: bool) {
+    // One pass over the names present (a handful) finds the hop-by-hop
+    // ones, so only those are looked up and removed: most heads have at
+    // most `Connection`.
+    let mut present = [false; HOP_COUNT];
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|hop| hop == name) {
+            present[i] = true;
+        }
+    }
+    if present[0] {
+        remove_connection_listed(headers);
+    }
+    for (name, _) in HOP_BY_HOP.iter().zip(present).filter(|(_, p)| *p) {
+        headers.remove(name);
+    }
+    if upgrade {
+        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+}
+
+/// Remove every header that a `Connection` value names (RFC 9110 §7.6.1).
+fn remove_connection_listed(headers: &mut HeaderMap) {
     let listed = headers.get_all(header::CONNECTION).iter().count();
     for i in 0..listed {
         let Some(value) = headers.get_all(header::CONNECTION).iter().nth(i).cloned() else {
@@ -87,13 +114,6 @@ pub(crate) fn strip_hop_headers(headers: &mut HeaderMap, upgrade: bool) {
                 _ => {}
             }
         }
-    }
-    for name in &HOP_BY_HOP {
-        headers.remove(name);
-    }
-    if upgrade {
-        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
 }
 
@@ -144,7 +164,29 @@ pub(crate) fn prepare_request(
 }
 
 /// `ip` written into `buf`, as the bytes written (empty if it did not fit).
+/// IPv4, nearly every client, is written digit by digit: `Display` costs
+/// about twenty times as much, on every request.
 fn ip_text(ip: IpAddr, buf: &mut [u8; MAX_IP_TEXT]) -> &[u8] {
+    if let IpAddr::V4(v4) = ip {
+        let mut len = 0;
+        for (i, octet) in v4.octets().into_iter().enumerate() {
+            if i > 0 {
+                buf[len] = b'.';
+                len += 1;
+            }
+            if octet >= 100 {
+                buf[len] = b'0' + octet / 100;
+                len += 1;
+            }
+            if octet >= 10 {
+                buf[len] = b'0' + octet / 10 % 10;
+                len += 1;
+            }
+            buf[len] = b'0' + octet % 10;
+            len += 1;
+        }
+        return &buf[..len];
+    }
     let mut cursor = &mut buf[..];
     match write!(cursor, "{ip}") {
         Ok(()) => {
@@ -215,6 +257,47 @@ pub(crate) mod tests {
         strip_hop_headers(&mut h, false);
         assert_eq!(h.len(), 1);
         assert_eq!(h["x-end"], "kept");
+    }
+
+    #[test]
+    fn ip_text_matches_display() {
+        let mut buf = [0; MAX_IP_TEXT];
+        for octet in 0..=255u8 {
+            for ip in [
+                IpAddr::from([octet, 0, 9, 255]),
+                IpAddr::from([1, octet, 100, 10]),
+                IpAddr::from([99, 199, octet, 200]),
+                IpAddr::from([255, 254, 10, octet]),
+            ] {
+                assert_eq!(ip_text(ip, &mut buf), ip.to_string().as_bytes());
+            }
+        }
+        for ip in [
+            "::1",
+            "2001:db8::7",
+            "::ffff:255.255.255.255",
+            "fe80::1:2:3:4:5",
+        ] {
+            let ip: IpAddr = ip.parse().unwrap();
+            assert_eq!(ip_text(ip, &mut buf), ip.to_string().as_bytes());
+        }
+    }
+
+    #[test]
+    fn strips_only_what_is_there_and_keeps_the_rest() {
+        let mut h = map(&[
+            ("host", "a"),
+            ("proxy-authorization", "Basic x"),
+            ("trailer", "x-sum"),
+            ("accept", "*/*"),
+        ]);
+        strip_hop_headers(&mut h, false);
+        assert_eq!(h.len(), 2, "{h:?}");
+        assert_eq!(h["host"], "a");
+        assert_eq!(h["accept"], "*/*");
+        let mut h = map(&[("accept", "*/*")]);
+        strip_hop_headers(&mut h, false);
+        assert_eq!(h.len(), 1, "{h:?}");
     }
 
     #[test]

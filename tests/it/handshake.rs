@@ -206,6 +206,20 @@ async fn oversized_headers_answer_431_and_normal_ones_pass() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn more_than_100_header_lines_answer_431() {
+    let (_backend, shunt) = start().await;
+    let lines = |n: usize| {
+        (0..n)
+            .map(|i| format!("X-Extra-{i}: {i}"))
+            .collect::<Vec<_>>()
+    };
+    let response = send(&shunt, "GET", "/frontend-audio", &lines(90)).await;
+    assert_eq!(response.status, 200, "90 extra lines pass: {response:?}");
+    let response = send(&shunt, "GET", "/frontend-audio", &lines(101)).await;
+    assert_eq!(response.status, 431, "101 extra lines: {response:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_route_answers_404() {
     let (_backend, shunt) = start().await;
     let response = send(&shunt, "GET", "/elsewhere", &[]).await;
