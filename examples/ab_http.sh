@@ -9,7 +9,11 @@
 #   ENV_B=RUST_LOG=warn ENV_D=RUST_LOG=warn examples/ab_http.sh OLD OLD NEW NEW   # both builds' log cost
 #
 # The arguments are the binaries, one per side (up to 8), then ROUNDS and
-# SECS; ENV_A, ENV_B, ... set one environment variable for that side.
+# SECS; ENV_A, ENV_B, ... set one environment variable for that side. A side
+# named `nginx` is nginx as the proxy instead (one worker, upstream
+# keep-alive, no access log), for shunt's user and system CPU per request
+# beside nginx's:
+#   examples/ab_http.sh nginx target/release/shunt 3 4
 # Starts a one-worker nginx origin (a small fixed response) on 127.0.0.1:19201
 # and the shunts on 19202 (A), 19203 (B), ..., runs `wrk -t2 -c64` against
 # each in turn, and stops them all by PID. Needs nginx and wrk.
@@ -29,22 +33,34 @@ C
 PIDS=()
 for i in "${!BINS[@]}"; do
   s=${SIDES[$i]}; envvar=ENV_$s
+  if [ "${BINS[$i]}" = nginx ]; then
+    cat > $D/$s.conf <<C
+daemon off; master_process off; worker_processes 1; pid $D/$s.pid; error_log $D/logs/$s.log warn;
+events { worker_connections 4096; }
+http { access_log off; client_body_temp_path $D/b$s; proxy_temp_path $D/p$s; fastcgi_temp_path $D/f$s; uwsgi_temp_path $D/u$s; scgi_temp_path $D/s$s;
+  upstream origin { server 127.0.0.1:19201; keepalive 64; }
+  server { listen 127.0.0.1:$((19202 + i)); location / { proxy_pass http://origin; proxy_http_version 1.1;
+    proxy_set_header Connection ""; proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for; } } }
+C
+    "${NGINX:-$(command -v nginx || echo /usr/sbin/nginx)}" -p $D -c $D/$s.conf & PIDS+=($!)
+    continue
+  fi
   env ${!envvar:-X=1} "${BINS[$i]}" --listen 127.0.0.1:$((19202 + i)) --admin off --direct http://127.0.0.1:19201 2>$D/$s.log & PIDS+=($!)
 done
 sleep 1.5
 TCK=$(getconf CLK_TCK)
-cpu() { awk '{print $14+$15}' /proc/$1/stat; }
+cpu() { awk '{print $14, $15}' /proc/$1/stat; }  # user, system ticks
 cs() { cat /proc/$1/task/*/status | awk '/ctxt_switches/{s+=$2} END{print s}'; }
 for r in $(seq $ROUNDS); do
   for i in "${!BINS[@]}"; do
     side=${SIDES[$i]}; pid=${PIDS[$i]}; port=$((19202 + i))
-    c0=$(cpu $pid); s0=$(cs $pid)
+    read u0 k0 < <(cpu $pid); s0=$(cs $pid)
     out=$(timeout 60 wrk -t2 -c64 -d${SECS}s http://127.0.0.1:$port/)
-    c1=$(cpu $pid); s1=$(cs $pid)
+    read u1 k1 < <(cpu $pid); s1=$(cs $pid)
     reqs=$(echo "$out" | awk '/requests in/{print $1}')
     rps=$(echo "$out" | awk '/Requests\/sec/{print $2}')
-    awk -v s=$side -v r=$r -v n=$reqs -v rps=$rps -v c=$((c1-c0)) -v x=$((s1-s0)) -v t=$TCK \
-      'BEGIN{printf "round %d %s req/s %8.0f  cpu/req %6.2f us  ctxsw/req %5.3f\n", r, s, rps, c/t*1e6/n, x/n}'
+    awk -v s=$side -v r=$r -v n=$reqs -v rps=$rps -v u=$((u1-u0)) -v k=$((k1-k0)) -v x=$((s1-s0)) -v t=$TCK \
+      'BEGIN{printf "round %d %s req/s %8.0f  cpu/req %6.2f us (user %5.2f, system %5.2f)  ctxsw/req %5.3f\n", r, s, rps, (u+k)/t*1e6/n, u/t*1e6/n, k/t*1e6/n, x/n}'
   done
 done
 kill "${PIDS[@]}"; kill -TERM $OP; wait "${PIDS[@]}" $OP 2>/dev/null

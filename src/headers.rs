@@ -20,11 +20,12 @@
 //! Responses gain `x-shunt-route: <upstream>`, the server-side answer to the
 //! front end's old `usingDirectConnection` log line.
 
-use std::io::Write;
 use std::net::IpAddr;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+use crate::ip_text::{MAX_IP_TEXT, ip_text};
 
 /// `x-shunt-route`: which upstream served a response.
 pub(crate) const X_SHUNT_ROUTE: HeaderName = HeaderName::from_static("x-shunt-route");
@@ -117,9 +118,6 @@ fn remove_connection_listed(headers: &mut HeaderMap) {
     }
 }
 
-/// Longest text of an IP address (an IPv4-mapped IPv6 address is 45 bytes).
-const MAX_IP_TEXT: usize = 48;
-
 /// Rewrite a request's headers for the upstream; `authority` (`host:port`)
 /// is the `Host` of a request that had none. `client` is who the request
 /// is from (`X-Real-IP`), `hop` the address this hop appends to
@@ -160,40 +158,6 @@ pub(crate) fn prepare_request(
                 headers.insert(header::HOST, v);
             }
         }
-    }
-}
-
-/// `ip` written into `buf`, as the bytes written (empty if it did not fit).
-/// IPv4, nearly every client, is written digit by digit: `Display` costs
-/// about twenty times as much, on every request.
-fn ip_text(ip: IpAddr, buf: &mut [u8; MAX_IP_TEXT]) -> &[u8] {
-    if let IpAddr::V4(v4) = ip {
-        let mut len = 0;
-        for (i, octet) in v4.octets().into_iter().enumerate() {
-            if i > 0 {
-                buf[len] = b'.';
-                len += 1;
-            }
-            if octet >= 100 {
-                buf[len] = b'0' + octet / 100;
-                len += 1;
-            }
-            if octet >= 10 {
-                buf[len] = b'0' + octet / 10 % 10;
-                len += 1;
-            }
-            buf[len] = b'0' + octet % 10;
-            len += 1;
-        }
-        return &buf[..len];
-    }
-    let mut cursor = &mut buf[..];
-    match write!(cursor, "{ip}") {
-        Ok(()) => {
-            let len = MAX_IP_TEXT - cursor.len();
-            &buf[..len]
-        }
-        Err(_) => &[],
     }
 }
 
@@ -257,30 +221,6 @@ pub(crate) mod tests {
         strip_hop_headers(&mut h, false);
         assert_eq!(h.len(), 1);
         assert_eq!(h["x-end"], "kept");
-    }
-
-    #[test]
-    fn ip_text_matches_display() {
-        let mut buf = [0; MAX_IP_TEXT];
-        for octet in 0..=255u8 {
-            for ip in [
-                IpAddr::from([octet, 0, 9, 255]),
-                IpAddr::from([1, octet, 100, 10]),
-                IpAddr::from([99, 199, octet, 200]),
-                IpAddr::from([255, 254, 10, octet]),
-            ] {
-                assert_eq!(ip_text(ip, &mut buf), ip.to_string().as_bytes());
-            }
-        }
-        for ip in [
-            "::1",
-            "2001:db8::7",
-            "::ffff:255.255.255.255",
-            "fe80::1:2:3:4:5",
-        ] {
-            let ip: IpAddr = ip.parse().unwrap();
-            assert_eq!(ip_text(ip, &mut buf), ip.to_string().as_bytes());
-        }
     }
 
     #[test]

@@ -37,7 +37,7 @@
 //!        ─▶ forward: request rewrite ─▶ plain HTTP ─or─ 101 ─▶ forward::tunnel
 //! side:  app (wiring), cli, workers, config, live, reload, watch, upstream::{health, probe},
 //!        tls certificates, handles, shutdown, policy, jwks, dial (upstream streams, pool, probe client),
-//!        percent, procnet, proxy_header, headers, body, error_chain, response, admin, stats,
+//!        percent, ip_text, procnet, proxy_header, headers, body, error_chain, response, admin, stats,
 //!        calls, prometheus,
 //!        keepalive, fdlimit, telemetry (with the rate-limited refusal log), certgen,
 //!        acme (certificates ordered and renewed, into the tls store), http_port,
@@ -96,6 +96,7 @@
 //! - `jwks`: the identity provider's keys from `--jwt-jwks-url`, fetched and refreshed
 //!   in the background; the last good set kept across failures and reloads.
 //! - `percent`: the one percent-decoder (paths and query parameters).
+//! - `ip_text`: an IP address as text, by hand (forwarding headers, the access line).
 //! - `procnet`: listening sockets and the processes holding them, from `/proc`.
 //! - `proxy_header`: the PROXY protocol header (v1, v2): the pure, bounded parser,
 //!   reading exactly the header off a socket, and writing one towards an upstream.
@@ -187,6 +188,7 @@ mod forward;
 mod handles;
 mod headers;
 mod http_port;
+mod ip_text;
 mod jwks;
 mod keepalive;
 mod listener;

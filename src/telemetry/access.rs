@@ -22,7 +22,7 @@
 //! ([`Direct`] is not installed for them).
 
 use std::io::Write;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -30,6 +30,7 @@ use tracing_appender::non_blocking::NonBlocking;
 
 use super::ACCESS_TARGET;
 use super::batch::Batcher;
+use crate::ip_text::{MAX_IP_TEXT, ip_text};
 
 /// One request's access line.
 #[derive(Debug)]
@@ -219,12 +220,8 @@ fn address(buf: &mut Vec<u8>, addr: Option<SocketAddr>) -> std::io::Result<()> {
     match addr {
         None => buf.push(b'-'),
         Some(SocketAddr::V4(v4)) => {
-            for (i, octet) in v4.ip().octets().into_iter().enumerate() {
-                if i > 0 {
-                    buf.push(b'.');
-                }
-                number(buf, u64::from(octet));
-            }
+            let mut text = [0; MAX_IP_TEXT];
+            buf.extend_from_slice(ip_text(IpAddr::V4(*v4.ip()), &mut text));
             buf.push(b':');
             number(buf, u64::from(v4.port()));
         }
