@@ -277,10 +277,10 @@ pub(crate) async fn serve<IO>(
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(snapshot.timeouts().header)
-        // At most 100 header lines, hyper's own limit (more answer 431).
-        // Setting it, even to 100, makes hyper fill two 100-slot arrays
-        // for every request head instead of leaving them uninitialised.
         .max_buf_size(snapshot.max_header_bytes())
+        // No `max_headers`: hyper's own limit is 100 header lines (more
+        // answer 431), and setting one, even 100, makes hyper fill two
+        // 100-slot arrays for every request head.
         .keep_alive(true);
     let drain = snapshot.timeouts().drain;
     drop(snapshot);

@@ -72,11 +72,7 @@ static HOP_BY_HOP: [HeaderName; HOP_COUNT] = [
 ];
 
 /// Remove hop-by-hop headers; with `upgrade`, put back a WebSocket upgrade.
-///
-/// Allocates nothing: each `Connection` value is cloned out of the map (a
-/// shared reference to the request head's bytes) so the names it lists can be
-/// removed while going through it, and names are looked up as text rather
-/// than built into `HeaderName`s.
+/// Allocates nothing.
 pub(crate) fn strip_hop_headers(headers: &mut HeaderMap, upgrade: bool) {
     // One pass over the names present (a handful) finds the hop-by-hop
     // ones, so only those are looked up and removed: most heads have at
@@ -100,6 +96,11 @@ pub(crate) fn strip_hop_headers(headers: &mut HeaderMap, upgrade: bool) {
 }
 
 /// Remove every header that a `Connection` value names (RFC 9110 §7.6.1).
+///
+/// Each `Connection` value is cloned out of the map (a shared reference to
+/// the request head's bytes) so the names it lists can be removed while
+/// going through it, and names are looked up as text rather than built
+/// into `HeaderName`s.
 fn remove_connection_listed(headers: &mut HeaderMap) {
     let listed = headers.get_all(header::CONNECTION).iter().count();
     for i in 0..listed {
