@@ -541,7 +541,18 @@ def ratio(a, b):
     return "n/a" if a is None or b is None or b == 0 else f"{a / b:.2f}x"
 # RSS growth only means something in a fresh process: later rounds reuse
 # memory the allocators kept from the earlier ones, so idle uses round 1.
-idle_kib = lambda x: (x["rss_after_kb"] - x["rss_before_kb"]) / max(x["conns"], 1) if x.get("round", 1) == 1 else None
+def idle_kib(x):
+    # A slope that is not positive is unreadable, not a negative cost: the
+    # allocator reused memory the first half's handshakes had freed (with
+    # QUICK's 1,000-connection halves that can be all of the second half).
+    if x.get("round", 1) != 1 or not x["rss_after_kb"]:
+        return None
+    kib = (x["rss_after_kb"] - x["rss_before_kb"]) / max(x["conns"], 1)
+    if kib <= 0:
+        unreadable_idle.append(x["target"])
+        return None
+    return kib
+unreadable_idle = []
 # Per message *traversal*: an echoed message crosses the proxy twice.
 cpu_msg = lambda x: x["proxy_cpu_us"] / max(2 * x["messages"], 1) if x.get("proxy_cpu_us") is not None else None
 cpu_hs = lambda x: x["proxy_cpu_us"] / max(x["handshakes"], 1) if x.get("proxy_cpu_us") is not None else None
@@ -584,6 +595,11 @@ if w and s:
     summary["plain"]["http info log / RUST_LOG=warn"] = s / w
     print()
     print(f"Plain HTTP requests/s with shunt's default info access log / with RUST_LOG=warn: {s:,.0f} / {w:,.0f} = {s / w:.2f}x")
+if unreadable_idle:
+    print()
+    print(f"RSS per idle tunnel is n/a for {', '.join(sorted(set(unreadable_idle)))}: RSS did not grow over the second half"
+          " (the allocator reused memory freed after the first half's handshakes); read it with more connections"
+          " (MODES=idle without QUICK, 9,000).")
 print()
 print("| TLS metric | nginx | shunt | shunt/nginx | shunt --frames off | frames on/off |")
 print("|---|---:|---:|---:|---:|---:|")
